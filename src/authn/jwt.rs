@@ -1,0 +1,678 @@
+//! Kubernetes service-account tokens (JWTs) verified offline against each issuer's JWKS.
+//!
+//! Rules (RFC 7519 §4.1, Kubernetes projected token format): `alg` RS256 or ES256 (never `none`);
+//! `iss` names a configured issuer, whose keys must verify the signature; `aud` contains an
+//! accepted audience (default `istio-ca`); `exp` is required and `exp`/`nbf` allow at most
+//! [`LEEWAY`]; `sub` is `system:serviceaccount:<namespace>:<name>`, and when the `kubernetes.io`
+//! claim is present its namespace and service account name must agree with `sub`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaPublicKeyComponents};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AuthFuture, AuthOutcome, AuthRequest, Authenticator, AuthenticatorKind, AuthnError,
+    Authorization, Caller,
+};
+use crate::clock::{unix_seconds, Clock};
+use crate::identity::{SpiffeId, TrustDomain};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY: Duration = Duration::from_secs(60);
+/// Tokens longer than this are refused unread.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+
+/// A public key from a JWKS.
+#[derive(Clone)]
+pub enum VerifyingKey {
+    Rs256 {
+        kid: Option<String>,
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    Es256 {
+        kid: Option<String>,
+        /// Uncompressed SEC1 point (0x04 || x || y).
+        point: Vec<u8>,
+    },
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rs256 { kid, n, .. } => {
+                write!(f, "Rs256 {{ kid: {kid:?}, bits: {} }}", n.len() * 8)
+            }
+            Self::Es256 { kid, .. } => write!(f, "Es256 {{ kid: {kid:?} }}"),
+        }
+    }
+}
+
+impl VerifyingKey {
+    fn kid(&self) -> Option<&str> {
+        match self {
+            Self::Rs256 { kid, .. } | Self::Es256 { kid, .. } => kid.as_deref(),
+        }
+    }
+
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            Self::Rs256 { .. } => Algorithm::Rs256,
+            Self::Es256 { .. } => Algorithm::Es256,
+        }
+    }
+
+    fn verify(&self, message: &[u8], signature_bytes: &[u8]) -> bool {
+        match self {
+            Self::Rs256 { n, e, .. } => RsaPublicKeyComponents { n, e }
+                .verify(
+                    &signature::RSA_PKCS1_2048_8192_SHA256,
+                    message,
+                    signature_bytes,
+                )
+                .is_ok(),
+            Self::Es256 { point, .. } => {
+                signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                    .verify(message, signature_bytes)
+                    .is_ok()
+            }
+        }
+    }
+}
+
+/// Why a JWKS file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a JWKS document: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: key {index} is unusable: {reason}")]
+    Key {
+        path: String,
+        index: usize,
+        reason: &'static str,
+    },
+    #[error("{path} holds no usable keys")]
+    Empty { path: String },
+}
+
+#[derive(Deserialize)]
+struct JwksDocument {
+    keys: Vec<JwkDocument>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct JwkDocument {
+    kty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alg: Option<String>,
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    key_use: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    x: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    y: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    n: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    e: Option<String>,
+}
+
+/// Reads a JWKS file (RFC 7517) holding RSA and P-256 keys.
+pub fn load_jwks(path: &Path) -> Result<Vec<VerifyingKey>, JwksError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| JwksError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    parse_jwks(&text, &display)
+}
+
+/// Parses a JWKS document; `origin` names it in errors.
+pub fn parse_jwks(text: &str, origin: &str) -> Result<Vec<VerifyingKey>, JwksError> {
+    let document: JwksDocument = serde_json::from_str(text).map_err(|source| JwksError::Json {
+        path: origin.to_owned(),
+        source,
+    })?;
+    let mut keys = Vec::new();
+    for (index, jwk) in document.keys.into_iter().enumerate() {
+        let bad = |reason| JwksError::Key {
+            path: origin.to_owned(),
+            index,
+            reason,
+        };
+        if jwk.key_use.as_deref().is_some_and(|u| u != "sig") {
+            continue;
+        }
+        let decode = |field: &Option<String>, name: &'static str| {
+            field
+                .as_deref()
+                .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+                .ok_or(bad(name))
+        };
+        match jwk.kty.as_str() {
+            "RSA" => {
+                if jwk.alg.as_deref().is_some_and(|a| a != "RS256") {
+                    continue;
+                }
+                keys.push(VerifyingKey::Rs256 {
+                    kid: jwk.kid.clone(),
+                    n: decode(&jwk.n, "RSA key without a valid 'n'")?,
+                    e: decode(&jwk.e, "RSA key without a valid 'e'")?,
+                });
+            }
+            "EC" => {
+                if jwk.crv.as_deref() != Some("P-256")
+                    || jwk.alg.as_deref().is_some_and(|a| a != "ES256")
+                {
+                    continue;
+                }
+                let x = decode(&jwk.x, "EC key without a valid 'x'")?;
+                let y = decode(&jwk.y, "EC key without a valid 'y'")?;
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(bad("P-256 coordinates must be 32 bytes"));
+                }
+                let mut point = Vec::with_capacity(65);
+                point.push(0x04);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                keys.push(VerifyingKey::Es256 {
+                    kid: jwk.kid.clone(),
+                    point,
+                });
+            }
+            _ => continue,
+        }
+    }
+    if keys.is_empty() {
+        return Err(JwksError::Empty {
+            path: origin.to_owned(),
+        });
+    }
+    Ok(keys)
+}
+
+/// A token issuer trusted for one mesh.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    pub mesh: String,
+    pub trust_domain: TrustDomain,
+    pub audiences: Vec<String>,
+    pub keys: Vec<VerifyingKey>,
+}
+
+/// Verifies Kubernetes service-account JWTs offline.
+pub struct JwtAuthenticator {
+    issuers: HashMap<String, TrustedIssuer>,
+    clock: Arc<dyn Clock>,
+}
+
+impl JwtAuthenticator {
+    /// `issuers` must have distinct `issuer` names (the config layer guarantees it).
+    pub fn new(issuers: Vec<TrustedIssuer>, clock: Arc<dyn Clock>) -> Self {
+        let issuers = issuers
+            .into_iter()
+            .map(|issuer| (issuer.issuer.clone(), issuer))
+            .collect();
+        Self { issuers, clock }
+    }
+
+    /// Verifies one token and returns the caller it proves.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthnError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthnError::TokenMalformed("longer than 16 KiB"));
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthnError::TokenMalformed("not three dot-separated parts"));
+        };
+        let header: Header = decode_json(header_b64, "header")?;
+        let algorithm = match header.alg.as_str() {
+            "RS256" => Algorithm::Rs256,
+            "ES256" => Algorithm::Es256,
+            other => return Err(AuthnError::TokenAlgorithmUnsupported(other.to_owned())),
+        };
+        // The claims are read before the signature is checked only to find the issuer's keys;
+        // nothing in them is trusted until a key of that issuer verifies the signature.
+        let claims: Claims = decode_json(claims_b64, "claims")?;
+        let issuer = self
+            .issuers
+            .get(&claims.iss)
+            .ok_or_else(|| AuthnError::TokenIssuerUnknown(claims.iss.clone()))?;
+        let signature_bytes = URL_SAFE_NO_PAD
+            .decode(signature_b64)
+            .map_err(|_| AuthnError::TokenMalformed("signature is not base64url"))?;
+        let signed = &token[..header_b64.len() + 1 + claims_b64.len()];
+        let verified = issuer
+            .keys
+            .iter()
+            .filter(|key| key.algorithm() == algorithm)
+            .filter(|key| match (&header.kid, key.kid()) {
+                (Some(wanted), Some(kid)) => wanted == kid,
+                _ => true,
+            })
+            .any(|key| key.verify(signed.as_bytes(), &signature_bytes));
+        if !verified {
+            return Err(AuthnError::TokenSignatureInvalid);
+        }
+
+        let now = unix_seconds(self.clock.now());
+        let leeway = LEEWAY.as_secs() as i64;
+        let exp = claims.exp.ok_or(AuthnError::TokenMissingExpiry)?;
+        if now > exp.saturating_add(leeway) {
+            return Err(AuthnError::TokenExpired);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| now.saturating_add(leeway) < nbf)
+        {
+            return Err(AuthnError::TokenNotYetValid);
+        }
+        if !claims
+            .aud
+            .iter()
+            .any(|aud| issuer.audiences.iter().any(|accepted| accepted == aud))
+        {
+            return Err(AuthnError::TokenAudienceMismatch);
+        }
+        let (namespace, service_account) = claims
+            .sub
+            .strip_prefix(SERVICE_ACCOUNT_PREFIX)
+            .and_then(|rest| rest.split_once(':'))
+            .ok_or(AuthnError::TokenSubjectInvalid)?;
+        if let Some(kubernetes) = &claims.kubernetes {
+            let agrees = kubernetes.namespace == namespace
+                && kubernetes
+                    .serviceaccount
+                    .as_ref()
+                    .is_none_or(|sa| sa.name == service_account);
+            if !agrees {
+                return Err(AuthnError::TokenClaimsInconsistent);
+            }
+        }
+        let identity = SpiffeId::new(issuer.trust_domain.clone(), namespace, service_account)
+            .map_err(|_| AuthnError::TokenSubjectInvalid)?;
+        Ok(Caller {
+            authenticator: AuthenticatorKind::Jwt,
+            mesh: issuer.mesh.clone(),
+            identity,
+            issuer: issuer.issuer.clone(),
+            subject: claims.sub.clone(),
+        })
+    }
+}
+
+impl Authenticator for JwtAuthenticator {
+    fn kind(&self) -> AuthenticatorKind {
+        AuthenticatorKind::Jwt
+    }
+
+    fn authenticate<'a>(&'a self, request: &'a AuthRequest) -> AuthFuture<'a> {
+        let outcome = match &request.authorization {
+            Authorization::Absent => AuthOutcome::NotApplicable,
+            Authorization::Malformed => {
+                AuthOutcome::Failed(AuthnError::MalformedAuthorizationHeader)
+            }
+            Authorization::Bearer(token) => match self.verify(token.expose()) {
+                Ok(caller) => AuthOutcome::Authenticated(caller),
+                Err(error) => AuthOutcome::Failed(error),
+            },
+        };
+        Box::pin(std::future::ready(outcome))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    Rs256,
+    Es256,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    #[serde(default, deserialize_with = "one_or_many")]
+    aud: Vec<String>,
+    #[serde(default)]
+    exp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    #[serde(
+        default,
+        rename = "kubernetes.io",
+        skip_serializing_if = "Option::is_none"
+    )]
+    kubernetes: Option<KubernetesClaim>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct KubernetesClaim {
+    namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    serviceaccount: Option<NamedObject>,
+}
+
+#[derive(Deserialize, Serialize)]
+struct NamedObject {
+    name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    uid: String,
+}
+
+/// RFC 7519 §4.1.3: `aud` is a string or an array of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    part: &str,
+    what: &'static str,
+) -> Result<T, AuthnError> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| {
+        AuthnError::TokenMalformed(match what {
+            "header" => "header is not base64url",
+            _ => "claims are not base64url",
+        })
+    })?;
+    serde_json::from_slice(&bytes).map_err(|_| {
+        AuthnError::TokenMalformed(match what {
+            "header" => "header is not the expected JSON",
+            _ => "claims are not the expected JSON",
+        })
+    })
+}
+
+/// A local development token issuer: signs Kubernetes-shaped service-account tokens with an
+/// ES256 key. Only used when a mesh's config names its signing key.
+pub struct DevTokenSigner {
+    key: EcdsaKeyPair,
+    kid: String,
+}
+
+impl fmt::Debug for DevTokenSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "DevTokenSigner {{ kid: {:?}, key: <redacted> }}",
+            self.kid
+        )
+    }
+}
+
+/// What a development token says.
+#[derive(Debug, Clone)]
+pub struct DevTokenClaims<'a> {
+    pub issuer: &'a str,
+    pub audiences: &'a [String],
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub issued_at: i64,
+    pub lifetime: Duration,
+}
+
+/// Why a development signing key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DevSignerError {
+    #[error("the key is not a PKCS#8 ECDSA P-256 private key")]
+    Key,
+    #[error("signing failed")]
+    Sign,
+}
+
+impl DevTokenSigner {
+    /// Generates a new P-256 key; returns the signer and its PKCS#8 DER (to be stored 0600).
+    pub fn generate() -> Result<(Self, Vec<u8>), DevSignerError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| DevSignerError::Key)?;
+        let der = pkcs8.as_ref().to_vec();
+        Ok((Self::from_pkcs8(&der)?, der))
+    }
+
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, DevSignerError> {
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+            .map_err(|_| DevSignerError::Key)?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref());
+        let kid = URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16]);
+        Ok(Self { key, kid })
+    }
+
+    /// The public JWKS document for this key.
+    pub fn jwks_json(&self) -> String {
+        let point = self.key.public_key().as_ref();
+        let (x, y) = point[1..].split_at(32);
+        let jwk = JwkDocument {
+            kty: "EC".into(),
+            kid: Some(self.kid.clone()),
+            alg: Some("ES256".into()),
+            key_use: Some("sig".into()),
+            crv: Some("P-256".into()),
+            x: Some(URL_SAFE_NO_PAD.encode(x)),
+            y: Some(URL_SAFE_NO_PAD.encode(y)),
+            n: None,
+            e: None,
+        };
+        serde_json::json!({ "keys": [jwk] }).to_string()
+    }
+
+    /// Signs a token shaped like a projected Kubernetes service-account token.
+    pub fn sign(&self, claims: &DevTokenClaims<'_>) -> Result<String, DevSignerError> {
+        let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": self.kid });
+        let body = Claims {
+            iss: claims.issuer.to_owned(),
+            sub: format!(
+                "{SERVICE_ACCOUNT_PREFIX}{}:{}",
+                claims.namespace, claims.service_account
+            ),
+            aud: claims.audiences.to_vec(),
+            exp: Some(claims.issued_at + claims.lifetime.as_secs() as i64),
+            nbf: Some(claims.issued_at),
+            iat: Some(claims.issued_at),
+            kubernetes: Some(KubernetesClaim {
+                namespace: claims.namespace.to_owned(),
+                serviceaccount: Some(NamedObject {
+                    name: claims.service_account.to_owned(),
+                    uid: String::new(),
+                }),
+            }),
+        };
+        let body = serde_json::to_vec(&body).map_err(|_| DevSignerError::Sign)?;
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(body)
+        );
+        let signature_bytes = self
+            .key
+            .sign(&SystemRandom::new(), signing_input.as_bytes())
+            .map_err(|_| DevSignerError::Sign)?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature_bytes.as_ref())
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use std::time::UNIX_EPOCH;
+
+    const ISSUER: &str = "https://kubernetes.default.svc";
+    const NOW: i64 = 1_800_000_000;
+
+    fn setup() -> (DevTokenSigner, JwtAuthenticator) {
+        let (signer, _) = DevTokenSigner::generate().unwrap();
+        let keys = parse_jwks(&signer.jwks_json(), "test").unwrap();
+        let issuer = TrustedIssuer {
+            issuer: ISSUER.into(),
+            mesh: "default".into(),
+            trust_domain: TrustDomain::new("cluster.local").unwrap(),
+            audiences: vec!["istio-ca".into()],
+            keys,
+        };
+        let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(NOW as u64));
+        (signer, JwtAuthenticator::new(vec![issuer], Arc::new(clock)))
+    }
+
+    fn token(signer: &DevTokenSigner, issued_at: i64, audience: &str) -> String {
+        signer
+            .sign(&DevTokenClaims {
+                issuer: ISSUER,
+                audiences: &[audience.to_owned()],
+                namespace: "shop",
+                service_account: "cart",
+                issued_at,
+                lifetime: Duration::from_secs(3600),
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn accepts_a_valid_token_and_derives_the_identity() {
+        let (signer, authenticator) = setup();
+        let caller = authenticator
+            .verify(&token(&signer, NOW, "istio-ca"))
+            .unwrap();
+        assert_eq!(
+            caller.identity.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/cart"
+        );
+        assert_eq!(caller.subject, "system:serviceaccount:shop:cart");
+        assert_eq!(caller.mesh, "default");
+    }
+
+    #[test]
+    fn applies_sixty_seconds_of_leeway_to_expiry_and_not_before() {
+        let (signer, authenticator) = setup();
+        // Expired 59 s ago: still accepted; 61 s ago: refused.
+        assert!(authenticator
+            .verify(&token(&signer, NOW - 3659, "istio-ca"))
+            .is_ok());
+        assert_eq!(
+            authenticator.verify(&token(&signer, NOW - 3661, "istio-ca")),
+            Err(AuthnError::TokenExpired)
+        );
+        assert!(authenticator
+            .verify(&token(&signer, NOW + 59, "istio-ca"))
+            .is_ok());
+        assert_eq!(
+            authenticator.verify(&token(&signer, NOW + 61, "istio-ca")),
+            Err(AuthnError::TokenNotYetValid)
+        );
+    }
+
+    #[test]
+    fn refuses_wrong_audience_and_tampered_claims() {
+        let (signer, authenticator) = setup();
+        assert_eq!(
+            authenticator.verify(&token(&signer, NOW, "kubernetes")),
+            Err(AuthnError::TokenAudienceMismatch)
+        );
+        let good = token(&signer, NOW, "istio-ca");
+        let parts: Vec<&str> = good.split('.').collect();
+        let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let forged = claims.replace("shop", "bank");
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(forged),
+            parts[2]
+        );
+        assert_eq!(
+            authenticator.verify(&tampered),
+            Err(AuthnError::TokenSignatureInvalid)
+        );
+    }
+
+    #[test]
+    fn refuses_alg_none_and_garbage() {
+        let (_, authenticator) = setup();
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#);
+        let claims = URL_SAFE_NO_PAD.encode(r#"{"iss":"x","sub":"y"}"#);
+        assert_eq!(
+            authenticator.verify(&format!("{header}.{claims}.")),
+            Err(AuthnError::TokenAlgorithmUnsupported("none".into()))
+        );
+        assert!(matches!(
+            authenticator.verify("a.b"),
+            Err(AuthnError::TokenMalformed(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_token_from_another_key_of_an_unconfigured_issuer() {
+        let (_, authenticator) = setup();
+        let (stranger, _) = DevTokenSigner::generate().unwrap();
+        assert_eq!(
+            authenticator.verify(&token(&stranger, NOW, "istio-ca")),
+            Err(AuthnError::TokenSignatureInvalid)
+        );
+        let other_issuer = stranger
+            .sign(&DevTokenClaims {
+                issuer: "https://elsewhere",
+                audiences: &["istio-ca".to_owned()],
+                namespace: "a",
+                service_account: "b",
+                issued_at: NOW,
+                lifetime: Duration::from_secs(60),
+            })
+            .unwrap();
+        assert_eq!(
+            authenticator.verify(&other_issuer),
+            Err(AuthnError::TokenIssuerUnknown("https://elsewhere".into()))
+        );
+    }
+
+    #[test]
+    fn dev_signer_debug_hides_the_key() {
+        let (signer, _) = DevTokenSigner::generate().unwrap();
+        assert!(format!("{signer:?}").contains("<redacted>"));
+    }
+}

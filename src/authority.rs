@@ -1,0 +1,511 @@
+//! A mesh's signing authority: its intermediate (or root) key and certificate, the chain up to the
+//! shared root, and the trust bundle. It issues leaves from a [`Grant`] only — it never sees a CSR
+//! or a caller — and checks every leaf again before it leaves (as SPIRE's `credvalidator` does).
+//!
+//! Chain shape served to Istio clients (contract §1): `[leaf, intermediates one per element
+//! (signing certificate first), root bundle]`; every element ends in `\n`; a root never appears
+//! among the intermediates.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use crate::csr::{sha256, SubjectPublicKey};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::keys::certificate_pem;
+use crate::policy::Grant;
+
+/// Loaded CA files, not yet checked.
+pub struct CaMaterial {
+    pub signing_certificate: CertificateDer<'static>,
+    pub signing_key: KeyPair,
+    /// `cert-chain.pem`: from the signing certificate up to the root (may be empty).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// `root-cert.pem`: one or several roots.
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+/// Why CA material cannot serve. Messages name the file by its Istio `cacerts` name.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("ca-cert.pem cannot be parsed as an X.509 certificate")]
+    SigningCertificateUnparsable,
+    #[error("ca-cert.pem is not a CA certificate (BasicConstraints CA:TRUE is missing)")]
+    NotCa,
+    #[error("ca-cert.pem's KeyUsage does not allow certificate signing")]
+    NoCertSignUsage,
+    #[error("ca-key.pem does not match the public key of ca-cert.pem")]
+    KeyMismatch,
+    #[error("ca-cert.pem is not valid now (valid {not_before} to {not_after})")]
+    NotValidNow {
+        not_before: String,
+        not_after: String,
+    },
+    #[error("cert-chain.pem: certificate {position} cannot be parsed")]
+    ChainUnparsable { position: usize },
+    #[error("cert-chain.pem: certificate {position} is not signed by the certificate after it")]
+    ChainBroken { position: usize },
+    #[error("root-cert.pem holds no certificate")]
+    NoRoots,
+    #[error("root-cert.pem: certificate {position} cannot be parsed")]
+    RootUnparsable { position: usize },
+    #[error("the chain from ca-cert.pem does not end at a root in root-cert.pem")]
+    NoTrustedRoot,
+    #[error("a probe certificate issued with this material does not verify: {0}")]
+    Probe(#[source] SigningError),
+}
+
+/// Why signing or the check after signing failed. These are internal failures, never the
+/// client's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningError {
+    #[error("no randomness for the serial number")]
+    Randomness,
+    #[error("the public key cannot be placed in a certificate: {0}")]
+    PublicKey(#[source] rcgen::Error),
+    #[error("rcgen could not build or sign the certificate: {0}")]
+    Build(#[source] rcgen::Error),
+    #[error("the issued certificate does not chain to the mesh roots: {0}")]
+    Verify(webpki::Error),
+    #[error("the issued certificate does not carry exactly the granted identity")]
+    IdentityCheck,
+    #[error("the serving key cannot be used for TLS")]
+    ServingKey,
+}
+
+/// A signed leaf and the chain to return with it.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    pub der: CertificateDer<'static>,
+    /// Serial number, big-endian, as encoded (positive, at most 16 bytes).
+    pub serial: Vec<u8>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// `[leaf, intermediates…, root bundle]`, each element PEM ending in `\n`.
+    pub cert_chain: Vec<String>,
+}
+
+/// What a leaf certifies.
+#[derive(Debug, Clone, Copy)]
+enum LeafSubject<'a> {
+    /// A workload: exactly one URI SAN, EKU serverAuth + clientAuth.
+    Workload(&'a SpiffeId),
+    /// meshroot's own serving certificate: DNS SANs, EKU serverAuth.
+    Server(&'a [String]),
+}
+
+/// One mesh's signing authority.
+pub struct MeshAuthority {
+    mesh: String,
+    trust_domain: TrustDomain,
+    issuer: Issuer<'static, KeyPair>,
+    signing_certificate: CertificateDer<'static>,
+    signing_certificate_sha256: [u8; 32],
+    signing_not_after: SystemTime,
+    /// Non-root certificates from the signing certificate upwards.
+    intermediates: Vec<CertificateDer<'static>>,
+    intermediates_pem: Vec<String>,
+    roots: Vec<CertificateDer<'static>>,
+    root_bundle_pem: String,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for MeshAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshAuthority")
+            .field("mesh", &self.mesh)
+            .field("trust_domain", &self.trust_domain)
+            .field("intermediates", &self.intermediates.len())
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshAuthority {
+    /// Checks CA material and builds the authority: the signing certificate is a valid CA now,
+    /// the key matches it, `cert-chain.pem` links it to a root in `root-cert.pem`, and a probe
+    /// leaf verifies through the served chain with rustls-webpki.
+    pub fn new(
+        mesh: &str,
+        trust_domain: TrustDomain,
+        material: CaMaterial,
+        now: SystemTime,
+    ) -> Result<Self, AuthorityError> {
+        let CaMaterial {
+            signing_certificate,
+            signing_key,
+            chain,
+            roots,
+        } = material;
+        let (_, signing) = X509Certificate::from_der(&signing_certificate)
+            .map_err(|_| AuthorityError::SigningCertificateUnparsable)?;
+        if !signing.is_ca() {
+            return Err(AuthorityError::NotCa);
+        }
+        if let Ok(Some(usage)) = signing.key_usage() {
+            if !usage.value.key_cert_sign() {
+                return Err(AuthorityError::NoCertSignUsage);
+            }
+        }
+        if signing.public_key().raw != signing_key.subject_public_key_info().as_slice() {
+            return Err(AuthorityError::KeyMismatch);
+        }
+        let validity = signing.validity();
+        let now_unix = crate::clock::unix_seconds(now);
+        if now_unix < validity.not_before.timestamp() || now_unix >= validity.not_after.timestamp()
+        {
+            return Err(AuthorityError::NotValidNow {
+                not_before: validity.not_before.to_string(),
+                not_after: validity.not_after.to_string(),
+            });
+        }
+        let signing_not_after = to_system_time(validity.not_after.timestamp());
+        if roots.is_empty() {
+            return Err(AuthorityError::NoRoots);
+        }
+        let intermediates = intermediates_of(&signing_certificate, &chain, &roots)?;
+        check_links(&intermediates, &roots)?;
+
+        let issuer = Issuer::from_ca_cert_der(&signing_certificate, signing_key)
+            .map_err(|_| AuthorityError::SigningCertificateUnparsable)?;
+        let intermediates_pem = intermediates.iter().map(|c| certificate_pem(c)).collect();
+        let root_bundle_pem = roots.iter().map(|c| certificate_pem(c)).collect();
+        let authority = Self {
+            mesh: mesh.to_owned(),
+            trust_domain,
+            issuer,
+            signing_certificate_sha256: sha256(&signing_certificate),
+            signing_certificate,
+            signing_not_after,
+            intermediates,
+            intermediates_pem,
+            roots,
+            root_bundle_pem,
+            rng: SystemRandom::new(),
+        };
+        authority.probe(now).map_err(AuthorityError::Probe)?;
+        Ok(authority)
+    }
+
+    pub fn mesh(&self) -> &str {
+        &self.mesh
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    pub fn signing_not_after(&self) -> SystemTime {
+        self.signing_not_after
+    }
+
+    /// SHA-256 of the signing certificate (DER): which intermediate signed a record's leaf.
+    pub fn signing_certificate_sha256(&self) -> [u8; 32] {
+        self.signing_certificate_sha256
+    }
+
+    /// The served intermediates (DER), signing certificate first; no roots.
+    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
+        &self.intermediates
+    }
+
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The trust bundle, PEM: the last element of every `cert_chain`.
+    pub fn root_bundle_pem(&self) -> &str {
+        &self.root_bundle_pem
+    }
+
+    /// Issues a workload certificate exactly as granted, checked before it is returned.
+    pub fn issue_workload(
+        &self,
+        grant: &Grant,
+        public_key: &SubjectPublicKey,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, SigningError> {
+        let key = rcgen::SubjectPublicKeyInfo::from_der(&public_key.spki_der)
+            .map_err(SigningError::PublicKey)?;
+        self.issue(
+            LeafSubject::Workload(&grant.identity),
+            &key,
+            grant.not_before,
+            grant.not_after,
+            now,
+        )
+    }
+
+    /// Issues meshroot's own TLS serving certificate for `dns_names`.
+    pub fn issue_server(
+        &self,
+        dns_names: &[String],
+        key: &KeyPair,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, SigningError> {
+        self.issue(
+            LeafSubject::Server(dns_names),
+            key,
+            not_before,
+            not_after.min(self.signing_not_after),
+            now,
+        )
+    }
+
+    fn issue(
+        &self,
+        subject: LeafSubject<'_>,
+        public_key: &impl PublicKeyData,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        now: SystemTime,
+    ) -> Result<IssuedCertificate, SigningError> {
+        // RFC 5280 §4.1.2.2: positive, at most 20 octets; CA/B asks for ≥ 64 random bits.
+        // 16 random bytes with the top bit cleared and the next set: always exactly 16 bytes.
+        let mut serial = [0u8; 16];
+        self.rng
+            .fill(&mut serial)
+            .map_err(|_| SigningError::Randomness)?;
+        serial[0] = (serial[0] & 0x7f) | 0x40;
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = time::OffsetDateTime::from(not_before);
+        params.not_after = time::OffsetDateTime::from(not_after);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.use_authority_key_identifier_extension = true;
+        match subject {
+            LeafSubject::Workload(identity) => {
+                // An empty subject makes rcgen mark the SAN critical (RFC 5280 §4.2.1.6).
+                params.subject_alt_names = vec![SanType::URI(
+                    identity
+                        .to_string()
+                        .try_into()
+                        .map_err(SigningError::Build)?,
+                )];
+                params.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyEncipherment,
+                ];
+                params.extended_key_usages = vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ];
+            }
+            LeafSubject::Server(dns_names) => {
+                params.subject_alt_names = dns_names
+                    .iter()
+                    .map(|name| {
+                        Ok(SanType::DnsName(
+                            name.clone().try_into().map_err(SigningError::Build)?,
+                        ))
+                    })
+                    .collect::<Result<_, SigningError>>()?;
+                params.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyEncipherment,
+                ];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            }
+        }
+        let certificate = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(SigningError::Build)?;
+        let der = certificate.der().clone();
+        self.check_issued(&der, subject, now)?;
+
+        let mut cert_chain = Vec::with_capacity(self.intermediates_pem.len() + 2);
+        cert_chain.push(certificate_pem(&der));
+        cert_chain.extend(self.intermediates_pem.iter().cloned());
+        cert_chain.push(self.root_bundle_pem.clone());
+        Ok(IssuedCertificate {
+            der,
+            serial: serial.to_vec(),
+            not_before,
+            not_after,
+            cert_chain,
+        })
+    }
+
+    /// Verifies a freshly signed leaf with rustls-webpki, using the signing certificate as the
+    /// anchor (its own path to the roots was verified when the authority was built, and again by
+    /// the probe), then checks that it names exactly what was granted.
+    fn check_issued(
+        &self,
+        der: &CertificateDer<'static>,
+        subject: LeafSubject<'_>,
+        now: SystemTime,
+    ) -> Result<(), SigningError> {
+        let anchor = webpki::anchor_from_trusted_cert(&self.signing_certificate)
+            .map_err(SigningError::Verify)?;
+        verify_path(der, &[anchor], &[], subject, now)?;
+        check_names(der, subject)
+    }
+
+    /// Issues a leaf for a throwaway key and verifies it through the full served chain to the
+    /// roots, exactly as a peer would.
+    fn probe(&self, now: SystemTime) -> Result<(), SigningError> {
+        let key = KeyPair::generate().map_err(SigningError::Build)?;
+        let identity = SpiffeId::new(self.trust_domain.clone(), "meshroot-selftest", "probe")
+            .map_err(|_| SigningError::IdentityCheck)?;
+        let subject = LeafSubject::Workload(&identity);
+        let not_after = (now + Duration::from_secs(600)).min(self.signing_not_after);
+        let issued = self.issue(subject, &key, now, not_after, now)?;
+        let anchors = self
+            .roots
+            .iter()
+            .map(|root| webpki::anchor_from_trusted_cert(root).map(|a| a.to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(SigningError::Verify)?;
+        verify_path(&issued.der, &anchors, &self.intermediates, subject, now)
+    }
+}
+
+fn verify_path(
+    der: &CertificateDer<'_>,
+    anchors: &[TrustAnchor<'_>],
+    intermediates: &[CertificateDer<'_>],
+    subject: LeafSubject<'_>,
+    now: SystemTime,
+) -> Result<(), SigningError> {
+    let leaf = webpki::EndEntityCert::try_from(der).map_err(SigningError::Verify)?;
+    let seconds = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let usage = match subject {
+        LeafSubject::Workload(_) => webpki::KeyUsage::client_auth(),
+        LeafSubject::Server(_) => webpki::KeyUsage::server_auth(),
+    };
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        anchors,
+        intermediates,
+        UnixTime::since_unix_epoch(Duration::from_secs(seconds)),
+        usage,
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(SigningError::Verify)
+}
+
+/// The leaf carries exactly the granted names, and a workload leaf also allows serverAuth.
+fn check_names(der: &[u8], subject: LeafSubject<'_>) -> Result<(), SigningError> {
+    let (_, leaf) = X509Certificate::from_der(der).map_err(|_| SigningError::IdentityCheck)?;
+    let mut uris = Vec::new();
+    let mut dns = Vec::new();
+    let mut server_auth = false;
+    for extension in leaf.extensions() {
+        match extension.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::URI(uri) => uris.push(*uri),
+                        GeneralName::DNSName(name) => dns.push(*name),
+                        _ => return Err(SigningError::IdentityCheck),
+                    }
+                }
+            }
+            ParsedExtension::ExtendedKeyUsage(eku) => server_auth = eku.server_auth,
+            _ => {}
+        }
+    }
+    let names_match = match subject {
+        LeafSubject::Workload(identity) => {
+            dns.is_empty() && uris.len() == 1 && uris[0] == identity.to_string()
+        }
+        LeafSubject::Server(names) => {
+            uris.is_empty() && dns == names.iter().map(String::as_str).collect::<Vec<_>>()
+        }
+    };
+    if names_match && server_auth && leaf.subject().iter_attributes().next().is_none() {
+        Ok(())
+    } else {
+        Err(SigningError::IdentityCheck)
+    }
+}
+
+/// The served intermediates: the signing certificate, then the certificates of `cert-chain.pem`
+/// that are neither the signing certificate nor a root of the bundle. Empty when the signing
+/// certificate is itself one of the roots.
+fn intermediates_of(
+    signing: &CertificateDer<'static>,
+    chain: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Result<Vec<CertificateDer<'static>>, AuthorityError> {
+    if roots.contains(signing) {
+        return Ok(Vec::new());
+    }
+    let mut intermediates = vec![signing.clone()];
+    for certificate in chain {
+        if certificate != signing
+            && !roots.contains(certificate)
+            && !intermediates.contains(certificate)
+        {
+            intermediates.push(certificate.clone());
+        }
+    }
+    Ok(intermediates)
+}
+
+/// Each served intermediate is signed by the next, and the last by a root of the bundle.
+fn check_links(
+    intermediates: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Result<(), AuthorityError> {
+    let parsed = intermediates
+        .iter()
+        .enumerate()
+        .map(|(position, der)| {
+            X509Certificate::from_der(der)
+                .map(|(_, c)| c)
+                .map_err(|_| AuthorityError::ChainUnparsable { position })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let parsed_roots = roots
+        .iter()
+        .enumerate()
+        .map(|(position, der)| {
+            X509Certificate::from_der(der)
+                .map(|(_, c)| c)
+                .map_err(|_| AuthorityError::RootUnparsable { position })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (position, pair) in parsed.windows(2).enumerate() {
+        if pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .is_err()
+        {
+            return Err(AuthorityError::ChainBroken { position });
+        }
+    }
+    if let Some(top) = parsed.last() {
+        let anchored = parsed_roots
+            .iter()
+            .any(|root| top.verify_signature(Some(root.public_key())).is_ok());
+        if !anchored {
+            return Err(AuthorityError::NoTrustedRoot);
+        }
+    }
+    Ok(())
+}
+
+fn to_system_time(unix_seconds: i64) -> SystemTime {
+    if unix_seconds >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds as u64)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(unix_seconds.unsigned_abs())
+    }
+}

@@ -1,0 +1,433 @@
+//! The issuance pipeline: authenticate → parse the CSR → decide → sign → check → record → answer.
+//!
+//! Every request ends in exactly one durable record (issued or denied) before its answer, and in
+//! one log line (request id, identity, outcome, latency). Details of a refusal go to the log and
+//! the record, never to the client (the edge maps [`IssueError`] to a gRPC status).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use rcgen::{KeyPair, PublicKeyData as _};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::authn::{AuthRequest, AuthenticatorChain, AuthnError, Caller};
+use crate::authority::{IssuedCertificate, MeshAuthority, SigningError};
+use crate::clock::Clock;
+use crate::csr::{self, CertificateRequest, CsrError, KeyAlgorithm};
+use crate::policy::{self, Denial, DenialReason, Grant, MeshPolicy};
+use crate::record::{
+    hex, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink, StoreError,
+};
+
+/// A request id: in every log line of a request, its record, and any Internal error message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub fn generate(rng: &SystemRandom) -> Self {
+        let mut bytes = [0u8; 8];
+        // SystemRandom only fails if the OS has no randomness; a time-based id is still unique
+        // enough to correlate logs.
+        if rng.fill(&mut bytes).is_err() {
+            let nanos = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default();
+            bytes = nanos.to_be_bytes();
+        }
+        Self(hex(&bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the client asked for, from the Istio CSR API request.
+#[derive(Debug, Clone, Default)]
+pub struct SigningRequest {
+    pub csr_pem: String,
+    /// `validity_duration` in seconds; <= 0 means the mesh default.
+    pub validity_seconds: i64,
+    /// `metadata["ImpersonatedIdentity"]`, when present.
+    pub impersonated_identity: Option<String>,
+}
+
+/// A certificate handed out.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_chain: Vec<String>,
+    pub identity: String,
+    pub serial: Vec<u8>,
+    pub sequence: u64,
+}
+
+/// Why a request did not get a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("authentication failed: {0}")]
+    Authn(#[from] AuthnError),
+    #[error("the CSR was refused: {0}")]
+    Csr(#[from] CsrError),
+    #[error("the request was denied: {0}")]
+    Denied(#[from] Denial),
+    #[error("the caller's mesh {0:?} is not served here")]
+    MeshNotServed(String),
+    #[error("signing failed: {0}")]
+    Signing(#[from] SigningError),
+    #[error("the record could not be stored: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl IssueError {
+    /// The recorded reason of a refusal, or None for internal failures.
+    pub fn denial_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Authn(error) => Some(error.reason()),
+            Self::Csr(error) => Some(error.reason()),
+            Self::Denied(denial) => Some(denial.reason.code()),
+            Self::MeshNotServed(_) | Self::Signing(_) | Self::Store(_) => None,
+        }
+    }
+}
+
+/// A mesh as the pipeline needs it.
+pub struct Mesh {
+    pub authority: Arc<MeshAuthority>,
+    pub policy: MeshPolicy,
+}
+
+/// The certificate authority: meshes, authenticators, the record sink and a clock.
+pub struct CertificateAuthority {
+    meshes: HashMap<String, Mesh>,
+    /// The first configured mesh: its intermediate signs meshroot's own serving certificate.
+    primary_mesh: String,
+    authenticators: AuthenticatorChain,
+    records: Arc<dyn RecordSink>,
+    clock: Arc<dyn Clock>,
+    rng: SystemRandom,
+}
+
+impl CertificateAuthority {
+    pub fn new(
+        meshes: Vec<Mesh>,
+        authenticators: AuthenticatorChain,
+        records: Arc<dyn RecordSink>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let primary_mesh = meshes
+            .first()
+            .map(|mesh| mesh.policy.mesh.clone())
+            .unwrap_or_default();
+        let meshes = meshes
+            .into_iter()
+            .map(|mesh| (mesh.policy.mesh.clone(), mesh))
+            .collect();
+        Self {
+            meshes,
+            primary_mesh,
+            authenticators,
+            records,
+            clock,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn new_request_id(&self) -> RequestId {
+        RequestId::generate(&self.rng)
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The mesh whose intermediate signs meshroot's serving certificate.
+    pub fn primary_authority(&self) -> Option<&Arc<MeshAuthority>> {
+        self.meshes
+            .get(&self.primary_mesh)
+            .map(|mesh| &mesh.authority)
+    }
+
+    /// Issues (and records) meshroot's own TLS serving certificate for `dns_names` from the
+    /// primary mesh's intermediate, with a fresh P-256 key.
+    pub async fn issue_serving_certificate(
+        &self,
+        dns_names: &[String],
+        lifetime: Duration,
+    ) -> Result<(IssuedCertificate, KeyPair), IssueError> {
+        let authority = self
+            .primary_authority()
+            .ok_or_else(|| IssueError::MeshNotServed(self.primary_mesh.clone()))?;
+        let key = KeyPair::generate().map_err(|e| IssueError::Signing(SigningError::Build(e)))?;
+        let now = self.clock.now();
+        let not_before = now.checked_sub(policy::BACKDATE).unwrap_or(now);
+        let issued = authority.issue_server(dns_names, &key, not_before, now + lifetime, now)?;
+        let request_id = self.new_request_id();
+        let record = Record {
+            sequence: 0,
+            recorded_at: now,
+            request_id: request_id.to_string(),
+            caller: CallerRecord {
+                authenticator: "meshroot-internal".to_owned(),
+                subject: "serving-certificate".to_owned(),
+                ..CallerRecord::default()
+            },
+            outcome: Outcome::Issued(IssuedRecord {
+                serial: issued.serial.clone(),
+                spiffe_id: String::new(),
+                dns_names: dns_names.to_vec(),
+                mesh: authority.mesh().to_owned(),
+                trust_domain: authority.trust_domain().to_string(),
+                namespace: String::new(),
+                service_account: String::new(),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                key_algorithm: KeyAlgorithm::EcdsaP256.name().to_owned(),
+                key_bits: KeyAlgorithm::EcdsaP256.bits(),
+                public_key_sha256: csr::sha256(&key.subject_public_key_info()).to_vec(),
+                csr_sha256: Vec::new(),
+                intermediate_sha256: authority.signing_certificate_sha256().to_vec(),
+                certificate_sha256: csr::sha256(&issued.der).to_vec(),
+                requested_ttl_seconds: lifetime.as_secs() as i64,
+            }),
+        };
+        let sequence = self.records.append(record).await?;
+        tracing::info!(
+            request_id = %request_id,
+            serial = %hex(&issued.serial),
+            sequence,
+            dns_names = ?dns_names,
+            not_after = %crate::record::format_time(issued.not_after),
+            "serving certificate issued"
+        );
+        Ok((issued, key))
+    }
+
+    /// Runs the whole pipeline for one request. The result is recorded durably before it is
+    /// returned, whatever it is; a record that cannot be stored turns the answer into an error.
+    pub async fn create_certificate(
+        &self,
+        request_id: &RequestId,
+        auth: &AuthRequest,
+        request: &SigningRequest,
+    ) -> Result<Issued, IssueError> {
+        let started = Instant::now();
+        let mut context = RecordContext {
+            caller: CallerRecord {
+                cluster_id: auth.cluster_id.clone(),
+                peer_address: auth.peer_address.map(|a| a.to_string()).unwrap_or_default(),
+                ..CallerRecord::default()
+            },
+            mesh: String::new(),
+            requested_spiffe_id: String::new(),
+            csr_sha256: Vec::new(),
+        };
+        let decided = self.decide(auth, request, &mut context).await;
+        let now = self.clock.now();
+        let result = match decided {
+            Ok((grant, csr, authority)) => {
+                self.sign_and_record(request_id, &grant, &csr, &authority, request, &context, now)
+                    .await
+            }
+            Err(error) => Err(self.record_refusal(request_id, error, &context, now).await),
+        };
+        log_outcome(request_id, &context, &result, started);
+        result
+    }
+
+    async fn decide(
+        &self,
+        auth: &AuthRequest,
+        request: &SigningRequest,
+        context: &mut RecordContext,
+    ) -> Result<(Grant, CertificateRequest, Arc<MeshAuthority>), IssueError> {
+        let caller = self.authenticators.authenticate(auth).await?;
+        context.identify(&caller);
+        if !request.csr_pem.is_empty() {
+            context.csr_sha256 = csr::sha256(request.csr_pem.as_bytes()).to_vec();
+        }
+        let parsed = csr::parse_pem(&request.csr_pem)?;
+        context.csr_sha256 = parsed.der_sha256.to_vec();
+        if let [uri] = parsed.uri_sans.as_slice() {
+            context.requested_spiffe_id = uri.clone();
+        }
+        if let Some(identity) = &request.impersonated_identity {
+            // Node proxies (ztunnel) impersonating workloads need the TokenReview authenticator
+            // and pod lookups; until then, nobody may impersonate.
+            return Err(IssueError::Denied(Denial {
+                reason: DenialReason::ImpersonationNotAllowed,
+                detail: format!("{} asked to impersonate {identity:?}", caller.identity),
+            }));
+        }
+        let mesh = self
+            .meshes
+            .get(&caller.mesh)
+            .ok_or_else(|| IssueError::MeshNotServed(caller.mesh.clone()))?;
+        let grant = policy::decide(
+            &caller,
+            &parsed,
+            &mesh.policy,
+            request.validity_seconds,
+            self.clock.now(),
+        )?;
+        Ok((grant, parsed, mesh.authority.clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn sign_and_record(
+        &self,
+        request_id: &RequestId,
+        grant: &Grant,
+        csr: &CertificateRequest,
+        authority: &MeshAuthority,
+        request: &SigningRequest,
+        context: &RecordContext,
+        now: SystemTime,
+    ) -> Result<Issued, IssueError> {
+        let issued: IssuedCertificate = authority.issue_workload(grant, &csr.public_key, now)?;
+        let record = Record {
+            sequence: 0,
+            recorded_at: now,
+            request_id: request_id.to_string(),
+            caller: context.caller.clone(),
+            outcome: Outcome::Issued(IssuedRecord {
+                serial: issued.serial.clone(),
+                spiffe_id: grant.identity.to_string(),
+                dns_names: Vec::new(),
+                mesh: grant.mesh.clone(),
+                trust_domain: grant.identity.trust_domain().to_string(),
+                namespace: grant.identity.namespace().to_owned(),
+                service_account: grant.identity.service_account().to_owned(),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                key_algorithm: csr.public_key.algorithm.name().to_owned(),
+                key_bits: csr.public_key.algorithm.bits(),
+                public_key_sha256: csr::sha256(&csr.public_key.spki_der).to_vec(),
+                csr_sha256: csr.der_sha256.to_vec(),
+                intermediate_sha256: authority.signing_certificate_sha256().to_vec(),
+                certificate_sha256: csr::sha256(&issued.der).to_vec(),
+                requested_ttl_seconds: request.validity_seconds,
+            }),
+        };
+        let sequence = self.records.append(record).await?;
+        Ok(Issued {
+            cert_chain: issued.cert_chain,
+            identity: grant.identity.to_string(),
+            serial: issued.serial,
+            sequence,
+        })
+    }
+
+    /// Records a refusal; internal failures (signing, store) are not denials and are only logged.
+    async fn record_refusal(
+        &self,
+        request_id: &RequestId,
+        error: IssueError,
+        context: &RecordContext,
+        now: SystemTime,
+    ) -> IssueError {
+        let Some(reason) = error.denial_reason() else {
+            return error;
+        };
+        let record = Record {
+            sequence: 0,
+            recorded_at: now,
+            request_id: request_id.to_string(),
+            caller: context.caller.clone(),
+            outcome: Outcome::Denied(DenialRecord {
+                reason: reason.to_owned(),
+                detail: denial_detail(&error),
+                mesh: context.mesh.clone(),
+                requested_spiffe_id: context.requested_spiffe_id.clone(),
+                csr_sha256: context.csr_sha256.clone(),
+            }),
+        };
+        match self.records.append(record).await {
+            Ok(_) => error,
+            Err(store_error) => {
+                tracing::error!(
+                    request_id = %request_id,
+                    denial = reason,
+                    error = %store_error,
+                    "the denial could not be recorded; answering with an internal error"
+                );
+                IssueError::Store(store_error)
+            }
+        }
+    }
+}
+
+/// What is known about a request so far, for its record.
+struct RecordContext {
+    caller: CallerRecord,
+    mesh: String,
+    requested_spiffe_id: String,
+    csr_sha256: Vec<u8>,
+}
+
+impl RecordContext {
+    fn identify(&mut self, caller: &Caller) {
+        self.caller.authenticator = caller.authenticator.name().to_owned();
+        self.caller.issuer = caller.issuer.clone();
+        self.caller.subject = caller.subject.clone();
+        self.caller.spiffe_id = caller.identity.to_string();
+        self.mesh = caller.mesh.clone();
+    }
+}
+
+/// The detail kept in a denial record: the error's own text (never secrets: tokens and keys
+/// are not part of any error).
+fn denial_detail(error: &IssueError) -> String {
+    match error {
+        IssueError::Denied(denial) => denial.detail.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn log_outcome(
+    request_id: &RequestId,
+    context: &RecordContext,
+    result: &Result<Issued, IssueError>,
+    started: Instant,
+) {
+    let latency_us = started.elapsed().as_micros() as u64;
+    let caller = context.caller.spiffe_id.as_str();
+    match result {
+        Ok(issued) => tracing::info!(
+            request_id = %request_id,
+            identity = %issued.identity,
+            serial = %hex(&issued.serial),
+            sequence = issued.sequence,
+            latency_us,
+            "certificate issued"
+        ),
+        Err(error) => match error.denial_reason() {
+            Some(reason) => tracing::warn!(
+                request_id = %request_id,
+                caller,
+                requested = %context.requested_spiffe_id,
+                cluster_id = %context.caller.cluster_id,
+                peer = %context.caller.peer_address,
+                reason,
+                detail = %denial_detail(error),
+                latency_us,
+                "certificate request denied"
+            ),
+            None => tracing::error!(
+                request_id = %request_id,
+                caller,
+                error = %error,
+                latency_us,
+                "certificate request failed"
+            ),
+        },
+    }
+}

@@ -1,0 +1,384 @@
+//! CA material on disk: loading Istio's `cacerts` layout (or `kubernetes.io/tls`), and `init`,
+//! which creates a shared root with one intermediate per mesh in that layout plus a config.
+//!
+//! Istio `cacerts` layout: `ca-cert.pem` (signing certificate), `ca-key.pem` (its key),
+//! `cert-chain.pem` (signing certificate up to the root), `root-cert.pem` (trust bundle).
+//! `kubernetes.io/tls` layout: `tls.crt` (signing certificate, then its chain), `tls.key`,
+//! `ca.crt` (trust bundle).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::authn::jwt::DevTokenSigner;
+use crate::authority::{AuthorityError, CaMaterial, MeshAuthority};
+use crate::config::{self, DEFAULT_LISTEN};
+use crate::identity::TrustDomain;
+use crate::keys::{self, certificate_pem, KeyError, KeyType};
+
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+pub const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);
+/// NotBefore of generated CAs is backdated by this much for clock skew.
+const CA_BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Why CA files could not be loaded or written. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFilesError {
+    #[error(
+        "{dir}: found neither Istio's cacerts layout (ca-cert.pem) nor kubernetes.io/tls (tls.crt)"
+    )]
+    NoLayout { dir: PathBuf },
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: KeyError,
+    },
+    #[error("{path}: holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{dir}: {source}")]
+    Invalid {
+        dir: PathBuf,
+        #[source]
+        source: AuthorityError,
+    },
+    #[error("{path} already exists; pass --force to replace existing keys")]
+    WouldOverwrite { path: PathBuf },
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("generating {what} failed: {reason}")]
+    Generate { what: String, reason: String },
+}
+
+/// Loads and checks a mesh's CA directory.
+pub fn load_authority(
+    mesh: &str,
+    trust_domain: TrustDomain,
+    dir: &Path,
+    now: SystemTime,
+) -> Result<MeshAuthority, CaFilesError> {
+    let material = load_material(dir)?;
+    MeshAuthority::new(mesh, trust_domain, material, now).map_err(|source| CaFilesError::Invalid {
+        dir: dir.to_owned(),
+        source,
+    })
+}
+
+/// Reads the files of either layout, without judging them.
+pub fn load_material(dir: &Path) -> Result<CaMaterial, CaFilesError> {
+    if dir.join("ca-cert.pem").exists() {
+        let signing_certificate = first_certificate(&dir.join("ca-cert.pem"))?;
+        let chain_path = dir.join("cert-chain.pem");
+        let chain = if chain_path.exists() {
+            certificates(&chain_path)?
+        } else {
+            Vec::new()
+        };
+        Ok(CaMaterial {
+            signing_certificate,
+            signing_key: key(&dir.join("ca-key.pem"))?,
+            chain,
+            roots: certificates_required(&dir.join("root-cert.pem"))?,
+        })
+    } else if dir.join("tls.crt").exists() {
+        let path = dir.join("tls.crt");
+        let mut chain = certificates_required(&path)?;
+        let signing_certificate = chain.remove(0);
+        Ok(CaMaterial {
+            signing_certificate,
+            signing_key: key(&dir.join("tls.key"))?,
+            chain,
+            roots: certificates_required(&dir.join("ca.crt"))?,
+        })
+    } else {
+        Err(CaFilesError::NoLayout {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CaFilesError> {
+    fs::read(path).map_err(|source| CaFilesError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn certificates(
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, CaFilesError> {
+    keys::parse_certificates_pem(&read(path)?).map_err(|source| CaFilesError::Pem {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn certificates_required(
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, CaFilesError> {
+    let found = certificates(path)?;
+    if found.is_empty() {
+        return Err(CaFilesError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(found)
+}
+
+fn first_certificate(
+    path: &Path,
+) -> Result<rustls_pki_types::CertificateDer<'static>, CaFilesError> {
+    let mut found = certificates_required(path)?;
+    Ok(found.remove(0))
+}
+
+fn key(path: &Path) -> Result<KeyPair, CaFilesError> {
+    keys::load_private_key_pem(&read(path)?).map_err(|source| CaFilesError::Pem {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// What `meshroot init` creates.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub dir: PathBuf,
+    pub meshes: Vec<(String, TrustDomain)>,
+    pub key_type: KeyType,
+    pub dev_issuer: bool,
+    pub force: bool,
+}
+
+/// Files written by `init`, for the user.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub config: PathBuf,
+    pub root_certificate: PathBuf,
+    pub mesh_dirs: Vec<PathBuf>,
+}
+
+/// The issuer name of a mesh's local development token issuer.
+pub fn dev_issuer_name(mesh: &str) -> String {
+    format!("https://meshroot.dev.invalid/{mesh}")
+}
+
+/// Creates a shared root, one intermediate (pathlen 0) per mesh, and a config serving them.
+/// Private keys are written 0600. Existing keys are kept unless `force`.
+pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFilesError> {
+    let dir = &options.dir;
+    let mut key_paths = vec![dir.join("root-key.pem")];
+    for (mesh, _) in &options.meshes {
+        key_paths.push(dir.join(mesh).join("ca-key.pem"));
+        if options.dev_issuer {
+            key_paths.push(dir.join(mesh).join("dev-issuer-key.pem"));
+        }
+    }
+    if !options.force {
+        if let Some(existing) = key_paths.iter().find(|p| p.exists()) {
+            return Err(CaFilesError::WouldOverwrite {
+                path: existing.clone(),
+            });
+        }
+    }
+    let generate_failed = |what: &str, reason: String| CaFilesError::Generate {
+        what: what.to_owned(),
+        reason,
+    };
+    let rng = SystemRandom::new();
+    let not_before = now.checked_sub(CA_BACKDATE).unwrap_or(now);
+
+    let root_key = options
+        .key_type
+        .generate()
+        .map_err(|e| generate_failed("the root key", e.to_string()))?;
+    let mut root_params = ca_params("meshroot root CA", not_before, now + ROOT_VALIDITY, &rng)
+        .map_err(|e| generate_failed("the root certificate", e))?;
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = root_params
+        .self_signed(&root_key)
+        .map_err(|e| generate_failed("the root certificate", e.to_string()))?;
+    let root_pem = certificate_pem(root.der());
+    let root_issuer = Issuer::new(root_params, &root_key);
+
+    fs::create_dir_all(dir).map_err(|source| CaFilesError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    write_file(&dir.join("root-cert.pem"), root_pem.as_bytes(), false)?;
+    write_file(
+        &dir.join("root-key.pem"),
+        root_key.serialize_pem().as_bytes(),
+        true,
+    )?;
+
+    let mut config = String::from(
+        "# meshroot configuration, written by `meshroot init`. Paths are relative to this file.\n",
+    );
+    config.push_str(&format!(
+        "listen = \"{DEFAULT_LISTEN}\"\ndns_names = [{}]\nstore = \"store\"\n",
+        config::DEFAULT_DNS_NAMES
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let mut mesh_dirs = Vec::new();
+    for (mesh, trust_domain) in &options.meshes {
+        let mesh_dir = dir.join(mesh);
+        fs::create_dir_all(&mesh_dir).map_err(|source| CaFilesError::Write {
+            path: mesh_dir.clone(),
+            source,
+        })?;
+        let key = options
+            .key_type
+            .generate()
+            .map_err(|e| generate_failed(&format!("the {mesh} intermediate key"), e.to_string()))?;
+        let intermediate_not_after = (now + INTERMEDIATE_VALIDITY).min(now + ROOT_VALIDITY);
+        let mut params = ca_params(
+            &format!("meshroot intermediate CA {mesh}"),
+            not_before,
+            intermediate_not_after,
+            &rng,
+        )
+        .map_err(|e| generate_failed("an intermediate certificate", e))?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.use_authority_key_identifier_extension = true;
+        let intermediate = params
+            .signed_by(&key, &root_issuer)
+            .map_err(|e| generate_failed("an intermediate certificate", e.to_string()))?;
+        let intermediate_pem = certificate_pem(intermediate.der());
+        write_file(
+            &mesh_dir.join("ca-cert.pem"),
+            intermediate_pem.as_bytes(),
+            false,
+        )?;
+        write_file(
+            &mesh_dir.join("ca-key.pem"),
+            key.serialize_pem().as_bytes(),
+            true,
+        )?;
+        write_file(
+            &mesh_dir.join("cert-chain.pem"),
+            format!("{intermediate_pem}{root_pem}").as_bytes(),
+            false,
+        )?;
+        write_file(&mesh_dir.join("root-cert.pem"), root_pem.as_bytes(), false)?;
+
+        config.push_str(&format!(
+            "\n[[mesh]]\nname = \"{mesh}\"\ntrust_domain = \"{trust_domain}\"\nca_dir = \"{mesh}\"\n\
+             default_ttl = \"{}\"\nmax_ttl = \"{}\"\n",
+            config::format_duration(config::DEFAULT_TTL),
+            config::format_duration(config::DEFAULT_MAX_TTL),
+        ));
+        if options.dev_issuer {
+            let (signer, pkcs8) = DevTokenSigner::generate()
+                .map_err(|e| generate_failed("a development issuer key", e.to_string()))?;
+            write_file(
+                &mesh_dir.join("dev-issuer-key.pem"),
+                keys::pem_encode("PRIVATE KEY", &pkcs8).as_bytes(),
+                true,
+            )?;
+            write_file(
+                &mesh_dir.join("dev-issuer-jwks.json"),
+                signer.jwks_json().as_bytes(),
+                false,
+            )?;
+            config.push_str(&format!(
+                "\n# Local development token issuer: `meshroot token` mints its tokens. Never use in production.\n\
+                 [[mesh.token_issuer]]\nissuer = \"{}\"\njwks = \"{mesh}/dev-issuer-jwks.json\"\n\
+                 audiences = [\"{}\"]\ndev_signing_key = \"{mesh}/dev-issuer-key.pem\"\n",
+                dev_issuer_name(mesh),
+                config::DEFAULT_AUDIENCE,
+            ));
+        } else {
+            config.push_str(
+                "\n# Add the cluster's service-account token issuer, e.g.:\n\
+                 # [[mesh.token_issuer]]\n# issuer = \"https://kubernetes.default.svc.cluster.local\"\n\
+                 # jwks = \"/path/to/cluster-jwks.json\"   # kubectl get --raw /openid/v1/jwks\n",
+            );
+        }
+        mesh_dirs.push(mesh_dir);
+    }
+    let config_path = dir.join("meshroot.toml");
+    write_file(&config_path, config.as_bytes(), false)?;
+    Ok(InitReport {
+        config: config_path,
+        root_certificate: dir.join("root-cert.pem"),
+        mesh_dirs,
+    })
+}
+
+fn ca_params(
+    common_name: &str,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    rng: &SystemRandom,
+) -> Result<CertificateParams, String> {
+    let mut serial = [0u8; 16];
+    rng.fill(&mut serial)
+        .map_err(|_| "no randomness".to_owned())?;
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "meshroot");
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+/// Writes a file atomically (temporary file, then rename); secrets get mode 0600 from creation.
+fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CaFilesError> {
+    let error = |source| CaFilesError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(&temporary).map_err(error)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = if secret { 0o600 } else { 0o644 };
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(error)?;
+    }
+    file.write_all(contents).map_err(error)?;
+    file.sync_all().map_err(error)?;
+    drop(file);
+    fs::rename(&temporary, path).map_err(error)
+}

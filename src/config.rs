@@ -1,0 +1,532 @@
+//! One typed, validated configuration: a TOML file plus a few environment overrides.
+//!
+//! Every setting is parsed before anything fails, and every problem is reported with its key and
+//! the file it came from (style: linkerd2-proxy). Loading never binds a port or opens the store.
+//! Relative paths are relative to the directory of the config file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::TrustDomain;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
+pub const DEFAULT_DNS_NAMES: [&str; 2] = ["localhost", "meshroot.istio-system.svc"];
+pub const DEFAULT_AUDIENCE: &str = "istio-ca";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Environment variables that override the file.
+pub const ENV_LISTEN: &str = "MESHROOT_LISTEN";
+pub const ENV_STORE: &str = "MESHROOT_STORE";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    /// DNS names in meshroot's serving certificate (the host part of istio-agent's `CA_ADDR`).
+    pub dns_names: Vec<String>,
+    /// Lifetime of meshroot's own serving certificate; renewed at half of it.
+    pub serving_certificate_ttl: Duration,
+    /// The sled directory for issuance records.
+    pub store: PathBuf,
+    pub meshes: Vec<MeshConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub name: String,
+    pub trust_domain: TrustDomain,
+    /// Istio `cacerts` layout or `kubernetes.io/tls` layout.
+    pub ca_dir: PathBuf,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub token_issuers: Vec<TokenIssuerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenIssuerConfig {
+    /// The `iss` claim.
+    pub issuer: String,
+    /// JWKS file with the issuer's public keys.
+    pub jwks: PathBuf,
+    pub audiences: Vec<String>,
+    /// Only for a local development issuer: the ES256 key `meshroot token` signs with.
+    pub dev_signing_key: Option<PathBuf>,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem, at one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.file.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  {}: {}", problem.key, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    dns_names: Option<Vec<String>>,
+    serving_certificate_ttl: Option<String>,
+    store: Option<String>,
+    #[serde(default)]
+    mesh: Vec<RawMesh>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMesh {
+    name: Option<String>,
+    trust_domain: Option<String>,
+    ca_dir: Option<String>,
+    default_ttl: Option<String>,
+    max_ttl: Option<String>,
+    #[serde(default)]
+    token_issuer: Vec<RawTokenIssuer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenIssuer {
+    issuer: Option<String>,
+    jwks: Option<String>,
+    audiences: Option<Vec<String>>,
+    dev_signing_key: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a config file, applying `MESHROOT_LISTEN` / `MESHROOT_STORE`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem {
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self::parse(&text, path, env(ENV_LISTEN), env(ENV_STORE))
+    }
+
+    /// Parses config text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        listen_override: Option<String>,
+        store_override: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError {
+            file: path.to_owned(),
+            problems,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            fail(vec![Problem {
+                key: "(syntax)".into(),
+                message: e.to_string().trim().replace('\n', " "),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+
+        let listen_text = listen_override
+            .clone()
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen_key = if listen_override.is_some() {
+            ENV_LISTEN
+        } else {
+            "listen"
+        };
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            problem(
+                listen_key.into(),
+                format!("{listen_text:?} is not an address:port"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+
+        let dns_names = raw
+            .dns_names
+            .unwrap_or_else(|| DEFAULT_DNS_NAMES.iter().map(|s| s.to_string()).collect());
+        if dns_names.is_empty() {
+            problem(
+                "dns_names".into(),
+                "at least one DNS name is required".into(),
+            );
+        }
+        for (index, name) in dns_names.iter().enumerate() {
+            if !is_dns_name(name) {
+                problem(
+                    format!("dns_names[{index}]"),
+                    format!("{name:?} is not a DNS name"),
+                );
+            }
+        }
+        let serving_certificate_ttl = duration_setting(
+            raw.serving_certificate_ttl.as_deref(),
+            DEFAULT_SERVING_TTL,
+            "serving_certificate_ttl",
+            &mut problem,
+        );
+        let store = match store_override.or(raw.store) {
+            Some(store) => base.join(store),
+            None => base.join("store"),
+        };
+
+        if raw.mesh.is_empty() {
+            problem("mesh".into(), "at least one [[mesh]] is required".into());
+        }
+        let mut meshes = Vec::new();
+        let mut names = HashSet::new();
+        let mut trust_domains = HashSet::new();
+        let mut issuers = HashSet::new();
+        for (index, mesh) in raw.mesh.into_iter().enumerate() {
+            let key = |field: &str| format!("mesh[{index}].{field}");
+            let name = match mesh.name {
+                Some(name) if is_mesh_name(&name) => name,
+                Some(name) => {
+                    problem(
+                        key("name"),
+                        format!("{name:?}: use lowercase letters, digits and '-'"),
+                    );
+                    name
+                }
+                None => {
+                    problem(key("name"), "is required".into());
+                    String::new()
+                }
+            };
+            if !name.is_empty() && !names.insert(name.clone()) {
+                problem(key("name"), format!("mesh {name:?} is defined twice"));
+            }
+            let trust_domain_text = mesh
+                .trust_domain
+                .unwrap_or_else(|| "cluster.local".to_owned());
+            let trust_domain = match TrustDomain::new(&trust_domain_text) {
+                Ok(td) => {
+                    if !trust_domains.insert(td.clone()) {
+                        problem(
+                            key("trust_domain"),
+                            format!("{trust_domain_text:?} is already used by another mesh"),
+                        );
+                    }
+                    Some(td)
+                }
+                Err(e) => {
+                    problem(key("trust_domain"), format!("{trust_domain_text:?}: {e}"));
+                    None
+                }
+            };
+            let ca_dir = match mesh.ca_dir {
+                Some(dir) => base.join(dir),
+                None => {
+                    problem(key("ca_dir"), "is required".into());
+                    PathBuf::new()
+                }
+            };
+            let default_ttl = duration_setting(
+                mesh.default_ttl.as_deref(),
+                DEFAULT_TTL,
+                &key("default_ttl"),
+                &mut problem,
+            );
+            let max_ttl = duration_setting(
+                mesh.max_ttl.as_deref(),
+                DEFAULT_MAX_TTL,
+                &key("max_ttl"),
+                &mut problem,
+            );
+            if default_ttl > max_ttl {
+                problem(key("default_ttl"), "must not exceed max_ttl".into());
+            }
+            let mut token_issuers = Vec::new();
+            for (issuer_index, raw_issuer) in mesh.token_issuer.into_iter().enumerate() {
+                let key =
+                    |field: &str| format!("mesh[{index}].token_issuer[{issuer_index}].{field}");
+                let issuer = raw_issuer.issuer.unwrap_or_default();
+                if issuer.is_empty() {
+                    problem(key("issuer"), "is required".into());
+                } else if !issuers.insert(issuer.clone()) {
+                    problem(
+                        key("issuer"),
+                        format!("{issuer:?} is configured twice; an issuer belongs to one mesh"),
+                    );
+                }
+                let jwks = match raw_issuer.jwks {
+                    Some(jwks) => base.join(jwks),
+                    None => {
+                        problem(key("jwks"), "is required".into());
+                        PathBuf::new()
+                    }
+                };
+                let audiences = raw_issuer
+                    .audiences
+                    .unwrap_or_else(|| vec![DEFAULT_AUDIENCE.to_owned()]);
+                if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+                    problem(key("audiences"), "must hold non-empty audiences".into());
+                }
+                token_issuers.push(TokenIssuerConfig {
+                    issuer,
+                    jwks,
+                    audiences,
+                    dev_signing_key: raw_issuer.dev_signing_key.map(|p| base.join(p)),
+                });
+            }
+            if let Some(trust_domain) = trust_domain {
+                meshes.push(MeshConfig {
+                    name,
+                    trust_domain,
+                    ca_dir,
+                    default_ttl,
+                    max_ttl,
+                    token_issuers,
+                });
+            }
+        }
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        Ok(Self {
+            source: path.to_owned(),
+            listen,
+            dns_names,
+            serving_certificate_ttl,
+            store,
+            meshes,
+        })
+    }
+
+    pub fn mesh(&self, name: &str) -> Option<&MeshConfig> {
+        self.meshes.iter().find(|m| m.name == name)
+    }
+}
+
+fn duration_setting(
+    text: Option<&str>,
+    default: Duration,
+    key: &str,
+    problem: &mut impl FnMut(String, String),
+) -> Duration {
+    match text {
+        None => default,
+        Some(text) => match parse_duration(text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                problem(
+                    key.to_owned(),
+                    format!("{text:?} is not a positive duration like \"24h\", \"7d\", \"90m\""),
+                );
+                default
+            }
+        },
+    }
+}
+
+/// Parses durations such as `90s`, `15m`, `24h`, `7d`, `1h30m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    let mut saw_unit = false;
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return None,
+        };
+        let value: u64 = number.parse().ok()?;
+        total = total.checked_add(value.checked_mul(unit)?)?;
+        number.clear();
+        saw_unit = true;
+    }
+    if !number.is_empty() || !saw_unit {
+        return None;
+    }
+    Some(Duration::from_secs(total))
+}
+
+/// Formats a duration the way `parse_duration` reads it.
+pub fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn is_mesh_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// RFC 1123 host names (letters, digits, '-', dot-separated labels of 1–63 characters).
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/meshroot/meshroot.toml"), None, None)
+    }
+
+    const MINIMAL: &str = r#"
+        [[mesh]]
+        name = "default"
+        ca_dir = "cacerts"
+    "#;
+
+    #[test]
+    fn fills_defaults_and_anchors_paths_at_the_config_directory() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.store, PathBuf::from("/etc/meshroot/store"));
+        let mesh = &config.meshes[0];
+        assert_eq!(mesh.trust_domain.as_str(), "cluster.local");
+        assert_eq!(mesh.ca_dir, PathBuf::from("/etc/meshroot/cacerts"));
+        assert_eq!(mesh.default_ttl, DEFAULT_TTL);
+        assert_eq!(mesh.max_ttl, DEFAULT_MAX_TTL);
+    }
+
+    #[test]
+    fn reports_every_bad_key_at_once() {
+        let error = parse(
+            r#"
+            listen = "nowhere"
+            dns_names = ["bad name"]
+            [[mesh]]
+            name = "Default"
+            trust_domain = "Upper.Case"
+            default_ttl = "forever"
+            [[mesh.token_issuer]]
+            audiences = []
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listen",
+                "dns_names[0]",
+                "mesh[0].name",
+                "mesh[0].trust_domain",
+                "mesh[0].ca_dir",
+                "mesh[0].default_ttl",
+                "mesh[0].token_issuer[0].issuer",
+                "mesh[0].token_issuer[0].jwks",
+                "mesh[0].token_issuer[0].audiences",
+            ]
+        );
+        assert!(error.to_string().contains("/etc/meshroot/meshroot.toml"));
+    }
+
+    #[test]
+    fn refuses_duplicate_meshes_trust_domains_and_issuers() {
+        let error = parse(
+            r#"
+            [[mesh]]
+            name = "a"
+            ca_dir = "a"
+            [[mesh.token_issuer]]
+            issuer = "https://k8s"
+            jwks = "a.json"
+            [[mesh]]
+            name = "a"
+            ca_dir = "b"
+            [[mesh.token_issuer]]
+            issuer = "https://k8s"
+            jwks = "b.json"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "mesh[1].name",
+                "mesh[1].trust_domain",
+                "mesh[1].token_issuer[0].issuer"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let error = parse("listn = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(error.to_string().contains("listn"), "{error}");
+    }
+
+    #[test]
+    fn environment_overrides_listen_and_store() {
+        let config = Config::parse(
+            MINIMAL,
+            Path::new("/x/m.toml"),
+            Some("127.0.0.1:9".into()),
+            Some("/var/lib/meshroot".into()),
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9);
+        assert_eq!(config.store, PathBuf::from("/var/lib/meshroot"));
+        let error =
+            Config::parse(MINIMAL, Path::new("/x/m.toml"), Some("bad".into()), None).unwrap_err();
+        assert_eq!(error.problems[0].key, ENV_LISTEN);
+    }
+
+    #[test]
+    fn parses_and_formats_durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604800)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("1w"), None);
+        assert_eq!(format_duration(Duration::from_secs(86400)), "1d");
+        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
+    }
+}

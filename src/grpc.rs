@@ -1,0 +1,142 @@
+//! The gRPC edge: Istio's `IstioCertificateService` over tonic, and the one place where errors
+//! become `tonic::Status`.
+//!
+//! Reads the `authorization` and `clusterid` metadata, the peer address and verified client
+//! certificates, and `metadata["ImpersonatedIdentity"]`; ignores every other header (istio-agent
+//! adds arbitrary `CA_HEADER_*` ones).
+
+use std::sync::Arc;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::{Code, Request, Response, Status};
+
+use crate::authn::{AuthRequest, Authorization};
+use crate::ca::{CertificateAuthority, IssueError, RequestId, SigningRequest};
+use crate::pb::istio::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+use crate::pb::istio::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::policy::DenialReason;
+
+/// Metadata key carrying the request id on error responses.
+pub const REQUEST_ID_HEADER: &str = "x-meshroot-request-id";
+/// The `metadata` Struct field ztunnel uses to ask for a workload's identity.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+
+/// Istio's CSR service backed by the certificate authority.
+pub struct CsrService {
+    ca: Arc<CertificateAuthority>,
+}
+
+impl CsrService {
+    pub fn new(ca: Arc<CertificateAuthority>) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(Self { ca })
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CsrService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let request_id = self.ca.new_request_id();
+        let auth = auth_request(&request);
+        let body = request.into_inner();
+        let signing = SigningRequest {
+            impersonated_identity: impersonated_identity(&body),
+            csr_pem: body.csr,
+            validity_seconds: body.validity_duration,
+        };
+        match self
+            .ca
+            .create_certificate(&request_id, &auth, &signing)
+            .await
+        {
+            Ok(issued) => Ok(Response::new(IstioCertificateResponse {
+                cert_chain: issued.cert_chain,
+            })),
+            Err(error) => Err(status_for(&error, &request_id)),
+        }
+    }
+}
+
+fn auth_request<T>(request: &Request<T>) -> AuthRequest {
+    let metadata = request.metadata();
+    let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    let tls = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+    AuthRequest {
+        authorization: Authorization::from_header(header("authorization")),
+        cluster_id: header("clusterid").unwrap_or_default().to_owned(),
+        peer_address: tls.and_then(|info| info.get_ref().remote_addr()),
+        peer_certificates: tls
+            .and_then(|info| info.peer_certs())
+            .map(|certs| certs.as_ref().clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn impersonated_identity(request: &IstioCertificateRequest) -> Option<String> {
+    use prost_types::value::Kind;
+    let value = request
+        .metadata
+        .as_ref()?
+        .fields
+        .get(IMPERSONATED_IDENTITY)?;
+    match &value.kind {
+        Some(Kind::StringValue(identity)) => Some(identity.clone()),
+        // Present but not a string: still an impersonation attempt, to be refused.
+        _ => Some(String::new()),
+    }
+}
+
+/// The gRPC status for every way a request can fail. Istio clients retry Internal and
+/// Unavailable but never Unauthenticated or InvalidArgument, so final answers use those.
+/// Messages carry the request id and, for refusals, the stable reason; never internal text.
+pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
+    let (code, message) = match error {
+        IssueError::Authn(_) => (
+            Code::Unauthenticated,
+            "request authenticate failure".to_owned(),
+        ),
+        IssueError::Csr(csr) => (
+            Code::InvalidArgument,
+            format!("invalid certificate signing request: {}", csr.reason()),
+        ),
+        IssueError::Denied(denial) => {
+            let code = match denial.reason {
+                DenialReason::CallerMeshMismatch
+                | DenialReason::TrustDomainMismatch
+                | DenialReason::IdentityMismatch
+                | DenialReason::ImpersonationNotAllowed => Code::Unauthenticated,
+                DenialReason::SubjectNotAllowed
+                | DenialReason::CaRequested
+                | DenialReason::UnknownExtension
+                | DenialReason::DnsSan
+                | DenialReason::IpSan
+                | DenialReason::EmailSan
+                | DenialReason::OtherSan
+                | DenialReason::UriSanCount
+                | DenialReason::UriSanInvalid => Code::InvalidArgument,
+                DenialReason::SignerExpired => Code::Internal,
+            };
+            let message = match code {
+                Code::Unauthenticated => "request authenticate failure".to_owned(),
+                Code::InvalidArgument => {
+                    format!("certificate request refused: {}", denial.reason.code())
+                }
+                _ => "internal error".to_owned(),
+            };
+            (code, message)
+        }
+        IssueError::MeshNotServed(_) | IssueError::Signing(_) | IssueError::Store(_) => {
+            (Code::Internal, "internal error".to_owned())
+        }
+    };
+    let mut status = Status::new(code, format!("{message} (request id {request_id})"));
+    if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
+        status.metadata_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    status
+}

@@ -1,0 +1,399 @@
+//! The decision: from an authenticated [`Caller`], a parsed [`CertificateRequest`] and the mesh's
+//! rules, either a [`Grant`] (exactly what will be signed) or a [`Denial`] with a reason.
+//!
+//! Pure: no I/O, time passed in. Rules, in the order they are checked:
+//! 1. the caller belongs to this mesh;
+//! 2. the subject is empty or istio-agent's single empty `O=` — no CN, nothing else;
+//! 3. no CA request (BasicConstraints CA:TRUE, keyCertSign, cRLSign);
+//! 4. no extensions besides SAN, KeyUsage, ExtendedKeyUsage, BasicConstraints;
+//! 5. no DNS, IP, email or other SANs;
+//! 6. exactly one URI SAN, an Istio SPIFFE ID (`spiffe://<td>/ns/<ns>/sa/<sa>`);
+//! 7. its trust domain is the mesh's, and it equals the caller's identity exactly.
+//!
+//! TTL: `requested <= 0` → the mesh default; above the mesh maximum → clamped to it (never an
+//! error); NotAfter never past the signing certificate's NotAfter; NotBefore = now − 2 minutes.
+
+use std::time::{Duration, SystemTime};
+
+use crate::authn::Caller;
+use crate::csr::{CertificateRequest, Subject};
+use crate::identity::{SpiffeId, TrustDomain};
+
+/// NotBefore is backdated by this much to absorb clock skew between the CA and its peers.
+pub const BACKDATE: Duration = Duration::from_secs(120);
+
+/// A mesh's issuance rules.
+#[derive(Debug, Clone)]
+pub struct MeshPolicy {
+    pub mesh: String,
+    pub trust_domain: TrustDomain,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    /// NotAfter of the mesh's signing certificate.
+    pub signer_not_after: SystemTime,
+}
+
+/// What the signer will put in the certificate. Only `decide` makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub mesh: String,
+    pub identity: SpiffeId,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// Why a request was refused: a stable reason for records and metrics, and a detail for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason:?}: {detail}")]
+pub struct Denial {
+    pub reason: DenialReason,
+    pub detail: String,
+}
+
+/// Every reason the policy refuses a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialReason {
+    /// The caller's credential belongs to another mesh than the one asked.
+    CallerMeshMismatch,
+    /// A CN or any subject other than empty / `O=`.
+    SubjectNotAllowed,
+    /// The request asks for a CA certificate.
+    CaRequested,
+    /// An extension outside SAN, KU, EKU, BasicConstraints.
+    UnknownExtension,
+    DnsSan,
+    IpSan,
+    EmailSan,
+    OtherSan,
+    /// Not exactly one URI SAN.
+    UriSanCount,
+    /// The URI SAN is not an Istio SPIFFE ID.
+    UriSanInvalid,
+    /// The SPIFFE ID's trust domain is not the mesh's.
+    TrustDomainMismatch,
+    /// The SPIFFE ID is not the caller's identity.
+    IdentityMismatch,
+    /// `ImpersonatedIdentity` was asked for; only trusted node proxies may do so.
+    ImpersonationNotAllowed,
+    /// The mesh's signing certificate has expired: nothing can be issued.
+    SignerExpired,
+}
+
+impl DenialReason {
+    /// A stable, machine-readable reason for records and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::CallerMeshMismatch => "caller-mesh-mismatch",
+            Self::SubjectNotAllowed => "csr-subject-not-allowed",
+            Self::CaRequested => "csr-requests-ca",
+            Self::UnknownExtension => "csr-unknown-extension",
+            Self::DnsSan => "csr-dns-san",
+            Self::IpSan => "csr-ip-san",
+            Self::EmailSan => "csr-email-san",
+            Self::OtherSan => "csr-other-san",
+            Self::UriSanCount => "csr-uri-san-count",
+            Self::UriSanInvalid => "csr-uri-san-invalid",
+            Self::TrustDomainMismatch => "trust-domain-mismatch",
+            Self::IdentityMismatch => "identity-mismatch",
+            Self::ImpersonationNotAllowed => "impersonation-not-allowed",
+            Self::SignerExpired => "signer-expired",
+        }
+    }
+}
+
+fn deny(reason: DenialReason, detail: impl Into<String>) -> Denial {
+    Denial {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Decides a request. `requested_ttl_seconds` is the request's `validity_duration`.
+pub fn decide(
+    caller: &Caller,
+    request: &CertificateRequest,
+    policy: &MeshPolicy,
+    requested_ttl_seconds: i64,
+    now: SystemTime,
+) -> Result<Grant, Denial> {
+    use DenialReason as R;
+    if caller.mesh != policy.mesh {
+        return Err(deny(
+            R::CallerMeshMismatch,
+            format!(
+                "caller of mesh {:?} asked mesh {:?}",
+                caller.mesh, policy.mesh
+            ),
+        ));
+    }
+    match &request.subject {
+        Subject::Empty | Subject::EmptyOrganization => {}
+        Subject::Other {
+            text,
+            has_common_name,
+        } => {
+            let what = if *has_common_name {
+                "a common name"
+            } else {
+                "a subject"
+            };
+            return Err(deny(
+                R::SubjectNotAllowed,
+                format!("CSR carries {what}: {text}"),
+            ));
+        }
+    }
+    if request.requests_ca {
+        return Err(deny(
+            R::CaRequested,
+            "CSR asks for CA:TRUE or certificate signing",
+        ));
+    }
+    if let Some(oid) = request.unknown_extensions.first() {
+        return Err(deny(
+            R::UnknownExtension,
+            format!("CSR asks for extension {oid}"),
+        ));
+    }
+    if let Some(dns) = request.dns_sans.first() {
+        return Err(deny(R::DnsSan, format!("CSR asks for DNS name {dns:?}")));
+    }
+    if request.ip_sans > 0 {
+        return Err(deny(R::IpSan, "CSR asks for an IP address SAN"));
+    }
+    if request.email_sans > 0 {
+        return Err(deny(R::EmailSan, "CSR asks for an email SAN"));
+    }
+    if request.other_sans > 0 {
+        return Err(deny(R::OtherSan, "CSR asks for a SAN that is not a URI"));
+    }
+    let [uri] = request.uri_sans.as_slice() else {
+        return Err(deny(
+            R::UriSanCount,
+            format!(
+                "CSR has {} URI SANs, expected exactly one",
+                request.uri_sans.len()
+            ),
+        ));
+    };
+    let requested = SpiffeId::parse(uri)
+        .map_err(|e| deny(R::UriSanInvalid, format!("URI SAN {uri:?}: {e}")))?;
+    if requested.trust_domain() != &policy.trust_domain {
+        return Err(deny(
+            R::TrustDomainMismatch,
+            format!(
+                "CSR asks for trust domain {:?}, mesh {:?} uses {:?}",
+                requested.trust_domain().as_str(),
+                policy.mesh,
+                policy.trust_domain.as_str()
+            ),
+        ));
+    }
+    if requested != caller.identity {
+        return Err(deny(
+            R::IdentityMismatch,
+            format!("CSR asks for {requested}, caller is {}", caller.identity),
+        ));
+    }
+
+    let ttl = if requested_ttl_seconds <= 0 {
+        policy.default_ttl
+    } else {
+        Duration::from_secs(requested_ttl_seconds as u64).min(policy.max_ttl)
+    };
+    let not_after = (now + ttl).min(policy.signer_not_after);
+    if not_after <= now {
+        return Err(deny(
+            R::SignerExpired,
+            "the mesh's signing certificate has expired",
+        ));
+    }
+    Ok(Grant {
+        mesh: policy.mesh.clone(),
+        identity: requested,
+        not_before: now.checked_sub(BACKDATE).unwrap_or(now),
+        not_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::AuthenticatorKind;
+    use crate::csr::{KeyAlgorithm, SubjectPublicKey};
+    use std::time::UNIX_EPOCH;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn policy() -> MeshPolicy {
+        MeshPolicy {
+            mesh: "default".into(),
+            trust_domain: TrustDomain::new("cluster.local").unwrap(),
+            default_ttl: 24 * HOUR,
+            max_ttl: 7 * 24 * HOUR,
+            signer_not_after: now() + 365 * 24 * HOUR,
+        }
+    }
+
+    fn caller() -> Caller {
+        Caller {
+            authenticator: AuthenticatorKind::Jwt,
+            mesh: "default".into(),
+            identity: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/cart").unwrap(),
+            issuer: "iss".into(),
+            subject: "system:serviceaccount:shop:cart".into(),
+        }
+    }
+
+    fn agent_request() -> CertificateRequest {
+        CertificateRequest {
+            der_sha256: [0; 32],
+            public_key: SubjectPublicKey {
+                spki_der: vec![],
+                algorithm: KeyAlgorithm::Rsa { bits: 2048 },
+            },
+            subject: Subject::EmptyOrganization,
+            uri_sans: vec!["spiffe://cluster.local/ns/shop/sa/cart".into()],
+            dns_sans: vec![],
+            ip_sans: 0,
+            email_sans: 0,
+            other_sans: 0,
+            san_critical: Some(true),
+            requests_ca: false,
+            unknown_extensions: vec![],
+        }
+    }
+
+    fn reason_for(request: CertificateRequest) -> Option<DenialReason> {
+        decide(&caller(), &request, &policy(), 0, now())
+            .err()
+            .map(|d| d.reason)
+    }
+
+    #[test]
+    fn grants_the_callers_identity_with_default_ttl_and_backdated_start() {
+        let grant = decide(&caller(), &agent_request(), &policy(), 0, now()).unwrap();
+        assert_eq!(grant.identity, caller().identity);
+        assert_eq!(grant.not_before, now() - BACKDATE);
+        assert_eq!(grant.not_after, now() + 24 * HOUR);
+    }
+
+    #[test]
+    fn accepts_ztunnel_shape_with_empty_subject_and_non_critical_san() {
+        let mut request = agent_request();
+        request.subject = Subject::Empty;
+        request.san_critical = Some(false);
+        assert!(decide(&caller(), &request, &policy(), 86400, now()).is_ok());
+    }
+
+    #[test]
+    fn clamps_ttl_to_mesh_maximum_and_to_signer_expiry() {
+        let grant = decide(&caller(), &agent_request(), &policy(), 90 * 86400, now()).unwrap();
+        assert_eq!(grant.not_after, now() + 7 * 24 * HOUR);
+        let mut short_lived = policy();
+        short_lived.signer_not_after = now() + HOUR;
+        let grant = decide(&caller(), &agent_request(), &short_lived, 86400, now()).unwrap();
+        assert_eq!(grant.not_after, now() + HOUR);
+        let grant = decide(&caller(), &agent_request(), &policy(), -5, now()).unwrap();
+        assert_eq!(grant.not_after, now() + 24 * HOUR);
+    }
+
+    #[test]
+    fn refuses_when_the_signer_has_expired() {
+        let mut expired = policy();
+        expired.signer_not_after = now() - HOUR;
+        let denial = decide(&caller(), &agent_request(), &expired, 0, now()).unwrap_err();
+        assert_eq!(denial.reason, DenialReason::SignerExpired);
+    }
+
+    #[test]
+    fn rejects_csr_whose_uri_san_names_another_service_account() {
+        let mut request = agent_request();
+        request.uri_sans = vec!["spiffe://cluster.local/ns/shop/sa/admin".into()];
+        assert_eq!(reason_for(request), Some(DenialReason::IdentityMismatch));
+    }
+
+    #[test]
+    fn rejects_each_disallowed_shape_with_its_own_reason() {
+        type Mutation = fn(&mut CertificateRequest);
+        let cases: Vec<(Mutation, DenialReason)> = vec![
+            (
+                |r| r.uri_sans = vec!["spiffe://other.domain/ns/shop/sa/cart".into()],
+                DenialReason::TrustDomainMismatch,
+            ),
+            (|r| r.uri_sans.clear(), DenialReason::UriSanCount),
+            (
+                |r| {
+                    r.uri_sans
+                        .push("spiffe://cluster.local/ns/shop/sa/cart".into())
+                },
+                DenialReason::UriSanCount,
+            ),
+            (
+                |r| r.uri_sans = vec!["https://example.com/".into()],
+                DenialReason::UriSanInvalid,
+            ),
+            (
+                |r| r.dns_sans = vec!["cart.shop.svc".into()],
+                DenialReason::DnsSan,
+            ),
+            (|r| r.ip_sans = 1, DenialReason::IpSan),
+            (|r| r.email_sans = 1, DenialReason::EmailSan),
+            (|r| r.other_sans = 1, DenialReason::OtherSan),
+            (
+                |r| {
+                    r.subject = Subject::Other {
+                        text: "CN=cart".into(),
+                        has_common_name: true,
+                    }
+                },
+                DenialReason::SubjectNotAllowed,
+            ),
+            (|r| r.requests_ca = true, DenialReason::CaRequested),
+            (
+                |r| r.unknown_extensions = vec!["1.2.3.4".into()],
+                DenialReason::UnknownExtension,
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut request = agent_request();
+            mutate(&mut request);
+            assert_eq!(reason_for(request), Some(expected), "{expected:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_caller_of_another_mesh() {
+        let mut foreign = caller();
+        foreign.mesh = "other".into();
+        let denial = decide(&foreign, &agent_request(), &policy(), 0, now()).unwrap_err();
+        assert_eq!(denial.reason, DenialReason::CallerMeshMismatch);
+    }
+
+    #[test]
+    fn reason_codes_are_distinct() {
+        use DenialReason::*;
+        let all = [
+            CallerMeshMismatch,
+            SubjectNotAllowed,
+            CaRequested,
+            UnknownExtension,
+            DnsSan,
+            IpSan,
+            EmailSan,
+            OtherSan,
+            UriSanCount,
+            UriSanInvalid,
+            TrustDomainMismatch,
+            IdentityMismatch,
+            ImpersonationNotAllowed,
+            SignerExpired,
+        ];
+        let codes: std::collections::HashSet<_> = all.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), all.len());
+    }
+}

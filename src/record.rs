@@ -1,0 +1,184 @@
+//! Issuance and denial records as the core sees them, and the seam to durable storage.
+//!
+//! The core builds a [`Record`] for every decision and hands it to a [`RecordSink`], which must
+//! not return before the record is durable. The sled-backed sink lives in `store`; the core never
+//! sees sled types.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+/// The current record format version (see `proto/meshroot/store/v1/record.proto`).
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    /// Append order; assigned by the store.
+    pub sequence: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub recorded_at: SystemTime,
+    pub request_id: String,
+    pub caller: CallerRecord,
+    pub outcome: Outcome,
+}
+
+/// Who asked. Fields are empty when unknown (e.g. authentication failed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CallerRecord {
+    pub authenticator: String,
+    pub issuer: String,
+    pub subject: String,
+    pub cluster_id: String,
+    pub peer_address: String,
+    pub spiffe_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one record per request, moved once; boxing would only add an allocation"
+)]
+pub enum Outcome {
+    Issued(IssuedRecord),
+    Denied(DenialRecord),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssuedRecord {
+    #[serde(serialize_with = "hex_bytes")]
+    pub serial: Vec<u8>,
+    /// Empty for meshroot's own serving certificates.
+    pub spiffe_id: String,
+    /// DNS names, for meshroot's own serving certificates.
+    pub dns_names: Vec<String>,
+    pub mesh: String,
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub not_before: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub not_after: SystemTime,
+    pub key_algorithm: String,
+    pub key_bits: u32,
+    #[serde(serialize_with = "hex_bytes")]
+    pub public_key_sha256: Vec<u8>,
+    #[serde(serialize_with = "hex_bytes")]
+    pub csr_sha256: Vec<u8>,
+    #[serde(serialize_with = "hex_bytes")]
+    pub intermediate_sha256: Vec<u8>,
+    #[serde(serialize_with = "hex_bytes")]
+    pub certificate_sha256: Vec<u8>,
+    pub requested_ttl_seconds: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DenialRecord {
+    /// Machine-readable reason, e.g. `csr-signature-invalid`.
+    pub reason: String,
+    pub detail: String,
+    pub mesh: String,
+    pub requested_spiffe_id: String,
+    #[serde(serialize_with = "hex_bytes")]
+    pub csr_sha256: Vec<u8>,
+}
+
+impl Record {
+    pub fn spiffe_id(&self) -> &str {
+        match &self.outcome {
+            Outcome::Issued(issued) => &issued.spiffe_id,
+            Outcome::Denied(denied) => &denied.requested_spiffe_id,
+        }
+    }
+
+    pub fn serial(&self) -> Option<&[u8]> {
+        match &self.outcome {
+            Outcome::Issued(issued) => Some(&issued.serial),
+            Outcome::Denied(_) => None,
+        }
+    }
+}
+
+/// Why a record could not be stored or read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the record store at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("writing the record failed: {0}")]
+    Write(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    #[error("making the record durable failed: {0}")]
+    Flush(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    #[error("reading records failed: {0}")]
+    Read(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    #[error("record {key} is corrupt or of an unknown format")]
+    Corrupt { key: String },
+    #[error("the record store is shut down")]
+    Closed,
+}
+
+pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>>;
+
+/// Durable storage for records.
+pub trait RecordSink: Send + Sync {
+    /// Stores the record (its `sequence` is assigned here) and resolves, with the sequence
+    /// number, only once the record is durable.
+    fn append(&self, record: Record) -> AppendFuture<'_>;
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// Parses lowercase or uppercase hex, with optional ':' separators.
+pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    if digits.len() % 2 != 0 || digits.is_empty() {
+        return None;
+    }
+    (0..digits.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(digits.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// RFC 3339 UTC text of a time.
+pub fn format_time(time: SystemTime) -> String {
+    time::OffsetDateTime::from(time)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "invalid-time".to_owned())
+}
+
+fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_time(*time))
+}
+
+fn hex_bytes<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&hex(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_accepts_colons() {
+        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
+        assert_eq!(parse_hex("0A:FF"), Some(vec![0x0a, 0xff]));
+        assert_eq!(parse_hex("abc"), None);
+        assert_eq!(parse_hex("zz"), None);
+    }
+}

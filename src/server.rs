@@ -1,0 +1,387 @@
+//! Wiring: config → CA material, authenticators, record store → the gRPC service on a TLS
+//! listener; meshroot's own serving certificate, renewed before it expires; graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::authn::jwt::{self, JwksError, TrustedIssuer};
+use crate::authn::{Authenticator, AuthenticatorChain, JwtAuthenticator};
+use crate::ca::{CertificateAuthority, IssueError, Mesh};
+use crate::ca_files::{self, CaFilesError};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::grpc::CsrService;
+use crate::policy::MeshPolicy;
+use crate::record::StoreError;
+use crate::store::SledStore;
+
+/// A TLS handshake that takes longer than this is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed serving-certificate renewal, try again this soon.
+const RENEWAL_RETRY: Duration = Duration::from_secs(60);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("mesh {mesh}: {source}")]
+    CaMaterial {
+        mesh: String,
+        #[source]
+        source: CaFilesError,
+    },
+    #[error("mesh {mesh}: token issuer {issuer}: {source}")]
+    Jwks {
+        mesh: String,
+        issuer: String,
+        #[source]
+        source: JwksError,
+    },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot issue meshroot's serving certificate: {0}")]
+    ServingCertificate(#[source] IssueError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A started server.
+pub struct RunningServer {
+    local_address: SocketAddr,
+    store: Arc<SledStore>,
+    root_bundle_pem: String,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// The bound address (useful with port 0).
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// The record store the server writes to.
+    pub fn store(&self) -> &Arc<SledStore> {
+        &self.store
+    }
+
+    /// The primary mesh's trust bundle (what clients verify the serving certificate with).
+    pub fn root_bundle_pem(&self) -> &str {
+        &self.root_bundle_pem
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and flushes the store.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.shutdown.send(true);
+        let result = self.task.await?;
+        self.store.flush()?;
+        result
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn wait_for_signal(self) -> Result<(), ServeError> {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+/// Builds everything from the config, binds the listener and starts serving.
+pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with a given clock (tests).
+pub async fn start_with_clock(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningServer, ServeError> {
+    let now = clock.now();
+    let mut meshes = Vec::new();
+    let mut issuers = Vec::new();
+    let mut client_roots = RootCertStore::empty();
+    for mesh in &config.meshes {
+        let authority =
+            ca_files::load_authority(&mesh.name, mesh.trust_domain.clone(), &mesh.ca_dir, now)
+                .map_err(|source| ServeError::CaMaterial {
+                    mesh: mesh.name.clone(),
+                    source,
+                })?;
+        for root in authority.roots() {
+            // Roots were parsed when the authority was built; a root webpki rejects as a client
+            // trust anchor only narrows who may use mTLS.
+            if let Err(error) = client_roots.add(root.clone()) {
+                tracing::warn!(mesh = %mesh.name, %error, "root not usable for client certificates");
+            }
+        }
+        if mesh.token_issuers.is_empty() {
+            tracing::warn!(
+                mesh = %mesh.name,
+                "no token issuer configured: every request for this mesh will be refused"
+            );
+        }
+        for issuer in &mesh.token_issuers {
+            let keys = jwt::load_jwks(&issuer.jwks).map_err(|source| ServeError::Jwks {
+                mesh: mesh.name.clone(),
+                issuer: issuer.issuer.clone(),
+                source,
+            })?;
+            issuers.push(TrustedIssuer {
+                issuer: issuer.issuer.clone(),
+                mesh: mesh.name.clone(),
+                trust_domain: mesh.trust_domain.clone(),
+                audiences: issuer.audiences.clone(),
+                keys,
+            });
+        }
+        tracing::info!(
+            mesh = %mesh.name,
+            trust_domain = %mesh.trust_domain,
+            ca_dir = %mesh.ca_dir.display(),
+            intermediates = authority.intermediates().len(),
+            roots = authority.roots().len(),
+            "CA material loaded"
+        );
+        meshes.push(Mesh {
+            policy: MeshPolicy {
+                mesh: mesh.name.clone(),
+                trust_domain: mesh.trust_domain.clone(),
+                default_ttl: mesh.default_ttl,
+                max_ttl: mesh.max_ttl,
+                signer_not_after: authority.signing_not_after(),
+            },
+            authority: Arc::new(authority),
+        });
+    }
+
+    let store = SledStore::open(&config.store)?;
+    store.start_group_commit();
+    let authenticators: Vec<Box<dyn Authenticator>> =
+        vec![Box::new(JwtAuthenticator::new(issuers, clock.clone()))];
+    let ca = Arc::new(CertificateAuthority::new(
+        meshes,
+        AuthenticatorChain::new(authenticators),
+        store.clone(),
+        clock,
+    ));
+
+    let serving = Arc::new(ServingCertificate::default());
+    let renew_at = serving
+        .renew(&ca, &config.dns_names, config.serving_certificate_ttl)
+        .await
+        .map_err(ServeError::ServingCertificate)?;
+    let root_bundle_pem = ca
+        .primary_authority()
+        .map(|a| a.root_bundle_pem().to_owned())
+        .unwrap_or_default();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_client_cert_verifier(client_verifier)
+        .with_cert_resolver(serving.clone());
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: config.listen,
+            source,
+        })?;
+    let local_address = listener.local_addr().map_err(|source| ServeError::Bind {
+        address: config.listen,
+        source,
+    })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (connections, incoming) = mpsc::channel(256);
+    tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        connections,
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(renewal_loop(
+        serving,
+        ca.clone(),
+        config.dns_names.clone(),
+        config.serving_certificate_ttl,
+        renew_at,
+        shutdown_rx.clone(),
+    ));
+
+    let mut stop = shutdown_rx;
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(CsrService::new(ca))
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+            .map_err(ServeError::from)
+    });
+    tracing::info!(address = %local_address, dns_names = ?config.dns_names, "meshroot is serving the Istio CSR API over TLS");
+    Ok(RunningServer {
+        local_address,
+        store,
+        root_bundle_pem,
+        shutdown,
+        task,
+    })
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently (a slow client never holds
+/// up the others), handing finished connections to the gRPC server.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    connections: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = connections.send(Ok(stream)).await;
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// Re-issues the serving certificate at half its lifetime.
+async fn renewal_loop(
+    serving: Arc<ServingCertificate>,
+    ca: Arc<CertificateAuthority>,
+    dns_names: Vec<String>,
+    lifetime: Duration,
+    mut renew_at: SystemTime,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = renew_at
+            .duration_since(ca.clock().now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        renew_at = match serving.renew(&ca, &dns_names, lifetime).await {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(%error, "serving certificate renewal failed; retrying");
+                ca.clock().now() + RENEWAL_RETRY
+            }
+        };
+    }
+}
+
+/// meshroot's current serving certificate, swapped in place on renewal.
+#[derive(Debug, Default)]
+struct ServingCertificate(RwLock<Option<Arc<CertifiedKey>>>);
+
+impl ServingCertificate {
+    /// Issues a new certificate, installs it, and returns when to renew it (half its lifetime).
+    async fn renew(
+        &self,
+        ca: &CertificateAuthority,
+        dns_names: &[String],
+        lifetime: Duration,
+    ) -> Result<SystemTime, IssueError> {
+        let (issued, key) = ca.issue_serving_certificate(dns_names, lifetime).await?;
+        let mut chain: Vec<CertificateDer<'static>> = vec![issued.der.clone()];
+        if let Some(authority) = ca.primary_authority() {
+            chain.extend(authority.intermediates().iter().cloned());
+        }
+        let signing_key = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
+            PrivatePkcs8KeyDer::from(key.serialize_der()),
+        ))
+        .map_err(|_| IssueError::Signing(crate::authority::SigningError::ServingKey))?;
+        let certified = Arc::new(CertifiedKey::new(chain, signing_key));
+        match self.0.write() {
+            Ok(mut slot) => *slot = Some(certified),
+            Err(poisoned) => *poisoned.into_inner() = Some(certified),
+        }
+        let lifetime = issued
+            .not_after
+            .duration_since(issued.not_before)
+            .unwrap_or_default();
+        Ok(issued.not_before + lifetime / 2)
+    }
+}
+
+impl ResolvesServerCert for ServingCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match self.0.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
