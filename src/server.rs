@@ -176,7 +176,6 @@ pub async fn start_with_clock(
     }
 
     let store = SledStore::open(&config.store)?;
-    store.start_group_commit();
     let authenticators: Vec<Box<dyn Authenticator>> =
         vec![Box::new(JwtAuthenticator::new(issuers, clock.clone()))];
     let ca = Arc::new(CertificateAuthority::new(
