@@ -1,0 +1,97 @@
+//! The direction of dependencies (architecture.md): the core knows neither gRPC nor sled; only
+//! `store` touches sled; only the edge (`grpc`, `server`, `client`, `cli`) touches tonic.
+
+use std::path::Path;
+
+const EDGE: &[&str] = &[
+    "grpc.rs",
+    "server.rs",
+    "client.rs",
+    "cli.rs",
+    "lib.rs",
+    "main.rs",
+];
+
+fn sources() -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut pending = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+                files.push((name, text));
+            }
+        }
+    }
+    assert!(files.len() > 10, "found the sources");
+    files
+}
+
+/// Lines that are code (not comments).
+fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|l| !l.starts_with("//"))
+}
+
+/// `Code::…` as a path of its own (not `ExitCode::…`).
+fn mentions_grpc_code(line: &str) -> bool {
+    line.match_indices("Code::").any(|(at, _)| {
+        !line[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+#[test]
+fn the_grpc_code_check_sees_through_lookalikes() {
+    assert!(mentions_grpc_code("let code = Code::Internal;"));
+    assert!(mentions_grpc_code("tonic::Code::Unauthenticated"));
+    assert!(!mentions_grpc_code("ExitCode::SUCCESS"));
+}
+
+#[test]
+fn only_the_store_uses_sled() {
+    for (name, text) in sources() {
+        if name == "store.rs" {
+            continue;
+        }
+        assert!(
+            !code_lines(&text).any(|l| l.contains("sled::")),
+            "{name} uses sled"
+        );
+    }
+}
+
+#[test]
+fn the_core_knows_nothing_of_grpc() {
+    for (name, text) in sources() {
+        if EDGE.contains(&name.as_str()) {
+            continue;
+        }
+        assert!(
+            !code_lines(&text).any(|l| l.contains("tonic::") || l.contains("tonic_")),
+            "{name} uses tonic"
+        );
+    }
+}
+
+#[test]
+fn only_grpc_maps_errors_to_status_codes() {
+    for (name, text) in sources() {
+        if name == "grpc.rs" {
+            continue;
+        }
+        assert!(
+            !code_lines(&text).any(mentions_grpc_code),
+            "{name} uses tonic::Code"
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The `meshroot` binary as a user runs it: `init`, `serve` (embedded default and config),
+//! `token`, `request`, `audit list`, and how bad input ends (message and exit code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use common::openssl;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_meshroot");
+
+fn meshroot(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .current_dir(dir)
+        .env("MESHROOT_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A `meshroot serve` process, stopped with SIGTERM when dropped.
+struct Serving {
+    child: Child,
+    address: String,
+}
+
+impl Serving {
+    /// Starts `meshroot serve ARGS` in `dir` on an ephemeral port and waits for its
+    /// "serving" line (no sleeps).
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(BINARY)
+            .arg("serve")
+            .args(args)
+            .current_dir(dir)
+            .env("MESHROOT_LISTEN", "127.0.0.1:0")
+            .env("MESHROOT_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let marker = "serving the Istio CSR API on ";
+        let address = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| panic!("serve exited: {:?}", child.wait()))
+                .unwrap();
+            if let Some(rest) = line.split(marker).nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, address }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn embedded_default_serves_a_working_ca_and_the_cli_round_trip_works() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let serving = Serving::start(dir, &[]);
+    for file in [
+        "meshroot-data/meshroot.toml",
+        "meshroot-data/root-cert.pem",
+        "meshroot-data/default/ca-cert.pem",
+        "meshroot-data/default/dev-issuer-jwks.json",
+    ] {
+        assert!(dir.join(file).exists(), "{file}");
+    }
+    let token = stdout(&meshroot(
+        dir,
+        &["token", "--namespace", "shop", "--service-account", "cart"],
+    ));
+    std::fs::write(dir.join("token"), token.trim()).unwrap();
+    let id = "spiffe://cluster.local/ns/shop/sa/cart";
+    let printed = stdout(&meshroot(
+        dir,
+        &[
+            "request",
+            "--addr",
+            &serving.address,
+            "--root",
+            "meshroot-data/root-cert.pem",
+            "--server-name",
+            "meshroot.istio-system.svc",
+            "--spiffe-id",
+            id,
+            "--token-file",
+            "token",
+            "--out",
+            "out",
+        ],
+    ));
+    assert!(printed.contains(id), "{printed}");
+    let serial = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("serial:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = dir.join("out");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(out.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let chain = std::fs::read_to_string(out.join("cert-chain.pem")).unwrap();
+    let leaf_end = chain.find("-----END CERTIFICATE-----\n").unwrap() + 26;
+    std::fs::write(out.join("leaf.pem"), &chain[..leaf_end]).unwrap();
+    std::fs::write(out.join("intermediates.pem"), &chain[leaf_end..]).unwrap();
+    let verified = openssl(&[
+        "verify",
+        "-CAfile",
+        out.join("root-cert.pem").to_str().unwrap(),
+        "-untrusted",
+        out.join("intermediates.pem").to_str().unwrap(),
+        out.join("leaf.pem").to_str().unwrap(),
+    ]);
+    assert!(verified.contains(": OK"), "{verified}");
+    // The private key matches the certificate.
+    let cert_key = openssl(&[
+        "x509",
+        "-in",
+        out.join("leaf.pem").to_str().unwrap(),
+        "-noout",
+        "-pubkey",
+    ]);
+    let key_pub = openssl(&[
+        "pkey",
+        "-in",
+        out.join("key.pem").to_str().unwrap(),
+        "-pubout",
+    ]);
+    assert_eq!(cert_key, key_pub);
+
+    assert!(serving.stop().success(), "SIGTERM ends serve cleanly");
+
+    let listed = stdout(&meshroot(
+        dir,
+        &["audit", "list", "--serial", &serial, "--format", "json"],
+    ));
+    let records: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 1, "{listed}");
+    assert_eq!(records[0]["outcome"]["outcome"], "issued");
+    assert_eq!(records[0]["outcome"]["spiffe_id"], id);
+    assert_eq!(
+        records[0]["caller"]["subject"],
+        "system:serviceaccount:shop:cart"
+    );
+    assert_eq!(records[0]["outcome"]["key_algorithm"], "rsa");
+    let table = stdout(&meshroot(dir, &["audit", "list", "--spiffe-id", id]));
+    assert!(table.contains(&serial), "{table}");
+    assert_eq!(table.lines().count(), 2, "header and one record: {table}");
+
+    // A restart reuses the data directory rather than creating a new CA.
+    let root_before = std::fs::read(dir.join("meshroot-data/root-cert.pem")).unwrap();
+    let serving = Serving::start(dir, &[]);
+    assert_eq!(
+        std::fs::read(dir.join("meshroot-data/root-cert.pem")).unwrap(),
+        root_before
+    );
+    assert!(serving.stop().success());
+}
+
+#[test]
+fn init_refuses_to_overwrite_keys_without_force() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let first = stdout(&meshroot(
+        dir,
+        &[
+            "init",
+            "--dir",
+            "ca",
+            "--mesh",
+            "a=a.example",
+            "--mesh",
+            "b=b.example",
+        ],
+    ));
+    assert!(first.contains("ca/meshroot.toml"), "{first}");
+    let again = meshroot(dir, &["init", "--dir", "ca"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    stdout(&meshroot(dir, &["init", "--dir", "ca", "--force"]));
+    let bad = meshroot(dir, &["init", "--dir", "x", "--mesh", "Bad=cluster.local"]);
+    assert_eq!(bad.status.code(), Some(2), "clap usage error");
+}
+
+#[test]
+fn serve_with_an_invalid_config_exits_64_naming_file_and_keys() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "listen = \"nowhere\"\n[[mesh]]\nname = \"default\"\ntrust_domain = \"Bad Domain\"\n",
+    )
+    .unwrap();
+    let output = meshroot(
+        work.path(),
+        &["serve", "--config", config.to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(64));
+    let message = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "bad.toml",
+        "listen",
+        "mesh[0].trust_domain",
+        "mesh[0].ca_dir",
+    ] {
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+}
+
+#[test]
+fn serve_with_bad_ca_material_exits_naming_the_file() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    stdout(&meshroot(dir, &["init", "--dir", "ca", "--dev-issuer"]));
+    std::fs::write(
+        dir.join("ca/default/ca-cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let output = meshroot(dir, &["serve", "--config", "ca/meshroot.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("ca-cert.pem"), "{message}");
+    assert!(message.contains("mesh default"), "{message}");
+}

@@ -1,0 +1,334 @@
+//! Shared test helpers: a CA on disk, a running server on 127.0.0.1:0 with real TLS, tokens from
+//! the development issuer, CSRs shaped like istio-agent's and ztunnel's, and independent chain
+//! verification (rustls-webpki and `openssl verify`).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use meshroot::authn::jwt::{DevTokenClaims, DevTokenSigner};
+use meshroot::ca_files::{self, InitOptions};
+use meshroot::client::{self, AgentMetadata, CsrShape, Target};
+use meshroot::config::Config;
+use meshroot::grpc::REQUEST_ID_HEADER;
+use meshroot::identity::TrustDomain;
+use meshroot::keys::{self, KeyType};
+use meshroot::pb::istio::IstioCertificateResponse;
+use meshroot::record::Record;
+use meshroot::server::{self, RunningServer};
+use meshroot::store::RecordFilter;
+use rcgen::KeyPair;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+pub const MESH: &str = "default";
+
+/// A CA directory made by `init`, with a development issuer.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        Self::with_meshes(&[(MESH, TRUST_DOMAIN)], KeyType::EcdsaP256)
+    }
+
+    pub fn with_meshes(meshes: &[(&str, &str)], key_type: KeyType) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        ca_files::init(
+            &InitOptions {
+                dir: dir.path().to_owned(),
+                meshes: meshes
+                    .iter()
+                    .map(|(name, td)| (name.to_string(), TrustDomain::new(td).unwrap()))
+                    .collect(),
+                key_type,
+                dev_issuer: true,
+                force: false,
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+        let ca = Self { dir };
+        // Listen on an ephemeral port.
+        ca.edit_config(|text| text.replace("127.0.0.1:15012", "127.0.0.1:0"));
+        ca
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("meshroot.toml")
+    }
+
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text)).unwrap();
+    }
+
+    pub fn config(&self) -> Config {
+        Config::parse(
+            &std::fs::read_to_string(self.config_path()).unwrap(),
+            &self.config_path(),
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
+    pub fn root_pem(&self) -> String {
+        std::fs::read_to_string(self.path().join("root-cert.pem")).unwrap()
+    }
+
+    pub fn signer(&self, mesh: &str) -> DevTokenSigner {
+        let pem = std::fs::read(self.path().join(mesh).join("dev-issuer-key.pem")).unwrap();
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem).unwrap();
+        DevTokenSigner::from_pkcs8(der.secret_pkcs8_der()).unwrap()
+    }
+
+    /// A valid token for `ns`/`sa` from the mesh's development issuer.
+    pub fn token(&self, mesh: &str, namespace: &str, service_account: &str) -> String {
+        self.token_with(mesh, namespace, service_account, |_| {})
+    }
+
+    /// A token whose claims `adjust` may change.
+    pub fn token_with(
+        &self,
+        mesh: &str,
+        namespace: &str,
+        service_account: &str,
+        adjust: impl FnOnce(&mut TokenSpec),
+    ) -> String {
+        let mut spec = TokenSpec {
+            issuer: ca_files::dev_issuer_name(mesh),
+            audiences: vec!["istio-ca".to_owned()],
+            issued_at: meshroot::clock::unix_seconds(SystemTime::now()),
+            lifetime: Duration::from_secs(3600),
+        };
+        adjust(&mut spec);
+        self.signer(mesh)
+            .sign(&DevTokenClaims {
+                issuer: &spec.issuer,
+                audiences: &spec.audiences,
+                namespace,
+                service_account,
+                issued_at: spec.issued_at,
+                lifetime: spec.lifetime,
+            })
+            .unwrap()
+    }
+
+    pub async fn start(&self) -> TestServer {
+        let server = server::start(&self.config()).await.unwrap();
+        TestServer {
+            root_pem: self.root_pem(),
+            server,
+        }
+    }
+}
+
+pub struct TokenSpec {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub issued_at: i64,
+    pub lifetime: Duration,
+}
+
+/// A running meshroot.
+pub struct TestServer {
+    pub server: RunningServer,
+    pub root_pem: String,
+}
+
+impl TestServer {
+    pub fn target(&self, server_name: &str) -> Target {
+        Target {
+            address: self.server.local_address().to_string(),
+            root_pem: self.root_pem.clone(),
+            server_name: server_name.to_owned(),
+            client_identity: None,
+        }
+    }
+
+    /// One CreateCertificate call shaped like istio-agent's.
+    pub async fn call(
+        &self,
+        csr: String,
+        token: Option<String>,
+        validity_seconds: i64,
+    ) -> Result<IstioCertificateResponse, tonic::Status> {
+        let channel = client::connect(&self.target("meshroot.istio-system.svc"))
+            .await
+            .unwrap();
+        client::create_certificate(
+            channel,
+            csr,
+            validity_seconds,
+            &AgentMetadata {
+                token,
+                cluster_id: "Kubernetes".to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// The record a failed call produced, found by the request id in the status.
+    pub fn record_of(&self, status: &tonic::Status) -> Record {
+        let request_id = status
+            .metadata()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .expect("the status carries a request id")
+            .to_owned();
+        self.records()
+            .into_iter()
+            .find(|r| r.request_id == request_id)
+            .unwrap_or_else(|| panic!("no record for request {request_id}"))
+    }
+
+    pub fn records(&self) -> Vec<Record> {
+        self.server.store().list(&RecordFilter::default()).unwrap()
+    }
+
+    pub fn records_for_serial(&self, serial: &[u8]) -> Vec<Record> {
+        self.server
+            .store()
+            .list(&RecordFilter {
+                serial: Some(serial.to_vec()),
+                ..RecordFilter::default()
+            })
+            .unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.server.shutdown().await.unwrap();
+    }
+}
+
+pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
+}
+
+/// An RSA-2048 key (istio-agent's default), generated once per test binary.
+pub fn rsa_key() -> &'static KeyPair {
+    static KEY: OnceLock<KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| KeyType::Rsa2048.generate().unwrap())
+}
+
+pub fn p256_key() -> KeyPair {
+    KeyType::EcdsaP256.generate().unwrap()
+}
+
+/// istio-agent's CSR: RSA-2048, `O=`, one critical URI SAN.
+pub fn agent_csr(spiffe_id: &str) -> String {
+    client::build_csr(rsa_key(), &CsrShape::istio_agent(spiffe_id)).unwrap()
+}
+
+/// ztunnel's CSR: P-256, empty subject, one non-critical URI SAN.
+pub fn ztunnel_csr(spiffe_id: &str) -> String {
+    client::build_csr(&p256_key(), &CsrShape::ztunnel(spiffe_id)).unwrap()
+}
+
+/// Parses a PEM element of a chain into DER certificates.
+pub fn certificates(pem: &str) -> Vec<CertificateDer<'static>> {
+    keys::parse_certificates_pem(pem.as_bytes()).unwrap()
+}
+
+/// Checks the Istio chain shape and verifies it with rustls-webpki and `openssl verify`.
+pub fn verify_chain(chain: &[String], roots_pem: &str) {
+    assert!(
+        chain.len() >= 2,
+        "at least a leaf and the roots: {}",
+        chain.len()
+    );
+    for element in chain {
+        assert!(element.ends_with('\n'), "every element ends with a newline");
+    }
+    let (bundle, certs) = chain.split_last().unwrap();
+    assert_eq!(
+        bundle, roots_pem,
+        "the last element is the whole root bundle"
+    );
+    let roots = certificates(bundle);
+    let leaf = certificates(&certs[0]);
+    assert_eq!(leaf.len(), 1, "the leaf element holds one certificate");
+    let mut intermediates = Vec::new();
+    for element in &certs[1..] {
+        let found = certificates(element);
+        assert_eq!(found.len(), 1, "one certificate per intermediate element");
+        assert!(
+            !roots.contains(&found[0]),
+            "a root is never repeated among intermediates"
+        );
+        intermediates.extend(found);
+    }
+
+    let anchors: Vec<_> = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
+        .collect();
+    let end_entity = webpki::EndEntityCert::try_from(&leaf[0]).unwrap();
+    for usage in [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ] {
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &intermediates,
+                UnixTime::now(),
+                usage,
+                None,
+                None,
+            )
+            .expect("webpki accepts the chain");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let root_file = write("roots.pem", bundle);
+    let leaf_file = write("leaf.pem", &certs[0]);
+    let mut command = Command::new("openssl");
+    command.arg("verify").arg("-CAfile").arg(&root_file);
+    if certs.len() > 1 {
+        let untrusted = write("intermediates.pem", &certs[1..].concat());
+        command.arg("-untrusted").arg(untrusted);
+    }
+    let output = command
+        .arg("-purpose")
+        .arg("sslclient")
+        .arg(&leaf_file)
+        .output()
+        .expect("openssl must be installed (.ci/run installs it)");
+    assert!(
+        output.status.success(),
+        "openssl verify failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs openssl with arguments; panics with its output on failure.
+pub fn openssl(args: &[&str]) -> String {
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl must be installed (.ci/run installs it)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

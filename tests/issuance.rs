@@ -1,0 +1,254 @@
+//! End to end over real TLS: istio-agent- and ztunnel-shaped requests get valid certificates,
+//! checked by rustls-webpki and OpenSSL, with a durable record for each.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use meshroot::record::Outcome;
+use x509_parser::prelude::*;
+
+const DAY: u64 = 86400;
+
+fn parse_leaf(pem: &str) -> Vec<u8> {
+    certificates(pem).remove(0).as_ref().to_vec()
+}
+
+fn seconds_between(a: SystemTime, b: SystemTime) -> i64 {
+    meshroot::clock::unix_seconds(a) - meshroot::clock::unix_seconds(b)
+}
+
+#[tokio::test]
+async fn issues_istio_agent_rsa_csr_with_the_istio_leaf_profile_and_chain() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let id = spiffe_id("shop", "cart");
+    let before = SystemTime::now();
+    let response = server
+        .call(agent_csr(&id), Some(ca.token(MESH, "shop", "cart")), 86400)
+        .await
+        .unwrap();
+    let chain = &response.cert_chain;
+    assert_eq!(chain.len(), 3, "[leaf, intermediate, root bundle]");
+    verify_chain(chain, &ca.root_pem());
+
+    let der = parse_leaf(&chain[0]);
+    let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+    assert_eq!(leaf.version(), X509Version::V3);
+    assert!(
+        leaf.subject().iter_attributes().next().is_none(),
+        "empty subject"
+    );
+    let serial = leaf.raw_serial();
+    assert!(
+        serial.len() <= 16 && serial[0] & 0x80 == 0,
+        "positive, at most 16 bytes"
+    );
+
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    assert!(san.critical, "URI SAN is critical");
+    assert_eq!(san.value.general_names, vec![GeneralName::URI(&id)]);
+    let key_usage = leaf.key_usage().unwrap().unwrap();
+    assert!(key_usage.critical);
+    assert!(key_usage.value.digital_signature() && key_usage.value.key_encipherment());
+    assert!(!key_usage.value.key_cert_sign());
+    let eku = leaf.extended_key_usage().unwrap().unwrap();
+    assert!(eku.value.server_auth && eku.value.client_auth);
+    let constraints = leaf.basic_constraints().unwrap().unwrap();
+    assert!(constraints.critical && !constraints.value.ca);
+    assert!(leaf.extensions().iter().any(|e| matches!(
+        e.parsed_extension(),
+        ParsedExtension::AuthorityKeyIdentifier(_)
+    )));
+
+    // NotBefore backdated 2 minutes, NotAfter as requested.
+    let not_before =
+        SystemTime::UNIX_EPOCH + Duration::from_secs(leaf.validity().not_before.timestamp() as u64);
+    let not_after =
+        SystemTime::UNIX_EPOCH + Duration::from_secs(leaf.validity().not_after.timestamp() as u64);
+    let backdate = seconds_between(before, not_before);
+    assert!((118..=125).contains(&backdate), "backdated {backdate}s");
+    let lifetime = seconds_between(not_after, before);
+    assert!(
+        (DAY as i64 - 2..=DAY as i64 + 5).contains(&lifetime),
+        "{lifetime}s"
+    );
+
+    // The record is there, durable, and says who asked.
+    let records = server.records_for_serial(serial);
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(record.caller.subject, "system:serviceaccount:shop:cart");
+    assert_eq!(record.caller.authenticator, "jwt");
+    assert_eq!(record.caller.cluster_id, "Kubernetes");
+    assert!(record.caller.peer_address.starts_with("127.0.0.1:"));
+    let Outcome::Issued(issued) = &record.outcome else {
+        panic!("expected an issuance record")
+    };
+    assert_eq!(issued.spiffe_id, id);
+    assert_eq!(issued.namespace, "shop");
+    assert_eq!(issued.service_account, "cart");
+    assert_eq!(issued.trust_domain, TRUST_DOMAIN);
+    assert_eq!(issued.key_algorithm, "rsa");
+    assert_eq!(issued.key_bits, 2048);
+    assert_eq!(issued.requested_ttl_seconds, 86400);
+    assert_eq!(
+        issued.certificate_sha256,
+        ring::digest::digest(&ring::digest::SHA256, &der).as_ref()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn issues_ztunnel_p256_csr_with_empty_subject_and_non_critical_san() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let id = spiffe_id("istio-system", "ztunnel");
+    let response = server
+        .call(
+            ztunnel_csr(&id),
+            Some(ca.token(MESH, "istio-system", "ztunnel")),
+            0,
+        )
+        .await
+        .unwrap();
+    verify_chain(&response.cert_chain, &ca.root_pem());
+    let der = parse_leaf(&response.cert_chain[0]);
+    let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(san.value.general_names, vec![GeneralName::URI(&id)]);
+    let Outcome::Issued(issued) = &server.records_for_serial(leaf.raw_serial())[0].outcome else {
+        panic!("expected an issuance record")
+    };
+    assert_eq!(issued.key_algorithm, "ecdsa-p256");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn clamps_ttl_to_the_mesh_maximum_and_defaults_non_positive_ttl() {
+    let ca = TestCa::new();
+    ca.edit_config(|text| text.replace("max_ttl = \"7d\"", "max_ttl = \"2d\""));
+    let server = ca.start().await;
+    let id = spiffe_id("shop", "cart");
+    let token = || Some(ca.token(MESH, "shop", "cart"));
+    let lifetime = |pem: &str| {
+        let der = parse_leaf(pem);
+        let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+        leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp()
+    };
+    let backdate = 120;
+    let clamped = server
+        .call(agent_csr(&id), token(), 90 * DAY as i64)
+        .await
+        .unwrap();
+    assert_eq!(lifetime(&clamped.cert_chain[0]), 2 * DAY as i64 + backdate);
+    let default = server.call(agent_csr(&id), token(), -1).await.unwrap();
+    assert_eq!(lifetime(&default.cert_chain[0]), DAY as i64 + backdate);
+    let short = server.call(agent_csr(&id), token(), 3600).await.unwrap();
+    assert_eq!(lifetime(&short.cert_chain[0]), 3600 + backdate);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn serving_certificate_verifies_for_every_configured_dns_name() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    for name in ["localhost", "meshroot.istio-system.svc"] {
+        let channel = meshroot::client::connect(&server.target(name)).await;
+        assert!(channel.is_ok(), "{name}: {:?}", channel.err());
+        let response = meshroot::client::create_certificate(
+            channel.unwrap(),
+            ztunnel_csr(&spiffe_id("a", "b")),
+            0,
+            &meshroot::client::AgentMetadata {
+                token: Some(ca.token(MESH, "a", "b")),
+                cluster_id: String::new(),
+            },
+        )
+        .await;
+        assert!(response.is_ok(), "{name}: {:?}", response.err());
+    }
+    // A name the certificate does not carry fails the TLS handshake, as in istio-agent.
+    let wrong = meshroot::client::connect(&server.target("istiod.istio-system.svc")).await;
+    assert!(wrong.is_err(), "a wrong server name must not verify");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn accepts_a_client_certificate_it_issued_without_requiring_one() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let key = p256_key();
+    let id = spiffe_id("vm", "legacy");
+    let first = server
+        .call(
+            meshroot::client::build_csr(&key, &meshroot::client::CsrShape::istio_agent(&id))
+                .unwrap(),
+            Some(ca.token(MESH, "vm", "legacy")),
+            0,
+        )
+        .await
+        .unwrap();
+    let (_, chain) = first.cert_chain.split_last().unwrap();
+    let mut target = server.target("localhost");
+    target.client_identity = Some((chain.concat(), key.serialize_pem()));
+    let channel = meshroot::client::connect(&target).await.unwrap();
+    let renewed = meshroot::client::create_certificate(
+        channel,
+        ztunnel_csr(&id),
+        0,
+        &meshroot::client::AgentMetadata {
+            token: Some(ca.token(MESH, "vm", "legacy")),
+            cluster_id: "Kubernetes".into(),
+        },
+    )
+    .await
+    .unwrap();
+    verify_chain(&renewed.cert_chain, &ca.root_pem());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn records_survive_a_restart_and_every_returned_certificate_has_one() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let namespace = format!("ns{i}");
+        let csr = ztunnel_csr(&spiffe_id(&namespace, "app"));
+        let token = ca.token(MESH, &namespace, "app");
+        let target = server.target("localhost");
+        tasks.push(tokio::spawn(async move {
+            let channel = meshroot::client::connect(&target).await.unwrap();
+            let metadata = meshroot::client::AgentMetadata {
+                token: Some(token),
+                cluster_id: "Kubernetes".into(),
+            };
+            meshroot::client::create_certificate(channel, csr, 0, &metadata).await
+        }));
+    }
+    let mut serials = Vec::new();
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        let der = parse_leaf(&response.cert_chain[0]);
+        let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+        serials.push(leaf.raw_serial().to_vec());
+    }
+    let before_restart = server.records().len();
+    server.stop().await;
+
+    let server = ca.start().await;
+    for serial in &serials {
+        let records = server.records_for_serial(serial);
+        assert_eq!(records.len(), 1, "serial {}", meshroot::record::hex(serial));
+        assert!(matches!(records[0].outcome, Outcome::Issued(_)));
+    }
+    // The restarted server recorded its new serving certificate after the old records.
+    let records = server.records();
+    assert_eq!(records.len(), before_restart + 1);
+    let sequences: Vec<u64> = records.iter().map(|r| r.sequence).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    server.stop().await;
+}
