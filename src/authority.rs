@@ -107,7 +107,8 @@ pub struct MeshAuthority {
     mesh: String,
     trust_domain: TrustDomain,
     issuer: Issuer<'static, KeyPair>,
-    signing_certificate: CertificateDer<'static>,
+    /// The signing certificate as a trust anchor, for checking each issued leaf.
+    signing_anchor: TrustAnchor<'static>,
     signing_certificate_sha256: [u8; 32],
     signing_not_after: SystemTime,
     /// Non-root certificates from the signing certificate upwards.
@@ -176,6 +177,9 @@ impl MeshAuthority {
 
         let issuer = Issuer::from_ca_cert_der(&signing_certificate, signing_key)
             .map_err(|_| AuthorityError::SigningCertificateUnparsable)?;
+        let signing_anchor = webpki::anchor_from_trusted_cert(&signing_certificate)
+            .map_err(|_| AuthorityError::SigningCertificateUnparsable)?
+            .to_owned();
         let intermediates_pem = intermediates.iter().map(|c| certificate_pem(c)).collect();
         let root_bundle_pem = roots.iter().map(|c| certificate_pem(c)).collect();
         let authority = Self {
@@ -183,7 +187,7 @@ impl MeshAuthority {
             trust_domain,
             issuer,
             signing_certificate_sha256: sha256(&signing_certificate),
-            signing_certificate,
+            signing_anchor,
             signing_not_after,
             intermediates,
             intermediates_pem,
@@ -347,9 +351,13 @@ impl MeshAuthority {
         subject: LeafSubject<'_>,
         now: SystemTime,
     ) -> Result<(), SigningError> {
-        let anchor = webpki::anchor_from_trusted_cert(&self.signing_certificate)
-            .map_err(SigningError::Verify)?;
-        verify_path(der, &[anchor], &[], subject, now)?;
+        verify_path(
+            der,
+            std::slice::from_ref(&self.signing_anchor),
+            &[],
+            subject,
+            now,
+        )?;
         check_names(der, subject)
     }
 

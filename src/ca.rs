@@ -171,16 +171,15 @@ impl CertificateAuthority {
         let not_before = now.checked_sub(policy::BACKDATE).unwrap_or(now);
         let issued = authority.issue_server(dns_names, &key, not_before, now + lifetime, now)?;
         let request_id = self.new_request_id();
-        let record = Record {
-            sequence: 0,
-            recorded_at: now,
-            request_id: request_id.to_string(),
-            caller: CallerRecord {
+        let record = Record::new(
+            request_id.to_string(),
+            now,
+            CallerRecord {
                 authenticator: "meshroot-internal".to_owned(),
                 subject: "serving-certificate".to_owned(),
                 ..CallerRecord::default()
             },
-            outcome: Outcome::Issued(IssuedRecord {
+            Outcome::Issued(IssuedRecord {
                 serial: issued.serial.clone(),
                 spiffe_id: String::new(),
                 dns_names: dns_names.to_vec(),
@@ -198,7 +197,7 @@ impl CertificateAuthority {
                 certificate_sha256: csr::sha256(&issued.der).to_vec(),
                 requested_ttl_seconds: lifetime.as_secs() as i64,
             }),
-        };
+        );
         let sequence = self.records.append(record).await?;
         tracing::info!(
             request_id = %request_id,
@@ -293,12 +292,11 @@ impl CertificateAuthority {
         now: SystemTime,
     ) -> Result<Issued, IssueError> {
         let issued: IssuedCertificate = authority.issue_workload(grant, &csr.public_key, now)?;
-        let record = Record {
-            sequence: 0,
-            recorded_at: now,
-            request_id: request_id.to_string(),
-            caller: context.caller.clone(),
-            outcome: Outcome::Issued(IssuedRecord {
+        let record = Record::new(
+            request_id.to_string(),
+            now,
+            context.caller.clone(),
+            Outcome::Issued(IssuedRecord {
                 serial: issued.serial.clone(),
                 spiffe_id: grant.identity.to_string(),
                 dns_names: Vec::new(),
@@ -316,7 +314,7 @@ impl CertificateAuthority {
                 certificate_sha256: csr::sha256(&issued.der).to_vec(),
                 requested_ttl_seconds: request.validity_seconds,
             }),
-        };
+        );
         let sequence = self.records.append(record).await?;
         Ok(Issued {
             cert_chain: issued.cert_chain,
@@ -337,19 +335,18 @@ impl CertificateAuthority {
         let Some(reason) = error.denial_reason() else {
             return error;
         };
-        let record = Record {
-            sequence: 0,
-            recorded_at: now,
-            request_id: request_id.to_string(),
-            caller: context.caller.clone(),
-            outcome: Outcome::Denied(DenialRecord {
+        let record = Record::new(
+            request_id.to_string(),
+            now,
+            context.caller.clone(),
+            Outcome::Denied(DenialRecord {
                 reason: reason.to_owned(),
                 detail: denial_detail(&error),
                 mesh: context.mesh.clone(),
                 requested_spiffe_id: context.requested_spiffe_id.clone(),
                 csr_sha256: context.csr_sha256.clone(),
             }),
-        };
+        );
         match self.records.append(record).await {
             Ok(_) => error,
             Err(store_error) => {

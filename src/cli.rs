@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustls_pki_types::pem::PemObject as _;
 
 use crate::authn::jwt::{DevTokenClaims, DevTokenSigner};
 use crate::ca_files::{self, InitOptions};
@@ -367,8 +367,6 @@ fn token(args: TokenArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-use rustls_pki_types::pem::PemObject as _;
-
 async fn request(args: RequestArgs) -> Result<(), Failure> {
     let identity = SpiffeId::parse(&args.spiffe_id)
         .map_err(|e| Failure::usage(format!("--spiffe-id {:?}: {e}", args.spiffe_id)))?;
@@ -531,7 +529,6 @@ fn audit_list(args: AuditListArgs) -> Result<(), Failure> {
         }
         Format::Table => print_table(&records),
     }
-    drop(Arc::clone(&store));
     Ok(())
 }
 

@@ -89,6 +89,22 @@ pub struct DenialRecord {
 }
 
 impl Record {
+    /// A record not yet stored (the store assigns its sequence number).
+    pub fn new(
+        request_id: String,
+        recorded_at: SystemTime,
+        caller: CallerRecord,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            sequence: 0,
+            recorded_at,
+            request_id,
+            caller,
+            outcome,
+        }
+    }
+
     pub fn spiffe_id(&self) -> &str {
         match &self.outcome {
             Outcome::Issued(issued) => &issued.spiffe_id,

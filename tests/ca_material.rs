@@ -207,17 +207,10 @@ async fn accepts_sec1_ec_keys_written_by_openssl() {
     let sec1 = openssl(&["ec", "-in", path_str(&key)]);
     assert!(sec1.contains("BEGIN EC PRIVATE KEY"));
     std::fs::write(&key, sec1).unwrap();
-    let server = ca.start().await;
-    let response = server
-        .call(
-            ztunnel_csr(&spiffe_id("a", "b")),
-            Some(ca.token(MESH, "a", "b")),
-            0,
-        )
-        .await
-        .unwrap();
-    verify_chain(&response.cert_chain, &ca.root_pem());
-    server.stop().await;
+    let chain = ca
+        .issue_once(ztunnel_csr(&spiffe_id("a", "b")), "a", "b")
+        .await;
+    verify_chain(&chain, &ca.root_pem());
 }
 
 #[tokio::test]
@@ -227,17 +220,10 @@ async fn serves_from_rsa_intermediates_with_pkcs1_keys() {
     let pkcs1 = openssl(&["rsa", "-in", path_str(&key), "-traditional"]);
     assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"));
     std::fs::write(&key, pkcs1).unwrap();
-    let server = ca.start().await;
-    let response = server
-        .call(
-            agent_csr(&spiffe_id("a", "b")),
-            Some(ca.token(MESH, "a", "b")),
-            0,
-        )
-        .await
-        .unwrap();
-    verify_chain(&response.cert_chain, &ca.root_pem());
-    server.stop().await;
+    let chain = ca
+        .issue_once(agent_csr(&spiffe_id("a", "b")), "a", "b")
+        .await;
+    verify_chain(&chain, &ca.root_pem());
 }
 
 #[tokio::test]
@@ -250,18 +236,11 @@ async fn serves_from_the_kubernetes_tls_layout() {
     std::fs::copy(istio.join("ca-key.pem"), tls.join("tls.key")).unwrap();
     std::fs::copy(istio.join("root-cert.pem"), tls.join("ca.crt")).unwrap();
     ca.edit_config(|text| text.replace("ca_dir = \"default\"", "ca_dir = \"tls\""));
-    let server = ca.start().await;
-    let response = server
-        .call(
-            ztunnel_csr(&spiffe_id("a", "b")),
-            Some(ca.token(MESH, "a", "b")),
-            0,
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.cert_chain.len(), 3);
-    verify_chain(&response.cert_chain, &ca.root_pem());
-    server.stop().await;
+    let chain = ca
+        .issue_once(ztunnel_csr(&spiffe_id("a", "b")), "a", "b")
+        .await;
+    assert_eq!(chain.len(), 3);
+    verify_chain(&chain, &ca.root_pem());
 }
 
 #[tokio::test]
@@ -270,17 +249,10 @@ async fn serves_every_root_of_a_rotation_bundle_as_the_last_element() {
     let new_root = TestCa::new().root_pem();
     let bundle = format!("{}{new_root}", ca.root_pem());
     std::fs::write(ca.path().join("default/root-cert.pem"), &bundle).unwrap();
-    let server = ca.start().await;
-    let response = server
-        .call(
-            ztunnel_csr(&spiffe_id("a", "b")),
-            Some(ca.token(MESH, "a", "b")),
-            0,
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.cert_chain.last().unwrap(), &bundle);
-    assert_eq!(response.cert_chain.len(), 3);
-    verify_chain(&response.cert_chain, &bundle);
-    server.stop().await;
+    let chain = ca
+        .issue_once(ztunnel_csr(&spiffe_id("a", "b")), "a", "b")
+        .await;
+    assert_eq!(chain.last().unwrap(), &bundle);
+    assert_eq!(chain.len(), 3);
+    verify_chain(&chain, &bundle);
 }

@@ -6,24 +6,16 @@ mod common;
 
 use common::*;
 use meshroot::client::{build_csr, CsrShape, CsrSubject, San};
-use meshroot::record::Outcome;
+use meshroot::pb::istio::IstioCertificateRequest;
+use meshroot::record::{Outcome, Record};
+use rustls_pki_types::pem::PemObject as _;
 use tonic::Code;
 
-/// Sends the request and checks the code, the recorded reason, and that the message does not
-/// echo the recorded detail.
-async fn assert_refused(
-    server: &TestServer,
-    csr: String,
-    token: Option<String>,
-    code: Code,
-    reason: &str,
-) {
-    let status = server
-        .call(csr, token, 0)
-        .await
-        .expect_err("must be refused");
+/// Checks a refusal: its code, its recorded reason, and that the message carries the request id
+/// but not the recorded detail. Returns the record.
+fn assert_refused(server: &TestServer, status: &tonic::Status, code: Code, reason: &str) -> Record {
     assert_eq!(status.code(), code, "{}", status.message());
-    let record = server.record_of(&status);
+    let record = server.record_of(status);
     let Outcome::Denied(denial) = &record.outcome else {
         panic!("expected a denial record, got {record:?}")
     };
@@ -35,405 +27,301 @@ async fn assert_refused(
         status.message()
     );
     assert!(status.message().contains(&record.request_id));
-    assert_eq!(record.caller.cluster_id, "Kubernetes");
+    record
 }
 
-async fn setup() -> (TestCa, TestServer) {
+/// Starts a CA, sends the CSR and token that `request` makes (istio-agent metadata), checks the
+/// refusal, and stops.
+async fn check_refusal(
+    request: impl FnOnce(&TestCa) -> (String, Option<String>),
+    code: Code,
+    reason: &str,
+) {
     let ca = TestCa::new();
     let server = ca.start().await;
-    (ca, server)
+    let (csr, token) = request(&ca);
+    let status = server
+        .call(csr, token, 0)
+        .await
+        .expect_err("must be refused");
+    let record = assert_refused(&server, &status, code, reason);
+    assert_eq!(record.caller.cluster_id, "Kubernetes");
+    server.stop().await;
 }
 
 fn cart() -> String {
     spiffe_id("shop", "cart")
 }
 
+fn cart_token(ca: &TestCa) -> Option<String> {
+    Some(ca.token(MESH, "shop", "cart"))
+}
+
+fn shaped(key: &rcgen::KeyPair, shape: impl FnOnce(&mut CsrShape)) -> String {
+    let mut csr = CsrShape::istio_agent(&cart());
+    shape(&mut csr);
+    build_csr(key, &csr).unwrap()
+}
+
 #[tokio::test]
 async fn refuses_request_without_token() {
-    let (_ca, server) = setup().await;
-    assert_refused(
-        &server,
-        agent_csr(&cart()),
-        None,
+    check_refusal(
+        |_| (agent_csr(&cart()), None),
         Code::Unauthenticated,
         "missing-credentials",
     )
     .await;
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn refuses_token_with_a_bad_signature() {
-    let (ca, server) = setup().await;
-    let token = ca.token(MESH, "shop", "cart");
-    // Change one character in the middle of the signature (every bit there is signature data;
-    // the last character also holds padding bits, which would make the token malformed).
-    let at = token.rfind('.').unwrap() + 10;
-    let replacement = if &token[at..=at] == "A" { "Q" } else { "A" };
-    let token = format!("{}{replacement}{}", &token[..at], &token[at + 1..]);
-    assert_refused(
-        &server,
-        agent_csr(&cart()),
-        Some(token),
-        Code::Unauthenticated,
-        "token-signature-invalid",
-    )
-    .await;
-    server.stop().await;
+    let tamper = |ca: &TestCa| {
+        let token = ca.token(MESH, "shop", "cart");
+        // Change one character in the middle of the signature (every bit there is signature
+        // data; the last character also holds padding bits, which would make it malformed).
+        let at = token.rfind('.').unwrap() + 10;
+        let replacement = if &token[at..=at] == "A" { "Q" } else { "A" };
+        let token = format!("{}{replacement}{}", &token[..at], &token[at + 1..]);
+        (agent_csr(&cart()), Some(token))
+    };
+    check_refusal(tamper, Code::Unauthenticated, "token-signature-invalid").await;
 }
 
 #[tokio::test]
 async fn refuses_expired_token() {
-    let (ca, server) = setup().await;
-    let token = ca.token_with(MESH, "shop", "cart", |spec| spec.issued_at -= 7200);
-    assert_refused(
-        &server,
-        agent_csr(&cart()),
-        Some(token),
-        Code::Unauthenticated,
-        "token-expired",
-    )
-    .await;
-    server.stop().await;
+    let expired = |ca: &TestCa| {
+        let token = ca.token_with(MESH, "shop", "cart", |spec| spec.issued_at -= 7200);
+        (agent_csr(&cart()), Some(token))
+    };
+    check_refusal(expired, Code::Unauthenticated, "token-expired").await;
 }
 
 #[tokio::test]
 async fn refuses_token_for_another_audience() {
-    let (ca, server) = setup().await;
-    let token = ca.token_with(MESH, "shop", "cart", |spec| {
-        spec.audiences = vec!["kubernetes".into()]
-    });
-    assert_refused(
-        &server,
-        agent_csr(&cart()),
-        Some(token),
+    let other_audience = |ca: &TestCa| {
+        let token = ca.token_with(MESH, "shop", "cart", |spec| {
+            spec.audiences = vec!["kubernetes".into()]
+        });
+        (agent_csr(&cart()), Some(token))
+    };
+    check_refusal(
+        other_audience,
         Code::Unauthenticated,
         "token-audience-mismatch",
     )
     .await;
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn refuses_token_from_an_unknown_issuer() {
-    let (ca, server) = setup().await;
-    let token = ca.token_with(MESH, "shop", "cart", |spec| {
-        spec.issuer = "https://elsewhere".into()
-    });
-    assert_refused(
-        &server,
-        agent_csr(&cart()),
-        Some(token),
+    let unknown_issuer = |ca: &TestCa| {
+        let token = ca.token_with(MESH, "shop", "cart", |spec| {
+            spec.issuer = "https://elsewhere".into()
+        });
+        (agent_csr(&cart()), Some(token))
+    };
+    check_refusal(
+        unknown_issuer,
         Code::Unauthenticated,
         "token-issuer-unknown",
     )
     .await;
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn refuses_malformed_authorization_header() {
-    let (_ca, server) = setup().await;
-    let channel = meshroot::client::connect(&server.target("localhost"))
-        .await
-        .unwrap();
-    let mut request = tonic::Request::new(meshroot::pb::istio::IstioCertificateRequest {
-        csr: agent_csr(&cart()),
-        validity_duration: 0,
-        metadata: None,
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
-    request
-        .metadata_mut()
-        .insert("clusterid", "Kubernetes".parse().unwrap());
-    let status =
-        meshroot::pb::istio::istio_certificate_service_client::IstioCertificateServiceClient::new(
-            channel,
-        )
-        .create_certificate(request)
-        .await
-        .expect_err("must be refused");
-    assert_eq!(status.code(), Code::Unauthenticated);
-    let Outcome::Denied(denial) = server.record_of(&status).outcome else {
-        panic!()
-    };
-    assert_eq!(denial.reason, "authorization-header-malformed");
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn rejects_csr_whose_uri_san_names_another_service_account() {
-    let (ca, server) = setup().await;
-    let token = ca.token(MESH, "shop", "cart");
-    assert_refused(
-        &server,
-        agent_csr(&spiffe_id("shop", "admin")),
-        Some(token),
-        Code::Unauthenticated,
-        "identity-mismatch",
-    )
-    .await;
-    server.stop().await;
+    let other_account = |ca: &TestCa| (agent_csr(&spiffe_id("shop", "admin")), cart_token(ca));
+    check_refusal(other_account, Code::Unauthenticated, "identity-mismatch").await;
 }
 
 #[tokio::test]
 async fn rejects_csr_for_another_trust_domain() {
-    let (ca, server) = setup().await;
-    let token = ca.token(MESH, "shop", "cart");
-    let csr = agent_csr("spiffe://example.com/ns/shop/sa/cart");
-    assert_refused(
-        &server,
-        csr,
-        Some(token),
-        Code::Unauthenticated,
-        "trust-domain-mismatch",
-    )
-    .await;
-    server.stop().await;
+    let other_domain = |ca: &TestCa| {
+        (
+            agent_csr("spiffe://example.com/ns/shop/sa/cart"),
+            cart_token(ca),
+        )
+    };
+    check_refusal(other_domain, Code::Unauthenticated, "trust-domain-mismatch").await;
 }
 
 #[tokio::test]
 async fn rejects_csr_with_a_dns_san() {
-    let (ca, server) = setup().await;
-    let mut shape = CsrShape::istio_agent(&cart());
-    shape.sans.push(San::Dns("cart.shop.svc".into()));
-    let csr = build_csr(rsa_key(), &shape).unwrap();
-    assert_refused(
-        &server,
-        csr,
-        Some(ca.token(MESH, "shop", "cart")),
-        Code::InvalidArgument,
-        "csr-dns-san",
-    )
-    .await;
-    server.stop().await;
+    let dns = |ca: &TestCa| {
+        let csr = shaped(rsa_key(), |s| s.sans.push(San::Dns("cart.shop.svc".into())));
+        (csr, cart_token(ca))
+    };
+    check_refusal(dns, Code::InvalidArgument, "csr-dns-san").await;
 }
 
 #[tokio::test]
 async fn rejects_csr_with_a_common_name() {
-    let (ca, server) = setup().await;
-    let mut shape = CsrShape::istio_agent(&cart());
-    shape.subject = CsrSubject::CommonName("cart".into());
-    let csr = build_csr(rsa_key(), &shape).unwrap();
-    assert_refused(
-        &server,
-        csr,
-        Some(ca.token(MESH, "shop", "cart")),
+    let common_name = |ca: &TestCa| {
+        let csr = shaped(rsa_key(), |s| {
+            s.subject = CsrSubject::CommonName("cart".into())
+        });
+        (csr, cart_token(ca))
+    };
+    check_refusal(
+        common_name,
         Code::InvalidArgument,
         "csr-subject-not-allowed",
     )
     .await;
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn rejects_csr_asking_for_a_ca_certificate() {
-    let (ca, server) = setup().await;
-    let mut shape = CsrShape::ztunnel(&cart());
-    // BasicConstraints { cA: TRUE }, critical.
-    shape
-        .extra_extensions
-        .push((vec![2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff], true));
-    let csr = build_csr(&p256_key(), &shape).unwrap();
-    assert_refused(
-        &server,
-        csr,
-        Some(ca.token(MESH, "shop", "cart")),
-        Code::InvalidArgument,
-        "csr-requests-ca",
-    )
-    .await;
-    server.stop().await;
+    let ca_request = |ca: &TestCa| {
+        // BasicConstraints { cA: TRUE }, critical.
+        let basic_constraints = (vec![2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff], true);
+        let csr = shaped(&p256_key(), |s| s.extra_extensions.push(basic_constraints));
+        (csr, cart_token(ca))
+    };
+    check_refusal(ca_request, Code::InvalidArgument, "csr-requests-ca").await;
 }
 
 #[tokio::test]
 async fn rejects_csr_with_an_unknown_extension() {
-    let (ca, server) = setup().await;
-    let mut shape = CsrShape::ztunnel(&cart());
-    shape
-        .extra_extensions
-        .push((vec![1, 3, 6, 1, 4, 1, 99999, 1], vec![0x05, 0x00], false));
-    let csr = build_csr(&p256_key(), &shape).unwrap();
-    assert_refused(
-        &server,
-        csr,
-        Some(ca.token(MESH, "shop", "cart")),
-        Code::InvalidArgument,
-        "csr-unknown-extension",
-    )
-    .await;
-    server.stop().await;
+    let unknown = |ca: &TestCa| {
+        let private_oid = (vec![1, 3, 6, 1, 4, 1, 99999, 1], vec![0x05, 0x00], false);
+        let csr = shaped(&p256_key(), |s| s.extra_extensions.push(private_oid));
+        (csr, cart_token(ca))
+    };
+    check_refusal(unknown, Code::InvalidArgument, "csr-unknown-extension").await;
 }
 
 #[tokio::test]
 async fn rejects_csr_without_exactly_one_uri_san() {
-    let (ca, server) = setup().await;
-    let mut shape = CsrShape::ztunnel(&cart());
-    shape.sans.push(San::Uri(spiffe_id("shop", "other")));
-    let csr = build_csr(&p256_key(), &shape).unwrap();
-    assert_refused(
-        &server,
-        csr,
-        Some(ca.token(MESH, "shop", "cart")),
-        Code::InvalidArgument,
-        "csr-uri-san-count",
-    )
-    .await;
-    server.stop().await;
+    let two_uris = |ca: &TestCa| {
+        let csr = shaped(&p256_key(), |s| {
+            s.sans.push(San::Uri(spiffe_id("shop", "other")))
+        });
+        (csr, cart_token(ca))
+    };
+    check_refusal(two_uris, Code::InvalidArgument, "csr-uri-san-count").await;
 }
 
 #[tokio::test]
 async fn rejects_csr_with_a_bad_signature() {
-    let (ca, server) = setup().await;
-    let pem = ztunnel_csr(&cart());
-    let der =
-        rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
-    let mut bytes = der.as_ref().to_vec();
-    // The signature is the last field: flip a bit near the end.
-    let at = bytes.len() - 3;
-    bytes[at] ^= 0x01;
-    let tampered = meshroot::keys::pem_encode("CERTIFICATE REQUEST", &bytes);
-    assert_refused(
-        &server,
-        tampered,
-        Some(ca.token(MESH, "shop", "cart")),
-        Code::InvalidArgument,
-        "csr-signature-invalid",
-    )
-    .await;
-    server.stop().await;
+    let tampered = |ca: &TestCa| {
+        let pem = ztunnel_csr(&cart());
+        let der =
+            rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let mut bytes = der.as_ref().to_vec();
+        // The signature is the last field: flip a bit near the end.
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x01;
+        let csr = meshroot::keys::pem_encode("CERTIFICATE REQUEST", &bytes);
+        (csr, cart_token(ca))
+    };
+    check_refusal(tampered, Code::InvalidArgument, "csr-signature-invalid").await;
 }
 
 #[tokio::test]
 async fn rejects_garbage_pem() {
-    let (ca, server) = setup().await;
-    assert_refused(
-        &server,
-        "not a csr".into(),
-        Some(ca.token(MESH, "shop", "cart")),
-        Code::InvalidArgument,
-        "csr-pem-invalid",
-    )
-    .await;
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn rejects_rsa_1024_key_from_an_openssl_csr() {
-    let (ca, server) = setup().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key.pem");
-    let csr = openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:1024",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-subj",
-        "/O=",
-        "-addext",
-        &format!("subjectAltName=critical,URI:{}", cart()),
-    ]);
-    assert!(csr.contains("BEGIN CERTIFICATE REQUEST"));
-    assert_refused(
-        &server,
-        csr,
-        Some(ca.token(MESH, "shop", "cart")),
-        Code::InvalidArgument,
-        "csr-key-size",
-    )
-    .await;
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn accepts_an_openssl_made_agent_shaped_csr() {
-    // A second, independent CSR encoder: OpenSSL with istio-agent's shape.
-    let (ca, server) = setup().await;
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key.pem");
-    let csr = openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-subj",
-        "/O=",
-        "-addext",
-        &format!("subjectAltName=critical,URI:{}", cart()),
-    ]);
-    let response = server
-        .call(csr, Some(ca.token(MESH, "shop", "cart")), 0)
-        .await
-        .unwrap();
-    verify_chain(&response.cert_chain, &ca.root_pem());
-    server.stop().await;
+    let garbage = |ca: &TestCa| ("not a csr".to_owned(), cart_token(ca));
+    check_refusal(garbage, Code::InvalidArgument, "csr-pem-invalid").await;
 }
 
 #[tokio::test]
 async fn rejects_oversized_csr_before_parsing() {
-    let (ca, server) = setup().await;
-    let huge = format!(
-        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
-        "QUFB".repeat(17 * 1024)
-    );
+    let huge = |ca: &TestCa| {
+        let body = "QUFB".repeat(17 * 1024);
+        let csr = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n"
+        );
+        (csr, cart_token(ca))
+    };
+    check_refusal(huge, Code::InvalidArgument, "csr-too-large").await;
+}
+
+/// A CSR made by OpenSSL with istio-agent's shape (`O=`, critical URI SAN) and the given key.
+fn openssl_agent_csr(new_key: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let san = format!("subjectAltName=critical,URI:{}", cart());
+    let mut args = vec!["req", "-new"];
+    args.extend_from_slice(new_key);
+    args.extend_from_slice(&[
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-subj",
+        "/O=",
+        "-addext",
+        &san,
+    ]);
+    let csr = openssl(&args);
+    assert!(csr.contains("BEGIN CERTIFICATE REQUEST"));
+    csr
+}
+
+#[tokio::test]
+async fn rejects_rsa_1024_key_from_an_openssl_csr() {
+    let weak = |ca: &TestCa| (openssl_agent_csr(&["-newkey", "rsa:1024"]), cart_token(ca));
+    check_refusal(weak, Code::InvalidArgument, "csr-key-size").await;
+}
+
+#[tokio::test]
+async fn accepts_an_openssl_made_agent_shaped_csr() {
+    // A second, independent CSR encoder.
+    let ca = TestCa::new();
+    let csr = openssl_agent_csr(&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
+    let chain = ca.issue_once(csr, "shop", "cart").await;
+    verify_chain(&chain, &ca.root_pem());
+}
+
+fn bearer(token: String) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}
+
+#[tokio::test]
+async fn refuses_malformed_authorization_header() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let body = IstioCertificateRequest {
+        csr: agent_csr(&cart()),
+        ..IstioCertificateRequest::default()
+    };
+    let headers = [
+        ("authorization", "Basic dXNlcjpwYXNz".to_owned()),
+        ("clusterid", "Kubernetes".to_owned()),
+    ];
+    let status = server.call_raw(body, &headers).await.expect_err("refused");
     assert_refused(
         &server,
-        huge,
-        Some(ca.token(MESH, "shop", "cart")),
-        Code::InvalidArgument,
-        "csr-too-large",
-    )
-    .await;
+        &status,
+        Code::Unauthenticated,
+        "authorization-header-malformed",
+    );
     server.stop().await;
 }
 
 #[tokio::test]
 async fn refuses_impersonation_until_node_authentication_exists() {
-    let (ca, server) = setup().await;
-    let channel = meshroot::client::connect(&server.target("localhost"))
-        .await
-        .unwrap();
-    let mut request = tonic::Request::new(meshroot::pb::istio::IstioCertificateRequest {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let impersonated = prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(cart())),
+    };
+    let body = IstioCertificateRequest {
         csr: ztunnel_csr(&cart()),
         validity_duration: 0,
         metadata: Some(prost_types::Struct {
-            fields: [(
-                "ImpersonatedIdentity".to_owned(),
-                prost_types::Value {
-                    kind: Some(prost_types::value::Kind::StringValue(cart())),
-                },
-            )]
-            .into_iter()
-            .collect(),
+            fields: [("ImpersonatedIdentity".to_owned(), impersonated)]
+                .into_iter()
+                .collect(),
         }),
-    });
-    let token = ca.token(MESH, "istio-system", "ztunnel");
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let status =
-        meshroot::pb::istio::istio_certificate_service_client::IstioCertificateServiceClient::new(
-            channel,
-        )
-        .create_certificate(request)
-        .await
-        .expect_err("must be refused");
-    assert_eq!(status.code(), Code::Unauthenticated);
-    let record = server.record_of(&status);
-    let Outcome::Denied(denial) = &record.outcome else {
-        panic!()
     };
-    assert_eq!(denial.reason, "impersonation-not-allowed");
+    let headers = [bearer(ca.token(MESH, "istio-system", "ztunnel"))];
+    let status = server.call_raw(body, &headers).await.expect_err("refused");
+    let record = assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "impersonation-not-allowed",
+    );
     assert_eq!(
         record.caller.subject,
         "system:serviceaccount:istio-system:ztunnel"
@@ -443,31 +331,18 @@ async fn refuses_impersonation_until_node_authentication_exists() {
 
 #[tokio::test]
 async fn ignores_unknown_headers() {
-    let (ca, server) = setup().await;
-    let channel = meshroot::client::connect(&server.target("localhost"))
-        .await
-        .unwrap();
-    let mut request = tonic::Request::new(meshroot::pb::istio::IstioCertificateRequest {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let body = IstioCertificateRequest {
         csr: ztunnel_csr(&cart()),
         validity_duration: 3600,
         metadata: None,
-    });
-    let token = ca.token(MESH, "shop", "cart");
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-        .metadata_mut()
-        .insert("x-custom-ca-header", "anything".parse().unwrap());
-    let response =
-        meshroot::pb::istio::istio_certificate_service_client::IstioCertificateServiceClient::new(
-            channel,
-        )
-        .create_certificate(request)
-        .await
-        .unwrap();
-    verify_chain(&response.into_inner().cert_chain, &ca.root_pem());
+    };
+    let headers = [
+        bearer(ca.token(MESH, "shop", "cart")),
+        ("x-custom-ca-header", "anything".to_owned()),
+    ];
+    let response = server.call_raw(body, &headers).await.unwrap();
+    verify_chain(&response.cert_chain, &ca.root_pem());
     server.stop().await;
 }
-
-use rustls_pki_types::pem::PemObject as _;

@@ -15,6 +15,7 @@ use meshroot::config::Config;
 use meshroot::grpc::REQUEST_ID_HEADER;
 use meshroot::identity::TrustDomain;
 use meshroot::keys::{self, KeyType};
+use meshroot::pb::istio::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshroot::pb::istio::IstioCertificateResponse;
 use meshroot::record::Record;
 use meshroot::server::{self, RunningServer};
@@ -124,6 +125,23 @@ impl TestCa {
             .unwrap()
     }
 
+    /// Starts the server, sends one request for `ns`/`sa` with a valid token, stops the server,
+    /// and returns the chain.
+    pub async fn issue_once(
+        &self,
+        csr: String,
+        namespace: &str,
+        service_account: &str,
+    ) -> Vec<String> {
+        let server = self.start().await;
+        let response = server
+            .call(csr, Some(self.token(MESH, namespace, service_account)), 0)
+            .await
+            .unwrap();
+        server.stop().await;
+        response.cert_chain
+    }
+
     pub async fn start(&self) -> TestServer {
         let server = server::start(&self.config()).await.unwrap();
         TestServer {
@@ -176,6 +194,23 @@ impl TestServer {
             },
         )
         .await
+    }
+
+    /// One CreateCertificate call with the given request body and headers, nothing else.
+    pub async fn call_raw(
+        &self,
+        body: meshroot::pb::istio::IstioCertificateRequest,
+        headers: &[(&'static str, String)],
+    ) -> Result<IstioCertificateResponse, tonic::Status> {
+        let channel = client::connect(&self.target("localhost")).await.unwrap();
+        let mut request = tonic::Request::new(body);
+        for (name, value) in headers {
+            request.metadata_mut().insert(*name, value.parse().unwrap());
+        }
+        IstioCertificateServiceClient::new(channel)
+            .create_certificate(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// The record a failed call produced, found by the request id in the status.
