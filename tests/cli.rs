@@ -7,6 +7,7 @@ mod common;
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 use common::openssl;
 
@@ -31,10 +32,13 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A `meshroot serve` process, stopped with SIGTERM when dropped.
+/// A `meshroot serve` process (killed if dropped before `stop`).
 struct Serving {
     child: Child,
     address: String,
+    /// Every line the server wrote to stderr (its log), collected in the background.
+    log: Arc<Mutex<Vec<String>>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Serving {
@@ -46,29 +50,49 @@ impl Serving {
             .args(args)
             .current_dir(dir)
             .env("MESHROOT_LISTEN", "127.0.0.1:0")
-            .env("MESHROOT_LOG", "warn")
+            .env("MESHROOT_LOG", "debug")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
         let marker = "serving the Istio CSR API on ";
+        let log = Arc::new(Mutex::new(Vec::new()));
         let address = loop {
             let line = lines
                 .next()
                 .unwrap_or_else(|| panic!("serve exited: {:?}", child.wait()))
                 .unwrap();
+            log.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split(marker).nth(1) {
                 break rest.split_whitespace().next().unwrap().to_owned();
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, address }
+        let collected = log.clone();
+        let log_reader = std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            address,
+            log,
+            log_reader: Some(log_reader),
+        }
+    }
+
+    /// The whole log, once the process has ended.
+    fn log(&mut self) -> String {
+        if let Some(reader) = self.log_reader.take() {
+            reader.join().unwrap();
+        }
+        self.log.lock().unwrap().join("\n")
     }
 
     /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    fn stop(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
@@ -89,7 +113,7 @@ impl Drop for Serving {
 fn embedded_default_serves_a_working_ca_and_the_cli_round_trip_works() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let serving = Serving::start(dir, &[]);
+    let mut serving = Serving::start(dir, &[]);
     for file in [
         "meshroot-data/meshroot.toml",
         "meshroot-data/root-cert.pem",
@@ -169,6 +193,16 @@ fn embedded_default_serves_a_working_ca_and_the_cli_round_trip_works() {
     assert_eq!(cert_key, key_pub);
 
     assert!(serving.stop().success(), "SIGTERM ends serve cleanly");
+    // The log (at debug level) shows the request but never the token, the CSR or a key.
+    let log = serving.log();
+    assert!(log.contains("certificate issued"), "{log}");
+    assert!(log.contains(&serial), "{log}");
+    let token_signature = token.trim().rsplit('.').next().unwrap();
+    assert!(
+        !log.contains(token_signature),
+        "the token leaked into the log"
+    );
+    assert!(!log.contains("BEGIN"), "PEM material leaked into the log");
 
     let listed = stdout(&meshroot(
         dir,
@@ -190,7 +224,7 @@ fn embedded_default_serves_a_working_ca_and_the_cli_round_trip_works() {
 
     // A restart reuses the data directory rather than creating a new CA.
     let root_before = std::fs::read(dir.join("meshroot-data/root-cert.pem")).unwrap();
-    let serving = Serving::start(dir, &[]);
+    let mut serving = Serving::start(dir, &[]);
     assert_eq!(
         std::fs::read(dir.join("meshroot-data/root-cert.pem")).unwrap(),
         root_before

@@ -670,6 +670,94 @@ mod tests {
         );
     }
 
+    /// Signs `claims` as an RS256 token, the algorithm of real Kubernetes service-account tokens.
+    fn rs256_token(key: &ring::signature::RsaKeyPair, kid: &str, claims: &Claims) -> String {
+        let header = serde_json::json!({ "alg": "RS256", "kid": kid });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
+        );
+        let mut signature_bytes = vec![0; key.public().modulus_len()];
+        key.sign(
+            &signature::RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            input.as_bytes(),
+            &mut signature_bytes,
+        )
+        .unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature_bytes))
+    }
+
+    fn service_account_claims(namespace: &str, kubernetes_namespace: &str) -> Claims {
+        Claims {
+            iss: ISSUER.into(),
+            sub: format!("system:serviceaccount:{namespace}:cart"),
+            aud: vec!["istio-ca".into()],
+            exp: Some(NOW + 3600),
+            nbf: None,
+            iat: Some(NOW),
+            kubernetes: Some(KubernetesClaim {
+                namespace: kubernetes_namespace.into(),
+                serviceaccount: Some(NamedObject {
+                    name: "cart".into(),
+                    uid: "5f2c".into(),
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn verifies_rs256_tokens_against_an_rsa_jwks_and_checks_the_kubernetes_claim() {
+        use rsa::pkcs8::EncodePrivateKey as _;
+        use rsa::traits::PublicKeyParts as _;
+        let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let jwks = serde_json::json!({ "keys": [{
+            "kty": "RSA", "kid": "k8s-1", "alg": "RS256", "use": "sig",
+            "n": URL_SAFE_NO_PAD.encode(private.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(private.e().to_bytes_be()),
+        }]});
+        let keys = parse_jwks(&jwks.to_string(), "k8s").unwrap();
+        let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(NOW as u64));
+        let authenticator = JwtAuthenticator::new(
+            vec![TrustedIssuer {
+                issuer: ISSUER.into(),
+                mesh: "default".into(),
+                trust_domain: TrustDomain::new("cluster.local").unwrap(),
+                audiences: vec!["istio-ca".into()],
+                keys,
+            }],
+            Arc::new(clock),
+        );
+        let pkcs8 = private.to_pkcs8_der().unwrap();
+        let key = ring::signature::RsaKeyPair::from_pkcs8(pkcs8.as_bytes()).unwrap();
+
+        let good = rs256_token(&key, "k8s-1", &service_account_claims("shop", "shop"));
+        let caller = authenticator.verify(&good).unwrap();
+        assert_eq!(
+            caller.identity.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/cart"
+        );
+
+        let inconsistent = rs256_token(&key, "k8s-1", &service_account_claims("shop", "bank"));
+        assert_eq!(
+            authenticator.verify(&inconsistent),
+            Err(AuthnError::TokenClaimsInconsistent)
+        );
+        let wrong_kid = rs256_token(&key, "k8s-2", &service_account_claims("shop", "shop"));
+        assert_eq!(
+            authenticator.verify(&wrong_kid),
+            Err(AuthnError::TokenSignatureInvalid)
+        );
+        let mut not_a_service_account = service_account_claims("shop", "shop");
+        not_a_service_account.sub = "system:node:worker-1".into();
+        not_a_service_account.kubernetes = None;
+        assert_eq!(
+            authenticator.verify(&rs256_token(&key, "k8s-1", &not_a_service_account)),
+            Err(AuthnError::TokenSubjectInvalid)
+        );
+    }
+
     #[test]
     fn dev_signer_debug_hides_the_key() {
         let (signer, _) = DevTokenSigner::generate().unwrap();
