@@ -534,7 +534,7 @@ fn audit_list(args: AuditListArgs) -> Result<(), Failure> {
 
 fn print_table(records: &[Record]) {
     println!(
-        "{:>6}  {:<20}  {:<7}  {:<32}  {:<55}  CALLER",
+        "{:>6}  {:<24}  {:<7}  {:<32}  {:<55}  CALLER",
         "SEQ", "RECORDED", "OUTCOME", "SERIAL / REASON", "SPIFFE ID"
     );
     for record in records {
@@ -562,7 +562,7 @@ fn print_table(records: &[Record]) {
             format!("{} ({})", caller.subject, caller.authenticator)
         };
         println!(
-            "{:>6}  {:<20}  {:<7}  {:<32}  {:<55}  {}",
+            "{:>6}  {:<24}  {:<7}  {:<32}  {:<55}  {}",
             record.sequence, recorded, outcome, detail, identity, who
         );
     }

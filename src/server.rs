@@ -31,6 +31,9 @@ use crate::store::SledStore;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed serving-certificate renewal, try again this soon.
 const RENEWAL_RETRY: Duration = Duration::from_secs(60);
+/// Renewals never follow each other faster than this (e.g. when the intermediate is about to
+/// expire and every new serving certificate is clamped to it).
+const MIN_RENEWAL_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -325,13 +328,16 @@ async fn renewal_loop(
 struct ServingCertificate(RwLock<Option<Arc<CertifiedKey>>>);
 
 impl ServingCertificate {
-    /// Issues a new certificate, installs it, and returns when to renew it (half its lifetime).
+    /// Issues a new certificate, installs it, and returns when to renew it: halfway between now
+    /// and its NotAfter (NotBefore is backdated and does not count), never sooner than
+    /// [`MIN_RENEWAL_WAIT`] from now.
     async fn renew(
         &self,
         ca: &CertificateAuthority,
         dns_names: &[String],
         lifetime: Duration,
     ) -> Result<SystemTime, IssueError> {
+        let issued_at = ca.clock().now();
         let (issued, key) = ca.issue_serving_certificate(dns_names, lifetime).await?;
         let mut chain: Vec<CertificateDer<'static>> = vec![issued.der.clone()];
         if let Some(authority) = ca.primary_authority() {
@@ -346,11 +352,11 @@ impl ServingCertificate {
             Ok(mut slot) => *slot = Some(certified),
             Err(poisoned) => *poisoned.into_inner() = Some(certified),
         }
-        let lifetime = issued
+        let remaining = issued
             .not_after
-            .duration_since(issued.not_before)
+            .duration_since(issued_at)
             .unwrap_or_default();
-        Ok(issued.not_before + lifetime / 2)
+        Ok(issued_at + (remaining / 2).max(MIN_RENEWAL_WAIT))
     }
 }
 

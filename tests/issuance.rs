@@ -252,3 +252,81 @@ async fn records_survive_a_restart_and_every_returned_certificate_has_one() {
     assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
     server.stop().await;
 }
+
+/// The serial of the certificate meshroot presents in a fresh TLS handshake.
+async fn presented_serial(server: &TestServer) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for root in certificates(&server.root_pem) {
+        roots.add(root).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.server.local_address())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, parsed) = X509Certificate::from_der(&leaf).unwrap();
+    parsed.raw_serial().to_vec()
+}
+
+/// Serials of the serving certificates recorded so far, oldest first.
+fn serving_serials(server: &TestServer) -> Vec<Vec<u8>> {
+    server
+        .records()
+        .into_iter()
+        .filter_map(|record| match record.outcome {
+            Outcome::Issued(issued) if !issued.dns_names.is_empty() => Some(issued.serial),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn renews_its_serving_certificate_halfway_to_expiry_and_records_it() {
+    let ca = TestCa::new();
+    ca.edit_config(|text| {
+        text.replace(
+            "store = \"store\"",
+            "store = \"store\"\nserving_certificate_ttl = \"3s\"",
+        )
+    });
+    let server = ca.start().await;
+    let first = serving_serials(&server);
+    assert_eq!(first.len(), 1, "one serving certificate at start");
+    assert_eq!(presented_serial(&server).await, first[0]);
+    // Renewal is due ~1.5 s after start; wait for its record (bounded), then for the handshake to
+    // present it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let renewed = loop {
+        let serials = serving_serials(&server);
+        if serials.len() >= 2 {
+            break serials[1].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(renewed, first[0]);
+    assert_ne!(presented_serial(&server).await, first[0]);
+    // Halfway (1.5 s), not at once and not in a loop.
+    let times: Vec<SystemTime> = server
+        .records()
+        .into_iter()
+        .filter(|r| matches!(&r.outcome, Outcome::Issued(i) if !i.dns_names.is_empty()))
+        .map(|r| r.recorded_at)
+        .collect();
+    let gap = times[1].duration_since(times[0]).unwrap();
+    assert!(gap >= Duration::from_millis(1400), "renewed after {gap:?}");
+    assert!(times.len() <= 3, "{} renewals", times.len() - 1);
+    server.stop().await;
+}
