@@ -250,10 +250,12 @@ impl CertificateAuthority {
     ) -> Result<(Grant, CertificateRequest, Arc<MeshAuthority>), IssueError> {
         let caller = self.authenticators.authenticate(auth).await?;
         context.identify(&caller);
-        if !request.csr_pem.is_empty() {
-            context.csr_sha256 = csr::sha256(request.csr_pem.as_bytes()).to_vec();
-        }
-        let parsed = csr::parse_pem(&request.csr_pem)?;
+        let parsed = csr::parse_pem(&request.csr_pem).inspect_err(|_| {
+            // Unparsable: record the hash of the bytes as received.
+            if !request.csr_pem.is_empty() {
+                context.csr_sha256 = csr::sha256(request.csr_pem.as_bytes()).to_vec();
+            }
+        })?;
         context.csr_sha256 = parsed.der_sha256.to_vec();
         if let [uri] = parsed.uri_sans.as_slice() {
             context.requested_spiffe_id = uri.clone();

@@ -9,7 +9,7 @@ use std::fmt;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use rcgen::{KeyPair, SignatureAlgorithm};
+use rcgen::KeyPair;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use x509_parser::der_parser::ber::BerObjectContent;
@@ -93,20 +93,6 @@ pub fn load_private_key_pem(pem: &[u8]) -> Result<KeyPair, KeyError> {
     };
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
     KeyPair::try_from(&key).map_err(|_| KeyError::Unsupported)
-}
-
-/// The signature algorithm a CA key signs with.
-pub fn signature_algorithm_name(key: &KeyPair) -> &'static str {
-    let algorithm: &SignatureAlgorithm = key.algorithm();
-    if algorithm == &rcgen::PKCS_ECDSA_P256_SHA256 {
-        "ecdsa-with-SHA256 (P-256)"
-    } else if algorithm == &rcgen::PKCS_ECDSA_P384_SHA384 {
-        "ecdsa-with-SHA384 (P-384)"
-    } else if algorithm == &rcgen::PKCS_RSA_SHA256 {
-        "sha256WithRSAEncryption"
-    } else {
-        "other"
-    }
 }
 
 /// PEM text (RFC 7468) with 64-character lines and a final newline.
