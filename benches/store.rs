@@ -20,6 +20,8 @@ fn record(i: u64) -> Record {
             cluster_id: "Kubernetes".into(),
             peer_address: "10.0.0.1:41234".into(),
             spiffe_id: format!("spiffe://cluster.local/ns/ns{}/sa/app", i % 200),
+            pod_name: format!("app-{i}"),
+            pod_uid: format!("uid-{i}"),
         },
         outcome: Outcome::Issued(IssuedRecord {
             serial: (i as u128 | 1 << 126).to_be_bytes().to_vec(),

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant, SystemTime};
 use rcgen::{KeyPair, PublicKeyData as _};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::authn::impersonation::{ImpersonationError, NodeAccount, NodeAuthorizer};
 use crate::authn::{AuthRequest, AuthenticatorChain, AuthnError, Caller};
 use crate::authority::{IssuedCertificate, MeshAuthority, SigningError};
 use crate::clock::Clock;
 use crate::csr::{self, CertificateRequest, CsrError, KeyAlgorithm};
-use crate::policy::{self, Denial, DenialReason, Grant, MeshPolicy};
+use crate::policy::{self, Denial, Grant, MeshPolicy};
 use crate::record::{
     hex, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink, StoreError,
 };
@@ -79,6 +80,8 @@ pub enum IssueError {
     Csr(#[from] CsrError),
     #[error("the request was denied: {0}")]
     Denied(#[from] Denial),
+    #[error("impersonation refused: {0}")]
+    Impersonation(#[from] ImpersonationError),
     #[error("the caller's mesh {0:?} is not served here")]
     MeshNotServed(String),
     #[error("signing failed: {0}")]
@@ -94,6 +97,7 @@ impl IssueError {
             Self::Authn(error) => Some(error.reason()),
             Self::Csr(error) => Some(error.reason()),
             Self::Denied(denial) => Some(denial.reason.code()),
+            Self::Impersonation(error) => Some(error.reason()),
             Self::MeshNotServed(_) | Self::Signing(_) | Self::Store(_) => None,
         }
     }
@@ -103,6 +107,8 @@ impl IssueError {
 pub struct Mesh {
     pub authority: Arc<MeshAuthority>,
     pub policy: MeshPolicy,
+    /// Accounts allowed to ask for `ImpersonatedIdentity`.
+    pub node_accounts: Vec<NodeAccount>,
 }
 
 /// The certificate authority: meshes, authenticators, the record sink and a clock.
@@ -111,6 +117,7 @@ pub struct CertificateAuthority {
     /// The first configured mesh: its intermediate signs meshroot's own serving certificate.
     primary_mesh: String,
     authenticators: AuthenticatorChain,
+    impersonation: NodeAuthorizer,
     records: Arc<dyn RecordSink>,
     clock: Arc<dyn Clock>,
     rng: SystemRandom,
@@ -120,6 +127,7 @@ impl CertificateAuthority {
     pub fn new(
         meshes: Vec<Mesh>,
         authenticators: AuthenticatorChain,
+        impersonation: NodeAuthorizer,
         records: Arc<dyn RecordSink>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -135,6 +143,7 @@ impl CertificateAuthority {
             meshes,
             primary_mesh,
             authenticators,
+            impersonation,
             records,
             clock,
             rng: SystemRandom::new(),
@@ -260,18 +269,27 @@ impl CertificateAuthority {
         if let [uri] = parsed.uri_sans.as_slice() {
             context.requested_spiffe_id = uri.clone();
         }
-        if let Some(identity) = &request.impersonated_identity {
-            // Node proxies (ztunnel) impersonating workloads need the TokenReview authenticator
-            // and pod lookups; until then, nobody may impersonate.
-            return Err(IssueError::Denied(Denial {
-                reason: DenialReason::ImpersonationNotAllowed,
-                detail: format!("{} asked to impersonate {identity:?}", caller.identity),
-            }));
-        }
         let mesh = self
             .meshes
             .get(&caller.mesh)
             .ok_or_else(|| IssueError::MeshNotServed(caller.mesh.clone()))?;
+        // A node proxy asking for a workload's identity: the policy then holds the CSR to the
+        // impersonated identity, while the record keeps the real caller.
+        let caller = match &request.impersonated_identity {
+            None => caller,
+            Some(requested) => {
+                let identity = self
+                    .impersonation
+                    .authorize(
+                        &caller,
+                        requested,
+                        &mesh.policy.trust_domain,
+                        &mesh.node_accounts,
+                    )
+                    .await?;
+                Caller { identity, ..caller }
+            }
+        };
         let grant = policy::decide(
             &caller,
             &parsed,
@@ -378,6 +396,10 @@ impl RecordContext {
         self.caller.issuer = caller.issuer.clone();
         self.caller.subject = caller.subject.clone();
         self.caller.spiffe_id = caller.identity.to_string();
+        if let Some(pod) = &caller.pod {
+            self.caller.pod_name = pod.name.clone();
+            self.caller.pod_uid = pod.uid.clone();
+        }
         self.mesh = caller.mesh.clone();
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::authn::impersonation::NodeAccount;
+use crate::authn::AuthenticatorKind;
 use crate::identity::TrustDomain;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
@@ -20,6 +22,12 @@ pub const DEFAULT_AUDIENCE: &str = "istio-ca";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+pub const DEFAULT_NODE_ACCOUNT: &str = "istio-system/ztunnel";
+pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 32;
+pub const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Environment variables that override the file.
 pub const ENV_LISTEN: &str = "MESHROOT_LISTEN";
 pub const ENV_STORE: &str = "MESHROOT_STORE";
@@ -36,6 +44,10 @@ pub struct Config {
     pub serving_certificate_ttl: Duration,
     /// The sled directory for issuance records.
     pub store: PathBuf,
+    /// The order in which authenticators are tried; the first success wins.
+    pub authenticators: Vec<AuthenticatorKind>,
+    /// How long pod lookups for impersonation are reused.
+    pub pod_cache_ttl: Duration,
     pub meshes: Vec<MeshConfig>,
 }
 
@@ -48,6 +60,36 @@ pub struct MeshConfig {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub token_issuers: Vec<TokenIssuerConfig>,
+    /// Clusters whose API servers review tokens (and look up pods) for this mesh.
+    pub clusters: Vec<ClusterConfig>,
+    /// Whether a client certificate of this mesh authenticates its holder.
+    pub client_cert_auth: bool,
+    /// Accounts allowed to ask for `ImpersonatedIdentity` (node proxies).
+    pub trusted_node_accounts: Vec<NodeAccount>,
+}
+
+/// A Kubernetes cluster of a mesh.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The `clusterid` header value that selects this cluster.
+    pub id: String,
+    pub access: ClusterAccess,
+    pub audiences: Vec<String>,
+    pub review_timeout: Duration,
+    pub review_cache_ttl: Duration,
+    pub max_concurrent_reviews: usize,
+}
+
+/// How meshroot reaches a cluster's API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterAccess {
+    /// A kubeconfig file (remote clusters), optionally a context in it.
+    Kubeconfig {
+        path: PathBuf,
+        context: Option<String>,
+    },
+    /// The pod's own service account (the cluster meshroot runs in).
+    InCluster,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +136,8 @@ struct RawConfig {
     dns_names: Option<Vec<String>>,
     serving_certificate_ttl: Option<String>,
     store: Option<String>,
+    authenticators: Option<Vec<String>>,
+    pod_cache_ttl: Option<String>,
     #[serde(default)]
     mesh: Vec<RawMesh>,
 }
@@ -108,6 +152,23 @@ struct RawMesh {
     max_ttl: Option<String>,
     #[serde(default)]
     token_issuer: Vec<RawTokenIssuer>,
+    #[serde(default)]
+    cluster: Vec<RawCluster>,
+    client_cert_auth: Option<bool>,
+    trusted_node_accounts: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    id: Option<String>,
+    kubeconfig: Option<String>,
+    context: Option<String>,
+    in_cluster: Option<bool>,
+    audiences: Option<Vec<String>>,
+    review_timeout: Option<String>,
+    review_cache_ttl: Option<String>,
+    max_concurrent_reviews: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +260,35 @@ impl Config {
             None => base.join("store"),
         };
 
+        let authenticators = match raw.authenticators {
+            None => AuthenticatorKind::ALL.to_vec(),
+            Some(names) => {
+                let mut kinds = Vec::new();
+                for (index, name) in names.iter().enumerate() {
+                    match AuthenticatorKind::from_name(name) {
+                        Some(kind) if !kinds.contains(&kind) => kinds.push(kind),
+                        Some(_) => problem(
+                            format!("authenticators[{index}]"),
+                            format!("{name:?} is listed twice"),
+                        ),
+                        None => problem(
+                            format!("authenticators[{index}]"),
+                            format!(
+                                "{name:?} is not one of \"client-cert\", \"jwt\", \"token-review\""
+                            ),
+                        ),
+                    }
+                }
+                kinds
+            }
+        };
+        let pod_cache_ttl = duration_setting(
+            raw.pod_cache_ttl.as_deref(),
+            DEFAULT_POD_CACHE_TTL,
+            "pod_cache_ttl",
+            &mut problem,
+        );
+        let mut cluster_ids = HashSet::new();
         if raw.mesh.is_empty() {
             problem("mesh".into(), "at least one [[mesh]] is required".into());
         }
@@ -298,6 +388,88 @@ impl Config {
                     dev_signing_key: raw_issuer.dev_signing_key.map(|p| base.join(p)),
                 });
             }
+            let mut clusters = Vec::new();
+            for (cluster_index, raw_cluster) in mesh.cluster.into_iter().enumerate() {
+                let key = |field: &str| format!("mesh[{index}].cluster[{cluster_index}].{field}");
+                let id = raw_cluster
+                    .id
+                    .unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_owned());
+                if !cluster_ids.insert(id.clone()) {
+                    problem(
+                        key("id"),
+                        format!(
+                            "cluster id {id:?} is configured twice; a cluster belongs to one mesh"
+                        ),
+                    );
+                }
+                let access = match (
+                    raw_cluster.kubeconfig,
+                    raw_cluster.in_cluster.unwrap_or(false),
+                ) {
+                    (Some(path), false) => ClusterAccess::Kubeconfig {
+                        path: base.join(path),
+                        context: raw_cluster.context,
+                    },
+                    (None, true) => ClusterAccess::InCluster,
+                    (Some(_), true) => {
+                        problem(
+                            key("kubeconfig"),
+                            "give either kubeconfig or in_cluster = true, not both".into(),
+                        );
+                        ClusterAccess::InCluster
+                    }
+                    (None, false) => {
+                        problem(
+                            key("kubeconfig"),
+                            "a kubeconfig file, or in_cluster = true, is required".into(),
+                        );
+                        ClusterAccess::InCluster
+                    }
+                };
+                let audiences = raw_cluster
+                    .audiences
+                    .unwrap_or_else(|| vec![DEFAULT_AUDIENCE.to_owned()]);
+                if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+                    problem(key("audiences"), "must hold non-empty audiences".into());
+                }
+                let max_concurrent_reviews = raw_cluster
+                    .max_concurrent_reviews
+                    .unwrap_or(DEFAULT_MAX_CONCURRENT_REVIEWS);
+                if max_concurrent_reviews == 0 {
+                    problem(key("max_concurrent_reviews"), "must be at least 1".into());
+                }
+                clusters.push(ClusterConfig {
+                    id,
+                    access,
+                    audiences,
+                    review_timeout: duration_setting(
+                        raw_cluster.review_timeout.as_deref(),
+                        DEFAULT_REVIEW_TIMEOUT,
+                        &key("review_timeout"),
+                        &mut problem,
+                    ),
+                    review_cache_ttl: duration_setting(
+                        raw_cluster.review_cache_ttl.as_deref(),
+                        DEFAULT_REVIEW_CACHE_TTL,
+                        &key("review_cache_ttl"),
+                        &mut problem,
+                    ),
+                    max_concurrent_reviews,
+                });
+            }
+            let mut trusted_node_accounts = Vec::new();
+            let accounts = mesh
+                .trusted_node_accounts
+                .unwrap_or_else(|| vec![DEFAULT_NODE_ACCOUNT.to_owned()]);
+            for (account_index, text) in accounts.iter().enumerate() {
+                match NodeAccount::parse(text) {
+                    Some(account) => trusted_node_accounts.push(account),
+                    None => problem(
+                        format!("mesh[{index}].trusted_node_accounts[{account_index}]"),
+                        format!("{text:?} is not <namespace>/<service-account>"),
+                    ),
+                }
+            }
             if let Some(trust_domain) = trust_domain {
                 meshes.push(MeshConfig {
                     name,
@@ -306,6 +478,9 @@ impl Config {
                     default_ttl,
                     max_ttl,
                     token_issuers,
+                    clusters,
+                    client_cert_auth: mesh.client_cert_auth.unwrap_or(false),
+                    trusted_node_accounts,
                 });
             }
         }
@@ -318,6 +493,8 @@ impl Config {
             dns_names,
             serving_certificate_ttl,
             store,
+            authenticators,
+            pod_cache_ttl,
             meshes,
         })
     }
@@ -493,6 +670,85 @@ mod tests {
                 "mesh[1].name",
                 "mesh[1].trust_domain",
                 "mesh[1].token_issuer[0].issuer"
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_clusters_authenticator_order_and_node_accounts() {
+        let config = parse(
+            r#"
+            authenticators = ["token-review", "client-cert"]
+            [[mesh]]
+            name = "default"
+            ca_dir = "cacerts"
+            client_cert_auth = true
+            [[mesh.cluster]]
+            in_cluster = true
+            [[mesh.cluster]]
+            id = "west"
+            kubeconfig = "west.kubeconfig"
+            context = "admin@west"
+            review_cache_ttl = "30s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.authenticators,
+            [
+                AuthenticatorKind::TokenReview,
+                AuthenticatorKind::ClientCert
+            ]
+        );
+        let mesh = &config.meshes[0];
+        assert!(mesh.client_cert_auth);
+        assert_eq!(
+            mesh.trusted_node_accounts,
+            [NodeAccount::parse(DEFAULT_NODE_ACCOUNT).unwrap()]
+        );
+        assert_eq!(mesh.clusters[0].id, DEFAULT_CLUSTER_ID);
+        assert_eq!(mesh.clusters[0].access, ClusterAccess::InCluster);
+        assert_eq!(mesh.clusters[0].review_cache_ttl, DEFAULT_REVIEW_CACHE_TTL);
+        assert_eq!(
+            mesh.clusters[1].access,
+            ClusterAccess::Kubeconfig {
+                path: PathBuf::from("/etc/meshroot/west.kubeconfig"),
+                context: Some("admin@west".into())
+            }
+        );
+        assert_eq!(mesh.clusters[1].review_cache_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn refuses_bad_clusters_and_authenticators() {
+        let error = parse(
+            r#"
+            authenticators = ["jwt", "oidc", "jwt"]
+            [[mesh]]
+            name = "a"
+            ca_dir = "a"
+            trusted_node_accounts = ["ztunnel"]
+            [[mesh.cluster]]
+            [[mesh]]
+            name = "b"
+            trust_domain = "b.example"
+            ca_dir = "b"
+            [[mesh.cluster]]
+            in_cluster = true
+            kubeconfig = "x"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "authenticators[1]",
+                "authenticators[2]",
+                "mesh[0].cluster[0].kubeconfig",
+                "mesh[0].trusted_node_accounts[0]",
+                "mesh[1].cluster[0].id",
+                "mesh[1].cluster[0].kubeconfig",
             ]
         );
     }

@@ -96,7 +96,11 @@ fn impersonated_identity(request: &IstioCertificateRequest) -> Option<String> {
 /// Messages carry the request id and, for refusals, the stable reason; never internal text.
 pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
     let (code, message) = match error {
-        IssueError::Authn(_) => (
+        IssueError::Authn(error) if error.is_transient() => (
+            Code::Unavailable,
+            "authentication backend unavailable; retry".to_owned(),
+        ),
+        IssueError::Authn(_) | IssueError::Impersonation(_) => (
             Code::Unauthenticated,
             "request authenticate failure".to_owned(),
         ),
@@ -108,8 +112,7 @@ pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
             let code = match denial.reason {
                 DenialReason::CallerMeshMismatch
                 | DenialReason::TrustDomainMismatch
-                | DenialReason::IdentityMismatch
-                | DenialReason::ImpersonationNotAllowed => Code::Unauthenticated,
+                | DenialReason::IdentityMismatch => Code::Unauthenticated,
                 DenialReason::SubjectNotAllowed
                 | DenialReason::CaRequested
                 | DenialReason::UnknownExtension

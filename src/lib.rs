@@ -18,6 +18,7 @@ pub mod csr;
 pub mod grpc;
 pub mod identity;
 pub mod keys;
+pub mod kubernetes;
 pub mod policy;
 pub mod record;
 pub mod server;

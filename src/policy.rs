@@ -73,8 +73,6 @@ pub enum DenialReason {
     TrustDomainMismatch,
     /// The SPIFFE ID is not the caller's identity.
     IdentityMismatch,
-    /// `ImpersonatedIdentity` was asked for; only trusted node proxies may do so.
-    ImpersonationNotAllowed,
     /// The mesh's signing certificate has expired: nothing can be issued.
     SignerExpired,
 }
@@ -95,7 +93,6 @@ impl DenialReason {
             Self::UriSanInvalid => "csr-uri-san-invalid",
             Self::TrustDomainMismatch => "trust-domain-mismatch",
             Self::IdentityMismatch => "identity-mismatch",
-            Self::ImpersonationNotAllowed => "impersonation-not-allowed",
             Self::SignerExpired => "signer-expired",
         }
     }
@@ -246,6 +243,8 @@ mod tests {
             identity: SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/cart").unwrap(),
             issuer: "iss".into(),
             subject: "system:serviceaccount:shop:cart".into(),
+            cluster: String::new(),
+            pod: None,
         }
     }
 
@@ -390,7 +389,6 @@ mod tests {
             UriSanInvalid,
             TrustDomainMismatch,
             IdentityMismatch,
-            ImpersonationNotAllowed,
             SignerExpired,
         ];
         let codes: std::collections::HashSet<_> = all.iter().map(|r| r.code()).collect();

@@ -34,7 +34,11 @@ pub struct CallerRecord {
     pub subject: String,
     pub cluster_id: String,
     pub peer_address: String,
+    /// The caller's own identity (for an impersonation, the node proxy's).
     pub spiffe_id: String,
+    /// The caller's pod, as the TokenReview named it.
+    pub pod_name: String,
+    pub pod_uid: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -162,7 +166,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Parses lowercase or uppercase hex, with optional ':' separators.
 pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let digits: String = text.chars().filter(|c| *c != ':').collect();
-    if digits.len() % 2 != 0 || digits.is_empty() {
+    if !digits.len().is_multiple_of(2) || digits.is_empty() {
         return None;
     }
     (0..digits.len())

@@ -1,13 +1,13 @@
 //! Wiring: config → CA material, authenticators, record store → the gRPC service on a TLS
 //! listener; meshroot's own serving certificate, renewed before it expires; graceful shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::RootCertStore;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -16,13 +16,17 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::authn::client_cert::{ClientCertAuthenticator, ClientCertMesh};
+use crate::authn::impersonation::NodeAuthorizer;
 use crate::authn::jwt::{self, JwksError, TrustedIssuer};
-use crate::authn::{Authenticator, AuthenticatorChain, JwtAuthenticator};
+use crate::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthenticator};
+use crate::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuthenticator};
 use crate::ca::{CertificateAuthority, IssueError, Mesh};
 use crate::ca_files::{self, CaFilesError};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{ClusterAccess, ClusterConfig, Config};
 use crate::grpc::CsrService;
+use crate::kubernetes::{ClusterSetupError, KubeCluster};
 use crate::policy::MeshPolicy;
 use crate::record::StoreError;
 use crate::store::SledStore;
@@ -60,6 +64,13 @@ pub enum ServeError {
         address: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    #[error("mesh {mesh}: cluster {cluster:?}: {source}")]
+    Cluster {
+        mesh: String,
+        cluster: String,
+        #[source]
+        source: ClusterSetupError,
     },
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -123,7 +134,9 @@ pub async fn start_with_clock(
     let now = clock.now();
     let mut meshes = Vec::new();
     let mut issuers = Vec::new();
-    let mut client_roots = RootCertStore::empty();
+    let mut review_clusters = Vec::new();
+    let mut cluster_apis: HashMap<String, Arc<dyn ClusterApi>> = HashMap::new();
+    let mut client_cert_meshes = Vec::new();
     for mesh in &config.meshes {
         let authority =
             ca_files::load_authority(&mesh.name, mesh.trust_domain.clone(), &mesh.ca_dir, now)
@@ -131,18 +144,38 @@ pub async fn start_with_clock(
                     mesh: mesh.name.clone(),
                     source,
                 })?;
-        for root in authority.roots() {
-            // Roots were parsed when the authority was built; a root webpki rejects as a client
-            // trust anchor only narrows who may use mTLS.
-            if let Err(error) = client_roots.add(root.clone()) {
-                tracing::warn!(mesh = %mesh.name, %error, "root not usable for client certificates");
-            }
-        }
-        if mesh.token_issuers.is_empty() {
+        if mesh.token_issuers.is_empty() && mesh.clusters.is_empty() && !mesh.client_cert_auth {
             tracing::warn!(
                 mesh = %mesh.name,
-                "no token issuer configured: every request for this mesh will be refused"
+                "no authentication configured: every request for this mesh will be refused"
             );
+        }
+        if mesh.client_cert_auth {
+            client_cert_meshes.push(ClientCertMesh {
+                mesh: mesh.name.clone(),
+                trust_domain: mesh.trust_domain.clone(),
+                roots: authority.roots().to_vec(),
+            });
+        }
+        for cluster in &mesh.clusters {
+            let api: Arc<dyn ClusterApi> = Arc::new(connect_cluster(cluster).await.map_err(
+                |source| ServeError::Cluster {
+                    mesh: mesh.name.clone(),
+                    cluster: cluster.id.clone(),
+                    source,
+                },
+            )?);
+            cluster_apis.insert(cluster.id.clone(), api.clone());
+            review_clusters.push(ReviewCluster {
+                id: cluster.id.clone(),
+                mesh: mesh.name.clone(),
+                trust_domain: mesh.trust_domain.clone(),
+                audiences: cluster.audiences.clone(),
+                api,
+                timeout: cluster.review_timeout,
+                max_concurrent_reviews: cluster.max_concurrent_reviews,
+                cache_ttl: cluster.review_cache_ttl,
+            });
         }
         for issuer in &mesh.token_issuers {
             let keys = jwt::load_jwks(&issuer.jwks).map_err(|source| ServeError::Jwks {
@@ -175,15 +208,34 @@ pub async fn start_with_clock(
                 signer_not_after: authority.signing_not_after(),
             },
             authority: Arc::new(authority),
+            node_accounts: mesh.trusted_node_accounts.clone(),
         });
     }
 
     let store = SledStore::open(&config.store)?;
-    let authenticators: Vec<Box<dyn Authenticator>> =
-        vec![Box::new(JwtAuthenticator::new(issuers, clock.clone()))];
+    let mut jwt = Some(JwtAuthenticator::new(issuers, clock.clone()));
+    let mut token_review = Some(TokenReviewAuthenticator::new(
+        review_clusters,
+        clock.clone(),
+    ));
+    let mut client_cert = Some(ClientCertAuthenticator::new(
+        client_cert_meshes,
+        clock.clone(),
+    ));
+    let mut authenticators: Vec<Box<dyn Authenticator>> = Vec::new();
+    for kind in &config.authenticators {
+        let next: Option<Box<dyn Authenticator>> = match kind {
+            AuthenticatorKind::Jwt => jwt.take().map(|a| Box::new(a) as _),
+            AuthenticatorKind::TokenReview => token_review.take().map(|a| Box::new(a) as _),
+            AuthenticatorKind::ClientCert => client_cert.take().map(|a| Box::new(a) as _),
+        };
+        authenticators.extend(next);
+    }
+    let impersonation = NodeAuthorizer::new(cluster_apis, config.pod_cache_ttl, clock.clone());
     let ca = Arc::new(CertificateAuthority::new(
         meshes,
         AuthenticatorChain::new(authenticators),
+        impersonation,
         store.clone(),
         clock,
     ));
@@ -199,15 +251,13 @@ pub async fn start_with_clock(
         .unwrap_or_default();
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let client_verifier = Arc::new(DeferredClientVerifier {
+        provider: provider.clone(),
+    });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ServeError::Tls(e.to_string()))?
-        .with_client_cert_verifier(client_verifier)
+        .with_client_cert_verifier(client_verifier as _)
         .with_cert_resolver(serving.clone());
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
@@ -366,6 +416,81 @@ impl ResolvesServerCert for ServingCertificate {
             Ok(slot) => slot.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+}
+
+async fn connect_cluster(cluster: &ClusterConfig) -> Result<KubeCluster, ClusterSetupError> {
+    match &cluster.access {
+        ClusterAccess::Kubeconfig { path, context } => {
+            KubeCluster::from_kubeconfig(path, context.clone(), cluster.review_timeout).await
+        }
+        ClusterAccess::InCluster => KubeCluster::in_cluster(cluster.review_timeout),
+    }
+}
+
+/// Requests a client certificate but leaves judging it to the client-certificate authenticator,
+/// which checks the chain against the roots of the right mesh and records why it refuses one.
+/// The handshake still proves the client holds the certificate's private key (the signature
+/// checks below are rustls' own).
+#[derive(Debug)]
+struct DeferredClientVerifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -382,6 +382,8 @@ fn encode(record: &Record) -> Vec<u8> {
             cluster_id: caller.cluster_id.clone(),
             peer_address: caller.peer_address.clone(),
             spiffe_id: caller.spiffe_id.clone(),
+            pod_name: caller.pod_name.clone(),
+            pod_uid: caller.pod_uid.clone(),
         }),
         outcome: Some(outcome),
     }
@@ -435,6 +437,8 @@ fn decode(key: &[u8], value: &[u8]) -> Result<Record, StoreError> {
             cluster_id: caller.cluster_id,
             peer_address: caller.peer_address,
             spiffe_id: caller.spiffe_id,
+            pod_name: caller.pod_name,
+            pod_uid: caller.pod_uid,
         },
         outcome,
     })

@@ -299,7 +299,7 @@ async fn refuses_malformed_authorization_header() {
 }
 
 #[tokio::test]
-async fn refuses_impersonation_until_node_authentication_exists() {
+async fn refuses_impersonation_by_a_caller_not_authenticated_by_token_review() {
     let ca = TestCa::new();
     let server = ca.start().await;
     let impersonated = prost_types::Value {
@@ -320,7 +320,7 @@ async fn refuses_impersonation_until_node_authentication_exists() {
         &server,
         &status,
         Code::Unauthenticated,
-        "impersonation-not-allowed",
+        "impersonation-not-token-review",
     );
     assert_eq!(
         record.caller.subject,

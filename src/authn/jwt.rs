@@ -323,6 +323,8 @@ impl JwtAuthenticator {
             identity,
             issuer: issuer.issuer.clone(),
             subject: claims.sub.clone(),
+            cluster: String::new(),
+            pod: None,
         })
     }
 }
@@ -338,8 +340,14 @@ impl Authenticator for JwtAuthenticator {
             Authorization::Malformed => {
                 AuthOutcome::Failed(AuthnError::MalformedAuthorizationHeader)
             }
+            // Another token authenticator (TokenReview) may vouch for tokens of issuers this one
+            // does not know, or for tokens that are not JWTs at all.
+            Authorization::Bearer(_) if self.issuers.is_empty() => AuthOutcome::NotApplicable,
             Authorization::Bearer(token) => match self.verify(token.expose()) {
                 Ok(caller) => AuthOutcome::Authenticated(caller),
+                Err(
+                    error @ (AuthnError::TokenIssuerUnknown(_) | AuthnError::TokenMalformed(_)),
+                ) => AuthOutcome::Declined(error),
                 Err(error) => AuthOutcome::Failed(error),
             },
         };

@@ -2,10 +2,15 @@
 //! verified client certificate) into a [`Caller`] — who is asking, proven how, for which mesh.
 //!
 //! Authenticators run in a configured order and the first that succeeds wins, as in istiod. One
-//! that does not apply (no token for a token authenticator) steps aside; if none succeeds, the
-//! first real failure is reported (or "no credentials" when nothing applied).
+//! that does not apply (no token for a token authenticator) steps aside. If none succeeds, the
+//! reported failure is the first from an authenticator that recognised the credential as its
+//! own, else the first from one that declined it (a token from an unknown issuer, a cluster id it
+//! does not serve), else "no credentials".
 
+pub mod client_cert;
+pub mod impersonation;
 pub mod jwt;
+pub mod token_review;
 
 use std::fmt;
 use std::future::Future;
@@ -73,18 +78,37 @@ pub struct AuthRequest {
 }
 
 /// Which authenticator accepted a caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthenticatorKind {
+    /// A verified client certificate carrying the caller's SPIFFE ID (renewal, VMs).
+    ClientCert,
     /// A Kubernetes service-account JWT verified offline against a configured JWKS.
     Jwt,
+    /// A bearer token reviewed by the Kubernetes API server of the caller's cluster.
+    TokenReview,
 }
 
 impl AuthenticatorKind {
+    pub const ALL: [Self; 3] = [Self::ClientCert, Self::Jwt, Self::TokenReview];
+
     pub fn name(&self) -> &'static str {
         match self {
+            Self::ClientCert => "client-cert",
             Self::Jwt => "jwt",
+            Self::TokenReview => "token-review",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+/// The pod a TokenReview attributed the token to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRef {
+    pub name: String,
+    pub uid: String,
 }
 
 /// An authenticated caller.
@@ -97,8 +121,13 @@ pub struct Caller {
     pub identity: SpiffeId,
     /// Token issuer (`iss`), when a token proved the caller.
     pub issuer: String,
-    /// The authenticated subject, e.g. `system:serviceaccount:ns:sa`.
+    /// The authenticated subject, e.g. `system:serviceaccount:ns:sa`, or the certificate's
+    /// SPIFFE ID.
     pub subject: String,
+    /// The cluster whose API server reviewed the token (TokenReview only).
+    pub cluster: String,
+    /// The caller's pod, from the TokenReview's `status.user.extra`.
+    pub pod: Option<PodRef>,
 }
 
 /// Why a caller could not be authenticated. Every variant has its own recorded reason.
@@ -128,6 +157,20 @@ pub enum AuthnError {
     TokenSubjectInvalid,
     #[error("the token's kubernetes.io claim disagrees with its subject")]
     TokenClaimsInconsistent,
+    #[error("no cluster {0:?} is configured for token reviews")]
+    ClusterUnknown(String),
+    #[error("the API server of cluster {cluster:?} did not authenticate the token: {reason}")]
+    ReviewRejected { cluster: String, reason: String },
+    #[error("the reviewed user is not a service account: {0}")]
+    ReviewNotServiceAccount(String),
+    #[error("the API server of cluster {cluster:?} could not review the token: {reason}")]
+    ReviewUnavailable { cluster: String, reason: String },
+    #[error("the client certificate does not chain to the roots of a mesh that accepts client certificates: {0}")]
+    ClientCertUntrusted(String),
+    #[error(
+        "the client certificate does not carry exactly one SPIFFE ID of a mesh trust domain: {0}"
+    )]
+    ClientCertIdentity(String),
 }
 
 impl AuthnError {
@@ -146,7 +189,19 @@ impl AuthnError {
             Self::TokenAudienceMismatch => "token-audience-mismatch",
             Self::TokenSubjectInvalid => "token-subject-invalid",
             Self::TokenClaimsInconsistent => "token-claims-inconsistent",
+            Self::ClusterUnknown(_) => "cluster-unknown",
+            Self::ReviewRejected { .. } => "token-review-unauthenticated",
+            Self::ReviewNotServiceAccount(_) => "token-review-not-service-account",
+            Self::ReviewUnavailable { .. } => "token-review-unavailable",
+            Self::ClientCertUntrusted(_) => "client-cert-untrusted",
+            Self::ClientCertIdentity(_) => "client-cert-identity",
         }
+    }
+
+    /// Whether the failure is the authenticator's (its backend is down), not the caller's:
+    /// clients should retry.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::ReviewUnavailable { .. })
     }
 }
 
@@ -156,6 +211,10 @@ pub enum AuthOutcome {
     /// This authenticator has nothing to judge (e.g. no token was sent).
     NotApplicable,
     Authenticated(Caller),
+    /// The credential is this authenticator's kind, but not one it can vouch for (a token from an
+    /// issuer it does not know, a cluster id it does not serve); another may still accept it.
+    Declined(AuthnError),
+    /// The credential is this authenticator's own and it is bad.
     Failed(AuthnError),
 }
 
@@ -178,19 +237,26 @@ impl AuthenticatorChain {
         Self { authenticators }
     }
 
-    /// The first success wins; otherwise the first failure, or `MissingCredentials`.
+    /// The first success wins; otherwise the first failure, else the first refusal, else
+    /// `MissingCredentials`.
     pub async fn authenticate(&self, request: &AuthRequest) -> Result<Caller, AuthnError> {
         let mut first_failure = None;
+        let mut first_declined = None;
         for authenticator in &self.authenticators {
             match authenticator.authenticate(request).await {
                 AuthOutcome::Authenticated(caller) => return Ok(caller),
                 AuthOutcome::Failed(error) => {
                     first_failure.get_or_insert(error);
                 }
+                AuthOutcome::Declined(error) => {
+                    first_declined.get_or_insert(error);
+                }
                 AuthOutcome::NotApplicable => {}
             }
         }
-        Err(first_failure.unwrap_or(AuthnError::MissingCredentials))
+        Err(first_failure
+            .or(first_declined)
+            .unwrap_or(AuthnError::MissingCredentials))
     }
 }
 
@@ -256,6 +322,8 @@ mod tests {
             identity: SpiffeId::parse("spiffe://td/ns/a/sa/b").unwrap(),
             issuer: "i".into(),
             subject: "s".into(),
+            cluster: String::new(),
+            pod: None,
         }
     }
 
@@ -268,6 +336,27 @@ mod tests {
         assert_eq!(
             chain.authenticate(&AuthRequest::default()).await,
             Ok(caller())
+        );
+    }
+
+    #[tokio::test]
+    async fn chain_prefers_a_real_failure_over_a_declined_credential() {
+        let chain = AuthenticatorChain::new(vec![
+            Box::new(Fixed(|| {
+                AuthOutcome::Declined(AuthnError::TokenIssuerUnknown("x".into()))
+            })),
+            Box::new(Fixed(|| AuthOutcome::Failed(AuthnError::TokenExpired))),
+        ]);
+        assert_eq!(
+            chain.authenticate(&AuthRequest::default()).await,
+            Err(AuthnError::TokenExpired)
+        );
+        let declined = AuthenticatorChain::new(vec![Box::new(Fixed(|| {
+            AuthOutcome::Declined(AuthnError::ClusterUnknown("c".into()))
+        }))]);
+        assert_eq!(
+            declined.authenticate(&AuthRequest::default()).await,
+            Err(AuthnError::ClusterUnknown("c".into()))
         );
     }
 
