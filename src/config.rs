@@ -525,32 +525,34 @@ fn duration_setting(
     }
 }
 
-/// Parses durations such as `90s`, `15m`, `24h`, `7d`, `1h30m`.
+/// Parses durations such as `500ms`, `90s`, `15m`, `24h`, `7d`, `1h30m`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total: u64 = 0;
-    let mut number = String::new();
-    let mut saw_unit = false;
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return None,
-        };
-        let value: u64 = number.parse().ok()?;
-        total = total.checked_add(value.checked_mul(unit)?)?;
-        number.clear();
-        saw_unit = true;
-    }
-    if !number.is_empty() || !saw_unit {
+    let mut total_ms: u64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
         return None;
     }
-    Some(Duration::from_secs(total))
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit_ms, unit_len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else {
+            match rest.chars().next()? {
+                's' => (1_000, 1),
+                'm' => (60_000, 1),
+                'h' => (3_600_000, 1),
+                'd' => (86_400_000, 1),
+                _ => return None,
+            }
+        };
+        total_ms = total_ms.checked_add(value.checked_mul(unit_ms)?)?;
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_millis(total_ms))
 }
 
 /// Formats a duration the way `parse_duration` reads it.
@@ -781,6 +783,10 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604800)));
         assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("ms"), None);
+        assert_eq!(parse_duration(""), None);
         assert_eq!(parse_duration("1w"), None);
         assert_eq!(format_duration(Duration::from_secs(86400)), "1d");
         assert_eq!(format_duration(Duration::from_secs(5400)), "90m");

@@ -3,6 +3,8 @@
 //! verification (rustls-webpki and `openssl verify`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod kube_api;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -143,7 +145,18 @@ impl TestCa {
     }
 
     pub async fn start(&self) -> TestServer {
-        let server = server::start(&self.config()).await.unwrap();
+        self.start_with_clock(std::sync::Arc::new(meshroot::clock::SystemClock))
+            .await
+    }
+
+    /// Starts the server reading time from `clock` (token expiry, caches, certificates).
+    pub async fn start_with_clock(
+        &self,
+        clock: std::sync::Arc<dyn meshroot::clock::Clock>,
+    ) -> TestServer {
+        let server = server::start_with_clock(&self.config(), clock)
+            .await
+            .unwrap();
         TestServer {
             root_pem: self.root_pem(),
             server,
@@ -174,23 +187,37 @@ impl TestServer {
         }
     }
 
-    /// One CreateCertificate call shaped like istio-agent's.
+    /// One CreateCertificate call shaped like istio-agent's (`clusterid: Kubernetes`).
     pub async fn call(
         &self,
         csr: String,
         token: Option<String>,
         validity_seconds: i64,
     ) -> Result<IstioCertificateResponse, tonic::Status> {
-        let channel = client::connect(&self.target("meshroot.istio-system.svc"))
+        self.call_with(csr, token, validity_seconds, "Kubernetes", None)
             .await
-            .unwrap();
+    }
+
+    /// One CreateCertificate call with a given `clusterid` and, optionally, a client
+    /// certificate (PEM chain, PEM key) for mTLS.
+    pub async fn call_with(
+        &self,
+        csr: String,
+        token: Option<String>,
+        validity_seconds: i64,
+        cluster_id: &str,
+        client_identity: Option<(String, String)>,
+    ) -> Result<IstioCertificateResponse, tonic::Status> {
+        let mut target = self.target("meshroot.istio-system.svc");
+        target.client_identity = client_identity;
+        let channel = client::connect(&target).await.unwrap();
         client::create_certificate(
             channel,
             csr,
             validity_seconds,
             &AgentMetadata {
                 token,
-                cluster_id: "Kubernetes".to_owned(),
+                cluster_id: cluster_id.to_owned(),
             },
         )
         .await

@@ -1,0 +1,489 @@
+//! TokenReview authentication across clusters and ztunnel impersonation, against fake Kubernetes
+//! API servers that speak the documented HTTP contract over HTTPS (a real API server cannot run
+//! here). Each fake counts its calls.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::kube_api::{FakeApiServer, FakePod, TokenIdentity};
+use common::*;
+use meshroot::clock::{Clock as _, ManualClock};
+use meshroot::pb::istio::IstioCertificateRequest;
+use meshroot::record::{Outcome, Record};
+use tonic::Code;
+
+/// A CA whose `default` mesh authenticates by TokenReview only, with the fakes: cluster `west`
+/// (and `east` if given). `extra` is added to the mesh's settings.
+fn ca_with_clusters(west: &FakeApiServer, east: Option<&FakeApiServer>, extra: &str) -> TestCa {
+    let ca = TestCa::new();
+    let mut clusters = format!(
+        "\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\nreview_timeout = \"500ms\"\n",
+        west.write_kubeconfig(ca.path(), "west").display()
+    );
+    if let Some(east) = east {
+        clusters.push_str(&format!(
+            "\n[[mesh.cluster]]\nid = \"east\"\nkubeconfig = \"{}\"\n",
+            east.write_kubeconfig(ca.path(), "east").display()
+        ));
+    }
+    ca.edit_config(|text| {
+        // Drop the development JWT issuer that init wrote.
+        let start = text.find("\n# Local development token issuer").unwrap();
+        let end = text[start..].find("dev_signing_key").unwrap() + start;
+        let end = text[end..].find('\n').unwrap() + end;
+        let text = format!("{}{}", &text[..start], &text[end..]);
+        // Mesh-level keys go right after the mesh's ca_dir line; clusters at the end.
+        let text = text.replace(
+            "ca_dir = \"default\"\n",
+            &format!("ca_dir = \"default\"\n{extra}"),
+        );
+        format!("{text}{clusters}")
+    });
+    ca
+}
+
+async fn request(
+    server: &TestServer,
+    identity: &str,
+    token: &str,
+    cluster: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    server
+        .call_with(
+            ztunnel_csr(identity),
+            Some(token.to_owned()),
+            0,
+            cluster,
+            None,
+        )
+        .await
+        .map(|r| r.cert_chain)
+}
+
+fn denial_reason(record: &Record) -> &str {
+    match &record.outcome {
+        Outcome::Denied(denial) => &denial.reason,
+        Outcome::Issued(_) => panic!("expected a denial"),
+    }
+}
+
+#[tokio::test]
+async fn issues_after_a_positive_review_in_the_cluster_named_by_clusterid() {
+    let west = FakeApiServer::start().await;
+    let east = FakeApiServer::start().await;
+    west.add_token(
+        "west-token",
+        TokenIdentity::service_account("shop", "cart", Some(("cart-1", "uid-1"))),
+    );
+    east.add_token(
+        "east-token",
+        TokenIdentity::service_account("bank", "vault", None),
+    );
+    let ca = ca_with_clusters(&west, Some(&east), "");
+    let server = ca.start().await;
+
+    let chain = request(&server, &spiffe_id("shop", "cart"), "west-token", "west")
+        .await
+        .unwrap();
+    verify_chain(&chain, &ca.root_pem());
+    let chain = request(&server, &spiffe_id("bank", "vault"), "east-token", "east")
+        .await
+        .unwrap();
+    verify_chain(&chain, &ca.root_pem());
+    assert_eq!((west.reviews(), east.reviews()), (1, 1));
+    assert_eq!(west.state.audiences.lock().unwrap()[0], ["istio-ca"]);
+
+    // The west token is unknown to east: the cluster id decides who reviews it.
+    let status = request(&server, &spiffe_id("shop", "cart"), "west-token", "east")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        denial_reason(&server.record_of(&status)),
+        "token-review-unauthenticated"
+    );
+
+    let records = server.records();
+    let issued = records
+        .iter()
+        .find(|r| r.caller.cluster_id == "west" && matches!(r.outcome, Outcome::Issued(_)))
+        .unwrap();
+    assert_eq!(issued.caller.authenticator, "token-review");
+    assert_eq!(issued.caller.subject, "system:serviceaccount:shop:cart");
+    assert_eq!(
+        (
+            issued.caller.pod_name.as_str(),
+            issued.caller.pod_uid.as_str()
+        ),
+        ("cart-1", "uid-1")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_unauthenticated_wrong_group_malformed_user_and_unknown_cluster() {
+    let west = FakeApiServer::start().await;
+    west.add_token(
+        "not-a-service-account",
+        TokenIdentity {
+            username: "jane@example.com".into(),
+            groups: vec!["system:authenticated".into()],
+            pod: None,
+        },
+    );
+    west.add_token(
+        "malformed-user",
+        TokenIdentity {
+            username: "system:serviceaccount:shop".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            pod: None,
+        },
+    );
+    let ca = ca_with_clusters(&west, None, "");
+    let server = ca.start().await;
+    let id = spiffe_id("shop", "cart");
+    for (token, cluster, reason) in [
+        ("revoked-token", "west", "token-review-unauthenticated"),
+        (
+            "not-a-service-account",
+            "west",
+            "token-review-not-service-account",
+        ),
+        ("malformed-user", "west", "token-review-not-service-account"),
+        ("any-token", "south", "cluster-unknown"),
+        ("any-token", "", "cluster-unknown"),
+    ] {
+        let status = request(&server, &id, token, cluster).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{token}@{cluster}");
+        assert_eq!(
+            denial_reason(&server.record_of(&status)),
+            reason,
+            "{token}@{cluster}"
+        );
+    }
+    assert_eq!(
+        west.reviews(),
+        3,
+        "unknown clusters never reach an API server"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_api_server_that_is_down_or_slow_gives_a_retryable_unavailable() {
+    let west = FakeApiServer::start().await;
+    west.add_token("t", TokenIdentity::service_account("shop", "cart", None));
+    let ca = ca_with_clusters(&west, None, "");
+    let server = ca.start().await;
+    let id = spiffe_id("shop", "cart");
+
+    west.state
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let status = request(&server, &id, "t", "west").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        denial_reason(&server.record_of(&status)),
+        "token-review-unavailable"
+    );
+    west.state
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    *west.state.delay.lock().unwrap() = Some(Duration::from_secs(3));
+    let started = Instant::now();
+    let status = request(&server, &id, "t", "west").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the 500 ms review timeout applied"
+    );
+    assert_eq!(
+        denial_reason(&server.record_of(&status)),
+        "token-review-unavailable"
+    );
+    *west.state.delay.lock().unwrap() = None;
+
+    // Recovered: the failure was not cached.
+    request(&server, &id, "t", "west").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn caches_positive_reviews_until_the_cache_limit_or_the_tokens_exp() {
+    let west = FakeApiServer::start().await;
+    let clock = ManualClock::at(SystemTime::now());
+    west.add_token(
+        "opaque",
+        TokenIdentity::service_account("shop", "cart", None),
+    );
+    let ca = ca_with_clusters(&west, None, "");
+    let server = ca.start_with_clock(Arc::new(clock.clone())).await;
+    let id = spiffe_id("shop", "cart");
+
+    request(&server, &id, "opaque", "west").await.unwrap();
+    request(&server, &id, "opaque", "west").await.unwrap();
+    assert_eq!(
+        west.reviews(),
+        1,
+        "the second request was served from the cache"
+    );
+    clock.advance(Duration::from_secs(61));
+    request(&server, &id, "opaque", "west").await.unwrap();
+    assert_eq!(west.reviews(), 2, "reviewed again after the 60 s limit");
+
+    // A JWT-shaped token that expires in 30 s.
+    let now = meshroot::clock::unix_seconds(clock.now());
+    use base64::Engine as _;
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{{\"exp\":{}}}", now + 30));
+    let short_lived = format!("eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln");
+    west.add_token(
+        &short_lived,
+        TokenIdentity::service_account("shop", "cart", None),
+    );
+    request(&server, &id, &short_lived, "west").await.unwrap();
+    clock.advance(Duration::from_secs(20));
+    request(&server, &id, &short_lived, "west").await.unwrap();
+    assert_eq!(west.reviews(), 3);
+    clock.advance(Duration::from_secs(15));
+    // Past the token's exp (30 s), though within the 60 s limit: reviewed again.
+    request(&server, &id, &short_lived, "west").await.unwrap();
+    assert_eq!(west.reviews(), 4);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_renewal_storm_of_1000_requests_from_100_tokens_costs_at_most_100_reviews() {
+    let west = FakeApiServer::start().await;
+    let identities: Vec<(String, String, String)> = (0..100)
+        .map(|i| {
+            let namespace = format!("ns{i}");
+            let token = format!("storm-token-{i}");
+            west.add_token(
+                &token,
+                TokenIdentity::service_account(&namespace, "app", None),
+            );
+            let csr = ztunnel_csr(&spiffe_id(&namespace, "app"));
+            (namespace, token, csr)
+        })
+        .collect();
+    let ca = ca_with_clusters(&west, None, "");
+    let server = ca.start().await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    // 50 connections, each sending 20 requests: every token is used 10 times, interleaved.
+    for worker in 0..50 {
+        let target = server.target("localhost");
+        let work: Vec<(String, String)> = (0..20)
+            .map(|n| {
+                let (_, token, csr) = &identities[(worker * 20 + n) % 100];
+                (token.clone(), csr.clone())
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let channel = meshroot::client::connect(&target).await.unwrap();
+            let mut latencies = Vec::new();
+            for (token, csr) in work {
+                let begun = Instant::now();
+                let metadata = meshroot::client::AgentMetadata {
+                    token: Some(token),
+                    cluster_id: "west".into(),
+                };
+                meshroot::client::create_certificate(channel.clone(), csr, 0, &metadata)
+                    .await
+                    .unwrap();
+                latencies.push(begun.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let reviews = west.reviews();
+    eprintln!(
+        "storm: {} requests in {elapsed:?}, {reviews} TokenReviews; request latency p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies[latencies.len() - 1],
+    );
+    assert_eq!(latencies.len(), 1000);
+    assert!(reviews <= 100, "{reviews} reviews for 100 distinct tokens");
+    assert!(reviews >= 100, "every token was reviewed once: {reviews}");
+    server.stop().await;
+}
+
+/// A fake cluster with a ztunnel on node-1, a `shop/cart` pod on node-1 and a `bank/vault` pod
+/// on node-2.
+fn ambient_cluster(west: &FakeApiServer) {
+    west.add_token(
+        "ztunnel-token",
+        TokenIdentity::service_account("istio-system", "ztunnel", Some(("ztunnel-abc", "uid-z1"))),
+    );
+    west.add_token(
+        "stale-ztunnel-token",
+        TokenIdentity::service_account("istio-system", "ztunnel", Some(("ztunnel-abc", "uid-old"))),
+    );
+    west.add_token(
+        "cart-token",
+        TokenIdentity::service_account("shop", "cart", Some(("cart-1", "uid-c1"))),
+    );
+    west.add_pod(FakePod::running(
+        "istio-system",
+        "ztunnel-abc",
+        "uid-z1",
+        "ztunnel",
+        "node-1",
+    ));
+    west.add_pod(FakePod::running(
+        "shop", "cart-1", "uid-c1", "cart", "node-1",
+    ));
+    west.add_pod(FakePod::running(
+        "bank", "vault-1", "uid-v1", "vault", "node-2",
+    ));
+}
+
+async fn impersonate(
+    server: &TestServer,
+    token: &str,
+    identity: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let impersonated = prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(identity.to_owned())),
+    };
+    let body = IstioCertificateRequest {
+        csr: ztunnel_csr(identity),
+        validity_duration: 0,
+        metadata: Some(prost_types::Struct {
+            fields: [("ImpersonatedIdentity".to_owned(), impersonated)]
+                .into_iter()
+                .collect(),
+        }),
+    };
+    let headers = [
+        ("authorization", format!("Bearer {token}")),
+        ("clusterid", "west".to_owned()),
+    ];
+    server.call_raw(body, &headers).await.map(|r| r.cert_chain)
+}
+
+#[tokio::test]
+async fn ztunnel_gets_the_identity_of_a_pod_on_its_node() {
+    let west = FakeApiServer::start().await;
+    ambient_cluster(&west);
+    let ca = ca_with_clusters(&west, None, "");
+    let server = ca.start().await;
+    let cart = spiffe_id("shop", "cart");
+    let chain = impersonate(&server, "ztunnel-token", &cart).await.unwrap();
+    verify_chain(&chain, &ca.root_pem());
+    let leaf = certificates(&chain[0]).remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let san = parsed.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(
+        san.value.general_names,
+        vec![x509_parser::prelude::GeneralName::URI(&cart)]
+    );
+
+    let record = &server.records_for_serial(parsed.raw_serial())[0];
+    assert_eq!(
+        record.caller.spiffe_id,
+        spiffe_id("istio-system", "ztunnel")
+    );
+    assert_eq!(record.caller.pod_name, "ztunnel-abc");
+    let Outcome::Issued(issued) = &record.outcome else {
+        panic!()
+    };
+    assert_eq!(issued.spiffe_id, cart);
+
+    // Pod lookups are cached: a second impersonation asks the API server nothing new.
+    let (gets, lists) = (
+        west.state
+            .pod_gets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        west.state
+            .pod_lists
+            .load(std::sync::atomic::Ordering::SeqCst),
+    );
+    impersonate(&server, "ztunnel-token", &cart).await.unwrap();
+    assert_eq!(
+        west.state
+            .pod_gets
+            .load(std::sync::atomic::Ordering::SeqCst),
+        gets
+    );
+    assert_eq!(
+        west.state
+            .pod_lists
+            .load(std::sync::atomic::Ordering::SeqCst),
+        lists
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_impersonation_for_untrusted_accounts_other_nodes_and_stale_pods() {
+    let west = FakeApiServer::start().await;
+    ambient_cluster(&west);
+    let ca = ca_with_clusters(&west, None, "");
+    let server = ca.start().await;
+    for (token, identity, reason) in [
+        (
+            "cart-token",
+            spiffe_id("bank", "vault"),
+            "impersonation-untrusted-account",
+        ),
+        (
+            "ztunnel-token",
+            spiffe_id("bank", "vault"),
+            "impersonation-no-pod-on-node",
+        ),
+        (
+            "stale-ztunnel-token",
+            spiffe_id("shop", "cart"),
+            "impersonation-caller-pod-mismatch",
+        ),
+        (
+            "ztunnel-token",
+            "spiffe://other.example/ns/shop/sa/cart".to_owned(),
+            "impersonation-identity-invalid",
+        ),
+    ] {
+        let status = impersonate(&server, token, &identity).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{token} as {identity}"
+        );
+        assert_eq!(
+            denial_reason(&server.record_of(&status)),
+            reason,
+            "{token} as {identity}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refuses_impersonation_when_no_node_account_is_trusted() {
+    let west = FakeApiServer::start().await;
+    ambient_cluster(&west);
+    let ca = ca_with_clusters(&west, None, "trusted_node_accounts = []\n");
+    let server = ca.start().await;
+    let status = impersonate(&server, "ztunnel-token", &spiffe_id("shop", "cart"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        denial_reason(&server.record_of(&status)),
+        "impersonation-untrusted-account"
+    );
+    server.stop().await;
+}
