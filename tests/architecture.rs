@@ -71,6 +71,19 @@ fn only_the_store_uses_sled() {
 }
 
 #[test]
+fn only_the_kubernetes_module_talks_to_kubernetes() {
+    for (name, text) in sources() {
+        if name == "kubernetes.rs" {
+            continue;
+        }
+        assert!(
+            !code_lines(&text).any(|l| l.contains("kube::") || l.contains("k8s_openapi")),
+            "{name} uses kube"
+        );
+    }
+}
+
+#[test]
 fn the_core_knows_nothing_of_grpc() {
     for (name, text) in sources() {
         if EDGE.contains(&name.as_str()) {

@@ -145,6 +145,7 @@ impl TestCa {
     }
 
     pub async fn start(&self) -> TestServer {
+        init_test_log();
         self.start_with_clock(std::sync::Arc::new(meshroot::clock::SystemClock))
             .await
     }
@@ -169,6 +170,17 @@ pub struct TokenSpec {
     pub audiences: Vec<String>,
     pub issued_at: i64,
     pub lifetime: Duration,
+}
+
+/// `MESHROOT_TEST_LOG=<filter>` shows the servers' logs in test output (with `--nocapture`).
+pub fn init_test_log() {
+    if let Ok(filter) = std::env::var("MESHROOT_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    }
 }
 
 /// A running meshroot.
