@@ -257,7 +257,16 @@ impl CertificateAuthority {
         request: &SigningRequest,
         context: &mut RecordContext,
     ) -> Result<(Grant, CertificateRequest, Arc<MeshAuthority>), IssueError> {
-        let caller = self.authenticators.authenticate(auth).await?;
+        let caller = self
+            .authenticators
+            .authenticate(auth)
+            .await
+            .inspect_err(|error| {
+                // The record says which authenticator refused, when one did.
+                if let Some(kind) = error.authenticator() {
+                    context.caller.authenticator = kind.name().to_owned();
+                }
+            })?;
         context.identify(&caller);
         let parsed = csr::parse_pem(&request.csr_pem).inspect_err(|_| {
             // Unparsable: record the hash of the bytes as received.

@@ -18,9 +18,18 @@ use tonic::Code;
 /// A CA whose `default` mesh authenticates by TokenReview only, with the fakes: cluster `west`
 /// (and `east` if given). `extra` is added to the mesh's settings.
 fn ca_with_clusters(west: &FakeApiServer, east: Option<&FakeApiServer>, extra: &str) -> TestCa {
+    ca_with_review_timeout(west, east, extra, "10s")
+}
+
+fn ca_with_review_timeout(
+    west: &FakeApiServer,
+    east: Option<&FakeApiServer>,
+    extra: &str,
+    review_timeout: &str,
+) -> TestCa {
     let ca = TestCa::new();
     let mut clusters = format!(
-        "\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\nreview_timeout = \"500ms\"\n",
+        "\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\nreview_timeout = \"{review_timeout}\"\n",
         west.write_kubeconfig(ca.path(), "west").display()
     );
     if let Some(east) = east {
@@ -176,7 +185,7 @@ async fn refuses_unauthenticated_wrong_group_malformed_user_and_unknown_cluster(
 async fn an_api_server_that_is_down_or_slow_gives_a_retryable_unavailable() {
     let west = FakeApiServer::start().await;
     west.add_token("t", TokenIdentity::service_account("shop", "cart", None));
-    let ca = ca_with_clusters(&west, None, "");
+    let ca = ca_with_review_timeout(&west, None, "", "500ms");
     let server = ca.start().await;
     let id = spiffe_id("shop", "cart");
 

@@ -46,6 +46,12 @@ async fn check_refusal(
         .expect_err("must be refused");
     let record = assert_refused(&server, &status, code, reason);
     assert_eq!(record.caller.cluster_id, "Kubernetes");
+    if reason.starts_with("token-") {
+        assert_eq!(
+            record.caller.authenticator, "jwt",
+            "the refusing authenticator is recorded"
+        );
+    }
     server.stop().await;
 }
 

@@ -198,6 +198,30 @@ impl AuthnError {
         }
     }
 
+    /// The authenticator that reached this verdict (None when none applied).
+    pub fn authenticator(&self) -> Option<AuthenticatorKind> {
+        match self {
+            Self::MissingCredentials | Self::MalformedAuthorizationHeader => None,
+            Self::TokenMalformed(_)
+            | Self::TokenAlgorithmUnsupported(_)
+            | Self::TokenIssuerUnknown(_)
+            | Self::TokenSignatureInvalid
+            | Self::TokenExpired
+            | Self::TokenNotYetValid
+            | Self::TokenMissingExpiry
+            | Self::TokenAudienceMismatch
+            | Self::TokenSubjectInvalid
+            | Self::TokenClaimsInconsistent => Some(AuthenticatorKind::Jwt),
+            Self::ClusterUnknown(_)
+            | Self::ReviewRejected { .. }
+            | Self::ReviewNotServiceAccount(_)
+            | Self::ReviewUnavailable { .. } => Some(AuthenticatorKind::TokenReview),
+            Self::ClientCertUntrusted(_) | Self::ClientCertIdentity(_) => {
+                Some(AuthenticatorKind::ClientCert)
+            }
+        }
+    }
+
     /// Whether the failure is the authenticator's (its backend is down), not the caller's:
     /// clients should retry.
     pub fn is_transient(&self) -> bool {
