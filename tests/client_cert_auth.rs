@@ -1,6 +1,7 @@
 //! Client-certificate authentication (renewal, VMs): accepted for a valid certificate of a mesh
 //! that enables it; refused, with a recorded reason, for expired certificates, foreign roots,
-//! other trust domains and certificates with two URI SANs.
+//! other trust domains and certificates with two URI SANs; a token still counts beside a
+//! certificate this authenticator does not judge.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -189,7 +190,49 @@ async fn refuses_a_client_certificate_of_a_trust_domain_without_client_cert_auth
     );
     let server = ca.start().await;
     let status = renew(&server, id, other).await.unwrap_err();
-    assert_refused(&server, &status, "client-cert-identity");
+    assert_refused(&server, &status, "client-cert-trust-domain");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_still_authenticates_beside_a_certificate_of_another_trust_domain() {
+    let ca = two_mesh_ca();
+    let now = SystemTime::now();
+    let other_id = "spiffe://other.example/ns/vm/sa/legacy";
+    let other = issue_directly(
+        &ca,
+        "other",
+        "other.example",
+        other_id,
+        now,
+        now + Duration::from_secs(3600),
+    );
+    let server = ca.start().await;
+    let id = spiffe_id("vm", "legacy");
+    let expired_token = ca.token_with(MESH, "vm", "legacy", |spec| spec.issued_at -= 7200);
+    let status = server
+        .call_with(
+            ztunnel_csr(&id),
+            Some(expired_token),
+            0,
+            "Kubernetes",
+            Some(other.clone()),
+        )
+        .await
+        .unwrap_err();
+    assert_refused(&server, &status, "token-expired");
+    let chain = server
+        .call_with(
+            ztunnel_csr(&id),
+            Some(ca.token(MESH, "vm", "legacy")),
+            0,
+            "Kubernetes",
+            Some(other),
+        )
+        .await
+        .unwrap()
+        .cert_chain;
+    verify_chain(&chain, &ca.root_pem());
     server.stop().await;
 }
 

@@ -67,10 +67,7 @@ impl ClientCertAuthenticator {
             .iter()
             .find(|mesh| &mesh.trust_domain == identity.trust_domain())
             .ok_or_else(|| {
-                AuthnError::ClientCertIdentity(format!(
-                    "trust domain {:?} is not served with client-certificate authentication",
-                    identity.trust_domain().as_str()
-                ))
+                AuthnError::ClientCertTrustDomain(identity.trust_domain().as_str().to_owned())
             })?;
         let end_entity = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| AuthnError::ClientCertUntrusted(e.to_string()))?;
@@ -142,6 +139,9 @@ impl Authenticator for ClientCertAuthenticator {
         } else {
             match self.verify(&request.peer_certificates) {
                 Ok(caller) => AuthOutcome::Authenticated(caller),
+                // A certificate of a trust domain served without client-certificate
+                // authentication is not this authenticator's to judge; a token may still be.
+                Err(error @ AuthnError::ClientCertTrustDomain(_)) => AuthOutcome::Declined(error),
                 Err(error) => AuthOutcome::Failed(error),
             }
         };

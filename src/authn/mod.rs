@@ -167,10 +167,10 @@ pub enum AuthnError {
     ReviewUnavailable { cluster: String, reason: String },
     #[error("the client certificate does not chain to the roots of a mesh that accepts client certificates: {0}")]
     ClientCertUntrusted(String),
-    #[error(
-        "the client certificate does not carry exactly one SPIFFE ID of a mesh trust domain: {0}"
-    )]
+    #[error("the client certificate does not carry exactly one Istio SPIFFE ID: {0}")]
     ClientCertIdentity(String),
+    #[error("trust domain {0:?} is not served with client-certificate authentication")]
+    ClientCertTrustDomain(String),
 }
 
 impl AuthnError {
@@ -195,6 +195,7 @@ impl AuthnError {
             Self::ReviewUnavailable { .. } => "token-review-unavailable",
             Self::ClientCertUntrusted(_) => "client-cert-untrusted",
             Self::ClientCertIdentity(_) => "client-cert-identity",
+            Self::ClientCertTrustDomain(_) => "client-cert-trust-domain",
         }
     }
 
@@ -216,9 +217,9 @@ impl AuthnError {
             | Self::ReviewRejected { .. }
             | Self::ReviewNotServiceAccount(_)
             | Self::ReviewUnavailable { .. } => Some(AuthenticatorKind::TokenReview),
-            Self::ClientCertUntrusted(_) | Self::ClientCertIdentity(_) => {
-                Some(AuthenticatorKind::ClientCert)
-            }
+            Self::ClientCertUntrusted(_)
+            | Self::ClientCertIdentity(_)
+            | Self::ClientCertTrustDomain(_) => Some(AuthenticatorKind::ClientCert),
         }
     }
 
