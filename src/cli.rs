@@ -447,24 +447,10 @@ async fn request(args: RequestArgs) -> Result<(), Failure> {
 
 /// Checks, as ztunnel does, that the leaf carries exactly the identity asked for.
 fn describe_leaf(leaf: &[u8], identity: &SpiffeId) -> Result<(String, String), Failure> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, certificate) = X509Certificate::from_der(leaf)
         .map_err(|_| Failure::runtime("the leaf certificate cannot be parsed"))?;
-    let uris: Vec<&str> = certificate
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(uri) => Some(*uri),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let uris = keys::uri_sans(&certificate);
     if uris != [identity.to_string().as_str()] {
         return Err(Failure::runtime(format!(
             "the leaf names {uris:?}, not {identity}"

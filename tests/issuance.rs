@@ -177,40 +177,6 @@ async fn serving_certificate_verifies_for_every_configured_dns_name() {
 }
 
 #[tokio::test]
-async fn accepts_a_client_certificate_it_issued_without_requiring_one() {
-    let ca = TestCa::new();
-    let server = ca.start().await;
-    let key = p256_key();
-    let id = spiffe_id("vm", "legacy");
-    let first = server
-        .call(
-            meshroot::client::build_csr(&key, &meshroot::client::CsrShape::istio_agent(&id))
-                .unwrap(),
-            Some(ca.token(MESH, "vm", "legacy")),
-            0,
-        )
-        .await
-        .unwrap();
-    let (_, chain) = first.cert_chain.split_last().unwrap();
-    let mut target = server.target("localhost");
-    target.client_identity = Some((chain.concat(), key.serialize_pem()));
-    let channel = meshroot::client::connect(&target).await.unwrap();
-    let renewed = meshroot::client::create_certificate(
-        channel,
-        ztunnel_csr(&id),
-        0,
-        &meshroot::client::AgentMetadata {
-            token: Some(ca.token(MESH, "vm", "legacy")),
-            cluster_id: "Kubernetes".into(),
-        },
-    )
-    .await
-    .unwrap();
-    verify_chain(&renewed.cert_chain, &ca.root_pem());
-    server.stop().await;
-}
-
-#[tokio::test]
 async fn records_survive_a_restart_and_every_returned_certificate_has_one() {
     let ca = TestCa::new();
     let server = ca.start().await;

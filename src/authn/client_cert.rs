@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{
     AuthFuture, AuthOutcome, AuthRequest, Authenticator, AuthenticatorKind, AuthnError, Caller,
@@ -104,21 +104,7 @@ impl ClientCertAuthenticator {
 fn spiffe_identity(leaf: &CertificateDer<'_>) -> Result<SpiffeId, AuthnError> {
     let (_, certificate) = X509Certificate::from_der(leaf)
         .map_err(|_| AuthnError::ClientCertUntrusted("the certificate cannot be parsed".into()))?;
-    let uris: Vec<&str> = certificate
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::URI(uri) => Some(*uri),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let uris = crate::keys::uri_sans(&certificate);
     let [uri] = uris.as_slice() else {
         return Err(AuthnError::ClientCertIdentity(format!(
             "{} URI SANs, expected exactly one",
