@@ -26,6 +26,7 @@ fn record(i: u64) -> Record {
         outcome: Outcome::Issued(IssuedRecord {
             serial: (i as u128 | 1 << 126).to_be_bytes().to_vec(),
             spiffe_id: format!("spiffe://cluster.local/ns/ns{}/sa/app", i % 200),
+            requested_spiffe_id: format!("spiffe://cluster.local/ns/ns{}/sa/app", i % 200),
             dns_names: vec![],
             mesh: "default".into(),
             trust_domain: "cluster.local".into(),

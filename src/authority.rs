@@ -29,7 +29,7 @@ pub struct CaMaterial {
     pub signing_key: KeyPair,
     /// `cert-chain.pem`: from the signing certificate up to the root (may be empty).
     pub chain: Vec<CertificateDer<'static>>,
-    /// `root-cert.pem`: one or several roots.
+    /// `root-cert.pem` (one or several roots), then any extra roots for the bundle.
     pub roots: Vec<CertificateDer<'static>>,
 }
 
@@ -144,8 +144,11 @@ impl MeshAuthority {
             signing_certificate,
             signing_key,
             chain,
-            roots,
+            mut roots,
         } = material;
+        // One bundle, each root once, in the order given (root-cert.pem, then extra roots).
+        let mut seen = std::collections::HashSet::new();
+        roots.retain(|root| seen.insert(root.as_ref().to_vec()));
         let (_, signing) = X509Certificate::from_der(&signing_certificate)
             .map_err(|_| AuthorityError::SigningCertificateUnparsable)?;
         if !signing.is_ca() {

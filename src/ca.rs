@@ -17,6 +17,7 @@ use crate::authn::{AuthRequest, AuthenticatorChain, AuthnError, Caller};
 use crate::authority::{IssuedCertificate, MeshAuthority, SigningError};
 use crate::clock::Clock;
 use crate::csr::{self, CertificateRequest, CsrError, KeyAlgorithm};
+use crate::identity::TrustDomain;
 use crate::policy::{self, Denial, Grant, MeshPolicy};
 use crate::record::{
     hex, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink, StoreError,
@@ -109,6 +110,8 @@ pub struct Mesh {
     pub policy: MeshPolicy,
     /// Accounts allowed to ask for `ImpersonatedIdentity`.
     pub node_accounts: Vec<NodeAccount>,
+    /// The mesh's trust domain, then its aliases.
+    pub trust_domains: Vec<TrustDomain>,
 }
 
 /// The certificate authority: meshes, authenticators, the record sink and a clock.
@@ -191,6 +194,7 @@ impl CertificateAuthority {
             Outcome::Issued(IssuedRecord {
                 serial: issued.serial.clone(),
                 spiffe_id: String::new(),
+                requested_spiffe_id: String::new(),
                 dns_names: dns_names.to_vec(),
                 mesh: authority.mesh().to_owned(),
                 trust_domain: authority.trust_domain().to_string(),
@@ -289,12 +293,7 @@ impl CertificateAuthority {
             Some(requested) => {
                 let identity = self
                     .impersonation
-                    .authorize(
-                        &caller,
-                        requested,
-                        &mesh.policy.trust_domain,
-                        &mesh.node_accounts,
-                    )
+                    .authorize(&caller, requested, &mesh.trust_domains, &mesh.node_accounts)
                     .await?;
                 Caller { identity, ..caller }
             }
@@ -304,6 +303,7 @@ impl CertificateAuthority {
             &parsed,
             &mesh.policy,
             request.validity_seconds,
+            request.impersonated_identity.is_some(),
             self.clock.now(),
         )?;
         Ok((grant, parsed, mesh.authority.clone()))
@@ -328,6 +328,7 @@ impl CertificateAuthority {
             Outcome::Issued(IssuedRecord {
                 serial: issued.serial.clone(),
                 spiffe_id: grant.identity.to_string(),
+                requested_spiffe_id: grant.requested.to_string(),
                 dns_names: Vec::new(),
                 mesh: grant.mesh.clone(),
                 trust_domain: grant.identity.trust_domain().to_string(),

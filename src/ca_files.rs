@@ -67,14 +67,19 @@ pub enum CaFilesError {
     Generate { what: String, reason: String },
 }
 
-/// Loads and checks a mesh's CA directory.
+/// Loads and checks a mesh's CA directory; `extra_roots` are PEM files whose certificates join
+/// the mesh's trust bundle.
 pub fn load_authority(
     mesh: &str,
     trust_domain: TrustDomain,
     dir: &Path,
+    extra_roots: &[PathBuf],
     now: SystemTime,
 ) -> Result<MeshAuthority, CaFilesError> {
-    let material = load_material(dir)?;
+    let mut material = load_material(dir)?;
+    for path in extra_roots {
+        material.roots.extend(certificates_required(path)?);
+    }
     MeshAuthority::new(mesh, trust_domain, material, now).map_err(|source| CaFilesError::Invalid {
         dir: dir.to_owned(),
         source,

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::authn::impersonation::NodeAccount;
 use crate::authn::AuthenticatorKind;
 use crate::identity::TrustDomain;
+use crate::policy::AliasIssuance;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
 pub const DEFAULT_DNS_NAMES: [&str; 2] = ["localhost", "meshroot.istio-system.svc"];
@@ -66,6 +67,11 @@ pub struct MeshConfig {
     pub client_cert_auth: bool,
     /// Accounts allowed to ask for `ImpersonatedIdentity` (node proxies).
     pub trusted_node_accounts: Vec<NodeAccount>,
+    /// Other names of the trust domain accepted in requests (migration).
+    pub trust_domain_aliases: Vec<TrustDomain>,
+    pub alias_issuance: AliasIssuance,
+    /// Roots added to the mesh's trust bundle (a new root during rotation, federated meshes).
+    pub extra_roots: Vec<PathBuf>,
 }
 
 /// A Kubernetes cluster of a mesh.
@@ -156,6 +162,9 @@ struct RawMesh {
     cluster: Vec<RawCluster>,
     client_cert_auth: Option<bool>,
     trusted_node_accounts: Option<Vec<String>>,
+    trust_domain_aliases: Option<Vec<String>>,
+    alias_issuance: Option<String>,
+    extra_roots: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -457,6 +466,51 @@ impl Config {
                     max_concurrent_reviews,
                 });
             }
+            let mut trust_domain_aliases = Vec::new();
+            for (alias_index, text) in mesh
+                .trust_domain_aliases
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let alias_key = format!("mesh[{index}].trust_domain_aliases[{alias_index}]");
+                match TrustDomain::new(text) {
+                    Ok(alias) if Some(&alias) == trust_domain.as_ref() => problem(
+                        alias_key,
+                        format!("{text:?} is the mesh's own trust domain"),
+                    ),
+                    Ok(alias) => {
+                        // A name must point at one mesh, or client certificates and
+                        // impersonation could not tell which mesh a workload belongs to.
+                        if !trust_domains.insert(alias.clone()) {
+                            problem(
+                                alias_key,
+                                format!("{text:?} is already used by another mesh"),
+                            );
+                        } else {
+                            trust_domain_aliases.push(alias);
+                        }
+                    }
+                    Err(e) => problem(alias_key, format!("{text:?}: {e}")),
+                }
+            }
+            let alias_issuance = match mesh.alias_issuance.as_deref() {
+                None | Some("as-requested") => AliasIssuance::AsRequested,
+                Some("canonical") => AliasIssuance::Canonical,
+                Some(other) => {
+                    problem(
+                        key("alias_issuance"),
+                        format!("{other:?} is not \"as-requested\" or \"canonical\""),
+                    );
+                    AliasIssuance::AsRequested
+                }
+            };
+            let extra_roots = mesh
+                .extra_roots
+                .unwrap_or_default()
+                .into_iter()
+                .map(|path| base.join(path))
+                .collect();
             let mut trusted_node_accounts = Vec::new();
             let accounts = mesh
                 .trusted_node_accounts
@@ -481,6 +535,9 @@ impl Config {
                     clusters,
                     client_cert_auth: mesh.client_cert_auth.unwrap_or(false),
                     trusted_node_accounts,
+                    trust_domain_aliases,
+                    alias_issuance,
+                    extra_roots,
                 });
             }
         }

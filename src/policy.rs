@@ -27,17 +27,42 @@ pub const BACKDATE: Duration = Duration::from_secs(120);
 pub struct MeshPolicy {
     pub mesh: String,
     pub trust_domain: TrustDomain,
+    /// Older or other names of the trust domain (migration), accepted in requests.
+    pub trust_domain_aliases: Vec<TrustDomain>,
+    /// What to sign when a request names an alias trust domain.
+    pub alias_issuance: AliasIssuance,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     /// NotAfter of the mesh's signing certificate.
     pub signer_not_after: SystemTime,
 }
 
+/// What to sign for a request in an alias trust domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AliasIssuance {
+    /// Sign the alias identity the CSR asks for: un-restarted workloads keep working and move to
+    /// the new trust domain when they restart.
+    #[default]
+    AsRequested,
+    /// Sign the mesh's current trust domain: workloads move at their next renewal.
+    Canonical,
+}
+
+impl MeshPolicy {
+    /// Whether `trust_domain` is the mesh's or one of its aliases.
+    pub fn serves(&self, trust_domain: &TrustDomain) -> bool {
+        &self.trust_domain == trust_domain || self.trust_domain_aliases.contains(trust_domain)
+    }
+}
+
 /// What the signer will put in the certificate. Only `decide` makes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub mesh: String,
+    /// The identity to sign.
     pub identity: SpiffeId,
+    /// The identity the CSR asked for (differs from `identity` only under `Canonical`).
+    pub requested: SpiffeId,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
@@ -105,12 +130,15 @@ fn deny(reason: DenialReason, detail: impl Into<String>) -> Denial {
     }
 }
 
-/// Decides a request. `requested_ttl_seconds` is the request's `validity_duration`.
+/// Decides a request. `requested_ttl_seconds` is the request's `validity_duration`; `exact`
+/// (impersonation) means the CSR's identity is signed as asked, never moved to the canonical
+/// trust domain.
 pub fn decide(
     caller: &Caller,
     request: &CertificateRequest,
     policy: &MeshPolicy,
     requested_ttl_seconds: i64,
+    exact: bool,
     now: SystemTime,
 ) -> Result<Grant, Denial> {
     use DenialReason as R;
@@ -175,23 +203,46 @@ pub fn decide(
     };
     let requested = SpiffeId::parse(uri)
         .map_err(|e| deny(R::UriSanInvalid, format!("URI SAN {uri:?}: {e}")))?;
-    if requested.trust_domain() != &policy.trust_domain {
+    if !policy.serves(requested.trust_domain()) {
         return Err(deny(
             R::TrustDomainMismatch,
             format!(
-                "CSR asks for trust domain {:?}, mesh {:?} uses {:?}",
+                "CSR asks for trust domain {:?}, mesh {:?} uses {:?} (aliases {:?})",
                 requested.trust_domain().as_str(),
                 policy.mesh,
-                policy.trust_domain.as_str()
+                policy.trust_domain.as_str(),
+                policy
+                    .trust_domain_aliases
+                    .iter()
+                    .map(TrustDomain::as_str)
+                    .collect::<Vec<_>>()
             ),
         ));
     }
-    if requested != caller.identity {
+    // Trust domain names of one mesh are interchangeable for the caller's workload: the
+    // namespace and service account must be the caller's own.
+    let same_workload = requested.namespace() == caller.identity.namespace()
+        && requested.service_account() == caller.identity.service_account()
+        && policy.serves(caller.identity.trust_domain());
+    if !same_workload {
         return Err(deny(
             R::IdentityMismatch,
             format!("CSR asks for {requested}, caller is {}", caller.identity),
         ));
     }
+    let identity = if requested.trust_domain() == &policy.trust_domain
+        || exact
+        || policy.alias_issuance == AliasIssuance::AsRequested
+    {
+        requested.clone()
+    } else {
+        SpiffeId::new(
+            policy.trust_domain.clone(),
+            requested.namespace(),
+            requested.service_account(),
+        )
+        .map_err(|e| deny(R::UriSanInvalid, format!("{requested}: {e}")))?
+    };
 
     let ttl = if requested_ttl_seconds <= 0 {
         policy.default_ttl
@@ -207,7 +258,8 @@ pub fn decide(
     }
     Ok(Grant {
         mesh: policy.mesh.clone(),
-        identity: requested,
+        identity,
+        requested,
         not_before: now.checked_sub(BACKDATE).unwrap_or(now),
         not_after,
     })
@@ -230,6 +282,8 @@ mod tests {
         MeshPolicy {
             mesh: "default".into(),
             trust_domain: TrustDomain::new("cluster.local").unwrap(),
+            trust_domain_aliases: Vec::new(),
+            alias_issuance: AliasIssuance::AsRequested,
             default_ttl: 24 * HOUR,
             max_ttl: 7 * 24 * HOUR,
             signer_not_after: now() + 365 * 24 * HOUR,
@@ -268,14 +322,14 @@ mod tests {
     }
 
     fn reason_for(request: CertificateRequest) -> Option<DenialReason> {
-        decide(&caller(), &request, &policy(), 0, now())
+        decide(&caller(), &request, &policy(), 0, false, now())
             .err()
             .map(|d| d.reason)
     }
 
     #[test]
     fn grants_the_callers_identity_with_default_ttl_and_backdated_start() {
-        let grant = decide(&caller(), &agent_request(), &policy(), 0, now()).unwrap();
+        let grant = decide(&caller(), &agent_request(), &policy(), 0, false, now()).unwrap();
         assert_eq!(grant.identity, caller().identity);
         assert_eq!(grant.not_before, now() - BACKDATE);
         assert_eq!(grant.not_after, now() + 24 * HOUR);
@@ -286,18 +340,34 @@ mod tests {
         let mut request = agent_request();
         request.subject = Subject::Empty;
         request.san_critical = Some(false);
-        assert!(decide(&caller(), &request, &policy(), 86400, now()).is_ok());
+        assert!(decide(&caller(), &request, &policy(), 86400, false, now()).is_ok());
     }
 
     #[test]
     fn clamps_ttl_to_mesh_maximum_and_to_signer_expiry() {
-        let grant = decide(&caller(), &agent_request(), &policy(), 90 * 86400, now()).unwrap();
+        let grant = decide(
+            &caller(),
+            &agent_request(),
+            &policy(),
+            90 * 86400,
+            false,
+            now(),
+        )
+        .unwrap();
         assert_eq!(grant.not_after, now() + 7 * 24 * HOUR);
         let mut short_lived = policy();
         short_lived.signer_not_after = now() + HOUR;
-        let grant = decide(&caller(), &agent_request(), &short_lived, 86400, now()).unwrap();
+        let grant = decide(
+            &caller(),
+            &agent_request(),
+            &short_lived,
+            86400,
+            false,
+            now(),
+        )
+        .unwrap();
         assert_eq!(grant.not_after, now() + HOUR);
-        let grant = decide(&caller(), &agent_request(), &policy(), -5, now()).unwrap();
+        let grant = decide(&caller(), &agent_request(), &policy(), -5, false, now()).unwrap();
         assert_eq!(grant.not_after, now() + 24 * HOUR);
     }
 
@@ -305,7 +375,7 @@ mod tests {
     fn refuses_when_the_signer_has_expired() {
         let mut expired = policy();
         expired.signer_not_after = now() - HOUR;
-        let denial = decide(&caller(), &agent_request(), &expired, 0, now()).unwrap_err();
+        let denial = decide(&caller(), &agent_request(), &expired, 0, false, now()).unwrap_err();
         assert_eq!(denial.reason, DenialReason::SignerExpired);
     }
 
@@ -365,11 +435,71 @@ mod tests {
         }
     }
 
+    /// A mesh migrating from `cluster.local` to `example.com`; the caller authenticated in the
+    /// new trust domain; an un-restarted workload still asks for the old one.
+    fn migration(mode: AliasIssuance) -> (MeshPolicy, Caller, CertificateRequest) {
+        let mut policy = policy();
+        policy.trust_domain = TrustDomain::new("example.com").unwrap();
+        policy.trust_domain_aliases = vec![TrustDomain::new("cluster.local").unwrap()];
+        policy.alias_issuance = mode;
+        let mut caller = caller();
+        caller.identity = SpiffeId::parse("spiffe://example.com/ns/shop/sa/cart").unwrap();
+        (policy, caller, agent_request())
+    }
+
+    #[test]
+    fn signs_the_alias_identity_as_requested_during_a_migration() {
+        let (policy, caller, request) = migration(AliasIssuance::AsRequested);
+        let grant = decide(&caller, &request, &policy, 0, false, now()).unwrap();
+        assert_eq!(
+            grant.identity.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/cart"
+        );
+        assert_eq!(grant.requested, grant.identity);
+        let mut current = request.clone();
+        current.uri_sans = vec!["spiffe://example.com/ns/shop/sa/cart".into()];
+        let grant = decide(&caller, &current, &policy, 0, false, now()).unwrap();
+        assert_eq!(
+            grant.identity.to_string(),
+            "spiffe://example.com/ns/shop/sa/cart"
+        );
+    }
+
+    #[test]
+    fn moves_alias_requests_to_the_canonical_trust_domain_unless_exact() {
+        let (policy, caller, request) = migration(AliasIssuance::Canonical);
+        let grant = decide(&caller, &request, &policy, 0, false, now()).unwrap();
+        assert_eq!(
+            grant.identity.to_string(),
+            "spiffe://example.com/ns/shop/sa/cart"
+        );
+        assert_eq!(
+            grant.requested.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/cart"
+        );
+        let exact = decide(&caller, &request, &policy, 0, true, now()).unwrap();
+        assert_eq!(
+            exact.identity.to_string(),
+            "spiffe://cluster.local/ns/shop/sa/cart"
+        );
+    }
+
+    #[test]
+    fn aliases_never_open_another_workload_or_an_unlisted_trust_domain() {
+        let (policy, caller, mut request) = migration(AliasIssuance::AsRequested);
+        request.uri_sans = vec!["spiffe://cluster.local/ns/shop/sa/admin".into()];
+        let denial = decide(&caller, &request, &policy, 0, false, now()).unwrap_err();
+        assert_eq!(denial.reason, DenialReason::IdentityMismatch);
+        request.uri_sans = vec!["spiffe://other.example/ns/shop/sa/cart".into()];
+        let denial = decide(&caller, &request, &policy, 0, false, now()).unwrap_err();
+        assert_eq!(denial.reason, DenialReason::TrustDomainMismatch);
+    }
+
     #[test]
     fn rejects_caller_of_another_mesh() {
         let mut foreign = caller();
         foreign.mesh = "other".into();
-        let denial = decide(&foreign, &agent_request(), &policy(), 0, now()).unwrap_err();
+        let denial = decide(&foreign, &agent_request(), &policy(), 0, false, now()).unwrap_err();
         assert_eq!(denial.reason, DenialReason::CallerMeshMismatch);
     }
 

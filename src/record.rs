@@ -58,6 +58,9 @@ pub struct IssuedRecord {
     pub serial: Vec<u8>,
     /// Empty for meshroot's own serving certificates.
     pub spiffe_id: String,
+    /// What the CSR asked for; differs from `spiffe_id` when an alias request was moved to the
+    /// mesh's current trust domain.
+    pub requested_spiffe_id: String,
     /// DNS names, for meshroot's own serving certificates.
     pub dns_names: Vec<String>,
     pub mesh: String,

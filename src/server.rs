@@ -26,6 +26,7 @@ use crate::ca_files::{self, CaFilesError};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ClusterAccess, ClusterConfig, Config};
 use crate::grpc::CsrService;
+use crate::identity::TrustDomain;
 use crate::kubernetes::{ClusterSetupError, KubeCluster};
 use crate::policy::MeshPolicy;
 use crate::record::StoreError;
@@ -138,12 +139,20 @@ pub async fn start_with_clock(
     let mut cluster_apis: HashMap<String, Arc<dyn ClusterApi>> = HashMap::new();
     let mut client_cert_meshes = Vec::new();
     for mesh in &config.meshes {
-        let authority =
-            ca_files::load_authority(&mesh.name, mesh.trust_domain.clone(), &mesh.ca_dir, now)
-                .map_err(|source| ServeError::CaMaterial {
-                    mesh: mesh.name.clone(),
-                    source,
-                })?;
+        let authority = ca_files::load_authority(
+            &mesh.name,
+            mesh.trust_domain.clone(),
+            &mesh.ca_dir,
+            &mesh.extra_roots,
+            now,
+        )
+        .map_err(|source| ServeError::CaMaterial {
+            mesh: mesh.name.clone(),
+            source,
+        })?;
+        let trust_domains: Vec<TrustDomain> = std::iter::once(mesh.trust_domain.clone())
+            .chain(mesh.trust_domain_aliases.iter().cloned())
+            .collect();
         if mesh.token_issuers.is_empty() && mesh.clusters.is_empty() && !mesh.client_cert_auth {
             tracing::warn!(
                 mesh = %mesh.name,
@@ -153,7 +162,7 @@ pub async fn start_with_clock(
         if mesh.client_cert_auth {
             client_cert_meshes.push(ClientCertMesh {
                 mesh: mesh.name.clone(),
-                trust_domain: mesh.trust_domain.clone(),
+                trust_domains: trust_domains.clone(),
                 roots: authority.roots().to_vec(),
             });
         }
@@ -203,12 +212,15 @@ pub async fn start_with_clock(
             policy: MeshPolicy {
                 mesh: mesh.name.clone(),
                 trust_domain: mesh.trust_domain.clone(),
+                trust_domain_aliases: mesh.trust_domain_aliases.clone(),
+                alias_issuance: mesh.alias_issuance,
                 default_ttl: mesh.default_ttl,
                 max_ttl: mesh.max_ttl,
                 signer_not_after: authority.signing_not_after(),
             },
             authority: Arc::new(authority),
             node_accounts: mesh.trusted_node_accounts.clone(),
+            trust_domains,
         });
     }
 

@@ -347,6 +347,7 @@ fn encode(record: &Record) -> Vec<u8> {
         Outcome::Issued(issued) => pb::record::Outcome::Issued(pb::Issuance {
             serial: issued.serial.clone(),
             spiffe_id: issued.spiffe_id.clone(),
+            requested_spiffe_id: issued.requested_spiffe_id.clone(),
             mesh: issued.mesh.clone(),
             trust_domain: issued.trust_domain.clone(),
             namespace: issued.namespace.clone(),
@@ -403,6 +404,7 @@ fn decode(key: &[u8], value: &[u8]) -> Result<Record, StoreError> {
         pb::record::Outcome::Issued(issued) => Outcome::Issued(IssuedRecord {
             serial: issued.serial,
             spiffe_id: issued.spiffe_id,
+            requested_spiffe_id: issued.requested_spiffe_id,
             dns_names: issued.dns_names,
             mesh: issued.mesh,
             trust_domain: issued.trust_domain,
@@ -484,6 +486,7 @@ mod tests {
         record.outcome = Outcome::Issued(IssuedRecord {
             serial: vec![serial; 16],
             spiffe_id: id.into(),
+            requested_spiffe_id: id.into(),
             dns_names: vec![],
             mesh: "default".into(),
             trust_domain: "cluster.local".into(),

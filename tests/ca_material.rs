@@ -14,7 +14,13 @@ use meshroot::identity::TrustDomain;
 use meshroot::keys::KeyType;
 
 fn load(dir: &Path, now: SystemTime) -> Result<meshroot::authority::MeshAuthority, CaFilesError> {
-    ca_files::load_authority("default", TrustDomain::new(TRUST_DOMAIN).unwrap(), dir, now)
+    ca_files::load_authority(
+        "default",
+        TrustDomain::new(TRUST_DOMAIN).unwrap(),
+        dir,
+        &[],
+        now,
+    )
 }
 
 fn path_str(path: &Path) -> &str {

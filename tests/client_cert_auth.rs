@@ -48,6 +48,7 @@ fn issue_directly(
         mesh,
         TrustDomain::new(trust_domain).unwrap(),
         &ca.path().join(mesh),
+        &[],
         not_before + Duration::from_secs(1),
     )
     .unwrap();
@@ -55,6 +56,7 @@ fn issue_directly(
     let grant = Grant {
         mesh: mesh.to_owned(),
         identity: SpiffeId::parse(identity).unwrap(),
+        requested: SpiffeId::parse(identity).unwrap(),
         not_before,
         not_after,
     };

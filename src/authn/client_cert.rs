@@ -21,13 +21,14 @@ use crate::identity::{SpiffeId, TrustDomain};
 /// A mesh that accepts client certificates.
 pub struct ClientCertMesh {
     pub mesh: String,
-    pub trust_domain: TrustDomain,
+    /// The mesh's trust domain and its aliases.
+    pub trust_domains: Vec<TrustDomain>,
     pub roots: Vec<CertificateDer<'static>>,
 }
 
 struct Mesh {
     mesh: String,
-    trust_domain: TrustDomain,
+    trust_domains: Vec<TrustDomain>,
     anchors: Vec<TrustAnchor<'static>>,
 }
 
@@ -50,7 +51,7 @@ impl ClientCertAuthenticator {
                     .map(|anchor| anchor.to_owned())
                     .collect(),
                 mesh: mesh.mesh,
-                trust_domain: mesh.trust_domain,
+                trust_domains: mesh.trust_domains,
             })
             .collect();
         Self { meshes, clock }
@@ -65,7 +66,7 @@ impl ClientCertAuthenticator {
         let mesh = self
             .meshes
             .iter()
-            .find(|mesh| &mesh.trust_domain == identity.trust_domain())
+            .find(|mesh| mesh.trust_domains.contains(identity.trust_domain()))
             .ok_or_else(|| {
                 AuthnError::ClientCertTrustDomain(identity.trust_domain().as_str().to_owned())
             })?;

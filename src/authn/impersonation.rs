@@ -2,7 +2,7 @@
 //! node. As in istiod, it is allowed only when:
 //! 1. the caller was authenticated by TokenReview (so its pod is known);
 //! 2. its `<namespace>/<service-account>` is one of the mesh's trusted node accounts;
-//! 3. the requested identity is an Istio SPIFFE ID in the mesh's trust domain;
+//! 3. the requested identity is an Istio SPIFFE ID in the mesh's trust domain or an alias;
 //! 4. the caller's pod exists in its cluster with the reviewed uid, on some node;
 //! 5. at least one running pod of the requested service account is on that same node.
 //!
@@ -99,12 +99,13 @@ impl NodeAuthorizer {
         }
     }
 
-    /// The identity the caller may have a certificate for, or why not.
+    /// The identity the caller may have a certificate for, or why not. `trust_domains`: the
+    /// mesh's trust domain and its aliases.
     pub async fn authorize(
         &self,
         caller: &Caller,
         requested: &str,
-        trust_domain: &TrustDomain,
+        trust_domains: &[TrustDomain],
         trusted_accounts: &[NodeAccount],
     ) -> Result<SpiffeId, ImpersonationError> {
         if caller.authenticator != AuthenticatorKind::TokenReview {
@@ -125,7 +126,7 @@ impl NodeAuthorizer {
         }
         let identity = SpiffeId::parse(requested)
             .ok()
-            .filter(|id| id.trust_domain() == trust_domain)
+            .filter(|id| trust_domains.contains(id.trust_domain()))
             .ok_or_else(|| ImpersonationError::InvalidIdentity(requested.to_owned()))?;
         let pod_ref = caller
             .pod
