@@ -813,6 +813,58 @@ mod tests {
     }
 
     #[test]
+    fn aliases_name_one_mesh_only_and_issuance_modes_are_checked() {
+        let config = parse(
+            r#"
+            [[mesh]]
+            name = "a"
+            ca_dir = "a"
+            trust_domain = "example.com"
+            trust_domain_aliases = ["cluster.local"]
+            alias_issuance = "canonical"
+            extra_roots = ["new-root.pem"]
+            "#,
+        )
+        .unwrap();
+        let mesh = &config.meshes[0];
+        assert_eq!(
+            mesh.trust_domain_aliases,
+            [TrustDomain::new("cluster.local").unwrap()]
+        );
+        assert_eq!(mesh.alias_issuance, AliasIssuance::Canonical);
+        assert_eq!(
+            mesh.extra_roots,
+            [PathBuf::from("/etc/meshroot/new-root.pem")]
+        );
+
+        let error = parse(
+            r#"
+            [[mesh]]
+            name = "a"
+            ca_dir = "a"
+            trust_domain = "a.example"
+            trust_domain_aliases = ["a.example", "b.example"]
+            alias_issuance = "sometimes"
+            [[mesh]]
+            name = "b"
+            ca_dir = "b"
+            trust_domain = "c.example"
+            trust_domain_aliases = ["b.example"]
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "mesh[0].trust_domain_aliases[0]",
+                "mesh[0].alias_issuance",
+                "mesh[1].trust_domain_aliases[0]",
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors_naming_the_key() {
         let error = parse("listn = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(error.to_string().contains("listn"), "{error}");
