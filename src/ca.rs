@@ -104,6 +104,30 @@ impl IssueError {
     }
 }
 
+/// The authority in force; a reload replaces it for every new request while requests in
+/// flight finish with the one they started with.
+pub struct CurrentAuthority(std::sync::RwLock<Arc<CertificateAuthority>>);
+
+impl CurrentAuthority {
+    pub fn new(authority: Arc<CertificateAuthority>) -> Self {
+        Self(std::sync::RwLock::new(authority))
+    }
+
+    pub fn get(&self) -> Arc<CertificateAuthority> {
+        match self.0.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, authority: Arc<CertificateAuthority>) {
+        match self.0.write() {
+            Ok(mut current) => *current = authority,
+            Err(poisoned) => *poisoned.into_inner() = authority,
+        }
+    }
+}
+
 /// A mesh as the pipeline needs it.
 pub struct Mesh {
     pub authority: Arc<MeshAuthority>,

@@ -12,7 +12,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Request, Response, Status};
 
 use crate::authn::{AuthRequest, Authorization};
-use crate::ca::{CertificateAuthority, IssueError, RequestId, SigningRequest};
+use crate::ca::{CurrentAuthority, IssueError, RequestId, SigningRequest};
 use crate::pb::istio::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
@@ -24,14 +24,14 @@ pub const REQUEST_ID_HEADER: &str = "x-meshroot-request-id";
 /// The `metadata` Struct field ztunnel uses to ask for a workload's identity.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
-/// Istio's CSR service backed by the certificate authority.
+/// Istio's CSR service backed by the certificate authority in force.
 pub struct CsrService {
-    ca: Arc<CertificateAuthority>,
+    current: Arc<CurrentAuthority>,
 }
 
 impl CsrService {
-    pub fn new(ca: Arc<CertificateAuthority>) -> IstioCertificateServiceServer<Self> {
-        IstioCertificateServiceServer::new(Self { ca })
+    pub fn new(current: Arc<CurrentAuthority>) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(Self { current })
     }
 }
 
@@ -41,7 +41,8 @@ impl IstioCertificateService for CsrService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let request_id = self.ca.new_request_id();
+        let ca = self.current.get();
+        let request_id = ca.new_request_id();
         let auth = auth_request(&request);
         let body = request.into_inner();
         let signing = SigningRequest {
@@ -49,11 +50,7 @@ impl IstioCertificateService for CsrService {
             csr_pem: body.csr,
             validity_seconds: body.validity_duration,
         };
-        match self
-            .ca
-            .create_certificate(&request_id, &auth, &signing)
-            .await
-        {
+        match ca.create_certificate(&request_id, &auth, &signing).await {
             Ok(issued) => Ok(Response::new(IstioCertificateResponse {
                 cert_chain: issued.cert_chain,
             })),

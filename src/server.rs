@@ -21,7 +21,7 @@ use crate::authn::impersonation::NodeAuthorizer;
 use crate::authn::jwt::{self, JwksError, TrustedIssuer};
 use crate::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthenticator};
 use crate::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuthenticator};
-use crate::ca::{CertificateAuthority, IssueError, Mesh};
+use crate::ca::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
 use crate::ca_files::{self, CaFilesError};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ClusterAccess, ClusterConfig, Config};
@@ -39,6 +39,8 @@ const RENEWAL_RETRY: Duration = Duration::from_secs(60);
 /// Renewals never follow each other faster than this (e.g. when the intermediate is about to
 /// expire and every new serving certificate is clamped to it).
 const MIN_RENEWAL_WAIT: Duration = Duration::from_secs(1);
+/// How often the config file's modification time is checked.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,22 @@ pub struct RunningServer {
     root_bundle_pem: String,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
+    current: Arc<CurrentAuthority>,
+    /// The config the server started with (its listener, store and serving certificate settings
+    /// need a restart to change).
+    config: Config,
+    clock: Arc<dyn Clock>,
+    /// One reload at a time.
+    reloads: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Why a reload was refused (the previous configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Build(#[from] ServeError),
 }
 
 impl RunningServer {
@@ -114,12 +132,113 @@ impl RunningServer {
         result
     }
 
-    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully; SIGHUP reloads the config.
     pub async fn wait_for_signal(self) -> Result<(), ServeError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+                let stop = shutdown_signal();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = hangup.recv() => {
+                            tracing::info!("SIGHUP: reloading the configuration");
+                            let _ = self.reload().await;
+                        }
+                    }
+                }
+                tracing::info!("shutting down");
+                return self.shutdown().await;
+            }
+        }
         shutdown_signal().await;
         tracing::info!("shutting down");
         self.shutdown().await
     }
+
+    /// Re-reads the config file and, if it is valid and its CA material loads, switches every
+    /// new request to it: meshes, trust domains and aliases, TTLs, bundles, authentication.
+    /// Listener, store and serving-certificate settings need a restart (a change is logged).
+    /// On any error the running configuration stays, and the reason is logged and returned.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        reload(
+            &self.config,
+            &self.current,
+            &self.store,
+            &self.clock,
+            &self.reloads,
+        )
+        .await
+    }
+
+    /// Reloads when the config file's modification time changes (checked every 2 s).
+    fn watch_config_file(&self, mut shutdown: watch::Receiver<bool>) {
+        let path = self.config.source.clone();
+        let modified =
+            |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let Some(mut last) = modified(&path) else {
+            return;
+        };
+        let (config, current, store, clock, reloads) = (
+            self.config.clone(),
+            self.current.clone(),
+            self.store.clone(),
+            self.clock.clone(),
+            self.reloads.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|stopped| *stopped) => return,
+                    _ = tokio::time::sleep(CONFIG_POLL) => {}
+                }
+                let now = modified(&path);
+                if now.is_some() && now != Some(last) {
+                    last = now.unwrap_or(last);
+                    tracing::info!(file = %path.display(), "config file changed: reloading");
+                    let _ = reload(&config, &current, &store, &clock, &reloads).await;
+                }
+            }
+        });
+    }
+}
+
+async fn reload(
+    running: &Config,
+    current: &CurrentAuthority,
+    store: &Arc<SledStore>,
+    clock: &Arc<dyn Clock>,
+    reloads: &tokio::sync::Mutex<()>,
+) -> Result<(), ReloadError> {
+    let _one_at_a_time = reloads.lock().await;
+    let result = async {
+        let config = Config::load(&running.source)?;
+        if config.listen != running.listen
+            || config.store != running.store
+            || config.dns_names != running.dns_names
+            || config.serving_certificate_ttl != running.serving_certificate_ttl
+        {
+            tracing::warn!(
+                "listen, store, dns_names and serving_certificate_ttl changes take effect at the next restart"
+            );
+        }
+        let authority = build_authority(&config, clock.clone(), store.clone()).await?;
+        current.replace(Arc::new(authority));
+        Ok::<_, ReloadError>(config)
+    }
+    .await;
+    match &result {
+        Ok(config) => tracing::info!(
+            meshes = ?config.meshes.iter().map(|m| (&m.name, m.trust_domain.as_str())).collect::<Vec<_>>(),
+            "configuration reloaded"
+        ),
+        Err(error) => {
+            tracing::error!(%error, "configuration reload refused; the previous configuration keeps serving")
+        }
+    }
+    result.map(|_| ())
 }
 
 /// Builds everything from the config, binds the listener and starts serving.
@@ -132,6 +251,19 @@ pub async fn start_with_clock(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, ServeError> {
+    let store = SledStore::open(&config.store)?;
+    let ca = Arc::new(build_authority(config, clock.clone(), store.clone()).await?);
+    let current = Arc::new(CurrentAuthority::new(ca.clone()));
+    start_serving(config, clock, store, current).await
+}
+
+/// Everything a config describes that can change without a restart: meshes (CA material,
+/// trust domains, aliases, TTLs, bundles) and authentication.
+async fn build_authority(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    store: Arc<SledStore>,
+) -> Result<CertificateAuthority, ServeError> {
     let now = clock.now();
     let mut meshes = Vec::new();
     let mut issuers = Vec::new();
@@ -224,7 +356,6 @@ pub async fn start_with_clock(
         });
     }
 
-    let store = SledStore::open(&config.store)?;
     let mut jwt = Some(JwtAuthenticator::new(issuers, clock.clone()));
     let mut token_review = Some(TokenReviewAuthenticator::new(
         review_clusters,
@@ -244,14 +375,22 @@ pub async fn start_with_clock(
         authenticators.extend(next);
     }
     let impersonation = NodeAuthorizer::new(cluster_apis, config.pod_cache_ttl, clock.clone());
-    let ca = Arc::new(CertificateAuthority::new(
+    Ok(CertificateAuthority::new(
         meshes,
         AuthenticatorChain::new(authenticators),
         impersonation,
-        store.clone(),
+        store,
         clock,
-    ));
+    ))
+}
 
+async fn start_serving(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    store: Arc<SledStore>,
+    current: Arc<CurrentAuthority>,
+) -> Result<RunningServer, ServeError> {
+    let ca = current.get();
     let serving = Arc::new(ServingCertificate::default());
     let renew_at = serving
         .renew(&ca, &config.dns_names, config.serving_certificate_ttl)
@@ -294,17 +433,18 @@ pub async fn start_with_clock(
     ));
     tokio::spawn(renewal_loop(
         serving,
-        ca.clone(),
+        current.clone(),
         config.dns_names.clone(),
         config.serving_certificate_ttl,
         renew_at,
         shutdown_rx.clone(),
     ));
 
-    let mut stop = shutdown_rx;
+    let mut stop = shutdown_rx.clone();
+    let service = CsrService::new(current.clone());
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(CsrService::new(ca))
+            .add_service(service)
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             })
@@ -312,13 +452,19 @@ pub async fn start_with_clock(
             .map_err(ServeError::from)
     });
     tracing::info!(address = %local_address, dns_names = ?config.dns_names, "meshroot is serving the Istio CSR API over TLS");
-    Ok(RunningServer {
+    let server = RunningServer {
         local_address,
         store,
         root_bundle_pem,
         shutdown,
         task,
-    })
+        current,
+        config: config.clone(),
+        clock,
+        reloads: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    server.watch_config_file(shutdown_rx);
+    Ok(server)
 }
 
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow client never holds
@@ -358,16 +504,17 @@ async fn accept_loop(
     }
 }
 
-/// Re-issues the serving certificate at half its lifetime.
+/// Re-issues the serving certificate at half its lifetime (from the current configuration).
 async fn renewal_loop(
     serving: Arc<ServingCertificate>,
-    ca: Arc<CertificateAuthority>,
+    current: Arc<CurrentAuthority>,
     dns_names: Vec<String>,
     lifetime: Duration,
     mut renew_at: SystemTime,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        let ca = current.get();
         let wait = renew_at
             .duration_since(ca.clock().now())
             .unwrap_or(Duration::ZERO);
@@ -375,6 +522,7 @@ async fn renewal_loop(
             _ = shutdown.wait_for(|stopped| *stopped) => return,
             _ = tokio::time::sleep(wait) => {}
         }
+        let ca = current.get();
         renew_at = match serving.renew(&ca, &dns_names, lifetime).await {
             Ok(next) => next,
             Err(error) => {

@@ -83,6 +83,33 @@ impl Serving {
         }
     }
 
+    /// Waits (bounded) until the log holds a line containing `needle`.
+    fn wait_for_log(&self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line {needle:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     /// The whole log, once the process has ended.
     fn log(&mut self) -> String {
         if let Some(reader) = self.log_reader.take() {
@@ -297,4 +324,61 @@ fn serve_with_bad_ca_material_exits_naming_the_file() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("ca-cert.pem"), "{message}");
     assert!(message.contains("mesh default"), "{message}");
+}
+
+#[test]
+fn sighup_reloads_a_changed_trust_domain() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    stdout(&meshroot(dir, &["init", "--dir", "ca", "--dev-issuer"]));
+    let mut serving = Serving::start(dir, &["--config", "ca/meshroot.toml"]);
+    let token = stdout(&meshroot(
+        dir,
+        &[
+            "token",
+            "--config",
+            "ca/meshroot.toml",
+            "--namespace",
+            "shop",
+            "--service-account",
+            "cart",
+        ],
+    ));
+    std::fs::write(dir.join("token"), token.trim()).unwrap();
+    let request = |id: &str| {
+        meshroot(
+            dir,
+            &[
+                "request",
+                "--addr",
+                &serving.address,
+                "--root",
+                "ca/root-cert.pem",
+                "--spiffe-id",
+                id,
+                "--token-file",
+                "token",
+                "--out",
+                "out",
+            ],
+        )
+    };
+    let new_id = "spiffe://example.com/ns/shop/sa/cart";
+    assert!(
+        !request(new_id).status.success(),
+        "not yet in the trust domain"
+    );
+
+    let config = dir.join("ca/meshroot.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "trust_domain = \"cluster.local\"",
+        "trust_domain = \"example.com\"\ntrust_domain_aliases = [\"cluster.local\"]",
+    );
+    std::fs::write(&config, text).unwrap();
+    serving.signal("-HUP");
+    serving.wait_for_log("SIGHUP: reloading the configuration");
+    serving.wait_for_log("configuration reloaded");
+    assert!(stdout(&request(new_id)).contains(new_id));
+    assert!(stdout(&request("spiffe://cluster.local/ns/shop/sa/cart")).contains("cluster.local"));
+    assert!(serving.stop().success());
 }

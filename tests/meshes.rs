@@ -172,3 +172,77 @@ async fn a_mesh_bundle_carries_its_extra_roots_once_in_stable_order() {
     assert_eq!(chain.last().unwrap(), &bundle);
     verify_chain(&chain, &bundle);
 }
+
+#[tokio::test]
+async fn a_trust_domain_change_is_picked_up_by_reload_without_an_outage() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let token = || Some(ca.token(MESH, "shop", "cart"));
+    let old_id = "spiffe://cluster.local/ns/shop/sa/cart";
+    server.call(agent_csr(old_id), token(), 0).await.unwrap();
+
+    ca.edit_config(|text| {
+        text.replace(
+            "trust_domain = \"cluster.local\"\n",
+            "trust_domain = \"example.com\"\ntrust_domain_aliases = [\"cluster.local\"]\n",
+        )
+    });
+    server.server.reload().await.unwrap();
+    // Un-restarted workloads keep their identity; restarted ones get the new trust domain.
+    let old = server.call(agent_csr(old_id), token(), 0).await.unwrap();
+    assert_eq!(leaf_uri(&old.cert_chain), old_id);
+    let new_id = "spiffe://example.com/ns/shop/sa/cart";
+    let new = server.call(agent_csr(new_id), token(), 0).await.unwrap();
+    assert_eq!(leaf_uri(&new.cert_chain), new_id);
+
+    // An invalid config is refused and the running one keeps serving.
+    ca.edit_config(|text| {
+        text.replace(
+            "trust_domain = \"example.com\"",
+            "trust_domain = \"Not Valid\"",
+        )
+    });
+    let error = server.server.reload().await.unwrap_err();
+    assert!(
+        error.to_string().contains("mesh[0].trust_domain"),
+        "{error}"
+    );
+    let still = server.call(agent_csr(new_id), token(), 0).await.unwrap();
+    assert_eq!(leaf_uri(&still.cert_chain), new_id);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn editing_the_config_file_reloads_it() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let new_id = "spiffe://example.com/ns/shop/sa/cart";
+    let status = server
+        .call(agent_csr(new_id), Some(ca.token(MESH, "shop", "cart")), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    ca.edit_config(|text| {
+        text.replace(
+            "trust_domain = \"cluster.local\"",
+            "trust_domain = \"example.com\"",
+        )
+    });
+    // The file is polled every 2 s; allow a bounded wait for the switch.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let result = server
+            .call(agent_csr(new_id), Some(ca.token(MESH, "shop", "cart")), 0)
+            .await;
+        if let Ok(response) = result {
+            assert_eq!(leaf_uri(&response.cert_chain), new_id);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload after editing the file"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}
