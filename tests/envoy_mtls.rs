@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshroot::client::{build_csr, CsrShape};
 use meshroot::keys::KeyType;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -163,8 +162,7 @@ async fn get(port: u16, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Asks meshroot for a certificate for `identity` of `mesh`, as istio-agent does; writes
-/// `<name>-chain.pem` (leaf + intermediates) and `<name>-key.pem`.
+/// A meshroot-issued workload certificate written as `<name>-chain.pem` and `<name>-key.pem`.
 async fn workload_certificate(
     server: &TestServer,
     ca: &TestCa,
@@ -173,14 +171,9 @@ async fn workload_certificate(
     mesh: &str,
     identity: &str,
 ) {
-    let id = meshroot::identity::SpiffeId::parse(identity).unwrap();
-    let key = KeyType::EcdsaP256.generate().unwrap();
-    let csr = build_csr(&key, &CsrShape::istio_agent(identity)).unwrap();
-    let token = ca.token(mesh, id.namespace(), id.service_account());
-    let response = server.call(csr, Some(token), 3600).await.unwrap();
-    let (_, chain) = response.cert_chain.split_last().unwrap();
-    std::fs::write(dir.join(format!("{name}-chain.pem")), chain.concat()).unwrap();
-    std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    let (chain, key) = server.workload(ca, mesh, identity).await;
+    std::fs::write(dir.join(format!("{name}-chain.pem")), chain).unwrap();
+    std::fs::write(dir.join(format!("{name}-key.pem")), key).unwrap();
 }
 
 fn gateway_config(dir: &Path, port: u16, upstream: u16, trusted: &[&str]) -> String {

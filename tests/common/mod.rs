@@ -252,6 +252,18 @@ impl TestServer {
             .map(tonic::Response::into_inner)
     }
 
+    /// Asks for a certificate for `identity` of `mesh` as istio-agent does (P-256 key, valid
+    /// token of `ca`'s development issuer); returns (chain PEM without the roots, key PEM).
+    pub async fn workload(&self, ca: &TestCa, mesh: &str, identity: &str) -> (String, String) {
+        let id = meshroot::identity::SpiffeId::parse(identity).unwrap();
+        let key = p256_key();
+        let csr = client::build_csr(&key, &CsrShape::istio_agent(identity)).unwrap();
+        let token = ca.token(mesh, id.namespace(), id.service_account());
+        let response = self.call(csr, Some(token), 3600).await.unwrap();
+        let (_, chain) = response.cert_chain.split_last().unwrap();
+        (chain.concat(), key.serialize_pem())
+    }
+
     /// The record a failed call produced, found by the request id in the status.
     pub fn record_of(&self, status: &tonic::Status) -> Record {
         let request_id = status
