@@ -20,10 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshroot::keys::KeyType;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-const GATEWAY_ID: &str = "spiffe://b.example/ns/istio-system/sa/ingress-gateway";
 
 fn envoy_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("MESHROOT_ENVOY") {
@@ -162,20 +159,6 @@ async fn get(port: u16, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// A meshroot-issued workload certificate written as `<name>-chain.pem` and `<name>-key.pem`.
-async fn workload_certificate(
-    server: &TestServer,
-    ca: &TestCa,
-    dir: &Path,
-    name: &str,
-    mesh: &str,
-    identity: &str,
-) {
-    let (chain, key) = server.workload(ca, mesh, identity).await;
-    std::fs::write(dir.join(format!("{name}-chain.pem")), chain).unwrap();
-    std::fs::write(dir.join(format!("{name}-key.pem")), key).unwrap();
-}
-
 fn gateway_config(dir: &Path, port: u16, upstream: u16, trusted: &[&str]) -> String {
     let matchers: String = trusted
         .iter()
@@ -290,65 +273,20 @@ fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String
 
 #[tokio::test]
 async fn envoy_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust_domain() {
-    // One meshroot, one root: mesh a (migrating from a-old.example), mesh b (the gateway's),
-    // mesh c (a trust domain the gateway does not trust).
-    let ca = TestCa::with_meshes(
-        &[("a", "a.example"), ("b", "b.example"), ("c", "c.example")],
-        KeyType::EcdsaP256,
-    );
-    ca.edit_config(|text| {
-        text.replacen(
-            "trust_domain = \"a.example\"\n",
-            "trust_domain = \"a.example\"\ntrust_domain_aliases = [\"a-old.example\"]\n",
-            1,
-        )
-    });
-    let stranger = TestCa::with_meshes(&[("a", "a.example")], KeyType::EcdsaP256);
+    let scenario = CrossMesh::issue().await;
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    std::fs::write(dir.join("root.pem"), ca.root_pem()).unwrap();
-
-    let server = ca.start().await;
-    workload_certificate(&server, &ca, dir, "gateway", "b", GATEWAY_ID).await;
-    workload_certificate(
-        &server,
-        &ca,
-        dir,
-        "cart",
-        "a",
-        "spiffe://a.example/ns/shop/sa/cart",
-    )
-    .await;
-    workload_certificate(
-        &server,
-        &ca,
-        dir,
-        "legacy",
-        "a",
-        "spiffe://a-old.example/ns/shop/sa/legacy",
-    )
-    .await;
-    workload_certificate(
-        &server,
-        &ca,
-        dir,
-        "untrusted",
-        "c",
-        "spiffe://c.example/ns/shop/sa/cart",
-    )
-    .await;
-    server.stop().await;
-    let foreign = stranger.start().await;
-    workload_certificate(
-        &foreign,
-        &stranger,
-        dir,
-        "foreign",
-        "a",
-        "spiffe://a.example/ns/shop/sa/cart",
-    )
-    .await;
-    foreign.stop().await;
+    std::fs::write(dir.join("root.pem"), &scenario.root_pem).unwrap();
+    for (name, (chain, key)) in [
+        ("gateway", &scenario.gateway),
+        ("cart", &scenario.cart),
+        ("legacy", &scenario.legacy),
+        ("untrusted", &scenario.untrusted),
+        ("foreign", &scenario.foreign),
+    ] {
+        std::fs::write(dir.join(format!("{name}-chain.pem")), chain).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key).unwrap();
+    }
 
     let (upstream, seen) = start_upstream().await;
     let (gateway_port, sidecar_port) = (free_port(), free_port());

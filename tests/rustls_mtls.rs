@@ -8,13 +8,10 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use meshroot::keys::KeyType;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use x509_parser::prelude::FromDer as _;
-
-const GATEWAY_ID: &str = "spiffe://b.example/ns/istio-system/sa/ingress-gateway";
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -186,37 +183,14 @@ async fn call_gateway(port: u16, root_pem: &str, identity: &(String, String)) ->
 
 #[tokio::test]
 async fn rustls_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust_domain() {
-    let ca = TestCa::with_meshes(
-        &[("a", "a.example"), ("b", "b.example"), ("c", "c.example")],
-        KeyType::EcdsaP256,
-    );
-    ca.edit_config(|text| {
-        text.replacen(
-            "trust_domain = \"a.example\"\n",
-            "trust_domain = \"a.example\"\ntrust_domain_aliases = [\"a-old.example\"]\n",
-            1,
-        )
-    });
-    let stranger = TestCa::with_meshes(&[("a", "a.example")], KeyType::EcdsaP256);
-    let server = ca.start().await;
-    let gateway = server.workload(&ca, "b", GATEWAY_ID).await;
-    let cart = server
-        .workload(&ca, "a", "spiffe://a.example/ns/shop/sa/cart")
-        .await;
-    let legacy = server
-        .workload(&ca, "a", "spiffe://a-old.example/ns/shop/sa/legacy")
-        .await;
-    let untrusted = server
-        .workload(&ca, "c", "spiffe://c.example/ns/shop/sa/cart")
-        .await;
-    server.stop().await;
-    let foreign_server = stranger.start().await;
-    let foreign = foreign_server
-        .workload(&stranger, "a", "spiffe://a.example/ns/shop/sa/cart")
-        .await;
-    foreign_server.stop().await;
-
-    let root = ca.root_pem();
+    let CrossMesh {
+        root_pem: root,
+        gateway,
+        cart,
+        legacy,
+        untrusted,
+        foreign,
+    } = CrossMesh::issue().await;
     let port = start_gateway(&root, gateway, &["a.example", "a-old.example", "b.example"]).await;
     assert_eq!(
         call_gateway(port, &root, &cart).await.as_deref(),

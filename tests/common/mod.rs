@@ -418,3 +418,62 @@ pub fn openssl(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// The cross-mesh data-plane scenario: one meshroot and one root serving mesh a (`a.example`,
+/// migrating from `a-old.example`), mesh b (`b.example`, the gateway's) and mesh c (`c.example`,
+/// not trusted by the gateway), plus a workload under another root. Each credential is
+/// (chain PEM without roots, key PEM), issued through the Istio CSR API.
+pub struct CrossMesh {
+    pub root_pem: String,
+    pub gateway: (String, String),
+    /// `spiffe://a.example/ns/shop/sa/cart`
+    pub cart: (String, String),
+    /// `spiffe://a-old.example/ns/shop/sa/legacy` (the alias)
+    pub legacy: (String, String),
+    /// `spiffe://c.example/ns/shop/sa/cart`
+    pub untrusted: (String, String),
+    /// `spiffe://a.example/ns/shop/sa/cart` under another root
+    pub foreign: (String, String),
+}
+
+pub const GATEWAY_ID: &str = "spiffe://b.example/ns/istio-system/sa/ingress-gateway";
+
+impl CrossMesh {
+    pub async fn issue() -> Self {
+        let meshes = [("a", "a.example"), ("b", "b.example"), ("c", "c.example")];
+        let ca = TestCa::with_meshes(&meshes, KeyType::EcdsaP256);
+        ca.edit_config(|text| {
+            text.replacen(
+                "trust_domain = \"a.example\"\n",
+                "trust_domain = \"a.example\"\ntrust_domain_aliases = [\"a-old.example\"]\n",
+                1,
+            )
+        });
+        let server = ca.start().await;
+        let gateway = server.workload(&ca, "b", GATEWAY_ID).await;
+        let cart = server
+            .workload(&ca, "a", "spiffe://a.example/ns/shop/sa/cart")
+            .await;
+        let legacy = server
+            .workload(&ca, "a", "spiffe://a-old.example/ns/shop/sa/legacy")
+            .await;
+        let untrusted = server
+            .workload(&ca, "c", "spiffe://c.example/ns/shop/sa/cart")
+            .await;
+        server.stop().await;
+        let stranger = TestCa::with_meshes(&[("a", "a.example")], KeyType::EcdsaP256);
+        let stranger_server = stranger.start().await;
+        let foreign = stranger_server
+            .workload(&stranger, "a", "spiffe://a.example/ns/shop/sa/cart")
+            .await;
+        stranger_server.stop().await;
+        Self {
+            root_pem: ca.root_pem(),
+            gateway,
+            cart,
+            legacy,
+            untrusted,
+            foreign,
+        }
+    }
+}
