@@ -252,8 +252,8 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, ServeError> {
     let store = SledStore::open(&config.store)?;
-    let ca = Arc::new(build_authority(config, clock.clone(), store.clone()).await?);
-    let current = Arc::new(CurrentAuthority::new(ca.clone()));
+    let ca = build_authority(config, clock.clone(), store.clone()).await?;
+    let current = Arc::new(CurrentAuthority::new(Arc::new(ca)));
     start_serving(config, clock, store, current).await
 }
 
