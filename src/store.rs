@@ -4,7 +4,8 @@
 //! [`SledStore::append_durable`]):
 //! - `r` ‖ seq (u64 BE)                         → the record, protobuf `meshroot.store.v1.Record`;
 //! - `s` ‖ len(serial) ‖ serial ‖ seq           → empty (index by serial);
-//! - `i` ‖ spiffe_id ‖ 0x00 ‖ seq               → empty (index by SPIFFE ID; IDs hold no NUL).
+//! - `i` ‖ spiffe_id ‖ 0x00 ‖ seq               → empty (index by SPIFFE ID, issued and, when it
+//!   differs, requested; IDs hold no NUL).
 //!
 //! Group commit: an appender writes its entries (in memory), notes the number of the next flush
 //! to *start*, wakes the flusher thread and waits until that flush has finished. Every write made
@@ -307,10 +308,12 @@ fn run_flusher(db: &sled::Db, commit: &GroupCommit) {
     }
 }
 
-/// The index entries of a record: by serial (issuances) and by SPIFFE ID.
+/// The index entries of a record: by serial (issuances) and by SPIFFE ID — the issued one, and
+/// the requested one when an alias request was moved to the current trust domain, so an audit
+/// by the old name finds who still asks for it.
 fn index_keys(record: &Record) -> Vec<Vec<u8>> {
     let seq = record.sequence.to_be_bytes();
-    let mut keys = Vec::with_capacity(2);
+    let mut keys = Vec::with_capacity(3);
     if let Some(serial) = record.serial() {
         let mut key = Vec::with_capacity(2 + serial.len() + 8);
         key.push(SERIAL_PREFIX);
@@ -319,8 +322,16 @@ fn index_keys(record: &Record) -> Vec<Vec<u8>> {
         key.extend_from_slice(&seq);
         keys.push(key);
     }
-    let spiffe_id = record.spiffe_id();
-    if !spiffe_id.is_empty() && !spiffe_id.contains('\0') {
+    let mut spiffe_ids = vec![record.spiffe_id()];
+    if let Outcome::Issued(issued) = &record.outcome {
+        if issued.requested_spiffe_id != issued.spiffe_id {
+            spiffe_ids.push(&issued.requested_spiffe_id);
+        }
+    }
+    for spiffe_id in spiffe_ids {
+        if spiffe_id.is_empty() || spiffe_id.contains('\0') {
+            continue;
+        }
         let mut key = Vec::with_capacity(2 + spiffe_id.len() + 8);
         key.push(SPIFFE_PREFIX);
         key.extend_from_slice(spiffe_id.as_bytes());

@@ -145,6 +145,17 @@ async fn canonical_issuance_moves_workloads_to_the_new_trust_domain_and_records_
     );
     assert_eq!(issued.spiffe_id, "spiffe://example.com/ns/shop/sa/cart");
     assert_eq!(issued.trust_domain, "example.com");
+    // An audit by the old name finds who still asks for it.
+    let by_old_name = server
+        .server
+        .store()
+        .list(&meshroot::store::RecordFilter {
+            spiffe_id: Some("spiffe://cluster.local/ns/shop/sa/cart".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_old_name.len(), 1);
+    assert_eq!(by_old_name[0].serial(), Some(parsed.raw_serial()));
     server.stop().await;
 }
 
