@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -117,7 +116,6 @@ pub struct TokenReviewAuthenticator {
     clusters: HashMap<String, Cluster>,
     cache: Mutex<HashMap<[u8; 32], Arc<CacheEntry>>>,
     clock: Arc<dyn Clock>,
-    reviews: AtomicU64,
 }
 
 impl TokenReviewAuthenticator {
@@ -134,13 +132,7 @@ impl TokenReviewAuthenticator {
             clusters,
             cache: Mutex::new(HashMap::new()),
             clock,
-            reviews: AtomicU64::new(0),
         }
-    }
-
-    /// TokenReviews sent so far (cache hits and shared reviews excluded).
-    pub fn reviews_sent(&self) -> u64 {
-        self.reviews.load(Ordering::Relaxed)
     }
 
     async fn authenticate_token(
@@ -193,7 +185,6 @@ impl TokenReviewAuthenticator {
                 .acquire()
                 .await
                 .map_err(|_| ApiError("the review limiter is closed".into()))?;
-            self.reviews.fetch_add(1, Ordering::Relaxed);
             config.api.review_token(token, &config.audiences).await
         })
         .await;
@@ -348,6 +339,7 @@ fn unverified_expiry(token: &str) -> Option<SystemTime> {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[derive(Default)]
     struct FakeApi {
