@@ -32,6 +32,28 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `meshroot request` for `id`, with the token in `dir/token`, writing to `dir/out`.
+fn request(dir: &Path, address: &str, root: &str, server_name: &str, id: &str) -> Output {
+    meshroot(
+        dir,
+        &[
+            "request",
+            "--addr",
+            address,
+            "--root",
+            root,
+            "--server-name",
+            server_name,
+            "--spiffe-id",
+            id,
+            "--token-file",
+            "token",
+            "--out",
+            "out",
+        ],
+    )
+}
+
 /// A `meshroot serve` process (killed if dropped before `stop`).
 struct Serving {
     child: Child,
@@ -155,23 +177,12 @@ fn embedded_default_serves_a_working_ca_and_the_cli_round_trip_works() {
     ));
     std::fs::write(dir.join("token"), token.trim()).unwrap();
     let id = "spiffe://cluster.local/ns/shop/sa/cart";
-    let printed = stdout(&meshroot(
+    let printed = stdout(&request(
         dir,
-        &[
-            "request",
-            "--addr",
-            &serving.address,
-            "--root",
-            "meshroot-data/root-cert.pem",
-            "--server-name",
-            "meshroot.istio-system.svc",
-            "--spiffe-id",
-            id,
-            "--token-file",
-            "token",
-            "--out",
-            "out",
-        ],
+        &serving.address,
+        "meshroot-data/root-cert.pem",
+        "meshroot.istio-system.svc",
+        id,
     ));
     assert!(printed.contains(id), "{printed}");
     let serial = printed
@@ -345,24 +356,7 @@ fn sighup_reloads_a_changed_trust_domain() {
         ],
     ));
     std::fs::write(dir.join("token"), token.trim()).unwrap();
-    let request = |id: &str| {
-        meshroot(
-            dir,
-            &[
-                "request",
-                "--addr",
-                &serving.address,
-                "--root",
-                "ca/root-cert.pem",
-                "--spiffe-id",
-                id,
-                "--token-file",
-                "token",
-                "--out",
-                "out",
-            ],
-        )
-    };
+    let request = |id: &str| request(dir, &serving.address, "ca/root-cert.pem", "localhost", id);
     let new_id = "spiffe://example.com/ns/shop/sa/cart";
     assert!(
         !request(new_id).status.success(),
