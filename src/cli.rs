@@ -243,6 +243,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => embedded_default()?,
     };
     let config = Config::load(&config_path)?;
+    // Before anything starts: a SIGTERM from here on is a graceful shutdown.
+    let signals = server::Signals::install()
+        .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
     let running = server::start(&config)
         .await
         .map_err(|e| Failure::runtime(e.to_string()))?;
@@ -252,7 +255,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         config_path.display()
     );
     running
-        .wait_for_signal()
+        .run_until_stopped(signals)
         .await
         .map_err(|e| Failure::runtime(e.to_string()))
 }

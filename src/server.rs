@@ -133,27 +133,18 @@ impl RunningServer {
     }
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully; SIGHUP reloads the config.
-    pub async fn wait_for_signal(self) -> Result<(), ServeError> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let Ok(mut hangup) = signal(SignalKind::hangup()) {
-                let stop = shutdown_signal();
-                tokio::pin!(stop);
-                loop {
-                    tokio::select! {
-                        _ = &mut stop => break,
-                        _ = hangup.recv() => {
-                            tracing::info!("SIGHUP: reloading the configuration");
-                            let _ = self.reload().await;
-                        }
-                    }
+    /// The handlers are `signals`, installed before the server started, so a signal that
+    /// arrives at any moment after start is handled rather than ending the process abruptly.
+    pub async fn run_until_stopped(self, mut signals: Signals) -> Result<(), ServeError> {
+        loop {
+            match signals.next().await {
+                Signal::Stop => break,
+                Signal::Reload => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = self.reload().await;
                 }
-                tracing::info!("shutting down");
-                return self.shutdown().await;
             }
         }
-        shutdown_signal().await;
         tracing::info!("shutting down");
         self.shutdown().await
     }
@@ -654,24 +645,59 @@ impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
     }
 }
 
-async fn shutdown_signal() {
+/// What a process signal asks of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: shut down gracefully.
+    Stop,
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
+/// The process signal handlers `serve` reacts to. Install them before starting the server:
+/// until a handler is installed, the signal's default action (ending the process) applies.
+#[derive(Debug)]
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (needs a running tokio runtime).
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+                hangup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next signal received.
+    pub async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => Signal::Stop,
+                _ = self.interrupt.recv() => Signal::Stop,
+                _ = self.hangup.recv() => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }
