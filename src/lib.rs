@@ -6,10 +6,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod authn;
 pub mod authority;
 pub mod ca;
 pub mod ca_files;
+pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -19,6 +21,7 @@ pub mod grpc;
 pub mod identity;
 pub mod keys;
 pub mod kubernetes;
+pub mod merkle;
 pub mod policy;
 pub mod record;
 pub mod server;
