@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls_pki_types::pem::PemObject as _;
 
+use crate::audit::Query;
 use crate::authn::jwt::{DevTokenClaims, DevTokenSigner};
 use crate::ca_files::{self, InitOptions};
 use crate::client::{self, AgentMetadata, CsrShape, Target};
@@ -15,7 +16,7 @@ use crate::identity::{SpiffeId, TrustDomain};
 use crate::keys::{self, KeyType};
 use crate::record::{self, Outcome, Record};
 use crate::server;
-use crate::store::{RecordFilter, SledStore};
+use crate::store::SledStore;
 
 /// Where `serve` keeps everything when run without `--config`.
 pub const DEFAULT_DATA_DIR: &str = "meshroot-data";
@@ -498,18 +499,20 @@ fn audit_list(args: AuditListArgs) -> Result<(), Failure> {
         ),
         None => None,
     };
-    let store = SledStore::open(&store_path).map_err(|e| {
-        Failure::runtime(format!(
-            "{e} (is a meshroot server using this store? stop it first)"
-        ))
-    })?;
+    let store =
+        SledStore::open_read_only(&store_path).map_err(|e| Failure::runtime(e.to_string()))?;
     let records = store
-        .list(&RecordFilter {
-            spiffe_id: args.spiffe_id,
-            serial,
-            limit: args.limit,
-        })
-        .map_err(|e| Failure::runtime(e.to_string()))?;
+        .query(
+            &Query {
+                spiffe_id: args.spiffe_id,
+                serial,
+                ..Query::default()
+            },
+            args.limit.unwrap_or(crate::audit::MAX_PAGE_SIZE),
+            None,
+        )
+        .map_err(|e| Failure::runtime(e.to_string()))?
+        .records;
     match args.format {
         Format::Json => {
             let json = serde_json::to_string_pretty(&records)

@@ -63,3 +63,19 @@ pub fn unix_millis(time: SystemTime) -> i64 {
         Err(before) => -(before.duration().as_millis() as i64),
     }
 }
+
+/// The time `seconds` after the Unix epoch (before it when negative).
+pub fn from_unix_seconds(seconds: i64) -> SystemTime {
+    from_unix_millis(seconds.saturating_mul(1000))
+}
+
+/// The time `millis` milliseconds after the Unix epoch (before it when negative).
+pub fn from_unix_millis(millis: i64) -> SystemTime {
+    if millis >= 0 {
+        UNIX_EPOCH + Duration::from_millis(millis as u64)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_millis(millis.unsigned_abs()))
+            .unwrap_or(UNIX_EPOCH)
+    }
+}

@@ -146,6 +146,17 @@ pub enum StoreError {
     Corrupt { key: String },
     #[error("the record store is shut down")]
     Closed,
+    #[error("the record store is open read-only")]
+    ReadOnly,
+    #[error("the prefix matches more than {values} distinct values; narrow it")]
+    TooBroad { values: usize },
+    #[error(
+        "the record store at {path} is in use by another process (is a meshroot server running? \
+         use --addr to ask it, or stop it first)"
+    )]
+    Locked { path: String },
+    #[error("the record store at {path} has an unknown layout (version {version})")]
+    UnknownLayout { path: String, version: String },
 }
 
 pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>>;
@@ -183,6 +194,17 @@ pub fn format_time(time: SystemTime) -> String {
     time::OffsetDateTime::from(time)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| "invalid-time".to_owned())
+}
+
+/// Serializes an optional time as RFC 3339 text or null.
+pub fn serialize_optional_time<S: Serializer>(
+    time: &Option<SystemTime>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => serializer.serialize_str(&format_time(*time)),
+        None => serializer.serialize_none(),
+    }
 }
 
 fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {

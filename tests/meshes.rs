@@ -149,7 +149,7 @@ async fn canonical_issuance_moves_workloads_to_the_new_trust_domain_and_records_
     let by_old_name = server
         .server
         .store()
-        .list(&meshroot::store::RecordFilter {
+        .query_all(&meshroot::audit::Query {
             spiffe_id: Some("spiffe://cluster.local/ns/shop/sa/cart".into()),
             ..Default::default()
         })

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use meshroot::audit::Query;
 use meshroot::authn::jwt::{DevTokenClaims, DevTokenSigner};
 use meshroot::ca_files::{self, InitOptions};
 use meshroot::client::{self, AgentMetadata, CsrShape, Target};
@@ -21,7 +22,6 @@ use meshroot::pb::istio::istio_certificate_service_client::IstioCertificateServi
 use meshroot::pb::istio::IstioCertificateResponse;
 use meshroot::record::Record;
 use meshroot::server::{self, RunningServer};
-use meshroot::store::RecordFilter;
 use rcgen::KeyPair;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -279,15 +279,15 @@ impl TestServer {
     }
 
     pub fn records(&self) -> Vec<Record> {
-        self.server.store().list(&RecordFilter::default()).unwrap()
+        self.server.store().query_all(&Query::default()).unwrap()
     }
 
     pub fn records_for_serial(&self, serial: &[u8]) -> Vec<Record> {
         self.server
             .store()
-            .list(&RecordFilter {
+            .query_all(&Query {
                 serial: Some(serial.to_vec()),
-                ..RecordFilter::default()
+                ..Query::default()
             })
             .unwrap()
     }
