@@ -185,6 +185,19 @@ impl CertificateAuthority {
         &self.clock
     }
 
+    /// The roots of every mesh, de-duplicated (admin clients are verified against them).
+    pub fn all_roots(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        let mut roots: Vec<rustls_pki_types::CertificateDer<'static>> = Vec::new();
+        for mesh in self.meshes.values() {
+            for root in mesh.authority.roots() {
+                if !roots.contains(root) {
+                    roots.push(root.clone());
+                }
+            }
+        }
+        roots
+    }
+
     /// The mesh whose intermediate signs meshroot's serving certificate.
     pub fn primary_authority(&self) -> Option<&Arc<MeshAuthority>> {
         self.meshes

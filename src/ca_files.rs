@@ -19,6 +19,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::authn::jwt::DevTokenSigner;
 use crate::authority::{AuthorityError, CaMaterial, MeshAuthority};
+use crate::checkpoint::AuditSigner;
 use crate::config::{self, DEFAULT_LISTEN};
 use crate::identity::TrustDomain;
 use crate::keys::{self, certificate_pem, KeyError, KeyType};
@@ -161,6 +162,11 @@ fn key(path: &Path) -> Result<KeyPair, CaFilesError> {
     })
 }
 
+/// The audit key's file (Ed25519, PKCS#8 PEM) in an `init` directory.
+pub const AUDIT_KEY_FILE: &str = "audit-key.pem";
+/// Its verifier key (`name+id+key`), to give auditors.
+pub const AUDIT_VERIFIER_FILE: &str = "audit-key.pub";
+
 /// What `meshroot init` creates.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -188,7 +194,7 @@ pub fn dev_issuer_name(mesh: &str) -> String {
 /// Private keys are written 0600. Existing keys are kept unless `force`.
 pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFilesError> {
     let dir = &options.dir;
-    let mut key_paths = vec![dir.join("root-key.pem")];
+    let mut key_paths = vec![dir.join("root-key.pem"), dir.join(AUDIT_KEY_FILE)];
     for (mesh, _) in &options.meshes {
         key_paths.push(dir.join(mesh).join("ca-key.pem"));
         if options.dev_issuer {
@@ -321,6 +327,40 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         }
         mesh_dirs.push(mesh_dir);
     }
+    // The audit key signs checkpoints of the issuance log; its name (also the checkpoint
+    // origin) is unique per `init`, so checkpoints of different logs cannot be confused.
+    let mut id = [0u8; 4];
+    rng.fill(&mut id)
+        .map_err(|_| generate_failed("the audit key", "no randomness".into()))?;
+    let key_name = format!(
+        "{}/{}",
+        config::DEFAULT_AUDIT_KEY_NAME,
+        crate::record::hex(&id)
+    );
+    let (audit_signer, audit_pkcs8) = AuditSigner::generate(&key_name)
+        .map_err(|e| generate_failed("the audit key", e.to_string()))?;
+    write_file(
+        &dir.join(AUDIT_KEY_FILE),
+        keys::pem_encode("PRIVATE KEY", &audit_pkcs8).as_bytes(),
+        true,
+    )?;
+    write_file(
+        &dir.join(AUDIT_VERIFIER_FILE),
+        format!("{}\n", audit_signer.verifier_key()).as_bytes(),
+        false,
+    )?;
+    config.push_str(&format!(
+        "\n# The issuance log: checkpoints signed with the audit key (verifier key in {AUDIT_VERIFIER_FILE}),\n\
+         # published to checkpoint_file; records kept issued_retention after their certificate\n\
+         # expired, denials for denial_retention.\n\
+         [audit]\nkey = \"{AUDIT_KEY_FILE}\"\nkey_name = \"{key_name}\"\ncheckpoint_file = \"checkpoint.txt\"\n\
+         checkpoint_interval = \"{}\"\nissued_retention = \"400d\"\ndenial_retention = \"30d\"\nprune_interval = \"1h\"\n\
+         \n# The audit API (gRPC meshroot.audit.v1.AuditService). On a non-loopback address it\n\
+         # requires mutual TLS from one of allowed_identities (certificates meshroot issued).\n\
+         [admin]\nlisten = \"{}\"\n# allowed_identities = [\"spiffe://cluster.local/ns/istio-system/sa/auditor\"]\n",
+        config::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL),
+        config::DEFAULT_ADMIN_LISTEN,
+    ));
     let config_path = dir.join("meshroot.toml");
     write_file(&config_path, config.as_bytes(), false)?;
     Ok(InitReport {

@@ -29,9 +29,14 @@ pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 32;
 pub const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15014";
+pub const DEFAULT_AUDIT_KEY_NAME: &str = "meshroot-audit";
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Environment variables that override the file.
 pub const ENV_LISTEN: &str = "MESHROOT_LISTEN";
 pub const ENV_STORE: &str = "MESHROOT_STORE";
+pub const ENV_ADMIN_LISTEN: &str = "MESHROOT_ADMIN_LISTEN";
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -50,6 +55,30 @@ pub struct Config {
     /// How long pod lookups for impersonation are reused.
     pub pod_cache_ttl: Duration,
     pub meshes: Vec<MeshConfig>,
+    pub audit: AuditConfig,
+    pub admin: AdminConfig,
+}
+
+/// The audit log: checkpoint signing and retention.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The Ed25519 key (PKCS#8 PEM) that signs checkpoints; without it none are written.
+    pub key: Option<PathBuf>,
+    /// The key's name, which is also the checkpoint origin (names the log).
+    pub key_name: String,
+    /// Where the latest signed checkpoint is published (written atomically).
+    pub checkpoint_file: PathBuf,
+    pub checkpoint_interval: Duration,
+    pub retention: crate::audit::RetentionPolicy,
+    pub prune_interval: Duration,
+}
+
+/// The admin listener: the audit API (and, later, metrics and health).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Client identities allowed on a non-loopback listener (mutual TLS).
+    pub allowed_identities: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +175,27 @@ struct RawConfig {
     pod_cache_ttl: Option<String>,
     #[serde(default)]
     mesh: Vec<RawMesh>,
+    audit: Option<RawAudit>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    key: Option<String>,
+    key_name: Option<String>,
+    checkpoint_file: Option<String>,
+    checkpoint_interval: Option<String>,
+    issued_retention: Option<String>,
+    denial_retention: Option<String>,
+    prune_interval: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    allowed_identities: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -200,7 +250,17 @@ impl Config {
             }],
         })?;
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Self::parse(&text, path, env(ENV_LISTEN), env(ENV_STORE))
+        let mut config = Self::parse(&text, path, env(ENV_LISTEN), env(ENV_STORE))?;
+        if let Some(admin) = env(ENV_ADMIN_LISTEN) {
+            config.admin.listen = admin.parse().map_err(|_| ConfigError {
+                file: path.to_owned(),
+                problems: vec![Problem {
+                    key: ENV_ADMIN_LISTEN.into(),
+                    message: format!("{admin:?} is not an address:port"),
+                }],
+            })?;
+        }
+        Ok(config)
     }
 
     /// Parses config text; `path` names the file in errors and anchors relative paths.
@@ -541,6 +601,84 @@ impl Config {
                 });
             }
         }
+        let raw_audit = raw.audit.unwrap_or_default();
+        let defaults = crate::audit::RetentionPolicy::default();
+        let audit = AuditConfig {
+            key: raw_audit.key.map(|key| base.join(key)),
+            key_name: raw_audit
+                .key_name
+                .unwrap_or_else(|| DEFAULT_AUDIT_KEY_NAME.to_owned()),
+            checkpoint_file: base.join(
+                raw_audit
+                    .checkpoint_file
+                    .unwrap_or_else(|| "checkpoint.txt".to_owned()),
+            ),
+            checkpoint_interval: duration_setting(
+                raw_audit.checkpoint_interval.as_deref(),
+                DEFAULT_CHECKPOINT_INTERVAL,
+                "audit.checkpoint_interval",
+                &mut problem,
+            ),
+            retention: crate::audit::RetentionPolicy {
+                issued_after_expiry: duration_setting(
+                    raw_audit.issued_retention.as_deref(),
+                    defaults.issued_after_expiry,
+                    "audit.issued_retention",
+                    &mut problem,
+                ),
+                denials: duration_setting(
+                    raw_audit.denial_retention.as_deref(),
+                    defaults.denials,
+                    "audit.denial_retention",
+                    &mut problem,
+                ),
+            },
+            prune_interval: duration_setting(
+                raw_audit.prune_interval.as_deref(),
+                DEFAULT_PRUNE_INTERVAL,
+                "audit.prune_interval",
+                &mut problem,
+            ),
+        };
+        if audit.key_name.is_empty()
+            || audit
+                .key_name
+                .chars()
+                .any(|c| c.is_whitespace() || c == '+')
+        {
+            problem(
+                "audit.key_name".into(),
+                format!("{:?}: a name without spaces or '+'", audit.key_name),
+            );
+        }
+        let raw_admin = raw.admin.unwrap_or_default();
+        let admin_text = raw_admin
+            .listen
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
+        let admin_listen = admin_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            problem(
+                "admin.listen".into(),
+                format!("{admin_text:?} is not an address:port"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        let allowed_identities = raw_admin.allowed_identities.unwrap_or_default();
+        for (index, identity) in allowed_identities.iter().enumerate() {
+            if crate::identity::SpiffeId::parse(identity).is_err() {
+                problem(
+                    format!("admin.allowed_identities[{index}]"),
+                    format!("{identity:?} is not a spiffe://<td>/ns/<ns>/sa/<sa> identity"),
+                );
+            }
+        }
+        if !admin_listen.ip().is_loopback() && allowed_identities.is_empty() {
+            problem(
+                "admin.allowed_identities".into(),
+                "required when admin.listen is not a loopback address (the audit API then \
+                 requires mutual TLS from one of these identities)"
+                    .into(),
+            );
+        }
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -553,6 +691,11 @@ impl Config {
             authenticators,
             pod_cache_ttl,
             meshes,
+            audit,
+            admin: AdminConfig {
+                listen: admin_listen,
+                allowed_identities,
+            },
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -23,6 +24,7 @@ use crate::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthentic
 use crate::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuthenticator};
 use crate::ca::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
 use crate::ca_files::{self, CaFilesError};
+use crate::checkpoint::AuditSigner;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ClusterAccess, ClusterConfig, Config};
 use crate::grpc::CsrService;
@@ -77,6 +79,8 @@ pub enum ServeError {
     },
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    #[error("audit key {path}: {reason}")]
+    AuditKey { path: String, reason: String },
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("the server task failed: {0}")]
@@ -86,10 +90,13 @@ pub enum ServeError {
 /// A started server.
 pub struct RunningServer {
     local_address: SocketAddr,
+    admin_address: SocketAddr,
     store: Arc<SledStore>,
     root_bundle_pem: String,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
+    admin_task: JoinHandle<Result<(), ServeError>>,
+    audit: AuditPublisher,
     current: Arc<CurrentAuthority>,
     /// The config the server started with (its listener, store and serving certificate settings
     /// need a restart to change).
@@ -114,6 +121,11 @@ impl RunningServer {
         self.local_address
     }
 
+    /// The bound admin address (the audit API).
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_address
+    }
+
     /// The record store the server writes to.
     pub fn store(&self) -> &Arc<SledStore> {
         &self.store
@@ -124,12 +136,23 @@ impl RunningServer {
         &self.root_bundle_pem
     }
 
-    /// Stops accepting, lets in-flight requests finish, and flushes the store.
+    /// Writes a checkpoint of every record now (also done periodically and at shutdown);
+    /// returns the note, or None without an audit key.
+    pub async fn checkpoint(&self) -> Result<Option<String>, ServeError> {
+        self.audit.publish(&self.store).await
+    }
+
+    /// Stops accepting, lets in-flight requests finish, writes a last checkpoint, and flushes
+    /// the store.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.shutdown.send(true);
         let result = self.task.await?;
+        let admin = self.admin_task.await?;
+        if let Err(error) = self.audit.publish(&self.store).await {
+            tracing::error!(%error, "final checkpoint failed");
+        }
         self.store.flush()?;
-        result
+        result.and(admin)
     }
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully; SIGHUP reloads the config.
@@ -243,9 +266,10 @@ pub async fn start_with_clock(
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, ServeError> {
     let store = SledStore::open(&config.store)?;
+    let signer = load_audit_signer(&config.audit)?;
     let ca = build_authority(config, clock.clone(), store.clone()).await?;
     let current = Arc::new(CurrentAuthority::new(Arc::new(ca)));
-    start_serving(config, clock, store, current).await
+    start_serving(config, clock, store, current, signer).await
 }
 
 /// Everything a config describes that can change without a restart: meshes (CA material,
@@ -380,6 +404,7 @@ async fn start_serving(
     clock: Arc<dyn Clock>,
     store: Arc<SledStore>,
     current: Arc<CurrentAuthority>,
+    signer: Option<Arc<AuditSigner>>,
 ) -> Result<RunningServer, ServeError> {
     let ca = current.get();
     let serving = Arc::new(ServingCertificate::default());
@@ -423,11 +448,39 @@ async fn start_serving(
         shutdown_rx.clone(),
     ));
     tokio::spawn(renewal_loop(
-        serving,
+        serving.clone(),
         current.clone(),
         config.dns_names.clone(),
         config.serving_certificate_ttl,
         renew_at,
+        shutdown_rx.clone(),
+    ));
+
+    let audit = AuditPublisher {
+        signer,
+        file: config.audit.checkpoint_file.clone(),
+    };
+    let (admin_address, admin_task) = start_admin(
+        config,
+        &ca,
+        provider_for_admin(),
+        serving.clone(),
+        store.clone(),
+        &audit,
+        shutdown_rx.clone(),
+    )
+    .await?;
+    tokio::spawn(checkpoint_loop(
+        audit.clone(),
+        store.clone(),
+        config.audit.checkpoint_interval,
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(prune_loop(
+        store.clone(),
+        config.audit.retention,
+        config.audit.prune_interval,
+        clock.clone(),
         shutdown_rx.clone(),
     ));
 
@@ -443,12 +496,16 @@ async fn start_serving(
             .map_err(ServeError::from)
     });
     tracing::info!(address = %local_address, dns_names = ?config.dns_names, "meshroot is serving the Istio CSR API over TLS");
+    tracing::info!(address = %admin_address, "meshroot is serving the audit API");
     let server = RunningServer {
         local_address,
+        admin_address,
         store,
         root_bundle_pem,
         shutdown,
         task,
+        admin_task,
+        audit,
         current,
         config: config.clone(),
         clock,
@@ -456,6 +513,184 @@ async fn start_serving(
     };
     server.watch_config_file(shutdown_rx);
     Ok(server)
+}
+
+/// Publishes signed checkpoints: into the store, and to the configured file.
+#[derive(Clone)]
+struct AuditPublisher {
+    signer: Option<Arc<AuditSigner>>,
+    file: std::path::PathBuf,
+}
+
+impl AuditPublisher {
+    async fn publish(&self, store: &SledStore) -> Result<Option<String>, ServeError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let note = store.checkpoint(signer).await?;
+        let current = tokio::fs::read_to_string(&self.file).await.ok();
+        if current.as_deref() != Some(note.as_str()) {
+            write_atomically(&self.file, note.as_bytes())
+                .await
+                .map_err(|error| ServeError::Store(StoreError::Write(Arc::new(error))))?;
+            if let Some(checkpoint) = crate::checkpoint::Checkpoint::parse_unverified(&note) {
+                tracing::info!(
+                    size = checkpoint.size,
+                    root = %crate::record::hex(&checkpoint.root),
+                    file = %self.file.display(),
+                    "checkpoint published"
+                );
+            }
+        }
+        Ok(Some(note))
+    }
+}
+
+/// Writes a file by renaming a temporary one into place, so readers never see half of it.
+async fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    tokio::fs::write(&temporary, contents).await?;
+    tokio::fs::rename(&temporary, path).await
+}
+
+fn load_audit_signer(
+    audit: &crate::config::AuditConfig,
+) -> Result<Option<Arc<AuditSigner>>, ServeError> {
+    let Some(path) = &audit.key else {
+        tracing::warn!("no audit key configured ([audit] key): checkpoints are not written");
+        return Ok(None);
+    };
+    let failed = |reason: String| ServeError::AuditKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+        .map_err(|_| failed("not a PKCS#8 PEM private key".into()))?;
+    let signer = AuditSigner::from_pkcs8(&audit.key_name, der.secret_pkcs8_der())
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(Some(Arc::new(signer)))
+}
+
+async fn checkpoint_loop(
+    audit: AuditPublisher,
+    store: Arc<SledStore>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if audit.signer.is_none() {
+        return;
+    }
+    loop {
+        if let Err(error) = audit.publish(&store).await {
+            tracing::error!(%error, "checkpoint failed; retrying at the next interval");
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn prune_loop(
+    store: Arc<SledStore>,
+    policy: crate::audit::RetentionPolicy,
+    interval: Duration,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (pass_store, now) = (store.clone(), clock.now());
+        match tokio::task::spawn_blocking(move || pass_store.prune(&policy, now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "pruning failed; retrying later"),
+            Err(error) => tracing::error!(%error, "pruning task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+fn provider_for_admin() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Binds the admin address and serves the audit API there: plain HTTP/2 on a loopback
+/// address; elsewhere TLS with a client certificate required, verified against the meshes'
+/// roots, and one of `admin.allowed_identities` in it.
+async fn start_admin(
+    config: &Config,
+    ca: &CertificateAuthority,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    serving: Arc<ServingCertificate>,
+    store: Arc<SledStore>,
+    audit: &AuditPublisher,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<Result<(), ServeError>>), ServeError> {
+    let address = config.admin.listen;
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let loopback = address.ip().is_loopback();
+    let verifier_key = audit.signer.as_ref().map(|s| s.verifier_key());
+    let service = crate::grpc::audit::AuditApi::new(
+        store,
+        verifier_key,
+        (!loopback).then(|| config.admin.allowed_identities.clone()),
+        shutdown.clone(),
+    );
+    let mut stop = shutdown.clone();
+    let until_stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let router = tonic::transport::Server::builder().add_service(service);
+    let task = if loopback {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, until_stopped)
+                .await
+                .map_err(ServeError::from)
+        })
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for root in ca.all_roots() {
+            roots
+                .add(root)
+                .map_err(|e| ServeError::Tls(format!("admin client roots: {e}")))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| ServeError::Tls(format!("admin client verifier: {e}")))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| ServeError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(serving);
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let (connections, incoming) = mpsc::channel(64);
+        tokio::spawn(accept_loop(
+            listener,
+            TlsAcceptor::from(Arc::new(tls)),
+            connections,
+            shutdown,
+        ));
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(ReceiverStream::new(incoming), until_stopped)
+                .await
+                .map_err(ServeError::from)
+        })
+    };
+    Ok((local, task))
 }
 
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow client never holds

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 const EDGE: &[&str] = &[
-    "grpc.rs",
+    "grpc/",
     "server.rs",
     "client.rs",
     "cli.rs",
@@ -91,5 +91,5 @@ fn the_core_knows_nothing_of_grpc() {
 
 #[test]
 fn only_grpc_maps_errors_to_status_codes() {
-    only_in(&["grpc.rs"], mentions_grpc_code, "tonic::Code");
+    only_in(&["grpc/mod.rs"], mentions_grpc_code, "tonic::Code");
 }

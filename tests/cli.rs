@@ -72,6 +72,7 @@ impl Serving {
             .args(args)
             .current_dir(dir)
             .env("MESHROOT_LISTEN", "127.0.0.1:0")
+            .env("MESHROOT_ADMIN_LISTEN", "127.0.0.1:0")
             .env("MESHROOT_LOG", "debug")
             .stderr(Stdio::piped())
             .spawn()

@@ -61,6 +61,24 @@ pub enum OutcomeFilter {
     Denied { reason: Option<String> },
 }
 
+/// How long records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Issuance records are kept this long after their certificate expired.
+    pub issued_after_expiry: Duration,
+    /// Denial records are kept this long after they were recorded.
+    pub denials: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            issued_after_expiry: Duration::from_secs(400 * 86_400),
+            denials: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
 /// Why an audit request failed: the request was wrong, or the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {

@@ -1357,6 +1357,11 @@ fn corrupt(key: &[u8]) -> StoreError {
 
 /// The protobuf encoding of a record (format `meshroot.store.v1.Record`).
 pub fn encode(record: &Record) -> Vec<u8> {
+    to_message(record).encode_to_vec()
+}
+
+/// A record as its protobuf message.
+pub fn to_message(record: &Record) -> pb::Record {
     let caller = &record.caller;
     let outcome = match &record.outcome {
         Outcome::Issued(issued) => pb::record::Outcome::Issued(pb::Issuance {
@@ -1403,12 +1408,15 @@ pub fn encode(record: &Record) -> Vec<u8> {
         }),
         outcome: Some(outcome),
     }
-    .encode_to_vec()
 }
 
 /// Decodes a protobuf record; None if it is malformed or of a newer format.
 pub fn decode(bytes: &[u8]) -> Option<Record> {
-    let record = pb::Record::decode(bytes).ok()?;
+    from_message(pb::Record::decode(bytes).ok()?)
+}
+
+/// A record from its protobuf message; None if it is incomplete or of a newer format.
+pub fn from_message(record: pb::Record) -> Option<Record> {
     if record.version == 0 || record.version > RECORD_VERSION {
         return None;
     }

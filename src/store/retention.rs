@@ -10,10 +10,11 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
+pub use crate::audit::RetentionPolicy;
 use crate::audit::{OutcomeFilter, Position, Query};
 use crate::clock::unix_seconds;
 use crate::record::StoreError;
@@ -25,24 +26,6 @@ const BATCH: usize = 2_000;
 const META_BATCH: &[u8] = b"prune-batch";
 const META_ISSUED_THROUGH: &[u8] = b"prune-issued-through";
 const META_DENIED_THROUGH: &[u8] = b"prune-denied-through";
-
-/// How long records are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetentionPolicy {
-    /// Issuance records are kept this long after their certificate expired.
-    pub issued_after_expiry: Duration,
-    /// Denial records are kept this long after they were recorded.
-    pub denials: Duration,
-}
-
-impl Default for RetentionPolicy {
-    fn default() -> Self {
-        Self {
-            issued_after_expiry: Duration::from_secs(400 * 86_400),
-            denials: Duration::from_secs(30 * 86_400),
-        }
-    }
-}
 
 /// What a pruning pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -56,8 +56,11 @@ impl TestCa {
         )
         .unwrap();
         let ca = Self { dir };
-        // Listen on an ephemeral port.
-        ca.edit_config(|text| text.replace("127.0.0.1:15012", "127.0.0.1:0"));
+        // Listen on ephemeral ports (the CSR API and the admin address).
+        ca.edit_config(|text| {
+            text.replace("127.0.0.1:15012", "127.0.0.1:0")
+                .replace("127.0.0.1:15014", "127.0.0.1:0")
+        });
         ca
     }
 

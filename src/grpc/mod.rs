@@ -5,6 +5,8 @@
 //! certificates, and `metadata["ImpersonatedIdentity"]`; ignores every other header (istio-agent
 //! adds arbitrary `CA_HEADER_*` ones).
 
+pub mod audit;
+
 use std::sync::Arc;
 
 use tonic::metadata::MetadataValue;
@@ -139,4 +141,58 @@ pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
         status.metadata_mut().insert(REQUEST_ID_HEADER, value);
     }
     status
+}
+
+/// The gRPC status for a failed audit request. A caller's own mistake (a bad filter or page
+/// token, an unknown record) is explained; a store failure is logged and answered generically.
+pub fn status_for_audit(error: &crate::audit::AuditError) -> Status {
+    use crate::audit::AuditError;
+    use crate::record::StoreError;
+    match error {
+        AuditError::Query(error) => Status::new(Code::InvalidArgument, error.to_string()),
+        AuditError::NotFound(what) => Status::new(Code::NotFound, what.clone()),
+        AuditError::Store(error @ StoreError::TooBroad { .. }) => {
+            Status::new(Code::InvalidArgument, error.to_string())
+        }
+        AuditError::Store(error) => {
+            tracing::error!(%error, "audit request failed");
+            Status::new(Code::Internal, "internal error")
+        }
+    }
+}
+
+/// Allows a request only from a client certificate carrying one of `allowed` (a SPIFFE URI
+/// SAN). The listener has already verified the certificate chain.
+pub fn admin_identity_allowed<T>(request: &Request<T>, allowed: &[String]) -> Result<(), Status> {
+    let denied = |reason: &str| {
+        tracing::warn!(reason, "audit API request refused");
+        Err(Status::new(
+            Code::PermissionDenied,
+            "this client identity may not use the audit API",
+        ))
+    };
+    let Some(certificates) = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|info| info.peer_certs())
+    else {
+        return denied("no client certificate");
+    };
+    let Some(leaf) = certificates.first() else {
+        return denied("no client certificate");
+    };
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let Ok((_, parsed)) = X509Certificate::from_der(leaf.as_ref()) else {
+        return denied("unparsable client certificate");
+    };
+    let identities = crate::keys::uri_sans(&parsed);
+    if identities
+        .iter()
+        .any(|identity| allowed.iter().any(|a| a == identity))
+    {
+        Ok(())
+    } else {
+        tracing::warn!(identities = ?identities, "audit API: client identity not in admin.allowed_identities");
+        denied("identity not allowed")
+    }
 }
