@@ -71,6 +71,9 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     pub retention: crate::audit::RetentionPolicy,
     pub prune_interval: Duration,
+    /// Records whose index entries are kept in memory before being written as one run
+    /// (memory against the number of runs a query reads).
+    pub index_segment_records: u64,
 }
 
 /// The admin listener: the audit API (and, later, metrics and health).
@@ -189,6 +192,7 @@ struct RawAudit {
     issued_retention: Option<String>,
     denial_retention: Option<String>,
     prune_interval: Option<String>,
+    index_segment_records: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -639,7 +643,19 @@ impl Config {
                 "audit.prune_interval",
                 &mut problem,
             ),
+            index_segment_records: raw_audit
+                .index_segment_records
+                .unwrap_or(crate::store::SEGMENT_RECORDS),
         };
+        if !(16..=1 << 20).contains(&audit.index_segment_records) {
+            problem(
+                "audit.index_segment_records".into(),
+                format!(
+                    "{} is not between 16 and 1048576",
+                    audit.index_segment_records
+                ),
+            );
+        }
         if audit.key_name.is_empty()
             || audit
                 .key_name

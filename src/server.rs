@@ -265,7 +265,13 @@ pub async fn start_with_clock(
     config: &Config,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningServer, ServeError> {
-    let store = SledStore::open(&config.store)?;
+    let store = SledStore::open_with(
+        &config.store,
+        crate::store::StoreOptions {
+            segment_records: config.audit.index_segment_records,
+            ..crate::store::StoreOptions::default()
+        },
+    )?;
     let signer = load_audit_signer(&config.audit)?;
     let ca = build_authority(config, clock.clone(), store.clone()).await?;
     let current = Arc::new(CurrentAuthority::new(Arc::new(ca)));

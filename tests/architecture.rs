@@ -7,7 +7,7 @@ const EDGE: &[&str] = &[
     "grpc/",
     "server.rs",
     "client.rs",
-    "cli.rs",
+    "cli/",
     "lib.rs",
     "main.rs",
 ];

@@ -67,6 +67,10 @@ pub struct StoreOptions {
     pub segment_records: u64,
     /// Open without writing (the CLI on a stopped server's store).
     pub read_only: bool,
+    /// How long to wait for the store's lock (sled releases it from a background thread after
+    /// the last handle in this process is dropped); another process holding it is reported
+    /// as [`StoreError::Locked`] after this.
+    pub lock_wait: Duration,
 }
 
 impl Default for StoreOptions {
@@ -74,6 +78,7 @@ impl Default for StoreOptions {
         Self {
             segment_records: SEGMENT_RECORDS,
             read_only: false,
+            lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -241,11 +246,13 @@ impl SledStore {
     }
 
     /// Opens a store without writing to it (the server must be stopped: sled locks the store).
+    /// Fails at once with [`StoreError::Locked`] while another process holds it.
     pub fn open_read_only(path: &Path) -> Result<Arc<Self>, StoreError> {
         Self::open_with(
             path,
             StoreOptions {
                 read_only: true,
+                lock_wait: Duration::ZERO,
                 ..StoreOptions::default()
             },
         )
@@ -533,7 +540,7 @@ impl Inner {
                 )),
             });
         }
-        let db = open_db(path).map_err(open_error)?;
+        let db = open_db(path, options.lock_wait).map_err(open_error)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
         let (records, index, tiles, pruned, checkpoints, meta) = (
             tree("records")?,
@@ -1183,15 +1190,15 @@ impl Inner {
             checkpoints: self.checkpoints.len(),
             latest_checkpoint_size: latest
                 .and_then(|(key, _)| key.as_ref().try_into().ok().map(u64::from_be_bytes)),
-            disk_bytes: self.db.size_on_disk().map_err(read_error)?,
+            disk_bytes: directory_size(&self.path),
         })
     }
 }
 
 /// Opens sled, waiting briefly if the lock is still held by this process's previous handle
 /// (sled releases it from a background thread after the last handle is dropped).
-fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + lock_wait;
     loop {
         let result = sled::Config::new()
             .path(path)
@@ -1217,6 +1224,21 @@ fn is_lock_contention(error: &sled::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// Bytes in the files under `path`.
+fn directory_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => directory_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Log entries `from ..= to`, merging the records and the pruned leaves, at most `limit`.

@@ -260,7 +260,7 @@ fn paged(store: &SledStore, query: &Query, page_size: usize) -> Vec<u64> {
 fn options(segment_records: u64) -> StoreOptions {
     StoreOptions {
         segment_records,
-        read_only: false,
+        ..StoreOptions::default()
     }
 }
 
@@ -463,7 +463,14 @@ async fn a_store_in_use_is_reported_as_such_and_read_only_opens_do_not_write() {
             "{second:?}"
         );
     }
-    let reader = SledStore::open_read_only(dir.path()).unwrap();
+    let reader = SledStore::open_with(
+        dir.path(),
+        StoreOptions {
+            read_only: true,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
     assert_eq!(reader.last_sequence(), 3);
     assert!(matches!(
         reader.append_durable(synthetic(9, &mut Rng(9))).await,
@@ -561,11 +568,18 @@ async fn tampered(tamper: impl FnOnce(&sled::Tree)) -> crate::audit::verify::Ver
         store.checkpoint(&signer).await.unwrap();
     }
     {
-        let db = open_db(dir.path()).unwrap();
+        let db = open_db(dir.path(), Duration::from_secs(2)).unwrap();
         tamper(&db.open_tree("records").unwrap());
         db.flush().unwrap();
     }
-    let store = SledStore::open_read_only(dir.path()).unwrap();
+    let store = SledStore::open_with(
+        dir.path(),
+        StoreOptions {
+            read_only: true,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
     store.verify(Some(&verifier), &[], at(0)).unwrap()
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kube_api;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

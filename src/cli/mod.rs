@@ -1,4 +1,6 @@
-//! The `meshroot` command line: `serve`, `init`, `token`, `request`, `audit list`.
+//! The `meshroot` command line: `serve`, `init`, `token`, `request`, `audit …`.
+
+mod audit;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,16 +9,14 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls_pki_types::pem::PemObject as _;
 
-use crate::audit::Query;
 use crate::authn::jwt::{DevTokenClaims, DevTokenSigner};
 use crate::ca_files::{self, InitOptions};
 use crate::client::{self, AgentMetadata, CsrShape, Target};
 use crate::config::{self, Config};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::keys::{self, KeyType};
-use crate::record::{self, Outcome, Record};
+use crate::record;
 use crate::server;
-use crate::store::SledStore;
 
 /// Where `serve` keeps everything when run without `--config`.
 pub const DEFAULT_DATA_DIR: &str = "meshroot-data";
@@ -35,6 +35,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once from the command line and consumed"
+)]
 pub enum Command {
     /// Serve the Istio CSR API over TLS. Without --config, runs a development CA from
     /// ./meshroot-data (created on first start).
@@ -45,9 +49,9 @@ pub enum Command {
     Token(TokenArgs),
     /// Request a workload certificate like istio-agent does (for VMs and trying meshroot by hand).
     Request(RequestArgs),
-    /// Read issuance and denial records.
+    /// Query, follow, export, verify and prove the issuance log.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -130,39 +134,6 @@ pub enum RequestKeyType {
     EcdsaP256,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// List records, oldest first.
-    List(AuditListArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct AuditListArgs {
-    /// Only records for this SPIFFE ID (issued, or asked for in a denied request).
-    #[arg(long)]
-    pub spiffe_id: Option<String>,
-    /// Only the record of this serial number (hex).
-    #[arg(long)]
-    pub serial: Option<String>,
-    /// The store directory (the server must be stopped). Default: the config's store.
-    #[arg(long)]
-    pub store: Option<PathBuf>,
-    /// Config whose store to read.
-    #[arg(long, default_value = "meshroot-data/meshroot.toml")]
-    pub config: PathBuf,
-    /// Only the latest N records.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
-
 fn parse_mesh(text: &str) -> Result<(String, TrustDomain), String> {
     let (name, trust_domain) = text
         .split_once('=')
@@ -223,7 +194,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Init(args) => init(args),
         Command::Token(args) => token(args),
         Command::Request(args) => request(args).await,
-        Command::Audit(AuditCommand::List(args)) => audit_list(args),
+        Command::Audit(command) => audit::run(command).await,
     }
 }
 
@@ -251,8 +222,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::runtime(e.to_string()))?;
     eprintln!(
-        "meshroot: serving the Istio CSR API on {} (config {}); Ctrl-C to stop",
+        "meshroot: serving the Istio CSR API on {} and the audit API on {} (config {}); Ctrl-C to stop",
         running.local_address(),
+        running.admin_address(),
         config_path.display()
     );
     running
@@ -479,83 +451,4 @@ fn write_out(path: &Path, contents: &[u8], secret: bool) -> Result<(), Failure> 
         .open(path)
         .and_then(|mut file| file.write_all(contents))
         .map_err(|e| Failure::runtime(format!("{}: {e}", path.display())))
-}
-
-fn audit_list(args: AuditListArgs) -> Result<(), Failure> {
-    let store_path = match args.store {
-        Some(path) => path,
-        None => Config::load(&args.config)?.store,
-    };
-    if !store_path.exists() {
-        return Err(Failure::usage(format!(
-            "{}: no record store there",
-            store_path.display()
-        )));
-    }
-    let serial = match &args.serial {
-        Some(text) => Some(
-            record::parse_hex(text)
-                .ok_or_else(|| Failure::usage(format!("--serial {text:?} is not hex")))?,
-        ),
-        None => None,
-    };
-    let store =
-        SledStore::open_read_only(&store_path).map_err(|e| Failure::runtime(e.to_string()))?;
-    let records = store
-        .query(
-            &Query {
-                spiffe_id: args.spiffe_id,
-                serial,
-                ..Query::default()
-            },
-            args.limit.unwrap_or(crate::audit::MAX_PAGE_SIZE),
-            None,
-        )
-        .map_err(|e| Failure::runtime(e.to_string()))?
-        .records;
-    match args.format {
-        Format::Json => {
-            let json = serde_json::to_string_pretty(&records)
-                .map_err(|e| Failure::runtime(e.to_string()))?;
-            println!("{json}");
-        }
-        Format::Table => print_table(&records),
-    }
-    Ok(())
-}
-
-fn print_table(records: &[Record]) {
-    println!(
-        "{:>6}  {:<24}  {:<7}  {:<32}  {:<55}  CALLER",
-        "SEQ", "RECORDED", "OUTCOME", "SERIAL / REASON", "SPIFFE ID"
-    );
-    for record in records {
-        let recorded = record::format_time(record.recorded_at);
-        let (outcome, detail, identity) = match &record.outcome {
-            Outcome::Issued(issued) => (
-                "issued",
-                record::hex(&issued.serial),
-                if issued.spiffe_id.is_empty() {
-                    format!("dns:{}", issued.dns_names.join(","))
-                } else {
-                    issued.spiffe_id.clone()
-                },
-            ),
-            Outcome::Denied(denied) => (
-                "denied",
-                denied.reason.clone(),
-                denied.requested_spiffe_id.clone(),
-            ),
-        };
-        let caller = &record.caller;
-        let who = if caller.subject.is_empty() {
-            format!("peer={}", caller.peer_address)
-        } else {
-            format!("{} ({})", caller.subject, caller.authenticator)
-        };
-        println!(
-            "{:>6}  {:<24}  {:<7}  {:<32}  {:<55}  {}",
-            record.sequence, recorded, outcome, detail, identity, who
-        );
-    }
 }

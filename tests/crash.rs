@@ -1,0 +1,190 @@
+//! No record lost: SIGKILL the server in the middle of sustained issuance, restart it, and
+//! check that every certificate any client received has its record, that the log verifies
+//! against its checkpoints, and that the store keeps working.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::process::{Serving, BINARY};
+use common::{agent_csr, ztunnel_csr, TestCa, MESH};
+use meshroot::audit::Query;
+use meshroot::checkpoint::AuditVerifier;
+use meshroot::client::{self, AgentMetadata, Target};
+use meshroot::record::Outcome;
+use meshroot::store::SledStore;
+
+const CLIENTS: usize = 16;
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_sustained_issuance_loses_no_record() {
+    let ca = TestCa::new();
+    // Small index segments and frequent checkpoints, so the kill lands among segment writes,
+    // merges and checkpoints, not only appends.
+    ca.edit_config(|text| {
+        text.replace(
+            "checkpoint_interval = \"1m\"",
+            "checkpoint_interval = \"100ms\"",
+        )
+        .replace("[audit]\n", "[audit]\nindex_segment_records = 64\n")
+    });
+    let config = ca.config_path().to_string_lossy().into_owned();
+    let mut server = Serving::start(ca.path(), &["--config", &config]);
+
+    // Pre-built requests: CSRs (istio-agent's and ztunnel's shapes) and tokens per identity.
+    let requests: Vec<(String, String)> = (0..CLIENTS)
+        .map(|i| {
+            let (namespace, account) = (format!("ns{}", i % 4), format!("sa{i}"));
+            let id = common::spiffe_id(&namespace, &account);
+            let csr = if i % 2 == 0 {
+                agent_csr(&id)
+            } else {
+                ztunnel_csr(&id)
+            };
+            (csr, ca.token(MESH, &namespace, &account))
+        })
+        .collect();
+    let received: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>> = Arc::default();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let target = Target {
+        address: server.address.clone(),
+        root_pem: ca.root_pem(),
+        server_name: "localhost".into(),
+        client_identity: None,
+    };
+    let mut clients = Vec::new();
+    for (csr, token) in requests {
+        let (target, received, issued, stop) = (
+            target.clone(),
+            received.clone(),
+            issued.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let Ok(channel) = client::connect(&target).await else {
+                return;
+            };
+            let metadata = AgentMetadata {
+                token: Some(token),
+                cluster_id: "Kubernetes".into(),
+            };
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(response) =
+                    client::create_certificate(channel.clone(), csr.clone(), 3600, &metadata).await
+                else {
+                    return; // the server is gone
+                };
+                let leaf = common::certificates(&response.cert_chain[0])[0].to_vec();
+                use x509_parser::prelude::{FromDer as _, X509Certificate};
+                let serial = X509Certificate::from_der(&leaf)
+                    .unwrap()
+                    .1
+                    .raw_serial()
+                    .to_vec();
+                received.lock().unwrap().insert(serial, sha256(&leaf));
+                issued.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    // Kill mid-stream: after enough issuances to have written several segments.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while issued.load(Ordering::SeqCst) < 400 {
+        assert!(
+            Instant::now() < deadline,
+            "the clients got too few certificates"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let received = Arc::try_unwrap(received).unwrap().into_inner().unwrap();
+    assert!(received.len() >= 400);
+
+    // Restart (recovery: rebuilds the in-memory index), then stop cleanly.
+    let mut restarted = Serving::start(ca.path(), &["--config", &config]);
+    restarted.stop();
+
+    let store_path = ca.config().store;
+    {
+        let store = SledStore::open_read_only(&store_path).unwrap();
+        let mut found = 0;
+        for (serial, certificate_hash) in &received {
+            let records = store
+                .query_all(&Query {
+                    serial: Some(serial.clone()),
+                    ..Query::default()
+                })
+                .unwrap();
+            assert_eq!(records.len(), 1, "serial {}", meshroot::record::hex(serial));
+            match &records[0].outcome {
+                Outcome::Issued(issued) => {
+                    assert_eq!(&issued.certificate_sha256, certificate_hash);
+                    found += 1;
+                }
+                Outcome::Denied(_) => panic!("a received certificate recorded as denied"),
+            }
+        }
+        assert_eq!(found, received.len());
+        let verifier = AuditVerifier::parse(
+            &std::fs::read_to_string(ca.path().join("audit-key.pub")).unwrap(),
+        )
+        .unwrap();
+        let report = store
+            .verify(Some(&verifier), &[], SystemTime::now())
+            .unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert!(
+            report.checkpoints.len() >= 2,
+            "checkpoints before the kill and at the clean stop: {report:?}"
+        );
+        assert_eq!(
+            report.uncovered, 0,
+            "the clean stop checkpointed everything"
+        );
+    }
+
+    // The store keeps working: the CLI verifies it, and a restarted server issues again.
+    let verify = std::process::Command::new(BINARY)
+        .args(["audit", "verify", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let mut again = Serving::start(ca.path(), &["--config", &config]);
+    let channel = client::connect(&Target {
+        address: again.address.clone(),
+        ..target
+    })
+    .await
+    .unwrap();
+    client::create_certificate(
+        channel,
+        agent_csr(&common::spiffe_id("ns0", "after")),
+        3600,
+        &AgentMetadata {
+            token: Some(ca.token(MESH, "ns0", "after")),
+            cluster_id: "Kubernetes".into(),
+        },
+    )
+    .await
+    .unwrap();
+    again.stop();
+}
