@@ -180,14 +180,20 @@ impl Query {
                 return false;
             }
         }
-        let account_ok = self
-            .service_account_key()
-            .is_none_or(|key| has(IndexKind::ServiceAccount, key.as_bytes()));
-        if !(account_ok
+        // Namespaces and service accounts are indexed with the record's mesh.
+        let scoped = |kind: IndexKind, name: Option<String>| {
+            name.is_none_or(|name| {
+                let prefix = [name.as_bytes(), &[MESH_SEPARATOR]].concat();
+                keys.entries
+                    .iter()
+                    .any(|(k, v)| *k == kind && v.starts_with(&prefix))
+            })
+        };
+        if !(scoped(IndexKind::ServiceAccount, self.service_account_key())
+            && scoped(IndexKind::Namespace, self.namespace.clone())
             && text(IndexKind::SpiffeId, &self.spiffe_id)
             && text(IndexKind::Mesh, &self.mesh)
             && text(IndexKind::TrustDomain, &self.trust_domain)
-            && text(IndexKind::Namespace, &self.namespace)
             && text(IndexKind::Caller, &self.caller)
             && text(IndexKind::Cluster, &self.cluster_id)
             && text(IndexKind::Pod, &self.pod))
@@ -266,10 +272,12 @@ pub enum IndexKind {
     SpiffeId = 2,
     Mesh = 3,
     TrustDomain = 4,
+    /// `namespace ‖ 0x00 ‖ mesh`.
     Namespace = 5,
-    /// `namespace/service-account`.
+    /// `namespace/service-account ‖ 0x00 ‖ mesh`.
     ServiceAccount = 6,
-    /// The Istio-boundary prefixes of each SPIFFE ID: `spiffe://td/` and `spiffe://td/ns/x/`.
+    /// The prefixes of each SPIFFE ID up to its first and third `/`: `spiffe://td/` and
+    /// `spiffe://td/ns/x/`.
     SpiffePrefix = 7,
     /// The caller's authenticated subject.
     Caller = 8,
@@ -306,6 +314,9 @@ impl IndexKind {
     }
 }
 
+/// Separates a namespace (or `namespace/account`) from its mesh in index values.
+pub const MESH_SEPARATOR: u8 = 0;
+
 /// The `Outcome` index value of issued certificates.
 pub const OUTCOME_ISSUED: &str = "issued";
 /// The prefix of `Outcome` index values of denials.
@@ -329,9 +340,22 @@ pub struct IndexKeys {
 impl IndexKeys {
     pub fn of(record: &Record) -> Self {
         let mut entries: Vec<(IndexKind, Vec<u8>)> = Vec::with_capacity(13);
+        let mesh = match &record.outcome {
+            Outcome::Issued(issued) => issued.mesh.as_str(),
+            Outcome::Denied(denied) => denied.mesh.as_str(),
+        };
         let mut push = |kind: IndexKind, value: &[u8]| {
-            if !value.is_empty() && !entries.iter().any(|(k, v)| *k == kind && v == value) {
-                entries.push((kind, value.to_vec()));
+            if value.is_empty() {
+                return;
+            }
+            let value = match kind {
+                IndexKind::Namespace | IndexKind::ServiceAccount => {
+                    [value, &[MESH_SEPARATOR], mesh.as_bytes()].concat()
+                }
+                _ => value.to_vec(),
+            };
+            if !entries.iter().any(|(k, v)| *k == kind && *v == value) {
+                entries.push((kind, value));
             }
         };
         let caller = &record.caller;
@@ -377,6 +401,9 @@ impl IndexKeys {
         };
         for identity in identities {
             push(IndexKind::SpiffeId, identity.as_bytes());
+            for prefix in boundary_prefixes(identity) {
+                push(IndexKind::SpiffePrefix, prefix.as_bytes());
+            }
             // The parts of an Istio identity (for an issued one they are the same as the
             // record's; for an alias request or a denial they come from the requested ID).
             if let Ok(id) = SpiffeId::parse(identity) {
@@ -389,31 +416,40 @@ impl IndexKeys {
                     IndexKind::ServiceAccount,
                     format!("{}/{}", id.namespace(), id.service_account()).as_bytes(),
                 );
-                let trust_domain_prefix = format!("spiffe://{}/", id.trust_domain());
-                push(IndexKind::SpiffePrefix, trust_domain_prefix.as_bytes());
-                push(
-                    IndexKind::SpiffePrefix,
-                    format!("{trust_domain_prefix}ns/{}/", id.namespace()).as_bytes(),
-                );
             }
         }
         Self { entries, summary }
     }
 }
 
+/// Which `/` after `spiffe://` end the prefixes kept in [`IndexKind::SpiffePrefix`]: the
+/// first (`spiffe://td/`, a trust domain) and the third (`spiffe://td/ns/x/`, an Istio
+/// namespace).
+const BOUNDARY_SLASHES: [usize; 2] = [1, 3];
+
+/// The prefixes of `id` ending at a boundary slash (plain string positions, so an index
+/// lookup agrees with `starts_with` for any URI).
+fn boundary_prefixes(id: &str) -> impl Iterator<Item = &str> {
+    let start = if id.starts_with("spiffe://") {
+        9
+    } else {
+        id.len()
+    };
+    id.char_indices()
+        .skip_while(move |(at, _)| *at < start)
+        .filter(|(_, c)| *c == '/')
+        .enumerate()
+        .filter(|(n, _)| BOUNDARY_SLASHES.contains(&(n + 1)))
+        .map(move |(_, (at, _))| &id[..=at])
+}
+
 /// The [`IndexKind::SpiffePrefix`] value equivalent to a SPIFFE ID prefix filter, when the
-/// prefix ends at an Istio boundary (`spiffe://td/`, `spiffe://td/ns/x/`, `spiffe://td/ns/x/sa/`).
+/// prefix ends at a boundary slash (`spiffe://td/`, `spiffe://td/ns/x/`).
 pub fn boundary_prefix(prefix: &str) -> Option<String> {
-    let rest = prefix.strip_prefix("spiffe://")?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    let ok = |s: &str| !s.is_empty();
-    match parts.as_slice() {
-        [td, ""] if ok(td) => Some(format!("spiffe://{td}/")),
-        [td, "ns", ns, ""] | [td, "ns", ns, "sa", ""] if ok(td) && ok(ns) => {
-            Some(format!("spiffe://{td}/ns/{ns}/"))
-        }
-        _ => None,
-    }
+    boundary_prefixes(prefix)
+        .last()
+        .filter(|boundary| boundary.len() == prefix.len())
+        .map(str::to_owned)
 }
 
 /// An order-preserving 8-byte key for a signed number (big-endian with the sign bit flipped).
@@ -677,8 +713,8 @@ mod tests {
             value(IndexKind::SpiffeId),
             ["spiffe://a.example/ns/shop/sa/cart"]
         );
-        assert_eq!(value(IndexKind::ServiceAccount), ["shop/cart"]);
-        assert_eq!(value(IndexKind::Namespace), ["shop"]);
+        assert_eq!(value(IndexKind::ServiceAccount), ["shop/cart\0a"]);
+        assert_eq!(value(IndexKind::Namespace), ["shop\0a"]);
         assert_eq!(value(IndexKind::TrustDomain), ["a.example"]);
         assert_eq!(
             value(IndexKind::Caller),
@@ -707,7 +743,7 @@ mod tests {
             .contains(&(IndexKind::Outcome, b"denied/identity-mismatch".to_vec())));
         assert!(keys
             .entries
-            .contains(&(IndexKind::Namespace, b"bank".to_vec())));
+            .contains(&(IndexKind::Namespace, b"bank\0a".to_vec())));
         assert_eq!(keys.summary.validity, None);
         let query = |outcome| Query {
             outcome: Some(outcome),
@@ -772,9 +808,10 @@ mod tests {
             Some("spiffe://a.example/".into())
         );
         assert_eq!(
-            boundary_prefix("spiffe://a.example/ns/shop/sa/"),
+            boundary_prefix("spiffe://a.example/ns/shop/"),
             Some("spiffe://a.example/ns/shop/".into())
         );
+        assert_eq!(boundary_prefix("spiffe://a.example/ns/shop/sa/"), None);
         assert_eq!(boundary_prefix("spiffe://a.example"), None);
         assert_eq!(boundary_prefix("spiffe://a.example/ns/sh"), None);
         let record = issued("spiffe://a.example/ns/shop/sa/cart", 1_800_000_000);

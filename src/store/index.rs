@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::audit::{
     boundary_prefix, order_key, IndexKeys, IndexKind, OutcomeFilter, Position, Query, Summary,
-    OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED,
+    MESH_SEPARATOR, OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED,
 };
 use crate::merkle::Hash;
 use crate::record::StoreError;
@@ -44,6 +44,9 @@ pub struct Run {
     /// The distinct `Outcome` values in the run (few: `issued` and the denial reasons), so an
     /// "any denial" filter expands without reading pages.
     pub outcomes: Vec<Vec<u8>>,
+    /// The distinct `Mesh` values (few), so a namespace filter without a mesh expands to one
+    /// exact lookup per mesh.
+    pub meshes: Vec<Vec<u8>>,
 }
 
 impl Run {
@@ -51,10 +54,12 @@ impl Run {
         let mut out = Vec::new();
         codec::put_varint(&mut out, self.last);
         codec::put_varint(&mut out, self.entries);
-        codec::put_varint(&mut out, self.outcomes.len() as u64);
-        for value in &self.outcomes {
-            codec::put_varint(&mut out, value.len() as u64);
-            out.extend_from_slice(value);
+        for list in [&self.outcomes, &self.meshes] {
+            codec::put_varint(&mut out, list.len() as u64);
+            for value in list {
+                codec::put_varint(&mut out, value.len() as u64);
+                out.extend_from_slice(value);
+            }
         }
         out
     }
@@ -63,21 +68,25 @@ impl Run {
         let mut input = bytes;
         let last = codec::get_varint(&mut input)?;
         let entries = codec::get_varint(&mut input)?;
-        let count = codec::get_varint(&mut input)?;
-        let mut outcomes = Vec::new();
-        for _ in 0..count {
-            let len = codec::get_varint(&mut input)? as usize;
-            if len > input.len() {
-                return None;
+        let mut lists = [Vec::new(), Vec::new()];
+        for list in &mut lists {
+            let count = codec::get_varint(&mut input)?;
+            for _ in 0..count {
+                let len = codec::get_varint(&mut input)? as usize;
+                if len > input.len() {
+                    return None;
+                }
+                list.push(input[..len].to_vec());
+                input = &input[len..];
             }
-            outcomes.push(input[..len].to_vec());
-            input = &input[len..];
         }
+        let [outcomes, meshes] = lists;
         Some(Self {
             id,
             last,
             entries,
             outcomes,
+            meshes,
         })
     }
 }
@@ -255,46 +264,65 @@ pub struct SourceSpec(Source);
 /// Chooses the indexes that answer `query`.
 pub fn plan(query: &Query) -> Plan {
     let mut sources = Vec::new();
-    let mut equal = |kind: IndexKind, value: &[u8]| {
-        sources.push(Source {
-            kind,
-            selector: ValueSelector::Values(vec![value.to_vec()]),
-        })
+    let exact = |kind: IndexKind, value: &[u8]| Source {
+        kind,
+        selector: ValueSelector::Values(vec![value.to_vec()]),
     };
     if let Some(serial) = &query.serial {
-        equal(IndexKind::Serial, serial);
+        sources.push(exact(IndexKind::Serial, serial));
     }
     if let Some(id) = &query.spiffe_id {
-        equal(IndexKind::SpiffeId, id.as_bytes());
+        sources.push(exact(IndexKind::SpiffeId, id.as_bytes()));
     }
     let text_filters = [
-        (IndexKind::Mesh, &query.mesh),
         (IndexKind::TrustDomain, &query.trust_domain),
-        (IndexKind::Namespace, &query.namespace),
         (IndexKind::Caller, &query.caller),
         (IndexKind::Cluster, &query.cluster_id),
         (IndexKind::Pod, &query.pod),
     ];
     for (kind, value) in text_filters {
         if let Some(value) = value {
-            equal(kind, value.as_bytes());
+            sources.push(exact(kind, value.as_bytes()));
         }
     }
-    if let Some(account) = query.service_account_key() {
-        equal(IndexKind::ServiceAccount, account.as_bytes());
+    // Namespaces and service accounts are indexed with their mesh (`name \0 mesh`): with a
+    // mesh filter one exact value (which also decides the mesh), without it one per mesh.
+    let scoped = [
+        (IndexKind::Namespace, query.namespace.clone()),
+        (IndexKind::ServiceAccount, query.service_account_key()),
+    ];
+    let mut mesh_decided = false;
+    for (kind, name) in scoped {
+        let Some(name) = name else { continue };
+        let mut value = name.into_bytes();
+        value.push(MESH_SEPARATOR);
+        match &query.mesh {
+            Some(mesh) => {
+                value.extend_from_slice(mesh.as_bytes());
+                sources.push(exact(kind, &value));
+                mesh_decided = true;
+            }
+            None => sources.push(Source {
+                kind,
+                selector: ValueSelector::Prefix(value),
+            }),
+        }
+    }
+    if let (Some(mesh), false) = (&query.mesh, mesh_decided) {
+        sources.push(exact(IndexKind::Mesh, mesh.as_bytes()));
     }
     if let Some(Some(reason)) = query.outcome.as_ref().map(|o| match o {
         OutcomeFilter::Denied { reason } => reason.as_ref(),
         OutcomeFilter::Issued => None,
     }) {
-        equal(
+        sources.push(exact(
             IndexKind::Outcome,
             format!("{OUTCOME_DENIED_PREFIX}{reason}").as_bytes(),
-        );
+        ));
     }
     if let Some(prefix) = &query.spiffe_id_prefix {
         match boundary_prefix(prefix) {
-            Some(boundary) => equal(IndexKind::SpiffePrefix, boundary.as_bytes()),
+            Some(boundary) => sources.push(exact(IndexKind::SpiffePrefix, boundary.as_bytes())),
             None => sources.push(Source {
                 kind: IndexKind::SpiffeId,
                 selector: ValueSelector::Prefix(prefix.as_bytes().to_vec()),
@@ -509,15 +537,27 @@ impl<'a> SeqStream<'a> {
     fn open_cursors(&self, run: &Run) -> Result<Vec<ValueCursor>, StoreError> {
         let values = match &self.source.selector {
             ValueSelector::Values(values) => values.clone(),
-            ValueSelector::Prefix(prefix) if self.source.kind == IndexKind::Outcome => run
-                .outcomes
-                .iter()
-                .filter(|value| value.starts_with(prefix))
-                .cloned()
-                .collect(),
-            ValueSelector::Prefix(prefix) => {
-                values_with_prefix(self.index, run.id, self.source.kind, prefix)?
-            }
+            ValueSelector::Prefix(prefix) => match self.source.kind {
+                IndexKind::Outcome => run
+                    .outcomes
+                    .iter()
+                    .filter(|value| value.starts_with(prefix))
+                    .cloned()
+                    .collect(),
+                // `namespace \0 mesh`: one value per mesh of the run (and none).
+                IndexKind::Namespace | IndexKind::ServiceAccount
+                    if prefix.last() == Some(&MESH_SEPARATOR) =>
+                {
+                    std::iter::once(prefix.clone())
+                        .chain(
+                            run.meshes
+                                .iter()
+                                .map(|mesh| [prefix.as_slice(), mesh].concat()),
+                        )
+                        .collect()
+                }
+                kind => values_with_prefix(self.index, run.id, kind, prefix)?,
+            },
         };
         Ok(values
             .into_iter()
@@ -835,7 +875,7 @@ impl ExpiryCursor {
 /// Writes the entries of a tail segment as a run; returns its directory entry.
 pub fn write_run(index: &sled::Tree, id: RunId, segment: &TailSegment) -> Result<Run, StoreError> {
     let mut entries = 0u64;
-    let mut outcomes = Vec::new();
+    let (mut outcomes, mut meshes) = (Vec::new(), Vec::new());
     let mut current: Option<(IndexKind, PageWriter)> = None;
     for ((kind, value), list) in &segment.entries {
         if current.as_ref().is_none_or(|(k, _)| k != kind) {
@@ -844,8 +884,10 @@ pub fn write_run(index: &sled::Tree, id: RunId, segment: &TailSegment) -> Result
             }
             current = Some((*kind, PageWriter::default()));
         }
-        if *kind == IndexKind::Outcome {
-            outcomes.push(value.clone());
+        match kind {
+            IndexKind::Outcome => outcomes.push(value.clone()),
+            IndexKind::Mesh => meshes.push(value.clone()),
+            _ => {}
         }
         if let Some((kind, writer)) = current.as_mut() {
             for (sequence, summary) in list {
@@ -864,6 +906,7 @@ pub fn write_run(index: &sled::Tree, id: RunId, segment: &TailSegment) -> Result
         last: segment.last(),
         entries,
         outcomes,
+        meshes,
     })
 }
 
@@ -906,7 +949,7 @@ pub fn merge_runs(
         tier: first.tier + 1,
     };
     let mut entries = 0u64;
-    let mut outcomes: Vec<Vec<u8>> = Vec::new();
+    let (mut outcomes, mut meshes): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
     for kind in IndexKind::ALL {
         let mut streams: Vec<PageStream> = runs
             .iter()
@@ -926,8 +969,15 @@ pub fn merge_runs(
             if drop(sequence) {
                 continue;
             }
-            if kind == IndexKind::Outcome && outcomes.last() != Some(&value) {
-                outcomes.push(value.clone());
+            let small = match kind {
+                IndexKind::Outcome => Some(&mut outcomes),
+                IndexKind::Mesh => Some(&mut meshes),
+                _ => None,
+            };
+            if let Some(list) = small {
+                if list.last() != Some(&value) {
+                    list.push(value.clone());
+                }
             }
             entries += 1;
             if let Some(page) = writer.push(&value, sequence, Summary { validity }) {
@@ -936,13 +986,12 @@ pub fn merge_runs(
         }
         flush_pages(index, id, kind, &mut writer)?;
     }
-    outcomes.sort();
-    outcomes.dedup();
     Ok(Run {
         id,
         last: runs.last().map(|r| r.last).unwrap_or(first.first),
         entries,
         outcomes,
+        meshes,
     })
 }
 

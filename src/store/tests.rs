@@ -57,10 +57,11 @@ fn synthetic(i: u64, rng: &mut Rng) -> Record {
                 .into(),
             detail: "detail".into(),
             mesh: mesh.into(),
-            requested_spiffe_id: if rng.below(4) == 0 {
-                String::new()
-            } else {
-                id.clone()
+            requested_spiffe_id: match rng.below(6) {
+                0 => String::new(),
+                // Not Istio's form: prefix filters must still find it.
+                1 => format!("spiffe://{trust_domain}/ns/{namespace}"),
+                _ => id.clone(),
             },
             csr_sha256: vec![1; 32],
         })
@@ -133,6 +134,14 @@ fn queries() -> Vec<Query> {
             ..q()
         },
         Query {
+            spiffe_id_prefix: Some("spiffe://a.example/ns/n2".into()),
+            ..q()
+        },
+        Query {
+            spiffe_id_prefix: Some("spiffe://a.example/ns/n1/sa/".into()),
+            ..q()
+        },
+        Query {
             mesh: Some("b".into()),
             ..q()
         },
@@ -147,6 +156,23 @@ fn queries() -> Vec<Query> {
         },
         Query {
             service_account: Some("n0/s3".into()),
+            ..q()
+        },
+        Query {
+            mesh: Some("a".into()),
+            namespace: Some("n2".into()),
+            ..q()
+        },
+        Query {
+            mesh: Some("b".into()),
+            service_account: Some("n1/s0".into()),
+            valid_at: Some(at(300 + 3600)),
+            ..q()
+        },
+        Query {
+            mesh: Some("a".into()),
+            namespace: Some("n3".into()),
+            outcome: Some(OutcomeFilter::Denied { reason: None }),
             ..q()
         },
         Query {

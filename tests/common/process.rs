@@ -45,7 +45,7 @@ impl Serving {
             if let Some(rest) = line.split(marker).nth(1) {
                 let words: Vec<&str> = rest.split_whitespace().collect();
                 // "<csr address> and the audit API on <admin address> (config …"
-                break (words[0].to_owned(), words[5].to_owned());
+                break (words[0].to_owned(), words[6].to_owned());
             }
         };
         // Keep draining stderr so the server never blocks on a full pipe.
