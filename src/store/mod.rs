@@ -622,40 +622,54 @@ impl Inner {
         // tail; the last one tells the next sequence number and time.
         let mut last_sequence = watermark;
         let mut last_recorded_ms = i64::MIN;
-        let tail = entries_between(&records, &pruned, watermark + 1, u64::MAX, usize::MAX)?;
-        for entry in &tail {
-            let sequence = entry.sequence();
-            if sequence != last_sequence + 1 {
-                // Records were removed behind meshroot's back. A server must not go on
-                // appending to a damaged log; a reader still opens it, to verify and query.
-                if !options.read_only {
-                    return Err(StoreError::Corrupt {
-                        key: format!(
-                            "records {}..{sequence} are missing (run `meshroot audit verify`)",
-                            last_sequence + 1
-                        ),
-                    });
-                }
-                tracing::warn!(
-                    from = last_sequence + 1,
-                    to = sequence - 1,
-                    "records are missing"
-                );
-                while last_sequence + 1 < sequence {
-                    last_sequence += 1;
-                    state.push(last_sequence, None, [0; 32]);
-                }
+        let mut tail = Vec::new();
+        loop {
+            // A chunk at a time: after a long outage of the indexer the tail may be large.
+            tail.clear();
+            tail.extend(entries_between(
+                &records,
+                &pruned,
+                last_sequence + 1,
+                u64::MAX,
+                8_192,
+            )?);
+            if tail.is_empty() {
+                break;
             }
-            let leaf = entry.leaf().ok_or(StoreError::Corrupt {
-                key: format!("record {sequence}"),
-            })?;
-            let keys = match entry.record() {
-                Some(record) => Some(IndexKeys::of(&record?)),
-                None => None,
-            };
-            state.push(sequence, keys.as_ref(), leaf.leaf_hash());
-            last_sequence = sequence;
-            last_recorded_ms = leaf.recorded_at_ms;
+            for entry in &tail {
+                let sequence = entry.sequence();
+                if sequence != last_sequence + 1 {
+                    // Records were removed behind meshroot's back. A server must not go on
+                    // appending to a damaged log; a reader still opens it, to verify and query.
+                    if !options.read_only {
+                        return Err(StoreError::Corrupt {
+                            key: format!(
+                                "records {}..{sequence} are missing (run `meshroot audit verify`)",
+                                last_sequence + 1
+                            ),
+                        });
+                    }
+                    tracing::warn!(
+                        from = last_sequence + 1,
+                        to = sequence - 1,
+                        "records are missing"
+                    );
+                    while last_sequence + 1 < sequence {
+                        last_sequence += 1;
+                        state.push(last_sequence, None, [0; 32]);
+                    }
+                }
+                let leaf = entry.leaf().ok_or(StoreError::Corrupt {
+                    key: format!("record {sequence}"),
+                })?;
+                let keys = match entry.record() {
+                    Some(record) => Some(IndexKeys::of(&record?)),
+                    None => None,
+                };
+                state.push(sequence, keys.as_ref(), leaf.leaf_hash());
+                last_sequence = sequence;
+                last_recorded_ms = leaf.recorded_at_ms;
+            }
         }
         if last_sequence == watermark && watermark > 0 {
             // Everything is in runs: the newest record tells the time.
