@@ -28,23 +28,23 @@ use crate::record::{
 pub struct RequestId(String);
 
 impl RequestId {
-    pub fn generate(rng: &SystemRandom) -> Self {
-        let mut bytes = [0u8; 8];
-        // SystemRandom only fails if the OS has no randomness; a time-based id is still unique
-        // enough to correlate logs.
-        if rng.fill(&mut bytes).is_err() {
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or_default();
-            bytes = nanos.to_be_bytes();
-        }
-        Self(hex(&bytes))
+    /// Ids from a sequence: a random 64-bit start, then +1 per id. Unique within a process
+    /// and, with a random start, across restarts; no system call per request.
+    fn next_in(sequence: &std::sync::atomic::AtomicU64) -> Self {
+        let value = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(format!("{value:016x}"))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+fn time_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
 }
 
 impl fmt::Display for RequestId {
@@ -147,7 +147,10 @@ pub struct CertificateAuthority {
     impersonation: NodeAuthorizer,
     records: Arc<dyn RecordSink>,
     clock: Arc<dyn Clock>,
-    rng: SystemRandom,
+    /// The next request id.
+    request_ids: std::sync::atomic::AtomicU64,
+    /// Slow (RSA) signatures in progress at once: at most one per core, on blocking threads.
+    slow_signing: tokio::sync::Semaphore,
 }
 
 impl CertificateAuthority {
@@ -166,6 +169,15 @@ impl CertificateAuthority {
             .into_iter()
             .map(|mesh| (mesh.policy.mesh.clone(), mesh))
             .collect();
+        // SystemRandom only fails if the OS has no randomness; a time-based start still keeps
+        // ids apart across restarts.
+        let mut start = [0u8; 8];
+        if SystemRandom::new().fill(&mut start).is_err() {
+            start = time_seed().to_be_bytes();
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         Self {
             meshes,
             primary_mesh,
@@ -173,12 +185,13 @@ impl CertificateAuthority {
             impersonation,
             records,
             clock,
-            rng: SystemRandom::new(),
+            request_ids: std::sync::atomic::AtomicU64::new(u64::from_be_bytes(start)),
+            slow_signing: tokio::sync::Semaphore::new(cores),
         }
     }
 
     pub fn new_request_id(&self) -> RequestId {
-        RequestId::generate(&self.rng)
+        RequestId::next_in(&self.request_ids)
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -352,12 +365,27 @@ impl CertificateAuthority {
         request_id: &RequestId,
         grant: &Grant,
         csr: &CertificateRequest,
-        authority: &MeshAuthority,
+        authority: &Arc<MeshAuthority>,
         request: &SigningRequest,
         context: &RecordContext,
         now: SystemTime,
     ) -> Result<Issued, IssueError> {
-        let issued: IssuedCertificate = authority.issue_workload(grant, &csr.public_key, now)?;
+        let issued: IssuedCertificate = if authority.signs_slowly() {
+            // Milliseconds of RSA: on a blocking thread, one per core at a time, so async
+            // workers keep serving handshakes and other requests meanwhile.
+            let _permit = self
+                .slow_signing
+                .acquire()
+                .await
+                .map_err(|_| SigningError::Interrupted)?;
+            let (authority, grant, public_key) =
+                (authority.clone(), grant.clone(), csr.public_key.clone());
+            tokio::task::spawn_blocking(move || authority.issue_workload(&grant, &public_key, now))
+                .await
+                .map_err(|_| SigningError::Interrupted)??
+        } else {
+            authority.issue_workload(grant, &csr.public_key, now)?
+        };
         let record = Record::new(
             request_id.to_string(),
             now,

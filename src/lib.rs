@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod identity;
 pub mod keys;
 pub mod kubernetes;
+pub mod loadgen;
 pub mod merkle;
 pub mod policy;
 pub mod record;

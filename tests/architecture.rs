@@ -7,6 +7,7 @@ const EDGE: &[&str] = &[
     "grpc/",
     "server.rs",
     "client.rs",
+    "loadgen.rs",
     "cli/",
     "lib.rs",
     "main.rs",

@@ -399,13 +399,19 @@ impl IndexKeys {
                 Summary { validity: None }
             }
         };
+        let issued_id = match &record.outcome {
+            Outcome::Issued(issued) => issued.spiffe_id.as_str(),
+            Outcome::Denied(_) => "",
+        };
         for identity in identities {
             push(IndexKind::SpiffeId, identity.as_bytes());
             for prefix in boundary_prefixes(identity) {
                 push(IndexKind::SpiffePrefix, prefix.as_bytes());
             }
-            // The parts of an Istio identity (for an issued one they are the same as the
-            // record's; for an alias request or a denial they come from the requested ID).
+            if identity == issued_id {
+                continue; // its parts are the record's own fields, pushed above
+            }
+            // The parts of an alias request's or a denial's identity.
             if let Ok(id) = SpiffeId::parse(identity) {
                 push(
                     IndexKind::TrustDomain,

@@ -228,7 +228,22 @@ pub struct TrustedIssuer {
 pub struct JwtAuthenticator {
     issuers: HashMap<String, TrustedIssuer>,
     clock: Arc<dyn Clock>,
+    /// Tokens whose signature and claims were verified, by SHA-256 of the token (never the
+    /// token itself): a renewing proxy presents the same token many times, and its signature
+    /// check is the costliest step of a request. Only the time claims are checked again.
+    verified: std::sync::Mutex<HashMap<[u8; 32], VerifiedToken>>,
 }
+
+/// A verified token's caller and validity window.
+#[derive(Clone)]
+struct VerifiedToken {
+    caller: Caller,
+    expires: i64,
+    not_before: Option<i64>,
+}
+
+/// Verified tokens remembered at most; beyond it, expired ones are dropped, then all.
+const VERIFIED_CACHE_LIMIT: usize = 100_000;
 
 impl JwtAuthenticator {
     /// `issuers` must have distinct `issuer` names (the config layer guarantees it).
@@ -237,11 +252,54 @@ impl JwtAuthenticator {
             .into_iter()
             .map(|issuer| (issuer.issuer.clone(), issuer))
             .collect();
-        Self { issuers, clock }
+        Self {
+            issuers,
+            clock,
+            verified: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Verifies one token and returns the caller it proves.
+    /// Verifies one token and returns the caller it proves (from the cache of verified tokens
+    /// when the same token was verified before and is still within its validity window).
     pub fn verify(&self, token: &str) -> Result<Caller, AuthnError> {
+        let key = crate::csr::sha256(token.as_bytes());
+        let now = unix_seconds(self.clock.now());
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(entry) = cached {
+            check_time(now, entry.expires, entry.not_before)?;
+            return Ok(entry.caller);
+        }
+        let (caller, expires, not_before) = self.verify_uncached(token, now)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_CACHE_LIMIT {
+            let leeway = LEEWAY.as_secs() as i64;
+            verified.retain(|_, entry| now <= entry.expires.saturating_add(leeway));
+            if verified.len() >= VERIFIED_CACHE_LIMIT {
+                verified.clear();
+            }
+        }
+        verified.insert(
+            key,
+            VerifiedToken {
+                caller: caller.clone(),
+                expires,
+                not_before,
+            },
+        );
+        Ok(caller)
+    }
+
+    /// Verifies one token from scratch: signature, then claims.
+    fn verify_uncached(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(Caller, i64, Option<i64>), AuthnError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthnError::TokenMalformed("longer than 16 KiB"));
         }
@@ -281,18 +339,8 @@ impl JwtAuthenticator {
             return Err(AuthnError::TokenSignatureInvalid);
         }
 
-        let now = unix_seconds(self.clock.now());
-        let leeway = LEEWAY.as_secs() as i64;
         let exp = claims.exp.ok_or(AuthnError::TokenMissingExpiry)?;
-        if now > exp.saturating_add(leeway) {
-            return Err(AuthnError::TokenExpired);
-        }
-        if claims
-            .nbf
-            .is_some_and(|nbf| now.saturating_add(leeway) < nbf)
-        {
-            return Err(AuthnError::TokenNotYetValid);
-        }
+        check_time(now, exp, claims.nbf)?;
         if !claims
             .aud
             .iter()
@@ -317,7 +365,7 @@ impl JwtAuthenticator {
         }
         let identity = SpiffeId::new(issuer.trust_domain.clone(), namespace, service_account)
             .map_err(|_| AuthnError::TokenSubjectInvalid)?;
-        Ok(Caller {
+        let caller = Caller {
             authenticator: AuthenticatorKind::Jwt,
             mesh: issuer.mesh.clone(),
             identity,
@@ -325,8 +373,21 @@ impl JwtAuthenticator {
             subject: claims.sub.clone(),
             cluster: String::new(),
             pod: None,
-        })
+        };
+        Ok((caller, exp, claims.nbf))
     }
+}
+
+/// `exp` and `nbf` against now, with [`LEEWAY`] for clock skew.
+fn check_time(now: i64, exp: i64, nbf: Option<i64>) -> Result<(), AuthnError> {
+    let leeway = LEEWAY.as_secs() as i64;
+    if now > exp.saturating_add(leeway) {
+        return Err(AuthnError::TokenExpired);
+    }
+    if nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+        return Err(AuthnError::TokenNotYetValid);
+    }
+    Ok(())
 }
 
 impl Authenticator for JwtAuthenticator {
@@ -556,6 +617,11 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn setup() -> (DevTokenSigner, JwtAuthenticator) {
+        let (signer, authenticator, _) = setup_with_clock();
+        (signer, authenticator)
+    }
+
+    fn setup_with_clock() -> (DevTokenSigner, JwtAuthenticator, ManualClock) {
         let (signer, _) = DevTokenSigner::generate().unwrap();
         let keys = parse_jwks(&signer.jwks_json(), "test").unwrap();
         let issuer = TrustedIssuer {
@@ -566,7 +632,8 @@ mod tests {
             keys,
         };
         let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(NOW as u64));
-        (signer, JwtAuthenticator::new(vec![issuer], Arc::new(clock)))
+        let authenticator = JwtAuthenticator::new(vec![issuer], Arc::new(clock.clone()));
+        (signer, authenticator, clock)
     }
 
     fn token(signer: &DevTokenSigner, issued_at: i64, audience: &str) -> String {
@@ -614,6 +681,28 @@ mod tests {
             authenticator.verify(&token(&signer, NOW + 61, "istio-ca")),
             Err(AuthnError::TokenNotYetValid)
         );
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_tampering_is_not_remembered() {
+        let (signer, authenticator, clock) = setup_with_clock();
+        let good = token(&signer, NOW, "istio-ca");
+        let first = authenticator.verify(&good).unwrap();
+        // Served from the cache of verified tokens: the same caller.
+        assert_eq!(authenticator.verify(&good).unwrap(), first);
+        assert_eq!(authenticator.verified.lock().unwrap().len(), 1);
+        // A token differing in one signature byte is checked in full, and refused.
+        let mut tampered = good.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(
+            authenticator.verify(std::str::from_utf8(&tampered).unwrap()),
+            Err(AuthnError::TokenSignatureInvalid)
+        );
+        assert_eq!(authenticator.verified.lock().unwrap().len(), 1);
+        // Past exp (and the leeway), the remembered token is refused like any other.
+        clock.advance(Duration::from_secs(3600 + 61));
+        assert_eq!(authenticator.verify(&good), Err(AuthnError::TokenExpired));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `meshroot` command line: `serve`, `init`, `token`, `request`, `audit …`.
 
 mod audit;
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ pub enum Command {
     /// Query, follow, export, verify and prove the issuance log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Load-test the Istio CSR API (starts its own server unless --addr is given).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +198,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token(args) => token(args),
         Command::Request(args) => request(args).await,
         Command::Audit(command) => audit::run(command).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

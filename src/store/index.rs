@@ -97,7 +97,9 @@ pub struct TailSegment {
     pub first: u64,
     /// Records added so far (sequence numbers `first .. first + len`).
     pub len: u64,
-    pub entries: BTreeMap<(IndexKind, Vec<u8>), Vec<Entry>>,
+    /// `kind ‖ value` → entries (byte keys: an existing value is found without allocating,
+    /// and the order is that of `(kind, value)`).
+    pub entries: BTreeMap<Vec<u8>, Vec<Entry>>,
     pub leaves: Vec<Hash>,
 }
 
@@ -116,11 +118,18 @@ impl TailSegment {
     fn push(&mut self, sequence: u64, keys: Option<&IndexKeys>, leaf: Hash) {
         debug_assert_eq!(sequence, self.first + self.len);
         if let Some(keys) = keys {
+            let mut key = Vec::with_capacity(64);
             for (kind, value) in &keys.entries {
-                self.entries
-                    .entry((*kind, value.clone()))
-                    .or_default()
-                    .push((sequence, keys.summary));
+                key.clear();
+                key.push(kind.code());
+                key.extend_from_slice(value);
+                match self.entries.get_mut(key.as_slice()) {
+                    Some(list) => list.push((sequence, keys.summary)),
+                    None => {
+                        self.entries
+                            .insert(key.clone(), vec![(sequence, keys.summary)]);
+                    }
+                }
             }
         }
         self.leaves.push(leaf);
@@ -193,18 +202,19 @@ impl IndexState {
             match selector {
                 ValueSelector::Values(values) => {
                     for value in values {
-                        if let Some(entries) = segment.entries.get(&(kind, value.clone())) {
+                        let key = [&[kind.code()], value.as_slice()].concat();
+                        if let Some(entries) = segment.entries.get(key.as_slice()) {
                             out.extend_from_slice(entries);
                         }
                     }
                 }
                 ValueSelector::Prefix(prefix) => {
-                    let start = (kind, prefix.clone());
-                    for ((k, value), entries) in segment
+                    let start = [&[kind.code()], prefix.as_slice()].concat();
+                    for (key, entries) in segment
                         .entries
-                        .range((Bound::Included(start), Bound::Unbounded))
+                        .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Unbounded))
                     {
-                        if *k != kind || !value.starts_with(prefix) {
+                        if !key.starts_with(&start) {
                             break;
                         }
                         out.extend_from_slice(entries);
@@ -220,10 +230,14 @@ impl IndexState {
     /// The tail's `NotAfter` entries with keys in `[lo, hi)`, in `(NotAfter, sequence)` order.
     fn tail_expiry(&self, lo: &[u8; 8], hi: &[u8; 8]) -> Vec<(Vec<u8>, Entry)> {
         let mut out = Vec::new();
+        let kind = IndexKind::NotAfter.code();
+        let (start, end) = ([&[kind], &lo[..]].concat(), [&[kind], &hi[..]].concat());
         for segment in self.frozen.iter().map(Arc::as_ref).chain([&self.active]) {
-            let start = (IndexKind::NotAfter, lo.to_vec());
-            let end = (IndexKind::NotAfter, hi.to_vec());
-            for ((_, value), entries) in segment.entries.range(start..end) {
+            for (key, entries) in segment.entries.range::<[u8], _>((
+                Bound::Included(start.as_slice()),
+                Bound::Excluded(end.as_slice()),
+            )) {
+                let value = key[1..].to_vec();
                 out.extend(entries.iter().map(|entry| (value.clone(), *entry)));
             }
         }
@@ -877,16 +891,22 @@ pub fn write_run(index: &sled::Tree, id: RunId, segment: &TailSegment) -> Result
     let mut entries = 0u64;
     let (mut outcomes, mut meshes) = (Vec::new(), Vec::new());
     let mut current: Option<(IndexKind, PageWriter)> = None;
-    for ((kind, value), list) in &segment.entries {
-        if current.as_ref().is_none_or(|(k, _)| k != kind) {
+    for (key, list) in &segment.entries {
+        let Some((kind, value)) = key
+            .split_first()
+            .and_then(|(code, value)| Some((IndexKind::from_code(*code)?, value)))
+        else {
+            continue;
+        };
+        if current.as_ref().is_none_or(|(k, _)| *k != kind) {
             if let Some((k, mut writer)) = current.take() {
                 flush_pages(index, id, k, &mut writer)?;
             }
-            current = Some((*kind, PageWriter::default()));
+            current = Some((kind, PageWriter::default()));
         }
         match kind {
-            IndexKind::Outcome => outcomes.push(value.clone()),
-            IndexKind::Mesh => meshes.push(value.clone()),
+            IndexKind::Outcome => outcomes.push(value.to_vec()),
+            IndexKind::Mesh => meshes.push(value.to_vec()),
             _ => {}
         }
         if let Some((kind, writer)) = current.as_mut() {

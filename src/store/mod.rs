@@ -51,6 +51,8 @@ use tiles::TreeView;
 
 /// Records per index segment (and per tier-0 run).
 pub const SEGMENT_RECORDS: u64 = 16_384;
+/// Flushes start at most this often (group commit).
+const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 /// Pages with at least this many records are read on two threads.
 const PARALLEL_FETCH: usize = 32;
 /// The store layout this code reads and writes.
@@ -805,9 +807,23 @@ impl Inner {
     /// thread rather than a tokio task: a busy runtime must not delay durability (and sled's
     /// `flush_async` was seen to hang on a one-worker runtime).
     fn run_flusher(&self) {
+        let mut last_start: Option<std::time::Instant> = None;
         while self.commit.wait_for_work() {
-            let flush = self.commit.flushes.fetch_add(1, Ordering::SeqCst);
+            // At most one flush per COMMIT_INTERVAL: under load the appends of the interval
+            // gather into one flush (sled's flush costs CPU beyond the fsync itself), and a
+            // lone request waits at most the remainder of an interval.
+            if let Some(last) = last_start {
+                let since = last.elapsed();
+                if since < COMMIT_INTERVAL {
+                    std::thread::sleep(COMMIT_INTERVAL - since);
+                }
+            }
             let covered = self.written.load(Ordering::SeqCst);
+            if covered <= self.commit.durable.borrow().through {
+                continue; // appended and covered while this flush waited
+            }
+            last_start = Some(std::time::Instant::now());
+            let flush = self.commit.flushes.fetch_add(1, Ordering::SeqCst);
             let result = self.db.flush();
             self.commit.durable.send_modify(|state| match result {
                 Ok(_) => {

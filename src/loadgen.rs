@@ -1,0 +1,355 @@
+//! The load generator behind `meshroot bench`: istio-agent-shaped requests from many concurrent
+//! streams, on warm connections or a new TLS connection per request (a restart storm), with
+//! latency percentiles, errors by gRPC code, the server's CPU time and memory (read from
+//! `/proc`), and the machine's raw single-core crypto rates for scale.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::{self, AgentMetadata, Target};
+
+/// How clients connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionMode {
+    /// One long-lived HTTP/2 connection per stream (steady renewals).
+    Warm,
+    /// A new TLS connection for every request (every proxy starting at once).
+    NewConnection,
+}
+
+/// One request, made before the clock starts.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub csr_pem: String,
+    pub token: String,
+}
+
+/// What a run measures.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub streams: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub mode: ConnectionMode,
+    /// The server's process id, for its CPU time and memory.
+    pub server_pid: Option<u32>,
+}
+
+/// Resource use of a process over the measured window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessUsage {
+    pub cpu_seconds: f64,
+    /// The highest resident set size the process reached (VmHWM), in MiB.
+    pub peak_rss_mib: f64,
+    /// Resident set size at the start and at the end of the measured window, in MiB.
+    pub rss_start_mib: f64,
+    pub rss_end_mib: f64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub streams: usize,
+    pub mode: ConnectionMode,
+    pub seconds: f64,
+    pub issued: u64,
+    pub per_second: f64,
+    pub latency_ms: Percentiles,
+    /// Failed calls by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    pub server: Option<ProcessUsage>,
+    pub client: ProcessUsage,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(mut micros: Vec<u64>) -> Self {
+        micros.sort_unstable();
+        let at = |p: f64| {
+            if micros.is_empty() {
+                return 0.0;
+            }
+            let index = ((micros.len() as f64 - 1.0) * p).round() as usize;
+            micros[index] as f64 / 1000.0
+        };
+        Self {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p99_9: at(0.999),
+            max: at(1.0),
+        }
+    }
+}
+
+/// Drives `requests` (round-robin over the streams) against `target`.
+pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -> LoadReport {
+    let requests: Arc<Vec<Request>> = Arc::new(requests.to_vec());
+    let started = Instant::now();
+    let measure_from = started + options.warmup;
+    let end = measure_from + options.duration;
+    let sampler = {
+        let pid = options.server_pid;
+        tokio::spawn(async move {
+            // RSS when measuring starts and CPU time then (the warm-up excluded).
+            tokio::time::sleep_until(measure_from.into()).await;
+            (
+                pid.and_then(|pid| read_usage(&format!("/proc/{pid}"))),
+                read_usage("/proc/self"),
+            )
+        })
+    };
+    let streams = options.streams;
+    let mut tasks = Vec::with_capacity(streams);
+    for stream in 0..streams {
+        let (target, requests, mode) = (target.clone(), requests.clone(), options.mode);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            let mut warm: Option<tonic::transport::Channel> = None;
+            let mut round = 0usize;
+            while Instant::now() < end {
+                // Stream s sends requests s, s + streams, s + 2·streams, …
+                let request = &requests[(stream + round * streams) % requests.len()];
+                round += 1;
+                let begun = Instant::now();
+                let channel = match (&warm, mode) {
+                    (Some(channel), ConnectionMode::Warm) => Ok(channel.clone()),
+                    _ => client::connect(&target).await,
+                };
+                let result = match channel {
+                    Ok(channel) => {
+                        if mode == ConnectionMode::Warm {
+                            warm = Some(channel.clone());
+                        }
+                        client::create_certificate(
+                            channel,
+                            request.csr_pem.clone(),
+                            86_400,
+                            &AgentMetadata {
+                                token: Some(request.token.clone()),
+                                cluster_id: "Kubernetes".into(),
+                            },
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|status| format!("{:?}", status.code()))
+                    }
+                    Err(error) => Err(format!("connect: {error}")),
+                };
+                if begun < measure_from {
+                    continue;
+                }
+                match result {
+                    Ok(()) => latencies.push(begun.elapsed().as_micros() as u64),
+                    Err(code) => {
+                        *errors.entry(code).or_default() += 1;
+                        // A refused connection must not spin.
+                        if warm.is_none() {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for task in tasks {
+        if let Ok((mine, failed)) = task.await {
+            latencies.extend(mine);
+            for (code, count) in failed {
+                *errors.entry(code).or_default() += count;
+            }
+        }
+    }
+    let finished = Instant::now();
+    let (server_before, client_before) = sampler.await.unwrap_or((None, None));
+    let seconds = finished
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(1e-9);
+    let issued = latencies.len() as u64;
+    let usage = |before: Option<Sample>, path: &str| {
+        let after = read_usage(path)?;
+        let before = before?;
+        Some(ProcessUsage {
+            cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+            peak_rss_mib: after.peak_rss_mib,
+            rss_start_mib: before.rss_mib,
+            rss_end_mib: after.rss_mib,
+        })
+    };
+    LoadReport {
+        streams: options.streams,
+        mode: options.mode,
+        seconds,
+        issued,
+        per_second: issued as f64 / seconds,
+        latency_ms: Percentiles::of(latencies),
+        errors,
+        server: options
+            .server_pid
+            .and_then(|pid| usage(server_before, &format!("/proc/{pid}"))),
+        client: usage(client_before, "/proc/self").unwrap_or_default(),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    cpu_seconds: f64,
+    rss_mib: f64,
+    peak_rss_mib: f64,
+}
+
+/// CPU time (user + system) and memory of a process, from `/proc/<pid>/{stat,status}`.
+fn read_usage(process: &str) -> Option<Sample> {
+    let stat = std::fs::read_to_string(format!("{process}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5): 12th and 13th after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("{process}/status")).ok()?;
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    Some(Sample {
+        // USER_HZ, the unit of /proc times, is 100 on Linux.
+        cpu_seconds: ticks / 100.0,
+        rss_mib: kib("VmRSS:")? / 1024.0,
+        peak_rss_mib: kib("VmHWM:")? / 1024.0,
+    })
+}
+
+/// Single-core rates of the signature operations an issuance needs, measured with ring on this
+/// machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct CryptoRates {
+    pub cores: usize,
+    /// Microseconds per operation.
+    pub rsa2048_verify_us: f64,
+    pub p256_verify_us: f64,
+    pub p256_sign_us: f64,
+    pub rsa2048_sign_us: f64,
+    pub rsa4096_sign_us: f64,
+}
+
+impl CryptoRates {
+    /// Measures each operation for about `budget`.
+    pub fn measure(budget: Duration) -> Result<Self, String> {
+        use ring::rand::SystemRandom;
+        use ring::signature::{self, KeyPair as _};
+        let rng = SystemRandom::new();
+        let message = [7u8; 256];
+        let time = |mut operation: Box<dyn FnMut() -> bool + '_>| {
+            let started = Instant::now();
+            let mut count = 0u64;
+            while started.elapsed() < budget || count < 3 {
+                if !operation() {
+                    return f64::NAN;
+                }
+                count += 1;
+            }
+            started.elapsed().as_secs_f64() * 1e6 / count as f64
+        };
+        let p256 = {
+            let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
+                &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                &rng,
+            )
+            .map_err(|_| "P-256 key generation failed")?;
+            signature::EcdsaKeyPair::from_pkcs8(
+                &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                pkcs8.as_ref(),
+                &rng,
+            )
+            .map_err(|_| "P-256 key")?
+        };
+        let p256_sig = p256
+            .sign(&rng, &message)
+            .map_err(|_| "P-256 signing failed")?;
+        let p256_public = signature::UnparsedPublicKey::new(
+            &signature::ECDSA_P256_SHA256_ASN1,
+            p256.public_key().as_ref().to_vec(),
+        );
+        let rsa_key = |key_type: crate::keys::KeyType| -> Result<signature::RsaKeyPair, String> {
+            let key = key_type.generate().map_err(|e| e.to_string())?;
+            signature::RsaKeyPair::from_pkcs8(&key.serialize_der()).map_err(|e| e.to_string())
+        };
+        let rsa2048 = rsa_key(crate::keys::KeyType::Rsa2048)?;
+        let rsa4096 = rsa_key(crate::keys::KeyType::Rsa4096)?;
+        let mut rsa_sig = vec![0u8; rsa2048.public().modulus_len()];
+        rsa2048
+            .sign(&signature::RSA_PKCS1_SHA256, &rng, &message, &mut rsa_sig)
+            .map_err(|_| "RSA signing failed")?;
+        let rsa_public = signature::UnparsedPublicKey::new(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            rsa2048.public().as_ref().to_vec(),
+        );
+        let mut scratch2048 = vec![0u8; rsa2048.public().modulus_len()];
+        let mut scratch4096 = vec![0u8; rsa4096.public().modulus_len()];
+        Ok(Self {
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            rsa2048_verify_us: time(Box::new(|| rsa_public.verify(&message, &rsa_sig).is_ok())),
+            p256_verify_us: time(Box::new(|| {
+                p256_public.verify(&message, p256_sig.as_ref()).is_ok()
+            })),
+            p256_sign_us: time(Box::new(|| p256.sign(&rng, &message).is_ok())),
+            rsa2048_sign_us: time(Box::new(|| {
+                rsa2048
+                    .sign(
+                        &signature::RSA_PKCS1_SHA256,
+                        &rng,
+                        &message,
+                        &mut scratch2048,
+                    )
+                    .is_ok()
+            })),
+            rsa4096_sign_us: time(Box::new(|| {
+                rsa4096
+                    .sign(
+                        &signature::RSA_PKCS1_SHA256,
+                        &rng,
+                        &message,
+                        &mut scratch4096,
+                    )
+                    .is_ok()
+            })),
+        })
+    }
+
+    /// Issuances per second the machine's cores allow for the unavoidable crypto of one
+    /// issuance: checking the CSR's signature and signing the leaf.
+    pub fn ceiling(&self, csr_rsa: bool, intermediate: crate::keys::KeyType) -> f64 {
+        let verify = if csr_rsa {
+            self.rsa2048_verify_us
+        } else {
+            self.p256_verify_us
+        };
+        let sign = match intermediate {
+            crate::keys::KeyType::EcdsaP256 => self.p256_sign_us,
+            crate::keys::KeyType::Rsa2048 => self.rsa2048_sign_us,
+            crate::keys::KeyType::Rsa4096 => self.rsa4096_sign_us,
+        };
+        self.cores as f64 * 1e6 / (verify + sign)
+    }
+}
