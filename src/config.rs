@@ -30,6 +30,9 @@ pub const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 32;
 pub const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15014";
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
+pub const DEFAULT_STORE_CACHE_MIB: u64 = 64;
 pub const DEFAULT_AUDIT_KEY_NAME: &str = "meshroot-audit";
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -50,6 +53,12 @@ pub struct Config {
     pub serving_certificate_ttl: Duration,
     /// The sled directory for issuance records.
     pub store: PathBuf,
+    /// Memory for sled's page cache (MiB): more makes audit queries on large logs faster.
+    pub store_cache_mib: u64,
+    /// CSR requests handled at once; more are answered RESOURCE_EXHAUSTED (clients retry).
+    pub max_concurrent_requests: usize,
+    /// TLS handshakes in progress at once; further connections wait to be accepted.
+    pub max_concurrent_handshakes: usize,
     /// The order in which authenticators are tried; the first success wins.
     pub authenticators: Vec<AuthenticatorKind>,
     /// How long pod lookups for impersonation are reused.
@@ -174,6 +183,9 @@ struct RawConfig {
     dns_names: Option<Vec<String>>,
     serving_certificate_ttl: Option<String>,
     store: Option<String>,
+    store_cache_mib: Option<u64>,
+    max_concurrent_requests: Option<usize>,
+    max_concurrent_handshakes: Option<usize>,
     authenticators: Option<Vec<String>>,
     pod_cache_ttl: Option<String>,
     #[serde(default)]
@@ -333,6 +345,27 @@ impl Config {
             None => base.join("store"),
         };
 
+        let mut at_least_one = |key: &str, value: Option<usize>, default: usize| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                problem(key.into(), "must be at least 1".into());
+            }
+            value
+        };
+        let max_concurrent_requests = at_least_one(
+            "max_concurrent_requests",
+            raw.max_concurrent_requests,
+            DEFAULT_MAX_CONCURRENT_REQUESTS,
+        );
+        let max_concurrent_handshakes = at_least_one(
+            "max_concurrent_handshakes",
+            raw.max_concurrent_handshakes,
+            DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+        );
+        let store_cache_mib = raw.store_cache_mib.unwrap_or(DEFAULT_STORE_CACHE_MIB);
+        if store_cache_mib < 8 {
+            problem("store_cache_mib".into(), "must be at least 8".into());
+        }
         let authenticators = match raw.authenticators {
             None => AuthenticatorKind::ALL.to_vec(),
             Some(names) => {
@@ -704,6 +737,9 @@ impl Config {
             dns_names,
             serving_certificate_ttl,
             store,
+            store_cache_mib,
+            max_concurrent_requests,
+            max_concurrent_handshakes,
             authenticators,
             pod_cache_ttl,
             meshes,

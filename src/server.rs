@@ -269,6 +269,7 @@ pub async fn start_with_clock(
         &config.store,
         crate::store::StoreOptions {
             segment_records: config.audit.index_segment_records,
+            cache_bytes: config.store_cache_mib << 20,
             ..crate::store::StoreOptions::default()
         },
     )?;
@@ -451,6 +452,9 @@ async fn start_serving(
         listener,
         acceptor,
         connections,
+        Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_handshakes,
+        )),
         shutdown_rx.clone(),
     ));
     tokio::spawn(renewal_loop(
@@ -491,7 +495,7 @@ async fn start_serving(
     ));
 
     let mut stop = shutdown_rx.clone();
-    let service = CsrService::new(current.clone());
+    let service = CsrService::new(current.clone(), config.max_concurrent_requests);
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
@@ -687,6 +691,9 @@ async fn start_admin(
             listener,
             TlsAcceptor::from(Arc::new(tls)),
             connections,
+            Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_handshakes,
+            )),
             shutdown,
         ));
         tokio::spawn(async move {
@@ -705,9 +712,19 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     connections: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
+    handshakes: Arc<tokio::sync::Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        // A bounded number of handshakes at once: beyond it, connections wait in the kernel's
+        // accept queue instead of each costing a task and a handshake's CPU.
+        let permit = tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            permit = handshakes.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|stopped| *stopped) => return,
             accepted = listener.accept() => accepted,
@@ -725,6 +742,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let connections = connections.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let _ = connections.send(Ok(stream)).await;

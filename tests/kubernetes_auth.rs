@@ -496,3 +496,40 @@ async fn refuses_impersonation_when_no_node_account_is_trusted() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn beyond_max_concurrent_requests_the_answer_is_a_retryable_resource_exhausted() {
+    let west = FakeApiServer::start().await;
+    west.add_token("t", TokenIdentity::service_account("shop", "cart", None));
+    let ca = ca_with_clusters(&west, None, "");
+    ca.edit_config(|text| format!("max_concurrent_requests = 1\n{text}"));
+    let server = Arc::new(ca.start().await);
+    let id = spiffe_id("shop", "cart");
+    // The first request waits on a slow API server, holding the only slot.
+    *west.state.delay.lock().unwrap() = Some(Duration::from_millis(1500));
+    let first = {
+        let (server, id) = (server.clone(), id.clone());
+        tokio::spawn(async move { request(&server, &id, "t", "west").await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while west.arrivals() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first request reached the API server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let records_before = server.records().len();
+    let refused = request(&server, &id, "t", "west").await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(
+        server.records().len(),
+        records_before,
+        "an overload refusal decides nothing and is not recorded"
+    );
+    // The first one is unaffected, and the slot is free again afterwards.
+    first.await.unwrap().unwrap();
+    *west.state.delay.lock().unwrap() = None;
+    request(&server, &id, "t", "west").await.unwrap();
+    Arc::try_unwrap(server).ok().unwrap().stop().await;
+}

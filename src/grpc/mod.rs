@@ -29,11 +29,21 @@ pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 /// Istio's CSR service backed by the certificate authority in force.
 pub struct CsrService {
     current: Arc<CurrentAuthority>,
+    /// Requests in progress, bounded: beyond the limit the answer is RESOURCE_EXHAUSTED at
+    /// once, which istio-agent retries with backoff, instead of a queue that grows until every
+    /// request times out.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl CsrService {
-    pub fn new(current: Arc<CurrentAuthority>) -> IstioCertificateServiceServer<Self> {
-        IstioCertificateServiceServer::new(Self { current })
+    pub fn new(
+        current: Arc<CurrentAuthority>,
+        max_concurrent_requests: usize,
+    ) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(Self {
+            current,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_concurrent_requests)),
+        })
     }
 }
 
@@ -43,6 +53,10 @@ impl IstioCertificateService for CsrService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            tracing::debug!("overloaded: request refused with RESOURCE_EXHAUSTED");
+            return Err(overloaded());
+        };
         let ca = self.current.get();
         let request_id = ca.new_request_id();
         let auth = auth_request(&request);
@@ -141,6 +155,12 @@ pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
         status.metadata_mut().insert(REQUEST_ID_HEADER, value);
     }
     status
+}
+
+/// The answer when too many requests are in progress: retryable (istio-agent retries
+/// RESOURCE_EXHAUSTED with backoff) and not recorded, since nothing was decided.
+pub fn overloaded() -> Status {
+    Status::new(Code::ResourceExhausted, "overloaded; retry")
 }
 
 /// The gRPC status for a failed audit request. A caller's own mistake (a bad filter or page

@@ -75,6 +75,8 @@ pub struct StoreOptions {
     /// the last handle in this process is dropped); another process holding it is reported
     /// as [`StoreError::Locked`] after this.
     pub lock_wait: Duration,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -83,6 +85,7 @@ impl Default for StoreOptions {
             segment_records: SEGMENT_RECORDS,
             read_only: false,
             lock_wait: Duration::from_secs(2),
+            cache_bytes: 1 << 30,
         }
     }
 }
@@ -544,7 +547,7 @@ impl Inner {
                 )),
             });
         }
-        let db = open_db(path, options.lock_wait).map_err(open_error)?;
+        let db = open_db(path, options.lock_wait, options.cache_bytes).map_err(open_error)?;
         let tree = |name: &str| db.open_tree(name).map_err(open_error);
         let (records, index, tiles, pruned, checkpoints, meta) = (
             tree("records")?,
@@ -808,20 +811,23 @@ impl Inner {
     /// `flush_async` was seen to hang on a one-worker runtime).
     fn run_flusher(&self) {
         let mut last_start: Option<std::time::Instant> = None;
+        let mut last_batch = 0u64;
         while self.commit.wait_for_work() {
-            // At most one flush per COMMIT_INTERVAL: under load the appends of the interval
-            // gather into one flush (sled's flush costs CPU beyond the fsync itself), and a
-            // lone request waits at most the remainder of an interval.
-            if let Some(last) = last_start {
+            // Under load (the previous flush served several appenders), at most one flush per
+            // COMMIT_INTERVAL: the appends of the interval gather into one flush, since sled's
+            // flush costs CPU beyond the fsync itself. A lone appender is flushed at once.
+            if let (Some(last), true) = (last_start, last_batch > 1) {
                 let since = last.elapsed();
                 if since < COMMIT_INTERVAL {
                     std::thread::sleep(COMMIT_INTERVAL - since);
                 }
             }
             let covered = self.written.load(Ordering::SeqCst);
-            if covered <= self.commit.durable.borrow().through {
+            let before = self.commit.durable.borrow().through;
+            if covered <= before {
                 continue; // appended and covered while this flush waited
             }
+            last_batch = covered - before;
             last_start = Some(std::time::Instant::now());
             let flush = self.commit.flushes.fetch_add(1, Ordering::SeqCst);
             let result = self.db.flush();
@@ -1256,11 +1262,12 @@ impl Inner {
 
 /// Opens sled, waiting briefly if the lock is still held by this process's previous handle
 /// (sled releases it from a background thread after the last handle is dropped).
-fn open_db(path: &Path, lock_wait: Duration) -> Result<sled::Db, sled::Error> {
+fn open_db(path: &Path, lock_wait: Duration, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + lock_wait;
     loop {
         let result = sled::Config::new()
             .path(path)
+            .cache_capacity(cache_bytes)
             // Durability comes from our own group commit; no background flush timer needed.
             .flush_every_ms(None)
             .open();

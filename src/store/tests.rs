@@ -594,7 +594,7 @@ async fn tampered(tamper: impl FnOnce(&sled::Tree)) -> crate::audit::verify::Ver
         store.checkpoint(&signer).await.unwrap();
     }
     {
-        let db = open_db(dir.path(), Duration::from_secs(2)).unwrap();
+        let db = open_db(dir.path(), Duration::from_secs(2), 1 << 26).unwrap();
         tamper(&db.open_tree("records").unwrap());
         db.flush().unwrap();
     }

@@ -92,6 +92,8 @@ pub struct State {
     pub down: std::sync::atomic::AtomicBool,
     /// Delay before answering.
     pub delay: Mutex<Option<Duration>>,
+    /// Calls received (counted on arrival, before any delay).
+    pub arrivals: AtomicU64,
     pub reviews: AtomicU64,
     pub pod_gets: AtomicU64,
     pub pod_lists: AtomicU64,
@@ -194,6 +196,11 @@ impl FakeApiServer {
         self.state.reviews.load(Ordering::SeqCst)
     }
 
+    /// Calls that have arrived (a delayed one counts at once).
+    pub fn arrivals(&self) -> u64 {
+        self.state.arrivals.load(Ordering::SeqCst)
+    }
+
     /// Writes a kubeconfig for this server (its CA, meshroot's bearer token) and returns its path.
     pub fn write_kubeconfig(&self, dir: &Path, name: &str) -> PathBuf {
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
@@ -224,6 +231,7 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>
 }
 
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    state.arrivals.fetch_add(1, Ordering::SeqCst);
     let delay = *state.delay.lock().unwrap();
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
