@@ -2,7 +2,8 @@
 //! audits, and committed to by an append-only Merkle tree.
 //!
 //! Trees of the sled database:
-//! - `records`: `r ‖ sequence (u64 BE)` → leaf header (see [`LeafData`]) ‖ protobuf record;
+//! - `records`: each record, leaf header (see [`LeafData`]) ‖ protobuf record: under its own
+//!   key while new, packed 16 to a key once indexed (see [`records`]);
 //! - `index`: runs of index pages (see [`index`] and [`codec`]);
 //! - `tiles`: the Merkle tree's hashes (see [`tiles`]);
 //! - `pruned`: `sequence` → leaf data of each record removed by retention;
@@ -19,6 +20,7 @@
 pub mod codec;
 pub mod index;
 pub mod pruned;
+pub mod records;
 pub mod retention;
 pub mod tiles;
 pub mod verify;
@@ -47,6 +49,7 @@ use crate::record::{
 use codec::RunId;
 use index::{IndexState, Plan, Run, Snapshot, TailSegment};
 use pruned::PrunedSet;
+use records::RecordFile;
 use tiles::TreeView;
 
 /// Records per index segment (and per tier-0 run).
@@ -58,11 +61,11 @@ const PARALLEL_FETCH: usize = 32;
 /// The store layout this code reads and writes.
 const LAYOUT: u32 = 2;
 
-const RECORD_PREFIX: u8 = b'r';
 const META_LAYOUT: &[u8] = b"layout";
 const META_WATERMARK: &[u8] = b"index-watermark";
 const META_RUN_PREFIX: &[u8] = b"run/";
 const META_PRUNED_PREFIX: &[u8] = b"pruned-bits/";
+const META_PACKED: &[u8] = b"packed-through";
 
 /// How a store is opened.
 #[derive(Debug, Clone)]
@@ -210,10 +213,9 @@ struct Writer {
 struct Inner {
     path: PathBuf,
     db: sled::Db,
-    records: sled::Tree,
+    records: RecordFile,
     index: sled::Tree,
     tiles: sled::Tree,
-    pruned: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
     read_only: bool,
@@ -479,7 +481,7 @@ impl SledStore {
         while merged {
             merged = self.inner.compact_once()?;
         }
-        Ok(())
+        self.inner.pack_indexed()
     }
 }
 
@@ -622,6 +624,16 @@ impl Inner {
             }
         }
 
+        let packed = match meta.get(META_PACKED).map_err(read_error)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(META_PACKED))?,
+            ),
+            None => 0,
+        };
+        let records = RecordFile::new(records, pruned, packed);
         let mut state = IndexState::new(runs, watermark, options.segment_records);
         // The records after the watermark: their index entries and leaves go back into the
         // tail; the last one tells the next sequence number and time.
@@ -631,13 +643,7 @@ impl Inner {
         loop {
             // A chunk at a time: after a long outage of the indexer the tail may be large.
             tail.clear();
-            tail.extend(entries_between(
-                &records,
-                &pruned,
-                last_sequence + 1,
-                u64::MAX,
-                8_192,
-            )?);
+            tail.extend(records.entries(last_sequence + 1, u64::MAX, 8_192)?);
             if tail.is_empty() {
                 break;
             }
@@ -678,10 +684,7 @@ impl Inner {
         }
         if last_sequence == watermark && watermark > 0 {
             // Everything is in runs: the newest record tells the time.
-            if let Some(entry) = entries_between(&records, &pruned, watermark, watermark, 1)?
-                .into_iter()
-                .next()
-            {
+            if let Some(entry) = records.entries(watermark, watermark, 1)?.into_iter().next() {
                 last_recorded_ms = entry.leaf().map(|l| l.recorded_at_ms).unwrap_or(i64::MIN);
             }
         }
@@ -705,7 +708,6 @@ impl Inner {
             records,
             index,
             tiles,
-            pruned,
             checkpoints,
             meta,
             read_only: options.read_only,
@@ -764,9 +766,7 @@ impl Inner {
         let mut stored = Vec::with_capacity(LEAF_HEADER_LEN + encoded.len());
         stored.extend_from_slice(&leaf.header());
         stored.extend_from_slice(&encoded);
-        self.records
-            .insert(record_key(sequence), stored)
-            .map_err(write_error)?;
+        self.records.insert(sequence, stored)?;
         writer.next_sequence += 1;
         writer.last_recorded_ms = recorded_ms;
         let leaf_hash = leaf.leaf_hash();
@@ -874,7 +874,7 @@ impl Inner {
                 while merged && !self.commit.closed.load(Ordering::SeqCst) {
                     merged = self.compact_once()?;
                 }
-                Ok(())
+                self.pack_indexed()
             });
             if let Err(error) = result {
                 tracing::error!(%error, "index maintenance failed; retrying");
@@ -932,6 +932,16 @@ impl Inner {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "index segment persisted"
         );
+        Ok(())
+    }
+
+    /// Packs the records the runs cover (durable and indexed) into blocks.
+    fn pack_indexed(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let watermark = self.read_state().watermark;
+        self.records.pack(watermark, &self.meta, META_PACKED)?;
         Ok(())
     }
 
@@ -1087,18 +1097,20 @@ impl Inner {
                 Some(Position::Sequence(next)) => next.max(lo),
                 _ => lo,
             };
-            for key in self
-                .records
-                .range(record_key(from)..=record_key(hi.max(from)))
-                .keys()
-            {
-                let key = key.map_err(read_error)?;
-                let Some(sequence) = sequence_of_record_key(&key) else {
-                    continue;
-                };
-                if sequence > hi || !visit(Position::Sequence(sequence)) {
+            let mut next = from;
+            'walk: while next <= hi {
+                let entries = self.records.entries(next, hi, 1024)?;
+                let Some(last) = entries.last().map(LogEntry::sequence) else {
                     break;
+                };
+                for entry in &entries {
+                    if let LogEntry::Record { sequence, .. } = entry {
+                        if !visit(Position::Sequence(*sequence)) {
+                            break 'walk;
+                        }
+                    }
                 }
+                next = last + 1;
             }
             return Ok(());
         }
@@ -1138,13 +1150,7 @@ impl Inner {
         let (mut lo, mut hi) = (1u64, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let at_or_after = match self
-                .records
-                .range(record_key(mid)..=record_key(last))
-                .next()
-                .transpose()
-                .map_err(read_error)?
-            {
+            let at_or_after = match self.records.first_record(mid, last)? {
                 Some((_, stored)) => leaf_of_stored(&stored)
                     .map(|leaf| leaf.recorded_at_ms >= millis)
                     .unwrap_or(true),
@@ -1161,14 +1167,14 @@ impl Inner {
     }
 
     fn get(&self, sequence: u64) -> Result<Option<Record>, StoreError> {
-        match self.records.get(record_key(sequence)).map_err(read_error)? {
+        match self.records.get(sequence)? {
             Some(stored) => decode_stored(sequence, &stored).map(Some),
             None => Ok(None),
         }
     }
 
     fn entries(&self, from: u64, to: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
-        entries_between(&self.records, &self.pruned, from, to, limit)
+        self.records.entries(from, to, limit)
     }
 
     /// The tree as of `size` records (at most the records appended).
@@ -1231,15 +1237,11 @@ impl Inner {
         let pruned = self.pruned_set().len();
         let oldest = self
             .records
-            .first()
-            .map_err(read_error)?
-            .and_then(|(key, stored)| {
-                Some((sequence_of_record_key(&key)?, leaf_of_stored(&stored)?))
-            });
+            .first_record(1, appended)?
+            .and_then(|(sequence, stored)| Some((sequence, leaf_of_stored(&stored)?)));
         let newest = self
             .records
-            .last()
-            .map_err(read_error)?
+            .last_record(appended)?
             .and_then(|(_, stored)| leaf_of_stored(&stored));
         let state = self.read_state();
         let latest = self.checkpoints.last().map_err(read_error)?;
@@ -1307,84 +1309,6 @@ fn directory_size(path: &Path) -> u64 {
         .sum()
 }
 
-/// Log entries `from ..= to`, merging the records and the pruned leaves, at most `limit`.
-fn entries_between(
-    records: &sled::Tree,
-    pruned: &sled::Tree,
-    from: u64,
-    to: u64,
-    limit: usize,
-) -> Result<Vec<LogEntry>, StoreError> {
-    if from > to {
-        return Ok(Vec::new());
-    }
-    let keyed = |entry: Result<(sled::IVec, sled::IVec), sled::Error>, skip: usize| {
-        let (key, value) = entry.map_err(read_error)?;
-        let sequence = key
-            .get(skip..)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .ok_or_else(|| corrupt(&key))?;
-        Ok::<_, StoreError>((sequence, value))
-    };
-    let mut present = records
-        .range(record_key(from)..=record_key(to))
-        .map(|entry| keyed(entry, 1))
-        .peekable();
-    let mut removed = pruned
-        .range(from.to_be_bytes()..=to.to_be_bytes())
-        .map(|entry| keyed(entry, 0))
-        .peekable();
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let next_record = peek_sequence(&mut present)?;
-        let next_pruned = peek_sequence(&mut removed)?;
-        let take_record = match (next_record, next_pruned) {
-            (None, None) => break,
-            (Some(record), Some(pruned)) => record <= pruned,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-        };
-        if take_record {
-            let Some(Ok((sequence, stored))) = present.next() else {
-                break;
-            };
-            if next_pruned == Some(sequence) {
-                // Both present: the record wins; verification reports the inconsistency.
-                removed.next();
-            }
-            out.push(LogEntry::Record {
-                sequence,
-                stored: stored.to_vec(),
-            });
-        } else {
-            let Some(Ok((sequence, bytes))) = removed.next() else {
-                break;
-            };
-            let leaf = LeafData::parse(&bytes).ok_or(StoreError::Corrupt {
-                key: format!("pruned leaf {sequence}"),
-            })?;
-            out.push(LogEntry::Pruned { sequence, leaf });
-        }
-    }
-    Ok(out)
-}
-
-/// The sequence number of the next entry, taking an error out of the iterator.
-fn peek_sequence<I>(entries: &mut std::iter::Peekable<I>) -> Result<Option<u64>, StoreError>
-where
-    I: Iterator<Item = Result<(u64, sled::IVec), StoreError>>,
-{
-    match entries.peek() {
-        None => Ok(None),
-        Some(Ok((sequence, _))) => Ok(Some(*sequence)),
-        Some(Err(_)) => match entries.next() {
-            Some(Err(error)) => Err(error),
-            _ => Ok(None),
-        },
-    }
-}
-
 fn checkpoint_entry(key: &[u8], value: &[u8]) -> Result<(u64, String), StoreError> {
     let size = key
         .try_into()
@@ -1398,16 +1322,6 @@ fn run_key(id: RunId) -> Vec<u8> {
     let mut key = META_RUN_PREFIX.to_vec();
     key.extend_from_slice(&id.prefix());
     key
-}
-
-fn record_key(sequence: u64) -> [u8; 9] {
-    let mut key = [RECORD_PREFIX; 9];
-    key[1..].copy_from_slice(&sequence.to_be_bytes());
-    key
-}
-
-fn sequence_of_record_key(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
 /// The leaf of a stored record: its header and the SHA-256 of its protobuf part.
