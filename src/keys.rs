@@ -16,6 +16,13 @@ use x509_parser::der_parser::ber::BerObjectContent;
 use x509_parser::der_parser::der::parse_der;
 use x509_parser::oid_registry as oids;
 
+/// The library that signs certificates (rcgen's backend).
+pub const SIGNING_BACKEND: &str = if cfg!(feature = "aws-lc") {
+    "aws-lc"
+} else {
+    "ring"
+};
+
 /// The key types meshroot generates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KeyType {

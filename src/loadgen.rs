@@ -48,6 +48,8 @@ pub struct ProcessUsage {
     /// Resident set size at the start and at the end of the measured window, in MiB.
     pub rss_start_mib: f64,
     pub rss_end_mib: f64,
+    /// Resident set size sampled every tenth of the measured window, in MiB.
+    pub rss_samples_mib: Vec<f64>,
 }
 
 /// The result of a run.
@@ -109,6 +111,20 @@ pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -
                 pid.and_then(|pid| read_usage(&format!("/proc/{pid}"))),
                 read_usage("/proc/self"),
             )
+        })
+    };
+    let rss_series = {
+        let (pid, step) = (options.server_pid, options.duration / 10);
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let Some(pid) = pid else { return samples };
+            for k in 1..=10u32 {
+                tokio::time::sleep_until((measure_from + step * k).into()).await;
+                if let Some(sample) = read_usage(&format!("/proc/{pid}")) {
+                    samples.push(sample.rss_mib);
+                }
+            }
+            samples
         })
     };
     let streams = options.streams;
@@ -178,12 +194,14 @@ pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -
     }
     let finished = Instant::now();
     let (server_before, client_before) = sampler.await.unwrap_or((None, None));
+    rss_series.abort();
+    let rss_samples = rss_series.await.unwrap_or_default();
     let seconds = finished
         .saturating_duration_since(measure_from)
         .as_secs_f64()
         .max(1e-9);
     let issued = latencies.len() as u64;
-    let usage = |before: Option<Sample>, path: &str| {
+    let usage = |before: Option<Sample>, path: &str, samples: Vec<f64>| {
         let after = read_usage(path)?;
         let before = before?;
         Some(ProcessUsage {
@@ -191,6 +209,7 @@ pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -
             peak_rss_mib: after.peak_rss_mib,
             rss_start_mib: before.rss_mib,
             rss_end_mib: after.rss_mib,
+            rss_samples_mib: samples,
         })
     };
     LoadReport {
@@ -203,8 +222,8 @@ pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -
         errors,
         server: options
             .server_pid
-            .and_then(|pid| usage(server_before, &format!("/proc/{pid}"))),
-        client: usage(client_before, "/proc/self").unwrap_or_default(),
+            .and_then(|pid| usage(server_before, &format!("/proc/{pid}"), rss_samples)),
+        client: usage(client_before, "/proc/self", Vec::new()).unwrap_or_default(),
     }
 }
 
@@ -249,14 +268,14 @@ pub struct CryptoRates {
     pub p256_sign_us: f64,
     pub rsa2048_sign_us: f64,
     pub rsa4096_sign_us: f64,
+    /// What signs leaves: "ring", or "aws-lc" with the `aws-lc` feature.
+    pub signing_backend: &'static str,
 }
 
 impl CryptoRates {
     /// Measures each operation for about `budget`.
     pub fn measure(budget: Duration) -> Result<Self, String> {
-        use ring::rand::SystemRandom;
-        use ring::signature::{self, KeyPair as _};
-        let rng = SystemRandom::new();
+        use ring::signature;
         let message = [7u8; 256];
         let time = |mut operation: Box<dyn FnMut() -> bool + '_>| {
             let started = Instant::now();
@@ -269,42 +288,29 @@ impl CryptoRates {
             }
             started.elapsed().as_secs_f64() * 1e6 / count as f64
         };
-        let p256 = {
-            let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
-                &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-                &rng,
-            )
-            .map_err(|_| "P-256 key generation failed")?;
-            signature::EcdsaKeyPair::from_pkcs8(
-                &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-                pkcs8.as_ref(),
-                &rng,
-            )
-            .map_err(|_| "P-256 key")?
+        // Signatures as the issuer makes them (rcgen, on ring or AWS-LC); verifications as
+        // meshroot checks CSRs and tokens (ring).
+        let generate =
+            |key_type: crate::keys::KeyType| key_type.generate().map_err(|e| e.to_string());
+        let p256 = generate(crate::keys::KeyType::EcdsaP256)?;
+        let rsa2048 = generate(crate::keys::KeyType::Rsa2048)?;
+        let rsa4096 = generate(crate::keys::KeyType::Rsa4096)?;
+        use rcgen::{PublicKeyData as _, SigningKey as _};
+        let p256_sig = p256.sign(&message).map_err(|e| e.to_string())?;
+        let rsa_sig = rsa2048.sign(&message).map_err(|e| e.to_string())?;
+        let spki_key = |key: &rcgen::KeyPair| -> Result<Vec<u8>, String> {
+            use x509_parser::prelude::FromDer as _;
+            let spki = key.subject_public_key_info();
+            let (_, parsed) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki)
+                .map_err(|e| e.to_string())?;
+            Ok(parsed.subject_public_key.data.to_vec())
         };
-        let p256_sig = p256
-            .sign(&rng, &message)
-            .map_err(|_| "P-256 signing failed")?;
-        let p256_public = signature::UnparsedPublicKey::new(
-            &signature::ECDSA_P256_SHA256_ASN1,
-            p256.public_key().as_ref().to_vec(),
-        );
-        let rsa_key = |key_type: crate::keys::KeyType| -> Result<signature::RsaKeyPair, String> {
-            let key = key_type.generate().map_err(|e| e.to_string())?;
-            signature::RsaKeyPair::from_pkcs8(&key.serialize_der()).map_err(|e| e.to_string())
-        };
-        let rsa2048 = rsa_key(crate::keys::KeyType::Rsa2048)?;
-        let rsa4096 = rsa_key(crate::keys::KeyType::Rsa4096)?;
-        let mut rsa_sig = vec![0u8; rsa2048.public().modulus_len()];
-        rsa2048
-            .sign(&signature::RSA_PKCS1_SHA256, &rng, &message, &mut rsa_sig)
-            .map_err(|_| "RSA signing failed")?;
+        let p256_public =
+            signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, spki_key(&p256)?);
         let rsa_public = signature::UnparsedPublicKey::new(
             &signature::RSA_PKCS1_2048_8192_SHA256,
-            rsa2048.public().as_ref().to_vec(),
+            spki_key(&rsa2048)?,
         );
-        let mut scratch2048 = vec![0u8; rsa2048.public().modulus_len()];
-        let mut scratch4096 = vec![0u8; rsa4096.public().modulus_len()];
         Ok(Self {
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -313,27 +319,10 @@ impl CryptoRates {
             p256_verify_us: time(Box::new(|| {
                 p256_public.verify(&message, p256_sig.as_ref()).is_ok()
             })),
-            p256_sign_us: time(Box::new(|| p256.sign(&rng, &message).is_ok())),
-            rsa2048_sign_us: time(Box::new(|| {
-                rsa2048
-                    .sign(
-                        &signature::RSA_PKCS1_SHA256,
-                        &rng,
-                        &message,
-                        &mut scratch2048,
-                    )
-                    .is_ok()
-            })),
-            rsa4096_sign_us: time(Box::new(|| {
-                rsa4096
-                    .sign(
-                        &signature::RSA_PKCS1_SHA256,
-                        &rng,
-                        &message,
-                        &mut scratch4096,
-                    )
-                    .is_ok()
-            })),
+            p256_sign_us: time(Box::new(|| p256.sign(&message).is_ok())),
+            rsa2048_sign_us: time(Box::new(|| rsa2048.sign(&message).is_ok())),
+            rsa4096_sign_us: time(Box::new(|| rsa4096.sign(&message).is_ok())),
+            signing_backend: crate::keys::SIGNING_BACKEND,
         })
     }
 

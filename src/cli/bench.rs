@@ -178,12 +178,13 @@ fn print(args: &BenchArgs, crypto: &CryptoRates, load: &LoadReport) -> Result<()
         return Ok(());
     }
     println!(
-        "machine: {} cores; one core signs P-256 in {:.1} µs, RSA-2048 in {:.0} µs, RSA-4096 in {:.0} µs; \
+        "machine: {} cores; one core signs P-256 in {:.1} µs, RSA-2048 in {:.0} µs, RSA-4096 in {:.0} µs ({}); \
          verifies P-256 in {:.1} µs, RSA-2048 in {:.1} µs (ring)",
         crypto.cores,
         crypto.p256_sign_us,
         crypto.rsa2048_sign_us,
         crypto.rsa4096_sign_us,
+        crypto.signing_backend,
         crypto.p256_verify_us,
         crypto.rsa2048_verify_us
     );
@@ -235,6 +236,17 @@ fn print(args: &BenchArgs, crypto: &CryptoRates, load: &LoadReport) -> Result<()
             server.rss_start_mib,
             server.rss_end_mib
         );
+        if !server.rss_samples_mib.is_empty() {
+            let samples: Vec<String> = server
+                .rss_samples_mib
+                .iter()
+                .map(|mib| format!("{mib:.0}"))
+                .collect();
+            println!(
+                "server RSS every tenth of the run (MiB): {}",
+                samples.join(" ")
+            );
+        }
     }
     println!(
         "load client: {:.0} µs CPU per issuance",
