@@ -2,8 +2,7 @@
 //! audits, and committed to by an append-only Merkle tree.
 //!
 //! Trees of the sled database:
-//! - `records`: each record, leaf header (see [`LeafData`]) ‖ protobuf record: under its own
-//!   key while new, packed 16 to a key once indexed (see [`records`]);
+//! - `records`: `r ‖ sequence (u64 BE)` → leaf header (see [`LeafData`]) ‖ protobuf record;
 //! - `index`: runs of index pages (see [`index`] and [`codec`]);
 //! - `tiles`: the Merkle tree's hashes (see [`tiles`]);
 //! - `pruned`: `sequence` → leaf data of each record removed by retention;
@@ -20,7 +19,6 @@
 pub mod codec;
 pub mod index;
 pub mod pruned;
-pub mod records;
 pub mod retention;
 pub mod tiles;
 pub mod verify;
@@ -49,7 +47,6 @@ use crate::record::{
 use codec::RunId;
 use index::{IndexState, Plan, Run, Snapshot, TailSegment};
 use pruned::PrunedSet;
-use records::RecordFile;
 use tiles::TreeView;
 
 /// Records per index segment (and per tier-0 run).
@@ -61,11 +58,11 @@ const PARALLEL_FETCH: usize = 32;
 /// The store layout this code reads and writes.
 const LAYOUT: u32 = 2;
 
+const RECORD_PREFIX: u8 = b'r';
 const META_LAYOUT: &[u8] = b"layout";
 const META_WATERMARK: &[u8] = b"index-watermark";
 const META_RUN_PREFIX: &[u8] = b"run/";
 const META_PRUNED_PREFIX: &[u8] = b"pruned-bits/";
-const META_PACKED: &[u8] = b"packed-through";
 
 /// How a store is opened.
 #[derive(Debug, Clone)]
@@ -213,9 +210,10 @@ struct Writer {
 struct Inner {
     path: PathBuf,
     db: sled::Db,
-    records: RecordFile,
+    records: sled::Tree,
     index: sled::Tree,
     tiles: sled::Tree,
+    pruned: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
     read_only: bool,
@@ -481,7 +479,7 @@ impl SledStore {
         while merged {
             merged = self.inner.compact_once()?;
         }
-        self.inner.pack_indexed()
+        Ok(())
     }
 }
 
@@ -624,16 +622,6 @@ impl Inner {
             }
         }
 
-        let packed = match meta.get(META_PACKED).map_err(read_error)? {
-            Some(bytes) => u64::from_be_bytes(
-                bytes
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| corrupt(META_PACKED))?,
-            ),
-            None => 0,
-        };
-        let records = RecordFile::new(records, pruned, packed);
         let mut state = IndexState::new(runs, watermark, options.segment_records);
         // The records after the watermark: their index entries and leaves go back into the
         // tail; the last one tells the next sequence number and time.
@@ -643,7 +631,13 @@ impl Inner {
         loop {
             // A chunk at a time: after a long outage of the indexer the tail may be large.
             tail.clear();
-            tail.extend(records.entries(last_sequence + 1, u64::MAX, 8_192)?);
+            tail.extend(entries_between(
+                &records,
+                &pruned,
+                last_sequence + 1,
+                u64::MAX,
+                8_192,
+            )?);
             if tail.is_empty() {
                 break;
             }
@@ -684,7 +678,10 @@ impl Inner {
         }
         if last_sequence == watermark && watermark > 0 {
             // Everything is in runs: the newest record tells the time.
-            if let Some(entry) = records.entries(watermark, watermark, 1)?.into_iter().next() {
+            if let Some(entry) = entries_between(&records, &pruned, watermark, watermark, 1)?
+                .into_iter()
+                .next()
+            {
                 last_recorded_ms = entry.leaf().map(|l| l.recorded_at_ms).unwrap_or(i64::MIN);
             }
         }
@@ -708,6 +705,7 @@ impl Inner {
             records,
             index,
             tiles,
+            pruned,
             checkpoints,
             meta,
             read_only: options.read_only,
@@ -766,7 +764,9 @@ impl Inner {
         let mut stored = Vec::with_capacity(LEAF_HEADER_LEN + encoded.len());
         stored.extend_from_slice(&leaf.header());
         stored.extend_from_slice(&encoded);
-        self.records.insert(sequence, stored)?;
+        self.records
+            .insert(record_key(sequence), stored)
+            .map_err(write_error)?;
         writer.next_sequence += 1;
         writer.last_recorded_ms = recorded_ms;
         let leaf_hash = leaf.leaf_hash();
@@ -874,7 +874,7 @@ impl Inner {
                 while merged && !self.commit.closed.load(Ordering::SeqCst) {
                     merged = self.compact_once()?;
                 }
-                self.pack_indexed()
+                Ok(())
             });
             if let Err(error) = result {
                 tracing::error!(%error, "index maintenance failed; retrying");
@@ -932,16 +932,6 @@ impl Inner {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "index segment persisted"
         );
-        Ok(())
-    }
-
-    /// Packs the records the runs cover (durable and indexed) into blocks.
-    fn pack_indexed(&self) -> Result<(), StoreError> {
-        if self.read_only {
-            return Ok(());
-        }
-        let watermark = self.read_state().watermark;
-        self.records.pack(watermark, &self.meta, META_PACKED)?;
         Ok(())
     }
 
@@ -1097,20 +1087,18 @@ impl Inner {
                 Some(Position::Sequence(next)) => next.max(lo),
                 _ => lo,
             };
-            let mut next = from;
-            'walk: while next <= hi {
-                let entries = self.records.entries(next, hi, 1024)?;
-                let Some(last) = entries.last().map(LogEntry::sequence) else {
-                    break;
+            for key in self
+                .records
+                .range(record_key(from)..=record_key(hi.max(from)))
+                .keys()
+            {
+                let key = key.map_err(read_error)?;
+                let Some(sequence) = sequence_of_record_key(&key) else {
+                    continue;
                 };
-                for entry in &entries {
-                    if let LogEntry::Record { sequence, .. } = entry {
-                        if !visit(Position::Sequence(*sequence)) {
-                            break 'walk;
-                        }
-                    }
+                if sequence > hi || !visit(Position::Sequence(sequence)) {
+                    break;
                 }
-                next = last + 1;
             }
             return Ok(());
         }
@@ -1150,7 +1138,13 @@ impl Inner {
         let (mut lo, mut hi) = (1u64, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let at_or_after = match self.records.first_record(mid, last)? {
+            let at_or_after = match self
+                .records
+                .range(record_key(mid)..=record_key(last))
+                .next()
+                .transpose()
+                .map_err(read_error)?
+            {
                 Some((_, stored)) => leaf_of_stored(&stored)
                     .map(|leaf| leaf.recorded_at_ms >= millis)
                     .unwrap_or(true),
@@ -1167,14 +1161,14 @@ impl Inner {
     }
 
     fn get(&self, sequence: u64) -> Result<Option<Record>, StoreError> {
-        match self.records.get(sequence)? {
+        match self.records.get(record_key(sequence)).map_err(read_error)? {
             Some(stored) => decode_stored(sequence, &stored).map(Some),
             None => Ok(None),
         }
     }
 
     fn entries(&self, from: u64, to: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
-        self.records.entries(from, to, limit)
+        entries_between(&self.records, &self.pruned, from, to, limit)
     }
 
     /// The tree as of `size` records (at most the records appended).
@@ -1237,11 +1231,15 @@ impl Inner {
         let pruned = self.pruned_set().len();
         let oldest = self
             .records
-            .first_record(1, appended)?
-            .and_then(|(sequence, stored)| Some((sequence, leaf_of_stored(&stored)?)));
+            .first()
+            .map_err(read_error)?
+            .and_then(|(key, stored)| {
+                Some((sequence_of_record_key(&key)?, leaf_of_stored(&stored)?))
+            });
         let newest = self
             .records
-            .last_record(appended)?
+            .last()
+            .map_err(read_error)?
             .and_then(|(_, stored)| leaf_of_stored(&stored));
         let state = self.read_state();
         let latest = self.checkpoints.last().map_err(read_error)?;
@@ -1309,6 +1307,84 @@ fn directory_size(path: &Path) -> u64 {
         .sum()
 }
 
+/// Log entries `from ..= to`, merging the records and the pruned leaves, at most `limit`.
+fn entries_between(
+    records: &sled::Tree,
+    pruned: &sled::Tree,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<LogEntry>, StoreError> {
+    if from > to {
+        return Ok(Vec::new());
+    }
+    let keyed = |entry: Result<(sled::IVec, sled::IVec), sled::Error>, skip: usize| {
+        let (key, value) = entry.map_err(read_error)?;
+        let sequence = key
+            .get(skip..)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| corrupt(&key))?;
+        Ok::<_, StoreError>((sequence, value))
+    };
+    let mut present = records
+        .range(record_key(from)..=record_key(to))
+        .map(|entry| keyed(entry, 1))
+        .peekable();
+    let mut removed = pruned
+        .range(from.to_be_bytes()..=to.to_be_bytes())
+        .map(|entry| keyed(entry, 0))
+        .peekable();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let next_record = peek_sequence(&mut present)?;
+        let next_pruned = peek_sequence(&mut removed)?;
+        let take_record = match (next_record, next_pruned) {
+            (None, None) => break,
+            (Some(record), Some(pruned)) => record <= pruned,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+        };
+        if take_record {
+            let Some(Ok((sequence, stored))) = present.next() else {
+                break;
+            };
+            if next_pruned == Some(sequence) {
+                // Both present: the record wins; verification reports the inconsistency.
+                removed.next();
+            }
+            out.push(LogEntry::Record {
+                sequence,
+                stored: stored.to_vec(),
+            });
+        } else {
+            let Some(Ok((sequence, bytes))) = removed.next() else {
+                break;
+            };
+            let leaf = LeafData::parse(&bytes).ok_or(StoreError::Corrupt {
+                key: format!("pruned leaf {sequence}"),
+            })?;
+            out.push(LogEntry::Pruned { sequence, leaf });
+        }
+    }
+    Ok(out)
+}
+
+/// The sequence number of the next entry, taking an error out of the iterator.
+fn peek_sequence<I>(entries: &mut std::iter::Peekable<I>) -> Result<Option<u64>, StoreError>
+where
+    I: Iterator<Item = Result<(u64, sled::IVec), StoreError>>,
+{
+    match entries.peek() {
+        None => Ok(None),
+        Some(Ok((sequence, _))) => Ok(Some(*sequence)),
+        Some(Err(_)) => match entries.next() {
+            Some(Err(error)) => Err(error),
+            _ => Ok(None),
+        },
+    }
+}
+
 fn checkpoint_entry(key: &[u8], value: &[u8]) -> Result<(u64, String), StoreError> {
     let size = key
         .try_into()
@@ -1322,6 +1398,16 @@ fn run_key(id: RunId) -> Vec<u8> {
     let mut key = META_RUN_PREFIX.to_vec();
     key.extend_from_slice(&id.prefix());
     key
+}
+
+fn record_key(sequence: u64) -> [u8; 9] {
+    let mut key = [RECORD_PREFIX; 9];
+    key[1..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn sequence_of_record_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
 /// The leaf of a stored record: its header and the SHA-256 of its protobuf part.

@@ -19,7 +19,7 @@ use crate::audit::{OutcomeFilter, Position, Query};
 use crate::clock::unix_seconds;
 use crate::record::StoreError;
 
-use super::{codec, read_error, write_error, Inner, SledStore};
+use super::{codec, leaf_of_stored, read_error, record_key, write_error, Inner, SledStore};
 
 /// Records removed per batch (each batch is one meta write before and after).
 const BATCH: usize = 2_000;
@@ -153,7 +153,36 @@ impl Inner {
     }
 
     fn remove(&self, sequences: &[u64]) -> Result<u64, StoreError> {
-        let (gone, removed) = self.records.prune(sequences)?;
+        // First every leaf, then the records: a record is never gone without its leaf.
+        let mut gone = Vec::with_capacity(sequences.len());
+        for &sequence in sequences {
+            if let Some(stored) = self.records.get(record_key(sequence)).map_err(read_error)? {
+                let leaf = leaf_of_stored(&stored).ok_or(StoreError::Corrupt {
+                    key: format!("record {sequence}"),
+                })?;
+                self.pruned
+                    .insert(sequence.to_be_bytes(), leaf.to_bytes().to_vec())
+                    .map_err(write_error)?;
+                gone.push(sequence);
+            } else if self
+                .pruned
+                .contains_key(sequence.to_be_bytes())
+                .map_err(read_error)?
+            {
+                gone.push(sequence);
+            }
+        }
+        let mut removed = 0;
+        for &sequence in &gone {
+            if self
+                .records
+                .remove(record_key(sequence))
+                .map_err(write_error)?
+                .is_some()
+            {
+                removed += 1;
+            }
+        }
         let chunks: BTreeSet<u64> = {
             let mut set = self.pruned_set.write().unwrap_or_else(|p| p.into_inner());
             gone.iter().map(|s| set.insert(*s)).collect()

@@ -583,7 +583,7 @@ async fn pruning_removes_expired_issuances_and_old_denials_but_keeps_the_log_ver
 }
 
 /// A store of 100 records with a checkpoint, changed by `tamper` at the sled level, verified.
-async fn tampered(tamper: impl FnOnce(&sled::Db)) -> crate::audit::verify::VerifyReport {
+async fn tampered(tamper: impl FnOnce(&sled::Tree)) -> crate::audit::verify::VerifyReport {
     let dir = tempfile::tempdir().unwrap();
     let (signer, _) = AuditSigner::generate("meshroot-audit/test").unwrap();
     let verifier = AuditVerifier::parse(&signer.verifier_key()).unwrap();
@@ -591,13 +591,11 @@ async fn tampered(tamper: impl FnOnce(&sled::Db)) -> crate::audit::verify::Verif
         let store = SledStore::open_with(dir.path(), options(16)).unwrap();
         fill(&store, 0..100, &mut Rng(99)).await;
         store.persist_index().unwrap();
-        // Records 1..=96 are indexed, so packed in blocks; 97..=100 are single keys.
-        assert_eq!(store.inner.records.packed(), 96);
         store.checkpoint(&signer).await.unwrap();
     }
     {
         let db = open_db(dir.path(), Duration::from_secs(2), 1 << 26).unwrap();
-        tamper(&db);
+        tamper(&db.open_tree("records").unwrap());
         db.flush().unwrap();
     }
     let store = SledStore::open_with(
@@ -611,40 +609,6 @@ async fn tampered(tamper: impl FnOnce(&sled::Db)) -> crate::audit::verify::Verif
     store.verify(Some(&verifier), &[], at(0)).unwrap()
 }
 
-/// Rewrites every record after `change`, as an attacker with the files could (as single keys,
-/// marking nothing packed).
-fn rewrite(db: &sled::Db, change: impl FnOnce(&mut Vec<(u64, Vec<u8>)>)) {
-    let (tree, meta) = (
-        db.open_tree("records").unwrap(),
-        db.open_tree("meta").unwrap(),
-    );
-    let packed = meta
-        .get(META_PACKED)
-        .unwrap()
-        .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap()))
-        .unwrap_or(0);
-    let file = RecordFile::new(tree.clone(), db.open_tree("pruned").unwrap(), packed);
-    let mut all: Vec<(u64, Vec<u8>)> = file
-        .entries(1, u64::MAX, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .filter_map(|entry| match entry {
-            LogEntry::Record { sequence, stored } => Some((sequence, stored)),
-            LogEntry::Pruned { .. } => None,
-        })
-        .collect();
-    change(&mut all);
-    tree.clear().unwrap();
-    for (sequence, stored) in all {
-        tree.insert(records::single_key(sequence), stored).unwrap();
-    }
-    meta.insert(META_PACKED, &0u64.to_be_bytes()).unwrap();
-}
-
-fn at_sequence(all: &mut [(u64, Vec<u8>)], sequence: u64) -> &mut Vec<u8> {
-    &mut all.iter_mut().find(|(s, _)| *s == sequence).unwrap().1
-}
-
 #[tokio::test]
 async fn verification_passes_untouched_and_names_edited_removed_reordered_and_inserted_records() {
     let untouched = tampered(|_| {}).await;
@@ -652,12 +616,11 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
     assert_eq!(untouched.tree_size, 100);
     assert_eq!(untouched.uncovered, 0);
 
-    let edited = tampered(|db| {
-        rewrite(db, |all| {
-            let value = at_sequence(all, 10);
-            let last = value.len() - 1;
-            value[last] ^= 1;
-        })
+    let edited = tampered(|records| {
+        let mut value = records.get(record_key(10)).unwrap().unwrap().to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 1;
+        records.insert(record_key(10), value).unwrap();
     })
     .await;
     assert!(!edited.ok());
@@ -669,25 +632,10 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
         "{edited:?}"
     );
 
-    // An edit inside a packed block, in place: the block's last record is 16.
-    let in_block = tampered(|db| {
-        let tree = db.open_tree("records").unwrap();
-        let (key, value) = tree.scan_prefix(b"b").next().unwrap().unwrap();
-        let mut value = value.to_vec();
-        let last = value.len() - 1;
-        value[last] ^= 1;
-        tree.insert(key, value).unwrap();
+    let removed = tampered(|records| {
+        records.remove(record_key(20)).unwrap();
     })
     .await;
-    assert!(
-        in_block
-            .problems
-            .iter()
-            .any(|p| p.contains("record 16 differs")),
-        "{in_block:?}"
-    );
-
-    let removed = tampered(|db| rewrite(db, |all| all.retain(|(s, _)| *s != 20))).await;
     assert!(
         removed
             .problems
@@ -696,12 +644,11 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
         "{removed:?}"
     );
 
-    let reordered = tampered(|db| {
-        rewrite(db, |all| {
-            let (a, b) = (at_sequence(all, 30).clone(), at_sequence(all, 31).clone());
-            *at_sequence(all, 30) = b;
-            *at_sequence(all, 31) = a;
-        })
+    let reordered = tampered(|records| {
+        let a = records.get(record_key(30)).unwrap().unwrap();
+        let b = records.get(record_key(31)).unwrap().unwrap();
+        records.insert(record_key(30), b).unwrap();
+        records.insert(record_key(31), a).unwrap();
     })
     .await;
     assert!(
@@ -710,21 +657,22 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
     );
 
     // A forged record slipped in at 50, later ones renumbered consistently (headers too).
-    let inserted = tampered(|db| {
-        rewrite(db, |all| {
-            let renumber = |stored: &[u8], sequence: u64| {
-                let mut value = stored.to_vec();
-                value[1..9].copy_from_slice(&sequence.to_be_bytes());
-                value
-            };
-            let forged = renumber(&at_sequence(all, 49).clone(), 50);
-            for (sequence, stored) in all.iter_mut().filter(|(s, _)| *s >= 50) {
-                *sequence += 1;
-                *stored = renumber(stored, *sequence);
-            }
-            all.push((50, forged));
-            all.sort_by_key(|(s, _)| *s);
-        })
+    let inserted = tampered(|records| {
+        let renumber = |stored: &[u8], sequence: u64| {
+            let mut value = stored.to_vec();
+            value[1..9].copy_from_slice(&sequence.to_be_bytes());
+            value
+        };
+        for sequence in (50..=100).rev() {
+            let stored = records.get(record_key(sequence)).unwrap().unwrap();
+            records
+                .insert(record_key(sequence + 1), renumber(&stored, sequence + 1))
+                .unwrap();
+        }
+        let forged = records.get(record_key(49)).unwrap().unwrap();
+        records
+            .insert(record_key(50), renumber(&forged, 50))
+            .unwrap();
     })
     .await;
     assert!(!inserted.ok());
