@@ -135,21 +135,6 @@ fn record(i: u64, total: u64) -> Record {
     )
 }
 
-fn directory_size(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| match entry.metadata() {
-                    Ok(meta) if meta.is_dir() => directory_size(&entry.path()),
-                    Ok(meta) => meta.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -236,8 +221,8 @@ fn main() {
         stats.records,
         stats.index_runs,
         stats.index_tail_records,
-        directory_size(&path) as f64 / (1u64 << 30) as f64,
-        directory_size(&path) as f64 / stats.records.max(1) as f64
+        stats.disk_bytes as f64 / (1u64 << 30) as f64,
+        stats.disk_bytes as f64 / stats.records.max(1) as f64
     );
 
     let iterations = setting("AUDIT_BENCH_QUERIES", 1000);
