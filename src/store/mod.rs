@@ -165,6 +165,10 @@ struct GroupCommit {
     /// Set by appenders that wait for a flush; cleared by the flusher when it starts one.
     pending: Mutex<bool>,
     wake: Condvar,
+    /// True while the flusher sleeps for want of work. Only then must an appender wake it: a
+    /// condvar notification costs a system call, and a busy flusher looks for new records
+    /// itself before it sleeps.
+    idle: AtomicBool,
     closed: AtomicBool,
     /// Flushes started so far.
     flushes: AtomicU64,
@@ -180,19 +184,31 @@ struct Durability {
 }
 
 impl GroupCommit {
+    /// Called by an appender after its record is in `written`.
     fn request_flush(&self) {
+        // SeqCst pairs with `wait_for_work`: either this load sees the flusher idle, or the
+        // flusher's check of `written` (after it set `idle`) sees this appender's record.
+        if self.idle.load(Ordering::SeqCst) {
+            self.wake_flusher();
+        }
+    }
+
+    fn wake_flusher(&self) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         *pending = true;
         self.wake.notify_one();
     }
 
-    /// Blocks until a flush is wanted; false once the store is closing.
-    fn wait_for_work(&self) -> bool {
+    /// Blocks until a flush is wanted (a wake-up, or records newer than the last flush, as
+    /// `unflushed` tells); false once the store is closing and nothing is wanted.
+    fn wait_for_work(&self, unflushed: impl Fn() -> bool) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        while !*pending && !self.closed.load(Ordering::SeqCst) {
+        self.idle.store(true, Ordering::SeqCst);
+        while !*pending && !unflushed() && !self.closed.load(Ordering::SeqCst) {
             pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
         }
-        let wanted = *pending;
+        self.idle.store(false, Ordering::SeqCst);
+        let wanted = *pending || unflushed();
         *pending = false;
         wanted
     }
@@ -509,7 +525,7 @@ impl Drop for SledStore {
     fn drop(&mut self) {
         let inner = &self.inner;
         inner.commit.closed.store(true, Ordering::SeqCst);
-        inner.commit.request_flush();
+        inner.commit.wake_flusher();
         inner.wake_indexer();
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for worker in workers {
@@ -717,6 +733,7 @@ impl Inner {
             written: AtomicU64::new(last_sequence),
             commit: GroupCommit {
                 pending: Mutex::new(false),
+                idle: AtomicBool::new(false),
                 wake: Condvar::new(),
                 closed: AtomicBool::new(false),
                 flushes: AtomicU64::new(0),
@@ -812,7 +829,15 @@ impl Inner {
     fn run_flusher(&self) {
         let mut last_start: Option<std::time::Instant> = None;
         let mut last_batch = 0u64;
-        while self.commit.wait_for_work() {
+        // The newest record the last flush covered, attempted or not: a failed flush is retried
+        // when the next record arrives, never in a loop.
+        // It starts at what was durable at open: records appended before this thread ran did
+        // not wake it.
+        let mut attempted = self.commit.durable.borrow().through;
+        while self
+            .commit
+            .wait_for_work(|| self.written.load(Ordering::SeqCst) > attempted)
+        {
             // Under load (the previous flush served several appenders), at most one flush per
             // COMMIT_INTERVAL: the appends of the interval gather into one flush, since sled's
             // flush costs CPU beyond the fsync itself. A lone appender is flushed at once.
@@ -827,6 +852,7 @@ impl Inner {
             if covered <= before {
                 continue; // appended and covered while this flush waited
             }
+            attempted = covered;
             last_batch = covered - before;
             last_start = Some(std::time::Instant::now());
             let flush = self.commit.flushes.fetch_add(1, Ordering::SeqCst);
