@@ -434,6 +434,12 @@ async fn start_serving(
         .with_client_cert_verifier(client_verifier as _)
         .with_cert_resolver(serving.clone());
     tls.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: istio-agent and ztunnel keep one connection and never resume (Go's
+    // TLS client has no session cache unless configured), so the two TLS 1.3 tickets rustls
+    // sends by default, and the cache behind them, were CPU and memory spent on every
+    // handshake of a restart storm for nothing.
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
     let listener = TcpListener::bind(config.listen)
