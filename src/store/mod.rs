@@ -162,8 +162,8 @@ pub struct Stats {
 /// The group-commit rendezvous between appenders and the flusher thread.
 #[derive(Debug)]
 struct GroupCommit {
-    /// Set by appenders that wait for a flush; cleared by the flusher when it starts one.
-    pending: Mutex<bool>,
+    /// Held while the flusher decides to sleep and by whoever wakes it, so no wake-up is lost.
+    sleep: Mutex<()>,
     wake: Condvar,
     /// True while the flusher sleeps for want of work. Only then must an appender wake it: a
     /// condvar notification costs a system call, and a busy flusher looks for new records
@@ -194,23 +194,20 @@ impl GroupCommit {
     }
 
     fn wake_flusher(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        *pending = true;
+        let _sleep = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
         self.wake.notify_one();
     }
 
-    /// Blocks until a flush is wanted (a wake-up, or records newer than the last flush, as
-    /// `unflushed` tells); false once the store is closing and nothing is wanted.
+    /// Blocks until there are records newer than the last flush (`unflushed` tells) and returns
+    /// true, or returns false once the store is closing with none left.
     fn wait_for_work(&self, unflushed: impl Fn() -> bool) -> bool {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sleep = self.sleep.lock().unwrap_or_else(|p| p.into_inner());
         self.idle.store(true, Ordering::SeqCst);
-        while !*pending && !unflushed() && !self.closed.load(Ordering::SeqCst) {
-            pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
+        while !unflushed() && !self.closed.load(Ordering::SeqCst) {
+            sleep = self.wake.wait(sleep).unwrap_or_else(|p| p.into_inner());
         }
         self.idle.store(false, Ordering::SeqCst);
-        let wanted = *pending || unflushed();
-        *pending = false;
-        wanted
+        unflushed()
     }
 }
 
@@ -732,7 +729,7 @@ impl Inner {
             }),
             written: AtomicU64::new(last_sequence),
             commit: GroupCommit {
-                pending: Mutex::new(false),
+                sleep: Mutex::new(()),
                 idle: AtomicBool::new(false),
                 wake: Condvar::new(),
                 closed: AtomicBool::new(false),
@@ -829,10 +826,9 @@ impl Inner {
     fn run_flusher(&self) {
         let mut last_start: Option<std::time::Instant> = None;
         let mut last_batch = 0u64;
-        // The newest record the last flush covered, attempted or not: a failed flush is retried
-        // when the next record arrives, never in a loop.
-        // It starts at what was durable at open: records appended before this thread ran did
-        // not wake it.
+        // The newest record a flush has covered, successful or not (a failed flush is retried
+        // when the next record arrives, never in a loop), from what was durable at open
+        // (records appended before this thread ran did not wake it).
         let mut attempted = self.commit.durable.borrow().through;
         while self
             .commit

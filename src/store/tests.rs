@@ -476,6 +476,45 @@ async fn one_flush_serves_many_concurrent_appends_and_sequences_have_no_gaps() {
     assert_eq!(store.durable_sequence(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_append_waits_for_ever_whether_the_flusher_sleeps_is_busy_or_has_not_started() {
+    // A lost wake-up of the flusher leaves an append waiting for a flush that never comes; the
+    // timeout turns that hang into a failure. Appends right after an open race the flusher
+    // thread's start; bursts find it busy or gathering; lone appends after a pause find it
+    // asleep.
+    let within = |append| async move {
+        tokio::time::timeout(Duration::from_secs(30), append)
+            .await
+            .expect("an append was never made durable")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut appended = 0u64;
+    for reopen in 0..10u64 {
+        let store = SledStore::open(dir.path()).unwrap();
+        for round in 0..6u64 {
+            let burst = if round % 2 == 0 { 1 } else { 24 };
+            let tasks: Vec<_> = (0..burst)
+                .map(|i| {
+                    let (store, seed) = (store.clone(), reopen * 1_000 + round * 100 + i);
+                    tokio::spawn(async move {
+                        store
+                            .append_durable(synthetic(seed, &mut Rng(seed + 1)))
+                            .await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                within(task).await.unwrap().unwrap();
+                appended += 1;
+            }
+            if round == 3 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(store.durable_sequence(), appended);
+    }
+}
+
 #[tokio::test]
 async fn a_store_in_use_is_reported_as_such_and_read_only_opens_do_not_write() {
     let dir = tempfile::tempdir().unwrap();
