@@ -843,13 +843,12 @@ impl Inner {
                     std::thread::sleep(COMMIT_INTERVAL - since);
                 }
             }
+            // Only this thread flushes, so what is durable never passes `attempted`, and
+            // `wait_for_work` returned because `written` did: this flush covers new records.
             let covered = self.written.load(Ordering::SeqCst);
             let before = self.commit.durable.borrow().through;
-            if covered <= before {
-                continue; // appended and covered while this flush waited
-            }
             attempted = covered;
-            last_batch = covered - before;
+            last_batch = covered.saturating_sub(before);
             last_start = Some(std::time::Instant::now());
             let flush = self.commit.flushes.fetch_add(1, Ordering::SeqCst);
             let result = self.db.flush();
