@@ -18,6 +18,7 @@ use crate::authority::{IssuedCertificate, MeshAuthority, SigningError};
 use crate::clock::Clock;
 use crate::csr::{self, CertificateRequest, CsrError, KeyAlgorithm};
 use crate::identity::TrustDomain;
+use crate::metrics::{Failure, Metrics};
 use crate::policy::{self, Denial, Grant, MeshPolicy};
 use crate::record::{
     hex, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink, StoreError,
@@ -151,6 +152,7 @@ pub struct CertificateAuthority {
     request_ids: std::sync::atomic::AtomicU64,
     /// Slow (RSA) signatures in progress at once: at most one per core, on blocking threads.
     slow_signing: tokio::sync::Semaphore,
+    metrics: Arc<Metrics>,
 }
 
 impl CertificateAuthority {
@@ -187,7 +189,21 @@ impl CertificateAuthority {
             clock,
             request_ids: std::sync::atomic::AtomicU64::new(u64::from_be_bytes(start)),
             slow_signing: tokio::sync::Semaphore::new(cores),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts requests and their outcomes in `metrics` (shared across reloads).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The configured meshes' names and authorities.
+    pub fn mesh_authorities(&self) -> impl Iterator<Item = (&str, &Arc<MeshAuthority>)> {
+        self.meshes
+            .iter()
+            .map(|(name, mesh)| (name.as_str(), &mesh.authority))
     }
 
     pub fn new_request_id(&self) -> RequestId {
@@ -282,6 +298,7 @@ impl CertificateAuthority {
         request: &SigningRequest,
     ) -> Result<Issued, IssueError> {
         let started = Instant::now();
+        self.metrics.request_received();
         let mut context = RecordContext {
             caller: CallerRecord {
                 cluster_id: auth.cluster_id.clone(),
@@ -302,6 +319,17 @@ impl CertificateAuthority {
             Err(error) => Err(self.record_refusal(request_id, error, &context, now).await),
         };
         log_outcome(request_id, &context, &result, started);
+        // The mesh label only ever names a configured mesh, never a client's string.
+        let mesh = match self.meshes.contains_key(&context.mesh) {
+            true => context.mesh.as_str(),
+            false => "",
+        };
+        let outcome = match &result {
+            Ok(_) => Ok(()),
+            Err(error) => Err((failure_kind(error), error.denial_reason())),
+        };
+        self.metrics
+            .request_finished(mesh, outcome, started.elapsed());
         result
     }
 
@@ -485,6 +513,17 @@ fn denial_detail(error: &IssueError) -> String {
     match error {
         IssueError::Denied(denial) => denial.detail.clone(),
         other => other.to_string(),
+    }
+}
+
+fn failure_kind(error: &IssueError) -> Failure {
+    match error {
+        IssueError::Authn(_) | IssueError::Impersonation(_) => Failure::Authentication,
+        IssueError::Csr(_) => Failure::CsrParsing,
+        IssueError::Denied(_) => Failure::Policy,
+        IssueError::MeshNotServed(_) | IssueError::Signing(_) | IssueError::Store(_) => {
+            Failure::Internal
+        }
     }
 }
 

@@ -29,6 +29,9 @@ pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 32;
 pub const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a stopping server waits for requests in flight (below Kubernetes' default 30 s
+/// termination grace period, so the final flush and checkpoint still run before SIGKILL).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15014";
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
@@ -63,6 +66,8 @@ pub struct Config {
     pub authenticators: Vec<AuthenticatorKind>,
     /// How long pod lookups for impersonation are reused.
     pub pod_cache_ttl: Duration,
+    /// On SIGTERM, how long requests and streams in flight may run before they are cut.
+    pub shutdown_grace: Duration,
     pub meshes: Vec<MeshConfig>,
     pub audit: AuditConfig,
     pub admin: AdminConfig,
@@ -188,6 +193,7 @@ struct RawConfig {
     max_concurrent_handshakes: Option<usize>,
     authenticators: Option<Vec<String>>,
     pod_cache_ttl: Option<String>,
+    shutdown_grace: Option<String>,
     #[serde(default)]
     mesh: Vec<RawMesh>,
     audit: Option<RawAudit>,
@@ -392,6 +398,12 @@ impl Config {
             raw.pod_cache_ttl.as_deref(),
             DEFAULT_POD_CACHE_TTL,
             "pod_cache_ttl",
+            &mut problem,
+        );
+        let shutdown_grace = duration_setting(
+            raw.shutdown_grace.as_deref(),
+            DEFAULT_SHUTDOWN_GRACE,
+            "shutdown_grace",
             &mut problem,
         );
         let mut cluster_ids = HashSet::new();
@@ -742,6 +754,7 @@ impl Config {
             max_concurrent_handshakes,
             authenticators,
             pod_cache_ttl,
+            shutdown_grace,
             meshes,
             audit,
             admin: AdminConfig {

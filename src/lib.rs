@@ -23,6 +23,8 @@ pub mod keys;
 pub mod kubernetes;
 pub mod loadgen;
 pub mod merkle;
+pub mod metrics;
+pub mod monitoring;
 pub mod policy;
 pub mod record;
 pub mod server;

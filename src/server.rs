@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::authn::client_cert::{ClientCertAuthenticator, ClientCertMesh};
 use crate::authn::impersonation::NodeAuthorizer;
@@ -30,6 +31,8 @@ use crate::config::{ClusterAccess, ClusterConfig, Config};
 use crate::grpc::CsrService;
 use crate::identity::TrustDomain;
 use crate::kubernetes::{ClusterSetupError, KubeCluster};
+use crate::metrics::Metrics;
+use crate::monitoring::Monitor;
 use crate::policy::MeshPolicy;
 use crate::record::StoreError;
 use crate::store::SledStore;
@@ -104,6 +107,7 @@ pub struct RunningServer {
     clock: Arc<dyn Clock>,
     /// One reload at a time.
     reloads: Arc<tokio::sync::Mutex<()>>,
+    monitor: Monitor,
 }
 
 /// Why a reload was refused (the previous configuration keeps serving).
@@ -142,12 +146,16 @@ impl RunningServer {
         self.audit.publish(&self.store).await
     }
 
-    /// Stops accepting, lets in-flight requests finish, writes a last checkpoint, and flushes
-    /// the store.
+    /// Reports NOT_SERVING (gRPC health, `/readyz`), stops accepting, lets requests in flight
+    /// finish for up to `shutdown_grace` and then cuts the rest (a record already appended
+    /// stays and is flushed; the client retries), writes a last checkpoint, and flushes the
+    /// store.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.monitor.drain().await;
         let _ = self.shutdown.send(true);
-        let result = self.task.await?;
-        let admin = self.admin_task.await?;
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        let result = finish_by(self.task, deadline, "CSR API").await;
+        let admin = finish_by(self.admin_task, deadline, "admin").await;
         if let Err(error) = self.audit.publish(&self.store).await {
             tracing::error!(%error, "final checkpoint failed");
         }
@@ -182,6 +190,7 @@ impl RunningServer {
             &self.current,
             &self.store,
             &self.clock,
+            &self.monitor.metrics,
             &self.reloads,
         )
         .await
@@ -195,11 +204,12 @@ impl RunningServer {
         let Some(mut last) = modified(&path) else {
             return;
         };
-        let (config, current, store, clock, reloads) = (
+        let (config, current, store, clock, metrics, reloads) = (
             self.config.clone(),
             self.current.clone(),
             self.store.clone(),
             self.clock.clone(),
+            self.monitor.metrics.clone(),
             self.reloads.clone(),
         );
         tokio::spawn(async move {
@@ -212,7 +222,7 @@ impl RunningServer {
                 if now.is_some() && now != Some(last) {
                     last = now.unwrap_or(last);
                     tracing::info!(file = %path.display(), "config file changed: reloading");
-                    let _ = reload(&config, &current, &store, &clock, &reloads).await;
+                    let _ = reload(&config, &current, &store, &clock, &metrics, &reloads).await;
                 }
             }
         });
@@ -224,6 +234,7 @@ async fn reload(
     current: &CurrentAuthority,
     store: &Arc<SledStore>,
     clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
     reloads: &tokio::sync::Mutex<()>,
 ) -> Result<(), ReloadError> {
     let _one_at_a_time = reloads.lock().await;
@@ -238,7 +249,8 @@ async fn reload(
                 "listen, store, dns_names and serving_certificate_ttl changes take effect at the next restart"
             );
         }
-        let authority = build_authority(&config, clock.clone(), store.clone()).await?;
+        let authority =
+            build_authority(&config, clock.clone(), store.clone(), metrics.clone()).await?;
         current.replace(Arc::new(authority));
         Ok::<_, ReloadError>(config)
     }
@@ -274,9 +286,10 @@ pub async fn start_with_clock(
         },
     )?;
     let signer = load_audit_signer(&config.audit)?;
-    let ca = build_authority(config, clock.clone(), store.clone()).await?;
+    let metrics = Metrics::new();
+    let ca = build_authority(config, clock.clone(), store.clone(), metrics.clone()).await?;
     let current = Arc::new(CurrentAuthority::new(Arc::new(ca)));
-    start_serving(config, clock, store, current, signer).await
+    start_serving(config, clock, store, current, signer, metrics).await
 }
 
 /// Everything a config describes that can change without a restart: meshes (CA material,
@@ -285,6 +298,7 @@ async fn build_authority(
     config: &Config,
     clock: Arc<dyn Clock>,
     store: Arc<SledStore>,
+    metrics: Arc<Metrics>,
 ) -> Result<CertificateAuthority, ServeError> {
     let now = clock.now();
     let mut meshes = Vec::new();
@@ -379,10 +393,9 @@ async fn build_authority(
     }
 
     let mut jwt = Some(JwtAuthenticator::new(issuers, clock.clone()));
-    let mut token_review = Some(TokenReviewAuthenticator::new(
-        review_clusters,
-        clock.clone(),
-    ));
+    let mut token_review = Some(
+        TokenReviewAuthenticator::new(review_clusters, clock.clone()).with_metrics(metrics.clone()),
+    );
     let mut client_cert = Some(ClientCertAuthenticator::new(
         client_cert_meshes,
         clock.clone(),
@@ -403,7 +416,8 @@ async fn build_authority(
         impersonation,
         store,
         clock,
-    ))
+    )
+    .with_metrics(metrics))
 }
 
 async fn start_serving(
@@ -412,8 +426,12 @@ async fn start_serving(
     store: Arc<SledStore>,
     current: Arc<CurrentAuthority>,
     signer: Option<Arc<AuditSigner>>,
+    metrics: Arc<Metrics>,
 ) -> Result<RunningServer, ServeError> {
     let ca = current.get();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let monitor = Monitor::new(metrics, current.clone(), store.clone(), health);
+    monitor.serve().await;
     let serving = Arc::new(ServingCertificate::default());
     let renew_at = serving
         .renew(&ca, &config.dns_names, config.serving_certificate_ttl)
@@ -483,6 +501,7 @@ async fn start_serving(
         serving.clone(),
         store.clone(),
         &audit,
+        (&monitor, health_service.clone()),
         shutdown_rx.clone(),
     )
     .await?;
@@ -505,6 +524,7 @@ async fn start_serving(
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(health_service)
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             })
@@ -512,7 +532,7 @@ async fn start_serving(
             .map_err(ServeError::from)
     });
     tracing::info!(address = %local_address, dns_names = ?config.dns_names, "meshroot is serving the Istio CSR API over TLS");
-    tracing::info!(address = %admin_address, "meshroot is serving the audit API");
+    tracing::info!(address = %admin_address, "meshroot is serving the audit API, /metrics, /healthz and /readyz");
     let server = RunningServer {
         local_address,
         admin_address,
@@ -526,9 +546,29 @@ async fn start_serving(
         config: config.clone(),
         clock,
         reloads: Arc::new(tokio::sync::Mutex::new(())),
+        monitor,
     };
     server.watch_config_file(shutdown_rx);
     Ok(server)
+}
+
+/// Waits for a listener's task to end by `deadline`, then aborts it.
+async fn finish_by(
+    mut task: JoinHandle<Result<(), ServeError>>,
+    deadline: tokio::time::Instant,
+    listener: &str,
+) -> Result<(), ServeError> {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(joined) => joined?,
+        Err(_) => {
+            tracing::warn!(
+                listener,
+                "requests still in flight at the end of shutdown_grace: closing their connections"
+            );
+            task.abort();
+            Ok(())
+        }
+    }
 }
 
 /// Publishes signed checkpoints: into the store, and to the configured file.
@@ -633,9 +673,12 @@ fn provider_for_admin() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Binds the admin address and serves the audit API there: plain HTTP/2 on a loopback
-/// address; elsewhere TLS with a client certificate required, verified against the meshes'
-/// roots, and one of `admin.allowed_identities` in it.
+/// Binds the admin address and serves there the audit API, the gRPC health service and, over
+/// HTTP/1.1 or HTTP/2, `/metrics`, `/healthz` and `/readyz`. On a loopback address in plain
+/// text; elsewhere over TLS, where the audit API requires a client certificate that chains to
+/// the meshes' roots and carries one of `admin.allowed_identities` (metrics and health need
+/// none, so Prometheus and the kubelet can reach them; they reveal no identities).
+#[allow(clippy::too_many_arguments)]
 async fn start_admin(
     config: &Config,
     ca: &CertificateAuthority,
@@ -643,6 +686,7 @@ async fn start_admin(
     serving: Arc<ServingCertificate>,
     store: Arc<SledStore>,
     audit: &AuditPublisher,
+    (monitor, health): (&Monitor, HealthServer<impl Health>),
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<Result<(), ServeError>>), ServeError> {
     let address = config.admin.listen;
@@ -664,7 +708,14 @@ async fn start_admin(
     let until_stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    let router = tonic::transport::Server::builder().add_service(service);
+    let routes = tonic::service::Routes::new(service)
+        .add_service(health)
+        .into_axum_router()
+        .merge(monitor.routes())
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(routes));
     let task = if loopback {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tokio::spawn(async move {
@@ -684,6 +735,7 @@ async fn start_admin(
             Arc::new(roots),
             provider.clone(),
         )
+        .allow_unauthenticated()
         .build()
         .map_err(|e| ServeError::Tls(format!("admin client verifier: {e}")))?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -691,7 +743,7 @@ async fn start_admin(
             .map_err(|e| ServeError::Tls(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(serving);
-        tls.alpn_protocols = vec![b"h2".to_vec()];
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let (connections, incoming) = mpsc::channel(64);
         tokio::spawn(accept_loop(
             listener,

@@ -1,11 +1,13 @@
 //! The direction of dependencies (architecture.md): the core knows neither gRPC nor sled; only
-//! `store` touches sled; only the edge (`grpc`, `server`, `client`, `cli`) touches tonic.
+//! `store` touches sled; only the edge (`grpc`, `server`, `monitoring`, `client`, `cli`) touches
+//! tonic.
 
 use std::path::Path;
 
 const EDGE: &[&str] = &[
     "grpc/",
     "server.rs",
+    "monitoring.rs",
     "client.rs",
     "loadgen.rs",
     "cli/",

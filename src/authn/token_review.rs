@@ -25,6 +25,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::identity::{SpiffeId, TrustDomain};
+use crate::metrics::Metrics;
 
 pub const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
@@ -116,6 +117,7 @@ pub struct TokenReviewAuthenticator {
     clusters: HashMap<String, Cluster>,
     cache: Mutex<HashMap<[u8; 32], Arc<CacheEntry>>>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenReviewAuthenticator {
@@ -132,7 +134,14 @@ impl TokenReviewAuthenticator {
             clusters,
             cache: Mutex::new(HashMap::new()),
             clock,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Reports review latencies and cache hits to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn authenticate_token(
@@ -142,12 +151,18 @@ impl TokenReviewAuthenticator {
     ) -> Result<Caller, AuthnError> {
         let key = cache_key(&cluster.config.id, token);
         let entry = self.entry(key);
+        let mut reviewed_now = false;
         let reviewed = entry
             .result
-            .get_or_init(|| self.review(cluster, token))
+            .get_or_init(|| {
+                reviewed_now = true;
+                self.review(cluster, token)
+            })
             .await
-            .clone()?;
-        Ok(reviewed.caller)
+            .clone();
+        // Joining a review already in flight counts as a hit: no new call was made.
+        self.metrics.token_review_cache(!reviewed_now);
+        Ok(reviewed?.caller)
     }
 
     /// The cache entry to use: a live positive review, a review in flight, or a new one.
@@ -188,6 +203,7 @@ impl TokenReviewAuthenticator {
             config.api.review_token(token, &config.audiences).await
         })
         .await;
+        self.metrics.token_review(started.elapsed());
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let status = match answer {
             Err(_) => {

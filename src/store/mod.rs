@@ -172,6 +172,8 @@ struct GroupCommit {
     closed: AtomicBool,
     /// Flushes started so far.
     flushes: AtomicU64,
+    /// How long each flush (sled's write-out and fsync) took.
+    latency: crate::metrics::Histogram,
     durable: watch::Sender<Durability>,
 }
 
@@ -326,6 +328,16 @@ impl SledStore {
             .flush()
             .map(|_| ())
             .map_err(|e| StoreError::Flush(Arc::new(e)))
+    }
+
+    /// True while the latest flush failed (until one succeeds): appends are not durable now.
+    pub fn flush_failing(&self) -> bool {
+        self.inner.commit.durable.borrow().failed.is_some()
+    }
+
+    /// How long group-commit flushes took (for `/metrics`).
+    pub fn commit_latency(&self) -> &crate::metrics::Histogram {
+        &self.inner.commit.latency
     }
 
     /// How many group-commit flushes have started (each covers every append waiting for it).
@@ -734,6 +746,7 @@ impl Inner {
                 wake: Condvar::new(),
                 closed: AtomicBool::new(false),
                 flushes: AtomicU64::new(0),
+                latency: crate::metrics::Histogram::default(),
                 durable,
             },
             state: RwLock::new(state),
@@ -852,6 +865,9 @@ impl Inner {
             last_start = Some(std::time::Instant::now());
             let flush = self.commit.flushes.fetch_add(1, Ordering::SeqCst);
             let result = self.db.flush();
+            if let Some(started) = last_start {
+                self.commit.latency.observe(started.elapsed());
+            }
             self.commit.durable.send_modify(|state| match result {
                 Ok(_) => {
                     state.through = state.through.max(covered);

@@ -1,0 +1,480 @@
+//! Counters and histograms for the Prometheus text format (`/metrics` on the admin address).
+//!
+//! Istio's own CA metric names (`citadel_server_*`) are kept exactly, so existing dashboards
+//! chart meshroot unchanged; meshroot's own metrics are prefixed `meshroot_`. Every label value
+//! comes from a bounded set: a configured mesh name, a fixed outcome, or a refusal reason code.
+//! Never an identity, a namespace or anything else a client chooses.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// Bucket upper bounds in seconds for request-sized latencies (an issuance, a TokenReview).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A cumulative histogram with fixed buckets, updated without locks.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One counter per bound plus the +Inf bucket; not cumulative (summed when rendered).
+    buckets: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(self.bounds.len());
+        if let Some(counter) = self.buckets.get(bucket) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(LATENCY_BUCKETS)
+    }
+}
+
+/// How a certificate request ended, as a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    Issued,
+    Denied,
+    Failed,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Issued => "issued",
+            Self::Denied => "denied",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What went wrong with a request, for Istio's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The caller could not be authenticated (or may not impersonate).
+    Authentication,
+    /// The CSR could not be parsed or its signature did not verify.
+    CsrParsing,
+    /// Refused by policy (identity, SANs, TTL...).
+    Policy,
+    /// Signing, recording or an unserved mesh: meshroot's own failure.
+    Internal,
+}
+
+/// The process's metrics; shared by every authority a reload builds, so counts survive reloads.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    csr_requests: AtomicU64,
+    authentication_failures: AtomicU64,
+    csr_parsing_errors: AtomicU64,
+    issued: AtomicU64,
+    /// By refusal reason code (a fixed set of static strings).
+    denials: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
+    /// By (mesh, outcome); meshes come from the configuration.
+    issuance: RwLock<BTreeMap<(String, Outcome), Arc<Histogram>>>,
+    token_review: Histogram,
+    token_review_cache_hits: AtomicU64,
+    token_review_cache_misses: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A certificate request arrived (Istio's `citadel_server_csr_count`).
+    pub fn request_received(&self) {
+        self.csr_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A certificate request ended. `mesh` must be a configured mesh name (or empty when the
+    /// caller's mesh was never established); `reason` a refusal reason code.
+    pub fn request_finished(
+        &self,
+        mesh: &str,
+        result: Result<(), (Failure, Option<&'static str>)>,
+        elapsed: Duration,
+    ) {
+        let outcome = match result {
+            Ok(()) => {
+                self.issued.fetch_add(1, Ordering::Relaxed);
+                Outcome::Issued
+            }
+            Err((failure, reason)) => {
+                match failure {
+                    Failure::Authentication => {
+                        self.authentication_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Failure::CsrParsing => {
+                        self.csr_parsing_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Failure::Policy | Failure::Internal => {}
+                }
+                if let Some(reason) = reason {
+                    counter_in(&self.denials, reason).fetch_add(1, Ordering::Relaxed);
+                }
+                match failure {
+                    Failure::Internal => Outcome::Failed,
+                    _ => Outcome::Denied,
+                }
+            }
+        };
+        let key = (mesh.to_owned(), outcome);
+        let histogram = {
+            let known = read(&self.issuance).get(&key).cloned();
+            match known {
+                Some(histogram) => histogram,
+                None => write(&self.issuance).entry(key).or_default().clone(),
+            }
+        };
+        histogram.observe(elapsed);
+    }
+
+    /// A TokenReview call to an API server took `elapsed` (answered or not).
+    pub fn token_review(&self, elapsed: Duration) {
+        self.token_review.observe(elapsed);
+    }
+
+    /// A token was judged from the TokenReview cache (`hit`) or needed a review.
+    pub fn token_review_cache(&self, hit: bool) {
+        let counter = if hit {
+            &self.token_review_cache_hits
+        } else {
+            &self.token_review_cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes every metric this struct holds.
+    pub fn render(&self, out: &mut Exposition) {
+        let value = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
+        out.counter(
+            "citadel_server_csr_count",
+            "Certificate signing requests received.",
+            value(&self.csr_requests),
+        );
+        out.counter(
+            "citadel_server_authentication_failure_count",
+            "Requests refused because the caller could not be authenticated.",
+            value(&self.authentication_failures),
+        );
+        out.counter(
+            "citadel_server_csr_parsing_err_count",
+            "Requests whose CSR could not be parsed or verified.",
+            value(&self.csr_parsing_errors),
+        );
+        out.counter(
+            "citadel_server_success_cert_issuance_count",
+            "Certificates issued.",
+            value(&self.issued),
+        );
+        let denials = read(&self.denials);
+        out.labeled(
+            "meshroot_denials_total",
+            "Refused certificate requests by reason.",
+            Kind::Counter,
+            denials
+                .iter()
+                .map(|(reason, count)| (vec![("reason", *reason)], value(count))),
+        );
+        drop(denials);
+        let issuance = read(&self.issuance);
+        out.histograms(
+            "meshroot_issuance_duration_seconds",
+            "Time from receiving a certificate request to answering it, by mesh and outcome.",
+            issuance.iter().map(|((mesh, outcome), histogram)| {
+                (
+                    vec![("mesh", mesh.as_str()), ("outcome", outcome.label())],
+                    histogram.as_ref(),
+                )
+            }),
+        );
+        drop(issuance);
+        out.histograms(
+            "meshroot_token_review_duration_seconds",
+            "Time a TokenReview call to a Kubernetes API server took.",
+            std::iter::once((Vec::new(), &self.token_review)),
+        );
+        out.counter(
+            "meshroot_token_review_cache_hits_total",
+            "Tokens judged from the TokenReview cache.",
+            value(&self.token_review_cache_hits),
+        );
+        out.counter(
+            "meshroot_token_review_cache_misses_total",
+            "Tokens that needed a TokenReview.",
+            value(&self.token_review_cache_misses),
+        );
+    }
+}
+
+fn counter_in(
+    map: &RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
+    key: &'static str,
+) -> Arc<AtomicU64> {
+    if let Some(counter) = read(map).get(key) {
+        return counter.clone();
+    }
+    write(map).entry(key).or_default().clone()
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match lock.read() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    match lock.write() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Seconds since the Unix epoch, for `*_timestamp` gauges.
+pub fn unix_seconds(time: SystemTime) -> f64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => since.as_secs_f64(),
+        Err(before) => -before.duration().as_secs_f64(),
+    }
+}
+
+/// A Prometheus text-format (version 0.0.4) document being written.
+#[derive(Debug, Default)]
+pub struct Exposition(String);
+
+/// One sample's labels: (name, value) pairs.
+pub type Labels<'a> = &'a [(&'a str, &'a str)];
+
+/// The type of a counter or gauge family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A counter without labels.
+    pub fn counter(&mut self, name: &str, help: &str, value: f64) {
+        self.labeled(name, help, Kind::Counter, [(Vec::new(), value)]);
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.labeled(name, help, Kind::Gauge, [(Vec::new(), value)]);
+    }
+
+    /// A counter or gauge family with a sample per label set.
+    pub fn labeled<'l>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        samples: impl IntoIterator<Item = (Vec<(&'l str, &'l str)>, f64)>,
+    ) {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        self.header(name, help, kind);
+        for (labels, value) in samples {
+            self.sample(name, &labels, None, value);
+        }
+    }
+
+    /// One histogram family with a series per label set.
+    pub fn histograms<'h>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl Iterator<Item = (Vec<(&'h str, &'h str)>, &'h Histogram)>,
+    ) {
+        self.header(name, help, "histogram");
+        let bucket = format!("{name}_bucket");
+        for (labels, histogram) in series {
+            let mut cumulative = 0u64;
+            for (index, counter) in histogram.buckets.iter().enumerate() {
+                cumulative += counter.load(Ordering::Relaxed);
+                let le = match histogram.bounds.get(index) {
+                    Some(bound) => format_value(*bound),
+                    None => "+Inf".to_owned(),
+                };
+                self.sample(&bucket, &labels, Some(&le), cumulative as f64);
+            }
+            let sum = histogram.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+            self.sample(&format!("{name}_sum"), &labels, None, sum);
+            // The count is the +Inf bucket, so the two always agree in one scrape.
+            self.sample(&format!("{name}_count"), &labels, None, cumulative as f64);
+        }
+    }
+
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: Labels<'_>, le: Option<&str>, value: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() || le.is_some() {
+            self.0.push('{');
+            let mut first = true;
+            for (label, label_value) in labels.iter().copied().chain(le.map(|le| ("le", le))) {
+                if !first {
+                    self.0.push(',');
+                }
+                first = false;
+                let _ = write!(self.0, "{label}=\"{}\"", escape_label(label_value));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {}", format_value(value));
+    }
+
+    pub fn finish(self) -> String {
+        self.0
+    }
+}
+
+fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".to_owned()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        format!("{value}")
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn escape_help(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_matches_the_inf_bucket() {
+        let histogram = Histogram::new(&[0.001, 0.01]);
+        histogram.observe(Duration::from_micros(500));
+        histogram.observe(Duration::from_millis(5));
+        histogram.observe(Duration::from_millis(5));
+        histogram.observe(Duration::from_secs(3));
+        let mut out = Exposition::new();
+        out.histograms(
+            "h",
+            "help",
+            std::iter::once((vec![("mesh", "a")], &histogram)),
+        );
+        let text = out.finish();
+        assert!(
+            text.contains("h_bucket{mesh=\"a\",le=\"0.001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("h_bucket{mesh=\"a\",le=\"0.01\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("h_bucket{mesh=\"a\",le=\"+Inf\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("h_count{mesh=\"a\"} 4\n"), "{text}");
+        assert!(text.contains("h_sum{mesh=\"a\"} 3.0105\n"), "{text}");
+    }
+
+    #[test]
+    fn outcomes_feed_istios_counters_and_the_reason_counter() {
+        let metrics = Metrics::default();
+        for _ in 0..3 {
+            metrics.request_received();
+        }
+        metrics.request_finished("a", Ok(()), Duration::from_millis(1));
+        metrics.request_finished(
+            "",
+            Err((Failure::Authentication, Some("token-invalid"))),
+            Duration::from_millis(1),
+        );
+        metrics.request_finished(
+            "a",
+            Err((Failure::CsrParsing, Some("csr-signature"))),
+            Duration::from_millis(1),
+        );
+        let mut out = Exposition::new();
+        metrics.render(&mut out);
+        let text = out.finish();
+        for line in [
+            "citadel_server_csr_count 3",
+            "citadel_server_success_cert_issuance_count 1",
+            "citadel_server_authentication_failure_count 1",
+            "citadel_server_csr_parsing_err_count 1",
+            "meshroot_denials_total{reason=\"token-invalid\"} 1",
+            "meshroot_issuance_duration_seconds_count{mesh=\"a\",outcome=\"issued\"} 1",
+            "meshroot_issuance_duration_seconds_count{mesh=\"a\",outcome=\"denied\"} 1",
+            "meshroot_issuance_duration_seconds_count{mesh=\"\",outcome=\"denied\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition::new();
+        out.labeled(
+            "g",
+            "a \\ help\nline",
+            Kind::Gauge,
+            [(vec![("l", "a\"b\\c\nd")], 1.5)],
+        );
+        let text = out.finish();
+        assert!(text.contains("# HELP g a \\\\ help\\nline\n"), "{text}");
+        assert!(text.contains("g{l=\"a\\\"b\\\\c\\nd\"} 1.5\n"), "{text}");
+    }
+}

@@ -1,0 +1,197 @@
+//! Health and metrics on the admin address: `/metrics` (Prometheus text), `/healthz`
+//! (the process answers), `/readyz` (it can issue now), and the gRPC health service
+//! (`grpc.health.v1.Health`) on both listeners.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use crate::ca::CurrentAuthority;
+use crate::metrics::{unix_seconds, Exposition, Kind, Metrics};
+use crate::pb::istio::istio_certificate_service_server::IstioCertificateServiceServer;
+use crate::store::SledStore;
+
+/// The gRPC service name health checks ask about (besides "", the whole server).
+pub const CSR_SERVICE: &str =
+    <IstioCertificateServiceServer<crate::grpc::CsrService> as tonic::server::NamedService>::NAME;
+
+/// What `/readyz`, `/metrics` and the gRPC health service look at.
+#[derive(Clone)]
+pub struct Monitor {
+    pub metrics: Arc<Metrics>,
+    current: Arc<CurrentAuthority>,
+    store: Arc<SledStore>,
+    draining: Arc<AtomicBool>,
+    health: HealthReporter,
+}
+
+impl Monitor {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        current: Arc<CurrentAuthority>,
+        store: Arc<SledStore>,
+        health: HealthReporter,
+    ) -> Self {
+        Self {
+            metrics,
+            current,
+            store,
+            draining: Arc::new(AtomicBool::new(false)),
+            health,
+        }
+    }
+
+    /// Marks the server as going away: not ready, gRPC health NOT_SERVING.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for service in ["", CSR_SERVICE] {
+            self.health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+    }
+
+    /// Marks the server as serving (at start).
+    pub async fn serve(&self) {
+        for service in ["", CSR_SERVICE] {
+            self.health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+    }
+
+    /// Why the server cannot issue now; empty when it is ready.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.draining.load(Ordering::SeqCst) {
+            reasons.push("shutting down".to_owned());
+        }
+        let ca = self.current.get();
+        let now = ca.clock().now();
+        let mut meshes = 0;
+        for (mesh, authority) in ca.mesh_authorities() {
+            meshes += 1;
+            if authority.signing_not_after() <= now {
+                reasons.push(format!("mesh {mesh}: the signing certificate has expired"));
+            }
+        }
+        if meshes == 0 {
+            reasons.push("no CA material loaded".to_owned());
+        }
+        if self.store.flush_failing() {
+            reasons.push("the record store cannot flush".to_owned());
+        }
+        reasons.sort();
+        reasons
+    }
+
+    /// The whole `/metrics` document.
+    pub fn scrape(&self) -> String {
+        let mut out = Exposition::new();
+        self.metrics.render(&mut out);
+        let ca = self.current.get();
+        let mut meshes: Vec<_> = ca.mesh_authorities().collect();
+        meshes.sort_by(|a, b| a.0.cmp(b.0));
+        let mut root_expiry = Vec::new();
+        let mut chain_expiry = Vec::new();
+        for (mesh, authority) in &meshes {
+            // The bundle's earliest root: the one that runs out first is what needs rotating.
+            if let Some(expiry) = earliest_not_after(authority.roots()) {
+                root_expiry.push((vec![("mesh", *mesh)], unix_seconds(expiry)));
+            }
+            let chain = earliest_not_after(authority.intermediates())
+                .unwrap_or_else(|| authority.signing_not_after())
+                .min(authority.signing_not_after());
+            chain_expiry.push((vec![("mesh", *mesh)], unix_seconds(chain)));
+        }
+        out.labeled(
+            "citadel_server_root_cert_expiry_timestamp",
+            "When the earliest root in the mesh's trust bundle expires (Unix seconds).",
+            Kind::Gauge,
+            root_expiry,
+        );
+        out.labeled(
+            "citadel_server_cert_chain_expiry_timestamp",
+            "When the mesh's signing chain (intermediates) first expires (Unix seconds).",
+            Kind::Gauge,
+            chain_expiry,
+        );
+        out.histograms(
+            "meshroot_store_commit_duration_seconds",
+            "Time one group commit (flush and fsync of the record store) took.",
+            std::iter::once((Vec::new(), self.store.commit_latency())),
+        );
+        out.gauge(
+            "meshroot_store_records",
+            "Records in the issuance log.",
+            self.store.len() as f64,
+        );
+        let ready = self.not_ready_reasons().is_empty();
+        out.gauge(
+            "meshroot_ready",
+            "1 when the server can issue certificates (as /readyz).",
+            if ready { 1.0 } else { 0.0 },
+        );
+        out.finish()
+    }
+
+    /// `/metrics`, `/healthz` and `/readyz` as routes for the admin listener.
+    /// Any other path is a 404 (which gRPC clients read as UNIMPLEMENTED).
+    pub fn routes(&self) -> axum::Router {
+        let metrics = self.clone();
+        let readiness = self.clone();
+        axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let monitor = metrics.clone();
+                    async move {
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            monitor.scrape(),
+                        )
+                            .into_response()
+                    }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let monitor = readiness.clone();
+                    async move {
+                        let reasons = monitor.not_ready_reasons();
+                        if reasons.is_empty() {
+                            (StatusCode::OK, "ready\n".to_owned())
+                        } else {
+                            (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not ready: {}\n", reasons.join("; ")),
+                            )
+                        }
+                    }
+                }),
+            )
+    }
+}
+
+fn earliest_not_after(certificates: &[rustls_pki_types::CertificateDer<'_>]) -> Option<SystemTime> {
+    certificates
+        .iter()
+        .filter_map(|der| {
+            let (_, parsed) = X509Certificate::from_der(der.as_ref()).ok()?;
+            let seconds = parsed.validity().not_after.timestamp();
+            let since = std::time::Duration::from_secs(u64::try_from(seconds).ok()?);
+            SystemTime::UNIX_EPOCH.checked_add(since)
+        })
+        .min()
+}

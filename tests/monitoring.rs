@@ -1,0 +1,323 @@
+//! Metrics and health on a real server: `/metrics` scraped over HTTP/1.1 and parsed with the
+//! Prometheus project's Python text parser (`prometheus_client`), `/healthz` and `/readyz`, and
+//! the gRPC health service over TLS on the CSR listener and in plain text on the admin address.
+//!
+//! The parser runs in `$MESHROOT_PYTHON`, else `target/ci-venv/bin/python` (which `.ci/run`
+//! makes, with `prometheus-client` in it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::{agent_csr, spiffe_id, TestCa, MESH};
+use meshroot::clock::ManualClock;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("MESHROOT_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "a Python with prometheus-client is needed: set MESHROOT_PYTHON or run `bash .ci/run` \
+         once (it makes target/ci-venv)"
+    );
+    venv
+}
+
+/// Metric families as the parser reads them: name → (type, [(sample name, labels, value)]).
+type Families = BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)>;
+
+/// One HTTP/1.1 GET; returns (status code, body).
+async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: meshroot\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("content-length"),
+        "not chunked: {head}"
+    );
+    (status, body.to_owned())
+}
+
+/// The families `prometheus_client`'s text parser reads from `text`:
+/// name → (type, [(sample name, labels, value)]). Panics if the parser rejects the text.
+fn parse_exposition(text: &str) -> Families {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    families[family.name] = [family.type, [[s.name, s.labels, s.value] for s in family.samples]]
+print(json.dumps(families))
+"#;
+    let mut child = Command::new(python())
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the Prometheus parser rejected /metrics: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let parsed: Families = serde_json::from_slice(&output.stdout).unwrap();
+    parsed
+}
+
+fn sample(families: &Families, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    families.values().find_map(|(_, samples)| {
+        samples.iter().find_map(|(sample, sample_labels, value)| {
+            let wanted: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            // The Python parser reports a counter's samples as `<name>_total` even when the
+            // text has Istio's bare names; the raw lines are checked separately.
+            let same = sample == name || *sample == format!("{name}_total");
+            (same && *sample_labels == wanted).then_some(*value)
+        })
+    })
+}
+
+fn not_after(pem: &str) -> f64 {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let der = common::certificates(pem).remove(0);
+    let (_, parsed) = X509Certificate::from_der(der.as_ref()).unwrap();
+    parsed.validity().not_after.timestamp() as f64
+}
+
+#[tokio::test]
+async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus_parser() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    for sa in ["a", "b"] {
+        server
+            .call(
+                agent_csr(&spiffe_id("default", sa)),
+                Some(ca.token(MESH, "default", sa)),
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    // No token: an authentication failure.
+    server
+        .call(agent_csr(&spiffe_id("default", "a")), None, 0)
+        .await
+        .unwrap_err();
+    // Not a CSR: a parsing error.
+    server
+        .call(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                .to_owned(),
+            Some(ca.token(MESH, "default", "a")),
+            0,
+        )
+        .await
+        .unwrap_err();
+    // Another identity than the token's: a policy denial.
+    server
+        .call(
+            agent_csr(&spiffe_id("default", "other")),
+            Some(ca.token(MESH, "default", "a")),
+            0,
+        )
+        .await
+        .unwrap_err();
+
+    let (status, text) = get(server.server.admin_address(), "/metrics").await;
+    assert_eq!(status, 200);
+    let families = parse_exposition(&text);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        sample(&families, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    assert_eq!(value("citadel_server_csr_count", &[]), 5.0);
+    assert_eq!(
+        value("citadel_server_success_cert_issuance_count", &[]),
+        2.0
+    );
+    assert_eq!(
+        value("citadel_server_authentication_failure_count", &[]),
+        1.0
+    );
+    assert_eq!(value("citadel_server_csr_parsing_err_count", &[]), 1.0);
+    assert_eq!(families["citadel_server_csr_count"].0, "counter");
+    // The exact names Istio's dashboards query.
+    for line in [
+        "citadel_server_csr_count 5",
+        "citadel_server_success_cert_issuance_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?}");
+    }
+    let denials: f64 = families["meshroot_denials"]
+        .1
+        .iter()
+        .map(|(_, _, v)| v)
+        .sum();
+    assert_eq!(denials, 3.0, "{text}");
+    assert_eq!(
+        value("meshroot_denials_total", &[("reason", "identity-mismatch")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "meshroot_issuance_duration_seconds_count",
+            &[("mesh", MESH), ("outcome", "issued")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        families["meshroot_issuance_duration_seconds"].0,
+        "histogram"
+    );
+    // Two workloads and meshroot's own serving certificate are issued, three refusals: every
+    // outcome is a record.
+    assert_eq!(value("meshroot_store_records", &[]), 6.0);
+    assert!(value("meshroot_store_commit_duration_seconds_count", &[]) >= 1.0);
+    assert_eq!(value("meshroot_ready", &[]), 1.0);
+    let root = std::fs::read_to_string(ca.path().join("root-cert.pem")).unwrap();
+    assert_eq!(
+        value(
+            "citadel_server_root_cert_expiry_timestamp",
+            &[("mesh", MESH)]
+        ),
+        not_after(&root)
+    );
+    let chain = std::fs::read_to_string(ca.path().join(MESH).join("ca-cert.pem")).unwrap();
+    assert_eq!(
+        value(
+            "citadel_server_cert_chain_expiry_timestamp",
+            &[("mesh", MESH)]
+        ),
+        not_after(&chain)
+    );
+    // Bounded cardinality: no label value is an identity, a namespace or a caller.
+    for (_, samples) in families.values() {
+        for (name, labels, _) in samples {
+            for value in labels.values() {
+                assert!(
+                    !value.contains("spiffe://") && !value.contains("default/"),
+                    "{name} has a per-identity label {value:?}"
+                );
+            }
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_readyz_and_grpc_health_report_serving() {
+    let ca = TestCa::new();
+    ca.edit_config(|config| format!("shutdown_grace = \"2s\"\n{config}"));
+    let server = ca.start().await;
+    let admin = server.server.admin_address();
+    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".to_owned()));
+    assert_eq!(get(admin, "/nothing-here").await.0, 404);
+
+    // gRPC health over TLS on the CSR listener, the way grpc-health-probe asks.
+    let channel = meshroot::client::connect(&server.target("localhost"))
+        .await
+        .unwrap();
+    let mut tls_health = HealthClient::new(channel);
+    // ...and in plain text on the (loopback) admin address.
+    let mut admin_health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    for service in ["", "istio.v1.auth.IstioCertificateService"] {
+        for client in [&mut tls_health, &mut admin_health] {
+            let answer = client
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(answer.status(), ServingStatus::Serving, "{service:?}");
+        }
+    }
+    let unknown = tls_health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    // A health watcher hears NOT_SERVING when the server starts to shut down, and the open
+    // stream does not hold the shutdown up beyond shutdown_grace.
+    let mut watch = admin_health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let stopping = tokio::spawn(server.stop());
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("a status change within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("shutdown ends although a watch stream is still open")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn readyz_fails_with_the_reason_once_the_signing_certificate_has_expired() {
+    let ca = TestCa::new();
+    let clock = ManualClock::at(SystemTime::now());
+    let server = ca.start_with_clock(Arc::new(clock.clone())).await;
+    let admin = server.server.admin_address();
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    let chain = std::fs::read_to_string(ca.path().join(MESH).join("ca-cert.pem")).unwrap();
+    let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after(&chain) as u64);
+    clock.set(expiry + Duration::from_secs(1));
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        body,
+        format!("not ready: mesh {MESH}: the signing certificate has expired\n")
+    );
+    let families = parse_exposition(&get(admin, "/metrics").await.1);
+    assert_eq!(sample(&families, "meshroot_ready", &[]), Some(0.0));
+    // Liveness is not readiness: the process still answers, so it is not restarted for this.
+    assert_eq!(get(admin, "/healthz").await.0, 200);
+    server.stop().await;
+}
