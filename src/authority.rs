@@ -100,8 +100,9 @@ pub struct IssuedCertificate {
 enum LeafSubject<'a> {
     /// A workload: exactly one URI SAN, EKU serverAuth + clientAuth.
     Workload(&'a SpiffeId),
-    /// meshroot's own serving certificate: DNS SANs, EKU serverAuth.
-    Server(&'a [String]),
+    /// A server: DNS SANs, EKU serverAuth; with a SPIFFE identity (istiod's certificate) also
+    /// its URI SAN and EKU clientAuth.
+    Server(&'a [String], Option<&'a SpiffeId>),
 }
 
 /// One mesh's signing authority.
@@ -240,6 +241,11 @@ impl MeshAuthority {
         &self.roots
     }
 
+    /// The served intermediates, PEM, signing certificate first (concatenated).
+    pub fn intermediates_pem(&self) -> String {
+        self.intermediates_pem.concat()
+    }
+
     /// The trust bundle, PEM: the last element of every `cert_chain`.
     pub fn root_bundle_pem(&self) -> &str {
         &self.root_bundle_pem
@@ -269,17 +275,19 @@ impl MeshAuthority {
         )
     }
 
-    /// Issues meshroot's own TLS serving certificate for `dns_names`.
+    /// Issues a TLS server certificate for `dns_names` (meshroot's own; with `identity`,
+    /// istiod's).
     pub fn issue_server(
         &self,
         dns_names: &[String],
+        identity: Option<&SpiffeId>,
         key: &KeyPair,
         not_before: SystemTime,
         not_after: SystemTime,
         now: SystemTime,
     ) -> Result<IssuedCertificate, SigningError> {
         self.issue(
-            LeafSubject::Server(dns_names),
+            LeafSubject::Server(dns_names, identity),
             key,
             not_before,
             not_after.min(self.signing_not_after),
@@ -328,7 +336,7 @@ impl MeshAuthority {
                     ExtendedKeyUsagePurpose::ClientAuth,
                 ];
             }
-            LeafSubject::Server(dns_names) => {
+            LeafSubject::Server(dns_names, identity) => {
                 params.subject_alt_names = dns_names
                     .iter()
                     .map(|name| {
@@ -342,6 +350,17 @@ impl MeshAuthority {
                     KeyUsagePurpose::KeyEncipherment,
                 ];
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                if let Some(identity) = identity {
+                    params.subject_alt_names.push(SanType::URI(
+                        identity
+                            .to_string()
+                            .try_into()
+                            .map_err(SigningError::Build)?,
+                    ));
+                    params
+                        .extended_key_usages
+                        .push(ExtendedKeyUsagePurpose::ClientAuth);
+                }
             }
         }
         let certificate = params
@@ -415,7 +434,7 @@ fn verify_path(
         .as_secs();
     let usage = match subject {
         LeafSubject::Workload(_) => webpki::KeyUsage::client_auth(),
-        LeafSubject::Server(_) => webpki::KeyUsage::server_auth(),
+        LeafSubject::Server(..) => webpki::KeyUsage::server_auth(),
     };
     leaf.verify_for_usage(
         webpki::ALL_VERIFICATION_ALGS,
@@ -455,8 +474,10 @@ fn check_names(der: &[u8], subject: LeafSubject<'_>) -> Result<(), SigningError>
         LeafSubject::Workload(identity) => {
             dns.is_empty() && uris.len() == 1 && uris[0] == identity.to_string()
         }
-        LeafSubject::Server(names) => {
-            uris.is_empty() && dns == names.iter().map(String::as_str).collect::<Vec<_>>()
+        LeafSubject::Server(names, identity) => {
+            let uri = identity.map(|identity| identity.to_string());
+            uris == uri.iter().map(String::as_str).collect::<Vec<_>>()
+                && dns == names.iter().map(String::as_str).collect::<Vec<_>>()
         }
     };
     if names_match && server_auth && leaf.subject().iter_attributes().next().is_none() {

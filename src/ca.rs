@@ -17,7 +17,7 @@ use crate::authn::{AuthRequest, AuthenticatorChain, AuthnError, Caller};
 use crate::authority::{IssuedCertificate, MeshAuthority, SigningError};
 use crate::clock::Clock;
 use crate::csr::{self, CertificateRequest, CsrError, KeyAlgorithm};
-use crate::identity::TrustDomain;
+use crate::identity::{SpiffeId, TrustDomain};
 use crate::metrics::{Failure, Metrics};
 use crate::policy::{self, Denial, Grant, MeshPolicy};
 use crate::record::{
@@ -199,6 +199,11 @@ impl CertificateAuthority {
         self
     }
 
+    /// One mesh's authority.
+    pub fn mesh_authority(&self, mesh: &str) -> Option<&Arc<MeshAuthority>> {
+        self.meshes.get(mesh).map(|mesh| &mesh.authority)
+    }
+
     /// The configured meshes' names and authorities.
     pub fn mesh_authorities(&self) -> impl Iterator<Item = (&str, &Arc<MeshAuthority>)> {
         self.meshes
@@ -241,31 +246,59 @@ impl CertificateAuthority {
         dns_names: &[String],
         lifetime: Duration,
     ) -> Result<(IssuedCertificate, KeyPair), IssueError> {
+        self.issue_server_certificate(
+            &self.primary_mesh,
+            dns_names,
+            None,
+            lifetime,
+            "serving-certificate",
+        )
+        .await
+    }
+
+    /// Issues (and records) a server certificate from `mesh`'s intermediate with a fresh P-256
+    /// key: DNS names and, for istiod, its SPIFFE identity. `purpose` is recorded as the
+    /// caller's subject (meshroot itself asked).
+    pub async fn issue_server_certificate(
+        &self,
+        mesh: &str,
+        dns_names: &[String],
+        identity: Option<&SpiffeId>,
+        lifetime: Duration,
+        purpose: &str,
+    ) -> Result<(IssuedCertificate, KeyPair), IssueError> {
         let authority = self
-            .primary_authority()
-            .ok_or_else(|| IssueError::MeshNotServed(self.primary_mesh.clone()))?;
+            .meshes
+            .get(mesh)
+            .map(|mesh| &mesh.authority)
+            .ok_or_else(|| IssueError::MeshNotServed(mesh.to_owned()))?;
         let key = KeyPair::generate().map_err(|e| IssueError::Signing(SigningError::Build(e)))?;
         let now = self.clock.now();
         let not_before = now.checked_sub(policy::BACKDATE).unwrap_or(now);
-        let issued = authority.issue_server(dns_names, &key, not_before, now + lifetime, now)?;
+        let issued =
+            authority.issue_server(dns_names, identity, &key, not_before, now + lifetime, now)?;
         let request_id = self.new_request_id();
         let record = Record::new(
             request_id.to_string(),
             now,
             CallerRecord {
                 authenticator: "meshroot-internal".to_owned(),
-                subject: "serving-certificate".to_owned(),
+                subject: purpose.to_owned(),
                 ..CallerRecord::default()
             },
             Outcome::Issued(IssuedRecord {
                 serial: issued.serial.clone(),
-                spiffe_id: String::new(),
-                requested_spiffe_id: String::new(),
+                spiffe_id: identity.map(ToString::to_string).unwrap_or_default(),
+                requested_spiffe_id: identity.map(ToString::to_string).unwrap_or_default(),
                 dns_names: dns_names.to_vec(),
                 mesh: authority.mesh().to_owned(),
                 trust_domain: authority.trust_domain().to_string(),
-                namespace: String::new(),
-                service_account: String::new(),
+                namespace: identity
+                    .map(|id| id.namespace().to_owned())
+                    .unwrap_or_default(),
+                service_account: identity
+                    .map(|id| id.service_account().to_owned())
+                    .unwrap_or_default(),
                 not_before: issued.not_before,
                 not_after: issued.not_after,
                 key_algorithm: KeyAlgorithm::EcdsaP256.name().to_owned(),
@@ -282,9 +315,11 @@ impl CertificateAuthority {
             request_id = %request_id,
             serial = %hex(&issued.serial),
             sequence,
+            purpose,
             dns_names = ?dns_names,
+            identity = %identity.map(ToString::to_string).unwrap_or_default(),
             not_after = %crate::record::format_time(issued.not_after),
-            "serving certificate issued"
+            "server certificate issued"
         );
         Ok((issued, key))
     }

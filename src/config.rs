@@ -33,6 +33,12 @@ pub const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
 /// termination grace period, so the final flush and checkpoint still run before SIGKILL).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15014";
+/// Where the Lease and `istiod-tls` live when neither the config nor `POD_NAMESPACE` says.
+pub const DEFAULT_KUBERNETES_NAMESPACE: &str = "istio-system";
+/// client-go's default `leaseDurationSeconds`.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+/// Every namespace's ConfigMap and istiod's Secret are checked at least this often.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
 pub const DEFAULT_STORE_CACHE_MIB: u64 = 64;
@@ -71,6 +77,7 @@ pub struct Config {
     pub meshes: Vec<MeshConfig>,
     pub audit: AuditConfig,
     pub admin: AdminConfig,
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 /// The audit log: checkpoint signing and retention.
@@ -96,6 +103,29 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Client identities allowed on a non-loopback listener (mutual TLS).
     pub allowed_identities: Vec<String>,
+}
+
+/// The elected replica's duties in the cluster meshroot runs in (`[kubernetes]`).
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// The mesh whose trust bundle and intermediate are published.
+    pub mesh: String,
+    pub access: ClusterAccess,
+    /// Where the Lease and `istiod-tls` live.
+    pub namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    pub lease_duration: Duration,
+    /// Keep `istio-ca-root-cert` in namespaces.
+    pub root_configmap: bool,
+    /// Only namespaces matching this label selector (empty: all).
+    pub namespace_selector: String,
+    /// Keep the `istiod-tls` Secret.
+    pub istiod_tls: bool,
+    pub istiod_revisions: Vec<String>,
+    pub istiod_tls_ttl: Duration,
+    pub resync: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +228,26 @@ struct RawConfig {
     mesh: Vec<RawMesh>,
     audit: Option<RawAudit>,
     admin: Option<RawAdmin>,
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    mesh: Option<String>,
+    kubeconfig: Option<String>,
+    context: Option<String>,
+    in_cluster: Option<bool>,
+    namespace: Option<String>,
+    lease_name: Option<String>,
+    identity: Option<String>,
+    lease_duration: Option<String>,
+    root_configmap: Option<bool>,
+    namespace_selector: Option<String>,
+    istiod_tls: Option<bool>,
+    istiod_revisions: Option<Vec<String>>,
+    istiod_tls_ttl: Option<String>,
+    resync: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -520,30 +570,14 @@ impl Config {
                         ),
                     );
                 }
-                let access = match (
+                let access = cluster_access(
                     raw_cluster.kubeconfig,
+                    raw_cluster.context,
                     raw_cluster.in_cluster.unwrap_or(false),
-                ) {
-                    (Some(path), false) => ClusterAccess::Kubeconfig {
-                        path: base.join(path),
-                        context: raw_cluster.context,
-                    },
-                    (None, true) => ClusterAccess::InCluster,
-                    (Some(_), true) => {
-                        problem(
-                            key("kubeconfig"),
-                            "give either kubeconfig or in_cluster = true, not both".into(),
-                        );
-                        ClusterAccess::InCluster
-                    }
-                    (None, false) => {
-                        problem(
-                            key("kubeconfig"),
-                            "a kubeconfig file, or in_cluster = true, is required".into(),
-                        );
-                        ClusterAccess::InCluster
-                    }
-                };
+                    &base,
+                    &key("kubeconfig"),
+                    &mut problem,
+                );
                 let audiences = raw_cluster
                     .audiences
                     .unwrap_or_else(|| vec![DEFAULT_AUDIENCE.to_owned()]);
@@ -740,6 +774,93 @@ impl Config {
                     .into(),
             );
         }
+        let kubernetes = raw.kubernetes.map(|raw| {
+            let mesh = raw
+                .mesh
+                .or_else(|| meshes.first().map(|m| m.name.clone()))
+                .unwrap_or_default();
+            if !meshes.iter().any(|m| m.name == mesh) {
+                problem(
+                    "kubernetes.mesh".into(),
+                    format!("{mesh:?} is not a configured [[mesh]]"),
+                );
+            }
+            // In-cluster unless a kubeconfig is named.
+            let in_cluster = raw.in_cluster.unwrap_or(raw.kubeconfig.is_none());
+            let access = cluster_access(
+                raw.kubeconfig,
+                raw.context,
+                in_cluster,
+                &base,
+                "kubernetes.kubeconfig",
+                &mut problem,
+            );
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let namespace = raw
+                .namespace
+                .or_else(|| env("POD_NAMESPACE"))
+                .unwrap_or_else(|| DEFAULT_KUBERNETES_NAMESPACE.to_owned());
+            let identity = raw
+                .identity
+                .or_else(|| env("POD_NAME"))
+                .or_else(|| env("HOSTNAME"))
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                })
+                .unwrap_or_default();
+            if identity.is_empty() {
+                problem(
+                    "kubernetes.identity".into(),
+                    "required when neither POD_NAME nor HOSTNAME is set".into(),
+                );
+            }
+            for (field, value) in [("namespace", &namespace)] {
+                if !is_mesh_name(value) {
+                    problem(
+                        format!("kubernetes.{field}"),
+                        format!("{value:?} is not a Kubernetes namespace name"),
+                    );
+                }
+            }
+            let revisions = raw
+                .istiod_revisions
+                .unwrap_or_else(|| vec!["default".to_owned()]);
+            for (index, revision) in revisions.iter().enumerate() {
+                if !is_mesh_name(revision) {
+                    problem(
+                        format!("kubernetes.istiod_revisions[{index}]"),
+                        format!("{revision:?} is not a revision name"),
+                    );
+                }
+            }
+            let mut duration = |text: Option<String>, default, key: &str| {
+                duration_setting(text.as_deref(), default, key, &mut problem)
+            };
+            KubernetesConfig {
+                mesh,
+                access,
+                namespace,
+                lease_name: raw.lease_name.unwrap_or_else(|| "meshroot".to_owned()),
+                identity,
+                lease_duration: duration(
+                    raw.lease_duration,
+                    DEFAULT_LEASE_DURATION,
+                    "kubernetes.lease_duration",
+                ),
+                root_configmap: raw.root_configmap.unwrap_or(true),
+                namespace_selector: raw.namespace_selector.unwrap_or_default(),
+                istiod_tls: raw.istiod_tls.unwrap_or(true),
+                istiod_revisions: revisions,
+                istiod_tls_ttl: duration(
+                    raw.istiod_tls_ttl,
+                    DEFAULT_SERVING_TTL,
+                    "kubernetes.istiod_tls_ttl",
+                ),
+                resync: duration(raw.resync, DEFAULT_RESYNC, "kubernetes.resync"),
+            }
+        });
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -761,11 +882,44 @@ impl Config {
                 listen: admin_listen,
                 allowed_identities,
             },
+            kubernetes,
         })
     }
 
     pub fn mesh(&self, name: &str) -> Option<&MeshConfig> {
         self.meshes.iter().find(|m| m.name == name)
+    }
+}
+
+/// `kubeconfig` (+ `context`) or `in_cluster = true`: exactly one of them.
+fn cluster_access(
+    kubeconfig: Option<String>,
+    context: Option<String>,
+    in_cluster: bool,
+    base: &Path,
+    key: &str,
+    problem: &mut impl FnMut(String, String),
+) -> ClusterAccess {
+    match (kubeconfig, in_cluster) {
+        (Some(path), false) => ClusterAccess::Kubeconfig {
+            path: base.join(path),
+            context,
+        },
+        (None, true) => ClusterAccess::InCluster,
+        (Some(_), true) => {
+            problem(
+                key.to_owned(),
+                "give either kubeconfig or in_cluster = true, not both".into(),
+            );
+            ClusterAccess::InCluster
+        }
+        (None, false) => {
+            problem(
+                key.to_owned(),
+                "a kubeconfig file, or in_cluster = true, is required".into(),
+            );
+            ClusterAccess::InCluster
+        }
     }
 }
 
@@ -1107,5 +1261,42 @@ mod tests {
         assert_eq!(parse_duration("1w"), None);
         assert_eq!(format_duration(Duration::from_secs(86400)), "1d");
         assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
+    }
+
+    #[test]
+    fn kubernetes_duties_default_to_in_cluster_and_name_their_problems() {
+        let config = parse(&format!(
+            "{MINIMAL}\n[kubernetes]\nidentity = \"meshroot-0\"\nnamespace = \"mesh-system\"\n"
+        ))
+        .unwrap();
+        let kubernetes = config.kubernetes.unwrap();
+        assert_eq!(kubernetes.mesh, "default", "the first mesh");
+        assert_eq!(kubernetes.access, ClusterAccess::InCluster);
+        assert_eq!(kubernetes.namespace, "mesh-system");
+        assert_eq!(kubernetes.lease_name, "meshroot");
+        assert_eq!(kubernetes.lease_duration, DEFAULT_LEASE_DURATION);
+        assert!(kubernetes.root_configmap && kubernetes.istiod_tls);
+        assert_eq!(kubernetes.istiod_revisions, ["default"]);
+        assert!(
+            parse(MINIMAL).unwrap().kubernetes.is_none(),
+            "off unless asked for"
+        );
+
+        let error = parse(&format!(
+            "{MINIMAL}\n[kubernetes]\nmesh = \"other\"\nidentity = \"x\"\nnamespace = \"Bad_NS\"\n\
+             lease_duration = \"soon\"\nistiod_revisions = [\"1.x\"]\nkubeconfig = \"k\"\nin_cluster = true\n"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "kubernetes.mesh",
+                "kubernetes.kubeconfig",
+                "kubernetes.namespace",
+                "kubernetes.istiod_revisions[0]",
+                "kubernetes.lease_duration"
+            ]
+        );
     }
 }

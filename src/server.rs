@@ -27,9 +27,13 @@ use crate::ca::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
 use crate::ca_files::{self, CaFilesError};
 use crate::checkpoint::AuditSigner;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ClusterAccess, ClusterConfig, Config};
+use crate::config::{ClusterConfig, Config, KubernetesConfig};
 use crate::grpc::CsrService;
 use crate::identity::TrustDomain;
+use crate::kubernetes::lease::LeaseSettings;
+use crate::kubernetes::publish::{
+    self, IssueFuture, MeshMaterial, PublishSettings, ServerCertificate,
+};
 use crate::kubernetes::{ClusterSetupError, KubeCluster};
 use crate::metrics::Metrics;
 use crate::monitoring::Monitor;
@@ -505,6 +509,9 @@ async fn start_serving(
         shutdown_rx.clone(),
     )
     .await?;
+    if let Some(kubernetes) = &config.kubernetes {
+        start_cluster_duties(kubernetes, current.clone(), shutdown_rx.clone()).await?;
+    }
     tokio::spawn(checkpoint_loop(
         audit.clone(),
         store.clone(),
@@ -551,6 +558,128 @@ async fn start_serving(
     server.watch_config_file(shutdown_rx);
     Ok(server)
 }
+
+/// Starts the elected replica's duties in its own cluster: the Lease election, and, while
+/// leading, root distribution and istiod's certificate.
+async fn start_cluster_duties(
+    settings: &KubernetesConfig,
+    current: Arc<CurrentAuthority>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let cluster = KubeCluster::connect_for_watches(&settings.access, KUBERNETES_TIMEOUT)
+        .await
+        .map_err(|source| ServeError::Cluster {
+            mesh: settings.mesh.clone(),
+            cluster: "[kubernetes]".to_owned(),
+            source,
+        })?;
+    let (leader, leads) = watch::channel(false);
+    tokio::spawn(crate::kubernetes::lease::run(
+        cluster.client(),
+        LeaseSettings {
+            namespace: settings.namespace.clone(),
+            name: settings.lease_name.clone(),
+            identity: settings.identity.clone(),
+            duration: settings.lease_duration,
+        },
+        leader,
+        shutdown.clone(),
+    ));
+    let publish = PublishSettings {
+        namespace_selector: settings.namespace_selector.clone(),
+        root_configmap: settings.root_configmap,
+        istiod_tls: settings.istiod_tls,
+        istiod_namespace: settings.namespace.clone(),
+        istiod_revisions: settings.istiod_revisions.clone(),
+        istiod_ttl: settings.istiod_tls_ttl,
+        resync: settings.resync,
+    };
+    let mesh: Arc<dyn MeshMaterial> = Arc::new(PublishedMesh {
+        current,
+        mesh: settings.mesh.clone(),
+        istiod_ttl: settings.istiod_tls_ttl,
+    });
+    if publish.root_configmap {
+        tokio::spawn(publish::run_root_distribution(
+            cluster.client(),
+            publish.clone(),
+            mesh.clone(),
+            leads.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if publish.istiod_tls {
+        tokio::spawn(publish::run_istiod_certificate(
+            cluster.client(),
+            publish,
+            mesh,
+            leads,
+            shutdown,
+        ));
+    }
+    tracing::info!(namespace = %settings.namespace, lease = %settings.lease_name, identity = %settings.identity, "cluster duties started; they run on the elected replica");
+    Ok(())
+}
+
+/// The `[kubernetes]` mesh as the publisher sees it: read from the authority in force, so
+/// reloads and rotations are published.
+struct PublishedMesh {
+    current: Arc<CurrentAuthority>,
+    mesh: String,
+    istiod_ttl: Duration,
+}
+
+impl MeshMaterial for PublishedMesh {
+    fn bundle_pem(&self) -> Option<String> {
+        let ca = self.current.get();
+        ca.mesh_authority(&self.mesh)
+            .map(|authority| authority.root_bundle_pem().to_owned())
+    }
+
+    fn intermediates_pem(&self) -> Option<String> {
+        let ca = self.current.get();
+        ca.mesh_authority(&self.mesh)
+            .map(|authority| authority.intermediates_pem())
+    }
+
+    fn trust_domain(&self) -> Option<String> {
+        let ca = self.current.get();
+        ca.mesh_authority(&self.mesh)
+            .map(|authority| authority.trust_domain().to_string())
+    }
+
+    fn issue_istiod<'a>(&'a self, dns_names: &'a [String], spiffe_id: &'a str) -> IssueFuture<'a> {
+        Box::pin(async move {
+            let identity = crate::identity::SpiffeId::parse(spiffe_id)
+                .map_err(|e| format!("istiod's identity {spiffe_id}: {e}"))?;
+            let ca = self.current.get();
+            let (issued, key) = ca
+                .issue_server_certificate(
+                    &self.mesh,
+                    dns_names,
+                    Some(&identity),
+                    self.istiod_ttl,
+                    "istiod-tls",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let leaf_and_intermediates = issued
+                .cert_chain
+                .split_last()
+                .map(|(_bundle, chain)| chain.concat())
+                .unwrap_or_default();
+            Ok(ServerCertificate {
+                chain_pem: leaf_and_intermediates,
+                key_pem: key.serialize_pem(),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+            })
+        })
+    }
+}
+
+/// Connect and request timeout of the cluster-duties client.
+const KUBERNETES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Waits for a listener's task to end by `deadline`, then aborts it.
 async fn finish_by(
@@ -888,12 +1017,7 @@ impl ResolvesServerCert for ServingCertificate {
 }
 
 async fn connect_cluster(cluster: &ClusterConfig) -> Result<KubeCluster, ClusterSetupError> {
-    match &cluster.access {
-        ClusterAccess::Kubeconfig { path, context } => {
-            KubeCluster::from_kubeconfig(path, context.clone(), cluster.review_timeout).await
-        }
-        ClusterAccess::InCluster => KubeCluster::in_cluster(cluster.review_timeout),
-    }
+    KubeCluster::connect(&cluster.access, cluster.review_timeout).await
 }
 
 /// Requests a client certificate but leaves judging it to the client-certificate authenticator,

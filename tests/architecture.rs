@@ -83,7 +83,7 @@ fn only_the_store_uses_sled() {
 #[test]
 fn only_the_kubernetes_module_talks_to_kubernetes() {
     let kube = |l: &str| l.contains("kube::") || l.contains("k8s_openapi");
-    only_in(&["kubernetes.rs"], kube, "kube");
+    only_in(&["kubernetes/"], kube, "kube");
 }
 
 #[test]

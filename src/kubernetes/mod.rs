@@ -3,9 +3,16 @@
 //! kubeconfig or the in-cluster service account, pooled connections).
 //!
 //! RBAC the meshroot service account needs in each cluster: `tokenreviews` `create`
-//! (authentication.k8s.io), `pods` `get` and `list` (core).
+//! (authentication.k8s.io), `pods` `get` and `list` (core). In its own cluster, for the elected
+//! replica's duties ([`lease`], [`publish`]): `leases` `get`, `create`, `update`
+//! (coordination.k8s.io) and `secrets` `get`, `list`, `watch`, `create`, `update` in its
+//! namespace; `namespaces` `list`, `watch` and `configmaps` `get`, `list`, `watch`, `create`,
+//! `update` in every namespace. `deploy/base/rbac.yaml` grants exactly these, and
+//! `tests/deploy.rs` checks the grants against the calls the code makes.
 
-use std::path::Path;
+pub mod lease;
+pub mod publish;
+
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -15,6 +22,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::authn::token_review::{ApiError, ApiFuture, ClusterApi, PodInfo, ReviewStatus};
 use crate::authn::BearerToken;
+use crate::config::ClusterAccess;
 
 /// Why a cluster's API access could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -38,43 +46,84 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
-    /// From a kubeconfig file (remote clusters), optionally a named context.
-    pub async fn from_kubeconfig(
-        path: &Path,
-        context: Option<String>,
+    /// A client for `access` whose every call (connect, read, write) is bounded by `timeout`.
+    pub async fn connect(
+        access: &ClusterAccess,
         timeout: Duration,
     ) -> Result<Self, ClusterSetupError> {
-        let kubeconfig_error = |source| ClusterSetupError::Kubeconfig {
-            path: path.display().to_string(),
-            source,
-        };
-        let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
-        let options = KubeConfigOptions {
-            context,
-            ..KubeConfigOptions::default()
-        };
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-            .await
-            .map_err(kubeconfig_error)?;
-        Self::from_config(config, timeout)
-    }
-
-    /// The local cluster, from the pod's service account (`KUBERNETES_SERVICE_HOST`, token and CA
-    /// files under `/var/run/secrets/kubernetes.io/serviceaccount`).
-    pub fn in_cluster(timeout: Duration) -> Result<Self, ClusterSetupError> {
-        let config = kube::Config::incluster().map_err(ClusterSetupError::InCluster)?;
-        Self::from_config(config, timeout)
-    }
-
-    fn from_config(mut config: kube::Config, timeout: Duration) -> Result<Self, ClusterSetupError> {
+        let mut config = kube_config(access).await?;
         config.connect_timeout = Some(timeout);
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
         // Istio clients retry on their own; a hidden retry here would only add latency.
         config.default_retry = false;
+        Self::from_config(config)
+    }
+
+    /// A client for watches: connects and writes within `timeout`, but reads may wait as long
+    /// as a watch stays open (the API server ends each watch within about five minutes).
+    pub async fn connect_for_watches(
+        access: &ClusterAccess,
+        timeout: Duration,
+    ) -> Result<Self, ClusterSetupError> {
+        let mut config = kube_config(access).await?;
+        config.connect_timeout = Some(timeout);
+        config.read_timeout = Some(WATCH_READ_TIMEOUT);
+        config.write_timeout = Some(timeout);
+        Self::from_config(config)
+    }
+
+    /// The API client (for the elected replica's duties).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    fn from_config(config: kube::Config) -> Result<Self, ClusterSetupError> {
         let client = kube::Client::try_from(config).map_err(ClusterSetupError::Client)?;
         Ok(Self { client })
     }
+}
+
+/// Longer than the server-side timeout kube's watcher asks for (290 s).
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// The client configuration: a kubeconfig file (optionally a named context), or the pod's
+/// service account (`KUBERNETES_SERVICE_HOST`, token and CA files under
+/// `/var/run/secrets/kubernetes.io/serviceaccount`).
+async fn kube_config(access: &ClusterAccess) -> Result<kube::Config, ClusterSetupError> {
+    match access {
+        ClusterAccess::Kubeconfig { path, context } => {
+            let kubeconfig_error = |source| ClusterSetupError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            let options = KubeConfigOptions {
+                context: context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(kubeconfig_error)
+        }
+        ClusterAccess::InCluster => kube::Config::incluster().map_err(ClusterSetupError::InCluster),
+    }
+}
+
+/// An API error in a line for the log: the status code, reason and message for API answers.
+pub(crate) fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!(
+            "API server answered {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// 409: a write raced another (stale resourceVersion) or the object already exists.
+pub(crate) fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
 fn api_error(error: kube::Error) -> ApiError {

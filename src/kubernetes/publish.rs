@@ -1,0 +1,523 @@
+//! The elected replica's duties in its own cluster, which istiod stops doing once its CA is off:
+//!
+//! - **Root distribution**: the `istio-ca-root-cert` ConfigMap (key `root-cert.pem`) in every
+//!   namespace (or those matching a label selector) holds the mesh's trust bundle; kept so on
+//!   new namespaces, on edits and deletions by others, and when the bundle changes (rotation).
+//! - **istiod's serving certificate**: the `istiod-tls` Secret (`tls.crt`, `tls.key`, `ca.crt`)
+//!   for `istiod[-<rev>].<ns>.svc` and `spiffe://<td>/ns/<ns>/sa/istiod`, re-issued at half its
+//!   lifetime, when the intermediate or the bundle changes, and when someone edits or deletes it.
+//!
+//! Both watch with kube's watcher (list, then watch from the list's resourceVersion; re-list
+//! after a 410 or a broken connection, with backoff), write with the resourceVersion they read
+//! (409 Conflict: read again and retry), and only act while this replica leads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt as _;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+
+use super::{describe, is_conflict};
+
+/// The ConfigMap istio-agent reads the mesh root from, and its key.
+pub const ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
+pub const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
+/// The Secret istiod serves with.
+pub const ISTIOD_SECRET: &str = "istiod-tls";
+/// Marks objects meshroot writes.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshroot");
+
+/// How often the current bundle and intermediate are compared with what was published.
+const CHANGE_POLL: Duration = Duration::from_secs(1);
+/// After a failed write, try again this soon.
+const RETRY: Duration = Duration::from_secs(5);
+/// Writes retried after 409 before the object is left for the next pass.
+const CONFLICT_RETRIES: usize = 3;
+
+/// A server certificate and its key, PEM.
+pub struct ServerCertificate {
+    /// Leaf, then intermediates.
+    pub chain_pem: String,
+    /// PKCS#8. Never logged.
+    pub key_pem: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+pub type IssueFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<ServerCertificate, String>> + Send + 'a>>;
+
+/// The mesh whose material is published: read fresh each time, so reloads and rotations show.
+pub trait MeshMaterial: Send + Sync {
+    /// The trust bundle (every root), PEM.
+    fn bundle_pem(&self) -> Option<String>;
+    /// The served intermediates, PEM, signing certificate first.
+    fn intermediates_pem(&self) -> Option<String>;
+    /// The mesh's trust domain.
+    fn trust_domain(&self) -> Option<String>;
+    /// Issues (and records) istiod's certificate.
+    fn issue_istiod<'a>(&'a self, dns_names: &'a [String], spiffe_id: &'a str) -> IssueFuture<'a>;
+}
+
+/// What the publisher keeps, and where.
+#[derive(Debug, Clone)]
+pub struct PublishSettings {
+    /// Only namespaces matching this label selector get the ConfigMap (empty: all).
+    pub namespace_selector: String,
+    /// Keep `istio-ca-root-cert` in namespaces.
+    pub root_configmap: bool,
+    /// Keep `istiod-tls` (in `istiod_namespace`).
+    pub istiod_tls: bool,
+    pub istiod_namespace: String,
+    /// istiod revisions: `default` is `istiod.<ns>.svc`, any other `istiod-<rev>.<ns>.svc`.
+    pub istiod_revisions: Vec<String>,
+    pub istiod_ttl: Duration,
+    /// Everything is checked again this often even without an event.
+    pub resync: Duration,
+}
+
+impl PublishSettings {
+    /// DNS names in istiod's certificate.
+    pub fn istiod_dns_names(&self) -> Vec<String> {
+        self.istiod_revisions
+            .iter()
+            .map(|revision| match revision.as_str() {
+                "default" | "" => format!("istiod.{}.svc", self.istiod_namespace),
+                revision => format!("istiod-{revision}.{}.svc", self.istiod_namespace),
+            })
+            .collect()
+    }
+}
+
+/// Runs the root distribution while `leader` says this replica leads, until `shutdown`.
+pub async fn run_root_distribution(
+    client: kube::Client,
+    settings: PublishSettings,
+    mesh: std::sync::Arc<dyn MeshMaterial>,
+    mut leader: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            led = leader.wait_for(|leads| *leads) => if led.is_err() { return },
+        }
+        tracing::info!(configmap = ROOT_CONFIGMAP, selector = %settings.namespace_selector, "distributing the trust bundle");
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = leader.wait_for(|leads| !*leads) => {}
+            _ = distribute_roots(&client, &settings, mesh.as_ref()) => {}
+        }
+    }
+}
+
+/// One leadership term of root distribution (returns only if both watch streams end).
+async fn distribute_roots(
+    client: &kube::Client,
+    settings: &PublishSettings,
+    mesh: &dyn MeshMaterial,
+) {
+    let mut namespace_config = watcher::Config::default();
+    if !settings.namespace_selector.is_empty() {
+        namespace_config = namespace_config.labels(&settings.namespace_selector);
+    }
+    let mut namespaces = pin!(watcher::watcher(
+        Api::<Namespace>::all(client.clone()),
+        namespace_config
+    )
+    .default_backoff());
+    let configmap_config =
+        watcher::Config::default().fields(&format!("metadata.name={ROOT_CONFIGMAP}"));
+    let mut configmaps = pin!(watcher::watcher(
+        Api::<ConfigMap>::all(client.clone()),
+        configmap_config
+    )
+    .default_backoff());
+
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    let mut relisted: BTreeSet<String> = BTreeSet::new();
+    let mut due: BTreeSet<String> = BTreeSet::new();
+    let mut published: Option<String> = None;
+    let mut poll = tokio::time::interval(CHANGE_POLL);
+    let mut resync = tokio::time::interval(settings.resync);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            event = namespaces.next() => match event {
+                None => return,
+                Some(Ok(Event::Init)) => relisted.clear(),
+                Some(Ok(Event::InitApply(namespace))) => {
+                    if let Some(name) = active_name(&namespace) {
+                        relisted.insert(name);
+                    }
+                }
+                Some(Ok(Event::InitDone)) => {
+                    known = std::mem::take(&mut relisted);
+                    due.extend(known.iter().cloned());
+                }
+                Some(Ok(Event::Apply(namespace))) => match active_name(&namespace) {
+                    Some(name) => {
+                        if known.insert(name.clone()) {
+                            due.insert(name);
+                        }
+                    }
+                    None => {
+                        if let Some(name) = &namespace.metadata.name {
+                            known.remove(name);
+                        }
+                    }
+                },
+                Some(Ok(Event::Delete(namespace))) => {
+                    if let Some(name) = &namespace.metadata.name {
+                        known.remove(name);
+                        due.remove(name);
+                    }
+                }
+                Some(Err(error)) => tracing::warn!(%error, "watching namespaces failed; retrying"),
+            },
+            event = configmaps.next() => match event {
+                None => return,
+                Some(Ok(Event::Apply(configmap) | Event::InitApply(configmap))) => {
+                    let namespace = configmap.metadata.namespace.clone().unwrap_or_default();
+                    let current = configmap.data.as_ref().and_then(|d| d.get(ROOT_CONFIGMAP_KEY));
+                    if known.contains(&namespace) && current != published.as_ref() {
+                        due.insert(namespace);
+                    }
+                }
+                Some(Ok(Event::Delete(configmap))) => {
+                    let namespace = configmap.metadata.namespace.clone().unwrap_or_default();
+                    if known.contains(&namespace) {
+                        due.insert(namespace);
+                    }
+                }
+                Some(Ok(Event::Init | Event::InitDone)) => {}
+                Some(Err(error)) => tracing::warn!(%error, "watching {ROOT_CONFIGMAP} ConfigMaps failed; retrying"),
+            },
+            _ = poll.tick() => {
+                let bundle = mesh.bundle_pem();
+                if bundle.is_some() && bundle != published {
+                    if published.is_some() {
+                        tracing::info!("the trust bundle changed: updating every {ROOT_CONFIGMAP}");
+                    }
+                    published = bundle;
+                    due.extend(known.iter().cloned());
+                }
+            }
+            _ = resync.tick() => due.extend(known.iter().cloned()),
+        }
+        let Some(bundle) = &published else { continue };
+        if retry_at.is_some_and(|at| at > tokio::time::Instant::now()) {
+            continue;
+        }
+        retry_at = None;
+        // A bounded batch per turn, so events keep being read during a big first pass.
+        let batch: Vec<String> = due.iter().take(64).cloned().collect();
+        for namespace in batch {
+            due.remove(&namespace);
+            if let Err(error) = ensure_root_configmap(client, &namespace, bundle).await {
+                tracing::warn!(%namespace, error = %describe(&error), "could not write {ROOT_CONFIGMAP}; retrying");
+                due.insert(namespace);
+                retry_at = Some(tokio::time::Instant::now() + RETRY);
+                break;
+            }
+        }
+    }
+}
+
+/// The namespace's name unless it is being deleted (a ConfigMap cannot be created there).
+fn active_name(namespace: &Namespace) -> Option<String> {
+    let terminating = namespace.metadata.deletion_timestamp.is_some()
+        || namespace.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+    (!terminating)
+        .then(|| namespace.metadata.name.clone())
+        .flatten()
+}
+
+/// Makes `namespace`'s `istio-ca-root-cert` hold exactly `bundle`.
+async fn ensure_root_configmap(
+    client: &kube::Client,
+    namespace: &str,
+    bundle: &str,
+) -> Result<(), kube::Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = match api.get_opt(ROOT_CONFIGMAP).await? {
+            None => {
+                let configmap = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(ROOT_CONFIGMAP.to_owned()),
+                        namespace: Some(namespace.to_owned()),
+                        labels: Some(labels(&[("istio.io/config", "true")])),
+                        ..ObjectMeta::default()
+                    },
+                    data: Some(BTreeMap::from([(
+                        ROOT_CONFIGMAP_KEY.to_owned(),
+                        bundle.to_owned(),
+                    )])),
+                    ..ConfigMap::default()
+                };
+                api.create(&PostParams::default(), &configmap)
+                    .await
+                    .map(|_| "created")
+            }
+            Some(mut configmap) => {
+                let data = configmap.data.get_or_insert_with(BTreeMap::new);
+                if data.get(ROOT_CONFIGMAP_KEY).map(String::as_str) == Some(bundle) {
+                    return Ok(());
+                }
+                data.insert(ROOT_CONFIGMAP_KEY.to_owned(), bundle.to_owned());
+                configmap
+                    .metadata
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+                api.replace(ROOT_CONFIGMAP, &PostParams::default(), &configmap)
+                    .await
+                    .map(|_| "updated")
+            }
+        };
+        match result {
+            Ok(what) => {
+                tracing::info!(%namespace, configmap = ROOT_CONFIGMAP, what, "trust bundle published");
+                return Ok(());
+            }
+            Err(error) if is_conflict(&error) && attempt < CONFLICT_RETRIES => {
+                tracing::debug!(%namespace, "409 writing {ROOT_CONFIGMAP}: reading it again");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    std::iter::once(MANAGED_BY)
+        .chain(extra.iter().copied())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Keeps `istiod-tls` current while `leader` says this replica leads, until `shutdown`.
+pub async fn run_istiod_certificate(
+    client: kube::Client,
+    settings: PublishSettings,
+    mesh: std::sync::Arc<dyn MeshMaterial>,
+    mut leader: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            led = leader.wait_for(|leads| *leads) => if led.is_err() { return },
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = leader.wait_for(|leads| !*leads) => {}
+            _ = keep_istiod_certificate(&client, &settings, mesh.as_ref()) => {}
+        }
+    }
+}
+
+async fn keep_istiod_certificate(
+    client: &kube::Client,
+    settings: &PublishSettings,
+    mesh: &dyn MeshMaterial,
+) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &settings.istiod_namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={ISTIOD_SECRET}"));
+    let mut events = pin!(watcher::watcher(api.clone(), config).default_backoff());
+    let mut poll = tokio::time::interval(CHANGE_POLL);
+    let mut next_check = tokio::time::Instant::now();
+    let mut seen: Option<(Option<String>, Option<String>)> = None;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                None => return,
+                // Our own writes come back here too; checking is cheap and leaves a current
+                // Secret alone.
+                Some(Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)) => next_check = tokio::time::Instant::now(),
+                Some(Ok(Event::Init | Event::InitApply(_))) => {}
+                Some(Err(error)) => tracing::warn!(%error, "watching {ISTIOD_SECRET} failed; retrying"),
+            },
+            _ = poll.tick() => {
+                let now_seen = (mesh.bundle_pem(), mesh.intermediates_pem());
+                if seen.as_ref().is_some_and(|seen| *seen != now_seen) {
+                    tracing::info!("the trust bundle or intermediate changed: re-issuing {ISTIOD_SECRET}");
+                    next_check = tokio::time::Instant::now();
+                }
+                seen = Some(now_seen);
+            }
+            _ = tokio::time::sleep_until(next_check) => {}
+        }
+        if next_check > tokio::time::Instant::now() {
+            continue;
+        }
+        next_check = match ensure_istiod_secret(&api, settings, mesh).await {
+            Ok(renew_in) => tokio::time::Instant::now() + renew_in.min(settings.resync),
+            Err(error) => {
+                tracing::warn!(%error, "could not keep {ISTIOD_SECRET}; retrying");
+                tokio::time::Instant::now() + RETRY
+            }
+        };
+    }
+}
+
+/// Re-issues `istiod-tls` unless it is current; returns how long it stays current.
+async fn ensure_istiod_secret(
+    api: &Api<Secret>,
+    settings: &PublishSettings,
+    mesh: &dyn MeshMaterial,
+) -> Result<Duration, String> {
+    let bundle = mesh.bundle_pem().ok_or("the mesh is not loaded")?;
+    let intermediates = mesh.intermediates_pem().ok_or("the mesh is not loaded")?;
+    let trust_domain = mesh.trust_domain().ok_or("the mesh is not loaded")?;
+    let dns_names = settings.istiod_dns_names();
+    let spiffe_id = format!(
+        "spiffe://{trust_domain}/ns/{}/sa/istiod",
+        settings.istiod_namespace
+    );
+    for _ in 0..CONFLICT_RETRIES {
+        let existing = api.get_opt(ISTIOD_SECRET).await.map_err(|e| describe(&e))?;
+        if let Some(secret) = &existing {
+            if let Some(remaining) =
+                still_current(secret, &bundle, &intermediates, &dns_names, &spiffe_id)
+            {
+                return Ok(remaining);
+            }
+        }
+        let issued = mesh.issue_istiod(&dns_names, &spiffe_id).await?;
+        let lifetime = issued
+            .not_after
+            .duration_since(issued.not_before)
+            .unwrap_or_default();
+        let data = BTreeMap::from([
+            (
+                "tls.crt".to_owned(),
+                ByteString(issued.chain_pem.into_bytes()),
+            ),
+            (
+                "tls.key".to_owned(),
+                ByteString(issued.key_pem.into_bytes()),
+            ),
+            ("ca.crt".to_owned(), ByteString(bundle.clone().into_bytes())),
+        ]);
+        let result = match existing {
+            None => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(ISTIOD_SECRET.to_owned()),
+                        namespace: Some(settings.istiod_namespace.clone()),
+                        labels: Some(labels(&[])),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("kubernetes.io/tls".to_owned()),
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret).await
+            }
+            Some(mut secret) => {
+                secret.data = Some(data);
+                secret.string_data = None;
+                secret
+                    .metadata
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+                api.replace(ISTIOD_SECRET, &PostParams::default(), &secret)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => {
+                tracing::info!(secret = ISTIOD_SECRET, namespace = %settings.istiod_namespace, identity = %spiffe_id, dns_names = ?dns_names, "istiod's certificate written");
+                return Ok(lifetime / 2);
+            }
+            // The certificate just issued stays in the record log, unused; the next one
+            // is issued against what is there now.
+            Err(error) if is_conflict(&error) => {
+                tracing::debug!("409 writing {ISTIOD_SECRET}: reading it again")
+            }
+            Err(error) => return Err(describe(&error)),
+        }
+    }
+    Err(format!(
+        "{ISTIOD_SECRET} kept changing under us (409 {CONFLICT_RETRIES} times)"
+    ))
+}
+
+/// How long `secret` stays good (until half its certificate's lifetime), or None when it
+/// must be re-issued: missing or unparsable data, other names, another intermediate or bundle.
+fn still_current(
+    secret: &Secret,
+    bundle: &str,
+    intermediates: &str,
+    dns_names: &[String],
+    spiffe_id: &str,
+) -> Option<Duration> {
+    use rustls_pki_types::pem::PemObject as _;
+    use x509_parser::prelude::{FromDer as _, GeneralName, ParsedExtension, X509Certificate};
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| data.get(key).and_then(|v| std::str::from_utf8(&v.0).ok());
+    if text("ca.crt")? != bundle || text("tls.key")?.is_empty() {
+        return None;
+    }
+    let chain = text("tls.crt")?;
+    let (leaf_pem, rest) = split_first_pem(chain)?;
+    if rest.trim() != intermediates.trim() {
+        return None;
+    }
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(leaf_pem.as_bytes()).ok()?;
+    let (_, leaf) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let mut dns = Vec::new();
+    let mut uris = Vec::new();
+    for extension in leaf.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = extension.parsed_extension() {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::DNSName(name) => dns.push((*name).to_owned()),
+                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if dns != dns_names || uris != [spiffe_id.to_owned()] {
+        return None;
+    }
+    let validity = leaf.validity();
+    let not_before = validity.not_before.timestamp();
+    let not_after = validity.not_after.timestamp();
+    let renew_at = not_before + (not_after - not_before) / 2;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let now = i64::try_from(now).ok()?;
+    (now < renew_at).then(|| Duration::from_secs(u64::try_from(renew_at - now).unwrap_or(0)))
+}
+
+/// The first PEM block of `text` and everything after it.
+fn split_first_pem(text: &str) -> Option<(&str, &str)> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let end = text.find(END)? + END.len();
+    Some((&text[..end], &text[end..]))
+}

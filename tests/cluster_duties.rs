@@ -1,0 +1,370 @@
+//! The elected replica's duties, against a local HTTPS server that speaks the Kubernetes API for
+//! the resources involved (namespaces, ConfigMaps, Secrets, Leases: get, list, watch, create,
+//! update, 409s; `tests/common/kube_api.rs`), because a real API server cannot run here:
+//! Lease election and takeover, `istio-ca-root-cert` in every namespace, `istiod-tls`, conflicts,
+//! edits and deletions by others, rotation, and an API-server restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::kube_api::FakeApiServer;
+use common::{TestCa, TestServer, MESH};
+use meshroot::audit::Query;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Adds `[kubernetes]` duties pointed at `api` to `ca`'s config, as replica `identity`.
+fn with_duties(ca: &TestCa, api: &FakeApiServer, identity: &str, extra: &str) {
+    let kubeconfig = api.write_kubeconfig(ca.path(), "local");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[kubernetes]\nmesh = \"{MESH}\"\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\n\
+             identity = \"{identity}\"\nlease_duration = \"2s\"\nistiod_revisions = [\"default\", \"canary\"]\n{extra}",
+            kubeconfig.display()
+        )
+    });
+}
+
+fn cluster_with_namespaces(api: &FakeApiServer) {
+    for namespace in ["istio-system", "default", "shop", "kube-system"] {
+        api.add_namespace(namespace, &[]);
+    }
+}
+
+/// Polls `check` until it holds, failing after [`WAIT`] with `what`.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn root_configmap(api: &FakeApiServer, namespace: &str) -> Option<String> {
+    api.object("configmaps", namespace, "istio-ca-root-cert")
+        .and_then(|c| c["data"]["root-cert.pem"].as_str().map(str::to_owned))
+}
+
+fn lease_holder(api: &FakeApiServer) -> Option<String> {
+    api.object("leases", "istio-system", "meshroot")
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+}
+
+fn secret_text(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let encoded = secret["data"][key].as_str().unwrap();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn all_have(api: &FakeApiServer, namespaces: &[&str], bundle: &str) -> bool {
+    namespaces
+        .iter()
+        .all(|ns| root_configmap(api, ns).as_deref() == Some(bundle))
+}
+
+async fn start(ca: &TestCa) -> TestServer {
+    ca.start().await
+}
+
+#[tokio::test]
+async fn the_leader_keeps_the_root_configmap_in_every_namespace() {
+    let api = FakeApiServer::start().await;
+    cluster_with_namespaces(&api);
+    let ca = TestCa::new();
+    with_duties(&ca, &api, "meshroot-0", "istiod_tls = false\n");
+    let server = start(&ca).await;
+    let bundle = server.server.root_bundle_pem().to_owned();
+    let everywhere = ["istio-system", "default", "shop", "kube-system"];
+
+    eventually("the bundle in every namespace", || {
+        all_have(&api, &everywhere, &bundle)
+    })
+    .await;
+    assert_eq!(lease_holder(&api).as_deref(), Some("meshroot-0"));
+    let configmap = api
+        .object("configmaps", "default", "istio-ca-root-cert")
+        .unwrap();
+    assert_eq!(
+        configmap["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "meshroot"
+    );
+
+    // A namespace created later gets it.
+    api.add_namespace("late", &[]);
+    eventually("the bundle in a new namespace", || {
+        root_configmap(&api, "late").as_deref() == Some(bundle.as_str())
+    })
+    .await;
+
+    // Someone overwrites it: it is put back.
+    let mut edited = configmap.clone();
+    edited["data"]["root-cert.pem"] = Value::from("not a root");
+    api.put_object("configmaps", "default", edited.clone());
+    eventually("an edited ConfigMap restored", || {
+        root_configmap(&api, "default").as_deref() == Some(bundle.as_str())
+    })
+    .await;
+
+    // Someone deletes it: it is created again.
+    api.delete_object("configmaps", "shop", "istio-ca-root-cert");
+    eventually("a deleted ConfigMap re-created", || {
+        root_configmap(&api, "shop").as_deref() == Some(bundle.as_str())
+    })
+    .await;
+
+    // Writes that race another writer (409 Conflict) are read again and retried.
+    api.state
+        .conflicts
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    api.put_object("configmaps", "default", edited);
+    eventually("restored through two 409s", || {
+        root_configmap(&api, "default").as_deref() == Some(bundle.as_str())
+    })
+    .await;
+    assert_eq!(
+        api.state
+            .conflicts
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "both conflicts were met"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_namespace_selector_limits_where_the_root_goes() {
+    let api = FakeApiServer::start().await;
+    api.add_namespace("istio-system", &[]);
+    api.add_namespace("meshed", &[("istio-injection", "enabled")]);
+    api.add_namespace("plain", &[]);
+    let ca = TestCa::new();
+    with_duties(
+        &ca,
+        &api,
+        "meshroot-0",
+        "istiod_tls = false\nnamespace_selector = \"istio-injection=enabled\"\n",
+    );
+    let server = start(&ca).await;
+    let bundle = server.server.root_bundle_pem().to_owned();
+    eventually("the bundle in the selected namespace", || {
+        all_have(&api, &["meshed"], &bundle)
+    })
+    .await;
+    api.add_namespace("meshed-later", &[("istio-injection", "enabled")]);
+    eventually("the bundle in a selected namespace made later", || {
+        all_have(&api, &["meshed-later"], &bundle)
+    })
+    .await;
+    assert_eq!(root_configmap(&api, "plain"), None);
+    assert_eq!(root_configmap(&api, "istio-system"), None);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
+    let api = FakeApiServer::start().await;
+    cluster_with_namespaces(&api);
+    let ca = TestCa::new();
+    with_duties(&ca, &api, "meshroot-0", "root_configmap = false\n");
+    let server = start(&ca).await;
+    let bundle = server.server.root_bundle_pem().to_owned();
+    eventually("istiod-tls written", || {
+        api.object("secrets", "istio-system", "istiod-tls")
+            .is_some()
+    })
+    .await;
+    let secret = api.object("secrets", "istio-system", "istiod-tls").unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret_text(&secret, "ca.crt"), bundle);
+    let chain_pem = secret_text(&secret, "tls.crt");
+    let chain: Vec<String> = common::certificates(&chain_pem)
+        .iter()
+        .map(pem_of)
+        .collect();
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    // rustls-webpki and openssl both accept it (verify_chain checks the leaf as a client
+    // certificate and as a server certificate for its names).
+    common::verify_chain(&[chain.clone(), vec![bundle.clone()]].concat(), &bundle);
+    use x509_parser::prelude::{FromDer as _, GeneralName, ParsedExtension, X509Certificate};
+    let leaf_der = common::certificates(&chain_pem).remove(0);
+    let (_, leaf) = X509Certificate::from_der(leaf_der.as_ref()).unwrap();
+    let mut names = Vec::new();
+    for extension in leaf.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = extension.parsed_extension() {
+            for name in &san.general_names {
+                names.push(match name {
+                    GeneralName::DNSName(n) => format!("DNS:{n}"),
+                    GeneralName::URI(u) => format!("URI:{u}"),
+                    other => format!("{other:?}"),
+                });
+            }
+        }
+    }
+    assert_eq!(
+        names,
+        [
+            "DNS:istiod.istio-system.svc",
+            "DNS:istiod-canary.istio-system.svc",
+            "URI:spiffe://cluster.local/ns/istio-system/sa/istiod"
+        ]
+    );
+    // The key in the Secret is the certificate's.
+    let key = rcgen::KeyPair::from_pem(&secret_text(&secret, "tls.key")).unwrap();
+    use rcgen::PublicKeyData as _;
+    assert_eq!(
+        key.subject_public_key_info(),
+        leaf.public_key().raw.to_vec(),
+        "tls.key matches tls.crt"
+    );
+    // Recorded like any other issuance, findable by istiod's identity.
+    let serial = leaf.raw_serial().to_vec();
+    let records = server
+        .server
+        .store()
+        .query_all(&Query {
+            spiffe_id: Some("spiffe://cluster.local/ns/istio-system/sa/istiod".to_owned()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(records.len(), 1, "one istiod issuance recorded");
+    assert_eq!(records[0].caller.subject, "istiod-tls");
+    assert_eq!(server.records_for_serial(&serial).len(), 1);
+
+    // Deleted by someone: a new certificate is issued and written.
+    api.delete_object("secrets", "istio-system", "istiod-tls");
+    eventually("istiod-tls re-issued after deletion", || {
+        api.object("secrets", "istio-system", "istiod-tls")
+            .is_some_and(|s| secret_text(&s, "tls.crt") != chain_pem)
+    })
+    .await;
+    server.stop().await;
+}
+
+fn pem_of(der: &rustls_pki_types::CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_another_takes_over_when_it_stops() {
+    let api = FakeApiServer::start().await;
+    cluster_with_namespaces(&api);
+    // Two replicas. Each has its own CA material here, so the ConfigMaps show which one wrote.
+    let first_ca = TestCa::new();
+    with_duties(&first_ca, &api, "meshroot-0", "istiod_tls = false\n");
+    let second_ca = TestCa::new();
+    with_duties(&second_ca, &api, "meshroot-1", "istiod_tls = false\n");
+    let first = start(&first_ca).await;
+    let first_bundle = first.server.root_bundle_pem().to_owned();
+    eventually("the first replica publishes", || {
+        all_have(&api, &["default", "shop"], &first_bundle)
+    })
+    .await;
+    let second = start(&second_ca).await;
+    let second_bundle = second.server.root_bundle_pem().to_owned();
+    assert_ne!(first_bundle, second_bundle);
+    // Two lease durations: the follower never writes while the leader renews.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(lease_holder(&api).as_deref(), Some("meshroot-0"));
+    assert!(all_have(
+        &api,
+        &["istio-system", "default", "shop", "kube-system"],
+        &first_bundle
+    ));
+
+    // The leader stops: it releases the lease, and the other replica takes over at once.
+    let stopped = tokio::time::Instant::now();
+    first.stop().await;
+    eventually("the second replica leads and publishes", || {
+        lease_holder(&api).as_deref() == Some("meshroot-1")
+            && all_have(&api, &["default", "shop"], &second_bundle)
+    })
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "took over after {:?}",
+        stopped.elapsed()
+    );
+    let lease = api.object("leases", "istio-system", "meshroot").unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn duties_resume_after_an_api_server_restart_and_follow_a_root_rotation() {
+    let mut api = FakeApiServer::start().await;
+    cluster_with_namespaces(&api);
+    let ca = TestCa::new();
+    with_duties(&ca, &api, "meshroot-0", "");
+    let server = start(&ca).await;
+    let bundle = server.server.root_bundle_pem().to_owned();
+    eventually("published", || {
+        all_have(&api, &["default", "shop"], &bundle)
+            && api
+                .object("secrets", "istio-system", "istiod-tls")
+                .is_some()
+    })
+    .await;
+
+    // Down for longer than the renew deadline: the leader steps down, then leads again.
+    api.restart(Duration::from_secs(3)).await;
+    api.add_namespace("after-restart", &[]);
+    eventually("a namespace made after the restart gets the root", || {
+        root_configmap(&api, "after-restart").as_deref() == Some(bundle.as_str())
+    })
+    .await;
+    assert_eq!(lease_holder(&api).as_deref(), Some("meshroot-0"));
+
+    // Root rotation: a second root joins the bundle (extra_roots), the config is reloaded, and
+    // every ConfigMap and istiod's ca.crt follow.
+    let other = TestCa::new();
+    std::fs::write(ca.path().join("next-root.pem"), other.root_pem()).unwrap();
+    ca.edit_config(|config| {
+        config.replacen(
+            "ca_dir = \"default\"",
+            "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]",
+            1,
+        )
+    });
+    server.server.reload().await.unwrap();
+    eventually(
+        "every ConfigMap and istiod's ca.crt carry both roots",
+        || {
+            let configmap = root_configmap(&api, "default").unwrap_or_default();
+            let secret = api
+                .object("secrets", "istio-system", "istiod-tls")
+                .map(|s| secret_text(&s, "ca.crt"))
+                .unwrap_or_default();
+            configmap.contains(bundle.trim())
+                && configmap.contains(other.root_pem().trim())
+                && secret == configmap
+                && all_have(
+                    &api,
+                    &["istio-system", "shop", "kube-system", "after-restart"],
+                    &configmap,
+                )
+        },
+    )
+    .await;
+    server.stop().await;
+}
