@@ -8,10 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::kube_api::{FakeApiServer, FakePod, TokenIdentity};
+use common::kube_api::{FakeApiServer, TokenIdentity};
 use common::*;
 use meshroot::clock::{Clock as _, ManualClock};
-use meshroot::pb::istio::IstioCertificateRequest;
 use meshroot::record::{Outcome, Record};
 use tonic::Code;
 
@@ -330,68 +329,14 @@ async fn a_renewal_storm_of_1000_requests_from_100_tokens_costs_at_most_100_revi
     server.stop().await;
 }
 
-/// A fake cluster with a ztunnel on node-1, a `shop/cart` pod on node-1 and a `bank/vault` pod
-/// on node-2.
-fn ambient_cluster(west: &FakeApiServer) {
-    west.add_token(
-        "ztunnel-token",
-        TokenIdentity::service_account("istio-system", "ztunnel", Some(("ztunnel-abc", "uid-z1"))),
-    );
-    west.add_token(
-        "stale-ztunnel-token",
-        TokenIdentity::service_account("istio-system", "ztunnel", Some(("ztunnel-abc", "uid-old"))),
-    );
-    west.add_token(
-        "cart-token",
-        TokenIdentity::service_account("shop", "cart", Some(("cart-1", "uid-c1"))),
-    );
-    west.add_pod(FakePod::running(
-        "istio-system",
-        "ztunnel-abc",
-        "uid-z1",
-        "ztunnel",
-        "node-1",
-    ));
-    west.add_pod(FakePod::running(
-        "shop", "cart-1", "uid-c1", "cart", "node-1",
-    ));
-    west.add_pod(FakePod::running(
-        "bank", "vault-1", "uid-v1", "vault", "node-2",
-    ));
-}
-
-async fn impersonate(
-    server: &TestServer,
-    token: &str,
-    identity: &str,
-) -> Result<Vec<String>, tonic::Status> {
-    let impersonated = prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(identity.to_owned())),
-    };
-    let body = IstioCertificateRequest {
-        csr: ztunnel_csr(identity),
-        validity_duration: 0,
-        metadata: Some(prost_types::Struct {
-            fields: [("ImpersonatedIdentity".to_owned(), impersonated)]
-                .into_iter()
-                .collect(),
-        }),
-    };
-    let headers = [
-        ("authorization", format!("Bearer {token}")),
-        ("clusterid", "west".to_owned()),
-    ];
-    server.call_raw(body, &headers).await.map(|r| r.cert_chain)
-}
-
 #[tokio::test]
 async fn ztunnel_gets_the_identity_of_a_pod_on_its_node() {
     let west = FakeApiServer::start().await;
-    ambient_cluster(&west);
+    west.add_ambient_workloads();
     let ca = ca_with_clusters(&west, None, "");
     let server = ca.start().await;
     let cart = spiffe_id("shop", "cart");
-    let chain = impersonate(&server, "ztunnel-token", &cart).await.unwrap();
+    let chain = server.impersonate("ztunnel-token", &cart).await.unwrap();
     verify_chain(&chain, &ca.root_pem());
     let leaf = certificates(&chain[0]).remove(0);
     let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
@@ -421,7 +366,7 @@ async fn ztunnel_gets_the_identity_of_a_pod_on_its_node() {
             .pod_lists
             .load(std::sync::atomic::Ordering::SeqCst),
     );
-    impersonate(&server, "ztunnel-token", &cart).await.unwrap();
+    server.impersonate("ztunnel-token", &cart).await.unwrap();
     assert_eq!(
         west.state
             .pod_gets
@@ -440,7 +385,7 @@ async fn ztunnel_gets_the_identity_of_a_pod_on_its_node() {
 #[tokio::test]
 async fn refuses_impersonation_for_untrusted_accounts_other_nodes_and_stale_pods() {
     let west = FakeApiServer::start().await;
-    ambient_cluster(&west);
+    west.add_ambient_workloads();
     let ca = ca_with_clusters(&west, None, "");
     let server = ca.start().await;
     for (token, identity, reason) in [
@@ -465,7 +410,7 @@ async fn refuses_impersonation_for_untrusted_accounts_other_nodes_and_stale_pods
             "impersonation-identity-invalid",
         ),
     ] {
-        let status = impersonate(&server, token, &identity).await.unwrap_err();
+        let status = server.impersonate(token, &identity).await.unwrap_err();
         assert_eq!(
             status.code(),
             Code::Unauthenticated,
@@ -483,10 +428,11 @@ async fn refuses_impersonation_for_untrusted_accounts_other_nodes_and_stale_pods
 #[tokio::test]
 async fn refuses_impersonation_when_no_node_account_is_trusted() {
     let west = FakeApiServer::start().await;
-    ambient_cluster(&west);
+    west.add_ambient_workloads();
     let ca = ca_with_clusters(&west, None, "trusted_node_accounts = []\n");
     let server = ca.start().await;
-    let status = impersonate(&server, "ztunnel-token", &spiffe_id("shop", "cart"))
+    let status = server
+        .impersonate("ztunnel-token", &spiffe_id("shop", "cart"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);

@@ -2,8 +2,7 @@
 //! Prometheus project's Python text parser (`prometheus_client`), `/healthz` and `/readyz`, and
 //! the gRPC health service over TLS on the CSR listener and in plain text on the admin address.
 //!
-//! The parser runs in `$MESHROOT_PYTHON`, else `target/ci-venv/bin/python` (which `.ci/run`
-//! makes, with `prometheus-client` in it).
+//! The parser runs in [`common::python`] (`.ci/run` installs `prometheus-client` there).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,7 +10,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,19 +20,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("MESHROOT_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "a Python with prometheus-client is needed: set MESHROOT_PYTHON or run `bash .ci/run` \
-         once (it makes target/ci-venv)"
-    );
-    venv
-}
 
 /// Metric families as the parser reads them: name → (type, [(sample name, labels, value)]).
 type Families = BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)>;
@@ -67,7 +52,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
     families[family.name] = [family.type, [[s.name, s.labels, s.value] for s in family.samples]]
 print(json.dumps(families))
 "#;
-    let mut child = Command::new(python())
+    let mut child = Command::new(common::python())
         .args(["-c", SCRIPT])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -124,6 +124,8 @@ pub struct ApiCall {
     pub verb: String,
     pub group: String,
     pub resource: String,
+    /// The namespace of a namespaced call; None for cluster-wide ones.
+    pub namespace: Option<String>,
 }
 
 /// The stored objects and the change log.
@@ -268,6 +270,45 @@ impl FakeApiServer {
             "",
             json!({ "metadata": { "name": name, "labels": labels }, "status": { "phase": "Active" } }),
         );
+    }
+
+    /// An ambient cluster: a ztunnel on node-1 (token `ztunnel-token`; `stale-ztunnel-token`
+    /// names an older pod uid), a `shop/cart` pod on node-1 (token `cart-token`) and a
+    /// `bank/vault` pod on node-2.
+    pub fn add_ambient_workloads(&self) {
+        self.add_token(
+            "ztunnel-token",
+            TokenIdentity::service_account(
+                "istio-system",
+                "ztunnel",
+                Some(("ztunnel-abc", "uid-z1")),
+            ),
+        );
+        self.add_token(
+            "stale-ztunnel-token",
+            TokenIdentity::service_account(
+                "istio-system",
+                "ztunnel",
+                Some(("ztunnel-abc", "uid-old")),
+            ),
+        );
+        self.add_token(
+            "cart-token",
+            TokenIdentity::service_account("shop", "cart", Some(("cart-1", "uid-c1"))),
+        );
+        self.add_pod(FakePod::running(
+            "istio-system",
+            "ztunnel-abc",
+            "uid-z1",
+            "ztunnel",
+            "node-1",
+        ));
+        self.add_pod(FakePod::running(
+            "shop", "cart-1", "uid-c1", "cart", "node-1",
+        ));
+        self.add_pod(FakePod::running(
+            "bank", "vault-1", "uid-v1", "vault", "node-2",
+        ));
     }
 
     /// The distinct calls received so far.
@@ -492,11 +533,11 @@ fn api_call(method: &Method, segments: &[&str], query: &str) -> Option<ApiCall> 
         ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
         _ => return None,
     };
-    let (resource, named) = match rest {
-        ["namespaces", _, resource] => (*resource, false),
-        ["namespaces", _, resource, _] => (*resource, true),
-        [resource] => (*resource, false),
-        [resource, _] => (*resource, true),
+    let (resource, named, namespace) = match rest {
+        ["namespaces", namespace, resource] => (*resource, false, Some(namespace.to_string())),
+        ["namespaces", namespace, resource, _] => (*resource, true, Some(namespace.to_string())),
+        [resource] => (*resource, false, None),
+        [resource, _] => (*resource, true, None),
         _ => return None,
     };
     let watch = query
@@ -517,6 +558,7 @@ fn api_call(method: &Method, segments: &[&str], query: &str) -> Option<ApiCall> 
         verb: verb.to_owned(),
         group,
         resource: resource.to_owned(),
+        namespace,
     })
 }
 

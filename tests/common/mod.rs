@@ -268,6 +268,32 @@ impl TestServer {
         (chain.concat(), key.serialize_pem())
     }
 
+    /// ztunnel's call: its own `token` (cluster `west`), asking for `identity` through
+    /// `metadata["ImpersonatedIdentity"]`, with a P-256 CSR for that identity.
+    pub async fn impersonate(
+        &self,
+        token: &str,
+        identity: &str,
+    ) -> Result<Vec<String>, tonic::Status> {
+        let impersonated = prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(identity.to_owned())),
+        };
+        let body = meshroot::pb::istio::IstioCertificateRequest {
+            csr: ztunnel_csr(identity),
+            validity_duration: 0,
+            metadata: Some(prost_types::Struct {
+                fields: [("ImpersonatedIdentity".to_owned(), impersonated)]
+                    .into_iter()
+                    .collect(),
+            }),
+        };
+        let headers = [
+            ("authorization", format!("Bearer {token}")),
+            ("clusterid", "west".to_owned()),
+        ];
+        self.call_raw(body, &headers).await.map(|r| r.cert_chain)
+    }
+
     /// The record a failed call produced, found by the request id in the status.
     pub fn record_of(&self, status: &tonic::Status) -> Record {
         let request_id = status
@@ -299,6 +325,21 @@ impl TestServer {
     pub async fn stop(self) {
         self.server.shutdown().await.unwrap();
     }
+}
+
+/// The Python with the test tools from `.ci/requirements.txt` (the Prometheus text parser,
+/// kubernetes-validate, PyYAML): `$MESHROOT_PYTHON`, else `target/ci-venv/bin/python`.
+pub fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("MESHROOT_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "a Python with the test tools is needed: set MESHROOT_PYTHON or run `bash .ci/run` \
+         once (it makes target/ci-venv from .ci/requirements.txt)"
+    );
+    venv
 }
 
 pub fn spiffe_id(namespace: &str, service_account: &str) -> String {

@@ -1,0 +1,577 @@
+//! `deploy/`: every overlay rendered with `kubectl kustomize` (CA material from `meshroot init`, as
+//! a user would make it), validated against the Kubernetes 1.33 schemas with
+//! `kubernetes-validate --strict`, and checked for what the code assumes: the config in the
+//! ConfigMap parses and points at the mounted CA material, the Service's name is in the serving
+//! certificate, the ports and probes meet the listeners, the root key never leaves the machine.
+//! And the RBAC rules grant exactly the calls meshroot makes, recorded by the local Kubernetes API
+//! server of `tests/common/kube_api.rs` while meshroot does everything it does in a cluster.
+//!
+//! `kubectl`: `$MESHROOT_KUBECTL`, else `kubectl` on PATH (`.ci/run` installs Debian's
+//! `kubernetes-client` when there is none). The validator and YAML reader run in
+//! [`common::python`].
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use common::kube_api::FakeApiServer;
+use common::{spiffe_id, TestCa};
+use meshroot::ca_files::{self, InitOptions};
+use meshroot::config::Config;
+use meshroot::identity::TrustDomain;
+use meshroot::keys::KeyType;
+use serde_json::Value;
+
+fn kubectl() -> PathBuf {
+    std::env::var_os("MESHROOT_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A rendered overlay: its YAML, its objects, and the CA directory `init` made for it.
+struct Rendered {
+    _dir: tempfile::TempDir,
+    ca_dir: PathBuf,
+    yaml: String,
+    objects: Vec<Value>,
+}
+
+impl Rendered {
+    fn find(&self, kind: &str, name: &str) -> &Value {
+        self.objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+    }
+
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+}
+
+/// Copies `deploy/`, makes the overlay's CA material with `init` for `meshes`, renders it, and
+/// validates the result.
+fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = dir.path().join("deploy");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"),
+        &deploy,
+    );
+    let overlay_dir = deploy.join("overlays").join(overlay);
+    let ca_dir = overlay_dir.join("ca");
+    ca_files::init(
+        &InitOptions {
+            dir: ca_dir.clone(),
+            meshes: meshes
+                .iter()
+                .map(|(name, td)| (name.to_string(), TrustDomain::new(td).unwrap()))
+                .collect(),
+            key_type: KeyType::EcdsaP256,
+            dev_issuer: false,
+            force: false,
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
+    std::fs::write(
+        ca_dir.join("b.kubeconfig"),
+        "apiVersion: v1\nkind: Config\n",
+    )
+    .unwrap();
+
+    let output = Command::new(kubectl())
+        .arg("kustomize")
+        .arg(&overlay_dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubectl is needed (MESHROOT_KUBECTL or on PATH; `.ci/run` installs it): {e}")
+        });
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {overlay}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let yaml = String::from_utf8(output.stdout).unwrap();
+    let rendered = dir.path().join(format!("{overlay}.yaml"));
+    std::fs::write(&rendered, &yaml).unwrap();
+
+    let validated = Command::new(common::python())
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.33.0"])
+        .arg(&rendered)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&validated.stdout);
+    assert!(
+        validated.status.success(),
+        "{overlay} does not validate:\n{report}{}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    assert!(
+        !report.contains("WARN") && !report.contains("ERROR"),
+        "{report}"
+    );
+
+    let objects = yaml_to_json(&rendered);
+    Rendered {
+        _dir: dir,
+        ca_dir,
+        yaml,
+        objects,
+    }
+}
+
+/// Every document of a YAML file, through PyYAML.
+fn yaml_to_json(path: &Path) -> Vec<Value> {
+    let output = Command::new(common::python())
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A Secret's data value (kustomize may fold the base64 over several lines).
+fn decode(value: &Value) -> String {
+    let text: String = value
+        .as_str()
+        .unwrap()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn port_of(address: &std::net::SocketAddr) -> u64 {
+    u64::from(address.port())
+}
+
+/// The checks every overlay must pass beyond the schemas.
+fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) {
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "StatefulSet",
+        "PodDisruptionBudget",
+    ] {
+        assert_eq!(rendered.all(kind).len(), 1, "one {kind}");
+    }
+    for object in &rendered.objects {
+        if object["kind"] != "Namespace"
+            && object["kind"] != "ClusterRole"
+            && object["kind"] != "ClusterRoleBinding"
+        {
+            assert_eq!(
+                object["metadata"]["namespace"], "istio-system",
+                "{} {}",
+                object["kind"], object["metadata"]["name"]
+            );
+        }
+    }
+    // The root key stays where init wrote it.
+    let root_key = std::fs::read_to_string(rendered.ca_dir.join("root-key.pem")).unwrap();
+    let root_key_body = root_key.lines().nth(1).unwrap();
+    assert!(!rendered.yaml.contains("root-key"));
+    assert!(!rendered.yaml.contains(root_key_body));
+    for secret in rendered.all("Secret") {
+        for value in secret["data"].as_object().unwrap().values() {
+            assert!(
+                !decode(value).contains(root_key_body),
+                "the root key is in a Secret"
+            );
+        }
+    }
+
+    let configmap = rendered.find("ConfigMap", "meshroot-config");
+    let config_text = configmap["data"]["meshroot.toml"].as_str().unwrap();
+    let config = Config::parse(
+        config_text,
+        Path::new("/etc/meshroot/config/meshroot.toml"),
+        None,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("the deployed config does not load: {e}"));
+
+    let statefulset = rendered.find("StatefulSet", "meshroot");
+    let pod = &statefulset["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let mounts: BTreeMap<String, String> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["mountPath"].as_str().unwrap().to_owned(),
+                m["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let volume = |name: &str| {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    };
+    // The config file is where the args say, from the ConfigMap.
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        ["serve", "--config", "/etc/meshroot/config/meshroot.toml"]
+    );
+    assert_eq!(
+        volume(&mounts["/etc/meshroot/config"])["configMap"]["name"],
+        "meshroot-config"
+    );
+    // Each mesh's ca_dir is a mounted Secret in Istio's cacerts layout with init's files.
+    assert_eq!(config.meshes.len(), secrets_by_mesh.len());
+    for (mesh, secret_name) in secrets_by_mesh {
+        let mesh_config = config.mesh(mesh).unwrap();
+        let mount = mesh_config.ca_dir.to_str().unwrap();
+        let secret_volume = volume(&mounts[mount]);
+        assert_eq!(secret_volume["secret"]["secretName"], *secret_name);
+        let secret = rendered.find("Secret", secret_name);
+        let keys: BTreeSet<&str> = secret["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([
+                "ca-cert.pem",
+                "ca-key.pem",
+                "cert-chain.pem",
+                "root-cert.pem"
+            ])
+        );
+        for file in ["ca-cert.pem", "cert-chain.pem", "root-cert.pem"] {
+            assert_eq!(
+                decode(&secret["data"][file]),
+                std::fs::read_to_string(rendered.ca_dir.join(mesh).join(file)).unwrap()
+            );
+        }
+    }
+    // The store and the checkpoint file live on the replica's own volume.
+    let claims: Vec<&str> = statefulset["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(claims, ["data"]);
+    assert_eq!(mounts["/var/lib/meshroot"], "data");
+    assert!(config.store.starts_with("/var/lib/meshroot"));
+    assert!(config
+        .audit
+        .checkpoint_file
+        .starts_with("/var/lib/meshroot"));
+    let audit_key = config.audit.key.clone().unwrap();
+    assert_eq!(
+        volume(&mounts[audit_key.parent().unwrap().to_str().unwrap()])["secret"]["secretName"],
+        "meshroot-audit-key"
+    );
+
+    // CA_ADDR = <Service>.<namespace>.svc:443 must be a name in the serving certificate, and the
+    // Service must lead to the CSR listener.
+    let service = rendered.find("Service", "meshroot");
+    assert_eq!(service["spec"]["ports"][0]["port"], 443);
+    assert!(config
+        .dns_names
+        .contains(&"meshroot.istio-system.svc".to_owned()));
+    let container_port = |name: &str| {
+        container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no container port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    let target = service["spec"]["ports"][0]["targetPort"].as_str().unwrap();
+    assert_eq!(container_port(target), port_of(&config.listen));
+    assert!(
+        config.listen.ip().is_unspecified(),
+        "reachable from the pod network"
+    );
+    // Probes meet the admin listener, which is TLS off loopback.
+    assert_eq!(container_port("https-admin"), port_of(&config.admin.listen));
+    for (probe, path) in [
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+        ("startupProbe", "/healthz"),
+    ] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path);
+        assert_eq!(get["port"], "https-admin");
+        assert_eq!(get["scheme"], "HTTPS");
+    }
+    let headless = rendered.find("Service", "meshroot-headless");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(statefulset["spec"]["serviceName"], "meshroot-headless");
+    // Locked down.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert!(pod["affinity"]["podAntiAffinity"].is_object());
+    let pdb = rendered.find("PodDisruptionBudget", "meshroot");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        statefulset["spec"]["selector"]["matchLabels"]
+    );
+    // The elected replica knows its name and namespace (Lease holder, istiod-tls's namespace).
+    let kubernetes = config.kubernetes.as_ref().unwrap();
+    assert_eq!(
+        kubernetes.access,
+        meshroot::config::ClusterAccess::InCluster
+    );
+    for (variable, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let env = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == variable)
+            .unwrap_or_else(|| panic!("no {variable}"));
+        assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], field);
+    }
+}
+
+#[test]
+fn the_single_mesh_overlay_renders_validates_and_fits_the_code() {
+    let rendered = render("single-mesh", &[("default", "cluster.local")]);
+    check_overlay(&rendered, &[("default", "cacerts")]);
+}
+
+#[test]
+fn the_multi_mesh_overlay_renders_validates_and_fits_the_code() {
+    let rendered = render("multi-mesh", &[("a", "a.example"), ("b", "b.example")]);
+    check_overlay(&rendered, &[("a", "cacerts-a"), ("b", "cacerts-b")]);
+    // Mesh b's cluster is reached with the kubeconfig from its Secret.
+    let secret = rendered.find("Secret", "meshroot-kubeconfig-b");
+    assert!(secret["data"]["b.kubeconfig"].is_string());
+    let config = Config::parse(
+        rendered.find("ConfigMap", "meshroot-config")["data"]["meshroot.toml"]
+            .as_str()
+            .unwrap(),
+        Path::new("/etc/meshroot/config/meshroot.toml"),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        config.mesh("b").unwrap().clusters[0].access,
+        meshroot::config::ClusterAccess::Kubeconfig {
+            path: PathBuf::from("/etc/meshroot/clusters/b/b.kubeconfig"),
+            context: None,
+        }
+    );
+}
+
+#[test]
+fn the_istio_side_points_at_meshroot_with_istiods_ca_off() {
+    let istio = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/istio");
+    let operator = &yaml_to_json(&istio.join("istio-operator.yaml"))[0];
+    assert_eq!(
+        operator["spec"]["values"]["global"]["caAddress"],
+        "meshroot.istio-system.svc:443"
+    );
+    assert_eq!(
+        operator["spec"]["meshConfig"]["trustDomain"],
+        "cluster.local"
+    );
+    let env = &operator["spec"]["components"]["pilot"]["k8s"]["env"];
+    assert!(env
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "ENABLE_CA_SERVER" && e["value"] == "false"));
+    let values = &yaml_to_json(&istio.join("istiod-values.yaml"))[0];
+    assert_eq!(
+        values["global"]["caAddress"],
+        "meshroot.istio-system.svc:443"
+    );
+    assert_eq!(values["pilot"]["env"]["ENABLE_CA_SERVER"], "false");
+    assert_eq!(values["meshConfig"]["trustDomain"], "cluster.local");
+    let kyma = &yaml_to_json(&istio.join("kyma-istio.yaml"))[0];
+    assert_eq!(kyma["kind"], "Istio");
+    assert_eq!(kyma["spec"]["config"]["trustDomain"], "cluster.local");
+}
+
+/// (API group, resource, verb).
+type Grant = (String, String, String);
+
+fn grants(role: &Value) -> BTreeSet<Grant> {
+    let mut grants = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in rule["apiGroups"].as_array().unwrap() {
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in rule["verbs"].as_array().unwrap() {
+                    grants.insert((
+                        group.as_str().unwrap().to_owned(),
+                        resource.as_str().unwrap().to_owned(),
+                        verb.as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    grants
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not in time: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_rendered_rbac_grants_exactly_the_calls_meshroot_makes() {
+    let rendered = render("single-mesh", &[("default", "cluster.local")]);
+    let cluster_wide = grants(rendered.find("ClusterRole", "meshroot"));
+    let in_namespace = grants(rendered.find("Role", "meshroot"));
+    let binding = rendered.find("RoleBinding", "meshroot");
+    assert_eq!(binding["metadata"]["namespace"], "istio-system");
+
+    // meshroot doing everything it does in a cluster, against the local API server: TokenReview
+    // (istio-agent), pod lookups (ztunnel's impersonation), the Lease, the root ConfigMaps and
+    // istiod-tls, including updates of each.
+    let api = FakeApiServer::start().await;
+    for namespace in ["istio-system", "default", "shop"] {
+        api.add_namespace(namespace, &[]);
+    }
+    api.add_ambient_workloads();
+    let ca = TestCa::new();
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{path}\"\n\n\
+             [kubernetes]\nkubeconfig = \"{path}\"\nnamespace = \"istio-system\"\n\
+             identity = \"meshroot-0\"\nlease_duration = \"1s\"\n",
+            path = kubeconfig.display()
+        )
+    });
+    let server = ca.start().await;
+    let cart = spiffe_id("shop", "cart");
+    server
+        .call_with(
+            common::ztunnel_csr(&cart),
+            Some("cart-token".to_owned()),
+            0,
+            "west",
+            None,
+        )
+        .await
+        .unwrap();
+    server.impersonate("ztunnel-token", &cart).await.unwrap();
+    eventually("the root ConfigMaps and istiod-tls written", || {
+        api.object("configmaps", "shop", "istio-ca-root-cert")
+            .is_some()
+            && api
+                .object("secrets", "istio-system", "istiod-tls")
+                .is_some()
+    })
+    .await;
+    // Updates: a ConfigMap and the Secret edited by someone else are put back; the Lease is
+    // renewed.
+    let mut configmap = api
+        .object("configmaps", "shop", "istio-ca-root-cert")
+        .unwrap();
+    configmap["data"]["root-cert.pem"] = Value::from("stale");
+    api.put_object("configmaps", "shop", configmap);
+    let mut secret = api.object("secrets", "istio-system", "istiod-tls").unwrap();
+    secret["data"]["ca.crt"] = Value::from("c3RhbGU=");
+    api.put_object("secrets", "istio-system", secret);
+    for (verb, resource) in [
+        ("update", "configmaps"),
+        ("update", "secrets"),
+        ("update", "leases"),
+    ] {
+        eventually(&format!("{verb} {resource}"), || {
+            api.calls()
+                .iter()
+                .any(|c| c.verb == verb && c.resource == resource)
+        })
+        .await;
+    }
+    server.stop().await;
+
+    // Every call is granted at its scope: namespaced calls in istio-system by the Role or the
+    // ClusterRole, every other call by the ClusterRole.
+    let calls = api.calls();
+    for call in &calls {
+        let namespace = &call.namespace;
+        let grant = (call.group.clone(), call.resource.clone(), call.verb.clone());
+        let granted = cluster_wide.contains(&grant)
+            || (namespace.as_deref() == Some("istio-system") && in_namespace.contains(&grant));
+        assert!(granted, "not granted: {call:?} in {namespace:?}");
+    }
+    // And nothing is granted that no call needs.
+    let used: BTreeSet<Grant> = calls
+        .iter()
+        .map(|c| (c.group.clone(), c.resource.clone(), c.verb.clone()))
+        .collect();
+    let granted: BTreeSet<Grant> = cluster_wide.union(&in_namespace).cloned().collect();
+    assert_eq!(
+        granted.difference(&used).collect::<Vec<_>>(),
+        Vec::<&Grant>::new(),
+        "granted but never called"
+    );
+    // The Role's grants are not also cluster-wide (least privilege for Secrets and Leases).
+    assert!(cluster_wide.is_disjoint(&in_namespace));
+}
