@@ -241,6 +241,20 @@ impl MeshAuthority {
         &self.roots
     }
 
+    /// The signing certificate and the intermediates above it (DER), as records' signers are
+    /// remembered; just the signing certificate when it is itself a root.
+    pub fn signer_chain(&self) -> Vec<Vec<u8>> {
+        if self.intermediates.is_empty() {
+            return self
+                .roots
+                .iter()
+                .filter(|root| crate::csr::sha256(root) == self.signing_certificate_sha256)
+                .map(|root| root.to_vec())
+                .collect();
+        }
+        self.intermediates.iter().map(|der| der.to_vec()).collect()
+    }
+
     /// The served intermediates, PEM, signing certificate first (concatenated).
     pub fn intermediates_pem(&self) -> String {
         self.intermediates_pem.concat()

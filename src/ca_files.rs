@@ -257,40 +257,15 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
             path: mesh_dir.clone(),
             source,
         })?;
-        let key = options
-            .key_type
-            .generate()
-            .map_err(|e| generate_failed(&format!("the {mesh} intermediate key"), e.to_string()))?;
-        let intermediate_not_after = (now + INTERMEDIATE_VALIDITY).min(now + ROOT_VALIDITY);
-        let mut params = ca_params(
-            &format!("meshroot intermediate CA {mesh}"),
-            not_before,
-            intermediate_not_after,
+        write_intermediate(
+            &mesh_dir,
+            mesh,
+            options.key_type,
+            &root_issuer,
+            &root_pem,
+            now,
             &rng,
-        )
-        .map_err(|e| generate_failed("an intermediate certificate", e))?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.use_authority_key_identifier_extension = true;
-        let intermediate = params
-            .signed_by(&key, &root_issuer)
-            .map_err(|e| generate_failed("an intermediate certificate", e.to_string()))?;
-        let intermediate_pem = certificate_pem(intermediate.der());
-        write_file(
-            &mesh_dir.join("ca-cert.pem"),
-            intermediate_pem.as_bytes(),
-            false,
         )?;
-        write_file(
-            &mesh_dir.join("ca-key.pem"),
-            key.serialize_pem().as_bytes(),
-            true,
-        )?;
-        write_file(
-            &mesh_dir.join("cert-chain.pem"),
-            format!("{intermediate_pem}{root_pem}").as_bytes(),
-            false,
-        )?;
-        write_file(&mesh_dir.join("root-cert.pem"), root_pem.as_bytes(), false)?;
 
         config.push_str(&format!(
             "\n[[mesh]]\nname = \"{mesh}\"\ntrust_domain = \"{trust_domain}\"\nca_dir = \"{mesh}\"\n\
@@ -368,6 +343,116 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         root_certificate: dir.join("root-cert.pem"),
         mesh_dirs,
     })
+}
+
+/// Makes a new intermediate (pathlen 0) for `mesh` under `root_issuer` and writes the mesh's
+/// `cacerts` files into `mesh_dir`: ca-cert.pem, ca-key.pem (0600), cert-chain.pem,
+/// root-cert.pem.
+fn write_intermediate(
+    mesh_dir: &Path,
+    mesh: &str,
+    key_type: KeyType,
+    root_issuer: &Issuer<'_, impl rcgen::SigningKey>,
+    root_pem: &str,
+    now: SystemTime,
+    rng: &SystemRandom,
+) -> Result<(), CaFilesError> {
+    let generate_failed = |what: &str, reason: String| CaFilesError::Generate {
+        what: what.to_owned(),
+        reason,
+    };
+    let not_before = now.checked_sub(CA_BACKDATE).unwrap_or(now);
+    let key = key_type
+        .generate()
+        .map_err(|e| generate_failed(&format!("the {mesh} intermediate key"), e.to_string()))?;
+    let intermediate_not_after = (now + INTERMEDIATE_VALIDITY).min(now + ROOT_VALIDITY);
+    let mut params = ca_params(
+        &format!("meshroot intermediate CA {mesh}"),
+        not_before,
+        intermediate_not_after,
+        rng,
+    )
+    .map_err(|e| generate_failed("an intermediate certificate", e))?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.use_authority_key_identifier_extension = true;
+    let intermediate = params
+        .signed_by(&key, root_issuer)
+        .map_err(|e| generate_failed("an intermediate certificate", e.to_string()))?;
+    let intermediate_pem = certificate_pem(intermediate.der());
+    fs::create_dir_all(mesh_dir).map_err(|source| CaFilesError::Write {
+        path: mesh_dir.to_owned(),
+        source,
+    })?;
+    write_file(
+        &mesh_dir.join("ca-cert.pem"),
+        intermediate_pem.as_bytes(),
+        false,
+    )?;
+    write_file(
+        &mesh_dir.join("ca-key.pem"),
+        key.serialize_pem().as_bytes(),
+        true,
+    )?;
+    write_file(
+        &mesh_dir.join("cert-chain.pem"),
+        format!("{intermediate_pem}{root_pem}").as_bytes(),
+        false,
+    )?;
+    write_file(&mesh_dir.join("root-cert.pem"), root_pem.as_bytes(), false)
+}
+
+/// A new intermediate for `mesh` under the root in `root_dir` (its `root-cert.pem` and
+/// `root-key.pem`, as `init` wrote them), written in the `cacerts` layout into `out`: the
+/// intermediate rotation, with no change of trust bundle. Refuses to replace an existing key
+/// unless `force`.
+pub fn issue_intermediate(
+    root_dir: &Path,
+    mesh: &str,
+    out: &Path,
+    key_type: KeyType,
+    force: bool,
+    now: SystemTime,
+) -> Result<(), CaFilesError> {
+    let key_path = out.join("ca-key.pem");
+    if !force && key_path.exists() {
+        return Err(CaFilesError::WouldOverwrite { path: key_path });
+    }
+    let read = |name: &str| {
+        let path = root_dir.join(name);
+        fs::read(&path).map_err(|source| CaFilesError::Read { path, source })
+    };
+    let root_pem_bytes = read("root-cert.pem")?;
+    let root_key_pem = read("root-key.pem")?;
+    let invalid = |file: &str, reason: String| CaFilesError::Generate {
+        what: format!("{} ({file})", root_dir.display()),
+        reason,
+    };
+    let root_key = keys::load_private_key_pem(&root_key_pem)
+        .map_err(|e| invalid("root-key.pem", e.to_string()))?;
+    let root_pem = String::from_utf8(root_pem_bytes)
+        .map_err(|_| invalid("root-cert.pem", "not UTF-8 PEM".into()))?;
+    let roots = keys::parse_certificates_pem(root_pem.as_bytes())
+        .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    let [root] = roots.as_slice() else {
+        return Err(invalid(
+            "root-cert.pem",
+            format!(
+                "holds {} certificates; the root directory holds one root",
+                roots.len()
+            ),
+        ));
+    };
+    let root_issuer = Issuer::from_ca_cert_der(root, root_key)
+        .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    write_intermediate(
+        out,
+        mesh,
+        key_type,
+        &root_issuer,
+        &certificate_pem(root),
+        now,
+        &SystemRandom::new(),
+    )
 }
 
 fn ca_params(

@@ -148,6 +148,8 @@ pub struct MeshConfig {
     pub alias_issuance: AliasIssuance,
     /// Roots added to the mesh's trust bundle (a new root during rotation, federated meshes).
     pub extra_roots: Vec<PathBuf>,
+    /// Load a trust bundle even though unexpired certificates chain to none of its roots.
+    pub force_root_removal: bool,
 }
 
 /// A Kubernetes cluster of a mesh.
@@ -287,6 +289,7 @@ struct RawMesh {
     trust_domain_aliases: Option<Vec<String>>,
     alias_issuance: Option<String>,
     extra_roots: Option<Vec<String>>,
+    force_root_removal: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -681,6 +684,7 @@ impl Config {
                     trust_domain_aliases,
                     alias_issuance,
                     extra_roots,
+                    force_root_removal: mesh.force_root_removal.unwrap_or(false),
                 });
             }
         }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod monitoring;
 pub mod policy;
 pub mod record;
+pub mod rotation;
 pub mod server;
 pub mod store;
 

@@ -92,6 +92,18 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("the server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("reading the issuance log: {0}")]
+    Log(#[from] crate::audit::AuditError),
+    #[error(
+        "mesh {mesh}: the trust bundle drops the root that {certificates} unexpired certificates \
+         chain to (the last expires {until}); keep that root in root-cert.pem or extra_roots until \
+         then, or set force_root_removal = true for this mesh"
+    )]
+    RootsInUse {
+        mesh: String,
+        certificates: u64,
+        until: String,
+    },
 }
 
 /// A started server.
@@ -198,17 +210,16 @@ impl RunningServer {
             &self.reloads,
         )
         .await
+        .map(|_| ())
     }
 
-    /// Reloads when the config file's modification time changes (checked every 2 s).
+    /// Reloads when the config file or any mesh's CA material (the files in `ca_dir`, the
+    /// `extra_roots`) changes, checked every 2 s by modification time and size. A Kubernetes
+    /// Secret volume swaps all its files at once, so an updated `cacerts` Secret is picked up
+    /// whole; files copied by hand one at a time may be caught half-way, which is refused
+    /// (the key does not match the certificate) and retried at the next change.
     fn watch_config_file(&self, mut shutdown: watch::Receiver<bool>) {
-        let path = self.config.source.clone();
-        let modified =
-            |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let Some(mut last) = modified(&path) else {
-            return;
-        };
-        let (config, current, store, clock, metrics, reloads) = (
+        let (mut config, current, store, clock, metrics, reloads) = (
             self.config.clone(),
             self.current.clone(),
             self.store.clone(),
@@ -216,21 +227,62 @@ impl RunningServer {
             self.monitor.metrics.clone(),
             self.reloads.clone(),
         );
+        let running = self.config.clone();
+        let mut last = fingerprint(&watched_files(&config));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.wait_for(|stopped| *stopped) => return,
                     _ = tokio::time::sleep(CONFIG_POLL) => {}
                 }
-                let now = modified(&path);
-                if now.is_some() && now != Some(last) {
-                    last = now.unwrap_or(last);
-                    tracing::info!(file = %path.display(), "config file changed: reloading");
-                    let _ = reload(&config, &current, &store, &clock, &metrics, &reloads).await;
+                let now = fingerprint(&watched_files(&config));
+                if now == last {
+                    continue;
+                }
+                last = now;
+                tracing::info!(file = %config.source.display(), "the config file or CA material changed: reloading");
+                if let Ok(loaded) =
+                    reload(&running, &current, &store, &clock, &metrics, &reloads).await
+                {
+                    config = loaded;
+                    last = fingerprint(&watched_files(&config));
                 }
             }
         });
     }
+}
+
+/// The files whose change triggers a reload: the config file, and each mesh's CA directory
+/// (itself, for entries added or swapped, and every entry in it) and extra roots.
+fn watched_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut files = vec![config.source.clone()];
+    for mesh in &config.meshes {
+        files.push(mesh.ca_dir.clone());
+        if let Ok(entries) = std::fs::read_dir(&mesh.ca_dir) {
+            let mut entries: Vec<_> = entries.flatten().map(|entry| entry.path()).collect();
+            entries.sort();
+            files.extend(entries);
+        }
+        files.extend(mesh.extra_roots.iter().cloned());
+    }
+    files
+}
+
+/// A file's modification time and size, as far as it can be read.
+type Seen = Option<(SystemTime, u64)>;
+
+/// Modification time and size of each file (following symbolic links, as Kubernetes' Secret
+/// volumes use them).
+fn fingerprint(files: &[std::path::PathBuf]) -> Vec<(std::path::PathBuf, Seen)> {
+    files
+        .iter()
+        .map(|path| {
+            let seen = std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (path.clone(), seen)
+        })
+        .collect()
 }
 
 async fn reload(
@@ -240,7 +292,7 @@ async fn reload(
     clock: &Arc<dyn Clock>,
     metrics: &Arc<Metrics>,
     reloads: &tokio::sync::Mutex<()>,
-) -> Result<(), ReloadError> {
+) -> Result<Config, ReloadError> {
     let _one_at_a_time = reloads.lock().await;
     let result = async {
         let config = Config::load(&running.source)?;
@@ -268,7 +320,7 @@ async fn reload(
             tracing::error!(%error, "configuration reload refused; the previous configuration keeps serving")
         }
     }
-    result.map(|_| ())
+    result
 }
 
 /// Builds everything from the config, binds the listener and starts serving.
@@ -322,6 +374,7 @@ async fn build_authority(
             mesh: mesh.name.clone(),
             source,
         })?;
+        check_roots_in_use(&store, &mesh.name, &authority, now, mesh.force_root_removal)?;
         let trust_domains: Vec<TrustDomain> = std::iter::once(mesh.trust_domain.clone())
             .chain(mesh.trust_domain_aliases.iter().cloned())
             .collect();
@@ -422,6 +475,71 @@ async fn build_authority(
         clock,
     )
     .with_metrics(metrics))
+}
+
+/// Remembers the mesh's signer, then refuses a trust bundle that no longer holds the root
+/// of unexpired certificates meshroot issued (they would fail every handshake), unless forced.
+/// Signers under a dropped root whose certificates have all expired are forgotten.
+fn check_roots_in_use(
+    store: &SledStore,
+    mesh: &str,
+    authority: &crate::authority::MeshAuthority,
+    now: SystemTime,
+    force: bool,
+) -> Result<(), ServeError> {
+    use crate::audit::{OutcomeFilter, Query};
+    use crate::rotation::{self, InUse};
+    store.remember_signer(mesh, &authority.signer_chain())?;
+    let bundle: Vec<Vec<u8>> = authority.roots().iter().map(|r| r.to_vec()).collect();
+    let stranded = rotation::stranded_signers(&store.signers(mesh)?, &bundle);
+    if stranded.is_empty() {
+        return Ok(());
+    }
+    let query = Query {
+        mesh: Some(mesh.to_owned()),
+        expires_after: Some(now),
+        outcome: Some(OutcomeFilter::Issued),
+        ..Query::default()
+    };
+    let mut in_use = InUse::default();
+    let mut still_signing = std::collections::HashSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = store.query(&query, 4096, token.as_deref())?;
+        for record in &page.records {
+            if let crate::record::Outcome::Issued(issued) = &record.outcome {
+                if issued.not_after > now && stranded.contains(&issued.intermediate_sha256) {
+                    in_use.add(issued.not_after);
+                    still_signing.insert(issued.intermediate_sha256.clone());
+                }
+            }
+        }
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    for signer in stranded.iter().filter(|s| !still_signing.contains(*s)) {
+        store.forget_signer(mesh, signer)?;
+    }
+    let Some(until) = in_use.until else {
+        return Ok(());
+    };
+    let until = crate::record::format_time(until);
+    if force {
+        tracing::warn!(
+            mesh,
+            certificates = in_use.certificates,
+            until = %until,
+            "force_root_removal: loading a trust bundle that the root of unexpired certificates is not in; they fail verification until they are renewed"
+        );
+        return Ok(());
+    }
+    Err(ServeError::RootsInUse {
+        mesh: mesh.to_owned(),
+        certificates: in_use.certificates,
+        until,
+    })
 }
 
 async fn start_serving(

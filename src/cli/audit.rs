@@ -269,13 +269,13 @@ pub async fn run(command: AuditCommand) -> Result<(), Failure> {
 }
 
 /// A store opened read-only, or a running server's audit API.
-enum Log {
+pub(crate) enum Log {
     Store(Arc<SledStore>),
     Remote(AuditServiceClient<Channel>),
 }
 
 impl Log {
-    async fn open(source: &SourceArgs) -> Result<Self, Failure> {
+    pub(crate) async fn open(source: &SourceArgs) -> Result<Self, Failure> {
         if let Some(addr) = &source.addr {
             return Self::connect(addr, source).await;
         }
@@ -332,8 +332,32 @@ impl Log {
         ))
     }
 
+    /// A mesh's remembered signing certificates: SHA-256 → chain (signing certificate first).
+    pub(crate) async fn signers(
+        &mut self,
+        mesh: &str,
+    ) -> Result<std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>, Failure> {
+        match self {
+            Self::Store(store) => {
+                let (store, mesh) = (store.clone(), mesh.to_owned());
+                blocking(move || store.signers(&mesh).map_err(|e| e.to_string())).await
+            }
+            Self::Remote(client) => Ok(client
+                .list_signers(api::ListSignersRequest {
+                    mesh: mesh.to_owned(),
+                })
+                .await
+                .map_err(remote_failure)?
+                .into_inner()
+                .signers
+                .into_iter()
+                .map(|signer| (signer.sha256, signer.chain))
+                .collect()),
+        }
+    }
+
     /// One page of records.
-    async fn page(
+    pub(crate) async fn page(
         &mut self,
         query: &Query,
         size: usize,

@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod rotate;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +56,9 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Load-test the Istio CSR API (starts its own server unless --addr is given).
     Bench(bench::BenchArgs),
+    /// Root and intermediate rotation: the plan (what is still in use), new intermediates.
+    #[command(subcommand)]
+    Rotate(rotate::RotateCommand),
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +202,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token(args) => token(args),
         Command::Request(args) => request(args).await,
         Command::Audit(command) => audit::run(command).await,
+        Command::Rotate(command) => rotate::run(command).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -297,6 +297,23 @@ impl AuditService for AuditApi {
             disk_bytes: stats.disk_bytes,
         }))
     }
+
+    async fn list_signers(
+        &self,
+        request: Request<api::ListSignersRequest>,
+    ) -> Result<Response<api::ListSignersResponse>, Status> {
+        self.authorize(&request)?;
+        let mesh = request.into_inner().mesh;
+        let signers = self
+            .blocking(move |store| store.signers(&mesh).map_err(AuditError::from))
+            .await?;
+        let mut signers: Vec<api::Signer> = signers
+            .into_iter()
+            .map(|(sha256, chain)| api::Signer { sha256, chain })
+            .collect();
+        signers.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        Ok(Response::new(api::ListSignersResponse { signers }))
+    }
 }
 
 /// Whether a watch sends this entry.

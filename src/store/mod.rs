@@ -63,6 +63,10 @@ const META_LAYOUT: &[u8] = b"layout";
 const META_WATERMARK: &[u8] = b"index-watermark";
 const META_RUN_PREFIX: &[u8] = b"run/";
 const META_PRUNED_PREFIX: &[u8] = b"pruned-bits/";
+/// `signer/<mesh>/<SHA-256 of a signing certificate>` → that certificate and the intermediates above it
+/// (DER, each with a u32 length): which roots the certificates it signed chain to, long after
+/// it was rotated out.
+const META_SIGNER_PREFIX: &[u8] = b"signer/";
 
 /// How a store is opened.
 #[derive(Debug, Clone)]
@@ -328,6 +332,65 @@ impl SledStore {
             .flush()
             .map(|_| ())
             .map_err(|e| StoreError::Flush(Arc::new(e)))
+    }
+
+    /// Remembers `mesh`'s signing certificate and the intermediates above it (`chain[0]`
+    /// signs), so that a later root rotation can tell which root the certificates it signed
+    /// chain to, even after it was rotated out.
+    pub fn remember_signer(&self, mesh: &str, chain: &[Vec<u8>]) -> Result<(), StoreError> {
+        let Some(signing) = chain.first() else {
+            return Ok(());
+        };
+        if self.inner.read_only {
+            return Ok(());
+        }
+        let key = signer_key(mesh, &crate::csr::sha256(signing));
+        let mut value = Vec::new();
+        for der in chain {
+            value.extend_from_slice(&u32::try_from(der.len()).unwrap_or(u32::MAX).to_be_bytes());
+            value.extend_from_slice(der);
+        }
+        if self.inner.meta.get(&key).map_err(read_error)?.as_deref() == Some(value.as_slice()) {
+            return Ok(());
+        }
+        self.inner.meta.insert(key, value).map_err(write_error)?;
+        self.flush()
+    }
+
+    /// Forgets a signer none of whose certificates is still valid.
+    pub fn forget_signer(&self, mesh: &str, sha256: &[u8]) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        self.inner
+            .meta
+            .remove(signer_key(mesh, sha256))
+            .map_err(write_error)?;
+        self.flush()
+    }
+
+    /// `mesh`'s remembered signing certificates: SHA-256 → chain (signing certificate first).
+    pub fn signers(
+        &self,
+        mesh: &str,
+    ) -> Result<std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>>, StoreError> {
+        let prefix = signer_key(mesh, &[]);
+        let mut signers = std::collections::HashMap::new();
+        for entry in self.inner.meta.scan_prefix(&prefix) {
+            let (key, value) = entry.map_err(read_error)?;
+            let mut chain = Vec::new();
+            let mut rest: &[u8] = &value;
+            while rest.len() >= 4 {
+                let length = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let Some(der) = rest.get(4..4 + length) else {
+                    break;
+                };
+                chain.push(der.to_vec());
+                rest = &rest[4 + length..];
+            }
+            signers.insert(key[prefix.len()..].to_vec(), chain);
+        }
+        Ok(signers)
     }
 
     /// True while the latest flush failed (until one succeeds): appends are not durable now.
@@ -1464,6 +1527,14 @@ fn decode_stored(sequence: u64, stored: &[u8]) -> Result<Record, StoreError> {
         return Err(corrupt());
     }
     decode(&stored[LEAF_HEADER_LEN..]).ok_or_else(corrupt)
+}
+
+fn signer_key(mesh: &str, sha256: &[u8]) -> Vec<u8> {
+    let mut key = META_SIGNER_PREFIX.to_vec();
+    key.extend_from_slice(mesh.as_bytes());
+    key.push(b'/');
+    key.extend_from_slice(sha256);
+    key
 }
 
 fn read_error(error: sled::Error) -> StoreError {

@@ -1,0 +1,284 @@
+//! `meshroot rotate`: the root rotation plan (what the issued certificates still chain to, and
+//! the steps), and new intermediates under an existing root.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use clap::{Args, Subcommand};
+
+use super::audit::{Log, SourceArgs};
+use super::Failure;
+use crate::audit::{OutcomeFilter, Query};
+use crate::config::Config;
+use crate::keys::KeyType;
+use crate::record::{format_time, hex, Record};
+use crate::rotation::{self, BundleUse};
+
+#[derive(Debug, Subcommand)]
+pub enum RotateCommand {
+    /// Show, per mesh, the trust bundle as it would load now, how many unexpired certificates
+    /// chain to each root (until when), and the steps of a root rotation with where things
+    /// stand. Reads the store, or the running server's audit API when it holds the store.
+    Plan(PlanArgs),
+    /// Make a new intermediate for a mesh under an existing root, in Istio's cacerts layout
+    /// (an intermediate rotation: write it into the mesh's ca_dir, or its cacerts Secret, and
+    /// meshroot switches to it without a restart).
+    Intermediate(IntermediateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Only this mesh.
+    #[arg(long)]
+    pub mesh: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IntermediateArgs {
+    /// The root's directory: root-cert.pem and root-key.pem, as `meshroot init` wrote them.
+    #[arg(long)]
+    pub root_dir: PathBuf,
+    /// The mesh the intermediate is for (its name goes into the subject).
+    #[arg(long)]
+    pub mesh: String,
+    /// Where to write ca-cert.pem, ca-key.pem, cert-chain.pem and root-cert.pem.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
+    pub key_type: KeyType,
+    /// Replace an existing ca-key.pem in --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub async fn run(command: RotateCommand) -> Result<(), Failure> {
+    match command {
+        RotateCommand::Plan(args) => plan(args).await,
+        RotateCommand::Intermediate(args) => {
+            crate::ca_files::issue_intermediate(
+                &args.root_dir,
+                &args.mesh,
+                &args.out,
+                args.key_type,
+                args.force,
+                SystemTime::now(),
+            )
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+            println!(
+                "wrote a new {} intermediate for mesh {} under {} into {}",
+                args.key_type,
+                args.mesh,
+                args.root_dir.join("root-cert.pem").display(),
+                args.out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn plan(args: PlanArgs) -> Result<(), Failure> {
+    let config = Config::load(&args.source.config)?;
+    let now = SystemTime::now();
+    let mut log = Log::open(&args.source).await?;
+    let mut out = String::new();
+    for mesh in &config.meshes {
+        if args.mesh.as_ref().is_some_and(|only| *only != mesh.name) {
+            continue;
+        }
+        let authority = crate::ca_files::load_authority(
+            &mesh.name,
+            mesh.trust_domain.clone(),
+            &mesh.ca_dir,
+            &mesh.extra_roots,
+            now,
+        )
+        .map_err(|e| Failure::runtime(format!("mesh {}: {e}", mesh.name)))?;
+        let bundle: Vec<Vec<u8>> = authority.roots().iter().map(|r| r.to_vec()).collect();
+        let mut signers = log.signers(&mesh.name).await?;
+        // What the CA material on disk would sign with, even before the server has loaded it.
+        let current = authority.signer_chain();
+        if let Some(signing) = current.first() {
+            signers.insert(crate::csr::sha256(signing).to_vec(), current.clone());
+        }
+        let records = unexpired(&mut log, &mesh.name, now).await?;
+        let usage = rotation::bundle_use(&records, &signers, &bundle, now);
+        let signing_root = rotation::root_of(&current, &bundle);
+        // Roots some intermediate of this mesh ever chained to.
+        let signed: Vec<usize> = signers
+            .values()
+            .filter_map(|chain| rotation::root_of(chain, &bundle))
+            .collect();
+        describe_mesh(&mut out, mesh, &bundle, &usage, signing_root, &signed);
+    }
+    out.push_str(STEPS);
+    print!("{out}");
+    Ok(())
+}
+
+/// Every unexpired issued record of `mesh`.
+async fn unexpired(log: &mut Log, mesh: &str, now: SystemTime) -> Result<Vec<Record>, Failure> {
+    let query = Query {
+        mesh: Some(mesh.to_owned()),
+        expires_after: Some(now),
+        outcome: Some(OutcomeFilter::Issued),
+        ..Query::default()
+    };
+    let mut records = Vec::new();
+    let mut token = None;
+    loop {
+        let (page, next) = log.page(&query, 1000, token).await?;
+        records.extend(page);
+        match next {
+            Some(next) => token = Some(next),
+            None => return Ok(records),
+        }
+    }
+}
+
+fn describe_mesh(
+    out: &mut String,
+    mesh: &crate::config::MeshConfig,
+    bundle: &[Vec<u8>],
+    usage: &BundleUse,
+    signing_root: Option<usize>,
+    signed: &[usize],
+) {
+    let _ = writeln!(
+        out,
+        "mesh {} (trust domain {})\n  trust bundle as it loads now ({}/root-cert.pem and extra_roots): {} root(s)",
+        mesh.name,
+        mesh.trust_domain,
+        mesh.ca_dir.display(),
+        bundle.len()
+    );
+    for (index, (root, in_use)) in bundle.iter().zip(&usage.per_root).enumerate() {
+        let expires = rotation::not_after_of(root)
+            .map(format_time)
+            .unwrap_or_else(|| "?".to_owned());
+        let _ = writeln!(
+            out,
+            "    [{}] {}  sha256:{}  expires {expires}{}",
+            index + 1,
+            rotation::subject_of(root),
+            &hex(&crate::csr::sha256(root))[..16],
+            if signing_root == Some(index) {
+                "  <- the current intermediate chains to it"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out, "        {}", in_use_line(in_use, "chain to it"));
+    }
+    let _ = writeln!(
+        out,
+        "  unexpired certificates that chain to no root of this bundle: {}",
+        in_use_line(&usage.stranded, "would fail")
+    );
+    if usage.unknown.certificates > 0 {
+        let _ = writeln!(
+            out,
+            "  unexpired certificates whose signer meshroot does not know (issued before it \
+             remembered signers): {}",
+            in_use_line(&usage.unknown, "unknown root")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  now: {}\n",
+        where_we_are(bundle, usage, signing_root, signed)
+    );
+}
+
+fn in_use_line(in_use: &rotation::InUse, what: &str) -> String {
+    match in_use.until {
+        None => "no unexpired certificates".to_owned(),
+        Some(until) => format!(
+            "{} unexpired certificates {what}, the last until {}",
+            in_use.certificates,
+            format_time(until)
+        ),
+    }
+}
+
+/// Which step of [`STEPS`] the mesh is at.
+fn where_we_are(
+    bundle: &[Vec<u8>],
+    usage: &BundleUse,
+    signing_root: Option<usize>,
+    signed: &[usize],
+) -> String {
+    if usage.stranded.certificates > 0 {
+        return "certificates in use chain to no root of this bundle: meshroot refuses to load \
+                it (add their root back to extra_roots)"
+            .to_owned();
+    }
+    if bundle.len() == 1 {
+        return "one root: to rotate it, start at step 1".to_owned();
+    }
+    let Some(signing) = signing_root else {
+        return "the intermediate chains to no root of the bundle".to_owned();
+    };
+    // The other roots: older ones have signed through some intermediate of this mesh (the
+    // remembered signers), newer ones never have.
+    let (mut older, mut newer) = (Vec::new(), Vec::new());
+    for index in (0..bundle.len()).filter(|index| *index != signing) {
+        if signed.contains(&index) {
+            older.push(index);
+        } else {
+            newer.push(index);
+        }
+    }
+    let name = |indexes: &[usize]| {
+        indexes
+            .iter()
+            .map(|i| format!("[{}]", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let waiting: Vec<String> = older
+        .iter()
+        .filter_map(|index| {
+            usage.per_root[*index]
+                .until
+                .map(|until| format!("root [{}] until {}", index + 1, format_time(until)))
+        })
+        .collect();
+    if !waiting.is_empty() {
+        format!(
+            "step 5: waiting for the certificates under the old root to expire ({})",
+            waiting.join("; ")
+        )
+    } else if !older.is_empty() {
+        format!(
+            "step 6: no unexpired certificate chains to root {}; it can leave the bundle",
+            name(&older)
+        )
+    } else {
+        format!(
+            "step 3: the bundle holds the new root {}; switch to an intermediate under it \
+             (step 4) once every proxy has the new bundle",
+            name(&newer)
+        )
+    }
+}
+
+const STEPS: &str = "\
+Root rotation, step by step (R: the old root, N: the new one):
+  1. meshroot init --dir NEW --mesh <mesh>=<trust domain>   makes N and an intermediate under it
+     (keep NEW/root-key.pem offline).
+  2. Add N to the bundle: extra_roots = [\"NEW/root-cert.pem\"] in the mesh's config. meshroot
+     reloads, and every istio-ca-root-cert ConfigMap and istiod-tls's ca.crt carry R and N.
+  3. Wait until every proxy has the new bundle (they read istio-ca-root-cert; restart workloads
+     that do not follow ConfigMap updates).
+  4. Switch to the intermediate under N: set extra_roots = [\"OLD/root-cert.pem\"] (keep R), then
+     replace the mesh's ca_dir files (or its cacerts Secret) with NEW/<mesh>/. meshroot picks it
+     up live; new certificates chain to N.
+  5. Wait until no unexpired certificate chains to R (this plan counts them; at most max_ttl
+     after step 4, as proxies renew at half their lifetime).
+  6. Remove R from extra_roots. meshroot refuses a bundle without R while certificates still
+     chain to it (say how many, and until when) unless force_root_removal = true.
+An intermediate rotation alone (same root) is step 4 with `meshroot rotate intermediate`.
+";

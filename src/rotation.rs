@@ -1,0 +1,125 @@
+//! Root rotation: which roots of a trust bundle the certificates still in use chain to.
+//!
+//! Every issuance record names the certificate that signed it (`intermediate_sha256`), and the
+//! store remembers each signing certificate with the intermediates above it. So for any bundle
+//! meshroot can say, for its unexpired certificates, which root each one chains to, and which
+//! chain to none of them: a bundle without their root would break every connection they make
+//! (peers verify against the bundle), so it is refused until they expire.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use crate::record::{Outcome, Record};
+
+/// A signing certificate and the intermediates above it (DER), as the store remembers them.
+pub type SignerChain = Vec<Vec<u8>>;
+
+/// Unexpired certificates of one group (those chaining to a root, or to none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InUse {
+    pub certificates: u64,
+    /// The latest NotAfter among them.
+    pub until: Option<SystemTime>,
+}
+
+impl InUse {
+    pub fn add(&mut self, not_after: SystemTime) {
+        self.certificates += 1;
+        self.until = Some(self.until.map_or(not_after, |until| until.max(not_after)));
+    }
+}
+
+/// What the unexpired certificates of a mesh chain to, against one bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleUse {
+    /// Per root of the bundle, in bundle order.
+    pub per_root: Vec<InUse>,
+    /// Certificates whose signer chains to no root of the bundle: they would stop working.
+    pub stranded: InUse,
+    /// Certificates whose signer is not remembered (issued before meshroot remembered
+    /// signers): which root they chain to is unknown.
+    pub unknown: InUse,
+}
+
+/// Sorts the unexpired issued `records` by the root of `bundle` their signer chains to.
+pub fn bundle_use(
+    records: &[Record],
+    signers: &HashMap<Vec<u8>, SignerChain>,
+    bundle: &[Vec<u8>],
+    now: SystemTime,
+) -> BundleUse {
+    let mut usage = BundleUse {
+        per_root: vec![InUse::default(); bundle.len()],
+        ..BundleUse::default()
+    };
+    // Each signer's root index, computed once.
+    let mut roots_of: HashMap<&[u8], Option<usize>> = HashMap::new();
+    for record in records {
+        let Outcome::Issued(issued) = &record.outcome else {
+            continue;
+        };
+        if issued.not_after <= now {
+            continue;
+        }
+        let Some(chain) = signers.get(&issued.intermediate_sha256) else {
+            usage.unknown.add(issued.not_after);
+            continue;
+        };
+        let root = *roots_of
+            .entry(issued.intermediate_sha256.as_slice())
+            .or_insert_with(|| root_of(chain, bundle));
+        match root.and_then(|index| usage.per_root.get_mut(index)) {
+            Some(in_use) => in_use.add(issued.not_after),
+            None => usage.stranded.add(issued.not_after),
+        }
+    }
+    usage
+}
+
+/// The signers (SHA-256) whose chain leads to no root of `bundle`: the certificates they
+/// signed would stop verifying.
+pub fn stranded_signers(
+    signers: &HashMap<Vec<u8>, SignerChain>,
+    bundle: &[Vec<u8>],
+) -> Vec<Vec<u8>> {
+    let mut stranded: Vec<Vec<u8>> = signers
+        .iter()
+        .filter(|(_, chain)| root_of(chain, bundle).is_none())
+        .map(|(sha, _)| sha.clone())
+        .collect();
+    stranded.sort();
+    stranded
+}
+
+/// The index of the root in `bundle` that the top of `chain` is, or is signed by.
+pub fn root_of(chain: &[Vec<u8>], bundle: &[Vec<u8>]) -> Option<usize> {
+    let top = chain.last()?;
+    if let Some(index) = bundle.iter().position(|root| root == top) {
+        return Some(index);
+    }
+    let (_, top) = X509Certificate::from_der(top).ok()?;
+    bundle.iter().position(|root| {
+        X509Certificate::from_der(root)
+            .map(|(_, root)| {
+                top.issuer() == root.subject()
+                    && top.verify_signature(Some(root.public_key())).is_ok()
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// A root's subject, for people.
+pub fn subject_of(der: &[u8]) -> String {
+    X509Certificate::from_der(der)
+        .map(|(_, certificate)| certificate.subject().to_string())
+        .unwrap_or_else(|_| "(unparsable certificate)".to_owned())
+}
+
+/// A root's NotAfter.
+pub fn not_after_of(der: &[u8]) -> Option<SystemTime> {
+    let (_, certificate) = X509Certificate::from_der(der).ok()?;
+    let seconds = u64::try_from(certificate.validity().not_after.timestamp()).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+}
