@@ -20,6 +20,7 @@ use crate::csr::{self, CertificateRequest, CsrError, KeyAlgorithm};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::metrics::{Failure, Metrics};
 use crate::policy::{self, Denial, Grant, MeshPolicy};
+use crate::ratelimit::{RateLimits, Scope};
 use crate::record::{
     hex, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink, StoreError,
 };
@@ -90,6 +91,8 @@ pub enum IssueError {
     Signing(#[from] SigningError),
     #[error("the record could not be stored: {0}")]
     Store(#[from] StoreError),
+    #[error("the {} rate limit is exceeded", .0.name())]
+    RateLimited(Scope),
 }
 
 impl IssueError {
@@ -100,7 +103,11 @@ impl IssueError {
             Self::Csr(error) => Some(error.reason()),
             Self::Denied(denial) => Some(denial.reason.code()),
             Self::Impersonation(error) => Some(error.reason()),
-            Self::MeshNotServed(_) | Self::Signing(_) | Self::Store(_) => None,
+            // Not a decision about the request: nothing is recorded (under a flood that would
+            // be the load the limit exists to shed).
+            Self::MeshNotServed(_) | Self::Signing(_) | Self::Store(_) | Self::RateLimited(_) => {
+                None
+            }
         }
     }
 }
@@ -153,6 +160,7 @@ pub struct CertificateAuthority {
     /// Slow (RSA) signatures in progress at once: at most one per core, on blocking threads.
     slow_signing: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
+    rate_limits: Arc<RateLimits>,
 }
 
 impl CertificateAuthority {
@@ -177,6 +185,7 @@ impl CertificateAuthority {
         if SystemRandom::new().fill(&mut start).is_err() {
             start = time_seed().to_be_bytes();
         }
+        let clock_for_limits = clock.clone();
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -190,7 +199,14 @@ impl CertificateAuthority {
             request_ids: std::sync::atomic::AtomicU64::new(u64::from_be_bytes(start)),
             slow_signing: tokio::sync::Semaphore::new(cores),
             metrics: Arc::default(),
+            rate_limits: Arc::new(RateLimits::unlimited(clock_for_limits)),
         }
+    }
+
+    /// Limits requests per caller and per namespace (shared across reloads).
+    pub fn with_rate_limits(mut self, rate_limits: Arc<RateLimits>) -> Self {
+        self.rate_limits = rate_limits;
+        self
     }
 
     /// Counts requests and their outcomes in `metrics` (shared across reloads).
@@ -385,6 +401,9 @@ impl CertificateAuthority {
                 }
             })?;
         context.identify(&caller);
+        self.rate_limits
+            .allow_caller(&caller.mesh, &caller.subject)
+            .map_err(IssueError::RateLimited)?;
         let parsed = csr::parse_pem(&request.csr_pem).inspect_err(|_| {
             // Unparsable: record the hash of the bytes as received.
             if !request.csr_pem.is_empty() {
@@ -411,6 +430,9 @@ impl CertificateAuthority {
                 Caller { identity, ..caller }
             }
         };
+        self.rate_limits
+            .allow_namespace(&caller.mesh, caller.identity.namespace())
+            .map_err(IssueError::RateLimited)?;
         let grant = policy::decide(
             &caller,
             &parsed,
@@ -559,6 +581,7 @@ fn failure_kind(error: &IssueError) -> Failure {
         IssueError::MeshNotServed(_) | IssueError::Signing(_) | IssueError::Store(_) => {
             Failure::Internal
         }
+        IssueError::RateLimited(scope) => Failure::Throttled(scope.name()),
     }
 }
 
@@ -578,6 +601,12 @@ fn log_outcome(
             sequence = issued.sequence,
             latency_us,
             "certificate issued"
+        ),
+        Err(IssueError::RateLimited(scope)) => tracing::debug!(
+            request_id = %request_id,
+            caller,
+            scope = scope.name(),
+            "certificate request over its rate limit: RESOURCE_EXHAUSTED"
         ),
         Err(error) => match error.denial_reason() {
             Some(reason) => tracing::warn!(

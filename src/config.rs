@@ -33,6 +33,13 @@ pub const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
 /// termination grace period, so the final flush and checkpoint still run before SIGKILL).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15014";
+/// A CSR request still unanswered after this is cancelled (CANCELLED, which clients retry).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per authenticated caller: requests per second, and the burst (ztunnel asks for every pod
+/// of its node at once when the node restarts).
+pub const DEFAULT_CALLER_RATE: (f64, f64) = (20.0, 200.0);
+/// Per namespace of the identities asked for.
+pub const DEFAULT_NAMESPACE_RATE: (f64, f64) = (200.0, 2000.0);
 /// Where the Lease and `istiod-tls` live when neither the config nor `POD_NAMESPACE` says.
 pub const DEFAULT_KUBERNETES_NAMESPACE: &str = "istio-system";
 /// client-go's default `leaseDurationSeconds`.
@@ -74,6 +81,9 @@ pub struct Config {
     pub pod_cache_ttl: Duration,
     /// On SIGTERM, how long requests and streams in flight may run before they are cut.
     pub shutdown_grace: Duration,
+    /// A CSR request still unanswered after this is cancelled.
+    pub request_timeout: Duration,
+    pub rate_limit: RateLimitConfig,
     pub meshes: Vec<MeshConfig>,
     pub audit: AuditConfig,
     pub admin: AdminConfig,
@@ -103,6 +113,13 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Client identities allowed on a non-loopback listener (mutual TLS).
     pub allowed_identities: Vec<String>,
+}
+
+/// Token-bucket limits (`[rate_limit]`); a zero rate means no limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    pub per_caller: crate::ratelimit::Rate,
+    pub per_namespace: crate::ratelimit::Rate,
 }
 
 /// The elected replica's duties in the cluster meshroot runs in (`[kubernetes]`).
@@ -226,11 +243,22 @@ struct RawConfig {
     authenticators: Option<Vec<String>>,
     pod_cache_ttl: Option<String>,
     shutdown_grace: Option<String>,
+    request_timeout: Option<String>,
+    rate_limit: Option<RawRateLimit>,
     #[serde(default)]
     mesh: Vec<RawMesh>,
     audit: Option<RawAudit>,
     admin: Option<RawAdmin>,
     kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_caller: Option<f64>,
+    caller_burst: Option<f64>,
+    per_namespace: Option<f64>,
+    namespace_burst: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -459,6 +487,48 @@ impl Config {
             "shutdown_grace",
             &mut problem,
         );
+        let request_timeout = duration_setting(
+            raw.request_timeout.as_deref(),
+            DEFAULT_REQUEST_TIMEOUT,
+            "request_timeout",
+            &mut problem,
+        );
+        let raw_rate = raw.rate_limit.unwrap_or_default();
+        let mut rate =
+            |per_second: Option<f64>, burst: Option<f64>, default: (f64, f64), name: &str| {
+                let per_second = per_second.unwrap_or(default.0);
+                let burst = burst.unwrap_or(if per_second == default.0 {
+                    default.1
+                } else {
+                    per_second * 10.0
+                });
+                if !(per_second.is_finite() && per_second >= 0.0) {
+                    problem(
+                        format!("rate_limit.per_{name}"),
+                        "must be 0 (no limit) or a positive rate".into(),
+                    );
+                } else if per_second > 0.0 && !(burst.is_finite() && burst >= 1.0) {
+                    problem(
+                        format!("rate_limit.{name}_burst"),
+                        "must be at least 1".into(),
+                    );
+                }
+                crate::ratelimit::Rate { per_second, burst }
+            };
+        let rate_limit = RateLimitConfig {
+            per_caller: rate(
+                raw_rate.per_caller,
+                raw_rate.caller_burst,
+                DEFAULT_CALLER_RATE,
+                "caller",
+            ),
+            per_namespace: rate(
+                raw_rate.per_namespace,
+                raw_rate.namespace_burst,
+                DEFAULT_NAMESPACE_RATE,
+                "namespace",
+            ),
+        };
         let mut cluster_ids = HashSet::new();
         if raw.mesh.is_empty() {
             problem("mesh".into(), "at least one [[mesh]] is required".into());
@@ -880,6 +950,8 @@ impl Config {
             authenticators,
             pod_cache_ttl,
             shutdown_grace,
+            request_timeout,
+            rate_limit,
             meshes,
             audit,
             admin: AdminConfig {

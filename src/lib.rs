@@ -26,6 +26,7 @@ pub mod merkle;
 pub mod metrics;
 pub mod monitoring;
 pub mod policy;
+pub mod ratelimit;
 pub mod record;
 pub mod rotation;
 pub mod server;

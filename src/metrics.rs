@@ -68,6 +68,7 @@ pub enum Outcome {
     Issued,
     Denied,
     Failed,
+    Throttled,
 }
 
 impl Outcome {
@@ -76,6 +77,7 @@ impl Outcome {
             Self::Issued => "issued",
             Self::Denied => "denied",
             Self::Failed => "failed",
+            Self::Throttled => "throttled",
         }
     }
 }
@@ -91,6 +93,8 @@ pub enum Failure {
     Policy,
     /// Signing, recording or an unserved mesh: meshroot's own failure.
     Internal,
+    /// Over a rate limit (the scope: `caller` or `namespace`); answered RESOURCE_EXHAUSTED.
+    Throttled(&'static str),
 }
 
 /// The process's metrics; shared by every authority a reload builds, so counts survive reloads.
@@ -102,6 +106,8 @@ pub struct Metrics {
     issued: AtomicU64,
     /// By refusal reason code (a fixed set of static strings).
     denials: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
+    /// By rate-limit scope.
+    throttled: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
     /// By (mesh, outcome); meshes come from the configuration.
     issuance: RwLock<BTreeMap<(String, Outcome), Arc<Histogram>>>,
     token_review: Histogram,
@@ -140,6 +146,9 @@ impl Metrics {
                     Failure::CsrParsing => {
                         self.csr_parsing_errors.fetch_add(1, Ordering::Relaxed);
                     }
+                    Failure::Throttled(scope) => {
+                        counter_in(&self.throttled, scope).fetch_add(1, Ordering::Relaxed);
+                    }
                     Failure::Policy | Failure::Internal => {}
                 }
                 if let Some(reason) = reason {
@@ -147,6 +156,7 @@ impl Metrics {
                 }
                 match failure {
                     Failure::Internal => Outcome::Failed,
+                    Failure::Throttled(_) => Outcome::Throttled,
                     _ => Outcome::Denied,
                 }
             }
@@ -210,6 +220,16 @@ impl Metrics {
                 .map(|(reason, count)| (vec![("reason", *reason)], value(count))),
         );
         drop(denials);
+        let throttled = read(&self.throttled);
+        out.labeled(
+            "meshroot_rate_limited_total",
+            "Requests answered RESOURCE_EXHAUSTED by a rate limit, by scope (caller, namespace).",
+            Kind::Counter,
+            throttled
+                .iter()
+                .map(|(scope, count)| (vec![("scope", *scope)], value(count))),
+        );
+        drop(throttled);
         let issuance = read(&self.issuance);
         out.histograms(
             "meshroot_issuance_duration_seconds",

@@ -38,6 +38,7 @@ use crate::kubernetes::{ClusterSetupError, KubeCluster};
 use crate::metrics::Metrics;
 use crate::monitoring::Monitor;
 use crate::policy::MeshPolicy;
+use crate::ratelimit::RateLimits;
 use crate::record::StoreError;
 use crate::store::SledStore;
 
@@ -124,6 +125,7 @@ pub struct RunningServer {
     /// One reload at a time.
     reloads: Arc<tokio::sync::Mutex<()>>,
     monitor: Monitor,
+    limits: Arc<RateLimits>,
 }
 
 /// Why a reload was refused (the previous configuration keeps serving).
@@ -206,7 +208,7 @@ impl RunningServer {
             &self.current,
             &self.store,
             &self.clock,
-            &self.monitor.metrics,
+            (&self.monitor.metrics, &self.limits),
             &self.reloads,
         )
         .await
@@ -219,12 +221,13 @@ impl RunningServer {
     /// whole; files copied by hand one at a time may be caught half-way, which is refused
     /// (the key does not match the certificate) and retried at the next change.
     fn watch_config_file(&self, mut shutdown: watch::Receiver<bool>) {
-        let (mut config, current, store, clock, metrics, reloads) = (
+        let (mut config, current, store, clock, metrics, limits, reloads) = (
             self.config.clone(),
             self.current.clone(),
             self.store.clone(),
             self.clock.clone(),
             self.monitor.metrics.clone(),
+            self.limits.clone(),
             self.reloads.clone(),
         );
         let running = self.config.clone();
@@ -241,8 +244,15 @@ impl RunningServer {
                 }
                 last = now;
                 tracing::info!(file = %config.source.display(), "the config file or CA material changed: reloading");
-                if let Ok(loaded) =
-                    reload(&running, &current, &store, &clock, &metrics, &reloads).await
+                if let Ok(loaded) = reload(
+                    &running,
+                    &current,
+                    &store,
+                    &clock,
+                    (&metrics, &limits),
+                    &reloads,
+                )
+                .await
                 {
                     config = loaded;
                     last = fingerprint(&watched_files(&config));
@@ -290,7 +300,7 @@ async fn reload(
     current: &CurrentAuthority,
     store: &Arc<SledStore>,
     clock: &Arc<dyn Clock>,
-    metrics: &Arc<Metrics>,
+    (metrics, limits): (&Arc<Metrics>, &Arc<RateLimits>),
     reloads: &tokio::sync::Mutex<()>,
 ) -> Result<Config, ReloadError> {
     let _one_at_a_time = reloads.lock().await;
@@ -305,8 +315,10 @@ async fn reload(
                 "listen, store, dns_names and serving_certificate_ttl changes take effect at the next restart"
             );
         }
-        let authority =
-            build_authority(&config, clock.clone(), store.clone(), metrics.clone()).await?;
+        let authority = build_authority(&config, clock.clone(), store.clone(), metrics.clone())
+            .await?
+            .with_rate_limits(limits.clone());
+        limits.set_rates(config.rate_limit.per_caller, config.rate_limit.per_namespace);
         current.replace(Arc::new(authority));
         Ok::<_, ReloadError>(config)
     }
@@ -343,9 +355,16 @@ pub async fn start_with_clock(
     )?;
     let signer = load_audit_signer(&config.audit)?;
     let metrics = Metrics::new();
-    let ca = build_authority(config, clock.clone(), store.clone(), metrics.clone()).await?;
+    let limits = Arc::new(RateLimits::new(
+        config.rate_limit.per_caller,
+        config.rate_limit.per_namespace,
+        clock.clone(),
+    ));
+    let ca = build_authority(config, clock.clone(), store.clone(), metrics.clone())
+        .await?
+        .with_rate_limits(limits.clone());
     let current = Arc::new(CurrentAuthority::new(Arc::new(ca)));
-    start_serving(config, clock, store, current, signer, metrics).await
+    start_serving(config, clock, store, current, signer, (metrics, limits)).await
 }
 
 /// Everything a config describes that can change without a restart: meshes (CA material,
@@ -548,7 +567,7 @@ async fn start_serving(
     store: Arc<SledStore>,
     current: Arc<CurrentAuthority>,
     signer: Option<Arc<AuditSigner>>,
-    metrics: Arc<Metrics>,
+    (metrics, limits): (Arc<Metrics>, Arc<RateLimits>),
 ) -> Result<RunningServer, ServeError> {
     let ca = current.get();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -646,8 +665,10 @@ async fn start_serving(
 
     let mut stop = shutdown_rx.clone();
     let service = CsrService::new(current.clone(), config.max_concurrent_requests);
+    let request_timeout = config.request_timeout;
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .timeout(request_timeout)
             .add_service(service)
             .add_service(health_service)
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
@@ -672,6 +693,7 @@ async fn start_serving(
         clock,
         reloads: Arc::new(tokio::sync::Mutex::new(())),
         monitor,
+        limits,
     };
     server.watch_config_file(shutdown_rx);
     Ok(server)

@@ -406,3 +406,41 @@ fn audit_commands_work_through_the_server_and_on_the_stopped_store() {
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Serving::start_with_env(dir.path(), &[], &[("MESHROOT_LOG_FORMAT", "json")]);
+    server.wait_for_log("CA material loaded");
+    server.stop();
+    let log = server.log();
+    let mut events = 0;
+    for line in log.lines() {
+        // The lines for people that `serve` prints once (how to try it) are not log events;
+        // a plain-text event would have its level in capitals after the timestamp.
+        if !line.starts_with('{') {
+            assert!(
+                !["TRACE", "DEBUG", " INFO", " WARN", "ERROR"]
+                    .iter()
+                    .any(|level| line.contains(level)),
+                "a plain-text log event: {line}"
+            );
+            continue;
+        }
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{line}"
+        );
+        assert!(event["message"].is_string(), "{line}");
+        events += 1;
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"message\":\"CA material loaded\"")
+                && l.contains("\"mesh\":\"default\"")),
+        "fields are flattened into the object:\n{log}"
+    );
+    assert!(events > 3, "{log}");
+}

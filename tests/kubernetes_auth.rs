@@ -479,3 +479,27 @@ async fn beyond_max_concurrent_requests_the_answer_is_a_retryable_resource_exhau
     request(&server, &id, "t", "west").await.unwrap();
     Arc::try_unwrap(server).ok().unwrap().stop().await;
 }
+
+#[tokio::test]
+async fn a_request_still_unanswered_at_request_timeout_is_cancelled() {
+    let west = FakeApiServer::start().await;
+    west.add_token("t", TokenIdentity::service_account("default", "app", None));
+    // The review may take 10 s, but the request as a whole only 1 s.
+    let ca = ca_with_review_timeout(&west, None, "", "10s");
+    ca.edit_config(|config| format!("request_timeout = \"1s\"\n{config}"));
+    let server = ca.start().await;
+    *west.state.delay.lock().unwrap() = Some(Duration::from_secs(4));
+    let started = Instant::now();
+    let status = request(&server, &spiffe_id("default", "app"), "t", "west")
+        .await
+        .unwrap_err();
+    // CANCELLED: istio-agent retries it.
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    *west.state.delay.lock().unwrap() = None;
+    server.stop().await;
+}

@@ -352,3 +352,50 @@ async fn ignores_unknown_headers() {
     verify_chain(&response.cert_chain, &ca.root_pem());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_caller_over_its_rate_limit_gets_resource_exhausted_and_others_are_served() {
+    let ca = TestCa::new();
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[rate_limit]\nper_caller = 0.5\ncaller_burst = 2\nper_namespace = 100.0\n"
+        )
+    });
+    let server = ca.start().await;
+    let busy = ca.token(MESH, "default", "busy");
+    for _ in 0..2 {
+        server
+            .call(
+                agent_csr(&spiffe_id("default", "busy")),
+                Some(busy.clone()),
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    let records_before = server.records().len();
+    let status = server
+        .call(
+            agent_csr(&spiffe_id("default", "busy")),
+            Some(busy.clone()),
+            0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status
+        .message()
+        .contains("rate limit exceeded for this caller; retry"));
+    // Retryable and not a decision about the request: nothing recorded.
+    assert_eq!(server.records().len(), records_before);
+    // Another caller has its own budget.
+    server
+        .call(
+            agent_csr(&spiffe_id("default", "calm")),
+            Some(ca.token(MESH, "default", "calm")),
+            0,
+        )
+        .await
+        .unwrap();
+    server.stop().await;
+}

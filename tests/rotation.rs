@@ -40,6 +40,10 @@ async fn issue(server: &TestServer, ca: &TestCa, sa: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_intermediate_is_picked_up_live_under_load_with_no_failed_request() {
     let ca = TestCa::new();
+    // One caller sending as fast as it can: the per-caller limit would refuse most of it.
+    ca.edit_config(|config| {
+        format!("{config}\n[rate_limit]\nper_caller = 0.0\nper_namespace = 0.0\n")
+    });
     let server = Arc::new(ca.start().await);
     let old_signer = pem_file_der(&ca.path().join(MESH).join("ca-cert.pem"));
     let token = ca.token(MESH, "default", "load");

@@ -149,6 +149,11 @@ pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
         IssueError::MeshNotServed(_) | IssueError::Signing(_) | IssueError::Store(_) => {
             (Code::Internal, "internal error".to_owned())
         }
+        // Retryable: istio-agent and ztunnel back off and try again.
+        IssueError::RateLimited(scope) => (
+            Code::ResourceExhausted,
+            format!("rate limit exceeded for this {}; retry", scope.name()),
+        ),
     };
     let mut status = Status::new(code, format!("{message} (request id {request_id})"));
     if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {

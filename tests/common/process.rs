@@ -22,6 +22,11 @@ impl Serving {
     /// Starts `meshroot serve ARGS` in `dir` on an ephemeral port and waits for its
     /// "serving" line (no sleeps).
     pub fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    /// [`Serving::start`] with extra environment variables.
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BINARY)
             .arg("serve")
             .args(args)
@@ -29,6 +34,7 @@ impl Serving {
             .env("MESHROOT_LISTEN", "127.0.0.1:0")
             .env("MESHROOT_ADMIN_LISTEN", "127.0.0.1:0")
             .env("MESHROOT_LOG", "debug")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
