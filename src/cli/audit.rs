@@ -51,7 +51,9 @@ pub enum AuditCommand {
 /// Where the records come from.
 #[derive(Debug, Args, Clone)]
 pub struct SourceArgs {
-    /// A running meshroot's admin address, HOST:PORT (the audit API).
+    /// A running meshroot's admin address, HOST:PORT (the audit API). For `list`: a name with
+    /// several addresses (a headless Service: every replica) or a comma-separated list asks
+    /// each replica and merges the answers in time order.
     #[arg(long, conflicts_with = "store")]
     pub addr: Option<String>,
     /// A store directory (the server must be stopped).
@@ -276,6 +278,13 @@ pub(crate) enum Log {
 
 impl Log {
     pub(crate) async fn open(source: &SourceArgs) -> Result<Self, Failure> {
+        if let Some(addr) = &source.addr {
+            if addr.contains(',') {
+                return Err(Failure::usage(
+                    "several --addr replicas are only for `audit list`; name one replica",
+                ));
+            }
+        }
         if let Some(addr) = &source.addr {
             return Self::connect(addr, source).await;
         }
@@ -588,6 +597,12 @@ impl FilterArgs {
 
 async fn list(args: ListArgs) -> Result<(), Failure> {
     let query = args.filter.query(SystemTime::now())?;
+    if let Some(addr) = &args.source.addr {
+        let replicas = replica_addresses(addr).await?;
+        if replicas.len() > 1 {
+            return list_replicas(&args, &query, replicas).await;
+        }
+    }
     let mut log = Log::open(&args.source).await?;
     if args.count {
         println!("{}", log.count(&query).await?);
@@ -599,7 +614,7 @@ async fn list(args: ListArgs) -> Result<(), Failure> {
     loop {
         let (records, next) = log.page(&query, size, token).await?;
         for record in &records {
-            printer.record(record)?;
+            printer.record(record, None)?;
         }
         match next {
             Some(next) if args.all => token = Some(next),
@@ -611,6 +626,115 @@ async fn list(args: ListArgs) -> Result<(), Failure> {
             None => return printer.finish(),
         }
     }
+}
+
+/// Every address `addr` names: a comma-separated list, each an address or a name resolved to
+/// all its addresses (a headless Service resolves to one per ready replica).
+async fn replica_addresses(addr: &str) -> Result<Vec<String>, Failure> {
+    let mut replicas: Vec<String> = Vec::new();
+    for part in addr.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let resolved = tokio::net::lookup_host(part)
+            .await
+            .map_err(|e| Failure::runtime(format!("resolving {part}: {e}")))?;
+        for address in resolved {
+            let address = address.to_string();
+            if !replicas.contains(&address) {
+                replicas.push(address);
+            }
+        }
+    }
+    if replicas.is_empty() {
+        return Err(Failure::usage(format!("--addr {addr}: no address")));
+    }
+    replicas.sort();
+    Ok(replicas)
+}
+
+/// One replica's records, a page at a time.
+struct Replica {
+    address: String,
+    log: Log,
+    buffer: std::collections::VecDeque<Record>,
+    next: Option<String>,
+    exhausted: bool,
+}
+
+impl Replica {
+    /// Fills the buffer from the next page if it is empty and there is more.
+    async fn refill(&mut self, query: &Query, size: usize) -> Result<(), Failure> {
+        if !self.buffer.is_empty() || self.exhausted {
+            return Ok(());
+        }
+        let (records, next) = self.log.page(query, size, self.next.take()).await?;
+        self.buffer.extend(records);
+        self.exhausted = next.is_none();
+        self.next = next;
+        Ok(())
+    }
+}
+
+/// `audit list` over several replicas: each keeps its own log (its own sequence numbers), so
+/// the records are merged by the time they were recorded, each labelled with its replica.
+async fn list_replicas(
+    args: &ListArgs,
+    query: &Query,
+    addresses: Vec<String>,
+) -> Result<(), Failure> {
+    if args.page_token.is_some() {
+        return Err(Failure::usage(
+            "--page-token belongs to one replica; across replicas use --limit or --all",
+        ));
+    }
+    let mut replicas = Vec::new();
+    for address in addresses {
+        let log = Log::connect(&address, &args.source).await?;
+        replicas.push(Replica {
+            address,
+            log,
+            buffer: Default::default(),
+            next: None,
+            exhausted: false,
+        });
+    }
+    if args.count {
+        let mut total = 0;
+        for replica in &mut replicas {
+            total += replica.log.count(query).await?;
+        }
+        println!("{total}");
+        return Ok(());
+    }
+    let size = args.limit.clamp(1, crate::audit::MAX_PAGE_SIZE);
+    let mut printer = Printer::new(args.format);
+    printer.replicas = true;
+    let mut printed = 0;
+    while args.all || printed < size {
+        for replica in &mut replicas {
+            replica.refill(query, size).await?;
+        }
+        let earliest = replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(index, r)| r.buffer.front().map(|record| (index, record)))
+            .min_by_key(|(index, record)| (record.recorded_at, *index, record.sequence))
+            .map(|(index, _)| index);
+        let Some(index) = earliest else {
+            break;
+        };
+        let replica = &mut replicas[index];
+        if let Some(record) = replica.buffer.pop_front() {
+            printer.record(&record, Some(&replica.address))?;
+            printed += 1;
+        }
+    }
+    let more = replicas
+        .iter()
+        .any(|r| !r.buffer.is_empty() || !r.exhausted);
+    printer.finish()?;
+    if more && !args.all {
+        eprintln!("more records: --limit N or --all");
+    }
+    Ok(())
 }
 
 async fn export(args: ExportArgs) -> Result<(), Failure> {
@@ -625,7 +749,7 @@ async fn export(args: ExportArgs) -> Result<(), Failure> {
     loop {
         let (records, next) = log.page(&query, crate::audit::MAX_PAGE_SIZE, token).await?;
         for record in &records {
-            printer.record(record)?;
+            printer.record(record, None)?;
         }
         match next {
             Some(next) => token = Some(next),
@@ -733,7 +857,7 @@ async fn watch(args: WatchArgs) -> Result<(), Failure> {
     while let Some(entry) = stream.message().await.map_err(remote_failure)? {
         if let Some(api::log_entry::Entry::Record(record)) = entry.entry {
             if let Some(record) = store::from_message(record) {
-                printer.record(&record)?;
+                printer.record(&record, None)?;
                 printer.flush()?;
             }
         }
@@ -1155,6 +1279,8 @@ fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
 struct Printer {
     format: Format,
     json_lines: bool,
+    /// Records come from several replicas: say which.
+    replicas: bool,
     started: bool,
     out: std::io::BufWriter<std::io::Stdout>,
 }
@@ -1166,15 +1292,37 @@ impl Printer {
         Self {
             format,
             json_lines: false,
+            replicas: false,
             started: false,
             out: std::io::BufWriter::new(std::io::stdout()),
         }
     }
 
-    fn record(&mut self, record: &Record) -> Result<(), Failure> {
+    fn record(&mut self, record: &Record, replica: Option<&str>) -> Result<(), Failure> {
         let first = !self.started;
         self.started = true;
+        let replicas = self.replicas;
         let out = &mut self.out;
+        if replicas && self.format == Format::Table {
+            if first {
+                let _ = write!(out, "{:<22}  ", "REPLICA");
+            } else {
+                let _ = write!(out, "{:<22}  ", replica.unwrap_or_default());
+            }
+        }
+        let json = |pretty: bool| {
+            let mut value =
+                serde_json::to_value(record).map_err(|e| Failure::runtime(e.to_string()))?;
+            if let (Some(replica), Some(object)) = (replica, value.as_object_mut()) {
+                object.insert("replica".to_owned(), replica.into());
+            }
+            if pretty {
+                serde_json::to_string_pretty(&value)
+            } else {
+                serde_json::to_string(&value)
+            }
+            .map_err(|e| Failure::runtime(e.to_string()))
+        };
         let result = match self.format {
             Format::Table => {
                 if first {
@@ -1183,6 +1331,9 @@ impl Printer {
                         "{:>8}  {:<24}  {:<7}  {:<32}  {:<55}  CALLER",
                         "SEQ", "RECORDED", "OUTCOME", "SERIAL / REASON", "SPIFFE ID"
                     );
+                    if replicas {
+                        let _ = write!(out, "{:<22}  ", replica.unwrap_or_default());
+                    }
                 }
                 let (outcome, detail, identity) = match &record.outcome {
                     Outcome::Issued(issued) => (
@@ -1217,21 +1368,20 @@ impl Printer {
                     who
                 )
             }
-            Format::Json if self.json_lines => {
-                let json =
-                    serde_json::to_string(record).map_err(|e| Failure::runtime(e.to_string()))?;
-                writeln!(out, "{json}")
-            }
-            Format::Json => {
-                let json = serde_json::to_string_pretty(record)
-                    .map_err(|e| Failure::runtime(e.to_string()))?;
-                writeln!(out, "{}{json}", if first { "[\n" } else { ",\n" })
-            }
+            Format::Json if self.json_lines => writeln!(out, "{}", json(false)?),
+            Format::Json => writeln!(out, "{}{}", if first { "[\n" } else { ",\n" }, json(true)?),
             Format::Csv => {
                 if first {
-                    let _ = writeln!(out, "{CSV_COLUMNS}");
+                    let _ = writeln!(
+                        out,
+                        "{CSV_COLUMNS}{}",
+                        if replicas { ",replica" } else { "" }
+                    );
                 }
-                writeln!(out, "{}", csv_row(record))
+                match replica {
+                    Some(replica) => writeln!(out, "{},{replica}", csv_row(record)),
+                    None => writeln!(out, "{}", csv_row(record)),
+                }
             }
         };
         result.map_err(|e| Failure::runtime(e.to_string()))
