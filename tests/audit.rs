@@ -454,24 +454,10 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
     server.stop().await;
 }
 
-/// `meshroot audit ARGS` on a blocking thread (the servers it asks run on this runtime).
 async fn audit_cli(args: Vec<String>) -> String {
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_meshroot"))
-            .arg("audit")
-            .args(&args)
-            .env("MESHROOT_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    let mut all = vec!["audit".to_owned()];
+    all.extend(args);
+    common::process::meshroot_output(all).await
 }
 
 #[tokio::test]
@@ -487,14 +473,7 @@ async fn audit_list_fans_out_to_every_replica_and_merges_in_time_order() {
         } else {
             (&second, &second_ca)
         };
-        server
-            .call(
-                agent_csr(&spiffe_id("default", sa)),
-                Some(ca.token(MESH, "default", sa)),
-                0,
-            )
-            .await
-            .unwrap();
+        server.issue(ca, sa).await;
         expected.push(spiffe_id("default", sa));
         // Recorded times are milliseconds: keep the order unambiguous.
         tokio::time::sleep(Duration::from_millis(5)).await;

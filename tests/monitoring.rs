@@ -102,14 +102,7 @@ async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus
     let ca = TestCa::new();
     let server = ca.start().await;
     for sa in ["a", "b"] {
-        server
-            .call(
-                agent_csr(&spiffe_id("default", sa)),
-                Some(ca.token(MESH, "default", sa)),
-                0,
-            )
-            .await
-            .unwrap();
+        server.issue(&ca, sa).await;
     }
     // No token: an authentication failure.
     server

@@ -25,18 +25,6 @@ fn pem_file_der(path: &Path) -> Vec<u8> {
         .to_vec()
 }
 
-async fn issue(server: &TestServer, ca: &TestCa, sa: &str) -> Vec<String> {
-    server
-        .call(
-            agent_csr(&spiffe_id("default", sa)),
-            Some(ca.token(MESH, "default", sa)),
-            0,
-        )
-        .await
-        .unwrap()
-        .cert_chain
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_intermediate_is_picked_up_live_under_load_with_no_failed_request() {
     let ca = TestCa::new();
@@ -150,25 +138,15 @@ fn mesh_settings(original: &str, extra_roots: &[&Path], force: bool) -> String {
 
 /// `meshroot rotate plan` against the running server's audit API (the server holds the store).
 async fn rotate_plan(server: &TestServer, ca: &TestCa) -> String {
-    let config = ca.config_path();
-    let addr = server.server.admin_address().to_string();
-    // On a blocking thread: the server answering it runs on this test's runtime.
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_meshroot"))
-            .args(["rotate", "plan", "--config"])
-            .arg(config)
-            .args(["--addr", &addr])
-            .output()
-            .unwrap()
-    })
+    common::process::meshroot_output(vec![
+        "rotate".into(),
+        "plan".into(),
+        "--config".into(),
+        ca.config_path().display().to_string(),
+        "--addr".into(),
+        server.server.admin_address().to_string(),
+    ])
     .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 #[tokio::test]
@@ -177,7 +155,7 @@ async fn a_root_rotation_refuses_to_drop_the_old_root_while_certificates_chain_t
     let original = std::fs::read_to_string(ca.config_path()).unwrap();
     let old_root = ca.path().join("root-cert.pem");
     let server = ca.start().await;
-    let before = issue(&server, &ca, "before").await;
+    let before = server.issue(&ca, "before").await;
 
     // Step 1: a new root N with an intermediate for the mesh.
     let next = TestCa::new();
@@ -212,7 +190,7 @@ async fn a_root_rotation_refuses_to_drop_the_old_root_while_certificates_chain_t
         .unwrap();
     }
     server.server.reload().await.unwrap();
-    let after = issue(&server, &ca, "after").await;
+    let after = server.issue(&ca, "after").await;
     assert_eq!(
         signer_of(&after),
         pem_file_der(&next.path().join(MESH).join("ca-cert.pem"))
@@ -246,7 +224,7 @@ async fn a_root_rotation_refuses_to_drop_the_old_root_while_certificates_chain_t
         "{refused}"
     );
     assert!(refused.contains("force_root_removal"), "{refused}");
-    let still = issue(&server, &ca, "still").await;
+    let still = server.issue(&ca, "still").await;
     assert!(still.last().unwrap().contains(ca.root_pem().trim()));
 
     // Forced: loaded.
@@ -256,7 +234,7 @@ async fn a_root_rotation_refuses_to_drop_the_old_root_while_certificates_chain_t
     )
     .unwrap();
     server.server.reload().await.unwrap();
-    let forced = issue(&server, &ca, "forced").await;
+    let forced = server.issue(&ca, "forced").await;
     assert!(!forced.last().unwrap().contains(ca.root_pem().trim()));
     server.stop().await;
 }

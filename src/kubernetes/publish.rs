@@ -111,19 +111,35 @@ pub async fn run_root_distribution(
     client: kube::Client,
     settings: PublishSettings,
     mesh: std::sync::Arc<dyn MeshMaterial>,
+    leader: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) {
+    while_leading(leader, shutdown, || {
+        tracing::info!(configmap = ROOT_CONFIGMAP, selector = %settings.namespace_selector, "distributing the trust bundle");
+        distribute_roots(&client, &settings, mesh.as_ref())
+    })
+    .await
+}
+
+/// Runs `term` for each leadership term: from becoming leader until losing it (the future is
+/// dropped then) or `shutdown`.
+async fn while_leading<F, T>(
     mut leader: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
-) {
+    mut term: F,
+) where
+    F: FnMut() -> T,
+    T: Future<Output = ()>,
+{
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stopped| *stopped) => return,
             led = leader.wait_for(|leads| *leads) => if led.is_err() { return },
         }
-        tracing::info!(configmap = ROOT_CONFIGMAP, selector = %settings.namespace_selector, "distributing the trust bundle");
         tokio::select! {
             _ = shutdown.wait_for(|stopped| *stopped) => return,
             _ = leader.wait_for(|leads| !*leads) => {}
-            _ = distribute_roots(&client, &settings, mesh.as_ref()) => {}
+            _ = term() => {}
         }
     }
 }
@@ -320,20 +336,13 @@ pub async fn run_istiod_certificate(
     client: kube::Client,
     settings: PublishSettings,
     mesh: std::sync::Arc<dyn MeshMaterial>,
-    mut leader: watch::Receiver<bool>,
-    mut shutdown: watch::Receiver<bool>,
+    leader: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stopped| *stopped) => return,
-            led = leader.wait_for(|leads| *leads) => if led.is_err() { return },
-        }
-        tokio::select! {
-            _ = shutdown.wait_for(|stopped| *stopped) => return,
-            _ = leader.wait_for(|leads| !*leads) => {}
-            _ = keep_istiod_certificate(&client, &settings, mesh.as_ref()) => {}
-        }
-    }
+    while_leading(leader, shutdown, || {
+        keep_istiod_certificate(&client, &settings, mesh.as_ref())
+    })
+    .await
 }
 
 async fn keep_istiod_certificate(

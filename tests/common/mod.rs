@@ -256,6 +256,19 @@ impl TestServer {
             .map(tonic::Response::into_inner)
     }
 
+    /// One istio-agent request for `default/<service_account>` with its valid token from
+    /// `ca`'s development issuer; returns the chain.
+    pub async fn issue(&self, ca: &TestCa, service_account: &str) -> Vec<String> {
+        self.call(
+            agent_csr(&spiffe_id("default", service_account)),
+            Some(ca.token(MESH, "default", service_account)),
+            0,
+        )
+        .await
+        .unwrap()
+        .cert_chain
+    }
+
     /// Asks for a certificate for `identity` of `mesh` as istio-agent does (P-256 key, valid
     /// token of `ca`'s development issuer); returns (chain PEM without the roots, key PEM).
     pub async fn workload(&self, ca: &TestCa, mesh: &str, identity: &str) -> (String, String) {

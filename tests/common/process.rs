@@ -7,6 +7,26 @@ use std::sync::{Arc, Mutex};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_meshroot");
 
+/// `meshroot ARGS` run to its end on a blocking thread (a server it talks to may run on the
+/// calling test's runtime); returns stdout, failing with stderr if it did not succeed.
+pub async fn meshroot_output(args: Vec<String>) -> String {
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY)
+            .args(&args)
+            .env("MESHROOT_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "meshroot failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// A `meshroot serve` process (killed if dropped before `stop`).
 pub struct Serving {
     pub child: Child,
