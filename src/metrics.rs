@@ -72,6 +72,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Issued,
+        Outcome::Denied,
+        Outcome::Failed,
+        Outcome::Throttled,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::Issued => "issued",
@@ -108,8 +115,8 @@ pub struct Metrics {
     denials: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
     /// By rate-limit scope.
     throttled: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
-    /// By (mesh, outcome); meshes come from the configuration.
-    issuance: RwLock<BTreeMap<(String, Outcome), Arc<Histogram>>>,
+    /// By mesh (from the configuration), then outcome.
+    issuance: RwLock<BTreeMap<String, Arc<[Histogram; Outcome::ALL.len()]>>>,
     token_review: Histogram,
     token_review_cache_hits: AtomicU64,
     token_review_cache_misses: AtomicU64,
@@ -161,15 +168,18 @@ impl Metrics {
                 }
             }
         };
-        let key = (mesh.to_owned(), outcome);
-        let histogram = {
-            let known = read(&self.issuance).get(&key).cloned();
-            match known {
-                Some(histogram) => histogram,
-                None => write(&self.issuance).entry(key).or_default().clone(),
-            }
+        // Looked up by &str: no allocation per request once the mesh has its histograms.
+        let histograms = read(&self.issuance).get(mesh).cloned();
+        let histograms = match histograms {
+            Some(histograms) => histograms,
+            None => write(&self.issuance)
+                .entry(mesh.to_owned())
+                .or_insert_with(|| Arc::new(std::array::from_fn(|_| Histogram::default())))
+                .clone(),
         };
-        histogram.observe(elapsed);
+        if let Some(histogram) = histograms.get(outcome as usize) {
+            histogram.observe(elapsed);
+        }
     }
 
     /// A TokenReview call to an API server took `elapsed` (answered or not).
@@ -234,11 +244,18 @@ impl Metrics {
         out.histograms(
             "meshroot_issuance_duration_seconds",
             "Time from receiving a certificate request to answering it, by mesh and outcome.",
-            issuance.iter().map(|((mesh, outcome), histogram)| {
-                (
-                    vec![("mesh", mesh.as_str()), ("outcome", outcome.label())],
-                    histogram.as_ref(),
-                )
+            issuance.iter().flat_map(|(mesh, histograms)| {
+                Outcome::ALL
+                    .iter()
+                    .zip(histograms.iter())
+                    // Outcomes a mesh never had are left out rather than shown as zeros.
+                    .filter(|(_, histogram)| histogram.count() > 0)
+                    .map(move |(outcome, histogram)| {
+                        (
+                            vec![("mesh", mesh.as_str()), ("outcome", outcome.label())],
+                            histogram,
+                        )
+                    })
             }),
         );
         drop(issuance);

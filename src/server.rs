@@ -116,6 +116,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
     admin_task: JoinHandle<Result<(), ServeError>>,
+    /// The Lease election, which releases the Lease when it stops.
+    election: Option<JoinHandle<()>>,
     audit: AuditPublisher,
     current: Arc<CurrentAuthority>,
     /// The config the server started with (its listener, store and serving certificate settings
@@ -174,6 +176,13 @@ impl RunningServer {
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
         let result = finish_by(self.task, deadline, "CSR API").await;
         let admin = finish_by(self.admin_task, deadline, "admin").await;
+        // A leader releases its Lease, so another replica takes over at once rather than
+        // after a lease duration.
+        if let Some(election) = self.election {
+            if tokio::time::timeout_at(deadline, election).await.is_err() {
+                tracing::warn!("the Lease was not released within shutdown_grace");
+            }
+        }
         if let Err(error) = self.audit.publish(&self.store).await {
             tracing::error!(%error, "final checkpoint failed");
         }
@@ -646,9 +655,12 @@ async fn start_serving(
         shutdown_rx.clone(),
     )
     .await?;
-    if let Some(kubernetes) = &config.kubernetes {
-        start_cluster_duties(kubernetes, current.clone(), shutdown_rx.clone()).await?;
-    }
+    let election = match &config.kubernetes {
+        Some(kubernetes) => {
+            Some(start_cluster_duties(kubernetes, current.clone(), shutdown_rx.clone()).await?)
+        }
+        None => None,
+    };
     tokio::spawn(checkpoint_loop(
         audit.clone(),
         store.clone(),
@@ -694,18 +706,19 @@ async fn start_serving(
         reloads: Arc::new(tokio::sync::Mutex::new(())),
         monitor,
         limits,
+        election,
     };
     server.watch_config_file(shutdown_rx);
     Ok(server)
 }
 
 /// Starts the elected replica's duties in its own cluster: the Lease election, and, while
-/// leading, root distribution and istiod's certificate.
+/// leading, root distribution and istiod's certificate. Returns the election's task.
 async fn start_cluster_duties(
     settings: &KubernetesConfig,
     current: Arc<CurrentAuthority>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), ServeError> {
+) -> Result<JoinHandle<()>, ServeError> {
     let cluster = KubeCluster::connect_for_watches(&settings.access, KUBERNETES_TIMEOUT)
         .await
         .map_err(|source| ServeError::Cluster {
@@ -714,7 +727,7 @@ async fn start_cluster_duties(
             source,
         })?;
     let (leader, leads) = watch::channel(false);
-    tokio::spawn(crate::kubernetes::lease::run(
+    let election = tokio::spawn(crate::kubernetes::lease::run(
         cluster.client(),
         LeaseSettings {
             namespace: settings.namespace.clone(),
@@ -758,7 +771,7 @@ async fn start_cluster_duties(
         ));
     }
     tracing::info!(namespace = %settings.namespace, lease = %settings.lease_name, identity = %settings.identity, "cluster duties started; they run on the elected replica");
-    Ok(())
+    Ok(election)
 }
 
 /// The `[kubernetes]` mesh as the publisher sees it: read from the authority in force, so

@@ -295,6 +295,8 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     // The leader stops: it releases the lease, and the other replica takes over at once.
     let stopped = tokio::time::Instant::now();
     first.stop().await;
+    // Released as it stopped: not its name any more, well before its 2 s lease would expire.
+    assert_ne!(lease_holder(&api).as_deref(), Some("meshroot-0"));
     eventually("the second replica leads and publishes", || {
         lease_holder(&api).as_deref() == Some("meshroot-1")
             && all_have(&api, &["default", "shop"], &second_bundle)
