@@ -128,8 +128,12 @@ impl RateLimits {
 
     /// One request from `caller` (its mesh and authenticated subject).
     pub fn allow_caller(&self, mesh: &str, subject: &str) -> Result<(), Scope> {
+        let rate = self.rates().0;
+        if !rate.limited() {
+            return Ok(());
+        }
         let key = format!("{mesh}\u{0}{subject}");
-        match self.callers.take(&key, self.rates().0, self.clock.now()) {
+        match self.callers.take(&key, rate, self.clock.now()) {
             true => Ok(()),
             false => Err(Scope::Caller),
         }
@@ -137,8 +141,12 @@ impl RateLimits {
 
     /// One request for an identity in `namespace` of `mesh`.
     pub fn allow_namespace(&self, mesh: &str, namespace: &str) -> Result<(), Scope> {
+        let rate = self.rates().1;
+        if !rate.limited() {
+            return Ok(());
+        }
         let key = format!("{mesh}\u{0}{namespace}");
-        match self.namespaces.take(&key, self.rates().1, self.clock.now()) {
+        match self.namespaces.take(&key, rate, self.clock.now()) {
             true => Ok(()),
             false => Err(Scope::Namespace),
         }

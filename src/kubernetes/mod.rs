@@ -51,13 +51,8 @@ impl KubeCluster {
         access: &ClusterAccess,
         timeout: Duration,
     ) -> Result<Self, ClusterSetupError> {
-        let mut config = kube_config(access).await?;
-        config.connect_timeout = Some(timeout);
-        config.read_timeout = Some(timeout);
-        config.write_timeout = Some(timeout);
         // Istio clients retry on their own; a hidden retry here would only add latency.
-        config.default_retry = false;
-        Self::from_config(config)
+        Self::connect_with(access, timeout, timeout, false).await
     }
 
     /// A client for watches: connects and writes within `timeout`, but reads may wait as long
@@ -66,21 +61,27 @@ impl KubeCluster {
         access: &ClusterAccess,
         timeout: Duration,
     ) -> Result<Self, ClusterSetupError> {
+        Self::connect_with(access, timeout, WATCH_READ_TIMEOUT, true).await
+    }
+
+    async fn connect_with(
+        access: &ClusterAccess,
+        timeout: Duration,
+        read_timeout: Duration,
+        retry: bool,
+    ) -> Result<Self, ClusterSetupError> {
         let mut config = kube_config(access).await?;
         config.connect_timeout = Some(timeout);
-        config.read_timeout = Some(WATCH_READ_TIMEOUT);
+        config.read_timeout = Some(read_timeout);
         config.write_timeout = Some(timeout);
-        Self::from_config(config)
+        config.default_retry = retry;
+        let client = kube::Client::try_from(config).map_err(ClusterSetupError::Client)?;
+        Ok(Self { client })
     }
 
     /// The API client (for the elected replica's duties).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
-    }
-
-    fn from_config(config: kube::Config) -> Result<Self, ClusterSetupError> {
-        let client = kube::Client::try_from(config).map_err(ClusterSetupError::Client)?;
-        Ok(Self { client })
     }
 }
 
