@@ -29,6 +29,8 @@ pub struct Monitor {
     store: Arc<SledStore>,
     draining: Arc<AtomicBool>,
     health: HealthReporter,
+    /// Whether this replica leads (only with `[kubernetes]` duties).
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Monitor {
@@ -44,7 +46,14 @@ impl Monitor {
             store,
             draining: Arc::new(AtomicBool::new(false)),
             health,
+            leader: None,
         }
+    }
+
+    /// Reports whether this replica is the elected one (`meshroot_leader`).
+    pub fn with_leader(mut self, leader: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.leader = Some(leader);
+        self
     }
 
     /// Marks the server as going away: not ready, gRPC health NOT_SERVING.
@@ -132,6 +141,13 @@ impl Monitor {
             "Records in the issuance log.",
             self.store.len() as f64,
         );
+        if let Some(leader) = &self.leader {
+            out.gauge(
+                "meshroot_leader",
+                "1 while this replica holds the Lease and does the cluster duties.",
+                if *leader.borrow() { 1.0 } else { 0.0 },
+            );
+        }
         let ready = self.not_ready_reasons().is_empty();
         out.gauge(
             "meshroot_ready",

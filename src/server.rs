@@ -580,7 +580,11 @@ async fn start_serving(
 ) -> Result<RunningServer, ServeError> {
     let ca = current.get();
     let (health, health_service) = tonic_health::server::health_reporter();
-    let monitor = Monitor::new(metrics, current.clone(), store.clone(), health);
+    let mut monitor = Monitor::new(metrics, current.clone(), store.clone(), health);
+    let (leader, leads) = watch::channel(false);
+    if config.kubernetes.is_some() {
+        monitor = monitor.with_leader(leads);
+    }
     monitor.serve().await;
     let serving = Arc::new(ServingCertificate::default());
     let renew_at = serving
@@ -656,9 +660,9 @@ async fn start_serving(
     )
     .await?;
     let election = match &config.kubernetes {
-        Some(kubernetes) => {
-            Some(start_cluster_duties(kubernetes, current.clone(), shutdown_rx.clone()).await?)
-        }
+        Some(kubernetes) => Some(
+            start_cluster_duties(kubernetes, current.clone(), leader, shutdown_rx.clone()).await?,
+        ),
         None => None,
     };
     tokio::spawn(checkpoint_loop(
@@ -717,6 +721,7 @@ async fn start_serving(
 async fn start_cluster_duties(
     settings: &KubernetesConfig,
     current: Arc<CurrentAuthority>,
+    leader: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, ServeError> {
     let cluster = KubeCluster::connect_for_watches(&settings.access, KUBERNETES_TIMEOUT)
@@ -726,7 +731,7 @@ async fn start_cluster_duties(
             cluster: "[kubernetes]".to_owned(),
             source,
         })?;
-    let (leader, leads) = watch::channel(false);
+    let leads = leader.subscribe();
     let election = tokio::spawn(crate::kubernetes::lease::run(
         cluster.client(),
         LeaseSettings {

@@ -292,6 +292,19 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
         &first_bundle
     ));
 
+    // Each replica says in /metrics whether it leads.
+    let leads = |server: &TestServer| {
+        let address = server.server.admin_address();
+        async move {
+            let (_, text) = common::http_get(address, "/metrics").await;
+            text.lines()
+                .find_map(|l| l.strip_prefix("meshroot_leader "))
+                .map(str::to_owned)
+        }
+    };
+    assert_eq!(leads(&first).await.as_deref(), Some("1"));
+    assert_eq!(leads(&second).await.as_deref(), Some("0"));
+
     // The leader stops: it releases the lease, and the other replica takes over at once.
     let stopped = tokio::time::Instant::now();
     first.stop().await;

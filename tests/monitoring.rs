@@ -9,37 +9,18 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{agent_csr, spiffe_id, TestCa, MESH};
 use meshroot::clock::ManualClock;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 /// Metric families as the parser reads them: name → (type, [(sample name, labels, value)]).
 type Families = BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>, f64)>)>;
-
-/// One HTTP/1.1 GET; returns (status code, body).
-async fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: meshroot\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let response = String::from_utf8(response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    assert!(
-        head.to_ascii_lowercase().contains("content-length"),
-        "not chunked: {head}"
-    );
-    (status, body.to_owned())
-}
 
 /// The families `prometheus_client`'s text parser reads from `text`:
 /// name → (type, [(sample name, labels, value)]). Panics if the parser rejects the text.
@@ -129,7 +110,7 @@ async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus
         .await
         .unwrap_err();
 
-    let (status, text) = get(server.server.admin_address(), "/metrics").await;
+    let (status, text) = common::http_get(server.server.admin_address(), "/metrics").await;
     assert_eq!(status, 200);
     let families = parse_exposition(&text);
     let value = |name: &str, labels: &[(&str, &str)]| {
@@ -216,9 +197,15 @@ async fn healthz_readyz_and_grpc_health_report_serving() {
     ca.edit_config(|config| format!("shutdown_grace = \"2s\"\n{config}"));
     let server = ca.start().await;
     let admin = server.server.admin_address();
-    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".to_owned()));
-    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".to_owned()));
-    assert_eq!(get(admin, "/nothing-here").await.0, 404);
+    assert_eq!(
+        common::http_get(admin, "/healthz").await,
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(
+        common::http_get(admin, "/readyz").await,
+        (200, "ready\n".to_owned())
+    );
+    assert_eq!(common::http_get(admin, "/nothing-here").await.0, 404);
 
     // gRPC health over TLS on the CSR listener, the way grpc-health-probe asks.
     let channel = meshroot::client::connect(&server.target("localhost"))
@@ -283,19 +270,19 @@ async fn readyz_fails_with_the_reason_once_the_signing_certificate_has_expired()
     let clock = ManualClock::at(SystemTime::now());
     let server = ca.start_with_clock(Arc::new(clock.clone())).await;
     let admin = server.server.admin_address();
-    assert_eq!(get(admin, "/readyz").await.0, 200);
+    assert_eq!(common::http_get(admin, "/readyz").await.0, 200);
     let chain = std::fs::read_to_string(ca.path().join(MESH).join("ca-cert.pem")).unwrap();
     let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after(&chain) as u64);
     clock.set(expiry + Duration::from_secs(1));
-    let (status, body) = get(admin, "/readyz").await;
+    let (status, body) = common::http_get(admin, "/readyz").await;
     assert_eq!(status, 503);
     assert_eq!(
         body,
         format!("not ready: mesh {MESH}: the signing certificate has expired\n")
     );
-    let families = parse_exposition(&get(admin, "/metrics").await.1);
+    let families = parse_exposition(&common::http_get(admin, "/metrics").await.1);
     assert_eq!(sample(&families, "meshroot_ready", &[]), Some(0.0));
     // Liveness is not readiness: the process still answers, so it is not restarted for this.
-    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(common::http_get(admin, "/healthz").await.0, 200);
     server.stop().await;
 }
