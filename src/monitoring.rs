@@ -10,10 +10,10 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
-use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::ca::CurrentAuthority;
-use crate::metrics::{unix_seconds, Exposition, Kind, Metrics};
+use crate::clock::unix_seconds;
+use crate::metrics::{Exposition, Kind, Metrics};
 use crate::pb::istio::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::store::SledStore;
 
@@ -112,12 +112,12 @@ impl Monitor {
         for (mesh, authority) in &meshes {
             // The bundle's earliest root: the one that runs out first is what needs rotating.
             if let Some(expiry) = earliest_not_after(authority.roots()) {
-                root_expiry.push((vec![("mesh", *mesh)], unix_seconds(expiry)));
+                root_expiry.push((vec![("mesh", *mesh)], unix_seconds(expiry) as f64));
             }
             let chain = earliest_not_after(authority.intermediates())
                 .unwrap_or_else(|| authority.signing_not_after())
                 .min(authority.signing_not_after());
-            chain_expiry.push((vec![("mesh", *mesh)], unix_seconds(chain)));
+            chain_expiry.push((vec![("mesh", *mesh)], unix_seconds(chain) as f64));
         }
         out.labeled(
             "citadel_server_root_cert_expiry_timestamp",
@@ -203,11 +203,6 @@ impl Monitor {
 fn earliest_not_after(certificates: &[rustls_pki_types::CertificateDer<'_>]) -> Option<SystemTime> {
     certificates
         .iter()
-        .filter_map(|der| {
-            let (_, parsed) = X509Certificate::from_der(der.as_ref()).ok()?;
-            let seconds = parsed.validity().not_after.timestamp();
-            let since = std::time::Duration::from_secs(u64::try_from(seconds).ok()?);
-            SystemTime::UNIX_EPOCH.checked_add(since)
-        })
+        .filter_map(|der| crate::rotation::not_after_of(der))
         .min()
 }

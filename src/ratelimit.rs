@@ -59,9 +59,6 @@ struct Buckets(Mutex<HashMap<String, Bucket>>);
 impl Buckets {
     /// Takes one token for `key` at `now`; false when there is none.
     fn take(&self, key: &str, rate: Rate, now: SystemTime) -> bool {
-        if !rate.limited() {
-            return true;
-        }
         let mut buckets = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let refill = |bucket: &Bucket| {
             let elapsed = now.duration_since(bucket.at).unwrap_or(Duration::ZERO);
@@ -128,27 +125,27 @@ impl RateLimits {
 
     /// One request from `caller` (its mesh and authenticated subject).
     pub fn allow_caller(&self, mesh: &str, subject: &str) -> Result<(), Scope> {
-        let rate = self.rates().0;
-        if !rate.limited() {
-            return Ok(());
-        }
-        let key = format!("{mesh}\u{0}{subject}");
-        match self.callers.take(&key, rate, self.clock.now()) {
-            true => Ok(()),
-            false => Err(Scope::Caller),
-        }
+        self.allow(Scope::Caller, mesh, subject)
     }
 
     /// One request for an identity in `namespace` of `mesh`.
     pub fn allow_namespace(&self, mesh: &str, namespace: &str) -> Result<(), Scope> {
-        let rate = self.rates().1;
+        self.allow(Scope::Namespace, mesh, namespace)
+    }
+
+    fn allow(&self, scope: Scope, mesh: &str, name: &str) -> Result<(), Scope> {
+        let (per_caller, per_namespace) = self.rates();
+        let (buckets, rate) = match scope {
+            Scope::Caller => (&self.callers, per_caller),
+            Scope::Namespace => (&self.namespaces, per_namespace),
+        };
         if !rate.limited() {
             return Ok(());
         }
-        let key = format!("{mesh}\u{0}{namespace}");
-        match self.namespaces.take(&key, rate, self.clock.now()) {
+        let key = format!("{mesh}\u{0}{name}");
+        match buckets.take(&key, rate, self.clock.now()) {
             true => Ok(()),
-            false => Err(Scope::Namespace),
+            false => Err(scope),
         }
     }
 }

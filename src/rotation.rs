@@ -117,7 +117,7 @@ pub fn subject_of(der: &[u8]) -> String {
         .unwrap_or_else(|_| "(unparsable certificate)".to_owned())
 }
 
-/// A root's NotAfter.
+/// A certificate's NotAfter.
 pub fn not_after_of(der: &[u8]) -> Option<SystemTime> {
     let (_, certificate) = X509Certificate::from_der(der).ok()?;
     let seconds = u64::try_from(certificate.validity().not_after.timestamp()).ok()?;

@@ -73,17 +73,13 @@ fn all_have(api: &FakeApiServer, namespaces: &[&str], bundle: &str) -> bool {
         .all(|ns| root_configmap(api, ns).as_deref() == Some(bundle))
 }
 
-async fn start(ca: &TestCa) -> TestServer {
-    ca.start().await
-}
-
 #[tokio::test]
 async fn the_leader_keeps_the_root_configmap_in_every_namespace() {
     let api = FakeApiServer::start().await;
     cluster_with_namespaces(&api);
     let ca = TestCa::new();
     with_duties(&ca, &api, "meshroot-0", "istiod_tls = false\n");
-    let server = start(&ca).await;
+    let server = ca.start().await;
     let bundle = server.server.root_bundle_pem().to_owned();
     let everywhere = ["istio-system", "default", "shop", "kube-system"];
 
@@ -155,7 +151,7 @@ async fn a_namespace_selector_limits_where_the_root_goes() {
         "meshroot-0",
         "istiod_tls = false\nnamespace_selector = \"istio-injection=enabled\"\n",
     );
-    let server = start(&ca).await;
+    let server = ca.start().await;
     let bundle = server.server.root_bundle_pem().to_owned();
     eventually("the bundle in the selected namespace", || {
         all_have(&api, &["meshed"], &bundle)
@@ -177,7 +173,7 @@ async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
     cluster_with_namespaces(&api);
     let ca = TestCa::new();
     with_duties(&ca, &api, "meshroot-0", "root_configmap = false\n");
-    let server = start(&ca).await;
+    let server = ca.start().await;
     let bundle = server.server.root_bundle_pem().to_owned();
     eventually("istiod-tls written", || {
         api.object("secrets", "istio-system", "istiod-tls")
@@ -190,7 +186,7 @@ async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
     let chain_pem = secret_text(&secret, "tls.crt");
     let chain: Vec<String> = common::certificates(&chain_pem)
         .iter()
-        .map(pem_of)
+        .map(|der| meshroot::keys::certificate_pem(der))
         .collect();
     assert_eq!(chain.len(), 2, "leaf and intermediate");
     // rustls-webpki and openssl both accept it (verify_chain checks the leaf as a client
@@ -251,20 +247,6 @@ async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
     server.stop().await;
 }
 
-fn pem_of(der: &rustls_pki_types::CertificateDer<'_>) -> String {
-    use base64::Engine as _;
-    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
-}
-
 #[tokio::test]
 async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     let api = FakeApiServer::start().await;
@@ -274,13 +256,13 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     with_duties(&first_ca, &api, "meshroot-0", "istiod_tls = false\n");
     let second_ca = TestCa::new();
     with_duties(&second_ca, &api, "meshroot-1", "istiod_tls = false\n");
-    let first = start(&first_ca).await;
+    let first = first_ca.start().await;
     let first_bundle = first.server.root_bundle_pem().to_owned();
     eventually("the first replica publishes", || {
         all_have(&api, &["default", "shop"], &first_bundle)
     })
     .await;
-    let second = start(&second_ca).await;
+    let second = second_ca.start().await;
     let second_bundle = second.server.root_bundle_pem().to_owned();
     assert_ne!(first_bundle, second_bundle);
     // Two lease durations: the follower never writes while the leader renews.
@@ -331,7 +313,7 @@ async fn duties_resume_after_an_api_server_restart_and_follow_a_root_rotation() 
     cluster_with_namespaces(&api);
     let ca = TestCa::new();
     with_duties(&ca, &api, "meshroot-0", "");
-    let server = start(&ca).await;
+    let server = ca.start().await;
     let bundle = server.server.root_bundle_pem().to_owned();
     eventually("published", || {
         all_have(&api, &["default", "shop"], &bundle)

@@ -128,13 +128,7 @@ pub(crate) fn is_conflict(error: &kube::Error) -> bool {
 }
 
 fn api_error(error: kube::Error) -> ApiError {
-    match error {
-        kube::Error::Api(status) => ApiError(format!(
-            "API server answered {} {}: {}",
-            status.code, status.reason, status.message
-        )),
-        other => ApiError(other.to_string()),
-    }
+    ApiError(describe(&error))
 }
 
 fn pod_info(pod: Pod) -> PodInfo {
