@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rcgen::{KeyPair, PublicKeyData as _};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::authn::client_cert::IdentityAnchors;
 use crate::authn::impersonation::{ImpersonationError, NodeAccount, NodeAuthorizer};
 use crate::authn::{AuthRequest, AuthenticatorChain, AuthnError, Caller};
 use crate::authority::{IssuedCertificate, MeshAuthority, SigningError};
@@ -161,6 +162,7 @@ pub struct CertificateAuthority {
     slow_signing: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
     rate_limits: Arc<RateLimits>,
+    identity_anchors: Arc<IdentityAnchors>,
 }
 
 impl CertificateAuthority {
@@ -200,12 +202,19 @@ impl CertificateAuthority {
             slow_signing: tokio::sync::Semaphore::new(cores),
             metrics: Arc::default(),
             rate_limits: Arc::new(RateLimits::unlimited(clock_for_limits)),
+            identity_anchors: Arc::default(),
         }
     }
 
     /// Limits requests per caller and per namespace (shared across reloads).
     pub fn with_rate_limits(mut self, rate_limits: Arc<RateLimits>) -> Self {
         self.rate_limits = rate_limits;
+        self
+    }
+
+    /// The issuers that authenticate client certificates (see [`IdentityAnchors`]).
+    pub fn with_identity_anchors(mut self, anchors: Arc<IdentityAnchors>) -> Self {
+        self.identity_anchors = anchors;
         self
     }
 
@@ -235,17 +244,10 @@ impl CertificateAuthority {
         &self.clock
     }
 
-    /// The roots of every mesh, de-duplicated (admin clients are verified against them).
-    pub fn all_roots(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
-        let mut roots: Vec<rustls_pki_types::CertificateDer<'static>> = Vec::new();
-        for mesh in self.meshes.values() {
-            for root in mesh.authority.roots() {
-                if !roots.contains(root) {
-                    roots.push(root.clone());
-                }
-            }
-        }
-        roots
+    /// The issuers authorized to vouch for identities, per trust domain (client certificates on
+    /// the CSR port, admin mutual TLS).
+    pub fn identity_anchors(&self) -> &Arc<IdentityAnchors> {
+        &self.identity_anchors
     }
 
     /// The mesh whose intermediate signs meshroot's serving certificate.

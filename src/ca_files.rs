@@ -136,7 +136,8 @@ fn certificates(
     })
 }
 
-fn certificates_required(
+/// The certificates in a PEM file, at least one.
+pub fn certificates_required(
     path: &Path,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, CaFilesError> {
     let found = certificates(path)?;

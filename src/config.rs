@@ -164,9 +164,28 @@ pub struct MeshConfig {
     pub trust_domain_aliases: Vec<TrustDomain>,
     pub alias_issuance: AliasIssuance,
     /// Roots added to the mesh's trust bundle (a new root during rotation, federated meshes).
-    pub extra_roots: Vec<PathBuf>,
+    pub extra_roots: Vec<ExtraRoot>,
     /// Load a trust bundle even though unexpired certificates chain to none of its roots.
     pub force_root_removal: bool,
+}
+
+impl MeshConfig {
+    /// The files of `extra_roots`, in order.
+    pub fn extra_root_paths(&self) -> Vec<PathBuf> {
+        self.extra_roots
+            .iter()
+            .map(|root| root.path.clone())
+            .collect()
+    }
+}
+
+/// A root added to a mesh's trust bundle. Being in the bundle lets workloads verify peers under
+/// it; it authenticates callers (client certificates, admin mutual TLS) only for the trust
+/// domains in `vouches_for`, none by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraRoot {
+    pub path: PathBuf,
+    pub vouches_for: Vec<TrustDomain>,
 }
 
 /// A Kubernetes cluster of a mesh.
@@ -316,8 +335,20 @@ struct RawMesh {
     trusted_node_accounts: Option<Vec<String>>,
     trust_domain_aliases: Option<Vec<String>>,
     alias_issuance: Option<String>,
-    extra_roots: Option<Vec<String>>,
+    extra_roots: Option<Vec<RawExtraRoot>>,
     force_root_removal: Option<bool>,
+}
+
+/// `extra_roots` entries: a file, or `{ path = "...", vouches_for = ["trust.domain"] }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawExtraRoot {
+    Path(String),
+    Bound {
+        path: String,
+        #[serde(default)]
+        vouches_for: Vec<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -721,12 +752,29 @@ impl Config {
                     AliasIssuance::AsRequested
                 }
             };
-            let extra_roots = mesh
-                .extra_roots
-                .unwrap_or_default()
-                .into_iter()
-                .map(|path| base.join(path))
-                .collect();
+            let mut extra_roots = Vec::new();
+            for (root_index, root) in mesh.extra_roots.unwrap_or_default().into_iter().enumerate() {
+                let (path, vouches) = match root {
+                    RawExtraRoot::Path(path) => (path, Vec::new()),
+                    RawExtraRoot::Bound { path, vouches_for } => (path, vouches_for),
+                };
+                let mut vouches_for = Vec::new();
+                for (td_index, text) in vouches.iter().enumerate() {
+                    match TrustDomain::new(text) {
+                        Ok(trust_domain) => vouches_for.push(trust_domain),
+                        Err(e) => problem(
+                            format!(
+                                "mesh[{index}].extra_roots[{root_index}].vouches_for[{td_index}]"
+                            ),
+                            format!("{text:?}: {e}"),
+                        ),
+                    }
+                }
+                extra_roots.push(ExtraRoot {
+                    path: base.join(path),
+                    vouches_for,
+                });
+            }
             let mut trusted_node_accounts = Vec::new();
             let accounts = mesh
                 .trusted_node_accounts
@@ -756,6 +804,28 @@ impl Config {
                     extra_roots,
                     force_root_removal: mesh.force_root_removal.unwrap_or(false),
                 });
+            }
+        }
+        // A mesh's extra root may vouch for its own trust domains or foreign ones (a partner's
+        // auditors on the admin port), never for another mesh's: that mesh's own issuers do.
+        for (index, mesh) in meshes.iter().enumerate() {
+            for (root_index, root) in mesh.extra_roots.iter().enumerate() {
+                for trust_domain in &root.vouches_for {
+                    let owner = meshes.iter().find(|other| {
+                        other.name != mesh.name
+                            && (other.trust_domain == *trust_domain
+                                || other.trust_domain_aliases.contains(trust_domain))
+                    });
+                    if let Some(owner) = owner {
+                        problem(
+                            format!("mesh[{index}].extra_roots[{root_index}].vouches_for"),
+                            format!(
+                                "{trust_domain} is mesh {:?}'s trust domain; only that mesh's own intermediates or extra roots may vouch for it",
+                                owner.name
+                            ),
+                        );
+                    }
+                }
             }
         }
         let raw_audit = raw.audit.unwrap_or_default();
@@ -1251,6 +1321,52 @@ mod tests {
     }
 
     #[test]
+    fn an_extra_root_vouches_only_for_trust_domains_named_for_it_and_never_another_meshs() {
+        let config = parse(
+            r#"
+            [[mesh]]
+            name = "a"
+            ca_dir = "a"
+            trust_domain = "a.example"
+            extra_roots = ["next.pem", { path = "partner.pem", vouches_for = ["partner.example"] }]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.meshes[0].extra_roots[1],
+            ExtraRoot {
+                path: PathBuf::from("/etc/meshroot/partner.pem"),
+                vouches_for: vec![TrustDomain::new("partner.example").unwrap()],
+            }
+        );
+        assert!(config.meshes[0].extra_roots[0].vouches_for.is_empty());
+
+        let error = parse(
+            r#"
+            [[mesh]]
+            name = "a"
+            ca_dir = "a"
+            trust_domain = "a.example"
+            extra_roots = [{ path = "b-root.pem", vouches_for = ["b.example", "Not Valid"] }]
+            [[mesh]]
+            name = "b"
+            ca_dir = "b"
+            trust_domain = "b.example"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "mesh[0].extra_roots[0].vouches_for[1]",
+                "mesh[0].extra_roots[0].vouches_for"
+            ],
+            "{error}"
+        );
+    }
+
+    #[test]
     fn aliases_name_one_mesh_only_and_issuance_modes_are_checked() {
         let config = parse(
             r#"
@@ -1272,7 +1388,10 @@ mod tests {
         assert_eq!(mesh.alias_issuance, AliasIssuance::Canonical);
         assert_eq!(
             mesh.extra_roots,
-            [PathBuf::from("/etc/meshroot/new-root.pem")]
+            [ExtraRoot {
+                path: PathBuf::from("/etc/meshroot/new-root.pem"),
+                vouches_for: Vec::new(),
+            }]
         );
 
         let error = parse(

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
-use crate::authn::client_cert::{ClientCertAuthenticator, ClientCertMesh};
+use crate::authn::client_cert::{ClientCertAuthenticator, IdentityAnchors};
 use crate::authn::impersonation::NodeAuthorizer;
 use crate::authn::jwt::{self, JwksError, TrustedIssuer};
 use crate::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthenticator};
@@ -27,7 +27,8 @@ use crate::ca::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
 use crate::ca_files::{self, CaFilesError};
 use crate::checkpoint::AuditSigner;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ClusterConfig, Config, KubernetesConfig};
+use crate::config::{ClusterConfig, Config, KubernetesConfig, MeshConfig};
+use crate::grpc::audit::AdminAccess;
 use crate::grpc::CsrService;
 use crate::identity::TrustDomain;
 use crate::kubernetes::lease::LeaseSettings;
@@ -282,7 +283,7 @@ fn watched_files(config: &Config) -> Vec<std::path::PathBuf> {
             entries.sort();
             files.extend(entries);
         }
-        files.extend(mesh.extra_roots.iter().cloned());
+        files.extend(mesh.extra_root_paths());
     }
     files
 }
@@ -390,12 +391,13 @@ async fn build_authority(
     let mut review_clusters = Vec::new();
     let mut cluster_apis: HashMap<String, Arc<dyn ClusterApi>> = HashMap::new();
     let mut client_cert_meshes = Vec::new();
+    let mut anchors = IdentityAnchors::new();
     for mesh in &config.meshes {
         let authority = ca_files::load_authority(
             &mesh.name,
             mesh.trust_domain.clone(),
             &mesh.ca_dir,
-            &mesh.extra_roots,
+            &mesh.extra_root_paths(),
             now,
         )
         .map_err(|source| ServeError::CaMaterial {
@@ -412,12 +414,9 @@ async fn build_authority(
                 "no authentication configured: every request for this mesh will be refused"
             );
         }
+        authorize_issuers(&mut anchors, &store, mesh, &trust_domains)?;
         if mesh.client_cert_auth {
-            client_cert_meshes.push(ClientCertMesh {
-                mesh: mesh.name.clone(),
-                trust_domains: trust_domains.clone(),
-                roots: authority.roots().to_vec(),
-            });
+            client_cert_meshes.push((mesh.name.clone(), trust_domains.clone()));
         }
         for cluster in &mesh.clusters {
             let api: Arc<dyn ClusterApi> = Arc::new(connect_cluster(cluster).await.map_err(
@@ -481,8 +480,10 @@ async fn build_authority(
     let mut token_review = Some(
         TokenReviewAuthenticator::new(review_clusters, clock.clone()).with_metrics(metrics.clone()),
     );
+    let anchors = Arc::new(anchors);
     let mut client_cert = Some(ClientCertAuthenticator::new(
         client_cert_meshes,
+        anchors.clone(),
         clock.clone(),
     ));
     let mut authenticators: Vec<Box<dyn Authenticator>> = Vec::new();
@@ -502,7 +503,48 @@ async fn build_authority(
         store,
         clock,
     )
-    .with_metrics(metrics))
+    .with_metrics(metrics)
+    .with_identity_anchors(anchors))
+}
+
+/// Authorizes the issuers that may vouch for `mesh`'s trust domains (and aliases): every signing
+/// intermediate the store remembers for the mesh (the current one was just remembered, earlier
+/// ones are kept while certificates they signed are valid), and no root. Each extra root
+/// vouches only for the trust domains configured for it.
+fn authorize_issuers(
+    anchors: &mut IdentityAnchors,
+    store: &SledStore,
+    mesh: &MeshConfig,
+    trust_domains: &[TrustDomain],
+) -> Result<(), ServeError> {
+    let tls = |e: crate::authn::AuthnError| ServeError::Tls(format!("mesh {}: {e}", mesh.name));
+    for chain in store.signers(&mesh.name)?.values() {
+        let Some(signing) = chain.first() else {
+            continue;
+        };
+        for trust_domain in trust_domains {
+            anchors
+                .authorize(trust_domain, &CertificateDer::from(signing.as_slice()))
+                .map_err(tls)?;
+        }
+    }
+    for root in &mesh.extra_roots {
+        if root.vouches_for.is_empty() {
+            continue;
+        }
+        let certificates = ca_files::certificates_required(&root.path).map_err(|source| {
+            ServeError::CaMaterial {
+                mesh: mesh.name.clone(),
+                source,
+            }
+        })?;
+        for certificate in &certificates {
+            for trust_domain in &root.vouches_for {
+                anchors.authorize(trust_domain, certificate).map_err(tls)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Remembers the mesh's signer, then refuses a trust bundle that no longer holds the root
@@ -650,7 +692,7 @@ async fn start_serving(
     };
     let (admin_address, admin_task) = start_admin(
         config,
-        &ca,
+        current.clone(),
         provider_for_admin(),
         serving.clone(),
         store.clone(),
@@ -962,13 +1004,13 @@ fn provider_for_admin() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Binds the admin address and serves there the audit API, the gRPC health service and, over
 /// HTTP/1.1 or HTTP/2, `/metrics`, `/healthz` and `/readyz`. On a loopback address in plain
-/// text; elsewhere over TLS, where the audit API requires a client certificate that chains to
-/// the meshes' roots and carries one of `admin.allowed_identities` (metrics and health need
+/// text; elsewhere over TLS, where the audit API requires a client certificate that proves one
+/// of `admin.allowed_identities` through the identity anchors (metrics and health need
 /// none, so Prometheus and the kubelet can reach them; they reveal no identities).
 #[allow(clippy::too_many_arguments)]
 async fn start_admin(
     config: &Config,
-    ca: &CertificateAuthority,
+    current: Arc<CurrentAuthority>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     serving: Arc<ServingCertificate>,
     store: Arc<SledStore>,
@@ -988,7 +1030,10 @@ async fn start_admin(
     let service = crate::grpc::audit::AuditApi::new(
         store,
         verifier_key,
-        (!loopback).then(|| config.admin.allowed_identities.clone()),
+        (!loopback).then(|| AdminAccess {
+            allowed_identities: config.admin.allowed_identities.clone(),
+            current,
+        }),
         shutdown.clone(),
     );
     let mut stop = shutdown.clone();
@@ -1012,19 +1057,12 @@ async fn start_admin(
                 .map_err(ServeError::from)
         })
     } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for root in ca.all_roots() {
-            roots
-                .add(root)
-                .map_err(|e| ServeError::Tls(format!("admin client roots: {e}")))?;
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| ServeError::Tls(format!("admin client verifier: {e}")))?;
+        // The handshake proves the client holds its certificate's key; whether the certificate
+        // proves an allowed identity is the audit API's to judge, against the identity anchors
+        // in force (never merely the trust bundle's roots).
+        let verifier = Arc::new(DeferredClientVerifier {
+            provider: provider.clone(),
+        });
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| ServeError::Tls(e.to_string()))?

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use common::{agent_csr, spiffe_id, TestCa, TestServer, MESH};
 use meshroot::checkpoint::AuditVerifier;
 use meshroot::clock::unix_millis;
+use meshroot::keys::KeyType;
 use meshroot::merkle;
 use meshroot::pb::audit as api;
 use meshroot::pb::audit::audit_service_client::AuditServiceClient;
@@ -451,6 +452,65 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
         health.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+    server.stop().await;
+}
+
+/// Issue 14, D2 and D11: on the admin port, a partner root in `extra_roots` must not mint the
+/// allowed auditor identity, and a certificate naming the auditor among other URIs is refused; a
+/// partner root bound (`vouches_for`) to the partner's trust domain admits the partner's auditor.
+#[tokio::test]
+async fn admin_identities_must_chain_to_an_issuer_authorized_for_their_trust_domain() {
+    let ca = TestCa::new();
+    let partner = TestCa::with_meshes(&[(MESH, "partner.example")], KeyType::EcdsaP256);
+    ca.add_root_of(&partner, "partner-root.pem");
+    let auditor = "spiffe://cluster.local/ns/ops/sa/auditor";
+    let partner_auditor = "spiffe://partner.example/ns/ops/sa/auditor";
+    ca.edit_config(|text| {
+        text.replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"0.0.0.0:0\"\nallowed_identities = [\"{auditor}\", \"{partner_auditor}\"]"),
+        )
+        .replacen(
+            "ca_dir = \"default\"\n",
+            "ca_dir = \"default\"\nextra_roots = [{ path = \"partner-root.pem\", vouches_for = [\"partner.example\"] }]\n",
+            1,
+        )
+    });
+    let server = ca.start().await;
+    let port = server.server.admin_address().port();
+    let stats = |identity: (String, String)| {
+        let root_pem = ca.root_pem();
+        async move {
+            let channel = meshroot::client::connect(&meshroot::client::Target {
+                address: format!("127.0.0.1:{port}"),
+                root_pem,
+                server_name: "localhost".into(),
+                client_identity: Some(identity),
+            })
+            .await
+            .unwrap();
+            AuditServiceClient::new(channel)
+                .get_stats(api::GetStatsRequest {})
+                .await
+        }
+    };
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+
+    let forged = partner.mint(MESH, "cluster.local", auditor, now, now + hour);
+    let status = stats(forged).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    let two_names = ca.mint_with_uris(MESH, &[auditor.to_owned(), spiffe_id("ops", "x")]);
+    let status = stats(two_names).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    let ours = ca.mint(MESH, "cluster.local", auditor, now, now + hour);
+    stats(ours).await.expect("our own auditor is served");
+    let theirs = partner.mint(MESH, "partner.example", partner_auditor, now, now + hour);
+    stats(theirs)
+        .await
+        .expect("the partner's auditor, vouched for by its bound root, is served");
     server.stop().await;
 }
 

@@ -9,12 +9,8 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use meshroot::csr::{KeyAlgorithm, SubjectPublicKey};
-use meshroot::identity::{SpiffeId, TrustDomain};
 use meshroot::keys::KeyType;
-use meshroot::policy::Grant;
 use meshroot::record::Outcome;
-use rcgen::PublicKeyData as _;
 use tonic::Code;
 
 /// A CA with meshes `default` (cluster.local, client certificates accepted) and `other`
@@ -34,8 +30,6 @@ fn two_mesh_ca() -> TestCa {
     ca
 }
 
-/// A certificate for `identity` signed by `mesh`'s intermediate, valid from `not_before` to
-/// `not_after`; returns (chain PEM without the roots, key PEM).
 fn issue_directly(
     ca: &TestCa,
     mesh: &str,
@@ -44,31 +38,7 @@ fn issue_directly(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> (String, String) {
-    let authority = meshroot::ca_files::load_authority(
-        mesh,
-        TrustDomain::new(trust_domain).unwrap(),
-        &ca.path().join(mesh),
-        &[],
-        not_before + Duration::from_secs(1),
-    )
-    .unwrap();
-    let key = p256_key();
-    let grant = Grant {
-        mesh: mesh.to_owned(),
-        identity: SpiffeId::parse(identity).unwrap(),
-        requested: SpiffeId::parse(identity).unwrap(),
-        not_before,
-        not_after,
-    };
-    let public_key = SubjectPublicKey {
-        spki_der: key.subject_public_key_info(),
-        algorithm: KeyAlgorithm::EcdsaP256,
-    };
-    let issued = authority
-        .issue_workload(&grant, &public_key, not_before + Duration::from_secs(1))
-        .unwrap();
-    let (_, chain) = issued.cert_chain.split_last().unwrap();
-    (chain.concat(), key.serialize_pem())
+    ca.mint(mesh, trust_domain, identity, not_before, not_after)
 }
 
 /// Renews `identity` presenting `credential` and no token.
@@ -242,28 +212,140 @@ async fn a_token_still_authenticates_beside_a_certificate_of_another_trust_domai
 async fn refuses_a_client_certificate_with_two_uri_sans() {
     let ca = two_mesh_ca();
     // Signed by the mesh's own intermediate, but with two SPIFFE IDs.
-    let ca_key = meshroot::keys::load_private_key_pem(
-        &std::fs::read(ca.path().join("default/ca-key.pem")).unwrap(),
-    )
-    .unwrap();
-    let ca_cert = std::fs::read_to_string(ca.path().join("default/ca-cert.pem")).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, &ca_key).unwrap();
-    let key = p256_key();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = [spiffe_id("vm", "a"), spiffe_id("vm", "b")]
-        .into_iter()
-        .map(|uri| rcgen::SanType::URI(uri.try_into().unwrap()))
-        .collect();
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
-    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let chain = format!("{}{ca_cert}", cert.pem());
+    let credential = ca.mint_with_uris(MESH, &[spiffe_id("vm", "a"), spiffe_id("vm", "b")]);
     let server = ca.start().await;
-    let status = renew(&server, &spiffe_id("vm", "a"), (chain, key.serialize_pem()))
+    let status = renew(&server, &spiffe_id("vm", "a"), credential)
         .await
         .unwrap_err();
     assert_refused(&server, &status, "client-cert-identity");
+    server.stop().await;
+}
+
+/// The attack of issue 14 (D1): a partner mesh's root, trusted in our bundle for federation, mints
+/// a certificate for one of *our* identities. The bundle may hold the root; authentication must
+/// not accept it.
+#[tokio::test]
+async fn refuses_our_identity_minted_by_a_partner_root_in_extra_roots() {
+    let ca = two_mesh_ca();
+    let partner = TestCa::new();
+    ca.add_root_of(&partner, "partner-root.pem");
+    ca.edit_config(|text| {
+        text.replacen(
+            "client_cert_auth = true\n",
+            "client_cert_auth = true\nextra_roots = [\"partner-root.pem\"]\n",
+            1,
+        )
+    });
+    let id = "spiffe://cluster.local/ns/kube-system/sa/admin";
+    let now = SystemTime::now();
+    let minted = issue_directly(
+        &partner,
+        MESH,
+        TRUST_DOMAIN,
+        id,
+        now,
+        now + Duration::from_secs(3600),
+    );
+    let server = ca.start().await;
+    let status = renew(&server, id, minted).await.unwrap_err();
+    assert_refused(&server, &status, "client-cert-untrusted");
+    // The bundle handed to workloads still carries the partner's root.
+    let chain = server.issue(&ca, "ok").await;
+    assert!(chain.last().unwrap().contains(partner.root_pem().trim()));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_extra_root_authenticates_only_the_trust_domains_it_vouches_for() {
+    let ca = two_mesh_ca();
+    let partner = TestCa::new();
+    ca.add_root_of(&partner, "old-root.pem");
+    ca.edit_config(|text| {
+        text.replacen(
+            "client_cert_auth = true\n",
+            "client_cert_auth = true\nextra_roots = [{ path = \"old-root.pem\", vouches_for = [\"cluster.local\"] }]\n",
+            1,
+        )
+        .replacen(
+            "ca_dir = \"other\"\n",
+            "ca_dir = \"other\"\nclient_cert_auth = true\n",
+            1,
+        )
+    });
+    let id = spiffe_id("vm", "legacy");
+    let now = SystemTime::now();
+    let old = issue_directly(
+        &partner,
+        MESH,
+        TRUST_DOMAIN,
+        &id,
+        now,
+        now + Duration::from_secs(3600),
+    );
+    let server = ca.start().await;
+    let chain = renew(&server, &id, old).await.unwrap();
+    // The bundle is our root and the old one.
+    let bundle = chain.last().unwrap().clone();
+    assert!(bundle.contains(partner.root_pem().trim()));
+    verify_chain(&chain, &bundle);
+    // The same root does not vouch for the other mesh's trust domain, which accepts client
+    // certificates too.
+    let other_id = "spiffe://other.example/ns/vm/sa/legacy";
+    let other = issue_directly(
+        &partner,
+        MESH,
+        "other.example",
+        other_id,
+        now,
+        now + Duration::from_secs(3600),
+    );
+    let status = renew(&server, other_id, other).await.unwrap_err();
+    assert_refused(&server, &status, "client-cert-untrusted");
+    server.stop().await;
+}
+
+/// One shared root signs every mesh's intermediate: mesh `other`'s intermediate must not mint
+/// identities of mesh `default`'s trust domain.
+#[tokio::test]
+async fn refuses_our_identity_minted_by_another_meshs_intermediate_under_the_shared_root() {
+    let ca = two_mesh_ca();
+    let id = spiffe_id("kube-system", "admin");
+    let now = SystemTime::now();
+    let minted = issue_directly(
+        &ca,
+        "other",
+        TRUST_DOMAIN,
+        &id,
+        now,
+        now + Duration::from_secs(3600),
+    );
+    let server = ca.start().await;
+    let status = renew(&server, &id, minted).await.unwrap_err();
+    assert_refused(&server, &status, "client-cert-untrusted");
+    server.stop().await;
+}
+
+/// After the intermediate is replaced, certificates the previous one signed still renew: the
+/// store remembers every signing intermediate while its certificates are valid.
+#[tokio::test]
+async fn renews_with_a_certificate_from_the_previous_intermediate() {
+    let ca = two_mesh_ca();
+    let id = spiffe_id("vm", "legacy");
+    let now = SystemTime::now();
+    let server = ca.start().await;
+    server.issue(&ca, "warm").await;
+    server.stop().await;
+    let before_rotation = issue_directly(
+        &ca,
+        MESH,
+        TRUST_DOMAIN,
+        &id,
+        now,
+        now + Duration::from_secs(3600),
+    );
+    ca.rotate_intermediate(MESH);
+    let server = ca.start().await;
+    let chain = renew(&server, &id, before_rotation).await.unwrap();
+    verify_chain(&chain, &ca.root_pem());
     server.stop().await;
 }

@@ -9,10 +9,9 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::{agent_csr, certificates, spiffe_id, verify_chain, TestCa, TestServer, MESH};
-use meshroot::keys::KeyType;
 
 /// The intermediate (DER) a chain was signed by.
 fn signer_of(chain: &[String]) -> Vec<u8> {
@@ -76,19 +75,7 @@ async fn a_new_intermediate_is_picked_up_live_under_load_with_no_failed_request(
 
     // `meshroot rotate intermediate`, then the files copied over the mesh's CA directory one by
     // one (a reload may catch them half-way; it is refused and the next change retried).
-    let next = tempfile::tempdir().unwrap();
-    meshroot::ca_files::issue_intermediate(
-        ca.path(),
-        MESH,
-        next.path(),
-        KeyType::EcdsaP256,
-        false,
-        SystemTime::now(),
-    )
-    .unwrap();
-    for file in ["ca-key.pem", "ca-cert.pem", "cert-chain.pem"] {
-        std::fs::copy(next.path().join(file), ca.path().join(MESH).join(file)).unwrap();
-    }
+    ca.rotate_intermediate(MESH);
     let new_signer = pem_file_der(&ca.path().join(MESH).join("ca-cert.pem"));
     assert_ne!(new_signer, old_signer);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

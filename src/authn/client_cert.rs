@@ -1,13 +1,19 @@
-//! Client-certificate authentication (certificate renewal, VMs): a caller presenting a valid,
-//! unexpired certificate that chains to the roots of a mesh that accepts client certificates, and
-//! carries exactly one SPIFFE URI SAN (Istio form) in that mesh's trust domain, is that identity.
+//! Client-certificate authentication (certificate renewal, VMs, the admin port's auditors).
+//!
+//! A certificate proves an identity of trust domain T only if it chains to an issuer authorized
+//! for T ([`IdentityAnchors`]), never merely to a root of the trust bundle: the bundle handed to
+//! workloads may hold partner roots (federation) and other meshes' intermediates share our root,
+//! and neither may mint our identities (architecture.md, "Trust"). The issuers authorized for a
+//! mesh's trust domain and its aliases are meshroot's own signing intermediates for that mesh,
+//! current and previous; an extra root vouches only for the trust domains configured for it.
 //!
 //! The TLS layer proves the caller holds the certificate's key; the chain and the SPIFFE rules are
-//! checked here, per mesh, so that a refused certificate yields a recorded denial with a reason
-//! rather than a failed handshake.
+//! checked here, so that a refused certificate yields a recorded denial with a reason rather than
+//! a failed handshake.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -18,43 +24,125 @@ use super::{
 use crate::clock::Clock;
 use crate::identity::{SpiffeId, TrustDomain};
 
-/// A mesh that accepts client certificates.
-pub struct ClientCertMesh {
-    pub mesh: String,
-    /// The mesh's trust domain and its aliases.
-    pub trust_domains: Vec<TrustDomain>,
-    pub roots: Vec<CertificateDer<'static>>,
+/// The issuers authorized to vouch for identities, per trust domain. Authentication uses these
+/// narrow anchors; the trust bundle handed to workloads is a different, wider set.
+#[derive(Default)]
+pub struct IdentityAnchors {
+    by_trust_domain: HashMap<TrustDomain, Vec<TrustAnchor<'static>>>,
 }
 
-struct Mesh {
-    mesh: String,
-    trust_domains: Vec<TrustDomain>,
-    anchors: Vec<TrustAnchor<'static>>,
+impl IdentityAnchors {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Authorizes `issuer` (a signing intermediate or a root, DER) to vouch for identities of
+    /// `trust_domain`. A certificate webpki cannot use as an anchor is refused.
+    pub fn authorize(
+        &mut self,
+        trust_domain: &TrustDomain,
+        issuer: &CertificateDer<'_>,
+    ) -> Result<(), AuthnError> {
+        let anchor = webpki::anchor_from_trusted_cert(issuer)
+            .map_err(|e| AuthnError::ClientCertUntrusted(format!("unusable issuer: {e}")))?
+            .to_owned();
+        let anchors = self
+            .by_trust_domain
+            .entry(trust_domain.clone())
+            .or_default();
+        if !anchors.contains(&anchor) {
+            anchors.push(anchor);
+        }
+        Ok(())
+    }
+
+    /// How many issuers are authorized for `trust_domain`.
+    pub fn issuers_for(&self, trust_domain: &TrustDomain) -> usize {
+        self.by_trust_domain.get(trust_domain).map_or(0, Vec::len)
+    }
+
+    /// The identity a presented chain (leaf first) proves at `now`: exactly one SPIFFE URI SAN
+    /// (SPIFFE X509-SVID §2), a client-auth leaf valid at `now`, chaining to an issuer authorized
+    /// for that identity's trust domain.
+    pub fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: SystemTime,
+    ) -> Result<SpiffeId, AuthnError> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(AuthnError::MissingCredentials);
+        };
+        let identity = spiffe_identity(leaf)?;
+        self.verify_for(&identity, leaf, intermediates, now)?;
+        Ok(identity)
+    }
+
+    fn verify_for(
+        &self,
+        identity: &SpiffeId,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: SystemTime,
+    ) -> Result<(), AuthnError> {
+        let anchors = self
+            .by_trust_domain
+            .get(identity.trust_domain())
+            .filter(|anchors| !anchors.is_empty())
+            .ok_or_else(|| {
+                AuthnError::ClientCertUntrusted(format!(
+                    "no issuer is authorized for trust domain {}",
+                    identity.trust_domain()
+                ))
+            })?;
+        let end_entity = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| AuthnError::ClientCertUntrusted(e.to_string()))?;
+        let seconds = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                anchors,
+                intermediates,
+                UnixTime::since_unix_epoch(Duration::from_secs(seconds)),
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| AuthnError::ClientCertUntrusted(format!("{e:?}")))?;
+        Ok(())
+    }
 }
 
+/// Authenticates CSR callers by client certificate, for the meshes that accept them.
 pub struct ClientCertAuthenticator {
-    meshes: Vec<Mesh>,
+    /// Trust domain (and alias) → the mesh that accepts client certificates in it.
+    meshes: HashMap<TrustDomain, String>,
+    anchors: Arc<IdentityAnchors>,
     clock: Arc<dyn Clock>,
 }
 
 impl ClientCertAuthenticator {
-    /// Roots that webpki cannot use as anchors are skipped (they were already parsed when the
-    /// mesh's CA material was loaded).
-    pub fn new(meshes: Vec<ClientCertMesh>, clock: Arc<dyn Clock>) -> Self {
+    /// `meshes` lists, for each mesh with `client_cert_auth`, its name and trust domains.
+    pub fn new(
+        meshes: impl IntoIterator<Item = (String, Vec<TrustDomain>)>,
+        anchors: Arc<IdentityAnchors>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let meshes = meshes
             .into_iter()
-            .map(|mesh| Mesh {
-                anchors: mesh
-                    .roots
-                    .iter()
-                    .filter_map(|root| webpki::anchor_from_trusted_cert(root).ok())
-                    .map(|anchor| anchor.to_owned())
-                    .collect(),
-                mesh: mesh.mesh,
-                trust_domains: mesh.trust_domains,
+            .flat_map(|(mesh, trust_domains)| {
+                trust_domains
+                    .into_iter()
+                    .map(move |trust_domain| (trust_domain, mesh.clone()))
             })
             .collect();
-        Self { meshes, clock }
+        Self {
+            meshes,
+            anchors,
+            clock,
+        }
     }
 
     /// Authenticates a presented chain (leaf first).
@@ -63,35 +151,14 @@ impl ClientCertAuthenticator {
             return Err(AuthnError::MissingCredentials);
         };
         let identity = spiffe_identity(leaf)?;
-        let mesh = self
-            .meshes
-            .iter()
-            .find(|mesh| mesh.trust_domains.contains(identity.trust_domain()))
-            .ok_or_else(|| {
-                AuthnError::ClientCertTrustDomain(identity.trust_domain().as_str().to_owned())
-            })?;
-        let end_entity = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| AuthnError::ClientCertUntrusted(e.to_string()))?;
-        let seconds = self
-            .clock
-            .now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        end_entity
-            .verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                &mesh.anchors,
-                intermediates,
-                UnixTime::since_unix_epoch(Duration::from_secs(seconds)),
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .map_err(|e| AuthnError::ClientCertUntrusted(format!("{e:?}")))?;
+        let mesh = self.meshes.get(identity.trust_domain()).ok_or_else(|| {
+            AuthnError::ClientCertTrustDomain(identity.trust_domain().as_str().to_owned())
+        })?;
+        self.anchors
+            .verify_for(&identity, leaf, intermediates, self.clock.now())?;
         Ok(Caller {
             authenticator: AuthenticatorKind::ClientCert,
-            mesh: mesh.mesh.clone(),
+            mesh: mesh.clone(),
             subject: identity.to_string(),
             identity,
             issuer: String::new(),

@@ -92,7 +92,7 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
             &mesh.name,
             mesh.trust_domain.clone(),
             &mesh.ca_dir,
-            &mesh.extra_roots,
+            &mesh.extra_root_paths(),
             now,
         )
         .map_err(|e| Failure::runtime(format!("mesh {}: {e}", mesh.name)))?;

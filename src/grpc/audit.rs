@@ -19,14 +19,22 @@ use super::{admin_identity_allowed, status_for_audit};
 /// Entries read from the store per step of a watch.
 const WATCH_CHUNK: usize = 512;
 
+/// Who may use the audit API on a non-loopback admin address.
+pub struct AdminAccess {
+    /// `admin.allowed_identities`.
+    pub allowed_identities: Vec<String>,
+    /// The authority in force, whose identity anchors judge client certificates.
+    pub current: Arc<crate::ca::CurrentAuthority>,
+}
+
 /// The audit API over a store.
 pub struct AuditApi {
     store: Arc<SledStore>,
     /// The audit key's verifier key, returned with checkpoints.
     verifier_key: Option<String>,
-    /// When set, only clients whose certificate carries one of these identities are served
-    /// (the listener already required and verified a client certificate).
-    allowed_identities: Option<Vec<String>>,
+    /// When set, only clients whose certificate proves one of the allowed identities are served
+    /// (the listener only checked that the client holds its certificate's key).
+    access: Option<AdminAccess>,
     /// Ends live tails when the server shuts down.
     shutdown: watch::Receiver<bool>,
 }
@@ -35,21 +43,29 @@ impl AuditApi {
     pub fn new(
         store: Arc<SledStore>,
         verifier_key: Option<String>,
-        allowed_identities: Option<Vec<String>>,
+        access: Option<AdminAccess>,
         shutdown: watch::Receiver<bool>,
     ) -> AuditServiceServer<Self> {
         AuditServiceServer::new(Self {
             store,
             verifier_key,
-            allowed_identities,
+            access,
             shutdown,
         })
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match &self.allowed_identities {
+        match &self.access {
             None => Ok(()),
-            Some(allowed) => admin_identity_allowed(request, allowed),
+            Some(access) => {
+                let ca = access.current.get();
+                admin_identity_allowed(
+                    request,
+                    &access.allowed_identities,
+                    ca.identity_anchors(),
+                    ca.clock().now(),
+                )
+            }
         }
     }
 

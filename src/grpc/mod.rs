@@ -186,9 +186,15 @@ pub fn status_for_audit(error: &crate::audit::AuditError) -> Status {
     }
 }
 
-/// Allows a request only from a client certificate carrying one of `allowed` (a SPIFFE URI
-/// SAN). The listener has already verified the certificate chain.
-pub fn admin_identity_allowed<T>(request: &Request<T>, allowed: &[String]) -> Result<(), Status> {
+/// Allows a request only from a client certificate that proves, through `anchors` (an issuer
+/// authorized for its trust domain, not any root of a bundle), exactly one SPIFFE identity, and
+/// that identity is one of `allowed`.
+pub fn admin_identity_allowed<T>(
+    request: &Request<T>,
+    allowed: &[String],
+    anchors: &crate::authn::client_cert::IdentityAnchors,
+    now: std::time::SystemTime,
+) -> Result<(), Status> {
     let denied = |reason: &str| {
         tracing::warn!(reason, "audit API request refused");
         Err(Status::new(
@@ -203,21 +209,18 @@ pub fn admin_identity_allowed<T>(request: &Request<T>, allowed: &[String]) -> Re
     else {
         return denied("no client certificate");
     };
-    let Some(leaf) = certificates.first() else {
-        return denied("no client certificate");
+    let identity = match anchors.verify(&certificates, now) {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::warn!(reason = error.reason(), detail = %error, "audit API: client certificate refused");
+            return denied(error.reason());
+        }
     };
-    use x509_parser::prelude::{FromDer as _, X509Certificate};
-    let Ok((_, parsed)) = X509Certificate::from_der(leaf.as_ref()) else {
-        return denied("unparsable client certificate");
-    };
-    let identities = crate::keys::uri_sans(&parsed);
-    if identities
-        .iter()
-        .any(|identity| allowed.iter().any(|a| a == identity))
-    {
+    let identity = identity.to_string();
+    if allowed.contains(&identity) {
         Ok(())
     } else {
-        tracing::warn!(identities = ?identities, "audit API: client identity not in admin.allowed_identities");
+        tracing::warn!(%identity, "audit API: client identity not in admin.allowed_identities");
         denied("identity not allowed")
     }
 }

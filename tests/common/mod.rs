@@ -169,6 +169,95 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A client certificate for `identity`, signed directly by `mesh`'s intermediate in this CA
+    /// directory (bypassing the server) as if it were in `trust_domain`, valid from `not_before`
+    /// to `not_after`. Returns (chain PEM without the roots, key PEM).
+    pub fn mint(
+        &self,
+        mesh: &str,
+        trust_domain: &str,
+        identity: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> (String, String) {
+        use meshroot::csr::{KeyAlgorithm, SubjectPublicKey};
+        use rcgen::PublicKeyData as _;
+        let authority = ca_files::load_authority(
+            mesh,
+            TrustDomain::new(trust_domain).unwrap(),
+            &self.path().join(mesh),
+            &[],
+            not_before + Duration::from_secs(1),
+        )
+        .unwrap();
+        let key = p256_key();
+        let id = meshroot::identity::SpiffeId::parse(identity).unwrap();
+        let grant = meshroot::policy::Grant {
+            mesh: mesh.to_owned(),
+            identity: id.clone(),
+            requested: id,
+            not_before,
+            not_after,
+        };
+        let public_key = SubjectPublicKey {
+            spki_der: key.subject_public_key_info(),
+            algorithm: KeyAlgorithm::EcdsaP256,
+        };
+        let issued = authority
+            .issue_workload(&grant, &public_key, not_before + Duration::from_secs(1))
+            .unwrap();
+        let (_, chain) = issued.cert_chain.split_last().unwrap();
+        (chain.concat(), key.serialize_pem())
+    }
+
+    /// A client-auth certificate carrying every URI in `uris`, signed by `mesh`'s intermediate
+    /// with rcgen directly (meshroot itself never issues such a thing). (chain PEM, key PEM).
+    pub fn mint_with_uris(&self, mesh: &str, uris: &[String]) -> (String, String) {
+        let ca_key = keys::load_private_key_pem(
+            &std::fs::read(self.path().join(mesh).join("ca-key.pem")).unwrap(),
+        )
+        .unwrap();
+        let ca_cert = std::fs::read_to_string(self.path().join(mesh).join("ca-cert.pem")).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, &ca_key).unwrap();
+        let key = p256_key();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| rcgen::SanType::URI(uri.clone().try_into().unwrap()))
+            .collect();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (format!("{}{ca_cert}", cert.pem()), key.serialize_pem())
+    }
+
+    /// `meshroot rotate intermediate` for `mesh`, the new files copied over its CA directory.
+    pub fn rotate_intermediate(&self, mesh: &str) {
+        let next = tempfile::tempdir().unwrap();
+        ca_files::issue_intermediate(
+            self.path(),
+            mesh,
+            next.path(),
+            KeyType::EcdsaP256,
+            false,
+            SystemTime::now(),
+        )
+        .unwrap();
+        for file in ["ca-key.pem", "ca-cert.pem", "cert-chain.pem"] {
+            std::fs::copy(next.path().join(file), self.path().join(mesh).join(file)).unwrap();
+        }
+    }
+
+    /// Copies `other`'s root into this CA directory as `name` (a partner root for
+    /// `extra_roots`).
+    pub fn add_root_of(&self, other: &TestCa, name: &str) {
+        std::fs::write(self.path().join(name), other.root_pem()).unwrap();
+    }
+}
+
 pub struct TokenSpec {
     pub issuer: String,
     pub audiences: Vec<String>,
