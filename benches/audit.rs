@@ -105,6 +105,7 @@ fn record(i: u64, total: u64) -> Record {
             mesh: format!("mesh{}", who.mesh),
             requested_spiffe_id: id.clone(),
             csr_sha256: mix(i ^ 13).to_be_bytes().repeat(4),
+            summary: None,
         })
     } else {
         Outcome::Issued(IssuedRecord {

@@ -253,6 +253,7 @@ fn pipeline(c: &mut Criterion) {
             policy,
             node_accounts: vec![],
             trust_domains: vec![TrustDomain::new("cluster.local").unwrap()],
+            clusters: vec![],
         }],
         AuthenticatorChain::new(authenticators),
         NodeAuthorizer::new(HashMap::new(), Duration::from_secs(5), clock.clone()),
@@ -267,6 +268,7 @@ fn pipeline(c: &mut Criterion) {
             service_account: "cart",
             issued_at: meshroot::clock::unix_seconds(SystemTime::now()),
             lifetime: Duration::from_secs(3600),
+            bound_pod: None,
         })
         .unwrap();
     let request = SigningRequest {

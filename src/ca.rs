@@ -23,7 +23,8 @@ use crate::metrics::{Failure, Metrics};
 use crate::policy::{self, Denial, Grant, MeshPolicy};
 use crate::ratelimit::{RateLimits, Scope};
 use crate::record::{
-    hex, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink, StoreError,
+    client_text, format_time, hex, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record,
+    RecordSink, RefusalSummary, StoreError, CLIENT_TEXT_BYTES, CLIENT_VALUE_BYTES,
 };
 
 /// A request id: in every log line of a request, its record, and any Internal error message.
@@ -145,6 +146,8 @@ pub struct Mesh {
     pub node_accounts: Vec<NodeAccount>,
     /// The mesh's trust domain, then its aliases.
     pub trust_domains: Vec<TrustDomain>,
+    /// The ids (`clusterid`) of the mesh's clusters, where callers' pods can be looked up.
+    pub clusters: Vec<String>,
 }
 
 /// The certificate authority: meshes, authenticators, the record sink and a clock.
@@ -354,7 +357,7 @@ impl CertificateAuthority {
         self.metrics.request_received();
         let mut context = RecordContext {
             caller: CallerRecord {
-                cluster_id: auth.cluster_id.clone(),
+                cluster_id: client_text(&auth.cluster_id, CLIENT_VALUE_BYTES),
                 peer_address: auth.peer_address.map(|a| a.to_string()).unwrap_or_default(),
                 ..CallerRecord::default()
             },
@@ -363,15 +366,32 @@ impl CertificateAuthority {
             csr_sha256: Vec::new(),
         };
         let decided = self.decide(auth, request, &mut context).await;
+        let mut metrics_only = false;
         let now = self.clock.now();
         let result = match decided {
             Ok((grant, csr, authority)) => {
                 self.sign_and_record(request_id, &grant, &csr, &authority, request, &context, now)
                     .await
             }
-            Err(error) => Err(self.record_refusal(request_id, error, &context, now).await),
+            Err(error) if self.records_one_by_one(&error, auth) => {
+                Err(self.record_refusal(request_id, error, &context, now).await)
+            }
+            Err(error) => {
+                // Counted for the next summary record instead (`record_refusal_summaries`).
+                tracing::debug!(
+                    request_id = %request_id,
+                    peer = %context.caller.peer_address,
+                    reason = error.denial_reason().unwrap_or_default(),
+                    "unauthenticated request refused; over the rate recorded one by one, it is \
+                     counted in the next summary record"
+                );
+                metrics_only = true;
+                Err(error)
+            }
         };
-        log_outcome(request_id, &context, &result, started);
+        if !metrics_only {
+            log_outcome(request_id, &context, &result, started);
+        }
         // The mesh label only ever names a configured mesh, never a client's string.
         let mesh = match self.meshes.contains_key(&context.mesh) {
             true => context.mesh.as_str(),
@@ -414,7 +434,7 @@ impl CertificateAuthority {
         })?;
         context.csr_sha256 = parsed.der_sha256.to_vec();
         if let [uri] = parsed.uri_sans.as_slice() {
-            context.requested_spiffe_id = uri.clone();
+            context.requested_spiffe_id = client_text(uri, CLIENT_TEXT_BYTES);
         }
         let mesh = self
             .meshes
@@ -425,6 +445,13 @@ impl CertificateAuthority {
         let caller = match &request.impersonated_identity {
             None => caller,
             Some(requested) => {
+                let mut caller = caller;
+                // A token verified offline names no cluster: the caller's pod (its name and uid
+                // bound into the token) is confirmed in the cluster the request names, if that
+                // is one of the mesh's.
+                if caller.cluster.is_empty() && mesh.clusters.contains(&auth.cluster_id) {
+                    caller.cluster = auth.cluster_id.clone();
+                }
                 let identity = self
                     .impersonation
                     .authorize(&caller, requested, &mesh.trust_domains, &mesh.node_accounts)
@@ -506,6 +533,77 @@ impl CertificateAuthority {
         })
     }
 
+    /// Whether a refusal gets a record of its own: always once the caller is authenticated
+    /// (its own rate limit bounds it); for a request nobody authenticated, only within the
+    /// per-peer and overall refusal rates.
+    fn records_one_by_one(&self, error: &IssueError, auth: &AuthRequest) -> bool {
+        match (error, error.denial_reason()) {
+            (IssueError::Authn(_), Some(reason)) => self
+                .rate_limits
+                .record_refusal(auth.peer_address.map(|a| a.ip()), reason),
+            _ => true,
+        }
+    }
+
+    /// Records the unauthenticated refusals counted since the last call (over the rate
+    /// recorded one by one), one summary record per peer and reason. Called periodically and
+    /// at shutdown. Returns how many summary records were written.
+    pub async fn record_refusal_summaries(&self) -> Result<usize, IssueError> {
+        let now = self.clock.now();
+        let mut written = 0;
+        for suppressed in self.rate_limits.take_suppressed() {
+            let detail = format!(
+                "{} unauthenticated requests from {} refused ({}) from {} to {}; over the rate \
+                 of refusals recorded one by one, so summarized here",
+                suppressed.count,
+                suppressed.peer,
+                suppressed.reason,
+                format_time(suppressed.first),
+                format_time(suppressed.last),
+            );
+            let record = Record::new(
+                self.new_request_id().to_string(),
+                now,
+                CallerRecord {
+                    peer_address: suppressed.peer.clone(),
+                    ..CallerRecord::default()
+                },
+                Outcome::Denied(DenialRecord {
+                    reason: suppressed.reason.to_owned(),
+                    detail,
+                    mesh: String::new(),
+                    requested_spiffe_id: String::new(),
+                    csr_sha256: Vec::new(),
+                    summary: Some(RefusalSummary {
+                        count: suppressed.count,
+                        first_at: suppressed.first,
+                        last_at: suppressed.last,
+                    }),
+                }),
+            );
+            if let Err(error) = self.records.append(record).await {
+                tracing::error!(
+                    peer = %suppressed.peer,
+                    reason = suppressed.reason,
+                    count = suppressed.count,
+                    %error,
+                    "a summary of unauthenticated refusals could not be recorded"
+                );
+                return Err(IssueError::Store(error));
+            }
+            tracing::warn!(
+                peer = %suppressed.peer,
+                reason = suppressed.reason,
+                count = suppressed.count,
+                first = %format_time(suppressed.first),
+                last = %format_time(suppressed.last),
+                "unauthenticated requests refused over the recorded rate: summary recorded"
+            );
+            written += 1;
+        }
+        Ok(written)
+    }
+
     /// Records a refusal; internal failures (signing, store) are not denials and are only logged.
     async fn record_refusal(
         &self,
@@ -527,6 +625,7 @@ impl CertificateAuthority {
                 mesh: context.mesh.clone(),
                 requested_spiffe_id: context.requested_spiffe_id.clone(),
                 csr_sha256: context.csr_sha256.clone(),
+                summary: None,
             }),
         );
         match self.records.append(record).await {
@@ -555,23 +654,25 @@ struct RecordContext {
 impl RecordContext {
     fn identify(&mut self, caller: &Caller) {
         self.caller.authenticator = caller.authenticator.name().to_owned();
-        self.caller.issuer = caller.issuer.clone();
-        self.caller.subject = caller.subject.clone();
+        // Verified, but still chosen by whoever minted the token: bounded and escaped.
+        self.caller.issuer = client_text(&caller.issuer, CLIENT_VALUE_BYTES);
+        self.caller.subject = client_text(&caller.subject, CLIENT_VALUE_BYTES);
         self.caller.spiffe_id = caller.identity.to_string();
         if let Some(pod) = &caller.pod {
-            self.caller.pod_name = pod.name.clone();
-            self.caller.pod_uid = pod.uid.clone();
+            self.caller.pod_name = client_text(&pod.name, CLIENT_VALUE_BYTES);
+            self.caller.pod_uid = client_text(&pod.uid, CLIENT_VALUE_BYTES);
         }
         self.mesh = caller.mesh.clone();
     }
 }
 
-/// The detail kept in a denial record: the error's own text (never secrets: tokens and keys
-/// are not part of any error).
+/// The detail kept in a denial record and logged: the error's own text (never secrets: tokens
+/// and keys are not part of any error). It may quote what a client sent (a CSR's subject or
+/// SAN), so it is escaped and bounded like every client value.
 fn denial_detail(error: &IssueError) -> String {
     match error {
-        IssueError::Denied(denial) => denial.detail.clone(),
-        other => other.to_string(),
+        IssueError::Denied(denial) => client_text(&denial.detail, CLIENT_TEXT_BYTES),
+        other => client_text(&other.to_string(), CLIENT_TEXT_BYTES),
     }
 }
 

@@ -40,6 +40,12 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CALLER_RATE: (f64, f64) = (20.0, 200.0);
 /// Per namespace of the identities asked for.
 pub const DEFAULT_NAMESPACE_RATE: (f64, f64) = (200.0, 2000.0);
+/// Refusals of unauthenticated requests recorded one by one, per peer address (one a minute,
+/// bursts of 10); the rest are counted into summary records.
+pub const DEFAULT_REFUSALS_RECORDED_PER_PEER: (f64, f64) = (1.0 / 60.0, 10.0);
+/// The same, over all peers together (one every 10 s, bursts of 60): with the summaries, a
+/// flood costs the store at most about 1 KB/s (README, "Limits and hardening").
+pub const DEFAULT_REFUSALS_RECORDED: (f64, f64) = (0.1, 60.0);
 /// Where the Lease and `istiod-tls` live when neither the config nor `POD_NAMESPACE` says.
 pub const DEFAULT_KUBERNETES_NAMESPACE: &str = "istio-system";
 /// client-go's default `leaseDurationSeconds`.
@@ -84,6 +90,7 @@ pub struct Config {
     /// A CSR request still unanswered after this is cancelled.
     pub request_timeout: Duration,
     pub rate_limit: RateLimitConfig,
+    pub connections: ConnectionConfig,
     pub meshes: Vec<MeshConfig>,
     pub audit: AuditConfig,
     pub admin: AdminConfig,
@@ -115,11 +122,58 @@ pub struct AdminConfig {
     pub allowed_identities: Vec<String>,
 }
 
+/// Limits on connections and what each may hold (`[connections]`), for the CSR listener and,
+/// separately counted, the admin listener. They answer connection floods, silent and slow
+/// sockets, and oversized or unfinished request bodies (README, "Limits and hardening").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Open connections at once on a listener; more are closed at accept.
+    pub max_total: usize,
+    /// Open connections at once from one peer address.
+    pub max_per_peer: usize,
+    /// TLS handshakes in progress at once from one peer address.
+    pub max_handshakes_per_peer: usize,
+    /// A connection that sends no byte this long after accept is closed (no handshake slot is
+    /// taken before its first byte).
+    pub first_byte_timeout: Duration,
+    /// A TLS handshake that takes longer than this is abandoned.
+    pub handshake_timeout: Duration,
+    /// After TLS, a connection that sends no HTTP/2 preface this long is closed.
+    pub preface_timeout: Duration,
+    /// A connection on which nothing is read or written this long is closed (clients reconnect
+    /// on their next request).
+    pub idle_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams: u32,
+    /// The largest gRPC request message accepted (a CSR request is a few KB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_total: 4096,
+            max_per_peer: 256,
+            max_handshakes_per_peer: 64,
+            first_byte_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            max_streams: 32,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// Token-bucket limits (`[rate_limit]`); a zero rate means no limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitConfig {
     pub per_caller: crate::ratelimit::Rate,
     pub per_namespace: crate::ratelimit::Rate,
+    /// Unauthenticated refusals recorded one by one, per peer address and overall; beyond
+    /// them, refusals are counted into periodic summary records.
+    pub refusals_recorded_per_peer: crate::ratelimit::Rate,
+    pub refusals_recorded: crate::ratelimit::Rate,
 }
 
 /// The elected replica's duties in the cluster meshroot runs in (`[kubernetes]`).
@@ -264,6 +318,7 @@ struct RawConfig {
     shutdown_grace: Option<String>,
     request_timeout: Option<String>,
     rate_limit: Option<RawRateLimit>,
+    connections: Option<RawConnections>,
     #[serde(default)]
     mesh: Vec<RawMesh>,
     audit: Option<RawAudit>,
@@ -273,11 +328,29 @@ struct RawConfig {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawConnections {
+    max_total: Option<usize>,
+    max_per_peer: Option<usize>,
+    max_handshakes_per_peer: Option<usize>,
+    first_byte_timeout: Option<String>,
+    handshake_timeout: Option<String>,
+    preface_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_streams: Option<u32>,
+    max_message_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawRateLimit {
     per_caller: Option<f64>,
     caller_burst: Option<f64>,
     per_namespace: Option<f64>,
     namespace_burst: Option<f64>,
+    refusals_recorded_per_peer: Option<f64>,
+    refusals_recorded_per_peer_burst: Option<f64>,
+    refusals_recorded: Option<f64>,
+    refusals_recorded_burst: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -524,40 +597,119 @@ impl Config {
             "request_timeout",
             &mut problem,
         );
+        let raw_connections = raw.connections.unwrap_or_default();
+        let defaults = ConnectionConfig::default();
+        let mut count = |key: &str, value: Option<usize>, default: usize| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                problem(format!("connections.{key}"), "must be at least 1".into());
+            }
+            value
+        };
+        let mut connections = ConnectionConfig {
+            max_total: count("max_total", raw_connections.max_total, defaults.max_total),
+            max_per_peer: count(
+                "max_per_peer",
+                raw_connections.max_per_peer,
+                defaults.max_per_peer,
+            ),
+            max_handshakes_per_peer: count(
+                "max_handshakes_per_peer",
+                raw_connections.max_handshakes_per_peer,
+                defaults.max_handshakes_per_peer,
+            ),
+            max_streams: count(
+                "max_streams",
+                raw_connections.max_streams.map(|n| n as usize),
+                defaults.max_streams as usize,
+            ) as u32,
+            max_message_bytes: defaults.max_message_bytes,
+            ..defaults
+        };
+        connections.max_message_bytes = raw_connections
+            .max_message_bytes
+            .unwrap_or(defaults.max_message_bytes);
+        if !(1024..=4 * 1024 * 1024).contains(&connections.max_message_bytes) {
+            problem(
+                "connections.max_message_bytes".into(),
+                "must be between 1024 and 4194304".into(),
+            );
+        }
+        for (key, text, slot) in [
+            (
+                "first_byte_timeout",
+                raw_connections.first_byte_timeout.as_deref(),
+                &mut connections.first_byte_timeout,
+            ),
+            (
+                "handshake_timeout",
+                raw_connections.handshake_timeout.as_deref(),
+                &mut connections.handshake_timeout,
+            ),
+            (
+                "preface_timeout",
+                raw_connections.preface_timeout.as_deref(),
+                &mut connections.preface_timeout,
+            ),
+            (
+                "idle_timeout",
+                raw_connections.idle_timeout.as_deref(),
+                &mut connections.idle_timeout,
+            ),
+        ] {
+            *slot = duration_setting(text, *slot, &format!("connections.{key}"), &mut problem);
+        }
         let raw_rate = raw.rate_limit.unwrap_or_default();
-        let mut rate =
-            |per_second: Option<f64>, burst: Option<f64>, default: (f64, f64), name: &str| {
-                let per_second = per_second.unwrap_or(default.0);
-                let burst = burst.unwrap_or(if per_second == default.0 {
-                    default.1
-                } else {
-                    per_second * 10.0
-                });
-                if !(per_second.is_finite() && per_second >= 0.0) {
-                    problem(
-                        format!("rate_limit.per_{name}"),
-                        "must be 0 (no limit) or a positive rate".into(),
-                    );
-                } else if per_second > 0.0 && !(burst.is_finite() && burst >= 1.0) {
-                    problem(
-                        format!("rate_limit.{name}_burst"),
-                        "must be at least 1".into(),
-                    );
-                }
-                crate::ratelimit::Rate { per_second, burst }
-            };
+        let mut rate = |per_second: Option<f64>,
+                        burst: Option<f64>,
+                        default: (f64, f64),
+                        (rate_key, burst_key): (&str, &str)| {
+            let per_second = per_second.unwrap_or(default.0);
+            let burst = burst.unwrap_or(if per_second == default.0 {
+                default.1
+            } else {
+                (per_second * 10.0).max(1.0)
+            });
+            if !(per_second.is_finite() && per_second >= 0.0) {
+                problem(
+                    format!("rate_limit.{rate_key}"),
+                    "must be 0 (no limit) or a positive rate".into(),
+                );
+            } else if per_second > 0.0 && !(burst.is_finite() && burst >= 1.0) {
+                problem(
+                    format!("rate_limit.{burst_key}"),
+                    "must be at least 1".into(),
+                );
+            }
+            crate::ratelimit::Rate { per_second, burst }
+        };
         let rate_limit = RateLimitConfig {
             per_caller: rate(
                 raw_rate.per_caller,
                 raw_rate.caller_burst,
                 DEFAULT_CALLER_RATE,
-                "caller",
+                ("per_caller", "caller_burst"),
             ),
             per_namespace: rate(
                 raw_rate.per_namespace,
                 raw_rate.namespace_burst,
                 DEFAULT_NAMESPACE_RATE,
-                "namespace",
+                ("per_namespace", "namespace_burst"),
+            ),
+            refusals_recorded_per_peer: rate(
+                raw_rate.refusals_recorded_per_peer,
+                raw_rate.refusals_recorded_per_peer_burst,
+                DEFAULT_REFUSALS_RECORDED_PER_PEER,
+                (
+                    "refusals_recorded_per_peer",
+                    "refusals_recorded_per_peer_burst",
+                ),
+            ),
+            refusals_recorded: rate(
+                raw_rate.refusals_recorded,
+                raw_rate.refusals_recorded_burst,
+                DEFAULT_REFUSALS_RECORDED,
+                ("refusals_recorded", "refusals_recorded_burst"),
             ),
         };
         let mut cluster_ids = HashSet::new();
@@ -776,9 +928,32 @@ impl Config {
                 });
             }
             let mut trusted_node_accounts = Vec::new();
+            let accounts_configured = mesh.trusted_node_accounts.is_some();
             let accounts = mesh
                 .trusted_node_accounts
                 .unwrap_or_else(|| vec![DEFAULT_NODE_ACCOUNT.to_owned()]);
+            // Node proxies configured to impersonate must be able to: their pod is confirmed in
+            // one of the mesh's clusters, and some token authenticator must accept their token.
+            if accounts_configured && !accounts.is_empty() {
+                let token_authenticator = authenticators.contains(&AuthenticatorKind::TokenReview)
+                    || (authenticators.contains(&AuthenticatorKind::Jwt)
+                        && !token_issuers.is_empty());
+                if clusters.is_empty() {
+                    problem(
+                        key("trusted_node_accounts"),
+                        "node proxies' impersonation needs a [[mesh.cluster]] to confirm their \
+                         pods in; add one, or set trusted_node_accounts = []"
+                            .into(),
+                    );
+                } else if !token_authenticator {
+                    problem(
+                        key("trusted_node_accounts"),
+                        "no authenticator in `authenticators` accepts this mesh's node proxies' \
+                         tokens (add \"token-review\", or \"jwt\" with a [[mesh.token_issuer]])"
+                            .into(),
+                    );
+                }
+            }
             for (account_index, text) in accounts.iter().enumerate() {
                 match NodeAccount::parse(text) {
                     Some(account) => trusted_node_accounts.push(account),
@@ -1022,6 +1197,7 @@ impl Config {
             shutdown_grace,
             request_timeout,
             rate_limit,
+            connections,
             meshes,
             audit,
             admin: AdminConfig {
@@ -1313,11 +1489,60 @@ mod tests {
                 "authenticators[1]",
                 "authenticators[2]",
                 "mesh[0].cluster[0].kubeconfig",
+                // Only jwt, and no token issuer: nothing accepts a node proxy's token.
+                "mesh[0].trusted_node_accounts",
                 "mesh[0].trusted_node_accounts[0]",
                 "mesh[1].cluster[0].id",
                 "mesh[1].cluster[0].kubeconfig",
             ]
         );
+    }
+
+    #[test]
+    fn refuses_node_accounts_whose_impersonation_could_never_work() {
+        let error = parse(
+            r#"
+            [[mesh]]
+            name = "a"
+            ca_dir = "a"
+            trusted_node_accounts = ["istio-system/ztunnel"]
+            [[mesh]]
+            name = "b"
+            trust_domain = "b.example"
+            ca_dir = "b"
+            trusted_node_accounts = []
+            "#,
+        )
+        .unwrap_err();
+        let problems: Vec<(&str, &str)> = error
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "mesh[0].trusted_node_accounts");
+        assert!(problems[0].1.contains("[[mesh.cluster]]"), "{problems:?}");
+
+        // With a cluster, either token authenticator will do, in any order.
+        for authenticators in [
+            r#"["jwt", "token-review"]"#,
+            r#"["token-review", "jwt"]"#,
+            r#"["token-review"]"#,
+        ] {
+            let config = parse(&format!(
+                r#"
+                authenticators = {authenticators}
+                [[mesh]]
+                name = "a"
+                ca_dir = "a"
+                trusted_node_accounts = ["istio-system/ztunnel"]
+                [[mesh.cluster]]
+                id = "west"
+                in_cluster = true
+                "#
+            ));
+            assert!(config.is_ok(), "{authenticators}: {:?}", config.err());
+        }
     }
 
     #[test]

@@ -93,6 +93,20 @@ pub struct DenialRecord {
     pub requested_spiffe_id: String,
     #[serde(serialize_with = "hex_bytes")]
     pub csr_sha256: Vec<u8>,
+    /// Set when this record stands for several unauthenticated refusals that were over the
+    /// rate recorded one by one (README, "Limits and hardening").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<RefusalSummary>,
+}
+
+/// How many refusals a summary record stands for, and when they happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusalSummary {
+    pub count: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub first_at: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub last_at: SystemTime,
 }
 
 impl Record {
@@ -215,6 +229,67 @@ fn hex_bytes<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Err
     serializer.serialize_str(&hex(bytes))
 }
 
+/// At most this many bytes of a short value a client chose (cluster ID, token subject and
+/// issuer, pod name) are logged or recorded.
+pub const CLIENT_VALUE_BYTES: usize = 256;
+/// At most this many bytes of a longer one (a requested SPIFFE ID, a refusal's detail).
+pub const CLIENT_TEXT_BYTES: usize = 512;
+
+/// A value that came from a client, made safe to log and to record: control characters, line
+/// and paragraph separators and bidirectional-format characters are escaped (`\n`,
+/// `\u{202e}`; a backslash as `\\`), so no client can forge a log line or hide text; and it
+/// is at most `limit` bytes. A longer value keeps a prefix and then says how long the original
+/// was and its SHA-256 (`…[12000 bytes, sha256:…]`), so two records of the same value still
+/// match.
+pub fn client_text(value: &str, limit: usize) -> String {
+    let escaped = escape_client_text(value);
+    if escaped.len() <= limit {
+        return escaped;
+    }
+    let suffix = format!(
+        "…[{} bytes, sha256:{}]",
+        value.len(),
+        hex(&crate::csr::sha256(value.as_bytes()))
+    );
+    let mut end = limit.saturating_sub(suffix.len());
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut text = escaped[..end].to_owned();
+    text.push_str(&suffix);
+    text
+}
+
+fn escape_client_text(value: &str) -> String {
+    let unsafe_char = |c: char| {
+        c == '\\'
+            || c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+            )
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !value.chars().any(unsafe_char) {
+        return value.to_owned();
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +300,38 @@ mod tests {
         assert_eq!(parse_hex("0A:FF"), Some(vec![0x0a, 0xff]));
         assert_eq!(parse_hex("abc"), None);
         assert_eq!(parse_hex("zz"), None);
+    }
+
+    #[test]
+    fn client_text_escapes_what_could_forge_or_hide_a_log_line() {
+        assert_eq!(client_text("shop-east", 64), "shop-east");
+        assert_eq!(
+            client_text("O=x\nFAKE LOG LINE level=ERROR\r\u{1b}[31m", 256),
+            "O=x\\nFAKE LOG LINE level=ERROR\\r\\u{1b}[31m"
+        );
+        assert_eq!(client_text("a\\nb", 64), "a\\\\nb");
+        assert_eq!(
+            client_text("x\u{202e}gpj.exe\u{2028}", 64),
+            "x\\u{202e}gpj.exe\\u{2028}"
+        );
+        // Printable text in any script passes unchanged.
+        assert_eq!(client_text("ns/café-日本", 64), "ns/café-日本");
+    }
+
+    #[test]
+    fn client_text_truncates_to_its_limit_and_keeps_the_length_and_hash() {
+        let long = "é".repeat(6000);
+        let text = client_text(&long, CLIENT_VALUE_BYTES);
+        assert!(text.len() <= CLIENT_VALUE_BYTES, "{} bytes", text.len());
+        assert!(text.starts_with("éé"));
+        let hash = hex(&crate::csr::sha256(long.as_bytes()));
+        assert!(
+            text.ends_with(&format!("…[12000 bytes, sha256:{hash}]")),
+            "{text}"
+        );
+        // Escaping counts toward the limit: newlines cannot smuggle in more bytes.
+        let text = client_text(&"\n".repeat(10_000), CLIENT_TEXT_BYTES);
+        assert!(text.len() <= CLIENT_TEXT_BYTES);
+        assert!(!text.contains('\n'));
     }
 }

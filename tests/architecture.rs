@@ -6,7 +6,7 @@ use std::path::Path;
 
 const EDGE: &[&str] = &[
     "grpc/",
-    "server.rs",
+    "server/",
     "monitoring.rs",
     "client.rs",
     "loadgen.rs",

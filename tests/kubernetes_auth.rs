@@ -503,3 +503,88 @@ async fn a_request_still_unanswered_at_request_timeout_is_cancelled() {
     *west.state.delay.lock().unwrap() = None;
     server.stop().await;
 }
+
+/// D12: ztunnel's own request (P-256 CSR, empty subject, `ImpersonatedIdentity`, `clusterid`)
+/// works whichever token authenticator accepts its token: TokenReview, or the cluster's issuer
+/// trusted offline, which takes the pod from the projected token's `kubernetes.io` claims and
+/// confirms it in the cluster the request names.
+#[tokio::test]
+async fn ztunnel_impersonates_under_every_authenticator_order() {
+    let west = FakeApiServer::start().await;
+    west.add_ambient_workloads();
+    for order in [
+        r#"["client-cert", "jwt", "token-review"]"#,
+        r#"["jwt", "token-review"]"#,
+        r#"["token-review", "jwt"]"#,
+        r#"["jwt"]"#,
+        r#"["token-review"]"#,
+    ] {
+        let ca = TestCa::new();
+        let kubeconfig = west.write_kubeconfig(ca.path(), "west");
+        ca.edit_config(|text| {
+            format!(
+                "authenticators = {order}\n{text}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\n",
+                kubeconfig.display()
+            )
+        });
+        let bound = |uid: &str, node: &str| {
+            ca.token_with(MESH, "istio-system", "ztunnel", |spec| {
+                spec.pod = Some(meshroot::authn::PodRef {
+                    name: "ztunnel-abc".into(),
+                    uid: uid.into(),
+                    node: node.into(),
+                })
+            })
+        };
+        let token = bound("uid-z1", "node-1");
+        // The same token, as the cluster's API server would review it.
+        west.add_token(
+            &token,
+            TokenIdentity::service_account(
+                "istio-system",
+                "ztunnel",
+                Some(("ztunnel-abc", "uid-z1")),
+            ),
+        );
+        let server = ca.start().await;
+        let cart = spiffe_id("shop", "cart");
+        let chain = server
+            .impersonate(&token, &cart)
+            .await
+            .unwrap_or_else(|status| panic!("{order}: {status:?}"));
+        verify_chain(&chain, &ca.root_pem());
+        let leaf = certificates(&chain[0]).remove(0);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let record = &server.records_for_serial(parsed.raw_serial())[0];
+        let first_token_authenticator = if order.find("jwt") < order.find("token-review") {
+            "jwt"
+        } else {
+            "token-review"
+        };
+        let expected = match order {
+            r#"["jwt"]"# => "jwt",
+            r#"["token-review"]"# => "token-review",
+            _ => first_token_authenticator,
+        };
+        assert_eq!(record.caller.authenticator, expected, "{order}");
+        assert_eq!(record.caller.pod_name, "ztunnel-abc", "{order}");
+
+        if expected == "jwt" {
+            // A token bound to a pod that no longer exists with that uid, or that names
+            // another node, is refused.
+            for (token, what) in [
+                (bound("uid-old", "node-1"), "stale uid"),
+                (bound("uid-z1", "node-2"), "other node"),
+            ] {
+                let status = server.impersonate(&token, &cart).await.unwrap_err();
+                assert_eq!(status.code(), Code::Unauthenticated, "{order}: {what}");
+                assert_eq!(
+                    denial_reason(&server.record_of(&status)),
+                    "impersonation-caller-pod-mismatch",
+                    "{order}: {what}"
+                );
+            }
+        }
+        server.stop().await;
+    }
+}

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use meshroot::client::{build_csr, CsrShape, CsrSubject, San};
 use meshroot::pb::istio::IstioCertificateRequest;
@@ -233,7 +235,8 @@ async fn rejects_garbage_pem() {
 #[tokio::test]
 async fn rejects_oversized_csr_before_parsing() {
     let huge = |ca: &TestCa| {
-        let body = "QUFB".repeat(17 * 1024);
+        // Over the CSR limit (32 KiB), under the message limit (64 KiB).
+        let body = "QUFB".repeat(9 * 1024);
         let csr = format!(
             "-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n"
         );
@@ -305,7 +308,7 @@ async fn refuses_malformed_authorization_header() {
 }
 
 #[tokio::test]
-async fn refuses_impersonation_by_a_caller_not_authenticated_by_token_review() {
+async fn refuses_impersonation_by_a_caller_whose_token_names_no_pod() {
     let ca = TestCa::new();
     let server = ca.start().await;
     let impersonated = prost_types::Value {
@@ -326,7 +329,7 @@ async fn refuses_impersonation_by_a_caller_not_authenticated_by_token_review() {
         &server,
         &status,
         Code::Unauthenticated,
-        "impersonation-not-token-review",
+        "impersonation-caller-pod-unknown",
     );
     assert_eq!(
         record.caller.subject,
@@ -397,5 +400,279 @@ async fn a_caller_over_its_rate_limit_gets_resource_exhausted_and_others_are_ser
         )
         .await
         .unwrap();
+    server.stop().await;
+}
+
+/// Opens `count` TCP connections to `target` that never send a byte, spread over source
+/// addresses 127.0.0.2 to 127.0.0.5 (loopback, so each peer stays under its cap).
+async fn silent_sockets(target: std::net::SocketAddr, count: usize) -> Vec<tokio::net::TcpStream> {
+    let mut sockets = Vec::with_capacity(count);
+    for last in 2..6 {
+        sockets.extend(silent_sockets_from(target, [127, 0, 0, last], count / 4).await);
+    }
+    sockets
+}
+
+/// A TLS client to `address` that completes the handshake (ALPN h2) and then sends nothing.
+async fn tls_then_silence(
+    address: std::net::SocketAddr,
+    root_pem: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for root in certificates(root_pem) {
+        roots.add(root).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Issue 14, D3: silent sockets once held every handshake slot for 10 s each, so a real client
+/// waited behind them, and the admin port's probes timed out.
+#[tokio::test]
+async fn a_fresh_client_and_the_admin_probes_are_served_beside_hundreds_of_silent_sockets() {
+    let ca = TestCa::new();
+    ca.edit_config(|text| {
+        text.replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"0.0.0.0:0\"\nallowed_identities = [\"spiffe://cluster.local/ns/ops/sa/auditor\"]",
+        )
+    });
+    let server = ca.start().await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], server.server.admin_address().port()));
+    let _csr_silent = silent_sockets(server.server.local_address(), 600).await;
+    let _admin_silent = silent_sockets(admin, 600).await;
+
+    let chain = tokio::time::timeout(Duration::from_secs(5), server.issue(&ca, "fresh"))
+        .await
+        .expect("a fresh client is served while silent sockets are open");
+    verify_chain(&chain, &ca.root_pem());
+
+    let probe = async {
+        let channel = meshroot::client::connect(&meshroot::client::Target {
+            address: admin.to_string(),
+            root_pem: ca.root_pem(),
+            server_name: "localhost".into(),
+            client_identity: None,
+        })
+        .await
+        .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+    };
+    tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .expect("the admin port answers while silent sockets are open")
+        .unwrap();
+    server.stop().await;
+}
+
+/// Issue 14, D8: a connection that finishes TLS but sends no HTTP/2 preface is closed after
+/// `preface_timeout`; connections beyond a peer's cap are closed at once while another peer is
+/// still served.
+#[tokio::test]
+async fn silent_tls_connections_are_closed_and_each_peer_is_capped() {
+    use tokio::io::AsyncReadExt as _;
+    let ca = TestCa::new();
+    ca.edit_config(|text| {
+        format!("{text}\n[connections]\npreface_timeout = \"200ms\"\nmax_per_peer = 3\n")
+    });
+    let server = ca.start().await;
+    let address = server.server.local_address();
+
+    // The server speaks first (its SETTINGS frame), then closes the connection.
+    let mut silent = tls_then_silence(address, &ca.root_pem()).await;
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut received))
+        .await
+        .expect("the server closes a connection that sends no preface")
+        .ok();
+    let mut byte = [0u8; 1];
+
+    // Three silent sockets from 127.0.0.2 fill its cap; a fourth is closed at once.
+    let _held = silent_sockets_from(address, [127, 0, 0, 2], 3).await;
+    let mut over = silent_sockets_from(address, [127, 0, 0, 2], 1)
+        .await
+        .remove(0);
+    let read = tokio::time::timeout(Duration::from_secs(5), over.read(&mut byte))
+        .await
+        .expect("a connection over the peer's cap is closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // 127.0.0.1 is another peer.
+    let chain = server.issue(&ca, "other-peer").await;
+    verify_chain(&chain, &ca.root_pem());
+    server.stop().await;
+}
+
+async fn silent_sockets_from(
+    target: std::net::SocketAddr,
+    source: [u8; 4],
+    count: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let mut sockets = Vec::new();
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        sockets.push(socket.connect(target).await.unwrap());
+    }
+    sockets
+}
+
+/// Issue 14, D4: a request message over `max_message_bytes` is refused from its length prefix,
+/// before its body is buffered.
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_refused_before_it_is_read() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let csr = "A".repeat(70 * 1024);
+    let status = server
+        .call(csr, cart_token(&ca), 0)
+        .await
+        .expect_err("over the 64 KiB message limit");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    server.stop().await;
+}
+
+/// D10: what a client put in its CSR cannot forge a log line or a record: a subject and a URI
+/// SAN carrying newlines are recorded (and logged, from the same text) escaped, on one line.
+#[tokio::test]
+async fn a_csr_carrying_newlines_is_recorded_escaped_on_one_line() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let forged = "x\nFAKE LOG LINE level=ERROR\r";
+    let csr = shaped(rsa_key(), |s| {
+        s.subject = CsrSubject::CommonName(forged.into());
+    });
+    let status = server
+        .call(csr, cart_token(&ca), 0)
+        .await
+        .expect_err("a common name is refused");
+    let record = assert_refused(
+        &server,
+        &status,
+        Code::InvalidArgument,
+        "csr-subject-not-allowed",
+    );
+    let Outcome::Denied(denial) = &record.outcome else {
+        unreachable!()
+    };
+    assert!(
+        denial.detail.contains(r"x\nFAKE LOG LINE level=ERROR\r"),
+        "{}",
+        denial.detail
+    );
+    assert!(!denial.detail.contains(['\n', '\r']), "{:?}", denial.detail);
+
+    let uri = format!("{}\nFAKE", cart());
+    let csr = shaped(rsa_key(), |s| s.sans = vec![San::Uri(uri.clone())]);
+    let status = server
+        .call(csr, cart_token(&ca), 0)
+        .await
+        .expect_err("a URI SAN with a newline is not a SPIFFE ID");
+    let record = assert_refused(
+        &server,
+        &status,
+        Code::InvalidArgument,
+        "csr-uri-san-invalid",
+    );
+    let Outcome::Denied(denial) = &record.outcome else {
+        unreachable!()
+    };
+    assert_eq!(denial.requested_spiffe_id, format!(r"{}\nFAKE", cart()));
+    assert!(!denial.detail.contains('\n'), "{:?}", denial.detail);
+    server.stop().await;
+}
+
+/// D5: header values a client chooses are bounded in the record, with the original's length
+/// and hash kept.
+#[tokio::test]
+async fn an_oversized_cluster_id_is_recorded_truncated_with_its_length_and_hash() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let cluster_id = "k".repeat(12_000);
+    let status = server
+        .call_with(agent_csr(&cart()), None, 0, &cluster_id, None)
+        .await
+        .expect_err("no token");
+    let record = assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "missing-credentials",
+    );
+    let recorded = &record.caller.cluster_id;
+    assert!(recorded.len() <= meshroot::record::CLIENT_VALUE_BYTES);
+    let hash = meshroot::record::hex(
+        ring::digest::digest(&ring::digest::SHA256, cluster_id.as_bytes()).as_ref(),
+    );
+    assert!(recorded.starts_with("kkkk"));
+    assert!(
+        recorded.ends_with(&format!("[12000 bytes, sha256:{hash}]")),
+        "{recorded}"
+    );
+    server.stop().await;
+}
+
+/// D5: unauthenticated refusals beyond the per-peer rate are not stored one by one; the audit
+/// trail keeps them as a summary record (peer, reason, count, first and last time), and no
+/// refused request costs more than 2 KB of store, whatever it carried.
+#[tokio::test]
+async fn an_unauthenticated_flood_is_recorded_within_its_rate_and_then_summarized() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let before = server.records().len();
+    let huge = "k".repeat(12_000);
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let status = server
+            .call_with(agent_csr(&cart()), None, 0, &huge, None)
+            .await
+            .expect_err("no token");
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "every one is refused alike"
+        );
+        statuses.push(status);
+    }
+    let records = server.records();
+    let individual = &records[before..];
+    // The default allowance per peer: a burst of 10.
+    assert_eq!(individual.len(), 10, "{individual:?}");
+    for record in individual {
+        let encoded = meshroot::store::encode(record).len();
+        let index: usize = meshroot::audit::IndexKeys::of(record)
+            .entries
+            .iter()
+            .map(|(_, key)| key.len() + 8)
+            .sum();
+        let stored = 8 + meshroot::audit::LEAF_HEADER_LEN + encoded + 32 + index;
+        assert!(stored <= 2048, "{stored} bytes of store for one refusal");
+    }
+
+    assert_eq!(server.server.record_refusal_summaries().await.unwrap(), 1);
+    let records = server.records();
+    let summary = records.last().unwrap();
+    let Outcome::Denied(denial) = &summary.outcome else {
+        panic!("{summary:?}")
+    };
+    assert_eq!(denial.reason, "missing-credentials");
+    assert_eq!(summary.caller.peer_address, "127.0.0.1");
+    let counted = denial.summary.as_ref().expect("a summary record");
+    assert_eq!(counted.count, 30);
+    assert!(counted.first_at <= counted.last_at);
+    // Nothing more to summarize until more refusals come.
+    assert_eq!(server.server.record_refusal_summaries().await.unwrap(), 0);
     server.stop().await;
 }

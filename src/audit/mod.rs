@@ -742,6 +742,7 @@ mod tests {
             mesh: "a".into(),
             requested_spiffe_id: "spiffe://a.example/ns/bank/sa/vault".into(),
             csr_sha256: vec![],
+            summary: None,
         });
         let keys = IndexKeys::of(&record);
         assert!(keys

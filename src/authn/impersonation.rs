@@ -1,9 +1,13 @@
 //! `ImpersonatedIdentity`: a node proxy (ztunnel) asks for the certificate of a workload on its
 //! node. As in istiod, it is allowed only when:
-//! 1. the caller was authenticated by TokenReview (so its pod is known);
+//! 1. the caller's credential names its pod: a TokenReview attributed the token to a pod, or the
+//!    token was verified offline and is a projected token bound to a pod (`kubernetes.io.pod`),
+//!    so whichever token authenticator accepted ztunnel's token, impersonation works;
 //! 2. its `<namespace>/<service-account>` is one of the mesh's trusted node accounts;
 //! 3. the requested identity is an Istio SPIFFE ID in the mesh's trust domain or an alias;
-//! 4. the caller's pod exists in its cluster with the reviewed uid, on some node;
+//! 4. the caller's pod exists in its cluster with the uid its token names, on some node (the
+//!    node the token names, when it names one); a token verified offline is looked up in the
+//!    cluster its request names (`clusterid`), which must be one of the mesh's;
 //! 5. at least one running pod of the requested service account is on that same node.
 //!
 //! Pod lookups go to the caller's cluster (get pod; list pods by `spec.nodeName`) and are cached
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::token_review::{ClusterApi, PodInfo};
-use super::{AuthenticatorKind, Caller};
+use super::Caller;
 use crate::clock::Clock;
 use crate::identity::{SpiffeId, TrustDomain};
 
@@ -42,8 +46,13 @@ impl NodeAccount {
 /// Why an impersonation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImpersonationError {
-    #[error("only callers authenticated by TokenReview may impersonate (this one: {0})")]
-    NotTokenReview(&'static str),
+    #[error(
+        "the caller's credential ({0}) names no pod; a node proxy must present its pod-bound \
+         service-account token"
+    )]
+    NoPod(&'static str),
+    #[error("the request names no cluster of this mesh (clusterid {0:?}) to confirm the caller's pod in")]
+    NoCluster(String),
     #[error("{0} is not a trusted node account of this mesh")]
     UntrustedAccount(String),
     #[error("the impersonated identity {0:?} is not an Istio SPIFFE ID of this mesh")]
@@ -59,7 +68,8 @@ pub enum ImpersonationError {
 impl ImpersonationError {
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NotTokenReview(_) => "impersonation-not-token-review",
+            Self::NoPod(_) => "impersonation-caller-pod-unknown",
+            Self::NoCluster(_) => "impersonation-cluster-unknown",
             Self::UntrustedAccount(_) => "impersonation-untrusted-account",
             Self::InvalidIdentity(_) => "impersonation-identity-invalid",
             Self::CallerPod(_) => "impersonation-caller-pod-mismatch",
@@ -108,11 +118,6 @@ impl NodeAuthorizer {
         trust_domains: &[TrustDomain],
         trusted_accounts: &[NodeAccount],
     ) -> Result<SpiffeId, ImpersonationError> {
-        if caller.authenticator != AuthenticatorKind::TokenReview {
-            return Err(ImpersonationError::NotTokenReview(
-                caller.authenticator.name(),
-            ));
-        }
         let trusted = trusted_accounts.iter().any(|account| {
             account.namespace == caller.identity.namespace()
                 && account.service_account == caller.identity.service_account()
@@ -131,14 +136,14 @@ impl NodeAuthorizer {
         let pod_ref = caller
             .pod
             .as_ref()
-            .ok_or_else(|| ImpersonationError::CallerPod("the token review named no pod".into()))?;
+            .ok_or(ImpersonationError::NoPod(caller.authenticator.name()))?;
+        if caller.cluster.is_empty() {
+            return Err(ImpersonationError::NoCluster(String::new()));
+        }
         let api = self
             .clusters
             .get(&caller.cluster)
-            .ok_or_else(|| ImpersonationError::Lookup {
-                cluster: caller.cluster.clone(),
-                reason: "no API access configured for this cluster".into(),
-            })?;
+            .ok_or_else(|| ImpersonationError::NoCluster(caller.cluster.clone()))?;
         let lookup = |reason: String| ImpersonationError::Lookup {
             cluster: caller.cluster.clone(),
             reason,
@@ -165,6 +170,12 @@ impl NodeAuthorizer {
             return Err(ImpersonationError::CallerPod(format!(
                 "pod {:?} is not scheduled on a node",
                 pod.name
+            )));
+        }
+        if !pod_ref.node.is_empty() && pod_ref.node != pod.node_name {
+            return Err(ImpersonationError::CallerPod(format!(
+                "pod {:?} runs on node {:?}, its token names node {:?}",
+                pod.name, pod.node_name, pod_ref.node
             )));
         }
         let on_node = self

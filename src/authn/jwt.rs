@@ -5,6 +5,11 @@
 //! accepted audience (default `istio-ca`); `exp` is required and `exp`/`nbf` allow at most
 //! [`LEEWAY`]; `sub` is `system:serviceaccount:<namespace>:<name>`, and when the `kubernetes.io`
 //! claim is present its namespace and service account name must agree with `sub`.
+//!
+//! A projected token bound to a pod names it in `kubernetes.io.pod` (and, from Kubernetes 1.30,
+//! its node in `kubernetes.io.node`). The caller's pod is taken from there, so a node proxy
+//! whose token is verified offline can still impersonate the workloads of its node: the pod is
+//! then confirmed in the cluster, by name and uid, as after a TokenReview.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AuthFuture, AuthOutcome, AuthRequest, Authenticator, AuthenticatorKind, AuthnError,
-    Authorization, Caller,
+    Authorization, Caller, PodRef,
 };
 use crate::clock::{unix_seconds, Clock};
 use crate::identity::{SpiffeId, TrustDomain};
@@ -365,6 +370,18 @@ impl JwtAuthenticator {
         }
         let identity = SpiffeId::new(issuer.trust_domain.clone(), namespace, service_account)
             .map_err(|_| AuthnError::TokenSubjectInvalid)?;
+        let pod = claims.kubernetes.as_ref().and_then(|kubernetes| {
+            let pod = kubernetes.pod.as_ref()?;
+            Some(PodRef {
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                node: kubernetes
+                    .node
+                    .as_ref()
+                    .map(|node| node.name.clone())
+                    .unwrap_or_default(),
+            })
+        });
         let caller = Caller {
             authenticator: AuthenticatorKind::Jwt,
             mesh: issuer.mesh.clone(),
@@ -372,7 +389,7 @@ impl JwtAuthenticator {
             issuer: issuer.issuer.clone(),
             subject: claims.sub.clone(),
             cluster: String::new(),
-            pod: None,
+            pod,
         };
         Ok((caller, exp, claims.nbf))
     }
@@ -454,6 +471,12 @@ struct KubernetesClaim {
     namespace: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     serviceaccount: Option<NamedObject>,
+    /// The pod a projected token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod: Option<NamedObject>,
+    /// Its node (Kubernetes 1.30 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<NamedObject>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -521,6 +544,8 @@ pub struct DevTokenClaims<'a> {
     pub service_account: &'a str,
     pub issued_at: i64,
     pub lifetime: Duration,
+    /// The pod the token is bound to, as a kubelet-projected token names it.
+    pub bound_pod: Option<&'a PodRef>,
 }
 
 /// Why a development signing key could not be used.
@@ -588,6 +613,17 @@ impl DevTokenSigner {
                     name: claims.service_account.to_owned(),
                     uid: String::new(),
                 }),
+                pod: claims.bound_pod.map(|pod| NamedObject {
+                    name: pod.name.clone(),
+                    uid: pod.uid.clone(),
+                }),
+                node: claims
+                    .bound_pod
+                    .filter(|pod| !pod.node.is_empty())
+                    .map(|pod| NamedObject {
+                        name: pod.node.clone(),
+                        uid: String::new(),
+                    }),
             }),
         };
         let body = serde_json::to_vec(&body).map_err(|_| DevSignerError::Sign)?;
@@ -645,6 +681,7 @@ mod tests {
                 service_account: "cart",
                 issued_at,
                 lifetime: Duration::from_secs(3600),
+                bound_pod: None,
             })
             .unwrap()
     }
@@ -759,6 +796,7 @@ mod tests {
                 service_account: "b",
                 issued_at: NOW,
                 lifetime: Duration::from_secs(60),
+                bound_pod: None,
             })
             .unwrap();
         assert_eq!(
@@ -800,6 +838,15 @@ mod tests {
                     name: "cart".into(),
                     uid: "5f2c".into(),
                 }),
+                // A kubelet-projected token, as on Kubernetes 1.30 and later.
+                pod: Some(NamedObject {
+                    name: "cart-7d9f".into(),
+                    uid: "a1b2".into(),
+                }),
+                node: Some(NamedObject {
+                    name: "node-1".into(),
+                    uid: "n1".into(),
+                }),
             }),
         }
     }
@@ -834,6 +881,15 @@ mod tests {
         assert_eq!(
             caller.identity.to_string(),
             "spiffe://cluster.local/ns/shop/sa/cart"
+        );
+        // The pod the token is bound to, for impersonation by a node proxy.
+        assert_eq!(
+            caller.pod,
+            Some(PodRef {
+                name: "cart-7d9f".into(),
+                uid: "a1b2".into(),
+                node: "node-1".into(),
+            })
         );
 
         let inconsistent = rs256_token(&key, "k8s-1", &service_account_claims("shop", "bank"));

@@ -104,11 +104,15 @@ impl AuthenticatorKind {
     }
 }
 
-/// The pod a TokenReview attributed the token to.
+/// The pod a token is bound to: as a TokenReview attributed it, or as a verified projected
+/// token's `kubernetes.io` claim names it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodRef {
     pub name: String,
     pub uid: String,
+    /// The pod's node, when the credential names it (Kubernetes 1.30 and later); empty
+    /// otherwise.
+    pub node: String,
 }
 
 /// An authenticated caller.
@@ -124,9 +128,11 @@ pub struct Caller {
     /// The authenticated subject, e.g. `system:serviceaccount:ns:sa`, or the certificate's
     /// SPIFFE ID.
     pub subject: String,
-    /// The cluster whose API server reviewed the token (TokenReview only).
+    /// The cluster whose API server reviewed the token (TokenReview); empty for a token
+    /// verified offline.
     pub cluster: String,
-    /// The caller's pod, from the TokenReview's `status.user.extra`.
+    /// The caller's pod: from the TokenReview's `status.user.extra`, or from a verified
+    /// projected token's `kubernetes.io.pod` claim.
     pub pod: Option<PodRef>,
 }
 

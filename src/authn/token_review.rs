@@ -30,6 +30,8 @@ use crate::metrics::Metrics;
 pub const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+/// Set by Kubernetes 1.30 and later for tokens bound to a pod scheduled on a node.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// Above this many cached reviews, expired ones are swept on insert.
 const CACHE_SWEEP_THRESHOLD: usize = 10_000;
@@ -180,7 +182,11 @@ impl TokenReviewAuthenticator {
             }
         }
         if cache.len() >= CACHE_SWEEP_THRESHOLD {
-            cache.retain(|_, entry| reusable(entry));
+            // An unfinished entry is in flight only while a request holds it besides the cache;
+            // one whose every request was cancelled mid-review is garbage (issue 14, D9).
+            cache.retain(|_, entry| {
+                reusable(entry) && (entry.result.initialized() || Arc::strong_count(entry) > 1)
+            });
         }
         let entry = Arc::new(CacheEntry::default());
         cache.insert(key, entry.clone());
@@ -285,7 +291,11 @@ fn caller_from_review(config: &ReviewCluster, status: &ReviewStatus) -> Result<C
         .map_err(|_| malformed())?;
     let first = |key: &str| status.extra.get(key).and_then(|v| v.first()).cloned();
     let pod = match (first(POD_NAME_EXTRA), first(POD_UID_EXTRA)) {
-        (Some(name), Some(uid)) => Some(PodRef { name, uid }),
+        (Some(name), Some(uid)) => Some(PodRef {
+            name,
+            uid,
+            node: first(NODE_NAME_EXTRA).unwrap_or_default(),
+        }),
         _ => None,
     };
     Ok(Caller {
@@ -446,6 +456,28 @@ mod tests {
         }
     }
 
+    /// Issue 14, D9: requests with unique garbage tokens, each cancelled while its review is in
+    /// flight, once left an uninitialised entry apiece that no sweep removed.
+    #[tokio::test]
+    async fn reviews_cancelled_in_flight_leave_nothing_behind_in_the_cache() {
+        let api = Arc::new(FakeApi {
+            delay: Some(Duration::from_secs(3600)),
+            ..FakeApi::default()
+        });
+        let (authenticator, _) = setup(api);
+        for n in 0..=CACHE_SWEEP_THRESHOLD {
+            // A zero timeout polls the request once (the review starts), then drops it.
+            let cancelled = tokio::time::timeout(
+                Duration::ZERO,
+                outcome(&authenticator, &format!("garbage-{n}")),
+            )
+            .await;
+            assert!(cancelled.is_err());
+        }
+        let cached = authenticator.cache.lock().unwrap().len();
+        assert!(cached <= 1, "{cached} abandoned entries kept");
+    }
+
     #[tokio::test]
     async fn accepts_a_service_account_and_keeps_its_pod() {
         let api = Arc::new(FakeApi::default());
@@ -460,7 +492,8 @@ mod tests {
             caller.pod,
             Some(PodRef {
                 name: "cart-1".into(),
-                uid: "uid-1".into()
+                uid: "uid-1".into(),
+                node: String::new(),
             })
         );
         assert_eq!(caller.cluster, "Kubernetes");

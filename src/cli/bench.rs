@@ -313,6 +313,7 @@ fn make_requests(
                     service_account: &account,
                     issued_at: now,
                     lifetime: Duration::from_secs(12 * 3600),
+                    bound_pod: None,
                 })
                 .map_err(|e| Failure::runtime(e.to_string()))?;
             Ok(Request { csr_pem, token })
@@ -350,13 +351,17 @@ impl OwnServer {
         )
         .map_err(|e| Failure::runtime(e.to_string()))?;
         // The load comes from one machine with a few thousand identities in 50 namespaces:
-        // the per-caller and per-namespace limits would measure themselves, so they are off.
+        // the per-caller and per-namespace limits, and the per-peer connection caps, would
+        // measure themselves, so they are off.
         let config_path = dir.join("meshroot.toml");
         let config =
             std::fs::read_to_string(&config_path).map_err(|e| Failure::runtime(e.to_string()))?;
         std::fs::write(
             &config_path,
-            format!("{config}\n[rate_limit]\nper_caller = 0.0\nper_namespace = 0.0\n"),
+            format!(
+                "{config}\n[rate_limit]\nper_caller = 0.0\nper_namespace = 0.0\n\
+                 [connections]\nmax_per_peer = 1000000\nmax_handshakes_per_peer = 1000000\n"
+            ),
         )
         .map_err(|e| Failure::runtime(e.to_string()))?;
         let exe = std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?;

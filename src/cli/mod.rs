@@ -346,6 +346,7 @@ fn token(args: TokenArgs) -> Result<(), Failure> {
             service_account: &args.service_account,
             issued_at: crate::clock::unix_seconds(SystemTime::now()),
             lifetime: args.ttl,
+            bound_pod: None,
         })
         .map_err(|e| Failure::runtime(e.to_string()))?;
     println!("{token}");

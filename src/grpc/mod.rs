@@ -29,22 +29,71 @@ pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 /// Istio's CSR service backed by the certificate authority in force.
 pub struct CsrService {
     current: Arc<CurrentAuthority>,
-    /// Requests in progress, bounded: beyond the limit the answer is RESOURCE_EXHAUSTED at
-    /// once, which istio-agent retries with backoff, instead of a queue that grows until every
-    /// request times out.
-    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl CsrService {
+    /// The service behind admission control: at most `max_concurrent_requests` requests are
+    /// read, decoded and handled at once, each message at most `max_message_bytes`, so request
+    /// bodies held in memory are bounded for the whole server.
     pub fn new(
         current: Arc<CurrentAuthority>,
         max_concurrent_requests: usize,
-    ) -> IstioCertificateServiceServer<Self> {
-        IstioCertificateServiceServer::new(Self {
-            current,
+        max_message_bytes: usize,
+    ) -> Admitted<IstioCertificateServiceServer<Self>> {
+        Admitted {
+            inner: IstioCertificateServiceServer::new(Self { current })
+                .max_decoding_message_size(max_message_bytes),
             in_flight: Arc::new(tokio::sync::Semaphore::new(max_concurrent_requests)),
+        }
+    }
+}
+
+/// Admission control in front of a gRPC service: a request gets a slot *before* its body is
+/// read. Beyond the limit the answer is RESOURCE_EXHAUSTED at once (istio-agent retries it with
+/// backoff) and the body is never buffered, instead of a queue that grows until every request
+/// times out or memory runs out.
+#[derive(Clone)]
+pub struct Admitted<S> {
+    inner: S,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for Admitted<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+        > + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            tracing::debug!("overloaded: request refused with RESOURCE_EXHAUSTED");
+            return Box::pin(std::future::ready(Ok(overloaded().into_http())));
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
         })
     }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Admitted<S> {
+    const NAME: &'static str = S::NAME;
 }
 
 #[tonic::async_trait]
@@ -53,10 +102,6 @@ impl IstioCertificateService for CsrService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            tracing::debug!("overloaded: request refused with RESOURCE_EXHAUSTED");
-            return Err(overloaded());
-        };
         let ca = self.current.get();
         let request_id = ca.new_request_id();
         let auth = auth_request(&request);
@@ -212,7 +257,13 @@ pub fn admin_identity_allowed<T>(
     let identity = match anchors.verify(&certificates, now) {
         Ok(identity) => identity,
         Err(error) => {
-            tracing::warn!(reason = error.reason(), detail = %error, "audit API: client certificate refused");
+            let detail =
+                crate::record::client_text(&error.to_string(), crate::record::CLIENT_TEXT_BYTES);
+            tracing::warn!(
+                reason = error.reason(),
+                %detail,
+                "audit API: client certificate refused"
+            );
             return denied(error.reason());
         }
     };

@@ -41,7 +41,7 @@ use crate::merkle::{self, Frontier, Hash};
 use crate::pb::store as pb;
 use crate::record::{
     AppendFuture, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink,
-    StoreError, RECORD_VERSION,
+    RefusalSummary, StoreError, RECORD_VERSION,
 };
 
 use codec::RunId;
@@ -1585,6 +1585,11 @@ pub fn to_message(record: &Record) -> pb::Record {
             mesh: denied.mesh.clone(),
             requested_spiffe_id: denied.requested_spiffe_id.clone(),
             csr_sha256: denied.csr_sha256.clone(),
+            summary: denied.summary.as_ref().map(|summary| pb::RefusalSummary {
+                count: summary.count,
+                first_at_ms: unix_millis(summary.first_at),
+                last_at_ms: unix_millis(summary.last_at),
+            }),
         }),
     };
     pb::Record {
@@ -1643,6 +1648,11 @@ pub fn from_message(record: pb::Record) -> Option<Record> {
             mesh: denied.mesh,
             requested_spiffe_id: denied.requested_spiffe_id,
             csr_sha256: denied.csr_sha256,
+            summary: denied.summary.map(|summary| RefusalSummary {
+                count: summary.count,
+                first_at: from_unix_millis(summary.first_at_ms),
+                last_at: from_unix_millis(summary.last_at_ms),
+            }),
         }),
     };
     Some(Record {

@@ -64,6 +64,11 @@ fn synthetic(i: u64, rng: &mut Rng) -> Record {
                 _ => id.clone(),
             },
             csr_sha256: vec![1; 32],
+            summary: (rng.below(7) == 0).then(|| crate::record::RefusalSummary {
+                count: 1 + rng.below(1000),
+                first_at: UNIX_EPOCH + Duration::from_millis(T0 * 1000 + i),
+                last_at: UNIX_EPOCH + Duration::from_millis(T0 * 1000 + i + 500),
+            }),
         })
     } else {
         let alias = mesh == "a" && rng.below(6) == 0;

@@ -117,6 +117,7 @@ impl TestCa {
             audiences: vec!["istio-ca".to_owned()],
             issued_at: meshroot::clock::unix_seconds(SystemTime::now()),
             lifetime: Duration::from_secs(3600),
+            pod: None,
         };
         adjust(&mut spec);
         self.signer(mesh)
@@ -127,6 +128,7 @@ impl TestCa {
                 service_account,
                 issued_at: spec.issued_at,
                 lifetime: spec.lifetime,
+                bound_pod: spec.pod.as_ref(),
             })
             .unwrap()
     }
@@ -263,6 +265,8 @@ pub struct TokenSpec {
     pub audiences: Vec<String>,
     pub issued_at: i64,
     pub lifetime: Duration,
+    /// The pod a projected token is bound to (`kubernetes.io.pod`, `.node`).
+    pub pod: Option<meshroot::authn::PodRef>,
 }
 
 /// `MESHROOT_TEST_LOG=<filter>` shows the servers' logs in test output (with `--nocapture`).

@@ -10,10 +10,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic_health::pb::health_server::{Health, HealthServer};
@@ -23,11 +21,13 @@ use crate::authn::impersonation::NodeAuthorizer;
 use crate::authn::jwt::{self, JwksError, TrustedIssuer};
 use crate::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthenticator};
 use crate::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuthenticator};
+mod connections;
+
 use crate::ca::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
 use crate::ca_files::{self, CaFilesError};
 use crate::checkpoint::AuditSigner;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{ClusterConfig, Config, KubernetesConfig, MeshConfig};
+use crate::config::{ClusterConfig, Config, ConnectionConfig, KubernetesConfig, MeshConfig};
 use crate::grpc::audit::AdminAccess;
 use crate::grpc::CsrService;
 use crate::identity::TrustDomain;
@@ -42,9 +42,11 @@ use crate::policy::MeshPolicy;
 use crate::ratelimit::RateLimits;
 use crate::record::StoreError;
 use crate::store::SledStore;
+use connections::ConnectionLimits;
 
-/// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The admin listener's idle timeout: long, since a live tail (`WatchRecords`) may see no new
+/// record for hours.
+const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// After a failed serving-certificate renewal, try again this soon.
 const RENEWAL_RETRY: Duration = Duration::from_secs(60);
 /// Renewals never follow each other faster than this (e.g. when the intermediate is about to
@@ -161,6 +163,12 @@ impl RunningServer {
         &self.root_bundle_pem
     }
 
+    /// Records the unauthenticated refusals counted since the last summary now (also done
+    /// every [`REFUSAL_SUMMARY_INTERVAL`] and at shutdown); returns how many summary records.
+    pub async fn record_refusal_summaries(&self) -> Result<usize, crate::ca::IssueError> {
+        self.current.get().record_refusal_summaries().await
+    }
+
     /// Writes a checkpoint of every record now (also done periodically and at shutdown);
     /// returns the note, or None without an audit key.
     pub async fn checkpoint(&self) -> Result<Option<String>, ServeError> {
@@ -184,6 +192,8 @@ impl RunningServer {
                 tracing::warn!("the Lease was not released within shutdown_grace");
             }
         }
+        // Refusals counted since the last summary, so the trail of a flood is complete.
+        let _ = self.current.get().record_refusal_summaries().await;
         if let Err(error) = self.audit.publish(&self.store).await {
             tracing::error!(%error, "final checkpoint failed");
         }
@@ -329,6 +339,10 @@ async fn reload(
             .await?
             .with_rate_limits(limits.clone());
         limits.set_rates(config.rate_limit.per_caller, config.rate_limit.per_namespace);
+        limits.set_refusal_rates(
+            config.rate_limit.refusals_recorded_per_peer,
+            config.rate_limit.refusals_recorded,
+        );
         current.replace(Arc::new(authority));
         Ok::<_, ReloadError>(config)
     }
@@ -370,6 +384,10 @@ pub async fn start_with_clock(
         config.rate_limit.per_namespace,
         clock.clone(),
     ));
+    limits.set_refusal_rates(
+        config.rate_limit.refusals_recorded_per_peer,
+        config.rate_limit.refusals_recorded,
+    );
     let ca = build_authority(config, clock.clone(), store.clone(), metrics.clone())
         .await?
         .with_rate_limits(limits.clone());
@@ -473,6 +491,11 @@ async fn build_authority(
             authority: Arc::new(authority),
             node_accounts: mesh.trusted_node_accounts.clone(),
             trust_domains,
+            clusters: mesh
+                .clusters
+                .iter()
+                .map(|cluster| cluster.id.clone())
+                .collect(),
         });
     }
 
@@ -656,25 +679,21 @@ async fn start_serving(
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            address: config.listen,
-            source,
-        })?;
+    let listener = connections::bind(config.listen).map_err(|source| ServeError::Bind {
+        address: config.listen,
+        source,
+    })?;
     let local_address = listener.local_addr().map_err(|source| ServeError::Bind {
         address: config.listen,
         source,
     })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (connections, incoming) = mpsc::channel(256);
-    tokio::spawn(accept_loop(
+    tokio::spawn(connections::accept_loop(
         listener,
         acceptor,
         connections,
-        Arc::new(tokio::sync::Semaphore::new(
-            config.max_concurrent_handshakes,
-        )),
+        ConnectionLimits::new(config.connections, config.max_concurrent_handshakes),
         shutdown_rx.clone(),
     ));
     tokio::spawn(renewal_loop(
@@ -713,6 +732,11 @@ async fn start_serving(
         config.audit.checkpoint_interval,
         shutdown_rx.clone(),
     ));
+    tokio::spawn(refusal_summary_loop(
+        current.clone(),
+        REFUSAL_SUMMARY_INTERVAL,
+        shutdown_rx.clone(),
+    ));
     tokio::spawn(prune_loop(
         store.clone(),
         config.audit.retention,
@@ -722,10 +746,15 @@ async fn start_serving(
     ));
 
     let mut stop = shutdown_rx.clone();
-    let service = CsrService::new(current.clone(), config.max_concurrent_requests);
+    let service = CsrService::new(
+        current.clone(),
+        config.max_concurrent_requests,
+        config.connections.max_message_bytes,
+    );
     let request_timeout = config.request_timeout;
+    let connection_limits = config.connections;
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        http2_limits(tonic::transport::Server::builder(), &connection_limits)
             .timeout(request_timeout)
             .add_service(service)
             .add_service(health_service)
@@ -977,6 +1006,24 @@ async fn checkpoint_loop(
     }
 }
 
+/// How often unauthenticated refusals over the recorded rate are written as summary records.
+pub const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+async fn refusal_summary_loop(
+    current: Arc<CurrentAuthority>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        // Failures are logged where they happen; the next period tries again.
+        let _ = current.get().record_refusal_summaries().await;
+    }
+}
+
 async fn prune_loop(
     store: Arc<SledStore>,
     policy: crate::audit::RetentionPolicy,
@@ -1019,9 +1066,8 @@ async fn start_admin(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<Result<(), ServeError>>), ServeError> {
     let address = config.admin.listen;
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| ServeError::Bind { address, source })?;
+    let listener =
+        connections::bind(address).map_err(|source| ServeError::Bind { address, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { address, source })?;
@@ -1045,7 +1091,7 @@ async fn start_admin(
         .into_axum_router()
         .merge(monitor.routes())
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
-    let router = tonic::transport::Server::builder()
+    let router = http2_limits(tonic::transport::Server::builder(), &config.connections)
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(routes));
     let task = if loopback {
@@ -1070,13 +1116,17 @@ async fn start_admin(
             .with_cert_resolver(serving);
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let (connections, incoming) = mpsc::channel(64);
-        tokio::spawn(accept_loop(
+        // Counted apart from the CSR listener, so a flood there never starves the probes here.
+        // A live tail may be quiet for long: no idle timeout on this listener.
+        let limits = ConnectionConfig {
+            idle_timeout: ADMIN_IDLE_TIMEOUT,
+            ..config.connections
+        };
+        tokio::spawn(connections::accept_loop(
             listener,
             TlsAcceptor::from(Arc::new(tls)),
             connections,
-            Arc::new(tokio::sync::Semaphore::new(
-                config.max_concurrent_handshakes,
-            )),
+            ConnectionLimits::new(limits, config.max_concurrent_handshakes),
             shutdown,
         ));
         tokio::spawn(async move {
@@ -1089,52 +1139,18 @@ async fn start_admin(
     Ok((local, task))
 }
 
-/// Accepts TCP connections and completes TLS handshakes concurrently (a slow client never holds
-/// up the others), handing finished connections to the gRPC server.
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    connections: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
-    handshakes: Arc<tokio::sync::Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        // A bounded number of handshakes at once: beyond it, connections wait in the kernel's
-        // accept queue instead of each costing a task and a handshake's CPU.
-        let permit = tokio::select! {
-            _ = shutdown.wait_for(|stopped| *stopped) => return,
-            permit = handshakes.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.wait_for(|stopped| *stopped) => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // E.g. out of file descriptors: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let connections = connections.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => {
-                    let _ = connections.send(Ok(stream)).await;
-                }
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
-        });
-    }
+/// HTTP/2 limits from `[connections]`: streams per connection, and flow-control windows small
+/// enough that a connection can hold only a few request bodies' worth of unread data.
+fn http2_limits(
+    builder: tonic::transport::Server,
+    limits: &ConnectionConfig,
+) -> tonic::transport::Server {
+    let stream_window = (limits.max_message_bytes as u32).max(65_535);
+    builder
+        .max_concurrent_streams(limits.max_streams)
+        .initial_stream_window_size(stream_window)
+        .initial_connection_window_size(stream_window.saturating_mul(4))
+        .http2_max_pending_accept_reset_streams(Some(limits.max_streams as usize))
 }
 
 /// Re-issues the serving certificate at half its lifetime (from the current configuration).
