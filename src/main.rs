@@ -39,5 +39,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    meshroot::cli::exit_code(runtime.block_on(meshroot::cli::run(cli)))
+    let status = meshroot::cli::exit_status(runtime.block_on(meshroot::cli::run(cli)));
+    // Exit without dropping the runtime: its drop would wait for blocking tasks without limit,
+    // and a shutdown that gave up on a failed disk (a flush that never returns) must still
+    // end the process. Everything that had to be written was, or the status says it was not.
+    std::process::exit(i32::from(status))
 }

@@ -209,11 +209,16 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
 
 /// Exit code for a result.
 pub fn exit_code(result: Result<(), Failure>) -> ExitCode {
+    ExitCode::from(exit_status(result))
+}
+
+/// The process exit status of a command's result, after printing its failure.
+pub fn exit_status(result: Result<(), Failure>) -> u8 {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(failure) => {
             eprintln!("meshroot: {}", failure.message);
-            ExitCode::from(failure.code)
+            failure.code
         }
     }
 }
@@ -239,7 +244,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     running
         .run_until_stopped(signals)
         .await
-        .map_err(|e| Failure::runtime(e.to_string()))
+        .map_err(|e| Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        })
 }
 
 /// The embedded default: ./meshroot-data with one mesh `default` (cluster.local), ECDSA P-256,

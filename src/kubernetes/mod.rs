@@ -75,6 +75,11 @@ impl KubeCluster {
         config.read_timeout = Some(read_timeout);
         config.write_timeout = Some(timeout);
         config.default_retry = retry;
+        // kube's TLS asks rustls for the process-wide crypto provider, which rustls cannot
+        // pick by itself when two are built in (ring, and AWS-LC for the post-quantum key
+        // exchange of meshroot's own listeners): ring, as everywhere else. Installing it is
+        // idempotent; a provider already installed stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = kube::Client::try_from(config).map_err(ClusterSetupError::Client)?;
         Ok(Self { client })
     }

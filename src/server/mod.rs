@@ -99,6 +99,14 @@ pub enum ServeError {
     #[error("reading the issuance log: {0}")]
     Log(#[from] crate::audit::AuditError),
     #[error(
+        "the record store failed while serving ({0}); meshroot stopped issuing and exits so its \
+         supervisor restarts it: it serves again once the store can write (a full disk: free \
+         space or grow the volume)"
+    )]
+    StoreFailed(StoreError),
+    #[error("shut down, but {0} by the end of shutdown_grace")]
+    ShutdownIncomplete(String),
+    #[error(
         "mesh {mesh}: the trust bundle drops the root that {certificates} unexpired certificates \
          chain to (the last expires {until}); keep that root in root-cert.pem or extra_roots until \
          then, or set force_root_removal = true for this mesh"
@@ -109,6 +117,24 @@ pub enum ServeError {
         until: String,
     },
 }
+
+impl ServeError {
+    /// The process exit code `meshroot serve` ends with for this error (README, "Commands").
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            // EX_TEMPFAIL: restart later; it will work once the disk has space.
+            Self::StoreFailed(_) => EXIT_STORE_FAILED,
+            Self::ShutdownIncomplete(_) => EXIT_SHUTDOWN_INCOMPLETE,
+            _ => 1,
+        }
+    }
+}
+
+/// `meshroot serve` stopped because its record store could not write.
+pub const EXIT_STORE_FAILED: u8 = 75;
+/// `meshroot serve` stopped on a signal, but its last checkpoint or final flush was not written
+/// within `shutdown_grace`.
+pub const EXIT_SHUTDOWN_INCOMPLETE: u8 = 3;
 
 /// A started server.
 pub struct RunningServer {
@@ -176,37 +202,103 @@ impl RunningServer {
     }
 
     /// Reports NOT_SERVING (gRPC health, `/readyz`), stops accepting, lets requests in flight
-    /// finish for up to `shutdown_grace` and then cuts the rest (a record already appended
-    /// stays and is flushed; the client retries), writes a last checkpoint, and flushes the
-    /// store.
+    /// finish and then cuts the rest (a record already appended stays and is flushed; the
+    /// client retries), writes the refusal summaries and a last checkpoint, and flushes the
+    /// store. Every step has a deadline: the whole shutdown takes at most `shutdown_grace`
+    /// (three quarters of it for requests in flight and the Lease, the rest for the final
+    /// writes), whatever state the store is in. Returns
+    /// [`ServeError::ShutdownIncomplete`] when the last checkpoint or the final flush was not
+    /// written.
     pub async fn shutdown(self) -> Result<(), ServeError> {
-        self.monitor.drain().await;
+        let grace = self.config.shutdown_grace;
+        let start = tokio::time::Instant::now();
+        let (requests_deadline, deadline) = (start + grace * 3 / 4, start + grace);
+        let _ = tokio::time::timeout_at(requests_deadline, self.monitor.drain()).await;
         let _ = self.shutdown.send(true);
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
-        let result = finish_by(self.task, deadline, "CSR API").await;
-        let admin = finish_by(self.admin_task, deadline, "admin").await;
+        let result = finish_by(self.task, requests_deadline, "CSR API").await;
+        let admin = finish_by(self.admin_task, requests_deadline, "admin").await;
         // A leader releases its Lease, so another replica takes over at once rather than
         // after a lease duration.
         if let Some(election) = self.election {
-            if tokio::time::timeout_at(deadline, election).await.is_err() {
+            if tokio::time::timeout_at(requests_deadline, election)
+                .await
+                .is_err()
+            {
                 tracing::warn!("the Lease was not released within shutdown_grace");
             }
         }
+        let mut unfinished = Vec::new();
         // Refusals counted since the last summary, so the trail of a flood is complete.
-        let _ = self.current.get().record_refusal_summaries().await;
-        if let Err(error) = self.audit.publish(&self.store).await {
-            tracing::error!(%error, "final checkpoint failed");
+        let summaries = self.current.get();
+        if tokio::time::timeout_at(deadline, summaries.record_refusal_summaries())
+            .await
+            .is_err()
+        {
+            tracing::error!("the last refusal summaries were not recorded within shutdown_grace");
         }
-        self.store.flush()?;
-        result.and(admin)
+        match tokio::time::timeout_at(deadline, self.audit.publish(&self.store)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "final checkpoint failed");
+                unfinished.push("the last checkpoint was not written");
+            }
+            Err(_) => {
+                tracing::error!("final checkpoint not written within shutdown_grace");
+                unfinished.push("the last checkpoint was not written");
+            }
+        }
+        // sled's flush blocks, and may not return on a failed disk: on its own thread.
+        let store = self.store.clone();
+        let flush = tokio::task::spawn_blocking(move || store.flush());
+        match tokio::time::timeout_at(deadline, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::error!(%error, "final flush of the record store failed");
+                unfinished.push("the record store was not flushed");
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::error!(
+                    "final flush of the record store did not finish within shutdown_grace"
+                );
+                unfinished.push("the record store was not flushed");
+            }
+        }
+        result.and(admin)?;
+        match unfinished.is_empty() {
+            true => Ok(()),
+            false => Err(ServeError::ShutdownIncomplete(unfinished.join(" and "))),
+        }
     }
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully; SIGHUP reloads the config.
     /// The handlers are `signals`, installed before the server started, so a signal that
     /// arrives at any moment after start is handled rather than ending the process abruptly.
+    ///
+    /// A failed write to the record store (a full disk, an I/O error) stops it too: meshroot
+    /// cannot issue without its records, and sled does not recover in the same process. It
+    /// then shuts down the same way and returns [`ServeError::StoreFailed`], so the process
+    /// exits with [`EXIT_STORE_FAILED`] and its supervisor restarts it.
     pub async fn run_until_stopped(self, mut signals: Signals) -> Result<(), ServeError> {
+        let store = self.store.clone();
+        let store_failed = store.write_failure();
+        tokio::pin!(store_failed);
         loop {
-            match signals.next().await {
+            let signal = tokio::select! {
+                signal = signals.next() => signal,
+                error = &mut store_failed => {
+                    tracing::error!(
+                        %error,
+                        "the record store cannot write: stopping, for the supervisor to restart \
+                         meshroot once the store can write again"
+                    );
+                    let shutdown = self.shutdown().await;
+                    if let Err(error) = shutdown {
+                        tracing::error!(%error, "shutdown after the store failure");
+                    }
+                    return Err(ServeError::StoreFailed(error));
+                }
+            };
+            match signal {
                 Signal::Stop => break,
                 Signal::Reload => {
                     tracing::info!("SIGHUP: reloading the configuration");
@@ -661,7 +753,7 @@ async fn start_serving(
         .map(|a| a.root_bundle_pem().to_owned())
         .unwrap_or_default();
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = tls_provider();
     let client_verifier = Arc::new(DeferredClientVerifier {
         provider: provider.clone(),
     });
@@ -1046,7 +1138,26 @@ async fn prune_loop(
 }
 
 fn provider_for_admin() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    tls_provider()
+}
+
+/// The TLS crypto of both listeners: ring's (its cipher suites, signatures and classical key
+/// exchanges), plus the hybrid post-quantum key exchange X25519MLKEM768 from AWS-LC, which ring
+/// does not have. istio-agent with `COMPLIANCE_POLICY=pqc` offers only that group, over TLS
+/// 1.3. Among the key shares a client sends, its own preference decides (rustls answers the
+/// first it supports): Go 1.24+ clients, which send the hybrid first, get it; clients that
+/// offer only classical groups get X25519 or P-256 as before. The hybrid is listed right after
+/// X25519 for clients that send no share for it and must be asked (HelloRetryRequest).
+pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let hybrid = rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768;
+    let position = provider
+        .kx_groups
+        .iter()
+        .position(|group| group.name() == rustls::NamedGroup::X25519)
+        .map_or(0, |x25519| x25519 + 1);
+    provider.kx_groups.insert(position, hybrid);
+    Arc::new(provider)
 }
 
 /// Binds the admin address and serves there the audit API, the gRPC health service and, over

@@ -398,6 +398,23 @@ impl SledStore {
         self.inner.commit.durable.borrow().failed.is_some()
     }
 
+    /// Waits until a write to the store fails (a flush, or inserting a record): a full disk
+    /// or an I/O error. sled does not recover from such a failure in the same process, so the
+    /// server stops and exits for its supervisor to restart it (README, "Limits and
+    /// hardening").
+    pub async fn write_failure(&self) -> StoreError {
+        let mut durable = self.inner.commit.durable.subscribe();
+        let failed = match durable.wait_for(|state| state.failed.is_some()).await {
+            Ok(state) => state.failed.as_ref().map(|(_, _, error)| error.clone()),
+            Err(_) => None,
+        };
+        match failed {
+            Some(error) => StoreError::Flush(error),
+            // The store was closed: no write failed.
+            None => std::future::pending().await,
+        }
+    }
+
     /// How long group-commit flushes took (for `/metrics`).
     pub fn commit_latency(&self) -> &crate::metrics::Histogram {
         &self.inner.commit.latency
@@ -854,9 +871,16 @@ impl Inner {
         let mut stored = Vec::with_capacity(LEAF_HEADER_LEN + encoded.len());
         stored.extend_from_slice(&leaf.header());
         stored.extend_from_slice(&encoded);
-        self.records
-            .insert(record_key(sequence), stored)
-            .map_err(write_error)?;
+        if let Err(error) = self.records.insert(record_key(sequence), stored) {
+            // Counted as a failed write, like a failed flush: the server stops on it.
+            let error = Arc::new(error);
+            let flush = self.commit.flushes.load(Ordering::SeqCst);
+            let written = self.written.load(Ordering::SeqCst);
+            self.commit.durable.send_modify(|state| {
+                state.failed = Some((flush, written, error.clone()));
+            });
+            return Err(StoreError::Write(error));
+        }
         writer.next_sequence += 1;
         writer.last_recorded_ms = recorded_ms;
         let leaf_hash = leaf.leaf_hash();
