@@ -135,7 +135,9 @@ fn auth_request<T>(request: &Request<T>) -> AuthRequest {
     }
 }
 
-fn impersonated_identity(request: &IstioCertificateRequest) -> Option<String> {
+/// The identity a node proxy asks for in `metadata["ImpersonatedIdentity"]`, if it asks for one
+/// (public for the fuzz target that feeds it arbitrary `Struct`s).
+pub fn impersonated_identity(request: &IstioCertificateRequest) -> Option<String> {
     use prost_types::value::Kind;
     let value = request
         .metadata
