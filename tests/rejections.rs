@@ -676,3 +676,98 @@ async fn an_unauthenticated_flood_is_recorded_within_its_rate_and_then_summarize
     assert_eq!(server.server.record_refusal_summaries().await.unwrap(), 0);
     server.stop().await;
 }
+
+/// D4: one unauthenticated connection opens 201 CreateCertificate streams, each announcing a
+/// 4,000,000-byte message and sending it without end. The server buffers no more than its
+/// HTTP/2 windows allow, and refuses each message from its length prefix: the attacker gets
+/// at most a few hundred KiB accepted in all (before the limits: hundreds of MiB, held after
+/// the connection closed).
+#[tokio::test]
+async fn unfinished_bodies_on_many_streams_are_bounded_by_the_windows_and_refused() {
+    use http_body_util::StreamBody;
+    use hyper::body::{Bytes, Frame};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let tls = tls_then_silence(server.server.local_address(), &ca.root_pem()).await;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let mut answers = Vec::new();
+    for _ in 0..201 {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut prefix = vec![0u8];
+            prefix.extend_from_slice(&4_000_000u32.to_be_bytes());
+            let mut chunk = prefix;
+            loop {
+                let size = chunk.len();
+                if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                    return;
+                }
+                accepted.fetch_add(size, Ordering::SeqCst);
+                chunk = vec![b'A'; 16 * 1024];
+            }
+        });
+        let request = hyper::Request::post(format!(
+            "https://localhost:{}/istio.v1.auth.IstioCertificateService/CreateCertificate",
+            server.server.local_address().port()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+        let mut sender = sender.clone();
+        answers.push(tokio::spawn(async move {
+            let response = match sender.send_request(request).await {
+                Ok(response) => response,
+                Err(error) => return Some(format!("error: {error:?}")),
+            };
+            response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok().map(str::to_owned))
+                .or_else(|| Some(format!("{response:?}")))
+        }));
+    }
+    // Every stream gets its answer: OUT_OF_RANGE (11), from the length prefix alone, or, for
+    // streams opened beyond max_streams before the client saw the server's settings,
+    // REFUSED_STREAM.
+    let (mut out_of_range, mut over_stream_cap) = (0, 0);
+    for answer in answers {
+        let status = tokio::time::timeout(Duration::from_secs(20), answer)
+            .await
+            .expect("every stream is answered")
+            .unwrap()
+            .unwrap_or_default();
+        match status.as_str() {
+            "11" => out_of_range += 1,
+            other if other.contains("REFUSED_STREAM") => over_stream_cap += 1,
+            other => panic!("unexpected answer: {other}"),
+        }
+    }
+    assert_eq!(out_of_range + over_stream_cap, 201);
+    assert!(out_of_range >= 32, "{out_of_range} answered OUT_OF_RANGE");
+    // What the server let the attacker send, cumulated over the whole attack (read and thrown
+    // away as each stream was refused): at most one stream window (64 KiB) per stream, plus the
+    // two 16 KiB chunks each sender task counts as sent once the client library took them,
+    // about 19 MiB for 201 streams; at any moment no more than the connection window (256 KiB)
+    // is in flight. Before the limits, the server took and buffered ~800 MB.
+    let accepted = accepted.load(Ordering::SeqCst);
+    assert!(
+        accepted <= 201 * (64 + 2 * 16) * 1024,
+        "{accepted} bytes of unfinished bodies were taken from the attacker"
+    );
+    server.stop().await;
+}
