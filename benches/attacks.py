@@ -14,6 +14,8 @@ admin port on TLS off loopback, as in a cluster) and prints one JSON line of fig
 - d4: one unauthenticated HTTP/2 connection opens 201 CreateCertificate streams, each announcing
   a 4,000,000-byte message and sending as much of it as the server lets it, never finishing;
   the server's RSS is sampled during the attack and after the connection closes.
+- d8: ~2,100 connections from one client that finish TLS and never send the HTTP/2 preface,
+  against a server limited to 2,048 file descriptors, while a fresh client is timed.
 - d5: unauthenticated requests with a 12 KB `clusterid`, as fast as one connection can send
   them for a while; store growth (the store directory after a clean stop) per request, and log
   bytes per request.
@@ -46,8 +48,9 @@ def free_port():
 
 
 class Server:
-    def __init__(self, binary):
+    def __init__(self, binary, fd_limit=None):
         self.binary = binary = os.path.abspath(binary)
+        self.fd_limit = fd_limit
         self.dir = tempfile.mkdtemp(prefix="meshroot-attack-")
         subprocess.run([binary, "init", "--dir", self.dir, "--dev-issuer"], check=True,
                        stdout=subprocess.DEVNULL)
@@ -79,8 +82,13 @@ class Server:
         open(self.config, "w").write(text)
         self.log = open(self.log_path, "w")
         env = dict(os.environ, MESHROOT_LISTEN="127.0.0.1:%d" % self.port, MESHROOT_LOG="info")
+        limit = None
+        if self.fd_limit:
+            import resource
+            limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (self.fd_limit, self.fd_limit))
         self.process = subprocess.Popen([self.binary, "serve", "--config", self.config], env=env,
-                                        stderr=self.log, cwd=self.dir)
+                                        stderr=self.log, cwd=self.dir, preexec_fn=limit)
         deadline = time.time() + 30
         while "serving the Istio CSR API on" not in open(self.log_path).read():
             if time.time() > deadline or self.process.poll() is not None:
@@ -101,11 +109,14 @@ class Server:
         """One fresh client: a new process, a new key, a new connection."""
         out = tempfile.mkdtemp(dir=self.dir)
         started = time.time()
-        result = subprocess.run(
-            [self.binary, "request", "--addr", "127.0.0.1:%d" % self.port, "--root", self.root,
-             "--spiffe-id", "spiffe://cluster.local/ns/shop/sa/fresh", "--token-file",
-             self.token_file, "--key-type", "ecdsa-p256", "--out", out],
-            capture_output=True, timeout=60)
+        try:
+            result = subprocess.run(
+                [self.binary, "request", "--addr", "127.0.0.1:%d" % self.port, "--root",
+                 self.root, "--spiffe-id", "spiffe://cluster.local/ns/shop/sa/fresh",
+                 "--token-file", self.token_file, "--key-type", "ecdsa-p256", "--out", out],
+                capture_output=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return time.time() - started, False
         return time.time() - started, result.returncode == 0
 
     def probe(self, timeout=1.0):
@@ -174,6 +185,65 @@ def silent_sockets(port, count, stop):
         time.sleep(0.05)
     for s in sockets:
         s.close()
+
+
+def tls_silent(port, count, stop):
+    """Keeps `count` connections open to `port` that finish TLS (ALPN h2) and then send
+    nothing, re-opening each one that is closed."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    connections = []
+    while not stop.is_set():
+        while len(connections) < count and not stop.is_set():
+            try:
+                raw = socket.socket()
+                raw.bind(("127.0.0.2", 0))
+                raw.settimeout(2)
+                raw.connect(("127.0.0.1", port))
+                tls = context.wrap_socket(raw, server_hostname="localhost")
+                tls.setblocking(False)
+                connections.append(tls)
+            except (OSError, ssl.SSLError):
+                time.sleep(0.01)
+                break
+        for tls in list(connections):
+            try:
+                if tls.recv(1) == b"":
+                    raise ConnectionResetError
+            except (ssl.SSLWantReadError, BlockingIOError):
+                continue
+            except (OSError, ssl.SSLError):
+                connections.remove(tls)
+                tls.close()
+        time.sleep(0.05)
+    for tls in connections:
+        tls.close()
+
+
+def d8(binary):
+    """~2,100 connections that finish TLS and never send the HTTP/2 preface, against a server
+    limited to 2,048 file descriptors; a fresh client is timed meanwhile."""
+    server = Server(binary, fd_limit=2048)
+    stop = threading.Event()
+    thread = threading.Thread(target=tls_silent, args=(server.port, 2100, stop), daemon=True)
+    thread.start()
+    time.sleep(20)
+    latencies, failures = [], 0
+    for _ in range(10):
+        seconds, ok = server.request_seconds()
+        latencies.append(seconds)
+        failures += not ok
+    stop.set()
+    thread.join()
+    server.stop()
+    return {
+        "scenario": "d8",
+        "fresh_client_ms_under_attack_median": round(1000 * percentile(latencies, 50), 1),
+        "fresh_client_ms_under_attack_max": round(1000 * max(latencies), 1),
+        "fresh_client_failures": failures,
+    }
 
 
 def percentile(values, p):
@@ -373,9 +443,9 @@ def d5_flood(binary, seconds=20):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--binary", required=True)
-    parser.add_argument("--scenario", default="all", choices=["d3", "d4", "d5", "all"])
+    parser.add_argument("--scenario", default="all", choices=["d3", "d4", "d5", "d8", "all"])
     args = parser.parse_args()
-    scenarios = {"d3": d3, "d4": d4, "d5": d5_flood}
+    scenarios = {"d3": d3, "d4": d4, "d5": d5_flood, "d8": d8}
     chosen = scenarios if args.scenario == "all" else {args.scenario: scenarios[args.scenario]}
     for scenario in chosen.values():
         print(json.dumps({"binary": args.binary, **scenario(args.binary)}), flush=True)

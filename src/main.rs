@@ -39,7 +39,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // rustls cannot choose a process-wide provider itself with two built in (ring, and AWS-LC
+    // for the post-quantum key exchange): ring, for any client built without an explicit one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let status = meshroot::cli::exit_status(runtime.block_on(meshroot::cli::run(cli)));
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     // Exit without dropping the runtime: its drop would wait for blocking tasks without limit,
     // and a shutdown that gave up on a failed disk (a flush that never returns) must still
     // end the process. Everything that had to be written was, or the status says it was not.

@@ -800,6 +800,7 @@ async fn start_serving(
     let audit = AuditPublisher {
         signer,
         file: config.audit.checkpoint_file.clone(),
+        one_at_a_time: Arc::default(),
     };
     let (admin_address, admin_task) = start_admin(
         config,
@@ -1026,6 +1027,9 @@ async fn finish_by(
 struct AuditPublisher {
     signer: Option<Arc<AuditSigner>>,
     file: std::path::PathBuf,
+    /// The periodic checkpoint, an admin's and the final one at shutdown may coincide; they
+    /// share the file's temporary sibling, so one publishes at a time.
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AuditPublisher {
@@ -1033,6 +1037,7 @@ impl AuditPublisher {
         let Some(signer) = &self.signer else {
             return Ok(None);
         };
+        let _publishing = self.one_at_a_time.lock().await;
         let note = store.checkpoint(signer).await?;
         let current = tokio::fs::read_to_string(&self.file).await.ok();
         if current.as_deref() != Some(note.as_str()) {
