@@ -624,6 +624,18 @@ async fn an_oversized_cluster_id_is_recorded_truncated_with_its_length_and_hash(
     server.stop().await;
 }
 
+/// What a record costs the store: its key, leaf header and encoding, its leaf hash, and an
+/// index entry (key and sequence number) per index it is in.
+fn stored_bytes(record: &Record) -> usize {
+    let encoded = meshroot::store::encode(record).len();
+    let index: usize = meshroot::audit::IndexKeys::of(record)
+        .entries
+        .iter()
+        .map(|(_, key)| key.len() + 8)
+        .sum();
+    8 + meshroot::audit::LEAF_HEADER_LEN + encoded + 32 + index
+}
+
 /// D5: unauthenticated refusals beyond the per-peer rate are not stored one by one; the audit
 /// trail keeps them as a summary record (peer, reason, count, first and last time), and no
 /// refused request costs more than 2 KB of store, whatever it carried.
@@ -651,13 +663,7 @@ async fn an_unauthenticated_flood_is_recorded_within_its_rate_and_then_summarize
     // The default allowance per peer: a burst of 10.
     assert_eq!(individual.len(), 10, "{individual:?}");
     for record in individual {
-        let encoded = meshroot::store::encode(record).len();
-        let index: usize = meshroot::audit::IndexKeys::of(record)
-            .entries
-            .iter()
-            .map(|(_, key)| key.len() + 8)
-            .sum();
-        let stored = 8 + meshroot::audit::LEAF_HEADER_LEN + encoded + 32 + index;
+        let stored = stored_bytes(record);
         assert!(stored <= 2048, "{stored} bytes of store for one refusal");
     }
 
@@ -671,6 +677,9 @@ async fn an_unauthenticated_flood_is_recorded_within_its_rate_and_then_summarize
     assert_eq!(summary.caller.peer_address, "127.0.0.1");
     let counted = denial.summary.as_ref().expect("a summary record");
     assert_eq!(counted.count, 30);
+    // The README's bound on store growth counts a summary as at most 0.5 KB.
+    let stored = stored_bytes(summary);
+    assert!(stored <= 512, "{stored} bytes of store for a summary");
     assert!(counted.first_at <= counted.last_at);
     // Nothing more to summarize until more refusals come.
     assert_eq!(server.server.record_refusal_summaries().await.unwrap(), 0);
