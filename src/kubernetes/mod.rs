@@ -8,7 +8,7 @@
 //! (coordination.k8s.io) and `secrets` `get`, `list`, `watch`, `create`, `update` in its
 //! namespace; `namespaces` `list`, `watch` and `configmaps` `get`, `list`, `watch`, `create`,
 //! `update` in every namespace. `deploy/base/rbac.yaml` grants exactly these, and
-//! `tests/deploy.rs` checks the grants against the calls the code makes.
+//! `tests/it/deploy.rs` checks the grants against the calls the code makes.
 
 pub mod lease;
 pub mod publish;

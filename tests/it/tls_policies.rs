@@ -4,7 +4,7 @@
 //! AES-GCM, or TLS 1.3 with P-256. Each client here is rustls restricted to exactly that.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! The parser runs in [`common::python`] (`.ci/run` installs `prometheus-client` there).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

@@ -12,7 +12,7 @@
 //! The Envoy binary: `$MESHROOT_ENVOY`, else `envoy` on PATH.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,7 @@
 //! checked by rustls-webpki and OpenSSL, with a durable record for each.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

@@ -5,7 +5,7 @@
 //! edits and deletions by others, rotation, and an API-server restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

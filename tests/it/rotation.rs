@@ -4,7 +4,7 @@
 //! `meshroot rotate plan` tells where the rotation stands.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -3,7 +3,7 @@
 //! the SPIFFE IDs of trusted trust domains; mesh A's workload verifies the gateway's SPIFFE ID.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! detail), and a durable denial record with its own reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

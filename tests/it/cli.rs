@@ -2,7 +2,7 @@
 //! `token`, `request`, `audit list`, and how bad input ends (message and exit code).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 //! certificate this authenticator does not judge.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime};
 

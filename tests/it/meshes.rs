@@ -3,7 +3,7 @@
 //! trust bundle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use meshroot::keys::KeyType;

@@ -1,7 +1,7 @@
 //! Shared test helpers: a CA on disk, a running server on 127.0.0.1:0 with real TLS, tokens from
 //! the development issuer, CSRs shaped like istio-agent's and ztunnel's, and independent chain
 //! verification (rustls-webpki and `openssl verify`).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kube_api;
 pub mod process;
