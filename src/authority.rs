@@ -8,6 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::identity::AltNames;
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
@@ -15,7 +16,7 @@ use rcgen::{
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 
 use crate::csr::{sha256, SubjectPublicKey};
@@ -466,24 +467,13 @@ fn verify_path(
 /// The leaf carries exactly the granted names, and a workload leaf also allows serverAuth.
 fn check_names(der: &[u8], subject: LeafSubject<'_>) -> Result<(), SigningError> {
     let (_, leaf) = X509Certificate::from_der(der).map_err(|_| SigningError::IdentityCheck)?;
-    let mut uris = Vec::new();
-    let mut dns = Vec::new();
-    let mut server_auth = false;
-    for extension in leaf.extensions() {
-        match extension.parsed_extension() {
-            ParsedExtension::SubjectAlternativeName(san) => {
-                for name in &san.general_names {
-                    match name {
-                        GeneralName::URI(uri) => uris.push(*uri),
-                        GeneralName::DNSName(name) => dns.push(*name),
-                        _ => return Err(SigningError::IdentityCheck),
-                    }
-                }
-            }
-            ParsedExtension::ExtendedKeyUsage(eku) => server_auth = eku.server_auth,
-            _ => {}
-        }
-    }
+    let AltNames { uris, dns, .. } = match AltNames::of_certificate(&leaf) {
+        names if names.non_uri_dns() == 0 => names,
+        _ => return Err(SigningError::IdentityCheck),
+    };
+    let server_auth = leaf.extensions().iter().any(|extension| {
+        matches!(extension.parsed_extension(), ParsedExtension::ExtendedKeyUsage(eku) if eku.server_auth)
+    });
     let names_match = match subject {
         LeafSubject::Workload(identity) => {
             dns.is_empty() && uris.len() == 1 && uris[0] == identity.to_string()

@@ -5,12 +5,13 @@
 //! P-384). What the CSR *asks for* (SANs, subject, extensions) is reported faithfully and judged
 //! by `policy`, so every refusal there carries its own reason.
 
+use crate::identity::AltNames;
 use ring::digest;
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::cri_attributes::ParsedCriAttribute;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::{self as oids, Oid};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey as ParsedPublicKey;
@@ -345,15 +346,17 @@ fn read_extensions(
             match extension.parsed_extension() {
                 ParsedExtension::SubjectAlternativeName(san) => {
                     request.san_critical = Some(extension.critical);
-                    for name in &san.general_names {
-                        match name {
-                            GeneralName::URI(uri) => request.uri_sans.push((*uri).to_owned()),
-                            GeneralName::DNSName(dns) => request.dns_sans.push((*dns).to_owned()),
-                            GeneralName::IPAddress(_) => request.ip_sans += 1,
-                            GeneralName::RFC822Name(_) => request.email_sans += 1,
-                            _ => request.other_sans += 1,
-                        }
-                    }
+                    let mut names = AltNames::default();
+                    names.add(&san.general_names);
+                    request
+                        .uri_sans
+                        .extend(names.uris.iter().map(|uri| (*uri).to_owned()));
+                    request
+                        .dns_sans
+                        .extend(names.dns.iter().map(|dns| (*dns).to_owned()));
+                    request.ip_sans += names.ip_addresses;
+                    request.email_sans += names.emails;
+                    request.other_sans += names.others;
                 }
                 ParsedExtension::BasicConstraints(constraints) => {
                     request.requests_ca |= constraints.ca;

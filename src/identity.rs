@@ -156,6 +156,51 @@ fn check_segment(segment: &str) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// The names of SubjectAltName extensions, by kind: the one walk over a certificate's or a
+/// CSR's names that every check uses.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AltNames<'a> {
+    pub uris: Vec<&'a str>,
+    pub dns: Vec<&'a str>,
+    pub ip_addresses: usize,
+    pub emails: usize,
+    /// Any other kind (directory names, other names, registered IDs, …).
+    pub others: usize,
+}
+
+impl<'a> AltNames<'a> {
+    /// Adds the names of one SubjectAltName extension.
+    pub fn add(&mut self, names: &'a [x509_parser::extensions::GeneralName<'a>]) {
+        use x509_parser::extensions::GeneralName;
+        for name in names {
+            match name {
+                GeneralName::URI(uri) => self.uris.push(uri),
+                GeneralName::DNSName(dns) => self.dns.push(dns),
+                GeneralName::IPAddress(_) => self.ip_addresses += 1,
+                GeneralName::RFC822Name(_) => self.emails += 1,
+                _ => self.others += 1,
+            }
+        }
+    }
+
+    /// The names of every SubjectAltName extension of a parsed certificate, in order.
+    pub fn of_certificate(certificate: &'a x509_parser::certificate::X509Certificate<'a>) -> Self {
+        use x509_parser::extensions::ParsedExtension;
+        let mut names = Self::default();
+        for extension in certificate.extensions() {
+            if let ParsedExtension::SubjectAlternativeName(san) = extension.parsed_extension() {
+                names.add(&san.general_names);
+            }
+        }
+        names
+    }
+
+    /// Names of kinds other than URI and DNS.
+    pub fn non_uri_dns(&self) -> usize {
+        self.ip_addresses + self.emails + self.others
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,28 +132,6 @@ pub fn parse_certificates_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>
         .map_err(KeyError::Pem)
 }
 
-/// The URI SubjectAltNames of a parsed certificate, in order.
-pub fn uri_sans<'a>(
-    certificate: &'a x509_parser::certificate::X509Certificate<'_>,
-) -> Vec<&'a str> {
-    use x509_parser::extensions::GeneralName;
-    certificate
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::URI(uri) => Some(*uri),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// SEC1 §C.4 ECPrivateKey: the curve comes from the optional `[0] parameters` field.
 fn sec1_curve(der: &[u8]) -> Result<&'static [u8], KeyError> {
     let (_, key) = parse_der(der).map_err(|_| KeyError::Unsupported)?;

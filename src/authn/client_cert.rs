@@ -172,7 +172,7 @@ impl ClientCertAuthenticator {
 fn spiffe_identity(leaf: &CertificateDer<'_>) -> Result<SpiffeId, AuthnError> {
     let (_, certificate) = X509Certificate::from_der(leaf)
         .map_err(|_| AuthnError::ClientCertUntrusted("the certificate cannot be parsed".into()))?;
-    let uris = crate::keys::uri_sans(&certificate);
+    let uris = crate::identity::AltNames::of_certificate(&certificate).uris;
     let [uri] = uris.as_slice() else {
         return Err(AuthnError::ClientCertIdentity(format!(
             "{} URI SANs, expected exactly one",

@@ -444,7 +444,7 @@ fn describe_leaf(leaf: &[u8], identity: &SpiffeId) -> Result<(String, String), F
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, certificate) = X509Certificate::from_der(leaf)
         .map_err(|_| Failure::runtime("the leaf certificate cannot be parsed"))?;
-    let uris = keys::uri_sans(&certificate);
+    let uris = crate::identity::AltNames::of_certificate(&certificate).uris;
     if uris != [identity.to_string().as_str()] {
         return Err(Failure::runtime(format!(
             "the leaf names {uris:?}, not {identity}"

@@ -483,7 +483,7 @@ fn still_current(
     spiffe_id: &str,
 ) -> Option<Duration> {
     use rustls_pki_types::pem::PemObject as _;
-    use x509_parser::prelude::{FromDer as _, GeneralName, ParsedExtension, X509Certificate};
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
     let data = secret.data.as_ref()?;
     let text = |key: &str| data.get(key).and_then(|v| std::str::from_utf8(&v.0).ok());
     if text("ca.crt")? != bundle || text("tls.key")?.is_empty() {
@@ -496,20 +496,8 @@ fn still_current(
     }
     let der = rustls_pki_types::CertificateDer::from_pem_slice(leaf_pem.as_bytes()).ok()?;
     let (_, leaf) = X509Certificate::from_der(der.as_ref()).ok()?;
-    let mut dns = Vec::new();
-    let mut uris = Vec::new();
-    for extension in leaf.extensions() {
-        if let ParsedExtension::SubjectAlternativeName(san) = extension.parsed_extension() {
-            for name in &san.general_names {
-                match name {
-                    GeneralName::DNSName(name) => dns.push((*name).to_owned()),
-                    GeneralName::URI(uri) => uris.push((*uri).to_owned()),
-                    _ => {}
-                }
-            }
-        }
-    }
-    if dns != dns_names || uris != [spiffe_id.to_owned()] {
+    let names = crate::identity::AltNames::of_certificate(&leaf);
+    if names.dns != dns_names || names.uris != [spiffe_id] {
         return None;
     }
     let validity = leaf.validity();

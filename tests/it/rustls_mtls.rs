@@ -24,7 +24,9 @@ fn key_der(pem: &str) -> PrivateKeyDer<'static> {
 
 fn uri_of(certificate: &CertificateDer<'_>) -> String {
     let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(certificate).unwrap();
-    meshroot::keys::uri_sans(&parsed).join(",")
+    meshroot::identity::AltNames::of_certificate(&parsed)
+        .uris
+        .join(",")
 }
 
 /// Verifies a server by its SPIFFE ID, as Istio's sidecars do, instead of a DNS name.
