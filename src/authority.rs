@@ -19,7 +19,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 
-use crate::csr::{sha256, SubjectPublicKey};
+use crate::csr::SubjectPublicKey;
+use crate::digest::sha256;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::keys::certificate_pem;
 use crate::policy::Grant;
@@ -249,7 +250,7 @@ impl MeshAuthority {
             return self
                 .roots
                 .iter()
-                .filter(|root| crate::csr::sha256(root) == self.signing_certificate_sha256)
+                .filter(|root| crate::digest::sha256(root) == self.signing_certificate_sha256)
                 .map(|root| root.to_vec())
                 .collect();
         }

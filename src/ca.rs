@@ -16,15 +16,18 @@ use crate::authn::client_cert::IdentityAnchors;
 use crate::authn::impersonation::{ImpersonationError, NodeAccount, NodeAuthorizer};
 use crate::authn::{AuthRequest, AuthenticatorChain, AuthnError, Caller};
 use crate::authority::{IssuedCertificate, MeshAuthority, SigningError};
+use crate::clock::format_time;
 use crate::clock::Clock;
 use crate::csr::{self, CertificateRequest, CsrError, KeyAlgorithm};
+use crate::digest::hex;
+use crate::digest::sha256;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::metrics::{Failure, Metrics};
 use crate::policy::{self, Denial, Grant, MeshPolicy};
 use crate::ratelimit::{RateLimits, Scope};
 use crate::record::{
-    client_text, format_time, hex, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record,
-    RecordSink, RefusalSummary, StoreError, CLIENT_TEXT_BYTES, CLIENT_VALUE_BYTES,
+    client_text, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink,
+    RefusalSummary, StoreError, CLIENT_TEXT_BYTES, CLIENT_VALUE_BYTES,
 };
 
 /// A request id: in every log line of a request, its record, and any Internal error message.
@@ -324,10 +327,10 @@ impl CertificateAuthority {
                 not_after: issued.not_after,
                 key_algorithm: KeyAlgorithm::EcdsaP256.name().to_owned(),
                 key_bits: KeyAlgorithm::EcdsaP256.bits(),
-                public_key_sha256: csr::sha256(&key.subject_public_key_info()).to_vec(),
+                public_key_sha256: sha256(&key.subject_public_key_info()).to_vec(),
                 csr_sha256: Vec::new(),
                 intermediate_sha256: authority.signing_certificate_sha256().to_vec(),
-                certificate_sha256: csr::sha256(&issued.der).to_vec(),
+                certificate_sha256: sha256(&issued.der).to_vec(),
                 requested_ttl_seconds: lifetime.as_secs() as i64,
             }),
         );
@@ -339,7 +342,7 @@ impl CertificateAuthority {
             purpose,
             dns_names = ?dns_names,
             identity = %identity.map(ToString::to_string).unwrap_or_default(),
-            not_after = %crate::record::format_time(issued.not_after),
+            not_after = %format_time(issued.not_after),
             "server certificate issued"
         );
         Ok((issued, key))
@@ -429,7 +432,7 @@ impl CertificateAuthority {
         let parsed = csr::parse_pem(&request.csr_pem).inspect_err(|_| {
             // Unparsable: record the hash of the bytes as received.
             if !request.csr_pem.is_empty() {
-                context.csr_sha256 = csr::sha256(request.csr_pem.as_bytes()).to_vec();
+                context.csr_sha256 = sha256(request.csr_pem.as_bytes()).to_vec();
             }
         })?;
         context.csr_sha256 = parsed.der_sha256.to_vec();
@@ -517,10 +520,10 @@ impl CertificateAuthority {
                 not_after: issued.not_after,
                 key_algorithm: csr.public_key.algorithm.name().to_owned(),
                 key_bits: csr.public_key.algorithm.bits(),
-                public_key_sha256: csr::sha256(&csr.public_key.spki_der).to_vec(),
+                public_key_sha256: sha256(&csr.public_key.spki_der).to_vec(),
                 csr_sha256: csr.der_sha256.to_vec(),
                 intermediate_sha256: authority.signing_certificate_sha256().to_vec(),
-                certificate_sha256: csr::sha256(&issued.der).to_vec(),
+                certificate_sha256: sha256(&issued.der).to_vec(),
                 requested_ttl_seconds: request.validity_seconds,
             }),
         );

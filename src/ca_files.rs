@@ -311,7 +311,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
     let key_name = format!(
         "{}/{}",
         config::DEFAULT_AUDIT_KEY_NAME,
-        crate::record::hex(&id)
+        crate::digest::hex(&id)
     );
     let (audit_signer, audit_pkcs8) = AuditSigner::generate(&key_name)
         .map_err(|e| generate_failed("the audit key", e.to_string()))?;

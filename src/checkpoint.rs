@@ -107,7 +107,7 @@ impl fmt::Debug for AuditSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditSigner")
             .field("name", &self.name)
-            .field("key_id", &crate::record::hex(&self.key_id))
+            .field("key_id", &crate::digest::hex(&self.key_id))
             .finish_non_exhaustive()
     }
 }
@@ -150,7 +150,7 @@ impl AuditSigner {
         format!(
             "{}+{}+{}",
             self.name,
-            crate::record::hex(&self.key_id),
+            crate::digest::hex(&self.key_id),
             BASE64.encode(typed)
         )
     }
@@ -205,7 +205,7 @@ impl AuditVerifier {
         let (name, rest) = text.split_once('+').ok_or(bad("expected NAME+KEYID+KEY"))?;
         let (id_hex, key_b64) = rest.split_once('+').ok_or(bad("expected NAME+KEYID+KEY"))?;
         check_name(name).map_err(bad)?;
-        let key_id: [u8; 4] = crate::record::parse_hex(id_hex)
+        let key_id: [u8; 4] = crate::digest::parse_hex(id_hex)
             .filter(|_| id_hex.len() == 8)
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or(bad("the key id is not 8 hex digits"))?;

@@ -79,3 +79,10 @@ pub fn from_unix_millis(millis: i64) -> SystemTime {
             .unwrap_or(UNIX_EPOCH)
     }
 }
+
+/// RFC 3339 UTC text of a time.
+pub fn format_time(time: SystemTime) -> String {
+    time::OffsetDateTime::from(time)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "invalid-time".to_owned())
+}

@@ -5,8 +5,8 @@
 //! P-384). What the CSR *asks for* (SANs, subject, extensions) is reported faithfully and judged
 //! by `policy`, so every refusal there carries its own reason.
 
+use crate::digest::sha256;
 use crate::identity::AltNames;
-use ring::digest;
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use x509_parser::certification_request::X509CertificationRequest;
@@ -186,13 +186,6 @@ pub fn parse_der(der: &[u8]) -> Result<CertificateRequest, CsrError> {
     };
     read_extensions(&csr, &mut request)?;
     Ok(request)
-}
-
-pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = digest::digest(&digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 fn read_public_key(

@@ -17,6 +17,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod csr;
+pub mod digest;
 pub mod grpc;
 pub mod identity;
 pub mod keys;

@@ -360,7 +360,7 @@ mod tests {
     }
 
     fn h(hex: &str) -> Hash {
-        crate::record::parse_hex(hex).unwrap().try_into().unwrap()
+        crate::digest::parse_hex(hex).unwrap().try_into().unwrap()
     }
 
     // Test vectors: the reference tree of the Certificate Transparency project (RFC 6962's
@@ -466,7 +466,7 @@ mod tests {
         Leaves(
             INPUTS
                 .iter()
-                .map(|input| leaf_hash(&crate::record::parse_hex(input).unwrap_or_default()))
+                .map(|input| leaf_hash(&crate::digest::parse_hex(input).unwrap_or_default()))
                 .collect(),
         )
     }

@@ -12,6 +12,10 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+use crate::clock::format_time;
+use crate::digest::hex;
+use crate::digest::sha256;
+
 /// The current record format version (see `proto/meshroot/store/v1/record.proto`).
 pub const RECORD_VERSION: u32 = 1;
 
@@ -182,34 +186,6 @@ pub trait RecordSink: Send + Sync {
     fn append(&self, record: Record) -> AppendFuture<'_>;
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
-}
-
-/// Parses lowercase or uppercase hex, with optional ':' separators.
-pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    let digits: String = text.chars().filter(|c| *c != ':').collect();
-    if !digits.len().is_multiple_of(2) || digits.is_empty() {
-        return None;
-    }
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(digits.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// RFC 3339 UTC text of a time.
-pub fn format_time(time: SystemTime) -> String {
-    time::OffsetDateTime::from(time)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "invalid-time".to_owned())
-}
-
 /// Serializes an optional time as RFC 3339 text or null.
 pub fn serialize_optional_time<S: Serializer>(
     time: &Option<SystemTime>,
@@ -249,7 +225,7 @@ pub fn client_text(value: &str, limit: usize) -> String {
     let suffix = format!(
         "…[{} bytes, sha256:{}]",
         value.len(),
-        hex(&crate::csr::sha256(value.as_bytes()))
+        hex(&sha256(value.as_bytes()))
     );
     let mut end = limit.saturating_sub(suffix.len());
     while !escaped.is_char_boundary(end) {
@@ -295,14 +271,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_round_trips_and_accepts_colons() {
-        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
-        assert_eq!(parse_hex("0A:FF"), Some(vec![0x0a, 0xff]));
-        assert_eq!(parse_hex("abc"), None);
-        assert_eq!(parse_hex("zz"), None);
-    }
-
-    #[test]
     fn client_text_escapes_what_could_forge_or_hide_a_log_line() {
         assert_eq!(client_text("shop-east", 64), "shop-east");
         assert_eq!(
@@ -324,7 +292,7 @@ mod tests {
         let text = client_text(&long, CLIENT_VALUE_BYTES);
         assert!(text.len() <= CLIENT_VALUE_BYTES, "{} bytes", text.len());
         assert!(text.starts_with("éé"));
-        let hash = hex(&crate::csr::sha256(long.as_bytes()));
+        let hash = hex(&sha256(long.as_bytes()));
         assert!(
             text.ends_with(&format!("…[12000 bytes, sha256:{hash}]")),
             "{text}"

@@ -506,7 +506,7 @@ impl LeafData {
             recorded_at_ms: unix_millis(record.recorded_at),
             issued,
             not_after,
-            record_sha256: crate::csr::sha256(encoded),
+            record_sha256: crate::digest::sha256(encoded),
         }
     }
 

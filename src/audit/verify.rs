@@ -15,6 +15,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::audit::{LeafData, LEAF_HEADER_LEN};
+use crate::clock::format_time;
+use crate::digest::hex;
+use crate::digest::sha256;
 use crate::merkle::{Frontier, Hash};
 
 /// At most this many problems are listed (all are counted).
@@ -127,7 +130,7 @@ impl LogVerifier {
                     return None;
                 };
                 LeafData {
-                    record_sha256: crate::csr::sha256(&stored[LEAF_HEADER_LEN..]),
+                    record_sha256: sha256(&stored[LEAF_HEADER_LEN..]),
                     ..header
                 }
             }
@@ -136,7 +139,7 @@ impl LogVerifier {
                 if leaf.issued && leaf.not_after > self.now {
                     self.problem(format!(
                         "record {sequence} was removed while its certificate is valid (until {})",
-                        crate::record::format_time(crate::clock::from_unix_seconds(leaf.not_after))
+                        format_time(crate::clock::from_unix_seconds(leaf.not_after))
                     ));
                 }
                 leaf
@@ -200,7 +203,7 @@ impl LogVerifier {
 }
 
 fn hex_hash<S: serde::Serializer>(hash: &Hash, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&crate::record::hex(hash))
+    serializer.serialize_str(&hex(hash))
 }
 
 #[cfg(test)]

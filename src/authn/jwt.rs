@@ -267,7 +267,7 @@ impl JwtAuthenticator {
     /// Verifies one token and returns the caller it proves (from the cache of verified tokens
     /// when the same token was verified before and is still within its validity window).
     pub fn verify(&self, token: &str) -> Result<Caller, AuthnError> {
-        let key = crate::csr::sha256(token.as_bytes());
+        let key = crate::digest::sha256(token.as_bytes());
         let now = unix_seconds(self.clock.now());
         let cached = self
             .verified

@@ -19,12 +19,16 @@ use super::Failure;
 use crate::audit::verify::{LogVerifier, VerifyEntry, VerifyReport};
 use crate::audit::{parse_time, LeafData, OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
 use crate::checkpoint::{AuditSigner, AuditVerifier, Checkpoint};
+use crate::clock::format_time;
 use crate::config::Config;
+use crate::digest::hex;
+use crate::digest::parse_hex;
+use crate::digest::sha256;
 use crate::grpc::audit::filter_from_query;
 use crate::merkle::{self, Hash};
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
-use crate::record::{self, Outcome, Record, StoreError};
+use crate::record::{Outcome, Record, StoreError};
 use crate::store::{self, LogEntry, SledStore, Stats};
 
 #[derive(Debug, Subcommand)]
@@ -539,7 +543,7 @@ fn remote_failure(status: tonic::Status) -> Failure {
 }
 
 fn parse_serial(text: &str) -> Result<Vec<u8>, Failure> {
-    record::parse_hex(text).ok_or_else(|| Failure::usage(format!("--serial {text:?} is not hex")))
+    parse_hex(text).ok_or_else(|| Failure::usage(format!("--serial {text:?} is not hex")))
 }
 
 impl FilterArgs {
@@ -807,9 +811,9 @@ async fn show(args: ShowArgs) -> Result<(), Failure> {
         Some(Shown::Pruned(leaf)) => {
             println!(
                 "record {sequence} was pruned (recorded {}, {}); its Merkle leaf is kept: {}",
-                record::format_time(crate::clock::from_unix_millis(leaf.recorded_at_ms)),
+                format_time(crate::clock::from_unix_millis(leaf.recorded_at_ms)),
                 if leaf.issued { "issued" } else { "denied" },
-                record::hex(&leaf.to_bytes())
+                hex(&leaf.to_bytes())
             );
             Ok(())
         }
@@ -981,7 +985,7 @@ fn print_report(
         report.entries,
         report.pruned,
         report.tree_size,
-        record::hex(&report.root)
+        hex(&report.root)
     );
     for checkpoint in &report.checkpoints {
         println!(
@@ -1065,9 +1069,9 @@ async fn prove(args: ProveArgs) -> Result<(), Failure> {
                     sequence,
                     leaf_index: proof.leaf_index,
                     tree_size: proof.tree_size,
-                    leaf_data: record::hex(&proof.leaf.to_bytes()),
+                    leaf_data: hex(&proof.leaf.to_bytes()),
                     record: proof.record.map(|r| BASE64.encode(r)),
-                    audit_path: proof.path.iter().map(|h| record::hex(h)).collect(),
+                    audit_path: proof.path.iter().map(|h| hex(h)).collect(),
                     checkpoint: note,
                 })
             })
@@ -1087,9 +1091,9 @@ async fn prove(args: ProveArgs) -> Result<(), Failure> {
                 sequence,
                 leaf_index: proof.leaf_index,
                 tree_size: proof.tree_size,
-                leaf_data: record::hex(&proof.leaf_data),
+                leaf_data: hex(&proof.leaf_data),
                 record: (!proof.record.is_empty()).then(|| BASE64.encode(&proof.record)),
-                audit_path: proof.audit_path.iter().map(|h| record::hex(h)).collect(),
+                audit_path: proof.audit_path.iter().map(|h| hex(h)).collect(),
                 checkpoint: proof.checkpoint_note,
             }
         }
@@ -1142,7 +1146,7 @@ pub fn check_proof_document(
     if document.format != PROOF_FORMAT {
         return Err(format!("unknown proof format {:?}", document.format));
     }
-    let leaf_bytes = record::parse_hex(&document.leaf_data).ok_or("leaf_data is not hex")?;
+    let leaf_bytes = parse_hex(&document.leaf_data).ok_or("leaf_data is not hex")?;
     let leaf = LeafData::parse(&leaf_bytes).ok_or("leaf_data is not a meshroot leaf")?;
     if leaf.sequence != document.sequence || document.leaf_index + 1 != document.sequence {
         return Err("the leaf belongs to another record".into());
@@ -1151,11 +1155,11 @@ pub fn check_proof_document(
         "record {} ({}, recorded {})",
         document.sequence,
         if leaf.issued { "issued" } else { "denied" },
-        record::format_time(crate::clock::from_unix_millis(leaf.recorded_at_ms))
+        format_time(crate::clock::from_unix_millis(leaf.recorded_at_ms))
     );
     if let Some(encoded) = &document.record {
         let bytes = BASE64.decode(encoded).map_err(|_| "record is not base64")?;
-        if crate::csr::sha256(&bytes) != leaf.record_sha256 {
+        if sha256(&bytes) != leaf.record_sha256 {
             return Err("the record does not hash to the leaf".into());
         }
         if let Some(record) = store::decode(&bytes) {
@@ -1163,7 +1167,7 @@ pub fn check_proof_document(
                 described = format!(
                     "{described}: {} serial {}",
                     issued.spiffe_id,
-                    record::hex(&issued.serial)
+                    hex(&issued.serial)
                 );
             }
         }
@@ -1172,7 +1176,7 @@ pub fn check_proof_document(
         .audit_path
         .iter()
         .map(|h| {
-            record::parse_hex(h)
+            parse_hex(h)
                 .and_then(|b| Hash::try_from(b.as_slice()).ok())
                 .ok_or("an audit path hash is malformed")
         })
@@ -1198,7 +1202,7 @@ pub fn check_proof_document(
         "{described} is in the log {} of {} records (root {})",
         checkpoint.origin,
         checkpoint.size,
-        record::hex(&checkpoint.root)
+        hex(&checkpoint.root)
     ))
 }
 
@@ -1233,7 +1237,10 @@ async fn stats(args: StatsArgs) -> Result<(), Failure> {
     if args.json {
         return print_json(&stats);
     }
-    let time = |t: Option<SystemTime>| t.map(record::format_time).unwrap_or_else(|| "-".into());
+    let time = |t: Option<SystemTime>| {
+        t.map(crate::clock::format_time)
+            .unwrap_or_else(|| "-".into())
+    };
     println!(
         "records:            {} ({} appended, {} pruned)",
         stats.records, stats.appended, stats.pruned
@@ -1338,7 +1345,7 @@ impl Printer {
                 let (outcome, detail, identity) = match &record.outcome {
                     Outcome::Issued(issued) => (
                         "issued",
-                        record::hex(&issued.serial),
+                        hex(&issued.serial),
                         if issued.spiffe_id.is_empty() {
                             format!("dns:{}", issued.dns_names.join(","))
                         } else {
@@ -1361,7 +1368,7 @@ impl Printer {
                     out,
                     "{:>8}  {:<24}  {:<7}  {:<32}  {:<55}  {}",
                     record.sequence,
-                    record::format_time(record.recorded_at),
+                    format_time(record.recorded_at),
                     outcome,
                     detail,
                     identity,
@@ -1407,12 +1414,12 @@ impl Printer {
 
 fn csv_row(record: &Record) -> String {
     let caller = &record.caller;
-    let time = |t: SystemTime| record::format_time(t);
+    let time = |t: SystemTime| format_time(t);
     let (outcome, reason, serial, id, requested, mesh, td, ns, sa, nb, na) = match &record.outcome {
         Outcome::Issued(i) => (
             "issued",
             String::new(),
-            record::hex(&i.serial),
+            hex(&i.serial),
             i.spiffe_id.clone(),
             i.requested_spiffe_id.clone(),
             i.mesh.clone(),

@@ -17,7 +17,6 @@ use crate::client::{self, AgentMetadata, CsrShape, Target};
 use crate::config::{self, Config};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::keys::{self, KeyType};
-use crate::record;
 use crate::server;
 
 /// Where `serve` keeps everything when run without `--config`.
@@ -451,7 +450,7 @@ fn describe_leaf(leaf: &[u8], identity: &SpiffeId) -> Result<(String, String), F
         )));
     }
     Ok((
-        record::hex(certificate.raw_serial()),
+        crate::digest::hex(certificate.raw_serial()),
         certificate.validity().not_after.to_string(),
     ))
 }

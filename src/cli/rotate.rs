@@ -10,9 +10,11 @@ use clap::{Args, Subcommand};
 use super::audit::{Log, SourceArgs};
 use super::Failure;
 use crate::audit::{OutcomeFilter, Query};
+use crate::clock::format_time;
 use crate::config::Config;
+use crate::digest::hex;
 use crate::keys::KeyType;
-use crate::record::{format_time, hex, Record};
+use crate::record::Record;
 use crate::rotation::{self, BundleUse};
 
 #[derive(Debug, Subcommand)]
@@ -101,7 +103,7 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
         // What the CA material on disk would sign with, even before the server has loaded it.
         let current = authority.signer_chain();
         if let Some(signing) = current.first() {
-            signers.insert(crate::csr::sha256(signing).to_vec(), current.clone());
+            signers.insert(crate::digest::sha256(signing).to_vec(), current.clone());
         }
         let records = unexpired(&mut log, &mesh.name, now).await?;
         let usage = rotation::bundle_use(&records, &signers, &bundle, now);
@@ -163,7 +165,7 @@ fn describe_mesh(
             "    [{}] {}  sha256:{}  expires {expires}{}",
             index + 1,
             rotation::subject_of(root),
-            &hex(&crate::csr::sha256(root))[..16],
+            &hex(&crate::digest::sha256(root))[..16],
             if signing_root == Some(index) {
                 "  <- the current intermediate chains to it"
             } else {

@@ -710,7 +710,7 @@ fn check_roots_in_use(
     let Some(until) = in_use.until else {
         return Ok(());
     };
-    let until = crate::record::format_time(until);
+    let until = crate::clock::format_time(until);
     if force {
         tracing::warn!(
             mesh,
@@ -1047,7 +1047,7 @@ impl AuditPublisher {
             if let Some(checkpoint) = crate::checkpoint::Checkpoint::parse_unverified(&note) {
                 tracing::info!(
                     size = checkpoint.size,
-                    root = %crate::record::hex(&checkpoint.root),
+                    root = %crate::digest::hex(&checkpoint.root),
                     file = %self.file.display(),
                     "checkpoint published"
                 );

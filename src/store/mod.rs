@@ -344,7 +344,7 @@ impl SledStore {
         if self.inner.read_only {
             return Ok(());
         }
-        let key = signer_key(mesh, &crate::csr::sha256(signing));
+        let key = signer_key(mesh, &crate::digest::sha256(signing));
         let mut value = Vec::new();
         for der in chain {
             value.extend_from_slice(&u32::try_from(der.len()).unwrap_or(u32::MAX).to_be_bytes());
@@ -1538,7 +1538,7 @@ fn sequence_of_record_key(key: &[u8]) -> Option<u64> {
 fn leaf_of_stored(stored: &[u8]) -> Option<LeafData> {
     let header = LeafData::parse_header(stored)?;
     Some(LeafData {
-        record_sha256: crate::csr::sha256(&stored[LEAF_HEADER_LEN..]),
+        record_sha256: crate::digest::sha256(&stored[LEAF_HEADER_LEN..]),
         ..header
     })
 }

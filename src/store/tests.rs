@@ -406,7 +406,7 @@ async fn the_tree_matches_the_leaves_and_proofs_verify_at_every_size() {
         let proof = store.prove_inclusion(sequence, size).unwrap();
         assert_eq!(proof.leaf_index, sequence - 1);
         assert_eq!(
-            crate::csr::sha256(proof.record.as_ref().unwrap()),
+            crate::digest::sha256(proof.record.as_ref().unwrap()),
             proof.leaf.record_sha256
         );
         merkle::verify_inclusion(
