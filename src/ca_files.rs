@@ -271,8 +271,8 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         config.push_str(&format!(
             "\n[[mesh]]\nname = \"{mesh}\"\ntrust_domain = \"{trust_domain}\"\nca_dir = \"{mesh}\"\n\
              default_ttl = \"{}\"\nmax_ttl = \"{}\"\n",
-            config::format_duration(config::DEFAULT_TTL),
-            config::format_duration(config::DEFAULT_MAX_TTL),
+            crate::clock::format_duration(config::DEFAULT_TTL),
+            crate::clock::format_duration(config::DEFAULT_MAX_TTL),
         ));
         if options.dev_issuer {
             let (signer, pkcs8) = DevTokenSigner::generate()
@@ -334,7 +334,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
          \n# The audit API (gRPC meshroot.audit.v1.AuditService). On a non-loopback address it\n\
          # requires mutual TLS from one of allowed_identities (certificates meshroot issued).\n\
          [admin]\nlisten = \"{}\"\n# allowed_identities = [\"spiffe://cluster.local/ns/istio-system/sa/auditor\"]\n",
-        config::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL),
+        crate::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL),
         config::DEFAULT_ADMIN_LISTEN,
     ));
     let config_path = dir.join("meshroot.toml");

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::authn::impersonation::NodeAccount;
 use crate::authn::AuthenticatorKind;
+use crate::clock::parse_duration;
 use crate::identity::TrustDomain;
 use crate::policy::AliasIssuance;
 
@@ -1043,7 +1044,7 @@ impl Config {
             ),
             index_segment_records: raw_audit
                 .index_segment_records
-                .unwrap_or(crate::store::SEGMENT_RECORDS),
+                .unwrap_or(crate::audit::SEGMENT_RECORDS),
         };
         if !(16..=1 << 20).contains(&audit.index_segment_records) {
             problem(
@@ -1263,47 +1264,6 @@ fn duration_setting(
                 default
             }
         },
-    }
-}
-
-/// Parses durations such as `500ms`, `90s`, `15m`, `24h`, `7d`, `1h30m`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total_ms: u64 = 0;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let value: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit_ms, unit_len) = if rest.starts_with("ms") {
-            (1, 2)
-        } else {
-            match rest.chars().next()? {
-                's' => (1_000, 1),
-                'm' => (60_000, 1),
-                'h' => (3_600_000, 1),
-                'd' => (86_400_000, 1),
-                _ => return None,
-            }
-        };
-        total_ms = total_ms.checked_add(value.checked_mul(unit_ms)?)?;
-        rest = &rest[unit_len..];
-    }
-    Some(Duration::from_millis(total_ms))
-}
-
-/// Formats a duration the way `parse_duration` reads it.
-pub fn format_duration(duration: Duration) -> String {
-    let seconds = duration.as_secs();
-    match seconds {
-        s if s % 86400 == 0 => format!("{}d", s / 86400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
     }
 }
 
@@ -1666,21 +1626,6 @@ mod tests {
         let error =
             Config::parse(MINIMAL, Path::new("/x/m.toml"), Some("bad".into()), None).unwrap_err();
         assert_eq!(error.problems[0].key, ENV_LISTEN);
-    }
-
-    #[test]
-    fn parses_and_formats_durations() {
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604800)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("ms"), None);
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(parse_duration("1w"), None);
-        assert_eq!(format_duration(Duration::from_secs(86400)), "1d");
-        assert_eq!(format_duration(Duration::from_secs(5400)), "90m");
     }
 
     #[test]

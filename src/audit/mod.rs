@@ -17,6 +17,9 @@ use crate::record::{Outcome, Record};
 pub mod verify;
 
 /// Default number of records in a page.
+/// Records per index segment (and per tier-0 run): the default of
+/// `[audit] index_segment_records`.
+pub const SEGMENT_RECORDS: u64 = 16_384;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page a query may ask for.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -646,7 +649,7 @@ pub fn parse_time(text: &str, now: SystemTime) -> Option<SystemTime> {
     if text == "now" {
         return Some(now);
     }
-    if let Some(age) = crate::config::parse_duration(text) {
+    if let Some(age) = crate::clock::parse_duration(text) {
         return now.checked_sub(age);
     }
     let parsed =

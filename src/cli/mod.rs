@@ -159,7 +159,7 @@ fn parse_mesh(text: &str) -> Result<(String, TrustDomain), String> {
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    config::parse_duration(text)
+    crate::clock::parse_duration(text)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{text:?} is not a duration like 1h or 90m"))
 }

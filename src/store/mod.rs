@@ -49,8 +49,7 @@ use index::{IndexState, Plan, Run, Snapshot, TailSegment};
 use pruned::PrunedSet;
 use tiles::TreeView;
 
-/// Records per index segment (and per tier-0 run).
-pub const SEGMENT_RECORDS: u64 = 16_384;
+pub use crate::audit::SEGMENT_RECORDS;
 /// Flushes start at most this often (group commit).
 const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 /// Pages with at least this many records are read on two threads.

@@ -96,3 +96,163 @@ fn the_core_knows_nothing_of_grpc() {
 fn only_grpc_maps_errors_to_status_codes() {
     only_in(&["grpc/mod.rs"], mentions_grpc_code, "tonic::Code");
 }
+
+/// The top-level modules each top-level module names (`crate::x…` paths and `use crate::{x, …}`
+/// groups), outside its `#[cfg(test)]` module and comments.
+fn module_imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let files = sources();
+    let top = |name: &str| {
+        name.split('/')
+            .next()
+            .unwrap_or(name)
+            .trim_end_matches(".rs")
+            .to_owned()
+    };
+    let modules: std::collections::BTreeSet<String> = files
+        .iter()
+        .map(|(name, _)| top(name))
+        .filter(|m| m != "lib" && m != "main")
+        .collect();
+    let mut graph = std::collections::BTreeMap::new();
+    for (name, text) in &files {
+        let from = top(name);
+        if !modules.contains(&from) {
+            continue;
+        }
+        let text = text.split("#[cfg(test)]").next().unwrap_or(text);
+        let code: String = code_lines(text).collect::<Vec<_>>().join("\n");
+        let mut named = Vec::new();
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                // `use crate::{a, b::{c, d}}`: the first segment of each top-level item.
+                let (mut depth, mut item) = (0, String::new());
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            named.push(item.trim().split("::").next().unwrap_or("").to_owned());
+                            item.clear();
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        item.push(c);
+                    }
+                }
+                named.push(item.trim().split("::").next().unwrap_or("").to_owned());
+            } else {
+                let segment: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                named.push(segment);
+            }
+        }
+        let entry = graph
+            .entry(from.clone())
+            .or_insert_with(std::collections::BTreeSet::new);
+        for module in named {
+            if module != from && modules.contains(&module) {
+                entry.insert(module);
+            }
+        }
+    }
+    graph
+}
+
+/// The cycles of a graph: each strongly connected component of more than one node (Tarjan).
+fn cycles(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Vec<Vec<String>> {
+    struct Walk<'a> {
+        graph: &'a std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        index: std::collections::HashMap<&'a str, usize>,
+        low: std::collections::HashMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        found: Vec<Vec<String>>,
+    }
+    fn visit<'a>(walk: &mut Walk<'a>, node: &'a str) {
+        let n = walk.index.len();
+        walk.index.insert(node, n);
+        walk.low.insert(node, n);
+        walk.stack.push(node);
+        for next in walk.graph.get(node).into_iter().flatten() {
+            let next = next.as_str();
+            if !walk.index.contains_key(next) {
+                visit(walk, next);
+                let low = walk.low[node].min(walk.low[next]);
+                walk.low.insert(node, low);
+            } else if walk.stack.contains(&next) {
+                let low = walk.low[node].min(walk.index[next]);
+                walk.low.insert(node, low);
+            }
+        }
+        if walk.low[node] == walk.index[node] {
+            let mut component = Vec::new();
+            while let Some(member) = walk.stack.pop() {
+                component.push(member.to_owned());
+                if member == node {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                component.sort();
+                walk.found.push(component);
+            }
+        }
+    }
+    let mut walk = Walk {
+        graph,
+        index: Default::default(),
+        low: Default::default(),
+        stack: Vec::new(),
+        found: Vec::new(),
+    };
+    for node in graph.keys() {
+        if !walk.index.contains_key(node.as_str()) {
+            visit(&mut walk, node);
+        }
+    }
+    walk.found
+}
+
+#[test]
+fn no_cycle_between_top_level_modules() {
+    let graph = module_imports();
+    assert!(graph["ca"].contains("policy"), "the import graph is read");
+    let found = cycles(&graph);
+    let described: Vec<String> = found
+        .iter()
+        .map(|cycle| {
+            let edges: Vec<String> = cycle
+                .iter()
+                .flat_map(|from| {
+                    graph[from]
+                        .iter()
+                        .filter(|to| cycle.contains(to))
+                        .map(move |to| format!("{from} -> {to}"))
+                })
+                .collect();
+            format!("{{{}}}: {}", cycle.join(", "), edges.join(", "))
+        })
+        .collect();
+    assert!(found.is_empty(), "import cycles: {}", described.join("; "));
+}
+
+#[test]
+fn the_cycle_check_finds_and_names_a_cycle() {
+    let graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = [
+        ("audit", vec!["config"]),
+        ("config", vec!["store"]),
+        ("store", vec!["audit", "record"]),
+        ("record", vec![]),
+    ]
+    .into_iter()
+    .map(|(from, to)| (from.to_owned(), to.into_iter().map(str::to_owned).collect()))
+    .collect();
+    assert_eq!(cycles(&graph), vec![vec!["audit", "config", "store"]]);
+}
