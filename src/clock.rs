@@ -51,33 +51,39 @@ impl Clock for ManualClock {
 /// Seconds since the Unix epoch (negative before it).
 pub fn unix_seconds(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_secs() as i64,
-        Err(before) => -(before.duration().as_secs() as i64),
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
 }
 
-/// Milliseconds since the Unix epoch (negative before it).
+/// Milliseconds since the Unix epoch (negative before it), saturating.
 pub fn unix_millis(time: SystemTime) -> i64 {
     match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => after.as_millis() as i64,
-        Err(before) => -(before.duration().as_millis() as i64),
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
     }
 }
 
-/// The time `seconds` after the Unix epoch (before it when negative).
+/// The time `seconds` after the Unix epoch (before it when negative), in whole seconds, so
+/// that `unix_seconds` gives `seconds` back; the epoch itself where the platform cannot
+/// represent it (a corrupt or hostile record, never a real certificate).
 pub fn from_unix_seconds(seconds: i64) -> SystemTime {
-    from_unix_millis(seconds.saturating_mul(1000))
+    let offset = Duration::from_secs(seconds.unsigned_abs());
+    match seconds >= 0 {
+        true => UNIX_EPOCH.checked_add(offset),
+        false => UNIX_EPOCH.checked_sub(offset),
+    }
+    .unwrap_or(UNIX_EPOCH)
 }
 
 /// The time `millis` milliseconds after the Unix epoch (before it when negative).
 pub fn from_unix_millis(millis: i64) -> SystemTime {
-    if millis >= 0 {
-        UNIX_EPOCH + Duration::from_millis(millis as u64)
-    } else {
-        UNIX_EPOCH
-            .checked_sub(Duration::from_millis(millis.unsigned_abs()))
-            .unwrap_or(UNIX_EPOCH)
+    let offset = Duration::from_millis(millis.unsigned_abs());
+    match millis >= 0 {
+        true => UNIX_EPOCH.checked_add(offset),
+        false => UNIX_EPOCH.checked_sub(offset),
     }
+    .unwrap_or(UNIX_EPOCH)
 }
 
 /// RFC 3339 UTC text of a time.
@@ -131,6 +137,32 @@ pub fn format_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `record` fuzz target: a record whose time is near i64::MAX seconds decoded,
+    /// re-encoded and decoded to another time.
+    #[test]
+    fn unix_times_round_trip_at_the_extremes() {
+        for seconds in [
+            i64::MAX,
+            i64::MAX / 1000 + 1,
+            9_223_372_036_854_775,
+            -1,
+            i64::MIN,
+            0,
+            1_800_000_000,
+        ] {
+            let time = from_unix_seconds(seconds);
+            assert_eq!(from_unix_seconds(unix_seconds(time)), time, "{seconds}");
+        }
+        for millis in [i64::MAX, i64::MIN, -1, 0, 1_800_000_000_123] {
+            let time = from_unix_millis(millis);
+            assert_eq!(from_unix_millis(unix_millis(time)), time, "{millis}");
+        }
+        assert_eq!(
+            unix_seconds(from_unix_seconds(1_800_000_000)),
+            1_800_000_000
+        );
+    }
 
     #[test]
     fn parses_and_formats_durations() {
