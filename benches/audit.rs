@@ -326,7 +326,7 @@ fn main() {
         report.entries,
         elapsed.as_secs_f64(),
         report.entries as f64 / elapsed.as_secs_f64(),
-        meshroot::record::hex(&report.root)
+        meshroot::digest::hex(&report.root)
     );
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }

@@ -129,7 +129,7 @@ async fn sigkill_during_sustained_issuance_loses_no_record() {
                     ..Query::default()
                 })
                 .unwrap();
-            assert_eq!(records.len(), 1, "serial {}", meshroot::record::hex(serial));
+            assert_eq!(records.len(), 1, "serial {}", meshroot::digest::hex(serial));
             match &records[0].outcome {
                 Outcome::Issued(issued) => {
                     assert_eq!(&issued.certificate_sha256, certificate_hash);

@@ -208,7 +208,7 @@ async fn records_survive_a_restart_and_every_returned_certificate_has_one() {
     let server = ca.start().await;
     for serial in &serials {
         let records = server.records_for_serial(serial);
-        assert_eq!(records.len(), 1, "serial {}", meshroot::record::hex(serial));
+        assert_eq!(records.len(), 1, "serial {}", meshroot::digest::hex(serial));
         assert!(matches!(records[0].outcome, Outcome::Issued(_)));
     }
     // The restarted server recorded its new serving certificate after the old records.

@@ -613,7 +613,7 @@ async fn an_oversized_cluster_id_is_recorded_truncated_with_its_length_and_hash(
     );
     let recorded = &record.caller.cluster_id;
     assert!(recorded.len() <= meshroot::record::CLIENT_VALUE_BYTES);
-    let hash = meshroot::record::hex(
+    let hash = meshroot::digest::hex(
         ring::digest::digest(&ring::digest::SHA256, cluster_id.as_bytes()).as_ref(),
     );
     assert!(recorded.starts_with("kkkk"));
