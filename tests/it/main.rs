@@ -23,4 +23,5 @@ mod monitoring;
 mod rejections;
 mod rotation;
 mod rustls_mtls;
+mod store_failure;
 mod tls_policies;
