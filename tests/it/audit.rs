@@ -394,12 +394,7 @@ async fn the_live_tail_resumes_from_a_sequence_number_without_gaps() {
 #[tokio::test]
 async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
     let ca = TestCa::new();
-    ca.edit_config(|text| {
-        text.replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            "[admin]\nlisten = \"0.0.0.0:0\"\nallowed_identities = [\"spiffe://cluster.local/ns/ops/sa/auditor\"]",
-        )
-    });
+    ca.admin_on_tls(&["spiffe://cluster.local/ns/ops/sa/auditor"]);
     let server = ca.start().await;
     let port = server.server.admin_address().port();
     let connect = |identity: Option<(String, String)>| {
@@ -465,12 +460,9 @@ async fn admin_identities_must_chain_to_an_issuer_authorized_for_their_trust_dom
     ca.add_root_of(&partner, "partner-root.pem");
     let auditor = "spiffe://cluster.local/ns/ops/sa/auditor";
     let partner_auditor = "spiffe://partner.example/ns/ops/sa/auditor";
+    ca.admin_on_tls(&[auditor, partner_auditor]);
     ca.edit_config(|text| {
-        text.replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            &format!("[admin]\nlisten = \"0.0.0.0:0\"\nallowed_identities = [\"{auditor}\", \"{partner_auditor}\"]"),
-        )
-        .replacen(
+        text.replacen(
             "ca_dir = \"default\"\n",
             "ca_dir = \"default\"\nextra_roots = [{ path = \"partner-root.pem\", vouches_for = [\"partner.example\"] }]\n",
             1,

@@ -442,12 +442,7 @@ async fn tls_then_silence(
 #[tokio::test]
 async fn a_fresh_client_and_the_admin_probes_are_served_beside_hundreds_of_silent_sockets() {
     let ca = TestCa::new();
-    ca.edit_config(|text| {
-        text.replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            "[admin]\nlisten = \"0.0.0.0:0\"\nallowed_identities = [\"spiffe://cluster.local/ns/ops/sa/auditor\"]",
-        )
-    });
+    ca.admin_on_tls(&["spiffe://cluster.local/ns/ops/sa/auditor"]);
     let server = ca.start().await;
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], server.server.admin_address().port()));
     let _csr_silent = silent_sockets(server.server.local_address(), 600).await;

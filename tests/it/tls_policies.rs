@@ -116,12 +116,7 @@ async fn handshake(
 #[tokio::test]
 async fn every_istio_compliance_policy_connects_to_both_listeners() {
     let ca = TestCa::new();
-    ca.edit_config(|text| {
-        text.replace(
-            "[admin]\nlisten = \"127.0.0.1:0\"",
-            "[admin]\nlisten = \"0.0.0.0:0\"\nallowed_identities = [\"spiffe://cluster.local/ns/ops/sa/auditor\"]",
-        )
-    });
+    ca.admin_on_tls(&["spiffe://cluster.local/ns/ops/sa/auditor"]);
     let server = ca.start().await;
     let admin = SocketAddr::from(([127, 0, 0, 1], server.server.admin_address().port()));
     for listener in [server.server.local_address(), admin] {

@@ -79,6 +79,21 @@ impl TestCa {
         std::fs::write(&path, edit(text)).unwrap();
     }
 
+    /// Moves the admin listener off loopback (`0.0.0.0`, an ephemeral port), where it serves
+    /// over TLS and the audit API requires one of `allowed` identities, as in a cluster.
+    pub fn admin_on_tls(&self, allowed: &[&str]) {
+        let allowed: Vec<String> = allowed.iter().map(|id| format!("{id:?}")).collect();
+        self.edit_config(|text| {
+            let tls = format!(
+                "[admin]\nlisten = \"0.0.0.0:0\"\nallowed_identities = [{}]",
+                allowed.join(", ")
+            );
+            let edited = text.replace("[admin]\nlisten = \"127.0.0.1:0\"", &tls);
+            assert_ne!(edited, text, "the config has the loopback admin listener");
+            edited
+        });
+    }
+
     pub fn config(&self) -> Config {
         Config::parse(
             &std::fs::read_to_string(self.config_path()).unwrap(),
