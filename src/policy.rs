@@ -103,6 +103,23 @@ pub enum DenialReason {
 }
 
 impl DenialReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [DenialReason; 13] = [
+        Self::CallerMeshMismatch,
+        Self::SubjectNotAllowed,
+        Self::CaRequested,
+        Self::UnknownExtension,
+        Self::DnsSan,
+        Self::IpSan,
+        Self::EmailSan,
+        Self::OtherSan,
+        Self::UriSanCount,
+        Self::UriSanInvalid,
+        Self::TrustDomainMismatch,
+        Self::IdentityMismatch,
+        Self::SignerExpired,
+    ];
+
     /// A stable, machine-readable reason for records and metrics.
     pub fn code(&self) -> &'static str {
         match self {
@@ -504,24 +521,31 @@ mod tests {
     }
 
     #[test]
-    fn reason_codes_are_distinct() {
-        use DenialReason::*;
-        let all = [
-            CallerMeshMismatch,
-            SubjectNotAllowed,
-            CaRequested,
-            UnknownExtension,
-            DnsSan,
-            IpSan,
-            EmailSan,
-            OtherSan,
-            UriSanCount,
-            UriSanInvalid,
-            TrustDomainMismatch,
-            IdentityMismatch,
-            SignerExpired,
-        ];
-        let codes: std::collections::HashSet<_> = all.iter().map(|r| r.code()).collect();
-        assert_eq!(codes.len(), all.len());
+    fn reason_codes_are_distinct_and_all_lists_every_reason() {
+        // An exhaustive match: a new reason does not compile until it has a place in ALL.
+        fn position(reason: DenialReason) -> usize {
+            use DenialReason::*;
+            match reason {
+                CallerMeshMismatch => 0,
+                SubjectNotAllowed => 1,
+                CaRequested => 2,
+                UnknownExtension => 3,
+                DnsSan => 4,
+                IpSan => 5,
+                EmailSan => 6,
+                OtherSan => 7,
+                UriSanCount => 8,
+                UriSanInvalid => 9,
+                TrustDomainMismatch => 10,
+                IdentityMismatch => 11,
+                SignerExpired => 12,
+            }
+        }
+        for (index, reason) in DenialReason::ALL.iter().enumerate() {
+            assert_eq!(position(*reason), index, "{reason:?}");
+        }
+        let codes: std::collections::HashSet<_> =
+            DenialReason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), DenialReason::ALL.len());
     }
 }
