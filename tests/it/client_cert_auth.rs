@@ -30,17 +30,6 @@ fn two_mesh_ca() -> TestCa {
     ca
 }
 
-fn issue_directly(
-    ca: &TestCa,
-    mesh: &str,
-    trust_domain: &str,
-    identity: &str,
-    not_before: SystemTime,
-    not_after: SystemTime,
-) -> (String, String) {
-    ca.mint(mesh, trust_domain, identity, not_before, not_after)
-}
-
 /// Renews `identity` presenting `credential` and no token.
 async fn renew(
     server: &TestServer,
@@ -111,8 +100,7 @@ async fn refuses_an_expired_client_certificate() {
     let ca = two_mesh_ca();
     let id = spiffe_id("vm", "legacy");
     let now = SystemTime::now();
-    let expired = issue_directly(
-        &ca,
+    let expired = ca.mint(
         MESH,
         TRUST_DOMAIN,
         &id,
@@ -132,8 +120,7 @@ async fn refuses_a_client_certificate_from_a_foreign_root() {
     let stranger = TestCa::new();
     let id = spiffe_id("vm", "legacy");
     let now = SystemTime::now();
-    let foreign = issue_directly(
-        &stranger,
+    let foreign = stranger.mint(
         MESH,
         TRUST_DOMAIN,
         &id,
@@ -152,8 +139,7 @@ async fn refuses_a_client_certificate_of_a_trust_domain_without_client_cert_auth
     let id = "spiffe://other.example/ns/vm/sa/legacy";
     let now = SystemTime::now();
     // Same shared root, mesh `other`'s intermediate: valid, but `other` does not accept certs.
-    let other = issue_directly(
-        &ca,
+    let other = ca.mint(
         "other",
         "other.example",
         id,
@@ -171,8 +157,7 @@ async fn a_token_still_authenticates_beside_a_certificate_of_another_trust_domai
     let ca = two_mesh_ca();
     let now = SystemTime::now();
     let other_id = "spiffe://other.example/ns/vm/sa/legacy";
-    let other = issue_directly(
-        &ca,
+    let other = ca.mint(
         "other",
         "other.example",
         other_id,
@@ -238,14 +223,7 @@ async fn refuses_our_identity_minted_by_a_partner_root_in_extra_roots() {
     });
     let id = "spiffe://cluster.local/ns/kube-system/sa/admin";
     let now = SystemTime::now();
-    let minted = issue_directly(
-        &partner,
-        MESH,
-        TRUST_DOMAIN,
-        id,
-        now,
-        now + Duration::from_secs(3600),
-    );
+    let minted = partner.mint(MESH, TRUST_DOMAIN, id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, id, minted).await.unwrap_err();
     assert_refused(&server, &status, "client-cert-untrusted");
@@ -274,8 +252,7 @@ async fn an_extra_root_authenticates_only_the_trust_domains_it_vouches_for() {
     });
     let id = spiffe_id("vm", "legacy");
     let now = SystemTime::now();
-    let old = issue_directly(
-        &partner,
+    let old = partner.mint(
         MESH,
         TRUST_DOMAIN,
         &id,
@@ -291,8 +268,7 @@ async fn an_extra_root_authenticates_only_the_trust_domains_it_vouches_for() {
     // The same root does not vouch for the other mesh's trust domain, which accepts client
     // certificates too.
     let other_id = "spiffe://other.example/ns/vm/sa/legacy";
-    let other = issue_directly(
-        &partner,
+    let other = partner.mint(
         MESH,
         "other.example",
         other_id,
@@ -311,8 +287,7 @@ async fn refuses_our_identity_minted_by_another_meshs_intermediate_under_the_sha
     let ca = two_mesh_ca();
     let id = spiffe_id("kube-system", "admin");
     let now = SystemTime::now();
-    let minted = issue_directly(
-        &ca,
+    let minted = ca.mint(
         "other",
         TRUST_DOMAIN,
         &id,
@@ -335,8 +310,7 @@ async fn renews_with_a_certificate_from_the_previous_intermediate() {
     let server = ca.start().await;
     server.issue(&ca, "warm").await;
     server.stop().await;
-    let before_rotation = issue_directly(
-        &ca,
+    let before_rotation = ca.mint(
         MESH,
         TRUST_DOMAIN,
         &id,
