@@ -18,11 +18,11 @@ use meshroot::authn::jwt::{self, DevTokenClaims, DevTokenSigner, TrustedIssuer};
 use meshroot::authn::{
     AuthRequest, Authenticator, AuthenticatorChain, Authorization, Caller, JwtAuthenticator,
 };
-use meshroot::ca::{CertificateAuthority, Mesh, SigningRequest};
-use meshroot::ca_files::{self, InitOptions};
+use meshroot::cli::init::{self, InitOptions};
 use meshroot::client::{self, CsrShape};
 use meshroot::clock::{Clock, SystemClock};
 use meshroot::identity::{SpiffeId, TrustDomain};
+use meshroot::issuance::{CertificateAuthority, Mesh, SigningRequest};
 use meshroot::keys::KeyType;
 use meshroot::policy::{self, AliasIssuance, MeshPolicy};
 use meshroot::record::{CallerRecord, IssuedRecord, Outcome, Record};
@@ -34,7 +34,7 @@ const IDENTITY: &str = "spiffe://cluster.local/ns/shop/sa/cart";
 /// A CA directory from `init` with the given intermediate key type.
 fn ca_dir(key_type: KeyType) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    ca_files::init(
+    init::init(
         &InitOptions {
             dir: dir.path().to_owned(),
             meshes: vec![("default".into(), TrustDomain::new("cluster.local").unwrap())],
@@ -48,9 +48,9 @@ fn ca_dir(key_type: KeyType) -> tempfile::TempDir {
     dir
 }
 
-fn authority(dir: &Path) -> Arc<meshroot::authority::MeshAuthority> {
+fn authority(dir: &Path) -> Arc<meshroot::signer::MeshSigner> {
     Arc::new(
-        ca_files::load_authority(
+        meshroot::signer::files::load_signer(
             "default",
             TrustDomain::new("cluster.local").unwrap(),
             &dir.join("default"),
@@ -61,7 +61,7 @@ fn authority(dir: &Path) -> Arc<meshroot::authority::MeshAuthority> {
     )
 }
 
-fn mesh_policy(authority: &meshroot::authority::MeshAuthority) -> MeshPolicy {
+fn mesh_policy(authority: &meshroot::signer::MeshSigner) -> MeshPolicy {
     MeshPolicy {
         mesh: "default".into(),
         trust_domain: TrustDomain::new("cluster.local").unwrap(),
@@ -110,27 +110,26 @@ fn steps(c: &mut Criterion) {
     let parsed = meshroot::csr::parse_pem(&rsa_csr).unwrap();
     let policy = mesh_policy(&p256);
     let who = caller();
+    let request = |now| policy::Request {
+        caller: &who,
+        csr: &parsed,
+        lifetime: policy::Lifetime::Seconds(86_400),
+        naming: policy::Naming::MeshRule,
+        now,
+    };
     c.bench_function("policy decide", |b| {
-        b.iter(|| policy::decide(&who, &parsed, &policy, 86_400, false, SystemTime::now()).unwrap())
+        b.iter(|| policy::decide(&policy, &request(SystemTime::now())).unwrap())
     });
-    let grant = policy::decide(&who, &parsed, &policy, 86_400, false, SystemTime::now()).unwrap();
+    let grant = policy::decide(&policy, &request(SystemTime::now())).unwrap();
     c.bench_function("leaf build + sign + re-check / P-256 intermediate", |b| {
-        b.iter(|| {
-            p256.issue_workload(&grant, &parsed.public_key, SystemTime::now())
-                .unwrap()
-        })
+        b.iter(|| p256.issue_workload(&grant, SystemTime::now()).unwrap())
     });
     let rsa = authority(rsa_dir.path());
     let mut group = c.benchmark_group("slow");
     group.sample_size(20);
     group.bench_function(
         "leaf build + sign + re-check / RSA-2048 intermediate",
-        |b| {
-            b.iter(|| {
-                rsa.issue_workload(&grant, &parsed.public_key, SystemTime::now())
-                    .unwrap()
-            })
-        },
+        |b| b.iter(|| rsa.issue_workload(&grant, SystemTime::now()).unwrap()),
     );
     group.finish();
 }
@@ -234,7 +233,7 @@ fn pipeline(c: &mut Criterion) {
     let pem = std::fs::read(dir.path().join("default/dev-issuer-key.pem")).unwrap();
     let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem).unwrap();
     let signer = DevTokenSigner::from_pkcs8(der.secret_pkcs8_der()).unwrap();
-    let issuer = ca_files::dev_issuer_name("default");
+    let issuer = init::dev_issuer_name("default");
     let keys = jwt::load_jwks(&dir.path().join("default/dev-issuer-jwks.json")).unwrap();
     let authenticators: Vec<Box<dyn Authenticator>> = vec![Box::new(JwtAuthenticator::new(
         vec![TrustedIssuer {
@@ -249,7 +248,7 @@ fn pipeline(c: &mut Criterion) {
     let policy = mesh_policy(&authority);
     let ca = CertificateAuthority::new(
         vec![Mesh {
-            authority,
+            signer: authority,
             policy,
             node_accounts: vec![],
             trust_domains: vec![TrustDomain::new("cluster.local").unwrap()],

@@ -95,7 +95,7 @@ impl KeyAlgorithm {
 }
 
 /// The subject public key of a request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubjectPublicKey {
     /// DER SubjectPublicKeyInfo, as in the CSR.
     pub spki_der: Vec<u8>,

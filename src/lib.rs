@@ -1,16 +1,13 @@
 //! meshroot: a certificate authority for Istio meshes.
 //!
-//! The request path (see `../shared/docs/architecture.md`):
-//! `grpc` (edge) → `authn` → `csr` → `policy` → `authority` (sign + check) → `record`/`store`.
-//! The core (`identity`, `csr`, `policy`, `authority`, `record`, `ca`) knows neither gRPC nor sled.
+//! The request path: `grpc` (edge) → `issuance` (the pipeline: `authn` → `csr` → `policy` →
+//! `signer` → `record`) → `store`. The README's Layout section is the map.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod authn;
-pub mod authority;
-pub mod ca;
-pub mod ca_files;
+pub mod caller;
 pub mod checkpoint;
 pub mod cli;
 pub mod client;
@@ -20,6 +17,7 @@ pub mod csr;
 pub mod digest;
 pub mod grpc;
 pub mod identity;
+pub mod issuance;
 pub mod keys;
 pub mod kubernetes;
 pub mod loadgen;
@@ -31,6 +29,7 @@ pub mod ratelimit;
 pub mod record;
 pub mod rotation;
 pub mod server;
+pub mod signer;
 pub mod store;
 
 /// Generated protobuf code.

@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::ca::CurrentAuthority;
 use crate::clock::unix_seconds;
+use crate::issuance::CurrentAuthority;
 use crate::metrics::{Exposition, Kind, Metrics};
 use crate::pb::istio::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::store::SledStore;
@@ -84,7 +84,7 @@ impl Monitor {
         let ca = self.current.get();
         let now = ca.clock().now();
         let mut meshes = 0;
-        for (mesh, authority) in ca.mesh_authorities() {
+        for (mesh, authority) in ca.mesh_signers() {
             meshes += 1;
             if authority.signing_not_after() <= now {
                 reasons.push(format!("mesh {mesh}: the signing certificate has expired"));
@@ -105,7 +105,7 @@ impl Monitor {
         let mut out = Exposition::new();
         self.metrics.render(&mut out);
         let ca = self.current.get();
-        let mut meshes: Vec<_> = ca.mesh_authorities().collect();
+        let mut meshes: Vec<_> = ca.mesh_signers().collect();
         meshes.sort_by(|a, b| a.0.cmp(b.0));
         let mut root_expiry = Vec::new();
         let mut chain_expiry = Vec::new();

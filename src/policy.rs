@@ -15,8 +15,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::authn::Caller;
-use crate::csr::{CertificateRequest, Subject};
+use crate::caller::Caller;
+use crate::csr::{CertificateRequest, Subject, SubjectPublicKey};
 use crate::identity::{SpiffeId, TrustDomain};
 
 /// NotBefore is backdated by this much to absorb clock skew between the CA and its peers.
@@ -65,6 +65,47 @@ pub struct Grant {
     pub requested: SpiffeId,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The CSR's public key, to be certified.
+    pub public_key: SubjectPublicKey,
+}
+
+/// What the policy decides on: who asks, what the CSR says, and how the request asks for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub caller: &'a Caller,
+    pub csr: &'a CertificateRequest,
+    pub lifetime: Lifetime,
+    pub naming: Naming,
+    pub now: SystemTime,
+}
+
+/// The lifetime a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// The mesh default.
+    MeshDefault,
+    /// This many seconds, clamped to the mesh maximum (never an error).
+    Seconds(u64),
+}
+
+impl Lifetime {
+    /// From Istio's `validity_duration`: zero or negative means the mesh default.
+    pub fn from_validity_duration(seconds: i64) -> Self {
+        match u64::try_from(seconds) {
+            Ok(seconds) if seconds > 0 => Self::Seconds(seconds),
+            _ => Self::MeshDefault,
+        }
+    }
+}
+
+/// Which name an alias-trust-domain request is signed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// As the mesh's [`AliasIssuance`] says.
+    MeshRule,
+    /// Exactly the identity the CSR asks for (impersonation: a node proxy asks for a workload's
+    /// certificate and must get the name the workload will present).
+    Exact,
 }
 
 /// Why a request was refused: a stable reason for records and metrics, and a detail for the log.
@@ -147,18 +188,16 @@ fn deny(reason: DenialReason, detail: impl Into<String>) -> Denial {
     }
 }
 
-/// Decides a request. `requested_ttl_seconds` is the request's `validity_duration`; `exact`
-/// (impersonation) means the CSR's identity is signed as asked, never moved to the canonical
-/// trust domain.
-pub fn decide(
-    caller: &Caller,
-    request: &CertificateRequest,
-    policy: &MeshPolicy,
-    requested_ttl_seconds: i64,
-    exact: bool,
-    now: SystemTime,
-) -> Result<Grant, Denial> {
+/// Decides a request under a mesh's policy.
+pub fn decide(policy: &MeshPolicy, request: &Request<'_>) -> Result<Grant, Denial> {
     use DenialReason as R;
+    let Request {
+        caller,
+        csr: request,
+        lifetime,
+        naming,
+        now,
+    } = *request;
     if caller.mesh != policy.mesh {
         return Err(deny(
             R::CallerMeshMismatch,
@@ -248,7 +287,7 @@ pub fn decide(
         ));
     }
     let identity = if requested.trust_domain() == &policy.trust_domain
-        || exact
+        || naming == Naming::Exact
         || policy.alias_issuance == AliasIssuance::AsRequested
     {
         requested.clone()
@@ -261,10 +300,9 @@ pub fn decide(
         .map_err(|e| deny(R::UriSanInvalid, format!("{requested}: {e}")))?
     };
 
-    let ttl = if requested_ttl_seconds <= 0 {
-        policy.default_ttl
-    } else {
-        Duration::from_secs(requested_ttl_seconds as u64).min(policy.max_ttl)
+    let ttl = match lifetime {
+        Lifetime::MeshDefault => policy.default_ttl,
+        Lifetime::Seconds(seconds) => Duration::from_secs(seconds).min(policy.max_ttl),
     };
     let not_after = (now + ttl).min(policy.signer_not_after);
     if not_after <= now {
@@ -279,17 +317,44 @@ pub fn decide(
         requested,
         not_before: now.checked_sub(BACKDATE).unwrap_or(now),
         not_after,
+        public_key: request.public_key.clone(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authn::AuthenticatorKind;
+    use crate::caller::AuthenticatorKind;
     use crate::csr::{KeyAlgorithm, SubjectPublicKey};
     use std::time::UNIX_EPOCH;
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    /// The tests' shorthand: the request fields as Istio sends them.
+    fn decide(
+        caller: &Caller,
+        csr: &CertificateRequest,
+        policy: &MeshPolicy,
+        validity_duration: i64,
+        exact: bool,
+        now: SystemTime,
+    ) -> Result<Grant, Denial> {
+        let naming = if exact {
+            Naming::Exact
+        } else {
+            Naming::MeshRule
+        };
+        super::decide(
+            policy,
+            &Request {
+                caller,
+                csr,
+                lifetime: Lifetime::from_validity_duration(validity_duration),
+                naming,
+                now,
+            },
+        )
+    }
 
     fn now() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000)

@@ -19,8 +19,7 @@ use std::pin::Pin;
 
 use rustls_pki_types::CertificateDer;
 
-use crate::identity::SpiffeId;
-
+pub use crate::caller::{AuthenticatorKind, Caller, PodRef};
 pub use jwt::JwtAuthenticator;
 
 /// A bearer token. Its `Debug` never shows the token.
@@ -75,65 +74,6 @@ pub struct AuthRequest {
     pub peer_address: Option<SocketAddr>,
     /// The client certificate chain, already verified by the TLS layer (leaf first).
     pub peer_certificates: Vec<CertificateDer<'static>>,
-}
-
-/// Which authenticator accepted a caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AuthenticatorKind {
-    /// A verified client certificate carrying the caller's SPIFFE ID (renewal, VMs).
-    ClientCert,
-    /// A Kubernetes service-account JWT verified offline against a configured JWKS.
-    Jwt,
-    /// A bearer token reviewed by the Kubernetes API server of the caller's cluster.
-    TokenReview,
-}
-
-impl AuthenticatorKind {
-    pub const ALL: [Self; 3] = [Self::ClientCert, Self::Jwt, Self::TokenReview];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::ClientCert => "client-cert",
-            Self::Jwt => "jwt",
-            Self::TokenReview => "token-review",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.name() == name)
-    }
-}
-
-/// The pod a token is bound to: as a TokenReview attributed it, or as a verified projected
-/// token's `kubernetes.io` claim names it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodRef {
-    pub name: String,
-    pub uid: String,
-    /// The pod's node, when the credential names it (Kubernetes 1.30 and later); empty
-    /// otherwise.
-    pub node: String,
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub authenticator: AuthenticatorKind,
-    /// The mesh the credential belongs to (a token issuer belongs to exactly one mesh).
-    pub mesh: String,
-    /// The identity the caller may hold in that mesh.
-    pub identity: SpiffeId,
-    /// Token issuer (`iss`), when a token proved the caller.
-    pub issuer: String,
-    /// The authenticated subject, e.g. `system:serviceaccount:ns:sa`, or the certificate's
-    /// SPIFFE ID.
-    pub subject: String,
-    /// The cluster whose API server reviewed the token (TokenReview); empty for a token
-    /// verified offline.
-    pub cluster: String,
-    /// The caller's pod: from the TokenReview's `status.user.extra`, or from a verified
-    /// projected token's `kubernetes.io.pod` claim.
-    pub pod: Option<PodRef>,
 }
 
 /// Why a caller could not be authenticated. Every variant has its own recorded reason.
@@ -306,6 +246,7 @@ pub fn bearer_token_from_header(value: &str) -> Result<BearerToken, AuthnError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::SpiffeId;
 
     #[test]
     fn bearer_token_debug_is_redacted() {

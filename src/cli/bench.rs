@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject as _;
 
 use super::Failure;
 use crate::authn::jwt::{DevTokenClaims, DevTokenSigner};
-use crate::ca_files::{self, InitOptions};
+use crate::cli::init::{self as scaffold, InitOptions};
 use crate::client::{self, CsrShape, Target};
 use crate::config::Config;
 use crate::identity::TrustDomain;
@@ -335,7 +335,7 @@ impl OwnServer {
             std::process::id(),
             crate::clock::unix_millis(SystemTime::now())
         ));
-        ca_files::init(
+        scaffold::init(
             &InitOptions {
                 dir: dir.clone(),
                 meshes: vec![(

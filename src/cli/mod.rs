@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+pub mod init;
 mod rotate;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls_pki_types::pem::PemObject as _;
 
 use crate::authn::jwt::{DevTokenClaims, DevTokenSigner};
-use crate::ca_files::{self, InitOptions};
+use crate::cli::init::{self as scaffold, InitOptions};
 use crate::client::{self, AgentMetadata, CsrShape, Target};
 use crate::config::{self, Config};
 use crate::identity::{SpiffeId, TrustDomain};
@@ -257,7 +258,7 @@ fn embedded_default() -> Result<PathBuf, Failure> {
     if config_path.exists() {
         return Ok(config_path);
     }
-    let report = ca_files::init(
+    let report = scaffold::init(
         &InitOptions {
             dir: dir.clone(),
             meshes: vec![default_mesh()],
@@ -298,7 +299,7 @@ fn init(args: InitArgs) -> Result<(), Failure> {
             return Err(Failure::usage(format!("--mesh {name} is given twice")));
         }
     }
-    let report = ca_files::init(
+    let report = scaffold::init(
         &InitOptions {
             dir: args.dir,
             meshes,

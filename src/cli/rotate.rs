@@ -60,7 +60,7 @@ pub async fn run(command: RotateCommand) -> Result<(), Failure> {
     match command {
         RotateCommand::Plan(args) => plan(args).await,
         RotateCommand::Intermediate(args) => {
-            crate::ca_files::issue_intermediate(
+            crate::cli::init::issue_intermediate(
                 &args.root_dir,
                 &args.mesh,
                 &args.out,
@@ -90,7 +90,7 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
         if args.mesh.as_ref().is_some_and(|only| *only != mesh.name) {
             continue;
         }
-        let authority = crate::ca_files::load_authority(
+        let authority = crate::signer::files::load_signer(
             &mesh.name,
             mesh.trust_domain.clone(),
             &mesh.ca_dir,

@@ -24,7 +24,7 @@ pub struct AdminAccess {
     /// `admin.allowed_identities`.
     pub allowed_identities: Vec<String>,
     /// The authority in force, whose identity anchors judge client certificates.
-    pub current: Arc<crate::ca::CurrentAuthority>,
+    pub current: Arc<crate::issuance::CurrentAuthority>,
 }
 
 /// The audit API over a store.

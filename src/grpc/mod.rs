@@ -6,20 +6,21 @@
 //! adds arbitrary `CA_HEADER_*` ones).
 
 pub mod audit;
+pub mod status;
 
 use std::sync::Arc;
 
-use tonic::metadata::MetadataValue;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
+
+pub use self::status::{overloaded, status_for, status_for_audit};
 
 use crate::authn::{AuthRequest, Authorization};
-use crate::ca::{CurrentAuthority, IssueError, RequestId, SigningRequest};
+use crate::issuance::{CurrentAuthority, SigningRequest};
 use crate::pb::istio::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use crate::pb::istio::{IstioCertificateRequest, IstioCertificateResponse};
-use crate::policy::DenialReason;
 
 /// Metadata key carrying the request id on error responses.
 pub const REQUEST_ID_HEADER: &str = "x-meshroot-request-id";
@@ -151,88 +152,6 @@ pub fn impersonated_identity(request: &IstioCertificateRequest) -> Option<String
     }
 }
 
-/// The gRPC status for every way a request can fail. Istio clients retry Internal and
-/// Unavailable but never Unauthenticated or InvalidArgument, so final answers use those.
-/// Messages carry the request id and, for refusals, the stable reason; never internal text.
-pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
-    let (code, message) = match error {
-        IssueError::Authn(error) if error.is_transient() => (
-            Code::Unavailable,
-            "authentication backend unavailable; retry".to_owned(),
-        ),
-        IssueError::Authn(_) | IssueError::Impersonation(_) => (
-            Code::Unauthenticated,
-            "request authenticate failure".to_owned(),
-        ),
-        IssueError::Csr(csr) => (
-            Code::InvalidArgument,
-            format!("invalid certificate signing request: {}", csr.reason()),
-        ),
-        IssueError::Denied(denial) => {
-            let code = match denial.reason {
-                DenialReason::CallerMeshMismatch
-                | DenialReason::TrustDomainMismatch
-                | DenialReason::IdentityMismatch => Code::Unauthenticated,
-                DenialReason::SubjectNotAllowed
-                | DenialReason::CaRequested
-                | DenialReason::UnknownExtension
-                | DenialReason::DnsSan
-                | DenialReason::IpSan
-                | DenialReason::EmailSan
-                | DenialReason::OtherSan
-                | DenialReason::UriSanCount
-                | DenialReason::UriSanInvalid => Code::InvalidArgument,
-                DenialReason::SignerExpired => Code::Internal,
-            };
-            let message = match code {
-                Code::Unauthenticated => "request authenticate failure".to_owned(),
-                Code::InvalidArgument => {
-                    format!("certificate request refused: {}", denial.reason.code())
-                }
-                _ => "internal error".to_owned(),
-            };
-            (code, message)
-        }
-        IssueError::MeshNotServed(_) | IssueError::Signing(_) | IssueError::Store(_) => {
-            (Code::Internal, "internal error".to_owned())
-        }
-        // Retryable: istio-agent and ztunnel back off and try again.
-        IssueError::RateLimited(scope) => (
-            Code::ResourceExhausted,
-            format!("rate limit exceeded for this {}; retry", scope.name()),
-        ),
-    };
-    let mut status = Status::new(code, format!("{message} (request id {request_id})"));
-    if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
-        status.metadata_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    status
-}
-
-/// The answer when too many requests are in progress: retryable (istio-agent retries
-/// RESOURCE_EXHAUSTED with backoff) and not recorded, since nothing was decided.
-pub fn overloaded() -> Status {
-    Status::new(Code::ResourceExhausted, "overloaded; retry")
-}
-
-/// The gRPC status for a failed audit request. A caller's own mistake (a bad filter or page
-/// token, an unknown record) is explained; a store failure is logged and answered generically.
-pub fn status_for_audit(error: &crate::audit::AuditError) -> Status {
-    use crate::audit::AuditError;
-    use crate::record::StoreError;
-    match error {
-        AuditError::Query(error) => Status::new(Code::InvalidArgument, error.to_string()),
-        AuditError::NotFound(what) => Status::new(Code::NotFound, what.clone()),
-        AuditError::Store(error @ StoreError::TooBroad { .. }) => {
-            Status::new(Code::InvalidArgument, error.to_string())
-        }
-        AuditError::Store(error) => {
-            tracing::error!(%error, "audit request failed");
-            Status::new(Code::Internal, "internal error")
-        }
-    }
-}
-
 /// Allows a request only from a client certificate that proves, through `anchors` (an issuer
 /// authorized for its trust domain, not any root of a bundle), exactly one SPIFFE identity, and
 /// that identity is one of `allowed`.
@@ -244,10 +163,7 @@ pub fn admin_identity_allowed<T>(
 ) -> Result<(), Status> {
     let denied = |reason: &str| {
         tracing::warn!(reason, "audit API request refused");
-        Err(Status::new(
-            Code::PermissionDenied,
-            "this client identity may not use the audit API",
-        ))
+        Err(status::admin_identity_refused())
     };
     let Some(certificates) = request
         .extensions()

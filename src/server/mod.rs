@@ -23,14 +23,13 @@ use crate::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthentic
 use crate::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuthenticator};
 mod connections;
 
-use crate::ca::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
-use crate::ca_files::{self, CaFilesError};
 use crate::checkpoint::AuditSigner;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ClusterConfig, Config, ConnectionConfig, KubernetesConfig, MeshConfig};
 use crate::grpc::audit::AdminAccess;
 use crate::grpc::CsrService;
 use crate::identity::TrustDomain;
+use crate::issuance::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
 use crate::kubernetes::lease::LeaseSettings;
 use crate::kubernetes::publish::{
     self, IssueFuture, MeshMaterial, PublishSettings, ServerCertificate,
@@ -41,6 +40,7 @@ use crate::monitoring::Monitor;
 use crate::policy::MeshPolicy;
 use crate::ratelimit::RateLimits;
 use crate::record::StoreError;
+use crate::signer::{self, files::CaFilesError};
 use crate::store::SledStore;
 use connections::ConnectionLimits;
 
@@ -191,7 +191,7 @@ impl RunningServer {
 
     /// Records the unauthenticated refusals counted since the last summary now (also done
     /// every [`REFUSAL_SUMMARY_INTERVAL`] and at shutdown); returns how many summary records.
-    pub async fn record_refusal_summaries(&self) -> Result<usize, crate::ca::IssueError> {
+    pub async fn record_refusal_summaries(&self) -> Result<usize, crate::issuance::IssueError> {
         self.current.get().record_refusal_summaries().await
     }
 
@@ -503,7 +503,7 @@ async fn build_authority(
     let mut client_cert_meshes = Vec::new();
     let mut anchors = IdentityAnchors::new();
     for mesh in &config.meshes {
-        let authority = ca_files::load_authority(
+        let authority = signer::files::load_signer(
             &mesh.name,
             mesh.trust_domain.clone(),
             &mesh.ca_dir,
@@ -580,7 +580,7 @@ async fn build_authority(
                 max_ttl: mesh.max_ttl,
                 signer_not_after: authority.signing_not_after(),
             },
-            authority: Arc::new(authority),
+            signer: Arc::new(authority),
             node_accounts: mesh.trusted_node_accounts.clone(),
             trust_domains,
             clusters: mesh
@@ -647,7 +647,7 @@ fn authorize_issuers(
         if root.vouches_for.is_empty() {
             continue;
         }
-        let certificates = ca_files::certificates_required(&root.path).map_err(|source| {
+        let certificates = signer::files::certificates_required(&root.path).map_err(|source| {
             ServeError::CaMaterial {
                 mesh: mesh.name.clone(),
                 source,
@@ -668,7 +668,7 @@ fn authorize_issuers(
 fn check_roots_in_use(
     store: &SledStore,
     mesh: &str,
-    authority: &crate::authority::MeshAuthority,
+    authority: &crate::signer::MeshSigner,
     now: SystemTime,
     force: bool,
 ) -> Result<(), ServeError> {
@@ -749,7 +749,7 @@ async fn start_serving(
         .await
         .map_err(ServeError::ServingCertificate)?;
     let root_bundle_pem = ca
-        .primary_authority()
+        .primary_signer()
         .map(|a| a.root_bundle_pem().to_owned())
         .unwrap_or_default();
 
@@ -954,19 +954,19 @@ struct PublishedMesh {
 impl MeshMaterial for PublishedMesh {
     fn bundle_pem(&self) -> Option<String> {
         let ca = self.current.get();
-        ca.mesh_authority(&self.mesh)
+        ca.mesh_signer(&self.mesh)
             .map(|authority| authority.root_bundle_pem().to_owned())
     }
 
     fn intermediates_pem(&self) -> Option<String> {
         let ca = self.current.get();
-        ca.mesh_authority(&self.mesh)
+        ca.mesh_signer(&self.mesh)
             .map(|authority| authority.intermediates_pem())
     }
 
     fn trust_domain(&self) -> Option<String> {
         let ca = self.current.get();
-        ca.mesh_authority(&self.mesh)
+        ca.mesh_signer(&self.mesh)
             .map(|authority| authority.trust_domain().to_string())
     }
 
@@ -1315,13 +1315,13 @@ impl ServingCertificate {
         let issued_at = ca.clock().now();
         let (issued, key) = ca.issue_serving_certificate(dns_names, lifetime).await?;
         let mut chain: Vec<CertificateDer<'static>> = vec![issued.der.clone()];
-        if let Some(authority) = ca.primary_authority() {
+        if let Some(authority) = ca.primary_signer() {
             chain.extend(authority.intermediates().iter().cloned());
         }
         let signing_key = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
             PrivatePkcs8KeyDer::from(key.serialize_der()),
         ))
-        .map_err(|_| IssueError::Signing(crate::authority::SigningError::ServingKey))?;
+        .map_err(|_| IssueError::Signing(crate::signer::SigningError::ServingKey))?;
         let certified = Arc::new(CertifiedKey::new(chain, signing_key));
         match self.0.write() {
             Ok(mut slot) => *slot = Some(certified),

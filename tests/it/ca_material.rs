@@ -9,12 +9,12 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use meshroot::ca_files::{self, CaFilesError};
+use meshroot::cli::init::{self, CaFilesError};
 use meshroot::identity::TrustDomain;
 use meshroot::keys::KeyType;
 
-fn load(dir: &Path, now: SystemTime) -> Result<meshroot::authority::MeshAuthority, CaFilesError> {
-    ca_files::load_authority(
+fn load(dir: &Path, now: SystemTime) -> Result<meshroot::signer::MeshSigner, CaFilesError> {
+    meshroot::signer::files::load_signer(
         "default",
         TrustDomain::new(TRUST_DOMAIN).unwrap(),
         dir,
@@ -99,7 +99,7 @@ fn init_writes_private_keys_0600_and_refuses_to_overwrite_them() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o644);
-    let mut options = ca_files::InitOptions {
+    let mut options = init::InitOptions {
         dir: ca.path().to_owned(),
         meshes: vec![("default".into(), TrustDomain::new(TRUST_DOMAIN).unwrap())],
         key_type: KeyType::EcdsaP256,
@@ -107,7 +107,7 @@ fn init_writes_private_keys_0600_and_refuses_to_overwrite_them() {
         force: false,
     };
     let before = std::fs::read(ca.path().join("root-key.pem")).unwrap();
-    let refused = ca_files::init(&options, SystemTime::now()).unwrap_err();
+    let refused = init::init(&options, SystemTime::now()).unwrap_err();
     assert!(
         matches!(refused, CaFilesError::WouldOverwrite { .. }),
         "{refused}"
@@ -118,7 +118,7 @@ fn init_writes_private_keys_0600_and_refuses_to_overwrite_them() {
         before
     );
     options.force = true;
-    ca_files::init(&options, SystemTime::now()).unwrap();
+    init::init(&options, SystemTime::now()).unwrap();
     assert_ne!(
         std::fs::read(ca.path().join("root-key.pem")).unwrap(),
         before

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use common::kube_api::FakeApiServer;
 use common::{spiffe_id, TestCa};
-use meshroot::ca_files::{self, InitOptions};
+use meshroot::cli::init::{self, InitOptions};
 use meshroot::config::Config;
 use meshroot::identity::TrustDomain;
 use meshroot::keys::KeyType;
@@ -78,7 +78,7 @@ fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
     );
     let overlay_dir = deploy.join("overlays").join(overlay);
     let ca_dir = overlay_dir.join("ca");
-    ca_files::init(
+    init::init(
         &InitOptions {
             dir: ca_dir.clone(),
             meshes: meshes

@@ -11,9 +11,9 @@ use crate::common::{self, agent_csr, spiffe_id, TestCa, MESH};
 use meshroot::authn::impersonation::NodeAuthorizer;
 use meshroot::authn::jwt::{self, JwtAuthenticator, TrustedIssuer};
 use meshroot::authn::{AuthRequest, Authenticator, AuthenticatorChain, Authorization};
-use meshroot::ca::{CertificateAuthority, IssueError, Mesh, SigningRequest};
 use meshroot::clock::{Clock, SystemClock};
 use meshroot::identity::TrustDomain;
+use meshroot::issuance::{CertificateAuthority, IssueError, Mesh, SigningRequest};
 use meshroot::policy::{AliasIssuance, MeshPolicy};
 use meshroot::record::{AppendFuture, Record, RecordSink, StoreError};
 
@@ -33,7 +33,7 @@ impl RecordSink for FailingSink {
 fn authority_over(ca: &TestCa, sink: Arc<dyn RecordSink>) -> CertificateAuthority {
     let trust_domain = TrustDomain::new("cluster.local").unwrap();
     let authority = Arc::new(
-        meshroot::ca_files::load_authority(
+        meshroot::signer::files::load_signer(
             MESH,
             trust_domain.clone(),
             &ca.path().join(MESH),
@@ -46,7 +46,7 @@ fn authority_over(ca: &TestCa, sink: Arc<dyn RecordSink>) -> CertificateAuthorit
     let keys = jwt::load_jwks(&ca.path().join(MESH).join("dev-issuer-jwks.json")).unwrap();
     let authenticators: Vec<Box<dyn Authenticator>> = vec![Box::new(JwtAuthenticator::new(
         vec![TrustedIssuer {
-            issuer: meshroot::ca_files::dev_issuer_name(MESH),
+            issuer: meshroot::cli::init::dev_issuer_name(MESH),
             mesh: MESH.into(),
             trust_domain: trust_domain.clone(),
             audiences: vec!["istio-ca".into()],
@@ -65,7 +65,7 @@ fn authority_over(ca: &TestCa, sink: Arc<dyn RecordSink>) -> CertificateAuthorit
     };
     CertificateAuthority::new(
         vec![Mesh {
-            authority,
+            signer: authority,
             policy,
             node_accounts: vec![],
             trust_domains: vec![trust_domain],

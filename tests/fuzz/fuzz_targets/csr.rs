@@ -19,14 +19,19 @@ fuzz_target!(|data: &[u8]| {
     let caller = meshroot_fuzz::caller();
     let ttl = i64::from(data.len() as u32) * 97 - 3600;
     for exact in [false, true] {
-        if let Ok(grant) = policy::decide(
-            &caller,
-            &request,
-            &meshroot_fuzz::policy(),
-            ttl,
-            exact,
-            meshroot_fuzz::now(),
-        ) {
+        let naming = if exact {
+            policy::Naming::Exact
+        } else {
+            policy::Naming::MeshRule
+        };
+        let decision = policy::Request {
+            caller: &caller,
+            csr: &request,
+            lifetime: policy::Lifetime::from_validity_duration(ttl),
+            naming,
+            now: meshroot_fuzz::now(),
+        };
+        if let Ok(grant) = policy::decide(&meshroot_fuzz::policy(), &decision) {
             assert_eq!(grant.identity.namespace(), "shop");
             assert_eq!(grant.identity.service_account(), "cart");
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use meshroot::audit::Query;
 use meshroot::authn::jwt::{DevTokenClaims, DevTokenSigner};
-use meshroot::ca_files::{self, InitOptions};
+use meshroot::cli::init::{self, InitOptions};
 use meshroot::client::{self, AgentMetadata, CsrShape, Target};
 use meshroot::config::Config;
 use meshroot::grpc::REQUEST_ID_HEADER;
@@ -42,7 +42,7 @@ impl TestCa {
 
     pub fn with_meshes(meshes: &[(&str, &str)], key_type: KeyType) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        ca_files::init(
+        init::init(
             &InitOptions {
                 dir: dir.path().to_owned(),
                 meshes: meshes
@@ -128,7 +128,7 @@ impl TestCa {
         adjust: impl FnOnce(&mut TokenSpec),
     ) -> String {
         let mut spec = TokenSpec {
-            issuer: ca_files::dev_issuer_name(mesh),
+            issuer: init::dev_issuer_name(mesh),
             audiences: vec!["istio-ca".to_owned()],
             issued_at: meshroot::clock::unix_seconds(SystemTime::now()),
             lifetime: Duration::from_secs(3600),
@@ -200,7 +200,7 @@ impl TestCa {
     ) -> (String, String) {
         use meshroot::csr::{KeyAlgorithm, SubjectPublicKey};
         use rcgen::PublicKeyData as _;
-        let authority = ca_files::load_authority(
+        let authority = meshroot::signer::files::load_signer(
             mesh,
             TrustDomain::new(trust_domain).unwrap(),
             &self.path().join(mesh),
@@ -210,19 +210,20 @@ impl TestCa {
         .unwrap();
         let key = p256_key();
         let id = meshroot::identity::SpiffeId::parse(identity).unwrap();
+        let public_key = SubjectPublicKey {
+            spki_der: key.subject_public_key_info(),
+            algorithm: KeyAlgorithm::EcdsaP256,
+        };
         let grant = meshroot::policy::Grant {
             mesh: mesh.to_owned(),
             identity: id.clone(),
             requested: id,
             not_before,
             not_after,
-        };
-        let public_key = SubjectPublicKey {
-            spki_der: key.subject_public_key_info(),
-            algorithm: KeyAlgorithm::EcdsaP256,
+            public_key,
         };
         let issued = authority
-            .issue_workload(&grant, &public_key, not_before + Duration::from_secs(1))
+            .issue_workload(&grant, not_before + Duration::from_secs(1))
             .unwrap();
         let (_, chain) = issued.cert_chain.split_last().unwrap();
         (chain.concat(), key.serialize_pem())
@@ -254,7 +255,7 @@ impl TestCa {
     /// `meshroot rotate intermediate` for `mesh`, the new files copied over its CA directory.
     pub fn rotate_intermediate(&self, mesh: &str) {
         let next = tempfile::tempdir().unwrap();
-        ca_files::issue_intermediate(
+        init::issue_intermediate(
             self.path(),
             mesh,
             next.path(),

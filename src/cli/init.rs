@@ -1,10 +1,5 @@
-//! CA material on disk: loading Istio's `cacerts` layout (or `kubernetes.io/tls`), and `init`,
-//! which creates a shared root with one intermediate per mesh in that layout plus a config.
-//!
-//! Istio `cacerts` layout: `ca-cert.pem` (signing certificate), `ca-key.pem` (its key),
-//! `cert-chain.pem` (signing certificate up to the root), `root-cert.pem` (trust bundle).
-//! `kubernetes.io/tls` layout: `tls.crt` (signing certificate, then its chain), `tls.key`,
-//! `ca.crt` (trust bundle).
+//! `meshroot init` and `meshroot rotate intermediate`: creating CA material on disk, a shared
+//! root with one intermediate per mesh in Istio's `cacerts` layout, plus a config serving them.
 
 use std::fs;
 use std::io::Write as _;
@@ -12,156 +7,22 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
+    SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::authn::jwt::DevTokenSigner;
-use crate::authority::{AuthorityError, CaMaterial, MeshAuthority};
 use crate::checkpoint::AuditSigner;
 use crate::config::{self, DEFAULT_LISTEN};
 use crate::identity::TrustDomain;
-use crate::keys::{self, certificate_pem, KeyError, KeyType};
+use crate::keys::{self, certificate_pem, KeyType};
+pub use crate::signer::files::CaFilesError;
 
 pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
 pub const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);
 /// NotBefore of generated CAs is backdated by this much for clock skew.
 const CA_BACKDATE: Duration = Duration::from_secs(3600);
-
-/// Why CA files could not be loaded or written. Each names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum CaFilesError {
-    #[error(
-        "{dir}: found neither Istio's cacerts layout (ca-cert.pem) nor kubernetes.io/tls (tls.crt)"
-    )]
-    NoLayout { dir: PathBuf },
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Pem {
-        path: PathBuf,
-        #[source]
-        source: KeyError,
-    },
-    #[error("{path}: holds no certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("{dir}: {source}")]
-    Invalid {
-        dir: PathBuf,
-        #[source]
-        source: AuthorityError,
-    },
-    #[error("{path} already exists; pass --force to replace existing keys")]
-    WouldOverwrite { path: PathBuf },
-    #[error("{path}: cannot write: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("generating {what} failed: {reason}")]
-    Generate { what: String, reason: String },
-}
-
-/// Loads and checks a mesh's CA directory; `extra_roots` are PEM files whose certificates join
-/// the mesh's trust bundle.
-pub fn load_authority(
-    mesh: &str,
-    trust_domain: TrustDomain,
-    dir: &Path,
-    extra_roots: &[PathBuf],
-    now: SystemTime,
-) -> Result<MeshAuthority, CaFilesError> {
-    let mut material = load_material(dir)?;
-    for path in extra_roots {
-        material.roots.extend(certificates_required(path)?);
-    }
-    MeshAuthority::new(mesh, trust_domain, material, now).map_err(|source| CaFilesError::Invalid {
-        dir: dir.to_owned(),
-        source,
-    })
-}
-
-/// Reads the files of either layout, without judging them.
-pub fn load_material(dir: &Path) -> Result<CaMaterial, CaFilesError> {
-    if dir.join("ca-cert.pem").exists() {
-        let signing_certificate = first_certificate(&dir.join("ca-cert.pem"))?;
-        let chain_path = dir.join("cert-chain.pem");
-        let chain = if chain_path.exists() {
-            certificates(&chain_path)?
-        } else {
-            Vec::new()
-        };
-        Ok(CaMaterial {
-            signing_certificate,
-            signing_key: key(&dir.join("ca-key.pem"))?,
-            chain,
-            roots: certificates_required(&dir.join("root-cert.pem"))?,
-        })
-    } else if dir.join("tls.crt").exists() {
-        let path = dir.join("tls.crt");
-        let mut chain = certificates_required(&path)?;
-        let signing_certificate = chain.remove(0);
-        Ok(CaMaterial {
-            signing_certificate,
-            signing_key: key(&dir.join("tls.key"))?,
-            chain,
-            roots: certificates_required(&dir.join("ca.crt"))?,
-        })
-    } else {
-        Err(CaFilesError::NoLayout {
-            dir: dir.to_owned(),
-        })
-    }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, CaFilesError> {
-    fs::read(path).map_err(|source| CaFilesError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn certificates(
-    path: &Path,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, CaFilesError> {
-    keys::parse_certificates_pem(&read(path)?).map_err(|source| CaFilesError::Pem {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// The certificates in a PEM file, at least one.
-pub fn certificates_required(
-    path: &Path,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, CaFilesError> {
-    let found = certificates(path)?;
-    if found.is_empty() {
-        return Err(CaFilesError::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(found)
-}
-
-fn first_certificate(
-    path: &Path,
-) -> Result<rustls_pki_types::CertificateDer<'static>, CaFilesError> {
-    let mut found = certificates_required(path)?;
-    Ok(found.remove(0))
-}
-
-fn key(path: &Path) -> Result<KeyPair, CaFilesError> {
-    keys::load_private_key_pem(&read(path)?).map_err(|source| CaFilesError::Pem {
-        path: path.to_owned(),
-        source,
-    })
-}
 
 /// The audit key's file (Ed25519, PKCS#8 PEM) in an `init` directory.
 pub const AUDIT_KEY_FILE: &str = "audit-key.pem";

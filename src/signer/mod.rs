@@ -1,4 +1,4 @@
-//! A mesh's signing authority: its intermediate (or root) key and certificate, the chain up to the
+//! A mesh's signer: its intermediate (or root) key and certificate, the chain up to the
 //! shared root, and the trust bundle. It issues leaves from a [`Grant`] only — it never sees a CSR
 //! or a caller — and checks every leaf again before it leaves (as SPIRE's `credvalidator` does).
 //!
@@ -6,64 +6,27 @@
 //! (signing certificate first), root bundle]`; every element ends in `\n`; a root never appears
 //! among the intermediates.
 
+pub mod check;
+pub mod files;
+pub mod material;
+
 use std::time::{Duration, SystemTime};
 
-use crate::identity::AltNames;
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
-use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls_pki_types::{CertificateDer, TrustAnchor};
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 
-use crate::csr::SubjectPublicKey;
+use self::check::{check_names, verify_path, LeafSubject};
+use self::material::{check_links, intermediates_of, to_system_time, CaMaterial, MaterialError};
 use crate::digest::sha256;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::keys::certificate_pem;
 use crate::policy::Grant;
-
-/// Loaded CA files, not yet checked.
-pub struct CaMaterial {
-    pub signing_certificate: CertificateDer<'static>,
-    pub signing_key: KeyPair,
-    /// `cert-chain.pem`: from the signing certificate up to the root (may be empty).
-    pub chain: Vec<CertificateDer<'static>>,
-    /// `root-cert.pem` (one or several roots), then any extra roots for the bundle.
-    pub roots: Vec<CertificateDer<'static>>,
-}
-
-/// Why CA material cannot serve. Messages name the file by its Istio `cacerts` name.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthorityError {
-    #[error("ca-cert.pem cannot be parsed as an X.509 certificate")]
-    SigningCertificateUnparsable,
-    #[error("ca-cert.pem is not a CA certificate (BasicConstraints CA:TRUE is missing)")]
-    NotCa,
-    #[error("ca-cert.pem's KeyUsage does not allow certificate signing")]
-    NoCertSignUsage,
-    #[error("ca-key.pem does not match the public key of ca-cert.pem")]
-    KeyMismatch,
-    #[error("ca-cert.pem is not valid now (valid {not_before} to {not_after})")]
-    NotValidNow {
-        not_before: String,
-        not_after: String,
-    },
-    #[error("cert-chain.pem: certificate {position} cannot be parsed")]
-    ChainUnparsable { position: usize },
-    #[error("cert-chain.pem: certificate {position} is not signed by the certificate after it")]
-    ChainBroken { position: usize },
-    #[error("root-cert.pem holds no certificate")]
-    NoRoots,
-    #[error("root-cert.pem: certificate {position} cannot be parsed")]
-    RootUnparsable { position: usize },
-    #[error("the chain from ca-cert.pem does not end at a root in root-cert.pem")]
-    NoTrustedRoot,
-    #[error("a probe certificate issued with this material does not verify: {0}")]
-    Probe(#[source] SigningError),
-}
 
 /// Why signing or the check after signing failed. These are internal failures, never the
 /// client's fault.
@@ -97,18 +60,8 @@ pub struct IssuedCertificate {
     pub cert_chain: Vec<String>,
 }
 
-/// What a leaf certifies.
-#[derive(Debug, Clone, Copy)]
-enum LeafSubject<'a> {
-    /// A workload: exactly one URI SAN, EKU serverAuth + clientAuth.
-    Workload(&'a SpiffeId),
-    /// A server: DNS SANs, EKU serverAuth; with a SPIFFE identity (istiod's certificate) also
-    /// its URI SAN and EKU clientAuth.
-    Server(&'a [String], Option<&'a SpiffeId>),
-}
-
-/// One mesh's signing authority.
-pub struct MeshAuthority {
+/// One mesh's signer: its signing key and certificate, the served chain and the bundle.
+pub struct MeshSigner {
     mesh: String,
     trust_domain: TrustDomain,
     issuer: Issuer<'static, KeyPair>,
@@ -126,9 +79,9 @@ pub struct MeshAuthority {
     slow_signer: bool,
 }
 
-impl std::fmt::Debug for MeshAuthority {
+impl std::fmt::Debug for MeshSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshAuthority")
+        f.debug_struct("MeshSigner")
             .field("mesh", &self.mesh)
             .field("trust_domain", &self.trust_domain)
             .field("intermediates", &self.intermediates.len())
@@ -137,7 +90,7 @@ impl std::fmt::Debug for MeshAuthority {
     }
 }
 
-impl MeshAuthority {
+impl MeshSigner {
     /// Checks CA material and builds the authority: the signing certificate is a valid CA now,
     /// the key matches it, `cert-chain.pem` links it to a root in `root-cert.pem`, and a probe
     /// leaf verifies through the served chain with rustls-webpki.
@@ -146,7 +99,7 @@ impl MeshAuthority {
         trust_domain: TrustDomain,
         material: CaMaterial,
         now: SystemTime,
-    ) -> Result<Self, AuthorityError> {
+    ) -> Result<Self, MaterialError> {
         let CaMaterial {
             signing_certificate,
             signing_key,
@@ -157,30 +110,30 @@ impl MeshAuthority {
         let mut seen = std::collections::HashSet::new();
         roots.retain(|root| seen.insert(root.as_ref().to_vec()));
         let (_, signing) = X509Certificate::from_der(&signing_certificate)
-            .map_err(|_| AuthorityError::SigningCertificateUnparsable)?;
+            .map_err(|_| MaterialError::SigningCertificateUnparsable)?;
         if !signing.is_ca() {
-            return Err(AuthorityError::NotCa);
+            return Err(MaterialError::NotCa);
         }
         if let Ok(Some(usage)) = signing.key_usage() {
             if !usage.value.key_cert_sign() {
-                return Err(AuthorityError::NoCertSignUsage);
+                return Err(MaterialError::NoCertSignUsage);
             }
         }
         if signing.public_key().raw != signing_key.subject_public_key_info().as_slice() {
-            return Err(AuthorityError::KeyMismatch);
+            return Err(MaterialError::KeyMismatch);
         }
         let validity = signing.validity();
         let now_unix = crate::clock::unix_seconds(now);
         if now_unix < validity.not_before.timestamp() || now_unix >= validity.not_after.timestamp()
         {
-            return Err(AuthorityError::NotValidNow {
+            return Err(MaterialError::NotValidNow {
                 not_before: validity.not_before.to_string(),
                 not_after: validity.not_after.to_string(),
             });
         }
         let signing_not_after = to_system_time(validity.not_after.timestamp());
         if roots.is_empty() {
-            return Err(AuthorityError::NoRoots);
+            return Err(MaterialError::NoRoots);
         }
         let intermediates = intermediates_of(&signing_certificate, &chain, &roots)?;
         check_links(&intermediates, &roots)?;
@@ -193,9 +146,9 @@ impl MeshAuthority {
         ]
         .contains(&algorithm);
         let issuer = Issuer::from_ca_cert_der(&signing_certificate, signing_key)
-            .map_err(|_| AuthorityError::SigningCertificateUnparsable)?;
+            .map_err(|_| MaterialError::SigningCertificateUnparsable)?;
         let signing_anchor = webpki::anchor_from_trusted_cert(&signing_certificate)
-            .map_err(|_| AuthorityError::SigningCertificateUnparsable)?
+            .map_err(|_| MaterialError::SigningCertificateUnparsable)?
             .to_owned();
         let intermediates_pem = intermediates.iter().map(|c| certificate_pem(c)).collect();
         let root_bundle_pem = roots.iter().map(|c| certificate_pem(c)).collect();
@@ -213,7 +166,7 @@ impl MeshAuthority {
             rng: SystemRandom::new(),
             slow_signer,
         };
-        authority.probe(now).map_err(AuthorityError::Probe)?;
+        authority.probe(now).map_err(MaterialError::Probe)?;
         Ok(authority)
     }
 
@@ -277,10 +230,9 @@ impl MeshAuthority {
     pub fn issue_workload(
         &self,
         grant: &Grant,
-        public_key: &SubjectPublicKey,
         now: SystemTime,
     ) -> Result<IssuedCertificate, SigningError> {
-        let key = rcgen::SubjectPublicKeyInfo::from_der(&public_key.spki_der)
+        let key = rcgen::SubjectPublicKeyInfo::from_der(&grant.public_key.spki_der)
             .map_err(SigningError::PublicKey)?;
         self.issue(
             LeafSubject::Workload(&grant.identity),
@@ -433,134 +385,5 @@ impl MeshAuthority {
             .collect::<Result<Vec<_>, _>>()
             .map_err(SigningError::Verify)?;
         verify_path(&issued.der, &anchors, &self.intermediates, subject, now)
-    }
-}
-
-fn verify_path(
-    der: &CertificateDer<'_>,
-    anchors: &[TrustAnchor<'_>],
-    intermediates: &[CertificateDer<'_>],
-    subject: LeafSubject<'_>,
-    now: SystemTime,
-) -> Result<(), SigningError> {
-    let leaf = webpki::EndEntityCert::try_from(der).map_err(SigningError::Verify)?;
-    let seconds = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let usage = match subject {
-        LeafSubject::Workload(_) => webpki::KeyUsage::client_auth(),
-        LeafSubject::Server(..) => webpki::KeyUsage::server_auth(),
-    };
-    leaf.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        anchors,
-        intermediates,
-        UnixTime::since_unix_epoch(Duration::from_secs(seconds)),
-        usage,
-        None,
-        None,
-    )
-    .map(|_| ())
-    .map_err(SigningError::Verify)
-}
-
-/// The leaf carries exactly the granted names, and a workload leaf also allows serverAuth.
-fn check_names(der: &[u8], subject: LeafSubject<'_>) -> Result<(), SigningError> {
-    let (_, leaf) = X509Certificate::from_der(der).map_err(|_| SigningError::IdentityCheck)?;
-    let AltNames { uris, dns, .. } = match AltNames::of_certificate(&leaf) {
-        names if names.non_uri_dns() == 0 => names,
-        _ => return Err(SigningError::IdentityCheck),
-    };
-    let server_auth = leaf.extensions().iter().any(|extension| {
-        matches!(extension.parsed_extension(), ParsedExtension::ExtendedKeyUsage(eku) if eku.server_auth)
-    });
-    let names_match = match subject {
-        LeafSubject::Workload(identity) => {
-            dns.is_empty() && uris.len() == 1 && uris[0] == identity.to_string()
-        }
-        LeafSubject::Server(names, identity) => {
-            let uri = identity.map(|identity| identity.to_string());
-            uris == uri.iter().map(String::as_str).collect::<Vec<_>>()
-                && dns == names.iter().map(String::as_str).collect::<Vec<_>>()
-        }
-    };
-    if names_match && server_auth && leaf.subject().iter_attributes().next().is_none() {
-        Ok(())
-    } else {
-        Err(SigningError::IdentityCheck)
-    }
-}
-
-/// The served intermediates: the signing certificate, then the certificates of `cert-chain.pem`
-/// that are neither the signing certificate nor a root of the bundle. Empty when the signing
-/// certificate is itself one of the roots.
-fn intermediates_of(
-    signing: &CertificateDer<'static>,
-    chain: &[CertificateDer<'static>],
-    roots: &[CertificateDer<'static>],
-) -> Result<Vec<CertificateDer<'static>>, AuthorityError> {
-    if roots.contains(signing) {
-        return Ok(Vec::new());
-    }
-    let mut intermediates = vec![signing.clone()];
-    for certificate in chain {
-        if certificate != signing
-            && !roots.contains(certificate)
-            && !intermediates.contains(certificate)
-        {
-            intermediates.push(certificate.clone());
-        }
-    }
-    Ok(intermediates)
-}
-
-/// Each served intermediate is signed by the next, and the last by a root of the bundle.
-fn check_links(
-    intermediates: &[CertificateDer<'static>],
-    roots: &[CertificateDer<'static>],
-) -> Result<(), AuthorityError> {
-    let parsed = intermediates
-        .iter()
-        .enumerate()
-        .map(|(position, der)| {
-            X509Certificate::from_der(der)
-                .map(|(_, c)| c)
-                .map_err(|_| AuthorityError::ChainUnparsable { position })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let parsed_roots = roots
-        .iter()
-        .enumerate()
-        .map(|(position, der)| {
-            X509Certificate::from_der(der)
-                .map(|(_, c)| c)
-                .map_err(|_| AuthorityError::RootUnparsable { position })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    for (position, pair) in parsed.windows(2).enumerate() {
-        if pair[0]
-            .verify_signature(Some(pair[1].public_key()))
-            .is_err()
-        {
-            return Err(AuthorityError::ChainBroken { position });
-        }
-    }
-    if let Some(top) = parsed.last() {
-        let anchored = parsed_roots
-            .iter()
-            .any(|root| top.verify_signature(Some(root.public_key())).is_ok());
-        if !anchored {
-            return Err(AuthorityError::NoTrustedRoot);
-        }
-    }
-    Ok(())
-}
-
-fn to_system_time(unix_seconds: i64) -> SystemTime {
-    if unix_seconds >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds as u64)
-    } else {
-        SystemTime::UNIX_EPOCH - Duration::from_secs(unix_seconds.unsigned_abs())
     }
 }

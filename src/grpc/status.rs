@@ -1,0 +1,76 @@
+//! The one place where meshroot's errors become gRPC statuses. The issuance pipeline classifies
+//! each failure once ([`IssueError::classify`]); this maps the class to a code and a message
+//! that carries the request id and, for refusals, the stable reason: never internal text.
+
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use super::REQUEST_ID_HEADER;
+use crate::issuance::{Answer, IssueError, RequestId};
+
+/// The gRPC status for every way a request can fail. Istio clients retry Internal, Unavailable
+/// and ResourceExhausted but never Unauthenticated or InvalidArgument, so final answers use
+/// those.
+pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
+    let (code, message) = match error.classify().answer {
+        Answer::Unauthenticated => (
+            Code::Unauthenticated,
+            "request authenticate failure".to_owned(),
+        ),
+        Answer::InvalidCsr(reason) => (
+            Code::InvalidArgument,
+            format!("invalid certificate signing request: {reason}"),
+        ),
+        Answer::Refused(reason) => (
+            Code::InvalidArgument,
+            format!("certificate request refused: {reason}"),
+        ),
+        Answer::BackendUnavailable => (
+            Code::Unavailable,
+            "authentication backend unavailable; retry".to_owned(),
+        ),
+        // Retryable: istio-agent and ztunnel back off and try again.
+        Answer::Throttled(scope) => (
+            Code::ResourceExhausted,
+            format!("rate limit exceeded for this {scope}; retry"),
+        ),
+        Answer::Internal => (Code::Internal, "internal error".to_owned()),
+    };
+    let mut status = Status::new(code, format!("{message} (request id {request_id})"));
+    if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
+        status.metadata_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    status
+}
+
+/// The answer when too many requests are in progress: retryable (istio-agent retries
+/// RESOURCE_EXHAUSTED with backoff) and not recorded, since nothing was decided.
+pub fn overloaded() -> Status {
+    Status::new(Code::ResourceExhausted, "overloaded; retry")
+}
+
+/// The gRPC status for a failed audit request. A caller's own mistake (a bad filter or page
+/// token, an unknown record) is explained; a store failure is logged and answered generically.
+pub fn status_for_audit(error: &crate::audit::AuditError) -> Status {
+    use crate::audit::AuditError;
+    use crate::record::StoreError;
+    match error {
+        AuditError::Query(error) => Status::new(Code::InvalidArgument, error.to_string()),
+        AuditError::NotFound(what) => Status::new(Code::NotFound, what.clone()),
+        AuditError::Store(error @ StoreError::TooBroad { .. }) => {
+            Status::new(Code::InvalidArgument, error.to_string())
+        }
+        AuditError::Store(error) => {
+            tracing::error!(%error, "audit request failed");
+            Status::new(Code::Internal, "internal error")
+        }
+    }
+}
+
+/// A client certificate that may not use the admin APIs.
+pub fn admin_identity_refused() -> Status {
+    Status::new(
+        Code::PermissionDenied,
+        "this client identity may not use the audit API",
+    )
+}

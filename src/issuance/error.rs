@@ -1,0 +1,139 @@
+//! Why a request did not get a certificate, and the one classification of every failure: what
+//! is recorded, what is counted, how it is logged and what the client is told all come from
+//! [`IssueError::classify`]. The gRPC edge turns [`Answer`] into a status (`grpc::status`).
+
+use crate::authn::impersonation::ImpersonationError;
+use crate::authn::AuthnError;
+use crate::csr::CsrError;
+use crate::metrics::Failure;
+use crate::policy::{Denial, DenialReason};
+use crate::ratelimit::Scope;
+use crate::record::{client_text, StoreError, CLIENT_TEXT_BYTES};
+use crate::signer::SigningError;
+
+/// Why a request did not get a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("authentication failed: {0}")]
+    Authn(#[from] AuthnError),
+    #[error("the CSR was refused: {0}")]
+    Csr(#[from] CsrError),
+    #[error("the request was denied: {0}")]
+    Denied(#[from] Denial),
+    #[error("impersonation refused: {0}")]
+    Impersonation(#[from] ImpersonationError),
+    #[error("the caller's mesh {0:?} is not served here")]
+    MeshNotServed(String),
+    #[error("signing failed: {0}")]
+    Signing(#[from] SigningError),
+    #[error("the record could not be stored: {0}")]
+    Store(#[from] StoreError),
+    #[error("the {} rate limit is exceeded", .0.name())]
+    RateLimited(Scope),
+}
+
+/// What a failure is, decided once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classification {
+    /// The recorded reason of a refusal; None for what is not a decision about the request
+    /// (meshroot's own failures, rate limits), which gets no denial record: under a flood that
+    /// would be the very load the limit exists to shed.
+    pub reason: Option<&'static str>,
+    /// How the metrics count it.
+    pub failure: Failure,
+    /// What the client is told.
+    pub answer: Answer,
+}
+
+/// What the client is told. Istio clients retry INTERNAL, UNAVAILABLE and RESOURCE_EXHAUSTED
+/// but never UNAUTHENTICATED or INVALID_ARGUMENT, so final answers use those. Only stable
+/// reason codes ever reach the client, never an error's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Final: the caller is not who the request needs (UNAUTHENTICATED).
+    Unauthenticated,
+    /// Final: the CSR cannot be read (INVALID_ARGUMENT, with the reason).
+    InvalidCsr(&'static str),
+    /// Final: the CSR asks for what the policy never grants (INVALID_ARGUMENT, with the reason).
+    Refused(&'static str),
+    /// Retryable: the authentication backend did not answer (UNAVAILABLE).
+    BackendUnavailable,
+    /// Retryable: over the rate limit of this scope (RESOURCE_EXHAUSTED).
+    Throttled(&'static str),
+    /// Retryable: meshroot's own failure (INTERNAL).
+    Internal,
+}
+
+impl IssueError {
+    /// The one classification of this failure.
+    pub fn classify(&self) -> Classification {
+        let (reason, failure, answer) = match self {
+            Self::Authn(error) => (
+                Some(error.reason()),
+                Failure::Authentication,
+                if error.is_transient() {
+                    Answer::BackendUnavailable
+                } else {
+                    Answer::Unauthenticated
+                },
+            ),
+            Self::Impersonation(error) => (
+                Some(error.reason()),
+                Failure::Authentication,
+                Answer::Unauthenticated,
+            ),
+            Self::Csr(error) => (
+                Some(error.reason()),
+                Failure::CsrParsing,
+                Answer::InvalidCsr(error.reason()),
+            ),
+            Self::Denied(denial) => {
+                let code = denial.reason.code();
+                let answer = match denial.reason {
+                    DenialReason::CallerMeshMismatch
+                    | DenialReason::TrustDomainMismatch
+                    | DenialReason::IdentityMismatch => Answer::Unauthenticated,
+                    DenialReason::SubjectNotAllowed
+                    | DenialReason::CaRequested
+                    | DenialReason::UnknownExtension
+                    | DenialReason::DnsSan
+                    | DenialReason::IpSan
+                    | DenialReason::EmailSan
+                    | DenialReason::OtherSan
+                    | DenialReason::UriSanCount
+                    | DenialReason::UriSanInvalid => Answer::Refused(code),
+                    DenialReason::SignerExpired => Answer::Internal,
+                };
+                (Some(code), Failure::Policy, answer)
+            }
+            Self::MeshNotServed(_) | Self::Signing(_) | Self::Store(_) => {
+                (None, Failure::Internal, Answer::Internal)
+            }
+            Self::RateLimited(scope) => (
+                None,
+                Failure::Throttled(scope.name()),
+                Answer::Throttled(scope.name()),
+            ),
+        };
+        Classification {
+            reason,
+            failure,
+            answer,
+        }
+    }
+
+    /// The recorded reason of a refusal, or None for internal failures and rate limits.
+    pub fn denial_reason(&self) -> Option<&'static str> {
+        self.classify().reason
+    }
+
+    /// The detail kept in a denial record and logged: the error's own text (never secrets:
+    /// tokens and keys are not part of any error). It may quote what a client sent (a CSR's
+    /// subject or SAN), so it is escaped and bounded like every client value.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Denied(denial) => client_text(&denial.detail, CLIENT_TEXT_BYTES),
+            other => client_text(&other.to_string(), CLIENT_TEXT_BYTES),
+        }
+    }
+}

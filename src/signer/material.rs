@@ -1,0 +1,124 @@
+//! CA material and its checks: the signing certificate is a valid CA now, its key matches, and
+//! `cert-chain.pem` links it to a root of the bundle.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::KeyPair;
+use rustls_pki_types::CertificateDer;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use super::SigningError;
+
+/// Loaded CA files, not yet checked.
+pub struct CaMaterial {
+    pub signing_certificate: CertificateDer<'static>,
+    pub signing_key: KeyPair,
+    /// `cert-chain.pem`: from the signing certificate up to the root (may be empty).
+    pub chain: Vec<CertificateDer<'static>>,
+    /// `root-cert.pem` (one or several roots), then any extra roots for the bundle.
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+/// Why CA material cannot serve. Messages name the file by its Istio `cacerts` name.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterialError {
+    #[error("ca-cert.pem cannot be parsed as an X.509 certificate")]
+    SigningCertificateUnparsable,
+    #[error("ca-cert.pem is not a CA certificate (BasicConstraints CA:TRUE is missing)")]
+    NotCa,
+    #[error("ca-cert.pem's KeyUsage does not allow certificate signing")]
+    NoCertSignUsage,
+    #[error("ca-key.pem does not match the public key of ca-cert.pem")]
+    KeyMismatch,
+    #[error("ca-cert.pem is not valid now (valid {not_before} to {not_after})")]
+    NotValidNow {
+        not_before: String,
+        not_after: String,
+    },
+    #[error("cert-chain.pem: certificate {position} cannot be parsed")]
+    ChainUnparsable { position: usize },
+    #[error("cert-chain.pem: certificate {position} is not signed by the certificate after it")]
+    ChainBroken { position: usize },
+    #[error("root-cert.pem holds no certificate")]
+    NoRoots,
+    #[error("root-cert.pem: certificate {position} cannot be parsed")]
+    RootUnparsable { position: usize },
+    #[error("the chain from ca-cert.pem does not end at a root in root-cert.pem")]
+    NoTrustedRoot,
+    #[error("a probe certificate issued with this material does not verify: {0}")]
+    Probe(#[source] SigningError),
+}
+
+/// The served intermediates: the signing certificate, then the certificates of `cert-chain.pem`
+/// that are neither the signing certificate nor a root of the bundle. Empty when the signing
+/// certificate is itself one of the roots.
+pub(super) fn intermediates_of(
+    signing: &CertificateDer<'static>,
+    chain: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Result<Vec<CertificateDer<'static>>, MaterialError> {
+    if roots.contains(signing) {
+        return Ok(Vec::new());
+    }
+    let mut intermediates = vec![signing.clone()];
+    for certificate in chain {
+        if certificate != signing
+            && !roots.contains(certificate)
+            && !intermediates.contains(certificate)
+        {
+            intermediates.push(certificate.clone());
+        }
+    }
+    Ok(intermediates)
+}
+
+/// Each served intermediate is signed by the next, and the last by a root of the bundle.
+pub(super) fn check_links(
+    intermediates: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Result<(), MaterialError> {
+    let parsed = intermediates
+        .iter()
+        .enumerate()
+        .map(|(position, der)| {
+            X509Certificate::from_der(der)
+                .map(|(_, c)| c)
+                .map_err(|_| MaterialError::ChainUnparsable { position })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let parsed_roots = roots
+        .iter()
+        .enumerate()
+        .map(|(position, der)| {
+            X509Certificate::from_der(der)
+                .map(|(_, c)| c)
+                .map_err(|_| MaterialError::RootUnparsable { position })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for (position, pair) in parsed.windows(2).enumerate() {
+        if pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .is_err()
+        {
+            return Err(MaterialError::ChainBroken { position });
+        }
+    }
+    if let Some(top) = parsed.last() {
+        let anchored = parsed_roots
+            .iter()
+            .any(|root| top.verify_signature(Some(root.public_key())).is_ok());
+        if !anchored {
+            return Err(MaterialError::NoTrustedRoot);
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn to_system_time(unix_seconds: i64) -> SystemTime {
+    if unix_seconds >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds as u64)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(unix_seconds.unsigned_abs())
+    }
+}
