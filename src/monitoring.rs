@@ -203,6 +203,6 @@ impl Monitor {
 fn earliest_not_after(certificates: &[rustls_pki_types::CertificateDer<'_>]) -> Option<SystemTime> {
     certificates
         .iter()
-        .filter_map(|der| crate::rotation::not_after_of(der))
+        .filter_map(|der| crate::audit::rotation::not_after_of(der))
         .min()
 }

@@ -14,11 +14,11 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::audit::merkle::{Frontier, Hash};
 use crate::audit::{LeafData, LEAF_HEADER_LEN};
 use crate::clock::format_time;
 use crate::digest::hex;
 use crate::digest::sha256;
-use crate::merkle::{Frontier, Hash};
 
 /// At most this many problems are listed (all are counted).
 const MAX_LISTED_PROBLEMS: usize = 20;

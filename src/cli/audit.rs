@@ -12,20 +12,19 @@ use std::time::SystemTime;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use clap::{Args, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tonic::transport::Channel;
 
 use super::Failure;
+use crate::audit::checkpoint::{AuditSigner, AuditVerifier, Checkpoint};
+use crate::audit::proof::{check_inclusion, ProofDocument, ProvenInclusion, PROOF_FORMAT};
 use crate::audit::verify::{LogVerifier, VerifyEntry, VerifyReport};
 use crate::audit::{parse_time, LeafData, OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
-use crate::checkpoint::{AuditSigner, AuditVerifier, Checkpoint};
 use crate::clock::format_time;
 use crate::config::Config;
 use crate::digest::hex;
 use crate::digest::parse_hex;
-use crate::digest::sha256;
 use crate::grpc::audit::filter_from_query;
-use crate::merkle::{self, Hash};
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
 use crate::record::{Outcome, Record, StoreError};
@@ -1026,25 +1025,6 @@ fn print_report(
     Ok(())
 }
 
-/// An inclusion proof as `meshroot audit prove` writes it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ProofDocument {
-    pub format: String,
-    pub sequence: u64,
-    pub leaf_index: u64,
-    pub tree_size: u64,
-    /// Hex of the 58-byte leaf data.
-    pub leaf_data: String,
-    /// Base64 of the protobuf record (null once pruned).
-    pub record: Option<String>,
-    /// Hex hashes, leaf side first (RFC 6962 PATH).
-    pub audit_path: Vec<String>,
-    /// The signed checkpoint of `tree_size`.
-    pub checkpoint: String,
-}
-
-const PROOF_FORMAT: &str = "meshroot-inclusion-proof/v1";
-
 async fn prove(args: ProveArgs) -> Result<(), Failure> {
     let mut log = Log::open(&args.source).await?;
     let sequence = log.locate(args.sequence, &args.serial).await?;
@@ -1119,14 +1099,14 @@ fn check_proof(args: CheckProofArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::usage(format!("{}: not a proof: {e}", args.proof.display())))?;
     let verifier = AuditVerifier::parse(&read(&args.verifier_key)?)
         .map_err(|e| Failure::usage(format!("{}: {e}", args.verifier_key.display())))?;
-    let outcome = check_proof_document(
+    let outcome = check_inclusion(
         &document,
         &verifier,
         args.checkpoint.as_deref().map(read).transpose()?.as_deref(),
     );
     match outcome {
-        Ok(message) => {
-            println!("OK: {message}");
+        Ok(proven) => {
+            println!("OK: {}", describe(&proven));
             Ok(())
         }
         Err(reason) => Err(Failure::runtime(format!(
@@ -1135,75 +1115,32 @@ fn check_proof(args: CheckProofArgs) -> Result<(), Failure> {
     }
 }
 
-/// Checks a proof document: the record hashes to its leaf, and the leaf is in the tree of a
-/// signed checkpoint: the one in the document, or `published` (a copy the auditor trusts, of
-/// the same tree size).
-pub fn check_proof_document(
-    document: &ProofDocument,
-    verifier: &AuditVerifier,
-    published: Option<&str>,
-) -> Result<String, String> {
-    if document.format != PROOF_FORMAT {
-        return Err(format!("unknown proof format {:?}", document.format));
-    }
-    let leaf_bytes = parse_hex(&document.leaf_data).ok_or("leaf_data is not hex")?;
-    let leaf = LeafData::parse(&leaf_bytes).ok_or("leaf_data is not a meshroot leaf")?;
-    if leaf.sequence != document.sequence || document.leaf_index + 1 != document.sequence {
-        return Err("the leaf belongs to another record".into());
-    }
+/// What a proof that holds proves, for a person.
+fn describe(proven: &ProvenInclusion) -> String {
     let mut described = format!(
         "record {} ({}, recorded {})",
-        document.sequence,
-        if leaf.issued { "issued" } else { "denied" },
-        format_time(crate::clock::from_unix_millis(leaf.recorded_at_ms))
+        proven.sequence,
+        if proven.issued { "issued" } else { "denied" },
+        format_time(proven.recorded_at)
     );
-    if let Some(encoded) = &document.record {
-        let bytes = BASE64.decode(encoded).map_err(|_| "record is not base64")?;
-        if sha256(&bytes) != leaf.record_sha256 {
-            return Err("the record does not hash to the leaf".into());
-        }
-        if let Some(record) = store::decode(&bytes) {
-            if let Outcome::Issued(issued) = &record.outcome {
-                described = format!(
-                    "{described}: {} serial {}",
-                    issued.spiffe_id,
-                    hex(&issued.serial)
-                );
-            }
-        }
+    if let Some(Outcome::Issued(issued)) = proven
+        .record
+        .as_deref()
+        .and_then(store::decode)
+        .map(|record| record.outcome)
+    {
+        described = format!(
+            "{described}: {} serial {}",
+            issued.spiffe_id,
+            hex(&issued.serial)
+        );
     }
-    let path: Vec<Hash> = document
-        .audit_path
-        .iter()
-        .map(|h| {
-            parse_hex(h)
-                .and_then(|b| Hash::try_from(b.as_slice()).ok())
-                .ok_or("an audit path hash is malformed")
-        })
-        .collect::<Result<_, _>>()?;
-    let checkpoint = verifier
-        .open_checkpoint(published.unwrap_or(&document.checkpoint))
-        .map_err(|e| e.to_string())?;
-    if checkpoint.size != document.tree_size {
-        return Err(format!(
-            "the proof is for a tree of {} records, the checkpoint covers {}",
-            document.tree_size, checkpoint.size
-        ));
-    }
-    merkle::verify_inclusion(
-        &leaf.leaf_hash(),
-        document.leaf_index,
-        document.tree_size,
-        &path,
-        &checkpoint.root,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(format!(
+    format!(
         "{described} is in the log {} of {} records (root {})",
-        checkpoint.origin,
-        checkpoint.size,
-        hex(&checkpoint.root)
-    ))
+        proven.origin,
+        proven.tree_size,
+        hex(&proven.root)
+    )
 }
 
 async fn stats(args: StatsArgs) -> Result<(), Failure> {

@@ -12,8 +12,8 @@ use rcgen::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::audit::checkpoint::AuditSigner;
 use crate::authn::jwt::DevTokenSigner;
-use crate::checkpoint::AuditSigner;
 use crate::config::{self, DEFAULT_LISTEN};
 use crate::identity::TrustDomain;
 use crate::keys::{self, certificate_pem, KeyType};

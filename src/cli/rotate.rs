@@ -9,13 +9,13 @@ use clap::{Args, Subcommand};
 
 use super::audit::{Log, SourceArgs};
 use super::Failure;
+use crate::audit::rotation::{self, BundleUse};
 use crate::audit::{OutcomeFilter, Query};
 use crate::clock::format_time;
 use crate::config::Config;
 use crate::digest::hex;
 use crate::keys::KeyType;
 use crate::record::Record;
-use crate::rotation::{self, BundleUse};
 
 #[derive(Debug, Subcommand)]
 pub enum RotateCommand {

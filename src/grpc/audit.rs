@@ -7,8 +7,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::audit::checkpoint::Checkpoint;
 use crate::audit::{AuditError, OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
-use crate::checkpoint::Checkpoint;
 use crate::clock::{from_unix_millis, unix_millis};
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_server::{AuditService, AuditServiceServer};

@@ -23,7 +23,7 @@ use crate::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthentic
 use crate::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuthenticator};
 mod connections;
 
-use crate::checkpoint::AuditSigner;
+use crate::audit::checkpoint::AuditSigner;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ClusterConfig, Config, ConnectionConfig, KubernetesConfig, MeshConfig};
 use crate::grpc::audit::AdminAccess;
@@ -672,8 +672,8 @@ fn check_roots_in_use(
     now: SystemTime,
     force: bool,
 ) -> Result<(), ServeError> {
+    use crate::audit::rotation::{self, InUse};
     use crate::audit::{OutcomeFilter, Query};
-    use crate::rotation::{self, InUse};
     store.remember_signer(mesh, &authority.signer_chain())?;
     let bundle: Vec<Vec<u8>> = authority.roots().iter().map(|r| r.to_vec()).collect();
     let stranded = rotation::stranded_signers(&store.signers(mesh)?, &bundle);
@@ -1044,7 +1044,8 @@ impl AuditPublisher {
             write_atomically(&self.file, note.as_bytes())
                 .await
                 .map_err(|error| ServeError::Store(StoreError::Write(Arc::new(error))))?;
-            if let Some(checkpoint) = crate::checkpoint::Checkpoint::parse_unverified(&note) {
+            if let Some(checkpoint) = crate::audit::checkpoint::Checkpoint::parse_unverified(&note)
+            {
                 tracing::info!(
                     size = checkpoint.size,
                     root = %crate::digest::hex(&checkpoint.root),

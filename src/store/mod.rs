@@ -18,10 +18,10 @@
 
 pub mod codec;
 pub mod index;
+pub mod integrity;
 pub mod pruned;
 pub mod retention;
 pub mod tiles;
-pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,13 +31,13 @@ use std::time::{Duration, SystemTime};
 use prost::Message as _;
 use tokio::sync::watch;
 
+use crate::audit::checkpoint::AuditSigner;
+use crate::audit::merkle::{self, Frontier, Hash};
 use crate::audit::{
     AuditError, IndexKeys, LeafData, Page, PageToken, Position, Query, QueryError, LEAF_HEADER_LEN,
     MAX_PAGE_SIZE,
 };
-use crate::checkpoint::AuditSigner;
 use crate::clock::{from_unix_millis, from_unix_seconds, unix_millis};
-use crate::merkle::{self, Frontier, Hash};
 use crate::pb::store as pb;
 use crate::record::{
     AppendFuture, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink,

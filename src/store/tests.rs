@@ -5,9 +5,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
+use crate::audit::checkpoint::{AuditSigner, AuditVerifier};
+use crate::audit::merkle;
 use crate::audit::{OutcomeFilter, Query};
-use crate::checkpoint::{AuditSigner, AuditVerifier};
-use crate::merkle;
 
 const T0: u64 = 1_800_000_000;
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::merkle::{node_hash, Hash, SubtreeHashes};
+use crate::audit::merkle::{node_hash, Hash, SubtreeHashes};
 use crate::record::StoreError;
 
 /// Tree levels per tile level.
@@ -185,7 +185,7 @@ fn missing(level: u8, index: u64) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merkle::{self, leaf_hash};
+    use crate::audit::merkle::{self, leaf_hash};
 
     #[test]
     fn tiles_answer_every_subtree_like_the_leaves_do() {

@@ -9,10 +9,10 @@ use crate::common;
 use std::time::{Duration, SystemTime};
 
 use common::{agent_csr, spiffe_id, TestCa, TestServer, MESH};
-use meshroot::checkpoint::AuditVerifier;
+use meshroot::audit::checkpoint::AuditVerifier;
+use meshroot::audit::merkle;
 use meshroot::clock::unix_millis;
 use meshroot::keys::KeyType;
-use meshroot::merkle;
 use meshroot::pb::audit as api;
 use meshroot::pb::audit::audit_service_client::AuditServiceClient;
 use tonic::transport::Channel;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::process::{Serving, BINARY};
 use common::{agent_csr, ztunnel_csr, TestCa, MESH};
+use meshroot::audit::checkpoint::AuditVerifier;
 use meshroot::audit::Query;
-use meshroot::checkpoint::AuditVerifier;
 use meshroot::client::{self, AgentMetadata, Target};
 use meshroot::record::Outcome;
 use meshroot::store::SledStore;

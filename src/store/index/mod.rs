@@ -14,11 +14,11 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use crate::audit::merkle::Hash;
 use crate::audit::{
     boundary_prefix, order_key, IndexKeys, IndexKind, OutcomeFilter, Position, Query, Summary,
     MESH_SEPARATOR, OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED,
 };
-use crate::merkle::Hash;
 use crate::record::StoreError;
 
 use super::codec::{

@@ -6,8 +6,8 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+use crate::audit::checkpoint::AuditVerifier;
 use crate::audit::verify::{LogVerifier, VerifyEntry, VerifyReport};
-use crate::checkpoint::AuditVerifier;
 use crate::record::StoreError;
 
 use super::{tiles, LogEntry, SledStore};
@@ -114,7 +114,7 @@ fn expect_checkpoint(
                 return;
             }
         },
-        None => match crate::checkpoint::Checkpoint::parse_unverified(note) {
+        None => match crate::audit::checkpoint::Checkpoint::parse_unverified(note) {
             Some(checkpoint) => checkpoint,
             None => {
                 log.problem(format!("checkpoint {label} is malformed"));

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 
-use crate::merkle::Hash;
+use crate::audit::merkle::Hash;
 
 /// The signature type byte of Ed25519 in signed notes.
 const ED25519_TYPE: u8 = 0x01;
@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn checkpoints_round_trip_and_other_keys_are_refused() {
         let (signer, pkcs8) = AuditSigner::generate("meshroot-audit/test").unwrap();
-        let root = crate::merkle::leaf_hash(b"x");
+        let root = crate::audit::merkle::leaf_hash(b"x");
         let note = signer.sign_checkpoint(42, root);
         assert!(note.starts_with("meshroot-audit/test\n42\n"));
         let verifier = AuditVerifier::parse(&signer.verifier_key()).unwrap();
