@@ -61,3 +61,24 @@ pub struct Caller {
     /// projected token's `kubernetes.io.pod` claim.
     pub pod: Option<PodRef>,
 }
+
+/// A trusted node account, `<namespace>/<service-account>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAccount {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl NodeAccount {
+    /// Parses `<namespace>/<service-account>`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (namespace, service_account) = text.split_once('/')?;
+        if namespace.is_empty() || service_account.is_empty() || service_account.contains('/') {
+            return None;
+        }
+        Some(Self {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        })
+    }
+}

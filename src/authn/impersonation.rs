@@ -13,6 +13,7 @@
 //! Pod lookups go to the caller's cluster (get pod; list pods by `spec.nodeName`) and are cached
 //! briefly. Every failure has its own reason; all are authentication failures.
 
+pub use crate::caller::NodeAccount;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -21,27 +22,6 @@ use super::token_review::{ClusterApi, PodInfo};
 use super::Caller;
 use crate::clock::Clock;
 use crate::identity::{SpiffeId, TrustDomain};
-
-/// A trusted node account, `<namespace>/<service-account>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeAccount {
-    pub namespace: String,
-    pub service_account: String,
-}
-
-impl NodeAccount {
-    /// Parses `<namespace>/<service-account>`.
-    pub fn parse(text: &str) -> Option<Self> {
-        let (namespace, service_account) = text.split_once('/')?;
-        if namespace.is_empty() || service_account.is_empty() || service_account.contains('/') {
-            return None;
-        }
-        Some(Self {
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        })
-    }
-}
 
 /// Why an impersonation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

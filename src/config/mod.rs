@@ -1,0 +1,340 @@
+//! One typed, validated configuration: a TOML file plus a few environment overrides.
+//!
+//! Every setting is parsed before anything fails, and every problem is reported with its key and
+//! the file it came from (style: linkerd2-proxy). Loading never binds a port or opens the store.
+//! Relative paths are relative to the directory of the config file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::caller::{AuthenticatorKind, NodeAccount};
+use crate::clock::parse_duration;
+use crate::identity::TrustDomain;
+use crate::policy::AliasIssuance;
+
+mod parse;
+mod raw;
+mod values;
+
+pub use self::values::is_dns_name;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
+pub const DEFAULT_DNS_NAMES: [&str; 2] = ["localhost", "meshroot.istio-system.svc"];
+pub const DEFAULT_AUDIENCE: &str = "istio-ca";
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+pub const DEFAULT_NODE_ACCOUNT: &str = "istio-system/ztunnel";
+pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 32;
+pub const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a stopping server waits for requests in flight (below Kubernetes' default 30 s
+/// termination grace period, so the final flush and checkpoint still run before SIGKILL).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15014";
+/// A CSR request still unanswered after this is cancelled (CANCELLED, which clients retry).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per authenticated caller: requests per second, and the burst (ztunnel asks for every pod
+/// of its node at once when the node restarts).
+pub const DEFAULT_CALLER_RATE: (f64, f64) = (20.0, 200.0);
+/// Per namespace of the identities asked for.
+pub const DEFAULT_NAMESPACE_RATE: (f64, f64) = (200.0, 2000.0);
+/// Refusals of unauthenticated requests recorded one by one, per peer address (one a minute,
+/// bursts of 10); the rest are counted into summary records.
+pub const DEFAULT_REFUSALS_RECORDED_PER_PEER: (f64, f64) = (1.0 / 60.0, 10.0);
+/// The same, over all peers together (one every 10 s, bursts of 60): with the summaries, a
+/// flood costs the store at most about 1 KB/s (README, "Limits and hardening").
+pub const DEFAULT_REFUSALS_RECORDED: (f64, f64) = (0.1, 60.0);
+/// Where the Lease and `istiod-tls` live when neither the config nor `POD_NAMESPACE` says.
+pub const DEFAULT_KUBERNETES_NAMESPACE: &str = "istio-system";
+/// client-go's default `leaseDurationSeconds`.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+/// Every namespace's ConfigMap and istiod's Secret are checked at least this often.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
+pub const DEFAULT_STORE_CACHE_MIB: u64 = 64;
+pub const DEFAULT_AUDIT_KEY_NAME: &str = "meshroot-audit";
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Environment variables that override the file.
+pub const ENV_LISTEN: &str = "MESHROOT_LISTEN";
+pub const ENV_STORE: &str = "MESHROOT_STORE";
+pub const ENV_ADMIN_LISTEN: &str = "MESHROOT_ADMIN_LISTEN";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub source: PathBuf,
+    pub listen: SocketAddr,
+    /// DNS names in meshroot's serving certificate (the host part of istio-agent's `CA_ADDR`).
+    pub dns_names: Vec<String>,
+    /// Lifetime of meshroot's own serving certificate; renewed at half of it.
+    pub serving_certificate_ttl: Duration,
+    /// The sled directory for issuance records.
+    pub store: PathBuf,
+    /// Memory for sled's page cache (MiB): more makes audit queries on large logs faster.
+    pub store_cache_mib: u64,
+    /// CSR requests handled at once; more are answered RESOURCE_EXHAUSTED (clients retry).
+    pub max_concurrent_requests: usize,
+    /// TLS handshakes in progress at once; further connections wait to be accepted.
+    pub max_concurrent_handshakes: usize,
+    /// The order in which authenticators are tried; the first success wins.
+    pub authenticators: Vec<AuthenticatorKind>,
+    /// How long pod lookups for impersonation are reused.
+    pub pod_cache_ttl: Duration,
+    /// On SIGTERM, how long requests and streams in flight may run before they are cut.
+    pub shutdown_grace: Duration,
+    /// A CSR request still unanswered after this is cancelled.
+    pub request_timeout: Duration,
+    pub rate_limit: RateLimitConfig,
+    pub connections: ConnectionConfig,
+    pub meshes: Vec<MeshConfig>,
+    pub audit: AuditConfig,
+    pub admin: AdminConfig,
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// The audit log: checkpoint signing and retention.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The Ed25519 key (PKCS#8 PEM) that signs checkpoints; without it none are written.
+    pub key: Option<PathBuf>,
+    /// The key's name, which is also the checkpoint origin (names the log).
+    pub key_name: String,
+    /// Where the latest signed checkpoint is published (written atomically).
+    pub checkpoint_file: PathBuf,
+    pub checkpoint_interval: Duration,
+    pub retention: crate::audit::RetentionPolicy,
+    pub prune_interval: Duration,
+    /// Records whose index entries are kept in memory before being written as one run
+    /// (memory against the number of runs a query reads).
+    pub index_segment_records: u64,
+}
+
+/// The admin listener: the audit API (and, later, metrics and health).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Client identities allowed on a non-loopback listener (mutual TLS).
+    pub allowed_identities: Vec<String>,
+}
+
+/// Limits on connections and what each may hold (`[connections]`), for the CSR listener and,
+/// separately counted, the admin listener. They answer connection floods, silent and slow
+/// sockets, and oversized or unfinished request bodies (README, "Limits and hardening").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Open connections at once on a listener; more are closed at accept.
+    pub max_total: usize,
+    /// Open connections at once from one peer address.
+    pub max_per_peer: usize,
+    /// TLS handshakes in progress at once from one peer address.
+    pub max_handshakes_per_peer: usize,
+    /// A connection that sends no byte this long after accept is closed (no handshake slot is
+    /// taken before its first byte).
+    pub first_byte_timeout: Duration,
+    /// A TLS handshake that takes longer than this is abandoned.
+    pub handshake_timeout: Duration,
+    /// After TLS, a connection that sends no HTTP/2 preface this long is closed.
+    pub preface_timeout: Duration,
+    /// A connection on which nothing is read or written this long is closed (clients reconnect
+    /// on their next request).
+    pub idle_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams: u32,
+    /// The largest gRPC request message accepted (a CSR request is a few KB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_total: 4096,
+            max_per_peer: 256,
+            max_handshakes_per_peer: 64,
+            first_byte_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            max_streams: 32,
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Token-bucket limits (`[rate_limit]`); a zero rate means no limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    pub per_caller: crate::ratelimit::Rate,
+    pub per_namespace: crate::ratelimit::Rate,
+    /// Unauthenticated refusals recorded one by one, per peer address and overall; beyond
+    /// them, refusals are counted into periodic summary records.
+    pub refusals_recorded_per_peer: crate::ratelimit::Rate,
+    pub refusals_recorded: crate::ratelimit::Rate,
+}
+
+/// The elected replica's duties in the cluster meshroot runs in (`[kubernetes]`).
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// The mesh whose trust bundle and intermediate are published.
+    pub mesh: String,
+    pub access: ClusterAccess,
+    /// Where the Lease and `istiod-tls` live.
+    pub namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    pub lease_duration: Duration,
+    /// Keep `istio-ca-root-cert` in namespaces.
+    pub root_configmap: bool,
+    /// Only namespaces matching this label selector (empty: all).
+    pub namespace_selector: String,
+    /// Keep the `istiod-tls` Secret.
+    pub istiod_tls: bool,
+    pub istiod_revisions: Vec<String>,
+    pub istiod_tls_ttl: Duration,
+    pub resync: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub name: String,
+    pub trust_domain: TrustDomain,
+    /// Istio `cacerts` layout or `kubernetes.io/tls` layout.
+    pub ca_dir: PathBuf,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub token_issuers: Vec<TokenIssuerConfig>,
+    /// Clusters whose API servers review tokens (and look up pods) for this mesh.
+    pub clusters: Vec<ClusterConfig>,
+    /// Whether a client certificate of this mesh authenticates its holder.
+    pub client_cert_auth: bool,
+    /// Accounts allowed to ask for `ImpersonatedIdentity` (node proxies).
+    pub trusted_node_accounts: Vec<NodeAccount>,
+    /// Other names of the trust domain accepted in requests (migration).
+    pub trust_domain_aliases: Vec<TrustDomain>,
+    pub alias_issuance: AliasIssuance,
+    /// Roots added to the mesh's trust bundle (a new root during rotation, federated meshes).
+    pub extra_roots: Vec<ExtraRoot>,
+    /// Load a trust bundle even though unexpired certificates chain to none of its roots.
+    pub force_root_removal: bool,
+}
+
+impl MeshConfig {
+    /// The files of `extra_roots`, in order.
+    pub fn extra_root_paths(&self) -> Vec<PathBuf> {
+        self.extra_roots
+            .iter()
+            .map(|root| root.path.clone())
+            .collect()
+    }
+}
+
+/// A root added to a mesh's trust bundle. Being in the bundle lets workloads verify peers under
+/// it; it authenticates callers (client certificates, admin mutual TLS) only for the trust
+/// domains in `vouches_for`, none by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraRoot {
+    pub path: PathBuf,
+    pub vouches_for: Vec<TrustDomain>,
+}
+
+/// A Kubernetes cluster of a mesh.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The `clusterid` header value that selects this cluster.
+    pub id: String,
+    pub access: ClusterAccess,
+    pub audiences: Vec<String>,
+    pub review_timeout: Duration,
+    pub review_cache_ttl: Duration,
+    pub max_concurrent_reviews: usize,
+}
+
+/// How meshroot reaches a cluster's API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterAccess {
+    /// A kubeconfig file (remote clusters), optionally a context in it.
+    Kubeconfig {
+        path: PathBuf,
+        context: Option<String>,
+    },
+    /// The pod's own service account (the cluster meshroot runs in).
+    InCluster,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenIssuerConfig {
+    /// The `iss` claim.
+    pub issuer: String,
+    /// JWKS file with the issuer's public keys.
+    pub jwks: PathBuf,
+    pub audiences: Vec<String>,
+    /// Only for a local development issuer: the ES256 key `meshroot token` signs with.
+    pub dev_signing_key: Option<PathBuf>,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem, at one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.file.display())?;
+        for problem in &self.problems {
+            write!(f, "\n  {}: {}", problem.key, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file, applying `MESHROOT_LISTEN` / `MESHROOT_STORE`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem {
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mut config = Self::parse(&text, path, env(ENV_LISTEN), env(ENV_STORE))?;
+        if let Some(admin) = env(ENV_ADMIN_LISTEN) {
+            config.admin.listen = admin.parse().map_err(|_| ConfigError {
+                file: path.to_owned(),
+                problems: vec![Problem {
+                    key: ENV_ADMIN_LISTEN.into(),
+                    message: format!("{admin:?} is not an address:port"),
+                }],
+            })?;
+        }
+        Ok(config)
+    }
+
+    pub fn mesh(&self, name: &str) -> Option<&MeshConfig> {
+        self.meshes.iter().find(|m| m.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

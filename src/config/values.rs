@@ -1,0 +1,79 @@
+//! Checks of single values shared by the sections of the file: durations, names, cluster
+//! access.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// `kubeconfig` (+ `context`) or `in_cluster = true`: exactly one of them.
+pub(super) fn cluster_access(
+    kubeconfig: Option<String>,
+    context: Option<String>,
+    in_cluster: bool,
+    base: &Path,
+    key: &str,
+    problem: &mut impl FnMut(String, String),
+) -> ClusterAccess {
+    match (kubeconfig, in_cluster) {
+        (Some(path), false) => ClusterAccess::Kubeconfig {
+            path: base.join(path),
+            context,
+        },
+        (None, true) => ClusterAccess::InCluster,
+        (Some(_), true) => {
+            problem(
+                key.to_owned(),
+                "give either kubeconfig or in_cluster = true, not both".into(),
+            );
+            ClusterAccess::InCluster
+        }
+        (None, false) => {
+            problem(
+                key.to_owned(),
+                "a kubeconfig file, or in_cluster = true, is required".into(),
+            );
+            ClusterAccess::InCluster
+        }
+    }
+}
+
+pub(super) fn duration_setting(
+    text: Option<&str>,
+    default: Duration,
+    key: &str,
+    problem: &mut impl FnMut(String, String),
+) -> Duration {
+    match text {
+        None => default,
+        Some(text) => match parse_duration(text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                problem(
+                    key.to_owned(),
+                    format!("{text:?} is not a positive duration like \"24h\", \"7d\", \"90m\""),
+                );
+                default
+            }
+        },
+    }
+}
+
+pub(super) fn is_mesh_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// RFC 1123 host names (letters, digits, '-', dot-separated labels of 1–63 characters).
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
