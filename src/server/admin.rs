@@ -1,0 +1,94 @@
+//! The admin listener: health, readiness, metrics and the audit API over (mutual) TLS.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Binds the admin address and serves there the audit API, the gRPC health service and, over
+/// HTTP/1.1 or HTTP/2, `/metrics`, `/healthz` and `/readyz`. On a loopback address in plain
+/// text; elsewhere over TLS, where the audit API requires a client certificate that proves one
+/// of `admin.allowed_identities` through the identity anchors (metrics and health need
+/// none, so Prometheus and the kubelet can reach them; they reveal no identities).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn start_admin(
+    config: &Config,
+    current: Arc<CurrentAuthority>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    serving: Arc<ServingCertificate>,
+    store: Arc<SledStore>,
+    audit: &AuditPublisher,
+    (monitor, health): (&Monitor, HealthServer<impl Health>),
+    shutdown: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<Result<(), ServeError>>), ServeError> {
+    let address = config.admin.listen;
+    let listener =
+        connections::bind(address).map_err(|source| ServeError::Bind { address, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let loopback = address.ip().is_loopback();
+    let verifier_key = audit.signer.as_ref().map(|s| s.verifier_key());
+    let service = crate::grpc::audit::AuditApi::new(
+        store,
+        verifier_key,
+        (!loopback).then(|| AdminAccess {
+            allowed_identities: config.admin.allowed_identities.clone(),
+            current,
+        }),
+        shutdown.clone(),
+    );
+    let mut stop = shutdown.clone();
+    let until_stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let routes = tonic::service::Routes::new(service)
+        .add_service(health)
+        .into_axum_router()
+        .merge(monitor.routes())
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
+    let router = http2_limits(tonic::transport::Server::builder(), &config.connections)
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(routes));
+    let task = if loopback {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, until_stopped)
+                .await
+                .map_err(ServeError::from)
+        })
+    } else {
+        // The handshake proves the client holds its certificate's key; whether the certificate
+        // proves an allowed identity is the audit API's to judge, against the identity anchors
+        // in force (never merely the trust bundle's roots).
+        let verifier = Arc::new(DeferredClientVerifier {
+            provider: provider.clone(),
+        });
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| ServeError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(serving);
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let (connections, incoming) = mpsc::channel(64);
+        // Counted apart from the CSR listener, so a flood there never starves the probes here.
+        // A live tail may be quiet for long: no idle timeout on this listener.
+        let limits = ConnectionConfig {
+            idle_timeout: ADMIN_IDLE_TIMEOUT,
+            ..config.connections
+        };
+        tokio::spawn(connections::accept_loop(
+            listener,
+            TlsAcceptor::from(Arc::new(tls)),
+            connections,
+            ConnectionLimits::new(limits, config.max_concurrent_handshakes),
+            shutdown,
+        ));
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(ReceiverStream::new(incoming), until_stopped)
+                .await
+                .map_err(ServeError::from)
+        })
+    };
+    Ok((local, task))
+}

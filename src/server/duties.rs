@@ -1,0 +1,153 @@
+//! The Kubernetes duties of the elected replica: publishing each mesh's trust bundle
+//! (`istio-ca-root-cert`) and istiod's serving certificate, under a Lease.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Starts the elected replica's duties in its own cluster: the Lease election, and, while
+/// leading, root distribution and istiod's certificate. Returns the election's task.
+pub(super) async fn start_cluster_duties(
+    settings: &KubernetesConfig,
+    current: Arc<CurrentAuthority>,
+    leader: watch::Sender<bool>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, ServeError> {
+    let cluster = KubeCluster::connect_for_watches(&settings.access, KUBERNETES_TIMEOUT)
+        .await
+        .map_err(|source| ServeError::Cluster {
+            mesh: settings.mesh.clone(),
+            cluster: "[kubernetes]".to_owned(),
+            source,
+        })?;
+    let leads = leader.subscribe();
+    let election = tokio::spawn(crate::kubernetes::lease::run(
+        cluster.client(),
+        LeaseSettings {
+            namespace: settings.namespace.clone(),
+            name: settings.lease_name.clone(),
+            identity: settings.identity.clone(),
+            duration: settings.lease_duration,
+        },
+        leader,
+        shutdown.clone(),
+    ));
+    let publish = PublishSettings {
+        namespace_selector: settings.namespace_selector.clone(),
+        root_configmap: settings.root_configmap,
+        istiod_tls: settings.istiod_tls,
+        istiod_namespace: settings.namespace.clone(),
+        istiod_revisions: settings.istiod_revisions.clone(),
+        istiod_ttl: settings.istiod_tls_ttl,
+        resync: settings.resync,
+    };
+    let mesh: Arc<dyn MeshMaterial> = Arc::new(PublishedMesh {
+        current,
+        mesh: settings.mesh.clone(),
+        istiod_ttl: settings.istiod_tls_ttl,
+    });
+    if publish.root_configmap {
+        tokio::spawn(publish::run_root_distribution(
+            cluster.client(),
+            publish.clone(),
+            mesh.clone(),
+            leads.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if publish.istiod_tls {
+        tokio::spawn(publish::run_istiod_certificate(
+            cluster.client(),
+            publish,
+            mesh,
+            leads,
+            shutdown,
+        ));
+    }
+    tracing::info!(namespace = %settings.namespace, lease = %settings.lease_name, identity = %settings.identity, "cluster duties started; they run on the elected replica");
+    Ok(election)
+}
+
+/// The `[kubernetes]` mesh as the publisher sees it: read from the authority in force, so
+/// reloads and rotations are published.
+pub(super) struct PublishedMesh {
+    current: Arc<CurrentAuthority>,
+    mesh: String,
+    istiod_ttl: Duration,
+}
+
+impl MeshMaterial for PublishedMesh {
+    fn bundle_pem(&self) -> Option<String> {
+        let ca = self.current.get();
+        ca.mesh_signer(&self.mesh)
+            .map(|authority| authority.root_bundle_pem().to_owned())
+    }
+
+    fn intermediates_pem(&self) -> Option<String> {
+        let ca = self.current.get();
+        ca.mesh_signer(&self.mesh)
+            .map(|authority| authority.intermediates_pem())
+    }
+
+    fn trust_domain(&self) -> Option<String> {
+        let ca = self.current.get();
+        ca.mesh_signer(&self.mesh)
+            .map(|authority| authority.trust_domain().to_string())
+    }
+
+    fn issue_istiod<'a>(&'a self, dns_names: &'a [String], spiffe_id: &'a str) -> IssueFuture<'a> {
+        Box::pin(async move {
+            let identity = crate::identity::SpiffeId::parse(spiffe_id)
+                .map_err(|e| format!("istiod's identity {spiffe_id}: {e}"))?;
+            let ca = self.current.get();
+            let (issued, key) = ca
+                .issue_server_certificate(
+                    &self.mesh,
+                    dns_names,
+                    Some(&identity),
+                    self.istiod_ttl,
+                    "istiod-tls",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let leaf_and_intermediates = issued
+                .cert_chain
+                .split_last()
+                .map(|(_bundle, chain)| chain.concat())
+                .unwrap_or_default();
+            Ok(ServerCertificate {
+                chain_pem: leaf_and_intermediates,
+                key_pem: key.serialize_pem(),
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+            })
+        })
+    }
+}
+
+/// Connect and request timeout of the cluster-duties client.
+pub(super) const KUBERNETES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits for a listener's task to end by `deadline`, then aborts it.
+pub(super) async fn finish_by(
+    mut task: JoinHandle<Result<(), ServeError>>,
+    deadline: tokio::time::Instant,
+    listener: &str,
+) -> Result<(), ServeError> {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(joined) => joined?,
+        Err(_) => {
+            tracing::warn!(
+                listener,
+                "requests still in flight at the end of shutdown_grace: closing their connections"
+            );
+            task.abort();
+            Ok(())
+        }
+    }
+}
+
+pub(super) async fn connect_cluster(
+    cluster: &ClusterConfig,
+) -> Result<KubeCluster, ClusterSetupError> {
+    KubeCluster::connect(&cluster.access, cluster.review_timeout).await
+}

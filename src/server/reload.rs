@@ -1,0 +1,136 @@
+//! Reload and signals: which files are watched, reloading the configuration into a new
+//! authority (in-flight requests finish with the old one), and SIGHUP/SIGTERM handling.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The files whose change triggers a reload: the config file, and each mesh's CA directory
+/// (itself, for entries added or swapped, and every entry in it) and extra roots.
+pub(super) fn watched_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut files = vec![config.source.clone()];
+    for mesh in &config.meshes {
+        files.push(mesh.ca_dir.clone());
+        if let Ok(entries) = std::fs::read_dir(&mesh.ca_dir) {
+            let mut entries: Vec<_> = entries.flatten().map(|entry| entry.path()).collect();
+            entries.sort();
+            files.extend(entries);
+        }
+        files.extend(mesh.extra_root_paths());
+    }
+    files
+}
+
+/// Modification time and size of each file (following symbolic links, as Kubernetes' Secret
+/// volumes use them).
+pub(super) fn fingerprint(files: &[std::path::PathBuf]) -> Vec<(std::path::PathBuf, Seen)> {
+    files
+        .iter()
+        .map(|path| {
+            let seen = std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (path.clone(), seen)
+        })
+        .collect()
+}
+
+pub(super) async fn reload(
+    running: &Config,
+    current: &CurrentAuthority,
+    store: &Arc<SledStore>,
+    clock: &Arc<dyn Clock>,
+    (metrics, limits): (&Arc<Metrics>, &Arc<RateLimits>),
+    reloads: &tokio::sync::Mutex<()>,
+) -> Result<Config, ReloadError> {
+    let _one_at_a_time = reloads.lock().await;
+    let result = async {
+        let config = Config::load(&running.source)?;
+        if config.listen != running.listen
+            || config.store != running.store
+            || config.dns_names != running.dns_names
+            || config.serving_certificate_ttl != running.serving_certificate_ttl
+        {
+            tracing::warn!(
+                "listen, store, dns_names and serving_certificate_ttl changes take effect at the next restart"
+            );
+        }
+        let authority = build_authority(&config, clock.clone(), store.clone(), metrics.clone())
+            .await?
+            .with_rate_limits(limits.clone());
+        limits.set_rates(config.rate_limit.per_caller, config.rate_limit.per_namespace);
+        limits.set_refusal_rates(
+            config.rate_limit.refusals_recorded_per_peer,
+            config.rate_limit.refusals_recorded,
+        );
+        current.replace(Arc::new(authority));
+        Ok::<_, ReloadError>(config)
+    }
+    .await;
+    match &result {
+        Ok(config) => tracing::info!(
+            meshes = ?config.meshes.iter().map(|m| (&m.name, m.trust_domain.as_str())).collect::<Vec<_>>(),
+            "configuration reloaded"
+        ),
+        Err(error) => {
+            tracing::error!(%error, "configuration reload refused; the previous configuration keeps serving")
+        }
+    }
+    result
+}
+
+/// What a process signal asks of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: shut down gracefully.
+    Stop,
+    /// SIGHUP: reload the configuration.
+    Reload,
+}
+
+/// The process signal handlers `serve` reacts to. Install them before starting the server:
+/// until a handler is installed, the signal's default action (ending the process) applies.
+#[derive(Debug)]
+pub struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (needs a running tokio runtime).
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+                hangup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    /// The next signal received.
+    pub async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => Signal::Stop,
+                _ = self.interrupt.recv() => Signal::Stop,
+                _ = self.hangup.recv() => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
+    }
+}
