@@ -1,0 +1,164 @@
+//! `audit verify`: recompute the log's tree and check it against signed checkpoints.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The verifier key: from a file, else derived from the config's audit key.
+pub(super) fn load_verifier(
+    path: Option<&Path>,
+    config: &Path,
+) -> Result<Option<AuditVerifier>, Failure> {
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+        return AuditVerifier::parse(&text)
+            .map(Some)
+            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())));
+    }
+    let Ok(config) = Config::load(config) else {
+        return Ok(None);
+    };
+    let Some(key) = &config.audit.key else {
+        return Ok(None);
+    };
+    use rustls_pki_types::pem::PemObject as _;
+    let pem = std::fs::read(key).map_err(|e| Failure::usage(format!("{}: {e}", key.display())))?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem)
+        .map_err(|_| Failure::usage(format!("{}: not a PKCS#8 key", key.display())))?;
+    let signer = AuditSigner::from_pkcs8(&config.audit.key_name, der.secret_pkcs8_der())
+        .map_err(|e| Failure::usage(format!("{}: {e}", key.display())))?;
+    Ok(Some(signer.verifier()))
+}
+
+pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    let verifier = load_verifier(args.verifier_key.as_deref(), &args.source.config)?;
+    let mut external = Vec::new();
+    for path in &args.checkpoints {
+        let note = std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+        external.push((path.display().to_string(), note));
+    }
+    let started = std::time::Instant::now();
+    let mut log = Log::open(&args.source).await?;
+    let report = match &mut log {
+        Log::Store(store) => {
+            let store = store.clone();
+            blocking(move || {
+                store
+                    .verify(verifier.as_ref(), &external, SystemTime::now())
+                    .map_err(|e| e.to_string())
+            })
+            .await?
+        }
+        Log::Remote(client) => {
+            // The server only supplies the entries: the tree is recomputed here.
+            let checkpoint = client
+                .get_checkpoint(api::GetCheckpointRequest::default())
+                .await
+                .map(|r| r.into_inner())
+                .ok();
+            let stats = client
+                .get_stats(api::GetStatsRequest {})
+                .await
+                .map_err(remote_failure)?
+                .into_inner();
+            let mut checker = LogVerifier::new(SystemTime::now());
+            let mut notes: Vec<(String, String)> = external;
+            if let Some(checkpoint) = &checkpoint {
+                notes.push(("latest (from the server)".into(), checkpoint.note.clone()));
+            }
+            expect_all(&mut checker, verifier.as_ref(), &notes);
+            let to = stats.appended;
+            log.stream_entries(1, to, &mut |sequence, entry| {
+                checker.push(sequence, entry);
+            })
+            .await?;
+            checker.finish()
+        }
+    };
+    print_report(&report, started.elapsed(), args.json)?;
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(format!(
+            "the log does NOT verify: {} problem(s)",
+            report.problem_count
+        )))
+    }
+}
+
+/// Adds checkpoints to check: signature first (with a verifier), then the root.
+pub(super) fn expect_all(
+    checker: &mut LogVerifier,
+    verifier: Option<&AuditVerifier>,
+    notes: &[(String, String)],
+) {
+    if verifier.is_none() {
+        checker.warn("no audit verifier key: checkpoint signatures were not checked");
+    }
+    for (label, note) in notes {
+        let checkpoint = match verifier {
+            Some(verifier) => verifier.open_checkpoint(note).map_err(|e| e.to_string()),
+            None => Checkpoint::parse_unverified(note).ok_or_else(|| "malformed".to_owned()),
+        };
+        match checkpoint {
+            Ok(checkpoint) => checker.expect(checkpoint.size, checkpoint.root, label.clone()),
+            Err(error) => checker.problem(format!("checkpoint {label}: {error}")),
+        }
+    }
+}
+
+pub(super) fn print_report(
+    report: &VerifyReport,
+    elapsed: std::time::Duration,
+    json: bool,
+) -> Result<(), Failure> {
+    if json {
+        return print_json(report);
+    }
+    let rate = report.entries as f64 / elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "entries: {} ({} pruned), tree size {}, root {}",
+        report.entries,
+        report.pruned,
+        report.tree_size,
+        hex(&report.root)
+    );
+    for checkpoint in &report.checkpoints {
+        println!(
+            "checkpoint {} (size {}): {}",
+            checkpoint.source,
+            checkpoint.size,
+            if checkpoint.matched {
+                "matches"
+            } else {
+                "DOES NOT MATCH"
+            }
+        );
+    }
+    if report.uncovered > 0 {
+        println!(
+            "{} record(s) after the latest matching checkpoint are not covered by a signature yet",
+            report.uncovered
+        );
+    }
+    for warning in &report.warnings {
+        println!("warning: {warning}");
+    }
+    for problem in &report.problems {
+        println!("PROBLEM: {problem}");
+    }
+    if report.problem_count > report.problems.len() as u64 {
+        println!(
+            "... and {} more problem(s)",
+            report.problem_count - report.problems.len() as u64
+        );
+    }
+    println!(
+        "{} in {:.2}s ({:.0} entries/s)",
+        if report.ok() { "OK" } else { "FAILED" },
+        elapsed.as_secs_f64(),
+        rate
+    );
+    Ok(())
+}
