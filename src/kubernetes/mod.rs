@@ -22,7 +22,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::authn::token_review::{ApiError, ApiFuture, ClusterApi, PodInfo, ReviewStatus};
 use crate::authn::BearerToken;
-use crate::config::ClusterAccess;
 
 /// Why a cluster's API access could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +38,18 @@ pub enum ClusterSetupError {
     Client(#[source] kube::Error),
 }
 
+/// How to reach a cluster's API server.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// A kubeconfig file (remote clusters), optionally a context in it.
+    Kubeconfig {
+        path: &'a std::path::Path,
+        context: Option<&'a str>,
+    },
+    /// The pod's own service account (the cluster meshroot runs in).
+    InCluster,
+}
+
 /// One cluster's API server.
 #[derive(Clone)]
 pub struct KubeCluster {
@@ -47,10 +58,7 @@ pub struct KubeCluster {
 
 impl KubeCluster {
     /// A client for `access` whose every call (connect, read, write) is bounded by `timeout`.
-    pub async fn connect(
-        access: &ClusterAccess,
-        timeout: Duration,
-    ) -> Result<Self, ClusterSetupError> {
+    pub async fn connect(access: Access<'_>, timeout: Duration) -> Result<Self, ClusterSetupError> {
         // Istio clients retry on their own; a hidden retry here would only add latency.
         Self::connect_with(access, timeout, timeout, false).await
     }
@@ -58,14 +66,14 @@ impl KubeCluster {
     /// A client for watches: connects and writes within `timeout`, but reads may wait as long
     /// as a watch stays open (the API server ends each watch within about five minutes).
     pub async fn connect_for_watches(
-        access: &ClusterAccess,
+        access: Access<'_>,
         timeout: Duration,
     ) -> Result<Self, ClusterSetupError> {
         Self::connect_with(access, timeout, WATCH_READ_TIMEOUT, true).await
     }
 
     async fn connect_with(
-        access: &ClusterAccess,
+        access: Access<'_>,
         timeout: Duration,
         read_timeout: Duration,
         retry: bool,
@@ -96,23 +104,23 @@ const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
 /// The client configuration: a kubeconfig file (optionally a named context), or the pod's
 /// service account (`KUBERNETES_SERVICE_HOST`, token and CA files under
 /// `/var/run/secrets/kubernetes.io/serviceaccount`).
-async fn kube_config(access: &ClusterAccess) -> Result<kube::Config, ClusterSetupError> {
+async fn kube_config(access: Access<'_>) -> Result<kube::Config, ClusterSetupError> {
     match access {
-        ClusterAccess::Kubeconfig { path, context } => {
+        Access::Kubeconfig { path, context } => {
             let kubeconfig_error = |source| ClusterSetupError::Kubeconfig {
                 path: path.display().to_string(),
                 source,
             };
             let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
             let options = KubeConfigOptions {
-                context: context.clone(),
+                context: context.map(str::to_owned),
                 ..KubeConfigOptions::default()
             };
             kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
                 .map_err(kubeconfig_error)
         }
-        ClusterAccess::InCluster => kube::Config::incluster().map_err(ClusterSetupError::InCluster),
+        Access::InCluster => kube::Config::incluster().map_err(ClusterSetupError::InCluster),
     }
 }
 

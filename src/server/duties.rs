@@ -3,6 +3,8 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::config::ClusterAccess;
+use crate::kubernetes;
 
 /// Starts the elected replica's duties in its own cluster: the Lease election, and, while
 /// leading, root distribution and istiod's certificate. Returns the election's task.
@@ -12,7 +14,7 @@ pub(super) async fn start_cluster_duties(
     leader: watch::Sender<bool>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, ServeError> {
-    let cluster = KubeCluster::connect_for_watches(&settings.access, KUBERNETES_TIMEOUT)
+    let cluster = KubeCluster::connect_for_watches(access(&settings.access), KUBERNETES_TIMEOUT)
         .await
         .map_err(|source| ServeError::Cluster {
             mesh: settings.mesh.clone(),
@@ -149,5 +151,16 @@ pub(super) async fn finish_by(
 pub(super) async fn connect_cluster(
     cluster: &ClusterConfig,
 ) -> Result<KubeCluster, ClusterSetupError> {
-    KubeCluster::connect(&cluster.access, cluster.review_timeout).await
+    KubeCluster::connect(access(&cluster.access), cluster.review_timeout).await
+}
+
+/// The configured way to reach a cluster, as the Kubernetes client takes it.
+fn access(configured: &ClusterAccess) -> kubernetes::Access<'_> {
+    match configured {
+        ClusterAccess::Kubeconfig { path, context } => kubernetes::Access::Kubeconfig {
+            path,
+            context: context.as_deref(),
+        },
+        ClusterAccess::InCluster => kubernetes::Access::InCluster,
+    }
 }
