@@ -22,6 +22,20 @@ pub(super) enum LeafSubject<'a> {
     Server(&'a [String], Option<&'a SpiffeId>),
 }
 
+/// Verifies a freshly signed leaf with rustls-webpki against `signing` (the certificate that
+/// signed it, as the anchor), then checks that it names exactly what was granted: a leaf that
+/// fails either never leaves.
+pub(super) fn check_leaf(
+    der: &CertificateDer<'_>,
+    signing: &TrustAnchor<'_>,
+    subject: LeafSubject<'_>,
+    now: SystemTime,
+) -> Result<(), SigningError> {
+    verify_path(der, std::slice::from_ref(signing), &[], subject, now)?;
+    check_names(der, subject)
+}
+
+/// Verifies `der` for its usage through `intermediates` to one of `anchors`.
 pub(super) fn verify_path(
     der: &CertificateDer<'_>,
     anchors: &[TrustAnchor<'_>],
@@ -52,7 +66,7 @@ pub(super) fn verify_path(
 }
 
 /// The leaf carries exactly the granted names, and a workload leaf also allows serverAuth.
-pub(super) fn check_names(der: &[u8], subject: LeafSubject<'_>) -> Result<(), SigningError> {
+fn check_names(der: &[u8], subject: LeafSubject<'_>) -> Result<(), SigningError> {
     let (_, leaf) = X509Certificate::from_der(der).map_err(|_| SigningError::IdentityCheck)?;
     let AltNames { uris, dns, .. } = match AltNames::of_certificate(&leaf) {
         names if names.non_uri_dns() == 0 => names,
@@ -75,5 +89,124 @@ pub(super) fn check_names(der: &[u8], subject: LeafSubject<'_>) -> Result<(), Si
         Ok(())
     } else {
         Err(SigningError::IdentityCheck)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+
+    const GRANTED: &str = "spiffe://a.example/ns/shop/sa/cart";
+
+    /// A change to the leaf's parameters.
+    type Edit<'a> = Box<dyn FnOnce(&mut CertificateParams) + 'a>;
+
+    fn now() -> SystemTime {
+        SystemTime::now()
+    }
+
+    /// A CA, as a trust anchor and an issuer.
+    fn ca() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let certificate = params.self_signed(&key).unwrap();
+        let der = certificate.der().clone();
+        (der, Issuer::new(params, key))
+    }
+
+    /// A workload leaf as the signer builds it, with `edit` applied first: what a policy or
+    /// encoding bug could produce.
+    fn leaf(
+        issuer: &Issuer<'_, KeyPair>,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(GRANTED.try_into().unwrap())];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        edit(&mut params);
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn check(
+        der: &CertificateDer<'_>,
+        anchor_der: &CertificateDer<'_>,
+    ) -> Result<(), SigningError> {
+        let anchor = webpki::anchor_from_trusted_cert(anchor_der).unwrap();
+        let granted = SpiffeId::parse(GRANTED).unwrap();
+        check_leaf(der, &anchor, LeafSubject::Workload(&granted), now())
+    }
+
+    #[test]
+    fn a_leaf_as_granted_passes() {
+        let (anchor, issuer) = ca();
+        assert!(check(&leaf(&issuer, |_| {}), &anchor).is_ok());
+    }
+
+    #[test]
+    fn a_leaf_whose_names_differ_from_the_grant_is_refused() {
+        let (anchor, issuer) = ca();
+        let other = |uri: &str| SanType::URI(uri.try_into().unwrap());
+        let edits: Vec<(&str, Edit<'_>)> = vec![
+            (
+                "another identity",
+                Box::new(|p| {
+                    p.subject_alt_names = vec![other("spiffe://a.example/ns/bank/sa/vault")]
+                }),
+            ),
+            (
+                "a second URI",
+                Box::new(|p| {
+                    p.subject_alt_names
+                        .push(other("spiffe://a.example/ns/bank/sa/vault"))
+                }),
+            ),
+            (
+                "a DNS name too",
+                Box::new(|p| {
+                    p.subject_alt_names
+                        .push(SanType::DnsName("cart.shop".try_into().unwrap()))
+                }),
+            ),
+            ("no names", Box::new(|p| p.subject_alt_names.clear())),
+            (
+                "a subject",
+                Box::new(|p| p.distinguished_name.push(DnType::CommonName, "cart")),
+            ),
+            (
+                "no serverAuth",
+                Box::new(|p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]),
+            ),
+        ];
+        for (what, edit) in edits {
+            let result = check(&leaf(&issuer, edit), &anchor);
+            assert!(
+                matches!(result, Err(SigningError::IdentityCheck)),
+                "a leaf with {what}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_leaf_signed_by_another_key_is_refused() {
+        let (anchor, _) = ca();
+        let (_, stranger) = ca();
+        let result = check(&leaf(&stranger, |_| {}), &anchor);
+        assert!(matches!(result, Err(SigningError::Verify(_))), "{result:?}");
     }
 }

@@ -21,7 +21,7 @@ use rustls_pki_types::{CertificateDer, TrustAnchor};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use self::check::{check_names, verify_path, LeafSubject};
+use self::check::{verify_path, LeafSubject};
 use self::material::{check_links, intermediates_of, to_system_time, CaMaterial, MaterialError};
 use crate::digest::sha256;
 use crate::identity::{SpiffeId, TrustDomain};
@@ -350,23 +350,16 @@ impl MeshSigner {
         })
     }
 
-    /// Verifies a freshly signed leaf with rustls-webpki, using the signing certificate as the
-    /// anchor (its own path to the roots was verified when the authority was built, and again by
-    /// the probe), then checks that it names exactly what was granted.
+    /// The check before a leaf leaves (see [`check::check_leaf`]), against the signing
+    /// certificate (its own path to the roots was verified when the signer was built, and again
+    /// by the probe).
     fn check_issued(
         &self,
         der: &CertificateDer<'static>,
         subject: LeafSubject<'_>,
         now: SystemTime,
     ) -> Result<(), SigningError> {
-        verify_path(
-            der,
-            std::slice::from_ref(&self.signing_anchor),
-            &[],
-            subject,
-            now,
-        )?;
-        check_names(der, subject)
+        check::check_leaf(der, &self.signing_anchor, subject, now)
     }
 
     /// Issues a leaf for a throwaway key and verifies it through the full served chain to the
