@@ -1,11 +1,27 @@
 //! Time as a value, so the policy, the authenticators and the store can be tested at any instant.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync {
     fn now(&self) -> SystemTime;
+
+    /// How long the wall clock must run until this clock reads `deadline`; None when this clock
+    /// does not follow the wall clock (a [`ManualClock`]), so a waiter waits on
+    /// [`Clock::changed`] alone.
+    fn wall_time_until(&self, deadline: SystemTime) -> Option<Duration> {
+        Some(deadline.duration_since(self.now()).unwrap_or_default())
+    }
+
+    /// Resolves the next time the clock is set or advanced; never, for a clock that moves on
+    /// its own. Take it before reading the time, so no move in between is missed.
+    fn changed(&self) -> Changed {
+        Changed::never()
+    }
 }
 
 /// The system's wall clock.
@@ -18,9 +34,26 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that reads a settable instant (milliseconds since the Unix epoch). For tests.
+/// A clock that reads a settable instant (milliseconds since the Unix epoch), and wakes whoever
+/// waits on it when a test moves it. For tests.
 #[derive(Debug, Clone, Default)]
-pub struct ManualClock(Arc<AtomicU64>);
+pub struct ManualClock(Arc<ManualState>);
+
+#[derive(Debug, Default)]
+struct ManualState {
+    millis: AtomicU64,
+    /// +1 at every set or advance.
+    moves: AtomicU64,
+    waiting: Mutex<Vec<Waker>>,
+}
+
+impl ManualState {
+    fn moved(&self) {
+        self.moves.fetch_add(1, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut *lock(&self.waiting));
+        waiting.into_iter().for_each(Waker::wake);
+    }
+}
 
 impl ManualClock {
     pub fn at(time: SystemTime) -> Self {
@@ -34,18 +67,72 @@ impl ManualClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        self.0.store(millis, Ordering::SeqCst);
+        self.0.millis.store(millis, Ordering::SeqCst);
+        self.0.moved();
     }
 
     pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        self.0
+            .millis
+            .fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        self.0.moved();
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0.load(Ordering::SeqCst))
+        UNIX_EPOCH + Duration::from_millis(self.0.millis.load(Ordering::SeqCst))
     }
+
+    fn wall_time_until(&self, _deadline: SystemTime) -> Option<Duration> {
+        None
+    }
+
+    fn changed(&self) -> Changed {
+        Changed {
+            clock: Some((self.0.clone(), self.0.moves.load(Ordering::SeqCst))),
+        }
+    }
+}
+
+/// A future that resolves when a clock moves (see [`Clock::changed`]). Plain `std`: the domain
+/// knows no runtime.
+#[derive(Debug)]
+#[must_use = "a future does nothing unless awaited"]
+pub struct Changed {
+    /// The manual clock and how many moves it had made; None: never resolves.
+    clock: Option<(Arc<ManualState>, u64)>,
+}
+
+impl Changed {
+    pub fn never() -> Self {
+        Self { clock: None }
+    }
+}
+
+impl Future for Changed {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        let Some((state, seen)) = &self.clock else {
+            return Poll::Pending;
+        };
+        if state.moves.load(Ordering::SeqCst) != *seen {
+            return Poll::Ready(());
+        }
+        lock(&state.waiting).push(context.waker().clone());
+        // A move between the check and the registration woke nobody: look again.
+        if state.moves.load(Ordering::SeqCst) != *seen {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Seconds since the Unix epoch (negative before it).
@@ -137,6 +224,23 @@ pub fn format_duration(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manual_clock_wakes_its_waiters_when_moved_and_only_then() {
+        let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(100));
+        let mut changed = std::pin::pin!(clock.changed());
+        let mut context = Context::from_waker(Waker::noop());
+        assert!(changed.as_mut().poll(&mut context).is_pending());
+        assert_eq!(clock.wall_time_until(UNIX_EPOCH), None);
+        clock.advance(Duration::from_secs(1));
+        assert!(changed.as_mut().poll(&mut context).is_ready());
+        let mut never = std::pin::pin!(SystemClock.changed());
+        assert!(never.as_mut().poll(&mut context).is_pending());
+        let later = SystemTime::now() + Duration::from_secs(60);
+        assert!(SystemClock
+            .wall_time_until(later)
+            .is_some_and(|wait| wait > Duration::from_secs(50)));
+    }
 
     /// Found by the `record` fuzz target: a record whose time is near i64::MAX seconds decoded,
     /// re-encoded and decoded to another time.

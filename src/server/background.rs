@@ -127,3 +127,23 @@ pub(super) async fn prune_loop(
         }
     }
 }
+
+/// Waits until `clock` reads `deadline`: a timer on the system clock; on a manual clock (tests),
+/// until the test moves it there, with no wall-clock wait at all.
+pub(super) async fn sleep_until(clock: &dyn Clock, deadline: SystemTime) {
+    loop {
+        let changed = clock.changed();
+        if clock.now() >= deadline {
+            return;
+        }
+        match clock.wall_time_until(deadline) {
+            Some(wait) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
+}

@@ -51,13 +51,10 @@ pub(super) async fn renewal_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let ca = current.get();
-        let wait = renew_at
-            .duration_since(ca.clock().now())
-            .unwrap_or(Duration::ZERO);
+        let clock = current.get().clock().clone();
         tokio::select! {
             _ = shutdown.wait_for(|stopped| *stopped) => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = sleep_until(clock.as_ref(), renew_at) => {}
         }
         let ca = current.get();
         renew_at = match serving.renew(&ca, &dns_names, lifetime).await {

@@ -243,56 +243,85 @@ async fn presented_serial(server: &TestServer) -> Vec<u8> {
     parsed.raw_serial().to_vec()
 }
 
-/// Serials of the serving certificates recorded so far, oldest first.
-fn serving_serials(server: &TestServer) -> Vec<Vec<u8>> {
+/// The serving certificates recorded so far: (serial, recorded at, NotAfter), oldest first.
+fn serving_records(server: &TestServer) -> Vec<(Vec<u8>, SystemTime, SystemTime)> {
     server
         .records()
         .into_iter()
         .filter_map(|record| match record.outcome {
-            Outcome::Issued(issued) if !issued.dns_names.is_empty() => Some(issued.serial),
+            Outcome::Issued(issued) if !issued.dns_names.is_empty() => {
+                Some((issued.serial, record.recorded_at, issued.not_after))
+            }
             _ => None,
         })
         .collect()
 }
 
+/// Lets the server's tasks (on this test's single-threaded runtime) run until `done` holds.
+async fn until<T>(mut done: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..100_000 {
+        if let Some(value) = done() {
+            return value;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the server never got there");
+}
+
 #[tokio::test]
 async fn renews_its_serving_certificate_halfway_to_expiry_and_records_it() {
+    // The clock starts 40 minutes in the past, so every certificate issued while the test moves
+    // it forward is valid for the real-time TLS client that checks what is presented.
+    let hour = Duration::from_secs(3600);
+    let minute = Duration::from_secs(60);
+    let whole_seconds = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(whole_seconds) - 40 * minute;
+    let clock = meshroot::clock::ManualClock::at(start);
     let ca = TestCa::new();
     ca.edit_config(|text| {
         text.replace(
             "store = \"store\"",
-            "store = \"store\"\nserving_certificate_ttl = \"3s\"",
+            "store = \"store\"\nserving_certificate_ttl = \"1h\"",
         )
     });
-    let server = ca.start().await;
-    let first = serving_serials(&server);
+    let server = ca
+        .start_with_clock(std::sync::Arc::new(clock.clone()))
+        .await;
+    let first = serving_records(&server);
     assert_eq!(first.len(), 1, "one serving certificate at start");
-    assert_eq!(presented_serial(&server).await, first[0]);
-    // Renewal is due ~1.5 s after start; wait for its record (bounded), then for the handshake to
-    // present it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let renewed = loop {
-        let serials = serving_serials(&server);
-        if serials.len() >= 2 {
-            break serials[1].clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no renewal within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_ne!(renewed, first[0]);
-    assert_ne!(presented_serial(&server).await, first[0]);
-    // Halfway (1.5 s), not at once and not in a loop.
-    let times: Vec<SystemTime> = server
-        .records()
-        .into_iter()
-        .filter(|r| matches!(&r.outcome, Outcome::Issued(i) if !i.dns_names.is_empty()))
-        .map(|r| r.recorded_at)
-        .collect();
-    let gap = times[1].duration_since(times[0]).unwrap();
-    assert!(gap >= Duration::from_millis(1400), "renewed after {gap:?}");
-    assert!(times.len() <= 3, "{} renewals", times.len() - 1);
+    assert_eq!(first[0].1, start);
+    assert_eq!(presented_serial(&server).await, first[0].0);
+
+    // Just before halfway: the renewal loop wakes, looks at the clock, and waits on.
+    clock.advance(29 * minute);
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(serving_records(&server).len(), 1, "renewed before halfway");
+
+    // Past halfway: renewed, recorded at the clock's time, and presented.
+    clock.advance(2 * minute);
+    let renewed = until(|| serving_records(&server).get(1).cloned()).await;
+    assert_ne!(renewed.0, first[0].0);
+    assert_eq!(
+        renewed.1,
+        start + 31 * minute,
+        "renewed by the clock, at once"
+    );
+    assert_eq!(renewed.2, start + 31 * minute + hour);
+    assert_eq!(presented_serial(&server).await, renewed.0);
+
+    // The next renewal is due halfway through the new certificate, not before.
+    clock.advance(29 * minute);
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(serving_records(&server).len(), 2, "renewed in a loop");
+    clock.advance(2 * minute);
+    let again = until(|| serving_records(&server).get(2).cloned()).await;
+    assert_eq!(again.1, start + 62 * minute);
     server.stop().await;
 }
