@@ -145,39 +145,19 @@ impl Record {
     }
 }
 
-/// Why a record could not be stored or read.
+/// Why a record could not be stored: the sink's own error, kept whole for the log. Never a
+/// client's business (it is answered as an internal error).
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot open the record store at {path}: {source}")]
-    Open {
-        path: String,
-        #[source]
-        source: Arc<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("writing the record failed: {0}")]
-    Write(#[source] Arc<dyn std::error::Error + Send + Sync>),
-    #[error("making the record durable failed: {0}")]
-    Flush(#[source] Arc<dyn std::error::Error + Send + Sync>),
-    #[error("reading records failed: {0}")]
-    Read(#[source] Arc<dyn std::error::Error + Send + Sync>),
-    #[error("record {key} is corrupt or of an unknown format")]
-    Corrupt { key: String },
-    #[error("the record store is shut down")]
-    Closed,
-    #[error("the record store is open read-only")]
-    ReadOnly,
-    #[error("the prefix matches more than {values} distinct values; narrow it")]
-    TooBroad { values: usize },
-    #[error(
-        "the record store at {path} is in use by another process (is a meshroot server running? \
-         use --addr to ask it, or stop it first)"
-    )]
-    Locked { path: String },
-    #[error("the record store at {path} has an unknown layout (version {version})")]
-    UnknownLayout { path: String, version: String },
+#[error("{0}")]
+pub struct RecordError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl RecordError {
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(error))
+    }
 }
 
-pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<u64, StoreError>> + Send + 'a>>;
+pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<u64, RecordError>> + Send + 'a>>;
 
 /// Durable storage for records.
 pub trait RecordSink: Send + Sync {

@@ -54,17 +54,6 @@ impl Default for RetentionPolicy {
     }
 }
 
-/// Why an audit request failed: the request was wrong, or the store failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuditError {
-    #[error("{0}")]
-    Query(#[from] QueryError),
-    #[error("{0}")]
-    Store(#[from] crate::record::StoreError),
-    #[error("{0}")]
-    NotFound(String),
-}
-
 /// An issued record for `id` at `at` (seconds since the epoch), for tests.
 #[cfg(test)]
 pub fn example_record(id: &str, at: u64) -> crate::record::Record {

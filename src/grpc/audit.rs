@@ -8,10 +8,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::audit::checkpoint::Checkpoint;
-use crate::audit::{AuditError, OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
+use crate::audit::{OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
 use crate::clock::{from_unix_millis, unix_millis};
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_server::{AuditService, AuditServiceServer};
+use crate::store::AuditError;
 use crate::store::{self, LogEntry, SledStore};
 
 use super::{admin_identity_allowed, status_for_audit};
@@ -80,7 +81,7 @@ impl AuditApi {
             Err(join) => {
                 tracing::error!(error = %join, "audit request task failed");
                 Err(status_for_audit(&AuditError::Store(
-                    crate::record::StoreError::Closed,
+                    crate::store::StoreError::Closed,
                 )))
             }
         }

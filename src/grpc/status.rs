@@ -51,9 +51,9 @@ pub fn overloaded() -> Status {
 
 /// The gRPC status for a failed audit request. A caller's own mistake (a bad filter or page
 /// token, an unknown record) is explained; a store failure is logged and answered generically.
-pub fn status_for_audit(error: &crate::audit::AuditError) -> Status {
-    use crate::audit::AuditError;
-    use crate::record::StoreError;
+pub fn status_for_audit(error: &crate::store::AuditError) -> Status {
+    use crate::store::AuditError;
+    use crate::store::StoreError;
     match error {
         AuditError::Query(error) => Status::new(Code::InvalidArgument, error.to_string()),
         AuditError::NotFound(what) => Status::new(Code::NotFound, what.clone()),

@@ -8,7 +8,7 @@ use crate::csr::CsrError;
 use crate::metrics::Failure;
 use crate::policy::{Denial, DenialReason};
 use crate::ratelimit::Scope;
-use crate::record::{client_text, StoreError, CLIENT_TEXT_BYTES};
+use crate::record::{client_text, RecordError, CLIENT_TEXT_BYTES};
 use crate::signer::SigningError;
 
 /// Why a request did not get a certificate.
@@ -27,7 +27,7 @@ pub enum IssueError {
     #[error("signing failed: {0}")]
     Signing(#[from] SigningError),
     #[error("the record could not be stored: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] RecordError),
     #[error("the {} rate limit is exceeded", .0.name())]
     RateLimited(Scope),
 }

@@ -52,9 +52,9 @@ use crate::metrics::Metrics;
 use crate::monitoring::Monitor;
 use crate::policy::MeshPolicy;
 use crate::ratelimit::RateLimits;
-use crate::record::StoreError;
 use crate::signer::{self, files::CaFilesError};
 use crate::store::SledStore;
+use crate::store::StoreError;
 use connections::ConnectionLimits;
 
 /// The admin listener's idle timeout: long, since a live tail (`WatchRecords`) may see no new
@@ -110,7 +110,7 @@ pub enum ServeError {
     #[error("the server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("reading the issuance log: {0}")]
-    Log(#[from] crate::audit::AuditError),
+    Log(#[from] crate::store::AuditError),
     #[error(
         "the record store failed while serving ({0}); meshroot stopped issuing and exits so its \
          supervisor restarts it: it serves again once the store can write (a full disk: free \

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use crate::audit::checkpoint::AuditVerifier;
 use crate::audit::verify::{LogVerifier, VerifyEntry, VerifyReport};
-use crate::record::StoreError;
+use crate::store::StoreError;
 
 use super::{tiles, LogEntry, SledStore};
 

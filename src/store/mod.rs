@@ -18,6 +18,7 @@
 
 pub mod codec;
 mod commit;
+mod error;
 pub mod index;
 mod indexer;
 pub mod integrity;
@@ -39,14 +40,14 @@ use tokio::sync::watch;
 use crate::audit::checkpoint::AuditSigner;
 use crate::audit::merkle::{self, Frontier, Hash};
 use crate::audit::{
-    AuditError, IndexKeys, LeafData, Page, PageToken, Position, Query, QueryError, LEAF_HEADER_LEN,
+    IndexKeys, LeafData, Page, PageToken, Position, Query, QueryError, LEAF_HEADER_LEN,
     MAX_PAGE_SIZE,
 };
 use crate::clock::{from_unix_millis, from_unix_seconds, unix_millis};
 use crate::pb::store as pb;
 use crate::record::{
     AppendFuture, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink,
-    RefusalSummary, StoreError, RECORD_VERSION,
+    RefusalSummary, RECORD_VERSION,
 };
 
 use codec::RunId;
@@ -54,6 +55,7 @@ use index::{IndexState, Plan, Run, Snapshot, TailSegment};
 use pruned::PrunedSet;
 use tiles::TreeView;
 
+pub use self::error::{AuditError, StoreError};
 #[cfg(test)]
 use self::open::open_db;
 use self::query::entries_between;
@@ -586,7 +588,7 @@ impl DurableWatch {
 
 impl RecordSink for SledStore {
     fn append(&self, record: Record) -> AppendFuture<'_> {
-        Box::pin(self.append_durable(record))
+        Box::pin(async move { Ok(self.append_durable(record).await?) })
     }
 }
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 pub use crate::audit::RetentionPolicy;
 use crate::audit::{OutcomeFilter, Position, Query};
 use crate::clock::unix_seconds;
-use crate::record::StoreError;
+use crate::store::StoreError;
 
 use super::{codec, leaf_of_stored, read_error, record_key, write_error, Inner, SledStore};
 
@@ -121,7 +121,7 @@ impl Inner {
                 true
             })
             .map_err(|error| match error {
-                crate::audit::AuditError::Store(error) => error,
+                crate::store::AuditError::Store(error) => error,
                 other => StoreError::Corrupt {
                     key: other.to_string(),
                 },

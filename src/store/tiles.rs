@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::audit::merkle::{node_hash, Hash, SubtreeHashes};
-use crate::record::StoreError;
+use crate::store::StoreError;
 
 /// Tree levels per tile level.
 const TILE_HEIGHT: u32 = 8;

@@ -15,7 +15,8 @@ use meshroot::clock::{Clock, SystemClock};
 use meshroot::identity::TrustDomain;
 use meshroot::issuance::{CertificateAuthority, IssueError, Mesh, SigningRequest};
 use meshroot::policy::{AliasIssuance, MeshPolicy};
-use meshroot::record::{AppendFuture, Record, RecordSink, StoreError};
+use meshroot::record::{AppendFuture, Record, RecordSink};
+use meshroot::store::StoreError;
 
 /// A store whose disk is gone: every append fails, and says why in its own words.
 struct FailingSink;
@@ -25,7 +26,8 @@ impl RecordSink for FailingSink {
         Box::pin(async {
             Err(StoreError::Flush(Arc::new(std::io::Error::other(
                 "sled: No space left on device (secret-internal-detail)",
-            ))))
+            )))
+            .into())
         })
     }
 }

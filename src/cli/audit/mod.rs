@@ -40,7 +40,8 @@ use crate::digest::parse_hex;
 use crate::grpc::audit::filter_from_query;
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
-use crate::record::{Outcome, Record, StoreError};
+use crate::record::{Outcome, Record};
+use crate::store::StoreError;
 use crate::store::{self, LogEntry, SledStore, Stats};
 
 #[derive(Debug, Subcommand)]

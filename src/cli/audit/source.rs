@@ -39,6 +39,9 @@ impl Log {
                 let config = Config::load(&source.config)?;
                 Self::connect(&config.admin.listen.to_string(), source).await
             }
+            Err(error @ StoreError::Locked { .. }) => Err(Failure::runtime(format!(
+                "{error} (is a meshroot server running? use --addr to ask it, or stop it first)"
+            ))),
             Err(error) => Err(Failure::runtime(error.to_string())),
         }
     }

@@ -28,7 +28,7 @@ use crate::audit::{
     boundary_prefix, order_key, IndexKeys, IndexKind, OutcomeFilter, Position, Query, Summary,
     MESH_SEPARATOR, OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED,
 };
-use crate::record::StoreError;
+use crate::store::StoreError;
 
 use super::codec::{
     self, decode_page, entry_key, kind_prefix, value_prefix_key, Page, PageWriter, RunId,
