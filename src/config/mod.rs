@@ -4,17 +4,17 @@
 //! the file it came from (style: linkerd2-proxy). Loading never binds a port or opens the store.
 //! Relative paths are relative to the directory of the config file.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::caller::{AuthenticatorKind, NodeAccount};
-use crate::clock::parse_duration;
 use crate::identity::TrustDomain;
 use crate::policy::AliasIssuance;
 
+mod kubernetes;
+mod mesh;
 mod parse;
 mod raw;
 mod values;

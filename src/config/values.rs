@@ -1,8 +1,12 @@
 //! Checks of single values shared by the sections of the file: durations, names, cluster
 //! access.
 
-#[allow(unused_imports)]
-use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+use super::parse::Problems;
+use super::ClusterAccess;
+use crate::clock::parse_duration;
 
 /// `kubeconfig` (+ `context`) or `in_cluster = true`: exactly one of them.
 pub(super) fn cluster_access(
@@ -11,7 +15,7 @@ pub(super) fn cluster_access(
     in_cluster: bool,
     base: &Path,
     key: &str,
-    problem: &mut impl FnMut(String, String),
+    problems: &mut Problems,
 ) -> ClusterAccess {
     match (kubeconfig, in_cluster) {
         (Some(path), false) => ClusterAccess::Kubeconfig {
@@ -20,14 +24,14 @@ pub(super) fn cluster_access(
         },
         (None, true) => ClusterAccess::InCluster,
         (Some(_), true) => {
-            problem(
+            problems.add(
                 key.to_owned(),
                 "give either kubeconfig or in_cluster = true, not both".into(),
             );
             ClusterAccess::InCluster
         }
         (None, false) => {
-            problem(
+            problems.add(
                 key.to_owned(),
                 "a kubeconfig file, or in_cluster = true, is required".into(),
             );
@@ -40,14 +44,14 @@ pub(super) fn duration_setting(
     text: Option<&str>,
     default: Duration,
     key: &str,
-    problem: &mut impl FnMut(String, String),
+    problems: &mut Problems,
 ) -> Duration {
     match text {
         None => default,
         Some(text) => match parse_duration(text) {
             Some(d) if !d.is_zero() => d,
             _ => {
-                problem(
+                problems.add(
                     key.to_owned(),
                     format!("{text:?} is not a positive duration like \"24h\", \"7d\", \"90m\""),
                 );
