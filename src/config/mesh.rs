@@ -121,8 +121,63 @@ fn one_mesh(
     if default_ttl > max_ttl {
         p.add(key("default_ttl"), "must not exceed max_ttl".into());
     }
+    let token_issuers = token_issuers(index, mesh.token_issuer, base, taken, p);
+    let clusters = clusters(index, mesh.cluster, base, taken, p);
+    let trust_domain_aliases = aliases(
+        index,
+        mesh.trust_domain_aliases.unwrap_or_default(),
+        trust_domain.as_ref(),
+        taken,
+        p,
+    );
+    let alias_issuance = match mesh.alias_issuance.as_deref() {
+        None | Some("as-requested") => AliasIssuance::AsRequested,
+        Some("canonical") => AliasIssuance::Canonical,
+        Some(other) => {
+            p.add(
+                key("alias_issuance"),
+                format!("{other:?} is not \"as-requested\" or \"canonical\""),
+            );
+            AliasIssuance::AsRequested
+        }
+    };
+    let extra_roots = extra_roots(index, mesh.extra_roots.unwrap_or_default(), base, p);
+    let trusted_node_accounts = node_accounts(
+        index,
+        mesh.trusted_node_accounts,
+        authenticators,
+        !token_issuers.is_empty(),
+        !clusters.is_empty(),
+        p,
+    );
+    trust_domain.map(|trust_domain| MeshConfig {
+        name,
+        trust_domain,
+        ca_dir,
+        default_ttl,
+        max_ttl,
+        token_issuers,
+        clusters,
+        client_cert_auth: mesh.client_cert_auth.unwrap_or(false),
+        trusted_node_accounts,
+        trust_domain_aliases,
+        alias_issuance,
+        extra_roots,
+        force_root_removal: mesh.force_root_removal.unwrap_or(false),
+    })
+}
+
+/// `[[mesh.token_issuer]]`: issuers whose tokens are verified offline; an issuer belongs to one
+/// mesh.
+fn token_issuers(
+    index: usize,
+    raw: Vec<RawTokenIssuer>,
+    base: &Path,
+    taken: &mut TakenNames,
+    p: &mut Problems,
+) -> Vec<TokenIssuerConfig> {
     let mut token_issuers = Vec::new();
-    for (issuer_index, raw_issuer) in mesh.token_issuer.into_iter().enumerate() {
+    for (issuer_index, raw_issuer) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("mesh[{index}].token_issuer[{issuer_index}].{field}");
         let issuer = raw_issuer.issuer.unwrap_or_default();
         if issuer.is_empty() {
@@ -153,8 +208,20 @@ fn one_mesh(
             dev_signing_key: raw_issuer.dev_signing_key.map(|p| base.join(p)),
         });
     }
+    token_issuers
+}
+
+/// `[[mesh.cluster]]`: the clusters whose API servers review tokens and confirm pods; a cluster
+/// belongs to one mesh.
+fn clusters(
+    index: usize,
+    raw: Vec<RawCluster>,
+    base: &Path,
+    taken: &mut TakenNames,
+    p: &mut Problems,
+) -> Vec<ClusterConfig> {
     let mut clusters = Vec::new();
-    for (cluster_index, raw_cluster) in mesh.cluster.into_iter().enumerate() {
+    for (cluster_index, raw_cluster) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("mesh[{index}].cluster[{cluster_index}].{field}");
         let id = raw_cluster
             .id
@@ -204,16 +271,22 @@ fn one_mesh(
             max_concurrent_reviews,
         });
     }
+    clusters
+}
+
+/// `trust_domain_aliases`: other names of the mesh's trust domain, each naming one mesh only.
+fn aliases(
+    index: usize,
+    raw: Vec<String>,
+    own: Option<&TrustDomain>,
+    taken: &mut TakenNames,
+    p: &mut Problems,
+) -> Vec<TrustDomain> {
     let mut trust_domain_aliases = Vec::new();
-    for (alias_index, text) in mesh
-        .trust_domain_aliases
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
+    for (alias_index, text) in raw.iter().enumerate() {
         let alias_key = format!("mesh[{index}].trust_domain_aliases[{alias_index}]");
         match TrustDomain::new(text) {
-            Ok(alias) if Some(&alias) == trust_domain.as_ref() => p.add(
+            Ok(alias) if Some(&alias) == own => p.add(
                 alias_key,
                 format!("{text:?} is the mesh's own trust domain"),
             ),
@@ -232,19 +305,18 @@ fn one_mesh(
             Err(e) => p.add(alias_key, format!("{text:?}: {e}")),
         }
     }
-    let alias_issuance = match mesh.alias_issuance.as_deref() {
-        None | Some("as-requested") => AliasIssuance::AsRequested,
-        Some("canonical") => AliasIssuance::Canonical,
-        Some(other) => {
-            p.add(
-                key("alias_issuance"),
-                format!("{other:?} is not \"as-requested\" or \"canonical\""),
-            );
-            AliasIssuance::AsRequested
-        }
-    };
+    trust_domain_aliases
+}
+
+/// `extra_roots`: more roots for the bundle, each vouching for the trust domains named for it.
+fn extra_roots(
+    index: usize,
+    raw: Vec<RawExtraRoot>,
+    base: &Path,
+    p: &mut Problems,
+) -> Vec<ExtraRoot> {
     let mut extra_roots = Vec::new();
-    for (root_index, root) in mesh.extra_roots.unwrap_or_default().into_iter().enumerate() {
+    for (root_index, root) in raw.into_iter().enumerate() {
         let (path, vouches) = match root {
             RawExtraRoot::Path(path) => (path, Vec::new()),
             RawExtraRoot::Bound { path, vouches_for } => (path, vouches_for),
@@ -264,26 +336,36 @@ fn one_mesh(
             vouches_for,
         });
     }
+    extra_roots
+}
+
+/// `trusted_node_accounts`: the node proxies that may ask for their workloads' certificates.
+fn node_accounts(
+    index: usize,
+    raw: Option<Vec<String>>,
+    authenticators: &[AuthenticatorKind],
+    has_token_issuers: bool,
+    has_clusters: bool,
+    p: &mut Problems,
+) -> Vec<NodeAccount> {
     let mut trusted_node_accounts = Vec::new();
-    let accounts_configured = mesh.trusted_node_accounts.is_some();
-    let accounts = mesh
-        .trusted_node_accounts
-        .unwrap_or_else(|| vec![DEFAULT_NODE_ACCOUNT.to_owned()]);
+    let accounts_configured = raw.is_some();
+    let accounts = raw.unwrap_or_else(|| vec![DEFAULT_NODE_ACCOUNT.to_owned()]);
     // Node proxies configured to impersonate must be able to: their pod is confirmed in
     // one of the mesh's clusters, and some token authenticator must accept their token.
     if accounts_configured && !accounts.is_empty() {
         let token_authenticator = authenticators.contains(&AuthenticatorKind::TokenReview)
-            || (authenticators.contains(&AuthenticatorKind::Jwt) && !token_issuers.is_empty());
-        if clusters.is_empty() {
+            || (authenticators.contains(&AuthenticatorKind::Jwt) && has_token_issuers);
+        if !has_clusters {
             p.add(
-                key("trusted_node_accounts"),
+                format!("mesh[{index}].trusted_node_accounts"),
                 "node proxies' impersonation needs a [[mesh.cluster]] to confirm their \
                  pods in; add one, or set trusted_node_accounts = []"
                     .into(),
             );
         } else if !token_authenticator {
             p.add(
-                key("trusted_node_accounts"),
+                format!("mesh[{index}].trusted_node_accounts"),
                 "no authenticator in `authenticators` accepts this mesh's node proxies' \
                  tokens (add \"token-review\", or \"jwt\" with a [[mesh.token_issuer]])"
                     .into(),
@@ -299,19 +381,5 @@ fn one_mesh(
             ),
         }
     }
-    trust_domain.map(|trust_domain| MeshConfig {
-        name,
-        trust_domain,
-        ca_dir,
-        default_ttl,
-        max_ttl,
-        token_issuers,
-        clusters,
-        client_cert_auth: mesh.client_cert_auth.unwrap_or(false),
-        trusted_node_accounts,
-        trust_domain_aliases,
-        alias_issuance,
-        extra_roots,
-        force_root_removal: mesh.force_root_removal.unwrap_or(false),
-    })
+    trusted_node_accounts
 }
