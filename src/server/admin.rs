@@ -1,6 +1,5 @@
 //! The admin listener: health, readiness, metrics and the audit API over (mutual) TLS.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Binds the admin address and serves there the audit API, the gRPC health service and, over

@@ -1,7 +1,6 @@
 //! Assembling the certificate authority from a configuration: each mesh's signer, policy and
 //! authenticators, the identity anchors, and the check that no root still in use is dropped.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Everything a config describes that can change without a restart: meshes (CA material,

@@ -1,7 +1,6 @@
 //! Background loops: signed checkpoints (and their publication), summaries of refusals over
 //! the recorded rate, and pruning of expired records.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Publishes signed checkpoints: into the store, and to the configured file.

@@ -1,7 +1,6 @@
 //! The Kubernetes duties of the elected replica: publishing each mesh's trust bundle
 //! (`istio-ca-root-cert`) and istiod's serving certificate, under a Lease.
 
-#[allow(unused_imports)]
 use super::*;
 use crate::config::ClusterAccess;
 use crate::kubernetes;

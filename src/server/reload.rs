@@ -1,7 +1,6 @@
 //! Reload and signals: which files are watched, reloading the configuration into a new
 //! authority (in-flight requests finish with the old one), and SIGHUP/SIGTERM handling.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The files whose change triggers a reload: the config file, and each mesh's CA directory

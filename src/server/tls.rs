@@ -1,7 +1,6 @@
 //! TLS for the listeners: the crypto provider, meshroot's serving certificate and its renewal,
 //! HTTP/2 limits, and the client-certificate verifier that defers judgement to the pipeline.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) fn provider_for_admin() -> Arc<rustls::crypto::CryptoProvider> {

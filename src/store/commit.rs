@@ -2,7 +2,6 @@
 //! flush that covers it; one flusher thread batches the flushes (every record durable before
 //! its answer).
 
-#[allow(unused_imports)]
 use super::*;
 
 impl GroupCommit {

@@ -1,7 +1,6 @@
 //! The background indexer: persisting full tail segments as runs and merging runs (tiered
 //! compaction).
 
-#[allow(unused_imports)]
 use super::*;
 
 impl Inner {

@@ -1,7 +1,6 @@
 //! Opening a store: the sled database (waiting out a previous handle's lock), the layout
 //! check, and rebuilding the in-memory state (tail index, tree, pruned set) from disk.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl Inner {

@@ -1,7 +1,6 @@
 //! Reading: audit queries served from the indexes, records and log entries by sequence, tree
 //! views and inclusion proofs, statistics.
 
-#[allow(unused_imports)]
 use super::*;
 
 impl Inner {

@@ -1,7 +1,6 @@
 //! The record's on-disk encoding: `meshroot.store.v1.Record` (protobuf), to and from the
 //! domain [`Record`].
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The protobuf encoding of a record (format `meshroot.store.v1.Record`).

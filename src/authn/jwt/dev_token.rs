@@ -1,7 +1,6 @@
 //! The local development token issuer (`meshroot token`): signs projected-token-shaped JWTs
 //! with a key `init` made, for trying meshroot without a cluster.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// A local development token issuer: signs Kubernetes-shaped service-account tokens with an

@@ -1,6 +1,5 @@
 //! Issuer keys: JWKS documents (RFC 7517) read into the RS256/ES256 keys that verify tokens.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// A public key from a JWKS.

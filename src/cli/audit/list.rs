@@ -1,6 +1,5 @@
 //! `audit list`, `show`, `watch` and `export`: records by filter, across replicas when asked.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {

@@ -1,6 +1,5 @@
 //! Printing records: a table, JSON lines or CSV.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {

@@ -1,7 +1,6 @@
 //! `audit prove` and `audit check-proof`: one record's inclusion proof, written and checked
 //! (the checking itself is `audit::proof`).
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) async fn prove(args: ProveArgs) -> Result<(), Failure> {

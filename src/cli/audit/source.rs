@@ -1,7 +1,6 @@
 //! Where `meshroot audit` reads: a store directory opened read-only, or a running server's
 //! audit API; and the filters every command shares.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// A store opened read-only, or a running server's audit API.

@@ -1,6 +1,5 @@
 //! `audit stats`: what the log holds and how it is stored.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) async fn stats(args: StatsArgs) -> Result<(), Failure> {

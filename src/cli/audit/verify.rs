@@ -1,6 +1,5 @@
 //! `audit verify`: recompute the log's tree and check it against signed checkpoints.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The verifier key: from a file, else derived from the config's audit key.

@@ -1,7 +1,6 @@
 //! Reading a plan: a snapshot of the runs and the tail, sequence-ordered streams per source
 //! joined by leapfrog, value cursors over run pages, and the NotAfter walk.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// What a query reads: the runs and the tail as they were when it started.

@@ -1,6 +1,5 @@
 //! Query planning: which indexes answer a query, as a lookup, a range or a join of sources.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Which values of an index kind a filter selects.

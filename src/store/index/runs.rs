@@ -1,7 +1,6 @@
 //! Runs on disk: writing a tail segment as a run, merging runs (tiered compaction), deleting
 //! them and listing what is stored.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Writes the entries of a tail segment as a run; returns its directory entry.
