@@ -1,11 +1,14 @@
 //! The record store fails under the pipeline (a `RecordSink` that refuses every append): the
 //! answer is INTERNAL with the request id and none of the store's own text, and no
-//! certificate leaves, for an issuance and for a refusal alike.
+//! certificate leaves, for an issuance and for a refusal alike. The request's log line says it
+//! failed, never that it was issued or denied.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use tracing::instrument::WithSubscriber as _;
 
 use crate::common::{self, agent_csr, spiffe_id, TestCa, MESH};
 use meshroot::authn::impersonation::NodeAuthorizer;
@@ -17,6 +20,27 @@ use meshroot::issuance::{CertificateAuthority, IssueError, Mesh, SigningRequest}
 use meshroot::policy::{AliasIssuance, MeshPolicy};
 use meshroot::record::{AppendFuture, Record, RecordSink};
 use meshroot::store::StoreError;
+
+/// Log output, captured for one request.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 /// A store whose disk is gone: every append fails, and says why in its own words.
 struct FailingSink;
@@ -104,9 +128,28 @@ async fn a_store_that_cannot_write_gets_internal_and_no_certificate_leaves() {
             impersonated_identity: None,
         };
         let request_id = authority.new_request_id();
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
         let result = authority
             .create_certificate(&request_id, &auth, &request)
+            .with_subscriber(subscriber)
             .await;
+        let log = log.text();
+        assert!(
+            log.lines()
+                .any(|line| line.contains("certificate request failed")
+                    && line.contains(&request_id.to_string())),
+            "{what}: no failure line for the request: {log}"
+        );
+        assert!(
+            !log.contains("certificate issued") && !log.contains("certificate request denied"),
+            "{what}: logged as issued or denied: {log}"
+        );
         let error = match result {
             Ok(_) => panic!("{what}: a certificate left without its record"),
             Err(error) => error,
