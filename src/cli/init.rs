@@ -105,10 +105,11 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         "# meshroot configuration, written by `meshroot init`. Paths are relative to this file.\n",
     );
     config.push_str(&format!(
-        "listen = \"{DEFAULT_LISTEN}\"\ndns_names = [{}]\nstore = \"store\"\n",
+        "listen = {}\ndns_names = [{}]\nstore = \"store\"\n",
+        toml_string(DEFAULT_LISTEN),
         config::DEFAULT_DNS_NAMES
             .iter()
-            .map(|n| format!("\"{n}\""))
+            .map(|n| toml_string(n))
             .collect::<Vec<_>>()
             .join(", ")
     ));
@@ -130,10 +131,12 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         )?;
 
         config.push_str(&format!(
-            "\n[[mesh]]\nname = \"{mesh}\"\ntrust_domain = \"{trust_domain}\"\nca_dir = \"{mesh}\"\n\
-             default_ttl = \"{}\"\nmax_ttl = \"{}\"\n",
-            crate::clock::format_duration(config::DEFAULT_TTL),
-            crate::clock::format_duration(config::DEFAULT_MAX_TTL),
+            "\n[[mesh]]\nname = {name}\ntrust_domain = {}\nca_dir = {name}\n\
+             default_ttl = {}\nmax_ttl = {}\n",
+            toml_string(trust_domain.as_str()),
+            toml_string(&crate::clock::format_duration(config::DEFAULT_TTL)),
+            toml_string(&crate::clock::format_duration(config::DEFAULT_MAX_TTL)),
+            name = toml_string(mesh),
         ));
         if options.dev_issuer {
             let (signer, pkcs8) = DevTokenSigner::generate()
@@ -150,10 +153,12 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
             )?;
             config.push_str(&format!(
                 "\n# Local development token issuer: `meshroot token` mints its tokens. Never use in production.\n\
-                 [[mesh.token_issuer]]\nissuer = \"{}\"\njwks = \"{mesh}/dev-issuer-jwks.json\"\n\
-                 audiences = [\"{}\"]\ndev_signing_key = \"{mesh}/dev-issuer-key.pem\"\n",
-                dev_issuer_name(mesh),
-                config::DEFAULT_AUDIENCE,
+                 [[mesh.token_issuer]]\nissuer = {}\njwks = {}\n\
+                 audiences = [{}]\ndev_signing_key = {}\n",
+                toml_string(&dev_issuer_name(mesh)),
+                toml_string(&format!("{mesh}/dev-issuer-jwks.json")),
+                toml_string(config::DEFAULT_AUDIENCE),
+                toml_string(&format!("{mesh}/dev-issuer-key.pem")),
             ));
         } else {
             config.push_str(
@@ -190,13 +195,15 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         "\n# The issuance log: checkpoints signed with the audit key (verifier key in {AUDIT_VERIFIER_FILE}),\n\
          # published to checkpoint_file; records kept issued_retention after their certificate\n\
          # expired, denials for denial_retention.\n\
-         [audit]\nkey = \"{AUDIT_KEY_FILE}\"\nkey_name = \"{key_name}\"\ncheckpoint_file = \"checkpoint.txt\"\n\
-         checkpoint_interval = \"{}\"\nissued_retention = \"400d\"\ndenial_retention = \"30d\"\nprune_interval = \"1h\"\n\
+         [audit]\nkey = {}\nkey_name = {}\ncheckpoint_file = \"checkpoint.txt\"\n\
+         checkpoint_interval = {}\nissued_retention = \"400d\"\ndenial_retention = \"30d\"\nprune_interval = \"1h\"\n\
          \n# The audit API (gRPC meshroot.audit.v1.AuditService). On a non-loopback address it\n\
          # requires mutual TLS from one of allowed_identities (certificates meshroot issued).\n\
-         [admin]\nlisten = \"{}\"\n# allowed_identities = [\"spiffe://cluster.local/ns/istio-system/sa/auditor\"]\n",
-        crate::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL),
-        config::DEFAULT_ADMIN_LISTEN,
+         [admin]\nlisten = {}\n# allowed_identities = [\"spiffe://cluster.local/ns/istio-system/sa/auditor\"]\n",
+        toml_string(AUDIT_KEY_FILE),
+        toml_string(&key_name),
+        toml_string(&crate::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL)),
+        toml_string(config::DEFAULT_ADMIN_LISTEN),
     ));
     let config_path = dir.join("meshroot.toml");
     write_file(&config_path, config.as_bytes(), false)?;
@@ -373,4 +380,10 @@ fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CaFilesE
     file.sync_all().map_err(error)?;
     drop(file);
     fs::rename(&temporary, path).map_err(error)
+}
+
+/// A TOML string (quoted and escaped by the toml crate), for the config `init` writes around its
+/// comments.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
 }
