@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod csr;
 pub mod digest;
+pub mod export;
 pub mod grpc;
 pub mod identity;
 pub mod issuance;

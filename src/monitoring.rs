@@ -31,6 +31,8 @@ pub struct Monitor {
     health: HealthReporter,
     /// Whether this replica leads (only with `[kubernetes]` duties).
     leader: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The export sinks whose lag is reported (their cursors live in the store).
+    export_sinks: Vec<&'static str>,
 }
 
 impl Monitor {
@@ -47,7 +49,14 @@ impl Monitor {
             draining: Arc::new(AtomicBool::new(false)),
             health,
             leader: None,
+            export_sinks: Vec::new(),
         }
+    }
+
+    /// Reports how far `sink` is behind the durable log (`meshroot_export_lag_*`).
+    pub fn with_export_sink(mut self, sink: &'static str) -> Self {
+        self.export_sinks.push(sink);
+        self
     }
 
     /// Reports whether this replica is the elected one (`meshroot_leader`).
@@ -141,6 +150,46 @@ impl Monitor {
             "Records in the issuance log.",
             self.store.len() as f64,
         );
+        let mut lag_records = Vec::new();
+        let mut lag_seconds = Vec::new();
+        let durable = self.store.durable_sequence();
+        for sink in &self.export_sinks {
+            let Ok(cursor) = self.store.export_cursor(sink) else {
+                continue;
+            };
+            let behind = (durable + 1).saturating_sub(cursor.next_sequence);
+            lag_records.push((vec![("sink", *sink)], behind as f64));
+            // The age of the oldest record not shipped yet (0 when caught up).
+            let age = match behind {
+                0 => 0.0,
+                _ => self
+                    .store
+                    .get(cursor.next_sequence)
+                    .ok()
+                    .flatten()
+                    .and_then(|record| {
+                        std::time::SystemTime::now()
+                            .duration_since(record.recorded_at)
+                            .ok()
+                    })
+                    .map_or(0.0, |age| age.as_secs_f64()),
+            };
+            lag_seconds.push((vec![("sink", *sink)], age));
+        }
+        if !self.export_sinks.is_empty() {
+            out.labeled(
+                "meshroot_export_lag_records",
+                "Durable records the export sink has not shipped yet.",
+                Kind::Gauge,
+                lag_records,
+            );
+            out.labeled(
+                "meshroot_export_lag_seconds",
+                "Age of the oldest durable record the export sink has not shipped yet.",
+                Kind::Gauge,
+                lag_seconds,
+            );
+        }
         if let Some(leader) = &self.leader {
             out.gauge(
                 "meshroot_leader",

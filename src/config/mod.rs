@@ -61,6 +61,8 @@ pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
 pub const DEFAULT_STORE_CACHE_MIB: u64 = 64;
 pub const DEFAULT_AUDIT_KEY_NAME: &str = "meshroot-audit";
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// `[audit.export] jsonl_max_file_mib`.
+pub const DEFAULT_EXPORT_FILE_MIB: u64 = 64;
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Environment variables that override the file.
 pub const ENV_LISTEN: &str = "MESHROOT_LISTEN";
@@ -116,6 +118,17 @@ pub struct AuditConfig {
     /// Records whose index entries are kept in memory before being written as one run
     /// (memory against the number of runs a query reads).
     pub index_segment_records: u64,
+    /// `[audit.export]`: where the log is shipped.
+    pub export: ExportConfig,
+}
+
+/// `[audit.export]`: sinks every record and checkpoint is shipped to, at least once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// Rotated JSON-lines files, for a log shipper (Fluent Bit, Vector).
+    pub jsonl_dir: Option<PathBuf>,
+    /// A file is rotated once it would grow past this.
+    pub jsonl_max_file_bytes: u64,
 }
 
 /// The admin listener: the audit API (and, later, metrics and health).

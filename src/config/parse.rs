@@ -396,6 +396,7 @@ fn audit(raw_audit: RawAudit, base: &Path, p: &mut Problems) -> AuditConfig {
         index_segment_records: raw_audit
             .index_segment_records
             .unwrap_or(crate::audit::SEGMENT_RECORDS),
+        export: export(raw_audit.export.unwrap_or_default(), base, p),
     };
     if !(16..=1 << 20).contains(&audit.index_segment_records) {
         p.add(
@@ -452,5 +453,20 @@ fn admin(raw_admin: RawAdmin, p: &mut Problems) -> AdminConfig {
     AdminConfig {
         listen: admin_listen,
         allowed_identities,
+    }
+}
+
+/// `[audit.export]`.
+fn export(raw: RawExport, base: &Path, p: &mut Problems) -> ExportConfig {
+    let mib = raw.jsonl_max_file_mib.unwrap_or(DEFAULT_EXPORT_FILE_MIB);
+    if !(1..=1 << 20).contains(&mib) {
+        p.add(
+            "audit.export.jsonl_max_file_mib".into(),
+            format!("{mib} is not between 1 and 1048576"),
+        );
+    }
+    ExportConfig {
+        jsonl_dir: raw.jsonl_dir.map(|dir| base.join(dir)),
+        jsonl_max_file_bytes: mib << 20,
     }
 }

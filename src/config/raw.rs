@@ -83,6 +83,14 @@ pub(super) struct RawAudit {
     pub(super) denial_retention: Option<String>,
     pub(super) prune_interval: Option<String>,
     pub(super) index_segment_records: Option<u64>,
+    pub(super) export: Option<RawExport>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExport {
+    pub(super) jsonl_dir: Option<String>,
+    pub(super) jsonl_max_file_mib: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]

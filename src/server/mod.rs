@@ -26,6 +26,7 @@ mod assemble;
 mod background;
 mod connections;
 mod duties;
+mod export;
 mod reload;
 mod tls;
 
@@ -441,6 +442,9 @@ async fn start_serving(
     if config.kubernetes.is_some() {
         monitor = monitor.with_leader(leads);
     }
+    if config.audit.export.jsonl_dir.is_some() {
+        monitor = monitor.with_export_sink(export::JSONL_SINK);
+    }
     monitor.serve().await;
     let serving = Arc::new(ServingCertificate::default());
     let renew_at = serving
@@ -524,6 +528,14 @@ async fn start_serving(
         config.audit.checkpoint_interval,
         shutdown_rx.clone(),
     ));
+    if let Some(dir) = &config.audit.export.jsonl_dir {
+        tokio::spawn(export::export_loop(
+            store.clone(),
+            config.audit.key_name.clone(),
+            crate::export::JsonlSink::new(dir, config.audit.export.jsonl_max_file_bytes),
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(refusal_summary_loop(
         current.clone(),
         REFUSAL_SUMMARY_INTERVAL,

@@ -77,6 +77,27 @@ const META_PRUNED_PREFIX: &[u8] = b"pruned-bits/";
 /// (DER, each with a u32 length): which roots the certificates it signed chain to, long after
 /// it was rotated out.
 const META_SIGNER_PREFIX: &[u8] = b"signer/";
+/// `export/<sink>` → the sink's cursor: the next sequence to ship and the size of the last
+/// checkpoint shipped (two u64, big-endian).
+const META_EXPORT_PREFIX: &[u8] = b"export/";
+
+/// Where an export sink stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportCursor {
+    /// The next sequence number to ship.
+    pub next_sequence: u64,
+    /// The tree size of the last checkpoint shipped (0: none).
+    pub checkpoint_size: u64,
+}
+
+impl Default for ExportCursor {
+    fn default() -> Self {
+        Self {
+            next_sequence: 1,
+            checkpoint_size: 0,
+        }
+    }
+}
 
 /// How a store is opened.
 #[derive(Debug, Clone)]
@@ -314,6 +335,36 @@ impl SledStore {
             .flush()
             .map(|_| ())
             .map_err(|e| StoreError::Flush(Arc::new(e)))
+    }
+
+    /// The cursor of export sink `sink` (the start of the log if it never shipped anything).
+    pub fn export_cursor(&self, sink: &str) -> Result<ExportCursor, StoreError> {
+        let key = [META_EXPORT_PREFIX, sink.as_bytes()].concat();
+        let Some(value) = self.inner.meta.get(&key).map_err(read_error)? else {
+            return Ok(ExportCursor::default());
+        };
+        match (value.get(..8), value.get(8..16)) {
+            (Some(next), Some(checkpoint)) => Ok(ExportCursor {
+                next_sequence: u64::from_be_bytes(next.try_into().unwrap_or_default()),
+                checkpoint_size: u64::from_be_bytes(checkpoint.try_into().unwrap_or_default()),
+            }),
+            _ => Err(corrupt(&key)),
+        }
+    }
+
+    /// Persists the cursor of export sink `sink` durably (after what it covers was shipped).
+    pub fn set_export_cursor(&self, sink: &str, cursor: ExportCursor) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let key = [META_EXPORT_PREFIX, sink.as_bytes()].concat();
+        let value = [
+            cursor.next_sequence.to_be_bytes(),
+            cursor.checkpoint_size.to_be_bytes(),
+        ]
+        .concat();
+        self.inner.meta.insert(key, value).map_err(write_error)?;
+        self.flush()
     }
 
     /// Remembers `mesh`'s signing certificate and the intermediates above it (`chain[0]`

@@ -48,6 +48,7 @@ const ALLOWED_BEYOND_DOMAIN: &[(&str, &[&str])] = &[
     ("kubernetes", &["authn"]),
     ("store", &[]),
     ("config", &[]),
+    ("export", &[]),
 ];
 
 /// The modules `from` may import, or None for the edge (anything).

@@ -16,6 +16,7 @@ mod crash;
 mod deploy;
 mod disk_full;
 mod envoy_mtls;
+mod export;
 mod issuance;
 mod kubernetes_auth;
 mod meshes;

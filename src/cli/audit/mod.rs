@@ -233,6 +233,11 @@ pub struct VerifyArgs {
     /// The audit verifier key (audit-key.pub). Default: derived from the config's audit key.
     #[arg(long = "verifier-key")]
     pub verifier_key: Option<PathBuf>,
+    /// Verify a JSON-lines export directory (`[audit.export] jsonl_dir`) instead of a log: that
+    /// it is complete and unedited up to its last checkpoint, from the export and the verifier
+    /// key alone.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }

@@ -38,6 +38,22 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         external.push((path.display().to_string(), note));
     }
     let started = std::time::Instant::now();
+    if let Some(dir) = &args.export {
+        let Some(verifier) = verifier else {
+            return Err(Failure::usage(
+                "verifying an export needs the verifier key: --verifier-key audit-key.pub",
+            ));
+        };
+        let report = verify_export(dir, &verifier, external)?;
+        print_report(&report, started.elapsed(), args.json)?;
+        return match report.ok() {
+            true => Ok(()),
+            false => Err(Failure::runtime(format!(
+                "the export does NOT verify: {} problem(s)",
+                report.problem_count
+            ))),
+        };
+    }
     let mut log = Log::open(&args.source).await?;
     let report = match &mut log {
         Log::Store(store) => {
@@ -160,4 +176,40 @@ pub(super) fn print_report(
         rate
     );
     Ok(())
+}
+
+/// Recomputes the log's tree from an export directory and checks it against the signed
+/// checkpoints the export holds (and any the auditor brings).
+fn verify_export(
+    dir: &Path,
+    verifier: &AuditVerifier,
+    mut notes: Vec<(String, String)>,
+) -> Result<VerifyReport, Failure> {
+    let contents = crate::export::read_dir(dir)
+        .map_err(|e| Failure::usage(format!("{}: {e}", dir.display())))?;
+    let mut checker = LogVerifier::new(SystemTime::now());
+    if contents.checkpoints.is_empty() {
+        checker.problem("the export holds no signed checkpoint: nothing proves it complete");
+    }
+    notes.extend(
+        contents
+            .checkpoints
+            .iter()
+            .enumerate()
+            .map(|(index, note)| (format!("export checkpoint {}", index + 1), note.clone())),
+    );
+    expect_all(&mut checker, Some(verifier), &notes);
+    for problem in &contents.problems {
+        checker.problem(problem.clone());
+    }
+    if contents.duplicates > 0 {
+        checker.warn(format!(
+            "{} lines were exported more than once, identical (at-least-once delivery)",
+            contents.duplicates
+        ));
+    }
+    for (sequence, entry) in &contents.entries {
+        checker.push(*sequence, entry.as_verify_entry());
+    }
+    Ok(checker.finish())
 }
