@@ -129,6 +129,8 @@ pub struct ExportConfig {
     pub jsonl_dir: Option<PathBuf>,
     /// A file is rotated once it would grow past this.
     pub jsonl_max_file_bytes: u64,
+    /// An OpenTelemetry Collector's OTLP/gRPC endpoint (`http://collector:4317`).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The admin listener: the audit API (and, later, metrics and health).

@@ -465,8 +465,19 @@ fn export(raw: RawExport, base: &Path, p: &mut Problems) -> ExportConfig {
             format!("{mib} is not between 1 and 1048576"),
         );
     }
+    if let Some(endpoint) = &raw.otlp_endpoint {
+        // Plain OTLP/gRPC to a Collector beside meshroot (a sidecar or in-cluster Service).
+        let authority = endpoint.strip_prefix("http://");
+        if !authority.is_some_and(|a| !a.is_empty() && !a.contains(char::is_whitespace)) {
+            p.add(
+                "audit.export.otlp_endpoint".into(),
+                format!("{endpoint:?} is not an http://HOST:PORT URI"),
+            );
+        }
+    }
     ExportConfig {
         jsonl_dir: raw.jsonl_dir.map(|dir| base.join(dir)),
         jsonl_max_file_bytes: mib << 20,
+        otlp_endpoint: raw.otlp_endpoint,
     }
 }

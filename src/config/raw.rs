@@ -91,6 +91,7 @@ pub(super) struct RawAudit {
 pub(super) struct RawExport {
     pub(super) jsonl_dir: Option<String>,
     pub(super) jsonl_max_file_mib: Option<u64>,
+    pub(super) otlp_endpoint: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -8,42 +8,104 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::otlp::OtlpSink;
 use crate::export::{Entry, ExportLine, JsonlSink};
-use crate::store::{LogEntry, SledStore, StoreError};
+use crate::store::{ExportCursor, LogEntry, SledStore, StoreError};
 
 /// The name of the JSON-lines sink's cursor in the store.
 pub const JSONL_SINK: &str = "jsonl";
-/// Entries shipped per write.
+/// The name of the OTLP sink's cursor in the store.
+pub const OTLP_SINK: &str = "otlp";
+/// Entries shipped per batch.
 const BATCH: usize = 4096;
-/// How long to wait before retrying a failed write, and at most between passes.
+/// How long to wait before retrying a failed batch, and at most between passes.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Ships the log to `sink` until shutdown; then one last pass.
+/// A place the log is shipped to, with its own cursor.
+pub(super) enum Sink {
+    Jsonl(Arc<std::sync::Mutex<JsonlSink>>),
+    Otlp(OtlpSink),
+}
+
+impl Sink {
+    pub(super) fn jsonl(sink: JsonlSink) -> Self {
+        Self::Jsonl(Arc::new(std::sync::Mutex::new(sink)))
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Jsonl(_) => JSONL_SINK,
+            Self::Otlp(_) => OTLP_SINK,
+        }
+    }
+
+    async fn send(&mut self, log: &str, lines: Vec<ExportLine>) -> Result<(), String> {
+        match self {
+            Self::Jsonl(sink) => {
+                let sink = sink.clone();
+                let first = lines.first().and_then(|l| l.sequence).unwrap_or_default();
+                tokio::task::spawn_blocking(move || {
+                    let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    sink.write(&lines, first)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("writing the export: {e}"))
+            }
+            Self::Otlp(sink) => sink.send(log, &lines).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Ships the log to `sink` until shutdown, then makes one last pass.
 pub(super) async fn export_loop(
     store: Arc<SledStore>,
     log: String,
-    sink: JsonlSink,
+    mut sink: Sink,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let sink = Arc::new(std::sync::Mutex::new(sink));
+    let name = sink.name();
     let mut durable = store.subscribe();
     loop {
-        let pass = {
-            let (store, log, sink) = (store.clone(), log.clone(), sink.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
-                ship(&store, &log, &mut sink)
-            })
-            .await
+        let batch = {
+            let (store, log) = (store.clone(), log.clone());
+            tokio::task::spawn_blocking(move || next_batch(&store, &log, name)).await
         };
-        let caught_up = match pass {
-            Ok(Ok(caught_up)) => caught_up,
+        let caught_up = match batch {
+            Ok(Ok(Batch {
+                lines,
+                cursor,
+                caught_up,
+            })) if !lines.is_empty() => match sink.send(&log, lines).await {
+                Ok(()) => {
+                    let store = store.clone();
+                    let saved =
+                        tokio::task::spawn_blocking(move || store.set_export_cursor(name, cursor))
+                            .await;
+                    match saved {
+                        Ok(Ok(())) => caught_up,
+                        Ok(Err(error)) => {
+                            tracing::error!(sink = name, %error, "the export cursor could not be saved; the batch will be sent again");
+                            true
+                        }
+                        Err(error) => {
+                            tracing::error!(sink = name, %error, "the export task failed");
+                            true
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(sink = name, %error, "exporting a batch failed; retrying");
+                    true
+                }
+            },
+            Ok(Ok(_)) => true,
             Ok(Err(error)) => {
-                tracing::error!(%error, "exporting the log failed; retrying");
+                tracing::error!(sink = name, %error, "reading the log to export failed; retrying");
                 true
             }
             Err(error) => {
-                tracing::error!(%error, "the export task failed; retrying");
+                tracing::error!(sink = name, %error, "the export task failed; retrying");
                 true
             }
         };
@@ -60,19 +122,17 @@ pub(super) async fn export_loop(
     }
 }
 
-/// Why a pass stopped.
-#[derive(Debug, thiserror::Error)]
-enum ShipError {
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("writing the export: {0}")]
-    Write(#[from] std::io::Error),
+/// The next lines to ship and the cursor once they are shipped.
+struct Batch {
+    lines: Vec<ExportLine>,
+    cursor: ExportCursor,
+    /// Whether these lines reach the durable end of the log.
+    caught_up: bool,
 }
 
-/// One pass: the next batch of durable entries, then the checkpoints they complete, then the
-/// cursor. Returns whether the sink has caught up with the durable log.
-fn ship(store: &SledStore, log: &str, sink: &mut JsonlSink) -> Result<bool, ShipError> {
-    let mut cursor = store.export_cursor(JSONL_SINK)?;
+/// The next batch of durable entries after `sink`'s cursor, then the checkpoints they complete.
+fn next_batch(store: &SledStore, log: &str, sink: &str) -> Result<Batch, StoreError> {
+    let mut cursor = store.export_cursor(sink)?;
     let durable = store.durable_sequence();
     let mut lines = Vec::new();
     if cursor.next_sequence <= durable {
@@ -108,13 +168,9 @@ fn ship(store: &SledStore, log: &str, sink: &mut JsonlSink) -> Result<bool, Ship
             cursor.checkpoint_size = size;
         }
     }
-    if lines.is_empty() {
-        return Ok(true);
-    }
-    sink.write(
-        &lines,
-        lines.first().and_then(|l| l.sequence).unwrap_or(shipped),
-    )?;
-    store.set_export_cursor(JSONL_SINK, cursor)?;
-    Ok(cursor.next_sequence > durable)
+    Ok(Batch {
+        lines,
+        cursor,
+        caught_up: cursor.next_sequence > durable,
+    })
 }

@@ -27,6 +27,7 @@ mod background;
 mod connections;
 mod duties;
 mod export;
+mod otlp;
 mod reload;
 mod tls;
 
@@ -445,6 +446,9 @@ async fn start_serving(
     if config.audit.export.jsonl_dir.is_some() {
         monitor = monitor.with_export_sink(export::JSONL_SINK);
     }
+    if config.audit.export.otlp_endpoint.is_some() {
+        monitor = monitor.with_export_sink(export::OTLP_SINK);
+    }
     monitor.serve().await;
     let serving = Arc::new(ServingCertificate::default());
     let renew_at = serving
@@ -528,11 +532,11 @@ async fn start_serving(
         config.audit.checkpoint_interval,
         shutdown_rx.clone(),
     ));
-    if let Some(dir) = &config.audit.export.jsonl_dir {
+    for sink in export_sinks(&config.audit.export) {
         tokio::spawn(export::export_loop(
             store.clone(),
             config.audit.key_name.clone(),
-            crate::export::JsonlSink::new(dir, config.audit.export.jsonl_max_file_bytes),
+            sink,
             shutdown_rx.clone(),
         ));
     }
@@ -589,4 +593,19 @@ async fn start_serving(
     };
     server.watch_config_file(shutdown_rx);
     Ok(server)
+}
+
+/// The configured export sinks.
+fn export_sinks(config: &crate::config::ExportConfig) -> Vec<export::Sink> {
+    let mut sinks = Vec::new();
+    if let Some(dir) = &config.jsonl_dir {
+        sinks.push(export::Sink::jsonl(crate::export::JsonlSink::new(
+            dir,
+            config.jsonl_max_file_bytes,
+        )));
+    }
+    if let Some(endpoint) = &config.otlp_endpoint {
+        sinks.push(export::Sink::Otlp(otlp::OtlpSink::new(endpoint)));
+    }
+    sinks
 }

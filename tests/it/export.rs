@@ -19,6 +19,83 @@ use meshroot::client::{self, AgentMetadata, Target};
 
 const CLIENTS: usize = 8;
 
+/// An OTLP logs receiver generated from the official opentelemetry-proto definitions: it keeps
+/// the body of every log record it accepts.
+#[derive(Clone, Default)]
+struct Receiver {
+    bodies: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsService
+    for Receiver
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse>,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let mut bodies = self.bodies.lock().unwrap();
+        for resource in request.into_inner().resource_logs {
+            for scope in resource.scope_logs {
+                for record in scope.log_records {
+                    if let Some(Value::StringValue(body)) = record.body.and_then(|b| b.value) {
+                        bodies.push(body);
+                    }
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl Receiver {
+    /// Starts the receiver on a free loopback port; returns its endpoint.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let service =
+            opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer::new(
+                self.clone(),
+            );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        format!("http://{address}")
+    }
+
+    /// The issued serials received, and how many entries arrived more than once.
+    fn serials(&self) -> (HashSet<Vec<u8>>, usize) {
+        let mut sequences = HashSet::new();
+        let mut repeats = 0;
+        let mut serials = HashSet::new();
+        for body in self.bodies.lock().unwrap().iter() {
+            let line: meshroot::export::ExportLine = serde_json::from_str(body).unwrap();
+            let (Some(sequence), Some(stored)) = (line.sequence, line.stored) else {
+                continue;
+            };
+            if !sequences.insert(sequence) {
+                repeats += 1;
+            }
+            let stored =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, stored).unwrap();
+            let record =
+                meshroot::store::decode(&stored[meshroot::audit::LEAF_HEADER_LEN..]).unwrap();
+            if let meshroot::record::Outcome::Issued(issued) = record.outcome {
+                serials.insert(issued.serial);
+            }
+        }
+        (serials, repeats)
+    }
+}
+
 /// The serials of the issued records in an export directory.
 fn exported_serials(dir: &Path) -> HashSet<Vec<u8>> {
     let contents = meshroot::export::read_dir(dir).unwrap_or_default();
@@ -68,6 +145,8 @@ fn export_lines(dir: &Path) -> Vec<(std::path::PathBuf, Vec<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_verifies() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
     let ca = TestCa::new();
     ca.edit_config(|text| {
         text.replace(
@@ -76,7 +155,10 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         )
         .replace(
             "[admin]\n",
-            "[audit.export]\njsonl_dir = \"export\"\njsonl_max_file_mib = 1\n\n[admin]\n",
+            &format!(
+                "[audit.export]\njsonl_dir = \"export\"\njsonl_max_file_mib = 1\n\
+                 otlp_endpoint = \"{endpoint}\"\n\n[admin]\n"
+            ),
         )
     });
     let export = ca.path().join("export");
@@ -150,12 +232,14 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
     loop {
         let exported = exported_serials(&export);
         let missing = received.difference(&exported).count();
-        if missing == 0 {
+        let (collected, _) = receiver.serials();
+        let missing_otlp = received.difference(&collected).count();
+        if missing == 0 && missing_otlp == 0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{missing} acknowledged records never reached the export"
+            "acknowledged records never exported: {missing} to the files, {missing_otlp} over OTLP"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -180,18 +264,23 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         assert_eq!(status, 200);
         let lag = |name: &str| {
             body.lines()
-                .find_map(|line| line.strip_prefix(&format!("{name}{{sink=\"jsonl\"}} ")))
+                .find_map(|line| line.strip_prefix(&format!("{name} ")))
                 .map(|value| value.trim().parse::<f64>().unwrap())
                 .unwrap_or_else(|| panic!("no {name} in /metrics"))
         };
-        if lag("meshroot_export_lag_records") == 0.0 {
-            assert_eq!(lag("meshroot_export_lag_seconds"), 0.0);
+        let caught_up = |sink: &str| {
+            lag(&format!("meshroot_export_lag_records{{sink=\"{sink}\"}}")) == 0.0
+                && lag(&format!("meshroot_export_lag_seconds{{sink=\"{sink}\"}}")) == 0.0
+        };
+        if caught_up("jsonl") && caught_up("otlp") {
             break;
         }
         assert!(Instant::now() < deadline, "the export never caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     restarted.stop();
+    let (_, repeats) = receiver.serials();
+    eprintln!("entries delivered more than once over OTLP (at least once): {repeats}");
 
     let verified = verify_export(&ca, &export);
     assert!(
