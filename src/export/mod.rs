@@ -188,6 +188,7 @@ pub struct ExportContents {
     pub entries: BTreeMap<u64, StoredEntry>,
     /// Signed checkpoints, in the order they were exported.
     pub checkpoints: Vec<String>,
+    seen_checkpoints: std::collections::HashSet<String>,
     /// Lines exported again, identical (at-least-once delivery).
     pub duplicates: u64,
     /// What is wrong with the export itself: unreadable lines, two different entries for one
@@ -252,7 +253,7 @@ impl ExportContents {
             Some(_) => {}
         }
         if let Some(note) = line.checkpoint {
-            if !self.checkpoints.contains(&note) {
+            if self.seen_checkpoints.insert(note.clone()) {
                 self.checkpoints.push(note);
             } else {
                 self.duplicates += 1;

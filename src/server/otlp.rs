@@ -18,6 +18,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::export::ExportLine;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many bytes of log bodies per request: well under the 4 MiB a Collector's gRPC
+/// receiver takes by default, however far behind the export is.
+const MAX_REQUEST_BODY_BYTES: usize = 1 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a batch did not reach the Collector (it is sent again).
@@ -45,8 +48,27 @@ impl OtlpSink {
         }
     }
 
-    /// Sends `lines` of log `log`; Ok once the Collector accepted every record.
+    /// Sends `lines` of log `log`, in requests of at most [`MAX_REQUEST_BODY_BYTES`] of bodies;
+    /// Ok once the Collector accepted every record (a failure sends the whole batch again).
     pub(super) async fn send(&mut self, log: &str, lines: &[ExportLine]) -> Result<(), OtlpError> {
+        let bodies: Vec<String> = lines
+            .iter()
+            .map(|line| serde_json::to_string(line).unwrap_or_default())
+            .collect();
+        let sizes: Vec<usize> = bodies.iter().map(String::len).collect();
+        for range in requests(&sizes, MAX_REQUEST_BODY_BYTES) {
+            self.send_request(log, &lines[range.clone()], &bodies[range])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn send_request(
+        &mut self,
+        log: &str,
+        lines: &[ExportLine],
+        bodies: &[String],
+    ) -> Result<(), OtlpError> {
         let client = match &mut self.client {
             Some(client) => client,
             None => {
@@ -58,7 +80,7 @@ impl OtlpSink {
                 self.client.insert(LogsServiceClient::new(channel))
             }
         };
-        let result = client.export(request(log, lines)).await;
+        let result = client.export(request(log, lines, bodies)).await;
         let response = match result {
             Ok(response) => response.into_inner(),
             Err(status) => {
@@ -82,6 +104,23 @@ impl OtlpSink {
     }
 }
 
+/// Consecutive ranges of bodies, each at most `max` bytes (a larger body alone).
+fn requests(sizes: &[usize], max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let mut end = start + 1;
+        let mut bytes = sizes[start];
+        while end < sizes.len() && bytes + sizes[end] <= max {
+            bytes += sizes[end];
+            end += 1;
+        }
+        ranges.push(start..end);
+        start = end;
+    }
+    ranges
+}
+
 fn text(key: &str, value: impl Into<String>) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
@@ -93,14 +132,15 @@ fn text(key: &str, value: impl Into<String>) -> KeyValue {
 }
 
 /// One request: the log as the resource, one OTLP log record per line.
-fn request(log: &str, lines: &[ExportLine]) -> ExportLogsServiceRequest {
+fn request(log: &str, lines: &[ExportLine], bodies: &[String]) -> ExportLogsServiceRequest {
     let observed = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or_default();
     let log_records = lines
         .iter()
-        .map(|line| {
+        .zip(bodies)
+        .map(|(line, body)| {
             let mut attributes = vec![text("meshroot.log", &line.log)];
             let kind = match (&line.checkpoint, &line.pruned_leaf) {
                 (Some(_), _) => "checkpoint",
@@ -125,9 +165,7 @@ fn request(log: &str, lines: &[ExportLine]) -> ExportLogsServiceRequest {
             LogRecord {
                 observed_time_unix_nano: observed,
                 body: Some(AnyValue {
-                    value: Some(any_value::Value::StringValue(
-                        serde_json::to_string(line).unwrap_or_default(),
-                    )),
+                    value: Some(any_value::Value::StringValue(body.clone())),
                 }),
                 attributes,
                 event_name: format!("meshroot.audit.{kind}"),
@@ -151,5 +189,26 @@ fn request(log: &str, lines: &[ExportLine]) -> ExportLogsServiceRequest {
             }],
             ..ResourceLogs::default()
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_goes_out_in_requests_under_the_size_bound() {
+        assert_eq!(requests(&[], 10), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(requests(&[4, 4, 4, 4, 4], 10), [0..2, 2..4, 4..5]);
+        // A body over the bound still goes, alone.
+        assert_eq!(requests(&[3, 12, 3], 10), [0..1, 1..2, 2..3]);
+        let sizes = vec![1_500; 4096];
+        let ranges = requests(&sizes, MAX_REQUEST_BODY_BYTES);
+        assert!(ranges
+            .iter()
+            .all(|r| r.len() * 1_500 <= MAX_REQUEST_BODY_BYTES));
+        assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), 4096);
+        assert_eq!(ranges.first().map(|r| r.start), Some(0));
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
     }
 }
