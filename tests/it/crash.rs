@@ -5,11 +5,9 @@
 
 use crate::common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::load::Load;
 use common::process::{Serving, BINARY};
 use common::{agent_csr, ztunnel_csr, TestCa, MESH};
 use meshroot::audit::checkpoint::AuditVerifier;
@@ -19,12 +17,6 @@ use meshroot::record::Outcome;
 use meshroot::store::SledStore;
 
 const CLIENTS: usize = 16;
-
-fn sha256(bytes: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .to_vec()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_sustained_issuance_loses_no_record() {
@@ -54,52 +46,16 @@ async fn sigkill_during_sustained_issuance_loses_no_record() {
             (csr, ca.token(MESH, &namespace, &account))
         })
         .collect();
-    let received: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>> = Arc::default();
-    let issued = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let target = Target {
         address: server.address.clone(),
         root_pem: ca.root_pem(),
         server_name: "localhost".into(),
         client_identity: None,
     };
-    let mut clients = Vec::new();
-    for (csr, token) in requests {
-        let (target, received, issued, stop) = (
-            target.clone(),
-            received.clone(),
-            issued.clone(),
-            stop.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let Ok(channel) = client::connect(&target).await else {
-                return;
-            };
-            let metadata = AgentMetadata {
-                token: Some(token),
-                cluster_id: "Kubernetes".into(),
-            };
-            while !stop.load(Ordering::SeqCst) {
-                let Ok(response) =
-                    client::create_certificate(channel.clone(), csr.clone(), 3600, &metadata).await
-                else {
-                    return; // the server is gone
-                };
-                let leaf = common::certificates(&response.cert_chain[0])[0].to_vec();
-                use x509_parser::prelude::{FromDer as _, X509Certificate};
-                let serial = X509Certificate::from_der(&leaf)
-                    .unwrap()
-                    .1
-                    .raw_serial()
-                    .to_vec();
-                received.lock().unwrap().insert(serial, sha256(&leaf));
-                issued.fetch_add(1, Ordering::SeqCst);
-            }
-        }));
-    }
+    let load = Load::start(&target, requests);
     // Kill mid-stream: after enough issuances to have written several segments.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while issued.load(Ordering::SeqCst) < 400 {
+    while load.issued() < 400 {
         assert!(
             Instant::now() < deadline,
             "the clients got too few certificates"
@@ -107,11 +63,7 @@ async fn sigkill_during_sustained_issuance_loses_no_record() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.kill();
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.await.unwrap();
-    }
-    let received = Arc::try_unwrap(received).unwrap().into_inner().unwrap();
+    let received = load.stop().await;
     assert!(received.len() >= 400);
 
     // Restart (recovery: rebuilds the in-memory index), then stop cleanly.

@@ -9,13 +9,13 @@ use crate::common;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::load::Load;
 use common::process::{Serving, BINARY};
 use common::{agent_csr, TestCa, MESH};
-use meshroot::client::{self, AgentMetadata, Target};
+use meshroot::client::Target;
 
 const CLIENTS: usize = 8;
 
@@ -170,49 +170,17 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         server_name: "localhost".into(),
         client_identity: None,
     };
-    let received: Arc<Mutex<HashSet<Vec<u8>>>> = Arc::default();
-    let issued = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for i in 0..CLIENTS {
-        let account = format!("sa{i}");
-        let csr = agent_csr(&common::spiffe_id("shop", &account));
-        let token = ca.token(MESH, "shop", &account);
-        let (target, received, issued, stop) = (
-            target.clone(),
-            received.clone(),
-            issued.clone(),
-            stop.clone(),
-        );
-        clients.push(tokio::spawn(async move {
-            let Ok(channel) = client::connect(&target).await else {
-                return;
-            };
-            let metadata = AgentMetadata {
-                token: Some(token),
-                cluster_id: "Kubernetes".into(),
-            };
-            while !stop.load(Ordering::SeqCst) {
-                let Ok(response) =
-                    client::create_certificate(channel.clone(), csr.clone(), 3600, &metadata).await
-                else {
-                    return; // the server is gone
-                };
-                let leaf = common::certificates(&response.cert_chain[0])[0].to_vec();
-                use x509_parser::prelude::{FromDer as _, X509Certificate};
-                let serial = X509Certificate::from_der(&leaf)
-                    .unwrap()
-                    .1
-                    .raw_serial()
-                    .to_vec();
-                received.lock().unwrap().insert(serial);
-                issued.fetch_add(1, Ordering::SeqCst);
-            }
-        }));
-    }
+    let requests = (0..CLIENTS)
+        .map(|i| {
+            let account = format!("sa{i}");
+            let csr = agent_csr(&common::spiffe_id("shop", &account));
+            (csr, ca.token(MESH, "shop", &account))
+        })
+        .collect();
+    let load = Load::start(&target, requests);
     // SIGKILL while exporting under load: once some records are already in the export.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while issued.load(Ordering::SeqCst) < 300 || exported_serials(&export).is_empty() {
+    while load.issued() < 300 || exported_serials(&export).is_empty() {
         assert!(
             Instant::now() < deadline,
             "no export under load within 60 s"
@@ -220,11 +188,7 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.kill();
-    stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client.await.unwrap();
-    }
-    let received = Arc::try_unwrap(received).unwrap().into_inner().unwrap();
+    let received: HashSet<Vec<u8>> = load.stop().await.into_keys().collect();
 
     // The restarted replica resumes from its cursor: every acknowledged record arrives.
     let mut restarted = Serving::start(ca.path(), &["--config", &config]);

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kube_api;
+pub mod load;
 pub mod process;
 
 use std::path::{Path, PathBuf};
