@@ -141,7 +141,8 @@ impl JsonlSink {
         }
     }
 
-    /// Appends `lines` (the first one's sequence, or `first_sequence`, names a new file).
+    /// Appends `lines`, which start at sequence `first_sequence` of the log (it names a new
+    /// file when one is opened).
     pub fn write(&mut self, lines: &[ExportLine], first_sequence: u64) -> std::io::Result<()> {
         if lines.is_empty() {
             return Ok(());

@@ -39,14 +39,15 @@ impl Sink {
         }
     }
 
-    async fn send(&mut self, log: &str, lines: Vec<ExportLine>) -> Result<(), String> {
+    /// Sends `lines`, the first entry among them being `start` (a batch of checkpoints alone
+    /// still names its position in the log).
+    async fn send(&mut self, log: &str, lines: Vec<ExportLine>, start: u64) -> Result<(), String> {
         match self {
             Self::Jsonl(sink) => {
                 let sink = sink.clone();
-                let first = lines.first().and_then(|l| l.sequence).unwrap_or_default();
                 tokio::task::spawn_blocking(move || {
                     let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
-                    sink.write(&lines, first)
+                    sink.write(&lines, start)
                 })
                 .await
                 .map_err(|e| e.to_string())?
@@ -74,9 +75,10 @@ pub(super) async fn export_loop(
         let caught_up = match batch {
             Ok(Ok(Batch {
                 lines,
+                start,
                 cursor,
                 caught_up,
-            })) if !lines.is_empty() => match sink.send(&log, lines).await {
+            })) if !lines.is_empty() => match sink.send(&log, lines, start).await {
                 Ok(()) => {
                     let store = store.clone();
                     let saved =
@@ -125,6 +127,8 @@ pub(super) async fn export_loop(
 /// The next lines to ship and the cursor once they are shipped.
 struct Batch {
     lines: Vec<ExportLine>,
+    /// The cursor's next sequence before the batch: where its lines start in the log.
+    start: u64,
     cursor: ExportCursor,
     /// Whether these lines reach the durable end of the log.
     caught_up: bool,
@@ -133,6 +137,7 @@ struct Batch {
 /// The next batch of durable entries after `sink`'s cursor, then the checkpoints they complete.
 fn next_batch(store: &SledStore, log: &str, sink: &str) -> Result<Batch, StoreError> {
     let mut cursor = store.export_cursor(sink)?;
+    let start = cursor.next_sequence;
     let durable = store.durable_sequence();
     let mut lines = Vec::new();
     if cursor.next_sequence <= durable {
@@ -170,6 +175,7 @@ fn next_batch(store: &SledStore, log: &str, sink: &str) -> Result<Batch, StoreEr
     }
     Ok(Batch {
         lines,
+        start,
         cursor,
         caught_up: cursor.next_sequence > durable,
     })
