@@ -14,6 +14,7 @@ use crate::identity::TrustDomain;
 use crate::policy::AliasIssuance;
 
 mod kubernetes;
+mod membership;
 mod mesh;
 mod parse;
 mod raw;
@@ -68,6 +69,10 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const ENV_LISTEN: &str = "MESHROOT_LISTEN";
 pub const ENV_STORE: &str = "MESHROOT_STORE";
 pub const ENV_ADMIN_LISTEN: &str = "MESHROOT_ADMIN_LISTEN";
+/// This replica's `[cluster]` member entry (overrides `cluster.self`).
+pub const ENV_MEMBER: &str = "MESHROOT_MEMBER";
+
+pub use membership::{statefulset_members, DEFAULT_MEMBER_TIMEOUT};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -101,6 +106,24 @@ pub struct Config {
     pub audit: AuditConfig,
     pub admin: AdminConfig,
     pub kubernetes: Option<KubernetesConfig>,
+    /// `[cluster]`: the other replicas that together are one CA.
+    pub cluster: Option<MembershipConfig>,
+}
+
+/// `[cluster]`: every member's admin address, ready or not (README, "Several replicas").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipConfig {
+    /// The members' admin addresses (HOST:PORT), this replica's among them.
+    pub members: Vec<String>,
+    /// This replica's entry in `members`, when given (`self`, `$MESHROOT_MEMBER`).
+    pub this_member: Option<String>,
+    /// The SPIFFE identity members prove to each other on the admin port (their serving
+    /// certificates carry it); always allowed on the audit API.
+    pub identity: String,
+    /// How long a member has to answer before it counts as missing.
+    pub member_timeout: Duration,
+    /// The StatefulSet the members were derived from, if they were.
+    pub statefulset: Option<String>,
 }
 
 /// The audit log: checkpoint signing and retention.
@@ -131,6 +154,11 @@ pub struct ExportConfig {
     pub jsonl_max_file_bytes: u64,
     /// An OpenTelemetry Collector's OTLP/gRPC endpoint (`http://collector:4317`).
     pub otlp_endpoint: Option<String>,
+    /// Opt-in: refuse issuance (UNAVAILABLE, which clients retry) while a sink is more than
+    /// this many records behind...
+    pub fail_closed_lag_records: Option<u64>,
+    /// ...or its oldest unshipped record is older than this.
+    pub fail_closed_lag: Option<Duration>,
 }
 
 /// The admin listener: the audit API (and, later, metrics and health).
@@ -334,6 +362,18 @@ impl Config {
         })?;
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let mut config = Self::parse(&text, path, env(ENV_LISTEN), env(ENV_STORE))?;
+        if let (Some(cluster), Some(member)) = (&mut config.cluster, env(ENV_MEMBER)) {
+            if !cluster.members.contains(&member) {
+                return Err(ConfigError {
+                    file: path.to_owned(),
+                    problems: vec![Problem {
+                        key: ENV_MEMBER.into(),
+                        message: format!("{member:?} is not one of cluster.members"),
+                    }],
+                });
+            }
+            cluster.this_member = Some(member);
+        }
         if let Some(admin) = env(ENV_ADMIN_LISTEN) {
             config.admin.listen = admin.parse().map_err(|_| ConfigError {
                 file: path.to_owned(),

@@ -62,8 +62,27 @@ impl Config {
         let rate_limit = rate_limit(raw.rate_limit.unwrap_or_default(), p);
         let meshes = meshes(raw.mesh, &server.authenticators, &base, p);
         let audit = audit(raw.audit.unwrap_or_default(), &base, p);
-        let admin = admin(raw.admin.unwrap_or_default(), p);
+        let admin = admin(raw.admin.unwrap_or_default(), raw.cluster.is_some(), p);
         let kubernetes = raw.kubernetes.map(|raw| kubernetes(raw, &meshes, &base, p));
+        let mut admin = admin;
+        let cluster = raw.cluster.map(|raw| {
+            super::membership::membership(
+                raw,
+                admin.listen.port(),
+                meshes.first().map(|mesh| &mesh.trust_domain),
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty()),
+                p,
+            )
+        });
+        // The members ask each other over the admin port with meshroot's own identity.
+        if let Some(cluster) = &cluster {
+            if !cluster.identity.is_empty() && !admin.allowed_identities.contains(&cluster.identity)
+            {
+                admin.allowed_identities.push(cluster.identity.clone());
+            }
+        }
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
         }
@@ -99,6 +118,7 @@ impl Config {
             audit,
             admin,
             kubernetes,
+            cluster,
         })
     }
 }
@@ -422,7 +442,7 @@ fn audit(raw_audit: RawAudit, base: &Path, p: &mut Problems) -> AuditConfig {
 }
 
 /// `[admin]`: the admin listener and who may use the audit API.
-fn admin(raw_admin: RawAdmin, p: &mut Problems) -> AdminConfig {
+fn admin(raw_admin: RawAdmin, cluster: bool, p: &mut Problems) -> AdminConfig {
     let admin_text = raw_admin
         .listen
         .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
@@ -442,11 +462,12 @@ fn admin(raw_admin: RawAdmin, p: &mut Problems) -> AdminConfig {
             );
         }
     }
-    if !admin_listen.ip().is_loopback() && allowed_identities.is_empty() {
+    if !admin_listen.ip().is_loopback() && allowed_identities.is_empty() && !cluster {
         p.add(
             "admin.allowed_identities".into(),
             "required when admin.listen is not a loopback address (the audit API then \
-             requires mutual TLS from one of these identities)"
+             requires mutual TLS from one of these identities), unless [cluster] allows the \
+             members' own identity"
                 .into(),
         );
     }
@@ -475,9 +496,26 @@ fn export(raw: RawExport, base: &Path, p: &mut Problems) -> ExportConfig {
             );
         }
     }
+    let fail_closed_lag = raw.fail_closed_lag.as_deref().map(|text| {
+        duration_setting(
+            Some(text),
+            Duration::ZERO,
+            "audit.export.fail_closed_lag",
+            p,
+        )
+    });
+    let sinks = raw.jsonl_dir.is_some() || raw.otlp_endpoint.is_some();
+    if !sinks && (raw.fail_closed_lag_records.is_some() || fail_closed_lag.is_some()) {
+        p.add(
+            "audit.export.fail_closed_lag_records".into(),
+            "fail-closed export needs a sink (jsonl_dir or otlp_endpoint)".into(),
+        );
+    }
     ExportConfig {
         jsonl_dir: raw.jsonl_dir.map(|dir| base.join(dir)),
         jsonl_max_file_bytes: mib << 20,
         otlp_endpoint: raw.otlp_endpoint,
+        fail_closed_lag_records: raw.fail_closed_lag_records,
+        fail_closed_lag,
     }
 }

@@ -24,6 +24,22 @@ pub(super) struct RawConfig {
     pub(super) audit: Option<RawAudit>,
     pub(super) admin: Option<RawAdmin>,
     pub(super) kubernetes: Option<RawKubernetes>,
+    pub(super) cluster: Option<RawMembership>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMembership {
+    pub(super) members: Option<Vec<String>>,
+    pub(super) statefulset: Option<String>,
+    pub(super) service: Option<String>,
+    pub(super) namespace: Option<String>,
+    pub(super) replicas: Option<u32>,
+    pub(super) port: Option<u16>,
+    #[serde(rename = "self")]
+    pub(super) this_member: Option<String>,
+    pub(super) identity: Option<String>,
+    pub(super) member_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -92,6 +108,8 @@ pub(super) struct RawExport {
     pub(super) jsonl_dir: Option<String>,
     pub(super) jsonl_max_file_mib: Option<u64>,
     pub(super) otlp_endpoint: Option<String>,
+    pub(super) fail_closed_lag_records: Option<u64>,
+    pub(super) fail_closed_lag: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
