@@ -21,6 +21,7 @@ pub mod issuance;
 pub mod keys;
 pub mod kubernetes;
 pub mod loadgen;
+pub mod members;
 pub mod metrics;
 pub mod monitoring;
 pub mod policy;

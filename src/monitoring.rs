@@ -105,6 +105,7 @@ impl Monitor {
         if self.store.flush_failing() {
             reasons.push("the record store cannot flush".to_owned());
         }
+        reasons.extend(ca.holds().reasons());
         reasons.sort();
         reasons
     }
@@ -152,28 +153,13 @@ impl Monitor {
         );
         let mut lag_records = Vec::new();
         let mut lag_seconds = Vec::new();
-        let durable = self.store.durable_sequence();
         for sink in &self.export_sinks {
-            let Ok(cursor) = self.store.export_cursor(sink) else {
+            let now = self.current.get().clock().now();
+            let Ok((behind, age)) = self.store.export_lag(sink, now) else {
                 continue;
             };
-            let behind = (durable + 1).saturating_sub(cursor.next_sequence);
             lag_records.push((vec![("sink", *sink)], behind as f64));
-            // The age of the oldest record not shipped yet (0 when caught up).
-            let age = match behind {
-                0 => 0.0,
-                _ => self
-                    .store
-                    .get(cursor.next_sequence)
-                    .ok()
-                    .flatten()
-                    .and_then(|record| {
-                        std::time::SystemTime::now()
-                            .duration_since(record.recorded_at)
-                            .ok()
-                    })
-                    .map_or(0.0, |age| age.as_secs_f64()),
-            };
+            let age = age.as_secs_f64();
             lag_seconds.push((vec![("sink", *sink)], age));
         }
         if !self.export_sinks.is_empty() {

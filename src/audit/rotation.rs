@@ -25,6 +25,15 @@ pub struct InUse {
 }
 
 impl InUse {
+    /// Adds another group's count.
+    pub fn merge(&mut self, other: &InUse) {
+        self.certificates += other.certificates;
+        self.until = match (self.until, other.until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     pub fn add(&mut self, not_after: SystemTime) {
         self.certificates += 1;
         self.until = Some(self.until.map_or(not_after, |until| until.max(not_after)));
@@ -41,6 +50,20 @@ pub struct BundleUse {
     /// Certificates whose signer is not remembered (issued before meshroot remembered
     /// signers): which root they chain to is unknown.
     pub unknown: InUse,
+}
+
+impl BundleUse {
+    /// Adds the counts of `other` (another page, or another member) against the same bundle.
+    pub fn merge(&mut self, other: &BundleUse) {
+        if self.per_root.len() < other.per_root.len() {
+            self.per_root.resize(other.per_root.len(), InUse::default());
+        }
+        for (mine, theirs) in self.per_root.iter_mut().zip(&other.per_root) {
+            mine.merge(theirs);
+        }
+        self.stranded.merge(&other.stranded);
+        self.unknown.merge(&other.unknown);
+    }
 }
 
 /// Sorts the unexpired issued `records` by the root of `bundle` their signer chains to.

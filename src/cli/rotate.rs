@@ -105,8 +105,17 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
         if let Some(signing) = current.first() {
             signers.insert(crate::digest::sha256(signing).to_vec(), current.clone());
         }
-        let records = unexpired(&mut log, &mesh.name, now).await?;
-        let usage = rotation::bundle_use(&records, &signers, &bundle, now);
+        let (usage, per_member) = match &mut log {
+            // The server counts, on every member (the plan is the cluster's).
+            Log::Remote(remote) => cluster_use(remote, &mesh.name, &bundle).await?,
+            Log::Store(_) => {
+                let records = unexpired(&mut log, &mesh.name, now).await?;
+                (
+                    rotation::bundle_use(&records, &signers, &bundle, now),
+                    Vec::new(),
+                )
+            }
+        };
         let signing_root = rotation::root_of(&current, &bundle);
         // Roots some intermediate of this mesh ever chained to.
         let signed: Vec<usize> = signers
@@ -114,10 +123,95 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
             .filter_map(|chain| rotation::root_of(chain, &bundle))
             .collect();
         describe_mesh(&mut out, mesh, &bundle, &usage, signing_root, &signed);
+        describe_members(&mut out, &per_member, &log.missing());
     }
     out.push_str(STEPS);
     print!("{out}");
-    Ok(())
+    log.finish(args.source.allow_incomplete)
+}
+
+/// Each member's counts against `bundle`, and their sum.
+async fn cluster_use(
+    remote: &mut super::audit::Remote,
+    mesh: &str,
+    bundle: &[Vec<u8>],
+) -> Result<(BundleUse, Vec<(String, BundleUse)>), Failure> {
+    let scope = remote.scope();
+    let response = remote
+        .count_root_use(crate::pb::audit::CountRootUseRequest {
+            mesh: mesh.to_owned(),
+            bundle: bundle.to_vec(),
+            scope,
+        })
+        .await
+        .map_err(|status| {
+            Failure::runtime(format!(
+                "the audit API answered {:?}: {}",
+                status.code(),
+                status.message()
+            ))
+        })?
+        .into_inner();
+    remote.note(response.cluster.as_ref());
+    let in_use = |r: Option<&crate::pb::audit::RootUse>| rotation::InUse {
+        certificates: r.map_or(0, |r| r.certificates),
+        until: r
+            .and_then(|r| r.until_ms)
+            .map(crate::clock::from_unix_millis),
+    };
+    let mut total = BundleUse {
+        per_root: vec![Default::default(); bundle.len()],
+        ..BundleUse::default()
+    };
+    let mut members = Vec::new();
+    for member in response.members {
+        let usage = BundleUse {
+            per_root: member.per_root.iter().map(|r| in_use(Some(r))).collect(),
+            stranded: in_use(member.stranded.as_ref()),
+            unknown: in_use(member.unknown.as_ref()),
+        };
+        total.merge(&usage);
+        if !member.member.is_empty() {
+            members.push((member.member, usage));
+        }
+    }
+    Ok((total, members))
+}
+
+/// The per-member counts of a cluster, and the members missing from them.
+fn describe_members(
+    out: &mut String,
+    members: &[(String, BundleUse)],
+    missing: &[(String, String)],
+) {
+    if members.is_empty() && missing.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "  per member (the counts above are their sum):");
+    for (member, usage) in members {
+        let roots: Vec<String> = usage
+            .per_root
+            .iter()
+            .enumerate()
+            .map(|(index, in_use)| format!("[{}] {}", index + 1, in_use.certificates))
+            .collect();
+        let _ = writeln!(
+            out,
+            "    {member}: {}; chaining to no root: {}",
+            roots.join(", "),
+            usage.stranded.certificates
+        );
+    }
+    for (member, reason) in missing {
+        let _ = writeln!(out, "    {member}: DID NOT ANSWER ({reason})");
+    }
+    if !missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "  INCOMPLETE: the counts lack the members that did not answer; a root is not safe \
+             to drop until every member has been counted\n"
+        );
+    }
 }
 
 /// Every unexpired issued record of `mesh`.

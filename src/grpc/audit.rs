@@ -11,11 +11,14 @@ use crate::audit::checkpoint::Checkpoint;
 use crate::audit::{OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
 use crate::clock::{from_unix_millis, unix_millis};
 use crate::pb::audit as api;
+use crate::pb::audit::audit_service_client::AuditServiceClient;
 use crate::pb::audit::audit_service_server::{AuditService, AuditServiceServer};
 use crate::store::AuditError;
 use crate::store::{self, LogEntry, SledStore};
 
+use super::cluster::{self, completeness, forward, gather, local, Fetched, Route};
 use super::{admin_identity_allowed, status_for_audit};
+use crate::members::Members;
 
 /// Entries read from the store per step of a watch.
 const WATCH_CHUNK: usize = 512;
@@ -38,6 +41,8 @@ pub struct AuditApi {
     access: Option<AdminAccess>,
     /// Ends live tails when the server shuts down.
     shutdown: watch::Receiver<bool>,
+    /// The other replicas, with `[cluster]`.
+    members: Option<Arc<Members>>,
 }
 
 impl AuditApi {
@@ -46,13 +51,19 @@ impl AuditApi {
         verifier_key: Option<String>,
         access: Option<AdminAccess>,
         shutdown: watch::Receiver<bool>,
+        members: Option<Arc<Members>>,
     ) -> AuditServiceServer<Self> {
         AuditServiceServer::new(Self {
             store,
             verifier_key,
             access,
             shutdown,
+            members,
         })
+    }
+
+    pub(super) fn members(&self) -> Option<&Arc<Members>> {
+        self.members.as_ref()
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -96,35 +107,23 @@ impl AuditService for AuditApi {
     ) -> Result<Response<api::ListRecordsResponse>, Status> {
         self.authorize(&request)?;
         let request = request.into_inner();
-        let query = query_from_filter(request.filter.unwrap_or_default());
-        if request.count_only {
-            let count = self.blocking(move |store| store.count(&query)).await?;
-            return Ok(Response::new(api::ListRecordsResponse {
-                count,
-                ..Default::default()
-            }));
-        }
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size => size as usize,
-        };
-        let token = (!request.page_token.is_empty()).then_some(request.page_token);
-        let page = self
-            .blocking(move |store| store.query(&query, page_size, token.as_deref()))
-            .await?;
-        Ok(Response::new(api::ListRecordsResponse {
-            entries: page
-                .records
-                .iter()
-                .map(|record| api::LogEntry {
-                    sequence: record.sequence,
-                    entry: Some(api::log_entry::Entry::Record(store::to_message(record))),
-                    stored: Vec::new(),
+        let response = match self.route(request.scope.as_ref())? {
+            Route::Local => self.local_list(request).await?,
+            Route::Forward(members, member) => {
+                let response = forward(&members, &member, |mut client| {
+                    let request = api::ListRecordsRequest {
+                        scope: local(),
+                        ..request.clone()
+                    };
+                    async move { client.list_records(request).await }
                 })
-                .collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-            count: 0,
-        }))
+                .await?
+                .into_inner();
+                labelled(response, &member)
+            }
+            Route::Cluster(members) => self.cluster_list(&members, request).await?,
+        };
+        Ok(Response::new(response))
     }
 
     async fn get_record(
@@ -132,7 +131,24 @@ impl AuditService for AuditApi {
         request: Request<api::GetRecordRequest>,
     ) -> Result<Response<api::LogEntry>, Status> {
         self.authorize(&request)?;
-        let key = request.into_inner().key;
+        let request = request.into_inner();
+        match self.route(request.scope.as_ref())? {
+            Route::Local => {}
+            Route::Forward(members, member) => {
+                let entry = forward(&members, &member, |mut client| {
+                    let request = api::GetRecordRequest {
+                        scope: local(),
+                        ..request.clone()
+                    };
+                    async move { client.get_record(request).await }
+                })
+                .await?
+                .into_inner();
+                return Ok(Response::new(api::LogEntry { member, ..entry }));
+            }
+            Route::Cluster(members) => return self.cluster_get_record(&members, request).await,
+        }
+        let key = request.key;
         let entry = self
             .blocking(move |store| {
                 let sequence = sequence_for(store, key)?;
@@ -154,6 +170,19 @@ impl AuditService for AuditApi {
     ) -> Result<Response<Self::WatchRecordsStream>, Status> {
         self.authorize(&request)?;
         let request = request.into_inner();
+        // A live tail follows one log: the replica asked, or the member named.
+        if let Route::Forward(members, member) = self.route(request.scope.as_ref())? {
+            let stream = forward(&members, &member, |mut client| {
+                let request = api::WatchRecordsRequest {
+                    scope: local(),
+                    ..request.clone()
+                };
+                async move { client.watch_records(request).await }
+            })
+            .await?
+            .into_inner();
+            return Ok(Response::new(relay(stream, member, self.shutdown.clone())));
+        }
         let filter = request.filter.map(query_from_filter);
         if let Some(query) = &filter {
             query
@@ -221,7 +250,18 @@ impl AuditService for AuditApi {
         request: Request<api::GetCheckpointRequest>,
     ) -> Result<Response<api::GetCheckpointResponse>, Status> {
         self.authorize(&request)?;
-        let from_size = request.into_inner().from_size;
+        let request = request.into_inner();
+        if let Route::Forward(members, member) = self.route(request.scope.as_ref())? {
+            return forward(&members, &member, |mut client| {
+                let request = api::GetCheckpointRequest {
+                    scope: local(),
+                    ..request.clone()
+                };
+                async move { client.get_checkpoint(request).await }
+            })
+            .await;
+        }
+        let from_size = request.from_size;
         let verifier_key = self.verifier_key.clone().unwrap_or_default();
         self.blocking(move |store| {
             let (size, note) = store
@@ -253,6 +293,16 @@ impl AuditService for AuditApi {
     ) -> Result<Response<api::ProveInclusionResponse>, Status> {
         self.authorize(&request)?;
         let request = request.into_inner();
+        if let Route::Forward(members, member) = self.route(request.scope.as_ref())? {
+            return forward(&members, &member, |mut client| {
+                let request = api::ProveInclusionRequest {
+                    scope: local(),
+                    ..request.clone()
+                };
+                async move { client.prove_inclusion(request).await }
+            })
+            .await;
+        }
         self.blocking(move |store| {
             let sequence = sequence_for(store, request.key.map(Into::into))?;
             let (tree_size, checkpoint_note) = match request.tree_size {
@@ -297,10 +347,334 @@ impl AuditService for AuditApi {
         request: Request<api::GetStatsRequest>,
     ) -> Result<Response<api::GetStatsResponse>, Status> {
         self.authorize(&request)?;
+        let request = request.into_inner();
+        let response = match self.route(request.scope.as_ref())? {
+            Route::Local => self.local_stats().await?,
+            Route::Forward(members, member) => {
+                forward(&members, &member, |mut client| async move {
+                    client
+                        .get_stats(api::GetStatsRequest { scope: local() })
+                        .await
+                })
+                .await?
+                .into_inner()
+            }
+            Route::Cluster(members) => {
+                let (answers, missing) =
+                    gather(&members, self.local_stats(), |mut client| async move {
+                        client
+                            .get_stats(api::GetStatsRequest { scope: local() })
+                            .await
+                            .map(Response::into_inner)
+                    })
+                    .await?;
+                sum_stats(answers, &missing)
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn list_signers(
+        &self,
+        request: Request<api::ListSignersRequest>,
+    ) -> Result<Response<api::ListSignersResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        if let Route::Forward(members, member) = self.route(request.scope.as_ref())? {
+            return forward(&members, &member, |mut client| {
+                let request = api::ListSignersRequest {
+                    scope: local(),
+                    ..request.clone()
+                };
+                async move { client.list_signers(request).await }
+            })
+            .await;
+        }
+        let mesh = request.mesh;
+        let signers = self
+            .blocking(move |store| store.signers(&mesh).map_err(AuditError::from))
+            .await?;
+        let mut signers: Vec<api::Signer> = signers
+            .into_iter()
+            .map(|(sha256, chain)| api::Signer { sha256, chain })
+            .collect();
+        signers.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        Ok(Response::new(api::ListSignersResponse { signers }))
+    }
+
+    async fn get_cluster(
+        &self,
+        request: Request<api::GetClusterRequest>,
+    ) -> Result<Response<api::GetClusterResponse>, Status> {
+        self.authorize(&request)?;
+        Ok(Response::new(match self.members() {
+            None => api::GetClusterResponse::default(),
+            Some(members) => api::GetClusterResponse {
+                members: members.all().to_vec(),
+                this_member: members.this().unwrap_or_default().to_owned(),
+            },
+        }))
+    }
+
+    async fn count_root_use(
+        &self,
+        request: Request<api::CountRootUseRequest>,
+    ) -> Result<Response<api::CountRootUseResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let ask = |mut client: AuditServiceClient<tonic::transport::Channel>| {
+            let request = api::CountRootUseRequest {
+                scope: local(),
+                ..request.clone()
+            };
+            async move {
+                client
+                    .count_root_use(request)
+                    .await
+                    .map(Response::into_inner)
+            }
+        };
+        let this = self
+            .members()
+            .and_then(|m| m.this().map(str::to_owned))
+            .unwrap_or_default();
+        let response = match self.route(request.scope.as_ref())? {
+            Route::Local => api::CountRootUseResponse {
+                members: vec![self.local_root_use(&request, this).await?],
+                cluster: None,
+            },
+            Route::Forward(members, member) => forward(&members, &member, ask).await?,
+            Route::Cluster(members) => {
+                let (answers, missing) = gather(
+                    &members,
+                    self.local_root_use(&request, this),
+                    |client| async {
+                        let mut response = ask(client).await?;
+                        Ok(response.members.pop().unwrap_or_default())
+                    },
+                )
+                .await?;
+                let cluster = completeness(&answers, &missing);
+                api::CountRootUseResponse {
+                    members: answers
+                        .into_iter()
+                        .map(|(member, usage)| api::MemberRootUse { member, ..usage })
+                        .collect(),
+                    cluster: Some(cluster),
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+}
+
+impl AuditApi {
+    /// One page (or the count) of this replica's own records.
+    async fn local_list(
+        &self,
+        request: api::ListRecordsRequest,
+    ) -> Result<api::ListRecordsResponse, Status> {
+        let query = query_from_filter(request.filter.unwrap_or_default());
+        if request.count_only {
+            let count = self.blocking(move |store| store.count(&query)).await?;
+            return Ok(api::ListRecordsResponse {
+                count,
+                ..Default::default()
+            });
+        }
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size => size as usize,
+        };
+        let token = (!request.page_token.is_empty()).then_some(request.page_token);
+        let page = self
+            .blocking(move |store| store.query(&query, page_size, token.as_deref()))
+            .await?;
+        Ok(api::ListRecordsResponse {
+            entries: page
+                .records
+                .iter()
+                .map(|record| api::LogEntry {
+                    sequence: record.sequence,
+                    entry: Some(api::log_entry::Entry::Record(store::to_message(record))),
+                    ..Default::default()
+                })
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
+    /// A count, or a page merged in time order, over every member's log.
+    async fn cluster_list(
+        &self,
+        members: &Members,
+        request: api::ListRecordsRequest,
+    ) -> Result<api::ListRecordsResponse, Status> {
+        if request.count_only {
+            let (answers, missing) =
+                gather(members, self.local_list(request.clone()), |mut client| {
+                    let request = api::ListRecordsRequest {
+                        scope: local(),
+                        ..request.clone()
+                    };
+                    async move { client.list_records(request).await.map(Response::into_inner) }
+                })
+                .await?;
+            return Ok(api::ListRecordsResponse {
+                count: answers.iter().map(|(_, r)| r.count).sum(),
+                cluster: Some(completeness(&answers, &missing)),
+                ..Default::default()
+            });
+        }
+        let size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size => (size as usize).min(crate::audit::MAX_PAGE_SIZE),
+        };
+        let mut cursors = cluster::decode_cursors(&request.page_token, members)?;
+        // Each member's page from where it stands, past what was already returned.
+        let asks = cursors
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.done)
+            .map(|(index, cursor)| {
+                let member_request = api::ListRecordsRequest {
+                    filter: request.filter.clone(),
+                    page_size: (size + cursor.skip as usize).min(crate::audit::MAX_PAGE_SIZE)
+                        as u32,
+                    page_token: cursor.token.clone(),
+                    count_only: false,
+                    scope: local(),
+                };
+                let (member, skip) = (cursor.member.clone(), cursor.skip as usize);
+                async move {
+                    let answer = if members.is_this(&member) {
+                        self.local_list(member_request)
+                            .await
+                            .map_err(|s| s.message().to_owned())
+                    } else {
+                        members
+                            .ask(&member, &|mut client: AuditServiceClient<
+                                tonic::transport::Channel,
+                            >| {
+                                let request = member_request.clone();
+                                async move {
+                                    client.list_records(request).await.map(Response::into_inner)
+                                }
+                            })
+                            .await
+                    };
+                    (index, member, skip, answer)
+                }
+            });
+        let mut fetched = Vec::new();
+        let (mut answered, mut missing) = (Vec::new(), Vec::new());
+        for (index, member, skip, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(response) => {
+                    let mut entries: std::collections::VecDeque<api::LogEntry> =
+                        response.entries.into_iter().skip(skip).collect();
+                    for entry in &mut entries {
+                        entry.member = member.clone();
+                    }
+                    fetched.push((
+                        index,
+                        Fetched {
+                            entries,
+                            next_token: response.next_page_token,
+                        },
+                    ));
+                    answered.push((member, ()));
+                }
+                Err(reason) => {
+                    tracing::warn!(%member, %reason, "a member did not answer a cluster audit listing");
+                    if let Some(cursor) = cursors.get_mut(index) {
+                        cursor.done = true;
+                        cursor.missed = Some(reason);
+                    }
+                }
+            }
+        }
+        // Members that did not answer this page or an earlier one: the listing goes on without
+        // them, and says so on every page.
+        for cursor in &cursors {
+            if let Some(reason) = &cursor.missed {
+                missing.push(crate::members::Missing {
+                    member: cursor.member.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        let entries = cluster::merge_page(&mut cursors, &mut fetched, size);
+        // Members with nothing to return this time, already finished, count as answered.
+        for cursor in cursors.iter().filter(|c| c.done && c.missed.is_none()) {
+            if !answered.iter().any(|(m, _)| *m == cursor.member)
+                && !missing.iter().any(|m| m.member == cursor.member)
+            {
+                answered.push((cursor.member.clone(), ()));
+            }
+        }
+        Ok(api::ListRecordsResponse {
+            entries,
+            next_page_token: cluster::encode_cursors(&cursors),
+            count: 0,
+            cluster: Some(completeness(&answered, &missing)),
+        })
+    }
+
+    /// A record by serial, from whichever member's log holds it.
+    async fn cluster_get_record(
+        &self,
+        members: &Members,
+        request: api::GetRecordRequest,
+    ) -> Result<Response<api::LogEntry>, Status> {
+        let Some(api::get_record_request::Key::Serial(serial)) = request.key.clone() else {
+            return Err(super::status::cluster_request_invalid(
+                "a sequence number names a record in one member's log: name the member too \
+                 (scope.member, `--replica`)",
+            ));
+        };
+        let query = crate::audit::Query {
+            serial: Some(serial),
+            ..crate::audit::Query::default()
+        };
+        let filter = filter_from_query(&query);
+        let listed = self
+            .cluster_list(
+                members,
+                api::ListRecordsRequest {
+                    filter: Some(filter),
+                    page_size: 1,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        match listed.entries.into_iter().next() {
+            Some(entry) => Ok(Response::new(entry)),
+            None => {
+                let missing = listed.cluster.map(|c| c.missing).unwrap_or_default();
+                match missing.is_empty() {
+                    true => Err(status_for_audit(&AuditError::NotFound(
+                        "no certificate with this serial on any member".into(),
+                    ))),
+                    false => Err(super::status::member_unavailable(
+                        &missing
+                            .iter()
+                            .map(|m| m.member.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        "the record may be in its log",
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn local_stats(&self) -> Result<api::GetStatsResponse, Status> {
         let stats = self
             .blocking(|store| store.stats().map_err(AuditError::from))
             .await?;
-        Ok(Response::new(api::GetStatsResponse {
+        Ok(api::GetStatsResponse {
             appended: stats.appended,
             records: stats.records,
             pruned: stats.pruned,
@@ -312,25 +686,111 @@ impl AuditService for AuditApi {
             checkpoints: stats.checkpoints as u64,
             latest_checkpoint_size: stats.latest_checkpoint_size,
             disk_bytes: stats.disk_bytes,
-        }))
+            ..Default::default()
+        })
     }
 
-    async fn list_signers(
+    /// This replica's count of certificates per root of the request's bundle.
+    async fn local_root_use(
         &self,
-        request: Request<api::ListSignersRequest>,
-    ) -> Result<Response<api::ListSignersResponse>, Status> {
-        self.authorize(&request)?;
-        let mesh = request.into_inner().mesh;
-        let signers = self
-            .blocking(move |store| store.signers(&mesh).map_err(AuditError::from))
+        request: &api::CountRootUseRequest,
+        member: String,
+    ) -> Result<api::MemberRootUse, Status> {
+        let (mesh, bundle) = (request.mesh.clone(), request.bundle.clone());
+        let now = match &self.access {
+            Some(access) => access.current.get().clock().now(),
+            None => std::time::SystemTime::now(),
+        };
+        let usage = self
+            .blocking(move |store| store.bundle_use(&mesh, &bundle, now))
             .await?;
-        let mut signers: Vec<api::Signer> = signers
-            .into_iter()
-            .map(|(sha256, chain)| api::Signer { sha256, chain })
-            .collect();
-        signers.sort_by(|a, b| a.sha256.cmp(&b.sha256));
-        Ok(Response::new(api::ListSignersResponse { signers }))
+        let root_use = |in_use: &crate::audit::rotation::InUse| api::RootUse {
+            certificates: in_use.certificates,
+            until_ms: in_use.until.map(unix_millis),
+        };
+        Ok(api::MemberRootUse {
+            member,
+            per_root: usage.per_root.iter().map(root_use).collect(),
+            stranded: Some(root_use(&usage.stranded)),
+            unknown: Some(root_use(&usage.unknown)),
+        })
     }
+}
+
+/// A forwarded listing, each entry labelled with the member it came from.
+fn labelled(mut response: api::ListRecordsResponse, member: &str) -> api::ListRecordsResponse {
+    for entry in &mut response.entries {
+        entry.member = member.to_owned();
+    }
+    response
+}
+
+/// The cluster's stats: the sums, and each member's own.
+fn sum_stats(
+    answers: Vec<(String, api::GetStatsResponse)>,
+    missing: &[crate::members::Missing],
+) -> api::GetStatsResponse {
+    let cluster = completeness(&answers, missing);
+    let mut total = api::GetStatsResponse::default();
+    for (_, stats) in &answers {
+        total.appended += stats.appended;
+        total.records += stats.records;
+        total.pruned += stats.pruned;
+        total.index_runs += stats.index_runs;
+        total.index_tail_records += stats.index_tail_records;
+        total.checkpoints += stats.checkpoints;
+        total.disk_bytes += stats.disk_bytes;
+        total.oldest_recorded_at_ms =
+            min_some(total.oldest_recorded_at_ms, stats.oldest_recorded_at_ms);
+        total.newest_recorded_at_ms = total.newest_recorded_at_ms.max(stats.newest_recorded_at_ms);
+    }
+    total.members = answers
+        .into_iter()
+        .map(|(member, stats)| api::MemberStats {
+            member,
+            stats: Some(stats),
+        })
+        .collect();
+    total.cluster = Some(cluster);
+    total
+}
+
+fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Relays a member's live tail, each entry labelled with the member.
+fn relay(
+    mut stream: tonic::Streaming<api::LogEntry>,
+    member: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> ReceiverStream<Result<api::LogEntry, Status>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = stream.message() => next,
+                _ = shutdown.wait_for(|stopped| *stopped) => return,
+                _ = sender.closed() => return,
+            };
+            let item = match next {
+                Ok(Some(entry)) => Ok(api::LogEntry {
+                    member: member.clone(),
+                    ..entry
+                }),
+                Ok(None) => return,
+                Err(status) => Err(status),
+            };
+            let end = item.is_err();
+            if sender.send(item).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
 }
 
 /// Whether a watch sends this entry.
@@ -393,11 +853,13 @@ pub fn entry_message(entry: &LogEntry, include_stored: bool) -> api::LogEntry {
             } else {
                 Vec::new()
             },
+            member: String::new(),
         },
         LogEntry::Pruned { sequence, leaf } => api::LogEntry {
             sequence: *sequence,
             entry: Some(api::log_entry::Entry::PrunedLeaf(leaf.to_bytes().to_vec())),
             stored: Vec::new(),
+            member: String::new(),
         },
     }
 }

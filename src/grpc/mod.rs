@@ -6,6 +6,7 @@
 //! adds arbitrary `CA_HEADER_*` ones).
 
 pub mod audit;
+mod cluster;
 pub mod status;
 
 use std::sync::Arc;

@@ -35,6 +35,10 @@ pub fn status_for(error: &IssueError, request_id: &RequestId) -> Status {
             format!("rate limit exceeded for this {scope}; retry"),
         ),
         Answer::Internal => (Code::Internal, "internal error".to_owned()),
+        Answer::Held(hold) => (
+            Code::Unavailable,
+            format!("this replica is not issuing now ({hold}); retry"),
+        ),
     };
     let mut status = Status::new(code, format!("{message} (request id {request_id})"));
     if let Ok(value) = MetadataValue::try_from(request_id.as_str()) {
@@ -72,5 +76,20 @@ pub fn admin_identity_refused() -> Status {
     Status::new(
         Code::PermissionDenied,
         "this client identity may not use the audit API",
+    )
+}
+
+/// A cluster-wide audit request that cannot be answered as asked: an unknown member, a
+/// sequence number without the member whose log it numbers, a page token from another
+/// membership.
+pub fn cluster_request_invalid(message: impl Into<String>) -> Status {
+    Status::new(Code::InvalidArgument, message.into())
+}
+
+/// A member an audit request was forwarded to did not answer (retryable).
+pub fn member_unavailable(member: &str, reason: &str) -> Status {
+    Status::new(
+        Code::Unavailable,
+        format!("member {member} did not answer: {reason}"),
     )
 }

@@ -11,6 +11,8 @@ use crate::ratelimit::Scope;
 use crate::record::{client_text, RecordError, CLIENT_TEXT_BYTES};
 use crate::signer::SigningError;
 
+use super::holds::Hold;
+
 /// Why a request did not get a certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -30,6 +32,8 @@ pub enum IssueError {
     Store(#[from] RecordError),
     #[error("the {} rate limit is exceeded", .0.name())]
     RateLimited(Scope),
+    #[error("not issuing now ({})", .0.code())]
+    Held(Hold),
 }
 
 /// What a failure is, decided once.
@@ -62,6 +66,9 @@ pub enum Answer {
     Throttled(&'static str),
     /// Retryable: meshroot's own failure (INTERNAL).
     Internal,
+    /// Retryable: this replica holds issuance until a condition clears (UNAVAILABLE, with the
+    /// hold's code).
+    Held(&'static str),
 }
 
 impl IssueError {
@@ -109,6 +116,7 @@ impl IssueError {
             Self::MeshNotServed(_) | Self::Signing(_) | Self::Store(_) => {
                 (None, Failure::Internal, Answer::Internal)
             }
+            Self::Held(hold) => (None, Failure::Internal, Answer::Held(hold.code())),
             Self::RateLimited(scope) => (
                 None,
                 Failure::Throttled(scope.name()),

@@ -18,6 +18,7 @@
 
 mod current;
 mod error;
+mod holds;
 mod records;
 mod request;
 mod serving;
@@ -29,6 +30,7 @@ use std::time::{Instant, SystemTime};
 
 pub use self::current::CurrentAuthority;
 pub use self::error::{Answer, Classification, IssueError};
+pub use self::holds::{Hold, Holds};
 pub use self::records::{issued_record, IssuedFacts};
 use self::records::{refusal_record, requested_identity, summary_record, Facts};
 pub use self::request::{Issued, RequestId, SigningRequest};
@@ -74,6 +76,7 @@ pub struct CertificateAuthority {
     metrics: Arc<Metrics>,
     rate_limits: Arc<RateLimits>,
     identity_anchors: Arc<IdentityAnchors>,
+    holds: Arc<Holds>,
 }
 
 /// How a refusal ended.
@@ -122,7 +125,19 @@ impl CertificateAuthority {
             slow_signing: tokio::sync::Semaphore::new(cores),
             metrics: Arc::default(),
             identity_anchors: Arc::default(),
+            holds: Arc::default(),
         }
+    }
+
+    /// Holds that stop issuance while set (shared across reloads).
+    pub fn with_holds(mut self, holds: Arc<Holds>) -> Self {
+        self.holds = holds;
+        self
+    }
+
+    /// The holds in force.
+    pub fn holds(&self) -> &Arc<Holds> {
+        &self.holds
     }
 
     /// Limits requests per caller and per namespace (shared across reloads).
@@ -189,7 +204,11 @@ impl CertificateAuthority {
             peer_address: auth.peer_address.map(|a| a.to_string()).unwrap_or_default(),
             ..Facts::default()
         };
-        let approved = self.approve(auth, request, &mut facts).await;
+        let approved = match self.holds.first() {
+            // Nothing is decided while held: no record, a retryable answer.
+            Some(hold) => Err(IssueError::Held(hold)),
+            None => self.approve(auth, request, &mut facts).await,
+        };
         let now = self.clock.now();
         let result = match approved {
             Ok(approved) => {

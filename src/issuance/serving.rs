@@ -17,17 +17,19 @@ use crate::record::{CallerRecord, Outcome, Record};
 use crate::signer::{IssuedCertificate, SigningError};
 
 impl CertificateAuthority {
-    /// Issues (and records) meshroot's own TLS serving certificate for `dns_names` from the
-    /// primary mesh's intermediate, with a fresh P-256 key.
+    /// Issues (and records) meshroot's own TLS serving certificate for `dns_names` (and, in a
+    /// cluster, meshroot's own identity, which makes it a client certificate towards the other
+    /// members) from the primary mesh's intermediate, with a fresh P-256 key.
     pub async fn issue_serving_certificate(
         &self,
         dns_names: &[String],
+        identity: Option<&SpiffeId>,
         lifetime: Duration,
     ) -> Result<(IssuedCertificate, KeyPair), IssueError> {
         self.issue_server_certificate(
             &self.primary_mesh,
             dns_names,
-            None,
+            identity,
             lifetime,
             "serving-certificate",
         )

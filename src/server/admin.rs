@@ -16,6 +16,7 @@ pub(super) async fn start_admin(
     store: Arc<SledStore>,
     audit: &AuditPublisher,
     (monitor, health): (&Monitor, HealthServer<impl Health>),
+    members: Option<Arc<Members>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<Result<(), ServeError>>), ServeError> {
     let address = config.admin.listen;
@@ -34,6 +35,7 @@ pub(super) async fn start_admin(
             current,
         }),
         shutdown.clone(),
+        members,
     );
     let mut stop = shutdown.clone();
     let until_stopped = async move {

@@ -79,6 +79,10 @@ pub(super) struct PublishedMesh {
 impl MeshMaterial for PublishedMesh {
     fn bundle_pem(&self) -> Option<String> {
         let ca = self.current.get();
+        // Only a bundle the cluster confirmed is published.
+        if ca.holds().is_set(crate::issuance::Hold::ClusterGate) {
+            return None;
+        }
         ca.mesh_signer(&self.mesh)
             .map(|authority| authority.root_bundle_pem().to_owned())
     }

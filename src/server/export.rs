@@ -124,6 +124,59 @@ pub(super) async fn export_loop(
     }
 }
 
+/// `fail_closed_lag_records` / `fail_closed_lag`: holds issuance (UNAVAILABLE, retried by
+/// clients) while any sink is further behind than the bound, like a blocking audit device. It
+/// looks at every durable write and at least every [`GUARD_INTERVAL`], so a burst can pass the
+/// bound by the records made durable in one look.
+pub(super) async fn fail_closed_guard(
+    store: Arc<SledStore>,
+    sinks: Vec<&'static str>,
+    (max_records, max_age): (Option<u64>, Option<std::time::Duration>),
+    current: Arc<crate::issuance::CurrentAuthority>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::issuance::Hold;
+    let mut durable = store.subscribe();
+    loop {
+        let ca = current.get();
+        let now = ca.clock().now();
+        let mut over = Vec::new();
+        for sink in &sinks {
+            match store.export_lag(sink, now) {
+                Ok((behind, age)) => {
+                    if max_records.is_some_and(|max| behind > max) {
+                        over.push(format!(
+                            "{sink} is {behind} records behind (bound {})",
+                            max_records.unwrap_or_default()
+                        ));
+                    } else if max_age.is_some_and(|max| age > max) {
+                        over.push(format!(
+                            "{sink}'s oldest unshipped record is {}s old",
+                            age.as_secs()
+                        ));
+                    }
+                }
+                Err(error) => over.push(format!("{sink}: its cursor cannot be read ({error})")),
+            }
+        }
+        match over.is_empty() {
+            true => ca.holds().clear(Hold::ExportLag),
+            false => ca.holds().set(
+                Hold::ExportLag,
+                format!("fail-closed export: {}", over.join("; ")),
+            ),
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = durable.changed() => {}
+            _ = tokio::time::sleep(GUARD_INTERVAL) => {}
+        }
+    }
+}
+
+/// How often the fail-closed guard looks at the lag without a write.
+const GUARD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The next lines to ship and the cursor once they are shipped.
 struct Batch {
     lines: Vec<ExportLine>,

@@ -24,6 +24,7 @@ use crate::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuth
 mod admin;
 mod assemble;
 mod background;
+mod cluster;
 mod connections;
 mod duties;
 mod export;
@@ -43,6 +44,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ClusterConfig, Config, ConnectionConfig, KubernetesConfig, MeshConfig};
 use crate::grpc::audit::AdminAccess;
 use crate::grpc::CsrService;
+use crate::identity::SpiffeId;
 use crate::identity::TrustDomain;
 use crate::issuance::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
 use crate::kubernetes::lease::LeaseSettings;
@@ -50,6 +52,7 @@ use crate::kubernetes::publish::{
     self, IssueFuture, MeshMaterial, PublishSettings, ServerCertificate,
 };
 use crate::kubernetes::{ClusterSetupError, KubeCluster};
+use crate::members::{MemberIdentity, Members};
 use crate::metrics::Metrics;
 use crate::monitoring::Monitor;
 use crate::policy::MeshPolicy;
@@ -121,6 +124,8 @@ pub enum ServeError {
     StoreFailed(StoreError),
     #[error("shut down, but {0} by the end of shutdown_grace")]
     ShutdownIncomplete(String),
+    #[error("{0}")]
+    Gate(#[from] cluster::GateRefusal),
     #[error(
         "mesh {mesh}: the trust bundle drops the root that {certificates} unexpired certificates \
          chain to (the last expires {until}); keep that root in root-cert.pem or extra_roots until \
@@ -172,6 +177,8 @@ pub struct RunningServer {
     reloads: Arc<tokio::sync::Mutex<()>>,
     monitor: Monitor,
     limits: Arc<RateLimits>,
+    /// The other replicas, with `[cluster]`.
+    members: Option<Arc<Members>>,
 }
 
 /// Why a reload was refused (the previous configuration keeps serving).
@@ -337,6 +344,7 @@ impl RunningServer {
             &self.clock,
             (&self.monitor.metrics, &self.limits),
             &self.reloads,
+            self.members.as_deref(),
         )
         .await
         .map(|_| ())
@@ -357,6 +365,7 @@ impl RunningServer {
             self.limits.clone(),
             self.reloads.clone(),
         );
+        let members = self.members.clone();
         let running = self.config.clone();
         let mut last = fingerprint(&watched_files(&config));
         tokio::spawn(async move {
@@ -378,6 +387,7 @@ impl RunningServer {
                     &clock,
                     (&metrics, &limits),
                     &reloads,
+                    members.as_deref(),
                 )
                 .await
                 {
@@ -423,7 +433,8 @@ pub async fn start_with_clock(
     );
     let ca = build_authority(config, clock.clone(), store.clone(), metrics.clone())
         .await?
-        .with_rate_limits(limits.clone());
+        .with_rate_limits(limits.clone())
+        .with_holds(Arc::default());
     let current = Arc::new(CurrentAuthority::new(Arc::new(ca)));
     start_serving(config, clock, store, current, signer, (metrics, limits)).await
 }
@@ -451,8 +462,27 @@ async fn start_serving(
     }
     monitor.serve().await;
     let serving = Arc::new(ServingCertificate::default());
+    let members = config.cluster.as_ref().map(|cluster| {
+        let pod = std::env::var("POD_NAME").ok();
+        let this = cluster.resolve_self(pod.as_deref(), config.admin.listen);
+        if this.is_none() {
+            tracing::warn!(
+                members = ?cluster.members,
+                "cannot tell which [cluster] member this replica is (set cluster.self or \
+                 MESHROOT_MEMBER): it asks every member over the network, itself included"
+            );
+        }
+        Arc::new(Members::new(
+            cluster,
+            this,
+            !config.admin.listen.ip().is_loopback(),
+            serving.1.clone(),
+            current.clone(),
+        ))
+    });
+    let names = ServingNames::of(config, members.as_ref().and_then(|m| m.this()));
     let renew_at = serving
-        .renew(&ca, &config.dns_names, config.serving_certificate_ttl)
+        .renew(&ca, &names, config.serving_certificate_ttl)
         .await
         .map_err(ServeError::ServingCertificate)?;
     let root_bundle_pem = ca
@@ -498,7 +528,7 @@ async fn start_serving(
     tokio::spawn(renewal_loop(
         serving.clone(),
         current.clone(),
-        config.dns_names.clone(),
+        names,
         config.serving_certificate_ttl,
         renew_at,
         shutdown_rx.clone(),
@@ -517,9 +547,21 @@ async fn start_serving(
         store.clone(),
         &audit,
         (&monitor, health_service.clone()),
+        members.clone(),
         shutdown_rx.clone(),
     )
     .await?;
+    match &members {
+        // The members confirm the bundle (if it drops a root) before this replica issues.
+        Some(members) => cluster::confirm_at_start(
+            config.clone(),
+            current.clone(),
+            store.clone(),
+            members.clone(),
+            shutdown_rx.clone(),
+        ),
+        None => record_accepted_bundles(&ca, &store),
+    }
     let election = match &config.kubernetes {
         Some(kubernetes) => Some(
             start_cluster_duties(kubernetes, current.clone(), leader, shutdown_rx.clone()).await?,
@@ -532,6 +574,23 @@ async fn start_serving(
         config.audit.checkpoint_interval,
         shutdown_rx.clone(),
     ));
+    let export = &config.audit.export;
+    if export.fail_closed_lag_records.is_some() || export.fail_closed_lag.is_some() {
+        let sinks = [
+            export.jsonl_dir.as_ref().map(|_| export::JSONL_SINK),
+            export.otlp_endpoint.as_ref().map(|_| export::OTLP_SINK),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        tokio::spawn(export::fail_closed_guard(
+            store.clone(),
+            sinks,
+            (export.fail_closed_lag_records, export.fail_closed_lag),
+            current.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     for sink in export_sinks(&config.audit.export) {
         tokio::spawn(export::export_loop(
             store.clone(),
@@ -590,9 +649,20 @@ async fn start_serving(
         monitor,
         limits,
         election,
+        members,
     };
     server.watch_config_file(shutdown_rx);
     Ok(server)
+}
+
+/// Records each mesh's bundle as accepted (one replica: the local check is the whole gate).
+fn record_accepted_bundles(ca: &CertificateAuthority, store: &SledStore) {
+    for (mesh, signer) in ca.mesh_signers() {
+        let bundle: Vec<Vec<u8>> = signer.roots().iter().map(|r| r.to_vec()).collect();
+        if let Err(error) = store.set_accepted_roots(mesh, &bundle) {
+            tracing::warn!(%mesh, %error, "the accepted trust bundle could not be recorded");
+        }
+    }
 }
 
 /// The configured export sinks.

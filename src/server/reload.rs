@@ -40,6 +40,7 @@ pub(super) async fn reload(
     clock: &Arc<dyn Clock>,
     (metrics, limits): (&Arc<Metrics>, &Arc<RateLimits>),
     reloads: &tokio::sync::Mutex<()>,
+    members: Option<&Members>,
 ) -> Result<Config, ReloadError> {
     let _one_at_a_time = reloads.lock().await;
     let result = async {
@@ -53,9 +54,22 @@ pub(super) async fn reload(
                 "listen, store, dns_names and serving_certificate_ttl changes take effect at the next restart"
             );
         }
+        let holds = current.get().holds().clone();
         let authority = build_authority(&config, clock.clone(), store.clone(), metrics.clone())
             .await?
-            .with_rate_limits(limits.clone());
+            .with_rate_limits(limits.clone())
+            .with_holds(holds.clone());
+        // A bundle that drops a root: every member must confirm none of its certificates needs
+        // it (fail closed). The previous configuration keeps serving otherwise.
+        match members {
+            Some(members) => {
+                cluster::cluster_gate(&config, &authority, store, members)
+                    .await
+                    .map_err(ServeError::from)?;
+                holds.clear(crate::issuance::Hold::ClusterGate);
+            }
+            None => record_accepted_bundles(&authority, store),
+        }
         limits.set_rates(config.rate_limit.per_caller, config.rate_limit.per_namespace);
         limits.set_refusal_rates(
             config.rate_limit.refusals_recorded_per_peer,

@@ -44,7 +44,7 @@ pub(super) fn http2_limits(
 pub(super) async fn renewal_loop(
     serving: Arc<ServingCertificate>,
     current: Arc<CurrentAuthority>,
-    dns_names: Vec<String>,
+    names: ServingNames,
     lifetime: Duration,
     mut renew_at: SystemTime,
     mut shutdown: watch::Receiver<bool>,
@@ -56,7 +56,7 @@ pub(super) async fn renewal_loop(
             _ = sleep_until(clock.as_ref(), renew_at) => {}
         }
         let ca = current.get();
-        renew_at = match serving.renew(&ca, &dns_names, lifetime).await {
+        renew_at = match serving.renew(&ca, &names, lifetime).await {
             Ok(next) => next,
             Err(error) => {
                 tracing::error!(%error, "serving certificate renewal failed; retrying");
@@ -66,9 +66,45 @@ pub(super) async fn renewal_loop(
     }
 }
 
-/// meshroot's current serving certificate, swapped in place on renewal.
+/// meshroot's current serving certificate, swapped in place on renewal. With `[cluster]` it
+/// is also this replica's client certificate towards the other members.
 #[derive(Debug, Default)]
-pub(super) struct ServingCertificate(pub(super) RwLock<Option<Arc<CertifiedKey>>>);
+pub(super) struct ServingCertificate(
+    pub(super) RwLock<Option<Arc<CertifiedKey>>>,
+    pub(super) Arc<MemberIdentity>,
+);
+
+/// What the serving certificate names: DNS names and, with `[cluster]`, meshroot's own SPIFFE
+/// identity (which then also makes it a client certificate).
+#[derive(Debug, Clone, Default)]
+pub(super) struct ServingNames {
+    pub(super) dns_names: Vec<String>,
+    pub(super) identity: Option<SpiffeId>,
+}
+
+impl ServingNames {
+    pub(super) fn of(config: &Config, this_member: Option<&str>) -> Self {
+        let mut dns_names = config.dns_names.clone();
+        // The name the other members reach this one by (its member address's host).
+        if let Some(host) = this_member
+            .and_then(|m| m.rsplit_once(':'))
+            .map(|(host, _)| host)
+        {
+            let is_name = host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('[');
+            if is_name && !dns_names.iter().any(|n| n == host) {
+                dns_names.push(host.to_owned());
+            }
+        }
+        let identity = config
+            .cluster
+            .as_ref()
+            .and_then(|cluster| SpiffeId::parse(&cluster.identity).ok());
+        Self {
+            dns_names,
+            identity,
+        }
+    }
+}
 
 impl ServingCertificate {
     /// Issues a new certificate, installs it, and returns when to renew it: halfway between now
@@ -77,14 +113,26 @@ impl ServingCertificate {
     pub(super) async fn renew(
         &self,
         ca: &CertificateAuthority,
-        dns_names: &[String],
+        names: &ServingNames,
         lifetime: Duration,
     ) -> Result<SystemTime, IssueError> {
         let issued_at = ca.clock().now();
-        let (issued, key) = ca.issue_serving_certificate(dns_names, lifetime).await?;
+        let (issued, key) = ca
+            .issue_serving_certificate(&names.dns_names, names.identity.as_ref(), lifetime)
+            .await?;
         let mut chain: Vec<CertificateDer<'static>> = vec![issued.der.clone()];
         if let Some(authority) = ca.primary_signer() {
             chain.extend(authority.intermediates().iter().cloned());
+        }
+        if names.identity.is_some() {
+            // The leaf and intermediates (not the roots): the client chain towards members.
+            let intermediates = issued.cert_chain.len().saturating_sub(1);
+            let chain = issued
+                .cert_chain
+                .get(..intermediates)
+                .map(<[String]>::concat)
+                .unwrap_or_default();
+            self.1.set(chain, key.serialize_pem());
         }
         let signing_key = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
             PrivatePkcs8KeyDer::from(key.serialize_der()),

@@ -27,6 +27,7 @@ pub mod pruned;
 mod query;
 mod records;
 pub mod retention;
+mod rotation;
 pub mod tiles;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,7 @@ pub use self::error::{AuditError, StoreError};
 use self::open::open_db;
 use self::query::entries_between;
 pub use self::records::{decode, encode, from_message, to_message};
+pub use self::rotation::drops_a_root;
 pub use crate::audit::SEGMENT_RECORDS;
 /// Flushes start at most this often (group commit).
 const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
@@ -350,6 +352,21 @@ impl SledStore {
             }),
             _ => Err(corrupt(&key)),
         }
+    }
+
+    /// How far export sink `sink` is behind the durable log: the records not shipped yet, and
+    /// how long ago the oldest of them was recorded (zero when caught up).
+    pub fn export_lag(&self, sink: &str, now: SystemTime) -> Result<(u64, Duration), StoreError> {
+        let cursor = self.export_cursor(sink)?;
+        let behind = (self.durable_sequence() + 1).saturating_sub(cursor.next_sequence);
+        if behind == 0 {
+            return Ok((0, Duration::ZERO));
+        }
+        let age = self
+            .get(cursor.next_sequence)?
+            .and_then(|record| now.duration_since(record.recorded_at).ok())
+            .unwrap_or_default();
+        Ok((behind, age))
     }
 
     /// Persists the cursor of export sink `sink` durably (after what it covers was shipped).

@@ -233,6 +233,7 @@ async fn the_audit_api_answers_who_got_what_when_and_from_whom() {
     let one = client
         .get_record(api::GetRecordRequest {
             key: Some(api::get_record_request::Key::Serial(serial_of(&carts[1]))),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -241,6 +242,7 @@ async fn the_audit_api_answers_who_got_what_when_and_from_whom() {
     let unknown = client
         .get_record(api::GetRecordRequest {
             key: Some(api::get_record_request::Key::Serial(vec![1, 2, 3])),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -270,7 +272,10 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
 
     let mut client = audit_client(&server).await;
     let answer = client
-        .get_checkpoint(api::GetCheckpointRequest { from_size: 2 })
+        .get_checkpoint(api::GetCheckpointRequest {
+            from_size: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -294,6 +299,7 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
             .prove_inclusion(api::ProveInclusionRequest {
                 key: Some(api::prove_inclusion_request::Key::Serial(serial_of(der))),
                 tree_size: 0,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -320,6 +326,7 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
                 &late[0],
             ))),
             tree_size: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -414,7 +421,7 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
         .await;
     let mut allowed = AuditServiceClient::new(connect(Some(auditor)).await.unwrap());
     allowed
-        .get_stats(api::GetStatsRequest {})
+        .get_stats(api::GetStatsRequest::default())
         .await
         .expect("an allowed identity is served");
 
@@ -423,7 +430,7 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
         .await;
     let mut refused = AuditServiceClient::new(connect(Some(intruder)).await.unwrap());
     let status = refused
-        .get_stats(api::GetStatsRequest {})
+        .get_stats(api::GetStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -432,7 +439,7 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
     // probes and Prometheus need no certificate; they learn nothing about identities).
     let anonymous = connect(None).await.unwrap();
     let status = AuditServiceClient::new(anonymous.clone())
-        .get_stats(api::GetStatsRequest {})
+        .get_stats(api::GetStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -482,7 +489,7 @@ async fn admin_identities_must_chain_to_an_issuer_authorized_for_their_trust_dom
             .await
             .unwrap();
             AuditServiceClient::new(channel)
-                .get_stats(api::GetStatsRequest {})
+                .get_stats(api::GetStatsRequest::default())
                 .await
         }
     };

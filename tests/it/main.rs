@@ -22,6 +22,7 @@ mod kubernetes_auth;
 mod meshes;
 mod monitoring;
 mod rejections;
+mod replicas;
 mod rotation;
 mod rustls_mtls;
 mod store_failure;

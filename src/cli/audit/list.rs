@@ -11,26 +11,41 @@ pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
         }
     }
     let mut log = Log::open(&args.source).await?;
+    let allow = args.source.allow_incomplete;
     if args.count {
-        println!("{}", log.count(&query).await?);
-        return Ok(());
+        let count = log.count(&query).await?;
+        let missing = log.missing();
+        if args.format == Format::Json {
+            print_json(&serde_json::json!({
+                "count": count,
+                "complete": missing.is_empty(),
+                "missing": super::stats::missing_json(&missing),
+            }))?;
+        } else {
+            println!("{count}");
+        }
+        return log.finish(allow);
     }
     let size = args.limit.clamp(1, crate::audit::MAX_PAGE_SIZE);
     let mut token = args.page_token.clone();
     let mut printer = Printer::new(args.format);
     loop {
-        let (records, next) = log.page(&query, size, token).await?;
-        for record in &records {
-            printer.record(record, None)?;
+        let (records, next) = log.labelled_page(&query, size, token).await?;
+        for (record, member) in &records {
+            printer.replicas |= !member.is_empty();
+            printer.record(record, Some(member.as_str()).filter(|m| !m.is_empty()))?;
         }
         match next {
             Some(next) if args.all => token = Some(next),
             Some(next) => {
                 printer.finish()?;
                 eprintln!("more records: --page-token {next}");
-                return Ok(());
+                return log.finish(allow);
             }
-            None => return printer.finish(),
+            None => {
+                printer.finish()?;
+                return log.finish(allow);
+            }
         }
     }
 }
@@ -154,24 +169,34 @@ pub(super) async fn export(args: ExportArgs) -> Result<(), Failure> {
     printer.json_lines = true;
     let mut token = None;
     loop {
-        let (records, next) = log.page(&query, crate::audit::MAX_PAGE_SIZE, token).await?;
-        for record in &records {
-            printer.record(record, None)?;
+        let (records, next) = log
+            .labelled_page(&query, crate::audit::MAX_PAGE_SIZE, token)
+            .await?;
+        for (record, member) in &records {
+            printer.replicas |= !member.is_empty();
+            printer.record(record, Some(member.as_str()).filter(|m| !m.is_empty()))?;
         }
         match next {
             Some(next) => token = Some(next),
-            None => return printer.finish(),
+            None => {
+                printer.finish()?;
+                return log.finish(args.source.allow_incomplete);
+            }
         }
     }
 }
 
 pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
     let mut log = Log::open(&args.source).await?;
-    let sequence = log.locate(args.sequence, &args.serial).await?;
-    let entry = match &mut log {
+    let mut member = String::new();
+    let (sequence, entry) = match &mut log {
         Log::Store(store) => {
+            let sequence = match (args.sequence, &args.serial) {
+                (Some(sequence), _) => sequence,
+                (None, serial) => Log::Store(store.clone()).locate(None, serial).await?,
+            };
             let store = store.clone();
-            blocking(move || {
+            let entry = blocking(move || {
                 store
                     .entries(sequence, sequence, 1)
                     .map_err(|e| e.to_string())
@@ -186,17 +211,27 @@ pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
                     .map(|record| Shown::Record(Box::new(record)))
                     .unwrap_or(Shown::Malformed),
                 LogEntry::Pruned { leaf, .. } => Shown::Pruned(leaf),
-            })
+            });
+            (sequence, entry)
         }
         Log::Remote(client) => {
+            // By serial the server finds the member whose log holds it; a sequence number
+            // is the asked replica's, or --replica's.
+            let key = match (&args.serial, args.sequence) {
+                (Some(serial), _) => api::get_record_request::Key::Serial(parse_serial(serial)?),
+                (None, sequence) => api::get_record_request::Key::Sequence(sequence.unwrap_or(0)),
+            };
+            let scope = client.scope();
             let entry = client
                 .get_record(api::GetRecordRequest {
-                    key: Some(api::get_record_request::Key::Sequence(sequence)),
+                    key: Some(key),
+                    scope,
                 })
                 .await
                 .map_err(remote_failure)?
                 .into_inner();
-            match entry.entry {
+            member = entry.member;
+            let shown = match entry.entry {
                 Some(api::log_entry::Entry::Record(record)) => Some(
                     store::from_message(record)
                         .map(|record| Shown::Record(Box::new(record)))
@@ -206,10 +241,19 @@ pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
                     LeafData::parse(&bytes).map(Shown::Pruned)
                 }
                 None => None,
-            }
+            };
+            (entry.sequence, shown)
         }
     };
     match entry {
+        Some(Shown::Record(record)) if !member.is_empty() => {
+            let mut value =
+                serde_json::to_value(&record).map_err(|e| Failure::runtime(e.to_string()))?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("replica".to_owned(), member.into());
+            }
+            print_json(&value)
+        }
         Some(Shown::Record(record)) => print_json(&record),
         Some(Shown::Pruned(leaf)) => {
             println!(
@@ -242,18 +286,21 @@ pub(super) async fn watch(args: WatchArgs) -> Result<(), Failure> {
     let from = match args.from {
         Some(from) => from,
         None => {
+            let scope = client.scope();
             let stats = client
-                .get_stats(api::GetStatsRequest {})
+                .get_stats(api::GetStatsRequest { scope })
                 .await
                 .map_err(remote_failure)?
                 .into_inner();
             stats.appended + 1
         }
     };
+    let scope = client.scope();
     let mut stream = client
         .watch_records(api::WatchRecordsRequest {
             from_sequence: from,
             filter: (!query.is_unfiltered()).then(|| filter_from_query(&query)),
+            scope,
             ..Default::default()
         })
         .await

@@ -91,6 +91,14 @@ pub struct SourceArgs {
     /// ...and the DNS name in the server's certificate.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+    /// With `[cluster]`: only this member's log (its admin address as in cluster.members).
+    /// Without it, the server asked answers for every member.
+    #[arg(long)]
+    pub replica: Option<String>,
+    /// Accept an answer that lacks a member's records (a member did not answer): exit 0
+    /// instead of 3. The answer still says it is incomplete, on stderr and in JSON.
+    #[arg(long)]
+    pub allow_incomplete: bool,
 }
 
 /// Which records. Times are RFC 3339, `now`, or an age like `1h` or `7d` (before now).

@@ -5,6 +5,23 @@ use super::*;
 
 pub(super) async fn prove(args: ProveArgs) -> Result<(), Failure> {
     let mut log = Log::open(&args.source).await?;
+    // In a cluster, a serial is found on whichever member holds it; the proof is that
+    // member's (against its own checkpoint).
+    if let (Log::Remote(remote), Some(serial)) = (&mut log, &args.serial) {
+        let scope = remote.scope();
+        let entry = remote
+            .get_record(api::GetRecordRequest {
+                key: Some(api::get_record_request::Key::Serial(parse_serial(serial)?)),
+                scope,
+            })
+            .await
+            .map_err(remote_failure)?
+            .into_inner();
+        if !entry.member.is_empty() {
+            eprintln!("record {} of member {}", entry.sequence, entry.member);
+            remote.set_replica(entry.member);
+        }
+    }
     let sequence = log.locate(args.sequence, &args.serial).await?;
     let document = match &mut log {
         Log::Store(store) => {
@@ -36,10 +53,12 @@ pub(super) async fn prove(args: ProveArgs) -> Result<(), Failure> {
             .await?
         }
         Log::Remote(client) => {
+            let scope = client.scope();
             let proof = client
                 .prove_inclusion(api::ProveInclusionRequest {
                     key: Some(api::prove_inclusion_request::Key::Sequence(sequence)),
                     tree_size: 0,
+                    scope,
                 })
                 .await
                 .map_err(remote_failure)?

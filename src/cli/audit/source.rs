@@ -4,9 +4,152 @@
 use super::*;
 
 /// A store opened read-only, or a running server's audit API.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per command, never moved in a loop"
+)]
 pub(crate) enum Log {
     Store(Arc<SledStore>),
-    Remote(AuditServiceClient<Channel>),
+    Remote(Remote),
+}
+
+/// A running server's audit API, the scope of every request (`--replica`), and the members
+/// that did not answer a cluster-wide request so far.
+pub(crate) struct Remote {
+    client: AuditServiceClient<Channel>,
+    replica: Option<String>,
+    /// Member → why it did not answer.
+    pub(crate) missing: std::collections::BTreeMap<String, String>,
+    /// Members that answered.
+    pub(crate) answered: std::collections::BTreeSet<String>,
+}
+
+impl std::ops::Deref for Remote {
+    type Target = AuditServiceClient<Channel>;
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Remote {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.client
+    }
+}
+
+impl Remote {
+    /// The scope of requests: every member (the server's default), or `--replica`.
+    pub(crate) fn scope(&self) -> Option<api::Scope> {
+        self.replica.as_ref().map(|member| api::Scope {
+            member: member.clone(),
+            local: false,
+        })
+    }
+
+    /// Every entry from `from` to `to` of one log (the server asked, or `--replica`'s), in
+    /// order, handed to `each`.
+    pub(crate) async fn stream_entries(
+        &mut self,
+        from: u64,
+        to: u64,
+        each: &mut dyn FnMut(u64, VerifyEntry<'_>),
+    ) -> Result<(), Failure> {
+        if to < from {
+            return Ok(());
+        }
+        let scope = self.scope();
+        let mut stream = self
+            .watch_records(api::WatchRecordsRequest {
+                from_sequence: from,
+                filter: None,
+                include_stored: true,
+                include_pruned: true,
+                to_sequence: to,
+                scope,
+            })
+            .await
+            .map_err(remote_failure)?
+            .into_inner();
+        while let Some(entry) = stream.message().await.map_err(remote_failure)? {
+            match entry.entry {
+                Some(api::log_entry::Entry::PrunedLeaf(bytes)) => {
+                    let leaf = LeafData::parse(&bytes).ok_or_else(|| {
+                        Failure::runtime(format!("entry {} is malformed", entry.sequence))
+                    })?;
+                    each(entry.sequence, VerifyEntry::Pruned(leaf));
+                }
+                _ => each(entry.sequence, VerifyEntry::Record(&entry.stored)),
+            }
+            if entry.sequence >= to {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restricts the following requests to one member.
+    pub(crate) fn set_replica(&mut self, member: String) {
+        self.replica = Some(member);
+    }
+
+    /// Takes note of which members answered a cluster-wide request.
+    pub(crate) fn note(&mut self, cluster: Option<&api::Completeness>) {
+        let Some(cluster) = cluster else {
+            return;
+        };
+        self.answered.extend(cluster.answered.iter().cloned());
+        for missing in &cluster.missing {
+            self.missing
+                .insert(missing.member.clone(), missing.reason.clone());
+        }
+    }
+}
+
+impl Log {
+    /// The members that did not answer (empty for a store, one replica, or a complete answer).
+    pub(crate) fn missing(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Store(_) => Vec::new(),
+            Self::Remote(remote) => remote
+                .missing
+                .iter()
+                .map(|(m, r)| (m.clone(), r.clone()))
+                .collect(),
+        }
+    }
+
+    /// Ends a command: an answer some member did not contribute to is *incomplete*. It is
+    /// said on stderr, naming the members, and fails with exit code 3 unless
+    /// `--allow-incomplete`.
+    pub(crate) fn finish(&self, allow_incomplete: bool) -> Result<(), Failure> {
+        incomplete(&self.missing(), allow_incomplete)
+    }
+}
+
+/// Exit code of an answer that is incomplete: a member of the cluster did not answer.
+pub const EXIT_INCOMPLETE: u8 = 3;
+
+/// Says that an answer is incomplete (stderr) and fails unless allowed.
+pub(crate) fn incomplete(missing: &[(String, String)], allow: bool) -> Result<(), Failure> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let named: Vec<String> = missing
+        .iter()
+        .map(|(member, reason)| format!("{member} ({reason})"))
+        .collect();
+    eprintln!(
+        "INCOMPLETE: {} member(s) did not answer, so their records are not in this answer: {}",
+        missing.len(),
+        named.join(", ")
+    );
+    if allow {
+        return Ok(());
+    }
+    Err(Failure {
+        message: "the answer is incomplete (accept it with --allow-incomplete)".into(),
+        code: EXIT_INCOMPLETE,
+    })
 }
 
 impl Log {
@@ -20,6 +163,11 @@ impl Log {
         }
         if let Some(addr) = &source.addr {
             return Self::connect(addr, source).await;
+        }
+        if source.replica.is_some() && source.store.is_some() {
+            return Err(Failure::usage(
+                "--replica picks a member of a running cluster: give --addr, not --store",
+            ));
         }
         let path = match &source.store {
             Some(path) => path.clone(),
@@ -72,9 +220,12 @@ impl Log {
                 .map_err(|e| failed(e.to_string()))?
             }
         };
-        Ok(Self::Remote(
-            AuditServiceClient::new(channel).max_decoding_message_size(64 << 20),
-        ))
+        Ok(Self::Remote(Remote {
+            client: AuditServiceClient::new(channel).max_decoding_message_size(64 << 20),
+            replica: source.replica.clone(),
+            missing: Default::default(),
+            answered: Default::default(),
+        }))
     }
 
     /// A mesh's remembered signing certificates: SHA-256 → chain (signing certificate first).
@@ -87,17 +238,21 @@ impl Log {
                 let (store, mesh) = (store.clone(), mesh.to_owned());
                 blocking(move || store.signers(&mesh).map_err(|e| e.to_string())).await
             }
-            Self::Remote(client) => Ok(client
-                .list_signers(api::ListSignersRequest {
-                    mesh: mesh.to_owned(),
-                })
-                .await
-                .map_err(remote_failure)?
-                .into_inner()
-                .signers
-                .into_iter()
-                .map(|signer| (signer.sha256, signer.chain))
-                .collect()),
+            Self::Remote(client) => {
+                let scope = client.scope();
+                Ok(client
+                    .list_signers(api::ListSignersRequest {
+                        mesh: mesh.to_owned(),
+                        scope,
+                    })
+                    .await
+                    .map_err(remote_failure)?
+                    .into_inner()
+                    .signers
+                    .into_iter()
+                    .map(|signer| (signer.sha256, signer.chain))
+                    .collect())
+            }
         }
     }
 
@@ -108,6 +263,20 @@ impl Log {
         size: usize,
         token: Option<String>,
     ) -> Result<(Vec<Record>, Option<String>), Failure> {
+        let (records, next) = self.labelled_page(query, size, token).await?;
+        Ok((
+            records.into_iter().map(|(record, _)| record).collect(),
+            next,
+        ))
+    }
+
+    /// One page of records, each with the member whose log holds it (empty: the log asked).
+    pub(crate) async fn labelled_page(
+        &mut self,
+        query: &Query,
+        size: usize,
+        token: Option<String>,
+    ) -> Result<(Vec<(Record, String)>, Option<String>), Failure> {
         match self {
             Self::Store(store) => {
                 let store = store.clone();
@@ -118,24 +287,34 @@ impl Log {
                         .map_err(|e| e.to_string())
                 })
                 .await?;
-                Ok((page.records, page.next_page_token))
+                let records = page
+                    .records
+                    .into_iter()
+                    .map(|r| (r, String::new()))
+                    .collect();
+                Ok((records, page.next_page_token))
             }
             Self::Remote(client) => {
+                let scope = client.scope();
                 let response = client
                     .list_records(api::ListRecordsRequest {
                         filter: Some(filter_from_query(query)),
                         page_size: size as u32,
                         page_token: token.unwrap_or_default(),
                         count_only: false,
+                        scope,
                     })
                     .await
                     .map_err(remote_failure)?
                     .into_inner();
+                client.note(response.cluster.as_ref());
                 let records = response
                     .entries
                     .into_iter()
                     .filter_map(|entry| match entry.entry {
-                        Some(api::log_entry::Entry::Record(record)) => store::from_message(record),
+                        Some(api::log_entry::Entry::Record(record)) => {
+                            store::from_message(record).map(|record| (record, entry.member))
+                        }
                         _ => None,
                     })
                     .collect();
@@ -152,85 +331,20 @@ impl Log {
                 let (store, query) = (store.clone(), query.clone());
                 blocking(move || store.count(&query).map_err(|e| e.to_string())).await
             }
-            Self::Remote(client) => Ok(client
-                .list_records(api::ListRecordsRequest {
-                    filter: Some(filter_from_query(query)),
-                    count_only: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(remote_failure)?
-                .into_inner()
-                .count),
-        }
-    }
-
-    /// Every entry (records as stored, pruned leaves) from `from` to `to`, in order, handed
-    /// to `each` (for verification).
-    pub(super) async fn stream_entries(
-        &mut self,
-        from: u64,
-        to: u64,
-        each: &mut dyn FnMut(u64, VerifyEntry<'_>),
-    ) -> Result<(), Failure> {
-        match self {
-            Self::Store(store) => {
-                let mut next = from;
-                while next <= to {
-                    let (chunk_store, start) = (store.clone(), next);
-                    let entries = blocking(move || {
-                        chunk_store
-                            .entries(start, to, 8192)
-                            .map_err(|e| e.to_string())
-                    })
-                    .await?;
-                    let Some(last) = entries.last().map(LogEntry::sequence) else {
-                        break;
-                    };
-                    for entry in &entries {
-                        match entry {
-                            LogEntry::Record { sequence, stored } => {
-                                each(*sequence, VerifyEntry::Record(stored))
-                            }
-                            LogEntry::Pruned { sequence, leaf } => {
-                                each(*sequence, VerifyEntry::Pruned(*leaf))
-                            }
-                        }
-                    }
-                    next = last + 1;
-                }
-                Ok(())
-            }
             Self::Remote(client) => {
-                if to < from {
-                    return Ok(());
-                }
-                let mut stream = client
-                    .watch_records(api::WatchRecordsRequest {
-                        from_sequence: from,
-                        filter: None,
-                        include_stored: true,
-                        include_pruned: true,
-                        to_sequence: to,
+                let scope = client.scope();
+                let response = client
+                    .list_records(api::ListRecordsRequest {
+                        filter: Some(filter_from_query(query)),
+                        count_only: true,
+                        scope,
+                        ..Default::default()
                     })
                     .await
                     .map_err(remote_failure)?
                     .into_inner();
-                while let Some(entry) = stream.message().await.map_err(remote_failure)? {
-                    match entry.entry {
-                        Some(api::log_entry::Entry::PrunedLeaf(bytes)) => {
-                            let leaf = LeafData::parse(&bytes).ok_or_else(|| {
-                                Failure::runtime(format!("entry {} is malformed", entry.sequence))
-                            })?;
-                            each(entry.sequence, VerifyEntry::Pruned(leaf));
-                        }
-                        _ => each(entry.sequence, VerifyEntry::Record(&entry.stored)),
-                    }
-                    if entry.sequence >= to {
-                        break;
-                    }
-                }
-                Ok(())
+                client.note(response.cluster.as_ref());
+                Ok(response.count)
             }
         }
     }

@@ -55,6 +55,18 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         };
     }
     let mut log = Log::open(&args.source).await?;
+    // A cluster: each member's log against that member's own checkpoints.
+    if let Log::Remote(remote) = &mut log {
+        let members = cluster_members(remote).await?;
+        if !members.is_empty() {
+            if !external.is_empty() {
+                return Err(Failure::usage(
+                    "--checkpoint is one member's: name that member with --replica",
+                ));
+            }
+            return verify_members(remote, members, verifier.as_ref(), &args, started).await;
+        }
+    }
     let report = match &mut log {
         Log::Store(store) => {
             let store = store.clone();
@@ -65,31 +77,7 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
             })
             .await?
         }
-        Log::Remote(client) => {
-            // The server only supplies the entries: the tree is recomputed here.
-            let checkpoint = client
-                .get_checkpoint(api::GetCheckpointRequest::default())
-                .await
-                .map(|r| r.into_inner())
-                .ok();
-            let stats = client
-                .get_stats(api::GetStatsRequest {})
-                .await
-                .map_err(remote_failure)?
-                .into_inner();
-            let mut checker = LogVerifier::new(SystemTime::now());
-            let mut notes: Vec<(String, String)> = external;
-            if let Some(checkpoint) = &checkpoint {
-                notes.push(("latest (from the server)".into(), checkpoint.note.clone()));
-            }
-            expect_all(&mut checker, verifier.as_ref(), &notes);
-            let to = stats.appended;
-            log.stream_entries(1, to, &mut |sequence, entry| {
-                checker.push(sequence, entry);
-            })
-            .await?;
-            checker.finish()
-        }
+        Log::Remote(remote) => verify_remote(remote, verifier.as_ref(), external).await?,
     };
     print_report(&report, started.elapsed(), args.json)?;
     if report.ok() {
@@ -100,6 +88,96 @@ pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
             report.problem_count
         )))
     }
+}
+
+/// The members of the server's cluster, when the answer is cluster-wide (no `--replica`).
+async fn cluster_members(remote: &mut Remote) -> Result<Vec<String>, Failure> {
+    if remote.scope().is_some() {
+        return Ok(Vec::new());
+    }
+    Ok(remote
+        .get_cluster(api::GetClusterRequest {})
+        .await
+        .map_err(remote_failure)?
+        .into_inner()
+        .members)
+}
+
+/// Verifies every member's log in turn; a member that cannot be read makes the answer
+/// incomplete.
+async fn verify_members(
+    remote: &mut Remote,
+    members: Vec<String>,
+    verifier: Option<&AuditVerifier>,
+    args: &VerifyArgs,
+    started: std::time::Instant,
+) -> Result<(), Failure> {
+    let (mut failed, mut missing, mut reports) = (0, Vec::new(), Vec::new());
+    for member in members {
+        remote.set_replica(member.clone());
+        match verify_remote(remote, verifier, Vec::new()).await {
+            Ok(report) => {
+                if !report.ok() {
+                    failed += 1;
+                }
+                if !args.json {
+                    println!("member {member}:");
+                    print_report(&report, started.elapsed(), false)?;
+                }
+                reports.push(serde_json::json!({ "member": member, "report": report }));
+            }
+            Err(failure) => missing.push((member, failure.message)),
+        }
+    }
+    if args.json {
+        print_json(&serde_json::json!({
+            "members": reports,
+            "complete": missing.is_empty(),
+            "missing": super::stats::missing_json(&missing),
+        }))?;
+    }
+    if failed > 0 {
+        return Err(Failure::runtime(format!(
+            "{failed} member log(s) do NOT verify"
+        )));
+    }
+    incomplete(&missing, args.source.allow_incomplete)
+}
+
+/// Recomputes a running server's tree from its entries (the server only supplies them) and
+/// checks it against its latest checkpoint and `external` ones.
+async fn verify_remote(
+    remote: &mut Remote,
+    verifier: Option<&AuditVerifier>,
+    external: Vec<(String, String)>,
+) -> Result<VerifyReport, Failure> {
+    let scope = remote.scope();
+    let checkpoint = remote
+        .get_checkpoint(api::GetCheckpointRequest {
+            scope: scope.clone(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+        .ok();
+    let stats = remote
+        .get_stats(api::GetStatsRequest { scope })
+        .await
+        .map_err(remote_failure)?
+        .into_inner();
+    let mut checker = LogVerifier::new(SystemTime::now());
+    let mut notes: Vec<(String, String)> = external;
+    if let Some(checkpoint) = &checkpoint {
+        notes.push(("latest (from the server)".into(), checkpoint.note.clone()));
+    }
+    expect_all(&mut checker, verifier, &notes);
+    let to = stats.appended;
+    remote
+        .stream_entries(1, to, &mut |sequence, entry| {
+            checker.push(sequence, entry);
+        })
+        .await?;
+    Ok(checker.finish())
 }
 
 /// Adds checkpoints to check: signature first (with a verifier), then the root.

@@ -108,6 +108,36 @@ impl Serving {
         }
     }
 
+    /// How many lines of the log so far contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits (bounded) until more than `seen` lines contain `needle`; returns the last one.
+    pub fn wait_for_more_log(&self, needle: &str, seen: usize) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            {
+                let log = self.log.lock().unwrap();
+                let matching: Vec<&String> =
+                    log.iter().filter(|line| line.contains(needle)).collect();
+                if matching.len() > seen {
+                    return matching[matching.len() - 1].clone();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new log line {needle:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")

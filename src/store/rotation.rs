@@ -1,0 +1,90 @@
+//! What the rotation gate asks of one replica's store: which roots its unexpired certificates
+//! chain to, and which trust bundle it last accepted.
+
+use std::time::SystemTime;
+
+use super::*;
+use crate::audit::rotation::{self, BundleUse};
+use crate::audit::{OutcomeFilter, Query};
+
+/// `accepted-root/<mesh>/<SHA-256>` → a root (DER) of the last trust bundle this replica
+/// accepted for the mesh: a later bundle without it drops a root.
+const META_ACCEPTED_ROOT_PREFIX: &[u8] = b"accepted-root/";
+
+fn accepted_prefix(mesh: &str) -> Vec<u8> {
+    [META_ACCEPTED_ROOT_PREFIX, mesh.as_bytes(), b"/"].concat()
+}
+
+impl SledStore {
+    /// How the unexpired certificates of `mesh` in this log chain to the roots of `bundle`.
+    pub fn bundle_use(
+        &self,
+        mesh: &str,
+        bundle: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<BundleUse, AuditError> {
+        let signers = self.signers(mesh)?;
+        let query = Query {
+            mesh: Some(mesh.to_owned()),
+            expires_after: Some(now),
+            outcome: Some(OutcomeFilter::Issued),
+            ..Query::default()
+        };
+        let mut usage = BundleUse {
+            per_root: vec![Default::default(); bundle.len()],
+            ..BundleUse::default()
+        };
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.query(&query, 4096, token.as_deref())?;
+            usage.merge(&rotation::bundle_use(&page.records, &signers, bundle, now));
+            match page.next_page_token {
+                Some(next) => token = Some(next),
+                None => return Ok(usage),
+            }
+        }
+    }
+
+    /// The roots of the last trust bundle accepted for `mesh` (empty: none recorded).
+    pub fn accepted_roots(&self, mesh: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner
+            .meta
+            .scan_prefix(accepted_prefix(mesh))
+            .map(|entry| entry.map(|(_, der)| der.to_vec()).map_err(read_error))
+            .collect()
+    }
+
+    /// Records `bundle` as the last accepted for `mesh` (no-op when read-only or unchanged).
+    pub fn set_accepted_roots(&self, mesh: &str, bundle: &[Vec<u8>]) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        let mut current = self.accepted_roots(mesh)?;
+        let mut wanted = bundle.to_vec();
+        current.sort();
+        wanted.sort();
+        wanted.dedup();
+        if current == wanted {
+            return Ok(());
+        }
+        let prefix = accepted_prefix(mesh);
+        let mut batch = sled::Batch::default();
+        for entry in self.inner.meta.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(read_error)?;
+            batch.remove(key);
+        }
+        for root in &wanted {
+            batch.insert(
+                [prefix.as_slice(), &crate::digest::sha256(root)].concat(),
+                root.as_slice(),
+            );
+        }
+        self.inner.meta.apply_batch(batch).map_err(write_error)?;
+        self.flush()
+    }
+}
+
+/// Whether `bundle` lacks a root of `accepted` (or nothing was accepted before: unknown).
+pub fn drops_a_root(accepted: &[Vec<u8>], bundle: &[Vec<u8>]) -> bool {
+    accepted.is_empty() || accepted.iter().any(|root| !bundle.contains(root))
+}

@@ -1,0 +1,366 @@
+//! Several replicas, one CA (`[cluster]`): three `meshroot serve` processes on one machine,
+//! each with its own store and admin port, one configuration. They talk over their admin ports
+//! with mutual TLS (the admin listeners are off loopback), as in a cluster.
+//!
+//! - `audit list --count` through one member counts every member's log; with a member stopped
+//!   the answer is incomplete: exit code 3, naming the member (`--allow-incomplete`: exit 0).
+//! - Root rotation: a bundle that drops the old root is refused by a replica that issued nothing
+//!   under it (a fresh volume), because another member did; refused while that member is down
+//!   (fail closed, naming it); a bundle that keeps the root is accepted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::process::{Serving, BINARY};
+use common::{agent_csr, TestCa, MESH, TRUST_DOMAIN};
+use meshroot::client::{self, AgentMetadata, Target};
+
+const AUDITOR: &str = "spiffe://cluster.local/ns/istio-system/sa/meshroot-auditor";
+
+/// Three members' admin ports, free now.
+fn free_ports() -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("0.0.0.0:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+struct Cluster {
+    ca: TestCa,
+    ports: Vec<u16>,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let ca = TestCa::new();
+        let ports = free_ports();
+        let members: Vec<String> = ports.iter().map(|p| format!("\"localhost:{p}\"")).collect();
+        ca.edit_config(|text| {
+            format!(
+                "{}\n[cluster]\nmembers = [{}]\nmember_timeout = \"2s\"\n",
+                text.replace(
+                    "[admin]\nlisten = \"127.0.0.1:0\"",
+                    &format!(
+                        "[admin]\nlisten = \"127.0.0.1:0\"\nallowed_identities = [\"{AUDITOR}\"]"
+                    ),
+                ),
+                members.join(", ")
+            )
+        });
+        Self { ca, ports }
+    }
+
+    fn member(&self, index: usize) -> String {
+        format!("localhost:{}", self.ports[index])
+    }
+
+    fn store(&self, index: usize) -> PathBuf {
+        self.ca.path().join(format!("store-{index}"))
+    }
+
+    /// Starts member `index` on its own store and admin port (off loopback: mutual TLS).
+    fn start(&self, index: usize) -> Serving {
+        let config = self.ca.config_path();
+        Serving::start_with_env(
+            self.ca.path(),
+            &["--config", config.to_str().unwrap()],
+            &[
+                ("MESHROOT_STORE", self.store(index).to_str().unwrap()),
+                (
+                    "MESHROOT_ADMIN_LISTEN",
+                    &format!("0.0.0.0:{}", self.ports[index]),
+                ),
+                ("MESHROOT_MEMBER", &self.member(index)),
+            ],
+        )
+    }
+
+    /// An auditor's client certificate, written next to the config.
+    fn auditor(&self) -> (PathBuf, PathBuf) {
+        let now = SystemTime::now();
+        let (chain, key) = self.ca.mint(
+            MESH,
+            TRUST_DOMAIN,
+            AUDITOR,
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+        );
+        let (cert_path, key_path) = (
+            self.ca.path().join("auditor.pem"),
+            self.ca.path().join("auditor-key.pem"),
+        );
+        std::fs::write(&cert_path, chain).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        (cert_path, key_path)
+    }
+
+    /// `meshroot audit ARGS` through member `index`: (exit code, stdout, stderr).
+    fn audit(&self, index: usize, args: &[&str]) -> (i32, String, String) {
+        let (cert, key) = self.auditor();
+        let output = Command::new(BINARY)
+            .arg("audit")
+            .args(args)
+            .args(["--addr", &format!("127.0.0.1:{}", self.ports[index])])
+            .args([
+                "--root",
+                self.ca.path().join("root-cert.pem").to_str().unwrap(),
+            ])
+            .args(["--cert", cert.to_str().unwrap()])
+            .args(["--key", key.to_str().unwrap()])
+            .args(["--server-name", "localhost"])
+            .env("MESHROOT_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+/// One workload certificate from a member's CSR API.
+async fn issue(ca: &TestCa, serving: &Serving, root_pem: &str, service_account: &str) {
+    let channel = client::connect(&Target {
+        address: serving.address.clone(),
+        root_pem: root_pem.to_owned(),
+        server_name: "localhost".into(),
+        client_identity: None,
+    })
+    .await
+    .unwrap();
+    let identity = format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{service_account}");
+    client::create_certificate(
+        channel,
+        agent_csr(&identity),
+        3600,
+        &AgentMetadata {
+            token: Some(ca.token(MESH, "default", service_account)),
+            cluster_id: "Kubernetes".into(),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until a member has confirmed its bundle with the others and issues.
+fn wait_ready(serving: &Serving) {
+    serving.wait_for_log("resolved: issuing again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_answers_for_all_and_says_when_it_cannot() {
+    let cluster = Cluster::new();
+    let root = cluster.ca.root_pem();
+    let mut members: Vec<Serving> = (0..3).map(|i| cluster.start(i)).collect();
+    members.iter().for_each(wait_ready);
+    for (index, count) in [3, 2, 1].into_iter().enumerate() {
+        for n in 0..count {
+            issue(
+                &cluster.ca,
+                &members[index],
+                &root,
+                &format!("sa-{index}-{n}"),
+            )
+            .await;
+        }
+    }
+    let workloads = [
+        "list",
+        "--count",
+        "--spiffe-id-prefix",
+        "spiffe://cluster.local/ns/default/",
+    ];
+
+    // Through member 1: every member's log.
+    let (code, out, err) = cluster.audit(1, &workloads);
+    assert_eq!((code, out.trim()), (0, "6"), "stderr: {err}");
+    let (code, out, _) = cluster.audit(2, &[&workloads[..], &["--format", "json"]].concat());
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (json["count"].as_u64(), json["complete"].as_bool()),
+        (Some(6), Some(true))
+    );
+    // --replica: one member's log only.
+    let (code, out, _) = cluster.audit(
+        1,
+        &[&workloads[..], &["--replica", &cluster.member(0)]].concat(),
+    );
+    assert_eq!((code, out.trim()), (0, "3"));
+    // A merged listing, page by page, holds every member's records once, each labelled.
+    let (code, out, err) = cluster.audit(
+        0,
+        &[
+            "list",
+            "--spiffe-id-prefix",
+            "spiffe://cluster.local/ns/default/",
+            "--limit",
+            "2",
+            "--all",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "stderr: {err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let mut by_member: Vec<String> = listed
+        .iter()
+        .map(|r| r["replica"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    by_member.sort();
+    let expected: Vec<String> = [0, 0, 0, 1, 1, 2]
+        .iter()
+        .map(|i| cluster.member(*i))
+        .collect();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(by_member, expected_sorted);
+    let times: Vec<&str> = listed
+        .iter()
+        .map(|r| r["recorded_at"].as_str().unwrap())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "merged in time order");
+    // Cluster stats sum the members' logs.
+    let (code, out, _) = cluster.audit(0, &["stats", "--json"]);
+    assert_eq!(code, 0);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["members"].as_array().unwrap().len(), 3);
+    assert_eq!(stats["complete"], true);
+
+    // Member 2 stops: the answer lacks its log, and says so.
+    members[2].kill();
+    let (code, out, err) = cluster.audit(1, &workloads);
+    assert_eq!(
+        code, 3,
+        "an incomplete answer exits 3; stdout {out} stderr {err}"
+    );
+    assert!(
+        err.contains("INCOMPLETE") && err.contains(&cluster.member(2)),
+        "{err}"
+    );
+    let (code, out, _) = cluster.audit(
+        1,
+        &[&workloads[..], &["--allow-incomplete", "--format", "json"]].concat(),
+    );
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["count"], 5);
+    assert_eq!(json["complete"], false);
+    assert_eq!(json["missing"][0]["member"], cluster.member(2));
+    // So does a listing and a verification.
+    let (code, _, err) = cluster.audit(0, &["list", "--all"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, out, err) = cluster.audit(
+        0,
+        &[
+            "verify",
+            "--verifier-key",
+            cluster.ca.path().join("audit-key.pub").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 3, "stdout {out} stderr {err}");
+    assert!(
+        out.contains(&format!("member {}:", cluster.member(0))),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("member {}:", cluster.member(1))),
+        "{out}"
+    );
+    for member in &mut members[..2] {
+        member.stop();
+    }
+}
+
+/// Writes `mesh` CA material into the cluster's mesh directory: `from`'s intermediate, a bundle
+/// of `roots`, and `extra_roots` in the config.
+fn install_bundle(ca: &TestCa, from: &Path, roots: &[&Path], extra: Option<&Path>) {
+    let mesh_dir = ca.path().join(MESH);
+    for file in ["ca-cert.pem", "ca-key.pem", "cert-chain.pem"] {
+        std::fs::copy(from.join(MESH).join(file), mesh_dir.join(file)).unwrap();
+    }
+    let bundle: String = roots
+        .iter()
+        .map(|root| std::fs::read_to_string(root).unwrap())
+        .collect();
+    std::fs::write(mesh_dir.join("root-cert.pem"), bundle).unwrap();
+    ca.edit_config(|text| {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("extra_roots"))
+            .collect();
+        let mut text = kept.join("\n") + "\n";
+        if let Some(extra) = extra {
+            text = text.replacen(
+                "[[mesh]]\n",
+                &format!("[[mesh]]\nextra_roots = [{:?}]\n", extra.to_str().unwrap()),
+                1,
+            );
+        }
+        text
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_is_dropped_only_when_no_member_needs_it() {
+    let cluster = Cluster::new();
+    let old_root = cluster.ca.path().join("old-root.pem");
+    std::fs::copy(cluster.ca.path().join("root-cert.pem"), &old_root).unwrap();
+    let new = TestCa::new();
+    let new_root = new.path().join("root-cert.pem");
+    let root = cluster.ca.root_pem();
+    let mut members: Vec<Serving> = (0..3).map(|i| cluster.start(i)).collect();
+    members.iter().for_each(wait_ready);
+    // Member 0 issues under the old root.
+    for n in 0..3 {
+        issue(&cluster.ca, &members[0], &root, &format!("old-{n}")).await;
+    }
+    // Steps 2–4 of a root rotation: the new root joins the bundle, the new intermediate signs.
+    let reloaded = members[0].count_log("configuration reloaded");
+    members[1].kill();
+    members[2].kill();
+    install_bundle(&cluster.ca, new.path(), &[&new_root], Some(&old_root));
+    members[0].wait_for_more_log("configuration reloaded", reloaded);
+    // Members 1 and 2 come back on empty volumes: they never issued under the old root.
+    for index in [1, 2] {
+        std::fs::remove_dir_all(cluster.store(index)).unwrap();
+        members[index] = cluster.start(index);
+    }
+    members[1..].iter().for_each(wait_ready);
+
+    // Dropping the old root: member 1 has nothing under it, but member 0 does.
+    let refused = "configuration reload refused";
+    let seen = members[1].count_log(refused);
+    install_bundle(&cluster.ca, new.path(), &[&new_root], None);
+    let line = members[1].wait_for_more_log(refused, seen);
+    assert!(
+        line.contains(&format!("issued by member {}", cluster.member(0))),
+        "{line}"
+    );
+    // While member 0 is down, the drop is refused too, naming it (fail closed).
+    members[0].kill();
+    let seen = members[1].count_log(refused);
+    members[1].signal("-HUP");
+    let line = members[1].wait_for_more_log(refused, seen);
+    assert!(
+        line.contains("did not say") && line.contains(&cluster.member(0)),
+        "{line}"
+    );
+    // A bundle that keeps the old root is accepted, member 0 down or not.
+    let reloaded = members[1].count_log("configuration reloaded");
+    install_bundle(&cluster.ca, new.path(), &[&new_root], Some(&old_root));
+    members[1].wait_for_more_log("configuration reloaded", reloaded);
+    for member in &mut members[1..] {
+        member.stop();
+    }
+}
