@@ -57,7 +57,12 @@ impl opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsS
 impl Receiver {
     /// Starts the receiver on a free loopback port; returns its endpoint.
     async fn start(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.start_on("127.0.0.1:0").await
+    }
+
+    /// Starts the receiver on `address`; returns its endpoint.
+    async fn start_on(&self, address: &str) -> String {
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
         let service =
             opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer::new(
@@ -300,4 +305,77 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         "{}",
         String::from_utf8_lossy(&refused.stdout)
     );
+}
+
+/// `fail_closed_lag_records`: while the sink is further behind than the bound, issuance is held
+/// (UNAVAILABLE, which istio-agent retries, and not ready with the reason); once the Collector
+/// takes the records, it issues again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_closed_export_holds_issuance_while_the_sink_lags() {
+    let ca = TestCa::new();
+    // A Collector address nobody listens on yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    ca.edit_config(|text| {
+        text.replace(
+            "[admin]",
+            &format!(
+                "[audit.export]\notlp_endpoint = \"http://127.0.0.1:{port}\"\nfail_closed_lag_records = 0\n\n[admin]"
+            ),
+        )
+    });
+    let server = ca.start().await;
+    let call = || async {
+        server
+            .call(
+                common::agent_csr(&common::spiffe_id("default", "cart")),
+                Some(ca.token(MESH, "default", "cart")),
+                0,
+            )
+            .await
+    };
+    // The serving certificate's record is already unshipped: the guard holds issuance.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::Unavailable => break status,
+            other => {
+                assert!(Instant::now() < deadline, "never held: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(
+        refused.message().contains("export-lag"),
+        "{}",
+        refused.message()
+    );
+    let store = server.server.store().clone();
+    let records_while_held = store.len();
+    assert!(call().await.is_err());
+    assert_eq!(
+        store.len(),
+        records_while_held,
+        "nothing is signed or recorded while held"
+    );
+
+    // The Collector comes up: the sink catches up and issuance resumes.
+    let receiver = Receiver::default();
+    receiver.start_on(&format!("127.0.0.1:{port}")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Ok(_) => break,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(Instant::now() < deadline, "never released: {status:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(!receiver.bodies.lock().unwrap().is_empty());
+    server.stop().await;
 }
