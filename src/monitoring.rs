@@ -183,6 +183,20 @@ impl Monitor {
                 if *leader.borrow() { 1.0 } else { 0.0 },
             );
         }
+        let holds = self.current.get().holds().clone();
+        out.labeled(
+            "meshroot_hold",
+            "1 while this replica holds issuance for this reason: cluster-gate (the members have \
+             not confirmed the trust bundle), export-lag (a fail-closed sink lags), log-rollback \
+             (the log is behind a checkpoint it had published: a lost or restored volume).",
+            Kind::Gauge,
+            crate::issuance::Hold::ALL.iter().map(|hold| {
+                (
+                    vec![("hold", hold.code())],
+                    if holds.is_set(*hold) { 1.0 } else { 0.0 },
+                )
+            }),
+        );
         let ready = self.not_ready_reasons().is_empty();
         out.gauge(
             "meshroot_ready",

@@ -71,6 +71,9 @@ pub const ENV_STORE: &str = "MESHROOT_STORE";
 pub const ENV_ADMIN_LISTEN: &str = "MESHROOT_ADMIN_LISTEN";
 /// This replica's `[cluster]` member entry (overrides `cluster.self`).
 pub const ENV_MEMBER: &str = "MESHROOT_MEMBER";
+/// This replica's log name (overrides `audit.key_name`): a new name starts a new log, the way
+/// out after its volume was lost or rolled back (README, "Several replicas").
+pub const ENV_LOG_NAME: &str = "MESHROOT_LOG_NAME";
 
 pub use membership::{statefulset_members, DEFAULT_MEMBER_TIMEOUT};
 
@@ -362,6 +365,18 @@ impl Config {
         })?;
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let mut config = Self::parse(&text, path, env(ENV_LISTEN), env(ENV_STORE))?;
+        if let Some(name) = env(ENV_LOG_NAME) {
+            if name.chars().any(|c| c.is_whitespace() || c == '+') {
+                return Err(ConfigError {
+                    file: path.to_owned(),
+                    problems: vec![Problem {
+                        key: ENV_LOG_NAME.into(),
+                        message: format!("{name:?}: a name without spaces or '+'"),
+                    }],
+                });
+            }
+            config.audit.key_name = name;
+        }
         if let (Some(cluster), Some(member)) = (&mut config.cluster, env(ENV_MEMBER)) {
             if !cluster.members.contains(&member) {
                 return Err(ConfigError {

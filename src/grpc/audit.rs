@@ -43,6 +43,8 @@ pub struct AuditApi {
     shutdown: watch::Receiver<bool>,
     /// The other replicas, with `[cluster]`.
     members: Option<Arc<Members>>,
+    /// Their identity (`cluster.identity`).
+    member_identity: Option<String>,
 }
 
 impl AuditApi {
@@ -51,7 +53,7 @@ impl AuditApi {
         verifier_key: Option<String>,
         access: Option<AdminAccess>,
         shutdown: watch::Receiver<bool>,
-        members: Option<Arc<Members>>,
+        (members, member_identity): (Option<Arc<Members>>, Option<String>),
     ) -> AuditServiceServer<Self> {
         AuditServiceServer::new(Self {
             store,
@@ -59,6 +61,7 @@ impl AuditApi {
             access,
             shutdown,
             members,
+            member_identity,
         })
     }
 
@@ -78,6 +81,23 @@ impl AuditApi {
                     ca.clock().now(),
                 )
             }
+        }
+    }
+
+    /// Members only (their own identity, `cluster.identity`), for what only members may say.
+    fn authorize_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match (&self.access, &self.member_identity) {
+            (None, _) => Ok(()),
+            (Some(access), Some(identity)) => {
+                let ca = access.current.get();
+                admin_identity_allowed(
+                    request,
+                    std::slice::from_ref(identity),
+                    ca.identity_anchors(),
+                    ca.clock().now(),
+                )
+            }
+            (Some(_), None) => Err(super::status::admin_identity_refused()),
         }
     }
 
@@ -413,6 +433,45 @@ impl AuditService for AuditApi {
                 members: members.all().to_vec(),
                 this_member: members.this().unwrap_or_default().to_owned(),
             },
+        }))
+    }
+
+    async fn share_checkpoint(
+        &self,
+        request: Request<api::ShareCheckpointRequest>,
+    ) -> Result<Response<api::ShareCheckpointResponse>, Status> {
+        self.authorize_member(&request)?;
+        let request = request.into_inner();
+        let invalid = |what: &str| {
+            status_for_audit(&AuditError::Query(crate::audit::QueryError::Invalid(
+                what.to_owned(),
+            )))
+        };
+        let Some(members) = self.members() else {
+            return Err(invalid("this replica has no [cluster]"));
+        };
+        if !members.contains(&request.member) {
+            return Err(invalid("not a member of this cluster"));
+        }
+        let note = match request.note.as_str() {
+            "" => None,
+            note => match Checkpoint::parse_unverified(note) {
+                Some(checkpoint) if checkpoint.origin == request.log => {
+                    Some((checkpoint.size, note.to_owned()))
+                }
+                _ => return Err(invalid("the note is not a checkpoint of the named log")),
+            },
+        };
+        let (member, log) = (request.member, request.log);
+        let kept = self
+            .blocking(move |store| {
+                store
+                    .keep_member_checkpoint(&member, &log, note)
+                    .map_err(AuditError::from)
+            })
+            .await?;
+        Ok(Response::new(api::ShareCheckpointResponse {
+            note: kept.map(|(_, note)| note).unwrap_or_default(),
         }))
     }
 

@@ -22,6 +22,8 @@ pub enum Hold {
 }
 
 impl Hold {
+    pub const ALL: [Hold; 3] = [Self::ClusterGate, Self::ExportLag, Self::LogRollback];
+
     pub fn code(self) -> &'static str {
         match self {
             Self::ClusterGate => "cluster-gate",
@@ -44,7 +46,7 @@ impl Holds {
     pub fn set(&self, hold: Hold, reason: String) {
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         if held.get(&hold) != Some(&reason) {
-            tracing::warn!(hold = hold.code(), %reason, "not issuing until this is resolved");
+            tracing::warn!(%reason, "{}: not issuing until this is resolved", hold.code());
         }
         held.insert(hold, reason);
         self.any.store(true, Ordering::SeqCst);
@@ -54,7 +56,7 @@ impl Holds {
     pub fn clear(&self, hold: Hold) {
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         if held.remove(&hold).is_some() {
-            tracing::info!(hold = hold.code(), "resolved: issuing again");
+            tracing::info!("{}: resolved", hold.code());
         }
         self.any.store(!held.is_empty(), Ordering::SeqCst);
     }

@@ -35,7 +35,13 @@ pub(super) async fn start_admin(
             current,
         }),
         shutdown.clone(),
-        members,
+        (
+            members,
+            config
+                .cluster
+                .as_ref()
+                .map(|cluster| cluster.identity.clone()),
+        ),
     );
     let mut stop = shutdown.clone();
     let until_stopped = async move {

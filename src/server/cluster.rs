@@ -143,3 +143,126 @@ pub(super) fn confirm_at_start(
         }
     });
 }
+
+/// How often a replica hands its latest checkpoint to the other members, and learns the newest
+/// they hold for it; sooner while some member has not answered yet.
+const EXCHANGE_RETRY: Duration = Duration::from_secs(2);
+
+/// Loss and rollback detection: hands this replica's latest signed checkpoint to every other
+/// member (they keep the newest per member and log) and checks its own log against the newest
+/// each one holds for it. A log shorter than, or inconsistent with, a checkpoint it had
+/// committed to is never silently continued: issuance is held (not ready, with the reason)
+/// until the volume is restored or the replica starts a new log under a new name.
+pub(super) async fn exchange_checkpoints_loop(
+    members: Arc<Members>,
+    store: Arc<SledStore>,
+    (log, verifier): (String, Option<crate::audit::checkpoint::AuditVerifier>),
+    current: Arc<CurrentAuthority>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(this) = members.this().map(str::to_owned) else {
+        tracing::warn!("this replica does not know its own member name: it cannot hand its checkpoints to the others");
+        return;
+    };
+    // Until the first exchange, the log is not known to be whole: no issuance.
+    current.get().holds().set(
+        Hold::LogRollback,
+        "checking this log against the checkpoints the other members hold for it".into(),
+    );
+    loop {
+        let everyone_answered =
+            exchange_checkpoints(&members, &this, &store, (&log, verifier.as_ref()), &current)
+                .await;
+        let wait = if everyone_answered {
+            interval
+        } else {
+            EXCHANGE_RETRY.min(interval)
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One exchange; returns whether every member answered.
+async fn exchange_checkpoints(
+    members: &Members,
+    this: &str,
+    store: &Arc<SledStore>,
+    (log, verifier): (&str, Option<&crate::audit::checkpoint::AuditVerifier>),
+    current: &CurrentAuthority,
+) -> bool {
+    use crate::audit::checkpoint::Checkpoint;
+    let note = match store.latest_checkpoint() {
+        Ok(latest) => latest.map(|(_, note)| note).unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, "reading the latest checkpoint to share failed");
+            return false;
+        }
+    };
+    let answers = members
+        .ask_others(|mut client| {
+            let request = api::ShareCheckpointRequest {
+                member: this.to_owned(),
+                log: log.to_owned(),
+                note: note.clone(),
+            };
+            async move { client.share_checkpoint(request).await }
+        })
+        .await;
+    let (size, _) = store.tree_head();
+    let mut everyone = true;
+    let mut problems = Vec::new();
+    for (member, answer) in answers {
+        let held = match answer {
+            Ok(response) => response.into_inner().note,
+            Err(reason) => {
+                tracing::debug!(%member, %reason, "a member did not take this replica's checkpoint");
+                everyone = false;
+                continue;
+            }
+        };
+        if held.is_empty() {
+            continue;
+        }
+        let checkpoint = match verifier {
+            Some(verifier) => verifier.open_checkpoint(&held).ok(),
+            None => Checkpoint::parse_unverified(&held),
+        };
+        let Some(checkpoint) = checkpoint.filter(|c| c.origin == log) else {
+            tracing::warn!(%member, "a member holds a checkpoint for this replica that does not verify; ignored");
+            continue;
+        };
+        if checkpoint.size > size {
+            problems.push(format!(
+                "member {member} holds this log's signed checkpoint of {} records, but the log has {size}: its volume was lost or restored from an older copy",
+                checkpoint.size
+            ));
+        } else if store.root_at(checkpoint.size).ok() != Some(checkpoint.root) {
+            problems.push(format!(
+                "the log's first {} records do not hash to the signed checkpoint member {member} holds: its volume holds a different history",
+                checkpoint.size
+            ));
+        }
+    }
+    let holds = current.get().holds().clone();
+    if problems.is_empty() {
+        holds.clear(Hold::LogRollback);
+    } else {
+        holds.set(
+            Hold::LogRollback,
+            format!(
+                "{}; restore the volume, or start a new log under a new name (README, Several replicas)",
+                problems.join("; ")
+            ),
+        );
+    }
+    tracing::debug!(
+        members = members.all().len(),
+        everyone,
+        "checkpoint shared with the members"
+    );
+    everyone
+}

@@ -551,6 +551,19 @@ async fn start_serving(
         shutdown_rx.clone(),
     )
     .await?;
+    if let Some(members) = &members {
+        tokio::spawn(cluster::exchange_checkpoints_loop(
+            members.clone(),
+            store.clone(),
+            (
+                config.audit.key_name.clone(),
+                audit.signer.as_ref().map(|signer| signer.verifier()),
+            ),
+            current.clone(),
+            config.audit.checkpoint_interval,
+            shutdown_rx.clone(),
+        ));
+    }
     match &members {
         // The members confirm the bundle (if it drops a root) before this replica issues.
         Some(members) => cluster::confirm_at_start(

@@ -84,6 +84,49 @@ impl SledStore {
     }
 }
 
+/// `member-checkpoint/<member>\0<log>` → the newest signed checkpoint (note) another member
+/// handed over for its log: what that member's log had committed to, kept off its volume.
+const META_MEMBER_CHECKPOINT_PREFIX: &[u8] = b"member-checkpoint/";
+
+impl SledStore {
+    /// Keeps `note` as member `member`'s checkpoint of log `log` if it is newer (a larger tree)
+    /// than the one kept; returns the newest kept (this one or the older-but-larger one).
+    pub fn keep_member_checkpoint(
+        &self,
+        member: &str,
+        log: &str,
+        note: Option<(u64, String)>,
+    ) -> Result<Option<(u64, String)>, StoreError> {
+        let key = [
+            META_MEMBER_CHECKPOINT_PREFIX,
+            member.as_bytes(),
+            b"\0",
+            log.as_bytes(),
+        ]
+        .concat();
+        let kept = self
+            .inner
+            .meta
+            .get(&key)
+            .map_err(read_error)?
+            .and_then(|value| {
+                let size = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+                let note = String::from_utf8(value.get(8..)?.to_vec()).ok()?;
+                Some((size, note))
+            });
+        match (kept, note) {
+            (Some(kept), Some(new)) if kept.0 >= new.0 => Ok(Some(kept)),
+            (_, Some((size, note))) if !self.inner.read_only => {
+                let value = [size.to_be_bytes().as_slice(), note.as_bytes()].concat();
+                self.inner.meta.insert(key, value).map_err(write_error)?;
+                self.flush()?;
+                Ok(Some((size, note)))
+            }
+            (kept, _) => Ok(kept),
+        }
+    }
+}
+
 /// Whether `bundle` lacks a root of `accepted` (or nothing was accepted before: unknown).
 pub fn drops_a_root(accepted: &[Vec<u8>], bundle: &[Vec<u8>]) -> bool {
     accepted.is_empty() || accepted.iter().any(|root| !bundle.contains(root))

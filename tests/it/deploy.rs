@@ -98,20 +98,32 @@ fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
     )
     .unwrap();
 
+    let (yaml, objects) = kustomize_and_validate(&overlay_dir, dir.path(), overlay);
+    Rendered {
+        _dir: dir,
+        ca_dir,
+        yaml,
+        objects,
+    }
+}
+
+/// Renders `dir` with `kubectl kustomize` and validates it against the Kubernetes schemas;
+/// returns the YAML and its objects.
+fn kustomize_and_validate(dir: &Path, work: &Path, name: &str) -> (String, Vec<Value>) {
     let output = Command::new(kubectl())
         .arg("kustomize")
-        .arg(&overlay_dir)
+        .arg(dir)
         .output()
         .unwrap_or_else(|e| {
             panic!("kubectl is needed (MESHROOT_KUBECTL or on PATH; `.ci/run` installs it): {e}")
         });
     assert!(
         output.status.success(),
-        "kubectl kustomize {overlay}: {}",
+        "kubectl kustomize {name}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let yaml = String::from_utf8(output.stdout).unwrap();
-    let rendered = dir.path().join(format!("{overlay}.yaml"));
+    let rendered = work.join(format!("{name}.yaml"));
     std::fs::write(&rendered, &yaml).unwrap();
 
     let validated = Command::new(common::python())
@@ -122,21 +134,15 @@ fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
     let report = String::from_utf8_lossy(&validated.stdout);
     assert!(
         validated.status.success(),
-        "{overlay} does not validate:\n{report}{}",
+        "{name} does not validate:\n{report}{}",
         String::from_utf8_lossy(&validated.stderr)
     );
     assert!(
         !report.contains("WARN") && !report.contains("ERROR"),
         "{report}"
     );
-
     let objects = yaml_to_json(&rendered);
-    Rendered {
-        _dir: dir,
-        ca_dir,
-        yaml,
-        objects,
-    }
+    (yaml, objects)
 }
 
 /// Every document of a YAML file, through PyYAML.
@@ -353,6 +359,37 @@ fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) {
     let headless = rendered.find("Service", "meshroot-headless");
     assert_eq!(headless["spec"]["clusterIP"], "None");
     assert_eq!(statefulset["spec"]["serviceName"], "meshroot-headless");
+    // Several replicas, one CA: every ordinal of the StatefulSet is a member, by its name under
+    // the headless Service on the admin port, ready or not; volumes outlive a scale-down.
+    let cluster = config.cluster.as_ref().expect("[cluster] in the deployed config");
+    let replicas = statefulset["spec"]["replicas"].as_u64().unwrap() as usize;
+    let members: Vec<String> = (0..replicas)
+        .map(|i| {
+            format!(
+                "meshroot-{i}.meshroot-headless.istio-system.svc:{}",
+                config.admin.listen.port()
+            )
+        })
+        .collect();
+    assert_eq!(cluster.members, members);
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    assert!(headless["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["port"].as_u64() == Some(port_of(&config.admin.listen))));
+    let retention = &statefulset["spec"]["persistentVolumeClaimRetentionPolicy"];
+    assert_eq!(
+        (&retention["whenDeleted"], &retention["whenScaled"]),
+        (&Value::from("Retain"), &Value::from("Retain"))
+    );
+    // The members' own identity is the service account's, and the admin API allows it.
+    let identity = meshroot::identity::SpiffeId::parse(&cluster.identity).unwrap();
+    assert_eq!(
+        (identity.namespace(), identity.service_account()),
+        ("istio-system", pod["serviceAccountName"].as_str().unwrap())
+    );
+    assert!(config.admin.allowed_identities.contains(&cluster.identity));
     // Locked down.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
@@ -415,6 +452,64 @@ fn the_multi_mesh_overlay_renders_validates_and_fits_the_code() {
             path: PathBuf::from("/etc/meshroot/clusters/b/b.kubeconfig"),
             context: None,
         }
+    );
+}
+
+#[test]
+fn the_example_collector_renders_validates_and_receives_what_meshroot_sends() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/collector");
+    let (_, objects) = kustomize_and_validate(&dir, work.path(), "collector");
+    let find = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    // The endpoint the overlays suggest is this Service's.
+    let overlay = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays/single-mesh/meshroot.toml"),
+    )
+    .unwrap();
+    let endpoint = overlay
+        .lines()
+        .find_map(|line| line.strip_prefix("# otlp_endpoint = "))
+        .unwrap()
+        .trim_matches('"');
+    let service = find("Service", "otel-collector");
+    assert_eq!(
+        endpoint,
+        format!(
+            "http://{}.{}.svc:{}",
+            service["metadata"]["name"].as_str().unwrap(),
+            service["metadata"]["namespace"].as_str().unwrap(),
+            service["spec"]["ports"][0]["port"]
+        )
+    );
+    // Its configuration receives OTLP/gRPC on that port, into a logs pipeline that exports.
+    let configmap = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .unwrap();
+    let config_path = work.path().join("otel.yaml");
+    std::fs::write(&config_path, configmap["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let config = &yaml_to_json(&config_path)[0];
+    assert_eq!(
+        config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"],
+        format!("0.0.0.0:{}", service["spec"]["ports"][0]["port"])
+    );
+    let pipelines = config["service"]["pipelines"].as_object().unwrap();
+    let (name, pipeline) = pipelines.iter().next().unwrap();
+    assert!(name.starts_with("logs"), "{name}");
+    assert_eq!(pipeline["receivers"][0], "otlp");
+    for exporter in pipeline["exporters"].as_array().unwrap() {
+        assert!(config["exporters"][exporter.as_str().unwrap()].is_object());
+    }
+    let statefulset = find("StatefulSet", "otel-collector");
+    let container = &statefulset["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["ports"][0]["containerPort"],
+        service["spec"]["ports"][0]["port"]
     );
 }
 

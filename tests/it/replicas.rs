@@ -67,18 +67,26 @@ impl Cluster {
 
     /// Starts member `index` on its own store and admin port (off loopback: mutual TLS).
     fn start(&self, index: usize) -> Serving {
+        self.start_with(index, &[])
+    }
+
+    fn start_with(&self, index: usize, env: &[(&str, &str)]) -> Serving {
         let config = self.ca.config_path();
+        let (store, admin, member) = (
+            self.store(index),
+            format!("0.0.0.0:{}", self.ports[index]),
+            self.member(index),
+        );
+        let mut all = vec![
+            ("MESHROOT_STORE", store.to_str().unwrap()),
+            ("MESHROOT_ADMIN_LISTEN", admin.as_str()),
+            ("MESHROOT_MEMBER", member.as_str()),
+        ];
+        all.extend_from_slice(env);
         Serving::start_with_env(
             self.ca.path(),
             &["--config", config.to_str().unwrap()],
-            &[
-                ("MESHROOT_STORE", self.store(index).to_str().unwrap()),
-                (
-                    "MESHROOT_ADMIN_LISTEN",
-                    &format!("0.0.0.0:{}", self.ports[index]),
-                ),
-                ("MESHROOT_MEMBER", &self.member(index)),
-            ],
+            &all,
         )
     }
 
@@ -152,7 +160,8 @@ async fn issue(ca: &TestCa, serving: &Serving, root_pem: &str, service_account: 
 
 /// Waits until a member has confirmed its bundle with the others and issues.
 fn wait_ready(serving: &Serving) {
-    serving.wait_for_log("resolved: issuing again");
+    serving.wait_for_log("cluster-gate: resolved");
+    serving.wait_for_log("log-rollback: resolved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,9 +232,10 @@ async fn one_member_answers_for_all_and_says_when_it_cannot() {
     let mut expected_sorted = expected.clone();
     expected_sorted.sort();
     assert_eq!(by_member, expected_sorted);
-    let times: Vec<&str> = listed
+    let now = SystemTime::now();
+    let times: Vec<SystemTime> = listed
         .iter()
-        .map(|r| r["recorded_at"].as_str().unwrap())
+        .map(|r| meshroot::audit::parse_time(r["recorded_at"].as_str().unwrap(), now).unwrap())
         .collect();
     let mut sorted = times.clone();
     sorted.sort();
@@ -331,10 +341,12 @@ async fn a_root_is_dropped_only_when_no_member_needs_it() {
     members[2].kill();
     install_bundle(&cluster.ca, new.path(), &[&new_root], Some(&old_root));
     members[0].wait_for_more_log("configuration reloaded", reloaded);
-    // Members 1 and 2 come back on empty volumes: they never issued under the old root.
+    // Members 1 and 2 come back on empty volumes: they never issued under the old root. (A
+    // lost volume is a lost log: they start new ones, as an operator would.)
     for index in [1, 2] {
         std::fs::remove_dir_all(cluster.store(index)).unwrap();
-        members[index] = cluster.start(index);
+        let log = format!("meshroot-audit/member-{index}-2");
+        members[index] = cluster.start_with(index, &[("MESHROOT_LOG_NAME", log.as_str())]);
     }
     members[1..].iter().for_each(wait_ready);
 
@@ -362,5 +374,94 @@ async fn a_root_is_dropped_only_when_no_member_needs_it() {
     members[1].wait_for_more_log("configuration reloaded", reloaded);
     for member in &mut members[1..] {
         member.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_an_older_copy_of_its_volume_is_held_until_it_starts_a_new_log() {
+    let cluster = Cluster::new();
+    cluster.ca.edit_config(|text| {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("checkpoint_interval"))
+            .collect();
+        kept.join("\n")
+            .replacen("[audit]\n", "[audit]\ncheckpoint_interval = \"1s\"\n", 1)
+    });
+    let root = cluster.ca.root_pem();
+    let mut members: Vec<Serving> = (0..3).map(|i| cluster.start(i)).collect();
+    members.iter().for_each(wait_ready);
+    issue(&cluster.ca, &members[0], &root, "early").await;
+    // A snapshot of member 0's volume, taken while it is stopped.
+    members[0].stop();
+    let snapshot = cluster.ca.path().join("store-0-snapshot");
+    copy_dir(&cluster.store(0), &snapshot);
+    members[0] = cluster.start(0);
+    members[0].wait_for_log("log-rollback: resolved");
+    for n in 0..3 {
+        issue(&cluster.ca, &members[0], &root, &format!("late-{n}")).await;
+    }
+    // The members now hold a checkpoint covering the later records.
+    let shared = "checkpoint shared with the members";
+    let seen = members[0].count_log(shared);
+    for more in 0..3 {
+        members[0].wait_for_more_log(shared, seen + more);
+    }
+    members[0].kill();
+    std::fs::remove_dir_all(cluster.store(0)).unwrap();
+    copy_dir(&snapshot, &cluster.store(0));
+
+    // Back on the older copy: held, not ready, with the reason; issuance is refused.
+    members[0] = cluster.start(0);
+    let line = members[0].wait_for_more_log("log-rollback: not issuing", 1);
+    assert!(
+        line.contains("volume was lost or restored from an older copy"),
+        "{line}"
+    );
+    let refused = client::create_certificate(
+        client::connect(&Target {
+            address: members[0].address.clone(),
+            root_pem: root.clone(),
+            server_name: "localhost".into(),
+            client_identity: None,
+        })
+        .await
+        .unwrap(),
+        agent_csr(&format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/after")),
+        3600,
+        &AgentMetadata {
+            token: Some(cluster.ca.token(MESH, "default", "after")),
+            cluster_id: "Kubernetes".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(
+        refused.message().contains("log-rollback"),
+        "{}",
+        refused.message()
+    );
+
+    // The operator starts a new log under a new name: it issues again.
+    members[0].kill();
+    members[0] = cluster.start_with(0, &[("MESHROOT_LOG_NAME", "meshroot-audit/member-0-2")]);
+    members[0].wait_for_log("log-rollback: resolved");
+    issue(&cluster.ca, &members[0], &root, "new-log").await;
+    for member in &mut members {
+        member.stop();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
     }
 }
