@@ -38,7 +38,7 @@ const FILE_PREFIX: &str = "records-";
 const FILE_SUFFIX: &str = ".jsonl";
 
 /// One exported line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExportLine {
     /// The log's name (the audit key's name, the checkpoints' origin).
     pub log: String,
@@ -52,9 +52,10 @@ pub struct ExportLine {
     /// Hex of the leaf kept for a pruned record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned_leaf: Option<String>,
-    /// The record, readable (not used by verification).
+    /// The record, readable (not used by verification). Kept as the JSON text it was written
+    /// as: encoded once, straight from the record, with no intermediate JSON tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub record: Option<serde_json::Value>,
+    pub record: Option<Box<serde_json::value::RawValue>>,
     /// A signed checkpoint (C2SP signed note).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
@@ -98,7 +99,10 @@ impl ExportLine {
                 };
                 Some(Self {
                     stored: Some(BASE64.encode(stored)),
-                    record: record.and_then(|r| serde_json::to_value(r).ok()),
+                    record: record.and_then(|r| {
+                        serde_json::value::RawValue::from_string(serde_json::to_string(r).ok()?)
+                            .ok()
+                    }),
                     ..line(sequence, leaf)
                 })
             }

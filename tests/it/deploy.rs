@@ -361,7 +361,10 @@ fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) {
     assert_eq!(statefulset["spec"]["serviceName"], "meshroot-headless");
     // Several replicas, one CA: every ordinal of the StatefulSet is a member, by its name under
     // the headless Service on the admin port, ready or not; volumes outlive a scale-down.
-    let cluster = config.cluster.as_ref().expect("[cluster] in the deployed config");
+    let cluster = config
+        .cluster
+        .as_ref()
+        .expect("[cluster] in the deployed config");
     let replicas = statefulset["spec"]["replicas"].as_u64().unwrap() as usize;
     let members: Vec<String> = (0..replicas)
         .map(|i| {
@@ -487,12 +490,13 @@ fn the_example_collector_renders_validates_and_receives_what_meshroot_sends() {
         )
     );
     // Its configuration receives OTLP/gRPC on that port, into a logs pipeline that exports.
-    let configmap = objects
-        .iter()
-        .find(|o| o["kind"] == "ConfigMap")
-        .unwrap();
+    let configmap = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
     let config_path = work.path().join("otel.yaml");
-    std::fs::write(&config_path, configmap["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    std::fs::write(
+        &config_path,
+        configmap["data"]["config.yaml"].as_str().unwrap(),
+    )
+    .unwrap();
     let config = &yaml_to_json(&config_path)[0];
     assert_eq!(
         config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"],
