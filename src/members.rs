@@ -77,7 +77,8 @@ pub fn describe_missing(missing: &[Missing]) -> String {
 
 /// The members of this replica's cluster, and how to ask them.
 pub struct Members {
-    members: Vec<String>,
+    /// Grows when the StatefulSet scales up; never shrinks by itself.
+    members: RwLock<Vec<String>>,
     this: Option<String>,
     timeout: Duration,
     /// Mutual TLS (the admin listener is off loopback), or plain HTTP/2 on loopback.
@@ -89,7 +90,7 @@ pub struct Members {
 impl std::fmt::Debug for Members {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Members")
-            .field("members", &self.members)
+            .field("members", &self.all())
             .field("this", &self.this)
             .field("tls", &self.tls)
             .finish_non_exhaustive()
@@ -105,7 +106,7 @@ impl Members {
         current: Arc<CurrentAuthority>,
     ) -> Self {
         Self {
-            members: config.members.clone(),
+            members: RwLock::new(config.members.clone()),
             this,
             timeout: config.member_timeout,
             tls,
@@ -115,8 +116,24 @@ impl Members {
     }
 
     /// Every member, this one included, in configuration order.
-    pub fn all(&self) -> &[String] {
-        &self.members
+    pub fn all(&self) -> Vec<String> {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adopts `members` if it adds members (a scale-up); a shorter list changes nothing: a
+    /// member is removed only by the configuration.
+    pub fn grow(&self, members: Vec<String>) -> bool {
+        let mut current = self.members.write().unwrap_or_else(|p| p.into_inner());
+        let adds = members.iter().any(|m| !current.contains(m));
+        if adds && members.len() >= current.len() && current.iter().all(|m| members.contains(m)) {
+            tracing::info!(?members, "the cluster has new members");
+            *current = members;
+            return true;
+        }
+        false
     }
 
     /// This replica's own entry, when known.
@@ -131,15 +148,19 @@ impl Members {
 
     /// Whether `member` is one of the members.
     pub fn contains(&self, member: &str) -> bool {
-        self.members.iter().any(|m| m == member)
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|m| m == member)
     }
 
     /// Every member but this one.
-    pub fn others(&self) -> impl Iterator<Item = &str> {
-        self.members
-            .iter()
-            .map(String::as_str)
+    pub fn others(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
             .filter(|m| !self.is_this(m))
+            .collect()
     }
 
     /// A client of `member`'s audit API.
@@ -182,7 +203,7 @@ impl Members {
         F: Fn(AuditServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let members: Vec<String> = self.others().map(str::to_owned).collect();
+        let members = self.others();
         let asks = members.iter().map(|member| self.ask(member, &ask));
         let answers = futures_util::future::join_all(asks).await;
         members.into_iter().zip(answers).collect()

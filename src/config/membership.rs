@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::parse::Problems;
 use super::raw::RawMembership;
 use super::values::duration_setting;
-use super::MembershipConfig;
+use super::{MembershipConfig, StatefulSetMembers};
 use crate::identity::{SpiffeId, TrustDomain};
 
 /// How long a member has to answer a cluster question before it counts as missing.
@@ -28,6 +28,7 @@ pub(super) fn membership(
         .clone()
         .or(pod_namespace)
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    let mut derived = None;
     let members = match (&raw.members, &raw.statefulset) {
         (Some(_), Some(_)) => {
             p.add(
@@ -54,7 +55,16 @@ pub(super) fn membership(
                 );
             }
             let port = raw.port.unwrap_or(admin_port);
-            statefulset_members(statefulset, service, &namespace, port, replicas)
+            let set = StatefulSetMembers {
+                name: statefulset.clone(),
+                service: service.clone(),
+                namespace: namespace.clone(),
+                port,
+                replicas,
+            };
+            let members = set.members(replicas);
+            derived = Some(set);
+            members
         }
         (None, None) => {
             p.add(
@@ -117,7 +127,7 @@ pub(super) fn membership(
             "cluster.member_timeout",
             p,
         ),
-        statefulset: raw.statefulset,
+        statefulset: derived,
     }
 }
 
@@ -127,7 +137,7 @@ fn empty(raw: RawMembership) -> MembershipConfig {
         this_member: raw.this_member,
         identity: String::new(),
         member_timeout: DEFAULT_MEMBER_TIMEOUT,
-        statefulset: raw.statefulset,
+        statefulset: None,
     }
 }
 
@@ -245,7 +255,7 @@ mod tests {
             this_member: None,
             identity: String::new(),
             member_timeout: DEFAULT_MEMBER_TIMEOUT,
-            statefulset: Some("meshroot".into()),
+            statefulset: None,
         };
         let admin: std::net::SocketAddr = "0.0.0.0:15014".parse().unwrap();
         assert_eq!(

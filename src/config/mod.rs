@@ -126,7 +126,33 @@ pub struct MembershipConfig {
     /// How long a member has to answer before it counts as missing.
     pub member_timeout: Duration,
     /// The StatefulSet the members were derived from, if they were.
-    pub statefulset: Option<String>,
+    pub statefulset: Option<StatefulSetMembers>,
+}
+
+/// Members derived from a StatefulSet: `NAME-<i>.SERVICE.NAMESPACE.svc:PORT` for every ordinal
+/// below the larger of `replicas` and the StatefulSet's `spec.replicas` (read from the API
+/// with `[kubernetes]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatefulSetMembers {
+    pub name: String,
+    pub service: String,
+    pub namespace: String,
+    pub port: u16,
+    pub replicas: u32,
+}
+
+impl StatefulSetMembers {
+    /// The members when the StatefulSet runs `replicas` (never fewer than configured: a
+    /// replica scaled away stays a member until an operator lowers `replicas`).
+    pub fn members(&self, replicas: u32) -> Vec<String> {
+        statefulset_members(
+            &self.name,
+            &self.service,
+            &self.namespace,
+            self.port,
+            replicas.max(self.replicas),
+        )
+    }
 }
 
 /// The audit log: checkpoint signing and retention.

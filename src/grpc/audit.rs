@@ -430,7 +430,7 @@ impl AuditService for AuditApi {
         Ok(Response::new(match self.members() {
             None => api::GetClusterResponse::default(),
             Some(members) => api::GetClusterResponse {
-                members: members.all().to_vec(),
+                members: members.all(),
                 this_member: members.this().unwrap_or_default().to_owned(),
             },
         }))

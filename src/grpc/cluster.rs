@@ -102,7 +102,8 @@ where
         }
     }
     // Member order, as configured.
-    let order = |member: &str| members.all().iter().position(|m| m == member);
+    let all = members.all();
+    let order = |member: &str| all.iter().position(|m| m == member);
     answers.sort_by_key(|(member, _)| order(member));
     Ok((answers, missing))
 }
@@ -149,8 +150,8 @@ pub(super) fn decode_cursors(token: &str, members: &Members) -> Result<Vec<Membe
         || cluster_request_invalid("the page token is not a cluster page token of this cluster");
     let bytes = BASE64.decode(token).map_err(|_| invalid())?;
     let cursors: Vec<MemberCursor> = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
-    let named: Vec<&String> = cursors.iter().map(|c| &c.member).collect();
-    if named != members.all().iter().collect::<Vec<_>>() {
+    let named: Vec<String> = cursors.iter().map(|c| c.member.clone()).collect();
+    if named != members.all() {
         return Err(cluster_request_invalid(
             "the cluster's membership changed since this page token: list again from the start",
         ));

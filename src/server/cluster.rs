@@ -157,7 +157,7 @@ pub(super) async fn exchange_checkpoints_loop(
     members: Arc<Members>,
     store: Arc<SledStore>,
     (log, verifier): (String, Option<crate::audit::checkpoint::AuditVerifier>),
-    current: Arc<CurrentAuthority>,
+    (current, kube): (Arc<CurrentAuthority>, Option<CheckpointObject>),
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -171,9 +171,14 @@ pub(super) async fn exchange_checkpoints_loop(
         "checking this log against the checkpoints the other members hold for it".into(),
     );
     loop {
-        let everyone_answered =
-            exchange_checkpoints(&members, &this, &store, (&log, verifier.as_ref()), &current)
-                .await;
+        let everyone_answered = exchange_checkpoints(
+            &members,
+            &this,
+            &store,
+            (&log, verifier.as_ref()),
+            (&current, kube.as_ref()),
+        )
+        .await;
         let wait = if everyone_answered {
             interval
         } else {
@@ -192,7 +197,7 @@ async fn exchange_checkpoints(
     this: &str,
     store: &Arc<SledStore>,
     (log, verifier): (&str, Option<&crate::audit::checkpoint::AuditVerifier>),
-    current: &CurrentAuthority,
+    (current, kube): (&CurrentAuthority, Option<&CheckpointObject>),
 ) -> bool {
     use crate::audit::checkpoint::Checkpoint;
     let note = match store.latest_checkpoint() {
@@ -215,15 +220,34 @@ async fn exchange_checkpoints(
     let (size, _) = store.tree_head();
     let mut everyone = true;
     let mut problems = Vec::new();
+    let mut held_by: Vec<(String, String)> = Vec::new();
     for (member, answer) in answers {
-        let held = match answer {
-            Ok(response) => response.into_inner().note,
+        match answer {
+            Ok(response) => held_by.push((format!("member {member}"), response.into_inner().note)),
             Err(reason) => {
                 tracing::debug!(%member, %reason, "a member did not take this replica's checkpoint");
                 everyone = false;
-                continue;
             }
-        };
+        }
+    }
+    // The Kubernetes API keeps one too: what it holds is checked, then this replica's latest
+    // is kept there (never over a larger checkpoint of the same log).
+    if let Some(object) = kube {
+        match object.exchange(this, &note).await {
+            Ok(held) => held_by.push((
+                format!(
+                    "the ConfigMap {}",
+                    crate::kubernetes::members::CHECKPOINTS_CONFIGMAP
+                ),
+                held,
+            )),
+            Err(error) => {
+                tracing::warn!(%error, "the checkpoint could not be kept in the Kubernetes API");
+                everyone = false;
+            }
+        }
+    }
+    for (member, held) in held_by {
         if held.is_empty() {
             continue;
         }
@@ -237,12 +261,12 @@ async fn exchange_checkpoints(
         };
         if checkpoint.size > size {
             problems.push(format!(
-                "member {member} holds this log's signed checkpoint of {} records, but the log has {size}: its volume was lost or restored from an older copy",
+                "{member} holds this log's signed checkpoint of {} records, but the log has {size}: its volume was lost or restored from an older copy",
                 checkpoint.size
             ));
         } else if store.root_at(checkpoint.size).ok() != Some(checkpoint.root) {
             problems.push(format!(
-                "the log's first {} records do not hash to the signed checkpoint member {member} holds: its volume holds a different history",
+                "the log's first {} records do not hash to the signed checkpoint {member} holds: its volume holds a different history",
                 checkpoint.size
             ));
         }
@@ -264,5 +288,86 @@ async fn exchange_checkpoints(
         everyone,
         "checkpoint shared with the members"
     );
-    everyone
+    // No checkpoint yet (the first is written at start): share again soon.
+    everyone && !note.is_empty()
+}
+
+/// This replica's entry in the checkpoints ConfigMap of its own Kubernetes API.
+#[derive(Clone)]
+pub(super) struct CheckpointObject {
+    pub(super) cluster: crate::kubernetes::KubeCluster,
+    pub(super) namespace: String,
+}
+
+impl CheckpointObject {
+    /// Returns the checkpoint kept for `member` (empty: none), then keeps `note` there unless
+    /// what is kept is a larger checkpoint of the same log.
+    async fn exchange(&self, member: &str, note: &str) -> Result<String, String> {
+        use crate::audit::checkpoint::Checkpoint;
+        use crate::kubernetes::members::{checkpoint_key, record_checkpoint, recorded_checkpoint};
+        let key = checkpoint_key(member);
+        let held = recorded_checkpoint(self.cluster.client(), &self.namespace, &key)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        if let Some(mine) = Checkpoint::parse_unverified(note) {
+            let keep = |existing: &str| {
+                Checkpoint::parse_unverified(existing)
+                    .is_some_and(|kept| kept.origin == mine.origin && kept.size > mine.size)
+            };
+            record_checkpoint(self.cluster.client(), &self.namespace, &key, note, keep)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(held)
+    }
+}
+
+/// Ordinals looked for among the ConfigMap's keys.
+const MAX_ORDINAL: u32 = 256;
+
+/// How often the StatefulSet's replica count is read again.
+const STATEFULSET_POLL: Duration = Duration::from_secs(5);
+
+/// Follows the StatefulSet's `spec.replicas`: a scale-up adds its new ordinals as members at
+/// once; a scale-down removes none (their volumes, and records, are kept). A replica that ever
+/// kept a checkpoint in the ConfigMap stays a member, across restarts too, until an operator
+/// deletes its key there and lowers `[cluster] replicas`.
+pub(super) async fn follow_statefulset(
+    members: Arc<Members>,
+    cluster: crate::kubernetes::KubeCluster,
+    set: crate::config::StatefulSetMembers,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::kubernetes::members::{checkpoint_key, recorded_keys, statefulset_replicas};
+    loop {
+        let running = match statefulset_replicas(cluster.client(), &set.namespace, &set.name).await
+        {
+            Ok(Some(replicas)) => replicas,
+            Ok(None) => {
+                tracing::warn!(statefulset = %set.name, "the StatefulSet was not found; the configured members stay");
+                0
+            }
+            Err(error) => {
+                tracing::warn!(statefulset = %set.name, %error, "reading the StatefulSet failed; the members stay as they are");
+                0
+            }
+        };
+        // Replicas scaled away, whose checkpoints the API keeps.
+        let kept = recorded_keys(cluster.client(), &set.namespace)
+            .await
+            .unwrap_or_default();
+        let ordinals = set.members(MAX_ORDINAL);
+        let recorded = kept
+            .iter()
+            .filter_map(|key| ordinals.iter().position(|m| checkpoint_key(m) == *key))
+            .map(|i| i as u32 + 1)
+            .max()
+            .unwrap_or(0);
+        members.grow(set.members(running.max(recorded)));
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(STATEFULSET_POLL) => {}
+        }
+    }
 }

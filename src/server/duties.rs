@@ -158,7 +158,7 @@ pub(super) async fn connect_cluster(
 }
 
 /// The configured way to reach a cluster, as the Kubernetes client takes it.
-fn access(configured: &ClusterAccess) -> kubernetes::Access<'_> {
+pub(super) fn access(configured: &ClusterAccess) -> kubernetes::Access<'_> {
     match configured {
         ClusterAccess::Kubeconfig { path, context } => kubernetes::Access::Kubeconfig {
             path,

@@ -18,6 +18,9 @@ pub const JSONL_SINK: &str = "jsonl";
 pub const OTLP_SINK: &str = "otlp";
 /// Entries shipped per batch.
 const BATCH: usize = 4096;
+/// How long new entries gather before the next batch is shipped (bounds the lag it adds).
+const GATHER: Duration = Duration::from_millis(100);
+
 /// How long to wait before retrying a failed batch, and at most between passes.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -115,10 +118,18 @@ pub(super) async fn export_loop(
             return;
         }
         if caught_up {
-            tokio::select! {
-                _ = shutdown.wait_for(|stopped| *stopped) => {}
-                _ = durable.changed() => {}
-                _ = tokio::time::sleep(RETRY) => {}
+            let grew = tokio::select! {
+                _ = shutdown.wait_for(|stopped| *stopped) => false,
+                _ = durable.changed() => true,
+                _ = tokio::time::sleep(RETRY) => false,
+            };
+            // Under load the log grows every group commit (milliseconds): gather what arrives
+            // within a moment into one batch, one write and one fsync, not one per commit.
+            if grew {
+                tokio::select! {
+                    _ = shutdown.wait_for(|stopped| *stopped) => {}
+                    _ = tokio::time::sleep(GATHER) => {}
+                }
             }
         }
     }

@@ -206,6 +206,11 @@ impl RunningServer {
         &self.store
     }
 
+    /// Why the server cannot issue now, as `/readyz` says; empty when it is ready.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        self.monitor.not_ready_reasons()
+    }
+
     /// The primary mesh's trust bundle (what clients verify the serving certificate with).
     pub fn root_bundle_pem(&self) -> &str {
         &self.root_bundle_pem
@@ -551,7 +556,32 @@ async fn start_serving(
         shutdown_rx.clone(),
     )
     .await?;
-    if let Some(members) = &members {
+    if let (Some(members), Some(membership)) = (&members, &config.cluster) {
+        // In Kubernetes: the StatefulSet's size, and a checkpoint kept in the API.
+        let kube = match &config.kubernetes {
+            Some(kubernetes) => Some(cluster::CheckpointObject {
+                cluster: KubeCluster::connect(
+                    duties::access(&kubernetes.access),
+                    KUBERNETES_TIMEOUT,
+                )
+                .await
+                .map_err(|source| ServeError::Cluster {
+                    mesh: kubernetes.mesh.clone(),
+                    cluster: "[kubernetes]".to_owned(),
+                    source,
+                })?,
+                namespace: kubernetes.namespace.clone(),
+            }),
+            None => None,
+        };
+        if let (Some(object), Some(set)) = (&kube, &membership.statefulset) {
+            tokio::spawn(cluster::follow_statefulset(
+                members.clone(),
+                object.cluster.clone(),
+                set.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         tokio::spawn(cluster::exchange_checkpoints_loop(
             members.clone(),
             store.clone(),
@@ -559,7 +589,7 @@ async fn start_serving(
                 config.audit.key_name.clone(),
                 audit.signer.as_ref().map(|signer| signer.verifier()),
             ),
-            current.clone(),
+            (current.clone(), kube),
             config.audit.checkpoint_interval,
             shutdown_rx.clone(),
         ));

@@ -595,17 +595,28 @@ async fn the_rendered_rbac_grants_exactly_the_calls_meshroot_makes() {
         api.add_namespace(namespace, &[]);
     }
     api.add_ambient_workloads();
+    // [cluster] from the StatefulSet (one replica here, so it issues at once).
+    api.put_object(
+        "statefulsets",
+        "istio-system",
+        serde_json::json!({"metadata": {"name": "meshroot"}, "spec": {"replicas": 1}}),
+    );
     let ca = TestCa::new();
     let kubeconfig = api.write_kubeconfig(ca.path(), "west");
     ca.edit_config(|config| {
         format!(
             "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{path}\"\n\n\
              [kubernetes]\nkubeconfig = \"{path}\"\nnamespace = \"istio-system\"\n\
-             identity = \"meshroot-0\"\nlease_duration = \"1s\"\n",
+             identity = \"meshroot-0\"\nlease_duration = \"1s\"\n\n\
+             [cluster]\nstatefulset = \"meshroot\"\nservice = \"meshroot-headless\"\n\
+             namespace = \"istio-system\"\nreplicas = 1\nport = 15014\n\
+             self = \"meshroot-0.meshroot-headless.istio-system.svc:15014\"\n",
             path = kubeconfig.display()
         )
     });
     let server = ca.start().await;
+    // Ready once it has checked its log against the checkpoint kept in the API.
+    eventually("ready", || server.server.not_ready_reasons().is_empty()).await;
     let cart = spiffe_id("shop", "cart");
     server
         .call_with(
@@ -636,10 +647,16 @@ async fn the_rendered_rbac_grants_exactly_the_calls_meshroot_makes() {
     let mut secret = api.object("secrets", "istio-system", "istiod-tls").unwrap();
     secret["data"]["ca.crt"] = Value::from("c3RhbGU=");
     api.put_object("secrets", "istio-system", secret);
+    eventually("the replica's checkpoint kept in the API", || {
+        api.object("configmaps", "istio-system", "meshroot-checkpoints")
+            .is_some()
+    })
+    .await;
     for (verb, resource) in [
         ("update", "configmaps"),
         ("update", "secrets"),
         ("update", "leases"),
+        ("get", "statefulsets"),
     ] {
         eventually(&format!("{verb} {resource}"), || {
             api.calls()

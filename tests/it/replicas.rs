@@ -465,3 +465,144 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// In Kubernetes: the members follow the StatefulSet's `spec.replicas` (a scale-up adds the new
+/// ordinals), and the API keeps each replica's latest checkpoint, so a replica on a wiped
+/// volume is held even when no other member remembers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_kubernetes_members_follow_the_statefulset_and_the_api_keeps_each_checkpoint() {
+    use common::kube_api::FakeApiServer;
+    use meshroot::pb::audit::audit_service_client::AuditServiceClient;
+    let api = FakeApiServer::start().await;
+    api.add_namespace("istio-system", &[]);
+    let statefulset = |replicas: u32| serde_json::json!({"metadata": {"name": "meshroot"}, "spec": {"replicas": replicas}});
+    api.put_object("statefulsets", "istio-system", statefulset(1));
+    let ca = TestCa::new();
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    let this = "meshroot-0.meshroot-headless.istio-system.svc:15014";
+    ca.edit_config(|text| {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with("checkpoint_interval"))
+            .collect();
+        format!(
+            "{}\n[kubernetes]\nkubeconfig = \"{path}\"\nnamespace = \"istio-system\"\n\
+             identity = \"meshroot-0\"\nroot_configmap = false\nistiod_tls = false\n\n\
+             [cluster]\nstatefulset = \"meshroot\"\nservice = \"meshroot-headless\"\n\
+             namespace = \"istio-system\"\nreplicas = 1\nport = 15014\nself = \"{this}\"\n",
+            kept.join("\n")
+                .replacen("[audit]\n", "[audit]\ncheckpoint_interval = \"1s\"\n", 1),
+            path = kubeconfig.display()
+        )
+    });
+    let ready = |server: &common::TestServer| server.server.not_ready_reasons().is_empty();
+    let server = ca.start().await;
+    eventually("ready", || ready(&server)).await;
+    for n in 0..3 {
+        server
+            .call(
+                agent_csr(&common::spiffe_id("default", &format!("sa-{n}"))),
+                Some(ca.token(MESH, "default", &format!("sa-{n}"))),
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    // The ConfigMap keeps a checkpoint covering them (the serving certificate's record, then 3).
+    let key = this.replace(':', "_");
+    eventually("the checkpoint in the API", || {
+        api.object("configmaps", "istio-system", "meshroot-checkpoints")
+            .and_then(|cm| cm["data"][&key].as_str().map(str::to_owned))
+            .and_then(|note| meshroot::audit::checkpoint::Checkpoint::parse_unverified(&note))
+            .is_some_and(|checkpoint| checkpoint.size >= 4)
+    })
+    .await;
+
+    // A scale-up: the new ordinal is a member at once, though it is not running.
+    api.put_object("statefulsets", "istio-system", statefulset(2));
+    let mut admin =
+        AuditServiceClient::connect(format!("http://{}", server.server.admin_address()))
+            .await
+            .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let cluster = admin
+            .get_cluster(meshroot::pb::audit::GetClusterRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if cluster.members.len() == 2 {
+            assert_eq!(
+                cluster.members[1],
+                "meshroot-1.meshroot-headless.istio-system.svc:15014"
+            );
+            assert_eq!(cluster.this_member, this);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{cluster:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A scale-down removes no member (its volume, and its records, are kept): member 1 had
+    // kept a checkpoint in the API, so it stays one across a restart too.
+    api.put_object("statefulsets", "istio-system", statefulset(1));
+    let mut configmap = api
+        .object("configmaps", "istio-system", "meshroot-checkpoints")
+        .unwrap();
+    configmap["data"]["meshroot-1.meshroot-headless.istio-system.svc_15014"] =
+        serde_json::Value::from(
+            "meshroot-audit/other
+1
+AAAA
+
+— signature
+",
+        );
+    api.put_object("configmaps", "istio-system", configmap);
+
+    // The volume is lost: the API remembers what the log had committed to.
+    let store = ca.config().store;
+    server.stop().await;
+    std::fs::remove_dir_all(&store).unwrap();
+    let server = ca.start().await;
+    eventually("held for the lost log", || {
+        server
+            .server
+            .not_ready_reasons()
+            .iter()
+            .any(|r| r.contains("log-rollback") && r.contains("ConfigMap meshroot-checkpoints"))
+    })
+    .await;
+    let mut admin =
+        AuditServiceClient::connect(format!("http://{}", server.server.admin_address()))
+            .await
+            .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let cluster = admin
+            .get_cluster(meshroot::pb::audit::GetClusterRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if cluster.members.len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "member 1 was dropped: {cluster:?}; {:?}",
+            api.object("configmaps", "istio-system", "meshroot-checkpoints")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not in time: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

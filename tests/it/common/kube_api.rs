@@ -575,12 +575,14 @@ const STORED: &[(&str, &str, &str, bool)] = &[
     ("configmaps", "v1", "ConfigMap", true),
     ("secrets", "v1", "Secret", true),
     ("leases", "coordination.k8s.io/v1", "Lease", true),
+    ("statefulsets", "apps/v1", "StatefulSet", true),
 ];
 
 fn stored_target(segments: &[&str]) -> Option<Target> {
     let rest = match segments {
         ["api", "v1", rest @ ..] => rest,
         ["apis", "coordination.k8s.io", "v1", rest @ ..] => rest,
+        ["apis", "apps", "v1", rest @ ..] => rest,
         _ => return None,
     };
     let (resource, namespace, name) = match rest {
