@@ -109,7 +109,11 @@ pub(super) async fn list_replicas(
     }
     let mut replicas = Vec::new();
     for address in addresses {
-        let log = Log::connect(&address, &args.source).await?;
+        let mut log = Log::connect(&address, &args.source).await?;
+        // Each address answers for its own log (with [cluster] one address answers for all).
+        if let Log::Remote(remote) = &mut log {
+            remote.set_local();
+        }
         replicas.push(Replica {
             address,
             log,

@@ -18,6 +18,8 @@ pub(crate) enum Log {
 pub(crate) struct Remote {
     client: AuditServiceClient<Channel>,
     replica: Option<String>,
+    /// Only the replica asked (several --addr: each is asked for its own log).
+    local: bool,
     /// Member → why it did not answer.
     pub(crate) missing: std::collections::BTreeMap<String, String>,
     /// Members that answered.
@@ -40,6 +42,12 @@ impl std::ops::DerefMut for Remote {
 impl Remote {
     /// The scope of requests: every member (the server's default), or `--replica`.
     pub(crate) fn scope(&self) -> Option<api::Scope> {
+        if self.local {
+            return Some(api::Scope {
+                member: String::new(),
+                local: true,
+            });
+        }
         self.replica.as_ref().map(|member| api::Scope {
             member: member.clone(),
             local: false,
@@ -85,6 +93,11 @@ impl Remote {
             }
         }
         Ok(())
+    }
+
+    /// Asks only the replica connected to (each of several `--addr` for its own log).
+    pub(crate) fn set_local(&mut self) {
+        self.local = true;
     }
 
     /// Restricts the following requests to one member.
@@ -223,6 +236,7 @@ impl Log {
         Ok(Self::Remote(Remote {
             client: AuditServiceClient::new(channel).max_decoding_message_size(64 << 20),
             replica: source.replica.clone(),
+            local: false,
             missing: Default::default(),
             answered: Default::default(),
         }))
