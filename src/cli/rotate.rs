@@ -130,12 +130,20 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
     // A stopped replica's store holds its own log only: in a cluster the count lacks the
     // other members.
     if let (Log::Store(_), Some(cluster)) = (&log, &config.cluster) {
-        let this = cluster.resolve_self(std::env::var("POD_NAME").ok().as_deref(), config.admin.listen);
+        let this = cluster.resolve_self(
+            std::env::var("POD_NAME").ok().as_deref(),
+            config.admin.listen,
+        );
         let others: Vec<(String, String)> = cluster
             .members
             .iter()
             .filter(|m| this.as_deref() != Some(m.as_str()))
-            .map(|m| (m.clone(), "not asked: this plan read one replica's store".to_owned()))
+            .map(|m| {
+                (
+                    m.clone(),
+                    "not asked: this plan read one replica's store".to_owned(),
+                )
+            })
             .collect();
         return super::audit::incomplete(&others, args.source.allow_incomplete);
     }

@@ -111,9 +111,13 @@ impl Cluster {
 
     /// `meshroot audit ARGS` through member `index`: (exit code, stdout, stderr).
     fn audit(&self, index: usize, args: &[&str]) -> (i32, String, String) {
+        self.command(index, &[&["audit"], args].concat())
+    }
+
+    /// `meshroot ARGS` through member `index`'s admin API: (exit code, stdout, stderr).
+    fn command(&self, index: usize, args: &[&str]) -> (i32, String, String) {
         let (cert, key) = self.auditor();
         let output = Command::new(BINARY)
-            .arg("audit")
             .args(args)
             .args(["--addr", &format!("127.0.0.1:{}", self.ports[index])])
             .args([
@@ -240,6 +244,18 @@ async fn one_member_answers_for_all_and_says_when_it_cannot() {
     let mut sorted = times.clone();
     sorted.sort();
     assert_eq!(times, sorted, "merged in time order");
+    // The rotation plan counts every member's certificates, and says so per member.
+    let config = cluster.ca.config_path();
+    let plan = ["rotate", "plan", "--config", config.to_str().unwrap()];
+    let (code, out, err) = cluster.command(2, &plan);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("per member"), "{out}");
+    for index in 0..3 {
+        assert!(
+            out.contains(&format!("    {}: [1] ", cluster.member(index))),
+            "{out}"
+        );
+    }
     // Cluster stats sum the members' logs.
     let (code, out, _) = cluster.audit(0, &["stats", "--json"]);
     assert_eq!(code, 0);
@@ -267,7 +283,13 @@ async fn one_member_answers_for_all_and_says_when_it_cannot() {
     assert_eq!(json["count"], 5);
     assert_eq!(json["complete"], false);
     assert_eq!(json["missing"][0]["member"], cluster.member(2));
-    // So does a listing and a verification.
+    // So do the rotation plan, a listing and a verification.
+    let (code, out, _) = cluster.command(1, &plan);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(&format!("{}: DID NOT ANSWER", cluster.member(2))),
+        "{out}"
+    );
     let (code, _, err) = cluster.audit(0, &["list", "--all"]);
     assert_eq!(code, 3, "{err}");
     let (code, out, err) = cluster.audit(
