@@ -188,6 +188,9 @@ pub struct ExportConfig {
     pub fail_closed_lag_records: Option<u64>,
     /// ...or its oldest unshipped record is older than this.
     pub fail_closed_lag: Option<Duration>,
+    /// Also write each record as readable JSON (`record`) beside the stored bytes: for
+    /// searching in Loki or Elasticsearch without decoding, at a CPU cost per record.
+    pub readable_records: bool,
 }
 
 /// The admin listener: the audit API (and, later, metrics and health).

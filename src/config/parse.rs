@@ -517,5 +517,6 @@ fn export(raw: RawExport, base: &Path, p: &mut Problems) -> ExportConfig {
         otlp_endpoint: raw.otlp_endpoint,
         fail_closed_lag_records: raw.fail_closed_lag_records,
         fail_closed_lag,
+        readable_records: raw.readable_records.unwrap_or(false),
     }
 }

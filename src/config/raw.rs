@@ -109,6 +109,7 @@ pub(super) struct RawExport {
     pub(super) jsonl_max_file_mib: Option<u64>,
     pub(super) otlp_endpoint: Option<String>,
     pub(super) fail_closed_lag_records: Option<u64>,
+    pub(super) readable_records: Option<bool>,
     pub(super) fail_closed_lag: Option<String>,
 }
 

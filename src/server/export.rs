@@ -64,7 +64,7 @@ impl Sink {
 /// Ships the log to `sink` until shutdown, then makes one last pass.
 pub(super) async fn export_loop(
     store: Arc<SledStore>,
-    log: String,
+    (log, readable): (String, bool),
     mut sink: Sink,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -73,7 +73,7 @@ pub(super) async fn export_loop(
     loop {
         let batch = {
             let (store, log) = (store.clone(), log.clone());
-            tokio::task::spawn_blocking(move || next_batch(&store, &log, name)).await
+            tokio::task::spawn_blocking(move || next_batch(&store, &log, name, readable)).await
         };
         let caught_up = match batch {
             Ok(Ok(Batch {
@@ -199,7 +199,12 @@ struct Batch {
 }
 
 /// The next batch of durable entries after `sink`'s cursor, then the checkpoints they complete.
-fn next_batch(store: &SledStore, log: &str, sink: &str) -> Result<Batch, StoreError> {
+fn next_batch(
+    store: &SledStore,
+    log: &str,
+    sink: &str,
+    readable: bool,
+) -> Result<Batch, StoreError> {
     let mut cursor = store.export_cursor(sink)?;
     let start = cursor.next_sequence;
     let durable = store.durable_sequence();
@@ -208,7 +213,11 @@ fn next_batch(store: &SledStore, log: &str, sink: &str) -> Result<Batch, StoreEr
         for entry in store.entries(cursor.next_sequence, durable, BATCH)? {
             let line = match &entry {
                 LogEntry::Record { sequence, stored } => {
-                    let record = entry.record().and_then(Result::ok);
+                    // Decoded only for the readable copy; `stored` is what the log committed to.
+                    let record = match readable {
+                        true => entry.record().and_then(Result::ok),
+                        false => None,
+                    };
                     ExportLine::entry(
                         log,
                         Entry::Record {

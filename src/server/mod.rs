@@ -637,7 +637,10 @@ async fn start_serving(
     for sink in export_sinks(&config.audit.export) {
         tokio::spawn(export::export_loop(
             store.clone(),
-            config.audit.key_name.clone(),
+            (
+                config.audit.key_name.clone(),
+                config.audit.export.readable_records,
+            ),
             sink,
             shutdown_rx.clone(),
         ));
