@@ -16,11 +16,11 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use common::kube_api::FakeApiServer;
-use common::{spiffe_id, TestCa};
+use common::{copy_dir, eventually, spiffe_id, TestCa};
 use meshroot::cli::init::{self, InitOptions};
 use meshroot::config::Config;
 use meshroot::identity::TrustDomain;
@@ -31,19 +31,6 @@ fn kubectl() -> PathBuf {
     std::env::var_os("MESHROOT_KUBECTL")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("kubectl"))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// A rendered overlay: its YAML, its objects, and the CA directory `init` made for it.
@@ -566,17 +553,6 @@ fn grants(role: &Value) -> BTreeSet<Grant> {
         }
     }
     grants
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not in time: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

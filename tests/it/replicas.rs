@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use common::process::{Serving, BINARY};
-use common::{agent_csr, TestCa, MESH, TRUST_DOMAIN};
+use common::{agent_csr, copy_dir, eventually, TestCa, MESH, TRUST_DOMAIN};
 use meshroot::client::{self, AgentMetadata, Target};
 
 const AUDITOR: &str = "spiffe://cluster.local/ns/istio-system/sa/meshroot-auditor";
@@ -475,26 +475,12 @@ async fn a_replica_on_an_older_copy_of_its_volume_is_held_until_it_starts_a_new_
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// In Kubernetes: the members follow the StatefulSet's `spec.replicas` (a scale-up adds the new
 /// ordinals), and the API keeps each replica's latest checkpoint, so a replica on a wiped
 /// volume is held even when no other member remembers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_kubernetes_members_follow_the_statefulset_and_the_api_keeps_each_checkpoint() {
     use common::kube_api::FakeApiServer;
-    use meshroot::pb::audit::audit_service_client::AuditServiceClient;
     let api = FakeApiServer::start().await;
     api.add_namespace("istio-system", &[]);
     let statefulset = |replicas: u32| serde_json::json!({"metadata": {"name": "meshroot"}, "spec": {"replicas": replicas}});
@@ -542,28 +528,12 @@ async fn in_kubernetes_members_follow_the_statefulset_and_the_api_keeps_each_che
 
     // A scale-up: the new ordinal is a member at once, though it is not running.
     api.put_object("statefulsets", "istio-system", statefulset(2));
-    let mut admin =
-        AuditServiceClient::connect(format!("http://{}", server.server.admin_address()))
-            .await
-            .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let cluster = admin
-            .get_cluster(meshroot::pb::audit::GetClusterRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if cluster.members.len() == 2 {
-            assert_eq!(
-                cluster.members[1],
-                "meshroot-1.meshroot-headless.istio-system.svc:15014"
-            );
-            assert_eq!(cluster.this_member, this);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{cluster:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let cluster = members_of(&server, 2).await;
+    assert_eq!(
+        cluster.members[1],
+        "meshroot-1.meshroot-headless.istio-system.svc:15014"
+    );
+    assert_eq!(cluster.this_member, this);
     // A scale-down removes no member (its volume, and its records, are kept): member 1 had
     // kept a checkpoint in the API, so it stays one across a restart too.
     api.put_object("statefulsets", "istio-system", statefulset(1));
@@ -594,10 +564,21 @@ AAAA
             .any(|r| r.contains("log-rollback") && r.contains("ConfigMap meshroot-checkpoints"))
     })
     .await;
-    let mut admin =
-        AuditServiceClient::connect(format!("http://{}", server.server.admin_address()))
-            .await
-            .unwrap();
+    // Member 1 stays a member (its checkpoint is in the API).
+    members_of(&server, 2).await;
+    server.stop().await;
+}
+
+/// The cluster a running server knows, once it has `count` members (bounded wait).
+async fn members_of(
+    server: &common::TestServer,
+    count: usize,
+) -> meshroot::pb::audit::GetClusterResponse {
+    let mut admin = meshroot::pb::audit::audit_service_client::AuditServiceClient::connect(
+        format!("http://{}", server.server.admin_address()),
+    )
+    .await
+    .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let cluster = admin
@@ -605,26 +586,13 @@ AAAA
             .await
             .unwrap()
             .into_inner();
-        if cluster.members.len() == 2 {
-            break;
+        if cluster.members.len() == count {
+            return cluster;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "member 1 was dropped: {cluster:?}; {:?}",
-            api.object("configmaps", "istio-system", "meshroot-checkpoints")
+            "not {count} members: {cluster:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    server.stop().await;
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not in time: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
