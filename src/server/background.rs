@@ -129,6 +129,20 @@ pub(super) async fn prune_loop(
 
 /// Waits until `clock` reads `deadline`: a timer on the system clock; on a manual clock (tests),
 /// until the test moves it there, with no wall-clock wait at all.
+/// Runs `work` unless shutdown comes first (None then): a background loop waiting on the
+/// network (a silent Collector, a member or API server that does not answer) must not hold the
+/// store past shutdown. Only for work that may stop at any await point and be redone after a
+/// restart.
+pub(super) async fn unless_stopped<T>(
+    shutdown: &mut watch::Receiver<bool>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        _ = shutdown.wait_for(|stopped| *stopped) => None,
+        done = work => Some(done),
+    }
+}
+
 pub(super) async fn sleep_until(clock: &dyn Clock, deadline: SystemTime) {
     loop {
         let changed = clock.changed();

@@ -116,25 +116,31 @@ pub(super) fn confirm_at_start(
     current: Arc<CurrentAuthority>,
     store: Arc<SledStore>,
     members: Arc<Members>,
-    mut shutdown: watch::Receiver<bool>,
+    (background, mut shutdown): (&TaskTracker, watch::Receiver<bool>),
 ) {
     let holds = current.get().holds().clone();
     holds.set(
         Hold::ClusterGate,
         "confirming the trust bundle with the other members".into(),
     );
-    tokio::spawn(async move {
+    background.spawn(async move {
         loop {
             if !holds.is_set(Hold::ClusterGate) {
                 return;
             }
             let authority = current.get();
-            match cluster_gate(&config, &authority, &store, &members).await {
-                Ok(()) => {
+            match unless_stopped(
+                &mut shutdown,
+                cluster_gate(&config, &authority, &store, &members),
+            )
+            .await
+            {
+                None => return,
+                Some(Ok(())) => {
                     holds.clear(Hold::ClusterGate);
                     return;
                 }
-                Err(refusal) => holds.set(Hold::ClusterGate, refusal.to_string()),
+                Some(Err(refusal)) => holds.set(Hold::ClusterGate, refusal.to_string()),
             }
             tokio::select! {
                 _ = shutdown.wait_for(|stopped| *stopped) => return,
@@ -171,14 +177,16 @@ pub(super) async fn exchange_checkpoints_loop(
         "checking this log against the checkpoints the other members hold for it".into(),
     );
     loop {
-        let everyone_answered = exchange_checkpoints(
+        let exchange = exchange_checkpoints(
             &members,
             &this,
             &store,
             (&log, verifier.as_ref()),
             (&current, kube.as_ref()),
-        )
-        .await;
+        );
+        let Some(everyone_answered) = unless_stopped(&mut shutdown, exchange).await else {
+            return;
+        };
         let wait = if everyone_answered {
             interval
         } else {
@@ -341,8 +349,17 @@ pub(super) async fn follow_statefulset(
 ) {
     use crate::kubernetes::members::{checkpoint_key, recorded_keys, statefulset_replicas};
     loop {
-        let running = match statefulset_replicas(cluster.client(), &set.namespace, &set.name).await
-        {
+        let asked = unless_stopped(
+            &mut shutdown,
+            futures_util::future::join(
+                statefulset_replicas(cluster.client(), &set.namespace, &set.name),
+                recorded_keys(cluster.client(), &set.namespace),
+            ),
+        );
+        let Some((replicas, kept)) = asked.await else {
+            return;
+        };
+        let running = match replicas {
             Ok(Some(replicas)) => replicas,
             Ok(None) => {
                 tracing::warn!(statefulset = %set.name, "the StatefulSet was not found; the configured members stay");
@@ -354,9 +371,7 @@ pub(super) async fn follow_statefulset(
             }
         };
         // Replicas scaled away, whose checkpoints the API keeps.
-        let kept = recorded_keys(cluster.client(), &set.namespace)
-            .await
-            .unwrap_or_default();
+        let kept = kept.unwrap_or_default();
         let ordinals = set.members(MAX_ORDINAL);
         let recorded = kept
             .iter()

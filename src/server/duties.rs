@@ -11,7 +11,7 @@ pub(super) async fn start_cluster_duties(
     settings: &KubernetesConfig,
     current: Arc<CurrentAuthority>,
     leader: watch::Sender<bool>,
-    shutdown: watch::Receiver<bool>,
+    (background, shutdown): (&TaskTracker, watch::Receiver<bool>),
 ) -> Result<JoinHandle<()>, ServeError> {
     let cluster = KubeCluster::connect_for_watches(access(&settings.access), KUBERNETES_TIMEOUT)
         .await
@@ -47,7 +47,7 @@ pub(super) async fn start_cluster_duties(
         istiod_ttl: settings.istiod_tls_ttl,
     });
     if publish.root_configmap {
-        tokio::spawn(publish::run_root_distribution(
+        background.spawn(publish::run_root_distribution(
             cluster.client(),
             publish.clone(),
             mesh.clone(),
@@ -56,7 +56,7 @@ pub(super) async fn start_cluster_duties(
         ));
     }
     if publish.istiod_tls {
-        tokio::spawn(publish::run_istiod_certificate(
+        background.spawn(publish::run_istiod_certificate(
             cluster.client(),
             publish,
             mesh,

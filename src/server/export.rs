@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::background::unless_stopped;
 use super::otlp::OtlpSink;
 use crate::export::{Entry, ExportLine, JsonlSink};
 use crate::store::{ExportCursor, LogEntry, SledStore, StoreError};
@@ -81,29 +82,35 @@ pub(super) async fn export_loop(
                 start,
                 cursor,
                 caught_up,
-            })) if !lines.is_empty() => match sink.send(&log, lines, start).await {
-                Ok(()) => {
-                    let store = store.clone();
-                    let saved =
-                        tokio::task::spawn_blocking(move || store.set_export_cursor(name, cursor))
-                            .await;
-                    match saved {
-                        Ok(Ok(())) => caught_up,
-                        Ok(Err(error)) => {
-                            tracing::error!(sink = name, %error, "the export cursor could not be saved; the batch will be sent again");
-                            true
-                        }
-                        Err(error) => {
-                            tracing::error!(sink = name, %error, "the export task failed");
-                            true
+            })) if !lines.is_empty() => {
+                match unless_stopped(&mut shutdown, sink.send(&log, lines, start)).await {
+                    // Stopped before the sink answered: the cursor stays, and the batch is sent
+                    // again after the restart (at least once).
+                    None => return,
+                    Some(Ok(())) => {
+                        let store = store.clone();
+                        let saved = tokio::task::spawn_blocking(move || {
+                            store.set_export_cursor(name, cursor)
+                        })
+                        .await;
+                        match saved {
+                            Ok(Ok(())) => caught_up,
+                            Ok(Err(error)) => {
+                                tracing::error!(sink = name, %error, "the export cursor could not be saved; the batch will be sent again");
+                                true
+                            }
+                            Err(error) => {
+                                tracing::error!(sink = name, %error, "the export task failed");
+                                true
+                            }
                         }
                     }
+                    Some(Err(error)) => {
+                        tracing::warn!(sink = name, %error, "exporting a batch failed; retrying");
+                        true
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(sink = name, %error, "exporting a batch failed; retrying");
-                    true
-                }
-            },
+            }
             Ok(Ok(_)) => true,
             Ok(Err(error)) => {
                 tracing::error!(sink = name, %error, "reading the log to export failed; retrying");

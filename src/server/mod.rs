@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::authn::client_cert::{ClientCertAuthenticator, IdentityAnchors};
@@ -179,6 +180,9 @@ pub struct RunningServer {
     limits: Arc<RateLimits>,
     /// The other replicas, with `[cluster]`.
     members: Option<Arc<Members>>,
+    /// The background loops (checkpoints, export, pruning, membership, publication, reloads):
+    /// shutdown waits for them, so none writes after the final flush or still holds the store.
+    background: TaskTracker,
 }
 
 /// Why a reload was refused (the previous configuration keeps serving).
@@ -253,6 +257,13 @@ impl RunningServer {
             {
                 tracing::warn!("the Lease was not released within shutdown_grace");
             }
+        }
+        self.background.close();
+        if tokio::time::timeout_at(requests_deadline, self.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within shutdown_grace");
         }
         let mut unfinished = Vec::new();
         // Refusals counted since the last summary, so the trail of a flood is complete.
@@ -373,7 +384,7 @@ impl RunningServer {
         let members = self.members.clone();
         let running = self.config.clone();
         let mut last = fingerprint(&watched_files(&config));
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.wait_for(|stopped| *stopped) => return,
@@ -522,15 +533,16 @@ async fn start_serving(
         source,
     })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let background = TaskTracker::new();
     let (connections, incoming) = mpsc::channel(256);
-    tokio::spawn(connections::accept_loop(
+    background.spawn(connections::accept_loop(
         listener,
         acceptor,
         connections,
         ConnectionLimits::new(config.connections, config.max_concurrent_handshakes),
         shutdown_rx.clone(),
     ));
-    tokio::spawn(renewal_loop(
+    background.spawn(renewal_loop(
         serving.clone(),
         current.clone(),
         names,
@@ -575,14 +587,14 @@ async fn start_serving(
             None => None,
         };
         if let (Some(object), Some(set)) = (&kube, &membership.statefulset) {
-            tokio::spawn(cluster::follow_statefulset(
+            background.spawn(cluster::follow_statefulset(
                 members.clone(),
                 object.cluster.clone(),
                 set.clone(),
                 shutdown_rx.clone(),
             ));
         }
-        tokio::spawn(cluster::exchange_checkpoints_loop(
+        background.spawn(cluster::exchange_checkpoints_loop(
             members.clone(),
             store.clone(),
             (
@@ -601,17 +613,23 @@ async fn start_serving(
             current.clone(),
             store.clone(),
             members.clone(),
-            shutdown_rx.clone(),
+            (&background, shutdown_rx.clone()),
         ),
         None => record_accepted_bundles(&ca, &store),
     }
     let election = match &config.kubernetes {
         Some(kubernetes) => Some(
-            start_cluster_duties(kubernetes, current.clone(), leader, shutdown_rx.clone()).await?,
+            start_cluster_duties(
+                kubernetes,
+                current.clone(),
+                leader,
+                (&background, shutdown_rx.clone()),
+            )
+            .await?,
         ),
         None => None,
     };
-    tokio::spawn(checkpoint_loop(
+    background.spawn(checkpoint_loop(
         audit.clone(),
         store.clone(),
         config.audit.checkpoint_interval,
@@ -626,7 +644,7 @@ async fn start_serving(
         .into_iter()
         .flatten()
         .collect();
-        tokio::spawn(export::fail_closed_guard(
+        background.spawn(export::fail_closed_guard(
             store.clone(),
             sinks,
             (export.fail_closed_lag_records, export.fail_closed_lag),
@@ -635,7 +653,7 @@ async fn start_serving(
         ));
     }
     for sink in export_sinks(&config.audit.export) {
-        tokio::spawn(export::export_loop(
+        background.spawn(export::export_loop(
             store.clone(),
             (
                 config.audit.key_name.clone(),
@@ -645,12 +663,12 @@ async fn start_serving(
             shutdown_rx.clone(),
         ));
     }
-    tokio::spawn(refusal_summary_loop(
+    background.spawn(refusal_summary_loop(
         current.clone(),
         REFUSAL_SUMMARY_INTERVAL,
         shutdown_rx.clone(),
     ));
-    tokio::spawn(prune_loop(
+    background.spawn(prune_loop(
         store.clone(),
         config.audit.retention,
         config.audit.prune_interval,
@@ -696,6 +714,7 @@ async fn start_serving(
         limits,
         election,
         members,
+        background,
     };
     server.watch_config_file(shutdown_rx);
     Ok(server)

@@ -379,3 +379,49 @@ async fn a_fail_closed_export_holds_issuance_while_the_sink_lags() {
     assert!(!receiver.bodies.lock().unwrap().is_empty());
     server.stop().await;
 }
+
+/// A Collector that accepts connections and never answers keeps the export waiting in a send;
+/// shutdown still ends it, so the store is released when `shutdown` returns (a restart, or an
+/// offline `meshroot audit`, opens it at once) and the unacknowledged batch is sent again later.
+#[tokio::test]
+async fn shutdown_ends_an_export_stuck_on_a_silent_collector_and_releases_the_store() {
+    let ca = TestCa::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let accepted = held.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.lock().unwrap().push(stream);
+        }
+    });
+    ca.edit_config(|text| {
+        text.replace(
+            "[admin]",
+            &format!("[audit.export]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n\n[admin]"),
+        )
+    });
+    let server = ca.start().await;
+    let store_path = ca.config().store;
+    // The serving certificate's record is unshipped from the start: the export connects and
+    // waits for an answer that never comes.
+    common::eventually("the export connected to the Collector", || {
+        !held.lock().unwrap().is_empty()
+    })
+    .await;
+    let cursor = server.server.store().export_cursor("otlp").unwrap();
+    server.stop().await;
+    let reopened = meshroot::store::SledStore::open_with(
+        &store_path,
+        meshroot::store::StoreOptions {
+            lock_wait: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .expect("nothing holds the store once shutdown has returned");
+    assert_eq!(
+        reopened.export_cursor("otlp").unwrap(),
+        cursor,
+        "an unacknowledged batch does not move the cursor"
+    );
+}
