@@ -40,6 +40,7 @@ fn ca_dir(key_type: KeyType) -> tempfile::TempDir {
             meshes: vec![("default".into(), TrustDomain::new("cluster.local").unwrap())],
             key_type,
             dev_issuer: true,
+            name_constraints: true,
             force: false,
         },
         SystemTime::now(),

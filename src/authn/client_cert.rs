@@ -23,12 +23,22 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::identity::{SpiffeId, TrustDomain};
+use crate::signer::constraints::{constraint_free_anchor, uri_constraints_of, UriConstraints};
 
 /// The issuers authorized to vouch for identities, per trust domain. Authentication uses these
 /// narrow anchors; the trust bundle handed to workloads is a different, wider set.
 #[derive(Default)]
 pub struct IdentityAnchors {
-    by_trust_domain: HashMap<TrustDomain, Vec<TrustAnchor<'static>>>,
+    by_trust_domain: HashMap<TrustDomain, Anchors>,
+}
+
+/// The issuers authorized for one trust domain, as webpki anchors, each with the URI name
+/// constraints taken out of it (webpki refuses every URI under one; they are applied here).
+#[derive(Default)]
+struct Anchors {
+    anchors: Vec<TrustAnchor<'static>>,
+    uri_constraints: Vec<Option<UriConstraints>>,
+    certificates: Vec<CertificateDer<'static>>,
 }
 
 impl IdentityAnchors {
@@ -43,22 +53,25 @@ impl IdentityAnchors {
         trust_domain: &TrustDomain,
         issuer: &CertificateDer<'_>,
     ) -> Result<(), AuthnError> {
-        let anchor = webpki::anchor_from_trusted_cert(issuer)
-            .map_err(|e| AuthnError::ClientCertUntrusted(format!("unusable issuer: {e}")))?
-            .to_owned();
+        let (anchor, constraints) = constraint_free_anchor(issuer)
+            .map_err(|e| AuthnError::ClientCertUntrusted(format!("unusable issuer: {e}")))?;
         let anchors = self
             .by_trust_domain
             .entry(trust_domain.clone())
             .or_default();
-        if !anchors.contains(&anchor) {
-            anchors.push(anchor);
+        if !anchors.anchors.contains(&anchor) {
+            anchors.anchors.push(anchor);
+            anchors.uri_constraints.push(constraints);
+            anchors.certificates.push(issuer.clone().into_owned());
         }
         Ok(())
     }
 
     /// How many issuers are authorized for `trust_domain`.
     pub fn issuers_for(&self, trust_domain: &TrustDomain) -> usize {
-        self.by_trust_domain.get(trust_domain).map_or(0, Vec::len)
+        self.by_trust_domain
+            .get(trust_domain)
+            .map_or(0, |anchors| anchors.anchors.len())
     }
 
     /// The identity a presented chain (leaf first) proves at `now`: exactly one SPIFFE URI SAN
@@ -87,7 +100,7 @@ impl IdentityAnchors {
         let anchors = self
             .by_trust_domain
             .get(identity.trust_domain())
-            .filter(|anchors| !anchors.is_empty())
+            .filter(|anchors| !anchors.anchors.is_empty())
             .ok_or_else(|| {
                 AuthnError::ClientCertUntrusted(format!(
                     "no issuer is authorized for trust domain {}",
@@ -100,19 +113,102 @@ impl IdentityAnchors {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        end_entity
-            .verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                anchors,
-                intermediates,
-                UnixTime::since_unix_epoch(Duration::from_secs(seconds)),
-                webpki::KeyUsage::client_auth(),
-                None,
-                None,
-            )
-            .map_err(|e| AuthnError::ClientCertUntrusted(format!("{e:?}")))?;
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(seconds));
+        let path = end_entity.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors.anchors,
+            intermediates,
+            time,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        );
+        let constraints: Vec<UriConstraints> = match path {
+            Ok(path) => anchors
+                .anchors
+                .iter()
+                .position(|anchor| anchor == path.anchor())
+                .and_then(|at| anchors.uri_constraints.get(at))
+                .and_then(Option::clone)
+                .into_iter()
+                .collect(),
+            // A presented intermediate under a URI constraint (a partner meshroot's, through an
+            // extra root): webpki refuses every URI below it (and may report another failure of
+            // its path search), so that one level is checked here.
+            Err(_)
+                if intermediates
+                    .first()
+                    .is_some_and(|issuer| uri_constraints_of(issuer).is_some()) =>
+            {
+                below_constrained(&end_entity, &intermediates[0], anchors, time)?
+            }
+            Err(e) => return Err(AuthnError::ClientCertUntrusted(format!("{e:?}"))),
+        };
+        if let Some(outside) = constraints
+            .iter()
+            .find(|c| !c.permits(&identity.to_string()))
+        {
+            return Err(AuthnError::ClientCertUntrusted(format!(
+                "{identity} is outside the name constraints of its issuer (URIs in {})",
+                outside.permitted().join(", ")
+            )));
+        }
         Ok(())
     }
+}
+
+/// The leaf verified by webpki under `issuer` (a presented intermediate, made a constraint-free
+/// anchor), `issuer` a CA valid at `time` whose signature an authorized anchor makes; the URI
+/// constraints of both, for the caller to apply. Refused when `issuer` constrains other name
+/// forms than URIs (webpki's verdict stands then).
+fn below_constrained(
+    leaf: &webpki::EndEntityCert<'_>,
+    issuer_der: &CertificateDer<'_>,
+    anchors: &Anchors,
+    time: UnixTime,
+) -> Result<Vec<UriConstraints>, AuthnError> {
+    let refused = |why: &str| AuthnError::ClientCertUntrusted(why.to_owned());
+    let (issuer_anchor, issuer_constraints) =
+        constraint_free_anchor(issuer_der).map_err(|e| refused(&format!("{e:?}")))?;
+    let issuer_constraints =
+        issuer_constraints.ok_or_else(|| refused("NameConstraintViolation"))?;
+    let (_, issuer) = X509Certificate::from_der(issuer_der)
+        .map_err(|_| refused("the intermediate cannot be parsed"))?;
+    let at = x509_parser::time::ASN1Time::from_timestamp(time.as_secs() as i64)
+        .map_err(|_| refused("no valid time"))?;
+    if !issuer.is_ca() || !issuer.validity().is_valid_at(at) {
+        return Err(refused(
+            "the intermediate is not a CA certificate valid now",
+        ));
+    }
+    let vouching = anchors
+        .certificates
+        .iter()
+        .position(|anchor_der| {
+            X509Certificate::from_der(anchor_der).is_ok_and(|(_, anchor)| {
+                anchor.subject() == issuer.issuer()
+                    && issuer.verify_signature(Some(anchor.public_key())).is_ok()
+            })
+        })
+        .ok_or_else(|| refused("UnknownIssuer"))?;
+    leaf.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[issuer_anchor],
+        &[],
+        time,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| refused(&format!("{e:?}")))?;
+    let mut constraints = vec![issuer_constraints];
+    constraints.extend(
+        anchors
+            .uri_constraints
+            .get(vouching)
+            .and_then(Option::clone),
+    );
+    Ok(constraints)
 }
 
 /// Authenticates CSR callers by client certificate, for the meshes that accept them.
@@ -200,5 +296,59 @@ impl Authenticator for ClientCertAuthenticator {
             }
         };
         Box::pin(std::future::ready(outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        SanType,
+    };
+
+    /// An intermediate whose URIs are constrained to a.example, and a client leaf from it.
+    fn constrained_issuer() -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.custom_extensions.push(
+            crate::signer::constraints::uri_name_constraints(&[
+                TrustDomain::new("a.example").unwrap()
+            ])
+            .unwrap(),
+        );
+        let der = params.self_signed(&key).unwrap().der().clone();
+        (der, Issuer::new(params, key))
+    }
+
+    fn client_leaf(issuer: &Issuer<'_, KeyPair>, uri: &str) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_constrained_intermediate_vouches_only_inside_its_constraint() {
+        let (issuer_der, issuer) = constrained_issuer();
+        let mut anchors = IdentityAnchors::new();
+        // Authorized for an alias its constraint does not permit (an intermediate issued before
+        // the alias was added): the constraint still wins.
+        for td in ["a.example", "alias.example"] {
+            anchors
+                .authorize(&TrustDomain::new(td).unwrap(), &issuer_der)
+                .unwrap();
+        }
+        let now = SystemTime::now();
+        let inside = client_leaf(&issuer, "spiffe://a.example/ns/shop/sa/cart");
+        assert_eq!(
+            anchors.verify(&[inside], now).unwrap().to_string(),
+            "spiffe://a.example/ns/shop/sa/cart"
+        );
+        let outside = client_leaf(&issuer, "spiffe://alias.example/ns/shop/sa/cart");
+        let error = anchors.verify(&[outside], now).unwrap_err().to_string();
+        assert!(error.contains("outside the name constraints"), "{error}");
     }
 }

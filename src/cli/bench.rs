@@ -345,6 +345,7 @@ impl OwnServer {
                 )],
                 key_type: intermediate,
                 dev_issuer: true,
+                name_constraints: true,
                 force: false,
             },
             SystemTime::now(),

@@ -36,6 +36,9 @@ pub struct InitOptions {
     pub meshes: Vec<(String, TrustDomain)>,
     pub key_type: KeyType,
     pub dev_issuer: bool,
+    /// Confine each mesh's intermediate to URIs of its trust domain (a critical
+    /// name-constraints extension); off only for verifiers that cannot process it.
+    pub name_constraints: bool,
     pub force: bool,
 }
 
@@ -120,10 +123,12 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
             path: mesh_dir.clone(),
             source,
         })?;
+        let permitted = std::slice::from_ref(trust_domain);
         write_intermediate(
             &mesh_dir,
             mesh,
             options.key_type,
+            options.name_constraints.then_some(permitted),
             &root_issuer,
             &root_pem,
             now,
@@ -216,11 +221,14 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
 
 /// Makes a new intermediate (pathlen 0) for `mesh` under `root_issuer` and writes the mesh's
 /// `cacerts` files into `mesh_dir`: ca-cert.pem, ca-key.pem (0600), cert-chain.pem,
-/// root-cert.pem.
+/// root-cert.pem. With `permitted` trust domains, the intermediate may certify only URIs whose
+/// host is one of them (a critical name-constraints extension).
+#[allow(clippy::too_many_arguments)]
 fn write_intermediate(
     mesh_dir: &Path,
     mesh: &str,
     key_type: KeyType,
+    permitted: Option<&[TrustDomain]>,
     root_issuer: &Issuer<'_, impl rcgen::SigningKey>,
     root_pem: &str,
     now: SystemTime,
@@ -244,6 +252,11 @@ fn write_intermediate(
     .map_err(|e| generate_failed("an intermediate certificate", e))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.use_authority_key_identifier_extension = true;
+    if let Some(permitted) = permitted {
+        let constraints = crate::signer::constraints::uri_name_constraints(permitted)
+            .map_err(|e| generate_failed("the intermediate's name constraints", e.to_string()))?;
+        params.custom_extensions.push(constraints);
+    }
     let intermediate = params
         .signed_by(&key, root_issuer)
         .map_err(|e| generate_failed("an intermediate certificate", e.to_string()))?;
@@ -273,12 +286,13 @@ fn write_intermediate(
 /// A new intermediate for `mesh` under the root in `root_dir` (its `root-cert.pem` and
 /// `root-key.pem`, as `init` wrote them), written in the `cacerts` layout into `out`: the
 /// intermediate rotation, with no change of trust bundle. Refuses to replace an existing key
-/// unless `force`.
+/// unless `force`. `permitted` as for [`write_intermediate`].
 pub fn issue_intermediate(
     root_dir: &Path,
     mesh: &str,
     out: &Path,
     key_type: KeyType,
+    permitted: Option<&[TrustDomain]>,
     force: bool,
     now: SystemTime,
 ) -> Result<(), CaFilesError> {
@@ -317,6 +331,7 @@ pub fn issue_intermediate(
         out,
         mesh,
         key_type,
+        permitted,
         &root_issuer,
         &certificate_pem(root),
         now,

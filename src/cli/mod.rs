@@ -81,6 +81,10 @@ pub struct InitArgs {
     /// Also create a local development token issuer per mesh (for `meshroot token`).
     #[arg(long)]
     pub dev_issuer: bool,
+    /// Leave out the name constraints that confine each mesh's intermediate to URIs of its trust
+    /// domain (only for verifiers that cannot process a critical name-constraints extension).
+    #[arg(long)]
+    pub no_name_constraints: bool,
     /// Replace existing keys.
     #[arg(long)]
     pub force: bool,
@@ -264,6 +268,7 @@ fn embedded_default() -> Result<PathBuf, Failure> {
             meshes: vec![default_mesh()],
             key_type: KeyType::EcdsaP256,
             dev_issuer: true,
+            name_constraints: true,
             force: false,
         },
         SystemTime::now(),
@@ -305,6 +310,7 @@ fn init(args: InitArgs) -> Result<(), Failure> {
             meshes,
             key_type: args.key_type,
             dev_issuer: args.dev_issuer,
+            name_constraints: !args.no_name_constraints,
             force: args.force,
         },
         SystemTime::now(),

@@ -14,6 +14,7 @@ use crate::audit::{OutcomeFilter, Query};
 use crate::clock::format_time;
 use crate::config::Config;
 use crate::digest::hex;
+use crate::identity::TrustDomain;
 use crate::keys::KeyType;
 use crate::record::Record;
 
@@ -51,6 +52,17 @@ pub struct IntermediateArgs {
     pub out: PathBuf,
     #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
     pub key_type: KeyType,
+    /// The mesh's trust domain, and each of its aliases (repeat the flag): the intermediate may
+    /// certify only URIs in these (a critical name-constraints extension).
+    #[arg(
+        long = "trust-domain",
+        value_name = "TRUST_DOMAIN",
+        required_unless_present = "no_name_constraints"
+    )]
+    pub trust_domains: Vec<String>,
+    /// Leave the name constraints out (only for verifiers that cannot process them).
+    #[arg(long, conflicts_with = "trust_domains")]
+    pub no_name_constraints: bool,
     /// Replace an existing ca-key.pem in --out.
     #[arg(long)]
     pub force: bool,
@@ -60,11 +72,20 @@ pub async fn run(command: RotateCommand) -> Result<(), Failure> {
     match command {
         RotateCommand::Plan(args) => plan(args).await,
         RotateCommand::Intermediate(args) => {
+            let trust_domains = args
+                .trust_domains
+                .iter()
+                .map(|td| {
+                    TrustDomain::new(td)
+                        .map_err(|e| Failure::usage(format!("--trust-domain {td:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             crate::cli::init::issue_intermediate(
                 &args.root_dir,
                 &args.mesh,
                 &args.out,
                 args.key_type,
+                (!args.no_name_constraints).then_some(trust_domains.as_slice()),
                 args.force,
                 SystemTime::now(),
             )

@@ -17,21 +17,39 @@ use crate::record::{CallerRecord, Outcome, Record};
 use crate::signer::{IssuedCertificate, SigningError};
 
 impl CertificateAuthority {
-    /// Issues (and records) meshroot's own TLS serving certificate for `dns_names` (and, in a
-    /// cluster, meshroot's own identity, which makes it a client certificate towards the other
-    /// members) from the primary mesh's intermediate, with a fresh P-256 key.
+    /// Issues (and records) meshroot's own TLS serving certificate for `dns_names` from the
+    /// primary mesh's intermediate, with a fresh P-256 key. It names no URI: a verifier that
+    /// cannot process URI name constraints (rustls-webpki refuses every URI under one) still
+    /// accepts it through a constrained intermediate.
     pub async fn issue_serving_certificate(
         &self,
         dns_names: &[String],
-        identity: Option<&SpiffeId>,
         lifetime: Duration,
     ) -> Result<(IssuedCertificate, KeyPair), IssueError> {
         self.issue_server_certificate(
             &self.primary_mesh,
             dns_names,
-            identity,
+            None,
             lifetime,
             "serving-certificate",
+        )
+        .await
+    }
+
+    /// Issues (and records) this replica's client certificate towards the other members:
+    /// meshroot's own SPIFFE identity only, from the primary mesh's intermediate. The members
+    /// verify it as they verify any client certificate, name constraints included.
+    pub async fn issue_member_certificate(
+        &self,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<(IssuedCertificate, KeyPair), IssueError> {
+        self.issue_server_certificate(
+            &self.primary_mesh,
+            &[],
+            Some(identity),
+            lifetime,
+            "member-certificate",
         )
         .await
     }

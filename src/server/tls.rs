@@ -66,16 +66,16 @@ pub(super) async fn renewal_loop(
     }
 }
 
-/// meshroot's current serving certificate, swapped in place on renewal. With `[cluster]` it
-/// is also this replica's client certificate towards the other members.
+/// meshroot's current serving certificate, swapped in place on renewal, and with `[cluster]`
+/// this replica's client certificate towards the other members (renewed with it).
 #[derive(Debug, Default)]
 pub(super) struct ServingCertificate(
     pub(super) RwLock<Option<Arc<CertifiedKey>>>,
     pub(super) Arc<MemberIdentity>,
 );
 
-/// What the serving certificate names: DNS names and, with `[cluster]`, meshroot's own SPIFFE
-/// identity (which then also makes it a client certificate).
+/// What the serving certificate names (DNS names) and, with `[cluster]`, meshroot's own SPIFFE
+/// identity, which the member client certificate names.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ServingNames {
     pub(super) dns_names: Vec<String>,
@@ -118,21 +118,22 @@ impl ServingCertificate {
     ) -> Result<SystemTime, IssueError> {
         let issued_at = ca.clock().now();
         let (issued, key) = ca
-            .issue_serving_certificate(&names.dns_names, names.identity.as_ref(), lifetime)
+            .issue_serving_certificate(&names.dns_names, lifetime)
             .await?;
         let mut chain: Vec<CertificateDer<'static>> = vec![issued.der.clone()];
         if let Some(authority) = ca.primary_signer() {
             chain.extend(authority.intermediates().iter().cloned());
         }
-        if names.identity.is_some() {
+        if let Some(identity) = &names.identity {
+            let (member, member_key) = ca.issue_member_certificate(identity, lifetime).await?;
             // The leaf and intermediates (not the roots): the client chain towards members.
-            let intermediates = issued.cert_chain.len().saturating_sub(1);
-            let chain = issued
+            let intermediates = member.cert_chain.len().saturating_sub(1);
+            let chain = member
                 .cert_chain
                 .get(..intermediates)
                 .map(<[String]>::concat)
                 .unwrap_or_default();
-            self.1.set(chain, key.serialize_pem());
+            self.1.set(chain, member_key.serialize_pem());
         }
         let signing_key = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
             PrivatePkcs8KeyDer::from(key.serialize_der()),

@@ -46,6 +46,16 @@ pub enum MaterialError {
     RootUnparsable { position: usize },
     #[error("the chain from ca-cert.pem does not end at a root in root-cert.pem")]
     NoTrustedRoot,
+    #[error(
+        "ca-cert.pem may certify only URIs in {permitted} (its name constraints), so it cannot \
+         sign for trust domain {trust_domain}: issue an intermediate that permits every trust \
+         domain and alias of the mesh (`meshroot rotate intermediate --trust-domain …` once per \
+         name) before adding {trust_domain}"
+    )]
+    OutsideNameConstraints {
+        trust_domain: String,
+        permitted: String,
+    },
     #[error("a probe certificate issued with this material does not verify: {0}")]
     Probe(#[source] SigningError),
 }

@@ -7,6 +7,7 @@
 //! among the intermediates.
 
 pub mod check;
+pub mod constraints;
 pub mod files;
 pub mod material;
 
@@ -22,6 +23,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use self::check::{verify_path, LeafSubject};
+use self::constraints::UriConstraints;
 use self::material::{check_links, intermediates_of, to_system_time, CaMaterial, MaterialError};
 use crate::digest::sha256;
 use crate::identity::{SpiffeId, TrustDomain};
@@ -42,6 +44,8 @@ pub enum SigningError {
     Verify(webpki::Error),
     #[error("the issued certificate does not carry exactly the granted identity")]
     IdentityCheck,
+    #[error("the issued certificate names a URI outside the name constraints of its issuer")]
+    NameConstraint,
     #[error("the serving key cannot be used for TLS")]
     ServingKey,
     #[error("the signing thread ended before signing")]
@@ -65,8 +69,12 @@ pub struct MeshSigner {
     mesh: String,
     trust_domain: TrustDomain,
     issuer: Issuer<'static, KeyPair>,
-    /// The signing certificate as a trust anchor, for checking each issued leaf.
+    /// The signing certificate as a trust anchor, for checking each issued leaf (without its
+    /// URI name constraints, which webpki cannot apply: see [`constraints`]).
     signing_anchor: TrustAnchor<'static>,
+    /// The URI name constraints on the path from the signing certificate to its root, which
+    /// every issued leaf must satisfy.
+    path_constraints: Vec<UriConstraints>,
     signing_certificate_sha256: [u8; 32],
     signing_not_after: SystemTime,
     /// Non-root certificates from the signing certificate upwards.
@@ -147,9 +155,9 @@ impl MeshSigner {
         .contains(&algorithm);
         let issuer = Issuer::from_ca_cert_der(&signing_certificate, signing_key)
             .map_err(|_| MaterialError::SigningCertificateUnparsable)?;
-        let signing_anchor = webpki::anchor_from_trusted_cert(&signing_certificate)
-            .map_err(|_| MaterialError::SigningCertificateUnparsable)?
-            .to_owned();
+        let (signing_anchor, _) = constraints::constraint_free_anchor(&signing_certificate)
+            .map_err(|_| MaterialError::SigningCertificateUnparsable)?;
+        let path_constraints = path_constraints(&signing_certificate, &intermediates, &roots);
         let intermediates_pem = intermediates.iter().map(|c| certificate_pem(c)).collect();
         let root_bundle_pem = roots.iter().map(|c| certificate_pem(c)).collect();
         let authority = Self {
@@ -158,6 +166,7 @@ impl MeshSigner {
             issuer,
             signing_certificate_sha256: sha256(&signing_certificate),
             signing_anchor,
+            path_constraints,
             signing_not_after,
             intermediates,
             intermediates_pem,
@@ -166,6 +175,7 @@ impl MeshSigner {
             rng: SystemRandom::new(),
             slow_signer,
         };
+        authority.check_permits(&authority.trust_domain)?;
         authority.probe(now).map_err(MaterialError::Probe)?;
         Ok(authority)
     }
@@ -176,6 +186,19 @@ impl MeshSigner {
 
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    /// Refuses a trust domain (the mesh's own, or an alias) that the URI name constraints on
+    /// this signer's path do not permit: every leaf for it would fail the check before it leaves.
+    pub fn check_permits(&self, trust_domain: &TrustDomain) -> Result<(), MaterialError> {
+        let uri = format!("spiffe://{trust_domain}/");
+        match self.path_constraints.iter().find(|c| !c.permits(&uri)) {
+            None => Ok(()),
+            Some(constraints) => Err(MaterialError::OutsideNameConstraints {
+                trust_domain: trust_domain.to_string(),
+                permitted: constraints.permitted().join(", "),
+            }),
+        }
     }
 
     pub fn signing_not_after(&self) -> SystemTime {
@@ -359,11 +382,19 @@ impl MeshSigner {
         subject: LeafSubject<'_>,
         now: SystemTime,
     ) -> Result<(), SigningError> {
-        check::check_leaf(der, &self.signing_anchor, subject, now)
+        check::check_leaf(
+            der,
+            &self.signing_anchor,
+            &self.path_constraints,
+            subject,
+            now,
+        )
     }
 
-    /// Issues a leaf for a throwaway key and verifies it through the full served chain to the
-    /// roots, exactly as a peer would.
+    /// Issues a leaf for a throwaway key (which passes the check every leaf passes, name
+    /// constraints included) and verifies it through the full served chain to the roots, exactly
+    /// as a peer would. Under URI name constraints webpki refuses every URI, so there the links
+    /// above the signing certificate stand on [`check_links`] (signatures, checked at load).
     fn probe(&self, now: SystemTime) -> Result<(), SigningError> {
         let key = KeyPair::generate().map_err(SigningError::Build)?;
         let identity = SpiffeId::new(self.trust_domain.clone(), "meshroot-selftest", "probe")
@@ -371,6 +402,9 @@ impl MeshSigner {
         let subject = LeafSubject::Workload(&identity);
         let not_after = (now + Duration::from_secs(600)).min(self.signing_not_after);
         let issued = self.issue(subject, &key, now, not_after, now)?;
+        if !self.path_constraints.is_empty() {
+            return Ok(());
+        }
         let anchors = self
             .roots
             .iter()
@@ -379,4 +413,33 @@ impl MeshSigner {
             .map_err(SigningError::Verify)?;
         verify_path(&issued.der, &anchors, &self.intermediates, subject, now)
     }
+}
+
+/// The URI name constraints of the signing certificate, the intermediates above it, and the
+/// roots that issued the topmost of them.
+fn path_constraints(
+    signing: &CertificateDer<'static>,
+    intermediates: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Vec<UriConstraints> {
+    // The served intermediates start with the signing certificate; none when it is a root.
+    let path = if intermediates.is_empty() {
+        std::slice::from_ref(signing)
+    } else {
+        intermediates
+    };
+    let top_issuer = path
+        .last()
+        .and_then(|top| X509Certificate::from_der(top).ok())
+        .map(|(_, c)| c.issuer().as_raw().to_vec())
+        .unwrap_or_default();
+    let issuing_roots = roots.iter().filter(|root| {
+        !path.contains(root)
+            && X509Certificate::from_der(root)
+                .is_ok_and(|(_, c)| c.subject().as_raw() == top_issuer)
+    });
+    path.iter()
+        .chain(issuing_roots)
+        .filter_map(|der| constraints::uri_constraints_of(der))
+        .collect()
 }

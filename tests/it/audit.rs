@@ -496,7 +496,7 @@ async fn admin_identities_must_chain_to_an_issuer_authorized_for_their_trust_dom
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
 
-    let forged = partner.mint(MESH, "cluster.local", auditor, now, now + hour);
+    let forged = partner.mint(MESH, auditor, now, now + hour);
     let status = stats(forged).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 
@@ -504,9 +504,9 @@ async fn admin_identities_must_chain_to_an_issuer_authorized_for_their_trust_dom
     let status = stats(two_names).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 
-    let ours = ca.mint(MESH, "cluster.local", auditor, now, now + hour);
+    let ours = ca.mint(MESH, auditor, now, now + hour);
     stats(ours).await.expect("our own auditor is served");
-    let theirs = partner.mint(MESH, "partner.example", partner_auditor, now, now + hour);
+    let theirs = partner.mint(MESH, partner_auditor, now, now + hour);
     stats(theirs)
         .await
         .expect("the partner's auditor, vouched for by its bound root, is served");

@@ -104,6 +104,7 @@ fn init_writes_private_keys_0600_and_refuses_to_overwrite_them() {
         meshes: vec![("default".into(), TrustDomain::new(TRUST_DOMAIN).unwrap())],
         key_type: KeyType::EcdsaP256,
         dev_issuer: false,
+        name_constraints: true,
         force: false,
     };
     let before = std::fs::read(ca.path().join("root-key.pem")).unwrap();

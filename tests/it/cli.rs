@@ -261,6 +261,25 @@ fn sighup_reloads_a_changed_trust_domain() {
         "not yet in the trust domain"
     );
 
+    // A trust-domain migration's first step: an intermediate permitting both names.
+    stdout(&meshroot(
+        dir,
+        &[
+            "rotate",
+            "intermediate",
+            "--root-dir",
+            "ca",
+            "--mesh",
+            "default",
+            "--out",
+            "ca/default",
+            "--trust-domain",
+            "cluster.local",
+            "--trust-domain",
+            "example.com",
+            "--force",
+        ],
+    ));
     let config = dir.join("ca/meshroot.toml");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "trust_domain = \"cluster.local\"",

@@ -102,7 +102,6 @@ async fn refuses_an_expired_client_certificate() {
     let now = SystemTime::now();
     let expired = ca.mint(
         MESH,
-        TRUST_DOMAIN,
         &id,
         // Within the intermediate's validity (init backdates it by an hour), expired now.
         now - Duration::from_secs(50 * 60),
@@ -120,13 +119,7 @@ async fn refuses_a_client_certificate_from_a_foreign_root() {
     let stranger = TestCa::new();
     let id = spiffe_id("vm", "legacy");
     let now = SystemTime::now();
-    let foreign = stranger.mint(
-        MESH,
-        TRUST_DOMAIN,
-        &id,
-        now,
-        now + Duration::from_secs(3600),
-    );
+    let foreign = stranger.mint(MESH, &id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, &id, foreign).await.unwrap_err();
     assert_refused(&server, &status, "client-cert-untrusted");
@@ -139,13 +132,7 @@ async fn refuses_a_client_certificate_of_a_trust_domain_without_client_cert_auth
     let id = "spiffe://other.example/ns/vm/sa/legacy";
     let now = SystemTime::now();
     // Same shared root, mesh `other`'s intermediate: valid, but `other` does not accept certs.
-    let other = ca.mint(
-        "other",
-        "other.example",
-        id,
-        now,
-        now + Duration::from_secs(3600),
-    );
+    let other = ca.mint("other", id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, id, other).await.unwrap_err();
     assert_refused(&server, &status, "client-cert-trust-domain");
@@ -157,13 +144,7 @@ async fn a_token_still_authenticates_beside_a_certificate_of_another_trust_domai
     let ca = two_mesh_ca();
     let now = SystemTime::now();
     let other_id = "spiffe://other.example/ns/vm/sa/legacy";
-    let other = ca.mint(
-        "other",
-        "other.example",
-        other_id,
-        now,
-        now + Duration::from_secs(3600),
-    );
+    let other = ca.mint("other", other_id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let id = spiffe_id("vm", "legacy");
     let expired_token = ca.token_with(MESH, "vm", "legacy", |spec| spec.issued_at -= 7200);
@@ -223,7 +204,7 @@ async fn refuses_our_identity_minted_by_a_partner_root_in_extra_roots() {
     });
     let id = "spiffe://cluster.local/ns/kube-system/sa/admin";
     let now = SystemTime::now();
-    let minted = partner.mint(MESH, TRUST_DOMAIN, id, now, now + Duration::from_secs(3600));
+    let minted = partner.mint(MESH, id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, id, minted).await.unwrap_err();
     assert_refused(&server, &status, "client-cert-untrusted");
@@ -252,13 +233,7 @@ async fn an_extra_root_authenticates_only_the_trust_domains_it_vouches_for() {
     });
     let id = spiffe_id("vm", "legacy");
     let now = SystemTime::now();
-    let old = partner.mint(
-        MESH,
-        TRUST_DOMAIN,
-        &id,
-        now,
-        now + Duration::from_secs(3600),
-    );
+    let old = partner.mint(MESH, &id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let chain = renew(&server, &id, old).await.unwrap();
     // The bundle is our root and the old one.
@@ -268,13 +243,7 @@ async fn an_extra_root_authenticates_only_the_trust_domains_it_vouches_for() {
     // The same root does not vouch for the other mesh's trust domain, which accepts client
     // certificates too.
     let other_id = "spiffe://other.example/ns/vm/sa/legacy";
-    let other = partner.mint(
-        MESH,
-        "other.example",
-        other_id,
-        now,
-        now + Duration::from_secs(3600),
-    );
+    let other = partner.mint(MESH, other_id, now, now + Duration::from_secs(3600));
     let status = renew(&server, other_id, other).await.unwrap_err();
     assert_refused(&server, &status, "client-cert-untrusted");
     server.stop().await;
@@ -287,13 +256,7 @@ async fn refuses_our_identity_minted_by_another_meshs_intermediate_under_the_sha
     let ca = two_mesh_ca();
     let id = spiffe_id("kube-system", "admin");
     let now = SystemTime::now();
-    let minted = ca.mint(
-        "other",
-        TRUST_DOMAIN,
-        &id,
-        now,
-        now + Duration::from_secs(3600),
-    );
+    let minted = ca.mint("other", &id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, &id, minted).await.unwrap_err();
     assert_refused(&server, &status, "client-cert-untrusted");
@@ -310,13 +273,7 @@ async fn renews_with_a_certificate_from_the_previous_intermediate() {
     let server = ca.start().await;
     server.issue(&ca, "warm").await;
     server.stop().await;
-    let before_rotation = ca.mint(
-        MESH,
-        TRUST_DOMAIN,
-        &id,
-        now,
-        now + Duration::from_secs(3600),
-    );
+    let before_rotation = ca.mint(MESH, &id, now, now + Duration::from_secs(3600));
     ca.rotate_intermediate(MESH);
     let server = ca.start().await;
     let chain = renew(&server, &id, before_rotation).await.unwrap();

@@ -74,6 +74,7 @@ fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
                 .collect(),
             key_type: KeyType::EcdsaP256,
             dev_issuer: false,
+            name_constraints: true,
             force: false,
         },
         SystemTime::now(),

@@ -273,7 +273,7 @@ fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String
 
 #[tokio::test]
 async fn envoy_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust_domain() {
-    let scenario = CrossMesh::issue().await;
+    let scenario = CrossMesh::issue(true).await;
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     std::fs::write(dir.join("root.pem"), &scenario.root_pem).unwrap();

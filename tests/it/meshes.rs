@@ -62,6 +62,7 @@ async fn a_caller_of_one_mesh_never_gets_an_identity_of_another() {
 /// A mesh moving from `cluster.local` to `example.com`, with `alias_issuance` as given.
 fn migrating_ca(alias_issuance: &str) -> TestCa {
     let ca = TestCa::new();
+    ca.rotate_intermediate_permitting(MESH, &["example.com", "cluster.local"]);
     ca.edit_config(|text| {
         text.replace(
             "trust_domain = \"cluster.local\"\n",
@@ -192,12 +193,30 @@ async fn a_trust_domain_change_is_picked_up_by_reload_without_an_outage() {
     let old_id = "spiffe://cluster.local/ns/shop/sa/cart";
     server.call(agent_csr(old_id), token(), 0).await.unwrap();
 
-    ca.edit_config(|text| {
+    let migrate = |text: String| {
         text.replace(
             "trust_domain = \"cluster.local\"\n",
             "trust_domain = \"example.com\"\ntrust_domain_aliases = [\"cluster.local\"]\n",
         )
-    });
+    };
+    // The intermediate is confined to cluster.local: the new trust domain is refused, naming the
+    // step that is missing, and the running configuration keeps serving.
+    let before = std::fs::read_to_string(ca.config_path()).unwrap();
+    ca.edit_config(migrate);
+    let error = server.server.reload().await.unwrap_err().to_string();
+    assert!(
+        error.contains("may certify only URIs in cluster.local")
+            && error.contains("trust domain example.com")
+            && error.contains("meshroot rotate intermediate --trust-domain"),
+        "{error}"
+    );
+    let kept = server.call(agent_csr(old_id), token(), 0).await.unwrap();
+    assert_eq!(leaf_uri(&kept.cert_chain), old_id);
+
+    // Step one: an intermediate that permits both; step two: the new configuration.
+    std::fs::write(ca.config_path(), before).unwrap();
+    ca.rotate_intermediate_permitting(MESH, &["cluster.local", "example.com"]);
+    ca.edit_config(migrate);
     server.server.reload().await.unwrap();
     // Un-restarted workloads keep their identity; restarted ones get the new trust domain.
     let old = server.call(agent_csr(old_id), token(), 0).await.unwrap();
@@ -233,6 +252,7 @@ async fn editing_the_config_file_reloads_it() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+    ca.rotate_intermediate_permitting(MESH, &["example.com"]);
     ca.edit_config(|text| {
         text.replace(
             "trust_domain = \"cluster.local\"",

@@ -95,7 +95,6 @@ impl Cluster {
         let now = SystemTime::now();
         let (chain, key) = self.ca.mint(
             MESH,
-            TRUST_DOMAIN,
             AUDITOR,
             now - Duration::from_secs(60),
             now + Duration::from_secs(3600),

@@ -183,6 +183,8 @@ async fn call_gateway(port: u16, root_pem: &str, identity: &(String, String)) ->
     (!answer.is_empty()).then_some(answer)
 }
 
+/// A rustls data plane (ztunnel verifies peers with rustls-webpki) needs intermediates without
+/// URI name constraints (`meshroot init --no-name-constraints`): see the test below.
 #[tokio::test]
 async fn rustls_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust_domain() {
     let CrossMesh {
@@ -192,7 +194,7 @@ async fn rustls_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust
         legacy,
         untrusted,
         foreign,
-    } = CrossMesh::issue().await;
+    } = CrossMesh::issue(false).await;
     let port = start_gateway(&root, gateway, &["a.example", "a-old.example", "b.example"]).await;
     assert_eq!(
         call_gateway(port, &root, &cart).await.as_deref(),
@@ -212,4 +214,20 @@ async fn rustls_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust
         None,
         "foreign root"
     );
+}
+
+/// Why ambient meshes opt out of name constraints: rustls-webpki (ztunnel's verifier) does not
+/// implement URI name constraints and refuses every workload certificate under an intermediate
+/// that carries one, even one the constraint permits. If this starts passing the other way,
+/// webpki has learnt URI constraints and the README's advice can change.
+#[tokio::test]
+async fn a_rustls_peer_refuses_every_workload_under_uri_constrained_intermediates() {
+    let CrossMesh {
+        root_pem: root,
+        gateway,
+        cart,
+        ..
+    } = CrossMesh::issue(true).await;
+    let port = start_gateway(&root, gateway, &["a.example", "b.example"]).await;
+    assert_eq!(call_gateway(port, &root, &cart).await, None);
 }

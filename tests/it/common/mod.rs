@@ -42,6 +42,14 @@ impl TestCa {
     }
 
     pub fn with_meshes(meshes: &[(&str, &str)], key_type: KeyType) -> Self {
+        Self::with_meshes_constrained(meshes, key_type, true)
+    }
+
+    pub fn with_meshes_constrained(
+        meshes: &[(&str, &str)],
+        key_type: KeyType,
+        name_constraints: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         init::init(
             &InitOptions {
@@ -52,6 +60,7 @@ impl TestCa {
                     .collect(),
                 key_type,
                 dev_issuer: true,
+                name_constraints,
                 force: false,
             },
             SystemTime::now(),
@@ -188,51 +197,39 @@ impl TestCa {
 }
 
 impl TestCa {
-    /// A client certificate for `identity`, signed directly by `mesh`'s intermediate in this CA
-    /// directory (bypassing the server) as if it were in `trust_domain`, valid from `not_before`
-    /// to `not_after`. Returns (chain PEM without the roots, key PEM).
+    /// A client certificate for `identity`, signed directly by `mesh`'s intermediate key in
+    /// this CA directory with rcgen (bypassing the server and every check meshroot makes, as a
+    /// holder of the key could), valid from `not_before` to `not_after`. Returns (chain PEM
+    /// without the roots, key PEM).
     pub fn mint(
         &self,
         mesh: &str,
-        trust_domain: &str,
         identity: &str,
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> (String, String) {
-        use meshroot::csr::{KeyAlgorithm, SubjectPublicKey};
-        use rcgen::PublicKeyData as _;
-        let authority = meshroot::signer::files::load_signer(
-            mesh,
-            TrustDomain::new(trust_domain).unwrap(),
-            &self.path().join(mesh),
-            &[],
-            not_before + Duration::from_secs(1),
-        )
-        .unwrap();
-        let key = p256_key();
-        let id = meshroot::identity::SpiffeId::parse(identity).unwrap();
-        let public_key = SubjectPublicKey {
-            spki_der: key.subject_public_key_info(),
-            algorithm: KeyAlgorithm::EcdsaP256,
-        };
-        let grant = meshroot::policy::Grant {
-            mesh: mesh.to_owned(),
-            identity: id.clone(),
-            requested: id,
-            not_before,
-            not_after,
-            public_key,
-        };
-        let issued = authority
-            .issue_workload(&grant, not_before + Duration::from_secs(1))
-            .unwrap();
-        let (_, chain) = issued.cert_chain.split_last().unwrap();
-        (chain.concat(), key.serialize_pem())
+        self.mint_raw(mesh, &[identity.to_owned()], not_before, not_after)
     }
 
     /// A client-auth certificate carrying every URI in `uris`, signed by `mesh`'s intermediate
     /// with rcgen directly (meshroot itself never issues such a thing). (chain PEM, key PEM).
     pub fn mint_with_uris(&self, mesh: &str, uris: &[String]) -> (String, String) {
+        let now = SystemTime::now();
+        self.mint_raw(
+            mesh,
+            uris,
+            now - Duration::from_secs(300),
+            now + Duration::from_secs(3600),
+        )
+    }
+
+    fn mint_raw(
+        &self,
+        mesh: &str,
+        uris: &[String],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> (String, String) {
         let ca_key = keys::load_private_key_pem(
             &std::fs::read(self.path().join(mesh).join("ca-key.pem")).unwrap(),
         )
@@ -246,21 +243,45 @@ impl TestCa {
             .iter()
             .map(|uri| rcgen::SanType::URI(uri.clone().try_into().unwrap()))
             .collect();
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = time::OffsetDateTime::from(not_before);
+        params.not_after = time::OffsetDateTime::from(not_after);
         let cert = params.signed_by(&key, &issuer).unwrap();
         (format!("{}{ca_cert}", cert.pem()), key.serialize_pem())
     }
 
-    /// `meshroot rotate intermediate` for `mesh`, the new files copied over its CA directory.
+    /// `meshroot rotate intermediate` for `mesh` (with the trust domains its current
+    /// intermediate is constrained to), the new files copied over its CA directory.
     pub fn rotate_intermediate(&self, mesh: &str) {
+        let current = std::fs::read(self.path().join(mesh).join("ca-cert.pem")).unwrap();
+        let current = CertificateDer::from_pem_slice(&current).unwrap();
+        let permitted = meshroot::signer::constraints::uri_constraints_of(&current)
+            .expect("init constrains the intermediates")
+            .permitted()
+            .to_vec();
+        let permitted: Vec<&str> = permitted.iter().map(String::as_str).collect();
+        self.rotate_intermediate_permitting(mesh, &permitted);
+    }
+
+    /// `meshroot rotate intermediate --trust-domain …` for `mesh`: a new intermediate that may
+    /// certify URIs of `trust_domains` (a trust-domain migration's first step), the new files
+    /// copied over its CA directory.
+    pub fn rotate_intermediate_permitting(&self, mesh: &str, trust_domains: &[&str]) {
         let next = tempfile::tempdir().unwrap();
+        let permitted: Vec<TrustDomain> = trust_domains
+            .iter()
+            .map(|td| TrustDomain::new(td).unwrap())
+            .collect();
         init::issue_intermediate(
             self.path(),
             mesh,
             next.path(),
             KeyType::EcdsaP256,
+            Some(&permitted),
             false,
             SystemTime::now(),
         )
@@ -541,10 +562,31 @@ pub fn verify_chain(chain: &[String], roots_pem: &str) {
         intermediates.extend(found);
     }
 
-    let anchors: Vec<_> = roots
-        .iter()
-        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
-        .collect();
+    // webpki refuses every URI under a URI name constraint (it does not implement them), so a
+    // constrained intermediate is checked as meshroot itself does: the leaf with webpki against
+    // the intermediate as a constraint-free anchor, the constraint on its URIs, and the full
+    // path, constraints included, by `openssl verify` below.
+    let constrained = intermediates
+        .first()
+        .and_then(|signing| meshroot::signer::constraints::uri_constraints_of(signing));
+    let (anchors, path): (Vec<_>, &[CertificateDer<'static>]) = match &constrained {
+        Some(constraints) => {
+            let (anchor, _) =
+                meshroot::signer::constraints::constraint_free_anchor(&intermediates[0]).unwrap();
+            let (_, parsed) = x509_parser::parse_x509_certificate(&leaf[0]).unwrap();
+            for uri in meshroot::identity::AltNames::of_certificate(&parsed).uris {
+                assert!(constraints.permits(uri), "{uri} is outside {constraints:?}");
+            }
+            (vec![anchor], &[])
+        }
+        None => (
+            roots
+                .iter()
+                .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
+                .collect(),
+            &intermediates,
+        ),
+    };
     let end_entity = webpki::EndEntityCert::try_from(&leaf[0]).unwrap();
     for usage in [
         webpki::KeyUsage::client_auth(),
@@ -554,7 +596,7 @@ pub fn verify_chain(chain: &[String], roots_pem: &str) {
             .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &anchors,
-                &intermediates,
+                path,
                 UnixTime::now(),
                 usage,
                 None,
@@ -625,9 +667,14 @@ pub struct CrossMesh {
 pub const GATEWAY_ID: &str = "spiffe://b.example/ns/istio-system/sa/ingress-gateway";
 
 impl CrossMesh {
-    pub async fn issue() -> Self {
+    /// With `name_constraints`, each mesh's intermediate is confined to its trust domains
+    /// (`meshroot init`'s default); without, as `init --no-name-constraints` makes them.
+    pub async fn issue(name_constraints: bool) -> Self {
         let meshes = [("a", "a.example"), ("b", "b.example"), ("c", "c.example")];
-        let ca = TestCa::with_meshes(&meshes, KeyType::EcdsaP256);
+        let ca = TestCa::with_meshes_constrained(&meshes, KeyType::EcdsaP256, name_constraints);
+        if name_constraints {
+            ca.rotate_intermediate_permitting("a", &["a.example", "a-old.example"]);
+        }
         ca.edit_config(|text| {
             text.replacen(
                 "trust_domain = \"a.example\"\n",
@@ -647,7 +694,11 @@ impl CrossMesh {
             .workload(&ca, "c", "spiffe://c.example/ns/shop/sa/cart")
             .await;
         server.stop().await;
-        let stranger = TestCa::with_meshes(&[("a", "a.example")], KeyType::EcdsaP256);
+        let stranger = TestCa::with_meshes_constrained(
+            &[("a", "a.example")],
+            KeyType::EcdsaP256,
+            name_constraints,
+        );
         let stranger_server = stranger.start().await;
         let foreign = stranger_server
             .workload(&stranger, "a", "spiffe://a.example/ns/shop/sa/cart")

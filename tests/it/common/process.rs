@@ -100,10 +100,14 @@ impl Serving {
             .iter()
             .any(|line| line.contains(needle))
         {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no log line {needle:?}"
-            );
+            if std::time::Instant::now() >= deadline {
+                let log = self.log.lock().unwrap();
+                let tail = &log[log.len().saturating_sub(15)..];
+                panic!(
+                    "no log line {needle:?}; the last lines:\n{}",
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
