@@ -9,6 +9,9 @@
 //!   checking the gateway's SPIFFE ID (the `DestinationRule` with `ISTIO_MUTUAL`). One upstream
 //!   cluster per client identity under test, chosen by path.
 //!
+//! Every mesh intermediate carries URI name constraints (`meshroot init`'s default): a leaf for
+//! `b.example` minted with mesh a's intermediate key is refused by the constraint alone.
+//!
 //! The Envoy binary: `$MESHROOT_ENVOY`, else `envoy` on PATH.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -283,6 +286,7 @@ async fn envoy_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust_
         ("legacy", &scenario.legacy),
         ("untrusted", &scenario.untrusted),
         ("foreign", &scenario.foreign),
+        ("forged", &scenario.forged),
     ] {
         std::fs::write(dir.join(format!("{name}-chain.pem")), chain).unwrap();
         std::fs::write(dir.join(format!("{name}-key.pem")), key).unwrap();
@@ -302,7 +306,7 @@ async fn envoy_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust_
         gateway_port,
     )
     .await;
-    let names = ["cart", "legacy", "untrusted", "foreign"];
+    let names = ["cart", "legacy", "untrusted", "foreign", "forged"];
     let _sidecar = Envoy::start(
         dir,
         "sidecar",
@@ -330,6 +334,9 @@ async fn envoy_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust_
     assert_eq!(get(sidecar_port, "/untrusted").await, 503);
     // Another root entirely: refused.
     assert_eq!(get(sidecar_port, "/foreign").await, 503);
+    // A trust domain the gateway trusts (its own, b.example), minted with mesh a's intermediate
+    // key: refused by the intermediate's URI name constraint (Envoy's BoringSSL processes it).
+    assert_eq!(get(sidecar_port, "/forged").await, 503);
     assert_eq!(
         seen.lock().unwrap().len(),
         before,

@@ -21,6 +21,7 @@ mod issuance;
 mod kubernetes_auth;
 mod meshes;
 mod monitoring;
+mod name_constraints;
 mod rejections;
 mod replicas;
 mod rotation;

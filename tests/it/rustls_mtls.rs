@@ -194,6 +194,7 @@ async fn rustls_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust
         legacy,
         untrusted,
         foreign,
+        ..
     } = CrossMesh::issue(false).await;
     let port = start_gateway(&root, gateway, &["a.example", "a-old.example", "b.example"]).await;
     assert_eq!(

@@ -662,6 +662,9 @@ pub struct CrossMesh {
     pub untrusted: (String, String),
     /// `spiffe://a.example/ns/shop/sa/cart` under another root
     pub foreign: (String, String),
+    /// `spiffe://b.example/ns/shop/sa/forged`, minted with mesh a's intermediate key directly (a
+    /// leaked intermediate minting another mesh's identity under the shared root)
+    pub forged: (String, String),
 }
 
 pub const GATEWAY_ID: &str = "spiffe://b.example/ns/istio-system/sa/ingress-gateway";
@@ -694,6 +697,13 @@ impl CrossMesh {
             .workload(&ca, "c", "spiffe://c.example/ns/shop/sa/cart")
             .await;
         server.stop().await;
+        let now = SystemTime::now();
+        let forged = ca.mint(
+            "a",
+            "spiffe://b.example/ns/shop/sa/forged",
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+        );
         let stranger = TestCa::with_meshes_constrained(
             &[("a", "a.example")],
             KeyType::EcdsaP256,
@@ -711,6 +721,7 @@ impl CrossMesh {
             legacy,
             untrusted,
             foreign,
+            forged,
         }
     }
 }

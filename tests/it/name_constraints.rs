@@ -1,0 +1,106 @@
+//! Name constraints, checked by the verifiers the meshes use besides Envoy (`envoy_mtls`) and
+//! rustls-webpki (`rustls_mtls`): Go's crypto/x509 (istio-agent's) and `openssl verify`.
+//!
+//! Mesh a's intermediate, as `meshroot init` makes it, permits only URIs in `a.example` (and the
+//! alias it was re-issued for). A leaf for `spiffe://b.example/…` signed with that intermediate's
+//! key (a leaked intermediate minting another mesh's identity under the shared root) must be
+//! refused; a leaf meshroot issued for `a.example` accepted.
+//!
+//! Go: `$MESHROOT_GO`, else `go` on PATH (Debian's `golang-go`; `.ci/run` installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn go_binary() -> PathBuf {
+    std::env::var_os("MESHROOT_GO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("go"))
+}
+
+/// `go run tests/go/x509verify.go ROOTS CHAIN`.
+fn go_verify(roots: &Path, chain: &Path) -> Output {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Command::new(go_binary())
+        .arg("run")
+        .arg(manifest.join("tests/go/x509verify.go"))
+        .arg(roots)
+        .arg(chain)
+        .env("GOCACHE", manifest.join("target/go-cache"))
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("Go is needed: set MESHROOT_GO or install golang-go (.ci/run does)")
+}
+
+/// `openssl verify -CAfile ROOTS -untrusted INTERMEDIATES LEAF`.
+fn openssl_verify(roots: &Path, intermediates: &Path, leaf: &Path) -> Output {
+    Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(roots)
+        .arg("-untrusted")
+        .arg(intermediates)
+        .arg(leaf)
+        .output()
+        .expect("openssl must be installed (.ci/run installs it)")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn go_and_openssl_refuse_another_meshs_identity_from_a_constrained_intermediate() {
+    let scenario = CrossMesh::issue(true).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let roots = dir.join("roots.pem");
+    std::fs::write(&roots, &scenario.root_pem).unwrap();
+    for (name, (chain, _), accepted) in [
+        ("cart", &scenario.cart, true),
+        ("legacy", &scenario.legacy, true),
+        ("forged", &scenario.forged, false),
+    ] {
+        let chain_path = dir.join(format!("{name}-chain.pem"));
+        std::fs::write(&chain_path, chain).unwrap();
+        let certificates = certificates(chain);
+        let leaf = dir.join(format!("{name}-leaf.pem"));
+        std::fs::write(&leaf, meshroot::keys::certificate_pem(&certificates[0])).unwrap();
+        let intermediates = dir.join(format!("{name}-intermediates.pem"));
+        let rest: String = certificates[1..]
+            .iter()
+            .map(|c| meshroot::keys::certificate_pem(c))
+            .collect();
+        std::fs::write(&intermediates, rest).unwrap();
+
+        let go = go_verify(&roots, &chain_path);
+        assert_eq!(go.status.success(), accepted, "Go, {name}: {}", text(&go));
+        let openssl = openssl_verify(&roots, &intermediates, &leaf);
+        assert_eq!(
+            openssl.status.success(),
+            accepted,
+            "openssl, {name}: {}",
+            text(&openssl)
+        );
+        if !accepted {
+            assert!(
+                text(&go).contains("constraint"),
+                "Go names the constraint: {}",
+                text(&go)
+            );
+            assert!(
+                text(&openssl).contains("permitted subtree violation"),
+                "openssl names the constraint: {}",
+                text(&openssl)
+            );
+        }
+    }
+}
