@@ -89,6 +89,7 @@ pub(super) fn kubernetes(
             "kubernetes.lease_duration",
         ),
         root_configmap: raw.root_configmap.unwrap_or(true),
+        cluster_trust_bundle: raw.cluster_trust_bundle.unwrap_or(false),
         namespace_selector: raw.namespace_selector.unwrap_or_default(),
         istiod_tls: raw.istiod_tls.unwrap_or(true),
         istiod_revisions: revisions,

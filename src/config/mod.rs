@@ -269,6 +269,8 @@ pub struct KubernetesConfig {
     pub lease_duration: Duration,
     /// Keep `istio-ca-root-cert` in namespaces.
     pub root_configmap: bool,
+    /// Keep the ClusterTrustBundle `istio.io:istiod-ca:root-cert` (certificates.k8s.io/v1beta1).
+    pub cluster_trust_bundle: bool,
     /// Only namespaces matching this label selector (empty: all).
     pub namespace_selector: String,
     /// Keep the `istiod-tls` Secret.

@@ -3,6 +3,9 @@
 //! - **Root distribution**: the `istio-ca-root-cert` ConfigMap (key `root-cert.pem`) in every
 //!   namespace (or those matching a label selector) holds the mesh's trust bundle; kept so on
 //!   new namespaces, on edits and deletions by others, and when the bundle changes (rotation).
+//! - **The ClusterTrustBundle** `istio.io:istiod-ca:root-cert` (signer `istio.io/istiod-ca`)
+//!   holds the same bundle, for clusters where Istio's injector mounts it instead
+//!   (`ENABLE_CLUSTER_TRUST_BUNDLE_API=true`); kept the same way.
 //! - **istiod's serving certificate**: the `istiod-tls` Secret (`tls.crt`, `tls.key`, `ca.crt`)
 //!   for `istiod[-<rev>].<ns>.svc` and `spiffe://<td>/ns/<ns>/sa/istiod`, re-issued at half its
 //!   lifetime, when the intermediate or the bundle changes, and when someone edits or deletes it.
@@ -83,6 +86,8 @@ pub struct PublishSettings {
     pub namespace_selector: String,
     /// Keep `istio-ca-root-cert` in namespaces.
     pub root_configmap: bool,
+    /// Keep the ClusterTrustBundle `istio.io:istiod-ca:root-cert`.
+    pub cluster_trust_bundle: bool,
     /// Keep `istiod-tls` (in `istiod_namespace`).
     pub istiod_tls: bool,
     pub istiod_namespace: String,
@@ -517,4 +522,150 @@ fn split_first_pem(text: &str) -> Option<(&str, &str)> {
     const END: &str = "-----END CERTIFICATE-----";
     let end = text.find(END)? + END.len();
     Some((&text[..end], &text[end..]))
+}
+
+/// The ClusterTrustBundle Istio's injector mounts (with `ENABLE_CLUSTER_TRUST_BUNDLE_API=true`)
+/// instead of `istio-ca-root-cert`, and its signer (pilot's `clustertrustbundle` controller).
+pub const CLUSTER_TRUST_BUNDLE: &str = "istio.io:istiod-ca:root-cert";
+pub const CLUSTER_TRUST_BUNDLE_SIGNER: &str = "istio.io/istiod-ca";
+
+/// Keeps the ClusterTrustBundle holding the trust bundle while `leader` says this replica
+/// leads, until `shutdown`: created, put back when edited or deleted, updated on rotation.
+pub async fn run_cluster_trust_bundle(
+    client: kube::Client,
+    settings: PublishSettings,
+    mesh: std::sync::Arc<dyn MeshMaterial>,
+    leader: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) {
+    while_leading(leader, shutdown, || {
+        tracing::info!(
+            cluster_trust_bundle = CLUSTER_TRUST_BUNDLE,
+            "keeping the ClusterTrustBundle"
+        );
+        keep_cluster_trust_bundle(&client, &settings, mesh.as_ref())
+    })
+    .await
+}
+
+async fn keep_cluster_trust_bundle(
+    client: &kube::Client,
+    settings: &PublishSettings,
+    mesh: &dyn MeshMaterial,
+) {
+    use k8s_openapi::api::certificates::v1beta1::ClusterTrustBundle;
+    let api: Api<ClusterTrustBundle> = Api::all(client.clone());
+    let config =
+        watcher::Config::default().fields(&format!("metadata.name={CLUSTER_TRUST_BUNDLE}"));
+    let mut events = pin!(watcher::watcher(api.clone(), config).default_backoff());
+    let mut poll = tokio::time::interval(CHANGE_POLL);
+    let mut resync = tokio::time::interval(settings.resync);
+    let mut published: Option<String> = None;
+    let mut due = false;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                None => return,
+                Some(Ok(Event::Apply(bundle) | Event::InitApply(bundle))) => {
+                    due |= bundle.spec.trust_bundle.as_str() != published.as_deref().unwrap_or_default()
+                        || bundle.spec.signer_name.as_deref() != Some(CLUSTER_TRUST_BUNDLE_SIGNER);
+                }
+                Some(Ok(Event::Delete(_) | Event::InitDone)) => due = true,
+                Some(Ok(Event::Init)) => {}
+                Some(Err(error)) => tracing::warn!(%error, "watching the ClusterTrustBundle failed; retrying"),
+            },
+            _ = poll.tick() => {
+                let bundle = mesh.bundle_pem();
+                if bundle.is_some() && bundle != published {
+                    published = bundle;
+                    due = true;
+                }
+            }
+            _ = resync.tick() => due = true,
+        }
+        let Some(bundle) = &published else { continue };
+        if !due || retry_at.is_some_and(|at| at > tokio::time::Instant::now()) {
+            continue;
+        }
+        retry_at = None;
+        match ensure_cluster_trust_bundle(&api, bundle).await {
+            Ok(()) => due = false,
+            Err(error) => {
+                tracing::warn!(error = %describe(&error), "could not write the ClusterTrustBundle; retrying");
+                retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
+        }
+    }
+}
+
+/// Makes the ClusterTrustBundle hold exactly `bundle` under Istio's signer name. The signer
+/// name cannot change on an existing object, so one made with another is replaced.
+async fn ensure_cluster_trust_bundle(
+    api: &Api<k8s_openapi::api::certificates::v1beta1::ClusterTrustBundle>,
+    bundle: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::certificates::v1beta1::{ClusterTrustBundle, ClusterTrustBundleSpec};
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = match api.get_opt(CLUSTER_TRUST_BUNDLE).await? {
+            Some(existing)
+                if existing.spec.signer_name.as_deref() != Some(CLUSTER_TRUST_BUNDLE_SIGNER) =>
+            {
+                tracing::warn!(
+                    signer = existing.spec.signer_name.as_deref().unwrap_or_default(),
+                    "the ClusterTrustBundle has another signer name: replacing it"
+                );
+                api.delete(CLUSTER_TRUST_BUNDLE, &Default::default())
+                    .await
+                    .map(|_| "deleted")
+            }
+            None => {
+                let created = ClusterTrustBundle {
+                    metadata: ObjectMeta {
+                        name: Some(CLUSTER_TRUST_BUNDLE.to_owned()),
+                        labels: Some(labels(&[])),
+                        ..ObjectMeta::default()
+                    },
+                    spec: ClusterTrustBundleSpec {
+                        signer_name: Some(CLUSTER_TRUST_BUNDLE_SIGNER.to_owned()),
+                        trust_bundle: bundle.to_owned(),
+                    },
+                };
+                api.create(&PostParams::default(), &created)
+                    .await
+                    .map(|_| "created")
+            }
+            Some(mut existing) => {
+                if existing.spec.trust_bundle == bundle {
+                    return Ok(());
+                }
+                existing.spec.trust_bundle = bundle.to_owned();
+                existing
+                    .metadata
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+                api.replace(CLUSTER_TRUST_BUNDLE, &PostParams::default(), &existing)
+                    .await
+                    .map(|_| "updated")
+            }
+        };
+        match result {
+            Ok("deleted") => continue,
+            Ok(what) => {
+                tracing::info!(
+                    cluster_trust_bundle = CLUSTER_TRUST_BUNDLE,
+                    what,
+                    "trust bundle published"
+                );
+                return Ok(());
+            }
+            Err(error) if is_conflict(&error) && attempt < CONFLICT_RETRIES => {
+                tracing::debug!("409 writing the ClusterTrustBundle: reading it again");
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The Kubernetes duties of the elected replica: publishing each mesh's trust bundle
-//! (`istio-ca-root-cert`) and istiod's serving certificate, under a Lease.
+//! (`istio-ca-root-cert`, the ClusterTrustBundle) and istiod's serving certificate, under a
+//! Lease.
 
 use super::*;
 use crate::config::ClusterAccess;
@@ -35,6 +36,7 @@ pub(super) async fn start_cluster_duties(
     let publish = PublishSettings {
         namespace_selector: settings.namespace_selector.clone(),
         root_configmap: settings.root_configmap,
+        cluster_trust_bundle: settings.cluster_trust_bundle,
         istiod_tls: settings.istiod_tls,
         istiod_namespace: settings.namespace.clone(),
         istiod_revisions: settings.istiod_revisions.clone(),
@@ -48,6 +50,15 @@ pub(super) async fn start_cluster_duties(
     });
     if publish.root_configmap {
         background.spawn(publish::run_root_distribution(
+            cluster.client(),
+            publish.clone(),
+            mesh.clone(),
+            leads.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if publish.cluster_trust_bundle {
+        background.spawn(publish::run_cluster_trust_bundle(
             cluster.client(),
             publish.clone(),
             mesh.clone(),

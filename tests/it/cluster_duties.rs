@@ -365,3 +365,80 @@ async fn duties_resume_after_an_api_server_restart_and_follow_a_root_rotation() 
     .await;
     server.stop().await;
 }
+
+fn cluster_trust_bundle(api: &FakeApiServer) -> Option<Value> {
+    api.object("clustertrustbundles", "", "istio.io:istiod-ca:root-cert")
+}
+
+#[tokio::test]
+async fn the_leader_keeps_istios_cluster_trust_bundle() {
+    let api = FakeApiServer::start().await;
+    cluster_with_namespaces(&api);
+    let ca = TestCa::new();
+    with_duties(
+        &ca,
+        &api,
+        "meshroot-0",
+        "istiod_tls = false\nroot_configmap = false\ncluster_trust_bundle = true\n",
+    );
+    let server = ca.start().await;
+    let bundle = server.server.root_bundle_pem().to_owned();
+    let holds = |api: &FakeApiServer, bundle: &str| {
+        cluster_trust_bundle(api).is_some_and(|ctb| {
+            ctb["spec"]["trustBundle"] == bundle
+                && ctb["spec"]["signerName"] == "istio.io/istiod-ca"
+                && ctb["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshroot"
+        })
+    };
+    eventually("the ClusterTrustBundle created", || holds(&api, &bundle)).await;
+    assert_eq!(
+        root_configmap(&api, "default"),
+        None,
+        "root_configmap = false"
+    );
+
+    // Edited by someone else: put back.
+    let mut edited = cluster_trust_bundle(&api).unwrap();
+    edited["spec"]["trustBundle"] = Value::from("stale");
+    api.put_object("clustertrustbundles", "", edited);
+    eventually("an edited ClusterTrustBundle restored", || {
+        holds(&api, &bundle)
+    })
+    .await;
+
+    // Made with another signer (immutable): replaced.
+    let mut other = cluster_trust_bundle(&api).unwrap();
+    other["spec"]["signerName"] = Value::from("example.com/other");
+    api.put_object("clustertrustbundles", "", other);
+    eventually("a ClusterTrustBundle of another signer replaced", || {
+        holds(&api, &bundle)
+    })
+    .await;
+
+    // Deleted: created again.
+    api.delete_object("clustertrustbundles", "", "istio.io:istiod-ca:root-cert");
+    eventually("a deleted ClusterTrustBundle re-created", || {
+        holds(&api, &bundle)
+    })
+    .await;
+
+    // A new root joins the bundle (a rotation's first step): the ClusterTrustBundle follows.
+    let next = TestCa::new();
+    std::fs::write(ca.path().join("next-root.pem"), next.root_pem()).unwrap();
+    ca.edit_config(|text| {
+        text.replacen(
+            "ca_dir = \"default\"",
+            "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]",
+            1,
+        )
+    });
+    server.server.reload().await.unwrap();
+    eventually("the ClusterTrustBundle carries both roots", || {
+        cluster_trust_bundle(&api).is_some_and(|ctb| {
+            let held = ctb["spec"]["trustBundle"].as_str().unwrap_or_default();
+            held.contains(bundle.trim()) && held.contains(next.root_pem().trim())
+        })
+    })
+    .await;
+    server.stop().await;
+}

@@ -578,13 +578,20 @@ async fn the_rendered_rbac_grants_exactly_the_calls_meshroot_makes() {
         "istio-system",
         serde_json::json!({"metadata": {"name": "meshroot"}, "spec": {"replicas": 1}}),
     );
+    // A ClusterTrustBundle someone made under another signer name: meshroot replaces it.
+    api.put_object(
+        "clustertrustbundles",
+        "",
+        serde_json::json!({"metadata": {"name": "istio.io:istiod-ca:root-cert"},
+                           "spec": {"signerName": "example.com/other", "trustBundle": ""}}),
+    );
     let ca = TestCa::new();
     let kubeconfig = api.write_kubeconfig(ca.path(), "west");
     ca.edit_config(|config| {
         format!(
             "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{path}\"\n\n\
              [kubernetes]\nkubeconfig = \"{path}\"\nnamespace = \"istio-system\"\n\
-             identity = \"meshroot-0\"\nlease_duration = \"1s\"\n\n\
+             identity = \"meshroot-0\"\nlease_duration = \"1s\"\ncluster_trust_bundle = true\n\n\
              [cluster]\nstatefulset = \"meshroot\"\nservice = \"meshroot-headless\"\n\
              namespace = \"istio-system\"\nreplicas = 1\nport = 15014\n\
              self = \"meshroot-0.meshroot-headless.istio-system.svc:15014\"\n",
@@ -629,11 +636,18 @@ async fn the_rendered_rbac_grants_exactly_the_calls_meshroot_makes() {
             .is_some()
     })
     .await;
+    let mut ctb = api
+        .object("clustertrustbundles", "", "istio.io:istiod-ca:root-cert")
+        .unwrap();
+    ctb["spec"]["trustBundle"] = Value::from("stale");
+    api.put_object("clustertrustbundles", "", ctb);
     for (verb, resource) in [
         ("update", "configmaps"),
         ("update", "secrets"),
         ("update", "leases"),
         ("get", "statefulsets"),
+        ("delete", "clustertrustbundles"),
+        ("update", "clustertrustbundles"),
     ] {
         eventually(&format!("{verb} {resource}"), || {
             api.calls()
@@ -654,11 +668,17 @@ async fn the_rendered_rbac_grants_exactly_the_calls_meshroot_makes() {
             || (namespace.as_deref() == Some("istio-system") && in_namespace.contains(&grant));
         assert!(granted, "not granted: {call:?} in {namespace:?}");
     }
-    // And nothing is granted that no call needs.
-    let used: BTreeSet<Grant> = calls
+    // And nothing is granted that no call needs. `attest` on Istio's signer is not a call: the
+    // API server checks it when admitting a ClusterTrustBundle that names the signer.
+    let mut used: BTreeSet<Grant> = calls
         .iter()
         .map(|c| (c.group.clone(), c.resource.clone(), c.verb.clone()))
         .collect();
+    used.insert((
+        "certificates.k8s.io".to_owned(),
+        "signers".to_owned(),
+        "attest".to_owned(),
+    ));
     let granted: BTreeSet<Grant> = cluster_wide.union(&in_namespace).cloned().collect();
     assert_eq!(
         granted.difference(&used).collect::<Vec<_>>(),

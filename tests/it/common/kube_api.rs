@@ -4,8 +4,9 @@
 //! `GET /api/v1/pods?fieldSelector=spec.nodeName=…` — answering with Kubernetes' JSON shapes.
 //! It counts its calls and can be made slow or failing.
 //!
-//! It also keeps `namespaces`, `configmaps`, `secrets` (core) and `leases`
-//! (coordination.k8s.io) as the API server does: get, list (label and field selectors), watch
+//! It also keeps `namespaces`, `configmaps`, `secrets` (core), `leases` (coordination.k8s.io),
+//! `statefulsets` (apps) and `clustertrustbundles` (certificates.k8s.io/v1beta1, cluster-scoped)
+//! as the API server does: get, list (label and field selectors), watch
 //! (a stream of `{"type", "object"}` lines from a resourceVersion), create (409 AlreadyExists),
 //! update (409 Conflict on a stale resourceVersion) and delete, with a global resourceVersion.
 //! It records the verb, group and resource of every call (for the RBAC test), can be told to
@@ -576,6 +577,12 @@ const STORED: &[(&str, &str, &str, bool)] = &[
     ("secrets", "v1", "Secret", true),
     ("leases", "coordination.k8s.io/v1", "Lease", true),
     ("statefulsets", "apps/v1", "StatefulSet", true),
+    (
+        "clustertrustbundles",
+        "certificates.k8s.io/v1beta1",
+        "ClusterTrustBundle",
+        false,
+    ),
 ];
 
 fn stored_target(segments: &[&str]) -> Option<Target> {
@@ -583,6 +590,7 @@ fn stored_target(segments: &[&str]) -> Option<Target> {
         ["api", "v1", rest @ ..] => rest,
         ["apis", "coordination.k8s.io", "v1", rest @ ..] => rest,
         ["apis", "apps", "v1", rest @ ..] => rest,
+        ["apis", "certificates.k8s.io", "v1beta1", rest @ ..] => rest,
         _ => return None,
     };
     let (resource, namespace, name) = match rest {
@@ -590,6 +598,7 @@ fn stored_target(segments: &[&str]) -> Option<Target> {
         ["namespaces", namespace, resource, name] => (*resource, *namespace, *name),
         ["namespaces", name] => ("namespaces", "", *name),
         [resource] => (*resource, "", ""),
+        [resource, name] => (*resource, "", *name),
         _ => return None,
     };
     STORED.iter().any(|(r, ..)| *r == resource).then(|| Target {
@@ -607,15 +616,36 @@ fn describe_kind(resource: &str) -> (&'static str, &'static str, bool) {
 fn query_value(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == key).then(|| {
-            v.replace("%3D", "=")
-                .replace("%3d", "=")
-                .replace("%2C", ",")
-                .replace("%2c", ",")
-                .replace("%2F", "/")
-                .replace("%2f", "/")
-        })
+        (k == key).then(|| percent_decode(v))
     })
+}
+
+/// Decodes `%XX` escapes (and `+`) of a query value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Whether `object` passes the list's label and field selectors (`k=v` terms only).
