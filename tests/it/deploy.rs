@@ -533,6 +533,18 @@ fn the_istio_side_points_at_meshroot_with_istiods_ca_off() {
     let kyma = &yaml_to_json(&istio.join("kyma-istio.yaml"))[0];
     assert_eq!(kyma["kind"], "Istio");
     assert_eq!(kyma["spec"]["config"]["trustDomain"], "cluster.local");
+
+    // Kyma: a mesh-wide ProxyConfig (the root namespace, no selector) setting CA_ADDR to the same
+    // address, since its Istio CR has no caAddress.
+    let proxy_config = &yaml_to_json(&istio.join("kyma-proxyconfig.yaml"))[0];
+    assert_eq!(proxy_config["apiVersion"], "networking.istio.io/v1beta1");
+    assert_eq!(proxy_config["kind"], "ProxyConfig");
+    assert_eq!(proxy_config["metadata"]["namespace"], "istio-system");
+    assert!(proxy_config["spec"].get("selector").is_none(), "mesh-wide");
+    assert_eq!(
+        proxy_config["spec"]["environmentVariables"]["CA_ADDR"],
+        operator["spec"]["values"]["global"]["caAddress"]
+    );
 }
 
 /// (API group, resource, verb).
