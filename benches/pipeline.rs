@@ -41,6 +41,7 @@ fn ca_dir(key_type: KeyType) -> tempfile::TempDir {
             key_type,
             dev_issuer: true,
             name_constraints: true,
+            intermediate_path_len: 0,
             force: false,
         },
         SystemTime::now(),

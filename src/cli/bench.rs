@@ -346,6 +346,7 @@ impl OwnServer {
                 key_type: intermediate,
                 dev_issuer: true,
                 name_constraints: true,
+                intermediate_path_len: 0,
                 force: false,
             },
             SystemTime::now(),

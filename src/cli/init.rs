@@ -39,6 +39,9 @@ pub struct InitOptions {
     /// Confine each mesh's intermediate to URIs of its trust domain (a critical
     /// name-constraints extension); off only for verifiers that cannot process it.
     pub name_constraints: bool,
+    /// Each mesh intermediate's pathLenConstraint: 0 (it signs leaves only), or 1 so that
+    /// meshroot can issue clusters' istiod intermediates below it.
+    pub intermediate_path_len: u8,
     pub force: bool,
 }
 
@@ -129,6 +132,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
             mesh,
             options.key_type,
             options.name_constraints.then_some(permitted),
+            options.intermediate_path_len,
             &root_issuer,
             &root_pem,
             now,
@@ -219,8 +223,8 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
     })
 }
 
-/// Makes a new intermediate (pathlen 0) for `mesh` under `root_issuer` and writes the mesh's
-/// `cacerts` files into `mesh_dir`: ca-cert.pem, ca-key.pem (0600), cert-chain.pem,
+/// Makes a new intermediate (pathlen `path_len`) for `mesh` under `root_issuer` and writes the
+/// mesh's `cacerts` files into `mesh_dir`: ca-cert.pem, ca-key.pem (0600), cert-chain.pem,
 /// root-cert.pem. With `permitted` trust domains, the intermediate may certify only URIs whose
 /// host is one of them (a critical name-constraints extension).
 #[allow(clippy::too_many_arguments)]
@@ -229,6 +233,7 @@ fn write_intermediate(
     mesh: &str,
     key_type: KeyType,
     permitted: Option<&[TrustDomain]>,
+    path_len: u8,
     root_issuer: &Issuer<'_, impl rcgen::SigningKey>,
     root_pem: &str,
     now: SystemTime,
@@ -250,7 +255,7 @@ fn write_intermediate(
         rng,
     )
     .map_err(|e| generate_failed("an intermediate certificate", e))?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
     params.use_authority_key_identifier_extension = true;
     if let Some(permitted) = permitted {
         let constraints = crate::signer::constraints::uri_name_constraints(permitted)
@@ -283,19 +288,37 @@ fn write_intermediate(
     write_file(&mesh_dir.join("root-cert.pem"), root_pem.as_bytes(), false)
 }
 
+/// How `meshroot rotate intermediate` makes an intermediate.
+#[derive(Debug, Clone)]
+pub struct IntermediateOptions {
+    pub key_type: KeyType,
+    /// The trust domains its URIs are confined to; `None`: no name constraints.
+    pub permitted: Option<Vec<TrustDomain>>,
+    /// Its pathLenConstraint (1: meshroot may issue clusters' intermediates below it).
+    pub path_len: u8,
+    /// Replace an existing key.
+    pub force: bool,
+}
+
 /// A new intermediate for `mesh` under the root in `root_dir` (its `root-cert.pem` and
 /// `root-key.pem`, as `init` wrote them), written in the `cacerts` layout into `out`: the
 /// intermediate rotation, with no change of trust bundle. Refuses to replace an existing key
-/// unless `force`. `permitted` as for [`write_intermediate`].
+/// unless `force`.
 pub fn issue_intermediate(
     root_dir: &Path,
     mesh: &str,
     out: &Path,
-    key_type: KeyType,
-    permitted: Option<&[TrustDomain]>,
-    force: bool,
+    options: &IntermediateOptions,
     now: SystemTime,
 ) -> Result<(), CaFilesError> {
+    let IntermediateOptions {
+        key_type,
+        permitted,
+        path_len,
+        force,
+    } = options;
+    let (key_type, path_len, force) = (*key_type, *path_len, *force);
+    let permitted = permitted.as_deref();
     let key_path = out.join("ca-key.pem");
     if !force && key_path.exists() {
         return Err(CaFilesError::WouldOverwrite { path: key_path });
@@ -332,6 +355,7 @@ pub fn issue_intermediate(
         mesh,
         key_type,
         permitted,
+        path_len,
         &root_issuer,
         &certificate_pem(root),
         now,

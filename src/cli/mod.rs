@@ -85,6 +85,10 @@ pub struct InitArgs {
     /// domain (only for verifiers that cannot process a critical name-constraints extension).
     #[arg(long)]
     pub no_name_constraints: bool,
+    /// How many CA certificates may follow each mesh's intermediate (its pathLenConstraint): 1
+    /// lets meshroot issue clusters' istiod intermediates below it (the plug-in path).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub path_len: u8,
     /// Replace existing keys.
     #[arg(long)]
     pub force: bool,
@@ -269,6 +273,7 @@ fn embedded_default() -> Result<PathBuf, Failure> {
             key_type: KeyType::EcdsaP256,
             dev_issuer: true,
             name_constraints: true,
+            intermediate_path_len: 0,
             force: false,
         },
         SystemTime::now(),
@@ -311,6 +316,7 @@ fn init(args: InitArgs) -> Result<(), Failure> {
             key_type: args.key_type,
             dev_issuer: args.dev_issuer,
             name_constraints: !args.no_name_constraints,
+            intermediate_path_len: args.path_len,
             force: args.force,
         },
         SystemTime::now(),

@@ -63,6 +63,10 @@ pub struct IntermediateArgs {
     /// Leave the name constraints out (only for verifiers that cannot process them).
     #[arg(long, conflicts_with = "trust_domains")]
     pub no_name_constraints: bool,
+    /// The intermediate's pathLenConstraint: 1 lets meshroot issue clusters' istiod
+    /// intermediates below it (the plug-in path).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub path_len: u8,
     /// Replace an existing ca-key.pem in --out.
     #[arg(long)]
     pub force: bool,
@@ -84,9 +88,12 @@ pub async fn run(command: RotateCommand) -> Result<(), Failure> {
                 &args.root_dir,
                 &args.mesh,
                 &args.out,
-                args.key_type,
-                (!args.no_name_constraints).then_some(trust_domains.as_slice()),
-                args.force,
+                &crate::cli::init::IntermediateOptions {
+                    key_type: args.key_type,
+                    permitted: (!args.no_name_constraints).then_some(trust_domains),
+                    path_len: args.path_len,
+                    force: args.force,
+                },
                 SystemTime::now(),
             )
             .map_err(|e| Failure::runtime(e.to_string()))?;

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod constraints;
 pub mod files;
+pub mod intermediate;
 pub mod material;
 
 use std::time::{Duration, SystemTime};
@@ -46,6 +47,13 @@ pub enum SigningError {
     IdentityCheck,
     #[error("the issued certificate names a URI outside the name constraints of its issuer")]
     NameConstraint,
+    #[error(
+        "the mesh's signing certificate may not issue CA certificates (its pathLenConstraint is \
+         0): give the mesh an intermediate with --path-len 1 (`meshroot rotate intermediate`)"
+    )]
+    PathLength,
+    #[error("the issued CA certificate is not what was asked: {0}")]
+    CaCheck(&'static str),
     #[error("the serving key cannot be used for TLS")]
     ServingKey,
     #[error("the signing thread ended before signing")]
@@ -75,6 +83,10 @@ pub struct MeshSigner {
     /// The URI name constraints on the path from the signing certificate to its root, which
     /// every issued leaf must satisfy.
     path_constraints: Vec<UriConstraints>,
+    /// The signing certificate (DER), and how many CA certificates may follow it in a path
+    /// (its BasicConstraints pathLenConstraint; `None`: unlimited).
+    signing_certificate: CertificateDer<'static>,
+    signing_path_len: Option<u32>,
     signing_certificate_sha256: [u8; 32],
     signing_not_after: SystemTime,
     /// Non-root certificates from the signing certificate upwards.
@@ -140,6 +152,10 @@ impl MeshSigner {
             });
         }
         let signing_not_after = to_system_time(validity.not_after.timestamp());
+        let signing_path_len = match signing.basic_constraints() {
+            Ok(Some(constraints)) => constraints.value.path_len_constraint,
+            _ => None,
+        };
         if roots.is_empty() {
             return Err(MaterialError::NoRoots);
         }
@@ -167,6 +183,8 @@ impl MeshSigner {
             signing_certificate_sha256: sha256(&signing_certificate),
             signing_anchor,
             path_constraints,
+            signing_certificate,
+            signing_path_len,
             signing_not_after,
             intermediates,
             intermediates_pem,

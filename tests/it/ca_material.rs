@@ -105,6 +105,7 @@ fn init_writes_private_keys_0600_and_refuses_to_overwrite_them() {
         key_type: KeyType::EcdsaP256,
         dev_issuer: false,
         name_constraints: true,
+        intermediate_path_len: 0,
         force: false,
     };
     let before = std::fs::read(ca.path().join("root-key.pem")).unwrap();

@@ -75,6 +75,7 @@ fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
             key_type: KeyType::EcdsaP256,
             dev_issuer: false,
             name_constraints: true,
+            intermediate_path_len: 0,
             force: false,
         },
         SystemTime::now(),

@@ -61,6 +61,7 @@ impl TestCa {
                 key_type,
                 dev_issuer: true,
                 name_constraints,
+                intermediate_path_len: 0,
                 force: false,
             },
             SystemTime::now(),
@@ -280,9 +281,12 @@ impl TestCa {
             self.path(),
             mesh,
             next.path(),
-            KeyType::EcdsaP256,
-            Some(&permitted),
-            false,
+            &init::IntermediateOptions {
+                key_type: KeyType::EcdsaP256,
+                permitted: Some(permitted),
+                path_len: 0,
+                force: false,
+            },
             SystemTime::now(),
         )
         .unwrap();
