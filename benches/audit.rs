@@ -126,6 +126,7 @@ fn record(i: u64, total: u64) -> Record {
             intermediate_sha256: vec![9; 32],
             certificate_sha256: mix(i ^ 23).to_be_bytes().repeat(4),
             requested_ttl_seconds: DAY as i64,
+            ca: None,
         })
     };
     Record::new(

@@ -169,6 +169,7 @@ fn record(i: u64) -> Record {
             intermediate_sha256: vec![3; 32],
             certificate_sha256: vec![4; 32],
             requested_ttl_seconds: 86_400,
+            ca: None,
         }),
     )
 }

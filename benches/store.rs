@@ -41,6 +41,7 @@ fn record(i: u64) -> Record {
             intermediate_sha256: vec![9; 32],
             certificate_sha256: vec![10; 32],
             requested_ttl_seconds: 86400,
+            ca: None,
         }),
     }
 }

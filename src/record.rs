@@ -86,6 +86,21 @@ pub struct IssuedRecord {
     #[serde(serialize_with = "hex_bytes")]
     pub certificate_sha256: Vec<u8>,
     pub requested_ttl_seconds: i64,
+    /// Set when the certificate is a CA (a cluster's istiod intermediate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<IssuedCa>,
+}
+
+/// What a record of a CA certificate adds: whose it is and where it chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct IssuedCa {
+    /// The cluster whose istiod holds it.
+    pub cluster: String,
+    /// SHA-256 of the root its chain ends at.
+    #[serde(serialize_with = "hex_bytes")]
+    pub root_sha256: Vec<u8>,
+    /// The trust domains its URIs are confined to (empty: unconstrained).
+    pub permitted_trust_domains: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

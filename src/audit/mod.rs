@@ -94,6 +94,7 @@ pub fn example_record(id: &str, at: u64) -> crate::record::Record {
             intermediate_sha256: vec![],
             certificate_sha256: vec![],
             requested_ttl_seconds: 86400,
+            ca: None,
         }),
     }
 }

@@ -19,6 +19,7 @@
 mod current;
 mod error;
 mod holds;
+mod intermediate;
 mod records;
 mod request;
 mod serving;
@@ -31,6 +32,7 @@ use std::time::{Instant, SystemTime};
 pub use self::current::CurrentAuthority;
 pub use self::error::{Answer, Classification, IssueError};
 pub use self::holds::{Hold, Holds};
+pub use self::intermediate::ClusterCa;
 pub use self::records::{issued_record, IssuedFacts};
 use self::records::{refusal_record, requested_identity, summary_record, Facts};
 pub use self::request::{Issued, RequestId, SigningRequest};

@@ -122,6 +122,7 @@ pub fn issued_record(facts: IssuedFacts<'_>) -> IssuedRecord {
         intermediate_sha256: signer.signing_certificate_sha256().to_vec(),
         certificate_sha256: sha256(&certificate.der).to_vec(),
         requested_ttl_seconds,
+        ca: None,
     }
 }
 

@@ -87,6 +87,9 @@ pub struct MeshSigner {
     /// (its BasicConstraints pathLenConstraint; `None`: unlimited).
     signing_certificate: CertificateDer<'static>,
     signing_path_len: Option<u32>,
+    /// The root of the bundle that issued the topmost served intermediate (or the signing
+    /// certificate itself when it is a root).
+    issuing_root: Option<CertificateDer<'static>>,
     signing_certificate_sha256: [u8; 32],
     signing_not_after: SystemTime,
     /// Non-root certificates from the signing certificate upwards.
@@ -173,7 +176,9 @@ impl MeshSigner {
             .map_err(|_| MaterialError::SigningCertificateUnparsable)?;
         let (signing_anchor, _) = constraints::constraint_free_anchor(&signing_certificate)
             .map_err(|_| MaterialError::SigningCertificateUnparsable)?;
-        let path_constraints = path_constraints(&signing_certificate, &intermediates, &roots);
+        let issuing_root = issuing_root(&signing_certificate, &intermediates, &roots);
+        let path_constraints =
+            path_constraints(&signing_certificate, &intermediates, issuing_root.as_ref());
         let intermediates_pem = intermediates.iter().map(|c| certificate_pem(c)).collect();
         let root_bundle_pem = roots.iter().map(|c| certificate_pem(c)).collect();
         let authority = Self {
@@ -185,6 +190,7 @@ impl MeshSigner {
             path_constraints,
             signing_certificate,
             signing_path_len,
+            issuing_root,
             signing_not_after,
             intermediates,
             intermediates_pem,
@@ -231,6 +237,16 @@ impl MeshSigner {
     /// The served intermediates (DER), signing certificate first; no roots.
     pub fn intermediates(&self) -> &[CertificateDer<'static>] {
         &self.intermediates
+    }
+
+    /// The root the served chain ends at.
+    pub fn issuing_root(&self) -> Option<&CertificateDer<'static>> {
+        self.issuing_root.as_ref()
+    }
+
+    /// Whether URI name constraints confine what this signer certifies.
+    pub fn name_constrained(&self) -> bool {
+        !self.path_constraints.is_empty()
     }
 
     pub fn roots(&self) -> &[CertificateDer<'static>] {
@@ -433,12 +449,34 @@ impl MeshSigner {
     }
 }
 
-/// The URI name constraints of the signing certificate, the intermediates above it, and the
-/// roots that issued the topmost of them.
-fn path_constraints(
+/// The root that issued the topmost served intermediate (its subject names the top's issuer
+/// and its key verifies the top's signature), or the signing certificate when it is a root.
+fn issuing_root(
     signing: &CertificateDer<'static>,
     intermediates: &[CertificateDer<'static>],
     roots: &[CertificateDer<'static>],
+) -> Option<CertificateDer<'static>> {
+    let Some(top) = intermediates.last() else {
+        return Some(signing.clone());
+    };
+    let (_, top) = X509Certificate::from_der(top).ok()?;
+    roots
+        .iter()
+        .find(|root| {
+            X509Certificate::from_der(root).is_ok_and(|(_, root)| {
+                root.subject() == top.issuer()
+                    && top.verify_signature(Some(root.public_key())).is_ok()
+            })
+        })
+        .cloned()
+}
+
+/// The URI name constraints of the signing certificate, the intermediates above it, and the
+/// root that issued the topmost of them.
+fn path_constraints(
+    signing: &CertificateDer<'static>,
+    intermediates: &[CertificateDer<'static>],
+    issuing_root: Option<&CertificateDer<'static>>,
 ) -> Vec<UriConstraints> {
     // The served intermediates start with the signing certificate; none when it is a root.
     let path = if intermediates.is_empty() {
@@ -446,18 +484,8 @@ fn path_constraints(
     } else {
         intermediates
     };
-    let top_issuer = path
-        .last()
-        .and_then(|top| X509Certificate::from_der(top).ok())
-        .map(|(_, c)| c.issuer().as_raw().to_vec())
-        .unwrap_or_default();
-    let issuing_roots = roots.iter().filter(|root| {
-        !path.contains(root)
-            && X509Certificate::from_der(root)
-                .is_ok_and(|(_, c)| c.subject().as_raw() == top_issuer)
-    });
     path.iter()
-        .chain(issuing_roots)
+        .chain(issuing_root.filter(|root| !path.contains(root)))
         .filter_map(|der| constraints::uri_constraints_of(der))
         .collect()
 }

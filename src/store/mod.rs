@@ -47,7 +47,7 @@ use crate::audit::{
 use crate::clock::{from_unix_millis, from_unix_seconds, unix_millis};
 use crate::pb::store as pb;
 use crate::record::{
-    AppendFuture, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RecordSink,
+    AppendFuture, CallerRecord, DenialRecord, IssuedCa, IssuedRecord, Outcome, Record, RecordSink,
     RefusalSummary, RECORD_VERSION,
 };
 

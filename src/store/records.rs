@@ -30,6 +30,11 @@ pub fn to_message(record: &Record) -> pb::Record {
             requested_ttl_seconds: issued.requested_ttl_seconds,
             certificate_sha256: issued.certificate_sha256.clone(),
             dns_names: issued.dns_names.clone(),
+            ca: issued.ca.as_ref().map(|ca| pb::IssuedCa {
+                cluster: ca.cluster.clone(),
+                root_sha256: ca.root_sha256.clone(),
+                permitted_trust_domains: ca.permitted_trust_domains.clone(),
+            }),
         }),
         Outcome::Denied(denied) => pb::record::Outcome::Denied(pb::Denial {
             reason: denied.reason.clone(),
@@ -93,6 +98,11 @@ pub fn from_message(record: pb::Record) -> Option<Record> {
             intermediate_sha256: issued.intermediate_sha256,
             certificate_sha256: issued.certificate_sha256,
             requested_ttl_seconds: issued.requested_ttl_seconds,
+            ca: issued.ca.map(|ca| IssuedCa {
+                cluster: ca.cluster,
+                root_sha256: ca.root_sha256,
+                permitted_trust_domains: ca.permitted_trust_domains,
+            }),
         }),
         pb::record::Outcome::Denied(denied) => Outcome::Denied(DenialRecord {
             reason: denied.reason,

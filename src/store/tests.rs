@@ -96,6 +96,7 @@ fn synthetic(i: u64, rng: &mut Rng) -> Record {
             intermediate_sha256: vec![4; 32],
             certificate_sha256: vec![5; 32],
             requested_ttl_seconds: lifetime as i64,
+            ca: None,
         })
     };
     Record::new(format!("req-{i}"), recorded_at, caller, outcome)

@@ -124,6 +124,7 @@ fn main() {
             intermediate_sha256: vec![3; 32],
             certificate_sha256: vec![4; 32],
             requested_ttl_seconds: 86400,
+            ca: None,
         }),
     );
     let summary = Record::new(
