@@ -252,6 +252,39 @@ fn clusters(
         if max_concurrent_reviews == 0 {
             p.add(key("max_concurrent_reviews"), "must be at least 1".into());
         }
+        let cacerts = raw_cluster.cacerts.unwrap_or(false).then(|| {
+            let renew_at = raw_cluster.intermediate_renew_at.unwrap_or(0.5);
+            if !(renew_at > 0.0 && renew_at < 1.0) {
+                p.add(
+                    key("intermediate_renew_at"),
+                    format!("{renew_at} is not a fraction between 0 and 1"),
+                );
+            }
+            CacertsConfig {
+                namespace: raw_cluster
+                    .cacerts_namespace
+                    .clone()
+                    .unwrap_or_else(|| "istio-system".to_owned()),
+                lifetime: duration_setting(
+                    raw_cluster.intermediate_ttl.as_deref(),
+                    DEFAULT_INTERMEDIATE_TTL,
+                    &key("intermediate_ttl"),
+                    p,
+                ),
+                renew_at,
+            }
+        });
+        if cacerts.is_none()
+            && (raw_cluster.cacerts_namespace.is_some()
+                || raw_cluster.intermediate_ttl.is_some()
+                || raw_cluster.intermediate_renew_at.is_some())
+        {
+            p.add(
+                key("cacerts"),
+                "cacerts_namespace, intermediate_ttl and intermediate_renew_at need cacerts = true"
+                    .into(),
+            );
+        }
         clusters.push(ClusterConfig {
             id,
             access,
@@ -269,10 +302,14 @@ fn clusters(
                 p,
             ),
             max_concurrent_reviews,
+            cacerts,
         });
     }
     clusters
 }
+
+/// A cluster intermediate's default lifetime: a year, as Istio's own plug-in example.
+const DEFAULT_INTERMEDIATE_TTL: Duration = Duration::from_secs(365 * 86400);
 
 /// `trust_domain_aliases`: other names of the mesh's trust domain, each naming one mesh only.
 fn aliases(

@@ -333,6 +333,19 @@ pub struct ClusterConfig {
     pub review_timeout: Duration,
     pub review_cache_ttl: Duration,
     pub max_concurrent_reviews: usize,
+    /// Keep this cluster's istiod intermediate in its `cacerts` Secret (the plug-in path).
+    pub cacerts: Option<CacertsConfig>,
+}
+
+/// A cluster's `cacerts` Secret, kept by meshroot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacertsConfig {
+    /// Where the Secret lives (istiod's namespace).
+    pub namespace: String,
+    /// The intermediate's lifetime (clipped to the mesh signer's).
+    pub lifetime: Duration,
+    /// Renewed once this fraction of its lifetime has passed.
+    pub renew_at: f64,
 }
 
 /// How meshroot reaches a cluster's API server.

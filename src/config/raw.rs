@@ -164,6 +164,10 @@ pub(super) struct RawCluster {
     pub(super) review_timeout: Option<String>,
     pub(super) review_cache_ttl: Option<String>,
     pub(super) max_concurrent_reviews: Option<usize>,
+    pub(super) cacerts: Option<bool>,
+    pub(super) cacerts_namespace: Option<String>,
+    pub(super) intermediate_ttl: Option<String>,
+    pub(super) intermediate_renew_at: Option<f64>,
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@
 //! namespace. `deploy/base/rbac.yaml` grants exactly these, and
 //! `tests/it/deploy.rs` checks the grants against the calls the code makes.
 
+pub mod cacerts;
 pub mod lease;
 pub mod members;
 pub mod publish;

@@ -5,6 +5,7 @@
 use super::*;
 use crate::config::ClusterAccess;
 use crate::kubernetes;
+use crate::kubernetes::cacerts::{CacertsFiles, CacertsFuture, CacertsSettings, CacertsSource};
 
 /// Starts the elected replica's duties in its own cluster: the Lease election, and, while
 /// leading, root distribution and istiod's certificate. Returns the election's task.
@@ -176,5 +177,101 @@ pub(super) fn access(configured: &ClusterAccess) -> kubernetes::Access<'_> {
             context: context.as_deref(),
         },
         ClusterAccess::InCluster => kubernetes::Access::InCluster,
+    }
+}
+
+/// Starts keeping the `cacerts` Secret of every `[[mesh.cluster]]` with `cacerts = true`: on
+/// the elected replica with `[kubernetes]`, on this one otherwise.
+pub(super) async fn start_cacerts_duties(
+    config: &Config,
+    current: Arc<CurrentAuthority>,
+    leads: watch::Receiver<bool>,
+    (background, shutdown): (&TaskTracker, watch::Receiver<bool>),
+) -> Result<(), ServeError> {
+    for mesh in &config.meshes {
+        for cluster in &mesh.clusters {
+            let Some(cacerts) = &cluster.cacerts else {
+                continue;
+            };
+            let api = KubeCluster::connect_for_watches(access(&cluster.access), KUBERNETES_TIMEOUT)
+                .await
+                .map_err(|source| ServeError::Cluster {
+                    mesh: mesh.name.clone(),
+                    cluster: cluster.id.clone(),
+                    source,
+                })?;
+            let source: Arc<dyn CacertsSource> = Arc::new(ClusterIntermediates {
+                current: current.clone(),
+                mesh: mesh.name.clone(),
+                cluster: cluster.id.clone(),
+                lifetime: cacerts.lifetime,
+            });
+            background.spawn(kubernetes::cacerts::run_cacerts(
+                api.client(),
+                CacertsSettings {
+                    cluster: cluster.id.clone(),
+                    namespace: cacerts.namespace.clone(),
+                    renew_at: cacerts.renew_at,
+                    resync: DEFAULT_CACERTS_RESYNC,
+                },
+                source,
+                leads.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Everything is checked again this often, events or not.
+const DEFAULT_CACERTS_RESYNC: Duration = Duration::from_secs(600);
+
+/// A cluster's intermediates as the `cacerts` keeper sees them: issued from the mesh in force.
+struct ClusterIntermediates {
+    current: Arc<CurrentAuthority>,
+    mesh: String,
+    cluster: String,
+    lifetime: Duration,
+}
+
+impl CacertsSource for ClusterIntermediates {
+    fn bundle_pem(&self) -> Option<String> {
+        let ca = self.current.get();
+        if ca.holds().is_set(crate::issuance::Hold::ClusterGate) {
+            return None;
+        }
+        ca.mesh_signer(&self.mesh)
+            .map(|signer| signer.root_bundle_pem().to_owned())
+    }
+
+    fn chain_tail_pem(&self) -> Option<String> {
+        let ca = self.current.get();
+        let signer = ca.mesh_signer(&self.mesh)?;
+        let root = signer.issuing_root()?;
+        Some(format!(
+            "{}{}",
+            signer.intermediates_pem(),
+            crate::keys::certificate_pem(root)
+        ))
+    }
+
+    fn now(&self) -> SystemTime {
+        self.current.get().clock().now()
+    }
+
+    fn issue(&self) -> CacertsFuture<'_> {
+        Box::pin(async move {
+            let ca = self.current.get();
+            let issued = ca
+                .issue_cluster_intermediate(&self.mesh, &self.cluster, self.lifetime)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(CacertsFiles {
+                ca_cert_pem: issued.ca_cert_pem,
+                ca_key_pem: issued.ca_key_pem,
+                cert_chain_pem: issued.cert_chain_pem,
+                root_cert_pem: issued.root_cert_pem,
+            })
+        })
     }
 }

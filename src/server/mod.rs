@@ -617,6 +617,19 @@ async fn start_serving(
         ),
         None => record_accepted_bundles(&ca, &store),
     }
+    // The cacerts keepers follow the election; without one, this replica keeps them.
+    let cacerts_leads = if config.kubernetes.is_some() {
+        leader.subscribe()
+    } else {
+        watch::channel(true).1
+    };
+    duties::start_cacerts_duties(
+        config,
+        current.clone(),
+        cacerts_leads,
+        (&background, shutdown_rx.clone()),
+    )
+    .await?;
     let election = match &config.kubernetes {
         Some(kubernetes) => Some(
             start_cluster_duties(

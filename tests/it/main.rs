@@ -22,6 +22,7 @@ mod kubernetes_auth;
 mod meshes;
 mod monitoring;
 mod name_constraints;
+mod plugin;
 mod rejections;
 mod replicas;
 mod rotation;

@@ -268,10 +268,20 @@ impl TestCa {
         self.rotate_intermediate_permitting(mesh, &permitted);
     }
 
+    /// `meshroot rotate intermediate --trust-domain … --path-len 1` for `mesh`: an intermediate
+    /// under which meshroot may issue clusters' istiod intermediates (the plug-in path).
+    pub fn allow_cluster_intermediates(&self, mesh: &str, trust_domains: &[&str]) {
+        self.rotate_intermediate_with(mesh, trust_domains, 1);
+    }
+
     /// `meshroot rotate intermediate --trust-domain …` for `mesh`: a new intermediate that may
     /// certify URIs of `trust_domains` (a trust-domain migration's first step), the new files
     /// copied over its CA directory.
     pub fn rotate_intermediate_permitting(&self, mesh: &str, trust_domains: &[&str]) {
+        self.rotate_intermediate_with(mesh, trust_domains, 0);
+    }
+
+    fn rotate_intermediate_with(&self, mesh: &str, trust_domains: &[&str], path_len: u8) {
         let next = tempfile::tempdir().unwrap();
         let permitted: Vec<TrustDomain> = trust_domains
             .iter()
@@ -284,7 +294,7 @@ impl TestCa {
             &init::IntermediateOptions {
                 key_type: KeyType::EcdsaP256,
                 permitted: Some(permitted),
-                path_len: 0,
+                path_len,
                 force: false,
             },
             SystemTime::now(),

@@ -1,0 +1,278 @@
+//! The plug-in path: a cluster's `cacerts` Secret (Istio's layout: `ca-cert.pem`, `ca-key.pem`,
+//! `cert-chain.pem`, `root-cert.pem`), which istiod signs workloads with, kept by meshroot.
+//!
+//! The Secret is current when its four files are present, `root-cert.pem` is the mesh's trust
+//! bundle now, `cert-chain.pem` continues with the mesh's chain now, `ca-key.pem` is the key of
+//! `ca-cert.pem`, and less than the configured fraction of the intermediate's lifetime has
+//! passed. Otherwise a new intermediate is issued (and recorded) and written: on the first run,
+//! when someone edits or deletes the Secret, at the renewal fraction, and when the bundle or the
+//! mesh's intermediate changes. Writes carry the resourceVersion read (409: read again).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt as _;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+
+use super::{describe, is_conflict};
+
+/// The Secret istiod reads plugged-in CA material from.
+pub const CACERTS_SECRET: &str = "cacerts";
+const FILES: [&str; 4] = [
+    "ca-cert.pem",
+    "ca-key.pem",
+    "cert-chain.pem",
+    "root-cert.pem",
+];
+/// How often the renewal time and the mesh's material are compared with what was written.
+const CHANGE_POLL: Duration = Duration::from_secs(1);
+const RETRY: Duration = Duration::from_secs(5);
+const CONFLICT_RETRIES: usize = 3;
+
+/// A new intermediate in Istio's layout. The key never appears in `Debug` output.
+pub struct CacertsFiles {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub cert_chain_pem: String,
+    pub root_cert_pem: String,
+}
+
+impl std::fmt::Debug for CacertsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacertsFiles").finish_non_exhaustive()
+    }
+}
+
+pub type CacertsFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<CacertsFiles, String>> + Send + 'a>>;
+
+/// The mesh a cluster's intermediate is issued from, read fresh each time.
+pub trait CacertsSource: Send + Sync {
+    /// The mesh's trust bundle (`root-cert.pem`), PEM; None while the mesh is not loaded or
+    /// the bundle awaits the cluster's confirmation.
+    fn bundle_pem(&self) -> Option<String>;
+    /// What `cert-chain.pem` continues with after the cluster's intermediate: the mesh's
+    /// intermediates and the root, PEM.
+    fn chain_tail_pem(&self) -> Option<String>;
+    /// Now, by the authority's clock.
+    fn now(&self) -> SystemTime;
+    /// Issues (and records) a new intermediate for the cluster.
+    fn issue(&self) -> CacertsFuture<'_>;
+}
+
+/// Where and how one cluster's `cacerts` is kept.
+#[derive(Debug, Clone)]
+pub struct CacertsSettings {
+    pub cluster: String,
+    pub namespace: String,
+    /// Renew once this fraction of the lifetime has passed.
+    pub renew_at: f64,
+    pub resync: Duration,
+}
+
+/// Keeps the cluster's `cacerts` while `leader` says this replica leads, until `shutdown`.
+pub async fn run_cacerts(
+    client: kube::Client,
+    settings: CacertsSettings,
+    source: std::sync::Arc<dyn CacertsSource>,
+    mut leader: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            led = leader.wait_for(|leads| *leads) => if led.is_err() { return },
+        }
+        tracing::info!(cluster = %settings.cluster, namespace = %settings.namespace, "keeping the cluster's {CACERTS_SECRET} Secret");
+        // Without an election (no `[kubernetes]`) the sender is gone and this replica leads
+        // for good.
+        let loses = async {
+            if leader.wait_for(|leads| !*leads).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = loses => {}
+            _ = keep(&client, &settings, source.as_ref()) => {}
+        }
+    }
+}
+
+async fn keep(client: &kube::Client, settings: &CacertsSettings, source: &dyn CacertsSource) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &settings.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={CACERTS_SECRET}"));
+    let mut events = pin!(watcher::watcher(api.clone(), config).default_backoff());
+    let mut poll = tokio::time::interval(CHANGE_POLL);
+    let mut resync = tokio::time::interval(settings.resync);
+    // When the Secret as last written or checked must be renewed (by the authority's clock),
+    // and the mesh material it was checked against.
+    let mut renew_at: Option<SystemTime> = None;
+    let mut seen: Option<(Option<String>, Option<String>)> = None;
+    let mut due = true;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                None => return,
+                Some(Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)) => due = true,
+                Some(Ok(Event::Init | Event::InitApply(_))) => {}
+                Some(Err(error)) => tracing::warn!(%error, cluster = %settings.cluster, "watching {CACERTS_SECRET} failed; retrying"),
+            },
+            _ = poll.tick() => {
+                let now_seen = (source.bundle_pem(), source.chain_tail_pem());
+                if seen.as_ref().is_some_and(|seen| *seen != now_seen) {
+                    tracing::info!(cluster = %settings.cluster, "the trust bundle or the mesh's intermediate changed: renewing {CACERTS_SECRET}");
+                    due = true;
+                }
+                seen = Some(now_seen);
+                if renew_at.is_some_and(|at| source.now() >= at) {
+                    due = true;
+                }
+            }
+            _ = resync.tick() => due = true,
+        }
+        if !due || retry_at.is_some_and(|at| at > tokio::time::Instant::now()) {
+            continue;
+        }
+        retry_at = None;
+        match ensure(&api, settings, source).await {
+            Ok(at) => {
+                renew_at = Some(at);
+                due = false;
+            }
+            Err(error) => {
+                tracing::warn!(%error, cluster = %settings.cluster, "could not keep {CACERTS_SECRET}; retrying");
+                retry_at = Some(tokio::time::Instant::now() + RETRY);
+            }
+        }
+    }
+}
+
+/// Writes a new intermediate unless the Secret is current; returns when it must be renewed.
+async fn ensure(
+    api: &Api<Secret>,
+    settings: &CacertsSettings,
+    source: &dyn CacertsSource,
+) -> Result<SystemTime, String> {
+    let bundle = source.bundle_pem().ok_or("the mesh is not loaded")?;
+    let tail = source.chain_tail_pem().ok_or("the mesh is not loaded")?;
+    for _ in 0..CONFLICT_RETRIES {
+        let existing = api
+            .get_opt(CACERTS_SECRET)
+            .await
+            .map_err(|e| describe(&e))?;
+        if let Some(secret) = &existing {
+            if let Some(at) = renewal_time(secret, &bundle, &tail, settings.renew_at) {
+                if source.now() < at {
+                    return Ok(at);
+                }
+            }
+        }
+        let files = source.issue().await?;
+        let data: BTreeMap<String, ByteString> = [
+            ("ca-cert.pem", files.ca_cert_pem),
+            ("ca-key.pem", files.ca_key_pem),
+            ("cert-chain.pem", files.cert_chain_pem),
+            ("root-cert.pem", files.root_cert_pem),
+        ]
+        .into_iter()
+        .map(|(name, text)| (name.to_owned(), ByteString(text.into_bytes())))
+        .collect();
+        let renew = {
+            let secret = Secret {
+                data: Some(data.clone()),
+                ..Secret::default()
+            };
+            renewal_time(&secret, &bundle, &tail, settings.renew_at)
+                .ok_or("the intermediate just issued does not check out")?
+        };
+        let result = match existing {
+            None => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(CACERTS_SECRET.to_owned()),
+                        namespace: Some(settings.namespace.clone()),
+                        labels: Some(BTreeMap::from([(
+                            super::publish::MANAGED_BY.0.to_owned(),
+                            super::publish::MANAGED_BY.1.to_owned(),
+                        )])),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("Opaque".to_owned()),
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret).await
+            }
+            Some(mut secret) => {
+                secret.data = Some(data);
+                secret.string_data = None;
+                secret
+                    .metadata
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(
+                        super::publish::MANAGED_BY.0.to_owned(),
+                        super::publish::MANAGED_BY.1.to_owned(),
+                    );
+                api.replace(CACERTS_SECRET, &PostParams::default(), &secret)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => {
+                tracing::info!(cluster = %settings.cluster, namespace = %settings.namespace, "{CACERTS_SECRET} written with a new intermediate");
+                return Ok(renew);
+            }
+            // The intermediate just issued stays in the record log, unused.
+            Err(error) if is_conflict(&error) => {
+                tracing::debug!("409 writing {CACERTS_SECRET}: reading it again")
+            }
+            Err(error) => return Err(describe(&error)),
+        }
+    }
+    Err(format!(
+        "{CACERTS_SECRET} kept changing under us (409 {CONFLICT_RETRIES} times)"
+    ))
+}
+
+/// When the Secret's intermediate must be renewed, or None when it must be replaced at once:
+/// a file missing or unparsable, another bundle or mesh chain, a key that is not the
+/// certificate's.
+fn renewal_time(secret: &Secret, bundle: &str, tail: &str, renew_at: f64) -> Option<SystemTime> {
+    use rustls_pki_types::pem::PemObject as _;
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let data = secret.data.as_ref()?;
+    let text = |key: &str| data.get(key).and_then(|v| std::str::from_utf8(&v.0).ok());
+    if FILES.iter().any(|file| text(file).is_none()) {
+        return None;
+    }
+    if text("root-cert.pem")? != bundle {
+        return None;
+    }
+    let ca_cert = text("ca-cert.pem")?;
+    let chain = text("cert-chain.pem")?;
+    if chain.strip_prefix(ca_cert)? != tail {
+        return None;
+    }
+    let key = rcgen::KeyPair::from_pem(text("ca-key.pem")?).ok()?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(ca_cert.as_bytes()).ok()?;
+    let (_, certificate) = X509Certificate::from_der(der.as_ref()).ok()?;
+    if certificate.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key) {
+        return None;
+    }
+    let validity = certificate.validity();
+    let not_before = validity.not_before.timestamp();
+    let not_after = validity.not_after.timestamp();
+    let at = not_before + ((not_after - not_before) as f64 * renew_at) as i64;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).ok()?))
+}

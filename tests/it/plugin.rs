@@ -1,0 +1,170 @@
+//! The plug-in path: meshroot keeps each configured cluster's istiod intermediate in its
+//! `cacerts` Secret, against the local Kubernetes API server (`common::kube_api`, which speaks
+//! the API's documented HTTP contract; no real API server runs here).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+
+use std::time::{Duration, SystemTime};
+
+use common::kube_api::FakeApiServer;
+use common::*;
+use meshroot::clock::ManualClock;
+use serde_json::Value;
+
+fn secret_text(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let encoded = secret["data"][key].as_str().unwrap_or_default();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default()
+}
+
+fn cacerts(api: &FakeApiServer) -> Option<Value> {
+    api.object("secrets", "istio-system", "cacerts")
+}
+
+/// The serial of the intermediate in `cacerts`, when it holds all four files.
+fn serial(api: &FakeApiServer) -> Option<String> {
+    let secret = cacerts(api)?;
+    for file in ["ca-key.pem", "cert-chain.pem", "root-cert.pem"] {
+        if secret_text(&secret, file).is_empty() {
+            return None;
+        }
+    }
+    let der = certificates(&secret_text(&secret, "ca-cert.pem"))
+        .into_iter()
+        .next()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(meshroot::digest::hex(parsed.raw_serial()))
+}
+
+#[tokio::test]
+async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
+    let api = FakeApiServer::start().await;
+    api.add_namespace("istio-system", &[]);
+    let ca = TestCa::new();
+    ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
+             intermediate_ttl = \"10h\"\nintermediate_renew_at = 0.5\n",
+            kubeconfig.display()
+        )
+    });
+    let clock = ManualClock::at(SystemTime::now());
+    let server = ca
+        .start_with_clock(std::sync::Arc::new(clock.clone()))
+        .await;
+
+    eventually("cacerts written", || serial(&api).is_some()).await;
+    let secret = cacerts(&api).unwrap();
+    let first = serial(&api).unwrap();
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "meshroot"
+    );
+    // Istio's layout: the chain up to the root, the whole bundle, and a key for the certificate.
+    let chain = secret_text(&secret, "cert-chain.pem");
+    let bundle = secret_text(&secret, "root-cert.pem");
+    assert_eq!(bundle, server.root_pem);
+    assert!(chain.starts_with(&secret_text(&secret, "ca-cert.pem")));
+    assert_eq!(certificates(&chain).len(), 3, "cluster, mesh, root");
+    assert!(chain.ends_with(bundle.as_str()));
+    let ca_cert = certificates(&secret_text(&secret, "ca-cert.pem"))[0].clone();
+    let (_, parsed) = x509_parser::parse_x509_certificate(&ca_cert).unwrap();
+    assert!(parsed.is_ca());
+    assert_eq!(
+        meshroot::signer::constraints::uri_constraints_of(&ca_cert)
+            .unwrap()
+            .permitted(),
+        [TRUST_DOMAIN]
+    );
+    // `openssl verify` accepts it under the root through the mesh's intermediate.
+    let work = tempfile::tempdir().unwrap();
+    let roots = work.path().join("root.pem");
+    std::fs::write(&roots, &bundle).unwrap();
+    let chain_file = work.path().join("chain.pem");
+    std::fs::write(&chain_file, &chain).unwrap();
+    let leaf_file = work.path().join("ca-cert.pem");
+    std::fs::write(&leaf_file, secret_text(&secret, "ca-cert.pem")).unwrap();
+    openssl(&[
+        "verify",
+        "-CAfile",
+        roots.to_str().unwrap(),
+        "-untrusted",
+        chain_file.to_str().unwrap(),
+        leaf_file.to_str().unwrap(),
+    ]);
+
+    // It is recorded, with the cluster, before it was written.
+    let records = server.records();
+    let record = records
+        .iter()
+        .find(|r| {
+            matches!(&r.outcome, meshroot::record::Outcome::Issued(i)
+                if meshroot::digest::hex(&i.serial) == first)
+        })
+        .expect("the intermediate's record");
+    let meshroot::record::Outcome::Issued(issued) = &record.outcome else {
+        panic!("{record:?}")
+    };
+    let issued_ca = issued.ca.as_ref().unwrap();
+    assert_eq!(issued_ca.cluster, "west");
+    assert_eq!(issued_ca.permitted_trust_domains, [TRUST_DOMAIN]);
+    assert_eq!(record.caller.subject, "cluster-intermediate");
+
+    // Edited by someone else: a new intermediate is written.
+    let mut edited = cacerts(&api).unwrap();
+    edited["data"]["ca-key.pem"] = Value::from("c3RhbGU=");
+    api.put_object("secrets", "istio-system", edited);
+    eventually("an edited cacerts replaced", || {
+        serial(&api).is_some_and(|s| s != first)
+    })
+    .await;
+    let second = serial(&api).unwrap();
+
+    // Deleted: written again.
+    api.delete_object("secrets", "istio-system", "cacerts");
+    eventually("a deleted cacerts re-created", || {
+        serial(&api).is_some_and(|s| s != second)
+    })
+    .await;
+    let third = serial(&api).unwrap();
+
+    // Not before half its lifetime (10 h): the keeper compares every second, so 1.5 s after
+    // the clock moved it would have renewed...
+    clock.advance(Duration::from_secs(4 * 3600));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(serial(&api).unwrap(), third, "renewed too early");
+    // ...but once half of it has passed.
+    clock.advance(Duration::from_secs(3600 + 60));
+    eventually("renewed at half its lifetime", || {
+        serial(&api).is_some_and(|s| s != third)
+    })
+    .await;
+    let fourth = serial(&api).unwrap();
+
+    // A new root joins the bundle: a new intermediate carries it in root-cert.pem.
+    let next = TestCa::new();
+    std::fs::write(ca.path().join("next-root.pem"), next.root_pem()).unwrap();
+    ca.edit_config(|config| {
+        config.replacen(
+            "ca_dir = \"default\"",
+            "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]",
+            1,
+        )
+    });
+    server.server.reload().await.unwrap();
+    eventually("renewed on the bundle change", || {
+        serial(&api).is_some_and(|s| s != fourth)
+            && cacerts(&api)
+                .is_some_and(|s| secret_text(&s, "root-cert.pem").contains(next.root_pem().trim()))
+    })
+    .await;
+    server.stop().await;
+}
