@@ -18,6 +18,9 @@ use crate::record::{CallerRecord, IssuedCa, Outcome, Record};
 use crate::signer::intermediate::IntermediateSpec;
 use crate::signer::{IssuedCertificate, SigningError};
 
+/// The caller subject of a cluster intermediate's record (meshroot issued it for itself).
+pub const CLUSTER_INTERMEDIATE_SUBJECT: &str = "cluster-intermediate";
+
 /// A cluster's istiod CA material, in Istio's `cacerts` layout. The key never appears in
 /// `Debug` output.
 pub struct ClusterCa {
@@ -105,7 +108,7 @@ impl CertificateAuthority {
             now,
             CallerRecord {
                 authenticator: "meshroot-internal".to_owned(),
-                subject: "cluster-intermediate".to_owned(),
+                subject: CLUSTER_INTERMEDIATE_SUBJECT.to_owned(),
                 cluster_id: cluster.to_owned(),
                 ..CallerRecord::default()
             },

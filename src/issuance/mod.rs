@@ -32,7 +32,7 @@ use std::time::{Instant, SystemTime};
 pub use self::current::CurrentAuthority;
 pub use self::error::{Answer, Classification, IssueError};
 pub use self::holds::{Hold, Holds};
-pub use self::intermediate::ClusterCa;
+pub use self::intermediate::{ClusterCa, CLUSTER_INTERMEDIATE_SUBJECT};
 pub use self::records::{issued_record, IssuedFacts};
 use self::records::{refusal_record, requested_identity, summary_record, Facts};
 pub use self::request::{Issued, RequestId, SigningRequest};

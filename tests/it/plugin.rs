@@ -166,5 +166,36 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
                 .is_some_and(|s| secret_text(&s, "root-cert.pem").contains(next.root_pem().trim()))
     })
     .await;
+    let last = serial(&api).unwrap();
     server.stop().await;
+
+    // An auditor lists the clusters' intermediates: every one written, with its cluster and
+    // root, and nothing else.
+    let list = |format: &str| {
+        let output = std::process::Command::new(common::process::BINARY)
+            .args(["audit", "list", "--config"])
+            .arg(ca.config_path())
+            .args(["--kind", "intermediate", "--format", format])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let listed: Value = serde_json::from_str(&list("json")).unwrap();
+    let listed = listed.as_array().unwrap();
+    let serials: Vec<&str> = listed
+        .iter()
+        .map(|r| r["outcome"]["serial"].as_str().unwrap())
+        .collect();
+    for written in [&first, &second, &third, &fourth, &last] {
+        assert!(
+            serials.contains(&written.as_str()),
+            "{written} in {serials:?}"
+        );
+    }
+    assert!(listed
+        .iter()
+        .all(|r| r["outcome"]["ca"]["cluster"] == "west" && r["outcome"]["spiffe_id"] == ""));
+    let table = list("table");
+    assert!(table.contains("ca:west root:"), "{table}");
 }

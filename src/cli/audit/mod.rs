@@ -151,6 +151,15 @@ pub struct FilterArgs {
     /// A denial reason (implies --outcome denied), e.g. identity-mismatch.
     #[arg(long)]
     pub reason: Option<String>,
+    /// Only certificates of this kind: `intermediate`, the clusters' istiod intermediates
+    /// meshroot issued (the plug-in path; with --cluster, one cluster's).
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Intermediate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -72,7 +72,11 @@ impl Printer {
                     Outcome::Issued(issued) => (
                         "issued",
                         hex(&issued.serial),
-                        if issued.spiffe_id.is_empty() {
+                        if let Some(ca) = &issued.ca {
+                            // A cluster's istiod intermediate: whose, and the root it chains to.
+                            let root = hex(&ca.root_sha256);
+                            format!("ca:{} root:{}", ca.cluster, root.get(..16).unwrap_or(&root))
+                        } else if issued.spiffe_id.is_empty() {
                             format!("dns:{}", issued.dns_names.join(","))
                         } else {
                             issued.spiffe_id.clone()

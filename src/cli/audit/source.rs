@@ -434,6 +434,22 @@ impl FilterArgs {
             }
             (None, None) => None,
         };
+        // A cluster intermediate is recorded as issued to meshroot itself, subject
+        // `cluster-intermediate`, with the cluster as the caller's clusterid.
+        let (caller, outcome) = match self.kind {
+            None => (self.caller.clone(), outcome),
+            Some(KindArg::Intermediate) => {
+                if self.caller.is_some() || matches!(outcome, Some(OutcomeFilter::Denied { .. })) {
+                    return Err(Failure::usage(
+                        "--kind intermediate selects issued cluster intermediates; leave out --caller and denials",
+                    ));
+                }
+                (
+                    Some(crate::issuance::CLUSTER_INTERMEDIATE_SUBJECT.to_owned()),
+                    Some(OutcomeFilter::Issued),
+                )
+            }
+        };
         let query = Query {
             serial: self.serial.as_deref().map(parse_serial).transpose()?,
             spiffe_id: self.spiffe_id.clone(),
@@ -442,7 +458,7 @@ impl FilterArgs {
             trust_domain: self.trust_domain.clone(),
             namespace: self.namespace.clone(),
             service_account: self.service_account.clone(),
-            caller: self.caller.clone(),
+            caller,
             cluster_id: self.cluster.clone(),
             pod: self.pod.clone(),
             since: time("since", &self.since)?,
