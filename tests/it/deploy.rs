@@ -448,6 +448,41 @@ fn the_multi_mesh_overlay_renders_validates_and_fits_the_code() {
 }
 
 #[test]
+fn the_kyma_overlay_keeps_each_clusters_cacerts_and_leaves_istiods_ca_on() {
+    let rendered = render("kyma", &[("a", "a.example"), ("b", "b.example")]);
+    check_overlay(&rendered, &[("a", "meshroot-ca-a"), ("b", "meshroot-ca-b")]);
+    // meshroot's own intermediates are never in `cacerts`, which is istiod's.
+    assert!(rendered
+        .all("Secret")
+        .iter()
+        .all(|s| s["metadata"]["name"] != "cacerts"));
+    let config = Config::parse(
+        rendered.find("ConfigMap", "meshroot-config")["data"]["meshroot.toml"]
+            .as_str()
+            .unwrap(),
+        Path::new("/etc/meshroot/config/meshroot.toml"),
+        None,
+        None,
+    )
+    .unwrap();
+    for (mesh, trust_domain) in [("a", "a.example"), ("b", "b.example")] {
+        let mesh = config.mesh(mesh).unwrap();
+        assert_eq!(mesh.trust_domain.as_str(), trust_domain);
+        let cacerts = mesh.clusters[0].cacerts.as_ref().expect("cacerts kept");
+        assert_eq!(cacerts.namespace, "istio-system");
+        assert_eq!(cacerts.renew_at, 0.5);
+    }
+    // istiod's CA stays on: it writes istio-ca-root-cert and istiod-tls itself.
+    let kubernetes = config.kubernetes.as_ref().unwrap();
+    assert!(!kubernetes.root_configmap && !kubernetes.istiod_tls);
+    // Kyma's Istio CR sets the same trust domain as mesh a (the cluster meshroot runs in).
+    let kyma =
+        &yaml_to_json(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/istio/kyma-istio.yaml"))
+            [0];
+    assert_eq!(kyma["spec"]["config"]["trustDomain"], "a.example");
+}
+
+#[test]
 fn the_example_collector_renders_validates_and_receives_what_meshroot_sends() {
     let work = tempfile::tempdir().unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/collector");
@@ -533,7 +568,7 @@ fn the_istio_side_points_at_meshroot_with_istiods_ca_off() {
     assert_eq!(values["meshConfig"]["trustDomain"], "cluster.local");
     let kyma = &yaml_to_json(&istio.join("kyma-istio.yaml"))[0];
     assert_eq!(kyma["kind"], "Istio");
-    assert_eq!(kyma["spec"]["config"]["trustDomain"], "cluster.local");
+    assert_eq!(kyma["spec"]["config"]["trustDomain"], "a.example");
 
     // Kyma: a mesh-wide ProxyConfig (the root namespace, no selector) setting CA_ADDR to the same
     // address, since its Istio CR has no caAddress.
