@@ -42,7 +42,7 @@ fn envoy_binary() -> PathBuf {
 }
 
 /// An Envoy process, killed when dropped.
-struct Envoy(Child);
+pub(crate) struct Envoy(Child);
 
 impl Drop for Envoy {
     fn drop(&mut self) {
@@ -53,7 +53,7 @@ impl Drop for Envoy {
 
 impl Envoy {
     /// Starts Envoy with `config` and waits (bounded) until `port` accepts connections.
-    async fn start(dir: &Path, name: &str, config: &str, port: u16) -> Self {
+    pub(crate) async fn start(dir: &Path, name: &str, config: &str, port: u16) -> Self {
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, config).unwrap();
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
@@ -94,7 +94,7 @@ impl Envoy {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -104,7 +104,7 @@ fn free_port() -> u16 {
 
 /// An HTTP/1.1 upstream that answers 200 and records each request's
 /// `x-forwarded-client-cert` header.
-async fn start_upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
+pub(crate) async fn start_upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -146,7 +146,7 @@ async fn start_upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
 }
 
 /// GET `path` through the sidecar; the HTTP status code.
-async fn get(port: u16, path: &str) -> u16 {
+pub(crate) async fn get(port: u16, path: &str) -> u16 {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -162,7 +162,7 @@ async fn get(port: u16, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn gateway_config(dir: &Path, port: u16, upstream: u16, trusted: &[&str]) -> String {
+pub(crate) fn gateway_config(dir: &Path, port: u16, upstream: u16, trusted: &[&str]) -> String {
     let matchers: String = trusted
         .iter()
         .map(|td| format!("              - san_type: URI\n                matcher: {{ prefix: \"spiffe://{td}/\" }}\n"))
@@ -213,7 +213,7 @@ fn gateway_config(dir: &Path, port: u16, upstream: u16, trusted: &[&str]) -> Str
 }
 
 /// A sidecar with one route and one mTLS upstream cluster per client identity `name`.
-fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
+pub(crate) fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
     let routes: String = names
         .iter()
         .map(|n| {

@@ -199,3 +199,104 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     let table = list("table");
     assert!(table.contains("ca:west root:"), "{table}");
 }
+
+/// istiod in cluster a signs a workload with the intermediate meshroot keeps in its `cacerts`
+/// (as istiod does: the leaf, then `cert-chain.pem` without the root), and mesh b's gateway, an
+/// Envoy with Istio's ISTIO_MUTUAL validation against the shared root, accepts it; a leaf for
+/// b.example signed with the same intermediate is refused by the name constraints on its path.
+#[tokio::test]
+async fn a_workload_signed_by_a_clusters_intermediate_reaches_another_meshs_envoy_gateway() {
+    use crate::envoy_mtls::{
+        free_port, gateway_config, get, sidecar_config, start_upstream, Envoy,
+    };
+    let api = FakeApiServer::start().await;
+    api.add_namespace("istio-system", &[]);
+    let ca = TestCa::with_meshes(
+        &[("a", "a.example"), ("b", "b.example")],
+        meshroot::keys::KeyType::EcdsaP256,
+    );
+    ca.allow_cluster_intermediates("a", &["a.example"]);
+    let kubeconfig = api.write_kubeconfig(ca.path(), "cluster-a");
+    ca.edit_config(|config| {
+        config.replacen(
+            "\n[[mesh]]\nname = \"b\"",
+            &format!(
+                "\n[[mesh.cluster]]\nid = \"cluster-a\"\nkubeconfig = \"{}\"\ncacerts = true\n\n[[mesh]]\nname = \"b\"",
+                kubeconfig.display()
+            ),
+            1,
+        )
+    });
+    let server = ca.start().await;
+    let gateway = server.workload(&ca, "b", GATEWAY_ID).await;
+    eventually("cluster a's cacerts written", || serial(&api).is_some()).await;
+    let secret = cacerts(&api).unwrap();
+    server.stop().await;
+
+    // istiod's signing, with the cacerts material.
+    let istiod_key = rcgen::KeyPair::from_pem(&secret_text(&secret, "ca-key.pem")).unwrap();
+    let istiod =
+        rcgen::Issuer::from_ca_cert_pem(&secret_text(&secret, "ca-cert.pem"), istiod_key).unwrap();
+    let chain_without_root: String = {
+        let chain = secret_text(&secret, "cert-chain.pem");
+        let certificates = certificates(&chain);
+        certificates[..certificates.len() - 1]
+            .iter()
+            .map(|c| meshroot::keys::certificate_pem(c))
+            .collect()
+    };
+    let sign = |uri: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        let leaf = params.signed_by(&key, &istiod).unwrap();
+        (
+            format!("{}{chain_without_root}", leaf.pem()),
+            key.serialize_pem(),
+        )
+    };
+    let cart = sign("spiffe://a.example/ns/shop/sa/cart");
+    let forged = sign("spiffe://b.example/ns/shop/sa/forged");
+
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    std::fs::write(dir.join("root.pem"), secret_text(&secret, "root-cert.pem")).unwrap();
+    for (name, (chain, key)) in [("gateway", &gateway), ("cart", &cart), ("forged", &forged)] {
+        std::fs::write(dir.join(format!("{name}-chain.pem")), chain).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key).unwrap();
+    }
+    let (upstream, seen) = start_upstream().await;
+    let (gateway_port, sidecar_port) = (free_port(), free_port());
+    let _gateway = Envoy::start(
+        dir,
+        "gateway",
+        &gateway_config(dir, gateway_port, upstream, &["a.example", "b.example"]),
+        gateway_port,
+    )
+    .await;
+    let _sidecar = Envoy::start(
+        dir,
+        "sidecar",
+        &sidecar_config(dir, sidecar_port, gateway_port, &["cart", "forged"]),
+        sidecar_port,
+    )
+    .await;
+    assert_eq!(get(sidecar_port, "/cart").await, 200);
+    let xfcc = seen.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        xfcc.contains("URI=spiffe://a.example/ns/shop/sa/cart"),
+        "{xfcc}"
+    );
+    let before = seen.lock().unwrap().len();
+    assert_eq!(get(sidecar_port, "/forged").await, 503);
+    assert_eq!(seen.lock().unwrap().len(), before);
+}
