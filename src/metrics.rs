@@ -120,6 +120,9 @@ pub struct Metrics {
     token_review: Histogram,
     token_review_cache_hits: AtomicU64,
     token_review_cache_misses: AtomicU64,
+    /// By cluster (from the configuration): whether its istiod serves a certificate signed by
+    /// the intermediate now in its `cacerts` (1) or by an older one (0).
+    istiod_intermediate_current: RwLock<BTreeMap<String, bool>>,
 }
 
 impl Metrics {
@@ -197,6 +200,24 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// What the last probe of `cluster`'s istiod found: `Some(true)` when it serves a
+    /// certificate signed by the intermediate in its `cacerts`, `Some(false)` when by an older
+    /// one (istiod has not reloaded: restart it), `None` when unknown (not reachable).
+    pub fn istiod_intermediate(&self, cluster: &str, current: Option<bool>) {
+        let mut map = self
+            .istiod_intermediate_current
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match current {
+            Some(current) => {
+                map.insert(cluster.to_owned(), current);
+            }
+            None => {
+                map.remove(cluster);
+            }
+        }
+    }
+
     /// Writes every metric this struct holds.
     pub fn render(&self, out: &mut Exposition) {
         let value = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
@@ -220,6 +241,20 @@ impl Metrics {
             "Certificates issued.",
             value(&self.issued),
         );
+        let istiod = read(&self.istiod_intermediate_current);
+        out.labeled(
+            "meshroot_istiod_intermediate_current",
+            "1 when the cluster's istiod serves a certificate signed by the intermediate meshroot \
+             keeps in its cacerts, 0 when by an older one (istiod has not reloaded it).",
+            Kind::Gauge,
+            istiod.iter().map(|(cluster, current)| {
+                (
+                    vec![("cluster", cluster.as_str())],
+                    if *current { 1.0 } else { 0.0 },
+                )
+            }),
+        );
+        drop(istiod);
         let denials = read(&self.denials);
         out.labeled(
             "meshroot_denials_total",

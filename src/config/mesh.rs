@@ -252,8 +252,13 @@ fn clusters(
         if max_concurrent_reviews == 0 {
             p.add(key("max_concurrent_reviews"), "must be at least 1".into());
         }
+        let in_cluster = matches!(access, ClusterAccess::InCluster);
         let cacerts = raw_cluster.cacerts.unwrap_or(false).then(|| {
             let renew_at = raw_cluster.intermediate_renew_at.unwrap_or(0.5);
+            let namespace = raw_cluster
+                .cacerts_namespace
+                .clone()
+                .unwrap_or_else(|| "istio-system".to_owned());
             if !(renew_at > 0.0 && renew_at < 1.0) {
                 p.add(
                     key("intermediate_renew_at"),
@@ -261,10 +266,17 @@ fn clusters(
                 );
             }
             CacertsConfig {
-                namespace: raw_cluster
-                    .cacerts_namespace
+                istiod_address: raw_cluster
+                    .istiod_address
                     .clone()
-                    .unwrap_or_else(|| "istio-system".to_owned()),
+                    .or_else(|| in_cluster.then(|| format!("istiod.{namespace}.svc:15012"))),
+                istiod_probe_interval: duration_setting(
+                    raw_cluster.istiod_probe_interval.as_deref(),
+                    DEFAULT_ISTIOD_PROBE_INTERVAL,
+                    &key("istiod_probe_interval"),
+                    p,
+                ),
+                namespace,
                 lifetime: duration_setting(
                     raw_cluster.intermediate_ttl.as_deref(),
                     DEFAULT_INTERMEDIATE_TTL,
@@ -277,11 +289,14 @@ fn clusters(
         if cacerts.is_none()
             && (raw_cluster.cacerts_namespace.is_some()
                 || raw_cluster.intermediate_ttl.is_some()
-                || raw_cluster.intermediate_renew_at.is_some())
+                || raw_cluster.intermediate_renew_at.is_some()
+                || raw_cluster.istiod_address.is_some()
+                || raw_cluster.istiod_probe_interval.is_some())
         {
             p.add(
                 key("cacerts"),
-                "cacerts_namespace, intermediate_ttl and intermediate_renew_at need cacerts = true"
+                "cacerts_namespace, intermediate_ttl, intermediate_renew_at, istiod_address and \
+                 istiod_probe_interval need cacerts = true"
                     .into(),
             );
         }
@@ -307,6 +322,9 @@ fn clusters(
     }
     clusters
 }
+
+/// How often a cluster's istiod is asked which intermediate it serves.
+const DEFAULT_ISTIOD_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A cluster intermediate's default lifetime: a year, as Istio's own plug-in example.
 const DEFAULT_INTERMEDIATE_TTL: Duration = Duration::from_secs(365 * 86400);

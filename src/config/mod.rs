@@ -346,6 +346,10 @@ pub struct CacertsConfig {
     pub lifetime: Duration,
     /// Renewed once this fraction of its lifetime has passed.
     pub renew_at: f64,
+    /// istiod's TLS address (`host:15012`), asked which intermediate it serves; default for
+    /// the cluster meshroot runs in: `istiod.<namespace>.svc:15012`.
+    pub istiod_address: Option<String>,
+    pub istiod_probe_interval: Duration,
 }
 
 /// How meshroot reaches a cluster's API server.

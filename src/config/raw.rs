@@ -168,6 +168,8 @@ pub(super) struct RawCluster {
     pub(super) cacerts_namespace: Option<String>,
     pub(super) intermediate_ttl: Option<String>,
     pub(super) intermediate_renew_at: Option<f64>,
+    pub(super) istiod_address: Option<String>,
+    pub(super) istiod_probe_interval: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -154,6 +154,11 @@ impl CertificateAuthority {
         self
     }
 
+    /// The process's metrics (shared across reloads).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Counts requests and their outcomes in `metrics` (shared across reloads).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;

@@ -66,6 +66,8 @@ pub trait CacertsSource: Send + Sync {
     fn now(&self) -> SystemTime;
     /// Issues (and records) a new intermediate for the cluster.
     fn issue(&self) -> CacertsFuture<'_>;
+    /// What the last probe of the cluster's istiod found (see [`probe_istiod`]).
+    fn report_istiod(&self, current: Option<bool>);
 }
 
 /// Where and how one cluster's `cacerts` is kept.
@@ -76,6 +78,118 @@ pub struct CacertsSettings {
     /// Renew once this fraction of the lifetime has passed.
     pub renew_at: f64,
     pub resync: Duration,
+    /// Where to ask the cluster's istiod which intermediate it serves, and how often.
+    pub istiod: Option<IstiodProbe>,
+}
+
+/// The cluster's istiod, asked which intermediate it signs with.
+#[derive(Debug, Clone)]
+pub struct IstiodProbe {
+    /// `host:port` of istiod's TLS port (15012).
+    pub address: String,
+    pub interval: Duration,
+}
+
+/// How long a probe of istiod may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether istiod at `address` serves a certificate signed by `intermediate` (DER). With plugged
+/// `cacerts`, istiod signs its own serving certificate with the plugged intermediate and re-issues
+/// it when it reloads one, so the issuer of what it serves is the intermediate it uses.
+///
+/// Nothing is trusted from the handshake except this: the chain is read without judging it, and
+/// "current" needs the leaf's signature to verify with `intermediate`'s key, which no one else
+/// can make. (The handshake itself still proves istiod holds the leaf's key.)
+pub async fn probe_istiod(address: &str, intermediate: &[u8]) -> Result<bool, String> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = rustls_pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(ChainReader(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tls = tokio::time::timeout(PROBE_TIMEOUT, async {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| "timed out".to_owned())??;
+    let (_, connection) = tls.get_ref();
+    let leaf = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or("istiod presented no certificate")?;
+    let (_, leaf) = X509Certificate::from_der(leaf).map_err(|e| e.to_string())?;
+    let (_, intermediate) = X509Certificate::from_der(intermediate).map_err(|e| e.to_string())?;
+    Ok(leaf.issuer() == intermediate.subject()
+        && leaf
+            .verify_signature(Some(intermediate.public_key()))
+            .is_ok())
+}
+
+/// Reads the server's chain without judging it (see [`probe_istiod`]); the handshake
+/// signatures are still checked.
+#[derive(Debug)]
+struct ChainReader(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainReader {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Keeps the cluster's `cacerts` while `leader` says this replica leads, until `shutdown`.
@@ -116,6 +230,13 @@ async fn keep(client: &kube::Client, settings: &CacertsSettings, source: &dyn Ca
     // When the Secret as last written or checked must be renewed (by the authority's clock),
     // and the mesh material it was checked against.
     let mut renew_at: Option<SystemTime> = None;
+    let mut written: Option<Vec<u8>> = None;
+    let mut probe = tokio::time::interval(
+        settings
+            .istiod
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |istiod| istiod.interval),
+    );
     let mut seen: Option<(Option<String>, Option<String>)> = None;
     let mut due = true;
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -139,14 +260,32 @@ async fn keep(client: &kube::Client, settings: &CacertsSettings, source: &dyn Ca
                 }
             }
             _ = resync.tick() => due = true,
+            _ = probe.tick() => {
+                if let (Some(istiod), Some(intermediate)) = (&settings.istiod, &written) {
+                    let found = match probe_istiod(&istiod.address, intermediate).await {
+                        Ok(current) => {
+                            if !current {
+                                tracing::warn!(cluster = %settings.cluster, address = %istiod.address, "istiod still serves a certificate from an older intermediate than the one in {CACERTS_SECRET}: restart istiod if it does not reload");
+                            }
+                            Some(current)
+                        }
+                        Err(error) => {
+                            tracing::debug!(cluster = %settings.cluster, address = %istiod.address, %error, "could not ask istiod which intermediate it serves");
+                            None
+                        }
+                    };
+                    source.report_istiod(found);
+                }
+            }
         }
         if !due || retry_at.is_some_and(|at| at > tokio::time::Instant::now()) {
             continue;
         }
         retry_at = None;
         match ensure(&api, settings, source).await {
-            Ok(at) => {
+            Ok((at, der)) => {
                 renew_at = Some(at);
+                written = Some(der);
                 due = false;
             }
             Err(error) => {
@@ -157,12 +296,13 @@ async fn keep(client: &kube::Client, settings: &CacertsSettings, source: &dyn Ca
     }
 }
 
-/// Writes a new intermediate unless the Secret is current; returns when it must be renewed.
+/// Writes a new intermediate unless the Secret is current; returns when it must be renewed, and
+/// the intermediate (DER) the Secret holds.
 async fn ensure(
     api: &Api<Secret>,
     settings: &CacertsSettings,
     source: &dyn CacertsSource,
-) -> Result<SystemTime, String> {
+) -> Result<(SystemTime, Vec<u8>), String> {
     let bundle = source.bundle_pem().ok_or("the mesh is not loaded")?;
     let tail = source.chain_tail_pem().ok_or("the mesh is not loaded")?;
     for _ in 0..CONFLICT_RETRIES {
@@ -171,9 +311,9 @@ async fn ensure(
             .await
             .map_err(|e| describe(&e))?;
         if let Some(secret) = &existing {
-            if let Some(at) = renewal_time(secret, &bundle, &tail, settings.renew_at) {
+            if let Some((at, der)) = renewal_time(secret, &bundle, &tail, settings.renew_at) {
                 if source.now() < at {
-                    return Ok(at);
+                    return Ok((at, der));
                 }
             }
         }
@@ -248,7 +388,12 @@ async fn ensure(
 /// When the Secret's intermediate must be renewed, or None when it must be replaced at once:
 /// a file missing or unparsable, another bundle or mesh chain, a key that is not the
 /// certificate's.
-fn renewal_time(secret: &Secret, bundle: &str, tail: &str, renew_at: f64) -> Option<SystemTime> {
+fn renewal_time(
+    secret: &Secret,
+    bundle: &str,
+    tail: &str,
+    renew_at: f64,
+) -> Option<(SystemTime, Vec<u8>)> {
     use rustls_pki_types::pem::PemObject as _;
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let data = secret.data.as_ref()?;
@@ -274,5 +419,8 @@ fn renewal_time(secret: &Secret, bundle: &str, tail: &str, renew_at: f64) -> Opt
     let not_before = validity.not_before.timestamp();
     let not_after = validity.not_after.timestamp();
     let at = not_before + ((not_after - not_before) as f64 * renew_at) as i64;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).ok()?))
+    Some((
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).ok()?),
+        der.as_ref().to_vec(),
+    ))
 }

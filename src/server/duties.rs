@@ -5,7 +5,9 @@
 use super::*;
 use crate::config::ClusterAccess;
 use crate::kubernetes;
-use crate::kubernetes::cacerts::{CacertsFiles, CacertsFuture, CacertsSettings, CacertsSource};
+use crate::kubernetes::cacerts::{
+    CacertsFiles, CacertsFuture, CacertsSettings, CacertsSource, IstiodProbe,
+};
 
 /// Starts the elected replica's duties in its own cluster: the Lease election, and, while
 /// leading, root distribution and istiod's certificate. Returns the election's task.
@@ -213,6 +215,10 @@ pub(super) async fn start_cacerts_duties(
                     namespace: cacerts.namespace.clone(),
                     renew_at: cacerts.renew_at,
                     resync: DEFAULT_CACERTS_RESYNC,
+                    istiod: cacerts.istiod_address.clone().map(|address| IstiodProbe {
+                        address,
+                        interval: cacerts.istiod_probe_interval,
+                    }),
                 },
                 source,
                 leads.clone(),
@@ -257,6 +263,13 @@ impl CacertsSource for ClusterIntermediates {
 
     fn now(&self) -> SystemTime {
         self.current.get().clock().now()
+    }
+
+    fn report_istiod(&self, current: Option<bool>) {
+        self.current
+            .get()
+            .metrics()
+            .istiod_intermediate(&self.cluster, current);
     }
 
     fn issue(&self) -> CacertsFuture<'_> {

@@ -42,18 +42,82 @@ fn serial(api: &FakeApiServer) -> Option<String> {
     Some(meshroot::digest::hex(parsed.raw_serial()))
 }
 
+/// A stand-in for istiod's TLS port: it serves a certificate signed by whichever intermediate
+/// it was last given (as istiod re-issues its own certificate when it reloads `cacerts`).
+struct FakeIstiod {
+    address: std::net::SocketAddr,
+    serving: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<rustls::ServerConfig>>>>,
+}
+
+impl FakeIstiod {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let serving: std::sync::Arc<
+            std::sync::Mutex<Option<std::sync::Arc<rustls::ServerConfig>>>,
+        > = Default::default();
+        let current = serving.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let config = current.lock().unwrap().clone();
+                if let Some(config) = config {
+                    tokio::spawn(async move {
+                        let _ = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await;
+                    });
+                }
+            }
+        });
+        Self { address, serving }
+    }
+
+    /// Serves a certificate for istiod.istio-system.svc signed with `cacerts`' intermediate.
+    fn load(&self, cacerts: &Value) {
+        let ca_key = rcgen::KeyPair::from_pem(&secret_text(cacerts, "ca-key.pem")).unwrap();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&secret_text(cacerts, "ca-cert.pem"), ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["istiod.istio-system.svc".to_owned()]).unwrap();
+        let leaf = params.signed_by(&key, &issuer).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        *self.serving.lock().unwrap() = Some(std::sync::Arc::new(config));
+    }
+}
+
+/// `meshroot_istiod_intermediate_current{cluster="west"}`, if present.
+async fn istiod_current(server: &TestServer) -> Option<f64> {
+    let (_, text) = common::http_get(server.server.admin_address(), "/metrics").await;
+    text.lines()
+        .find(|l| l.starts_with("meshroot_istiod_intermediate_current{cluster=\"west\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 #[tokio::test]
 async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     let api = FakeApiServer::start().await;
     api.add_namespace("istio-system", &[]);
+    let istiod = FakeIstiod::start().await;
     let ca = TestCa::new();
     ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
     let kubeconfig = api.write_kubeconfig(ca.path(), "west");
     ca.edit_config(|config| {
         format!(
             "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
-             intermediate_ttl = \"10h\"\nintermediate_renew_at = 0.5\n",
-            kubeconfig.display()
+             intermediate_ttl = \"10h\"\nintermediate_renew_at = 0.5\n\
+             istiod_address = \"{}\"\nistiod_probe_interval = \"200ms\"\n",
+            kubeconfig.display(),
+            istiod.address
         )
     });
     let clock = ManualClock::at(SystemTime::now());
@@ -118,6 +182,18 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     assert_eq!(issued_ca.permitted_trust_domains, [TRUST_DOMAIN]);
     assert_eq!(record.caller.subject, "cluster-intermediate");
 
+    // istiod serves a certificate from this intermediate: current.
+    istiod.load(&secret);
+    let mut current = None;
+    for _ in 0..200 {
+        current = istiod_current(&server).await;
+        if current == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(current, Some(1.0), "istiod serves the current intermediate");
+
     // Edited by someone else: a new intermediate is written.
     let mut edited = cacerts(&api).unwrap();
     edited["data"]["ca-key.pem"] = Value::from("c3RhbGU=");
@@ -127,6 +203,24 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     })
     .await;
     let second = serial(&api).unwrap();
+    // istiod has not reloaded: it still serves the first intermediate's certificate.
+    for _ in 0..200 {
+        current = istiod_current(&server).await;
+        if current == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(current, Some(0.0), "istiod behind the Secret");
+    istiod.load(&cacerts(&api).unwrap());
+    for _ in 0..200 {
+        current = istiod_current(&server).await;
+        if current == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(current, Some(1.0), "istiod reloaded");
 
     // Deleted: written again.
     api.delete_object("secrets", "istio-system", "cacerts");
