@@ -151,6 +151,8 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
             .filter_map(|chain| rotation::root_of(chain, &bundle))
             .collect();
         describe_mesh(&mut out, mesh, &bundle, &usage, signing_root, &signed);
+        let clusters = cluster_intermediates(&mut log, &mesh.name, now).await?;
+        describe_cluster_intermediates(&mut out, &clusters, &bundle);
         describe_members(&mut out, &per_member, &log.missing());
     }
     out.push_str(STEPS);
@@ -279,6 +281,64 @@ async fn unexpired(log: &mut Log, mesh: &str, now: SystemTime) -> Result<Vec<Rec
             Some(next) => token = Some(next),
             None => return Ok(records),
         }
+    }
+}
+
+/// The unexpired cluster intermediates (plug-in path) of `mesh`.
+async fn cluster_intermediates(
+    log: &mut Log,
+    mesh: &str,
+    now: SystemTime,
+) -> Result<Vec<Record>, Failure> {
+    let query = Query {
+        mesh: Some(mesh.to_owned()),
+        caller: Some(crate::issuance::CLUSTER_INTERMEDIATE_SUBJECT.to_owned()),
+        expires_after: Some(now),
+        outcome: Some(OutcomeFilter::Issued),
+        ..Query::default()
+    };
+    let mut records = Vec::new();
+    let mut token = None;
+    loop {
+        let (page, next) = log.page(&query, 1000, token).await?;
+        records.extend(page);
+        match next {
+            Some(next) => token = Some(next),
+            None => return Ok(records),
+        }
+    }
+}
+
+/// Which clusters' istiod hold an unexpired intermediate, under which root of the bundle (they
+/// are among the certificates counted above: a root one chains to is not dropped).
+fn describe_cluster_intermediates(out: &mut String, records: &[Record], bundle: &[Vec<u8>]) {
+    if records.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  cluster intermediates (istiod, plug-in path), unexpired: {}",
+        records.len()
+    );
+    for record in records {
+        let crate::record::Outcome::Issued(issued) = &record.outcome else {
+            continue;
+        };
+        let Some(ca) = &issued.ca else { continue };
+        let root = bundle
+            .iter()
+            .position(|root| crate::digest::sha256(root).as_slice() == ca.root_sha256.as_slice())
+            .map_or_else(
+                || format!("a root not in this bundle ({})", hex(&ca.root_sha256)),
+                |index| format!("root [{}]", index + 1),
+            );
+        let _ = writeln!(
+            out,
+            "    cluster {}: serial {} under {root}, until {}",
+            ca.cluster,
+            hex(&issued.serial),
+            format_time(issued.not_after)
+        );
     }
 }
 

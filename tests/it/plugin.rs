@@ -292,6 +292,20 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
         .all(|r| r["outcome"]["ca"]["cluster"] == "west" && r["outcome"]["spiffe_id"] == ""));
     let table = list("table");
     assert!(table.contains("ca:west root:"), "{table}");
+
+    // rotate plan names the clusters whose istiod holds an unexpired intermediate, and the root.
+    let output = std::process::Command::new(common::process::BINARY)
+        .args(["rotate", "plan", "--config"])
+        .arg(ca.config_path())
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{plan}");
+    assert!(
+        plan.contains("cluster intermediates (istiod, plug-in path), unexpired:")
+            && plan.contains(&format!("cluster west: serial {last} under root [1]")),
+        "{plan}"
+    );
 }
 
 /// istiod in cluster a signs a workload with the intermediate meshroot keeps in its `cacerts`
