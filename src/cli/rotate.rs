@@ -272,10 +272,15 @@ async fn unexpired(log: &mut Log, mesh: &str, now: SystemTime) -> Result<Vec<Rec
         outcome: Some(OutcomeFilter::Issued),
         ..Query::default()
     };
+    every_page(log, &query).await
+}
+
+/// Every record `query` selects, page by page.
+async fn every_page(log: &mut Log, query: &Query) -> Result<Vec<Record>, Failure> {
     let mut records = Vec::new();
     let mut token = None;
     loop {
-        let (page, next) = log.page(&query, 1000, token).await?;
+        let (page, next) = log.page(query, 1000, token).await?;
         records.extend(page);
         match next {
             Some(next) => token = Some(next),
@@ -297,16 +302,7 @@ async fn cluster_intermediates(
         outcome: Some(OutcomeFilter::Issued),
         ..Query::default()
     };
-    let mut records = Vec::new();
-    let mut token = None;
-    loop {
-        let (page, next) = log.page(&query, 1000, token).await?;
-        records.extend(page);
-        match next {
-            Some(next) => token = Some(next),
-            None => return Ok(records),
-        }
-    }
+    every_page(log, &query).await
 }
 
 /// Which clusters' istiod hold an unexpired intermediate, under which root of the bundle (they

@@ -14,9 +14,8 @@ use std::pin::{pin, Pin};
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use tokio::sync::watch;
@@ -335,39 +334,15 @@ async fn ensure(
             renewal_time(&secret, &bundle, &tail, settings.renew_at)
                 .ok_or("the intermediate just issued does not check out")?
         };
-        let result = match existing {
-            None => {
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(CACERTS_SECRET.to_owned()),
-                        namespace: Some(settings.namespace.clone()),
-                        labels: Some(BTreeMap::from([(
-                            super::publish::MANAGED_BY.0.to_owned(),
-                            super::publish::MANAGED_BY.1.to_owned(),
-                        )])),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("Opaque".to_owned()),
-                    data: Some(data),
-                    ..Secret::default()
-                };
-                api.create(&PostParams::default(), &secret).await
-            }
-            Some(mut secret) => {
-                secret.data = Some(data);
-                secret.string_data = None;
-                secret
-                    .metadata
-                    .labels
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(
-                        super::publish::MANAGED_BY.0.to_owned(),
-                        super::publish::MANAGED_BY.1.to_owned(),
-                    );
-                api.replace(CACERTS_SECRET, &PostParams::default(), &secret)
-                    .await
-            }
-        };
+        let result = super::publish::write_secret(
+            api,
+            CACERTS_SECRET,
+            &settings.namespace,
+            "Opaque",
+            data,
+            existing,
+        )
+        .await;
         match result {
             Ok(_) => {
                 tracing::info!(cluster = %settings.cluster, namespace = %settings.namespace, "{CACERTS_SECRET} written with a new intermediate");

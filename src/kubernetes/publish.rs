@@ -433,33 +433,15 @@ async fn ensure_istiod_secret(
             ),
             ("ca.crt".to_owned(), ByteString(bundle.clone().into_bytes())),
         ]);
-        let result = match existing {
-            None => {
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(ISTIOD_SECRET.to_owned()),
-                        namespace: Some(settings.istiod_namespace.clone()),
-                        labels: Some(labels(&[])),
-                        ..ObjectMeta::default()
-                    },
-                    type_: Some("kubernetes.io/tls".to_owned()),
-                    data: Some(data),
-                    ..Secret::default()
-                };
-                api.create(&PostParams::default(), &secret).await
-            }
-            Some(mut secret) => {
-                secret.data = Some(data);
-                secret.string_data = None;
-                secret
-                    .metadata
-                    .labels
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
-                api.replace(ISTIOD_SECRET, &PostParams::default(), &secret)
-                    .await
-            }
-        };
+        let result = write_secret(
+            api,
+            ISTIOD_SECRET,
+            &settings.istiod_namespace,
+            "kubernetes.io/tls",
+            data,
+            existing,
+        )
+        .await;
         match result {
             Ok(_) => {
                 tracing::info!(secret = ISTIOD_SECRET, namespace = %settings.istiod_namespace, identity = %spiffe_id, dns_names = ?dns_names, "istiod's certificate written");
@@ -476,6 +458,44 @@ async fn ensure_istiod_secret(
     Err(format!(
         "{ISTIOD_SECRET} kept changing under us (409 {CONFLICT_RETRIES} times)"
     ))
+}
+
+/// Creates Secret `name` with `data` (and meshroot's label), or replaces the data of `existing`
+/// (as read, so its resourceVersion makes a concurrent change a 409).
+pub(super) async fn write_secret(
+    api: &Api<Secret>,
+    name: &str,
+    namespace: &str,
+    type_: &str,
+    data: BTreeMap<String, ByteString>,
+    existing: Option<Secret>,
+) -> Result<Secret, kube::Error> {
+    match existing {
+        None => {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(labels(&[])),
+                    ..ObjectMeta::default()
+                },
+                type_: Some(type_.to_owned()),
+                data: Some(data),
+                ..Secret::default()
+            };
+            api.create(&PostParams::default(), &secret).await
+        }
+        Some(mut secret) => {
+            secret.data = Some(data);
+            secret.string_data = None;
+            secret
+                .metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+            api.replace(name, &PostParams::default(), &secret).await
+        }
+    }
 }
 
 /// How long `secret` stays good (until half its certificate's lifetime), or None when it

@@ -8,7 +8,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyUsagePurpose,
     PublicKeyData, SerialNumber,
 };
-use ring::rand::SecureRandom as _;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
 
@@ -51,11 +50,7 @@ impl MeshSigner {
             }
         }
         let not_after = spec.not_after.min(self.signing_not_after);
-        let mut serial = [0u8; 16];
-        self.rng
-            .fill(&mut serial)
-            .map_err(|_| SigningError::Randomness)?;
-        serial[0] = (serial[0] & 0x7f) | 0x40;
+        let serial = self.random_serial()?;
 
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();

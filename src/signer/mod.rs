@@ -328,13 +328,7 @@ impl MeshSigner {
         not_after: SystemTime,
         now: SystemTime,
     ) -> Result<IssuedCertificate, SigningError> {
-        // RFC 5280 §4.1.2.2: positive, at most 20 octets; CA/B asks for ≥ 64 random bits.
-        // 16 random bytes with the top bit cleared and the next set: always exactly 16 bytes.
-        let mut serial = [0u8; 16];
-        self.rng
-            .fill(&mut serial)
-            .map_err(|_| SigningError::Randomness)?;
-        serial[0] = (serial[0] & 0x7f) | 0x40;
+        let serial = self.random_serial()?;
 
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -405,6 +399,18 @@ impl MeshSigner {
             not_after,
             cert_chain,
         })
+    }
+
+    /// A serial number. RFC 5280 §4.1.2.2: positive, at most 20 octets; CA/B asks for ≥ 64
+    /// random bits. 16 random bytes with the top bit cleared and the next set: always exactly 16
+    /// bytes.
+    fn random_serial(&self) -> Result<[u8; 16], SigningError> {
+        let mut serial = [0u8; 16];
+        self.rng
+            .fill(&mut serial)
+            .map_err(|_| SigningError::Randomness)?;
+        serial[0] = (serial[0] & 0x7f) | 0x40;
+        Ok(serial)
     }
 
     /// The check before a leaf leaves (see [`check::check_leaf`]), against the signing
