@@ -408,3 +408,48 @@ async fn a_workload_signed_by_a_clusters_intermediate_reaches_another_meshs_envo
     assert_eq!(get(sidecar_port, "/forged").await, 503);
     assert_eq!(seen.lock().unwrap().len(), before);
 }
+
+/// The root rotation gate counts the clusters' intermediates: a bundle that drops the root an
+/// unexpired cluster intermediate chains to is refused until that intermediate expires (its
+/// expiry, months away, is the one the refusal names; meshroot's own certificates last a day).
+#[tokio::test]
+async fn a_root_an_unexpired_cluster_intermediate_chains_to_is_not_dropped() {
+    let api = FakeApiServer::start().await;
+    api.add_namespace("istio-system", &[]);
+    let ca = TestCa::new();
+    ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
+             intermediate_ttl = \"2000h\"\n",
+            kubeconfig.display()
+        )
+    });
+    let server = ca.start().await;
+    eventually("cacerts written", || serial(&api).is_some()).await;
+    let expires = SystemTime::now() + Duration::from_secs(2000 * 3600);
+    let expected_day = meshroot::clock::format_time(expires)[..10].to_owned();
+
+    // The mesh moves to an intermediate under a new root, and the bundle holds the new root only.
+    let next = TestCa::new();
+    for file in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ] {
+        std::fs::copy(
+            next.path().join(MESH).join(file),
+            ca.path().join(MESH).join(file),
+        )
+        .unwrap();
+    }
+    let error = server.server.reload().await.unwrap_err().to_string();
+    assert!(
+        error.contains("drops the root that")
+            && error.contains(&format!("(the last expires {expected_day}")),
+        "{error}"
+    );
+    server.stop().await;
+}
