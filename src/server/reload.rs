@@ -54,6 +54,19 @@ pub(super) async fn reload(
                 "listen, store, dns_names and serving_certificate_ttl changes take effect at the next restart"
             );
         }
+        let kept = |config: &Config| -> Vec<(String, crate::config::CacertsConfig)> {
+            config
+                .meshes
+                .iter()
+                .flat_map(|mesh| &mesh.clusters)
+                .filter_map(|cluster| Some((cluster.id.clone(), cluster.cacerts.clone()?)))
+                .collect()
+        };
+        if kept(&config) != kept(running) {
+            tracing::warn!(
+                "which clusters' cacerts meshroot keeps, and how, takes effect at the next restart"
+            );
+        }
         let holds = current.get().holds().clone();
         let authority = build_authority(&config, clock.clone(), store.clone(), metrics.clone())
             .await?
