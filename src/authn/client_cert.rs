@@ -176,17 +176,29 @@ fn below_constrained(
         .map_err(|_| refused("the intermediate cannot be parsed"))?;
     let at = x509_parser::time::ASN1Time::from_timestamp(time.as_secs() as i64)
         .map_err(|_| refused("no valid time"))?;
-    if !issuer.is_ca() || !issuer.validity().is_valid_at(at) {
+    let signs_certificates = match issuer.key_usage() {
+        Ok(Some(usage)) => usage.value.key_cert_sign(),
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    if !issuer.is_ca() || !signs_certificates || !issuer.validity().is_valid_at(at) {
         return Err(refused(
             "the intermediate is not a CA certificate valid now",
         ));
     }
+    // The anchor must be allowed a CA below it (pathLenConstraint absent or at least 1).
     let vouching = anchors
         .certificates
         .iter()
         .position(|anchor_der| {
             X509Certificate::from_der(anchor_der).is_ok_and(|(_, anchor)| {
+                let path_len = anchor
+                    .basic_constraints()
+                    .ok()
+                    .flatten()
+                    .and_then(|bc| bc.value.path_len_constraint);
                 anchor.subject() == issuer.issuer()
+                    && path_len != Some(0)
                     && issuer.verify_signature(Some(anchor.public_key())).is_ok()
             })
         })
@@ -350,5 +362,80 @@ mod tests {
         let outside = client_leaf(&issuer, "spiffe://alias.example/ns/shop/sa/cart");
         let error = anchors.verify(&[outside], now).unwrap_err().to_string();
         assert!(error.contains("outside the name constraints"), "{error}");
+    }
+
+    /// A root (pathlen `root_path_len`), a URI-constrained intermediate below it, as a partner's
+    /// chain through an extra root.
+    fn partner_chain(
+        root_path_len: Option<u8>,
+    ) -> (
+        CertificateDer<'static>,
+        CertificateDer<'static>,
+        Issuer<'static, KeyPair>,
+    ) {
+        let root_key = KeyPair::generate().unwrap();
+        let mut root_params = CertificateParams::default();
+        root_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "partner root");
+        root_params.is_ca = IsCa::Ca(match root_path_len {
+            Some(n) => BasicConstraints::Constrained(n),
+            None => BasicConstraints::Unconstrained,
+        });
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(root_params, root_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "partner intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.custom_extensions.push(
+            crate::signer::constraints::uri_name_constraints(&[TrustDomain::new(
+                "partner.example",
+            )
+            .unwrap()])
+            .unwrap(),
+        );
+        let intermediate = params.signed_by(&key, &root_issuer).unwrap();
+        (
+            root.der().clone(),
+            intermediate.der().clone(),
+            Issuer::new(params, key),
+        )
+    }
+
+    #[test]
+    fn a_partner_chain_through_a_constrained_intermediate_is_checked_one_level_down() {
+        let partner = TrustDomain::new("partner.example").unwrap();
+        let now = SystemTime::now();
+        let (root, intermediate, issuer) = partner_chain(None);
+        let mut anchors = IdentityAnchors::new();
+        anchors.authorize(&partner, &root).unwrap();
+        let leaf = client_leaf(&issuer, "spiffe://partner.example/ns/vm/sa/a");
+        assert_eq!(
+            anchors
+                .verify(&[leaf, intermediate.clone()], now)
+                .unwrap()
+                .to_string(),
+            "spiffe://partner.example/ns/vm/sa/a"
+        );
+
+        // Its constraint still binds: an identity outside it is refused.
+        let other = TrustDomain::new("other.example").unwrap();
+        anchors.authorize(&other, &root).unwrap();
+        let outside = client_leaf(&issuer, "spiffe://other.example/ns/vm/sa/a");
+        let error = anchors
+            .verify(&[outside, intermediate], now)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("outside the name constraints"), "{error}");
+
+        // A root that may not have a CA below it (pathlen 0) vouches for none.
+        let (root, intermediate, issuer) = partner_chain(Some(0));
+        let mut anchors = IdentityAnchors::new();
+        anchors.authorize(&partner, &root).unwrap();
+        let leaf = client_leaf(&issuer, "spiffe://partner.example/ns/vm/sa/a");
+        assert!(anchors.verify(&[leaf, intermediate], now).is_err());
     }
 }
