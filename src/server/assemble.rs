@@ -34,16 +34,22 @@ pub(super) async fn build_authority(
         let trust_domains: Vec<TrustDomain> = std::iter::once(mesh.trust_domain.clone())
             .chain(mesh.trust_domain_aliases.iter().cloned())
             .collect();
+        let invalid = |source| ServeError::CaMaterial {
+            mesh: mesh.name.clone(),
+            source: signer::files::CaFilesError::Invalid {
+                dir: mesh.ca_dir.clone(),
+                source,
+            },
+        };
         for trust_domain in &trust_domains {
-            authority
-                .check_permits(trust_domain)
-                .map_err(|source| ServeError::CaMaterial {
-                    mesh: mesh.name.clone(),
-                    source: signer::files::CaFilesError::Invalid {
-                        dir: mesh.ca_dir.clone(),
-                        source,
-                    },
-                })?;
+            authority.check_permits(trust_domain).map_err(invalid)?;
+        }
+        if mesh
+            .clusters
+            .iter()
+            .any(|cluster| cluster.cacerts.is_some())
+        {
+            authority.check_may_issue_ca().map_err(invalid)?;
         }
         if mesh.token_issuers.is_empty() && mesh.clusters.is_empty() && !mesh.client_cert_auth {
             tracing::warn!(

@@ -56,6 +56,12 @@ pub enum MaterialError {
         trust_domain: String,
         permitted: String,
     },
+    #[error(
+        "ca-cert.pem may not issue CA certificates (its pathLenConstraint is 0), and a cluster of \
+         this mesh has cacerts = true: give the mesh an intermediate with --path-len 1 \
+         (`meshroot rotate intermediate … --path-len 1`)"
+    )]
+    NoCaBelow,
     #[error("a probe certificate issued with this material does not verify: {0}")]
     Probe(#[source] SigningError),
 }

@@ -225,6 +225,15 @@ impl MeshSigner {
         }
     }
 
+    /// Refuses when the signing certificate may not have CA certificates below it (pathlen 0):
+    /// the clusters' istiod intermediates could not be issued.
+    pub fn check_may_issue_ca(&self) -> Result<(), MaterialError> {
+        match self.signing_path_len {
+            Some(0) => Err(MaterialError::NoCaBelow),
+            _ => Ok(()),
+        }
+    }
+
     pub fn signing_not_after(&self) -> SystemTime {
         self.signing_not_after
     }

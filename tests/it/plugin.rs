@@ -453,3 +453,24 @@ async fn a_root_an_unexpired_cluster_intermediate_chains_to_is_not_dropped() {
     );
     server.stop().await;
 }
+
+/// A mesh whose intermediate may not have CA certificates below it cannot keep a cluster's
+/// cacerts: meshroot refuses the configuration at once, naming the fix.
+#[tokio::test]
+async fn cacerts_under_a_pathlen_0_intermediate_is_refused_at_start() {
+    let api = FakeApiServer::start().await;
+    let ca = TestCa::new();
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n",
+            kubeconfig.display()
+        )
+    });
+    let error = match meshroot::server::start(&ca.config()).await {
+        Ok(_) => panic!("started"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("--path-len 1"), "{error}");
+    assert!(api.object("secrets", "istio-system", "cacerts").is_none());
+}
