@@ -14,7 +14,6 @@ use x509_parser::prelude::FromDer as _;
 use super::constraints::{self, Constraints};
 use super::{IssuedCertificate, MeshSigner, SigningError};
 use crate::identity::TrustDomain;
-use crate::keys::certificate_pem;
 
 /// What a cluster's intermediate is to be.
 #[derive(Debug, Clone, Copy)]
@@ -78,11 +77,7 @@ impl MeshSigner {
             .map_err(SigningError::Build)?;
         let der = certificate.der().clone();
         self.check_intermediate(&der, spec, public_key, now)?;
-
-        let mut cert_chain = Vec::with_capacity(self.intermediates_pem.len() + 2);
-        cert_chain.push(certificate_pem(&der));
-        cert_chain.extend(self.intermediates_pem.iter().cloned());
-        cert_chain.push(self.root_bundle_pem.clone());
+        let cert_chain = self.chain_of(&der);
         Ok(IssuedCertificate {
             der,
             serial: serial.to_vec(),

@@ -396,11 +396,7 @@ impl MeshSigner {
             .map_err(SigningError::Build)?;
         let der = certificate.der().clone();
         self.check_issued(&der, subject, now)?;
-
-        let mut cert_chain = Vec::with_capacity(self.intermediates_pem.len() + 2);
-        cert_chain.push(certificate_pem(&der));
-        cert_chain.extend(self.intermediates_pem.iter().cloned());
-        cert_chain.push(self.root_bundle_pem.clone());
+        let cert_chain = self.chain_of(&der);
         Ok(IssuedCertificate {
             der,
             serial: serial.to_vec(),
@@ -408,6 +404,16 @@ impl MeshSigner {
             not_after,
             cert_chain,
         })
+    }
+
+    /// The chain served with a certificate this signer issued: it, the intermediates, the
+    /// bundle.
+    fn chain_of(&self, der: &CertificateDer<'_>) -> Vec<String> {
+        let mut cert_chain = Vec::with_capacity(self.intermediates_pem.len() + 2);
+        cert_chain.push(certificate_pem(der));
+        cert_chain.extend(self.intermediates_pem.iter().cloned());
+        cert_chain.push(self.root_bundle_pem.clone());
+        cert_chain
     }
 
     /// A serial number. RFC 5280 §4.1.2.2: positive, at most 20 octets; CA/B asks for ≥ 64

@@ -94,6 +94,20 @@ impl FakeIstiod {
     }
 }
 
+/// Waits (bounded, 10 s) until `meshroot_istiod_intermediate_current{cluster="west"}` is
+/// `expected`; fails with `what` otherwise.
+async fn wait_for_istiod(server: &TestServer, expected: f64, what: &str) {
+    let mut current = None;
+    for _ in 0..200 {
+        current = istiod_current(server).await;
+        if current == Some(expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: the metric is {current:?}, not {expected}");
+}
+
 /// `meshroot_istiod_intermediate_current{cluster="west"}`, if present.
 async fn istiod_current(server: &TestServer) -> Option<f64> {
     let (_, text) = common::http_get(server.server.admin_address(), "/metrics").await;
@@ -184,15 +198,7 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
 
     // istiod serves a certificate from this intermediate: current.
     istiod.load(&secret);
-    let mut current = None;
-    for _ in 0..200 {
-        current = istiod_current(&server).await;
-        if current == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(current, Some(1.0), "istiod serves the current intermediate");
+    wait_for_istiod(&server, 1.0, "istiod serves the current intermediate").await;
 
     // Edited by someone else: a new intermediate is written.
     let mut edited = cacerts(&api).unwrap();
@@ -204,23 +210,9 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     .await;
     let second = serial(&api).unwrap();
     // istiod has not reloaded: it still serves the first intermediate's certificate.
-    for _ in 0..200 {
-        current = istiod_current(&server).await;
-        if current == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(current, Some(0.0), "istiod behind the Secret");
+    wait_for_istiod(&server, 0.0, "istiod behind the Secret").await;
     istiod.load(&cacerts(&api).unwrap());
-    for _ in 0..200 {
-        current = istiod_current(&server).await;
-        if current == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(current, Some(1.0), "istiod reloaded");
+    wait_for_istiod(&server, 1.0, "istiod reloaded").await;
 
     // Deleted: written again.
     api.delete_object("secrets", "istio-system", "cacerts");
