@@ -173,7 +173,8 @@ fn port_of(address: &std::net::SocketAddr) -> u64 {
 }
 
 /// The checks every overlay must pass beyond the schemas.
-fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) {
+/// Checks what every overlay must hold; returns the deployed configuration.
+fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) -> Config {
     for kind in [
         "Namespace",
         "ServiceAccount",
@@ -414,6 +415,7 @@ fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) {
             .unwrap_or_else(|| panic!("no {variable}"));
         assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], field);
     }
+    config
 }
 
 #[test]
@@ -425,19 +427,10 @@ fn the_single_mesh_overlay_renders_validates_and_fits_the_code() {
 #[test]
 fn the_multi_mesh_overlay_renders_validates_and_fits_the_code() {
     let rendered = render("multi-mesh", &[("a", "a.example"), ("b", "b.example")]);
-    check_overlay(&rendered, &[("a", "cacerts-a"), ("b", "cacerts-b")]);
+    let config = check_overlay(&rendered, &[("a", "cacerts-a"), ("b", "cacerts-b")]);
     // Mesh b's cluster is reached with the kubeconfig from its Secret.
     let secret = rendered.find("Secret", "meshroot-kubeconfig-b");
     assert!(secret["data"]["b.kubeconfig"].is_string());
-    let config = Config::parse(
-        rendered.find("ConfigMap", "meshroot-config")["data"]["meshroot.toml"]
-            .as_str()
-            .unwrap(),
-        Path::new("/etc/meshroot/config/meshroot.toml"),
-        None,
-        None,
-    )
-    .unwrap();
     assert_eq!(
         config.mesh("b").unwrap().clusters[0].access,
         meshroot::config::ClusterAccess::Kubeconfig {
@@ -450,21 +443,12 @@ fn the_multi_mesh_overlay_renders_validates_and_fits_the_code() {
 #[test]
 fn the_kyma_overlay_keeps_each_clusters_cacerts_and_leaves_istiods_ca_on() {
     let rendered = render("kyma", &[("a", "a.example"), ("b", "b.example")]);
-    check_overlay(&rendered, &[("a", "meshroot-ca-a"), ("b", "meshroot-ca-b")]);
+    let config = check_overlay(&rendered, &[("a", "meshroot-ca-a"), ("b", "meshroot-ca-b")]);
     // meshroot's own intermediates are never in `cacerts`, which is istiod's.
     assert!(rendered
         .all("Secret")
         .iter()
         .all(|s| s["metadata"]["name"] != "cacerts"));
-    let config = Config::parse(
-        rendered.find("ConfigMap", "meshroot-config")["data"]["meshroot.toml"]
-            .as_str()
-            .unwrap(),
-        Path::new("/etc/meshroot/config/meshroot.toml"),
-        None,
-        None,
-    )
-    .unwrap();
     for (mesh, trust_domain) in [("a", "a.example"), ("b", "b.example")] {
         let mesh = config.mesh(mesh).unwrap();
         assert_eq!(mesh.trust_domain.as_str(), trust_domain);

@@ -425,18 +425,7 @@ async fn a_root_an_unexpired_cluster_intermediate_chains_to_is_not_dropped() {
 
     // The mesh moves to an intermediate under a new root, and the bundle holds the new root only.
     let next = TestCa::new();
-    for file in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "cert-chain.pem",
-        "root-cert.pem",
-    ] {
-        std::fs::copy(
-            next.path().join(MESH).join(file),
-            ca.path().join(MESH).join(file),
-        )
-        .unwrap();
-    }
+    ca.take_intermediate_of(&next, MESH);
     let error = server.server.reload().await.unwrap_err().to_string();
     assert!(
         error.contains("drops the root that")

@@ -164,18 +164,7 @@ async fn a_root_rotation_refuses_to_drop_the_old_root_while_certificates_chain_t
         mesh_settings(&original, &[&new_root, &old_root], false),
     )
     .unwrap();
-    for file in [
-        "ca-cert.pem",
-        "ca-key.pem",
-        "cert-chain.pem",
-        "root-cert.pem",
-    ] {
-        std::fs::copy(
-            next.path().join(MESH).join(file),
-            ca.path().join(MESH).join(file),
-        )
-        .unwrap();
-    }
+    ca.take_intermediate_of(&next, MESH);
     server.server.reload().await.unwrap();
     let after = server.issue(&ca, "after").await;
     assert_eq!(

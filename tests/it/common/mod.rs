@@ -268,6 +268,23 @@ impl TestCa {
         self.rotate_intermediate_permitting(mesh, &permitted);
     }
 
+    /// Moves `mesh` to the intermediate `other` holds for it (under `other`'s root): its four
+    /// `cacerts` files copied over this CA directory's.
+    pub fn take_intermediate_of(&self, other: &TestCa, mesh: &str) {
+        for file in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ] {
+            std::fs::copy(
+                other.path().join(mesh).join(file),
+                self.path().join(mesh).join(file),
+            )
+            .unwrap();
+        }
+    }
+
     /// `meshroot rotate intermediate --trust-domain … --path-len 1` for `mesh`: an intermediate
     /// under which meshroot may issue clusters' istiod intermediates (the plug-in path).
     pub fn allow_cluster_intermediates(&self, mesh: &str, trust_domains: &[&str]) {
