@@ -125,6 +125,19 @@ pub fn certificate_pem(der: &[u8]) -> String {
     pem_encode("CERTIFICATE", der)
 }
 
+/// A CRL (DER) as PEM (`X509 CRL`).
+pub fn crl_pem(der: &[u8]) -> String {
+    pem_encode("X509 CRL", der)
+}
+
+/// All CRLs in a PEM text, in order (DER).
+pub fn parse_crls_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, KeyError> {
+    rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem)
+        .map(|crl| crl.map(|der| der.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(KeyError::Pem)
+}
+
 /// All certificates in a PEM text, in order.
 pub fn parse_certificates_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, KeyError> {
     CertificateDer::pem_slice_iter(pem)

@@ -27,6 +27,7 @@ pub mod monitoring;
 pub mod policy;
 pub mod ratelimit;
 pub mod record;
+pub mod revocation;
 pub mod server;
 pub mod signer;
 pub mod store;

@@ -123,6 +123,20 @@ pub struct Metrics {
     /// By cluster (from the configuration): whether its istiod serves a certificate signed by
     /// the intermediate now in its `cacerts` (1) or by an older one (0).
     istiod_intermediate_current: RwLock<BTreeMap<String, bool>>,
+    /// Revocation: what the CRL keeper last found.
+    revocation: RwLock<RevocationGauges>,
+}
+
+/// What the CRL keeper reports (README, "Revoking a certificate").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RevocationGauges {
+    /// Revoked certificates not yet expired.
+    pub revoked_unexpired: u64,
+    /// Per CRL issuer (its subject): Unix seconds of thisUpdate and nextUpdate.
+    pub crls: BTreeMap<String, (i64, i64)>,
+    /// Per place the CRLs are published (`file`, `configmap`, `cacerts/<cluster>`): Unix
+    /// seconds of the last successful publication.
+    pub published: BTreeMap<String, i64>,
 }
 
 impl Metrics {
@@ -218,6 +232,12 @@ impl Metrics {
         }
     }
 
+    /// Updates the revocation gauges.
+    pub fn revocation(&self, update: impl FnOnce(&mut RevocationGauges)) {
+        let mut gauges = self.revocation.write().unwrap_or_else(|p| p.into_inner());
+        update(&mut gauges);
+    }
+
     /// Writes every metric this struct holds.
     pub fn render(&self, out: &mut Exposition) {
         let value = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
@@ -255,6 +275,41 @@ impl Metrics {
             }),
         );
         drop(istiod);
+        let revocation = read(&self.revocation);
+        out.gauge(
+            "meshroot_revoked_certificates",
+            "Revoked certificates that have not expired yet (listed in a CRL).",
+            revocation.revoked_unexpired as f64,
+        );
+        out.labeled(
+            "meshroot_crl_this_update_seconds",
+            "When each published CRL was signed (Unix seconds); its age is time() minus this.",
+            Kind::Gauge,
+            revocation
+                .crls
+                .iter()
+                .map(|(issuer, (this, _))| (vec![("issuer", issuer.as_str())], *this as f64)),
+        );
+        out.labeled(
+            "meshroot_crl_next_update_seconds",
+            "When each published CRL lapses (Unix seconds). A lapsed CRL makes Envoy refuse every \
+             certificate under its issuer: alert well before.",
+            Kind::Gauge,
+            revocation
+                .crls
+                .iter()
+                .map(|(issuer, (_, next))| (vec![("issuer", issuer.as_str())], *next as f64)),
+        );
+        out.labeled(
+            "meshroot_crl_published_seconds",
+            "When the CRLs were last published to each place (file, configmap, cacerts/<cluster>).",
+            Kind::Gauge,
+            revocation
+                .published
+                .iter()
+                .map(|(place, at)| (vec![("target", place.as_str())], *at as f64)),
+        );
+        drop(revocation);
         let denials = read(&self.denials);
         out.labeled(
             "meshroot_denials_total",

@@ -54,6 +54,7 @@ pub struct CallerRecord {
 pub enum Outcome {
     Issued(IssuedRecord),
     Denied(DenialRecord),
+    Revoked(RevocationRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -118,6 +119,42 @@ pub struct DenialRecord {
     pub summary: Option<RefusalSummary>,
 }
 
+/// A revocation (`meshroot revoke`): which certificates, why, and which identities are refused
+/// new certificates. The record's caller is who asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RevocationRecord {
+    /// RFC 5280 CRLReason, by name (`key-compromise`; empty: unspecified).
+    pub reason: String,
+    pub comment: String,
+    /// The filter that selected the certificates, for people.
+    pub selector: String,
+    pub certificates: Vec<RevokedCertificate>,
+    /// SPIFFE IDs refused new certificates...
+    pub blocked: Vec<String>,
+    /// ...until then (None: until lifted).
+    #[serde(serialize_with = "serialize_optional_time")]
+    pub blocked_until: Option<SystemTime>,
+    /// SPIFFE IDs whose block this record lifts.
+    pub unblocked: Vec<String>,
+}
+
+/// One revoked certificate, with what its CRL entry needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevokedCertificate {
+    #[serde(serialize_with = "hex_bytes")]
+    pub serial: Vec<u8>,
+    /// The signing certificate's SHA-256: the CRL that lists it.
+    #[serde(serialize_with = "hex_bytes")]
+    pub intermediate_sha256: Vec<u8>,
+    #[serde(serialize_with = "rfc3339")]
+    pub not_after: SystemTime,
+    pub spiffe_id: String,
+    pub mesh: String,
+    /// The member whose log holds its issuance (empty: this replica's own).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub member: String,
+}
+
 /// How many refusals a summary record stands for, and when they happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RefusalSummary {
@@ -149,13 +186,14 @@ impl Record {
         match &self.outcome {
             Outcome::Issued(issued) => &issued.spiffe_id,
             Outcome::Denied(denied) => &denied.requested_spiffe_id,
+            Outcome::Revoked(_) => "",
         }
     }
 
     pub fn serial(&self) -> Option<&[u8]> {
         match &self.outcome {
             Outcome::Issued(issued) => Some(&issued.serial),
-            Outcome::Denied(_) => None,
+            Outcome::Denied(_) | Outcome::Revoked(_) => None,
         }
     }
 }

@@ -65,6 +65,8 @@ pub const MESH_SEPARATOR: u8 = 0;
 
 /// The `Outcome` index value of issued certificates.
 pub const OUTCOME_ISSUED: &str = "issued";
+/// The `Outcome` index value of revocations.
+pub const OUTCOME_REVOKED: &str = "revoked";
 /// The prefix of `Outcome` index values of denials.
 pub const OUTCOME_DENIED_PREFIX: &str = "denied/";
 
@@ -89,6 +91,7 @@ impl IndexKeys {
         let mesh = match &record.outcome {
             Outcome::Issued(issued) => issued.mesh.as_str(),
             Outcome::Denied(denied) => denied.mesh.as_str(),
+            Outcome::Revoked(_) => "",
         };
         let mut push = |kind: IndexKind, value: &[u8]| {
             if value.is_empty() {
@@ -144,10 +147,21 @@ impl IndexKeys {
                 identities.push(&denied.requested_spiffe_id);
                 Summary { validity: None }
             }
+            Outcome::Revoked(revoked) => {
+                push(IndexKind::Outcome, OUTCOME_REVOKED.as_bytes());
+                for certificate in &revoked.certificates {
+                    push(IndexKind::Mesh, certificate.mesh.as_bytes());
+                    identities.push(&certificate.spiffe_id);
+                }
+                for identity in revoked.blocked.iter().chain(&revoked.unblocked) {
+                    identities.push(identity);
+                }
+                Summary { validity: None }
+            }
         };
         let issued_id = match &record.outcome {
             Outcome::Issued(issued) => issued.spiffe_id.as_str(),
-            Outcome::Denied(_) => "",
+            Outcome::Denied(_) | Outcome::Revoked(_) => "",
         };
         for identity in identities {
             push(IndexKind::SpiffeId, identity.as_bytes());

@@ -34,7 +34,8 @@ impl LeafData {
     pub fn of(record: &Record, encoded: &[u8]) -> Self {
         let (issued, not_after) = match &record.outcome {
             Outcome::Issued(issued) => (true, unix_seconds(issued.not_after)),
-            Outcome::Denied(_) => (false, 0),
+            // A revocation is not an issuance: its leaf reads like a denial's.
+            Outcome::Denied(_) | Outcome::Revoked(_) => (false, 0),
         };
         Self {
             sequence: record.sequence,

@@ -23,10 +23,12 @@ pub mod verify;
 
 pub use self::keys::{
     boundary_prefix, from_order_key, order_key, IndexKeys, IndexKind, Summary, MESH_SEPARATOR,
-    OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED,
+    OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED, OUTCOME_REVOKED,
 };
 pub use self::leaf::{LeafData, LEAF_DATA_LEN, LEAF_HEADER_LEN, LEAF_VERSION};
-pub use self::query::{parse_time, OutcomeFilter, Page, PageToken, Position, Query, QueryError};
+pub use self::query::{
+    parse_time, OutcomeFilter, Page, PageToken, Position, Query, QueryError, RevokedSerials,
+};
 
 /// Default number of records in a page.
 /// Records per index segment (and per tier-0 run): the default of

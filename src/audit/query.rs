@@ -42,13 +42,31 @@ pub struct Query {
     /// ...and before this one.
     pub expires_before: Option<SystemTime>,
     pub outcome: Option<OutcomeFilter>,
+    /// Only issued certificates that were revoked: their serials, as the revocations known
+    /// where the query runs name them (filled in there; `None` with this filter unset).
+    pub revoked: Option<RevokedSerials>,
+}
+
+/// The serials of revoked certificates, for [`Query::revoked`]. Its `Debug` leaves the serials
+/// out, so a page token stays valid when a revocation happens between pages.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RevokedSerials(pub std::sync::Arc<std::collections::BTreeSet<Vec<u8>>>);
+
+impl std::fmt::Debug for RevokedSerials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RevokedSerials")
+    }
 }
 
 /// Issued, or denied (optionally for one reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutcomeFilter {
     Issued,
-    Denied { reason: Option<String> },
+    Denied {
+        reason: Option<String>,
+    },
+    /// Revocation records (`meshroot revoke`).
+    Revoked,
 }
 
 /// Why a query was refused before it ran.
@@ -69,6 +87,7 @@ impl Query {
     /// Whether the query only selects issued certificates (a validity filter implies it).
     pub fn issued_only(&self) -> bool {
         self.serial.is_some()
+            || self.revoked.is_some()
             || self.valid_at.is_some()
             || self.expires_after.is_some()
             || self.expires_before.is_some()
@@ -108,7 +127,12 @@ impl Query {
                 return Err(QueryError::Invalid("--until is before --since".into()));
             }
         }
-        if self.issued_only() && matches!(self.outcome, Some(OutcomeFilter::Denied { .. })) {
+        if self.issued_only()
+            && matches!(
+                self.outcome,
+                Some(OutcomeFilter::Denied { .. } | OutcomeFilter::Revoked)
+            )
+        {
             return Err(QueryError::Invalid(
                 "serial and validity filters select issued certificates, not denials".into(),
             ));
@@ -129,6 +153,11 @@ impl Query {
         };
         if let Some(serial) = &self.serial {
             if !has(IndexKind::Serial, serial) {
+                return false;
+            }
+        }
+        if let Some(RevokedSerials(serials)) = &self.revoked {
+            if !serials.iter().any(|serial| has(IndexKind::Serial, serial)) {
                 return false;
             }
         }
@@ -172,8 +201,10 @@ impl Query {
             (Some(OutcomeFilter::Denied { reason }), Outcome::Denied(denied)) => {
                 reason.as_ref().is_none_or(|r| r == &denied.reason)
             }
-            (Some(OutcomeFilter::Issued), Outcome::Denied(_))
-            | (Some(OutcomeFilter::Denied { .. }), Outcome::Issued(_)) => false,
+            (Some(OutcomeFilter::Revoked), Outcome::Revoked(_)) => true,
+            (Some(OutcomeFilter::Issued), Outcome::Denied(_) | Outcome::Revoked(_))
+            | (Some(OutcomeFilter::Denied { .. }), Outcome::Issued(_) | Outcome::Revoked(_))
+            | (Some(OutcomeFilter::Revoked), Outcome::Issued(_) | Outcome::Denied(_)) => false,
         };
         if !outcome_ok {
             return false;
@@ -188,7 +219,11 @@ impl Query {
             return false;
         }
         match &self.outcome {
-            Some(OutcomeFilter::Denied { .. }) if summary.validity.is_some() => return false,
+            Some(OutcomeFilter::Denied { .. } | OutcomeFilter::Revoked)
+                if summary.validity.is_some() =>
+            {
+                return false
+            }
             _ => {}
         }
         let Some((not_before, not_after)) = summary.validity else {

@@ -214,6 +214,13 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         toml_string(&crate::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL)),
         toml_string(config::DEFAULT_ADMIN_LISTEN),
     ));
+    sign_root_crl(dir, ROOT_CRL_VALIDITY, now, &dir.join(ROOT_CRL_FILE))?;
+    config.push_str(
+        "\n# Revocation (`meshroot revoke`): a CRL per intermediate, signed by meshroot, plus the\n\
+         # root's (root-crl.pem: renew it with `meshroot crl sign-root` before it lapses). Envoy\n\
+         # needs a CRL from every CA in a chain once it is given any.\n\
+         [revocation]\ncrl_file = \"ca-crl.pem\"\nextra_crls = [\"root-crl.pem\"]\n",
+    );
     let config_path = dir.join("meshroot.toml");
     write_file(&config_path, config.as_bytes(), false)?;
     Ok(InitReport {
@@ -221,6 +228,73 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         root_certificate: dir.join("root-cert.pem"),
         mesh_dirs,
     })
+}
+
+/// The root's CRL in the directory `init` writes.
+pub const ROOT_CRL_FILE: &str = "root-crl.pem";
+/// How long the root CRL `init` signs is valid.
+pub const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
+/// Signs the root's (empty) CRL with the root key in `root_dir` (root-cert.pem, root-key.pem),
+/// valid for `valid_for`, and writes it to `out`. Envoy checks a CRL from every CA in a chain
+/// once any CRL is configured, so the root's must be published with the intermediates'.
+pub fn sign_root_crl(
+    root_dir: &Path,
+    valid_for: Duration,
+    now: SystemTime,
+    out: &Path,
+) -> Result<(), CaFilesError> {
+    let read = |name: &str| {
+        let path = root_dir.join(name);
+        fs::read(&path).map_err(|source| CaFilesError::Read { path, source })
+    };
+    let invalid = |file: &str, reason: String| CaFilesError::Generate {
+        what: format!("{} ({file})", root_dir.display()),
+        reason,
+    };
+    let root_key = keys::load_private_key_pem(&read("root-key.pem")?)
+        .map_err(|e| invalid("root-key.pem", e.to_string()))?;
+    let roots = keys::parse_certificates_pem(&read("root-cert.pem")?)
+        .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    let [root] = roots.as_slice() else {
+        return Err(invalid(
+            "root-cert.pem",
+            "holds more than one certificate".into(),
+        ));
+    };
+    let ski = {
+        use x509_parser::prelude::FromDer;
+        x509_parser::certificate::X509Certificate::from_der(root)
+            .ok()
+            .and_then(|(_, cert)| {
+                cert.extensions()
+                    .iter()
+                    .find_map(|e| match e.parsed_extension() {
+                        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => {
+                            Some(ski.0.to_vec())
+                        }
+                        _ => None,
+                    })
+            })
+    };
+    let issuer = Issuer::from_ca_cert_der(root, root_key)
+        .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    let number = crate::clock::unix_millis(now).max(1) as u64;
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: time::OffsetDateTime::from(now),
+        next_update: time::OffsetDateTime::from(now + valid_for),
+        crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: match ski {
+            Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
+            None => rcgen::KeyIdMethod::Sha256,
+        },
+    };
+    let crl = params
+        .signed_by(&issuer)
+        .map_err(|e| invalid("root-key.pem", e.to_string()))?;
+    write_file(out, keys::crl_pem(crl.der()).as_bytes(), false)
 }
 
 /// Makes a new intermediate (pathlen `path_len`) for `mesh` under `root_issuer` and writes the

@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 pub mod init;
+mod revoke;
 mod rotate;
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,12 @@ pub enum Command {
     /// Root and intermediate rotation: the plan (what is still in use), new intermediates.
     #[command(subcommand)]
     Rotate(rotate::RotateCommand),
+    /// Revoke certificates by any audit filter (or lift a block): recorded, listed in the
+    /// CRLs, and their identities refused new certificates.
+    Revoke(revoke::RevokeArgs),
+    /// CRLs meshroot does not sign itself (the root's).
+    #[command(subcommand)]
+    Crl(revoke::CrlCommand),
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +218,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Request(args) => request(args).await,
         Command::Audit(command) => audit::run(command).await,
         Command::Rotate(command) => rotate::run(command).await,
+        Command::Revoke(args) => revoke::run(args).await,
+        Command::Crl(command) => revoke::run_crl(command).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -18,6 +18,7 @@ mod membership;
 mod mesh;
 mod parse;
 mod raw;
+mod revocation;
 mod values;
 
 pub use self::values::is_dns_name;
@@ -111,6 +112,26 @@ pub struct Config {
     pub kubernetes: Option<KubernetesConfig>,
     /// `[cluster]`: the other replicas that together are one CA.
     pub cluster: Option<MembershipConfig>,
+    /// `[revocation]`: CRLs and how long a revoked identity is refused.
+    pub revocation: RevocationConfig,
+}
+
+/// `[revocation]` (README, "Revoking a certificate").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationConfig {
+    /// Where `ca-crl.pem` is written (for VMs and tests), if anywhere.
+    pub crl_file: Option<PathBuf>,
+    /// nextUpdate − thisUpdate of every CRL meshroot signs; at least the longest leaf lifetime
+    /// of any mesh, so a retired intermediate's last CRL outlives every leaf it signed.
+    pub crl_validity: Duration,
+    /// Named as the CRL distribution point of every leaf, if set.
+    pub crl_url: Option<String>,
+    /// CRLs meshroot does not sign (the root's, a partner's), published with its own.
+    pub extra_crls: Vec<PathBuf>,
+    /// How long a revoked identity is refused new certificates (None: until lifted).
+    pub block_for: Option<Duration>,
+    /// Keep the `istio-ca-crl` ConfigMap beside `istio-ca-root-cert` (with `[kubernetes]`).
+    pub configmap: bool,
 }
 
 /// `[cluster]`: every member's admin address, ready or not (README, "Several replicas").

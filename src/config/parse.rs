@@ -64,6 +64,12 @@ impl Config {
         let audit = audit(raw.audit.unwrap_or_default(), &base, p);
         let admin = admin(raw.admin.unwrap_or_default(), raw.cluster.is_some(), p);
         let kubernetes = raw.kubernetes.map(|raw| kubernetes(raw, &meshes, &base, p));
+        let revocation = super::revocation::revocation(
+            raw.revocation.take().unwrap_or_default(),
+            &meshes,
+            &base,
+            p,
+        );
         let mut admin = admin;
         let cluster = raw.cluster.map(|raw| {
             super::membership::membership(
@@ -119,6 +125,7 @@ impl Config {
             admin,
             kubernetes,
             cluster,
+            revocation,
         })
     }
 }

@@ -25,6 +25,18 @@ pub(super) struct RawConfig {
     pub(super) admin: Option<RawAdmin>,
     pub(super) kubernetes: Option<RawKubernetes>,
     pub(super) cluster: Option<RawMembership>,
+    pub(super) revocation: Option<RawRevocation>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRevocation {
+    pub(super) crl_file: Option<String>,
+    pub(super) crl_validity: Option<String>,
+    pub(super) crl_url: Option<String>,
+    pub(super) extra_crls: Option<Vec<String>>,
+    pub(super) block_for: Option<String>,
+    pub(super) configmap: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -45,6 +45,9 @@ pub struct AuditApi {
     members: Option<Arc<Members>>,
     /// Their identity (`cluster.identity`).
     member_identity: Option<String>,
+    /// What revocations need: the authority in force (its revocations and clock), the CRL
+    /// publisher, and the configured block duration.
+    pub(super) revocation: Option<super::revoke::RevokeContext>,
 }
 
 impl AuditApi {
@@ -54,6 +57,7 @@ impl AuditApi {
         access: Option<AdminAccess>,
         shutdown: watch::Receiver<bool>,
         (members, member_identity): (Option<Arc<Members>>, Option<String>),
+        revocation: Option<super::revoke::RevokeContext>,
     ) -> AuditServiceServer<Self> {
         AuditServiceServer::new(Self {
             store,
@@ -62,7 +66,12 @@ impl AuditApi {
             shutdown,
             members,
             member_identity,
+            revocation,
         })
+    }
+
+    pub(super) fn store(&self) -> &Arc<SledStore> {
+        &self.store
     }
 
     pub(super) fn members(&self) -> Option<&Arc<Members>> {
@@ -70,8 +79,17 @@ impl AuditApi {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.authorized_identity(request).map(|_| ())
+    }
+
+    /// The allowed identity a request proved (None on a loopback admin address, where no
+    /// client certificate is asked for).
+    pub(super) fn authorized_identity<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<String>, Status> {
         match &self.access {
-            None => Ok(()),
+            None => Ok(None),
             Some(access) => {
                 let ca = access.current.get();
                 admin_identity_allowed(
@@ -80,6 +98,7 @@ impl AuditApi {
                     ca.identity_anchors(),
                     ca.clock().now(),
                 )
+                .map(Some)
             }
         }
     }
@@ -96,6 +115,7 @@ impl AuditApi {
                     ca.identity_anchors(),
                     ca.clock().now(),
                 )
+                .map(|_| ())
             }
             (Some(_), None) => Err(super::status::admin_identity_refused()),
         }
@@ -121,6 +141,20 @@ impl AuditApi {
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
+    async fn revoke(
+        &self,
+        request: Request<api::RevokeRequest>,
+    ) -> Result<Response<api::RevokeResponse>, Status> {
+        let actor = self.authorized_identity(&request)?;
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        self.revoke_request(request.into_inner(), actor, peer)
+            .await
+            .map(Response::new)
+    }
+
     async fn list_records(
         &self,
         request: Request<api::ListRecordsRequest>,
@@ -947,8 +981,11 @@ pub fn query_from_filter(filter: api::Filter) -> Query {
             Ok(api::Outcome::Denied) => Some(OutcomeFilter::Denied {
                 reason: text(filter.denial_reason),
             }),
+            Ok(api::Outcome::Revoked) => Some(OutcomeFilter::Revoked),
             Ok(api::Outcome::Any) | Err(_) => None,
         },
+        // The serials are filled in where the query runs (`with_revoked_serials`).
+        revoked: filter.revoked.then(crate::audit::RevokedSerials::default),
     }
 }
 
@@ -959,6 +996,7 @@ pub fn filter_from_query(query: &Query) -> api::Filter {
         None => (api::Outcome::Any, String::new()),
         Some(OutcomeFilter::Issued) => (api::Outcome::Issued, String::new()),
         Some(OutcomeFilter::Denied { reason }) => (api::Outcome::Denied, text(reason)),
+        Some(OutcomeFilter::Revoked) => (api::Outcome::Revoked, String::new()),
     };
     api::Filter {
         serial: query.serial.clone().unwrap_or_default(),
@@ -978,6 +1016,7 @@ pub fn filter_from_query(query: &Query) -> api::Filter {
         expires_before_ms: query.expires_before.map(unix_millis),
         outcome: outcome as i32,
         denial_reason,
+        revoked: query.revoked.is_some(),
     }
 }
 

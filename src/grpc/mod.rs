@@ -7,6 +7,7 @@
 
 pub mod audit;
 mod cluster;
+pub mod revoke;
 pub mod status;
 
 use std::sync::Arc;
@@ -161,7 +162,7 @@ pub fn admin_identity_allowed<T>(
     allowed: &[String],
     anchors: &crate::authn::client_cert::IdentityAnchors,
     now: std::time::SystemTime,
-) -> Result<(), Status> {
+) -> Result<String, Status> {
     let denied = |reason: &str| {
         tracing::warn!(reason, "audit API request refused");
         Err(status::admin_identity_refused())
@@ -188,7 +189,7 @@ pub fn admin_identity_allowed<T>(
     };
     let identity = identity.to_string();
     if allowed.contains(&identity) {
-        Ok(())
+        Ok(identity)
     } else {
         tracing::warn!(%identity, "audit API: client identity not in admin.allowed_identities");
         denied("identity not allowed")

@@ -34,6 +34,37 @@ pub enum IssueError {
     RateLimited(Scope),
     #[error("not issuing now ({})", .0.code())]
     Held(Hold),
+    #[error("{0}")]
+    Revoked(Revoked),
+}
+
+/// A refusal because of a revocation (`meshroot revoke`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Revoked {
+    /// The identity asked for is blocked.
+    #[error("{identity} was revoked at {since} ({reason}); new certificates are refused {until}")]
+    Identity {
+        identity: String,
+        since: String,
+        reason: &'static str,
+        until: String,
+    },
+    /// The client certificate that authenticated the renewal was revoked.
+    #[error("the client certificate (serial {serial}) was revoked at {at} ({reason})")]
+    Certificate {
+        serial: String,
+        at: String,
+        reason: &'static str,
+    },
+}
+
+impl Revoked {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Identity { .. } => "identity-revoked",
+            Self::Certificate { .. } => "certificate-revoked",
+        }
+    }
 }
 
 /// What a failure is, decided once.
@@ -117,6 +148,12 @@ impl IssueError {
                 (None, Failure::Internal, Answer::Internal)
             }
             Self::Held(hold) => (None, Failure::Internal, Answer::Held(hold.code())),
+            // Final: asking again does not help until an operator lifts the block.
+            Self::Revoked(revoked) => (
+                Some(revoked.reason()),
+                Failure::Policy,
+                Answer::Unauthenticated,
+            ),
             Self::RateLimited(scope) => (
                 None,
                 Failure::Throttled(scope.name()),

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub use self::current::CurrentAuthority;
-pub use self::error::{Answer, Classification, IssueError};
+pub use self::error::{Answer, Classification, IssueError, Revoked};
 pub use self::holds::{Hold, Holds};
 pub use self::intermediate::{ClusterCa, CLUSTER_INTERMEDIATE_SUBJECT};
 pub use self::records::{issued_record, IssuedFacts};
@@ -48,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Grant, Lifetime, MeshPolicy, Naming};
 use crate::ratelimit::RateLimits;
 use crate::record::{client_text, Outcome, Record, RecordSink, CLIENT_VALUE_BYTES};
+use crate::revocation::Revocations;
 use crate::signer::{IssuedCertificate, MeshSigner, SigningError};
 
 /// A mesh as the pipeline needs it.
@@ -79,6 +80,7 @@ pub struct CertificateAuthority {
     rate_limits: Arc<RateLimits>,
     identity_anchors: Arc<IdentityAnchors>,
     holds: Arc<Holds>,
+    revocations: Arc<Revocations>,
 }
 
 /// How a refusal ended.
@@ -128,6 +130,7 @@ impl CertificateAuthority {
             metrics: Arc::default(),
             identity_anchors: Arc::default(),
             holds: Arc::default(),
+            revocations: Arc::default(),
         }
     }
 
@@ -135,6 +138,17 @@ impl CertificateAuthority {
     pub fn with_holds(mut self, holds: Arc<Holds>) -> Self {
         self.holds = holds;
         self
+    }
+
+    /// The revocations in force (shared across reloads): revoked identities and client
+    /// certificates are refused.
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
     }
 
     /// The holds in force.
@@ -267,6 +281,10 @@ impl CertificateAuthority {
             }
         };
         facts.caller = Some(caller.clone());
+        // A revoked certificate never renews itself.
+        if caller.authenticator == crate::caller::AuthenticatorKind::ClientCert {
+            self.check_client_certificate(auth)?;
+        }
         // 2. Throttle the caller.
         self.rate_limits
             .allow_caller(&caller.mesh, &caller.subject)
@@ -315,11 +333,53 @@ impl CertificateAuthority {
                 now: self.clock.now(),
             },
         )?;
+        self.check_identity(&grant)?;
         Ok(Approved {
             grant,
             signer: &mesh.signer,
             csr_sha256: csr.der_sha256,
         })
+    }
+
+    /// Refuses a renewal authenticated by a revoked client certificate.
+    fn check_client_certificate(&self, auth: &AuthRequest) -> Result<(), IssueError> {
+        let Some(leaf) = auth.peer_certificates.first() else {
+            return Ok(());
+        };
+        let Some(serial) = crate::signer::check::serial_of(leaf) else {
+            return Ok(()); // the authenticator parsed it; this cannot fail after it
+        };
+        match self.revocations.revoked(&serial) {
+            None => Ok(()),
+            Some(revoked) => Err(IssueError::Revoked(Revoked::Certificate {
+                serial: hex(&serial),
+                at: format_time(revoked.revoked_at),
+                reason: revoked.reason.name(),
+            })),
+        }
+    }
+
+    /// Refuses an identity (as granted, or as asked for under an alias) that was revoked and
+    /// is still blocked.
+    fn check_identity(&self, grant: &Grant) -> Result<(), IssueError> {
+        if !self.revocations.any_blocks() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        for identity in [grant.identity.to_string(), grant.requested.to_string()] {
+            if let Some(block) = self.revocations.blocked(&identity, now) {
+                return Err(IssueError::Revoked(Revoked::Identity {
+                    identity,
+                    since: format_time(block.since),
+                    reason: block.reason.name(),
+                    until: match block.until {
+                        Some(until) => format!("until {}", format_time(until)),
+                        None => "until the block is lifted".into(),
+                    },
+                }));
+            }
+        }
+        Ok(())
     }
 
     /// A node proxy asking for a workload's identity: the caller as the workload, if the node

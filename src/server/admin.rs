@@ -16,7 +16,7 @@ pub(super) async fn start_admin(
     store: Arc<SledStore>,
     audit: &AuditPublisher,
     (monitor, health): (&Monitor, HealthServer<impl Health>),
-    members: Option<Arc<Members>>,
+    (members, crls): (Option<Arc<Members>>, Arc<super::crl::CrlKeeper>),
     shutdown: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<Result<(), ServeError>>), ServeError> {
     let address = config.admin.listen;
@@ -27,6 +27,7 @@ pub(super) async fn start_admin(
         .map_err(|source| ServeError::Bind { address, source })?;
     let loopback = address.ip().is_loopback();
     let verifier_key = audit.signer.as_ref().map(|s| s.verifier_key());
+    let current_for_revocation = current.clone();
     let service = crate::grpc::audit::AuditApi::new(
         store,
         verifier_key,
@@ -42,6 +43,11 @@ pub(super) async fn start_admin(
                 .as_ref()
                 .map(|cluster| cluster.identity.clone()),
         ),
+        Some(crate::grpc::revoke::RevokeContext {
+            current: current_for_revocation,
+            publisher: crls.clone(),
+            block_for: config.revocation.block_for,
+        }),
     );
     let mut stop = shutdown.clone();
     let until_stopped = async move {
@@ -51,6 +57,7 @@ pub(super) async fn start_admin(
         .add_service(health)
         .into_axum_router()
         .merge(monitor.routes())
+        .merge(crl_route(crls.clone()))
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
     let router = http2_limits(tonic::transport::Server::builder(), &config.connections)
         .accept_http1(true)
@@ -98,4 +105,24 @@ pub(super) async fn start_admin(
         })
     };
     Ok((local, task))
+}
+
+/// `GET /crl`: `ca-crl.pem`, the same bytes as the file and the ConfigMap. CRLs are public, so
+/// no client certificate is asked for.
+fn crl_route(crls: Arc<super::crl::CrlKeeper>) -> axum::Router {
+    axum::Router::new().route(
+        "/crl",
+        axum::routing::get(move || {
+            let pem = crls.pem();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/pem-certificate-chain",
+                    )],
+                    pem,
+                )
+            }
+        }),
+    )
 }

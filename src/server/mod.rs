@@ -27,6 +27,7 @@ mod assemble;
 mod background;
 mod cluster;
 mod connections;
+pub mod crl;
 mod duties;
 mod export;
 mod otlp;
@@ -77,6 +78,10 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("reading the revocation records: {0}")]
+    Revocations(String),
+    #[error("revocation: {0}")]
+    Crl(String),
     #[error("mesh {mesh}: {source}")]
     CaMaterial {
         mesh: String,
@@ -447,10 +452,17 @@ pub async fn start_with_clock(
         config.rate_limit.refusals_recorded_per_peer,
         config.rate_limit.refusals_recorded,
     );
+    // The revocations in force, from the log's revocation records.
+    let revocations = Arc::new(crate::revocation::Revocations::from_records(
+        &store
+            .revocations()
+            .map_err(|e| ServeError::Revocations(e.to_string()))?,
+    ));
     let ca = build_authority(config, clock.clone(), store.clone(), metrics.clone())
         .await?
         .with_rate_limits(limits.clone())
-        .with_holds(Arc::default());
+        .with_holds(Arc::default())
+        .with_revocations(revocations);
     let current = Arc::new(CurrentAuthority::new(Arc::new(ca)));
     start_serving(config, clock, store, current, signer, (metrics, limits)).await
 }
@@ -556,6 +568,7 @@ async fn start_serving(
         file: config.audit.checkpoint_file.clone(),
         one_at_a_time: Arc::default(),
     };
+    let crls = start_crls(config, &current, &store, (&background, shutdown_rx.clone())).await?;
     let (admin_address, admin_task) = start_admin(
         config,
         current.clone(),
@@ -564,7 +577,7 @@ async fn start_serving(
         store.clone(),
         &audit,
         (&monitor, health_service.clone()),
-        members.clone(),
+        (members.clone(), crls.clone()),
         shutdown_rx.clone(),
     )
     .await?;
@@ -731,6 +744,37 @@ async fn start_serving(
     };
     server.watch_config_file(shutdown_rx);
     Ok(server)
+}
+
+/// Signs the CRLs once before serving (so `/crl` and the file hold them from the start) and
+/// keeps them fresh. Where Istio will read them (the `istio-ca-crl` ConfigMap, `cacerts`), every
+/// CA above a signing certificate must have its CRL among `extra_crls`, or the server refuses
+/// to start: Envoy would refuse every certificate of the mesh otherwise.
+async fn start_crls(
+    config: &Config,
+    current: &Arc<CurrentAuthority>,
+    store: &Arc<SledStore>,
+    (background, shutdown): (&TaskTracker, watch::Receiver<bool>),
+) -> Result<Arc<crl::CrlKeeper>, ServeError> {
+    let settings = &config.revocation;
+    let istio_reads = (config.kubernetes.is_some() && settings.configmap)
+        || config
+            .meshes
+            .iter()
+            .flat_map(|mesh| &mesh.clusters)
+            .any(|cluster| cluster.cacerts.is_some());
+    if let Err(problem) = crl::check_chain_covered(current, settings) {
+        if istio_reads {
+            return Err(ServeError::Crl(problem));
+        }
+        if settings.crl_file.is_some() {
+            tracing::warn!(%problem, "the CRL file lacks a CRL Envoy needs");
+        }
+    }
+    let keeper = crl::CrlKeeper::new(store.clone(), current.clone(), settings.clone());
+    keeper.refresh(true).await.map_err(ServeError::Crl)?;
+    background.spawn(crl::keep_crls(keeper.clone(), shutdown));
+    Ok(keeper)
 }
 
 /// Records each mesh's bundle as accepted (one replica: the local check is the whole gate).

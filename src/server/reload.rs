@@ -71,7 +71,8 @@ pub(super) async fn reload(
         let authority = build_authority(&config, clock.clone(), store.clone(), metrics.clone())
             .await?
             .with_rate_limits(limits.clone())
-            .with_holds(holds.clone());
+            .with_holds(holds.clone())
+            .with_revocations(current.get().revocations().clone());
         // A bundle that drops a root: every member must confirm none of its certificates needs
         // it (fail closed). The previous configuration keeps serving otherwise.
         match members {

@@ -13,6 +13,13 @@ use super::constraints::UriConstraints;
 use super::SigningError;
 use crate::identity::{AltNames, SpiffeId};
 
+/// A certificate's serial number, as encoded (the bytes records keep); None if it cannot be
+/// parsed.
+pub fn serial_of(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, certificate) = X509Certificate::from_der(der).ok()?;
+    Some(certificate.raw_serial().to_vec())
+}
+
 /// What a leaf certifies.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum LeafSubject<'a> {

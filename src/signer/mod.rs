@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod constraints;
+mod crl;
 pub mod files;
 pub mod intermediate;
 pub mod material;

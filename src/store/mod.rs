@@ -48,7 +48,7 @@ use crate::clock::{from_unix_millis, from_unix_seconds, unix_millis};
 use crate::pb::store as pb;
 use crate::record::{
     AppendFuture, CallerRecord, DenialRecord, IssuedCa, IssuedRecord, Outcome, Record, RecordSink,
-    RefusalSummary, RECORD_VERSION,
+    RefusalSummary, RevocationRecord, RevokedCertificate, RECORD_VERSION,
 };
 
 use codec::RunId;
@@ -79,9 +79,14 @@ const META_PRUNED_PREFIX: &[u8] = b"pruned-bits/";
 /// (DER, each with a u32 length): which roots the certificates it signed chain to, long after
 /// it was rotated out.
 const META_SIGNER_PREFIX: &[u8] = b"signer/";
+/// `crl/<SHA-256 of a signing certificate>` → the latest CRL it signed (DER).
+const META_CRL_PREFIX: &[u8] = b"crl/";
 /// `export/<sink>` → the sink's cursor: the next sequence to ship and the size of the last
 /// checkpoint shipped (two u64, big-endian).
 const META_EXPORT_PREFIX: &[u8] = b"export/";
+
+/// A kept CRL: the SHA-256 of the certificate that signed it, and its DER.
+pub type SavedCrl = (Vec<u8>, Vec<u8>);
 
 /// Where an export sink stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,6 +412,40 @@ impl SledStore {
         self.flush()
     }
 
+    /// Keeps the latest CRL meshroot signed for a signing certificate (by its SHA-256), so the
+    /// last CRL of an intermediate that was rotated out is still published after a restart,
+    /// until its nextUpdate.
+    pub fn save_crl(&self, signer_sha256: &[u8], der: &[u8]) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        let key = [META_CRL_PREFIX, signer_sha256].concat();
+        self.inner.meta.insert(key, der).map_err(write_error)?;
+        Ok(())
+    }
+
+    /// Every kept CRL: (signer SHA-256, DER).
+    pub fn saved_crls(&self) -> Result<Vec<SavedCrl>, StoreError> {
+        self.inner
+            .meta
+            .scan_prefix(META_CRL_PREFIX)
+            .map(|entry| {
+                let (key, value) = entry.map_err(read_error)?;
+                Ok((key[META_CRL_PREFIX.len()..].to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Forgets the kept CRL of a signer (its nextUpdate passed).
+    pub fn forget_crl(&self, signer_sha256: &[u8]) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        let key = [META_CRL_PREFIX, signer_sha256].concat();
+        self.inner.meta.remove(key).map_err(write_error)?;
+        Ok(())
+    }
+
     /// Forgets a signer none of whose certificates is still valid.
     pub fn forget_signer(&self, mesh: &str, sha256: &[u8]) -> Result<(), StoreError> {
         if self.inner.read_only {
@@ -509,7 +548,38 @@ impl SledStore {
         page_size: usize,
         page_token: Option<&str>,
     ) -> Result<Page, AuditError> {
-        self.inner.query(query, page_size, page_token)
+        let query = self.with_revoked_serials(query)?;
+        self.inner.query(&query, page_size, page_token)
+    }
+
+    /// Every revocation record (`meshroot revoke`), oldest first. They are few, and never
+    /// pruned: the revocations in force are rebuilt from them.
+    pub fn revocations(&self) -> Result<Vec<Record>, AuditError> {
+        self.query_all(&Query {
+            outcome: Some(crate::audit::OutcomeFilter::Revoked),
+            ..Query::default()
+        })
+    }
+
+    /// `query` with the serials its revoked-only filter stands for: those this log's
+    /// revocation records name.
+    fn with_revoked_serials<'q>(
+        &self,
+        query: &'q Query,
+    ) -> Result<std::borrow::Cow<'q, Query>, AuditError> {
+        if query.revoked.is_none() {
+            return Ok(std::borrow::Cow::Borrowed(query));
+        }
+        let mut serials = std::collections::BTreeSet::new();
+        for record in self.revocations()? {
+            if let Outcome::Revoked(revoked) = record.outcome {
+                serials.extend(revoked.certificates.into_iter().map(|c| c.serial));
+            }
+        }
+        Ok(std::borrow::Cow::Owned(Query {
+            revoked: Some(crate::audit::RevokedSerials(Arc::new(serials))),
+            ..query.clone()
+        }))
     }
 
     /// Every record `query` selects (all pages).
@@ -528,6 +598,7 @@ impl SledStore {
 
     /// How many records `query` selects.
     pub fn count(&self, query: &Query) -> Result<u64, AuditError> {
+        let query = &*self.with_revoked_serials(query)?;
         self.inner.count(query)
     }
 

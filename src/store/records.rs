@@ -48,6 +48,26 @@ pub fn to_message(record: &Record) -> pb::Record {
                 last_at_ms: unix_millis(summary.last_at),
             }),
         }),
+        Outcome::Revoked(revoked) => pb::record::Outcome::Revoked(pb::Revocation {
+            reason: revoked.reason.clone(),
+            comment: revoked.comment.clone(),
+            selector: revoked.selector.clone(),
+            certificates: revoked
+                .certificates
+                .iter()
+                .map(|c| pb::RevokedCertificate {
+                    serial: c.serial.clone(),
+                    intermediate_sha256: c.intermediate_sha256.clone(),
+                    not_after: crate::clock::unix_seconds(c.not_after),
+                    spiffe_id: c.spiffe_id.clone(),
+                    mesh: c.mesh.clone(),
+                    member: c.member.clone(),
+                })
+                .collect(),
+            blocked: revoked.blocked.clone(),
+            blocked_until_ms: revoked.blocked_until.map(unix_millis).unwrap_or(0),
+            unblocked: revoked.unblocked.clone(),
+        }),
     };
     pb::Record {
         version: RECORD_VERSION,
@@ -115,6 +135,27 @@ pub fn from_message(record: pb::Record) -> Option<Record> {
                 first_at: from_unix_millis(summary.first_at_ms),
                 last_at: from_unix_millis(summary.last_at_ms),
             }),
+        }),
+        pb::record::Outcome::Revoked(revoked) => Outcome::Revoked(RevocationRecord {
+            reason: revoked.reason,
+            comment: revoked.comment,
+            selector: revoked.selector,
+            certificates: revoked
+                .certificates
+                .into_iter()
+                .map(|c| RevokedCertificate {
+                    serial: c.serial,
+                    intermediate_sha256: c.intermediate_sha256,
+                    not_after: from_unix_seconds(c.not_after),
+                    spiffe_id: c.spiffe_id,
+                    mesh: c.mesh,
+                    member: c.member,
+                })
+                .collect(),
+            blocked: revoked.blocked,
+            blocked_until: (revoked.blocked_until_ms != 0)
+                .then(|| from_unix_millis(revoked.blocked_until_ms)),
+            unblocked: revoked.unblocked,
         }),
     };
     Some(Record {

@@ -269,7 +269,7 @@ fn expected(records: &[Record], query: &Query) -> Vec<u64> {
     if matches!(index::plan(query), Plan::Expiry { .. }) {
         matching.sort_by_key(|r| match &r.outcome {
             Outcome::Issued(issued) => (crate::clock::unix_seconds(issued.not_after), r.sequence),
-            Outcome::Denied(_) => (0, r.sequence),
+            Outcome::Denied(_) | Outcome::Revoked(_) => (0, r.sequence),
         });
     }
     matching.iter().map(|r| r.sequence).collect()
@@ -581,6 +581,8 @@ async fn pruning_removes_expired_issuances_and_old_denials_but_keeps_the_log_ver
     let gone = |r: &Record| match &r.outcome {
         Outcome::Issued(issued) => issued.not_after < now - policy.issued_after_expiry,
         Outcome::Denied(_) => r.recorded_at < now - policy.denials,
+        // Revocations are never pruned: the revocations in force are rebuilt from them.
+        Outcome::Revoked(_) => false,
     };
     let expected_gone: Vec<u64> = before
         .iter()

@@ -33,6 +33,7 @@ const DOMAIN: &[&str] = &[
     "policy",
     "ratelimit",
     "record",
+    "revocation",
     "signer",
 ];
 

@@ -115,7 +115,7 @@ fn exported_serials(dir: &Path) -> HashSet<Vec<u8>> {
         })
         .filter_map(|record| match record.outcome {
             meshroot::record::Outcome::Issued(issued) => Some(issued.serial),
-            meshroot::record::Outcome::Denied(_) => None,
+            _ => None,
         })
         .collect()
 }

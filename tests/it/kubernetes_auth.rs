@@ -74,7 +74,7 @@ async fn request(
 fn denial_reason(record: &Record) -> &str {
     match &record.outcome {
         Outcome::Denied(denial) => &denial.reason,
-        Outcome::Issued(_) => panic!("expected a denial"),
+        other => panic!("expected a denial, got {other:?}"),
     }
 }
 

@@ -155,6 +155,9 @@ pub struct FilterArgs {
     /// meshroot issued (the plug-in path; with --cluster, one cluster's).
     #[arg(long, value_enum)]
     pub kind: Option<KindArg>,
+    /// Only certificates that were revoked (`meshroot revoke`).
+    #[arg(long)]
+    pub revoked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -166,6 +169,8 @@ pub enum KindArg {
 pub enum OutcomeArg {
     Issued,
     Denied,
+    /// Revocation records (`meshroot revoke`): who revoked what, when, why.
+    Revoked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

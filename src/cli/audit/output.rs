@@ -87,6 +87,11 @@ impl Printer {
                         denied.reason.clone(),
                         denied.requested_spiffe_id.clone(),
                     ),
+                    Outcome::Revoked(revoked) => (
+                        "revoked",
+                        revocation_summary(revoked),
+                        revoked.selector.clone(),
+                    ),
                 };
                 let caller = &record.caller;
                 let who = if caller.subject.is_empty() {
@@ -142,6 +147,18 @@ impl Printer {
     }
 }
 
+/// A revocation in the table's reason column: how many certificates, and why.
+fn revocation_summary(revoked: &crate::record::RevocationRecord) -> String {
+    let reason = match revoked.reason.as_str() {
+        "" => "unspecified",
+        reason => reason,
+    };
+    match (revoked.certificates.len(), revoked.unblocked.len()) {
+        (0, lifted) if lifted > 0 => format!("unblocked {lifted}"),
+        (n, _) => format!("{n} cert(s), {reason}"),
+    }
+}
+
 pub(super) fn csv_row(record: &Record) -> String {
     let caller = &record.caller;
     let time = |t: SystemTime| format_time(t);
@@ -166,6 +183,23 @@ pub(super) fn csv_row(record: &Record) -> String {
             String::new(),
             d.requested_spiffe_id.clone(),
             d.mesh.clone(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ),
+        Outcome::Revoked(r) => (
+            "revoked",
+            r.reason.clone(),
+            r.certificates
+                .iter()
+                .map(|c| hex(&c.serial))
+                .collect::<Vec<_>>()
+                .join(" "),
+            r.blocked.join(" "),
+            r.selector.clone(),
+            String::new(),
             String::new(),
             String::new(),
             String::new(),

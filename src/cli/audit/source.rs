@@ -206,7 +206,7 @@ impl Log {
         }
     }
 
-    pub(super) async fn connect(addr: &str, source: &SourceArgs) -> Result<Self, Failure> {
+    pub(crate) async fn connect(addr: &str, source: &SourceArgs) -> Result<Self, Failure> {
         let failed = |e: String| Failure::runtime(format!("connecting to {addr}: {e}"));
         let channel = match &source.root {
             None => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -394,7 +394,7 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(Failure::runtime)
 }
 
-pub(super) fn remote_failure(status: tonic::Status) -> Failure {
+pub(crate) fn remote_failure(status: tonic::Status) -> Failure {
     Failure::runtime(format!(
         "the audit API answered {:?}: {}",
         status.code(),
@@ -407,7 +407,7 @@ pub(super) fn parse_serial(text: &str) -> Result<Vec<u8>, Failure> {
 }
 
 impl FilterArgs {
-    pub(super) fn query(&self, now: SystemTime) -> Result<Query, Failure> {
+    pub(crate) fn query(&self, now: SystemTime) -> Result<Query, Failure> {
         let time = |flag: &str, value: &Option<String>| -> Result<Option<SystemTime>, Failure> {
             value
                 .as_deref()
@@ -427,6 +427,12 @@ impl FilterArgs {
                 ))
             }
             (Some(OutcomeArg::Issued), None) => Some(OutcomeFilter::Issued),
+            (Some(OutcomeArg::Revoked), None) => Some(OutcomeFilter::Revoked),
+            (Some(OutcomeArg::Revoked), Some(_)) => {
+                return Err(Failure::usage(
+                    "--reason is for denials, not --outcome revoked",
+                ))
+            }
             (Some(OutcomeArg::Denied), reason) | (None, reason @ Some(_)) => {
                 Some(OutcomeFilter::Denied {
                     reason: reason.clone(),
@@ -467,6 +473,7 @@ impl FilterArgs {
             expires_after: time("expires-after", &self.expires_after)?,
             expires_before: time("expires-before", &self.expires_before)?,
             outcome,
+            revoked: self.revoked.then(crate::audit::RevokedSerials::default),
         };
         query
             .validate()

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::audit::merkle::Hash;
 use crate::audit::{
     boundary_prefix, order_key, IndexKeys, IndexKind, OutcomeFilter, Position, Query, Summary,
-    MESH_SEPARATOR, OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED,
+    MESH_SEPARATOR, OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED, OUTCOME_REVOKED,
 };
 use crate::store::StoreError;
 

@@ -83,12 +83,21 @@ pub fn plan(query: &Query) -> Plan {
     }
     if let Some(Some(reason)) = query.outcome.as_ref().map(|o| match o {
         OutcomeFilter::Denied { reason } => reason.as_ref(),
-        OutcomeFilter::Issued => None,
+        OutcomeFilter::Issued | OutcomeFilter::Revoked => None,
     }) {
         sources.push(exact(
             IndexKind::Outcome,
             format!("{OUTCOME_DENIED_PREFIX}{reason}").as_bytes(),
         ));
+    }
+    if let Some(crate::audit::RevokedSerials(serials)) = &query.revoked {
+        sources.push(Source {
+            kind: IndexKind::Serial,
+            selector: ValueSelector::Values(serials.iter().cloned().collect()),
+        });
+    }
+    if query.outcome == Some(OutcomeFilter::Revoked) {
+        sources.push(exact(IndexKind::Outcome, OUTCOME_REVOKED.as_bytes()));
     }
     if let Some(prefix) = &query.spiffe_id_prefix {
         match boundary_prefix(prefix) {
@@ -130,6 +139,7 @@ pub fn plan(query: &Query) -> Plan {
                 kind: IndexKind::Outcome,
                 selector: ValueSelector::Prefix(OUTCOME_DENIED_PREFIX.as_bytes().to_vec()),
             }),
+
             _ => return Plan::Sequence,
         }
     }
