@@ -25,6 +25,7 @@ mod name_constraints;
 mod plugin;
 mod rejections;
 mod replicas;
+mod revocation;
 mod rotation;
 mod rustls_mtls;
 mod store_failure;

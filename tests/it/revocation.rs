@@ -1,0 +1,430 @@
+//! Revocation by identity, proven with the verifiers that matter: a real Envoy pair whose
+//! `ISTIO_MUTUAL` validation context carries the CRL the way Istio's sidecar does (the `ROOTCA`
+//! SDS secret naming `ca-crl.pem` by file), OpenSSL and Go's crypto/x509.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::process::BINARY;
+use crate::common::*;
+use crate::envoy_mtls::{free_port, get, start_upstream, Envoy};
+use meshroot::keys::KeyType;
+
+const CART: &str = "spiffe://a.example/ns/shop/sa/cart";
+const ORDERS: &str = "spiffe://a.example/ns/shop/sa/orders";
+
+/// `meshroot ARGS`, with its exit code and both outputs.
+async fn meshroot(args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY)
+            .args(&args)
+            .env("MESHROOT_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (output.status.code().unwrap_or(-1), text(&output))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The `ROOTCA` secret as istio-agent's SDS sends it with `ca-crl.pem` present
+/// (`security/pkg/nodeagent/sds/sdsservice.go`): the roots, and the CRL by file name.
+fn rootca_sds(dir: &Path, crl: &Path) -> String {
+    format!(
+        r#"resources:
+- "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret
+  name: ROOTCA
+  validation_context:
+    trusted_ca: {{ filename: "{dir}/root.pem" }}
+    crl: {{ filename: "{crl}" }}
+"#,
+        dir = dir.display(),
+        crl = crl.display()
+    )
+}
+
+/// The validation context of an `ISTIO_MUTUAL` TLS context, as Istio builds it: SAN matching
+/// in the default context, the roots (and CRL) from the `ROOTCA` secret.
+fn istio_validation(dir: &Path, crl_dir: &Path, indent: &str, san: &str) -> String {
+    format!(
+        "{indent}combined_validation_context:\n\
+         {indent}  default_validation_context:\n\
+         {indent}    match_typed_subject_alt_names:\n\
+         {indent}    - san_type: URI\n\
+         {indent}      matcher: {san}\n\
+         {indent}  validation_context_sds_secret_config:\n\
+         {indent}    name: ROOTCA\n\
+         {indent}    sds_config:\n\
+         {indent}      resource_api_version: V3\n\
+         {indent}      path_config_source:\n\
+         {indent}        path: \"{dir}/rootca.yaml\"\n\
+         {indent}        watched_directory: {{ path: \"{crl_dir}\" }}\n",
+        dir = dir.display(),
+        crl_dir = crl_dir.display(),
+    )
+}
+
+fn gateway(dir: &Path, crl_dir: &Path, port: u16, upstream: u16) -> String {
+    format!(
+        r#"node: {{ id: "router~127.0.0.1~gateway.istio-system~istio-system.svc.cluster.local", cluster: gateway }}
+static_resources:
+  listeners:
+  - name: gateway
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: "{dir}/gateway-chain.pem" }}
+              private_key: {{ filename: "{dir}/gateway-key.pem" }}
+{validation}      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: gateway
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: upstream }} }}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }} }}] }}]
+"#,
+        dir = dir.display(),
+        validation = istio_validation(
+            dir,
+            crl_dir,
+            "            ",
+            "{ prefix: \"spiffe://a.example/\" }"
+        ),
+    )
+}
+
+/// A sidecar with one upstream cluster per workload `name`, each presenting its certificate to
+/// the gateway on a new connection per request.
+fn sidecar(dir: &Path, crl_dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
+    let routes: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "              - {{ match: {{ prefix: \"/{n}\" }}, route: {{ cluster: {n} }} }}\n"
+            )
+        })
+        .collect();
+    let clusters: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                r#"  - name: {n}
+    type: STATIC
+    connect_timeout: 2s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {{ max_requests_per_connection: 1 }}
+        explicit_http_config: {{ http_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: {n}
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {gateway} }} }} }} }}] }}]
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{ filename: "{dir}/{n}-chain.pem" }}
+            private_key: {{ filename: "{dir}/{n}-key.pem" }}
+{validation}"#,
+                dir = dir.display(),
+                validation = istio_validation(dir, crl_dir, "          ", &format!("{{ exact: \"{GATEWAY_ID}\" }}")),
+            )
+        })
+        .collect();
+    format!(
+        r#"node: {{ id: "sidecar~127.0.0.1~cart.shop~shop.svc.cluster.local", cluster: cart.shop }}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+{clusters}"#
+    )
+}
+
+fn go_binary() -> PathBuf {
+    std::env::var_os("MESHROOT_GO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("go"))
+}
+
+/// `go run tests/go/crlcheck.go CAS CRLS [CERT]`.
+fn go_crlcheck(cas: &Path, crls: &Path, cert: &Path) -> Output {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Command::new(go_binary())
+        .arg("run")
+        .arg(manifest.join("tests/go/crlcheck.go"))
+        .args([cas, crls, cert])
+        .env("GOCACHE", manifest.join("target/go-cache"))
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("Go is needed: set MESHROOT_GO or install golang-go (.ci/run does)")
+}
+
+/// Every PEM block of `kind` in `text`, each whole.
+fn pem_blocks(text: &str, kind: &str) -> Vec<String> {
+    let begin = format!("-----BEGIN {kind}-----");
+    let end = format!("-----END {kind}-----");
+    text.split(&begin)
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once(&end)
+                .map(|(body, _)| format!("{begin}{body}{end}\n"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn envoy_refuses_a_revoked_identity_on_a_new_connection_and_still_accepts_another() {
+    let ca = TestCa::with_meshes(
+        &[("a", "a.example"), ("b", "b.example")],
+        KeyType::EcdsaP256,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    // The CRL where the sidecar mounts it, written by meshroot (`[revocation] crl_file`).
+    let crl_dir = dir.join("crl");
+    let crl = crl_dir.join("ca-crl.pem");
+    ca.edit_config(|text| {
+        text.replace(
+            "crl_file = \"ca-crl.pem\"",
+            &format!("crl_file = \"{}\"", crl.display()),
+        )
+    });
+    let server = ca.start().await;
+    let admin = server.server.admin_address().to_string();
+    std::fs::write(dir.join("root.pem"), ca.root_pem()).unwrap();
+    let gateway_cert = server.workload(&ca, "b", GATEWAY_ID).await;
+    let cart = server.workload(&ca, "a", CART).await;
+    let orders = server.workload(&ca, "a", ORDERS).await;
+    for (name, (chain, key)) in [
+        ("gateway", &gateway_cert),
+        ("cart", &cart),
+        ("orders", &orders),
+    ] {
+        std::fs::write(dir.join(format!("{name}-chain.pem")), chain).unwrap();
+        std::fs::write(dir.join(format!("{name}-key.pem")), key).unwrap();
+    }
+    let before = std::fs::read_to_string(&crl).expect("meshroot writes the CRL file at start");
+    // Every CA of the chain has its CRL: both intermediates' (signed by meshroot) and the root's.
+    assert_eq!(pem_blocks(&before, "X509 CRL").len(), 3, "{before}");
+    std::fs::write(dir.join("rootca.yaml"), rootca_sds(dir, &crl)).unwrap();
+
+    let (upstream, seen) = start_upstream().await;
+    let (gateway_port, sidecar_port) = (free_port(), free_port());
+    let _gateway = Envoy::start(
+        dir,
+        "gateway",
+        &gateway(dir, &crl_dir, gateway_port, upstream),
+        gateway_port,
+    )
+    .await;
+    let _sidecar = Envoy::start(
+        dir,
+        "sidecar",
+        &sidecar(
+            dir,
+            &crl_dir,
+            sidecar_port,
+            gateway_port,
+            &["cart", "orders"],
+        ),
+        sidecar_port,
+    )
+    .await;
+    // Validation contexts arrive over SDS: wait until the first request passes.
+    answers(sidecar_port, "/cart", 200).await;
+    assert_eq!(get(sidecar_port, "/orders").await, 200);
+
+    // Revoke everything cart holds, through the running server's admin API.
+    let (code, out) = meshroot(&[
+        "revoke",
+        "--addr",
+        &admin,
+        "--spiffe-id",
+        CART,
+        "--reason",
+        "key-compromise",
+        "--comment",
+        "key found in a public bucket",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("revoked 1 certificate(s)"), "{out}");
+    let after = std::fs::read_to_string(&crl).unwrap();
+    assert_ne!(
+        after, before,
+        "the CRL file is refreshed before the command returns"
+    );
+
+    // OpenSSL: every CRL's signature verifies against its issuer; cart's leaf is revoked,
+    // orders' is not.
+    let chain_of = |(chain, _): &(String, String)| chain.clone();
+    let cas: String = pem_blocks(&chain_of(&cart), "CERTIFICATE")[1..].concat()
+        + &pem_blocks(&chain_of(&gateway_cert), "CERTIFICATE")[1..].concat();
+    std::fs::write(dir.join("cas.pem"), &cas).unwrap();
+    let all_cas = dir.join("all-cas.pem");
+    std::fs::write(&all_cas, format!("{cas}{}", ca.root_pem())).unwrap();
+    for (index, one) in pem_blocks(&after, "X509 CRL").iter().enumerate() {
+        let path = dir.join(format!("crl-{index}.pem"));
+        std::fs::write(&path, one).unwrap();
+        let verified = Command::new("openssl")
+            .args(["crl", "-noout", "-verify", "-in"])
+            .arg(&path)
+            .arg("-CAfile")
+            .arg(&all_cas)
+            .output()
+            .unwrap();
+        assert!(text(&verified).contains("verify OK"), "{}", text(&verified));
+    }
+    let leaf = |name: &str, (chain, _): &(String, String)| {
+        let path = dir.join(format!("{name}-leaf.pem"));
+        std::fs::write(&path, &pem_blocks(chain, "CERTIFICATE")[0]).unwrap();
+        path
+    };
+    let (cart_leaf, orders_leaf) = (leaf("cart", &cart), leaf("orders", &orders));
+    let crl_check = |leaf: &Path| {
+        Command::new("openssl")
+            .args(["verify", "-crl_check_all", "-CAfile"])
+            .arg(dir.join("root.pem"))
+            .arg("-untrusted")
+            .arg(dir.join("cas.pem"))
+            .arg("-CRLfile")
+            .arg(&crl)
+            .arg(leaf)
+            .output()
+            .unwrap()
+    };
+    let refused = crl_check(&cart_leaf);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("certificate revoked"),
+        "{}",
+        text(&refused)
+    );
+    let accepted = crl_check(&orders_leaf);
+    assert!(accepted.status.success(), "{}", text(&accepted));
+
+    // Go's crypto/x509: signatures verify, cart's serial is listed, orders' is not.
+    let go = go_crlcheck(&all_cas, &crl, &cart_leaf);
+    assert!(go.status.success(), "{}", text(&go));
+    assert!(text(&go).trim_end().ends_with("\nrevoked"), "{}", text(&go));
+    assert!(
+        text(&go).contains("CN=meshroot root CA,O=meshroot: signature ok"),
+        "{}",
+        text(&go)
+    );
+    let go = go_crlcheck(&all_cas, &crl, &orders_leaf);
+    assert!(
+        text(&go).trim_end().ends_with("not revoked"),
+        "{}",
+        text(&go)
+    );
+
+    // Envoy: cart's certificate is refused on a new connection; orders' still passes.
+    let before_refusal = seen.lock().unwrap().len();
+    answers(sidecar_port, "/cart", 503).await;
+    assert_eq!(get(sidecar_port, "/cart").await, 503);
+    assert_eq!(get(sidecar_port, "/orders").await, 200);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        before_refusal + 1,
+        "only orders' request reached the upstream"
+    );
+
+    // The identity gets no new certificate, with its own denial reason.
+    let status = server
+        .call(agent_csr(CART), Some(ca.token("a", "shop", "cart")), 3600)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert_eq!(reason_of(&server.record_of(&status)), "identity-revoked");
+
+    // The revocation is a record: who, why, which serial; and cart's record says it is revoked.
+    let (code, out) = meshroot(&[
+        "audit",
+        "list",
+        "--addr",
+        &admin,
+        "--outcome",
+        "revoked",
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("key-compromise") && out.contains("key found in a public bucket"),
+        "{out}"
+    );
+    let (_, out) = meshroot(&["audit", "list", "--addr", &admin, "--revoked"]).await;
+    assert!(out.contains(CART) && !out.contains(ORDERS), "{out}");
+    server.stop().await;
+}
+
+fn reason_of(record: &meshroot::record::Record) -> String {
+    match &record.outcome {
+        meshroot::record::Outcome::Denied(denied) => denied.reason.clone(),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+/// Waits (bounded) until a GET through the sidecar answers `status`: Envoy applies a new
+/// validation context (SDS, the CRL file moved in) asynchronously.
+async fn answers(port: u16, path: &str, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = 0;
+    while std::time::Instant::now() < deadline {
+        last = get(port, path).await;
+        if last == status {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("GET {path} answered {last}, not {status}, for 20 s");
+}
