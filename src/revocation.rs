@@ -272,12 +272,21 @@ pub fn pending(
     wanted
         .certificates
         .retain(|certificate| revocations.revoked(&certificate.serial).is_none());
-    let nothing = wanted.certificates.is_empty()
-        && wanted.blocked.is_empty()
-        && wanted
+    {
+        let state = revocations.read();
+        // A block already in force until lifted, or until the same time, is not asked again.
+        wanted.blocked.retain(|identity| {
+            state
+                .blocks
+                .get(identity)
+                .is_none_or(|block| block.until.is_some() && block.until != wanted.blocked_until)
+        });
+        wanted
             .unblocked
-            .iter()
-            .all(|identity| !revocations.read().blocks.contains_key(identity));
+            .retain(|identity| state.blocks.contains_key(identity));
+    }
+    let nothing =
+        wanted.certificates.is_empty() && wanted.blocked.is_empty() && wanted.unblocked.is_empty();
     (!nothing).then_some(wanted)
 }
 

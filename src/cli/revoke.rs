@@ -420,12 +420,14 @@ fn report(
         "revoked"
     };
     if !certificates.is_empty() {
-        let already = if already_revoked > 0 {
-            format!(" ({already_revoked} of them already were)")
+        let already = already_revoked.min(certificates.len() as u64);
+        let newly = certificates.len() as u64 - already;
+        let note = if already > 0 {
+            format!(" ({already} more already were)")
         } else {
             String::new()
         };
-        println!("{verb} {} certificate(s){already}", certificates.len());
+        println!("{verb} {newly} certificate(s){note}");
     }
     if !blocked.is_empty() {
         let verb = if args.dry_run {

@@ -119,11 +119,60 @@ pub async fn run_root_distribution(
     leader: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let content = NamespacedConfigMap {
+        name: ROOT_CONFIGMAP,
+        key: ROOT_CONFIGMAP_KEY,
+        what: "trust bundle",
+        content: Box::new(move || mesh.bundle_pem()),
+        published: Box::new(|_| {}),
+    };
     while_leading(leader, shutdown, || {
         tracing::info!(configmap = ROOT_CONFIGMAP, selector = %settings.namespace_selector, "distributing the trust bundle");
-        distribute_roots(&client, &settings, mesh.as_ref())
+        distribute(&client, &settings, &content)
     })
     .await
+}
+
+/// The CRLs' ConfigMap, which Istio's sidecar injector mounts at `/var/run/secrets/istio/crl`
+/// (and ztunnel's chart, with `peerCaCrl.enabled`).
+pub const CRL_CONFIGMAP: &str = "istio-ca-crl";
+pub const CRL_CONFIGMAP_KEY: &str = "ca-crl.pem";
+
+/// Keeps `istio-ca-crl` (`ca-crl.pem`: every CRL, as `crl` gives it) in every namespace that
+/// gets `istio-ca-root-cert`, while `leader` says this replica leads. `published` hears of each
+/// write (the metric of the last publication).
+pub async fn run_crl_distribution(
+    client: kube::Client,
+    settings: PublishSettings,
+    crl: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    published: Box<dyn Fn(&str) + Send + Sync>,
+    leader: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let content = NamespacedConfigMap {
+        name: CRL_CONFIGMAP,
+        key: CRL_CONFIGMAP_KEY,
+        what: "CRLs",
+        content: crl,
+        published,
+    };
+    while_leading(leader, shutdown, || {
+        tracing::info!(configmap = CRL_CONFIGMAP, selector = %settings.namespace_selector, "distributing the CRLs");
+        distribute(&client, &settings, &content)
+    })
+    .await
+}
+
+/// A ConfigMap kept with the same content in every selected namespace.
+struct NamespacedConfigMap {
+    name: &'static str,
+    key: &'static str,
+    /// For the log.
+    what: &'static str,
+    /// The content now (None: nothing to publish yet).
+    content: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    /// Told the namespace after each write.
+    published: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 /// Runs `term` for each leadership term: from becoming leader until losing it (the future is
@@ -149,12 +198,13 @@ async fn while_leading<F, T>(
     }
 }
 
-/// One leadership term of root distribution (returns only if both watch streams end).
-async fn distribute_roots(
+/// One leadership term of a ConfigMap's distribution (returns only if both watch streams end).
+async fn distribute(
     client: &kube::Client,
     settings: &PublishSettings,
-    mesh: &dyn MeshMaterial,
+    content: &NamespacedConfigMap,
 ) {
+    let (name, key) = (content.name, content.key);
     let mut namespace_config = watcher::Config::default();
     if !settings.namespace_selector.is_empty() {
         namespace_config = namespace_config.labels(&settings.namespace_selector);
@@ -164,8 +214,7 @@ async fn distribute_roots(
         namespace_config
     )
     .default_backoff());
-    let configmap_config =
-        watcher::Config::default().fields(&format!("metadata.name={ROOT_CONFIGMAP}"));
+    let configmap_config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut configmaps = pin!(watcher::watcher(
         Api::<ConfigMap>::all(client.clone()),
         configmap_config
@@ -217,7 +266,7 @@ async fn distribute_roots(
                 None => return,
                 Some(Ok(Event::Apply(configmap) | Event::InitApply(configmap))) => {
                     let namespace = configmap.metadata.namespace.clone().unwrap_or_default();
-                    let current = configmap.data.as_ref().and_then(|d| d.get(ROOT_CONFIGMAP_KEY));
+                    let current = configmap.data.as_ref().and_then(|d| d.get(key));
                     if known.contains(&namespace) && current != published.as_ref() {
                         due.insert(namespace);
                     }
@@ -229,15 +278,15 @@ async fn distribute_roots(
                     }
                 }
                 Some(Ok(Event::Init | Event::InitDone)) => {}
-                Some(Err(error)) => tracing::warn!(%error, "watching {ROOT_CONFIGMAP} ConfigMaps failed; retrying"),
+                Some(Err(error)) => tracing::warn!(%error, "watching {name} ConfigMaps failed; retrying"),
             },
             _ = poll.tick() => {
-                let bundle = mesh.bundle_pem();
-                if bundle.is_some() && bundle != published {
+                let now = (content.content)();
+                if now.is_some() && now != published {
                     if published.is_some() {
-                        tracing::info!("the trust bundle changed: updating every {ROOT_CONFIGMAP}");
+                        tracing::info!("the {} changed: updating every {name}", content.what);
                     }
-                    published = bundle;
+                    published = now;
                     due.extend(known.iter().cloned());
                 }
             }
@@ -252,8 +301,8 @@ async fn distribute_roots(
         let batch: Vec<String> = due.iter().take(64).cloned().collect();
         for namespace in batch {
             due.remove(&namespace);
-            if let Err(error) = ensure_root_configmap(client, &namespace, bundle).await {
-                tracing::warn!(%namespace, error = %describe(&error), "could not write {ROOT_CONFIGMAP}; retrying");
+            if let Err(error) = ensure_configmap(client, &namespace, content, bundle).await {
+                tracing::warn!(%namespace, error = %describe(&error), "could not write {name}; retrying");
                 due.insert(namespace);
                 retry_at = Some(tokio::time::Instant::now() + RETRY);
                 break;
@@ -271,29 +320,28 @@ fn active_name(namespace: &Namespace) -> Option<String> {
         .flatten()
 }
 
-/// Makes `namespace`'s `istio-ca-root-cert` hold exactly `bundle`.
-async fn ensure_root_configmap(
+/// Makes `namespace`'s ConfigMap hold exactly `bundle` under its key.
+async fn ensure_configmap(
     client: &kube::Client,
     namespace: &str,
+    content: &NamespacedConfigMap,
     bundle: &str,
 ) -> Result<(), kube::Error> {
+    let (name, key) = (content.name, content.key);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = match api.get_opt(ROOT_CONFIGMAP).await? {
+        let result = match api.get_opt(name).await? {
             None => {
                 let configmap = ConfigMap {
                     metadata: ObjectMeta {
-                        name: Some(ROOT_CONFIGMAP.to_owned()),
+                        name: Some(name.to_owned()),
                         namespace: Some(namespace.to_owned()),
                         labels: Some(labels(&[("istio.io/config", "true")])),
                         ..ObjectMeta::default()
                     },
-                    data: Some(BTreeMap::from([(
-                        ROOT_CONFIGMAP_KEY.to_owned(),
-                        bundle.to_owned(),
-                    )])),
+                    data: Some(BTreeMap::from([(key.to_owned(), bundle.to_owned())])),
                     ..ConfigMap::default()
                 };
                 api.create(&PostParams::default(), &configmap)
@@ -302,27 +350,28 @@ async fn ensure_root_configmap(
             }
             Some(mut configmap) => {
                 let data = configmap.data.get_or_insert_with(BTreeMap::new);
-                if data.get(ROOT_CONFIGMAP_KEY).map(String::as_str) == Some(bundle) {
+                if data.get(key).map(String::as_str) == Some(bundle) {
                     return Ok(());
                 }
-                data.insert(ROOT_CONFIGMAP_KEY.to_owned(), bundle.to_owned());
+                data.insert(key.to_owned(), bundle.to_owned());
                 configmap
                     .metadata
                     .labels
                     .get_or_insert_with(BTreeMap::new)
                     .insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
-                api.replace(ROOT_CONFIGMAP, &PostParams::default(), &configmap)
+                api.replace(name, &PostParams::default(), &configmap)
                     .await
                     .map(|_| "updated")
             }
         };
         match result {
             Ok(what) => {
-                tracing::info!(%namespace, configmap = ROOT_CONFIGMAP, what, "trust bundle published");
+                tracing::info!(%namespace, configmap = name, what, "{} published", content.what);
+                (content.published)(namespace);
                 return Ok(());
             }
             Err(error) if is_conflict(&error) && attempt < CONFLICT_RETRIES => {
-                tracing::debug!(%namespace, "409 writing {ROOT_CONFIGMAP}: reading it again");
+                tracing::debug!(%namespace, "409 writing {name}: reading it again");
             }
             Err(error) => return Err(error),
         }

@@ -15,8 +15,13 @@ pub(super) async fn start_cluster_duties(
     settings: &KubernetesConfig,
     current: Arc<CurrentAuthority>,
     leader: watch::Sender<bool>,
+    crls: Option<Arc<super::crl::CrlKeeper>>,
     (background, shutdown): (&TaskTracker, watch::Receiver<bool>),
 ) -> Result<JoinHandle<()>, ServeError> {
+    let (metrics, clock) = (
+        current.get().metrics().clone(),
+        current.get().clock().clone(),
+    );
     let cluster = KubeCluster::connect_for_watches(access(&settings.access), KUBERNETES_TIMEOUT)
         .await
         .map_err(|source| ServeError::Cluster {
@@ -56,6 +61,21 @@ pub(super) async fn start_cluster_duties(
             cluster.client(),
             publish.clone(),
             mesh.clone(),
+            leads.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let (true, Some(crls)) = (publish.root_configmap, crls) {
+        background.spawn(publish::run_crl_distribution(
+            cluster.client(),
+            publish.clone(),
+            Box::new(move || Some(crls.pem()).filter(|pem| !pem.is_empty())),
+            Box::new(move |_namespace| {
+                let at = crate::clock::unix_seconds(clock.now());
+                metrics.revocation(|g| {
+                    g.published.insert("configmap".into(), at);
+                });
+            }),
             leads.clone(),
             shutdown.clone(),
         ));

@@ -649,6 +649,7 @@ async fn start_serving(
                 kubernetes,
                 current.clone(),
                 leader,
+                config.revocation.configmap.then(|| crls.clone()),
                 (&background, shutdown_rx.clone()),
             )
             .await?,

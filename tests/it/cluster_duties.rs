@@ -442,3 +442,67 @@ async fn the_leader_keeps_istios_cluster_trust_bundle() {
     .await;
     server.stop().await;
 }
+
+fn crl_configmap(api: &FakeApiServer, namespace: &str) -> Option<String> {
+    api.object("configmaps", namespace, "istio-ca-crl")
+        .and_then(|c| c["data"]["ca-crl.pem"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn the_leader_keeps_the_crl_configmap_and_publishes_a_revocation_at_once() {
+    let api = FakeApiServer::start().await;
+    cluster_with_namespaces(&api);
+    let ca = TestCa::new();
+    with_duties(&ca, &api, "meshroot-0", "istiod_tls = false\n");
+    let server = ca.start().await;
+    let admin = server.server.admin_address();
+    let everywhere = ["istio-system", "default", "shop", "kube-system"];
+    let (status, first) = common::http_get(admin, "/crl").await;
+    assert_eq!(status, 200);
+    assert!(first.contains("-----BEGIN X509 CRL-----"), "{first}");
+    eventually(
+        "istio-ca-crl in every namespace, as GET /crl answers",
+        || {
+            everywhere
+                .iter()
+                .all(|ns| crl_configmap(&api, ns).as_deref() == Some(first.as_str()))
+        },
+    )
+    .await;
+
+    let cart = common::spiffe_id("shop", "cart");
+    server.workload(&ca, MESH, &cart).await;
+    let output = common::process::meshroot_output(vec![
+        "revoke".into(),
+        "--addr".into(),
+        admin.to_string(),
+        "--spiffe-id".into(),
+        cart.clone(),
+    ])
+    .await;
+    assert!(output.contains("revoked 1 certificate(s)"), "{output}");
+    let (_, revoked) = common::http_get(admin, "/crl").await;
+    assert_ne!(revoked, first, "the CRL is signed again at once");
+    eventually("the new CRLs in every namespace", || {
+        everywhere
+            .iter()
+            .all(|ns| crl_configmap(&api, ns).as_deref() == Some(revoked.as_str()))
+    })
+    .await;
+    // Deleted by someone: created again.
+    api.delete_object("configmaps", "shop", "istio-ca-crl");
+    eventually("a deleted istio-ca-crl re-created", || {
+        crl_configmap(&api, "shop").as_deref() == Some(revoked.as_str())
+    })
+    .await;
+    let (_, metrics) = common::http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("meshroot_revoked_certificates 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshroot_crl_published_seconds{target=\"configmap\"}"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

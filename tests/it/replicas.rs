@@ -595,3 +595,71 @@ async fn members_of(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_member_or_names_the_one_missing() {
+    let cluster = Cluster::new();
+    let root = cluster.ca.root_pem();
+    let mut members: Vec<Serving> = (0..3).map(|i| cluster.start(i)).collect();
+    members.iter().for_each(wait_ready);
+    // cart's certificates come from members 0 and 2; orders' from member 1.
+    issue(&cluster.ca, &members[0], &root, "cart").await;
+    issue(&cluster.ca, &members[2], &root, "cart").await;
+    issue(&cluster.ca, &members[1], &root, "orders").await;
+    let cart = format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/cart");
+    let orders = format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/orders");
+    let revocations_on = |index: usize| {
+        let (code, out, err) = cluster.audit(
+            0,
+            &[
+                "list",
+                "--count",
+                "--outcome",
+                "revoked",
+                "--replica",
+                &cluster.member(index),
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_owned()
+    };
+
+    // Through member 1, which issued none of them: both of cart's certificates, and every
+    // member records the revocation.
+    let (code, out, err) = cluster.command(1, &["revoke", "--spiffe-id", &cart]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("revoked 2 certificate(s)"), "{out}");
+    assert!(
+        out.contains(&cluster.member(0)) && out.contains(&cluster.member(2)),
+        "{out}"
+    );
+    for index in 0..3 {
+        assert_eq!(revocations_on(index), "1", "member {index}");
+    }
+
+    // With member 2 stopped: recorded by the others, and the command says who is missing.
+    members[2].kill();
+    let (code, out, err) = cluster.command(0, &["revoke", "--spiffe-id", &orders]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("revoked 1 certificate(s)"), "{out}");
+    assert!(
+        err.contains(&format!("member {} did not answer", cluster.member(2))),
+        "{err}"
+    );
+    assert!(
+        err.contains("not complete until every member has it"),
+        "{err}"
+    );
+
+    // Member 2 back: the same command completes it; the others record nothing new.
+    members[2] = cluster.start(2);
+    wait_ready(&members[2]);
+    let (code, out, err) = cluster.command(0, &["revoke", "--spiffe-id", &orders]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(revocations_on(2), "2");
+    assert_eq!(revocations_on(0), "2");
+    assert_eq!(revocations_on(1), "2");
+    for member in &mut members {
+        member.stop();
+    }
+}

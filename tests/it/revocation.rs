@@ -428,3 +428,99 @@ async fn answers(port: u16, path: &str, status: u16) {
     }
     panic!("GET {path} answered {last}, not {status}, for 20 s");
 }
+
+#[tokio::test]
+async fn bad_revocations_are_refused_plainly_and_a_lifted_block_lets_the_identity_renew() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let admin = server.server.admin_address().to_string();
+    let cart = spiffe_id("shop", "cart");
+    server.workload(&ca, MESH, &cart).await;
+
+    // No filter at all: refused (usage), nothing recorded.
+    let (code, out) = meshroot(&["revoke", "--addr", &admin]).await;
+    assert_eq!(code, 64, "{out}");
+    assert!(
+        out.contains("revoking every certificate is refused"),
+        "{out}"
+    );
+    // A filter that matches nothing: said plainly, exit 0.
+    let (code, out) = meshroot(&["revoke", "--addr", &admin, "--namespace", "nowhere"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("no unexpired certificate matches: nothing revoked"),
+        "{out}"
+    );
+    // An unknown serial: says so.
+    let (code, out) = meshroot(&["revoke", "--addr", &admin, "--serial", "0badc0de"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no unexpired certificate with serial 0badc0de"),
+        "{out}"
+    );
+    // An unknown reason code.
+    let (code, out) = meshroot(&[
+        "revoke",
+        "--addr",
+        &admin,
+        "--spiffe-id",
+        &cart,
+        "--reason",
+        "bored",
+    ])
+    .await;
+    assert_eq!(code, 64, "{out}");
+    assert!(server
+        .records()
+        .iter()
+        .all(|r| !matches!(r.outcome, meshroot::record::Outcome::Revoked(_))));
+
+    // A dry run changes nothing; then revoke, and the identity is refused a new certificate.
+    let (code, out) = meshroot(&[
+        "revoke",
+        "--addr",
+        &admin,
+        "--spiffe-id",
+        &cart,
+        "--dry-run",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("would revoke 1 certificate(s)"), "{out}");
+    server.workload(&ca, MESH, &cart).await;
+    let (code, out) = meshroot(&["revoke", "--addr", &admin, "--spiffe-id", &cart]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("revoked 2 certificate(s)"), "{out}");
+    let refused = server
+        .call(agent_csr(&cart), Some(ca.token(MESH, "shop", "cart")), 3600)
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&server.record_of(&refused)), "identity-revoked");
+    // Lifting the block lets it renew; the revoked certificates stay revoked.
+    let (code, out) = meshroot(&["revoke", "--addr", &admin, "--unblock", &cart]).await;
+    assert_eq!(code, 0, "{out}");
+    server.workload(&ca, MESH, &cart).await;
+    let (_, listed) = meshroot(&["audit", "list", "--addr", &admin, "--revoked", "--count"]).await;
+    assert_eq!(listed.trim(), "2");
+    server.stop().await;
+
+    // On a stopped server's store: recorded there, and in force when it starts again.
+    let config = ca.config_path();
+    let (code, out) = meshroot(&[
+        "revoke",
+        "--config",
+        config.to_str().unwrap(),
+        "--spiffe-id",
+        &cart,
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("revoked 1 certificate(s)"), "{out}");
+    let server = ca.start().await;
+    let refused = server
+        .call(agent_csr(&cart), Some(ca.token(MESH, "shop", "cart")), 3600)
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&server.record_of(&refused)), "identity-revoked");
+    server.stop().await;
+}
