@@ -124,8 +124,6 @@ pub struct RevocationConfig {
     /// nextUpdate − thisUpdate of every CRL meshroot signs; at least the longest leaf lifetime
     /// of any mesh, so a retired intermediate's last CRL outlives every leaf it signed.
     pub crl_validity: Duration,
-    /// Named as the CRL distribution point of every leaf, if set.
-    pub crl_url: Option<String>,
     /// CRLs meshroot does not sign (the root's, a partner's), published with its own.
     pub extra_crls: Vec<PathBuf>,
     /// How long a revoked identity is refused new certificates (None: until lifted).

@@ -33,7 +33,6 @@ pub(super) struct RawConfig {
 pub(super) struct RawRevocation {
     pub(super) crl_file: Option<String>,
     pub(super) crl_validity: Option<String>,
-    pub(super) crl_url: Option<String>,
     pub(super) extra_crls: Option<Vec<String>>,
     pub(super) block_for: Option<String>,
     pub(super) configmap: Option<bool>,

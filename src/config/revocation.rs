@@ -41,16 +41,6 @@ pub(super) fn revocation(
             ),
         );
     }
-    if let Some(url) = &raw.crl_url {
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.contains(char::is_whitespace)
-        {
-            p.add(
-                "revocation.crl_url".into(),
-                format!("{url:?} is not an http:// or https:// URL"),
-            );
-        }
-    }
     let block_for = raw
         .block_for
         .as_deref()
@@ -58,7 +48,6 @@ pub(super) fn revocation(
     RevocationConfig {
         crl_file: raw.crl_file.map(|file| base.join(file)),
         crl_validity,
-        crl_url: raw.crl_url,
         extra_crls: raw
             .extra_crls
             .unwrap_or_default()
