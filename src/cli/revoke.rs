@@ -236,7 +236,7 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                 }
             } else {
                 let query = revocation_query(Some(filter_from_query(&query)), now)
-                    .map_err(|s| Failure::usage(s.message().to_owned()))?;
+                    .map_err(|e| Failure::usage(e.to_string()))?;
                 let found = {
                     let store = store.clone();
                     let query = query.clone();
@@ -247,9 +247,7 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                 };
                 if found.len() > MAX_REVOKED {
                     return Err(Failure::usage(
-                        crate::grpc::revoke::too_many(found.len())
-                            .message()
-                            .to_owned(),
+                        crate::grpc::revoke::RevokeError::TooMany(found.len()).to_string(),
                     ));
                 }
                 let certificates: Vec<_> =

@@ -12,6 +12,7 @@ use tonic::Status;
 
 use super::audit::{query_from_filter, AuditApi};
 use super::cluster::{completeness, forward, gather, local, Route};
+use super::status::status_for_revoke;
 use crate::audit::{OutcomeFilter, Query};
 use crate::digest::hex;
 use crate::issuance::CurrentAuthority;
@@ -25,6 +26,36 @@ use crate::revocation::{pending, Reason};
 
 /// More certificates than this in one revocation is refused: narrow the filter.
 pub const MAX_REVOKED: usize = 50_000;
+
+/// Why a revocation was refused or failed (mapped to a gRPC status in `status`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    #[error("revocation is not served here")]
+    NotServed,
+    #[error("unknown reason {0:?}; one of {list}", list = Reason::ALL.map(Reason::name).join(", "))]
+    UnknownReason(String),
+    #[error(
+        "a revocation needs a filter (--serial, --spiffe-id, --namespace, --caller, --pod, \
+         --cluster, --since, --intermediate ...): refusing to revoke every certificate"
+    )]
+    NoFilter,
+    #[error("a revocation selects issued certificates, not denials or revocations")]
+    NotIssued,
+    #[error("{0}")]
+    InvalidFilter(String),
+    #[error("lifting a block takes the identities only, no filter")]
+    UnblockWithFilter,
+    #[error("{0:?} is not a SPIFFE ID")]
+    NotSpiffeId(String),
+    #[error("no unexpired certificate with serial {serial} in {place}")]
+    SerialNotFound { serial: String, place: &'static str },
+    #[error("the filter selects more than {MAX_REVOKED} certificates ({0} so far): narrow it")]
+    TooMany(usize),
+    #[error("internal error (request {0})")]
+    NotRecorded(String),
+    #[error("internal error")]
+    Interrupted,
+}
 
 pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
@@ -56,7 +87,7 @@ impl AuditApi {
     ) -> Result<api::RevokeResponse, Status> {
         let actor = Actor { identity, peer };
         let Some(context) = self.revocation.as_ref() else {
-            return Err(Status::unimplemented("revocation is not served here"));
+            return Err(status_for_revoke(&RevokeError::NotServed));
         };
         if let Some(apply) = request.apply {
             // Between members: record what the member asked gathered.
@@ -64,29 +95,28 @@ impl AuditApi {
             return self.record_locally(context, revocation, &actor).await;
         }
         let reason = Reason::parse(&request.reason).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "unknown reason {:?}; one of {}",
-                client_text(&request.reason, 64),
-                Reason::ALL.map(Reason::name).join(", ")
-            ))
+            status_for_revoke(&RevokeError::UnknownReason(client_text(
+                &request.reason,
+                64,
+            )))
         })?;
         let now = context.current.get().clock().now();
         let revocation = if request.unblock.is_empty() {
-            let query = revocation_query(request.filter.clone(), now)?;
+            let query =
+                revocation_query(request.filter.clone(), now).map_err(|e| status_for_revoke(&e))?;
             let (certificates, missing, answered) = self
                 .select(&query, request.scope.as_ref(), &request)
                 .await?;
             if certificates.is_empty() {
                 if let Some(serial) = &query.serial {
-                    return Err(Status::not_found(format!(
-                        "no unexpired certificate with serial {} in {}",
-                        hex(serial),
-                        if answered.len() > 1 {
+                    return Err(status_for_revoke(&RevokeError::SerialNotFound {
+                        serial: hex(serial),
+                        place: if answered.len() > 1 {
                             "any member's log"
                         } else {
                             "the log"
-                        }
-                    )));
+                        },
+                    }));
                 }
             }
             let block_until = block_until(
@@ -108,16 +138,13 @@ impl AuditApi {
             revocation
         } else {
             if request.filter.is_some_and(|f| f != api::Filter::default()) {
-                return Err(Status::invalid_argument(
-                    "lifting a block takes the identities only, no filter",
-                ));
+                return Err(status_for_revoke(&RevokeError::UnblockWithFilter));
             }
             for identity in &request.unblock {
                 if crate::identity::SpiffeId::parse(identity).is_err() {
-                    return Err(Status::invalid_argument(format!(
-                        "{:?} is not a SPIFFE ID",
-                        client_text(identity, 256)
-                    )));
+                    return Err(status_for_revoke(&RevokeError::NotSpiffeId(client_text(
+                        identity, 256,
+                    ))));
                 }
             }
             RevocationRecord {
@@ -191,7 +218,7 @@ impl AuditApi {
                     all.extend(from_messages(&member, found));
                 }
                 if all.len() > MAX_REVOKED {
-                    return Err(too_many(all.len()));
+                    return Err(status_for_revoke(&RevokeError::TooMany(all.len())));
                 }
                 let missing = missing.iter().map(|m| m.to_message()).collect();
                 Ok((all, missing, answered))
@@ -219,9 +246,9 @@ impl AuditApi {
             }
         })
         .await
-        .map_err(|_| Status::internal("internal error"))?
+        .map_err(|_| status_for_revoke(&RevokeError::Interrupted))?
         .map_err(|error: crate::store::AuditError| super::status_for_audit(&error))?;
-        found.map_err(too_many)
+        found.map_err(|count| status_for_revoke(&RevokeError::TooMany(count)))
     }
 
     /// Has every member (the member named, or this replica) record `revocation`.
@@ -320,7 +347,7 @@ impl AuditApi {
             .await
             .map_err(|error| {
                 tracing::error!(%request_id, %error, "a revocation could not be recorded");
-                Status::internal(format!("internal error (request {request_id})"))
+                status_for_revoke(&RevokeError::NotRecorded(request_id.clone()))
             })?;
         ca.revocations().apply(&record);
         if let Outcome::Revoked(revoked) = &record.outcome {
@@ -410,34 +437,21 @@ pub fn new_revocation(
 pub fn revocation_query(
     filter: Option<api::Filter>,
     now: std::time::SystemTime,
-) -> Result<Query, Status> {
+) -> Result<Query, RevokeError> {
     let mut query = filter.map(query_from_filter).unwrap_or_default();
     if query.is_unfiltered() {
-        return Err(Status::invalid_argument(
-            "a revocation needs a filter (--serial, --spiffe-id, --namespace, --caller, --pod, \
-             --cluster, --since, --intermediate ...): refusing to revoke every certificate",
-        ));
+        return Err(RevokeError::NoFilter);
     }
     match &query.outcome {
         None | Some(OutcomeFilter::Issued) => {}
-        Some(_) => {
-            return Err(Status::invalid_argument(
-                "a revocation selects issued certificates, not denials or revocations",
-            ))
-        }
+        Some(_) => return Err(RevokeError::NotIssued),
     }
     query.outcome = Some(OutcomeFilter::Issued);
     query.expires_after = Some(query.expires_after.map_or(now, |t| t.max(now)));
     query
         .validate()
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| RevokeError::InvalidFilter(e.to_string()))?;
     Ok(query)
-}
-
-pub fn too_many(count: usize) -> Status {
-    Status::invalid_argument(format!(
-        "the filter selects more than {MAX_REVOKED} certificates ({count} so far): narrow it"
-    ))
 }
 
 fn cluster_answer(

@@ -71,6 +71,25 @@ pub fn status_for_audit(error: &crate::store::AuditError) -> Status {
     }
 }
 
+/// A revocation refused or failed: the operator's mistakes are INVALID_ARGUMENT (NOT_FOUND for
+/// a serial no log holds); meshroot's own failures INTERNAL with the request id only.
+pub fn status_for_revoke(error: &super::revoke::RevokeError) -> Status {
+    use super::revoke::RevokeError as E;
+    let code = match error {
+        E::NotServed => Code::Unimplemented,
+        E::UnknownReason(_)
+        | E::NoFilter
+        | E::NotIssued
+        | E::InvalidFilter(_)
+        | E::UnblockWithFilter
+        | E::NotSpiffeId(_)
+        | E::TooMany(_) => Code::InvalidArgument,
+        E::SerialNotFound { .. } => Code::NotFound,
+        E::NotRecorded(_) | E::Interrupted => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}
+
 /// A client certificate that may not use the admin APIs.
 pub fn admin_identity_refused() -> Status {
     Status::new(
