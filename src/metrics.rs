@@ -134,6 +134,9 @@ pub struct RevocationGauges {
     pub revoked_unexpired: u64,
     /// Per CRL issuer (its subject): Unix seconds of thisUpdate and nextUpdate.
     pub crls: BTreeMap<String, (i64, i64)>,
+    /// Whether the CRLs cover every CA of the meshes' chains (else they are not published to
+    /// Istio).
+    pub complete: bool,
     /// Per place the CRLs are published (`file`, `configmap`, `cacerts/<cluster>`): Unix
     /// seconds of the last successful publication.
     pub published: BTreeMap<String, i64>,
@@ -280,6 +283,12 @@ impl Metrics {
             "meshroot_revoked_certificates",
             "Revoked certificates that have not expired yet (listed in a CRL).",
             revocation.revoked_unexpired as f64,
+        );
+        out.gauge(
+            "meshroot_crl_complete",
+            "1 when the CRLs cover every CA of the meshes' chains; 0: they are not published to \
+             Istio (istio-ca-crl, cacerts) until a CRL of the root is in [revocation] extra_crls.",
+            if revocation.complete { 1.0 } else { 0.0 },
         );
         out.labeled(
             "meshroot_crl_this_update_seconds",

@@ -194,6 +194,9 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                 response.already_revoked,
                 &response.recorded,
             );
+            for warning in &response.warnings {
+                eprintln!("warning: {warning}");
+            }
             let missing: Vec<(String, String)> = remote
                 .missing
                 .iter()

@@ -57,7 +57,10 @@ pub enum RevokeError {
     Interrupted,
 }
 
-pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+/// Resolves once the CRLs are published again: with why they do not reach Istio, if they do
+/// not (a CA of a chain has no CRL).
+pub type PublishFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send + 'a>>;
 
 /// Publishes the CRLs again after a revocation (the server's CRL keeper).
 pub trait CrlPublisher: Send + Sync {
@@ -297,6 +300,18 @@ impl AuditApi {
             .map(|(_, answer)| answer.already_revoked)
             .max()
             .unwrap_or_default();
+        let mut warnings: Vec<String> = Vec::new();
+        for (member, answer) in &answers {
+            for warning in &answer.warnings {
+                let warning = match member.as_str() {
+                    "" => warning.clone(),
+                    member => format!("{member}: {warning}"),
+                };
+                if !warnings.contains(&warning) {
+                    warnings.push(warning);
+                }
+            }
+        }
         let cluster = (!answers.iter().all(|(m, _)| m.is_empty()) || !missing.is_empty())
             .then(|| completeness(&answers, &missing));
         Ok(api::RevokeResponse {
@@ -304,6 +319,7 @@ impl AuditApi {
             blocked: revocation.blocked.clone(),
             recorded: answers.into_iter().map(|(member, _)| member).collect(),
             already_revoked,
+            warnings,
             cluster,
         })
     }
@@ -362,13 +378,18 @@ impl AuditApi {
                 "revocation recorded"
             );
         }
-        if let Err(error) = context.publisher.publish().await {
-            // The revocation stands (it is recorded and in force); the keeper retries the CRLs.
-            tracing::error!(%error, "the CRLs could not be published after a revocation; retrying");
-        }
+        let crl_warning = match context.publisher.publish().await {
+            Ok(problem) => problem.map(|p| format!("the CRLs do not reach Istio: {p}")),
+            Err(error) => {
+                // The revocation stands (recorded and in force); the keeper retries the CRLs.
+                tracing::error!(%error, "the CRLs could not be published after a revocation; retrying");
+                Some("the CRLs could not be published yet; the server retries (see its log)".into())
+            }
+        };
         Ok(api::RevokeResponse {
             recorded: vec![String::new()],
             already_revoked,
+            warnings: crl_warning.into_iter().collect(),
             ..Default::default()
         })
     }

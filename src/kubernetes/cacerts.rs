@@ -67,6 +67,14 @@ pub trait CacertsSource: Send + Sync {
     fn issue(&self) -> CacertsFuture<'_>;
     /// What the last probe of the cluster's istiod found (see [`probe_istiod`]).
     fn report_istiod(&self, current: Option<bool>);
+    /// The mesh's CRLs (`ca-crl.pem`: its intermediates', the root's) when they cover every CA
+    /// of its chains; None: no `ca-crl.pem` goes into `cacerts`.
+    fn crl_pem(&self) -> Option<String>;
+    /// `ca-crl.pem` was written into the cluster's `cacerts`.
+    fn report_crl_published(&self);
+    /// Whether the certificate with this serial was revoked (`meshroot revoke --intermediate`):
+    /// a revoked intermediate is replaced at once.
+    fn revoked(&self, serial: &[u8]) -> bool;
 }
 
 /// Where and how one cluster's `cacerts` is kept.
@@ -79,7 +87,14 @@ pub struct CacertsSettings {
     pub resync: Duration,
     /// Where to ask the cluster's istiod which intermediate it serves, and how often.
     pub istiod: Option<IstiodProbe>,
+    /// How long the CRL of the cluster's intermediate is valid (signed again at half).
+    pub crl_validity: Duration,
 }
+
+/// The file of `cacerts` istiod reads CRLs from (with `PILOT_ENABLE_CA_CRL`) and distributes as
+/// the `istio-ca-crl` ConfigMap: the CRL of the cluster's intermediate (signed with its key,
+/// which meshroot generated), then the mesh's CRLs.
+pub const CACERTS_CRL: &str = "ca-crl.pem";
 
 /// The cluster's istiod, asked which intermediate it signs with.
 #[derive(Debug, Clone)]
@@ -236,7 +251,7 @@ async fn keep(client: &kube::Client, settings: &CacertsSettings, source: &dyn Ca
             .as_ref()
             .map_or(Duration::from_secs(3600), |istiod| istiod.interval),
     );
-    let mut seen: Option<(Option<String>, Option<String>)> = None;
+    let mut seen: Option<(Option<String>, Option<String>, Option<String>)> = None;
     let mut due = true;
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
@@ -248,13 +263,24 @@ async fn keep(client: &kube::Client, settings: &CacertsSettings, source: &dyn Ca
                 Some(Err(error)) => tracing::warn!(%error, cluster = %settings.cluster, "watching {CACERTS_SECRET} failed; retrying"),
             },
             _ = poll.tick() => {
-                let now_seen = (source.bundle_pem(), source.chain_tail_pem());
-                if seen.as_ref().is_some_and(|seen| *seen != now_seen) {
+                let now_seen = (source.bundle_pem(), source.chain_tail_pem(), source.crl_pem());
+                if seen.as_ref().is_some_and(|seen| (&seen.0, &seen.1) != (&now_seen.0, &now_seen.1)) {
                     tracing::info!(cluster = %settings.cluster, "the trust bundle or the mesh's intermediate changed: renewing {CACERTS_SECRET}");
+                    due = true;
+                }
+                if seen.as_ref().is_some_and(|seen| seen.2 != now_seen.2) {
+                    tracing::info!(cluster = %settings.cluster, "the CRLs changed: updating {CACERTS_CRL} in {CACERTS_SECRET}");
                     due = true;
                 }
                 seen = Some(now_seen);
                 if renew_at.is_some_and(|at| source.now() >= at) {
+                    due = true;
+                }
+                if written
+                    .as_deref()
+                    .and_then(crate::signer::check::serial_of)
+                    .is_some_and(|serial| source.revoked(&serial))
+                {
                     due = true;
                 }
             }
@@ -309,15 +335,57 @@ async fn ensure(
             .get_opt(CACERTS_SECRET)
             .await
             .map_err(|e| describe(&e))?;
+        let mesh_crls = source.crl_pem();
+        let now = source.now();
         if let Some(secret) = &existing {
             if let Some((at, der)) = renewal_time(secret, &bundle, &tail, settings.renew_at) {
-                if source.now() < at {
-                    return Ok((at, der));
+                let revoked = crate::signer::check::serial_of(&der)
+                    .is_some_and(|serial| source.revoked(&serial));
+                if revoked {
+                    tracing::warn!(cluster = %settings.cluster, "the intermediate in {CACERTS_SECRET} was revoked: replacing it");
+                }
+                if now < at && !revoked {
+                    // The intermediate stands; its CRL and the mesh's may be due.
+                    match crl_refresh_time(secret, mesh_crls.as_deref(), &der, settings, now) {
+                        Some(None) => return Ok((at, der)),
+                        Some(Some(crl_at)) if now < crl_at => return Ok((crl_at.min(at), der)),
+                        _ => {}
+                    }
+                    let mut data = secret.data.clone().unwrap_or_default();
+                    let crl = cacerts_crl(&data, Some(&data), mesh_crls.as_deref(), now, settings)?;
+                    let crl_at = match crl {
+                        Some(text) => {
+                            data.insert(CACERTS_CRL.to_owned(), ByteString(text.into_bytes()));
+                            Some(now + settings.crl_validity / 2)
+                        }
+                        None => {
+                            data.remove(CACERTS_CRL);
+                            None
+                        }
+                    };
+                    match super::publish::write_secret(
+                        api,
+                        CACERTS_SECRET,
+                        &settings.namespace,
+                        "Opaque",
+                        data,
+                        existing.clone(),
+                    )
+                    .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(cluster = %settings.cluster, "{CACERTS_CRL} in {CACERTS_SECRET} updated");
+                            source.report_crl_published();
+                            return Ok((crl_at.map_or(at, |c| c.min(at)), der));
+                        }
+                        Err(error) if is_conflict(&error) => continue,
+                        Err(error) => return Err(describe(&error)),
+                    }
                 }
             }
         }
         let files = source.issue().await?;
-        let data: BTreeMap<String, ByteString> = [
+        let mut data: BTreeMap<String, ByteString> = [
             ("ca-cert.pem", files.ca_cert_pem),
             ("ca-key.pem", files.ca_key_pem),
             ("cert-chain.pem", files.cert_chain_pem),
@@ -326,6 +394,14 @@ async fn ensure(
         .into_iter()
         .map(|(name, text)| (name.to_owned(), ByteString(text.into_bytes())))
         .collect();
+        let previous = existing.as_ref().and_then(|secret| secret.data.as_ref());
+        let crl = cacerts_crl(&data, previous, mesh_crls.as_deref(), now, settings)?;
+        if let Some(text) = &crl {
+            data.insert(
+                CACERTS_CRL.to_owned(),
+                ByteString(text.clone().into_bytes()),
+            );
+        }
         let renew = {
             let secret = Secret {
                 data: Some(data.clone()),
@@ -346,6 +422,11 @@ async fn ensure(
         match result {
             Ok(_) => {
                 tracing::info!(cluster = %settings.cluster, namespace = %settings.namespace, "{CACERTS_SECRET} written with a new intermediate");
+                if crl.is_some() {
+                    source.report_crl_published();
+                    let crl_at = now + settings.crl_validity / 2;
+                    return Ok((renew.0.min(crl_at), renew.1));
+                }
                 return Ok(renew);
             }
             // The intermediate just issued stays in the record log, unused.
@@ -358,6 +439,133 @@ async fn ensure(
     Err(format!(
         "{CACERTS_SECRET} kept changing under us (409 {CONFLICT_RETRIES} times)"
     ))
+}
+
+/// `ca-crl.pem` for `data` (a Secret's files, with the cluster's intermediate and its key): a
+/// fresh CRL of the intermediate; the CRLs of the intermediates it replaced that have not lapsed
+/// (istiod's leaves from them stay valid a while, and Envoy needs a CRL from every CA of a
+/// chain); then the mesh's CRLs. `previous` is the Secret's files before (the intermediate
+/// replaced, signing its last CRL, and the retired CRLs kept so far). None without the mesh's
+/// CRLs (they do not cover every CA yet, so nothing goes to Istio).
+fn cacerts_crl(
+    data: &BTreeMap<String, ByteString>,
+    previous: Option<&BTreeMap<String, ByteString>>,
+    mesh_crls: Option<&str>,
+    now: SystemTime,
+    settings: &CacertsSettings,
+) -> Result<Option<String>, String> {
+    let Some(mesh_crls) = mesh_crls else {
+        return Ok(None);
+    };
+    let (certificate, key) = intermediate_of(data)
+        .ok_or_else(|| format!("{CACERTS_SECRET} lacks a readable ca-cert.pem or ca-key.pem"))?;
+    let next_update = now + settings.crl_validity;
+    let sign = |certificate: &[u8], key: &str| {
+        crate::signer::sign_crl_as(certificate, key, &[], now, next_update)
+            .map_err(|e| format!("signing the CRL of a cluster intermediate: {e}"))
+    };
+    let mut out = crate::keys::crl_pem(&sign(&certificate, &key)?);
+    if let Some(previous) = previous {
+        let replaced = intermediate_of(previous).filter(|(old, _)| *old != certificate);
+        if let Some((old, old_key)) = &replaced {
+            // Its last CRL, while its leaves may still be in use. An edited Secret whose key is
+            // not the certificate's has none to give.
+            match sign(old, old_key) {
+                Ok(der) => out.push_str(&crate::keys::crl_pem(&der)),
+                Err(error) => tracing::warn!(
+                    %error,
+                    "the replaced intermediate's last CRL could not be signed; leaves it signed \
+                     fail Envoy's CRL check"
+                ),
+            }
+        }
+        let text = previous
+            .get(CACERTS_CRL)
+            .and_then(|v| std::str::from_utf8(&v.0).ok())
+            .unwrap_or_default();
+        for der in crate::keys::parse_crls_pem(text.as_bytes()).unwrap_or_default() {
+            let Some(crl) = crl_facts(&der, &certificate) else {
+                continue;
+            };
+            let by_replaced = replaced
+                .as_ref()
+                .is_some_and(|(old, _)| crl_facts(&der, old).is_some_and(|c| c.by_it));
+            if crl.same_name && !crl.by_it && !by_replaced && crl.next_update > now {
+                out.push_str(&crate::keys::crl_pem(&der));
+            }
+        }
+    }
+    out.push_str(mesh_crls);
+    Ok(Some(out))
+}
+
+/// The intermediate (DER) and key (PEM) in a Secret's files.
+fn intermediate_of(data: &BTreeMap<String, ByteString>) -> Option<(Vec<u8>, String)> {
+    use rustls_pki_types::pem::PemObject as _;
+    let text = |key: &str| data.get(key).and_then(|v| std::str::from_utf8(&v.0).ok());
+    let certificate =
+        rustls_pki_types::CertificateDer::from_pem_slice(text("ca-cert.pem")?.as_bytes()).ok()?;
+    Some((
+        certificate.as_ref().to_vec(),
+        text("ca-key.pem")?.to_owned(),
+    ))
+}
+
+/// A CRL as seen from a cluster intermediate (DER).
+struct CrlFacts {
+    /// Issued under the intermediate's name (its own, or a replaced one's: they share it).
+    same_name: bool,
+    /// Signed by the intermediate's key.
+    by_it: bool,
+    next_update: SystemTime,
+}
+
+fn crl_facts(der: &[u8], intermediate: &[u8]) -> Option<CrlFacts> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (_, crl) = CertificateRevocationList::from_der(der).ok()?;
+    let (_, certificate) = X509Certificate::from_der(intermediate).ok()?;
+    let same_name = crl.issuer().as_raw() == certificate.subject().as_raw();
+    let next = u64::try_from(crl.next_update()?.timestamp()).ok()?;
+    Some(CrlFacts {
+        same_name,
+        by_it: same_name && crl.verify_signature(certificate.public_key()).is_ok(),
+        next_update: SystemTime::UNIX_EPOCH + Duration::from_secs(next),
+    })
+}
+
+/// When the Secret's `ca-crl.pem` must be written again, or None when it must be at once. It
+/// must be a CRL of the Secret's intermediate (`intermediate`, DER) with more than half of its
+/// validity left, then replaced intermediates' CRLs not lapsed, then exactly the mesh's CRLs;
+/// and absent when the mesh's CRLs are not for Istio. Some(None): current, nothing to time.
+fn crl_refresh_time(
+    secret: &Secret,
+    mesh_crls: Option<&str>,
+    intermediate: &[u8],
+    settings: &CacertsSettings,
+    now: SystemTime,
+) -> Option<Option<SystemTime>> {
+    let data = secret.data.as_ref()?;
+    let present = data
+        .get(CACERTS_CRL)
+        .and_then(|v| std::str::from_utf8(&v.0).ok());
+    let (Some(mesh_crls), Some(present)) = (mesh_crls, present) else {
+        // Neither: current (no CRL for Istio). One without the other: write again.
+        return (mesh_crls.is_none() && present.is_none()).then_some(None);
+    };
+    let ours = present.strip_suffix(mesh_crls)?;
+    let crls = crate::keys::parse_crls_pem(ours.as_bytes()).ok()?;
+    let (own, retired) = crls.split_first()?;
+    let own = crl_facts(own, intermediate).filter(|c| c.by_it)?;
+    let mut at = own.next_update.checked_sub(settings.crl_validity / 2)?;
+    for der in retired {
+        let retired = crl_facts(der, intermediate).filter(|c| c.same_name && !c.by_it)?;
+        if retired.next_update <= now {
+            return None; // lapsed: leave it out
+        }
+        at = at.min(retired.next_update);
+    }
+    Some(Some(at))
 }
 
 /// When the Secret's intermediate must be renewed, or None when it must be replaced at once:

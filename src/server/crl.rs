@@ -29,6 +29,16 @@ const POLL: Duration = Duration::from_secs(1);
 pub struct CrlSet {
     /// Every CRL, PEM, concatenated: `ca-crl.pem`.
     pub pem: String,
+    /// Why the set must not reach Istio (a CA of a chain has no CRL in it), if so: Envoy would
+    /// refuse every certificate under that CA.
+    pub incomplete: Option<String>,
+}
+
+impl CrlSet {
+    /// `ca-crl.pem` for Istio (the ConfigMap, `cacerts`): only a complete set.
+    pub fn for_istio(&self) -> Option<&str> {
+        (self.incomplete.is_none() && !self.pem.is_empty()).then_some(self.pem.as_str())
+    }
 }
 
 /// One CRL's facts, read back from its DER.
@@ -88,9 +98,9 @@ impl CrlKeeper {
         self.published.borrow().pem.clone()
     }
 
-    /// Follows every new publication.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<CrlSet>> {
-        self.published.subscribe()
+    /// The published set.
+    pub fn current(&self) -> Arc<CrlSet> {
+        self.published.borrow().clone()
     }
 
     /// Signs and publishes again if a revocation, a reload or the time asks for it; `force`
@@ -159,8 +169,12 @@ impl CrlKeeper {
             }
         }
         // CRLs meshroot does not sign, read again each time so a re-signed file shows.
+        let mut extra_issuers = std::collections::BTreeSet::new();
         for path in &self.settings.extra_crls {
             for der in read_crls(path)? {
+                if let Ok((_, crl)) = CertificateRevocationList::from_der(&der) {
+                    extra_issuers.insert(crl.issuer().as_raw().to_vec());
+                }
                 if let Some(f) = facts(&der) {
                     if f.next_update.is_some_and(|next| next <= unix_seconds(now)) {
                         tracing::error!(
@@ -192,7 +206,21 @@ impl CrlKeeper {
                 tracing::info!(file = %file.display(), "CRLs written");
             }
         }
-        self.published.send_replace(Arc::new(CrlSet { pem }));
+        let incomplete = uncovered(&ca, &extra_issuers);
+        if incomplete.is_some() != self.published.borrow().incomplete.is_some() {
+            match &incomplete {
+                Some(problem) => tracing::warn!(
+                    %problem,
+                    "the CRLs are not published to Istio (istio-ca-crl, cacerts): Envoy would \
+                     refuse every certificate under a CA without one"
+                ),
+                None => tracing::info!("the CRLs cover every CA of the meshes' chains"),
+            }
+        }
+        let complete = incomplete.is_none();
+        ca.metrics().revocation(|g| g.complete = complete);
+        self.published
+            .send_replace(Arc::new(CrlSet { pem, incomplete }));
         made.generation = Some(generation);
         made.signers = signers;
         made.due = Some(now + validity / 2);
@@ -242,22 +270,14 @@ pub async fn keep_crls(keeper: Arc<CrlKeeper>, mut shutdown: watch::Receiver<boo
     }
 }
 
-/// Checks at start that every CA above a mesh's signing certificate has a CRL among
-/// `extra_crls`: Envoy checks the CRL of every CA in a chain once any is given, so a missing one
-/// would make it refuse every certificate under that CA.
-pub fn check_chain_covered(
-    current: &CurrentAuthority,
-    settings: &RevocationConfig,
-) -> Result<(), String> {
-    let mut issuers = std::collections::BTreeSet::new();
-    for path in &settings.extra_crls {
-        for der in read_crls(path)? {
-            let (_, crl) = CertificateRevocationList::from_der(&der)
-                .map_err(|e| format!("{}: not a CRL: {e}", path.display()))?;
-            issuers.insert(crl.issuer().as_raw().to_vec());
-        }
-    }
-    let ca = current.get();
+/// Why the CRLs do not cover every CA above a mesh's signing certificate, if they do not:
+/// meshroot signs its signing certificates' CRLs, and every CA above (upper intermediates, the
+/// root) needs one among `extra_crls` (`issuers`: their issuers' names, DER). Envoy checks the
+/// CRL of every CA in a chain once `ca-crl.pem` is given.
+fn uncovered(
+    ca: &crate::issuance::CertificateAuthority,
+    issuers: &std::collections::BTreeSet<Vec<u8>>,
+) -> Option<String> {
     for (mesh, signer) in ca.mesh_signers() {
         let above = signer
             .intermediates()
@@ -270,21 +290,22 @@ pub fn check_chain_covered(
                 continue;
             };
             if !issuers.contains(certificate.subject().as_raw()) {
-                return Err(format!(
-                    "mesh {mesh}: no CRL from {} in [revocation] extra_crls. Envoy checks the \
-                     CRL of every CA in a chain once ca-crl.pem is given, and would refuse every \
-                     certificate under it. Sign one with `meshroot revoke root-crl --ca-dir DIR` \
-                     (the root's key) and list it in extra_crls",
+                return Some(format!(
+                    "mesh {mesh}: no CRL from {} in [revocation] extra_crls; sign one with \
+                     `meshroot crl sign-root --ca-dir DIR` (where its key is) and list it there",
                     certificate.subject()
                 ));
             }
         }
     }
-    Ok(())
+    None
 }
 
 impl crate::grpc::revoke::CrlPublisher for CrlKeeper {
     fn publish(&self) -> crate::grpc::revoke::PublishFuture<'_> {
-        Box::pin(self.refresh(false))
+        Box::pin(async move {
+            self.refresh(false).await?;
+            Ok(self.current().incomplete.clone())
+        })
     }
 }

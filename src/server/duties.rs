@@ -69,7 +69,7 @@ pub(super) async fn start_cluster_duties(
         background.spawn(publish::run_crl_distribution(
             cluster.client(),
             publish.clone(),
-            Box::new(move || Some(crls.pem()).filter(|pem| !pem.is_empty())),
+            Box::new(move || crls.current().for_istio().map(str::to_owned)),
             Box::new(move |_namespace| {
                 let at = crate::clock::unix_seconds(clock.now());
                 metrics.revocation(|g| {
@@ -208,6 +208,7 @@ pub(super) async fn start_cacerts_duties(
     config: &Config,
     current: Arc<CurrentAuthority>,
     leads: watch::Receiver<bool>,
+    crls: Arc<super::crl::CrlKeeper>,
     (background, shutdown): (&TaskTracker, watch::Receiver<bool>),
 ) -> Result<(), ServeError> {
     for mesh in &config.meshes {
@@ -227,6 +228,7 @@ pub(super) async fn start_cacerts_duties(
                 mesh: mesh.name.clone(),
                 cluster: cluster.id.clone(),
                 lifetime: cacerts.lifetime,
+                crls: crls.clone(),
             });
             background.spawn(kubernetes::cacerts::run_cacerts(
                 api.client(),
@@ -239,6 +241,7 @@ pub(super) async fn start_cacerts_duties(
                         address,
                         interval: cacerts.istiod_probe_interval,
                     }),
+                    crl_validity: config.revocation.crl_validity,
                 },
                 source,
                 leads.clone(),
@@ -258,6 +261,7 @@ struct ClusterIntermediates {
     mesh: String,
     cluster: String,
     lifetime: Duration,
+    crls: Arc<super::crl::CrlKeeper>,
 }
 
 impl CacertsSource for ClusterIntermediates {
@@ -290,6 +294,22 @@ impl CacertsSource for ClusterIntermediates {
             .get()
             .metrics()
             .istiod_intermediate(&self.cluster, current);
+    }
+
+    fn crl_pem(&self) -> Option<String> {
+        self.crls.current().for_istio().map(str::to_owned)
+    }
+
+    fn revoked(&self, serial: &[u8]) -> bool {
+        self.current.get().revocations().revoked(serial).is_some()
+    }
+
+    fn report_crl_published(&self) {
+        let ca = self.current.get();
+        let at = crate::clock::unix_seconds(ca.clock().now());
+        ca.metrics().revocation(|g| {
+            g.published.insert(format!("cacerts/{}", self.cluster), at);
+        });
     }
 
     fn issue(&self) -> CacertsFuture<'_> {

@@ -640,6 +640,7 @@ async fn start_serving(
         config,
         current.clone(),
         cacerts_leads,
+        crls.clone(),
         (&background, shutdown_rx.clone()),
     )
     .await?;
@@ -748,9 +749,9 @@ async fn start_serving(
 }
 
 /// Signs the CRLs once before serving (so `/crl` and the file hold them from the start) and
-/// keeps them fresh. Where Istio will read them (the `istio-ca-crl` ConfigMap, `cacerts`), every
-/// CA above a signing certificate must have its CRL among `extra_crls`, or the server refuses
-/// to start: Envoy would refuse every certificate of the mesh otherwise.
+/// keeps them fresh. They reach Istio (the `istio-ca-crl` ConfigMap, `cacerts`) only while
+/// every CA above a signing certificate has its CRL among `extra_crls`: Envoy would refuse every
+/// certificate of the mesh otherwise.
 async fn start_crls(
     config: &Config,
     current: &Arc<CurrentAuthority>,
@@ -758,20 +759,6 @@ async fn start_crls(
     (background, shutdown): (&TaskTracker, watch::Receiver<bool>),
 ) -> Result<Arc<crl::CrlKeeper>, ServeError> {
     let settings = &config.revocation;
-    let istio_reads = (config.kubernetes.is_some() && settings.configmap)
-        || config
-            .meshes
-            .iter()
-            .flat_map(|mesh| &mesh.clusters)
-            .any(|cluster| cluster.cacerts.is_some());
-    if let Err(problem) = crl::check_chain_covered(current, settings) {
-        if istio_reads {
-            return Err(ServeError::Crl(problem));
-        }
-        if settings.crl_file.is_some() {
-            tracing::warn!(%problem, "the CRL file lacks a CRL Envoy needs");
-        }
-    }
     let keeper = crl::CrlKeeper::new(store.clone(), current.clone(), settings.clone());
     keeper.refresh(true).await.map_err(ServeError::Crl)?;
     background.spawn(crl::keep_crls(keeper.clone(), shutdown));

@@ -23,6 +23,40 @@ impl MeshSigner {
         this_update: SystemTime,
         next_update: SystemTime,
     ) -> Result<Vec<u8>, SigningError> {
+        sign(
+            &self.issuer,
+            &self.signing_certificate,
+            entries,
+            this_update,
+            next_update,
+        )
+    }
+}
+
+/// A CRL signed by another CA whose key meshroot holds: a cluster's istiod intermediate (the
+/// plug-in path), whose `cacerts` must carry a CRL from it too. `certificate` is its DER, `key`
+/// its PEM key.
+pub fn sign_crl_as(
+    certificate: &[u8],
+    key_pem: &str,
+    entries: &[CrlEntry],
+    this_update: SystemTime,
+    next_update: SystemTime,
+) -> Result<Vec<u8>, SigningError> {
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(SigningError::Build)?;
+    let der = rustls_pki_types::CertificateDer::from(certificate.to_vec());
+    let issuer = rcgen::Issuer::from_ca_cert_der(&der, key).map_err(SigningError::Build)?;
+    sign(&issuer, certificate, entries, this_update, next_update)
+}
+
+fn sign(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    signing_certificate: &[u8],
+    entries: &[CrlEntry],
+    this_update: SystemTime,
+    next_update: SystemTime,
+) -> Result<Vec<u8>, SigningError> {
+    {
         let number = unix_millis(this_update).max(1) as u64;
         let params = CertificateRevocationListParams {
             this_update: time::OffsetDateTime::from(this_update),
@@ -38,14 +72,12 @@ impl MeshSigner {
                     invalidity_date: None,
                 })
                 .collect(),
-            key_identifier_method: match subject_key_identifier(&self.signing_certificate) {
+            key_identifier_method: match subject_key_identifier(signing_certificate) {
                 Some(ski) => KeyIdMethod::PreSpecified(ski),
                 None => KeyIdMethod::Sha256,
             },
         };
-        let crl = params
-            .signed_by(&self.issuer)
-            .map_err(SigningError::Build)?;
+        let crl = params.signed_by(issuer).map_err(SigningError::Build)?;
         Ok(crl.der().to_vec())
     }
 }

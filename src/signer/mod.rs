@@ -9,6 +9,7 @@
 pub mod check;
 pub mod constraints;
 mod crl;
+pub use self::crl::sign_crl_as;
 pub mod files;
 pub mod intermediate;
 pub mod material;

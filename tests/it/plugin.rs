@@ -455,3 +455,147 @@ async fn cacerts_under_a_pathlen_0_intermediate_is_refused_at_start() {
     assert!(error.contains("--path-len 1"), "{error}");
     assert!(api.object("secrets", "istio-system", "cacerts").is_none());
 }
+
+/// Every `X509 CRL` PEM block of `text`, each whole.
+fn crl_blocks(text: &str) -> Vec<String> {
+    let (begin, end) = ("-----BEGIN X509 CRL-----", "-----END X509 CRL-----");
+    text.split(begin)
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once(end)
+                .map(|(body, _)| format!("{begin}{body}{end}\n"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermediate_is_replaced() {
+    let api = FakeApiServer::start().await;
+    api.add_namespace("istio-system", &[]);
+    let ca = TestCa::new();
+    ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
+             intermediate_ttl = \"10h\"\n",
+            kubeconfig.display(),
+        )
+    });
+    let server = ca.start().await;
+    let admin = server.server.admin_address();
+    let crl_of = |api: &FakeApiServer| {
+        cacerts(api)
+            .map(|secret| secret_text(&secret, "ca-crl.pem"))
+            .unwrap_or_default()
+    };
+    eventually("cacerts with ca-crl.pem", || !crl_of(&api).is_empty()).await;
+    let secret = cacerts(&api).unwrap();
+    let first = serial(&api).unwrap();
+    // The cluster intermediate's own CRL (istiod signs with it), then exactly the mesh's CRLs.
+    let (_, mesh_crls) = common::http_get(admin, "/crl").await;
+    let first_crls = mesh_crls.clone();
+    let text = crl_of(&api);
+    let blocks = crl_blocks(&text);
+    assert_eq!(blocks.len(), 3, "cluster, mesh intermediate, root: {text}");
+    assert_eq!(&text[blocks[0].len()..], mesh_crls);
+    let work = tempfile::tempdir().unwrap();
+    let path = |name: &str, content: &str| {
+        let path = work.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    };
+    let own = path("own-crl.pem", &blocks[0]);
+    let ca_cert = path("ca-cert.pem", &secret_text(&secret, "ca-cert.pem"));
+    let verified = std::process::Command::new("openssl")
+        .args(["crl", "-noout", "-verify", "-in"])
+        .arg(&own)
+        .arg("-CAfile")
+        .arg(&ca_cert)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&verified.stderr).contains("verify OK"),
+        "{verified:?}"
+    );
+    // A workload leaf istiod would sign with it passes a whole-chain CRL check (as Envoy does).
+    let leaf_of = |secret: &Value| {
+        let key = rcgen::KeyPair::from_pem(&secret_text(secret, "ca-key.pem")).unwrap();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&secret_text(secret, "ca-cert.pem"), key).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            spiffe_id("shop", "cart").try_into().unwrap(),
+        )];
+        params
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap()
+            .pem()
+    };
+    let roots = path("root.pem", &server.root_pem);
+    let check = |leaf: &str, chain: &str, crls: &str| {
+        std::process::Command::new("openssl")
+            .args(["verify", "-crl_check_all", "-CAfile"])
+            .arg(&roots)
+            .arg("-untrusted")
+            .arg(path("chain.pem", chain))
+            .arg("-CRLfile")
+            .arg(path("crls.pem", crls))
+            .arg(path("leaf.pem", leaf))
+            .output()
+            .unwrap()
+    };
+    let old_leaf = leaf_of(&secret);
+    let old_chain = secret_text(&secret, "cert-chain.pem");
+    let passed = check(&old_leaf, &old_chain, &text);
+    assert!(passed.status.success(), "{passed:?}");
+
+    // Revoking the cluster's intermediate: a new one replaces it at once, and the CRLs in
+    // cacerts list the old one.
+    let output = common::process::meshroot_output(vec![
+        "revoke".into(),
+        "--addr".into(),
+        admin.to_string(),
+        "--intermediate".into(),
+        "west".into(),
+        "--reason".into(),
+        "ca-compromise".into(),
+    ])
+    .await;
+    assert!(output.contains("revoked 1 certificate(s)"), "{output}");
+    assert!(output.contains(&first), "{output}");
+    eventually("a new intermediate in cacerts", || {
+        serial(&api).is_some_and(|serial| serial != first)
+    })
+    .await;
+    let mut updated = false;
+    for _ in 0..200 {
+        let (_, mesh_crls) = common::http_get(admin, "/crl").await;
+        let text = crl_of(&api);
+        // Own, the replaced intermediate's last, then the mesh intermediate's and the root's.
+        if crl_blocks(&text).len() == 4 && text.ends_with(&mesh_crls) && mesh_crls != first_crls {
+            updated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        updated,
+        "ca-crl.pem follows the new intermediate and the new mesh CRLs"
+    );
+    let refused = check(&old_leaf, &old_chain, &crl_of(&api));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("certificate revoked")
+            || String::from_utf8_lossy(&refused.stderr).contains("certificate revoked"),
+        "{refused:?}"
+    );
+    let secret = cacerts(&api).unwrap();
+    let passed = check(
+        &leaf_of(&secret),
+        &secret_text(&secret, "cert-chain.pem"),
+        &crl_of(&api),
+    );
+    assert!(passed.status.success(), "{passed:?}");
+    server.stop().await;
+}
