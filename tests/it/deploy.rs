@@ -281,8 +281,13 @@ fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) -> Confi
                 "ca-cert.pem",
                 "ca-key.pem",
                 "cert-chain.pem",
-                "root-cert.pem"
+                "root-cert.pem",
+                "root-crl.pem"
             ])
+        );
+        assert_eq!(
+            decode(&secret["data"]["root-crl.pem"]),
+            std::fs::read_to_string(rendered.ca_dir.join("root-crl.pem")).unwrap()
         );
         for file in ["ca-cert.pem", "cert-chain.pem", "root-cert.pem"] {
             assert_eq!(
@@ -291,6 +296,12 @@ fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) -> Confi
             );
         }
     }
+    // The root's CRL is where [revocation] extra_crls says, in a mounted Secret.
+    for crl in &config.revocation.extra_crls {
+        let dir = crl.parent().unwrap().to_str().unwrap();
+        assert!(mounts.contains_key(dir), "{} is not mounted", crl.display());
+    }
+    assert!(!config.revocation.extra_crls.is_empty());
     // The store and the checkpoint file live on the replica's own volume.
     let claims: Vec<&str> = statefulset["spec"]["volumeClaimTemplates"]
         .as_array()
