@@ -126,6 +126,9 @@ pub struct RevocationConfig {
     pub crl_validity: Duration,
     /// CRLs meshroot does not sign (the root's, a partner's), published with its own.
     pub extra_crls: Vec<PathBuf>,
+    /// Named as the CRL distribution point of every workload leaf, if set (where `GET /crl`
+    /// answers).
+    pub crl_url: Option<String>,
     /// How long a revoked identity is refused new certificates (None: until lifted).
     pub block_for: Option<Duration>,
     /// Keep the `istio-ca-crl` ConfigMap beside `istio-ca-root-cert` (with `[kubernetes]`).

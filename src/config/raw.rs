@@ -34,6 +34,7 @@ pub(super) struct RawRevocation {
     pub(super) crl_file: Option<String>,
     pub(super) crl_validity: Option<String>,
     pub(super) extra_crls: Option<Vec<String>>,
+    pub(super) crl_url: Option<String>,
     pub(super) block_for: Option<String>,
     pub(super) configmap: Option<bool>,
 }

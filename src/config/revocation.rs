@@ -41,6 +41,17 @@ pub(super) fn revocation(
             ),
         );
     }
+    if let Some(url) = &raw.crl_url {
+        let valid = (url.starts_with("http://") || url.starts_with("https://"))
+            && url.len() > "https://".len()
+            && !url.contains(char::is_whitespace);
+        if !valid {
+            p.add(
+                "revocation.crl_url".into(),
+                format!("{url:?} is not an http:// or https:// URL"),
+            );
+        }
+    }
     let block_for = raw
         .block_for
         .as_deref()
@@ -54,6 +65,7 @@ pub(super) fn revocation(
             .into_iter()
             .map(|file| base.join(file))
             .collect(),
+        crl_url: raw.crl_url,
         block_for: block_for.filter(|d| !d.is_zero()),
         configmap: raw.configmap.unwrap_or(true),
     }

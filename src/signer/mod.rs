@@ -102,6 +102,8 @@ pub struct MeshSigner {
     rng: SystemRandom,
     /// An RSA signing key: a signature takes milliseconds, too long for an async worker.
     slow_signer: bool,
+    /// Named in every workload leaf as its CRL distribution point (`[revocation] crl_url`).
+    crl_distribution_point: Option<String>,
 }
 
 impl std::fmt::Debug for MeshSigner {
@@ -200,10 +202,18 @@ impl MeshSigner {
             root_bundle_pem,
             rng: SystemRandom::new(),
             slow_signer,
+            crl_distribution_point: None,
         };
         authority.check_permits(&authority.trust_domain)?;
         authority.probe(now).map_err(MaterialError::Probe)?;
         Ok(authority)
+    }
+
+    /// Names `url` as the CRL distribution point of every workload leaf (where `GET /crl`
+    /// answers, for verifiers that fetch CRLs).
+    pub fn with_crl_distribution_point(mut self, url: Option<String>) -> Self {
+        self.crl_distribution_point = url;
+        self
     }
 
     pub fn mesh(&self) -> &str {
@@ -365,6 +375,11 @@ impl MeshSigner {
                     ExtendedKeyUsagePurpose::ServerAuth,
                     ExtendedKeyUsagePurpose::ClientAuth,
                 ];
+                if let Some(url) = &self.crl_distribution_point {
+                    params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+                        uris: vec![url.clone()],
+                    }];
+                }
             }
             LeafSubject::Server(dns_names, identity) => {
                 params.subject_alt_names = dns_names

@@ -524,3 +524,97 @@ async fn bad_revocations_are_refused_plainly_and_a_lifted_block_lets_the_identit
     assert_eq!(reason_of(&server.record_of(&refused)), "identity-revoked");
     server.stop().await;
 }
+
+/// GET `path` over TLS (HTTP/1.1) with no client certificate: (status, body).
+async fn https_get_anonymous(
+    address: std::net::SocketAddr,
+    root_pem: &str,
+    path: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for root in certificates(root_pem) {
+        roots.add(root).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tls.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn crls_are_public_on_the_admin_port_and_leaves_name_where() {
+    let ca = TestCa::new();
+    ca.admin_on_tls(&["spiffe://cluster.local/ns/ops/sa/auditor"]);
+    let url = "http://meshroot.istio-system.svc:15014/crl";
+    ca.edit_config(|text| {
+        text.replace(
+            "[revocation]\n",
+            &format!("[revocation]\ncrl_url = \"{url}\"\n"),
+        )
+    });
+    let server = ca.start().await;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], server.server.admin_address().port()));
+    // Off loopback the audit API needs an allowed client certificate; /crl needs none.
+    let (status, body) = https_get_anonymous(admin, &ca.root_pem(), "/crl").await;
+    assert_eq!(status, 200, "{body}");
+    let file = std::fs::read_to_string(ca.path().join("ca-crl.pem")).unwrap();
+    assert!(
+        body.ends_with(&file) || body.contains(&file),
+        "GET /crl answers the file's bytes"
+    );
+    // Every workload leaf names it as its CRL distribution point.
+    let chain = server.issue(&ca, "cart").await;
+    let leaf = certificates(&chain[0]).remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let named: Vec<String> = parsed
+        .extensions()
+        .iter()
+        .filter_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::CRLDistributionPoints(points) => Some(
+                points
+                    .points
+                    .iter()
+                    .filter_map(|p| match &p.distribution_point {
+                        Some(x509_parser::extensions::DistributionPointName::FullName(names)) => {
+                            Some(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                        }
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(named[0].contains(url), "{named:?}");
+    verify_chain(&chain, &ca.root_pem());
+    server.stop().await;
+}
