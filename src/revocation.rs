@@ -112,6 +112,9 @@ pub struct CrlEntry {
 struct State {
     serials: HashMap<Vec<u8>, Revoked>,
     blocks: BTreeMap<String, Block>,
+    /// When each lifted block was lifted (so an older block copied from another member does
+    /// not come back).
+    lifted: BTreeMap<String, SystemTime>,
 }
 
 /// The revocations in force on this replica. Cheap to ask on every request.
@@ -159,6 +162,7 @@ impl Revocations {
             changed = true;
         }
         for identity in &revoked.blocked {
+            state.lifted.remove(identity);
             state.blocks.insert(
                 identity.clone(),
                 Block {
@@ -172,6 +176,7 @@ impl Revocations {
         }
         for identity in &revoked.unblocked {
             changed |= state.blocks.remove(identity).is_some();
+            state.lifted.insert(identity.clone(), record.recorded_at);
         }
         if changed {
             self.generation.fetch_add(1, Ordering::SeqCst);
@@ -290,6 +295,32 @@ pub fn pending(
     (!nothing).then_some(wanted)
 }
 
+/// What of another member's revocation `record` this replica lacks, as a revocation to record
+/// here (None: nothing). Blocks and lifts apply in time order: an older block does not undo a
+/// newer lift here, nor an older lift a newer block.
+pub fn pending_copy(revocations: &Revocations, record: &Record) -> Option<RevocationRecord> {
+    let Outcome::Revoked(revoked) = &record.outcome else {
+        return None;
+    };
+    let mut copy = revoked.clone();
+    {
+        let state = revocations.read();
+        copy.blocked.retain(|identity| {
+            state
+                .lifted
+                .get(identity)
+                .is_none_or(|lifted| *lifted < record.recorded_at)
+        });
+        copy.unblocked.retain(|identity| {
+            state
+                .blocks
+                .get(identity)
+                .is_some_and(|block| block.since < record.recorded_at)
+        });
+    }
+    pending(revocations, copy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +419,47 @@ mod tests {
             },
         ));
         assert!(revocations.blocked(id, at(450)).is_none());
+    }
+
+    #[test]
+    fn copies_from_another_member_apply_in_time_order() {
+        let id = "spiffe://td/ns/shop/sa/cart";
+        let block_at = |sequence, when| {
+            revocation(
+                sequence,
+                when,
+                RevocationRecord {
+                    certificates: vec![certificate(sequence as u8, 1, 9_000)],
+                    blocked: vec![id.into()],
+                    ..RevocationRecord::default()
+                },
+            )
+        };
+        let lift_at = |sequence, when| {
+            revocation(
+                sequence,
+                when,
+                RevocationRecord {
+                    unblocked: vec![id.into()],
+                    ..RevocationRecord::default()
+                },
+            )
+        };
+        // Here: blocked at 100, lifted at 300.
+        let here = Revocations::from_records(&[block_at(1, 100), lift_at(2, 300)]);
+        // Another member's block from 200 (before the lift): its certificate, not the block.
+        let copy = pending_copy(&here, &block_at(7, 200)).unwrap();
+        assert!(copy.blocked.is_empty());
+        assert_eq!(copy.certificates.len(), 1);
+        // A block from 400 (after the lift) is taken.
+        let copy = pending_copy(&here, &block_at(8, 400)).unwrap();
+        assert_eq!(copy.blocked, [id]);
+        here.apply(&revocation(9, 400, copy));
+        // An older lift does not undo it; a newer one does.
+        assert_eq!(pending_copy(&here, &lift_at(3, 350)), None);
+        assert!(pending_copy(&here, &lift_at(4, 500)).is_some());
+        // What is here already is not copied again.
+        assert_eq!(pending_copy(&here, &block_at(1, 100)), None);
     }
 
     #[test]

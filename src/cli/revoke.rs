@@ -212,9 +212,10 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                 eprintln!("the selection lacks those members' certificates");
             } else {
                 eprintln!(
-                    "the revocation is not complete until every member has it: run the same \
-                     command again once they answer (members that have it already record \
-                     nothing new)"
+                    "the revocation is not complete until every member has it. A member that \
+                     comes back reads the others' revocations and records what it missed (at \
+                     start and every audit checkpoint_interval); or run the same command again \
+                     once it answers (members that have it record nothing new)"
                 );
             }
             if args.source.allow_incomplete {
@@ -428,7 +429,11 @@ fn report(
         } else {
             String::new()
         };
-        println!("{verb} {newly} certificate(s){note}");
+        if newly == 0 && !args.dry_run {
+            println!("nothing new: the {already} selected certificate(s) were revoked already");
+        } else {
+            println!("{verb} {newly} certificate(s){note}");
+        }
     }
     if !blocked.is_empty() {
         let verb = if args.dry_run {

@@ -332,18 +332,6 @@ impl AuditApi {
         revocation: RevocationRecord,
         actor: &Actor,
     ) -> Result<api::RevokeResponse, Status> {
-        let ca = context.current.get();
-        let asked = revocation.certificates.len();
-        let Some(revocation) = pending(ca.revocations(), revocation) else {
-            return Ok(api::RevokeResponse {
-                recorded: vec![String::new()],
-                already_revoked: asked as u64,
-                ..Default::default()
-            });
-        };
-        let already_revoked = (asked - revocation.certificates.len()) as u64;
-        let request_id = ca.new_request_id().to_string();
-        let now = ca.clock().now();
         let caller = CallerRecord {
             authenticator: "admin".into(),
             subject: actor.identity.clone().unwrap_or_else(|| "loopback".into()),
@@ -351,48 +339,86 @@ impl AuditApi {
             peer_address: actor.peer.clone(),
             ..CallerRecord::default()
         };
-        let mut record = Record::new(
-            request_id.clone(),
-            now,
-            caller,
-            Outcome::Revoked(revocation),
-        );
-        record.sequence = self
-            .store()
-            .append_durable(record.clone())
+        let recorded = record_revocation(self.store(), context, revocation, caller)
             .await
-            .map_err(|error| {
-                tracing::error!(%request_id, %error, "a revocation could not be recorded");
-                status_for_revoke(&RevokeError::NotRecorded(request_id.clone()))
-            })?;
-        ca.revocations().apply(&record);
-        if let Outcome::Revoked(revoked) = &record.outcome {
-            tracing::warn!(
-                request_id,
-                sequence = record.sequence,
-                certificates = revoked.certificates.len(),
-                blocked = ?revoked.blocked,
-                unblocked = ?revoked.unblocked,
-                reason = %revoked.reason,
-                by = %record.caller.subject,
-                "revocation recorded"
-            );
-        }
-        let crl_warning = match context.publisher.publish().await {
-            Ok(problem) => problem.map(|p| format!("the CRLs do not reach Istio: {p}")),
-            Err(error) => {
-                // The revocation stands (recorded and in force); the keeper retries the CRLs.
-                tracing::error!(%error, "the CRLs could not be published after a revocation; retrying");
-                Some("the CRLs could not be published yet; the server retries (see its log)".into())
-            }
-        };
+            .map_err(|e| status_for_revoke(&e))?;
         Ok(api::RevokeResponse {
             recorded: vec![String::new()],
-            already_revoked,
-            warnings: crl_warning.into_iter().collect(),
+            already_revoked: recorded.already_revoked,
+            warnings: recorded.warning.into_iter().collect(),
             ..Default::default()
         })
     }
+}
+
+/// What recording a revocation did.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Its sequence number; None when it changed nothing (all of it was in force already).
+    pub sequence: Option<u64>,
+    /// Certificates that were revoked already.
+    pub already_revoked: u64,
+    /// Why the CRLs do not reach Istio, if they do not.
+    pub warning: Option<String>,
+}
+
+/// Records `revocation` in `store` (leaving out what is in force already), as asked by
+/// `caller`; takes it into the revocations in force, and publishes the CRLs again.
+pub async fn record_revocation(
+    store: &crate::store::SledStore,
+    context: &RevokeContext,
+    revocation: RevocationRecord,
+    caller: CallerRecord,
+) -> Result<Recorded, RevokeError> {
+    let ca = context.current.get();
+    let asked = revocation.certificates.len();
+    let Some(revocation) = pending(ca.revocations(), revocation) else {
+        return Ok(Recorded {
+            already_revoked: asked as u64,
+            ..Recorded::default()
+        });
+    };
+    let already_revoked = (asked - revocation.certificates.len()) as u64;
+    let request_id = ca.new_request_id().to_string();
+    let mut record = Record::new(
+        request_id.clone(),
+        ca.clock().now(),
+        caller,
+        Outcome::Revoked(revocation),
+    );
+    record.sequence = store
+        .append_durable(record.clone())
+        .await
+        .map_err(|error| {
+            tracing::error!(%request_id, %error, "a revocation could not be recorded");
+            RevokeError::NotRecorded(request_id.clone())
+        })?;
+    ca.revocations().apply(&record);
+    if let Outcome::Revoked(revoked) = &record.outcome {
+        tracing::warn!(
+            request_id,
+            sequence = record.sequence,
+            certificates = revoked.certificates.len(),
+            blocked = ?revoked.blocked,
+            unblocked = ?revoked.unblocked,
+            reason = %revoked.reason,
+            by = %record.caller.subject,
+            "revocation recorded"
+        );
+    }
+    let warning = match context.publisher.publish().await {
+        Ok(problem) => problem.map(|p| format!("the CRLs do not reach Istio: {p}")),
+        Err(error) => {
+            // The revocation stands (recorded and in force); the keeper retries the CRLs.
+            tracing::error!(%error, "the CRLs could not be published after a revocation; retrying");
+            Some("the CRLs could not be published yet; the server retries (see its log)".into())
+        }
+    };
+    Ok(Recorded {
+        sequence: Some(record.sequence),
+        already_revoked,
+        warning,
+    })
 }
 
 /// A revoked certificate's entry, from its issuance record.

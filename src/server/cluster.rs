@@ -386,3 +386,107 @@ pub(super) async fn follow_statefulset(
         }
     }
 }
+
+/// With `[cluster]`: at start and every `interval`, reads every other member's revocation
+/// records and records here what this replica lacks (a revocation made while it was down or
+/// unreachable), so a revocation reaches every member even when the command could not.
+pub(super) async fn sync_revocations_loop(
+    members: Arc<Members>,
+    store: Arc<SledStore>,
+    context: crate::grpc::revoke::RevokeContext,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let sync = sync_revocations(&members, &store, &context);
+        if unless_stopped(&mut shutdown, sync).await.is_none() {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// One pass over the other members.
+async fn sync_revocations(
+    members: &Members,
+    store: &Arc<SledStore>,
+    context: &crate::grpc::revoke::RevokeContext,
+) {
+    use crate::pb::audit as api;
+    let fetch =
+        |mut client: crate::pb::audit::audit_service_client::AuditServiceClient<
+            tonic::transport::Channel,
+        >| async move {
+            let mut records = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let response = client
+                    .list_records(api::ListRecordsRequest {
+                        filter: Some(api::Filter {
+                            outcome: api::Outcome::Revoked as i32,
+                            ..api::Filter::default()
+                        }),
+                        page_size: crate::audit::MAX_PAGE_SIZE as u32,
+                        page_token,
+                        count_only: false,
+                        scope: crate::members::local_scope(),
+                    })
+                    .await?
+                    .into_inner();
+                records.extend(response.entries.into_iter().filter_map(
+                    |entry| match entry.entry {
+                        Some(api::log_entry::Entry::Record(record)) => {
+                            crate::store::from_message(record)
+                        }
+                        _ => None,
+                    },
+                ));
+                if response.next_page_token.is_empty() {
+                    return Ok(records);
+                }
+                page_token = response.next_page_token;
+            }
+        };
+    for member in members.others() {
+        let records = match members.ask(&member, &fetch).await {
+            Ok(records) => records,
+            Err(reason) => {
+                tracing::debug!(%member, %reason, "could not read a member's revocations; later");
+                continue;
+            }
+        };
+        for record in records {
+            let ca = context.current.get();
+            let Some(mut copy) = crate::revocation::pending_copy(ca.revocations(), &record) else {
+                continue;
+            };
+            copy.comment = crate::record::client_text(
+                &format!(
+                    "{} (from member {member}, its record {})",
+                    copy.comment, record.sequence
+                ),
+                crate::record::CLIENT_TEXT_BYTES,
+            );
+            let caller = crate::record::CallerRecord {
+                authenticator: "member".into(),
+                subject: format!("member:{member}"),
+                peer_address: member.clone(),
+                ..crate::record::CallerRecord::default()
+            };
+            match crate::grpc::revoke::record_revocation(store, context, copy, caller).await {
+                Ok(recorded) => {
+                    if recorded.sequence.is_some() {
+                        tracing::warn!(%member, their_record = record.sequence, "a revocation this replica had missed is now recorded here");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%member, %error, "a missed revocation could not be recorded; later");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -607,6 +607,17 @@ async fn start_serving(
                 shutdown_rx.clone(),
             ));
         }
+        background.spawn(cluster::sync_revocations_loop(
+            members.clone(),
+            store.clone(),
+            crate::grpc::revoke::RevokeContext {
+                current: current.clone(),
+                publisher: crls.clone(),
+                block_for: config.revocation.block_for,
+            },
+            config.audit.checkpoint_interval,
+            shutdown_rx.clone(),
+        ));
         background.spawn(cluster::exchange_checkpoints_loop(
             members.clone(),
             store.clone(),
