@@ -372,3 +372,45 @@ fn kubernetes_duties_default_to_in_cluster_and_name_their_problems() {
         ]
     );
 }
+
+#[test]
+fn revocation_defaults_outlive_every_leaf_and_bad_values_are_named() {
+    let config = parse(MINIMAL).unwrap();
+    let revocation = &config.revocation;
+    // The CRL of an intermediate rotated out must outlive every leaf it signed.
+    assert_eq!(revocation.crl_validity, DEFAULT_MAX_TTL);
+    assert_eq!(revocation.block_for, None);
+    assert!(revocation.configmap);
+    assert!(revocation.extra_crls.is_empty() && revocation.crl_file.is_none());
+
+    let config = parse(&format!(
+        "{MINIMAL}\n[revocation]\ncrl_file = \"crl/ca-crl.pem\"\nextra_crls = [\"root-crl.pem\"]\n\
+         block_for = \"24h\"\ncrl_url = \"http://meshroot.istio-system.svc:15014/crl\"\n"
+    ))
+    .unwrap();
+    let revocation = &config.revocation;
+    assert_eq!(
+        revocation.crl_file.as_deref(),
+        Some(Path::new("/etc/meshroot/crl/ca-crl.pem"))
+    );
+    assert_eq!(
+        revocation.extra_crls,
+        [PathBuf::from("/etc/meshroot/root-crl.pem")]
+    );
+    assert_eq!(revocation.block_for, Some(Duration::from_secs(24 * 3600)));
+
+    let error = parse(&format!(
+        "{MINIMAL}\n[revocation]\ncrl_validity = \"1h\"\ncrl_url = \"ftp://x\"\nblock_for = \"soon\"\n"
+    ))
+    .unwrap_err();
+    let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "revocation.crl_validity",
+            "revocation.crl_url",
+            "revocation.block_for"
+        ],
+        "{error}"
+    );
+}

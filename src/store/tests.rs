@@ -726,3 +726,93 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
     assert_eq!(inserted.tree_size, 101);
     assert!(!inserted.checkpoints[0].matched, "{inserted:?}");
 }
+
+#[tokio::test]
+async fn revocations_are_indexed_select_revoked_certificates_and_outlive_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(33);
+    let store = SledStore::open_with(dir.path(), options(16)).unwrap();
+    fill(&store, 0..100, &mut rng).await;
+    let issued: Vec<Record> = all_records(&store)
+        .into_iter()
+        .filter(|r| matches!(r.outcome, Outcome::Issued(_)))
+        .collect();
+    let chosen = [&issued[2], &issued[30]];
+    let revoked_certificate = |record: &Record| match &record.outcome {
+        Outcome::Issued(i) => RevokedCertificate {
+            serial: i.serial.clone(),
+            intermediate_sha256: i.intermediate_sha256.clone(),
+            not_after: i.not_after,
+            spiffe_id: i.spiffe_id.clone(),
+            mesh: i.mesh.clone(),
+            member: String::new(),
+        },
+        _ => unreachable!(),
+    };
+    let revocation = Record::new(
+        "r".into(),
+        at(300),
+        CallerRecord {
+            authenticator: "admin".into(),
+            subject: "loopback".into(),
+            ..CallerRecord::default()
+        },
+        Outcome::Revoked(RevocationRecord {
+            reason: "key-compromise".into(),
+            certificates: chosen.iter().map(|r| revoked_certificate(r)).collect(),
+            blocked: vec![revoked_certificate(chosen[0]).spiffe_id],
+            ..RevocationRecord::default()
+        }),
+    );
+    let sequence = store.append_durable(revocation).await.unwrap();
+    let revocations = store.revocations().unwrap();
+    assert_eq!(revocations.len(), 1);
+    assert_eq!(revocations[0].sequence, sequence);
+    // Only issued certificates that were revoked, in log order; with another filter, fewer.
+    let revoked_only = Query {
+        revoked: Some(crate::audit::RevokedSerials::default()),
+        ..Query::default()
+    };
+    let found: Vec<u64> = store
+        .query_all(&revoked_only)
+        .unwrap()
+        .iter()
+        .map(|r| r.sequence)
+        .collect();
+    assert_eq!(found, [chosen[0].sequence, chosen[1].sequence]);
+    assert_eq!(store.count(&revoked_only).unwrap(), 2);
+    let Outcome::Issued(first) = &chosen[0].outcome else {
+        unreachable!()
+    };
+    let narrower = Query {
+        spiffe_id: Some(first.spiffe_id.clone()),
+        ..revoked_only.clone()
+    };
+    assert!(store
+        .query_all(&narrower)
+        .unwrap()
+        .iter()
+        .all(|r| r.sequence == chosen[0].sequence || r.spiffe_id() == first.spiffe_id));
+    // The revocation is found by the identities it names, as an auditor asks.
+    let by_identity = Query {
+        spiffe_id: Some(first.spiffe_id.clone()),
+        outcome: Some(OutcomeFilter::Revoked),
+        ..Query::default()
+    };
+    assert_eq!(store.count(&by_identity).unwrap(), 1);
+
+    // Long after everything expired: issuances and denials go, the revocation stays.
+    let policy = retention::RetentionPolicy {
+        issued_after_expiry: Duration::from_secs(86_400),
+        denials: Duration::from_secs(86_400),
+    };
+    store.prune(&policy, at(400 * 86_400)).unwrap();
+    assert_eq!(
+        store.query_all(&revoked_only).unwrap(),
+        Vec::<Record>::new()
+    );
+    assert_eq!(store.revocations().unwrap().len(), 1);
+    drop(store);
+    let store = SledStore::open_with(dir.path(), options(16)).unwrap();
+    assert_eq!(store.revocations().unwrap()[0].sequence, sequence);
+}

@@ -280,3 +280,55 @@ async fn renews_with_a_certificate_from_the_previous_intermediate() {
     verify_chain(&chain, &ca.root_pem());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_revoked_client_certificate_never_renews_itself() {
+    let ca = two_mesh_ca();
+    let server = ca.start().await;
+    let id = spiffe_id("vm", "legacy");
+    let issue = || async {
+        let key = p256_key();
+        let response = server
+            .call(
+                meshroot::client::build_csr(&key, &meshroot::client::CsrShape::istio_agent(&id))
+                    .unwrap(),
+                Some(ca.token(MESH, "vm", "legacy")),
+                0,
+            )
+            .await
+            .unwrap();
+        let (_, chain) = response.cert_chain.split_last().unwrap();
+        let leaf = certificates(&response.cert_chain[0]).remove(0);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        (
+            meshroot::digest::hex(parsed.raw_serial()),
+            (chain.concat(), key.serialize_pem()),
+        )
+    };
+    let (revoked_serial, revoked) = issue().await;
+    let (_, kept) = issue().await;
+    // Only that certificate, not the identity (--no-block).
+    let output = common::process::meshroot_output(vec![
+        "revoke".into(),
+        "--addr".into(),
+        server.server.admin_address().to_string(),
+        "--serial".into(),
+        revoked_serial.clone(),
+        "--no-block".into(),
+        "--reason".into(),
+        "key-compromise".into(),
+    ])
+    .await;
+    assert!(output.contains("revoked 1 certificate(s)"), "{output}");
+    let status = renew(&server, &id, revoked).await.unwrap_err();
+    assert_refused(&server, &status, "certificate-revoked");
+    let record = server.record_of(&status);
+    let Outcome::Denied(denial) = &record.outcome else {
+        panic!("{record:?}")
+    };
+    assert!(denial.detail.contains(&revoked_serial), "{}", denial.detail);
+    // The identity's other certificate still renews.
+    let renewed = renew(&server, &id, kept).await.unwrap();
+    verify_chain(&renewed, &ca.root_pem());
+    server.stop().await;
+}

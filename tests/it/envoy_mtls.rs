@@ -214,14 +214,6 @@ pub(crate) fn gateway_config(dir: &Path, port: u16, upstream: u16, trusted: &[&s
 
 /// A sidecar with one route and one mTLS upstream cluster per client identity `name`.
 pub(crate) fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
-    let routes: String = names
-        .iter()
-        .map(|n| {
-            format!(
-                "              - {{ match: {{ prefix: \"/{n}\" }}, route: {{ cluster: {n} }} }}\n"
-            )
-        })
-        .collect();
     let clusters: String = names
         .iter()
         .map(|n| {
@@ -250,8 +242,23 @@ pub(crate) fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]
             )
         })
         .collect();
+    outbound_bootstrap(port, names, &clusters)
+}
+
+/// An Envoy bootstrap (a sidecar's node) with a plain HTTP listener on `port` that routes
+/// `/NAME` to cluster NAME for each of `names`; `clusters` is their YAML (list items).
+pub(crate) fn outbound_bootstrap(port: u16, names: &[&str], clusters: &str) -> String {
+    let routes: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "              - {{ match: {{ prefix: \"/{n}\" }}, route: {{ cluster: {n} }} }}\n"
+            )
+        })
+        .collect();
     format!(
-        r#"static_resources:
+        r#"node: {{ id: "sidecar~127.0.0.1~cart.shop~shop.svc.cluster.local", cluster: cart.shop }}
+static_resources:
   listeners:
   - name: outbound
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}

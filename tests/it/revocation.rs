@@ -6,28 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::common::process::BINARY;
+use crate::common::process::meshroot_status as meshroot;
 use crate::common::*;
-use crate::envoy_mtls::{free_port, get, start_upstream, Envoy};
+use crate::envoy_mtls::{free_port, get, outbound_bootstrap, start_upstream, Envoy};
 use meshroot::keys::KeyType;
 
 const CART: &str = "spiffe://a.example/ns/shop/sa/cart";
 const ORDERS: &str = "spiffe://a.example/ns/shop/sa/orders";
-
-/// `meshroot ARGS`, with its exit code and both outputs.
-async fn meshroot(args: &[&str]) -> (i32, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(BINARY)
-            .args(&args)
-            .env("MESHROOT_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    (output.status.code().unwrap_or(-1), text(&output))
-}
 
 fn text(output: &Output) -> String {
     format!(
@@ -125,14 +110,6 @@ static_resources:
 /// A sidecar with one upstream cluster per workload `name`, each presenting its certificate to
 /// the gateway on a new connection per request.
 fn sidecar(dir: &Path, crl_dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
-    let routes: String = names
-        .iter()
-        .map(|n| {
-            format!(
-                "              - {{ match: {{ prefix: \"/{n}\" }}, route: {{ cluster: {n} }} }}\n"
-            )
-        })
-        .collect();
     let clusters: String = names
         .iter()
         .map(|n| {
@@ -162,29 +139,7 @@ fn sidecar(dir: &Path, crl_dir: &Path, port: u16, gateway: u16, names: &[&str]) 
             )
         })
         .collect();
-    format!(
-        r#"node: {{ id: "sidecar~127.0.0.1~cart.shop~shop.svc.cluster.local", cluster: cart.shop }}
-static_resources:
-  listeners:
-  - name: outbound
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-{routes}          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-{clusters}"#
-    )
+    outbound_bootstrap(port, names, &clusters)
 }
 
 fn go_binary() -> PathBuf {
@@ -404,7 +359,36 @@ async fn envoy_refuses_a_revoked_identity_on_a_new_connection_and_still_accepts_
     );
     let (_, out) = meshroot(&["audit", "list", "--addr", &admin, "--revoked"]).await;
     assert!(out.contains(CART) && !out.contains(ORDERS), "{out}");
+    // `audit show` of cart's certificate says when, why and by which record it was revoked.
+    let cart_serial = serial_of(&cart_leaf);
+    let (code, out) =
+        meshroot(&["audit", "show", "--addr", &admin, "--serial", &cart_serial]).await;
+    assert_eq!(code, 0, "{out}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["revocation"]["reason"], "key-compromise", "{out}");
+    assert_eq!(
+        shown["revocation"]["comment"],
+        "key found in a public bucket"
+    );
+    let orders_serial = serial_of(&orders_leaf);
+    let (_, out) = meshroot(&[
+        "audit",
+        "show",
+        "--addr",
+        &admin,
+        "--serial",
+        &orders_serial,
+    ])
+    .await;
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(shown.get("revocation").is_none(), "{out}");
     server.stop().await;
+}
+
+/// A certificate file's serial number, as `audit show --serial` takes it (hex).
+fn serial_of(path: &Path) -> String {
+    let text = openssl(&["x509", "-noout", "-serial", "-in", path.to_str().unwrap()]);
+    text.trim().trim_start_matches("serial=").to_lowercase()
 }
 
 fn reason_of(record: &meshroot::record::Record) -> String {

@@ -250,15 +250,23 @@ pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
         }
     };
     match entry {
-        Some(Shown::Record(record)) if !member.is_empty() => {
+        Some(Shown::Record(record)) => {
             let mut value =
                 serde_json::to_value(&record).map_err(|e| Failure::runtime(e.to_string()))?;
             if let Some(object) = value.as_object_mut() {
-                object.insert("replica".to_owned(), member.into());
+                if !member.is_empty() {
+                    object.insert("replica".to_owned(), member.into());
+                }
+                if let Some(serial) = record.serial() {
+                    if let Some(revocation) = revocation_of(&mut log, serial).await? {
+                        object.insert("revocation".to_owned(), revocation);
+                    }
+                }
             }
-            print_json(&value)
+            print_json(&value)?;
+            // Whether it was revoked is only known from every member's revocations.
+            log.finish(args.source.allow_incomplete)
         }
-        Some(Shown::Record(record)) => print_json(&record),
         Some(Shown::Pruned(leaf)) => {
             println!(
                 "record {sequence} was pruned (recorded {}, {}); its Merkle leaf is kept: {}",
@@ -271,6 +279,55 @@ pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
         Some(Shown::Malformed) => Err(Failure::runtime(format!("record {sequence} is malformed"))),
         None => Err(Failure::runtime(format!("no record {sequence}"))),
     }
+}
+
+/// The revocation of the certificate with `serial`, if one was recorded (the earliest, in any
+/// member's log): when, why, by whom, and which record says so.
+async fn revocation_of(log: &mut Log, serial: &[u8]) -> Result<Option<serde_json::Value>, Failure> {
+    let query = Query {
+        outcome: Some(OutcomeFilter::Revoked),
+        ..Query::default()
+    };
+    let mut token = None;
+    let mut found: Option<(Record, String)> = None;
+    loop {
+        let (page, next) = log
+            .labelled_page(&query, crate::audit::MAX_PAGE_SIZE, token)
+            .await?;
+        for (record, member) in page {
+            let Outcome::Revoked(revoked) = &record.outcome else {
+                continue;
+            };
+            let names = revoked.certificates.iter().any(|c| c.serial == serial);
+            if names
+                && found
+                    .as_ref()
+                    .is_none_or(|(f, _)| record.recorded_at < f.recorded_at)
+            {
+                found = Some((record, member));
+            }
+        }
+        match next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    Ok(found.map(|(record, member)| {
+        let Outcome::Revoked(revoked) = &record.outcome else {
+            return serde_json::Value::Null;
+        };
+        let mut value = serde_json::json!({
+            "revoked_at": format_time(record.recorded_at),
+            "reason": revoked.reason,
+            "comment": revoked.comment,
+            "by": record.caller.subject,
+            "record": record.sequence,
+        });
+        if let (false, Some(object)) = (member.is_empty(), value.as_object_mut()) {
+            object.insert("replica".to_owned(), member.into());
+        }
+        value
+    }))
 }
 
 pub(super) enum Shown {

@@ -27,6 +27,29 @@ pub async fn meshroot_output(args: Vec<String>) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// `meshroot ARGS` run to its end on a blocking thread: its exit code, then stdout and stderr
+/// together (for commands whose failures are part of what is tested).
+pub async fn meshroot_status(args: &[&str]) -> (i32, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BINARY)
+            .args(&args)
+            .env("MESHROOT_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
 /// A `meshroot serve` process (killed if dropped before `stop`).
 pub struct Serving {
     pub child: Child,
