@@ -302,9 +302,9 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
             report(&args, &selected, &blocked, already, &recorded);
             if !recorded.is_empty() {
                 println!(
-                    "the server publishes the new CRLs when it starts; other members of a \
-                     cluster do not have this revocation: run it through a running member \
-                     (--addr) to reach them"
+                    "the server publishes the new CRLs when it starts; the other members of a \
+                     [cluster] copy this revocation once it runs again (or revoke through a \
+                     running member with --addr to reach them now)"
                 );
             }
             Ok(())

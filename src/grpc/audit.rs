@@ -146,6 +146,11 @@ impl AuditService for AuditApi {
         request: Request<api::RevokeRequest>,
     ) -> Result<Response<api::RevokeResponse>, Status> {
         let actor = self.authorized_identity(&request)?;
+        // What to record, as gathered by another member: only members may hand it over (an
+        // operator's request goes through the selection, which this skips).
+        if request.get_ref().apply.is_some() {
+            self.authorize_member(&request)?;
+        }
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -242,6 +247,14 @@ impl AuditService for AuditApi {
             query
                 .validate()
                 .map_err(|e| status_for_audit(&AuditError::Query(e)))?;
+            if query.revoked.is_some() {
+                // A certificate is revoked after its record was written: a tail cannot say.
+                return Err(status_for_audit(&AuditError::Query(
+                    crate::audit::QueryError::Invalid(
+                        "the revoked-only filter is for listing, not for a live tail".into(),
+                    ),
+                )));
+            }
         }
         let (sender, receiver) = mpsc::channel(64);
         let store = self.store.clone();

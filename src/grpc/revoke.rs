@@ -24,8 +24,9 @@ use crate::record::{
 };
 use crate::revocation::{pending, Reason};
 
-/// More certificates than this in one revocation is refused: narrow the filter.
-pub const MAX_REVOKED: usize = 50_000;
+/// More certificates than this in one revocation is refused: narrow the filter. (A revocation
+/// travels to every member in one message, which must stay under gRPC's 4 MiB default.)
+pub const MAX_REVOKED: usize = 20_000;
 
 /// Why a revocation was refused or failed (mapped to a gRPC status in `status`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -76,6 +76,8 @@ struct Made {
     signers: Vec<[u8; 32]>,
     /// When the CRLs signed last must be signed again.
     due: Option<SystemTime>,
+    /// When each extra CRL file was last modified (a re-signed root CRL shows at once).
+    extra_modified: Vec<Option<SystemTime>>,
 }
 
 impl CrlKeeper {
@@ -116,7 +118,14 @@ impl CrlKeeper {
             .collect();
         signers.sort();
         signers.dedup();
+        let extra_modified: Vec<Option<SystemTime>> = self
+            .settings
+            .extra_crls
+            .iter()
+            .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+            .collect();
         let stale = force
+            || made.extra_modified != extra_modified
             || made.generation != Some(generation)
             || made.signers != signers
             || made.due.is_none_or(|due| now >= due);
@@ -222,6 +231,7 @@ impl CrlKeeper {
         self.published
             .send_replace(Arc::new(CrlSet { pem, incomplete }));
         made.generation = Some(generation);
+        made.extra_modified = extra_modified;
         made.signers = signers;
         made.due = Some(now + validity / 2);
         tracing::debug!(next_update = %format_time(next_update), "CRLs signed");

@@ -425,6 +425,29 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
         .await
         .expect("an allowed identity is served");
 
+    // An allowed identity revokes through the selection; only members may hand over a
+    // revocation to record as it is (which skips the selection).
+    let status = allowed
+        .revoke(api::RevokeRequest {
+            apply: Some(meshroot::pb::store::Revocation {
+                blocked: vec!["spiffe://cluster.local/ns/shop/sa/cart".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let status = allowed
+        .revoke(api::RevokeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "no filter: {status:?}"
+    );
+
     let intruder = server
         .workload(&ca, MESH, "spiffe://cluster.local/ns/ops/sa/intruder")
         .await;

@@ -338,6 +338,12 @@ pub(super) enum Shown {
 
 pub(super) async fn watch(args: WatchArgs) -> Result<(), Failure> {
     let query = args.filter.query(SystemTime::now())?;
+    if query.revoked.is_some() {
+        return Err(Failure::usage(
+            "--revoked is for list, export and --count: a certificate is revoked after its \
+             record was written",
+        ));
+    }
     let mut log = Log::open(&args.source).await?;
     let Log::Remote(client) = &mut log else {
         return Err(Failure::usage(
