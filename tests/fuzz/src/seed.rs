@@ -147,8 +147,34 @@ fn main() {
             }),
         }),
     );
+    let revocation = Record::new(
+        "r3".into(),
+        at,
+        CallerRecord {
+            authenticator: "admin".into(),
+            subject: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+            ..CallerRecord::default()
+        },
+        Outcome::Revoked(meshroot::record::RevocationRecord {
+            reason: "key-compromise".into(),
+            comment: "leaked".into(),
+            selector: format!("spiffe_id={id}"),
+            certificates: vec![meshroot::record::RevokedCertificate {
+                serial: vec![0x51; 16],
+                intermediate_sha256: vec![3; 32],
+                not_after: at + Duration::from_secs(86400),
+                spiffe_id: id.into(),
+                mesh: "default".into(),
+                member: String::new(),
+            }],
+            blocked: vec![id.into()],
+            blocked_until: Some(at + Duration::from_secs(3600)),
+            unblocked: vec![],
+        }),
+    );
     write(dir, "record", "issued", &meshroot::store::encode(&issued));
     write(dir, "record", "summary", &meshroot::store::encode(&summary));
+    write(dir, "record", "revocation", &meshroot::store::encode(&revocation));
 }
 
 fn rcgen_key(algorithm: &'static rcgen::SignatureAlgorithm) -> rcgen::KeyPair {
