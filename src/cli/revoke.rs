@@ -212,10 +212,11 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                 eprintln!("the selection lacks those members' certificates");
             } else {
                 eprintln!(
-                    "the revocation is not complete until every member has it. A member that \
-                     comes back reads the others' revocations and records what it missed (at \
-                     start and every audit checkpoint_interval); or run the same command again \
-                     once it answers (members that have it record nothing new)"
+                    "the revocation is not complete until every member has it, and the \
+                     certificates in a missing member's own log were not selected: run the same \
+                     command again once it answers (members that have it record nothing new). \
+                     A member that comes back also copies the revocation by itself (at start and \
+                     every audit checkpoint_interval), but only the certificates others selected"
                 );
             }
             if args.source.allow_incomplete {

@@ -1,8 +1,8 @@
 //! The CRL keeper: signs one CRL per signing certificate of the meshes, keeps the last CRL of an
 //! intermediate rotated out until its nextUpdate, adds the CRLs meshroot does not sign
 //! (`[revocation] extra_crls`: the root's, a partner's), and publishes the whole as `ca-crl.pem`:
-//! a file, `GET /crl` on the admin port, and (through subscribers) the `istio-ca-crl` ConfigMap
-//! and each cluster's `cacerts`.
+//! a file and `GET /crl` on the admin port; the `istio-ca-crl` ConfigMap and each cluster's
+//! `cacerts` read [`CrlKeeper::current`] (a complete set only).
 //!
 //! CRLs are signed again at once after a revocation or a reload that changes a signer, and when
 //! half of their validity has passed.
@@ -19,6 +19,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use crate::clock::{format_time, unix_seconds};
 use crate::config::RevocationConfig;
 use crate::issuance::CurrentAuthority;
+use crate::keys::crl_pem;
 use crate::store::SledStore;
 
 /// How often the keeper looks for a change (revocation, reload, refresh time).
@@ -56,8 +57,6 @@ fn facts(der: &[u8]) -> Option<CrlFacts> {
         next_update: crl.next_update().map(|t| t.timestamp()),
     })
 }
-
-use crate::keys::crl_pem;
 
 /// Signs, keeps and publishes the CRLs.
 pub struct CrlKeeper {
@@ -136,9 +135,11 @@ impl CrlKeeper {
         let next_update = now + validity;
         let mut pems = Vec::new();
         let mut gauges = BTreeMap::new();
-        // This mesh's signers: a fresh CRL each, kept in the store.
+        // The meshes' signers (in mesh order): a fresh CRL each, kept in the store.
         let mut signed = std::collections::HashSet::new();
-        for (mesh, signer) in ca.mesh_signers() {
+        let mut meshes: Vec<_> = ca.mesh_signers().collect();
+        meshes.sort_by(|a, b| a.0.cmp(b.0));
+        for (mesh, signer) in meshes {
             let sha = signer.signing_certificate_sha256();
             if !signed.insert(sha) {
                 continue; // meshes sharing an intermediate share its CRL

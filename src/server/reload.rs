@@ -62,6 +62,9 @@ pub(super) async fn reload(
                 .filter_map(|cluster| Some((cluster.id.clone(), cluster.cacerts.clone()?)))
                 .collect()
         };
+        if config.revocation != running.revocation {
+            tracing::warn!("[revocation] changes take effect at the next restart");
+        }
         if kept(&config) != kept(running) {
             tracing::warn!(
                 "which clusters' cacerts meshroot keeps, and how, takes effect at the next restart"
