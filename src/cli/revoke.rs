@@ -386,6 +386,19 @@ async fn remote(addr: &str, source: &SourceArgs) -> Result<Target, Failure> {
     }
 }
 
+/// Identities named in the summary line; the record (`audit list --outcome revoked --format
+/// json`) has them all.
+const IDENTITIES_SHOWN: usize = 10;
+
+/// The first `limit` of `items`, and how many more there are.
+fn listed(items: &[String], limit: usize) -> String {
+    let shown = items[..items.len().min(limit)].join(", ");
+    match items.len().saturating_sub(limit) {
+        0 => shown,
+        more => format!("{shown} and {more} more (all in the revocation record)"),
+    }
+}
+
 /// What was (or would be) revoked.
 fn report(
     args: &RevokeArgs,
@@ -442,7 +455,10 @@ fn report(
         } else {
             "refused"
         };
-        println!("{verb} new certificates: {}", blocked.join(", "));
+        println!(
+            "{verb} new certificates: {}",
+            listed(blocked, IDENTITIES_SHOWN)
+        );
     }
     if !args.unblock.is_empty() && !args.dry_run {
         println!("block lifted: {}", args.unblock.join(", "));
