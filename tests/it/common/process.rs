@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 pub const BINARY: &str = env!("CARGO_BIN_EXE_meshroot");
 
 /// `meshroot ARGS` run to its end on a blocking thread (a server it talks to may run on the
-/// calling test's runtime); returns stdout, failing with stderr if it did not succeed.
-pub async fn meshroot_output(args: Vec<String>) -> String {
-    let output = tokio::task::spawn_blocking(move || {
+/// calling test's runtime).
+async fn run(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         Command::new(BINARY)
             .args(&args)
             .env("MESHROOT_LOG", "warn")
@@ -18,7 +18,12 @@ pub async fn meshroot_output(args: Vec<String>) -> String {
             .unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// `meshroot ARGS`: its stdout, failing with its stderr if it did not succeed.
+pub async fn meshroot_output(args: Vec<String>) -> String {
+    let output = run(args).await;
     assert!(
         output.status.success(),
         "meshroot failed: {}",
@@ -27,19 +32,10 @@ pub async fn meshroot_output(args: Vec<String>) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// `meshroot ARGS` run to its end on a blocking thread: its exit code, then stdout and stderr
-/// together (for commands whose failures are part of what is tested).
+/// `meshroot ARGS`: its exit code, then stdout and stderr together (for commands whose
+/// failures are part of what is tested).
 pub async fn meshroot_status(args: &[&str]) -> (i32, String) {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(BINARY)
-            .args(&args)
-            .env("MESHROOT_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let output = run(args.iter().map(|a| a.to_string()).collect()).await;
     (
         output.status.code().unwrap_or(-1),
         format!(
