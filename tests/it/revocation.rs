@@ -39,8 +39,11 @@ fn rootca_sds(dir: &Path, crl: &Path) -> String {
 }
 
 /// The validation context of an `ISTIO_MUTUAL` TLS context, as Istio builds it: SAN matching
-/// in the default context, the roots (and CRL) from the `ROOTCA` secret.
-fn istio_validation(dir: &Path, crl_dir: &Path, indent: &str, san: &str) -> String {
+/// in the default context, the roots (and CRL) from the `ROOTCA` secret. The secret's own source
+/// never changes here: a new CRL takes effect only because Envoy watches the CRL file a secret
+/// names (Envoy 1.27+, envoyproxy/envoy#27751), as it does in a pod when the kubelet swaps the
+/// `istio-ca-crl` ConfigMap's files.
+fn istio_validation(dir: &Path, indent: &str, san: &str) -> String {
     format!(
         "{indent}combined_validation_context:\n\
          {indent}  default_validation_context:\n\
@@ -52,14 +55,12 @@ fn istio_validation(dir: &Path, crl_dir: &Path, indent: &str, san: &str) -> Stri
          {indent}    sds_config:\n\
          {indent}      resource_api_version: V3\n\
          {indent}      path_config_source:\n\
-         {indent}        path: \"{dir}/rootca.yaml\"\n\
-         {indent}        watched_directory: {{ path: \"{crl_dir}\" }}\n",
+         {indent}        path: \"{dir}/rootca.yaml\"\n",
         dir = dir.display(),
-        crl_dir = crl_dir.display(),
     )
 }
 
-fn gateway(dir: &Path, crl_dir: &Path, port: u16, upstream: u16) -> String {
+fn gateway(dir: &Path, port: u16, upstream: u16) -> String {
     format!(
         r#"node: {{ id: "router~127.0.0.1~gateway.istio-system~istio-system.svc.cluster.local", cluster: gateway }}
 static_resources:
@@ -98,18 +99,13 @@ static_resources:
       endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }} }}] }}]
 "#,
         dir = dir.display(),
-        validation = istio_validation(
-            dir,
-            crl_dir,
-            "            ",
-            "{ prefix: \"spiffe://a.example/\" }"
-        ),
+        validation = istio_validation(dir, "            ", "{ prefix: \"spiffe://a.example/\" }"),
     )
 }
 
 /// A sidecar with one upstream cluster per workload `name`, each presenting its certificate to
 /// the gateway on a new connection per request.
-fn sidecar(dir: &Path, crl_dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
+fn sidecar(dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
     let clusters: String = names
         .iter()
         .map(|n| {
@@ -135,7 +131,7 @@ fn sidecar(dir: &Path, crl_dir: &Path, port: u16, gateway: u16, names: &[&str]) 
             private_key: {{ filename: "{dir}/{n}-key.pem" }}
 {validation}"#,
                 dir = dir.display(),
-                validation = istio_validation(dir, crl_dir, "          ", &format!("{{ exact: \"{GATEWAY_ID}\" }}")),
+                validation = istio_validation(dir, "          ", &format!("{{ exact: \"{GATEWAY_ID}\" }}")),
             )
         })
         .collect();
@@ -183,8 +179,7 @@ async fn envoy_refuses_a_revoked_identity_on_a_new_connection_and_still_accepts_
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     // The CRL where the sidecar mounts it, written by meshroot (`[revocation] crl_file`).
-    let crl_dir = dir.join("crl");
-    let crl = crl_dir.join("ca-crl.pem");
+    let crl = dir.join("crl").join("ca-crl.pem");
     ca.edit_config(|text| {
         text.replace(
             "crl_file = \"ca-crl.pem\"",
@@ -215,20 +210,14 @@ async fn envoy_refuses_a_revoked_identity_on_a_new_connection_and_still_accepts_
     let _gateway = Envoy::start(
         dir,
         "gateway",
-        &gateway(dir, &crl_dir, gateway_port, upstream),
+        &gateway(dir, gateway_port, upstream),
         gateway_port,
     )
     .await;
     let _sidecar = Envoy::start(
         dir,
         "sidecar",
-        &sidecar(
-            dir,
-            &crl_dir,
-            sidecar_port,
-            gateway_port,
-            &["cart", "orders"],
-        ),
+        &sidecar(dir, sidecar_port, gateway_port, &["cart", "orders"]),
         sidecar_port,
     )
     .await;
