@@ -98,6 +98,12 @@ impl Monitor {
             if authority.signing_not_after() <= now {
                 reasons.push(format!("mesh {mesh}: the signing certificate has expired"));
             }
+            if authority.is_unhealthy() {
+                reasons.push(format!(
+                    "mesh {mesh}: a leaf's signature did not verify; the signer refuses to sign \
+                     until its key is loaded again (reload or restart)"
+                ));
+            }
         }
         if meshes == 0 {
             reasons.push("no CA material loaded".to_owned());

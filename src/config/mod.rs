@@ -61,6 +61,9 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
 pub const DEFAULT_STORE_CACHE_MIB: u64 = 64;
+/// An ECDSA signer verifies the signature of 1 leaf in this many (and the first after each key
+/// load); an RSA signer verifies every leaf (README, design notes).
+pub const DEFAULT_LEAF_SIGNATURE_SAMPLE: u64 = 64;
 pub const DEFAULT_AUDIT_KEY_NAME: &str = "meshroot-audit";
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 /// `[audit.export] jsonl_max_file_mib`.
@@ -92,6 +95,9 @@ pub struct Config {
     pub store: PathBuf,
     /// Memory for sled's page cache (MiB): more makes audit queries on large logs faster.
     pub store_cache_mib: u64,
+    /// An ECDSA signer verifies the signature of the first leaf after each key load and then
+    /// of 1 leaf in this many (1: every leaf); RSA signers verify every leaf.
+    pub leaf_signature_sample: u64,
     /// CSR requests handled at once; more are answered RESOURCE_EXHAUSTED (clients retry).
     pub max_concurrent_requests: usize,
     /// TLS handshakes in progress at once; further connections wait to be accepted.

@@ -28,6 +28,7 @@ struct Server {
     serving_certificate_ttl: Duration,
     store: PathBuf,
     store_cache_mib: u64,
+    leaf_signature_sample: u64,
     max_concurrent_requests: usize,
     max_concurrent_handshakes: usize,
     authenticators: Vec<AuthenticatorKind>,
@@ -98,6 +99,7 @@ impl Config {
             serving_certificate_ttl,
             store,
             store_cache_mib,
+            leaf_signature_sample,
             max_concurrent_requests,
             max_concurrent_handshakes,
             authenticators,
@@ -112,6 +114,7 @@ impl Config {
             serving_certificate_ttl,
             store,
             store_cache_mib,
+            leaf_signature_sample,
             max_concurrent_requests,
             max_concurrent_handshakes,
             authenticators,
@@ -200,6 +203,12 @@ fn server(
         raw.max_concurrent_handshakes,
         DEFAULT_MAX_CONCURRENT_HANDSHAKES,
     );
+    let leaf_signature_sample = at_least_one(
+        "leaf_signature_sample",
+        raw.leaf_signature_sample
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        DEFAULT_LEAF_SIGNATURE_SAMPLE as usize,
+    ) as u64;
     let store_cache_mib = raw.store_cache_mib.unwrap_or(DEFAULT_STORE_CACHE_MIB);
     if store_cache_mib < 8 {
         p.add("store_cache_mib".into(), "must be at least 8".into());
@@ -250,6 +259,7 @@ fn server(
         serving_certificate_ttl,
         store,
         store_cache_mib,
+        leaf_signature_sample,
         max_concurrent_requests,
         max_concurrent_handshakes,
         authenticators,

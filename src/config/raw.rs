@@ -11,6 +11,7 @@ pub(super) struct RawConfig {
     pub(super) serving_certificate_ttl: Option<String>,
     pub(super) store: Option<String>,
     pub(super) store_cache_mib: Option<u64>,
+    pub(super) leaf_signature_sample: Option<u64>,
     pub(super) max_concurrent_requests: Option<usize>,
     pub(super) max_concurrent_handshakes: Option<usize>,
     pub(super) authenticators: Option<Vec<String>>,

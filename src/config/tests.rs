@@ -20,6 +20,20 @@ fn fills_defaults_and_anchors_paths_at_the_config_directory() {
     assert_eq!(mesh.ca_dir, PathBuf::from("/etc/meshroot/cacerts"));
     assert_eq!(mesh.default_ttl, DEFAULT_TTL);
     assert_eq!(mesh.max_ttl, DEFAULT_MAX_TTL);
+    assert_eq!(config.leaf_signature_sample, DEFAULT_LEAF_SIGNATURE_SAMPLE);
+}
+
+#[test]
+fn the_leaf_signature_sample_is_at_least_one() {
+    let every = parse(&format!("leaf_signature_sample = 1\n{MINIMAL}")).unwrap();
+    assert_eq!(every.leaf_signature_sample, 1);
+    let error = parse(&format!("leaf_signature_sample = 0\n{MINIMAL}")).unwrap_err();
+    let problems: Vec<(&str, &str)> = error
+        .problems
+        .iter()
+        .map(|p| (p.key.as_str(), p.message.as_str()))
+        .collect();
+    assert_eq!(problems, [("leaf_signature_sample", "must be at least 1")]);
 }
 
 #[test]

@@ -144,6 +144,10 @@ impl IssueError {
                 };
                 (Some(code), Failure::Policy, answer)
             }
+            // Another replica may still sign: UNAVAILABLE sends the client there.
+            Self::Signing(SigningError::Unhealthy) => {
+                (None, Failure::Internal, Answer::Held("signer-unhealthy"))
+            }
             Self::MeshNotServed(_) | Self::Signing(_) | Self::Store(_) => {
                 (None, Failure::Internal, Answer::Internal)
             }
@@ -180,5 +184,21 @@ impl IssueError {
             Self::Denied(denial) => client_text(&denial.detail, CLIENT_TEXT_BYTES),
             other => client_text(&other.to_string(), CLIENT_TEXT_BYTES),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signer that stopped after a faulty signature sends clients to another replica
+    /// (UNAVAILABLE, which istio-agent retries); other signing failures are INTERNAL.
+    #[test]
+    fn an_unhealthy_signer_is_unavailable_not_internal() {
+        let unhealthy = IssueError::Signing(SigningError::Unhealthy).classify();
+        assert_eq!(unhealthy.answer, Answer::Held("signer-unhealthy"));
+        assert_eq!(unhealthy.reason, None);
+        let other = IssueError::Signing(SigningError::Profile("validity")).classify();
+        assert_eq!(other.answer, Answer::Internal);
     }
 }

@@ -30,7 +30,8 @@ pub(super) async fn build_authority(
             mesh: mesh.name.clone(),
             source,
         })?
-        .with_crl_distribution_point(config.revocation.crl_url.clone());
+        .with_crl_distribution_point(config.revocation.crl_url.clone())
+        .with_signature_sample(config.leaf_signature_sample);
         check_roots_in_use(&store, &mesh.name, &authority, now, mesh.force_root_removal)?;
         let trust_domains: Vec<TrustDomain> = std::iter::once(mesh.trust_domain.clone())
             .chain(mesh.trust_domain_aliases.iter().cloned())

@@ -14,6 +14,7 @@ pub mod files;
 pub mod intermediate;
 pub mod material;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -25,7 +26,7 @@ use rustls_pki_types::{CertificateDer, TrustAnchor};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use self::check::{verify_path, LeafSubject};
+use self::check::{check_profile, verify_path, Expected, LeafProfile, LeafSubject};
 use self::constraints::UriConstraints;
 use self::material::{check_links, intermediates_of, to_system_time, CaMaterial, MaterialError};
 use crate::digest::sha256;
@@ -45,6 +46,13 @@ pub enum SigningError {
     Build(#[source] rcgen::Error),
     #[error("the issued certificate does not chain to the mesh roots: {0}")]
     Verify(webpki::Error),
+    #[error("the issued certificate is not the leaf profile: {0}")]
+    Profile(&'static str),
+    #[error(
+        "a leaf's signature did not verify: the signer refuses to sign until its key is loaded \
+         again (a reload or restart)"
+    )]
+    Unhealthy,
     #[error("the issued certificate does not carry exactly the granted identity")]
     IdentityCheck,
     #[error("the issued certificate names a URI outside the name constraints of its issuer")]
@@ -79,12 +87,20 @@ pub struct MeshSigner {
     mesh: String,
     trust_domain: TrustDomain,
     issuer: Issuer<'static, KeyPair>,
-    /// The signing certificate as a trust anchor, for checking each issued leaf (without its
-    /// URI name constraints, which webpki cannot apply: see [`constraints`]).
+    /// The signing certificate as a trust anchor, for verifying issued leaves' signatures
+    /// (without its URI name constraints, which webpki cannot apply: see [`constraints`]).
     signing_anchor: TrustAnchor<'static>,
-    /// The URI name constraints on the path from the signing certificate to its root, which
-    /// every issued leaf must satisfy.
-    path_constraints: Vec<UriConstraints>,
+    /// What every issued leaf must show (issuer, key identifier, the URI name constraints on
+    /// the path from the signing certificate to its root, …), checked on every leaf.
+    profile: LeafProfile,
+    /// Leaves signed since the key was loaded: the first is always verified.
+    leaves_signed: AtomicU64,
+    /// Verify the signature of 1 leaf in this many (1: every leaf; always 1 for RSA).
+    verify_every: u64,
+    /// Leaves whose signature was verified since the key was loaded.
+    leaves_verified: AtomicU64,
+    /// Set when a leaf's signature failed to verify: nothing more is signed with this key.
+    unhealthy: AtomicBool,
     /// The signing certificate (DER), and how many CA certificates may follow it in a path
     /// (its BasicConstraints pathLenConstraint; `None`: unlimited).
     signing_certificate: CertificateDer<'static>,
@@ -183,6 +199,7 @@ impl MeshSigner {
         let issuing_root = issuing_root(&signing_certificate, &intermediates, &roots);
         let path_constraints =
             path_constraints(&signing_certificate, &intermediates, issuing_root.as_ref());
+        let profile = LeafProfile::new(&signing, algorithm, path_constraints);
         let intermediates_pem = intermediates.iter().map(|c| certificate_pem(c)).collect();
         let root_bundle_pem = roots.iter().map(|c| certificate_pem(c)).collect();
         let authority = Self {
@@ -191,7 +208,11 @@ impl MeshSigner {
             issuer,
             signing_certificate_sha256: sha256(&signing_certificate),
             signing_anchor,
-            path_constraints,
+            profile,
+            leaves_signed: AtomicU64::new(0),
+            verify_every: 1,
+            leaves_verified: AtomicU64::new(0),
+            unhealthy: AtomicBool::new(false),
             signing_certificate,
             signing_path_len,
             issuing_root,
@@ -212,8 +233,26 @@ impl MeshSigner {
     /// Names `url` as the CRL distribution point of every workload leaf (where `GET /crl`
     /// answers, for verifiers that fetch CRLs).
     pub fn with_crl_distribution_point(mut self, url: Option<String>) -> Self {
+        self.profile = self.profile.with_crl_distribution_point(url.clone());
         self.crl_distribution_point = url;
         self
+    }
+
+    /// Verifies the signature of the first leaf after the key was loaded and then of 1 leaf in
+    /// `every` (an ECDSA signer); an RSA signer verifies every leaf whatever `every` says, as a
+    /// faulty RSA-CRT signature would leak its key (README, design notes).
+    pub fn with_signature_sample(mut self, every: u64) -> Self {
+        self.verify_every = if self.slow_signer { 1 } else { every.max(1) };
+        // The first leaf after the key was loaded is verified (the probe was, too).
+        self.leaves_signed = AtomicU64::new(0);
+        self.leaves_verified = AtomicU64::new(0);
+        self
+    }
+
+    /// Whether a leaf's signature failed to verify: the signer then refuses to sign, and the
+    /// server is not ready, until the key is loaded again.
+    pub fn is_unhealthy(&self) -> bool {
+        self.unhealthy.load(Ordering::Relaxed)
     }
 
     pub fn mesh(&self) -> &str {
@@ -228,7 +267,7 @@ impl MeshSigner {
     /// this signer's path do not permit: every leaf for it would fail the check before it leaves.
     pub fn check_permits(&self, trust_domain: &TrustDomain) -> Result<(), MaterialError> {
         let uri = format!("spiffe://{trust_domain}/");
-        match self.path_constraints.iter().find(|c| !c.permits(&uri)) {
+        match self.profile.constraints().iter().find(|c| !c.permits(&uri)) {
             None => Ok(()),
             Some(constraints) => Err(MaterialError::OutsideNameConstraints {
                 trust_domain: trust_domain.to_string(),
@@ -267,7 +306,7 @@ impl MeshSigner {
 
     /// Whether URI name constraints confine what this signer certifies.
     pub fn name_constrained(&self) -> bool {
-        !self.path_constraints.is_empty()
+        !self.profile.constraints().is_empty()
     }
 
     pub fn roots(&self) -> &[CertificateDer<'static>] {
@@ -349,6 +388,9 @@ impl MeshSigner {
         not_after: SystemTime,
         now: SystemTime,
     ) -> Result<IssuedCertificate, SigningError> {
+        if self.is_unhealthy() {
+            return Err(SigningError::Unhealthy);
+        }
         let serial = self.random_serial()?;
 
         let mut params = CertificateParams::default();
@@ -412,7 +454,15 @@ impl MeshSigner {
             .signed_by(public_key, &self.issuer)
             .map_err(SigningError::Build)?;
         let der = certificate.der().clone();
-        self.check_issued(&der, subject, now)?;
+        let public_key = public_key.subject_public_key_info();
+        let expected = Expected {
+            subject,
+            serial: &serial,
+            public_key: &public_key,
+            not_before,
+            not_after,
+        };
+        self.check_issued(&der, &expected, now)?;
         let cert_chain = self.chain_of(&der);
         Ok(IssuedCertificate {
             der,
@@ -445,22 +495,52 @@ impl MeshSigner {
         Ok(serial)
     }
 
-    /// The check before a leaf leaves (see [`check::check_leaf`]), against the signing
-    /// certificate (its own path to the roots was verified when the signer was built, and again
-    /// by the probe).
+    /// The checks before a leaf leaves: its encoded bytes against what was granted, always
+    /// ([`check_profile`]); its signature and path with rustls-webpki against the signing
+    /// certificate (whose own path to the roots was verified when the signer was built, and
+    /// again by the probe) for the first leaf after the key was loaded, every leaf of an RSA
+    /// signer, 1 in `verify_every` of an ECDSA signer's, and every server certificate. A
+    /// signature that does not verify marks the signer unhealthy: it signs nothing more.
     fn check_issued(
         &self,
         der: &CertificateDer<'static>,
-        subject: LeafSubject<'_>,
+        expected: &Expected<'_>,
         now: SystemTime,
     ) -> Result<(), SigningError> {
-        check::check_leaf(
+        check_profile(der, &self.profile, expected)?;
+        let signed = self.leaves_signed.fetch_add(1, Ordering::Relaxed);
+        let server = matches!(expected.subject, LeafSubject::Server(..));
+        if !(server || signed.is_multiple_of(self.verify_every)) {
+            return Ok(());
+        }
+        let verified = verify_path(
             der,
-            &self.signing_anchor,
-            &self.path_constraints,
-            subject,
+            std::slice::from_ref(&self.signing_anchor),
+            &[],
+            expected.subject,
             now,
-        )
+        );
+        if let Err(SigningError::Verify(error)) = &verified {
+            if !bad_signature(error) {
+                return verified;
+            }
+            self.unhealthy.store(true, Ordering::SeqCst);
+            tracing::error!(
+                mesh = %self.mesh,
+                %error,
+                "a leaf this signer made did not verify: it signs nothing more until its key is \
+                 loaded again"
+            );
+        }
+        if verified.is_ok() {
+            self.leaves_verified.fetch_add(1, Ordering::Relaxed);
+        }
+        verified
+    }
+
+    /// How many issued leaves' signatures were verified since the key was loaded.
+    pub fn leaves_verified(&self) -> u64 {
+        self.leaves_verified.load(Ordering::Relaxed)
     }
 
     /// Issues a leaf for a throwaway key (which passes the check every leaf passes, name
@@ -474,7 +554,7 @@ impl MeshSigner {
         let subject = LeafSubject::Workload(&identity);
         let not_after = (now + Duration::from_secs(600)).min(self.signing_not_after);
         let issued = self.issue(subject, &key, now, not_after, now)?;
-        if !self.path_constraints.is_empty() {
+        if self.name_constrained() {
             return Ok(());
         }
         let anchors = self
@@ -485,6 +565,18 @@ impl MeshSigner {
             .map_err(SigningError::Verify)?;
         verify_path(&issued.der, &anchors, &self.intermediates, subject, now)
     }
+}
+
+/// Whether webpki refused a leaf for its signature (not, say, for a signing certificate that
+/// has expired): the key or its arithmetic is at fault, and the signer must stop.
+fn bad_signature(error: &webpki::Error) -> bool {
+    matches!(
+        error,
+        webpki::Error::InvalidSignatureForPublicKey
+            | webpki::Error::SignatureAlgorithmMismatch
+            | webpki::Error::UnsupportedSignatureAlgorithmContext(_)
+            | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
+    )
 }
 
 /// The root that issued the topmost served intermediate (its subject names the top's issuer
@@ -526,4 +618,117 @@ fn path_constraints(
         .chain(issuing_root.filter(|root| !path.contains(root)))
         .filter_map(|der| constraints::uri_constraints_of(der))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::init::{init, InitOptions};
+    use crate::csr::{KeyAlgorithm, SubjectPublicKey};
+    use crate::keys::KeyType;
+
+    /// A mesh `a` whose intermediate has a key of `key_type`, loaded as a signer.
+    fn signer(key_type: KeyType, sample: u64) -> (tempfile::TempDir, MeshSigner) {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let trust_domain = TrustDomain::new("a.example").unwrap();
+        init(
+            &InitOptions {
+                dir: dir.path().to_owned(),
+                meshes: vec![("a".into(), trust_domain.clone())],
+                key_type,
+                dev_issuer: false,
+                name_constraints: true,
+                intermediate_path_len: 0,
+                force: false,
+            },
+            now,
+        )
+        .unwrap();
+        let signer =
+            files::load_signer("a", trust_domain, &dir.path().join("a"), &[], now).unwrap();
+        (dir, signer.with_signature_sample(sample))
+    }
+
+    fn grant(now: SystemTime) -> Grant {
+        let key = KeyPair::generate().unwrap();
+        let identity = SpiffeId::parse("spiffe://a.example/ns/shop/sa/cart").unwrap();
+        Grant {
+            mesh: "a".into(),
+            identity: identity.clone(),
+            requested: identity,
+            not_before: now,
+            not_after: now + Duration::from_secs(3600),
+            public_key: SubjectPublicKey {
+                spki_der: key.subject_public_key_info(),
+                algorithm: KeyAlgorithm::EcdsaP256,
+            },
+        }
+    }
+
+    #[test]
+    fn an_ecdsa_signer_verifies_the_first_leaf_and_then_one_in_the_sample() {
+        let (_dir, signer) = signer(KeyType::EcdsaP256, 64);
+        let now = SystemTime::now();
+        let grant = grant(now);
+        signer.issue_workload(&grant, now).unwrap();
+        assert_eq!(
+            signer.leaves_verified(),
+            1,
+            "the first leaf after the key load"
+        );
+        for _ in 1..130 {
+            signer.issue_workload(&grant, now).unwrap();
+        }
+        assert_eq!(signer.leaves_verified(), 3, "leaves 0, 64 and 128 of 130");
+
+        let (_dir, every) = self::signer(KeyType::EcdsaP256, 1);
+        for _ in 0..5 {
+            every.issue_workload(&grant, now).unwrap();
+        }
+        assert_eq!(every.leaves_verified(), 5);
+    }
+
+    #[test]
+    fn an_rsa_signer_verifies_every_leaf_whatever_the_sample() {
+        let (_dir, signer) = signer(KeyType::Rsa2048, 64);
+        let now = SystemTime::now();
+        let grant = grant(now);
+        for _ in 0..3 {
+            signer.issue_workload(&grant, now).unwrap();
+        }
+        assert_eq!(signer.leaves_verified(), 3);
+    }
+
+    /// A leaf whose signature does not verify (what a fault in the signing arithmetic makes)
+    /// marks the signer unhealthy: it refuses to sign anything more, not just that request.
+    #[test]
+    fn a_signature_that_does_not_verify_stops_the_signer() {
+        let (_dir, signer) = signer(KeyType::EcdsaP256, 64);
+        let now = SystemTime::now();
+        let grant = grant(now);
+        let issued = signer.issue_workload(&grant, now).unwrap();
+        assert!(!signer.is_unhealthy());
+
+        let mut faulty = issued.der.to_vec();
+        let last = faulty.len() - 1;
+        faulty[last] ^= 0x01;
+        let expected = Expected {
+            subject: LeafSubject::Workload(&grant.identity),
+            serial: &issued.serial,
+            public_key: &grant.public_key.spki_der,
+            not_before: grant.not_before,
+            not_after: grant.not_after,
+        };
+        // Leaf 64 of the sample: verified.
+        signer.leaves_signed.store(64, Ordering::SeqCst);
+        let result = signer.check_issued(&CertificateDer::from(faulty), &expected, now);
+        assert!(matches!(result, Err(SigningError::Verify(_))), "{result:?}");
+        assert!(signer.is_unhealthy());
+        let refused = signer.issue_workload(&grant, now);
+        assert!(
+            matches!(refused, Err(SigningError::Unhealthy)),
+            "{refused:?}"
+        );
+    }
 }
