@@ -37,7 +37,20 @@ pub struct LoadOptions {
     pub mode: ConnectionMode,
     /// The server's process id, for its CPU time and memory.
     pub server_pid: Option<u32>,
+    /// Open loop: start requests at this many per second on a fixed schedule, whether or not
+    /// earlier ones have been answered, and time each from when it was due (so a stalled server
+    /// shows as latency, not as fewer requests). None: closed loop, each stream sends its next
+    /// request when the last is answered.
+    pub rate: Option<f64>,
 }
+
+/// In open loop, requests due while this many are still unanswered are not sent but counted as
+/// errors ("client backlog"): the server is far past the offered rate.
+const MAX_OUTSTANDING: usize = 20_000;
+
+/// Latencies (µs) of the answered requests and failures by gRPC code, within the measured
+/// window.
+type Outcomes = (Vec<u64>, BTreeMap<String, u64>);
 
 /// Resource use of a process over the measured window.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -57,6 +70,8 @@ pub struct ProcessUsage {
 pub struct LoadReport {
     pub streams: usize,
     pub mode: ConnectionMode,
+    /// The offered rate of an open-loop run (requests/s); None for a closed loop.
+    pub offered_per_second: Option<f64>,
     pub seconds: f64,
     pub issued: u64,
     pub per_second: f64,
@@ -127,6 +142,54 @@ pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -
             samples
         })
     };
+    let (latencies, errors) = match options.rate {
+        None => closed_loop(target, requests, options, measure_from, end).await,
+        Some(rate) => open_loop(target, requests, options, rate, measure_from, end).await,
+    };
+    let finished = Instant::now();
+    let (server_before, client_before) = sampler.await.unwrap_or((None, None));
+    rss_series.abort();
+    let rss_samples = rss_series.await.unwrap_or_default();
+    let seconds = finished
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(1e-9);
+    let issued = latencies.len() as u64;
+    let usage = |before: Option<Sample>, path: &str, samples: Vec<f64>| {
+        let after = read_usage(path)?;
+        let before = before?;
+        Some(ProcessUsage {
+            cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+            peak_rss_mib: after.peak_rss_mib,
+            rss_start_mib: before.rss_mib,
+            rss_end_mib: after.rss_mib,
+            rss_samples_mib: samples,
+        })
+    };
+    LoadReport {
+        streams: options.streams,
+        mode: options.mode,
+        offered_per_second: options.rate,
+        seconds,
+        issued,
+        per_second: issued as f64 / seconds,
+        latency_ms: Percentiles::of(latencies),
+        errors,
+        server: options
+            .server_pid
+            .and_then(|pid| usage(server_before, &format!("/proc/{pid}"), rss_samples)),
+        client: usage(client_before, "/proc/self", Vec::new()).unwrap_or_default(),
+    }
+}
+
+/// Each of `options.streams` streams sends its next request when the last is answered.
+async fn closed_loop(
+    target: &Target,
+    requests: Arc<Vec<Request>>,
+    options: &LoadOptions,
+    measure_from: Instant,
+    end: Instant,
+) -> Outcomes {
     let streams = options.streams;
     let mut tasks = Vec::with_capacity(streams);
     for stream in 0..streams {
@@ -141,30 +204,11 @@ pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -
                 let request = &requests[(stream + round * streams) % requests.len()];
                 round += 1;
                 let begun = Instant::now();
-                let channel = match (&warm, mode) {
-                    (Some(channel), ConnectionMode::Warm) => Ok(channel.clone()),
-                    _ => client::connect(&target).await,
-                };
-                let result = match channel {
-                    Ok(channel) => {
-                        if mode == ConnectionMode::Warm {
-                            warm = Some(channel.clone());
-                        }
-                        client::create_certificate(
-                            channel,
-                            request.csr_pem.clone(),
-                            86_400,
-                            &AgentMetadata {
-                                token: Some(request.token.clone()),
-                                cluster_id: "Kubernetes".into(),
-                            },
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|status| format!("{:?}", status.code()))
-                    }
-                    Err(error) => Err(format!("connect: {error}")),
-                };
+                let channel = warm.clone().filter(|_| mode == ConnectionMode::Warm);
+                let (used, result) = send(&target, channel, request).await;
+                if mode == ConnectionMode::Warm && used.is_some() {
+                    warm = used;
+                }
                 if begun < measure_from {
                     continue;
                 }
@@ -192,39 +236,110 @@ pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -
             }
         }
     }
-    let finished = Instant::now();
-    let (server_before, client_before) = sampler.await.unwrap_or((None, None));
-    rss_series.abort();
-    let rss_samples = rss_series.await.unwrap_or_default();
-    let seconds = finished
-        .saturating_duration_since(measure_from)
-        .as_secs_f64()
-        .max(1e-9);
-    let issued = latencies.len() as u64;
-    let usage = |before: Option<Sample>, path: &str, samples: Vec<f64>| {
-        let after = read_usage(path)?;
-        let before = before?;
-        Some(ProcessUsage {
-            cpu_seconds: after.cpu_seconds - before.cpu_seconds,
-            peak_rss_mib: after.peak_rss_mib,
-            rss_start_mib: before.rss_mib,
-            rss_end_mib: after.rss_mib,
-            rss_samples_mib: samples,
-        })
+    (latencies, errors)
+}
+
+/// One request, on `channel` or (none) a new connection; returns the connection it used (None
+/// when connecting failed) and the outcome (a failure as its gRPC code).
+async fn send(
+    target: &Target,
+    channel: Option<tonic::transport::Channel>,
+    request: &Request,
+) -> (Option<tonic::transport::Channel>, Result<(), String>) {
+    let channel = match channel {
+        Some(channel) => channel,
+        None => match client::connect(target).await {
+            Ok(channel) => channel,
+            Err(error) => return (None, Err(format!("connect: {error}"))),
+        },
     };
-    LoadReport {
-        streams: options.streams,
-        mode: options.mode,
-        seconds,
-        issued,
-        per_second: issued as f64 / seconds,
-        latency_ms: Percentiles::of(latencies),
-        errors,
-        server: options
-            .server_pid
-            .and_then(|pid| usage(server_before, &format!("/proc/{pid}"), rss_samples)),
-        client: usage(client_before, "/proc/self", Vec::new()).unwrap_or_default(),
+    let result = client::create_certificate(
+        channel.clone(),
+        request.csr_pem.clone(),
+        86_400,
+        &AgentMetadata {
+            token: Some(request.token.clone()),
+            cluster_id: "Kubernetes".into(),
+        },
+    )
+    .await
+    .map(|_| ())
+    .map_err(|status| format!("{:?}", status.code()));
+    (Some(channel), result)
+}
+
+/// Starts request i at `i / rate` seconds, each on its own task, over `options.streams` warm
+/// connections (round-robin) or a new connection each, and times it from when it was due.
+async fn open_loop(
+    target: &Target,
+    requests: Arc<Vec<Request>>,
+    options: &LoadOptions,
+    rate: f64,
+    measure_from: Instant,
+    end: Instant,
+) -> Outcomes {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut channels = Vec::new();
+    if options.mode == ConnectionMode::Warm {
+        for _ in 0..options.streams {
+            match client::connect(target).await {
+                Ok(channel) => channels.push(channel),
+                Err(error) => *errors.entry(format!("connect: {error}")).or_default() += 1,
+            }
+        }
+        if channels.is_empty() {
+            return (Vec::new(), errors);
+        }
     }
+    let (done, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut backlog = 0u64;
+    for i in 0u64.. {
+        let due = start + Duration::from_secs_f64(i as f64 / rate.max(1e-3));
+        if due >= end {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let measured = due >= measure_from;
+        if outstanding.load(Ordering::Relaxed) >= MAX_OUTSTANDING {
+            backlog += u64::from(measured);
+            continue;
+        }
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        let index = i as usize;
+        let channel = (!channels.is_empty()).then(|| channels[index % channels.len()].clone());
+        let (target, requests, done, outstanding) = (
+            target.clone(),
+            requests.clone(),
+            done.clone(),
+            outstanding.clone(),
+        );
+        tokio::spawn(async move {
+            let request = &requests[index % requests.len()];
+            let (_, result) = send(&target, channel, request).await;
+            let micros = due.elapsed().as_micros() as u64;
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            if measured {
+                let _ = done.send(result.map(|_| micros));
+            }
+        });
+    }
+    drop(done);
+    let mut latencies = Vec::new();
+    // Requests still unanswered this long after the end are counted as lost.
+    let give_up = tokio::time::Instant::from(end) + Duration::from_secs(30);
+    while let Ok(Some(answer)) = tokio::time::timeout_at(give_up, answers.recv()).await {
+        match answer {
+            Ok(micros) => latencies.push(micros),
+            Err(code) => *errors.entry(code).or_default() += 1,
+        }
+    }
+    if backlog > 0 {
+        errors.insert("client backlog (not sent)".into(), backlog);
+    }
+    (latencies, errors)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +379,7 @@ pub struct CryptoRates {
     pub cores: usize,
     /// Microseconds per operation.
     pub rsa2048_verify_us: f64,
+    pub rsa4096_verify_us: f64,
     pub p256_verify_us: f64,
     pub p256_sign_us: f64,
     pub rsa2048_sign_us: f64,
@@ -298,6 +414,7 @@ impl CryptoRates {
         use rcgen::{PublicKeyData as _, SigningKey as _};
         let p256_sig = p256.sign(&message).map_err(|e| e.to_string())?;
         let rsa_sig = rsa2048.sign(&message).map_err(|e| e.to_string())?;
+        let rsa4096_sig = rsa4096.sign(&message).map_err(|e| e.to_string())?;
         let spki_key = |key: &rcgen::KeyPair| -> Result<Vec<u8>, String> {
             use x509_parser::prelude::FromDer as _;
             let spki = key.subject_public_key_info();
@@ -311,11 +428,18 @@ impl CryptoRates {
             &signature::RSA_PKCS1_2048_8192_SHA256,
             spki_key(&rsa2048)?,
         );
+        let rsa4096_public = signature::UnparsedPublicKey::new(
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            spki_key(&rsa4096)?,
+        );
         Ok(Self {
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             rsa2048_verify_us: time(Box::new(|| rsa_public.verify(&message, &rsa_sig).is_ok())),
+            rsa4096_verify_us: time(Box::new(|| {
+                rsa4096_public.verify(&message, &rsa4096_sig).is_ok()
+            })),
             p256_verify_us: time(Box::new(|| {
                 p256_public.verify(&message, p256_sig.as_ref()).is_ok()
             })),
@@ -324,6 +448,25 @@ impl CryptoRates {
             rsa4096_sign_us: time(Box::new(|| rsa4096.sign(&message).is_ok())),
             signing_backend: crate::keys::SIGNING_BACKEND,
         })
+    }
+
+    /// The single-core crypto of one issuance, in µs: verifying the CSR's signature, signing
+    /// the leaf, and verifying the leaf's signature (as every leaf once was). The server's CPU
+    /// per issuance is judged as a multiple of this, so runs on faster or slower machines
+    /// compare.
+    pub fn issuance_crypto_us(&self, csr_rsa: bool, intermediate: crate::keys::KeyType) -> f64 {
+        use crate::keys::KeyType;
+        let csr_verify = if csr_rsa {
+            self.rsa2048_verify_us
+        } else {
+            self.p256_verify_us
+        };
+        let (sign, leaf_verify) = match intermediate {
+            KeyType::EcdsaP256 => (self.p256_sign_us, self.p256_verify_us),
+            KeyType::Rsa2048 => (self.rsa2048_sign_us, self.rsa2048_verify_us),
+            KeyType::Rsa4096 => (self.rsa4096_sign_us, self.rsa4096_verify_us),
+        };
+        csr_verify + sign + leaf_verify
     }
 
     /// Issuances per second the machine's cores allow for the unavoidable crypto of one

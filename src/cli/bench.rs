@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// Distinct workload identities (each its own CSR and token).
     #[arg(long, default_value_t = 1000)]
     pub identities: usize,
+    /// Open loop: offer this many requests per second on a fixed schedule (over --streams
+    /// warm connections), timing each from when it was due, so queueing is not hidden by
+    /// clients that wait (coordinated omission). Run once without it to find the maximum rate.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -77,6 +82,10 @@ struct Report<'a> {
     crypto: &'a CryptoRates,
     ceiling_per_second: f64,
     fraction_of_ceiling: f64,
+    /// Single-core crypto of one issuance (CSR verify + leaf sign + leaf verify), µs.
+    issuance_crypto_us: f64,
+    /// The server's CPU per issuance as a multiple of `issuance_crypto_us`.
+    server_cpu_multiple: Option<f64>,
     load: &'a LoadReport,
 }
 
@@ -151,6 +160,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             duration: Duration::from_secs(args.seconds.max(1)),
             mode: args.mode,
             server_pid: pid,
+            rate: args.rate,
         },
     )
     .await;
@@ -163,6 +173,11 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
 fn print(args: &BenchArgs, crypto: &CryptoRates, load: &LoadReport) -> Result<(), Failure> {
     let csr_rsa = args.csr != CsrKind::EcdsaP256;
     let ceiling = crypto.ceiling(csr_rsa, args.intermediate);
+    let crypto_us = crypto.issuance_crypto_us(csr_rsa, args.intermediate);
+    let server_cpu_us = load
+        .server
+        .as_ref()
+        .map(|server| 1e6 * server.cpu_seconds / load.issued.max(1) as f64);
     if args.json {
         let report = Report {
             csr: args.csr,
@@ -170,6 +185,8 @@ fn print(args: &BenchArgs, crypto: &CryptoRates, load: &LoadReport) -> Result<()
             crypto,
             ceiling_per_second: ceiling,
             fraction_of_ceiling: load.per_second / ceiling,
+            issuance_crypto_us: crypto_us,
+            server_cpu_multiple: server_cpu_us.map(|us| us / crypto_us),
             load,
         };
         let json =
@@ -195,8 +212,12 @@ fn print(args: &BenchArgs, crypto: &CryptoRates, load: &LoadReport) -> Result<()
         if csr_rsa { "RSA-2048" } else { "P-256" },
         args.intermediate
     );
+    let pacing = match load.offered_per_second {
+        Some(rate) => format!("open loop at {rate:.0} requests/s over "),
+        None => String::new(),
+    };
     println!(
-        "load: {} streams, {}, {:?} CSRs, {:.1} s measured after {} s of warm-up",
+        "load: {pacing}{} streams, {}, {:?} CSRs, {:.1} s measured after {} s of warm-up",
         load.streams,
         match load.mode {
             ConnectionMode::Warm => "warm connections",
@@ -227,14 +248,17 @@ fn print(args: &BenchArgs, crypto: &CryptoRates, load: &LoadReport) -> Result<()
             .collect();
         println!("errors: {}", list.join(", "));
     }
-    if let Some(server) = &load.server {
+    if let (Some(server), Some(cpu_us)) = (&load.server, server_cpu_us) {
         println!(
-            "server: {:.0} µs CPU per issuance ({:.2} CPU s in all), peak RSS {:.1} MiB (RSS {:.1} → {:.1} MiB over the run)",
-            1e6 * server.cpu_seconds / load.issued.max(1) as f64,
-            server.cpu_seconds,
-            server.peak_rss_mib,
-            server.rss_start_mib,
-            server.rss_end_mib
+            "server: {:.0} µs CPU per issuance = {:.2}× the single-core crypto of one issuance ({:.0} µs: CSR verify + leaf sign + leaf verify); {:.2} CPU s in all",
+            cpu_us,
+            cpu_us / crypto_us,
+            crypto_us,
+            server.cpu_seconds
+        );
+        println!(
+            "server memory: peak RSS {:.1} MiB (RSS {:.1} → {:.1} MiB over the run)",
+            server.peak_rss_mib, server.rss_start_mib, server.rss_end_mib
         );
         if !server.rss_samples_mib.is_empty() {
             let samples: Vec<String> = server
