@@ -173,8 +173,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let opening = Instant::now();
     let store = SledStore::open(&path).unwrap();
     let present = store.last_sequence();
+    println!(
+        "opened a store of {present} records in {:.2} s",
+        opening.elapsed().as_secs_f64()
+    );
     if present < total {
         println!(
             "ingesting {} records with {writers} concurrent durable writers...",

@@ -59,6 +59,7 @@ use tiles::TreeView;
 pub use self::error::{AuditError, StoreError};
 #[cfg(test)]
 use self::open::open_db;
+pub use self::open::prepare_next_start;
 use self::query::entries_between;
 pub use self::records::{decode, encode, from_message, to_message};
 pub use self::rotation::drops_a_root;

@@ -213,6 +213,37 @@ impl Inner {
     }
 }
 
+/// Opens and closes the stopped store's sled database once more, after the server that wrote
+/// it has let it go, so that the next start is quick; returns how long that took.
+///
+/// sled 0.34 writes its snapshot of the page table only while opening a database: it reads
+/// the last snapshot and then replays every log entry written since, which is every record
+/// written since the previous start (6.4 s for 10 million records here, against 0.6 s with
+/// a fresh snapshot). Doing it at a clean shutdown moves that replay out of the next start.
+/// The open is sled's own recovery (crash-safe: a snapshot is written to a temporary file and
+/// renamed), so an interruption leaves the store as a crash would.
+pub fn prepare_next_start(
+    path: &Path,
+    cache_bytes: u64,
+    lock_wait: Duration,
+) -> Result<Duration, StoreError> {
+    let started = std::time::Instant::now();
+    let db = open_db(path, lock_wait, cache_bytes).map_err(|e| {
+        if is_lock_contention(&e) {
+            StoreError::Locked {
+                path: path.display().to_string(),
+            }
+        } else {
+            StoreError::Open {
+                path: path.display().to_string(),
+                source: Arc::new(e),
+            }
+        }
+    })?;
+    drop(db);
+    Ok(started.elapsed())
+}
+
 /// Opens sled, waiting briefly if the lock is still held by this process's previous handle
 /// (sled releases it from a background thread after the last handle is dropped).
 pub(super) fn open_db(
