@@ -34,6 +34,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # One CA (P-256 intermediate) for both, one CSR shaped like istio-agent's.
 "$meshroot" init --dir ca --dev-issuer >/dev/null
+# One identity from one address sends everything: meshroot's per-caller and per-namespace rate
+# limits and per-peer connection caps (which would answer most requests RESOURCE_EXHAUSTED,
+# with HTTP status 200) are off, as in `meshroot bench`.
+printf '\n[rate_limit]\nper_caller = 0.0\nper_namespace = 0.0\n[connections]\nmax_per_peer = 1000000\nmax_handshakes_per_peer = 1000000\n' >> ca/meshroot.toml
 openssl req -new -newkey rsa:2048 -nodes -keyout workload.key -subj "/O=" \
   -addext "subjectAltName=critical,URI:spiffe://cluster.local/ns/bench/sa/h2load" \
   -out workload.csr 2>/dev/null
