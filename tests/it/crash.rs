@@ -46,22 +46,8 @@ async fn sigkill_during_sustained_issuance_loses_no_record() {
             (csr, ca.token(MESH, &namespace, &account))
         })
         .collect();
-    let target = Target {
-        address: server.address.clone(),
-        root_pem: ca.root_pem(),
-        server_name: "localhost".into(),
-        client_identity: None,
-    };
-    let load = Load::start(&target, requests);
     // Kill mid-stream: after enough issuances to have written several segments.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while load.issued() < 400 {
-        assert!(
-            Instant::now() < deadline,
-            "the clients got too few certificates"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let load = load_until(&ca, &server, requests, 400).await;
     server.kill();
     let received = load.stop().await;
     assert!(received.len() >= 400);
@@ -121,12 +107,7 @@ async fn sigkill_during_sustained_issuance_loses_no_record() {
         String::from_utf8_lossy(&verify.stderr)
     );
     let mut again = Serving::start(ca.path(), &["--config", &config]);
-    let channel = client::connect(&Target {
-        address: again.address.clone(),
-        ..target
-    })
-    .await
-    .unwrap();
+    let channel = client::connect(&target_of(&ca, &again)).await.unwrap();
     client::create_certificate(
         channel,
         agent_csr(&common::spiffe_id("ns0", "after")),
@@ -139,6 +120,36 @@ async fn sigkill_during_sustained_issuance_loses_no_record() {
     .await
     .unwrap();
     again.stop();
+}
+
+/// How a client reaches `server`.
+fn target_of(ca: &TestCa, server: &Serving) -> Target {
+    Target {
+        address: server.address.clone(),
+        root_pem: ca.root_pem(),
+        server_name: "localhost".into(),
+        client_identity: None,
+    }
+}
+
+/// Starts clients sending `requests` to `server` over and over, and returns once they got
+/// `count` certificates.
+async fn load_until(
+    ca: &TestCa,
+    server: &Serving,
+    requests: Vec<(String, String)>,
+    count: usize,
+) -> Load {
+    let load = Load::start(&target_of(ca, server), requests);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.issued() < count {
+        assert!(
+            Instant::now() < deadline,
+            "the clients got too few certificates"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    load
 }
 
 /// The newest of sled's page-table snapshots in a store directory (`snap.<LSN in hex>`).
@@ -169,19 +180,7 @@ async fn a_clean_stop_leaves_the_store_ready_for_a_quick_start() {
             (csr, ca.token(MESH, "ns0", &account))
         })
         .collect();
-    let target = Target {
-        address: server.address.clone(),
-        root_pem: ca.root_pem(),
-        server_name: "localhost".into(),
-        client_identity: None,
-    };
-    let load = Load::start(&target, requests);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while load.issued() < 50 {
-        assert!(Instant::now() < deadline, "too few certificates");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    load.stop().await;
+    load_until(&ca, &server, requests, 50).await.stop().await;
     assert_eq!(
         newest_snapshot(&store),
         at_start,
