@@ -98,11 +98,22 @@ pub enum Failure {
     CsrParsing,
     /// Refused by policy (identity, SANs, TTL...).
     Policy,
-    /// Signing, recording or an unserved mesh: meshroot's own failure.
-    Internal,
+    /// Refused because the CSR names no identity meshroot can read (no URI SAN, several, or
+    /// not a SPIFFE ID): Istio's `citadel_server_id_extraction_err_count`.
+    IdExtraction,
+    /// meshroot's own failure after the request was accepted, with Istio's error type for
+    /// `citadel_server_csr_sign_err_count{error}`: [`CA_NOT_READY`] or [`CERT_GEN_ERROR`].
+    Internal(&'static str),
     /// Over a rate limit (the scope: `caller` or `namespace`); answered RESOURCE_EXHAUSTED.
     Throttled(&'static str),
 }
+
+/// Istio's `caerror` type for a CA that cannot sign now (an expired or stopped signer, an
+/// unserved mesh, a hold).
+pub const CA_NOT_READY: &str = "CA_NOT_READY";
+/// Istio's `caerror` type for a failure to make the certificate (signing, the check before it
+/// leaves, recording it).
+pub const CERT_GEN_ERROR: &str = "CERT_GEN_ERROR";
 
 /// The process's metrics; shared by every authority a reload builds, so counts survive reloads.
 #[derive(Debug, Default)]
@@ -110,6 +121,9 @@ pub struct Metrics {
     csr_requests: AtomicU64,
     authentication_failures: AtomicU64,
     csr_parsing_errors: AtomicU64,
+    id_extraction_errors: AtomicU64,
+    /// By Istio's error type ([`CA_NOT_READY`], [`CERT_GEN_ERROR`]).
+    sign_errors: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
     issued: AtomicU64,
     /// By refusal reason code (a fixed set of static strings).
     denials: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
@@ -176,13 +190,19 @@ impl Metrics {
                     Failure::Throttled(scope) => {
                         counter_in(&self.throttled, scope).fetch_add(1, Ordering::Relaxed);
                     }
-                    Failure::Policy | Failure::Internal => {}
+                    Failure::IdExtraction => {
+                        self.id_extraction_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Failure::Internal(error) => {
+                        counter_in(&self.sign_errors, error).fetch_add(1, Ordering::Relaxed);
+                    }
+                    Failure::Policy => {}
                 }
                 if let Some(reason) = reason {
                     counter_in(&self.denials, reason).fetch_add(1, Ordering::Relaxed);
                 }
                 match failure {
-                    Failure::Internal => Outcome::Failed,
+                    Failure::Internal(_) => Outcome::Failed,
                     Failure::Throttled(_) => Outcome::Throttled,
                     _ => Outcome::Denied,
                 }
@@ -259,6 +279,25 @@ impl Metrics {
             "Requests whose CSR could not be parsed or verified.",
             value(&self.csr_parsing_errors),
         );
+        out.counter(
+            "citadel_server_id_extraction_err_count",
+            "Requests whose CSR names no identity that can be read (no URI SAN, several, or not \
+             a SPIFFE ID).",
+            value(&self.id_extraction_errors),
+        );
+        let sign_errors = read(&self.sign_errors);
+        out.labeled(
+            "citadel_server_csr_sign_err_count",
+            "Accepted requests that got no certificate, by Istio's error type: CA_NOT_READY (an \
+             expired or stopped signer, a hold) or CERT_GEN_ERROR (signing, the leaf check, the \
+             record).",
+            Kind::Counter,
+            [CA_NOT_READY, CERT_GEN_ERROR].into_iter().map(|error| {
+                let count = sign_errors.get(error).map_or(0.0, |c| value(c));
+                (vec![("error", error)], count)
+            }),
+        );
+        drop(sign_errors);
         out.counter(
             "citadel_server_success_cert_issuance_count",
             "Certificates issued.",
@@ -572,6 +611,16 @@ mod tests {
             Err((Failure::CsrParsing, Some("csr-signature"))),
             Duration::from_millis(1),
         );
+        metrics.request_finished(
+            "a",
+            Err((Failure::IdExtraction, Some("csr-uri-san-count"))),
+            Duration::from_millis(1),
+        );
+        metrics.request_finished(
+            "a",
+            Err((Failure::Internal(CA_NOT_READY), Some("signer-expired"))),
+            Duration::from_millis(1),
+        );
         let mut out = Exposition::new();
         metrics.render(&mut out);
         let text = out.finish();
@@ -580,9 +629,13 @@ mod tests {
             "citadel_server_success_cert_issuance_count 1",
             "citadel_server_authentication_failure_count 1",
             "citadel_server_csr_parsing_err_count 1",
+            "citadel_server_id_extraction_err_count 1",
+            "citadel_server_csr_sign_err_count{error=\"CA_NOT_READY\"} 1",
+            "citadel_server_csr_sign_err_count{error=\"CERT_GEN_ERROR\"} 0",
             "meshroot_denials_total{reason=\"token-invalid\"} 1",
+            "meshroot_issuance_duration_seconds_count{mesh=\"a\",outcome=\"failed\"} 1",
             "meshroot_issuance_duration_seconds_count{mesh=\"a\",outcome=\"issued\"} 1",
-            "meshroot_issuance_duration_seconds_count{mesh=\"a\",outcome=\"denied\"} 1",
+            "meshroot_issuance_duration_seconds_count{mesh=\"a\",outcome=\"denied\"} 2",
             "meshroot_issuance_duration_seconds_count{mesh=\"\",outcome=\"denied\"} 1",
         ] {
             assert!(

@@ -123,6 +123,7 @@ impl Monitor {
         let ca = self.current.get();
         let mut meshes: Vec<_> = ca.mesh_signers().collect();
         meshes.sort_by(|a, b| a.0.cmp(b.0));
+        let now = unix_seconds(ca.clock().now()) as f64;
         let mut root_expiry = Vec::new();
         let mut chain_expiry = Vec::new();
         for (mesh, authority) in &meshes {
@@ -135,6 +136,28 @@ impl Monitor {
                 .min(authority.signing_not_after());
             chain_expiry.push((vec![("mesh", *mesh)], unix_seconds(chain) as f64));
         }
+        // Istio's derived gauges: the time left, negative once expired.
+        fn left<'a>(
+            at: &[(Vec<(&'static str, &'a str)>, f64)],
+            now: f64,
+        ) -> Vec<(Vec<(&'static str, &'a str)>, f64)> {
+            at.iter()
+                .map(|(labels, at)| (labels.clone(), at - now))
+                .collect()
+        }
+        out.labeled(
+            "citadel_server_root_cert_expiry_seconds",
+            "Seconds until the earliest root in the mesh's trust bundle expires (negative: \
+             expired).",
+            Kind::Gauge,
+            left(&root_expiry, now),
+        );
+        out.labeled(
+            "citadel_server_cert_chain_expiry_seconds",
+            "Seconds until the mesh's signing chain first expires (negative: expired).",
+            Kind::Gauge,
+            left(&chain_expiry, now),
+        );
         out.labeled(
             "citadel_server_root_cert_expiry_timestamp",
             "When the earliest root in the mesh's trust bundle expires (Unix seconds).",

@@ -5,7 +5,7 @@
 use crate::authn::impersonation::ImpersonationError;
 use crate::authn::AuthnError;
 use crate::csr::CsrError;
-use crate::metrics::Failure;
+use crate::metrics::{Failure, CA_NOT_READY, CERT_GEN_ERROR};
 use crate::policy::{Denial, DenialReason};
 use crate::ratelimit::Scope;
 use crate::record::{client_text, RecordError, CLIENT_TEXT_BYTES};
@@ -127,6 +127,13 @@ impl IssueError {
             ),
             Self::Denied(denial) => {
                 let code = denial.reason.code();
+                let failure = match denial.reason {
+                    DenialReason::UriSanCount | DenialReason::UriSanInvalid => {
+                        Failure::IdExtraction
+                    }
+                    DenialReason::SignerExpired => Failure::Internal(CA_NOT_READY),
+                    _ => Failure::Policy,
+                };
                 let answer = match denial.reason {
                     DenialReason::CallerMeshMismatch
                     | DenialReason::TrustDomainMismatch
@@ -142,16 +149,23 @@ impl IssueError {
                     | DenialReason::UriSanInvalid => Answer::Refused(code),
                     DenialReason::SignerExpired => Answer::Internal,
                 };
-                (Some(code), Failure::Policy, answer)
+                (Some(code), failure, answer)
             }
             // Another replica may still sign: UNAVAILABLE sends the client there.
-            Self::Signing(SigningError::Unhealthy) => {
-                (None, Failure::Internal, Answer::Held("signer-unhealthy"))
+            Self::Signing(SigningError::Unhealthy) => (
+                None,
+                Failure::Internal(CA_NOT_READY),
+                Answer::Held("signer-unhealthy"),
+            ),
+            Self::MeshNotServed(_) => (None, Failure::Internal(CA_NOT_READY), Answer::Internal),
+            Self::Signing(_) | Self::Store(_) => {
+                (None, Failure::Internal(CERT_GEN_ERROR), Answer::Internal)
             }
-            Self::MeshNotServed(_) | Self::Signing(_) | Self::Store(_) => {
-                (None, Failure::Internal, Answer::Internal)
-            }
-            Self::Held(hold) => (None, Failure::Internal, Answer::Held(hold.code())),
+            Self::Held(hold) => (
+                None,
+                Failure::Internal(CA_NOT_READY),
+                Answer::Held(hold.code()),
+            ),
             // Final: asking again does not help until an operator lifts the block.
             Self::Revoked(revoked) => (
                 Some(revoked.reason()),
@@ -200,5 +214,50 @@ mod tests {
         assert_eq!(unhealthy.reason, None);
         let other = IssueError::Signing(SigningError::Profile("validity")).classify();
         assert_eq!(other.answer, Answer::Internal);
+    }
+
+    /// Istio's counters: a CSR without one readable identity is an ID-extraction error; a
+    /// failure after a request was accepted is a sign error of Istio's type.
+    #[test]
+    fn failures_are_counted_under_istios_error_types() {
+        let denied = |reason| {
+            IssueError::Denied(Denial {
+                reason,
+                detail: String::new(),
+            })
+            .classify()
+        };
+        assert_eq!(
+            denied(DenialReason::UriSanCount).failure,
+            Failure::IdExtraction
+        );
+        assert_eq!(
+            denied(DenialReason::UriSanInvalid).failure,
+            Failure::IdExtraction
+        );
+        assert_eq!(denied(DenialReason::DnsSan).failure, Failure::Policy);
+        let expired = denied(DenialReason::SignerExpired);
+        assert_eq!(expired.failure, Failure::Internal(CA_NOT_READY));
+        assert_eq!(expired.reason, Some("signer-expired"), "still recorded");
+        for (error, expected) in [
+            (
+                IssueError::Signing(SigningError::Unhealthy),
+                Failure::Internal(CA_NOT_READY),
+            ),
+            (
+                IssueError::MeshNotServed("a".into()),
+                Failure::Internal(CA_NOT_READY),
+            ),
+            (
+                IssueError::Held(Hold::ExportLag),
+                Failure::Internal(CA_NOT_READY),
+            ),
+            (
+                IssueError::Signing(SigningError::IdentityCheck),
+                Failure::Internal(CERT_GEN_ERROR),
+            ),
+        ] {
+            assert_eq!(error.classify().failure, expected, "{error}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{agent_csr, spiffe_id, TestCa, MESH};
+use meshroot::client::{self, CsrShape, San};
 use meshroot::clock::ManualClock;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -100,6 +101,17 @@ async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus
         )
         .await
         .unwrap_err();
+    // Two identities in one CSR: none can be extracted (Istio's ID-extraction error).
+    let mut two = CsrShape::istio_agent(&spiffe_id("default", "a"));
+    two.sans.push(San::Uri(spiffe_id("default", "b")));
+    server
+        .call(
+            client::build_csr(common::rsa_key(), &two).unwrap(),
+            Some(ca.token(MESH, "default", "a")),
+            0,
+        )
+        .await
+        .unwrap_err();
     // Another identity than the token's: a policy denial.
     server
         .call(
@@ -116,7 +128,7 @@ async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus
     let value = |name: &str, labels: &[(&str, &str)]| {
         sample(&families, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
     };
-    assert_eq!(value("citadel_server_csr_count", &[]), 5.0);
+    assert_eq!(value("citadel_server_csr_count", &[]), 6.0);
     assert_eq!(
         value("citadel_server_success_cert_issuance_count", &[]),
         2.0
@@ -126,10 +138,18 @@ async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus
         1.0
     );
     assert_eq!(value("citadel_server_csr_parsing_err_count", &[]), 1.0);
+    assert_eq!(value("citadel_server_id_extraction_err_count", &[]), 1.0);
+    // Nothing failed after a request was accepted; both of Istio's error types are present.
+    for error in ["CA_NOT_READY", "CERT_GEN_ERROR"] {
+        assert_eq!(
+            value("citadel_server_csr_sign_err_count", &[("error", error)]),
+            0.0
+        );
+    }
     assert_eq!(families["citadel_server_csr_count"].0, "counter");
     // The exact names Istio's dashboards query.
     for line in [
-        "citadel_server_csr_count 5",
+        "citadel_server_csr_count 6",
         "citadel_server_success_cert_issuance_count 2",
     ] {
         assert!(text.lines().any(|l| l == line), "no line {line:?}");
@@ -139,7 +159,7 @@ async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus
         .iter()
         .map(|(_, _, v)| v)
         .sum();
-    assert_eq!(denials, 3.0, "{text}");
+    assert_eq!(denials, 4.0, "{text}");
     assert_eq!(
         value("meshroot_denials_total", &[("reason", "identity-mismatch")]),
         1.0,
@@ -156,9 +176,9 @@ async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus
         families["meshroot_issuance_duration_seconds"].0,
         "histogram"
     );
-    // Two workloads and meshroot's own serving certificate are issued, three refusals: every
+    // Two workloads and meshroot's own serving certificate are issued, four refusals: every
     // outcome is a record.
-    assert_eq!(value("meshroot_store_records", &[]), 6.0);
+    assert_eq!(value("meshroot_store_records", &[]), 7.0);
     assert!(value("meshroot_store_commit_duration_seconds_count", &[]) >= 1.0);
     assert_eq!(value("meshroot_ready", &[]), 1.0);
     let root = std::fs::read_to_string(ca.path().join("root-cert.pem")).unwrap();
@@ -177,6 +197,42 @@ async fn metrics_count_outcomes_under_istios_names_and_parse_with_the_prometheus
         ),
         not_after(&chain)
     );
+    // Istio's derived gauges: the time left until the same instants (this test's clock is the
+    // system's, read a moment apart).
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for (name, pem) in [
+        ("citadel_server_root_cert_expiry_seconds", &root),
+        ("citadel_server_cert_chain_expiry_seconds", &chain),
+    ] {
+        let left = value(name, &[("mesh", MESH)]);
+        assert!(
+            (left - (not_after(pem) - now)).abs() < 60.0,
+            "{name} {left}"
+        );
+    }
+    // All ten of istiod's CA metric names.
+    let istio_names = [
+        "citadel_server_csr_count",
+        "citadel_server_authentication_failure_count",
+        "citadel_server_csr_parsing_err_count",
+        "citadel_server_id_extraction_err_count",
+        "citadel_server_csr_sign_err_count",
+        "citadel_server_success_cert_issuance_count",
+        "citadel_server_root_cert_expiry_timestamp",
+        "citadel_server_root_cert_expiry_seconds",
+        "citadel_server_cert_chain_expiry_timestamp",
+        "citadel_server_cert_chain_expiry_seconds",
+    ];
+    for name in istio_names {
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with(&format!("# TYPE {name} "))),
+            "no {name} in\n{text}"
+        );
+    }
     // Bounded cardinality: no label value is an identity, a namespace or a caller.
     for (_, samples) in families.values() {
         for (name, labels, _) in samples {
@@ -280,8 +336,17 @@ async fn readyz_fails_with_the_reason_once_the_signing_certificate_has_expired()
         body,
         format!("not ready: mesh {MESH}: the signing certificate has expired\n")
     );
+    // The chain's time left is negative, by exactly the second the clock is past it.
     let families = parse_exposition(&common::http_get(admin, "/metrics").await.1);
     assert_eq!(sample(&families, "meshroot_ready", &[]), Some(0.0));
+    assert_eq!(
+        sample(
+            &families,
+            "citadel_server_cert_chain_expiry_seconds",
+            &[("mesh", MESH)]
+        ),
+        Some(-1.0)
+    );
     // Liveness is not readiness: the process still answers, so it is not restarted for this.
     assert_eq!(common::http_get(admin, "/healthz").await.0, 200);
     server.stop().await;
