@@ -51,7 +51,12 @@ pub struct InitReport {
     pub config: PathBuf,
     pub root_certificate: PathBuf,
     pub mesh_dirs: Vec<PathBuf>,
+    /// The CA material as values for the Helm chart (deploy/helm/meshroot).
+    pub helm_values: PathBuf,
 }
+
+/// The Helm values file `init` writes beside the CA material.
+pub const HELM_VALUES_FILE: &str = "helm-values.yaml";
 
 /// The issuer name of a mesh's local development token issuer.
 pub fn dev_issuer_name(mesh: &str) -> String {
@@ -223,11 +228,64 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
     );
     let config_path = dir.join("meshroot.toml");
     write_file(&config_path, config.as_bytes(), false)?;
+    let helm_values = dir.join(HELM_VALUES_FILE);
+    let meshes: Vec<&str> = options.meshes.iter().map(|(m, _)| m.as_str()).collect();
+    write_file(
+        &helm_values,
+        helm_values_yaml(dir, &meshes)?.as_bytes(),
+        true,
+    )?;
     Ok(InitReport {
         config: config_path,
         root_certificate: dir.join("root-cert.pem"),
         mesh_dirs,
+        helm_values,
     })
+}
+
+/// The Helm chart's `caMaterial` values: each mesh's files in Istio's cacerts layout, the root's
+/// CRL and the audit key, as `init` wrote them (never the root key). PEM is ASCII lines, so each
+/// file is a YAML literal block holding exactly its text.
+fn helm_values_yaml(dir: &Path, meshes: &[&str]) -> Result<String, CaFilesError> {
+    let read = |path: PathBuf| {
+        fs::read_to_string(&path).map_err(|source| CaFilesError::Read { path, source })
+    };
+    let block = |text: &str, indent: &str| {
+        let mut out = String::from("|\n");
+        for line in text.lines() {
+            out.push_str(indent);
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    };
+    let mut yaml = String::from(
+        "# The CA material for the Helm chart deploy/helm/meshroot, written by `meshroot init`:\n\
+         #   helm install meshroot deploy/helm/meshroot -n istio-system --create-namespace -f <this file>\n\
+         # beside the values that name these meshes (the chart's default is one mesh, \"default\";\n\
+         # deploy/helm/meshroot/examples has more).\n\
+         # It holds the meshes' intermediate keys and the audit key (never the root key): keep it as\n\
+         # secret as they are. Helm keeps a release's values in a Secret of the release's namespace.\n\
+         caMaterial:\n  meshes:\n",
+    );
+    for mesh in meshes {
+        // A JSON string is a YAML double-quoted scalar.
+        yaml.push_str(&format!("    {}:\n", serde_json::Value::from(*mesh)));
+        for file in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ] {
+            let text = read(dir.join(mesh).join(file))?;
+            yaml.push_str(&format!("      {file}: {}", block(&text, "        ")));
+        }
+    }
+    for file in [ROOT_CRL_FILE, AUDIT_KEY_FILE] {
+        let text = read(dir.join(file))?;
+        yaml.push_str(&format!("  {file}: {}", block(&text, "    ")));
+    }
+    Ok(yaml)
 }
 
 /// The root's CRL in the directory `init` writes.

@@ -354,6 +354,7 @@ fn init(args: InitArgs) -> Result<(), Failure> {
         println!("mesh CA material: {}", dir.display());
     }
     println!("config:           {}", report.config.display());
+    println!("Helm values:      {}", report.helm_values.display());
     Ok(())
 }
 

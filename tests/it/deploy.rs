@@ -34,11 +34,11 @@ fn kubectl() -> PathBuf {
 }
 
 /// A rendered overlay: its YAML, its objects, and the CA directory `init` made for it.
-struct Rendered {
+pub(crate) struct Rendered {
     _dir: tempfile::TempDir,
-    ca_dir: PathBuf,
-    yaml: String,
-    objects: Vec<Value>,
+    pub(crate) ca_dir: PathBuf,
+    pub(crate) yaml: String,
+    pub(crate) objects: Vec<Value>,
 }
 
 impl Rendered {
@@ -56,7 +56,7 @@ impl Rendered {
 
 /// Copies `deploy/`, makes the overlay's CA material with `init` for `meshes`, renders it, and
 /// validates the result.
-fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
+pub(crate) fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
     let dir = tempfile::tempdir().unwrap();
     let deploy = dir.path().join("deploy");
     copy_dir(
@@ -98,7 +98,7 @@ fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
 
 /// Renders `dir` with `kubectl kustomize` and validates it against the Kubernetes schemas;
 /// returns the YAML and its objects.
-fn kustomize_and_validate(dir: &Path, work: &Path, name: &str) -> (String, Vec<Value>) {
+pub(crate) fn kustomize_and_validate(dir: &Path, work: &Path, name: &str) -> (String, Vec<Value>) {
     let output = Command::new(kubectl())
         .arg("kustomize")
         .arg(dir)
@@ -141,7 +141,7 @@ fn kustomize_and_validate(dir: &Path, work: &Path, name: &str) -> (String, Vec<V
 }
 
 /// Every document of a YAML file, through PyYAML.
-fn yaml_to_json(path: &Path) -> Vec<Value> {
+pub(crate) fn yaml_to_json(path: &Path) -> Vec<Value> {
     let output = Command::new(common::python())
         .args([
             "-c",
@@ -159,7 +159,7 @@ fn yaml_to_json(path: &Path) -> Vec<Value> {
 }
 
 /// A Secret's data value (kustomize may fold the base64 over several lines).
-fn decode(value: &Value) -> String {
+pub(crate) fn decode(value: &Value) -> String {
     let text: String = value
         .as_str()
         .unwrap()
@@ -180,7 +180,7 @@ fn port_of(address: &std::net::SocketAddr) -> u64 {
 
 /// The checks every overlay must pass beyond the schemas.
 /// Checks what every overlay must hold; returns the deployed configuration.
-fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) -> Config {
+pub(crate) fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)]) -> Config {
     for kind in [
         "Namespace",
         "ServiceAccount",

@@ -1,0 +1,422 @@
+//! The Helm chart `deploy/helm/meshroot`, through the Helm library itself (PyPI's
+//! `helm-python-sdk`, Helm v4's Go SDK behind a C ABI; `tests/helm/chart.py`): it lints clean
+//! (strict), every values example renders and validates against the Kubernetes 1.33 schemas
+//! (`kubernetes-validate --strict`), the examples that mirror a Kustomize overlay render the same
+//! objects as `kubectl kustomize` of that overlay (with the CA material `meshroot init` writes
+//! for both), and `values.schema.json` refuses bad values with the path and the rule broken.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crate::common;
+use crate::deploy::{decode, render, yaml_to_json};
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestCa;
+use meshroot::config::Config;
+use meshroot::keys::KeyType;
+use serde_json::Value;
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/meshroot")
+}
+
+fn chart_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helm/chart.py")
+}
+
+/// Renders the chart as release `meshroot` in `istio-system` with `args` (values files and
+/// `--set-file KEY=PATH`): `Ok((manifest YAML file, NOTES.txt))`, or `Err(Helm's message)`.
+fn helm_render(work: &Path, name: &str, args: &[&str]) -> Result<(PathBuf, String), String> {
+    let out = work.join(format!("{name}.yaml"));
+    let output = Command::new(common::python())
+        .arg(chart_py())
+        .arg("render")
+        .arg(chart())
+        .arg(&out)
+        .args(args)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok((out, String::from_utf8(output.stdout).unwrap()))
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Renders and validates against the Kubernetes schemas; returns the objects and NOTES.txt.
+fn helm_render_valid(work: &Path, name: &str, args: &[&str]) -> (Vec<Value>, String) {
+    let (manifest, notes) =
+        helm_render(work, name, args).unwrap_or_else(|e| panic!("{name} does not render: {e}"));
+    let validated = Command::new(common::python())
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.33.0"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&validated.stdout);
+    assert!(
+        validated.status.success() && !report.contains("WARN") && !report.contains("ERROR"),
+        "{name} does not validate:\n{report}{}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    (yaml_to_json(&manifest), notes)
+}
+
+fn example(name: &str) -> String {
+    chart()
+        .join("examples")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Helm's bookkeeping labels, which Kustomize has no reason to set.
+const HELM_LABELS: [&str; 4] = [
+    "helm.sh/chart",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+];
+
+/// An object in a form both renderers can be compared in: Helm's bookkeeping labels dropped
+/// (from labels and selectors alike), Secret data decoded (Kustomize folds long base64), and
+/// meshroot.toml parsed (comments and spacing differ; the settings must not).
+fn normalized(object: &Value) -> Value {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    if key == "labels" || key == "matchLabels" || key == "selector" {
+                        if let Value::Object(labels) = child {
+                            for label in HELM_LABELS {
+                                labels.remove(label);
+                            }
+                        }
+                    }
+                    strip(child);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut object = object.clone();
+    strip(&mut object);
+    if object["kind"] == "Secret" {
+        let data = object["data"].as_object_mut().unwrap();
+        for value in data.values_mut() {
+            *value = Value::from(decode(value));
+        }
+    }
+    if object["kind"] == "ConfigMap" {
+        if let Some(text) = object["data"]["meshroot.toml"].as_str() {
+            let parsed: toml::Value = toml::from_str(text).unwrap();
+            object["data"]["meshroot.toml"] = serde_json::to_value(parsed).unwrap();
+        }
+    }
+    object
+}
+
+fn by_kind_and_name(objects: &[Value]) -> BTreeMap<(String, String), Value> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                (
+                    o["kind"].as_str().unwrap().to_owned(),
+                    o["metadata"]["name"].as_str().unwrap().to_owned(),
+                ),
+                normalized(o),
+            )
+        })
+        .collect()
+}
+
+/// The overlay `overlay` and the chart with `example` and the same CA material render the same
+/// objects (but the Namespace: Helm's convention is `--create-namespace`, and istio-system is
+/// Istio's), so the chart's objects also hold what tests/it/deploy.rs checks of the overlay's.
+fn chart_matches_overlay(overlay: &str, example_file: &str, meshes: &[(&str, &str)]) {
+    let kustomized = render(overlay, meshes);
+    let ca = &kustomized.ca_dir;
+    let work = tempfile::tempdir().unwrap();
+    let helm_values = ca.join("helm-values.yaml");
+    let kubeconfig = format!(
+        "kubeconfigs.meshroot-kubeconfig-b={}",
+        ca.join("b.kubeconfig").display()
+    );
+    let mut args = vec![
+        example(example_file),
+        helm_values.to_str().unwrap().to_owned(),
+    ];
+    if meshes.len() > 1 {
+        args.extend(["--set-file".to_owned(), kubeconfig]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (charted, notes) = helm_render_valid(work.path(), overlay, &args);
+
+    let namespaces: Vec<&Value> = kustomized
+        .objects
+        .iter()
+        .filter(|o| o["kind"] == "Namespace")
+        .collect();
+    assert_eq!(namespaces.len(), 1);
+    let kustomize_objects: Vec<Value> = kustomized
+        .objects
+        .iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .cloned()
+        .collect();
+    let expected = by_kind_and_name(&kustomize_objects);
+    let actual = by_kind_and_name(&charted);
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{overlay}: the chart and Kustomize render different objects"
+    );
+    for (key, want) in &expected {
+        assert_eq!(
+            serde_json::to_string_pretty(&actual[key]).unwrap(),
+            serde_json::to_string_pretty(want).unwrap(),
+            "{overlay}: {key:?} differs between the chart (left) and Kustomize (right)"
+        );
+    }
+    // NOTES.txt tells the operator the Istio side: this install's CA address, or on the plug-in
+    // path that istiod keeps its CA.
+    let istio_side = if overlay == "kyma" {
+        "istiod keeps its CA"
+    } else {
+        "--set global.caAddress=meshroot.istio-system.svc:443"
+    };
+    assert!(notes.contains(istio_side), "{notes}");
+    assert!(
+        notes.contains("rollout status statefulset/meshroot"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn the_single_mesh_example_renders_what_the_single_mesh_overlay_renders() {
+    chart_matches_overlay(
+        "single-mesh",
+        "single-mesh.yaml",
+        &[("default", "cluster.local")],
+    );
+}
+
+#[test]
+fn the_multi_mesh_example_renders_what_the_multi_mesh_overlay_renders() {
+    chart_matches_overlay(
+        "multi-mesh",
+        "multi-mesh.yaml",
+        &[("a", "a.example"), ("b", "b.example")],
+    );
+}
+
+#[test]
+fn the_kyma_example_renders_what_the_kyma_overlay_renders() {
+    chart_matches_overlay(
+        "kyma",
+        "kyma.yaml",
+        &[("a", "a.example"), ("b", "b.example")],
+    );
+}
+
+#[test]
+fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
+    let output = Command::new(common::python())
+        .arg(chart_py())
+        .arg("lint")
+        .arg(chart())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["total_charts_linted"], 1, "{report}");
+    assert_eq!(report["errors"], Value::Array(vec![]), "{report}");
+    // Strict: no warning or error (severity 2, 3); "icon is recommended" (1) is information.
+    for message in report["messages"].as_array().unwrap() {
+        assert!(message["severity"].as_u64().unwrap() < 2, "{report}");
+    }
+
+    // The CA material as `meshroot init` writes it for the examples' meshes.
+    let single = TestCa::with_meshes(&[("default", "cluster.local")], KeyType::EcdsaP256);
+    let two = TestCa::with_meshes(
+        &[("a", "a.example"), ("b", "b.example")],
+        KeyType::EcdsaP256,
+    );
+    let examples: Vec<PathBuf> = std::fs::read_dir(chart().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(examples.len() >= 4, "{examples:?}");
+    let work = tempfile::tempdir().unwrap();
+    let mut rendered = 0;
+    // No example at all: the chart's defaults, with the Secrets left to the operator.
+    let (defaults, notes) = helm_render_valid(work.path(), "defaults", &[]);
+    assert!(defaults.iter().all(|o| o["kind"] != "Secret"));
+    assert!(notes.contains("the Secrets must exist"), "{notes}");
+    for path in &examples {
+        let text = std::fs::read_to_string(path).unwrap();
+        let material = if text.contains("name: a\n") {
+            &two
+        } else {
+            &single
+        };
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        let (objects, _) = helm_render_valid(
+            work.path(),
+            name,
+            &[
+                path.to_str().unwrap(),
+                material.path().join("helm-values.yaml").to_str().unwrap(),
+            ],
+        );
+        // Every rendered configuration loads in meshroot, with its own replicas as members.
+        let configmap = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+        let config = Config::parse(
+            configmap["data"]["meshroot.toml"].as_str().unwrap(),
+            Path::new("/etc/meshroot/config/meshroot.toml"),
+            None,
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{name}: the rendered config does not load: {e}"));
+        let statefulset = objects.iter().find(|o| o["kind"] == "StatefulSet").unwrap();
+        assert_eq!(
+            config.cluster.as_ref().unwrap().members.len() as u64,
+            statefulset["spec"]["replicas"].as_u64().unwrap(),
+            "{name}"
+        );
+        rendered += 1;
+        if name == "production" {
+            let export = &config.audit.export;
+            assert_eq!(
+                export.otlp_endpoint.as_deref(),
+                Some("http://otel-collector.observability.svc:4317")
+            );
+            assert_eq!(export.fail_closed_lag_records, Some(10_000));
+            assert_eq!(statefulset["spec"]["replicas"], 3);
+            assert_eq!(config.admin.allowed_identities.len(), 3, "two + members'");
+            assert_eq!(config.rate_limit.per_caller.per_second, 50.0);
+        }
+    }
+    assert_eq!(rendered, examples.len());
+}
+
+#[test]
+fn the_values_schema_refuses_bad_values_with_a_clear_message() {
+    let work = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 10] = [
+        ("replicas: 0\n", &["/replicas", "minimum"]),
+        ("replica: 3\n", &["additional properties 'replica'"]),
+        ("meshes: []\n", &["/meshes", "minItems"]),
+        (
+            "meshes:\n  - {name: a, trustDomain: Cluster Local, clusters: [{id: x}]}\n",
+            &["/meshes/0/trustDomain", "does not match"],
+        ),
+        (
+            "meshes:\n  - {name: a, trustDomain: a.example, defaultTtl: 1 day, clusters: [{id: x}]}\n",
+            &["/meshes/0/defaultTtl", "does not match"],
+        ),
+        (
+            "meshes:\n  - {name: a, trustDomain: a.example, clusters: [{id: x, cacerts: true, intermediateRenewAt: 1.5}]}\n",
+            &["/meshes/0/clusters/0/intermediateRenewAt", "exclusiveMaximum"],
+        ),
+        (
+            "export: {otlpEndpoint: 'otel:4317'}\n",
+            &["/export/otlpEndpoint", "does not match"],
+        ),
+        (
+            "audit: {allowedIdentities: [auditor]}\n",
+            &["/audit/allowedIdentities/0", "does not match"],
+        ),
+        (
+            "meshes:\n  - {name: a, trustDomain: a.example, clusters: [{id: x}]}\n  - {name: a, trustDomain: b.example, clusters: [{id: c2}]}\n",
+            &["the name \"a\" is used twice"],
+        ),
+        (
+            "kubernetes: {mesh: c}\n",
+            &["kubernetes.mesh", "\"c\" is not one of the meshes"],
+        ),
+    ];
+    for (i, (values, wanted)) in cases.iter().enumerate() {
+        let file = work.path().join(format!("bad-{i}.yaml"));
+        std::fs::write(&file, values).unwrap();
+        let error = helm_render(work.path(), &format!("bad-{i}"), &[file.to_str().unwrap()])
+            .expect_err(values);
+        for want in *wanted {
+            assert!(error.contains(want), "{values}: {error}");
+        }
+    }
+    // CA material missing a file is refused before anything renders.
+    let file = work.path().join("material.yaml");
+    std::fs::write(
+        &file,
+        "caMaterial:\n  meshes:\n    default:\n      ca-cert.pem: \"-----BEGIN CERTIFICATE-----\\n\"\n",
+    )
+    .unwrap();
+    let error = helm_render(work.path(), "material", &[file.to_str().unwrap()]).unwrap_err();
+    assert!(error.contains("missing properties"), "{error}");
+}
+
+#[test]
+fn inits_helm_values_hold_the_ca_material_but_never_the_root_key() {
+    let ca = TestCa::with_meshes(
+        &[("a", "a.example"), ("b", "b.example")],
+        KeyType::EcdsaP256,
+    );
+    let dir = ca.path();
+    let values_path = dir.join("helm-values.yaml");
+    let values = &yaml_to_json(&values_path)[0]["caMaterial"];
+    for mesh in ["a", "b"] {
+        for file in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ] {
+            assert_eq!(
+                values["meshes"][mesh][file].as_str().unwrap(),
+                std::fs::read_to_string(dir.join(mesh).join(file)).unwrap()
+            );
+        }
+    }
+    for file in ["root-crl.pem", "audit-key.pem"] {
+        assert_eq!(
+            values[file].as_str().unwrap(),
+            std::fs::read_to_string(dir.join(file)).unwrap()
+        );
+    }
+    let text = std::fs::read_to_string(&values_path).unwrap();
+    let root_key = std::fs::read_to_string(dir.join("root-key.pem")).unwrap();
+    assert!(!text.contains(root_key.lines().nth(1).unwrap()));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&values_path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // And the chart's Secrets carry exactly that material.
+    let work = tempfile::tempdir().unwrap();
+    let (objects, _) = helm_render_valid(
+        work.path(),
+        "two",
+        &[&example("multi-mesh.yaml"), values_path.to_str().unwrap()],
+    );
+    let secret = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "cacerts-b")
+        .unwrap();
+    assert_eq!(
+        decode(&secret["data"]["ca-key.pem"]),
+        std::fs::read_to_string(dir.join("b/ca-key.pem")).unwrap()
+    );
+}
