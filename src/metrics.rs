@@ -139,6 +139,17 @@ pub struct Metrics {
     istiod_intermediate_current: RwLock<BTreeMap<String, bool>>,
     /// Revocation: what the CRL keeper last found.
     revocation: RwLock<RevocationGauges>,
+    /// The `istiod-tls` certificate this replica keeps (the elected replica only).
+    istiod_tls: RwLock<Option<IstiodTls>>,
+}
+
+/// The `istiod-tls` certificate the elected replica keeps: its mesh, its namespace, and when it
+/// expires (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IstiodTls {
+    pub mesh: String,
+    pub namespace: String,
+    pub not_after: i64,
 }
 
 /// What the CRL keeper reports (README, "Revoking a certificate").
@@ -253,6 +264,19 @@ impl Metrics {
                 map.remove(cluster);
             }
         }
+    }
+
+    /// The `istiod-tls` certificate this replica keeps now, or `None` once it stops keeping it.
+    pub fn istiod_tls(&self, kept: Option<IstiodTls>) {
+        *self.istiod_tls.write().unwrap_or_else(|p| p.into_inner()) = kept;
+    }
+
+    /// What [`Metrics::istiod_tls`] last said.
+    pub fn istiod_tls_kept(&self) -> Option<IstiodTls> {
+        self.istiod_tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Updates the revocation gauges.

@@ -158,6 +158,24 @@ impl Monitor {
             Kind::Gauge,
             left(&chain_expiry, now),
         );
+        // Not one of Istio's: istiod's own serving certificate has no gauge in istiod. Only the
+        // elected replica, which keeps the Secret, reports it.
+        let istiod = self.metrics.istiod_tls_kept();
+        out.labeled(
+            "meshroot_istiod_tls_expiry_seconds",
+            "Seconds until the istiod-tls certificate this replica keeps expires (negative: \
+             expired); only on the elected replica.",
+            Kind::Gauge,
+            istiod.as_ref().map(|kept| {
+                (
+                    vec![
+                        ("mesh", kept.mesh.as_str()),
+                        ("namespace", kept.namespace.as_str()),
+                    ],
+                    kept.not_after as f64 - now,
+                )
+            }),
+        );
         out.labeled(
             "citadel_server_root_cert_expiry_timestamp",
             "When the earliest root in the mesh's trust bundle expires (Unix seconds).",

@@ -77,6 +77,9 @@ pub trait MeshMaterial: Send + Sync {
     fn trust_domain(&self) -> Option<String>;
     /// Issues (and records) istiod's certificate.
     fn issue_istiod<'a>(&'a self, dns_names: &'a [String], spiffe_id: &'a str) -> IssueFuture<'a>;
+    /// The `istiod-tls` certificate this replica now keeps expires at `not_after`; `None` when
+    /// it stops keeping it (leadership lost, shutdown).
+    fn istiod_certificate_kept(&self, _not_after: Option<SystemTime>) {}
 }
 
 /// What the publisher keeps, and where.
@@ -404,6 +407,14 @@ async fn keep_istiod_certificate(
     settings: &PublishSettings,
     mesh: &dyn MeshMaterial,
 ) {
+    /// Whoever leads next reports the certificate; this replica stops when its term ends.
+    struct Forget<'a>(&'a dyn MeshMaterial);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            self.0.istiod_certificate_kept(None);
+        }
+    }
+    let _forget = Forget(mesh);
     let api: Api<Secret> = Api::namespaced(client.clone(), &settings.istiod_namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={ISTIOD_SECRET}"));
     let mut events = pin!(watcher::watcher(api.clone(), config).default_backoff());
@@ -460,9 +471,10 @@ async fn ensure_istiod_secret(
     for _ in 0..CONFLICT_RETRIES {
         let existing = api.get_opt(ISTIOD_SECRET).await.map_err(|e| describe(&e))?;
         if let Some(secret) = &existing {
-            if let Some(remaining) =
+            if let Some((remaining, not_after)) =
                 still_current(secret, &bundle, &intermediates, &dns_names, &spiffe_id)
             {
+                mesh.istiod_certificate_kept(Some(not_after));
                 return Ok(remaining);
             }
         }
@@ -493,6 +505,7 @@ async fn ensure_istiod_secret(
         .await;
         match result {
             Ok(_) => {
+                mesh.istiod_certificate_kept(Some(issued.not_after));
                 tracing::info!(secret = ISTIOD_SECRET, namespace = %settings.istiod_namespace, identity = %spiffe_id, dns_names = ?dns_names, "istiod's certificate written");
                 return Ok(lifetime / 2);
             }
@@ -555,7 +568,7 @@ fn still_current(
     intermediates: &str,
     dns_names: &[String],
     spiffe_id: &str,
-) -> Option<Duration> {
+) -> Option<(Duration, SystemTime)> {
     use rustls_pki_types::pem::PemObject as _;
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let data = secret.data.as_ref()?;
@@ -583,7 +596,13 @@ fn still_current(
         .ok()?
         .as_secs();
     let now = i64::try_from(now).ok()?;
-    (now < renew_at).then(|| Duration::from_secs(u64::try_from(renew_at - now).unwrap_or(0)))
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).ok()?);
+    (now < renew_at).then(|| {
+        (
+            Duration::from_secs(u64::try_from(renew_at - now).unwrap_or(0)),
+            not_after,
+        )
+    })
 }
 
 /// The first PEM block of `text` and everything after it.

@@ -54,6 +54,7 @@ pub(super) async fn start_cluster_duties(
     let mesh: Arc<dyn MeshMaterial> = Arc::new(PublishedMesh {
         current,
         mesh: settings.mesh.clone(),
+        namespace: settings.namespace.clone(),
         istiod_ttl: settings.istiod_tls_ttl,
     });
     if publish.root_configmap {
@@ -107,10 +108,21 @@ pub(super) async fn start_cluster_duties(
 pub(super) struct PublishedMesh {
     current: Arc<CurrentAuthority>,
     mesh: String,
+    /// istiod's namespace (where `istiod-tls` is kept).
+    namespace: String,
     istiod_ttl: Duration,
 }
 
 impl MeshMaterial for PublishedMesh {
+    fn istiod_certificate_kept(&self, not_after: Option<SystemTime>) {
+        let kept = not_after.map(|at| crate::metrics::IstiodTls {
+            mesh: self.mesh.clone(),
+            namespace: self.namespace.clone(),
+            not_after: crate::clock::unix_seconds(at),
+        });
+        self.current.get().metrics().istiod_tls(kept);
+    }
+
     fn bundle_pem(&self) -> Option<String> {
         let ca = self.current.get();
         // Only a bundle the cluster confirmed is published.

@@ -237,6 +237,25 @@ async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
     assert_eq!(records[0].caller.subject, "istiod-tls");
     assert_eq!(server.records_for_serial(&serial).len(), 1);
 
+    // The elected replica reports the time left on the certificate it keeps.
+    let (_, metrics) = common::http_get(server.server.admin_address(), "/metrics").await;
+    let left: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "meshroot_istiod_tls_expiry_seconds{mesh=\"default\",namespace=\"istio-system\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no istiod-tls expiry gauge:\n{metrics}"))
+        .parse()
+        .unwrap();
+    let not_after = leaf.validity().not_after.timestamp() as f64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((left - (not_after - now)).abs() < 5.0, "{left} s left");
+
     // Deleted by someone: a new certificate is issued and written.
     api.delete_object("secrets", "istio-system", "istiod-tls");
     eventually("istiod-tls re-issued after deletion", || {

@@ -351,3 +351,97 @@ async fn readyz_fails_with_the_reason_once_the_signing_certificate_has_expired()
     assert_eq!(common::http_get(admin, "/healthz").await.0, 200);
     server.stop().await;
 }
+
+/// The Grafana dashboard (deploy/grafana/meshroot-dashboard.json) charts only series a running
+/// meshroot exposes, and charts each thing the README promises: issuance rate per mesh, denials
+/// by reason, latency, the three expiry countdowns, export lag and cluster membership.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_series_meshroot_exposes() {
+    let ca = TestCa::new();
+    // A sink, so the export lag series exist.
+    let exports = ca.path().join("exports");
+    ca.edit_config(|text| {
+        format!(
+            "{text}\n[audit.export]\njsonl_dir = {:?}\n",
+            exports.to_str().unwrap()
+        )
+    });
+    let server = ca.start().await;
+    server.issue(&ca, "a").await;
+    let (_, text) = common::http_get(server.server.admin_address(), "/metrics").await;
+    parse_exposition(&text);
+    let mut exposed: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    // Exposed only with [kubernetes] (a cluster's Lease), which this server has not: named in
+    // the scrape code instead.
+    let monitoring = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/monitoring.rs"),
+    )
+    .unwrap();
+    let only_with_kubernetes = "meshroot_leader";
+    assert!(monitoring.contains(&format!("\"{only_with_kubernetes}\"")));
+    exposed.insert(only_with_kubernetes);
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/grafana/meshroot-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap().to_owned();
+            // Every metric name in the query (histograms by their _bucket/_count/_sum series).
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("citadel_server_") || word.starts_with("meshroot_") {
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|suffix| {
+                            word.strip_suffix(suffix)
+                                .filter(|base| exposed.contains(base))
+                        })
+                        .unwrap_or(word);
+                    queried.insert(family.to_owned());
+                }
+            }
+            exprs.push(expr);
+        }
+    }
+    for name in &queried {
+        assert!(
+            exposed.contains(name.as_str()),
+            "the dashboard queries {name}, which /metrics does not expose"
+        );
+    }
+    for wanted in [
+        "meshroot_issuance_duration_seconds",
+        "meshroot_denials_total",
+        "citadel_server_root_cert_expiry_seconds",
+        "citadel_server_cert_chain_expiry_seconds",
+        "meshroot_istiod_tls_expiry_seconds",
+        "meshroot_export_lag_records",
+        "meshroot_ready",
+        "meshroot_leader",
+    ] {
+        assert!(
+            queried.contains(wanted),
+            "the dashboard does not chart {wanted}"
+        );
+    }
+    // Issuance per mesh, latency as quantiles of the histogram.
+    assert!(exprs
+        .iter()
+        .any(|e| e.contains("sum by (mesh)") && e.contains("issuance_duration_seconds_count")));
+    assert!(exprs
+        .iter()
+        .any(|e| e.contains("histogram_quantile(0.99")
+            && e.contains("issuance_duration_seconds_bucket")));
+    server.stop().await;
+}
