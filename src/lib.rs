@@ -31,6 +31,7 @@ pub mod revocation;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod ui;
 
 /// Generated protobuf code.
 pub mod pb {

@@ -146,3 +146,71 @@ pub fn not_after_of(der: &[u8]) -> Option<SystemTime> {
     let seconds = u64::try_from(certificate.validity().not_after.timestamp()).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
 }
+
+/// Which step of the root rotation (`meshroot rotate plan`'s steps) a mesh is at: its bundle,
+/// the certificates in use per root, the root its intermediate chains to, and the roots some
+/// intermediate of the mesh ever chained to. `rotate plan` and the status page say this.
+pub fn where_we_are(
+    bundle: &[Vec<u8>],
+    usage: &BundleUse,
+    signing_root: Option<usize>,
+    signed: &[usize],
+) -> String {
+    if usage.stranded.certificates > 0 {
+        return "certificates in use chain to no root of this bundle: meshroot refuses to load \
+                it (add their root back to extra_roots)"
+            .to_owned();
+    }
+    if bundle.len() == 1 {
+        return "one root: to rotate it, start at step 1".to_owned();
+    }
+    let Some(signing) = signing_root else {
+        return "the intermediate chains to no root of the bundle".to_owned();
+    };
+    // The other roots: older ones have signed through some intermediate of this mesh (the
+    // remembered signers), newer ones never have.
+    let (mut older, mut newer) = (Vec::new(), Vec::new());
+    for index in (0..bundle.len()).filter(|index| *index != signing) {
+        if signed.contains(&index) {
+            older.push(index);
+        } else {
+            newer.push(index);
+        }
+    }
+    let name = |indexes: &[usize]| {
+        indexes
+            .iter()
+            .map(|i| format!("[{}]", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let waiting: Vec<String> = older
+        .iter()
+        .filter_map(|index| {
+            usage.per_root[*index].until.map(|until| {
+                format!(
+                    "root [{}] until {}",
+                    index + 1,
+                    crate::clock::format_time(until)
+                )
+            })
+        })
+        .collect();
+    if !waiting.is_empty() {
+        format!(
+            "step 5: waiting for the certificates under the old root to expire ({})",
+            waiting.join("; ")
+        )
+    } else if !older.is_empty() {
+        format!(
+            "step 6: no unexpired certificate chains to root {}; it can leave the bundle",
+            name(&older)
+        )
+    } else {
+        format!(
+            "step 3: the bundle holds the new root {}; switch to an intermediate under it \
+             (step 4) once every proxy has the new bundle",
+            name(&newer)
+        )
+    }
+}

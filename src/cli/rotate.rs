@@ -203,29 +203,10 @@ async fn cluster_use(
         })?
         .into_inner();
     remote.note(response.cluster.as_ref());
-    let in_use = |r: Option<&crate::pb::audit::RootUse>| rotation::InUse {
-        certificates: r.map_or(0, |r| r.certificates),
-        until: r
-            .and_then(|r| r.until_ms)
-            .map(crate::clock::from_unix_millis),
-    };
-    let mut total = BundleUse {
-        per_root: vec![Default::default(); bundle.len()],
-        ..BundleUse::default()
-    };
-    let mut members = Vec::new();
-    for member in response.members {
-        let usage = BundleUse {
-            per_root: member.per_root.iter().map(|r| in_use(Some(r))).collect(),
-            stranded: in_use(member.stranded.as_ref()),
-            unknown: in_use(member.unknown.as_ref()),
-        };
-        total.merge(&usage);
-        if !member.member.is_empty() {
-            members.push((member.member, usage));
-        }
-    }
-    Ok((total, members))
+    Ok(crate::grpc::audit::cluster_bundle_use(
+        &response,
+        bundle.len(),
+    ))
 }
 
 /// The per-member counts of a cluster, and the members missing from them.
@@ -388,7 +369,7 @@ fn describe_mesh(
     let _ = writeln!(
         out,
         "  now: {}\n",
-        where_we_are(bundle, usage, signing_root, signed)
+        rotation::where_we_are(bundle, usage, signing_root, signed)
     );
 }
 
@@ -400,68 +381,6 @@ fn in_use_line(in_use: &rotation::InUse, what: &str) -> String {
             in_use.certificates,
             format_time(until)
         ),
-    }
-}
-
-/// Which step of [`STEPS`] the mesh is at.
-fn where_we_are(
-    bundle: &[Vec<u8>],
-    usage: &BundleUse,
-    signing_root: Option<usize>,
-    signed: &[usize],
-) -> String {
-    if usage.stranded.certificates > 0 {
-        return "certificates in use chain to no root of this bundle: meshroot refuses to load \
-                it (add their root back to extra_roots)"
-            .to_owned();
-    }
-    if bundle.len() == 1 {
-        return "one root: to rotate it, start at step 1".to_owned();
-    }
-    let Some(signing) = signing_root else {
-        return "the intermediate chains to no root of the bundle".to_owned();
-    };
-    // The other roots: older ones have signed through some intermediate of this mesh (the
-    // remembered signers), newer ones never have.
-    let (mut older, mut newer) = (Vec::new(), Vec::new());
-    for index in (0..bundle.len()).filter(|index| *index != signing) {
-        if signed.contains(&index) {
-            older.push(index);
-        } else {
-            newer.push(index);
-        }
-    }
-    let name = |indexes: &[usize]| {
-        indexes
-            .iter()
-            .map(|i| format!("[{}]", i + 1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let waiting: Vec<String> = older
-        .iter()
-        .filter_map(|index| {
-            usage.per_root[*index]
-                .until
-                .map(|until| format!("root [{}] until {}", index + 1, format_time(until)))
-        })
-        .collect();
-    if !waiting.is_empty() {
-        format!(
-            "step 5: waiting for the certificates under the old root to expire ({})",
-            waiting.join("; ")
-        )
-    } else if !older.is_empty() {
-        format!(
-            "step 6: no unexpired certificate chains to root {}; it can leave the bundle",
-            name(&older)
-        )
-    } else {
-        format!(
-            "step 3: the bundle holds the new root {}; switch to an intermediate under it \
-             (step 4) once every proxy has the new bundle",
-            name(&newer)
-        )
     }
 }
 

@@ -58,8 +58,8 @@ impl AuditApi {
         shutdown: watch::Receiver<bool>,
         (members, member_identity): (Option<Arc<Members>>, Option<String>),
         revocation: Option<super::revoke::RevokeContext>,
-    ) -> AuditServiceServer<Self> {
-        AuditServiceServer::new(Self {
+    ) -> Arc<Self> {
+        Arc::new(Self {
             store,
             verifier_key,
             access,
@@ -68,6 +68,11 @@ impl AuditApi {
             member_identity,
             revocation,
         })
+    }
+
+    /// The gRPC service over a shared API (the status page asks the same one).
+    pub fn service(api: Arc<Self>) -> AuditServiceServer<Self> {
+        AuditServiceServer::from_arc(api)
     }
 
     pub(super) fn store(&self) -> &Arc<SledStore> {
@@ -1031,6 +1036,41 @@ pub fn filter_from_query(query: &Query) -> api::Filter {
         denial_reason,
         revoked: query.revoked.is_some(),
     }
+}
+
+/// A CountRootUse answer as counts: the sum over the members that answered, and each member's
+/// own (`rotate plan` prints both; the status page the sum).
+pub fn cluster_bundle_use(
+    response: &api::CountRootUseResponse,
+    roots: usize,
+) -> (
+    crate::audit::rotation::BundleUse,
+    Vec<(String, crate::audit::rotation::BundleUse)>,
+) {
+    use crate::audit::rotation::{BundleUse, InUse};
+    let in_use = |r: Option<&api::RootUse>| InUse {
+        certificates: r.map_or(0, |r| r.certificates),
+        until: r
+            .and_then(|r| r.until_ms)
+            .map(crate::clock::from_unix_millis),
+    };
+    let mut total = BundleUse {
+        per_root: vec![InUse::default(); roots],
+        ..BundleUse::default()
+    };
+    let mut members = Vec::new();
+    for member in &response.members {
+        let usage = BundleUse {
+            per_root: member.per_root.iter().map(|r| in_use(Some(r))).collect(),
+            stranded: in_use(member.stranded.as_ref()),
+            unknown: in_use(member.unknown.as_ref()),
+        };
+        total.merge(&usage);
+        if !member.member.is_empty() {
+            members.push((member.member.clone(), usage));
+        }
+    }
+    (total, members)
 }
 
 #[cfg(test)]

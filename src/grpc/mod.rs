@@ -9,6 +9,7 @@ pub mod audit;
 mod cluster;
 pub mod revoke;
 pub mod status;
+pub mod ui;
 
 use std::sync::Arc;
 

@@ -98,6 +98,26 @@ pub fn admin_identity_refused() -> Status {
     )
 }
 
+/// The status page's HTTP answer for an audit API refusal or failure: the status code and a
+/// sentence for people, never the internal error text.
+pub fn http_status_of(status: &Status) -> (u16, &'static str) {
+    match status.code() {
+        Code::PermissionDenied | Code::Unauthenticated => (
+            403,
+            "this page needs a client certificate with an identity in admin.allowed_identities, \
+             as the audit API does (open on a loopback admin address)",
+        ),
+        Code::Unavailable => (
+            503,
+            "the record store or a member is unavailable; try again",
+        ),
+        _ => (
+            500,
+            "the page could not be gathered; the server log says why",
+        ),
+    }
+}
+
 /// A cluster-wide audit request that cannot be answered as asked: an unknown member, a
 /// sequence number without the member whose log it numbers, a page token from another
 /// membership.

@@ -28,7 +28,8 @@ pub(super) async fn start_admin(
     let loopback = address.ip().is_loopback();
     let verifier_key = audit.signer.as_ref().map(|s| s.verifier_key());
     let current_for_revocation = current.clone();
-    let service = crate::grpc::audit::AuditApi::new(
+    let current_for_page = current.clone();
+    let api = crate::grpc::audit::AuditApi::new(
         store,
         verifier_key,
         (!loopback).then(|| AdminAccess {
@@ -53,11 +54,12 @@ pub(super) async fn start_admin(
     let until_stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    let routes = tonic::service::Routes::new(service)
+    let routes = tonic::service::Routes::new(crate::grpc::audit::AuditApi::service(api.clone()))
         .add_service(health)
         .into_axum_router()
         .merge(monitor.routes())
         .merge(crl_route(crls.clone()))
+        .merge(status_page_route(api, current_for_page))
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
     let router = http2_limits(tonic::transport::Server::builder(), &config.connections)
         .accept_http1(true)
@@ -121,6 +123,38 @@ fn crl_route(crls: Arc<super::crl::CrlKeeper>) -> axum::Router {
                         "application/pem-certificate-chain",
                     )],
                     pem,
+                )
+            }
+        }),
+    )
+}
+
+/// `GET /ui`: the status page, under the audit API's access rule (open on loopback; elsewhere a
+/// client certificate with an allowed identity), gathered through that API.
+fn status_page_route(
+    api: Arc<crate::grpc::audit::AuditApi>,
+    current: Arc<CurrentAuthority>,
+) -> axum::Router {
+    axum::Router::new().route(
+        "/ui",
+        axum::routing::get(move |request: axum::extract::Request| {
+            let (api, current) = (api.clone(), current.clone());
+            async move {
+                let extensions = request.extensions().clone();
+                let answer = crate::grpc::ui::page(&api, &current, extensions).await;
+                (
+                    axum::http::StatusCode::from_u16(answer.status)
+                        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                    [
+                        (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        // Nothing on the page runs, loads or embeds anything.
+                        (
+                            axum::http::header::CONTENT_SECURITY_POLICY,
+                            "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                        ),
+                        (axum::http::header::CACHE_CONTROL, "no-store"),
+                    ],
+                    answer.body,
                 )
             }
         }),

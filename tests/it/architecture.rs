@@ -35,6 +35,7 @@ const DOMAIN: &[&str] = &[
     "record",
     "revocation",
     "signer",
+    "ui",
 ];
 
 /// The edge: gRPC, the server's lifecycle, the CLI and clients. May import anything.

@@ -32,3 +32,4 @@ mod rotation;
 mod rustls_mtls;
 mod store_failure;
 mod tls_policies;
+mod ui;

@@ -498,48 +498,6 @@ async fn bad_revocations_are_refused_plainly_and_a_lifted_block_lets_the_identit
     server.stop().await;
 }
 
-/// GET `path` over TLS (HTTP/1.1) with no client certificate: (status, body).
-async fn https_get_anonymous(
-    address: std::net::SocketAddr,
-    root_pem: &str,
-    path: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut roots = rustls::RootCertStore::empty();
-    for root in certificates(root_pem) {
-        roots.add(root).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-    tls.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response).await;
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[tokio::test]
 async fn crls_are_public_on_the_admin_port_and_leaves_name_where() {
     let ca = TestCa::new();
@@ -554,7 +512,7 @@ async fn crls_are_public_on_the_admin_port_and_leaves_name_where() {
     let server = ca.start().await;
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], server.server.admin_address().port()));
     // Off loopback the audit API needs an allowed client certificate; /crl needs none.
-    let (status, body) = https_get_anonymous(admin, &ca.root_pem(), "/crl").await;
+    let (status, body) = crate::common::https_get(admin, &ca.root_pem(), "/crl", None).await;
     assert_eq!(status, 200, "{body}");
     let file = std::fs::read_to_string(ca.path().join("ca-crl.pem")).unwrap();
     assert!(
