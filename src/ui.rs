@@ -202,6 +202,15 @@ pub fn render(page: &StatusPage) -> String {
         }
     );
 
+    if let Some(cluster) = page.cluster.as_ref().filter(|c| !c.missing.is_empty()) {
+        let names: Vec<String> = cluster.missing.iter().map(|(m, _)| escape(m)).collect();
+        let _ = write!(
+            html,
+            "<p class=\"bad\" data-figure=\"incomplete\">Incomplete: {} did not answer; the \
+             cluster-wide figures below lack their logs.</p>",
+            names.join(", ")
+        );
+    }
     html.push_str("<h2>Meshes</h2><table><tr><th>mesh</th><th>trust domain</th><th>intermediate</th><th>expires</th></tr>");
     for mesh in &page.meshes {
         let _ = write!(
@@ -469,5 +478,6 @@ mod tests {
         }
         assert!(html.contains("in 1d 0h"));
         assert!(html.contains("lower bound"));
+        assert!(html.contains("data-figure=\"incomplete\">Incomplete: b did not answer"));
     }
 }

@@ -262,8 +262,45 @@ async fn one_member_answers_for_all_and_says_when_it_cannot() {
     assert_eq!(stats["members"].as_array().unwrap().len(), 3);
     assert_eq!(stats["complete"], true);
 
+    // The status page of any member shows the cluster: every member answered, and the
+    // workload certificates (an hour each) of all three logs are expiring.
+    let page = |index: usize| {
+        let (cert, key) = cluster.auditor();
+        let identity = (
+            std::fs::read_to_string(cert).unwrap(),
+            std::fs::read_to_string(key).unwrap(),
+        );
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.ports[index]));
+        let root = root.clone();
+        async move { crate::common::https_get(admin, &root, "/ui", Some(identity)).await }
+    };
+    let (status, html) = page(1).await;
+    assert_eq!(status, 200, "{html}");
+    for index in 0..3 {
+        assert!(
+            html.contains(&format!(
+                "data-figure=\"member-{}\">yes<",
+                cluster.member(index)
+            )),
+            "{html}"
+        );
+    }
+    assert!(
+        html.contains("data-figure=\"expiring-default\">6<"),
+        "{html}"
+    );
+
     // Member 2 stops: the answer lacks its log, and says so.
     members[2].kill();
+    let (status, html) = page(0).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains(&format!(
+            "data-figure=\"member-{}\">no: ",
+            cluster.member(2)
+        )),
+        "{html}"
+    );
     let (code, out, err) = cluster.audit(1, &workloads);
     assert_eq!(
         code, 3,
