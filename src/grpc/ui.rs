@@ -38,11 +38,11 @@ pub async fn page(
     current: &Arc<CurrentAuthority>,
     extensions: tonic::Extensions,
 ) -> Answer {
-    let ask = |_: ()| Request::from_parts(MetadataMap::new(), extensions.clone(), ());
-    if let Err(status) = api.authorized_identity(&ask(())) {
+    let base = || Request::from_parts(MetadataMap::new(), extensions.clone(), ());
+    if let Err(status) = api.authorized_identity(&base()) {
         return refused(&status);
     }
-    match gather(api, current, &|| ask(())).await {
+    match gather(api, current, &base).await {
         Ok(page) => Answer {
             status: 200,
             body: crate::ui::render(&page),
