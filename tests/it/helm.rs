@@ -244,7 +244,7 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert!(examples.len() >= 4, "{examples:?}");
+    assert!(examples.len() >= 5, "{examples:?}");
     let work = tempfile::tempdir().unwrap();
     let mut rendered = 0;
     // No example at all: the chart's defaults, with the Secrets left to the operator.
@@ -283,6 +283,17 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
             "{name}"
         );
         rendered += 1;
+        if name == "jsonl-export" {
+            let export = &config.audit.export;
+            assert_eq!(
+                export.jsonl_dir.as_deref(),
+                Some(Path::new("/var/lib/meshroot/export")),
+                "on the replica's own volume"
+            );
+            assert_eq!(export.jsonl_max_file_bytes, 64 << 20);
+            assert!(export.readable_records);
+            assert_eq!(export.otlp_endpoint, None);
+        }
         if name == "production" {
             let export = &config.audit.export;
             assert_eq!(
