@@ -107,7 +107,9 @@ async fn gather(
             completeness = usage.cluster.clone();
         }
         let usage = super::audit::cluster_bundle_use(&usage, bundle.len()).0;
-        let mut signers: std::collections::HashMap<Vec<u8>, Vec<Vec<u8>>> = api
+        // Every chain some certificate of the mesh was signed through, and the one in force.
+        let chain = signer.signer_chain();
+        let mut chains: Vec<Vec<Vec<u8>>> = api
             .list_signers(with(
                 base,
                 api::ListSignersRequest {
@@ -119,15 +121,12 @@ async fn gather(
             .into_inner()
             .signers
             .into_iter()
-            .map(|s| (s.sha256, s.chain))
+            .map(|s| s.chain)
             .collect();
-        let chain = signer.signer_chain();
-        if let Some(signing) = chain.first() {
-            signers.insert(crate::digest::sha256(signing).to_vec(), chain.clone());
-        }
+        chains.push(chain.clone());
         let signing_root = rotation::root_of(&chain, &bundle);
-        let signed: Vec<usize> = signers
-            .values()
+        let signed: Vec<usize> = chains
+            .iter()
             .filter_map(|c| rotation::root_of(c, &bundle))
             .collect();
         let roots = bundle

@@ -98,6 +98,16 @@ fn issued_count(server: &common::TestServer) -> usize {
 #[tokio::test]
 async fn a_real_browser_renders_the_figures_of_the_log_and_no_secret() {
     let ca = TestCa::new();
+    // A root rotation under way: the next root is in the bundle (extra_roots), no intermediate
+    // under it yet.
+    let next = TestCa::new();
+    ca.add_root_of(&next, "next-root.pem");
+    ca.edit_config(|text| {
+        text.replace(
+            "ca_dir = \"default\"\n",
+            "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]\n",
+        )
+    });
     let server = ca.start().await;
     // What the server recorded of its own before (its serving certificate).
     let issued_before = issued_count(&server);
@@ -168,9 +178,11 @@ async fn a_real_browser_renders_the_figures_of_the_log_and_no_secret() {
     expect("expiring-shop", "2");
     expect(&format!("root-use-{MESH}-1"), &issued);
     expect(&format!("stranded-{MESH}"), "0");
-    expect(
-        &format!("rotation-{MESH}"),
-        "one root: to rotate it, start at step 1",
+    expect(&format!("root-use-{MESH}-2"), "0");
+    let rotation = figure(&dom, &format!("rotation-{MESH}")).unwrap();
+    assert!(
+        rotation.starts_with("step 3: the bundle holds the new root [2]"),
+        "{rotation}"
     );
     assert!(
         figure(&dom, "expiring-default").is_none(),
@@ -188,7 +200,7 @@ async fn a_real_browser_renders_the_figures_of_the_log_and_no_secret() {
         url,
         vec![
             format!("--screenshot={}", screenshot.display()),
-            "--window-size=1200,1900".into(),
+            "--window-size=1200,1300".into(),
             "--hide-scrollbars".into(),
         ],
     )
