@@ -353,15 +353,7 @@ async fn duties_resume_after_an_api_server_restart_and_follow_a_root_rotation() 
 
     // Root rotation: a second root joins the bundle (extra_roots), the config is reloaded, and
     // every ConfigMap and istiod's ca.crt follow.
-    let other = TestCa::new();
-    std::fs::write(ca.path().join("next-root.pem"), other.root_pem()).unwrap();
-    ca.edit_config(|config| {
-        config.replacen(
-            "ca_dir = \"default\"",
-            "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]",
-            1,
-        )
-    });
+    let other = ca.add_next_root();
     server.server.reload().await.unwrap();
     eventually(
         "every ConfigMap and istiod's ca.crt carry both roots",
@@ -442,15 +434,7 @@ async fn the_leader_keeps_istios_cluster_trust_bundle() {
     .await;
 
     // A new root joins the bundle (a rotation's first step): the ClusterTrustBundle follows.
-    let next = TestCa::new();
-    std::fs::write(ca.path().join("next-root.pem"), next.root_pem()).unwrap();
-    ca.edit_config(|text| {
-        text.replacen(
-            "ca_dir = \"default\"",
-            "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]",
-            1,
-        )
-    });
+    let next = ca.add_next_root();
     server.server.reload().await.unwrap();
     eventually("the ClusterTrustBundle carries both roots", || {
         cluster_trust_bundle(&api).is_some_and(|ctb| {

@@ -236,15 +236,7 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     let fourth = serial(&api).unwrap();
 
     // A new root joins the bundle: a new intermediate carries it in root-cert.pem.
-    let next = TestCa::new();
-    std::fs::write(ca.path().join("next-root.pem"), next.root_pem()).unwrap();
-    ca.edit_config(|config| {
-        config.replacen(
-            "ca_dir = \"default\"",
-            "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]",
-            1,
-        )
-    });
+    let next = ca.add_next_root();
     server.server.reload().await.unwrap();
     eventually("renewed on the bundle change", || {
         serial(&api).is_some_and(|s| s != fourth)

@@ -100,14 +100,7 @@ async fn a_real_browser_renders_the_figures_of_the_log_and_no_secret() {
     let ca = TestCa::new();
     // A root rotation under way: the next root is in the bundle (extra_roots), no intermediate
     // under it yet.
-    let next = TestCa::new();
-    ca.add_root_of(&next, "next-root.pem");
-    ca.edit_config(|text| {
-        text.replace(
-            "ca_dir = \"default\"\n",
-            "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]\n",
-        )
-    });
+    ca.add_next_root();
     let server = ca.start().await;
     // What the server recorded of its own before (its serving certificate).
     let issued_before = issued_count(&server);

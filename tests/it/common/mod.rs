@@ -327,6 +327,23 @@ impl TestCa {
     pub fn add_root_of(&self, other: &TestCa, name: &str) {
         std::fs::write(self.path().join(name), other.root_pem()).unwrap();
     }
+
+    /// A root rotation's first step: the root of a new CA (returned) joins the default mesh's
+    /// bundle through `extra_roots` (`next-root.pem`); no intermediate under it yet.
+    pub fn add_next_root(&self) -> TestCa {
+        let next = TestCa::new();
+        self.add_root_of(&next, "next-root.pem");
+        self.edit_config(|text| {
+            let edited = text.replacen(
+                "ca_dir = \"default\"",
+                "ca_dir = \"default\"\nextra_roots = [\"next-root.pem\"]",
+                1,
+            );
+            assert_ne!(edited, text, "the config has the default mesh");
+            edited
+        });
+        next
+    }
 }
 
 pub struct TokenSpec {
