@@ -72,6 +72,7 @@ fn mesh_policy(authority: &meshroot::signer::MeshSigner) -> MeshPolicy {
         default_ttl: Duration::from_secs(86_400),
         max_ttl: Duration::from_secs(7 * 86_400),
         signer_not_after: authority.signing_not_after(),
+        reserved: Vec::new(),
     }
 }
 

@@ -173,11 +173,79 @@ pub fn from_unix_millis(millis: i64) -> SystemTime {
     .unwrap_or(UNIX_EPOCH)
 }
 
-/// RFC 3339 UTC text of a time.
+/// RFC 3339 UTC text of a time; `invalid-time` outside the years 1–9999 (never a panic:
+/// `OffsetDateTime::from(SystemTime)` panics there).
 pub fn format_time(time: SystemTime) -> String {
-    time::OffsetDateTime::from(time)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "invalid-time".to_owned())
+    let nanos = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).ok(),
+        Err(before) => i128::try_from(before.duration().as_nanos())
+            .ok()
+            .map(|n| -n),
+    };
+    nanos
+        .and_then(|nanos| time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok())
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "invalid-time".to_owned())
+}
+
+// Times from outside (a client's request, another member, a file) are range-checked here, at
+// the boundary, and nowhere turned into a `SystemTime` or added to one unchecked: a value past
+// the range panicked worker threads when formatted (issue 30, N5) and `SystemTime + Duration`
+// panics on overflow. Every such value goes through one of the functions below.
+
+/// The last instant meshroot accepts from outside: 9999-12-31T23:59:59Z, the last that X.509
+/// (GeneralizedTime) and RFC 3339 can write.
+pub const LATEST_UNIX_SECONDS: i64 = 253_402_300_799;
+
+/// The longest duration meshroot accepts from outside (a lifetime, a block, a CRL validity):
+/// 100 years.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A time or duration from outside that is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeRangeError {
+    #[error("{0} is outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59Z")]
+    Time(String),
+    #[error("{0} is not a duration between 1 second and 100 years")]
+    Duration(String),
+}
+
+/// `millis` after the Unix epoch, if within 1970..=9999.
+pub fn time_from_unix_millis(millis: i64) -> Result<SystemTime, TimeRangeError> {
+    if (0..=LATEST_UNIX_SECONDS.saturating_mul(1000).saturating_add(999)).contains(&millis) {
+        Ok(from_unix_millis(millis))
+    } else {
+        Err(TimeRangeError::Time(format!("{millis} ms since the epoch")))
+    }
+}
+
+/// `seconds` after the Unix epoch, if within 1970..=9999.
+pub fn time_from_unix_seconds(seconds: i64) -> Result<SystemTime, TimeRangeError> {
+    if (0..=LATEST_UNIX_SECONDS).contains(&seconds) {
+        Ok(from_unix_seconds(seconds))
+    } else {
+        Err(TimeRangeError::Time(format!("{seconds} s since the epoch")))
+    }
+}
+
+/// A duration of `seconds`, if between 1 second and [`MAX_DURATION`].
+pub fn duration_from_seconds(seconds: i64) -> Result<Duration, TimeRangeError> {
+    match u64::try_from(seconds) {
+        Ok(seconds) if seconds > 0 && seconds <= MAX_DURATION.as_secs() => {
+            Ok(Duration::from_secs(seconds))
+        }
+        _ => Err(TimeRangeError::Duration(format!("{seconds} s"))),
+    }
+}
+
+/// `time + by`, if at most [`LATEST_UNIX_SECONDS`].
+pub fn later(time: SystemTime, by: Duration) -> Result<SystemTime, TimeRangeError> {
+    time.checked_add(by)
+        .filter(|at| unix_seconds(*at) <= LATEST_UNIX_SECONDS)
+        .ok_or_else(|| TimeRangeError::Time(format!("{} + {by:?}", format_time(time))))
 }
 
 /// Parses durations such as `500ms`, `90s`, `15m`, `24h`, `7d`, `1h30m`.
@@ -240,6 +308,35 @@ mod tests {
         assert!(SystemClock
             .wall_time_until(later)
             .is_some_and(|wait| wait > Duration::from_secs(50)));
+    }
+
+    /// Issue 30, N5: a time past year 9999 is formatted, never a panic; times and durations
+    /// from outside are range-checked.
+    #[test]
+    fn times_from_outside_are_range_checked_and_formatting_never_panics() {
+        let far = UNIX_EPOCH + Duration::from_secs(1 << 40);
+        assert_eq!(format_time(far), "invalid-time");
+        assert_eq!(format_time(from_unix_seconds(i64::MIN)), "invalid-time");
+        assert_eq!(
+            format_time(from_unix_seconds(LATEST_UNIX_SECONDS)),
+            "9999-12-31T23:59:59Z"
+        );
+        assert!(time_from_unix_millis(i64::MAX).is_err());
+        assert!(time_from_unix_millis(i64::MIN).is_err());
+        assert!(time_from_unix_millis(-1).is_err());
+        assert_eq!(
+            time_from_unix_millis(1_500).unwrap(),
+            UNIX_EPOCH + Duration::from_millis(1_500)
+        );
+        assert!(time_from_unix_seconds(LATEST_UNIX_SECONDS + 1).is_err());
+        for bad in [0, -1, i64::MAX, 1 << 62, MAX_DURATION.as_secs() as i64 + 1] {
+            assert!(duration_from_seconds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(duration_from_seconds(60).unwrap(), Duration::from_secs(60));
+        let now = from_unix_seconds(1_800_000_000);
+        assert!(later(now, Duration::from_secs(3_000_000 * 86_400)).is_err());
+        assert!(later(now, Duration::MAX).is_err());
+        assert!(later(now, MAX_DURATION).is_ok());
     }
 
     /// Found by the `record` fuzz target: a record whose time is near i64::MAX seconds decoded,

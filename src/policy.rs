@@ -8,7 +8,8 @@
 //! 4. no extensions besides SAN, KeyUsage, ExtendedKeyUsage, BasicConstraints;
 //! 5. no DNS, IP, email or other SANs;
 //! 6. exactly one URI SAN, an Istio SPIFFE ID (`spiffe://<td>/ns/<ns>/sa/<sa>`);
-//! 7. its trust domain is the mesh's, and it equals the caller's identity exactly.
+//! 7. its trust domain is the mesh's, and it equals the caller's identity exactly;
+//! 8. it is not an identity meshroot keeps for itself (the `[cluster]` member identity).
 //!
 //! TTL: `requested <= 0` → the mesh default; above the mesh maximum → clamped to it (never an
 //! error); NotAfter never past the signing certificate's NotAfter; NotBefore = now − 2 minutes.
@@ -35,6 +36,9 @@ pub struct MeshPolicy {
     pub max_ttl: Duration,
     /// NotAfter of the mesh's signing certificate.
     pub signer_not_after: SystemTime,
+    /// Identities meshroot keeps for itself (the `[cluster]` member identity): never issued
+    /// to a client, so that only meshroot holds a certificate for them.
+    pub reserved: Vec<SpiffeId>,
 }
 
 /// What to sign for a request in an alias trust domain.
@@ -141,11 +145,13 @@ pub enum DenialReason {
     IdentityMismatch,
     /// The mesh's signing certificate has expired: nothing can be issued.
     SignerExpired,
+    /// The identity is meshroot's own (the member identity).
+    ReservedIdentity,
 }
 
 impl DenialReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DenialReason; 13] = [
+    pub const ALL: [DenialReason; 14] = [
         Self::CallerMeshMismatch,
         Self::SubjectNotAllowed,
         Self::CaRequested,
@@ -159,6 +165,7 @@ impl DenialReason {
         Self::TrustDomainMismatch,
         Self::IdentityMismatch,
         Self::SignerExpired,
+        Self::ReservedIdentity,
     ];
 
     /// A stable, machine-readable reason for records and metrics.
@@ -177,6 +184,7 @@ impl DenialReason {
             Self::TrustDomainMismatch => "trust-domain-mismatch",
             Self::IdentityMismatch => "identity-mismatch",
             Self::SignerExpired => "signer-expired",
+            Self::ReservedIdentity => "reserved-identity",
         }
     }
 }
@@ -299,6 +307,17 @@ pub fn decide(policy: &MeshPolicy, request: &Request<'_>) -> Result<Grant, Denia
         )
         .map_err(|e| deny(R::UriSanInvalid, format!("{requested}: {e}")))?
     };
+    // 8. Never an identity meshroot keeps for itself, under any of the mesh's names.
+    if let Some(reserved) = policy.reserved.iter().find(|reserved| {
+        reserved.namespace() == identity.namespace()
+            && reserved.service_account() == identity.service_account()
+            && policy.serves(reserved.trust_domain())
+    }) {
+        return Err(deny(
+            R::ReservedIdentity,
+            format!("{reserved} is meshroot's own member identity, never issued to a client"),
+        ));
+    }
 
     let ttl = match lifetime {
         Lifetime::MeshDefault => policy.default_ttl,
@@ -369,6 +388,7 @@ mod tests {
             default_ttl: 24 * HOUR,
             max_ttl: 7 * 24 * HOUR,
             signer_not_after: now() + 365 * 24 * HOUR,
+            reserved: Vec::new(),
         }
     }
 
@@ -451,6 +471,20 @@ mod tests {
         assert_eq!(grant.not_after, now() + HOUR);
         let grant = decide(&caller(), &agent_request(), &policy(), -5, false, now()).unwrap();
         assert_eq!(grant.not_after, now() + 24 * HOUR);
+    }
+
+    /// Issue 30, N13: the member identity is meshroot's own, never issued through the CSR
+    /// API, under the trust domain or an alias.
+    #[test]
+    fn refuses_the_reserved_member_identity_even_to_its_own_service_account() {
+        let mut reserving = policy();
+        reserving.trust_domain_aliases = vec![TrustDomain::new("old.example").unwrap()];
+        reserving.reserved = vec![SpiffeId::parse("spiffe://old.example/ns/shop/sa/cart").unwrap()];
+        let denial = decide(&caller(), &agent_request(), &reserving, 0, false, now()).unwrap_err();
+        assert_eq!(denial.reason, DenialReason::ReservedIdentity);
+        reserving.reserved =
+            vec![SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/other").unwrap()];
+        assert!(decide(&caller(), &agent_request(), &reserving, 0, false, now()).is_ok());
     }
 
     #[test]
@@ -604,6 +638,7 @@ mod tests {
                 TrustDomainMismatch => 10,
                 IdentityMismatch => 11,
                 SignerExpired => 12,
+                ReservedIdentity => 13,
             }
         }
         for (index, reason) in DenialReason::ALL.iter().enumerate() {

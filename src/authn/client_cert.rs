@@ -86,8 +86,26 @@ impl IdentityAnchors {
             return Err(AuthnError::MissingCredentials);
         };
         let identity = spiffe_identity(leaf)?;
-        self.verify_for(&identity, leaf, intermediates, now)?;
+        self.verify_for(&identity, leaf, intermediates, now, Usage::Client)?;
         Ok(identity)
+    }
+
+    /// Whether `leaf` proves exactly `identity` at `now` for `usage`, issued directly by one of
+    /// the authorized issuers (no intermediate between them is accepted). What the members
+    /// accept of each other (see [`verify_member`]).
+    pub fn verify_direct(
+        &self,
+        identity: &SpiffeId,
+        leaf: &CertificateDer<'_>,
+        now: SystemTime,
+        usage: Usage,
+    ) -> Result<(), AuthnError> {
+        if &spiffe_identity(leaf)? != identity {
+            return Err(AuthnError::ClientCertIdentity(format!(
+                "the certificate does not name {identity}"
+            )));
+        }
+        self.verify_for(identity, leaf, &[], now, usage)
     }
 
     fn verify_for(
@@ -96,6 +114,7 @@ impl IdentityAnchors {
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: SystemTime,
+        usage: Usage,
     ) -> Result<(), AuthnError> {
         let anchors = self
             .by_trust_domain
@@ -119,7 +138,7 @@ impl IdentityAnchors {
             &anchors.anchors,
             intermediates,
             time,
-            webpki::KeyUsage::client_auth(),
+            usage.webpki(),
             None,
             None,
         );
@@ -140,7 +159,7 @@ impl IdentityAnchors {
                     .first()
                     .is_some_and(|issuer| uri_constraints_of(issuer).is_some()) =>
             {
-                below_constrained(&end_entity, &intermediates[0], anchors, time)?
+                below_constrained(&end_entity, &intermediates[0], anchors, time, usage)?
             }
             Err(e) => return Err(AuthnError::ClientCertUntrusted(format!("{e:?}"))),
         };
@@ -166,6 +185,7 @@ fn below_constrained(
     issuer_der: &CertificateDer<'_>,
     anchors: &Anchors,
     time: UnixTime,
+    usage: Usage,
 ) -> Result<Vec<UriConstraints>, AuthnError> {
     let refused = |why: &str| AuthnError::ClientCertUntrusted(why.to_owned());
     let (issuer_anchor, issuer_constraints) =
@@ -208,7 +228,7 @@ fn below_constrained(
         &[issuer_anchor],
         &[],
         time,
-        webpki::KeyUsage::client_auth(),
+        usage.webpki(),
         None,
         None,
     )
@@ -221,6 +241,59 @@ fn below_constrained(
             .and_then(Option::clone),
     );
     Ok(constraints)
+}
+
+/// What a certificate is presented for: a TLS client (CSR renewals, the admin API), or a
+/// server (a member answering another member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Client,
+    Server,
+}
+
+impl Usage {
+    fn webpki(self) -> webpki::KeyUsage {
+        match self {
+            Self::Client => webpki::KeyUsage::client_auth(),
+            Self::Server => webpki::KeyUsage::server_auth(),
+        }
+    }
+}
+
+/// The one rule by which members of a `[cluster]` accept each other, as clients on the admin
+/// API and as servers answering a member: the leaf names exactly the member identity, is
+/// valid now for `usage`, was signed directly by one of meshroot's own signing intermediates
+/// (`member_anchors`: no extra root, no cluster intermediate below ours, no other mesh's), and
+/// is not revoked. The CSR API never issues the member identity (the policy reserves it), so
+/// only meshroot itself holds such a certificate.
+pub fn verify_member(
+    leaf: &CertificateDer<'_>,
+    member: &SpiffeId,
+    member_anchors: &IdentityAnchors,
+    revocations: &crate::revocation::Revocations,
+    now: SystemTime,
+    usage: Usage,
+) -> Result<(), AuthnError> {
+    member_anchors.verify_direct(member, leaf, now, usage)?;
+    refuse_revoked(leaf, revocations)
+}
+
+/// Refuses a leaf whose serial was revoked (`meshroot revoke`).
+pub fn refuse_revoked(
+    leaf: &CertificateDer<'_>,
+    revocations: &crate::revocation::Revocations,
+) -> Result<(), AuthnError> {
+    let serial = crate::signer::check::serial_of(leaf).ok_or_else(|| {
+        AuthnError::ClientCertUntrusted("the certificate cannot be parsed".into())
+    })?;
+    match revocations.revoked(&serial) {
+        None => Ok(()),
+        Some(revoked) => Err(AuthnError::ClientCertRevoked {
+            serial: crate::digest::hex(&serial),
+            at: crate::clock::format_time(revoked.revoked_at),
+            reason: revoked.reason.name(),
+        }),
+    }
 }
 
 /// Authenticates CSR callers by client certificate, for the meshes that accept them.
@@ -262,8 +335,13 @@ impl ClientCertAuthenticator {
         let mesh = self.meshes.get(identity.trust_domain()).ok_or_else(|| {
             AuthnError::ClientCertTrustDomain(identity.trust_domain().as_str().to_owned())
         })?;
-        self.anchors
-            .verify_for(&identity, leaf, intermediates, self.clock.now())?;
+        self.anchors.verify_for(
+            &identity,
+            leaf,
+            intermediates,
+            self.clock.now(),
+            Usage::Client,
+        )?;
         Ok(Caller {
             authenticator: AuthenticatorKind::ClientCert,
             mesh: mesh.clone(),
@@ -277,7 +355,7 @@ impl ClientCertAuthenticator {
 }
 
 /// Exactly one URI SAN, an Istio SPIFFE ID (SPIFFE X509-SVID §2: one URI SAN).
-fn spiffe_identity(leaf: &CertificateDer<'_>) -> Result<SpiffeId, AuthnError> {
+pub(super) fn spiffe_identity(leaf: &CertificateDer<'_>) -> Result<SpiffeId, AuthnError> {
     let (_, certificate) = X509Certificate::from_der(leaf)
         .map_err(|_| AuthnError::ClientCertUntrusted("the certificate cannot be parsed".into()))?;
     let uris = crate::identity::AltNames::of_certificate(&certificate).uris;
@@ -437,5 +515,55 @@ mod tests {
         anchors.authorize(&partner, &root).unwrap();
         let leaf = client_leaf(&issuer, "spiffe://partner.example/ns/vm/sa/a");
         assert!(anchors.verify(&[leaf, intermediate], now).is_err());
+    }
+
+    /// Issue 30, N2 and N13: a member is proven only by a leaf that our own intermediate signed
+    /// directly. A cluster intermediate below it (istiod's, on the plug-in path) may mint the
+    /// member identity, and the wider anchors accept that chain; the member rule does not.
+    #[test]
+    fn a_member_certificate_is_accepted_only_straight_from_our_own_intermediate() {
+        let td = TrustDomain::new("partner.example").unwrap();
+        let member =
+            SpiffeId::parse("spiffe://partner.example/ns/istio-system/sa/meshroot").unwrap();
+        let now = SystemTime::now();
+        // Stand-ins: the "root" of partner_chain is our mesh intermediate (it may certify a CA),
+        // its constrained intermediate a cluster intermediate kept for istiod.
+        let (ours, cluster_intermediate, cluster_issuer) = partner_chain(None);
+        let mut anchors = IdentityAnchors::new();
+        anchors.authorize(&td, &ours).unwrap();
+        let minted = client_leaf(&cluster_issuer, &member.to_string());
+        let chain = [minted.clone(), cluster_intermediate];
+        assert_eq!(
+            anchors.verify(&chain, now).unwrap(),
+            member,
+            "the wide rule accepts it"
+        );
+        let revocations = crate::revocation::Revocations::default();
+        let refused = verify_member(&minted, &member, &anchors, &revocations, now, Usage::Client);
+        assert!(refused.is_err(), "{refused:?}");
+
+        // Signed straight by an authorized issuer: a member (for the usage it carries).
+        let mut anchors = IdentityAnchors::new();
+        let (issuer_der, issuer) = constrained_issuer();
+        let a = TrustDomain::new("a.example").unwrap();
+        anchors.authorize(&a, &issuer_der).unwrap();
+        let member = SpiffeId::parse("spiffe://a.example/ns/istio-system/sa/meshroot").unwrap();
+        let leaf = client_leaf(&issuer, &member.to_string());
+        verify_member(&leaf, &member, &anchors, &revocations, now, Usage::Client).unwrap();
+        assert!(
+            verify_member(&leaf, &member, &anchors, &revocations, now, Usage::Server).is_err(),
+            "a client-auth-only leaf is no server"
+        );
+        let other = SpiffeId::parse("spiffe://a.example/ns/istio-system/sa/other").unwrap();
+        let other_leaf = client_leaf(&issuer, &other.to_string());
+        assert!(verify_member(
+            &other_leaf,
+            &member,
+            &anchors,
+            &revocations,
+            now,
+            Usage::Client
+        )
+        .is_err());
     }
 }

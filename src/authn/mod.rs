@@ -7,6 +7,7 @@
 //! own, else the first from one that declined it (a token from an unknown issuer, a cluster id it
 //! does not serve), else "no credentials".
 
+pub mod admin;
 pub mod client_cert;
 pub mod impersonation;
 pub mod jwt;
@@ -117,6 +118,12 @@ pub enum AuthnError {
     ClientCertIdentity(String),
     #[error("trust domain {0:?} is not served with client-certificate authentication")]
     ClientCertTrustDomain(String),
+    #[error("the client certificate (serial {serial}) was revoked at {at} ({reason})")]
+    ClientCertRevoked {
+        serial: String,
+        at: String,
+        reason: &'static str,
+    },
 }
 
 impl AuthnError {
@@ -142,6 +149,7 @@ impl AuthnError {
             Self::ClientCertUntrusted(_) => "client-cert-untrusted",
             Self::ClientCertIdentity(_) => "client-cert-identity",
             Self::ClientCertTrustDomain(_) => "client-cert-trust-domain",
+            Self::ClientCertRevoked { .. } => "client-cert-revoked",
         }
     }
 
@@ -165,7 +173,8 @@ impl AuthnError {
             | Self::ReviewUnavailable { .. } => Some(AuthenticatorKind::TokenReview),
             Self::ClientCertUntrusted(_)
             | Self::ClientCertIdentity(_)
-            | Self::ClientCertTrustDomain(_) => Some(AuthenticatorKind::ClientCert),
+            | Self::ClientCertTrustDomain(_)
+            | Self::ClientCertRevoked { .. } => Some(AuthenticatorKind::ClientCert),
         }
     }
 

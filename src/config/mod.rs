@@ -225,8 +225,11 @@ pub struct ExportConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// Client identities allowed on a non-loopback listener (mutual TLS).
+    /// Client identities that may read on a non-loopback listener (mutual TLS): the audit
+    /// API's queries, proofs and checkpoints, and `/ui`.
     pub allowed_identities: Vec<String>,
+    /// Client identities that may also revoke, block and lift blocks (`meshroot revoke`).
+    pub revokers: Vec<String>,
 }
 
 /// Limits on connections and what each may hold (`[connections]`), for the CSR listener and,
@@ -250,7 +253,12 @@ pub struct ConnectionConfig {
     /// A connection on which nothing is read or written this long is closed (clients reconnect
     /// on their next request).
     pub idle_timeout: Duration,
-    /// Concurrent HTTP/2 streams per connection.
+    /// A connection on which a write makes no progress this long (its peer reads nothing) is
+    /// closed, and what was queued for it freed.
+    pub write_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection. ztunnel sends a whole node's requests over one
+    /// connection, so a few requests waiting on a slow API must not hold up the rest; what a
+    /// connection can buffer is bounded by its flow-control window, not by this.
     pub max_streams: u32,
     /// The largest gRPC request message accepted (a CSR request is a few KB).
     pub max_message_bytes: usize,
@@ -266,7 +274,8 @@ impl Default for ConnectionConfig {
             handshake_timeout: Duration::from_secs(10),
             preface_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
-            max_streams: 32,
+            write_timeout: Duration::from_secs(30),
+            max_streams: 1024,
             max_message_bytes: 64 * 1024,
         }
     }

@@ -71,7 +71,6 @@ impl Config {
             &base,
             p,
         );
-        let mut admin = admin;
         let cluster = raw.cluster.map(|raw| {
             super::membership::membership(
                 raw,
@@ -83,13 +82,6 @@ impl Config {
                 p,
             )
         });
-        // The members ask each other over the admin port with meshroot's own identity.
-        if let Some(cluster) = &cluster {
-            if !cluster.identity.is_empty() && !admin.allowed_identities.contains(&cluster.identity)
-            {
-                admin.allowed_identities.push(cluster.identity.clone());
-            }
-        }
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
         }
@@ -329,8 +321,28 @@ fn connections(raw_connections: RawConnections, p: &mut Problems) -> ConnectionC
             raw_connections.idle_timeout.as_deref(),
             &mut connections.idle_timeout,
         ),
+        (
+            "write_timeout",
+            raw_connections.write_timeout.as_deref(),
+            &mut connections.write_timeout,
+        ),
     ] {
         *slot = duration_setting(text, *slot, &format!("connections.{key}"), p);
+    }
+    if connections.max_per_peer > connections.max_total {
+        p.add(
+            "connections.max_per_peer".into(),
+            format!(
+                "{} is more than connections.max_total ({}): one peer could take every connection",
+                connections.max_per_peer, connections.max_total
+            ),
+        );
+    }
+    if connections.max_streams > 100_000 {
+        p.add(
+            "connections.max_streams".into(),
+            "must be at most 100000".into(),
+        );
     }
     connections
 }
@@ -470,27 +482,37 @@ fn admin(raw_admin: RawAdmin, cluster: bool, p: &mut Problems) -> AdminConfig {
         );
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
-    let allowed_identities = raw_admin.allowed_identities.unwrap_or_default();
-    for (index, identity) in allowed_identities.iter().enumerate() {
-        if crate::identity::SpiffeId::parse(identity).is_err() {
-            p.add(
-                format!("admin.allowed_identities[{index}]"),
-                format!("{identity:?} is not a spiffe://<td>/ns/<ns>/sa/<sa> identity"),
-            );
+    let identities = |key: &str, list: Option<Vec<String>>, p: &mut Problems| {
+        let list = list.unwrap_or_default();
+        for (index, identity) in list.iter().enumerate() {
+            if crate::identity::SpiffeId::parse(identity).is_err() {
+                p.add(
+                    format!("admin.{key}[{index}]"),
+                    format!("{identity:?} is not a spiffe://<td>/ns/<ns>/sa/<sa> identity"),
+                );
+            }
         }
-    }
-    if !admin_listen.ip().is_loopback() && allowed_identities.is_empty() && !cluster {
+        list
+    };
+    let allowed_identities = identities("allowed_identities", raw_admin.allowed_identities, p);
+    let revokers = identities("revokers", raw_admin.revokers, p);
+    if !admin_listen.ip().is_loopback()
+        && allowed_identities.is_empty()
+        && revokers.is_empty()
+        && !cluster
+    {
         p.add(
             "admin.allowed_identities".into(),
             "required when admin.listen is not a loopback address (the audit API then \
-             requires mutual TLS from one of these identities), unless [cluster] allows the \
-             members' own identity"
+             requires mutual TLS from one of these identities, or of admin.revokers), unless \
+             [cluster] admits the members by their own identity"
                 .into(),
         );
     }
     AdminConfig {
         listen: admin_listen,
         allowed_identities,
+        revokers,
     }
 }
 

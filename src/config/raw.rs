@@ -65,6 +65,7 @@ pub(super) struct RawConnections {
     pub(super) handshake_timeout: Option<String>,
     pub(super) preface_timeout: Option<String>,
     pub(super) idle_timeout: Option<String>,
+    pub(super) write_timeout: Option<String>,
     pub(super) max_streams: Option<u32>,
     pub(super) max_message_bytes: Option<usize>,
 }
@@ -132,6 +133,7 @@ pub(super) struct RawExport {
 pub(super) struct RawAdmin {
     pub(super) listen: Option<String>,
     pub(super) allowed_identities: Option<Vec<String>>,
+    pub(super) revokers: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -49,11 +49,13 @@ pub(super) fn duration_setting(
     match text {
         None => default,
         Some(text) => match parse_duration(text) {
-            Some(d) if !d.is_zero() => d,
+            Some(d) if !d.is_zero() && d <= crate::clock::MAX_DURATION => d,
             _ => {
                 problems.add(
                     key.to_owned(),
-                    format!("{text:?} is not a positive duration like \"24h\", \"7d\", \"90m\""),
+                    format!(
+                        "{text:?} is not a positive duration of at most 100 years, like \"24h\", \"7d\", \"90m\""
+                    ),
                 );
                 default
             }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::{OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
+use crate::authn::admin::{AdminRoles, Judges, Right};
 use crate::clock::{from_unix_millis, unix_millis};
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
@@ -23,11 +24,12 @@ use crate::members::Members;
 /// Entries read from the store per step of a watch.
 const WATCH_CHUNK: usize = 512;
 
-/// Who may use the audit API on a non-loopback admin address.
+/// Who may use the audit API on a non-loopback admin address (`authn::admin`).
 pub struct AdminAccess {
-    /// `admin.allowed_identities`.
-    pub allowed_identities: Vec<String>,
-    /// The authority in force, whose identity anchors judge client certificates.
+    /// Readers, revokers and the member identity.
+    pub roles: AdminRoles,
+    /// The authority in force, whose identity anchors and revocations judge client
+    /// certificates.
     pub current: Arc<crate::issuance::CurrentAuthority>,
 }
 
@@ -43,8 +45,6 @@ pub struct AuditApi {
     shutdown: watch::Receiver<bool>,
     /// The other replicas, with `[cluster]`.
     members: Option<Arc<Members>>,
-    /// Their identity (`cluster.identity`).
-    member_identity: Option<String>,
     /// What revocations need: the authority in force (its revocations and clock), the CRL
     /// publisher, and the configured block duration.
     pub(super) revocation: Option<super::revoke::RevokeContext>,
@@ -56,7 +56,7 @@ impl AuditApi {
         verifier_key: Option<String>,
         access: Option<AdminAccess>,
         shutdown: watch::Receiver<bool>,
-        (members, member_identity): (Option<Arc<Members>>, Option<String>),
+        members: Option<Arc<Members>>,
         revocation: Option<super::revoke::RevokeContext>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -65,7 +65,6 @@ impl AuditApi {
             access,
             shutdown,
             members,
-            member_identity,
             revocation,
         })
     }
@@ -84,46 +83,34 @@ impl AuditApi {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.authorized_identity(request).map(|_| ())
+        self.authorized_identity(request, Right::Read).map(|_| ())
     }
 
-    /// The allowed identity a request proved (None on a loopback admin address, where no
-    /// client certificate is asked for).
+    /// The identity a request proved, if it holds `right` (None on a loopback admin address,
+    /// where no client certificate is asked for).
     pub(super) fn authorized_identity<T>(
         &self,
         request: &Request<T>,
+        right: Right,
     ) -> Result<Option<String>, Status> {
         match &self.access {
             None => Ok(None),
             Some(access) => {
                 let ca = access.current.get();
-                admin_identity_allowed(
-                    request,
-                    &access.allowed_identities,
-                    ca.identity_anchors(),
-                    ca.clock().now(),
-                )
-                .map(Some)
+                let judges = Judges {
+                    anchors: ca.identity_anchors(),
+                    member_anchors: ca.member_anchors(),
+                    revocations: ca.revocations(),
+                    now: ca.clock().now(),
+                };
+                admin_identity_allowed(request, &access.roles, &judges, right).map(Some)
             }
         }
     }
 
-    /// Members only (their own identity, `cluster.identity`), for what only members may say.
+    /// Members only, for what only members may say.
     fn authorize_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match (&self.access, &self.member_identity) {
-            (None, _) => Ok(()),
-            (Some(access), Some(identity)) => {
-                let ca = access.current.get();
-                admin_identity_allowed(
-                    request,
-                    std::slice::from_ref(identity),
-                    ca.identity_anchors(),
-                    ca.clock().now(),
-                )
-                .map(|_| ())
-            }
-            (Some(_), None) => Err(super::status::admin_identity_refused()),
-        }
+        self.authorized_identity(request, Right::Member).map(|_| ())
     }
 
     /// Runs store work on a blocking thread.
@@ -150,7 +137,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<api::RevokeRequest>,
     ) -> Result<Response<api::RevokeResponse>, Status> {
-        let actor = self.authorized_identity(&request)?;
+        let actor = self.authorized_identity(&request, Right::Revoke)?;
         // What to record, as gathered by another member: only members may hand it over (an
         // operator's request goes through the selection, which this skips).
         if request.get_ref().apply.is_some() {

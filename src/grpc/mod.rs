@@ -155,44 +155,27 @@ pub fn impersonated_identity(request: &IstioCertificateRequest) -> Option<String
     }
 }
 
-/// Allows a request only from a client certificate that proves, through `anchors` (an issuer
-/// authorized for its trust domain, not any root of a bundle), exactly one SPIFFE identity, and
-/// that identity is one of `allowed`.
+/// Allows an admin request only from a client certificate that proves a role with `right`
+/// (`authn::admin`: readers and revokers through `anchors`, members by the member rule, each
+/// certificate checked against the revocations in force); the identity it proved.
 pub fn admin_identity_allowed<T>(
     request: &Request<T>,
-    allowed: &[String],
-    anchors: &crate::authn::client_cert::IdentityAnchors,
-    now: std::time::SystemTime,
+    roles: &crate::authn::admin::AdminRoles,
+    judges: &crate::authn::admin::Judges<'_>,
+    right: crate::authn::admin::Right,
 ) -> Result<String, Status> {
-    let denied = |reason: &str| {
-        tracing::warn!(reason, "audit API request refused");
-        Err(status::admin_identity_refused())
-    };
-    let Some(certificates) = request
+    let certificates = request
         .extensions()
         .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|info| info.peer_certs())
-    else {
-        return denied("no client certificate");
-    };
-    let identity = match anchors.verify(&certificates, now) {
-        Ok(identity) => identity,
-        Err(error) => {
+        .and_then(|info| info.peer_certs());
+    let chain = certificates.as_deref().map_or(&[][..], |c| c.as_slice());
+    match crate::authn::admin::authorize(chain, roles, judges, right) {
+        Ok((identity, _)) => Ok(identity.to_string()),
+        Err(refusal) => {
             let detail =
-                crate::record::client_text(&error.to_string(), crate::record::CLIENT_TEXT_BYTES);
-            tracing::warn!(
-                reason = error.reason(),
-                %detail,
-                "audit API: client certificate refused"
-            );
-            return denied(error.reason());
+                crate::record::client_text(&refusal.to_string(), crate::record::CLIENT_TEXT_BYTES);
+            tracing::warn!(reason = refusal.reason(), %detail, "admin API request refused");
+            Err(status::admin_identity_refused())
         }
-    };
-    let identity = identity.to_string();
-    if allowed.contains(&identity) {
-        Ok(identity)
-    } else {
-        tracing::warn!(%identity, "audit API: client identity not in admin.allowed_identities");
-        denied("identity not allowed")
     }
 }

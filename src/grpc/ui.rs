@@ -39,7 +39,7 @@ pub async fn page(
     extensions: tonic::Extensions,
 ) -> Answer {
     let base = || Request::from_parts(MetadataMap::new(), extensions.clone(), ());
-    if let Err(status) = api.authorized_identity(&base()) {
+    if let Err(status) = api.authorized_identity(&base(), crate::authn::admin::Right::Read) {
         return refused(&status);
     }
     match gather(api, current, &base).await {

@@ -6,11 +6,17 @@ use super::CertificateAuthority;
 
 /// The authority in force; a reload replaces it for every new request while requests in
 /// flight finish with the one they started with.
-pub struct CurrentAuthority(RwLock<Arc<CertificateAuthority>>);
+pub struct CurrentAuthority(RwLock<Arc<CertificateAuthority>>, tokio::sync::Notify);
 
 impl CurrentAuthority {
     pub fn new(authority: Arc<CertificateAuthority>) -> Self {
-        Self(RwLock::new(authority))
+        Self(RwLock::new(authority), tokio::sync::Notify::new())
+    }
+
+    /// Resolves at the next [`CurrentAuthority::replace`] after it is enabled or first
+    /// polled.
+    pub fn replaced(&self) -> tokio::sync::futures::Notified<'_> {
+        self.1.notified()
     }
 
     pub fn get(&self) -> Arc<CertificateAuthority> {
@@ -25,5 +31,6 @@ impl CurrentAuthority {
             Ok(mut current) => *current = authority,
             Err(poisoned) => *poisoned.into_inner() = authority,
         }
+        self.1.notify_waiters();
     }
 }

@@ -137,7 +137,8 @@ impl IssueError {
                 let answer = match denial.reason {
                     DenialReason::CallerMeshMismatch
                     | DenialReason::TrustDomainMismatch
-                    | DenialReason::IdentityMismatch => Answer::Unauthenticated,
+                    | DenialReason::IdentityMismatch
+                    | DenialReason::ReservedIdentity => Answer::Unauthenticated,
                     DenialReason::SubjectNotAllowed
                     | DenialReason::CaRequested
                     | DenialReason::UnknownExtension

@@ -79,6 +79,7 @@ pub struct CertificateAuthority {
     metrics: Arc<Metrics>,
     rate_limits: Arc<RateLimits>,
     identity_anchors: Arc<IdentityAnchors>,
+    member_anchors: Arc<IdentityAnchors>,
     holds: Arc<Holds>,
     revocations: Arc<Revocations>,
 }
@@ -129,6 +130,7 @@ impl CertificateAuthority {
             slow_signing: tokio::sync::Semaphore::new(cores),
             metrics: Arc::default(),
             identity_anchors: Arc::default(),
+            member_anchors: Arc::default(),
             holds: Arc::default(),
             revocations: Arc::default(),
         }
@@ -165,6 +167,13 @@ impl CertificateAuthority {
     /// The issuers that authenticate client certificates (see [`IdentityAnchors`]).
     pub fn with_identity_anchors(mut self, anchors: Arc<IdentityAnchors>) -> Self {
         self.identity_anchors = anchors;
+        self
+    }
+
+    /// meshroot's own signing intermediates of the primary mesh, the only issuers a member
+    /// certificate is accepted from (`authn::client_cert::verify_member`).
+    pub fn with_member_anchors(mut self, anchors: Arc<IdentityAnchors>) -> Self {
+        self.member_anchors = anchors;
         self
     }
 
@@ -208,6 +217,11 @@ impl CertificateAuthority {
     /// the CSR port, admin mutual TLS).
     pub fn identity_anchors(&self) -> &Arc<IdentityAnchors> {
         &self.identity_anchors
+    }
+
+    /// The issuers a member certificate is accepted from.
+    pub fn member_anchors(&self) -> &Arc<IdentityAnchors> {
+        &self.member_anchors
     }
 
     /// Runs the whole pipeline for one request. The result is recorded durably before it is

@@ -33,17 +33,18 @@ pub(super) async fn start_admin(
         store,
         verifier_key,
         (!loopback).then(|| AdminAccess {
-            allowed_identities: config.admin.allowed_identities.clone(),
+            roles: crate::authn::admin::AdminRoles {
+                readers: config.admin.allowed_identities.clone(),
+                revokers: config.admin.revokers.clone(),
+                member: config
+                    .cluster
+                    .as_ref()
+                    .and_then(|cluster| SpiffeId::parse(&cluster.identity).ok()),
+            },
             current,
         }),
         shutdown.clone(),
-        (
-            members,
-            config
-                .cluster
-                .as_ref()
-                .map(|cluster| cluster.identity.clone()),
-        ),
+        members,
         Some(crate::grpc::revoke::RevokeContext {
             current: current_for_revocation,
             publisher: crls.clone(),
@@ -64,11 +65,28 @@ pub(super) async fn start_admin(
     let router = http2_limits(tonic::transport::Server::builder(), &config.connections)
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(routes));
+    // Counted apart from the CSR listener, so a flood there never starves the probes here.
+    // A live tail may be quiet for long: no idle timeout on this listener; a peer that reads
+    // nothing is closed after `connections.write_timeout` all the same.
+    let limits = ConnectionLimits::new(
+        ConnectionConfig {
+            idle_timeout: ADMIN_IDLE_TIMEOUT,
+            ..config.connections
+        },
+        config.max_concurrent_handshakes,
+    );
     let task = if loopback {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (connections, incoming) = mpsc::channel(64);
+        tokio::spawn(connections::accept_loop(
+            listener,
+            connections::Plain,
+            connections,
+            limits,
+            shutdown,
+        ));
         tokio::spawn(async move {
             router
-                .serve_with_incoming_shutdown(incoming, until_stopped)
+                .serve_with_incoming_shutdown(ReceiverStream::new(incoming), until_stopped)
                 .await
                 .map_err(ServeError::from)
         })
@@ -83,20 +101,14 @@ pub(super) async fn start_admin(
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| ServeError::Tls(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_cert_resolver(serving);
+            .with_cert_resolver(Arc::new(AdminCertificates(serving)));
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let (connections, incoming) = mpsc::channel(64);
-        // Counted apart from the CSR listener, so a flood there never starves the probes here.
-        // A live tail may be quiet for long: no idle timeout on this listener.
-        let limits = ConnectionConfig {
-            idle_timeout: ADMIN_IDLE_TIMEOUT,
-            ..config.connections
-        };
         tokio::spawn(connections::accept_loop(
             listener,
             TlsAcceptor::from(Arc::new(tls)),
             connections,
-            ConnectionLimits::new(limits, config.max_concurrent_handshakes),
+            limits,
             shutdown,
         ));
         tokio::spawn(async move {
@@ -115,7 +127,7 @@ fn crl_route(crls: Arc<super::crl::CrlKeeper>) -> axum::Router {
     axum::Router::new().route(
         "/crl",
         axum::routing::get(move || {
-            let pem = crls.pem();
+            let pem = crls.body();
             async move {
                 (
                     [(

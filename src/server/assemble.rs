@@ -18,7 +18,12 @@ pub(super) async fn build_authority(
     let mut cluster_apis: HashMap<String, Arc<dyn ClusterApi>> = HashMap::new();
     let mut client_cert_meshes = Vec::new();
     let mut anchors = IdentityAnchors::new();
-    for mesh in &config.meshes {
+    let member = config
+        .cluster
+        .as_ref()
+        .and_then(|cluster| SpiffeId::parse(&cluster.identity).ok());
+    let mut member_anchors = IdentityAnchors::new();
+    for (index, mesh) in config.meshes.iter().enumerate() {
         let authority = signer::files::load_signer(
             &mesh.name,
             mesh.trust_domain.clone(),
@@ -60,6 +65,10 @@ pub(super) async fn build_authority(
             );
         }
         authorize_issuers(&mut anchors, &store, mesh, &trust_domains)?;
+        if let (0, Some(member)) = (index, &member) {
+            // Members are certified by the primary mesh's signing intermediates alone.
+            authorize_own_intermediates(&mut member_anchors, &store, mesh, member.trust_domain())?;
+        }
         if mesh.client_cert_auth {
             client_cert_meshes.push((mesh.name.clone(), trust_domains.clone()));
         }
@@ -114,6 +123,7 @@ pub(super) async fn build_authority(
                 default_ttl: mesh.default_ttl,
                 max_ttl: mesh.max_ttl,
                 signer_not_after: authority.signing_not_after(),
+                reserved: member.iter().cloned().collect(),
             },
             signer: Arc::new(authority),
             node_accounts: mesh.trusted_node_accounts.clone(),
@@ -154,7 +164,8 @@ pub(super) async fn build_authority(
         clock,
     )
     .with_metrics(metrics)
-    .with_identity_anchors(anchors))
+    .with_identity_anchors(anchors)
+    .with_member_anchors(Arc::new(member_anchors)))
 }
 
 /// Authorizes the issuers that may vouch for `mesh`'s trust domains (and aliases): every signing
@@ -168,15 +179,8 @@ pub(super) fn authorize_issuers(
     trust_domains: &[TrustDomain],
 ) -> Result<(), ServeError> {
     let tls = |e: crate::authn::AuthnError| ServeError::Tls(format!("mesh {}: {e}", mesh.name));
-    for chain in store.signers(&mesh.name)?.values() {
-        let Some(signing) = chain.first() else {
-            continue;
-        };
-        for trust_domain in trust_domains {
-            anchors
-                .authorize(trust_domain, &CertificateDer::from(signing.as_slice()))
-                .map_err(tls)?;
-        }
+    for trust_domain in trust_domains {
+        authorize_own_intermediates(anchors, store, mesh, trust_domain)?;
     }
     for root in &mesh.extra_roots {
         if root.vouches_for.is_empty() {
@@ -193,6 +197,26 @@ pub(super) fn authorize_issuers(
                 anchors.authorize(trust_domain, certificate).map_err(tls)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Authorizes every signing intermediate the store remembers for `mesh` (the current one was
+/// just remembered, earlier ones are kept while certificates they signed are valid) to vouch
+/// for `trust_domain`.
+fn authorize_own_intermediates(
+    anchors: &mut IdentityAnchors,
+    store: &SledStore,
+    mesh: &MeshConfig,
+    trust_domain: &TrustDomain,
+) -> Result<(), ServeError> {
+    for chain in store.signers(&mesh.name)?.values() {
+        let Some(signing) = chain.first() else {
+            continue;
+        };
+        anchors
+            .authorize(trust_domain, &CertificateDer::from(signing.as_slice()))
+            .map_err(|e| ServeError::Tls(format!("mesh {}: {e}", mesh.name)))?;
     }
     Ok(())
 }

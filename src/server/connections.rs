@@ -8,6 +8,11 @@
 //!   a second per listener, with the count since the last line).
 //! - After TLS, a connection that sends no HTTP/2 preface within `preface_timeout`, or on which
 //!   nothing is read or written for `idle_timeout`, is closed.
+//! - A connection whose peer does not read what it is sent, so that a write makes no progress
+//!   for `write_timeout`, is closed (issue 30, N3: slow readers of a large `GET /crl`), and what
+//!   was queued for it is freed. Writes are vectored, so a shared response body (the CRL) is
+//!   queued by reference, never copied per connection; rustls buffers at most 64 KiB of it.
+//! - The admin listener on loopback, in plain text, is guarded the same way ([`Plain`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -180,12 +185,40 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Accepts TCP connections and completes TLS handshakes concurrently, handing finished
-/// connections to the HTTP/2 server. Never waits for anything but `accept` itself.
-pub async fn accept_loop(
+/// How a listener turns an accepted TCP connection into the stream it serves: TLS
+/// ([`TlsAcceptor`]) or plain text on loopback ([`Plain`]).
+pub trait Handshake: Clone + Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static;
+
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Handshake for TlsAcceptor {
+    type Stream = TlsStream<TcpStream>;
+
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send {
+        self.accept(tcp)
+    }
+}
+
+/// No handshake: the plain-text admin listener on loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain;
+
+impl Handshake for Plain {
+    type Stream = TcpStream;
+
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send {
+        std::future::ready(Ok(tcp))
+    }
+}
+
+/// Accepts TCP connections and completes handshakes concurrently, handing finished
+/// connections to the HTTP server. Never waits for anything but `accept` itself.
+pub async fn accept_loop<H: Handshake>(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    connections: mpsc::Sender<Result<GuardedStream, io::Error>>,
+    acceptor: H,
+    connections: mpsc::Sender<Result<GuardedStream<H::Stream>, io::Error>>,
     limits: Arc<ConnectionLimits>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -218,13 +251,13 @@ pub async fn accept_loop(
     }
 }
 
-async fn handshake(
+async fn handshake<H: Handshake>(
     tcp: TcpStream,
     peer: SocketAddr,
     mut slot: ConnectionSlot,
-    acceptor: TlsAcceptor,
+    acceptor: H,
     limits: Arc<ConnectionLimits>,
-    connections: mpsc::Sender<Result<GuardedStream, io::Error>>,
+    connections: mpsc::Sender<Result<GuardedStream<H::Stream>, io::Error>>,
 ) {
     let settings = limits.settings;
     // The ClientHello must start arriving soon; until it does, no handshake slot is held.
@@ -243,7 +276,7 @@ async fn handshake(
     }
     let handshake = async {
         let _permit = limits.handshakes.clone().acquire_owned().await;
-        acceptor.accept(tcp).await
+        acceptor.handshake(tcp).await
     };
     let stream = match tokio::time::timeout(settings.handshake_timeout, handshake).await {
         Ok(Ok(stream)) => stream,
@@ -263,14 +296,18 @@ async fn handshake(
         deadline: Box::pin(tokio::time::sleep(settings.preface_timeout)),
         last_activity: None,
         idle_timeout: settings.idle_timeout,
+        write_deadline: Box::pin(tokio::time::sleep(settings.write_timeout)),
+        write_stalled: false,
+        write_timeout: settings.write_timeout,
     };
     let _ = connections.send(Ok(guarded)).await;
 }
 
-/// A TLS connection that holds its slot in the counts and closes itself when the client sends
-/// no HTTP/2 preface in time, or when nothing moves on it for the idle timeout.
-pub struct GuardedStream {
-    inner: TlsStream<TcpStream>,
+/// A connection that holds its slot in the counts and closes itself when the client sends
+/// no HTTP/2 preface in time, when nothing moves on it for the idle timeout, or when a write
+/// makes no progress for the write timeout.
+pub struct GuardedStream<S = TlsStream<TcpStream>> {
+    inner: S,
     _slot: ConnectionSlot,
     /// The preface deadline until the first byte is read, then the idle deadline (moved forward
     /// lazily: only when it fires is `last_activity` consulted).
@@ -278,9 +315,13 @@ pub struct GuardedStream {
     /// When a byte was last read or written; None until the first read.
     last_activity: Option<Instant>,
     idle_timeout: std::time::Duration,
+    /// Armed when a write returns Pending; disarmed when one makes progress.
+    write_deadline: Pin<Box<Sleep>>,
+    write_stalled: bool,
+    write_timeout: std::time::Duration,
 }
 
-impl GuardedStream {
+impl<S> GuardedStream<S> {
     fn touch(&mut self) {
         self.last_activity = Some(Instant::now());
     }
@@ -306,9 +347,37 @@ impl GuardedStream {
                 .reset(tokio::time::Instant::from_std(due));
         }
     }
+
+    /// After a write: progress disarms the write deadline; Pending arms it (once per stall) and
+    /// turns into an error when it has passed.
+    fn after_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match written {
+            Poll::Pending => {
+                if !std::mem::replace(&mut self.write_stalled, true) {
+                    let due = tokio::time::Instant::now() + self.write_timeout;
+                    self.write_deadline.as_mut().reset(due);
+                }
+                match self.write_deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer reads nothing: write timed out",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            ready => {
+                self.write_stalled = false;
+                ready
+            }
+        }
+    }
 }
 
-impl AsyncRead for GuardedStream {
+impl<S: AsyncRead + Unpin> AsyncRead for GuardedStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -332,7 +401,7 @@ impl AsyncRead for GuardedStream {
     }
 }
 
-impl AsyncWrite for GuardedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for GuardedStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -343,20 +412,41 @@ impl AsyncWrite for GuardedStream {
         if matches!(written, Poll::Ready(Ok(n)) if n > 0) && this.last_activity.is_some() {
             this.touch();
         }
-        written
+        this.after_write(cx, written)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) && this.last_activity.is_some() {
+            this.touch();
+        }
+        this.after_write(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        this.after_write(cx, flushed)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let shut = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.after_write(cx, shut)
     }
 }
 
-impl Connected for GuardedStream {
-    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+impl<S: Connected> Connected for GuardedStream<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()

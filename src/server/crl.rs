@@ -30,6 +30,9 @@ const POLL: Duration = Duration::from_secs(1);
 pub struct CrlSet {
     /// Every CRL, PEM, concatenated: `ca-crl.pem`.
     pub pem: String,
+    /// The same bytes, shared by every `GET /crl` answer in flight (never copied per request:
+    /// a thousand slow readers hold one copy).
+    pub body: bytes::Bytes,
     /// Why the set must not reach Istio (a CA of a chain has no CRL in it), if so: Envoy would
     /// refuse every certificate under that CA.
     pub incomplete: Option<String>,
@@ -97,6 +100,11 @@ impl CrlKeeper {
     /// The published `ca-crl.pem`.
     pub fn pem(&self) -> String {
         self.published.borrow().pem.clone()
+    }
+
+    /// The published `ca-crl.pem`, shared (for `GET /crl`).
+    pub fn body(&self) -> bytes::Bytes {
+        self.published.borrow().body.clone()
     }
 
     /// The published set.
@@ -229,8 +237,11 @@ impl CrlKeeper {
         }
         let complete = incomplete.is_none();
         ca.metrics().revocation(|g| g.complete = complete);
-        self.published
-            .send_replace(Arc::new(CrlSet { pem, incomplete }));
+        self.published.send_replace(Arc::new(CrlSet {
+            body: bytes::Bytes::from(pem.clone()),
+            pem,
+            incomplete,
+        }));
         made.generation = Some(generation);
         made.extra_modified = extra_modified;
         made.signers = signers;

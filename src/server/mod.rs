@@ -54,7 +54,7 @@ use crate::kubernetes::publish::{
     self, IssueFuture, MeshMaterial, PublishSettings, ServerCertificate,
 };
 use crate::kubernetes::{ClusterSetupError, KubeCluster};
-use crate::members::{MemberIdentity, Members};
+use crate::members::{MemberIdentity, Members, MEMBER_SERVER_NAME};
 use crate::metrics::Metrics;
 use crate::monitoring::Monitor;
 use crate::policy::MeshPolicy;
@@ -503,7 +503,7 @@ async fn start_serving(
         Arc::new(Members::new(
             cluster,
             this,
-            !config.admin.listen.ip().is_loopback(),
+            (!config.admin.listen.ip().is_loopback()).then(tls_provider),
             serving.1.clone(),
             current.clone(),
         ))

@@ -49,13 +49,34 @@ pub(super) async fn renewal_loop(
     mut renew_at: SystemTime,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let signing = |ca: &CertificateAuthority| {
+        ca.primary_signer()
+            .and_then(|signer| signer.intermediates().first().cloned())
+    };
+    let mut signed_by = signing(&current.get());
     loop {
         let clock = current.get().clock().clone();
+        let mut replaced = std::pin::pin!(current.replaced());
+        replaced.as_mut().enable();
+        let ca = current.get();
+        // A new signing intermediate (a rotation): the member certificate is renewed at once,
+        // so that it comes from an intermediate a member on a fresh volume knows. The serving
+        // certificate keeps its schedule (clients may not hold the new root yet).
+        if names.identity.is_some() && signing(&ca) != signed_by {
+            tracing::info!("the signing intermediate changed: renewing the member certificate");
+            signed_by = signing(&ca);
+            if let Err(error) = serving.renew_member(&ca, &names, lifetime).await {
+                tracing::error!(%error, "member certificate renewal failed; retrying at the next renewal");
+            }
+            continue;
+        }
         tokio::select! {
             _ = shutdown.wait_for(|stopped| *stopped) => return,
             _ = sleep_until(clock.as_ref(), renew_at) => {}
+            _ = replaced => continue,
         }
         let ca = current.get();
+        signed_by = signing(&ca);
         renew_at = match serving.renew(&ca, &names, lifetime).await {
             Ok(next) => next,
             Err(error) => {
@@ -124,22 +145,8 @@ impl ServingCertificate {
         if let Some(authority) = ca.primary_signer() {
             chain.extend(authority.intermediates().iter().cloned());
         }
-        if let Some(identity) = &names.identity {
-            let (member, member_key) = ca.issue_member_certificate(identity, lifetime).await?;
-            // The leaf and intermediates (not the roots): the client chain towards members.
-            let intermediates = member.cert_chain.len().saturating_sub(1);
-            let chain = member
-                .cert_chain
-                .get(..intermediates)
-                .map(<[String]>::concat)
-                .unwrap_or_default();
-            self.1.set(chain, member_key.serialize_pem());
-        }
-        let signing_key = rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
-            PrivatePkcs8KeyDer::from(key.serialize_der()),
-        ))
-        .map_err(|_| IssueError::Signing(crate::signer::SigningError::ServingKey))?;
-        let certified = Arc::new(CertifiedKey::new(chain, signing_key));
+        self.renew_member(ca, names, lifetime).await?;
+        let certified = Arc::new(CertifiedKey::new(chain, certified_key(&key)?));
         match self.0.write() {
             Ok(mut slot) => *slot = Some(certified),
             Err(poisoned) => *poisoned.into_inner() = Some(certified),
@@ -149,6 +156,52 @@ impl ServingCertificate {
             .duration_since(issued_at)
             .unwrap_or_default();
         Ok(issued_at + (remaining / 2).max(MIN_RENEWAL_WAIT))
+    }
+}
+
+impl ServingCertificate {
+    /// With `[cluster]`, issues and installs a new member certificate.
+    async fn renew_member(
+        &self,
+        ca: &CertificateAuthority,
+        names: &ServingNames,
+        lifetime: Duration,
+    ) -> Result<(), IssueError> {
+        if let Some(identity) = &names.identity {
+            let (member, member_key) = ca.issue_member_certificate(identity, lifetime).await?;
+            // The leaf alone: the members accept only a leaf signed directly by one of
+            // meshroot's own intermediates, which they hold.
+            self.1.set(Arc::new(CertifiedKey::new(
+                vec![member.der.clone()],
+                certified_key(&member_key)?,
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// rustls' signing key for a key meshroot generated.
+fn certified_key(key: &rcgen::KeyPair) -> Result<Arc<dyn rustls::sign::SigningKey>, IssueError> {
+    rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        key.serialize_der(),
+    )))
+    .map_err(|_| IssueError::Signing(crate::signer::SigningError::ServingKey))
+}
+
+/// The admin listener's certificates: the member certificate to a member that asks for
+/// [`MEMBER_SERVER_NAME`] (it authenticates servers by the member rule), the serving
+/// certificate to everyone else.
+#[derive(Debug)]
+pub(super) struct AdminCertificates(pub(super) Arc<ServingCertificate>);
+
+impl ResolvesServerCert for AdminCertificates {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if client_hello.server_name() == Some(MEMBER_SERVER_NAME) {
+            if let Some(member) = self.0 .1.get() {
+                return Some(member);
+            }
+        }
+        self.0.resolve(client_hello)
     }
 }
 

@@ -425,8 +425,8 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
         .await
         .expect("an allowed identity is served");
 
-    // An allowed identity revokes through the selection; only members may hand over a
-    // revocation to record as it is (which skips the selection).
+    // An allowed identity reads only (issue 30, N8): it may not revoke through the selection,
+    // nor hand over a revocation to record as it is (members only).
     let status = allowed
         .revoke(api::RevokeRequest {
             apply: Some(meshroot::pb::store::Revocation {
@@ -442,11 +442,7 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
         .revoke(api::RevokeRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(
-        status.code(),
-        Code::InvalidArgument,
-        "no filter: {status:?}"
-    );
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     let intruder = server
         .workload(&ca, MESH, "spiffe://cluster.local/ns/ops/sa/intruder")

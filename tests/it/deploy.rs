@@ -395,13 +395,14 @@ pub(crate) fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)
         (&retention["whenDeleted"], &retention["whenScaled"]),
         (&Value::from("Retain"), &Value::from("Retain"))
     );
-    // The members' own identity is the service account's, and the admin API allows it.
+    // The members' own identity is the service account's; the admin API admits it by the
+    // member rule alone, never as a reader.
     let identity = meshroot::identity::SpiffeId::parse(&cluster.identity).unwrap();
     assert_eq!(
         (identity.namespace(), identity.service_account()),
         ("istio-system", pod["serviceAccountName"].as_str().unwrap())
     );
-    assert!(config.admin.allowed_identities.contains(&cluster.identity));
+    assert!(!config.admin.allowed_identities.contains(&cluster.identity));
     // Locked down.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);

@@ -302,7 +302,11 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
             );
             assert_eq!(export.fail_closed_lag_records, Some(10_000));
             assert_eq!(statefulset["spec"]["replicas"], 3);
-            assert_eq!(config.admin.allowed_identities.len(), 3, "two + members'");
+            assert_eq!(config.admin.allowed_identities.len(), 2, "two readers");
+            assert_eq!(
+                config.admin.revokers,
+                ["spiffe://cluster.local/ns/security/sa/incident-response"]
+            );
             assert_eq!(config.rate_limit.per_caller.per_second, 50.0);
         }
     }

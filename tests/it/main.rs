@@ -18,6 +18,7 @@ mod deploy;
 mod disk_full;
 mod envoy_mtls;
 mod export;
+mod hardening;
 mod helm;
 mod issuance;
 mod kubernetes_auth;

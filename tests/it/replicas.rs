@@ -41,20 +41,27 @@ impl Cluster {
     fn new() -> Self {
         let ca = TestCa::new();
         let ports = free_ports();
-        let members: Vec<String> = ports.iter().map(|p| format!("\"localhost:{p}\"")).collect();
-        ca.edit_config(|text| {
-            format!(
-                "{}\n[cluster]\nmembers = [{}]\nmember_timeout = \"2s\"\n",
-                text.replace(
-                    "[admin]\nlisten = \"127.0.0.1:0\"",
-                    &format!(
-                        "[admin]\nlisten = \"127.0.0.1:0\"\nallowed_identities = [\"{AUDITOR}\"]"
-                    ),
-                ),
-                members.join(", ")
-            )
-        });
+        join(&ca, &ports);
         Self { ca, ports }
+    }
+
+    /// Starts a meshroot of another CA directory (`config`, its own store) as member `index`.
+    fn start_other(&self, config: &Path, index: usize) -> Serving {
+        let dir = config.parent().unwrap();
+        let (store, admin, member) = (
+            dir.join(format!("store-{index}")),
+            format!("0.0.0.0:{}", self.ports[index]),
+            self.member(index),
+        );
+        Serving::start_with_env(
+            dir,
+            &["--config", config.to_str().unwrap()],
+            &[
+                ("MESHROOT_STORE", store.to_str().unwrap()),
+                ("MESHROOT_ADMIN_LISTEN", admin.as_str()),
+                ("MESHROOT_MEMBER", member.as_str()),
+            ],
+        )
     }
 
     fn member(&self, index: usize) -> String {
@@ -135,6 +142,22 @@ impl Cluster {
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
     }
+}
+
+/// Makes `ca`'s configuration a `[cluster]` of members `localhost:PORT`, the auditor allowed
+/// to read and revoke.
+fn join(ca: &TestCa, ports: &[u16]) {
+    let members: Vec<String> = ports.iter().map(|p| format!("\"localhost:{p}\"")).collect();
+    ca.edit_config(|text| {
+        format!(
+            "{}\n[cluster]\nmembers = [{}]\nmember_timeout = \"2s\"\n",
+            text.replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"127.0.0.1:0\"\nrevokers = [\"{AUDITOR}\"]"),
+            ),
+            members.join(", ")
+        )
+    });
 }
 
 /// One workload certificate from a member's CSR API.
@@ -377,6 +400,41 @@ fn install_bundle(ca: &TestCa, from: &Path, roots: &[&Path], extra: Option<&Path
         }
         text
     });
+}
+
+/// Issue 30, N2: an impostor on a member's address, with a certificate from a partner root in
+/// the trust bundle (`extra_roots`, no `vouches_for`) for the member's host name and the member
+/// identity, is refused both ways: the real member does not take its answers (a cluster question
+/// names it missing, so the rotation gate fails closed) and does not take its checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_member_with_a_partner_root_certificate_is_refused_both_ways() {
+    let cluster = Cluster::new();
+    let partner = TestCa::with_meshes(&[(MESH, TRUST_DOMAIN)], meshroot::keys::KeyType::EcdsaP256);
+    cluster.ca.add_root_of(&partner, "partner-root.pem");
+    cluster.ca.edit_config(|text| {
+        text.replacen(
+            "ca_dir = \"default\"\n",
+            "ca_dir = \"default\"\nextra_roots = [{ path = \"partner-root.pem\" }]\n",
+            1,
+        )
+    });
+    // The impostor: meshroot itself, on the partner's CA, configured as the same cluster.
+    join(&partner, &cluster.ports);
+    let mut real = cluster.start(0);
+    let mut impostor = cluster.start_other(&partner.config_path(), 1);
+    real.wait_for_log("a member answered with a certificate that is not a member's");
+    let (code, _, err) = cluster.audit(0, &["list", "--count"]);
+    assert_eq!(code, 3, "the answer is incomplete: {err}");
+    assert!(
+        err.contains(&cluster.member(1)),
+        "names the impostor: {err}"
+    );
+    // The start-up gate asks every member: it stays closed while the impostor is refused.
+    assert_eq!(real.count_log("cluster-gate: resolved"), 0);
+    // Both ways: the impostor does not take the real member for one either.
+    impostor.wait_for_log("a member answered with a certificate that is not a member's");
+    impostor.stop();
+    real.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,7 @@ fn authority_over(ca: &TestCa, sink: Arc<dyn RecordSink>) -> CertificateAuthorit
         default_ttl: Duration::from_secs(86_400),
         max_ttl: Duration::from_secs(7 * 86_400),
         signer_not_after: authority.signing_not_after(),
+        reserved: Vec::new(),
     };
     CertificateAuthority::new(
         vec![Mesh {

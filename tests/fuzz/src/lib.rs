@@ -28,6 +28,7 @@ pub fn policy() -> MeshPolicy {
         default_ttl: 24 * HOUR,
         max_ttl: 7 * 24 * HOUR,
         signer_not_after: now() + 365 * 24 * HOUR,
+        reserved: Vec::new(),
     }
 }
 

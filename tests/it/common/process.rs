@@ -84,7 +84,15 @@ impl Serving {
         let (address, admin_address) = loop {
             let line = lines
                 .next()
-                .unwrap_or_else(|| panic!("serve exited: {:?}", child.wait()))
+                .unwrap_or_else(|| {
+                    let log = log.lock().unwrap();
+                    let tail = &log[log.len().saturating_sub(15)..];
+                    panic!(
+                        "serve exited: {:?}; the last lines:\n{}",
+                        child.wait(),
+                        tail.join("\n")
+                    )
+                })
                 .unwrap();
             log.lock().unwrap().push(line.clone());
             if let Some(rest) = line.split(marker).nth(1) {
@@ -121,10 +129,15 @@ impl Serving {
         {
             if std::time::Instant::now() >= deadline {
                 let log = self.log.lock().unwrap();
-                let tail = &log[log.len().saturating_sub(15)..];
+                // The last lines that are not the HTTP/2 library's own.
+                let ours: Vec<&String> = log.iter().filter(|l| !l.contains(" h2::")).collect();
+                let tail = &ours[ours.len().saturating_sub(15)..];
                 panic!(
                     "no log line {needle:?}; the last lines:\n{}",
-                    tail.join("\n")
+                    tail.iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
