@@ -173,9 +173,12 @@ pub fn from_unix_millis(millis: i64) -> SystemTime {
     .unwrap_or(UNIX_EPOCH)
 }
 
-/// RFC 3339 UTC text of a time; `invalid-time` outside the years 1–9999 (never a panic:
-/// `OffsetDateTime::from(SystemTime)` panics there).
+/// RFC 3339 UTC text of a time; past 9999 `after 9999-12-31T23:59:59Z`, before year 1
+/// `invalid-time` (never a panic: `OffsetDateTime::from(SystemTime)` panics there).
 pub fn format_time(time: SystemTime) -> String {
+    if unix_seconds(time) > LATEST_UNIX_SECONDS {
+        return "after 9999-12-31T23:59:59Z".to_owned();
+    }
     let nanos = match time.duration_since(UNIX_EPOCH) {
         Ok(after) => i128::try_from(after.as_nanos()).ok(),
         Err(before) => i128::try_from(before.duration().as_nanos())
@@ -315,7 +318,11 @@ mod tests {
     #[test]
     fn times_from_outside_are_range_checked_and_formatting_never_panics() {
         let far = UNIX_EPOCH + Duration::from_secs(1 << 40);
-        assert_eq!(format_time(far), "invalid-time");
+        assert_eq!(format_time(far), "after 9999-12-31T23:59:59Z");
+        assert_eq!(
+            format_time(from_unix_millis(i64::MAX)),
+            "after 9999-12-31T23:59:59Z"
+        );
         assert_eq!(format_time(from_unix_seconds(i64::MIN)), "invalid-time");
         assert_eq!(
             format_time(from_unix_seconds(LATEST_UNIX_SECONDS)),

@@ -342,6 +342,11 @@ async fn open_loop(
     (latencies, errors)
 }
 
+/// A process's resident set size and its high-water mark (VmRSS, VmHWM), in MiB.
+pub fn memory_mib(pid: u32) -> Option<(f64, f64)> {
+    read_usage(&format!("/proc/{pid}")).map(|sample| (sample.rss_mib, sample.peak_rss_mib))
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     cpu_seconds: f64,

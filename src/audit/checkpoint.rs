@@ -268,6 +268,70 @@ impl AuditVerifier {
     pub fn open_checkpoint(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
         Checkpoint::parse_body(self.open_note(note)?)
     }
+
+    /// The same key under another name: every member signs with the one audit key, each under
+    /// its own log name (`MESHROOT_LOG_NAME`).
+    pub fn named(&self, name: &str) -> Result<Self, CheckpointError> {
+        check_name(name).map_err(CheckpointError::BadVerifierKey)?;
+        Ok(Self {
+            name: name.to_owned(),
+            key_id: key_id(name, &self.public_key),
+            public_key: self.public_key.clone(),
+        })
+    }
+}
+
+/// The longest log name a member may share a checkpoint under.
+pub const MAX_SHARED_LOG_NAME_BYTES: usize = 256;
+/// The largest note a member may share (a checkpoint with a few cosignatures is ~300 bytes).
+pub const MAX_SHARED_NOTE_BYTES: usize = 8 * 1024;
+/// How many logs of one member are kept: each lost volume starts a new log; past this, a
+/// member's new log names are refused (the store cannot be grown by fresh names).
+pub const MAX_SHARED_LOGS_PER_MEMBER: usize = 64;
+
+/// Why a checkpoint another member shares is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SharedCheckpointError {
+    #[error("the log name is empty, longer than {MAX_SHARED_LOG_NAME_BYTES} bytes, or holds spaces, '+' or control characters")]
+    LogName,
+    #[error("the note is longer than {MAX_SHARED_NOTE_BYTES} bytes")]
+    TooLarge,
+    #[error("this replica has no audit key to verify a shared checkpoint with")]
+    NoVerifier,
+    #[error("the note is not a checkpoint of the named log signed by the audit key: {0}")]
+    NotVerified(CheckpointError),
+}
+
+/// A checkpoint a member shares of its own log `log`: `note` must be a checkpoint of `log`
+/// signed by the audit key (`verifier`, under the name `log`); an empty note shares nothing.
+/// Returns the tree size and the note to keep.
+pub fn check_shared(
+    log: &str,
+    note: &str,
+    verifier: Option<&AuditVerifier>,
+) -> Result<Option<(u64, String)>, SharedCheckpointError> {
+    if log.len() > MAX_SHARED_LOG_NAME_BYTES || check_name(log).is_err() {
+        return Err(SharedCheckpointError::LogName);
+    }
+    if note.len() > MAX_SHARED_NOTE_BYTES {
+        return Err(SharedCheckpointError::TooLarge);
+    }
+    if note.is_empty() {
+        return Ok(None);
+    }
+    let verifier = verifier
+        .ok_or(SharedCheckpointError::NoVerifier)?
+        .named(log)
+        .map_err(SharedCheckpointError::NotVerified)?;
+    let checkpoint = verifier
+        .open_checkpoint(note)
+        .map_err(SharedCheckpointError::NotVerified)?;
+    if checkpoint.origin != log {
+        return Err(SharedCheckpointError::NotVerified(
+            CheckpointError::Malformed,
+        ));
+    }
+    Ok(Some((checkpoint.size, note.to_owned())))
 }
 
 /// SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key)[:4].
@@ -372,5 +436,59 @@ mod tests {
         let forged = note.replacen("\n42\n", "\n41\n", 1);
         assert!(verifier.open_checkpoint(&forged).is_err());
         assert!(format!("{signer:?}").contains("meshroot-audit/test"));
+    }
+
+    /// Issue 30, N4: what a member shares is a checkpoint of its named log signed by the audit
+    /// key (under that log's name), within bounds; a forged or outsized note is refused.
+    #[test]
+    fn a_shared_checkpoint_must_be_signed_by_the_audit_key_and_within_bounds() {
+        let (signer, pkcs8) = AuditSigner::generate("meshroot-audit/member-0").unwrap();
+        let verifier = signer.verifier();
+        // Member 1 signs with the same key under its own log name.
+        let member_1 = AuditSigner::from_pkcs8("meshroot-audit/member-1", &pkcs8).unwrap();
+        let note = member_1.sign_checkpoint(7, [3; 32]);
+        assert_eq!(
+            check_shared("meshroot-audit/member-1", &note, Some(&verifier)).unwrap(),
+            Some((7, note.clone()))
+        );
+        assert_eq!(
+            check_shared("meshroot-audit/member-1", "", Some(&verifier)),
+            Ok(None)
+        );
+        // The same note named as another log's, unsigned, signed by another key, or too big.
+        assert!(check_shared("meshroot-audit/member-2", &note, Some(&verifier)).is_err());
+        let forged = Checkpoint {
+            origin: "meshroot-audit/member-1".into(),
+            size: 1 << 40,
+            root: [0; 32],
+        }
+        .body();
+        let unsigned = format!("{forged}\n\u{2014} meshroot-audit/member-1 AAAAAAAAAAA=\n");
+        let error = check_shared("meshroot-audit/member-1", &unsigned, Some(&verifier));
+        assert!(
+            matches!(error, Err(SharedCheckpointError::NotVerified(_))),
+            "{error:?}"
+        );
+        let (stranger, _) = AuditSigner::generate("meshroot-audit/member-1").unwrap();
+        let other_key = stranger.sign_checkpoint(1 << 40, [0; 32]);
+        assert!(check_shared("meshroot-audit/member-1", &other_key, Some(&verifier)).is_err());
+        assert_eq!(
+            check_shared("meshroot-audit/member-1", &note, None),
+            Err(SharedCheckpointError::NoVerifier)
+        );
+        let long_name = "x".repeat(MAX_SHARED_LOG_NAME_BYTES + 1);
+        assert_eq!(
+            check_shared(&long_name, "", Some(&verifier)),
+            Err(SharedCheckpointError::LogName)
+        );
+        assert_eq!(
+            check_shared("a b", "", Some(&verifier)),
+            Err(SharedCheckpointError::LogName)
+        );
+        let huge = format!("{note}{}", "x".repeat(MAX_SHARED_NOTE_BYTES));
+        assert_eq!(
+            check_shared("meshroot-audit/member-1", &huge, Some(&verifier)),
+            Err(SharedCheckpointError::TooLarge)
+        );
     }
 }

@@ -345,12 +345,8 @@ pub fn parse_time(text: &str, now: SystemTime) -> Option<SystemTime> {
     }
     let parsed =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    let nanos = parsed.unix_timestamp_nanos();
-    if nanos >= 0 {
-        Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos as u64))
-    } else {
-        SystemTime::UNIX_EPOCH.checked_sub(Duration::from_nanos(nanos.unsigned_abs() as u64))
-    }
+    let seconds = crate::clock::time_from_unix_seconds(parsed.unix_timestamp()).ok()?;
+    seconds.checked_add(Duration::from_nanos(u64::from(parsed.nanosecond())))
 }
 
 #[cfg(test)]

@@ -60,6 +60,21 @@ pub struct BenchArgs {
     /// clients that wait (coordinated omission). Run once without it to find the maximum rate.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Instead of issuing: this many TLS connections that send pipelined `GET /crl` to the
+    /// admin port and read nothing, against a large CRL; reports the server's memory while they
+    /// hang and after they are gone (issue 30, N3).
+    #[arg(long, conflicts_with = "addr")]
+    pub slow_crl_readers: Option<usize>,
+    /// With --slow-crl-readers: revoked serials in the large CRL (6000 make about 400 KB).
+    #[arg(long, default_value_t = 6000)]
+    pub crl_entries: usize,
+    /// With --slow-crl-readers: pipelined requests each reader sends.
+    #[arg(long, default_value_t = 16)]
+    pub requests_per_reader: usize,
+    /// With --slow-crl-readers: seconds the readers read nothing (the server's
+    /// connections.write_timeout is 30 s).
+    #[arg(long, default_value_t = 45)]
+    pub hold_seconds: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +105,9 @@ struct Report<'a> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), Failure> {
+    if let Some(readers) = args.slow_crl_readers {
+        return slow_crl_readers(&args, readers).await;
+    }
     let crypto = tokio::task::spawn_blocking(|| CryptoRates::measure(Duration::from_millis(300)))
         .await
         .map_err(|e| Failure::runtime(e.to_string()))?
@@ -103,7 +121,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             (None, config, addr.clone(), args.server_pid)
         }
         None => {
-            let started = OwnServer::start(args.intermediate)?;
+            let started = OwnServer::start(args.intermediate, &Setup::default())?;
             let config = started.dir.join("meshroot.toml");
             let (address, pid) = (started.address.clone(), started.child.id());
             (Some(started), config, address, Some(pid))
@@ -345,15 +363,87 @@ fn make_requests(
         .collect()
 }
 
+/// `--slow-crl-readers`: the readers against bench's own server, admin port on TLS.
+async fn slow_crl_readers(args: &BenchArgs, readers: usize) -> Result<(), Failure> {
+    let crl = super::slow_readers::filler_crl(args.crl_entries, SystemTime::now())?;
+    let crl_bytes = crl.len();
+    let mut server = OwnServer::start(
+        args.intermediate,
+        &Setup {
+            admin_tls: true,
+            extra_crl: Some(crl),
+        },
+    )?;
+    let root_pem = std::fs::read_to_string(server.dir.join("root-cert.pem"))
+        .map_err(|e| Failure::runtime(e.to_string()))?;
+    let admin = server
+        .admin
+        .parse()
+        .map_err(|_| Failure::runtime(format!("admin address {:?}", server.admin)))?;
+    let mut report = super::slow_readers::run(
+        admin,
+        &root_pem,
+        server.child.id(),
+        (readers, args.requests_per_reader.max(1)),
+        Duration::from_secs(args.hold_seconds),
+    )
+    .await;
+    server.stop();
+    if let Ok(report) = report.as_mut() {
+        report.crl_bytes = crl_bytes;
+    }
+    let report = report?;
+    if args.json {
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| Failure::runtime(e.to_string()))?;
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "{} readers x {} pipelined GET /crl of {:.0} KB over TLS, none read for {:.0} s",
+        report.readers,
+        report.requests_per_reader,
+        report.crl_bytes as f64 / 1000.0,
+        report.hold_seconds
+    );
+    println!(
+        "server RSS: {:.1} MiB before, at most {:.1} MiB while they hung (peak {:.1} MiB), {:.1} MiB after they closed",
+        report.rss_before_mib,
+        report.rss_while_held_mib,
+        report.peak_rss_mib,
+        report.rss_after_close_mib
+    );
+    println!(
+        "closed by the server: {} of {}; memory released {}",
+        report.closed_by_server,
+        report.readers,
+        match report.seconds_until_released {
+            Some(s) => format!("{s:.1} s into the hold"),
+            None => "not within the hold".into(),
+        }
+    );
+    Ok(())
+}
+
+/// How bench's own server differs from `init`'s.
+#[derive(Default)]
+struct Setup {
+    /// The admin port off loopback (TLS, as deployed).
+    admin_tls: bool,
+    /// A CRL to publish among `extra_crls`.
+    extra_crl: Option<String>,
+}
+
 /// A `meshroot serve` started by bench in a fresh directory (removed afterwards).
 struct OwnServer {
     dir: PathBuf,
     child: Child,
     address: String,
+    admin: String,
 }
 
 impl OwnServer {
-    fn start(intermediate: KeyType) -> Result<Self, Failure> {
+    fn start(intermediate: KeyType, setup: &Setup) -> Result<Self, Failure> {
         let dir = std::env::temp_dir().join(format!(
             "meshroot-bench-{}-{}",
             std::process::id(),
@@ -380,22 +470,45 @@ impl OwnServer {
         // the per-caller and per-namespace limits, and the per-peer connection caps, would
         // measure themselves, so they are off.
         let config_path = dir.join("meshroot.toml");
-        let config =
+        let mut config =
             std::fs::read_to_string(&config_path).map_err(|e| Failure::runtime(e.to_string()))?;
+        if let Some(crl) = &setup.extra_crl {
+            std::fs::write(dir.join("filler-crl.pem"), crl)
+                .map_err(|e| Failure::runtime(e.to_string()))?;
+            config = config.replace(
+                "extra_crls = [\"root-crl.pem\"]",
+                "extra_crls = [\"root-crl.pem\", \"filler-crl.pem\"]",
+            );
+        }
+        if setup.admin_tls {
+            config = config.replace(
+                "[admin]\n",
+                "[admin]\nallowed_identities = [\"spiffe://cluster.local/ns/bench/sa/auditor\"]\n",
+            );
+        }
         std::fs::write(
             &config_path,
             format!(
                 "{config}\n[rate_limit]\nper_caller = 0.0\nper_namespace = 0.0\n\
-                 [connections]\nmax_per_peer = 1000000\nmax_handshakes_per_peer = 1000000\n"
+                 [connections]\nmax_per_peer = 4096\nmax_handshakes_per_peer = 4096\n"
             ),
         )
         .map_err(|e| Failure::runtime(e.to_string()))?;
-        let exe = std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?;
+        // Another build of the server may be measured against this one (A/B).
+        let exe = match std::env::var_os("MESHROOT_BENCH_SERVER") {
+            Some(other) => PathBuf::from(other),
+            None => std::env::current_exe().map_err(|e| Failure::runtime(e.to_string()))?,
+        };
+        let admin_listen = if setup.admin_tls {
+            "0.0.0.0:0"
+        } else {
+            "127.0.0.1:0"
+        };
         let mut child = Command::new(exe)
             .args(["serve", "--config"])
             .arg(dir.join("meshroot.toml"))
             .env("MESHROOT_LISTEN", "127.0.0.1:0")
-            .env("MESHROOT_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("MESHROOT_ADMIN_LISTEN", admin_listen)
             .env("MESHROOT_LOG", "warn")
             .stderr(Stdio::piped())
             .spawn()
@@ -406,15 +519,14 @@ impl OwnServer {
             .ok_or_else(|| Failure::runtime("no stderr from meshroot serve"))?;
         let mut lines = BufReader::new(stderr).lines();
         let marker = "serving the Istio CSR API on ";
-        let address = loop {
+        let (address, admin) = loop {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(rest) = line.split(marker).nth(1) {
-                        break rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
+                        // "<csr address> and the audit API on <admin address> (config …"
+                        let words: Vec<&str> = rest.split_whitespace().collect();
+                        let word = |at: usize| words.get(at).copied().unwrap_or_default();
+                        break (word(0).to_owned(), word(6).to_owned());
                     }
                     eprintln!("{line}");
                 }
@@ -434,6 +546,7 @@ impl OwnServer {
             dir,
             child,
             address,
+            admin,
         })
     }
 

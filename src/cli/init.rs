@@ -338,9 +338,11 @@ pub fn sign_root_crl(
     let issuer = Issuer::from_ca_cert_der(root, root_key)
         .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
     let number = crate::clock::unix_millis(now).max(1) as u64;
+    let next_update =
+        crate::clock::later(now, valid_for).map_err(|e| invalid("--valid-for", e.to_string()))?;
     let params = rcgen::CertificateRevocationListParams {
         this_update: time::OffsetDateTime::from(now),
-        next_update: time::OffsetDateTime::from(now + valid_for),
+        next_update: time::OffsetDateTime::from(next_update),
         crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
         issuing_distribution_point: None,
         revoked_certs: Vec::new(),

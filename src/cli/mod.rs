@@ -5,6 +5,7 @@ mod bench;
 pub mod init;
 mod revoke;
 mod rotate;
+mod slow_readers;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -176,8 +177,8 @@ fn parse_mesh(text: &str) -> Result<(String, TrustDomain), String> {
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     crate::clock::parse_duration(text)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?} is not a duration like 1h or 90m"))
+        .filter(|d| !d.is_zero() && *d <= crate::clock::MAX_DURATION)
+        .ok_or_else(|| format!("{text:?} is not a duration of at most 100 years, like 1h or 90m"))
 }
 
 /// A failed command: what to print, and the exit code.

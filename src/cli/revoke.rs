@@ -104,9 +104,14 @@ pub struct SignRootArgs {
 pub async fn run_crl(command: CrlCommand) -> Result<(), Failure> {
     match command {
         CrlCommand::SignRoot(args) => {
-            let valid_for = parse_duration(&args.valid_for).ok_or_else(|| {
-                Failure::usage(format!("--valid-for {:?}: give e.g. 365d", args.valid_for))
-            })?;
+            let valid_for = parse_duration(&args.valid_for)
+                .filter(|d| !d.is_zero() && *d <= crate::clock::MAX_DURATION)
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "--valid-for {:?}: give a duration of at most 100 years, e.g. 365d",
+                        args.valid_for
+                    ))
+                })?;
             let out = args
                 .out
                 .unwrap_or_else(|| args.ca_dir.join(super::init::ROOT_CRL_FILE));
@@ -146,8 +151,12 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
         .as_deref()
         .map(|text| {
             parse_duration(text)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| Failure::usage(format!("--block-for {text:?}: give e.g. 24h")))
+                .filter(|d| !d.is_zero() && *d <= crate::clock::MAX_DURATION)
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "--block-for {text:?}: give a duration of at most 100 years, e.g. 24h"
+                    ))
+                })
         })
         .transpose()?;
     let unblocking = !args.unblock.is_empty();
@@ -265,7 +274,8 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                         )));
                     }
                 }
-                let block = block_until(args.no_block, 0, block_for, now);
+                let block = block_until(args.no_block, 0, block_for, now)
+                    .map_err(|e| Failure::usage(e.to_string()))?;
                 new_revocation(certificates, reason, &args.comment, &query, block)
             };
             let selected = revocation.certificates.clone();

@@ -7,13 +7,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::audit::checkpoint::Checkpoint;
+use crate::audit::checkpoint::{
+    check_shared, AuditVerifier, Checkpoint, MAX_SHARED_LOGS_PER_MEMBER,
+};
 use crate::audit::{OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
 use crate::authn::admin::{AdminRoles, Judges, Right};
-use crate::clock::{from_unix_millis, unix_millis};
+use crate::clock::{time_from_unix_millis, unix_millis};
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
 use crate::pb::audit::audit_service_server::{AuditService, AuditServiceServer};
+use crate::record::client_text;
 use crate::store::AuditError;
 use crate::store::{self, LogEntry, SledStore};
 
@@ -38,6 +41,8 @@ pub struct AuditApi {
     store: Arc<SledStore>,
     /// The audit key's verifier key, returned with checkpoints.
     verifier_key: Option<String>,
+    /// The same, parsed: checks the checkpoints members share.
+    verifier: Option<AuditVerifier>,
     /// When set, only clients whose certificate proves one of the allowed identities are served
     /// (the listener only checked that the client holds its certificate's key).
     access: Option<AdminAccess>,
@@ -59,8 +64,12 @@ impl AuditApi {
         members: Option<Arc<Members>>,
         revocation: Option<super::revoke::RevokeContext>,
     ) -> Arc<Self> {
+        let verifier = verifier_key
+            .as_deref()
+            .and_then(|key| AuditVerifier::parse(key).ok());
         Arc::new(Self {
             store,
+            verifier,
             verifier_key,
             access,
             shutdown,
@@ -158,6 +167,11 @@ impl AuditService for AuditApi {
     ) -> Result<Response<api::ListRecordsResponse>, Status> {
         self.authorize(&request)?;
         let request = request.into_inner();
+        // A bad filter is the caller's mistake, refused here rather than by every member.
+        if let Some(filter) = &request.filter {
+            query_from_filter(filter.clone())
+                .map_err(|e| status_for_audit(&AuditError::Query(e)))?;
+        }
         let response = match self.route(request.scope.as_ref())? {
             Route::Local => self.local_list(request).await?,
             Route::Forward(members, member) => {
@@ -234,7 +248,11 @@ impl AuditService for AuditApi {
             .into_inner();
             return Ok(Response::new(relay(stream, member, self.shutdown.clone())));
         }
-        let filter = request.filter.map(query_from_filter);
+        let filter = request
+            .filter
+            .map(query_from_filter)
+            .transpose()
+            .map_err(|e| status_for_audit(&AuditError::Query(e)))?;
         if let Some(query) = &filter {
             query
                 .validate()
@@ -492,18 +510,22 @@ impl AuditService for AuditApi {
         if !members.contains(&request.member) {
             return Err(invalid("not a member of this cluster"));
         }
-        let note = match request.note.as_str() {
-            "" => None,
-            note => match Checkpoint::parse_unverified(note) {
-                Some(checkpoint) if checkpoint.origin == request.log => {
-                    Some((checkpoint.size, note.to_owned()))
-                }
-                _ => return Err(invalid("the note is not a checkpoint of the named log")),
+        // Signed by the audit key, of the named log, within bounds (issue 30, N4).
+        let note = check_shared(&request.log, &request.note, self.verifier.as_ref()).map_err(
+            |error| {
+                tracing::warn!(%error, member = %client_text(&request.member, 256), "a shared checkpoint was refused");
+                invalid(&error.to_string())
             },
-        };
+        )?;
         let (member, log) = (request.member, request.log);
         let kept = self
             .blocking(move |store| {
+                let (logs, known) = store.member_logs(&member, &log)?;
+                if !known && note.is_some() && logs >= MAX_SHARED_LOGS_PER_MEMBER {
+                    return Err(AuditError::Query(crate::audit::QueryError::Invalid(
+                        format!("this member already keeps {logs} logs' checkpoints for {member}"),
+                    )));
+                }
                 store
                     .keep_member_checkpoint(&member, &log, note)
                     .map_err(AuditError::from)
@@ -572,7 +594,8 @@ impl AuditApi {
         &self,
         request: api::ListRecordsRequest,
     ) -> Result<api::ListRecordsResponse, Status> {
-        let query = query_from_filter(request.filter.unwrap_or_default());
+        let query = query_from_filter(request.filter.unwrap_or_default())
+            .map_err(|e| status_for_audit(&AuditError::Query(e)))?;
         if request.count_only {
             let count = self.blocking(move |store| store.count(&query)).await?;
             return Ok(api::ListRecordsResponse {
@@ -962,10 +985,29 @@ pub fn entry_message(entry: &LogEntry, include_stored: bool) -> api::LogEntry {
     }
 }
 
-/// The query a filter message describes.
-pub fn query_from_filter(filter: api::Filter) -> Query {
+/// The query a filter message describes. Its times are range-checked here, at the boundary
+/// (1970..=9999), and a serial is at most 20 bytes (RFC 5280 §4.1.2.2): a client's value is
+/// refused, never echoed whole.
+pub fn query_from_filter(filter: api::Filter) -> Result<Query, crate::audit::QueryError> {
+    let invalid = |what: String| crate::audit::QueryError::Invalid(what);
+    if filter.serial.len() > MAX_SERIAL_BYTES {
+        return Err(invalid(format!(
+            "a serial number is at most {MAX_SERIAL_BYTES} bytes (RFC 5280), this one {}",
+            filter.serial.len()
+        )));
+    }
+    let time = |name: &str, ms: Option<i64>| {
+        ms.map(time_from_unix_millis)
+            .transpose()
+            .map_err(|e| invalid(format!("{name}: {e}")))
+    };
     let text = |value: String| (!value.is_empty()).then_some(value);
-    Query {
+    Ok(Query {
+        since: time("since", filter.since_ms)?,
+        until: time("until", filter.until_ms)?,
+        valid_at: time("valid_at", filter.valid_at_ms)?,
+        expires_after: time("expires_after", filter.expires_after_ms)?,
+        expires_before: time("expires_before", filter.expires_before_ms)?,
         serial: (!filter.serial.is_empty()).then_some(filter.serial),
         spiffe_id: text(filter.spiffe_id),
         spiffe_id_prefix: text(filter.spiffe_id_prefix),
@@ -976,11 +1018,6 @@ pub fn query_from_filter(filter: api::Filter) -> Query {
         caller: text(filter.caller),
         cluster_id: text(filter.cluster_id),
         pod: text(filter.pod),
-        since: filter.since_ms.map(from_unix_millis),
-        until: filter.until_ms.map(from_unix_millis),
-        valid_at: filter.valid_at_ms.map(from_unix_millis),
-        expires_after: filter.expires_after_ms.map(from_unix_millis),
-        expires_before: filter.expires_before_ms.map(from_unix_millis),
         outcome: match api::Outcome::try_from(filter.outcome) {
             Ok(api::Outcome::Issued) => Some(OutcomeFilter::Issued),
             Ok(api::Outcome::Denied) => Some(OutcomeFilter::Denied {
@@ -991,8 +1028,11 @@ pub fn query_from_filter(filter: api::Filter) -> Query {
         },
         // The serials are filled in where the query runs (`with_revoked_serials`).
         revoked: filter.revoked.then(crate::audit::RevokedSerials::default),
-    }
+    })
 }
+
+/// The longest certificate serial number (RFC 5280 §4.1.2.2: at most 20 octets).
+const MAX_SERIAL_BYTES: usize = 20;
 
 /// The filter message of a query (for clients).
 pub fn filter_from_query(query: &Query) -> api::Filter {
@@ -1078,7 +1118,10 @@ mod tests {
             }),
             ..Query::default()
         };
-        assert_eq!(query_from_filter(filter_from_query(&query)), query);
-        assert_eq!(query_from_filter(api::Filter::default()), Query::default());
+        assert_eq!(query_from_filter(filter_from_query(&query)), Ok(query));
+        assert_eq!(
+            query_from_filter(api::Filter::default()),
+            Ok(Query::default())
+        );
     }
 }

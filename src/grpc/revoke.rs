@@ -48,6 +48,8 @@ pub enum RevokeError {
     UnblockWithFilter,
     #[error("{0:?} is not a SPIFFE ID")]
     NotSpiffeId(String),
+    #[error("{0}")]
+    TimeOutOfRange(String),
     #[error("no unexpired certificate with serial {serial} in {place}")]
     SerialNotFound { serial: String, place: &'static str },
     #[error("the filter selects more than {MAX_REVOKED} certificates ({0} so far): narrow it")]
@@ -94,7 +96,8 @@ impl AuditApi {
             return Err(status_for_revoke(&RevokeError::NotServed));
         };
         if let Some(apply) = request.apply {
-            // Between members: record what the member asked gathered.
+            // Between members: record what the member asked gathered, its times in range.
+            check_times(&apply).map_err(|e| status_for_revoke(&e))?;
             let revocation = revocation_from_message(apply);
             return self.record_locally(context, revocation, &actor).await;
         }
@@ -128,7 +131,8 @@ impl AuditApi {
                 request.block_for_seconds,
                 context.block_for,
                 now,
-            );
+            )
+            .map_err(|e| status_for_revoke(&e))?;
             let revocation =
                 new_revocation(certificates, reason, &request.comment, &query, block_until);
             if request.dry_run || revocation.certificates.is_empty() {
@@ -444,12 +448,19 @@ pub fn block_until(
     block_for_seconds: i64,
     configured: Option<Duration>,
     now: std::time::SystemTime,
-) -> Option<Option<std::time::SystemTime>> {
-    match (no_block, block_for_seconds) {
+) -> Result<Option<Option<std::time::SystemTime>>, RevokeError> {
+    let until = |duration: Duration| {
+        crate::clock::later(now, duration).map_err(|e| RevokeError::TimeOutOfRange(e.to_string()))
+    };
+    Ok(match (no_block, block_for_seconds) {
         (true, _) => None,
-        (false, seconds) if seconds > 0 => Some(Some(now + Duration::from_secs(seconds as u64))),
-        (false, _) => Some(configured.map(|d| now + d)),
-    }
+        (false, 0) => Some(configured.map(until).transpose()?),
+        (false, seconds) => {
+            let duration = crate::clock::duration_from_seconds(seconds)
+                .map_err(|e| RevokeError::TimeOutOfRange(format!("block_for_seconds: {e}")))?;
+            Some(Some(until(duration)?))
+        }
+    })
 }
 
 /// The revocation of `certificates`, blocking their identities as `block` says.
@@ -486,7 +497,11 @@ pub fn revocation_query(
     filter: Option<api::Filter>,
     now: std::time::SystemTime,
 ) -> Result<Query, RevokeError> {
-    let mut query = filter.map(query_from_filter).unwrap_or_default();
+    let mut query = filter
+        .map(query_from_filter)
+        .transpose()
+        .map_err(|e| RevokeError::InvalidFilter(e.to_string()))?
+        .unwrap_or_default();
     if query.is_unfiltered() {
         return Err(RevokeError::NoFilter);
     }
@@ -570,6 +585,23 @@ fn revocation_to_message(revocation: &RevocationRecord) -> pb::Revocation {
         Some(pb::record::Outcome::Revoked(message)) => message,
         _ => pb::Revocation::default(),
     }
+}
+
+/// A revocation handed over by a member: its block's end and its certificates' expiry are
+/// times from outside, checked here (1970..=9999; a block of 0 lasts until lifted).
+pub fn check_times(message: &pb::Revocation) -> Result<(), RevokeError> {
+    let out_of_range = |what: &str, e: crate::clock::TimeRangeError| {
+        RevokeError::TimeOutOfRange(format!("{what}: {e}"))
+    };
+    if message.blocked_until_ms != 0 {
+        crate::clock::time_from_unix_millis(message.blocked_until_ms)
+            .map_err(|e| out_of_range("blocked_until_ms", e))?;
+    }
+    for certificate in &message.certificates {
+        crate::clock::time_from_unix_seconds(certificate.not_after)
+            .map_err(|e| out_of_range("not_after", e))?;
+    }
+    Ok(())
 }
 
 fn revocation_from_message(message: pb::Revocation) -> RevocationRecord {

@@ -83,6 +83,7 @@ pub fn status_for_revoke(error: &super::revoke::RevokeError) -> Status {
         | E::InvalidFilter(_)
         | E::UnblockWithFilter
         | E::NotSpiffeId(_)
+        | E::TimeOutOfRange(_)
         | E::TooMany(_) => Code::InvalidArgument,
         E::SerialNotFound { .. } => Code::NotFound,
         E::NotRecorded(_) | E::Interrupted => Code::Internal,

@@ -526,11 +526,11 @@ fn crl_facts(der: &[u8], intermediate: &[u8]) -> Option<CrlFacts> {
     let (_, crl) = CertificateRevocationList::from_der(der).ok()?;
     let (_, certificate) = X509Certificate::from_der(intermediate).ok()?;
     let same_name = crl.issuer().as_raw() == certificate.subject().as_raw();
-    let next = u64::try_from(crl.next_update()?.timestamp()).ok()?;
+    let next_update = crate::clock::time_from_unix_seconds(crl.next_update()?.timestamp()).ok()?;
     Some(CrlFacts {
         same_name,
         by_it: same_name && crl.verify_signature(certificate.public_key()).is_ok(),
-        next_update: SystemTime::UNIX_EPOCH + Duration::from_secs(next),
+        next_update,
     })
 }
 
@@ -603,7 +603,7 @@ fn renewal_time(
     let not_after = validity.not_after.timestamp();
     let at = not_before + ((not_after - not_before) as f64 * renew_at) as i64;
     Some((
-        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at).ok()?),
+        crate::clock::time_from_unix_seconds(at).ok()?,
         der.as_ref().to_vec(),
     ))
 }

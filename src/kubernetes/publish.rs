@@ -596,7 +596,7 @@ fn still_current(
         .ok()?
         .as_secs();
     let now = i64::try_from(now).ok()?;
-    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).ok()?);
+    let not_after = crate::clock::time_from_unix_seconds(not_after).ok()?;
     (now < renew_at).then(|| {
         (
             Duration::from_secs(u64::try_from(renew_at - now).unwrap_or(0)),

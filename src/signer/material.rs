@@ -1,7 +1,7 @@
 //! CA material and its checks: the signing certificate is a valid CA now, its key matches, and
 //! `cert-chain.pem` links it to a root of the bundle.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
@@ -131,10 +131,7 @@ pub(super) fn check_links(
     Ok(())
 }
 
+/// A certificate's time (x509-parser bounds it to years 0–9999), never a panic.
 pub(super) fn to_system_time(unix_seconds: i64) -> SystemTime {
-    if unix_seconds >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds as u64)
-    } else {
-        SystemTime::UNIX_EPOCH - Duration::from_secs(unix_seconds.unsigned_abs())
-    }
+    crate::clock::from_unix_seconds(unix_seconds)
 }

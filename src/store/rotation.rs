@@ -89,6 +89,19 @@ impl SledStore {
 const META_MEMBER_CHECKPOINT_PREFIX: &[u8] = b"member-checkpoint/";
 
 impl SledStore {
+    /// How many logs of member `member` have a kept checkpoint here, and whether `log` is
+    /// one of them.
+    pub fn member_logs(&self, member: &str, log: &str) -> Result<(usize, bool), StoreError> {
+        let prefix = [META_MEMBER_CHECKPOINT_PREFIX, member.as_bytes(), b"\0"].concat();
+        let (mut count, mut known) = (0, false);
+        for entry in self.inner.meta.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(read_error)?;
+            count += 1;
+            known |= key.get(prefix.len()..) == Some(log.as_bytes());
+        }
+        Ok((count, known))
+    }
+
     /// Keeps `note` as member `member`'s checkpoint of log `log` if it is newer (a larger tree)
     /// than the one kept; returns the newest kept (this one or the older-but-larger one).
     pub fn keep_member_checkpoint(

@@ -13,6 +13,28 @@ use tonic::Code;
 const READER: &str = "spiffe://cluster.local/ns/ops/sa/auditor";
 const REVOKER: &str = "spiffe://cluster.local/ns/ops/sa/security";
 
+/// A CA configured as a `[cluster]` whose only member is itself, on a loopback admin address
+/// (plain text: any local client may speak as a member); the member's name.
+fn cluster_of_one() -> (TestCa, String) {
+    let ca = TestCa::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let member = format!("127.0.0.1:{port}");
+    ca.edit_config(|text| {
+        format!(
+            "{}\n[cluster]\nmembers = [\"{member}\"]\nself = \"{member}\"\n",
+            text.replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                &format!("[admin]\nlisten = \"{member}\""),
+            )
+        )
+    });
+    (ca, member)
+}
+
 /// A CA whose admin listener is off loopback, with a reader and a revoker.
 fn admin_ca() -> TestCa {
     let ca = TestCa::new();
@@ -137,23 +159,8 @@ async fn a_revoked_admin_certificate_loses_every_right_and_a_reader_cannot_revok
 /// is for meshroot's own service account; the refusal is recorded with its reason.
 #[tokio::test]
 async fn the_csr_api_never_issues_the_member_identity() {
-    let ca = TestCa::new();
     // A cluster of one (the member identity is reserved as soon as there is a [cluster]).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    ca.edit_config(|text| {
-        let member = format!("127.0.0.1:{port}");
-        format!(
-            "{}\n[cluster]\nmembers = [\"{member}\"]\nself = \"{member}\"\n",
-            text.replace(
-                "[admin]\nlisten = \"127.0.0.1:0\"",
-                &format!("[admin]\nlisten = \"{member}\""),
-            )
-        )
-    });
+    let (ca, _) = cluster_of_one();
     let server = ca.start().await;
     let member = "spiffe://cluster.local/ns/istio-system/sa/meshroot";
     let status = server
@@ -179,5 +186,206 @@ async fn the_csr_api_never_issues_the_member_identity() {
         )
         .await
         .unwrap();
+    server.stop().await;
+}
+
+/// N4: a checkpoint handed over as a member's must be signed by the audit key, of the named
+/// log, and within bounds. A forged note of size 2^40 is refused (it once erased the rollback
+/// evidence for that member), and fresh 512 KiB log names no longer grow the store.
+#[tokio::test]
+async fn shared_checkpoints_are_verified_and_bounded() {
+    use rustls_pki_types::pem::PemObject as _;
+    let (ca, member) = cluster_of_one();
+    let server = ca.start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        server.server.admin_address()
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let mut client = AuditServiceClient::new(channel);
+    let share = |log: &str, note: String| api::ShareCheckpointRequest {
+        member: member.clone(),
+        log: log.to_owned(),
+        note,
+    };
+    let log = "meshroot-audit/other-log";
+    let forged_for = |log: &str| {
+        format!(
+            "{log}\n{}\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n\u{2014} {log} AAAAAAAAAAA=\n",
+            1u64 << 40
+        )
+    };
+    let forged = forged_for(log);
+    let status = client
+        .share_checkpoint(share(log, forged))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // Signed by another key: refused as well.
+    let (stranger, _) = meshroot::audit::checkpoint::AuditSigner::generate(log).unwrap();
+    let status = client
+        .share_checkpoint(share(log, stranger.sign_checkpoint(1 << 40, [0; 32])))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // Fresh, huge log names: refused before anything is kept.
+    let size = || walkdir_size(&ca.path().join("store"));
+    let before = size();
+    for n in 0..40 {
+        let name = format!("{n}{}", "x".repeat(512 * 1024));
+        let status = client
+            .share_checkpoint(share(&name, forged_for(&name)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    assert!(size() < before + 1024 * 1024, "{before} -> {}", size());
+    // The real thing: signed by the audit key under the log's name, kept and answered.
+    let pem = std::fs::read(ca.path().join("audit-key.pem")).unwrap();
+    let key = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem).unwrap();
+    let signer =
+        meshroot::audit::checkpoint::AuditSigner::from_pkcs8(log, key.secret_pkcs8_der()).unwrap();
+    let note = signer.sign_checkpoint(3, [1; 32]);
+    let kept = client
+        .share_checkpoint(share(log, note.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.note, note);
+    server.stop().await;
+}
+
+/// Bytes of the files under `dir`.
+fn walkdir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => walkdir_size(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// N5: times from a client or a member are range-checked at the boundary. A block past year
+/// 9999, a filter from i64::MIN to i64::MAX, a member's revocation blocking until i64::MAX:
+/// INVALID_ARGUMENT, nothing recorded, no panic.
+#[tokio::test]
+async fn out_of_range_times_are_refused_at_the_boundary() {
+    let (ca, member) = cluster_of_one();
+    let server = ca.start().await;
+    server.issue(&ca, "cart").await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{member}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AuditServiceClient::new(channel);
+    let cart = "spiffe://cluster.local/ns/default/sa/cart";
+    for seconds in [1i64 << 62, i64::MAX, 3_000_000 * 86_400] {
+        let status = client
+            .revoke(api::RevokeRequest {
+                filter: Some(api::Filter {
+                    spiffe_id: cart.into(),
+                    ..Default::default()
+                }),
+                block_for_seconds: seconds,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{seconds}: {status:?}"
+        );
+    }
+    let extreme = api::Filter {
+        since_ms: Some(i64::MIN),
+        until_ms: Some(i64::MAX),
+        ..Default::default()
+    };
+    let status = client
+        .list_records(api::ListRecordsRequest {
+            filter: Some(extreme.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = client
+        .revoke(api::RevokeRequest {
+            filter: Some(extreme),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // A member's revocation to record as gathered, blocking until i64::MAX.
+    let status = client
+        .revoke(api::RevokeRequest {
+            apply: Some(meshroot::pb::store::Revocation {
+                blocked: vec![cart.into()],
+                blocked_until_ms: i64::MAX,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // Nothing was recorded: cart still renews.
+    server.issue(&ca, "cart").await;
+    assert!(server
+        .records()
+        .iter()
+        .all(|r| !matches!(r.outcome, meshroot::record::Outcome::Revoked(_))));
+    server.stop().await;
+}
+
+/// N5: a block past year 9999 already in a log (recorded before the boundary checks) no longer
+/// panics the handler that formats the refusal: the identity gets UNAUTHENTICATED, with a
+/// recorded denial, after a restart.
+#[tokio::test]
+async fn a_block_recorded_past_year_9999_is_refused_plainly() {
+    let ca = TestCa::new();
+    let cart = "spiffe://cluster.local/ns/default/sa/cart";
+    {
+        let store = meshroot::store::SledStore::open(&ca.path().join("store")).unwrap();
+        let record = meshroot::record::Record::new(
+            "forged-block".into(),
+            std::time::SystemTime::now(),
+            meshroot::record::CallerRecord::default(),
+            meshroot::record::Outcome::Revoked(meshroot::record::RevocationRecord {
+                blocked: vec![cart.into()],
+                blocked_until: Some(meshroot::clock::from_unix_millis(i64::MAX)),
+                ..Default::default()
+            }),
+        );
+        store.append_durable(record).await.unwrap();
+    }
+    let server = ca.start().await;
+    let status = server
+        .call(agent_csr(cart), Some(ca.token(MESH, "default", "cart")), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let record = server.record_of(&status);
+    let meshroot::record::Outcome::Denied(denied) = &record.outcome else {
+        panic!("{record:?}");
+    };
+    assert_eq!(denied.reason, "identity-revoked");
+    assert!(
+        denied.detail.contains("after 9999-12-31T23:59:59Z"),
+        "{}",
+        denied.detail
+    );
     server.stop().await;
 }
