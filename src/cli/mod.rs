@@ -246,7 +246,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Some(path) => path,
         None => embedded_default()?,
     };
-    let config = Config::load(&config_path)?;
+    let config = Config::load_to_serve(&config_path)?;
     // Before anything starts: a SIGTERM from here on is a graceful shutdown.
     let signals = server::Signals::install()
         .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;

@@ -14,6 +14,10 @@ pub const DEFAULT_MEMBER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The namespace of a StatefulSet-derived membership without `namespace` or `$POD_NAMESPACE`.
 const DEFAULT_NAMESPACE: &str = "istio-system";
 
+/// The most replicas a cluster may have (each cluster decision asks every member; the
+/// checkpoints ConfigMap is read up to this ordinal).
+pub const MAX_REPLICAS: u32 = 256;
+
 /// Parses `[cluster]`. `admin_port` is the default port of StatefulSet members;
 /// `trust_domain` (the primary mesh's) names meshroot's own identity by default.
 pub(super) fn membership(
@@ -37,7 +41,22 @@ pub(super) fn membership(
             );
             Vec::new()
         }
-        (Some(members), None) => members.clone(),
+        (Some(members), None) => {
+            if members.is_empty() {
+                p.add(
+                    "cluster.members".into(),
+                    "is empty: list every member's admin address, this one's included".into(),
+                );
+            }
+            if members.len() > MAX_REPLICAS as usize {
+                p.add(
+                    "cluster.members".into(),
+                    format!("{} members: at most {MAX_REPLICAS}", members.len()),
+                );
+                return empty(raw);
+            }
+            members.clone()
+        }
         (None, Some(statefulset)) => {
             let Some(service) = &raw.service else {
                 p.add(
@@ -53,6 +72,13 @@ pub(super) fn membership(
                     "the StatefulSet's replica count (at least 1) is required with statefulset"
                         .into(),
                 );
+            } else if replicas > MAX_REPLICAS {
+                p.add(
+                    "cluster.replicas".into(),
+                    format!(
+                        "{replicas} is more than {MAX_REPLICAS}: every decision asks every member"
+                    ),
+                );
             }
             let port = raw.port.unwrap_or(admin_port);
             let set = StatefulSetMembers {
@@ -60,9 +86,11 @@ pub(super) fn membership(
                 service: service.clone(),
                 namespace: namespace.clone(),
                 port,
-                replicas,
+                // Only a count in range is expanded (100000 names, each checked against
+                // the others, took 38 s before the refusal).
+                replicas: replicas.min(MAX_REPLICAS),
             };
-            let members = set.members(replicas);
+            let members = set.members(replicas.min(MAX_REPLICAS));
             derived = Some(set);
             members
         }

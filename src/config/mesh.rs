@@ -374,7 +374,20 @@ fn extra_roots(
     for (root_index, root) in raw.into_iter().enumerate() {
         let (path, vouches) = match root {
             RawExtraRoot::Path(path) => (path, Vec::new()),
-            RawExtraRoot::Bound { path, vouches_for } => (path, vouches_for),
+            RawExtraRoot::Bound(bound) => (bound.path, bound.vouches_for),
+            RawExtraRoot::Other(value) => {
+                let keys = value
+                    .as_table()
+                    .map(|table| table.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_else(|| value.type_str().to_owned());
+                p.add(
+                    format!("mesh[{index}].extra_roots[{root_index}]"),
+                    format!(
+                        "expected a file name or {{ path = \"...\", vouches_for = [...] }}, found {{ {keys} }}"
+                    ),
+                );
+                continue;
+            }
         };
         let mut vouches_for = Vec::new();
         for (td_index, text) in vouches.iter().enumerate() {

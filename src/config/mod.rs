@@ -486,6 +486,67 @@ impl Config {
         Ok(config)
     }
 
+    /// [`Config::load`], then [`Config::missing_files`]: what `serve` and a reload read.
+    pub fn load_to_serve(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::load(path)?;
+        let problems = config.missing_files();
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                file: path.to_owned(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// The files and directories the configuration names that are not there (or not what
+    /// they must be), checked when a configuration is loaded to serve, before anything is
+    /// issued or recorded: a start refused for them writes nothing.
+    pub fn missing_files(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+        let readable = |path: &Path| {
+            std::fs::File::open(path)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for (index, mesh) in self.meshes.iter().enumerate() {
+            for (root_index, root) in mesh.extra_roots.iter().enumerate() {
+                if let Err(error) = readable(&root.path) {
+                    problem(
+                        format!("mesh[{index}].extra_roots[{root_index}]"),
+                        format!("{}: {error}", root.path.display()),
+                    );
+                }
+            }
+        }
+        for (index, crl) in self.revocation.extra_crls.iter().enumerate() {
+            if let Err(error) = readable(crl) {
+                problem(
+                    format!("revocation.extra_crls[{index}]"),
+                    format!("{}: {error}", crl.display()),
+                );
+            }
+        }
+        if let Some(directory) = self.revocation.crl_file.as_deref().and_then(Path::parent) {
+            if !directory.as_os_str().is_empty() && !directory.is_dir() {
+                problem(
+                    "revocation.crl_file".into(),
+                    format!("{} is not a directory", directory.display()),
+                );
+            }
+        }
+        if let Some(directory) = &self.audit.export.jsonl_dir {
+            if directory.exists() && !directory.is_dir() {
+                problem(
+                    "audit.export.jsonl_dir".into(),
+                    format!("{} is not a directory", directory.display()),
+                );
+            }
+        }
+        problems
+    }
+
     pub fn mesh(&self, name: &str) -> Option<&MeshConfig> {
         self.meshes.iter().find(|m| m.name == name)
     }

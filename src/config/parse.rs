@@ -445,7 +445,18 @@ fn audit(raw_audit: RawAudit, base: &Path, p: &mut Problems) -> AuditConfig {
         index_segment_records: raw_audit
             .index_segment_records
             .unwrap_or(crate::audit::SEGMENT_RECORDS),
-        export: export(raw_audit.export.unwrap_or_default(), base, p),
+        export: match raw_audit.export {
+            Some(raw) => {
+                if raw.jsonl_dir.is_none() && raw.otlp_endpoint.is_none() {
+                    p.add(
+                        "audit.export".into(),
+                        "names no sink: set jsonl_dir or otlp_endpoint, or remove the table".into(),
+                    );
+                }
+                export(raw, base, p)
+            }
+            None => export(RawExport::default(), base, p),
+        },
     };
     if !(16..=1 << 20).contains(&audit.index_segment_records) {
         p.add(

@@ -161,11 +161,19 @@ pub(super) struct RawMesh {
 #[serde(untagged)]
 pub(super) enum RawExtraRoot {
     Path(String),
-    Bound {
-        path: String,
-        #[serde(default)]
-        vouches_for: Vec<String>,
-    },
+    Bound(RawBoundRoot),
+    /// Anything else (a table with another key): named as a problem.
+    Other(toml::Value),
+}
+
+/// `{ path = "...", vouches_for = [...] }`; an unknown key (`vouch_for`) is an error, not a
+/// root that silently vouches for nothing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBoundRoot {
+    pub(super) path: String,
+    #[serde(default)]
+    pub(super) vouches_for: Vec<String>,
 }
 
 #[derive(Deserialize)]

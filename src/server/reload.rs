@@ -44,7 +44,7 @@ pub(super) async fn reload(
 ) -> Result<Config, ReloadError> {
     let _one_at_a_time = reloads.lock().await;
     let result = async {
-        let config = Config::load(&running.source)?;
+        let config = Config::load_to_serve(&running.source)?;
         if config.listen != running.listen
             || config.store != running.store
             || config.dns_names != running.dns_names

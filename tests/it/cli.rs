@@ -463,3 +463,85 @@ fn json_logs_are_one_object_per_line() {
     );
     assert!(events > 3, "{log}");
 }
+
+/// Issue 30, N10 and N11: values that were accepted silently are refused with exit 64 naming
+/// the key, and a start refused for a missing `extra_crls` or `extra_roots` file writes
+/// nothing (it once issued and recorded a serving certificate on every crash-loop restart).
+#[test]
+fn serve_refuses_silent_bad_values_and_missing_files_before_writing_anything() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    stdout(&meshroot(dir, &["init", "--dir", "ca", "--dev-issuer"]));
+    let config = dir.join("ca/meshroot.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let cases: [(&str, String); 8] = [
+        ("cluster.members", format!("{original}\n[cluster]\nmembers = []\n")),
+        (
+            "cluster.replicas",
+            format!(
+                "{original}\n[cluster]\nstatefulset = \"meshroot\"\nservice = \"meshroot-headless\"\nreplicas = 100000\n"
+            ),
+        ),
+        (
+            "revocation.crl_file",
+            original.replace("crl_file = \"ca-crl.pem\"", "crl_file = \"nowhere/ca-crl.pem\""),
+        ),
+        (
+            "audit.export",
+            original.replace("[admin]", "[audit.export]\nreadable_records = true\n\n[admin]"),
+        ),
+        (
+            "audit.export.jsonl_dir",
+            original.replace("[admin]", "[audit.export]\njsonl_dir = \"meshroot.toml\"\n\n[admin]"),
+        ),
+        (
+            "connections.max_per_peer",
+            format!("{original}\n[connections]\nmax_total = 10\nmax_per_peer = 11\n"),
+        ),
+        (
+            "mesh[0].extra_roots[0]",
+            original.replacen(
+                "ca_dir = \"default\"\n",
+                "ca_dir = \"default\"\nextra_roots = [{ path = \"root-cert.pem\", vouch_for = [\"x.example\"] }]\n",
+                1,
+            ),
+        ),
+        (
+            "revocation.crl_validity",
+            original.replace("crl_file = \"ca-crl.pem\"", "crl_file = \"ca-crl.pem\"\ncrl_validity = \"87600000h\""),
+        ),
+    ];
+    for (key, text) in cases {
+        assert_ne!(text, original, "{key}: the edit applies");
+        std::fs::write(&config, &text).unwrap();
+        let output = meshroot(dir, &["serve", "--config", "ca/meshroot.toml"]);
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{key}: {message}");
+        assert!(message.contains(key), "{key}: {message}");
+    }
+    // Missing extra files: exit 64, and no store was even created.
+    for (key, text) in [
+        (
+            "revocation.extra_crls[1]",
+            original.replace(
+                "extra_crls = [\"root-crl.pem\"]",
+                "extra_crls = [\"root-crl.pem\", \"gone-crl.pem\"]",
+            ),
+        ),
+        (
+            "mesh[0].extra_roots[0]",
+            original.replacen(
+                "ca_dir = \"default\"\n",
+                "ca_dir = \"default\"\nextra_roots = [\"gone-root.pem\"]\n",
+                1,
+            ),
+        ),
+    ] {
+        std::fs::write(&config, &text).unwrap();
+        let output = meshroot(dir, &["serve", "--config", "ca/meshroot.toml"]);
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{key}: {message}");
+        assert!(message.contains(key), "{key}: {message}");
+        assert!(!dir.join("ca/store").exists(), "{key}: nothing was written");
+    }
+}
