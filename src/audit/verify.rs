@@ -64,6 +64,10 @@ impl VerifyReport {
     }
 }
 
+/// The largest run of missing records filled in to keep positions aligned, beyond the largest
+/// checkpoint: 2^20 (a million zero leaves take milliseconds).
+const MAX_GAP: u64 = 1 << 20;
+
 /// Feeds entries in sequence order, then [`LogVerifier::finish`].
 #[derive(Debug)]
 pub struct LogVerifier {
@@ -109,6 +113,18 @@ impl LogVerifier {
         if sequence != expected {
             if sequence < expected {
                 self.problem(format!("entry {sequence} appears twice or out of order"));
+                return None;
+            }
+            // A gap is filled leaf by leaf to keep positions aligned: one past every checkpoint
+            // by more than MAX_GAP is no log meshroot wrote (a forged sequence such as u64::MAX
+            // once spun here for ever). It is named and skipped.
+            let largest = self.expected.keys().next_back().copied().unwrap_or(0);
+            if sequence - expected > MAX_GAP && sequence > largest.saturating_add(MAX_GAP) {
+                self.problem(format!(
+                    "entry {sequence} is {} records past the log's end (and past every checkpoint): forged or corrupt",
+                    sequence - expected
+                ));
+                self.broken_at.get_or_insert(expected);
                 return None;
             }
             self.problem(format!(

@@ -219,6 +219,17 @@ impl StoredEntry {
 
 /// Reads every export file of `dir`, in log order.
 pub fn read_dir(dir: &Path) -> std::io::Result<ExportContents> {
+    read_dir_checked(dir, &|_, _| true)
+}
+
+/// [`read_dir`], also checking each line's readable `record` against its `stored` bytes with
+/// `readable(stored, record_json)`: a line whose readable copy is not the decoding of what the
+/// log committed to is named (log search engines index `record`, so a rewrite there would
+/// mislead every search while the log itself verifies).
+pub fn read_dir_checked(
+    dir: &Path,
+    readable: &dyn Fn(&[u8], &str) -> bool,
+) -> std::io::Result<ExportContents> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| {
@@ -236,14 +247,14 @@ pub fn read_dir(dir: &Path) -> std::io::Result<ExportContents> {
             if line.trim().is_empty() {
                 continue;
             }
-            contents.add(line, &format!("{name}:{}", number + 1));
+            contents.add(line, &format!("{name}:{}", number + 1), readable);
         }
     }
     Ok(contents)
 }
 
 impl ExportContents {
-    fn add(&mut self, text: &str, at: &str) {
+    fn add(&mut self, text: &str, at: &str, readable: &dyn Fn(&[u8], &str) -> bool) {
         let line: ExportLine = match serde_json::from_str(text) {
             Ok(line) => line,
             Err(_) => return self.problems.push(format!("{at}: not an export line")),
@@ -275,6 +286,14 @@ impl ExportContents {
         let (Some(sequence), Some(entry)) = (line.sequence, entry) else {
             return self.problems.push(format!("{at}: a malformed entry"));
         };
+        if let (StoredEntry::Record(stored), Some(record)) = (&entry, &line.record) {
+            let body = stored.get(LEAF_HEADER_LEN..).unwrap_or_default();
+            if !readable(body, record.get()) {
+                self.problems.push(format!(
+                    "{at}: record {sequence}'s readable copy (\"record\") is not what the log holds (\"stored\")"
+                ));
+            }
+        }
         match self.entries.get(&sequence) {
             None => {
                 self.entries.insert(sequence, entry);

@@ -162,7 +162,7 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
             "[admin]\n",
             &format!(
                 "[audit.export]\njsonl_dir = \"export\"\njsonl_max_file_mib = 1\n\
-                 otlp_endpoint = \"{endpoint}\"\n\n[admin]\n"
+                 readable_records = true\notlp_endpoint = \"{endpoint}\"\n\n[admin]\n"
             ),
         )
     });
@@ -258,6 +258,72 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         String::from_utf8_lossy(&verified.stdout),
         String::from_utf8_lossy(&verified.stderr)
     );
+
+    // Issue 30, N7: a readable copy rewritten (what Loki and Elasticsearch index) is named,
+    // though the stored bytes, and so the tree, are intact.
+    let rewritten = ca.path().join("export-rewritten");
+    common::copy_dir(&export, &rewritten);
+    let files = export_lines(&rewritten);
+    let (path, lines) = files
+        .iter()
+        .find(|(_, lines)| lines.iter().any(|l| l.contains("/ns/shop/")))
+        .unwrap();
+    let at = lines.iter().position(|l| l.contains("/ns/shop/")).unwrap();
+    let mut edited = lines.clone();
+    edited[at] = lines[at].replace(
+        "spiffe://cluster.local/ns/shop/",
+        "spiffe://cluster.local/ns/elsewhere/",
+    );
+    assert_ne!(edited[at], lines[at]);
+    std::fs::write(path, edited.join("\n") + "\n").unwrap();
+    let refused = verify_export(&ca, &rewritten);
+    let out = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(
+        !refused.status.success(),
+        "a rewritten readable record verified: {out}"
+    );
+    let name = format!("{}:{}", path.display(), at + 1);
+    assert!(
+        out.contains(&name) && out.contains("readable copy"),
+        "{name}: {out}"
+    );
+
+    // Issue 30, N6: one forged line at sequence u64::MAX ends FAILED at once (it spun a core).
+    let forged = ca.path().join("export-forged");
+    common::copy_dir(&export, &forged);
+    let files = export_lines(&forged);
+    let (path, lines) = files.last().unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(lines.iter().find(|l| l.contains("\"stored\"")).unwrap()).unwrap();
+    let mut forged_line = line.clone();
+    forged_line["sequence"] = serde_json::json!(u64::MAX);
+    let mut appended = lines.clone();
+    appended.push(forged_line.to_string());
+    std::fs::write(path, appended.join("\n") + "\n").unwrap();
+    let mut child = Command::new(BINARY)
+        .args(["audit", "verify", "--export"])
+        .arg(&forged)
+        .arg("--verifier-key")
+        .arg(ca.path().join("audit-key.pub"))
+        .env("MESHROOT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("audit verify --export still runs on a forged u64::MAX sequence");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("forged or corrupt"), "{out}");
 
     // An edited line fails verification.
     let files = export_lines(&export);

@@ -263,7 +263,13 @@ fn verify_export(
     verifier: &AuditVerifier,
     mut notes: Vec<(String, String)>,
 ) -> Result<VerifyReport, Failure> {
-    let contents = crate::export::read_dir(dir)
+    // The readable copy must be the decoding of the stored record, field for field.
+    let readable = |body: &[u8], json: &str| {
+        let decoded = crate::store::decode(body).and_then(|r| serde_json::to_value(r).ok());
+        let written = serde_json::from_str::<serde_json::Value>(json).ok();
+        decoded.is_some() && decoded == written
+    };
+    let contents = crate::export::read_dir_checked(dir, &readable)
         .map_err(|e| Failure::usage(format!("{}: {e}", dir.display())))?;
     let mut checker = LogVerifier::new(SystemTime::now());
     if contents.checkpoints.is_empty() {
