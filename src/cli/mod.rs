@@ -5,7 +5,7 @@ mod bench;
 pub mod init;
 mod revoke;
 mod rotate;
-mod slow_readers;
+pub mod slow_readers;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

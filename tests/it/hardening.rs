@@ -389,3 +389,170 @@ async fn a_block_recorded_past_year_9999_is_refused_plainly() {
     );
     server.stop().await;
 }
+
+/// N9: ztunnel sends a whole node's requests over one connection. While 100 of them wait on a
+/// TokenReview that hangs, a request whose token is verified offline (JWT) on the same
+/// connection is answered at once: it does not queue behind them for a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_token_review_does_not_hold_up_other_requests_on_the_same_connection() {
+    use common::kube_api::{FakeApiServer, TokenIdentity};
+    let west = FakeApiServer::start().await;
+    west.add_token(
+        "opaque",
+        TokenIdentity::service_account("default", "app", None),
+    );
+    let ca = TestCa::new();
+    let kubeconfig = west.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|text| {
+        format!(
+            "request_timeout = \"20s\"\n{text}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\nreview_timeout = \"20s\"\nmax_concurrent_reviews = 200\n",
+            kubeconfig.display()
+        )
+    });
+    let server = ca.start().await;
+    let channel = meshroot::client::connect(&server.target("localhost"))
+        .await
+        .unwrap();
+    *west.state.delay.lock().unwrap() = Some(std::time::Duration::from_secs(15));
+    let metadata = |token: String| meshroot::client::AgentMetadata {
+        token: Some(token),
+        cluster_id: "west".into(),
+    };
+    let app = "spiffe://cluster.local/ns/default/sa/app";
+    let hung: Vec<_> = (0..100)
+        .map(|n| {
+            let (channel, metadata) = (channel.clone(), metadata(format!("opaque-{n}")));
+            tokio::spawn(async move {
+                meshroot::client::create_certificate(channel, agent_csr(app), 0, &metadata).await
+            })
+        })
+        .collect();
+    common::eventually("the 100 reviews reach the API server", || {
+        west.arrivals() >= 100
+    })
+    .await;
+    let cart = "spiffe://cluster.local/ns/default/sa/cart";
+    meshroot::client::create_certificate(
+        channel.clone(),
+        agent_csr(cart),
+        0,
+        &metadata(ca.token(MESH, "default", "cart")),
+    )
+    .await
+    .expect("the JWT request is answered");
+    assert!(
+        hung.iter().all(|task| !task.is_finished()),
+        "answered while every reviewed request still waits, not after one gave up"
+    );
+    *west.state.delay.lock().unwrap() = None;
+    for task in hung {
+        task.abort();
+    }
+    server.stop().await;
+}
+
+/// N3: a reader of the public `/crl` that reads nothing is closed after
+/// `connections.write_timeout`, and what was queued for it freed (the memory bound under a
+/// thousand of them is measured by `meshroot bench --slow-crl-readers`, not here). On the
+/// plain-text loopback admin listener, which now goes through the same connection guard.
+#[tokio::test]
+async fn a_crl_reader_that_reads_nothing_is_closed_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let ca = TestCa::new();
+    let crl = meshroot::cli::slow_readers::filler_crl(6000, std::time::SystemTime::now()).unwrap();
+    std::fs::write(ca.path().join("filler-crl.pem"), &crl).unwrap();
+    ca.edit_config(|text| {
+        format!(
+            "{}\n[connections]\nwrite_timeout = \"300ms\"\n",
+            text.replace(
+                "extra_crls = [\"root-crl.pem\"]",
+                "extra_crls = [\"root-crl.pem\", \"filler-crl.pem\"]"
+            )
+        )
+    });
+    let server = ca.start().await;
+    let admin = server.server.admin_address();
+    let (status, body) = common::http_get(admin, "/crl").await;
+    assert_eq!(status, 200);
+    assert!(body.len() > 300_000, "a large CRL: {} bytes", body.len());
+    // 64 pipelined requests (about 25 MB of answers, far past the socket buffers), then
+    // nothing read.
+    let mut reader = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let request = b"GET /crl HTTP/1.1\r\nhost: localhost\r\n\r\n".repeat(64);
+    reader.write_all(&request).await.unwrap();
+    let port = reader.local_addr().unwrap().port();
+    assert_eq!(tcp_state(admin.port(), port), Some(ESTABLISHED));
+    common::eventually(
+        "the server closes the connection of a peer that reads nothing",
+        || tcp_state(admin.port(), port) != Some(ESTABLISHED),
+    )
+    .await;
+    // Others are still served.
+    let (status, _) = common::http_get(admin, "/crl").await;
+    assert_eq!(status, 200);
+    drop(reader);
+    server.stop().await;
+}
+
+/// TCP_ESTABLISHED in `/proc/net/tcp`.
+const ESTABLISHED: u8 = 1;
+
+/// The state of this machine's IPv4 TCP socket from `local` port to `remote` port (Linux
+/// `/proc/net/tcp`), if it is still there. The server's side of a connection whose peer reads
+/// nothing leaves ESTABLISHED when the server closes it (FIN_WAIT1: its FIN waits behind the
+/// unread data, so the peer's side never learns of it).
+fn tcp_state(local: u16, remote: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |field: &str| u16::from_str_radix(field.rsplit_once(':')?.1, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (port(fields.get(1)?)? == local && port(fields.get(2)?)? == remote)
+            .then(|| u8::from_str_radix(fields.get(3)?, 16).ok())
+            .flatten()
+    })
+}
+
+/// N12: a revoke filter with a 1 MB serial is refused with a short message (it was echoed
+/// whole, a 1.25 MB trailer).
+#[tokio::test]
+async fn a_huge_serial_is_refused_not_echoed() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://{}",
+        server.server.admin_address()
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let mut client = AuditServiceClient::new(channel).max_encoding_message_size(4 << 20);
+    for request in [api::RevokeRequest {
+        filter: Some(api::Filter {
+            serial: vec![0xab; 1 << 20],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }] {
+        let status = client.revoke(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.code());
+        assert!(
+            status.message().len() < 300,
+            "{} bytes",
+            status.message().len()
+        );
+    }
+    let status = client
+        .list_records(api::ListRecordsRequest {
+            filter: Some(api::Filter {
+                serial: vec![0xab; 1 << 20],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().len() < 300);
+    server.stop().await;
+}
