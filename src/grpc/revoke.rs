@@ -604,7 +604,7 @@ pub fn check_times(message: &pb::Revocation) -> Result<(), RevokeError> {
     Ok(())
 }
 
-fn revocation_from_message(message: pb::Revocation) -> RevocationRecord {
+pub fn revocation_from_message(message: pb::Revocation) -> RevocationRecord {
     let record = pb::Record {
         version: crate::record::RECORD_VERSION,
         outcome: Some(pb::record::Outcome::Revoked(message)),

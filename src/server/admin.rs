@@ -62,19 +62,16 @@ pub(super) async fn start_admin(
         .merge(crl_route(crls.clone()))
         .merge(status_page_route(api, current_for_page))
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
+    let ping = ADMIN_KEEPALIVE_INTERVAL.min(config.connections.idle_timeout / 2);
     let router = http2_limits(tonic::transport::Server::builder(), &config.connections)
+        .http2_keepalive_interval(Some(ping))
+        .http2_keepalive_timeout(Some(ADMIN_KEEPALIVE_TIMEOUT.min(ping)))
         .accept_http1(true)
         .add_routes(tonic::service::Routes::from(routes));
     // Counted apart from the CSR listener, so a flood there never starves the probes here.
-    // A live tail may be quiet for long: no idle timeout on this listener; a peer that reads
-    // nothing is closed after `connections.write_timeout` all the same.
-    let limits = ConnectionLimits::new(
-        ConnectionConfig {
-            idle_timeout: ADMIN_IDLE_TIMEOUT,
-            ..config.connections
-        },
-        config.max_concurrent_handshakes,
-    );
+    // The same idle and write timeouts: a quiet live tail answers the HTTP/2 pings above, so it
+    // is not idle; an HTTP/1.1 scrape left open is.
+    let limits = ConnectionLimits::new(config.connections, config.max_concurrent_handshakes);
     let task = if loopback {
         let (connections, incoming) = mpsc::channel(64);
         tokio::spawn(connections::accept_loop(

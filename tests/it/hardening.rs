@@ -556,3 +556,51 @@ async fn a_huge_serial_is_refused_not_echoed() {
     assert!(status.message().len() < 300);
     server.stop().await;
 }
+
+/// N3, the admin listener's idle timeout: an HTTP/1.1 connection left open is closed after
+/// `connections.idle_timeout`, while a live tail that sees no record for longer stays open
+/// (the listener pings it, and its client answers) and gets the next record.
+#[tokio::test]
+async fn an_idle_admin_connection_is_closed_while_a_quiet_live_tail_stays() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ca = TestCa::new();
+    ca.edit_config(|text| format!("{text}\n[connections]\nidle_timeout = \"1s\"\n"));
+    let server = ca.start().await;
+    let admin = server.server.admin_address();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut tail = AuditServiceClient::new(channel)
+        .watch_records(api::WatchRecordsRequest {
+            from_sequence: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tail.message().await.unwrap().unwrap().sequence;
+    // An HTTP/1.1 client that asks once and then keeps the connection, silent.
+    let mut idle = tokio::net::TcpStream::connect(admin).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        idle.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(closed.is_ok(), "the idle connection was closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    // The tail has been quiet for longer than the idle timeout; it still gets the next record.
+    server.issue(&ca, "cart").await;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), tail.message())
+        .await
+        .expect("the quiet tail is still open")
+        .unwrap()
+        .expect("and delivers the next record");
+    assert!(next.sequence > first);
+    server.stop().await;
+}

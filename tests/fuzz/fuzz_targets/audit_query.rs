@@ -18,8 +18,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(filter) = Filter::decode(filter) else {
         return;
     };
-    let query = query_from_filter(filter);
-    assert_eq!(query_from_filter(filter_from_query(&query)), query);
+    // Out-of-range times and overlong serials are refused; what is taken converts back.
+    let Ok(query) = query_from_filter(filter) else {
+        return;
+    };
+    assert_eq!(query_from_filter(filter_from_query(&query)), Ok(query.clone()));
     if let Ok(token) = std::str::from_utf8(token) {
         if let Ok(page) = PageToken::decode(token, &query) {
             // A token that decodes re-encodes to one that decodes to the same position.

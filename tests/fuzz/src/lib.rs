@@ -89,3 +89,13 @@ pub fn authenticator() -> &'static JwtAuthenticator {
         )
     })
 }
+
+/// The audit key the checkpoint-sharing target verifies with (a fixed Ed25519 key, so the
+/// seeds it signs stay valid), under the log name `name`.
+pub fn audit_signer(name: &str) -> meshroot::audit::checkpoint::AuditSigner {
+    let pkcs8 = include_bytes!("../corpus/audit-key.pk8");
+    match meshroot::audit::checkpoint::AuditSigner::from_pkcs8(name, pkcs8) {
+        Ok(signer) => signer,
+        Err(error) => panic!("the fixed audit key: {error}"),
+    }
+}

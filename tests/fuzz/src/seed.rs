@@ -172,6 +172,21 @@ fn main() {
             unblocked: vec![],
         }),
     );
+    // What members hand each other: a revocation to record as gathered (with a block_for
+    // prefix), and a checkpoint of a log signed by the audit key under that log's name.
+    let message = meshroot::store::to_message(&revocation);
+    if let Some(meshroot::pb::store::record::Outcome::Revoked(apply)) = message.outcome {
+        let mut input = 3600i64.to_le_bytes().to_vec();
+        input.extend_from_slice(&apply.encode_to_vec());
+        write(dir, "revocation", "apply", &input);
+    }
+    let log = "meshroot-audit/member-1";
+    let note = meshroot_fuzz::audit_signer(log).sign_checkpoint(42, [7; 32]);
+    let mut input = vec![log.len() as u8];
+    input.extend_from_slice(log.as_bytes());
+    input.extend_from_slice(note.as_bytes());
+    write(dir, "checkpoint_share", "signed", &input);
+
     write(dir, "record", "issued", &meshroot::store::encode(&issued));
     write(dir, "record", "summary", &meshroot::store::encode(&summary));
     write(dir, "record", "revocation", &meshroot::store::encode(&revocation));
