@@ -19,15 +19,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 async fn audit_client(server: &TestServer) -> AuditServiceClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        server.server.admin_address()
-    ))
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
-    AuditServiceClient::new(channel)
+    server.audit_client().await
 }
 
 async fn list(

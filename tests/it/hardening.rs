@@ -197,15 +197,7 @@ async fn shared_checkpoints_are_verified_and_bounded() {
     use rustls_pki_types::pem::PemObject as _;
     let (ca, member) = cluster_of_one();
     let server = ca.start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        server.server.admin_address()
-    ))
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
-    let mut client = AuditServiceClient::new(channel);
+    let mut client = server.audit_client().await;
     let share = |log: &str, note: String| api::ShareCheckpointRequest {
         member: member.clone(),
         log: log.to_owned(),
@@ -279,15 +271,10 @@ fn walkdir_size(dir: &std::path::Path) -> u64 {
 /// INVALID_ARGUMENT, nothing recorded, no panic.
 #[tokio::test]
 async fn out_of_range_times_are_refused_at_the_boundary() {
-    let (ca, member) = cluster_of_one();
+    let (ca, _) = cluster_of_one();
     let server = ca.start().await;
     server.issue(&ca, "cart").await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{member}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = AuditServiceClient::new(channel);
+    let mut client = server.audit_client().await;
     let cart = "spiffe://cluster.local/ns/default/sa/cart";
     for seconds in [1i64 << 62, i64::MAX, 3_000_000 * 86_400] {
         let status = client
@@ -518,15 +505,10 @@ fn tcp_state(local: u16, remote: u16) -> Option<u8> {
 async fn a_huge_serial_is_refused_not_echoed() {
     let ca = TestCa::new();
     let server = ca.start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "http://{}",
-        server.server.admin_address()
-    ))
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
-    let mut client = AuditServiceClient::new(channel).max_encoding_message_size(4 << 20);
+    let mut client = server
+        .audit_client()
+        .await
+        .max_encoding_message_size(4 << 20);
     for request in [api::RevokeRequest {
         filter: Some(api::Filter {
             serial: vec![0xab; 1 << 20],
@@ -567,12 +549,9 @@ async fn an_idle_admin_connection_is_closed_while_a_quiet_live_tail_stays() {
     ca.edit_config(|text| format!("{text}\n[connections]\nidle_timeout = \"1s\"\n"));
     let server = ca.start().await;
     let admin = server.server.admin_address();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))
-        .unwrap()
-        .connect()
+    let mut tail = server
+        .audit_client()
         .await
-        .unwrap();
-    let mut tail = AuditServiceClient::new(channel)
         .watch_records(api::WatchRecordsRequest {
             from_sequence: 1,
             ..Default::default()

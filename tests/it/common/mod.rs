@@ -382,6 +382,22 @@ impl TestServer {
         }
     }
 
+    /// A client of the audit API on the loopback (plain-text) admin address.
+    pub async fn audit_client(
+        &self,
+    ) -> meshroot::pb::audit::audit_service_client::AuditServiceClient<tonic::transport::Channel>
+    {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            self.server.admin_address()
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+        meshroot::pb::audit::audit_service_client::AuditServiceClient::new(channel)
+    }
+
     /// One CreateCertificate call shaped like istio-agent's (`clusterid: Kubernetes`).
     pub async fn call(
         &self,
