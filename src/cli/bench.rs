@@ -75,6 +75,10 @@ pub struct BenchArgs {
     /// connections.write_timeout is 30 s).
     #[arg(long, default_value_t = 45)]
     pub hold_seconds: u64,
+    /// With --slow-crl-readers: how many times, one after the other, against the same server
+    /// (memory that is reused rather than grown shows as a flat peak).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -380,25 +384,42 @@ async fn slow_crl_readers(args: &BenchArgs, readers: usize) -> Result<(), Failur
         .admin
         .parse()
         .map_err(|_| Failure::runtime(format!("admin address {:?}", server.admin)))?;
-    let mut report = super::slow_readers::run(
-        admin,
-        &root_pem,
-        server.child.id(),
-        (readers, args.requests_per_reader.max(1)),
-        Duration::from_secs(args.hold_seconds),
-    )
-    .await;
-    server.stop();
-    if let Ok(report) = report.as_mut() {
-        report.crl_bytes = crl_bytes;
+    let mut reports = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let report = super::slow_readers::run(
+            admin,
+            &root_pem,
+            server.child.id(),
+            (readers, args.requests_per_reader.max(1)),
+            Duration::from_secs(args.hold_seconds),
+        )
+        .await;
+        match report {
+            Ok(report) => reports.push(super::slow_readers::SlowReadersReport {
+                crl_bytes,
+                ..report
+            }),
+            Err(error) => {
+                server.stop();
+                return Err(error);
+            }
+        }
     }
-    let report = report?;
+    server.stop();
     if args.json {
         let json =
-            serde_json::to_string_pretty(&report).map_err(|e| Failure::runtime(e.to_string()))?;
+            serde_json::to_string_pretty(&reports).map_err(|e| Failure::runtime(e.to_string()))?;
         println!("{json}");
         return Ok(());
     }
+    for (round, report) in reports.iter().enumerate() {
+        println!("round {}:", round + 1);
+        print_slow_readers(report);
+    }
+    Ok(())
+}
+
+fn print_slow_readers(report: &super::slow_readers::SlowReadersReport) {
     println!(
         "{} readers x {} pipelined GET /crl of {:.0} KB over TLS, none read for {:.0} s",
         report.readers,
@@ -422,7 +443,6 @@ async fn slow_crl_readers(args: &BenchArgs, readers: usize) -> Result<(), Failur
             None => "not within the hold".into(),
         }
     );
-    Ok(())
 }
 
 /// How bench's own server differs from `init`'s.

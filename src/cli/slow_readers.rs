@@ -29,6 +29,7 @@ pub struct SlowReadersReport {
     /// Seconds from the last reader's requests until the server's RSS had fallen back below
     /// the midpoint of before and while held (None: it never did within the hold).
     pub seconds_until_released: Option<f64>,
+    /// The lowest RSS sampled over the 10 s after every reader was gone.
     pub rss_after_close_mib: f64,
     pub hold_seconds: f64,
 }
@@ -149,7 +150,7 @@ pub async fn run(
     // Drain: a reader the server closed ends (EOF or reset) after what the kernel held.
     let drains = streams.into_iter().map(|mut stream| async move {
         let mut sink = vec![0u8; 64 * 1024];
-        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 match stream.read(&mut sink).await {
                     Ok(0) | Err(_) => return true,
@@ -165,8 +166,14 @@ pub async fn run(
         .into_iter()
         .filter(|closed| *closed)
         .count();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss_after_close_mib, peak_rss_mib) = memory();
+    // After they are gone: the lowest of 10 s of samples (the allocator returns freed pages
+    // to the system lazily).
+    let mut rss_after_close_mib = f64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss_after_close_mib = rss_after_close_mib.min(memory().0);
+    }
+    let (_, peak_rss_mib) = memory();
     Ok(SlowReadersReport {
         readers,
         requests_per_reader: requests,

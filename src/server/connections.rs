@@ -193,11 +193,20 @@ pub trait Handshake: Clone + Send + Sync + 'static {
     fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send;
 }
 
+/// What rustls buffers of a connection's unsent TLS data (its default is 64 KiB): a peer that
+/// reads nothing holds at most this much of an answer here, beside what the kernel holds.
+const TLS_SEND_BUFFER: usize = 16 * 1024;
+
 impl Handshake for TlsAcceptor {
     type Stream = TlsStream<TcpStream>;
 
     fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send {
-        self.accept(tcp)
+        let accept = self.accept(tcp);
+        async move {
+            let mut stream = accept.await?;
+            stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+            Ok(stream)
+        }
     }
 }
 
