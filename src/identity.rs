@@ -163,6 +163,8 @@ pub struct AltNames<'a> {
     pub uris: Vec<&'a str>,
     pub dns: Vec<&'a str>,
     pub ip_addresses: usize,
+    /// The IP addresses among them (4 or 16 bytes; others only count).
+    pub ips: Vec<std::net::IpAddr>,
     pub emails: usize,
     /// Any other kind (directory names, other names, registered IDs, …).
     pub others: usize,
@@ -176,7 +178,14 @@ impl<'a> AltNames<'a> {
             match name {
                 GeneralName::URI(uri) => self.uris.push(uri),
                 GeneralName::DNSName(dns) => self.dns.push(dns),
-                GeneralName::IPAddress(_) => self.ip_addresses += 1,
+                GeneralName::IPAddress(bytes) => {
+                    self.ip_addresses += 1;
+                    if let Ok(v4) = <[u8; 4]>::try_from(*bytes) {
+                        self.ips.push(std::net::IpAddr::from(v4));
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*bytes) {
+                        self.ips.push(std::net::IpAddr::from(v6));
+                    }
+                }
                 GeneralName::RFC822Name(_) => self.emails += 1,
                 _ => self.others += 1,
             }

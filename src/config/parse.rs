@@ -159,11 +159,14 @@ fn server(
             "at least one DNS name is required".into(),
         );
     }
+    // Each entry is a DNS name or an IP address (a VM's CA_ADDR, a load balancer's address),
+    // which the serving certificate carries as an IP SAN: istio-agent checks an IP address
+    // against IP SANs only.
     for (index, name) in dns_names.iter().enumerate() {
-        if !is_dns_name(name) {
+        if name.parse::<std::net::IpAddr>().is_err() && !is_dns_name(name) {
             p.add(
                 format!("dns_names[{index}]"),
-                format!("{name:?} is not a DNS name"),
+                format!("{name:?} is neither a DNS name nor an IP address"),
             );
         }
     }

@@ -71,10 +71,15 @@ pub(super) fn is_mesh_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// RFC 1123 host names (letters, digits, '-', dot-separated labels of 1–63 characters).
+/// RFC 1123 host names (letters, digits, '-', dot-separated labels of 1–63 characters), whose
+/// last label is not all digits (RFC 1123 §2.1: `10.0.0.256` is neither a name nor an address).
 pub fn is_dns_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
+        && !name
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63

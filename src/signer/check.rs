@@ -310,18 +310,28 @@ fn check_names(
     subject: LeafSubject<'_>,
     constraints: &[UriConstraints],
 ) -> Result<(), SigningError> {
-    let AltNames { uris, dns, .. } = match AltNames::of_certificate(leaf) {
-        names if names.non_uri_dns() == 0 => names,
-        _ => return Err(SigningError::IdentityCheck),
-    };
+    let names = AltNames::of_certificate(leaf);
+    // IP addresses only on a server certificate, and only those it names.
+    if names.emails + names.others > 0 || names.ips.len() != names.ip_addresses {
+        return Err(SigningError::IdentityCheck);
+    }
+    let AltNames { uris, dns, ips, .. } = names;
     let names_match = match subject {
         LeafSubject::Workload(identity) => {
-            dns.is_empty() && uris.len() == 1 && uris[0] == identity.to_string()
+            dns.is_empty() && ips.is_empty() && uris.len() == 1 && uris[0] == identity.to_string()
         }
         LeafSubject::Server(names, identity) => {
             let uri = identity.map(|identity| identity.to_string());
+            let (want_ips, want_dns): (Vec<&String>, Vec<&String>) = names
+                .iter()
+                .partition(|name| name.parse::<std::net::IpAddr>().is_ok());
             uris == uri.iter().map(String::as_str).collect::<Vec<_>>()
-                && dns == names.iter().map(String::as_str).collect::<Vec<_>>()
+                && dns == want_dns.iter().map(|n| n.as_str()).collect::<Vec<_>>()
+                && ips
+                    == want_ips
+                        .iter()
+                        .filter_map(|n| n.parse().ok())
+                        .collect::<Vec<std::net::IpAddr>>()
         }
     };
     if !uris

@@ -424,12 +424,15 @@ impl MeshSigner {
                 }
             }
             LeafSubject::Server(dns_names, identity) => {
+                // An IP address is an IP SAN (what a client reaching us by address checks);
+                // anything else a DNS name.
                 params.subject_alt_names = dns_names
                     .iter()
-                    .map(|name| {
-                        Ok(SanType::DnsName(
+                    .map(|name| match name.parse::<std::net::IpAddr>() {
+                        Ok(ip) => Ok(SanType::IpAddress(ip)),
+                        Err(_) => Ok(SanType::DnsName(
                             name.clone().try_into().map_err(SigningError::Build)?,
-                        ))
+                        )),
                     })
                     .collect::<Result<_, SigningError>>()?;
                 params.key_usages = vec![

@@ -9,6 +9,7 @@ mod common;
 mod architecture;
 mod audit;
 mod bench;
+mod ca_addr;
 mod ca_material;
 mod cli;
 mod client_cert_auth;
