@@ -7,6 +7,7 @@ mod revoke;
 mod rotate;
 pub mod slow_readers;
 
+use crate::signer::constraints::DataPlane;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -89,9 +90,13 @@ pub struct InitArgs {
     /// Also create a local development token issuer per mesh (for `meshroot token`).
     #[arg(long)]
     pub dev_issuer: bool,
-    /// Leave out the name constraints that confine each mesh's intermediate to URIs of its trust
-    /// domain (only for verifiers that cannot process a critical name-constraints extension).
-    #[arg(long)]
+    /// The data plane the meshes run: `sidecar` confines each intermediate to URIs of its
+    /// trust domain (URI name constraints); `ambient` and `mixed` (the default) leave them out,
+    /// since ztunnel's verifier (rustls-webpki) refuses every chain that carries one.
+    #[arg(long, value_enum)]
+    pub data_plane: Option<DataPlaneArg>,
+    /// The same as `--data-plane mixed` (kept for scripts written before --data-plane).
+    #[arg(long, conflicts_with = "data_plane")]
     pub no_name_constraints: bool,
     /// How many CA certificates may follow each mesh's intermediate (its pathLenConstraint): 1
     /// lets meshroot issue clusters' istiod intermediates below it (the plug-in path).
@@ -173,6 +178,24 @@ fn parse_mesh(text: &str) -> Result<(String, TrustDomain), String> {
     let trust_domain =
         TrustDomain::new(trust_domain).map_err(|e| format!("{trust_domain:?}: {e}"))?;
     Ok((name.to_owned(), trust_domain))
+}
+
+/// `--data-plane`, as clap reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataPlaneArg {
+    Sidecar,
+    Ambient,
+    Mixed,
+}
+
+impl From<DataPlaneArg> for DataPlane {
+    fn from(arg: DataPlaneArg) -> Self {
+        match arg {
+            DataPlaneArg::Sidecar => Self::Sidecar,
+            DataPlaneArg::Ambient => Self::Ambient,
+            DataPlaneArg::Mixed => Self::Mixed,
+        }
+    }
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -300,7 +323,7 @@ fn embedded_default() -> Result<PathBuf, Failure> {
             meshes: vec![default_mesh()],
             key_type: KeyType::EcdsaP256,
             dev_issuer: true,
-            name_constraints: true,
+            name_constraints: DataPlane::default().uri_name_constraints(),
             intermediate_path_len: 0,
             force: false,
         },
@@ -337,13 +360,18 @@ fn init(args: InitArgs) -> Result<(), Failure> {
             return Err(Failure::usage(format!("--mesh {name} is given twice")));
         }
     }
+    let data_plane = args
+        .data_plane
+        .map(DataPlane::from)
+        .unwrap_or(DataPlane::Mixed);
+    println!("{}", data_plane.consequence());
     let report = scaffold::init(
         &InitOptions {
             dir: args.dir,
             meshes,
             key_type: args.key_type,
             dev_issuer: args.dev_issuer,
-            name_constraints: !args.no_name_constraints,
+            name_constraints: data_plane.uri_name_constraints(),
             intermediate_path_len: args.path_len,
             force: args.force,
         },

@@ -52,16 +52,18 @@ pub struct IntermediateArgs {
     pub out: PathBuf,
     #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
     pub key_type: KeyType,
-    /// The mesh's trust domain, and each of its aliases (repeat the flag): the intermediate may
-    /// certify only URIs in these (a critical name-constraints extension).
-    #[arg(
-        long = "trust-domain",
-        value_name = "TRUST_DOMAIN",
-        required_unless_present = "no_name_constraints"
-    )]
+    /// The mesh's trust domain, and each of its aliases (repeat the flag): with `--data-plane
+    /// sidecar` (implied when these are given alone) the intermediate may certify only URIs in
+    /// these (a critical name-constraints extension).
+    #[arg(long = "trust-domain", value_name = "TRUST_DOMAIN")]
     pub trust_domains: Vec<String>,
-    /// Leave the name constraints out (only for verifiers that cannot process them).
-    #[arg(long, conflicts_with = "trust_domains")]
+    /// The data plane the mesh runs: `sidecar` (URI name constraints, needs --trust-domain),
+    /// `ambient` or `mixed` (none: ztunnel refuses chains that carry them). Default: `sidecar`
+    /// when --trust-domain is given, else `mixed`.
+    #[arg(long, value_enum)]
+    pub data_plane: Option<crate::cli::DataPlaneArg>,
+    /// The same as `--data-plane mixed` (kept for scripts written before --data-plane).
+    #[arg(long, conflicts_with_all = ["trust_domains", "data_plane"])]
     pub no_name_constraints: bool,
     /// The intermediate's pathLenConstraint: 1 lets meshroot issue clusters' istiod
     /// intermediates below it (the plug-in path).
@@ -84,13 +86,31 @@ pub async fn run(command: RotateCommand) -> Result<(), Failure> {
                         .map_err(|e| Failure::usage(format!("--trust-domain {td:?}: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            use crate::signer::constraints::DataPlane;
+            let data_plane = match (args.data_plane.map(DataPlane::from), trust_domains.is_empty()) {
+                (None, false) => DataPlane::Sidecar,
+                (None, true) => DataPlane::Mixed,
+                (Some(DataPlane::Sidecar), true) => {
+                    return Err(Failure::usage(
+                        "--data-plane sidecar needs the mesh's trust domains: --trust-domain TD...",
+                    ))
+                }
+                (Some(plane), false) if !plane.uri_name_constraints() => {
+                    return Err(Failure::usage(format!(
+                        "--trust-domain names URI name constraints, which --data-plane {} leaves out",
+                        plane.name()
+                    )))
+                }
+                (Some(plane), _) => plane,
+            };
+            println!("{}", data_plane.consequence());
             crate::cli::init::issue_intermediate(
                 &args.root_dir,
                 &args.mesh,
                 &args.out,
                 &crate::cli::init::IntermediateOptions {
                     key_type: args.key_type,
-                    permitted: (!args.no_name_constraints).then_some(trust_domains),
+                    permitted: data_plane.uri_name_constraints().then_some(trust_domains),
                     path_len: args.path_len,
                     force: args.force,
                 },

@@ -24,6 +24,51 @@ use crate::identity::TrustDomain;
 /// id-ce-nameConstraints.
 const NAME_CONSTRAINTS_OID: &[u64] = &[2, 5, 29, 30];
 
+/// The data plane a mesh runs, which decides whether its intermediates may carry URI name
+/// constraints. Envoy (BoringSSL), Go's crypto/x509 and openssl enforce them; ztunnel verifies
+/// with rustls-webpki, which refuses every chain that carries one (RUSTSEC-2026-0098), as does
+/// pyca/cryptography. So only a sidecar-only mesh gets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPlane {
+    /// Envoy sidecars and gateways only: URI name constraints confine each intermediate.
+    Sidecar,
+    /// ztunnel (and waypoints): no URI name constraints.
+    Ambient,
+    /// Both, or not known yet: no URI name constraints. The default, since it cannot break a
+    /// working mesh of either kind (a constrained chain breaks every ztunnel handshake).
+    #[default]
+    Mixed,
+}
+
+impl DataPlane {
+    /// Whether intermediates for this data plane carry URI name constraints.
+    pub fn uri_name_constraints(self) -> bool {
+        self == Self::Sidecar
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sidecar => "sidecar",
+            Self::Ambient => "ambient",
+            Self::Mixed => "mixed",
+        }
+    }
+
+    /// The choice and its consequence, in one line.
+    pub fn consequence(self) -> &'static str {
+        match self {
+            Self::Sidecar => {
+                "data plane sidecar: each intermediate may certify only URIs of its mesh's trust \
+                 domains (URI name constraints); ztunnel (ambient) cannot verify such chains"
+            }
+            Self::Ambient | Self::Mixed => {
+                "no URI name constraints, so ztunnel (rustls-webpki) accepts the chains; a \
+                 sidecar-only mesh may confine each intermediate with --data-plane sidecar"
+            }
+        }
+    }
+}
+
 /// Why constraints cannot be written or read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConstraintError {

@@ -545,3 +545,63 @@ fn serve_refuses_silent_bad_values_and_missing_files_before_writing_anything() {
         assert!(!dir.join("ca/store").exists(), "{key}: nothing was written");
     }
 }
+
+/// Issue 31: `init` decides name constraints from the data plane and says so in one line; the
+/// default (`mixed`) leaves URI name constraints out, so ztunnel's rustls-webpki accepts the
+/// chains (`rustls_mtls.rs` shows both handshakes); `sidecar` confines the intermediate.
+#[test]
+fn init_decides_name_constraints_from_the_data_plane_and_says_so() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let constrained = |ca: &str| {
+        let text = openssl(&[
+            "x509",
+            "-noout",
+            "-ext",
+            "nameConstraints",
+            "-in",
+            dir.join(ca).join("default/ca-cert.pem").to_str().unwrap(),
+        ]);
+        text.contains("URI:")
+    };
+    for (args, ca, expected, line) in [
+        (&[][..], "mixed", false, "no URI name constraints"),
+        (
+            &["--data-plane", "ambient"][..],
+            "ambient",
+            false,
+            "no URI name constraints",
+        ),
+        (
+            &["--data-plane", "sidecar"][..],
+            "sidecar",
+            true,
+            "data plane sidecar",
+        ),
+        (
+            &["--no-name-constraints"][..],
+            "legacy",
+            false,
+            "no URI name constraints",
+        ),
+    ] {
+        let out = stdout(&meshroot(dir, &[&["init", "--dir", ca][..], args].concat()));
+        assert!(
+            out.lines().next().is_some_and(|l| l.contains(line)),
+            "{ca}: {out}"
+        );
+        assert_eq!(constrained(ca), expected, "{ca}");
+    }
+    let both = meshroot(
+        dir,
+        &[
+            "init",
+            "--dir",
+            "x",
+            "--data-plane",
+            "sidecar",
+            "--no-name-constraints",
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2));
+}

@@ -8,6 +8,7 @@ use crate::common;
 use std::sync::Arc;
 
 use common::*;
+use meshroot::signer::constraints::DataPlane;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -183,8 +184,9 @@ async fn call_gateway(port: u16, root_pem: &str, identity: &(String, String)) ->
     (!answer.is_empty()).then_some(answer)
 }
 
-/// A rustls data plane (ztunnel verifies peers with rustls-webpki) needs intermediates without
-/// URI name constraints (`meshroot init --no-name-constraints`): see the test below.
+/// A rustls data plane (ztunnel verifies peers with rustls-webpki 0.103, the line ztunnel
+/// pins) needs intermediates without URI name constraints: what `meshroot init` makes for
+/// `--data-plane ambient` and `mixed` (the default). See the test below for `sidecar`.
 #[tokio::test]
 async fn rustls_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust_domain() {
     let CrossMesh {
@@ -195,7 +197,7 @@ async fn rustls_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust
         untrusted,
         foreign,
         ..
-    } = CrossMesh::issue(false).await;
+    } = CrossMesh::issue(DataPlane::Ambient.uri_name_constraints()).await;
     let port = start_gateway(&root, gateway, &["a.example", "a-old.example", "b.example"]).await;
     assert_eq!(
         call_gateway(port, &root, &cart).await.as_deref(),
@@ -228,7 +230,7 @@ async fn a_rustls_peer_refuses_every_workload_under_uri_constrained_intermediate
         gateway,
         cart,
         ..
-    } = CrossMesh::issue(true).await;
+    } = CrossMesh::issue(DataPlane::Sidecar.uri_name_constraints()).await;
     let port = start_gateway(&root, gateway, &["a.example", "b.example"]).await;
     assert_eq!(call_gateway(port, &root, &cart).await, None);
 }
