@@ -141,6 +141,9 @@ pub struct Metrics {
     revocation: RwLock<RevocationGauges>,
     /// The `istiod-tls` certificate this replica keeps (the elected replica only).
     istiod_tls: RwLock<Option<IstiodTls>>,
+    /// By mesh: whether its ztunnel callers are served a chain with URI name constraints, which
+    /// ztunnel's verifier refuses (1), or not (0), as of the last ztunnel request.
+    ztunnel_constrained: RwLock<BTreeMap<String, bool>>,
 }
 
 /// The `istiod-tls` certificate the elected replica keeps: its mesh, its namespace, and when it
@@ -266,6 +269,25 @@ impl Metrics {
         }
     }
 
+    /// A ztunnel request for `mesh` met a chain with (`true`) or without URI name constraints;
+    /// true when this is news (it was not so before), for a caller that warns once.
+    pub fn ztunnel_chain(&self, mesh: &str, constrained: bool) -> bool {
+        let mut map = self
+            .ztunnel_constrained
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        map.insert(mesh.to_owned(), constrained) != Some(constrained) && constrained
+    }
+
+    /// The meshes whose ztunnel callers were last served a URI-constrained chain.
+    pub fn ztunnel_constrained_meshes(&self) -> Vec<String> {
+        read(&self.ztunnel_constrained)
+            .iter()
+            .filter(|(_, constrained)| **constrained)
+            .map(|(mesh, _)| mesh.clone())
+            .collect()
+    }
+
     /// The `istiod-tls` certificate this replica keeps now, or `None` once it stops keeping it.
     pub fn istiod_tls(&self, kept: Option<IstiodTls>) {
         *self.istiod_tls.write().unwrap_or_else(|p| p.into_inner()) = kept;
@@ -327,6 +349,18 @@ impl Metrics {
             "Certificates issued.",
             value(&self.issued),
         );
+        let ztunnel = read(&self.ztunnel_constrained);
+        out.labeled(
+            "meshroot_ztunnel_constrained_chain",
+            "1 when the mesh's ztunnel callers (ImpersonatedIdentity, node-proxy accounts) are \
+             served a chain with URI name constraints, which ztunnel's verifier (rustls-webpki) \
+             refuses: every ambient handshake fails. Fix: an intermediate for the ambient data plane.",
+            Kind::Gauge,
+            ztunnel
+                .iter()
+                .map(|(mesh, constrained)| (vec![("mesh", mesh.as_str())], f64::from(u8::from(*constrained)))),
+        );
+        drop(ztunnel);
         let istiod = read(&self.istiod_intermediate_current);
         out.labeled(
             "meshroot_istiod_intermediate_current",

@@ -44,6 +44,8 @@ pub struct MeshStatus {
     pub rotation: String,
     /// Unexpired certificates that chain to no root of the bundle.
     pub stranded: u64,
+    /// ztunnel asks for this mesh's certificates, but its chain carries URI name constraints.
+    pub ztunnel_constrained: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -209,6 +211,18 @@ pub fn render(page: &StatusPage) -> String {
             "<p class=\"bad\" data-figure=\"incomplete\">Incomplete: {} did not answer; the \
              cluster-wide figures below lack their logs.</p>",
             names.join(", ")
+        );
+    }
+    for mesh in page.meshes.iter().filter(|m| m.ztunnel_constrained) {
+        let _ = write!(
+            html,
+            "<p class=\"bad\" data-figure=\"ztunnel-constrained-{}\">Mesh {}: ztunnel asks for its \
+             certificates, but its intermediate carries URI name constraints, which ztunnel \
+             refuses: every ambient handshake fails. Fix: <code>meshroot rotate intermediate \
+             --root-dir ROOT_DIR --mesh {} --out CA_DIR --data-plane ambient</code>.</p>",
+            escape(&mesh.name),
+            escape(&mesh.name),
+            escape(&mesh.name)
         );
     }
     html.push_str("<h2>Meshes</h2><table><tr><th>mesh</th><th>trust domain</th><th>intermediate</th><th>expires</th></tr>");
@@ -429,6 +443,7 @@ mod tests {
                 }],
                 rotation: HOSTILE.into(),
                 stranded: 0,
+                ztunnel_constrained: true,
             }],
             cluster: Some(ClusterStatus {
                 members: vec![HOSTILE.into(), "b".into()],

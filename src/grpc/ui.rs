@@ -84,6 +84,8 @@ async fn gather(
         .await?
         .into_inner();
     let mut meshes = Vec::new();
+    // This replica's view: ztunnel's requests reach every replica alike.
+    let ztunnel_constrained = ca.metrics().ztunnel_constrained_meshes();
     let mut completeness: Option<api::Completeness> = None;
     let mut signers_by_mesh: Vec<(&str, Arc<crate::signer::MeshSigner>)> = ca
         .mesh_signers()
@@ -157,6 +159,7 @@ async fn gather(
             roots,
             rotation: rotation::where_we_are(&bundle, &usage, signing_root, &signed),
             stranded: usage.stranded.certificates,
+            ztunnel_constrained: ztunnel_constrained.iter().any(|m| m == name),
         });
     }
 

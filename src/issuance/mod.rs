@@ -63,6 +63,16 @@ pub struct Mesh {
     pub clusters: Vec<String>,
 }
 
+impl Mesh {
+    /// Whether `caller` is one of the mesh's node proxies (ztunnel's accounts).
+    fn is_node_proxy(&self, caller: &Caller) -> bool {
+        self.node_accounts.iter().any(|account| {
+            account.namespace == caller.identity.namespace()
+                && account.service_account == caller.identity.service_account()
+        })
+    }
+}
+
 /// The certificate authority: meshes, authenticators, the record sink and a clock.
 pub struct CertificateAuthority {
     meshes: HashMap<String, Mesh>,
@@ -323,6 +333,10 @@ impl CertificateAuthority {
             .meshes
             .get(&caller.mesh)
             .ok_or_else(|| IssueError::MeshNotServed(caller.mesh.clone()))?;
+        // ztunnel (it impersonates, or is a node proxy) cannot verify a URI-constrained chain.
+        if request.impersonated_identity.is_some() || mesh.is_node_proxy(&caller) {
+            self.notice_ztunnel(mesh);
+        }
         // 5. Impersonate: the policy then holds the CSR to the impersonated identity, while the
         //    record keeps the real caller.
         let (caller, naming) = match &request.impersonated_identity {
@@ -353,6 +367,33 @@ impl CertificateAuthority {
             signer: &mesh.signer,
             csr_sha256: csr.der_sha256,
         })
+    }
+
+    /// A ztunnel request for `mesh`: if its chain carries URI name constraints, which
+    /// ztunnel's rustls-webpki refuses, say so (once, until the chain changes) with the command
+    /// that fixes it, and set the gauge an alert can fire on. Issuance is not refused: the
+    /// certificate is valid; the verifier is what fails.
+    fn notice_ztunnel(&self, mesh: &Mesh) {
+        let constrained = mesh.signer.name_constrained();
+        if self.metrics.ztunnel_chain(&mesh.policy.mesh, constrained) {
+            let intermediate = mesh
+                .signer
+                .intermediates()
+                .first()
+                .map(|der| crate::audit::rotation::subject_of(der))
+                .unwrap_or_default();
+            tracing::warn!(
+                mesh = %mesh.policy.mesh,
+                intermediate = %intermediate,
+                fix = %format!(
+                    "meshroot rotate intermediate --root-dir ROOT_DIR --mesh {} --out CA_DIR --data-plane ambient",
+                    mesh.policy.mesh
+                ),
+                "ztunnel asks for certificates of this mesh, but its intermediate carries URI name \
+                 constraints, which ztunnel (rustls-webpki) refuses: every ambient handshake will \
+                 fail until the mesh is served by an intermediate for the ambient data plane"
+            );
+        }
     }
 
     /// Refuses a renewal authenticated by a revoked client certificate.

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod ambient;
 mod architecture;
 mod audit;
 mod bench;
