@@ -197,6 +197,15 @@ impl MeshSigner {
         let (signing_anchor, _) = constraints::constraint_free_anchor(&signing_certificate)
             .map_err(|_| MaterialError::SigningCertificateUnparsable)?;
         let issuing_root = issuing_root(&signing_certificate, &intermediates, &roots);
+        // No certificate outlives any certificate above it (Istio 1.30, #59768): the earliest
+        // NotAfter of the whole chain, the issuing root included, bounds every leaf and every
+        // cluster intermediate.
+        let signing_not_after = intermediates
+            .iter()
+            .chain(issuing_root.iter())
+            .filter_map(|der| X509Certificate::from_der(der).ok())
+            .map(|(_, certificate)| to_system_time(certificate.validity().not_after.timestamp()))
+            .fold(signing_not_after, SystemTime::min);
         let path_constraints =
             path_constraints(&signing_certificate, &intermediates, issuing_root.as_ref());
         let profile = LeafProfile::new(&signing, algorithm, path_constraints);
@@ -285,6 +294,8 @@ impl MeshSigner {
         }
     }
 
+    /// The earliest NotAfter of the signing chain (the signing certificate, the intermediates
+    /// above it, the issuing root): nothing this signer issues lives past it.
     pub fn signing_not_after(&self) -> SystemTime {
         self.signing_not_after
     }
@@ -667,6 +678,58 @@ mod tests {
                 algorithm: KeyAlgorithm::EcdsaP256,
             },
         }
+    }
+
+    /// Issue 31 (Istio 1.30, #59768): an intermediate that expires in an hour under a root that
+    /// expires in half an hour signs nothing that outlives the root.
+    #[test]
+    fn leaves_are_clamped_to_the_earliest_expiry_of_the_whole_chain() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer};
+        let now = SystemTime::now();
+        let at = |seconds: u64| time::OffsetDateTime::from(now + Duration::from_secs(seconds));
+        let root_key = KeyPair::generate().unwrap();
+        let mut root = CertificateParams::default();
+        root.distinguished_name
+            .push(rcgen::DnType::CommonName, "short-lived root");
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root.not_before = at(0) - time::Duration::minutes(5);
+        root.not_after = at(1800);
+        let root_der = root.self_signed(&root_key).unwrap().der().clone();
+        let root_issuer = Issuer::new(root, root_key);
+        let key = KeyPair::generate().unwrap();
+        let mut intermediate = CertificateParams::default();
+        intermediate
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "intermediate");
+        intermediate.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        intermediate.not_before = at(0) - time::Duration::minutes(5);
+        intermediate.not_after = at(3600);
+        let intermediate_der = intermediate
+            .signed_by(&key, &root_issuer)
+            .unwrap()
+            .der()
+            .clone();
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |der: &[u8]| crate::keys::certificate_pem(der);
+        std::fs::write(dir.path().join("ca-cert.pem"), pem(&intermediate_der)).unwrap();
+        std::fs::write(dir.path().join("ca-key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("root-cert.pem"), pem(&root_der)).unwrap();
+        std::fs::write(
+            dir.path().join("cert-chain.pem"),
+            format!("{}{}", pem(&intermediate_der), pem(&root_der)),
+        )
+        .unwrap();
+        let trust_domain = TrustDomain::new("a.example").unwrap();
+        let signer = files::load_signer("a", trust_domain, dir.path(), &[], now).unwrap();
+        let root_not_after = crate::clock::from_unix_seconds(at(1800).unix_timestamp());
+        assert_eq!(signer.signing_not_after(), root_not_after);
+        let mut grant = grant(now);
+        grant.not_after = grant.not_after.min(signer.signing_not_after());
+        let leaf = signer.issue_workload(&grant, now).unwrap();
+        assert!(
+            leaf.not_after <= root_not_after,
+            "the leaf outlives the root"
+        );
     }
 
     #[test]
