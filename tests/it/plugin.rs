@@ -591,3 +591,64 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
     assert!(passed.status.success(), "{passed:?}");
     server.stop().await;
 }
+
+/// Issue 31 (Istio 1.27's plug-in CA no longer falls back when `cacerts` is incomplete): every
+/// write of `cacerts` replaces all its keys in one update. A Secret left half-written by someone
+/// else (a key missing, a stray one) is replaced whole; while the API refuses the write, the
+/// Secret is left as it was, never partly ours.
+#[tokio::test]
+async fn cacerts_is_written_all_or_nothing() {
+    use std::sync::atomic::Ordering;
+    let api = FakeApiServer::start().await;
+    api.add_namespace("istio-system", &[]);
+    let ca = TestCa::new();
+    ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
+             istiod_address = \"127.0.0.1:1\"\n",
+            kubeconfig.display()
+        )
+    });
+    let server = ca.start().await;
+    eventually("cacerts written", || serial(&api).is_some()).await;
+    let first = cacerts(&api).unwrap();
+    // Someone leaves it half-written: the key gone, a stray file added.
+    let mut half = first.clone();
+    half["data"].as_object_mut().unwrap().remove("ca-key.pem");
+    half["data"]["stray.pem"] = serde_json::json!("eA==");
+    api.state.down.store(true, Ordering::SeqCst);
+    api.put_object("secrets", "istio-system", half.clone());
+    // While the API refuses every call, what is stored is what that client left.
+    let arrivals = api.arrivals();
+    eventually("meshroot tries again", || api.arrivals() > arrivals + 1).await;
+    assert_eq!(cacerts(&api).unwrap()["data"], half["data"]);
+    api.state.down.store(false, Ordering::SeqCst);
+    eventually("cacerts rewritten whole", || {
+        cacerts(&api).is_some_and(|s| s["data"].get("stray.pem").is_none())
+            && serial(&api).is_some()
+    })
+    .await;
+    let rewritten = cacerts(&api).unwrap();
+    let keys: Vec<&String> = rewritten["data"].as_object().unwrap().keys().collect();
+    for file in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ] {
+        assert!(keys.iter().any(|k| *k == file), "{file} in {keys:?}");
+    }
+    // The key is the certificate's: one consistent set.
+    let key = secret_text(&rewritten, "ca-key.pem");
+    let cert = secret_text(&rewritten, "ca-cert.pem");
+    let key_pair = rcgen::KeyPair::from_pem(&key).unwrap();
+    let der = certificates(&cert).remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(
+        parsed.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key_pair).as_slice()
+    );
+    server.stop().await;
+}
