@@ -58,7 +58,7 @@ fn policies() -> Vec<Policy> {
             version: ProtocolVersion::TLSv1_2,
         },
         Policy {
-            name: "TLS 1.3 with P-256",
+            name: "fips-140-3: TLS 1.3 only, P-256 key exchange",
             provider: only(ring::default_provider(), vec![ring::kx_group::SECP256R1]),
             versions: TLS13_ONLY,
             group: NamedGroup::secp256r1,
