@@ -42,6 +42,23 @@ fn serial(api: &FakeApiServer) -> Option<String> {
     Some(meshroot::digest::hex(parsed.raw_serial()))
 }
 
+/// A CA that keeps cluster `west`'s `cacerts` through a fake API server (namespace
+/// `istio-system`), with `settings` added to the cluster's table.
+async fn keeping_cacerts(settings: &str) -> (FakeApiServer, TestCa) {
+    let api = FakeApiServer::start().await;
+    api.add_namespace("istio-system", &[]);
+    let ca = TestCa::new();
+    ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n{settings}",
+            kubeconfig.display()
+        )
+    });
+    (api, ca)
+}
+
 /// A stand-in for istiod's TLS port: it serves a certificate signed by whichever intermediate
 /// it was last given (as istiod re-issues its own certificate when it reloads `cacerts`).
 struct FakeIstiod {
@@ -398,18 +415,7 @@ async fn a_workload_signed_by_a_clusters_intermediate_reaches_another_meshs_envo
 /// expiry, months away, is the one the refusal names; meshroot's own certificates last a day).
 #[tokio::test]
 async fn a_root_an_unexpired_cluster_intermediate_chains_to_is_not_dropped() {
-    let api = FakeApiServer::start().await;
-    api.add_namespace("istio-system", &[]);
-    let ca = TestCa::new();
-    ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
-    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
-    ca.edit_config(|config| {
-        format!(
-            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
-             intermediate_ttl = \"2000h\"\n",
-            kubeconfig.display()
-        )
-    });
+    let (api, ca) = keeping_cacerts("intermediate_ttl = \"2000h\"\n").await;
     let server = ca.start().await;
     eventually("cacerts written", || serial(&api).is_some()).await;
     let expires = SystemTime::now() + Duration::from_secs(2000 * 3600);
@@ -462,18 +468,7 @@ fn crl_blocks(text: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermediate_is_replaced() {
-    let api = FakeApiServer::start().await;
-    api.add_namespace("istio-system", &[]);
-    let ca = TestCa::new();
-    ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
-    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
-    ca.edit_config(|config| {
-        format!(
-            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
-             intermediate_ttl = \"10h\"\n",
-            kubeconfig.display(),
-        )
-    });
+    let (api, ca) = keeping_cacerts("intermediate_ttl = \"10h\"\n").await;
     let server = ca.start().await;
     let admin = server.server.admin_address();
     let crl_of = |api: &FakeApiServer| {
@@ -599,18 +594,7 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
 #[tokio::test]
 async fn cacerts_is_written_all_or_nothing() {
     use std::sync::atomic::Ordering;
-    let api = FakeApiServer::start().await;
-    api.add_namespace("istio-system", &[]);
-    let ca = TestCa::new();
-    ca.allow_cluster_intermediates(MESH, &[TRUST_DOMAIN]);
-    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
-    ca.edit_config(|config| {
-        format!(
-            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
-             istiod_address = \"127.0.0.1:1\"\n",
-            kubeconfig.display()
-        )
-    });
+    let (api, ca) = keeping_cacerts("istiod_address = \"127.0.0.1:1\"\n").await;
     let server = ca.start().await;
     eventually("cacerts written", || serial(&api).is_some()).await;
     let first = cacerts(&api).unwrap();
