@@ -55,6 +55,24 @@ pub(super) fn kubernetes(
             "required when neither POD_NAME nor HOSTNAME is set".into(),
         );
     }
+    let root_configmap_name = raw
+        .root_configmap_name
+        .unwrap_or_else(|| crate::kubernetes::publish::ROOT_CONFIGMAP.to_owned());
+    let crl_configmap_name = raw
+        .crl_configmap_name
+        .unwrap_or_else(|| crate::kubernetes::publish::CRL_CONFIGMAP.to_owned());
+    for (field, value) in [
+        ("root_configmap_name", &root_configmap_name),
+        ("crl_configmap_name", &crl_configmap_name),
+    ] {
+        // A ConfigMap's name: a DNS subdomain (RFC 1123), lowercase.
+        if !super::is_dns_name(value) || value.chars().any(|c| c.is_ascii_uppercase()) {
+            p.add(
+                format!("kubernetes.{field}"),
+                format!("{value:?} is not a ConfigMap name"),
+            );
+        }
+    }
     for (field, value) in [("namespace", &namespace)] {
         if !is_mesh_name(value) {
             p.add(
@@ -89,6 +107,8 @@ pub(super) fn kubernetes(
             "kubernetes.lease_duration",
         ),
         root_configmap: raw.root_configmap.unwrap_or(true),
+        root_configmap_name,
+        crl_configmap_name,
         cluster_trust_bundle: raw.cluster_trust_bundle.unwrap_or(false),
         namespace_selector: raw.namespace_selector.unwrap_or_default(),
         istiod_tls: raw.istiod_tls.unwrap_or(true),

@@ -306,6 +306,10 @@ pub struct KubernetesConfig {
     pub lease_duration: Duration,
     /// Keep `istio-ca-root-cert` in namespaces.
     pub root_configmap: bool,
+    /// Its name: Istio ≥ 1.27 can rename it (`values.global.trustBundleName`).
+    pub root_configmap_name: String,
+    /// The CRLs' ConfigMap's name: Istio ≥ 1.29 can rename it (`values.pilot.crlConfigMapName`).
+    pub crl_configmap_name: String,
     /// Keep the ClusterTrustBundle `istio.io:istiod-ca:root-cert` (certificates.k8s.io/v1beta1).
     pub cluster_trust_bundle: bool,
     /// Only namespaces matching this label selector (empty: all).

@@ -95,6 +95,8 @@ pub(super) struct RawKubernetes {
     pub(super) identity: Option<String>,
     pub(super) lease_duration: Option<String>,
     pub(super) root_configmap: Option<bool>,
+    pub(super) root_configmap_name: Option<String>,
+    pub(super) crl_configmap_name: Option<String>,
     pub(super) cluster_trust_bundle: Option<bool>,
     pub(super) namespace_selector: Option<String>,
     pub(super) istiod_tls: Option<bool>,

@@ -89,6 +89,9 @@ pub struct PublishSettings {
     pub namespace_selector: String,
     /// Keep `istio-ca-root-cert` in namespaces.
     pub root_configmap: bool,
+    /// The root and CRL ConfigMaps' names (Istio's defaults, or what Istio was told).
+    pub root_configmap_name: String,
+    pub crl_configmap_name: String,
     /// Keep the ClusterTrustBundle `istio.io:istiod-ca:root-cert`.
     pub cluster_trust_bundle: bool,
     /// Keep `istiod-tls` (in `istiod_namespace`).
@@ -123,14 +126,14 @@ pub async fn run_root_distribution(
     shutdown: watch::Receiver<bool>,
 ) {
     let content = NamespacedConfigMap {
-        name: ROOT_CONFIGMAP,
+        name: settings.root_configmap_name.clone(),
         key: ROOT_CONFIGMAP_KEY,
         what: "trust bundle",
         content: Box::new(move || mesh.bundle_pem()),
         published: Box::new(|_| {}),
     };
     while_leading(leader, shutdown, || {
-        tracing::info!(configmap = ROOT_CONFIGMAP, selector = %settings.namespace_selector, "distributing the trust bundle");
+        tracing::info!(configmap = %settings.root_configmap_name, selector = %settings.namespace_selector, "distributing the trust bundle");
         distribute(&client, &settings, &content)
     })
     .await
@@ -153,14 +156,14 @@ pub async fn run_crl_distribution(
     shutdown: watch::Receiver<bool>,
 ) {
     let content = NamespacedConfigMap {
-        name: CRL_CONFIGMAP,
+        name: settings.crl_configmap_name.clone(),
         key: CRL_CONFIGMAP_KEY,
         what: "CRLs",
         content: crl,
         published,
     };
     while_leading(leader, shutdown, || {
-        tracing::info!(configmap = CRL_CONFIGMAP, selector = %settings.namespace_selector, "distributing the CRLs");
+        tracing::info!(configmap = %settings.crl_configmap_name, selector = %settings.namespace_selector, "distributing the CRLs");
         distribute(&client, &settings, &content)
     })
     .await
@@ -168,7 +171,7 @@ pub async fn run_crl_distribution(
 
 /// A ConfigMap kept with the same content in every selected namespace.
 struct NamespacedConfigMap {
-    name: &'static str,
+    name: String,
     key: &'static str,
     /// For the log.
     what: &'static str,
@@ -207,7 +210,7 @@ async fn distribute(
     settings: &PublishSettings,
     content: &NamespacedConfigMap,
 ) {
-    let (name, key) = (content.name, content.key);
+    let (name, key) = (content.name.as_str(), content.key);
     let mut namespace_config = watcher::Config::default();
     if !settings.namespace_selector.is_empty() {
         namespace_config = namespace_config.labels(&settings.namespace_selector);
@@ -330,7 +333,7 @@ async fn ensure_configmap(
     content: &NamespacedConfigMap,
     bundle: &str,
 ) -> Result<(), kube::Error> {
-    let (name, key) = (content.name, content.key);
+    let (name, key) = (content.name.as_str(), content.key);
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let mut attempt = 0;
     loop {

@@ -44,6 +44,8 @@ pub(super) async fn start_cluster_duties(
     let publish = PublishSettings {
         namespace_selector: settings.namespace_selector.clone(),
         root_configmap: settings.root_configmap,
+        root_configmap_name: settings.root_configmap_name.clone(),
+        crl_configmap_name: settings.crl_configmap_name.clone(),
         cluster_trust_bundle: settings.cluster_trust_bundle,
         istiod_tls: settings.istiod_tls,
         istiod_namespace: settings.namespace.clone(),

@@ -509,3 +509,40 @@ async fn the_leader_keeps_the_crl_configmap_and_publishes_a_revocation_at_once()
     );
     server.stop().await;
 }
+
+/// Issue 31: Istio ≥ 1.27 can rename the root ConfigMap (`values.global.trustBundleName`) and
+/// ≥ 1.29 the CRL ConfigMap (`values.pilot.crlConfigMapName`); meshroot publishes under the
+/// names it is given, and not under the defaults.
+#[tokio::test]
+async fn the_root_and_crl_configmaps_are_published_under_the_configured_names() {
+    let api = FakeApiServer::start().await;
+    cluster_with_namespaces(&api);
+    let ca = TestCa::new();
+    with_duties(
+        &ca,
+        &api,
+        "meshroot-0",
+        "istiod_tls = false\nroot_configmap_name = \"mesh-trust-bundle\"\ncrl_configmap_name = \"mesh-crl\"\n",
+    );
+    let server = ca.start().await;
+    let bundle = server.server.root_bundle_pem().to_owned();
+    let (_, crl) = common::http_get(server.server.admin_address(), "/crl").await;
+    eventually(
+        "both ConfigMaps under their names in every namespace",
+        || {
+            ["istio-system", "default", "shop", "kube-system"]
+                .iter()
+                .all(|ns| {
+                    api.object("configmaps", ns, "mesh-trust-bundle")
+                        .is_some_and(|c| c["data"]["root-cert.pem"] == bundle.as_str())
+                        && api
+                            .object("configmaps", ns, "mesh-crl")
+                            .is_some_and(|c| c["data"]["ca-crl.pem"] == crl.as_str())
+                })
+        },
+    )
+    .await;
+    assert!(root_configmap(&api, "default").is_none());
+    assert!(crl_configmap(&api, "default").is_none());
+    server.stop().await;
+}

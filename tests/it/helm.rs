@@ -303,6 +303,9 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
             assert_eq!(export.fail_closed_lag_records, Some(10_000));
             assert_eq!(statefulset["spec"]["replicas"], 3);
             assert_eq!(config.admin.allowed_identities.len(), 2, "two readers");
+            let kubernetes = config.kubernetes.as_ref().unwrap();
+            assert_eq!(kubernetes.root_configmap_name, "mesh-trust-bundle");
+            assert_eq!(kubernetes.crl_configmap_name, "istio-ca-crl");
             assert_eq!(
                 config.admin.revokers,
                 ["spiffe://cluster.local/ns/security/sa/incident-response"]
