@@ -546,3 +546,61 @@ async fn the_root_and_crl_configmaps_are_published_under_the_configured_names() 
     assert!(crl_configmap(&api, "default").is_none());
     server.stop().await;
 }
+
+/// Issue 31 (Istio 1.30, #59909, a missed CA-bundle rotation when a bundle's certificates came
+/// in another order): after a root rotation's first step, every bundle meshroot publishes, the
+/// root ConfigMap, the ClusterTrustBundle, `cacerts`' `root-cert.pem` and the tail of a CSR
+/// answer's chain, holds the same certificates in the same order, and nothing but them.
+#[tokio::test]
+async fn every_published_bundle_has_one_order_after_a_rotation() {
+    let api = FakeApiServer::start().await;
+    cluster_with_namespaces(&api);
+    let ca = TestCa::new();
+    ca.allow_cluster_intermediates(MESH, &[common::TRUST_DOMAIN]);
+    with_duties(
+        &ca,
+        &api,
+        "meshroot-0",
+        "istiod_tls = false\ncluster_trust_bundle = true\n",
+    );
+    let kubeconfig = api.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|config| {
+        format!(
+            "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\ncacerts = true\n\
+             istiod_address = \"127.0.0.1:1\"\n",
+            kubeconfig.display()
+        )
+    });
+    let server = ca.start().await;
+    let next = ca.add_next_root();
+    server.server.reload().await.unwrap();
+    let two_roots = |pem: &str| common::certificates(pem).len() == 2;
+    let cacerts_root = |api: &FakeApiServer| {
+        use base64::Engine as _;
+        api.object("secrets", "istio-system", "cacerts")
+            .and_then(|s| s["data"]["root-cert.pem"].as_str().map(str::to_owned))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    eventually("every bundle published after the rotation", || {
+        let Some(bundle) = root_configmap(&api, "default").filter(|b| two_roots(b)) else {
+            return false;
+        };
+        cluster_trust_bundle(&api).is_some_and(|c| c["spec"]["trustBundle"] == bundle.as_str())
+            && cacerts_root(&api).as_deref() == Some(bundle.as_str())
+    })
+    .await;
+    let bundle = root_configmap(&api, "default").unwrap();
+    // The mesh's root first, then the new one, as configured.
+    let roots = common::certificates(&bundle);
+    assert_eq!(roots[0], common::certificates(&ca.root_pem())[0]);
+    assert_eq!(roots[1], common::certificates(&next.root_pem())[0]);
+    let chain = server.issue(&ca, "cart").await;
+    assert_eq!(chain.last(), Some(&bundle), "the CSR answer's tail");
+    // Only CERTIFICATE blocks.
+    assert_eq!(
+        bundle.matches("-----BEGIN ").count(),
+        bundle.matches("-----BEGIN CERTIFICATE-----").count()
+    );
+    server.stop().await;
+}
