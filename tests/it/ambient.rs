@@ -75,3 +75,84 @@ async fn a_ztunnel_request_to_a_constrained_mesh_raises_a_warning_a_metric_and_a
         serving.stop();
     }
 }
+
+/// Issue 31 (Istio 1.29 delivers `ca-crl.pem` to ztunnel): meshroot's published CRLs read the way
+/// ztunnel reads them (istio/ztunnel `62d82653`, `src/tls/crl.rs` and `src/tls/revocation.rs`):
+/// every PEM block must parse as a webpki `OwnedCertRevocationList` (one that does not fails the
+/// whole load), and a peer is checked with webpki at depth `Chain`, unknown status allowed,
+/// expiry ignored. A revoked workload is refused and another accepted under that policy.
+#[tokio::test]
+async fn the_published_crls_load_and_revoke_as_ztunnel_checks_them() {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+    let ca = TestCa::with_meshes_constrained(
+        &[(MESH, "cluster.local")],
+        meshroot::keys::KeyType::EcdsaP256,
+        false,
+    );
+    let server = ca.start().await;
+    let (revoked, _) = server
+        .workload(&ca, MESH, "spiffe://cluster.local/ns/shop/sa/cart")
+        .await;
+    let (kept, _) = server
+        .workload(&ca, MESH, "spiffe://cluster.local/ns/shop/sa/orders")
+        .await;
+    let serial =
+        |chain: &str| meshroot::signer::check::serial_of(&common::certificates(chain)[0]).unwrap();
+    server
+        .audit_client()
+        .await
+        .revoke(meshroot::pb::audit::RevokeRequest {
+            filter: Some(meshroot::pb::audit::Filter {
+                serial: serial(&revoked),
+                ..Default::default()
+            }),
+            reason: "key-compromise".into(),
+            no_block: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (status, pem) = common::http_get(server.server.admin_address(), "/crl").await;
+    assert_eq!(status, 200);
+    // ztunnel's load: every CRL block parses with webpki, or nothing loads.
+    let crls: Vec<webpki::CertRevocationList<'static>> =
+        CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+            .map(|der| {
+                webpki::OwnedCertRevocationList::from_der(der.unwrap().as_ref())
+                    .unwrap()
+                    .into()
+            })
+            .collect();
+    assert!(crls.len() >= 2, "the intermediate's and the root's");
+    let crl_refs: Vec<&webpki::CertRevocationList<'_>> = crls.iter().collect();
+    let anchors: Vec<_> = common::certificates(&ca.root_pem())
+        .iter()
+        .map(|root| webpki::anchor_from_trusted_cert(root).unwrap().to_owned())
+        .collect();
+    let check = |chain: &str| {
+        let certificates: Vec<CertificateDer<'static>> = common::certificates(chain);
+        let (leaf, intermediates) = certificates.split_first().unwrap();
+        let revocation = webpki::RevocationOptionsBuilder::new(&crl_refs)
+            .unwrap()
+            .with_depth(webpki::RevocationCheckDepth::Chain)
+            .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+            .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
+            .build();
+        webpki::EndEntityCert::try_from(leaf)
+            .unwrap()
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                intermediates,
+                UnixTime::now(),
+                webpki::KeyUsage::client_auth(),
+                Some(revocation),
+                None,
+            )
+            .map(|_| ())
+    };
+    assert_eq!(check(&revoked), Err(webpki::Error::CertRevoked));
+    check(&kept).expect("an unrevoked workload is accepted");
+    server.stop().await;
+}
