@@ -352,13 +352,17 @@ impl Metrics {
         let ztunnel = read(&self.ztunnel_constrained);
         out.labeled(
             "meshroot_ztunnel_constrained_chain",
-            "1 when the mesh's ztunnel callers (ImpersonatedIdentity, node-proxy accounts) are \
-             served a chain with URI name constraints, which ztunnel's verifier (rustls-webpki) \
-             refuses: every ambient handshake fails. Fix: an intermediate for the ambient data plane.",
+            "1 when ztunnel (ImpersonatedIdentity, node-proxy accounts), of this mesh or of a \
+             mesh under the same root whose peer it is, meets this mesh's chain with URI name \
+             constraints, which ztunnel's verifier (rustls-webpki) refuses: those handshakes fail. \
+             Fix: an intermediate for the ambient data plane.",
             Kind::Gauge,
-            ztunnel
-                .iter()
-                .map(|(mesh, constrained)| (vec![("mesh", mesh.as_str())], f64::from(u8::from(*constrained)))),
+            ztunnel.iter().map(|(mesh, constrained)| {
+                (
+                    vec![("mesh", mesh.as_str())],
+                    f64::from(u8::from(*constrained)),
+                )
+            }),
         );
         drop(ztunnel);
         let istiod = read(&self.istiod_intermediate_current);

@@ -216,10 +216,11 @@ pub fn render(page: &StatusPage) -> String {
     for mesh in page.meshes.iter().filter(|m| m.ztunnel_constrained) {
         let _ = write!(
             html,
-            "<p class=\"bad\" data-figure=\"ztunnel-constrained-{}\">Mesh {}: ztunnel asks for its \
-             certificates, but its intermediate carries URI name constraints, which ztunnel \
-             refuses: every ambient handshake fails. Fix: <code>meshroot rotate intermediate \
-             --root-dir ROOT_DIR --mesh {} --out CA_DIR --data-plane ambient</code>.</p>",
+            "<p class=\"bad\" data-figure=\"ztunnel-constrained-{}\">Mesh {}: ztunnel (its own, or \
+             a peer mesh's under the same root) meets its chain, but its intermediate carries URI \
+             name constraints, which ztunnel refuses: those handshakes fail. Fix: <code>meshroot \
+             rotate intermediate --root-dir ROOT_DIR --mesh {} --out CA_DIR --data-plane \
+             ambient</code>.</p>",
             escape(&mesh.name),
             escape(&mesh.name),
             escape(&mesh.name)

@@ -369,29 +369,47 @@ impl CertificateAuthority {
         })
     }
 
-    /// A ztunnel request for `mesh`: if its chain carries URI name constraints, which
-    /// ztunnel's rustls-webpki refuses, say so (once, until the chain changes) with the command
-    /// that fixes it, and set the gauge an alert can fire on. Issuance is not refused: the
-    /// certificate is valid; the verifier is what fails.
+    /// A ztunnel request for `mesh`. ztunnel's rustls-webpki refuses every chain that carries a
+    /// URI name constraint: the mesh's own, and that of every mesh under the same root, whose
+    /// workloads are its peers (mTLS across meshes, gateways). For each such mesh whose chain is
+    /// constrained, say so (once, until the chain changes) with the command that fixes it, and
+    /// set the gauge an alert can fire on. Issuance is not refused: the certificate is valid; the
+    /// verifier is what fails.
     fn notice_ztunnel(&self, mesh: &Mesh) {
-        let constrained = mesh.signer.name_constrained();
-        if self.metrics.ztunnel_chain(&mesh.policy.mesh, constrained) {
-            let intermediate = mesh
+        let root = mesh.signer.issuing_root();
+        let peers = self.meshes.values().filter(|other| {
+            other.policy.mesh == mesh.policy.mesh
+                || (root.is_some() && other.signer.issuing_root() == root)
+        });
+        for peer in peers {
+            let constrained = peer.signer.name_constrained();
+            if !self.metrics.ztunnel_chain(&peer.policy.mesh, constrained) {
+                continue;
+            }
+            let intermediate = peer
                 .signer
                 .intermediates()
                 .first()
                 .map(|der| crate::audit::rotation::subject_of(der))
                 .unwrap_or_default();
+            let whose = if peer.policy.mesh == mesh.policy.mesh {
+                "ztunnel asks for certificates of this mesh".to_owned()
+            } else {
+                format!(
+                    "mesh {} runs ztunnel and this mesh's workloads are its peers (one root)",
+                    mesh.policy.mesh
+                )
+            };
             tracing::warn!(
-                mesh = %mesh.policy.mesh,
+                mesh = %peer.policy.mesh,
                 intermediate = %intermediate,
                 fix = %format!(
                     "meshroot rotate intermediate --root-dir ROOT_DIR --mesh {} --out CA_DIR --data-plane ambient",
-                    mesh.policy.mesh
+                    peer.policy.mesh
                 ),
-                "ztunnel asks for certificates of this mesh, but its intermediate carries URI name \
-                 constraints, which ztunnel (rustls-webpki) refuses: every ambient handshake will \
-                 fail until the mesh is served by an intermediate for the ambient data plane"
+                "{whose}, but its intermediate carries URI name constraints, which ztunnel \
+                 (rustls-webpki) refuses: those handshakes will fail until the mesh is served by \
+                 an intermediate for the ambient data plane"
             );
         }
     }

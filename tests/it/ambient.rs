@@ -156,3 +156,41 @@ async fn the_published_crls_load_and_revoke_as_ztunnel_checks_them() {
     check(&kept).expect("an unrevoked workload is accepted");
     server.stop().await;
 }
+
+/// The same for a mesh that is ztunnel's peer: meshes under one root trust each other's
+/// chains, so when mesh `a` runs ztunnel, mesh `b`'s URI-constrained chain fails ztunnel's
+/// handshakes with `b`'s workloads too, and is flagged the same way.
+#[tokio::test]
+async fn a_peer_mesh_under_the_same_root_is_flagged_when_another_runs_ztunnel() {
+    let west = FakeApiServer::start().await;
+    let ca = TestCa::with_meshes_constrained(
+        &[("b", "b.example"), ("a", "a.example")],
+        meshroot::keys::KeyType::EcdsaP256,
+        true,
+    );
+    // The cluster (and so the node-proxy accounts) goes to the last mesh, `a`.
+    let kubeconfig = west.write_kubeconfig(ca.path(), "west");
+    ca.edit_config(|text| {
+        format!(
+            "{text}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{}\"\n",
+            kubeconfig.display()
+        )
+    });
+    let server = ca.start().await;
+    server
+        .call_with(
+            ztunnel_csr("spiffe://a.example/ns/istio-system/sa/ztunnel"),
+            Some(ca.token("a", "istio-system", "ztunnel")),
+            0,
+            "west",
+            None,
+        )
+        .await
+        .unwrap();
+    let (_, metrics) = common::http_get(server.server.admin_address(), "/metrics").await;
+    for mesh in ["a", "b"] {
+        let gauge = format!("meshroot_ztunnel_constrained_chain{{mesh=\"{mesh}\"}} 1");
+        assert!(metrics.contains(&gauge), "{gauge}: {metrics}");
+    }
+    server.stop().await;
+}
