@@ -57,10 +57,10 @@ pub(super) fn kubernetes(
     }
     let root_configmap_name = raw
         .root_configmap_name
-        .unwrap_or_else(|| crate::kubernetes::publish::ROOT_CONFIGMAP.to_owned());
+        .unwrap_or_else(|| super::DEFAULT_ROOT_CONFIGMAP.to_owned());
     let crl_configmap_name = raw
         .crl_configmap_name
-        .unwrap_or_else(|| crate::kubernetes::publish::CRL_CONFIGMAP.to_owned());
+        .unwrap_or_else(|| super::DEFAULT_CRL_CONFIGMAP.to_owned());
     for (field, value) in [
         ("root_configmap_name", &root_configmap_name),
         ("crl_configmap_name", &crl_configmap_name),

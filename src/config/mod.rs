@@ -52,6 +52,11 @@ pub const DEFAULT_REFUSALS_RECORDED_PER_PEER: (f64, f64) = (1.0 / 60.0, 10.0);
 /// The same, over all peers together (one every 10 s, bursts of 60): with the summaries, a
 /// flood costs the store at most about 1 KB/s (README, "Limits and hardening").
 pub const DEFAULT_REFUSALS_RECORDED: (f64, f64) = (0.1, 60.0);
+/// Istio's default names of the ConfigMaps istio-agent reads the mesh root from, and the CRLs
+/// (Istio >= 1.27 and >= 1.29 can rename them: `[kubernetes] root_configmap_name`,
+/// `crl_configmap_name`).
+pub const DEFAULT_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
+pub const DEFAULT_CRL_CONFIGMAP: &str = "istio-ca-crl";
 /// Where the Lease and `istiod-tls` live when neither the config nor `POD_NAMESPACE` says.
 pub const DEFAULT_KUBERNETES_NAMESPACE: &str = "istio-system";
 /// client-go's default `leaseDurationSeconds`.

@@ -30,8 +30,8 @@ use tokio_stream::StreamExt as _;
 
 use super::{describe, is_conflict};
 
-/// The ConfigMap istio-agent reads the mesh root from, and its key.
-pub const ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
+/// The key of the ConfigMap istio-agent reads the mesh root from (its name is configured:
+/// `PublishSettings::root_configmap_name`).
 pub const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
 /// The Secret istiod serves with.
 pub const ISTIOD_SECRET: &str = "istiod-tls";
@@ -139,9 +139,9 @@ pub async fn run_root_distribution(
     .await
 }
 
-/// The CRLs' ConfigMap, which Istio's sidecar injector mounts at `/var/run/secrets/istio/crl`
-/// (and ztunnel's chart, with `peerCaCrl.enabled`).
-pub const CRL_CONFIGMAP: &str = "istio-ca-crl";
+/// The key of the CRLs' ConfigMap, which Istio's sidecar injector mounts at
+/// `/var/run/secrets/istio/crl` (and ztunnel's chart, with `peerCaCrl.enabled`); its name is
+/// configured (`PublishSettings::crl_configmap_name`).
 pub const CRL_CONFIGMAP_KEY: &str = "ca-crl.pem";
 
 /// Keeps `istio-ca-crl` (`ca-crl.pem`: every CRL, as `crl` gives it) in every namespace that
