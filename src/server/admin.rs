@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// How often, at most, the admin listener pings an HTTP/2 client (and at least twice per idle
+/// timeout): a live tail (`WatchRecords`) may see no new record for hours, and the client's
+/// answers keep its connection from counting as idle; a client that stops answering for
+/// [`ADMIN_KEEPALIVE_TIMEOUT`] (or the interval, if shorter) is dropped.
+const ADMIN_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const ADMIN_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Binds the admin address and serves there the audit API, the gRPC health service and, over
 /// HTTP/1.1 or HTTP/2, `/metrics`, `/healthz` and `/readyz`. On a loopback address in plain
 /// text; elsewhere over TLS, where the audit API requires a client certificate that proves one

@@ -64,12 +64,6 @@ use crate::store::SledStore;
 use crate::store::StoreError;
 use connections::ConnectionLimits;
 
-/// How often, at most, the admin listener pings an HTTP/2 client (and at least twice per idle
-/// timeout): a live tail (`WatchRecords`) may see no new record for hours, and the client's
-/// answers keep its connection from counting as idle; a client that stops answering for
-/// [`ADMIN_KEEPALIVE_TIMEOUT`] (or the interval, if shorter) is dropped.
-const ADMIN_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
-const ADMIN_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After a failed serving-certificate renewal, try again this soon.
 const RENEWAL_RETRY: Duration = Duration::from_secs(60);
 /// Renewals never follow each other faster than this (e.g. when the intermediate is about to
