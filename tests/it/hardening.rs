@@ -13,6 +13,15 @@ use tonic::Code;
 const READER: &str = "spiffe://cluster.local/ns/ops/sa/auditor";
 const REVOKER: &str = "spiffe://cluster.local/ns/ops/sa/security";
 
+/// The recorded refusal behind an UNAUTHENTICATED answer.
+fn denial(server: &common::TestServer, status: &tonic::Status) -> meshroot::record::DenialRecord {
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    match server.record_of(status).outcome {
+        meshroot::record::Outcome::Denied(denied) => denied,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A CA configured as a `[cluster]` whose only member is itself, on a loopback admin address
 /// (plain text: any local client may speak as a member); the member's name.
 fn cluster_of_one() -> (TestCa, String) {
@@ -171,11 +180,7 @@ async fn the_csr_api_never_issues_the_member_identity() {
         )
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    let record = server.record_of(&status);
-    let meshroot::record::Outcome::Denied(denied) = &record.outcome else {
-        panic!("{record:?}");
-    };
+    let denied = denial(&server, &status);
     assert_eq!(denied.reason, "reserved-identity");
     // Another service account of the namespace is served as before.
     server
@@ -363,11 +368,7 @@ async fn a_block_recorded_past_year_9999_is_refused_plainly() {
         .call(agent_csr(cart), Some(ca.token(MESH, "default", "cart")), 0)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    let record = server.record_of(&status);
-    let meshroot::record::Outcome::Denied(denied) = &record.outcome else {
-        panic!("{record:?}");
-    };
+    let denied = denial(&server, &status);
     assert_eq!(denied.reason, "identity-revoked");
     assert!(
         denied.detail.contains("after 9999-12-31T23:59:59Z"),
