@@ -15,6 +15,7 @@ pub mod config;
 pub mod csr;
 pub mod digest;
 pub mod export;
+pub mod federation;
 pub mod grpc;
 pub mod identity;
 pub mod issuance;

@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 pub mod init;
+pub mod istio;
 mod revoke;
 mod rotate;
 pub mod slow_readers;
@@ -68,6 +69,9 @@ pub enum Command {
     /// CRLs meshroot does not sign itself (the root's).
     #[command(subcommand)]
     Crl(revoke::CrlCommand),
+    /// The Istio side of a mesh, generated from this configuration (`istio config --mesh b`).
+    #[command(subcommand)]
+    Istio(istio::IstioCommand),
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +249,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Revoke(args) => revoke::run(args).await,
         Command::Crl(command) => revoke::run_crl(command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Istio(command) => istio::run(command),
     }
 }
 

@@ -56,7 +56,29 @@ pub(super) fn meshes(
             }
         }
     }
+    accepted_meshes(&meshes, p);
     meshes
+}
+
+/// `accepts`: names of other configured meshes, each once; a mesh does not list itself (its own
+/// trust domain and aliases are always accepted).
+fn accepted_meshes(meshes: &[MeshConfig], p: &mut Problems) {
+    for (index, mesh) in meshes.iter().enumerate() {
+        let mut seen = HashSet::new();
+        for (accepted_index, name) in mesh.accepts.iter().enumerate() {
+            let key = format!("mesh[{index}].accepts[{accepted_index}]");
+            if *name == mesh.name {
+                p.add(
+                    key,
+                    format!("{name:?} is this mesh: its own trust domain is always accepted"),
+                );
+            } else if !meshes.iter().any(|other| other.name == *name) {
+                p.add(key, format!("{name:?} is not the name of a [[mesh]]"));
+            } else if !seen.insert(name) {
+                p.add(key, format!("{name:?} is listed twice"));
+            }
+        }
+    }
 }
 
 /// One `[[mesh]]`; None when its trust domain is unusable (the problem is recorded).
@@ -164,6 +186,7 @@ fn one_mesh(
         alias_issuance,
         extra_roots,
         force_root_removal: mesh.force_root_removal.unwrap_or(false),
+        accepts: mesh.accepts.unwrap_or_default(),
     })
 }
 

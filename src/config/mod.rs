@@ -348,6 +348,10 @@ pub struct MeshConfig {
     pub extra_roots: Vec<ExtraRoot>,
     /// Load a trust bundle even though unexpired certificates chain to none of its roots.
     pub force_root_removal: bool,
+    /// The other meshes (by name) whose workloads this mesh's proxies accept as peers: their
+    /// trust domains go into this mesh's `meshConfig.caCertificates[].trustDomains` and its
+    /// trust-domain AuthorizationPolicy (`meshroot istio config`). Acceptance is one way.
+    pub accepts: Vec<String>,
 }
 
 impl MeshConfig {

@@ -156,6 +156,7 @@ pub(super) struct RawMesh {
     pub(super) alias_issuance: Option<String>,
     pub(super) extra_roots: Option<Vec<RawExtraRoot>>,
     pub(super) force_root_removal: Option<bool>,
+    pub(super) accepts: Option<Vec<String>>,
 }
 
 /// `extra_roots` entries: a file, or `{ path = "...", vouches_for = ["trust.domain"] }`.

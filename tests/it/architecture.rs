@@ -27,6 +27,7 @@ const DOMAIN: &[&str] = &[
     "clock",
     "csr",
     "digest",
+    "federation",
     "identity",
     "keys",
     "metrics",

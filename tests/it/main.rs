@@ -23,6 +23,7 @@ mod export;
 mod hardening;
 mod helm;
 mod issuance;
+mod istio_config;
 mod kubernetes_auth;
 mod meshes;
 mod monitoring;
