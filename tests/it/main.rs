@@ -6,6 +6,7 @@
 
 mod common;
 
+mod acceptance;
 mod ambient;
 mod architecture;
 mod audit;
