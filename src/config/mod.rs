@@ -13,6 +13,7 @@ use crate::caller::{AuthenticatorKind, NodeAccount};
 use crate::identity::TrustDomain;
 use crate::policy::AliasIssuance;
 
+mod federation;
 mod kubernetes;
 mod membership;
 mod mesh;
@@ -125,6 +126,20 @@ pub struct Config {
     pub cluster: Option<MembershipConfig>,
     /// `[revocation]`: CRLs and how long a revoked identity is refused.
     pub revocation: RevocationConfig,
+    /// `[bundle_endpoint]`: a SPIFFE bundle per trust domain, if served.
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+}
+
+/// `[bundle_endpoint]`: `GET /<trust domain>` answers that trust domain's SPIFFE bundle, read
+/// only and unauthenticated, over HTTPS (the `https_web` profile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleEndpointConfig {
+    pub listen: SocketAddr,
+    /// `spiffe_refresh_hint`.
+    pub refresh_hint: Duration,
+    /// A certificate and key to serve with (a Web PKI certificate); None: meshroot's own
+    /// serving certificate.
+    pub certificate: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[revocation]` (README, "Revoking a certificate").

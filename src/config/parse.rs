@@ -82,6 +82,9 @@ impl Config {
                 p,
             )
         });
+        let bundle_endpoint = raw.bundle_endpoint.take().and_then(|raw| {
+            super::federation::bundle_endpoint(raw, (server.listen, admin.listen), &base, p)
+        });
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
         }
@@ -121,6 +124,7 @@ impl Config {
             kubernetes,
             cluster,
             revocation,
+            bundle_endpoint,
         })
     }
 }

@@ -27,6 +27,16 @@ pub(super) struct RawConfig {
     pub(super) kubernetes: Option<RawKubernetes>,
     pub(super) cluster: Option<RawMembership>,
     pub(super) revocation: Option<RawRevocation>,
+    pub(super) bundle_endpoint: Option<RawBundleEndpoint>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBundleEndpoint {
+    pub(super) listen: Option<String>,
+    pub(super) refresh_hint: Option<String>,
+    pub(super) certificate: Option<String>,
+    pub(super) key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -2,4 +2,5 @@
 //! accepts, the Istio configuration that says so ([`istio`]), and the SPIFFE bundle documents
 //! meshroot serves and fetches ([`bundle`]).
 
+pub mod bundle;
 pub mod istio;

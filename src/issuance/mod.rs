@@ -210,6 +210,17 @@ impl CertificateAuthority {
             .map(|(name, mesh)| (name.as_str(), &mesh.signer))
     }
 
+    /// The mesh whose trust domain, or one of whose aliases, is `trust_domain`, and its signer.
+    pub fn mesh_of_trust_domain(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Option<(&str, &Arc<MeshSigner>)> {
+        self.meshes
+            .iter()
+            .find(|(_, mesh)| mesh.trust_domains.contains(trust_domain))
+            .map(|(name, mesh)| (name.as_str(), &mesh.signer))
+    }
+
     /// The mesh whose intermediate signs meshroot's serving certificate.
     pub fn primary_signer(&self) -> Option<&Arc<MeshSigner>> {
         self.mesh_signer(&self.primary_mesh)

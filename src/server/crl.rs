@@ -331,3 +331,20 @@ impl crate::grpc::revoke::CrlPublisher for CrlKeeper {
         })
     }
 }
+
+/// Signs the CRLs once before serving (so `/crl` and the file hold them from the start) and
+/// keeps them fresh. They reach Istio (the `istio-ca-crl` ConfigMap, `cacerts`) only while
+/// every CA above a signing certificate has its CRL among `extra_crls`: Envoy would refuse every
+/// certificate of the mesh otherwise.
+pub(super) async fn start_crls(
+    config: &crate::config::Config,
+    current: &Arc<crate::issuance::CurrentAuthority>,
+    store: &Arc<crate::store::SledStore>,
+    (background, shutdown): (&tokio_util::task::TaskTracker, watch::Receiver<bool>),
+) -> Result<Arc<CrlKeeper>, super::ServeError> {
+    let settings = &config.revocation;
+    let keeper = CrlKeeper::new(store.clone(), current.clone(), settings.clone());
+    keeper.refresh(true).await.map_err(super::ServeError::Crl)?;
+    background.spawn(keep_crls(keeper.clone(), shutdown));
+    Ok(keeper)
+}

@@ -260,3 +260,18 @@ fn next_batch(
         caught_up: cursor.next_sequence > durable,
     })
 }
+
+/// The configured export sinks.
+pub(super) fn export_sinks(config: &crate::config::ExportConfig) -> Vec<Sink> {
+    let mut sinks = Vec::new();
+    if let Some(dir) = &config.jsonl_dir {
+        sinks.push(Sink::jsonl(JsonlSink::new(
+            dir,
+            config.jsonl_max_file_bytes,
+        )));
+    }
+    if let Some(endpoint) = &config.otlp_endpoint {
+        sinks.push(Sink::Otlp(OtlpSink::new(endpoint)));
+    }
+    sinks
+}

@@ -25,6 +25,7 @@ use crate::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuth
 mod admin;
 mod assemble;
 mod background;
+mod bundle_endpoint;
 mod cluster;
 mod connections;
 pub mod crl;
@@ -163,6 +164,7 @@ pub const EXIT_SHUTDOWN_INCOMPLETE: u8 = 3;
 pub struct RunningServer {
     local_address: SocketAddr,
     admin_address: SocketAddr,
+    bundle_address: Option<SocketAddr>,
     store: Arc<SledStore>,
     root_bundle_pem: String,
     shutdown: watch::Sender<bool>,
@@ -203,6 +205,11 @@ impl RunningServer {
     }
 
     /// The bound admin address (the audit API).
+    /// Where the SPIFFE bundles are served (`[bundle_endpoint]`), if they are.
+    pub fn bundle_address(&self) -> Option<SocketAddr> {
+        self.bundle_address
+    }
+
     pub fn admin_address(&self) -> SocketAddr {
         self.admin_address
     }
@@ -565,7 +572,8 @@ async fn start_serving(
         file: config.audit.checkpoint_file.clone(),
         one_at_a_time: Arc::default(),
     };
-    let crls = start_crls(config, &current, &store, (&background, shutdown_rx.clone())).await?;
+    let crls =
+        crl::start_crls(config, &current, &store, (&background, shutdown_rx.clone())).await?;
     let (admin_address, admin_task) = start_admin(
         config,
         current.clone(),
@@ -578,6 +586,22 @@ async fn start_serving(
         shutdown_rx.clone(),
     )
     .await?;
+    let bundle_address = match &config.bundle_endpoint {
+        Some(endpoint) => {
+            let (address, task) = bundle_endpoint::start_bundle_endpoint(
+                config,
+                endpoint,
+                current.clone(),
+                store.clone(),
+                serving.clone(),
+                shutdown_rx.clone(),
+            )
+            .await?;
+            background.spawn(task);
+            Some(address)
+        }
+        None => None,
+    };
     if let (Some(members), Some(membership)) = (&members, &config.cluster) {
         // In Kubernetes: the StatefulSet's size, and a checkpoint kept in the API.
         let kube = match &config.kubernetes {
@@ -688,7 +712,7 @@ async fn start_serving(
             shutdown_rx.clone(),
         ));
     }
-    for sink in export_sinks(&config.audit.export) {
+    for sink in export::export_sinks(&config.audit.export) {
         background.spawn(export::export_loop(
             store.clone(),
             (
@@ -736,6 +760,7 @@ async fn start_serving(
     let server = RunningServer {
         local_address,
         admin_address,
+        bundle_address,
         store,
         root_bundle_pem,
         shutdown,
@@ -756,23 +781,6 @@ async fn start_serving(
     Ok(server)
 }
 
-/// Signs the CRLs once before serving (so `/crl` and the file hold them from the start) and
-/// keeps them fresh. They reach Istio (the `istio-ca-crl` ConfigMap, `cacerts`) only while
-/// every CA above a signing certificate has its CRL among `extra_crls`: Envoy would refuse every
-/// certificate of the mesh otherwise.
-async fn start_crls(
-    config: &Config,
-    current: &Arc<CurrentAuthority>,
-    store: &Arc<SledStore>,
-    (background, shutdown): (&TaskTracker, watch::Receiver<bool>),
-) -> Result<Arc<crl::CrlKeeper>, ServeError> {
-    let settings = &config.revocation;
-    let keeper = crl::CrlKeeper::new(store.clone(), current.clone(), settings.clone());
-    keeper.refresh(true).await.map_err(ServeError::Crl)?;
-    background.spawn(crl::keep_crls(keeper.clone(), shutdown));
-    Ok(keeper)
-}
-
 /// Records each mesh's bundle as accepted (one replica: the local check is the whole gate).
 fn record_accepted_bundles(ca: &CertificateAuthority, store: &SledStore) {
     for (mesh, signer) in ca.mesh_signers() {
@@ -781,19 +789,4 @@ fn record_accepted_bundles(ca: &CertificateAuthority, store: &SledStore) {
             tracing::warn!(%mesh, %error, "the accepted trust bundle could not be recorded");
         }
     }
-}
-
-/// The configured export sinks.
-fn export_sinks(config: &crate::config::ExportConfig) -> Vec<export::Sink> {
-    let mut sinks = Vec::new();
-    if let Some(dir) = &config.jsonl_dir {
-        sinks.push(export::Sink::jsonl(crate::export::JsonlSink::new(
-            dir,
-            config.jsonl_max_file_bytes,
-        )));
-    }
-    if let Some(endpoint) = &config.otlp_endpoint {
-        sinks.push(export::Sink::Otlp(otlp::OtlpSink::new(endpoint)));
-    }
-    sinks
 }

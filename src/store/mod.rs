@@ -16,6 +16,7 @@
 //! are derived data: a background thread persists them per segment of records, and on start the
 //! records after the last persisted segment are read again.
 
+mod bundles;
 pub mod codec;
 mod commit;
 mod error;

@@ -11,6 +11,7 @@ mod ambient;
 mod architecture;
 mod audit;
 mod bench;
+mod bundle_endpoint;
 mod ca_addr;
 mod ca_material;
 mod cli;

@@ -11,29 +11,17 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
 
-fn go_binary() -> PathBuf {
-    std::env::var_os("MESHROOT_GO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("go"))
-}
-
 /// `go run tests/go/x509verify.go ROOTS CHAIN`.
 fn go_verify(roots: &Path, chain: &Path) -> Output {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    Command::new(go_binary())
-        .arg("run")
-        .arg(manifest.join("tests/go/x509verify.go"))
-        .arg(roots)
-        .arg(chain)
-        .env("GOCACHE", manifest.join("target/go-cache"))
-        .env("GO111MODULE", "off")
-        .output()
-        .expect("Go is needed: set MESHROOT_GO or install golang-go (.ci/run does)")
+    go_run(
+        "x509verify.go",
+        &[&roots.display().to_string(), &chain.display().to_string()],
+    )
 }
 
 /// `openssl verify -CAfile ROOTS -untrusted INTERMEDIATES LEAF`.

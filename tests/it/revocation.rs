@@ -3,7 +3,7 @@
 //! SDS secret naming `ca-crl.pem` by file), OpenSSL and Go's crypto/x509.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use crate::common::process::meshroot_status as meshroot;
@@ -138,23 +138,10 @@ fn sidecar(dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
     outbound_bootstrap(port, names, &clusters)
 }
 
-fn go_binary() -> PathBuf {
-    std::env::var_os("MESHROOT_GO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("go"))
-}
-
 /// `go run tests/go/crlcheck.go CAS CRLS [CERT]`.
 fn go_crlcheck(cas: &Path, crls: &Path, cert: &Path) -> Output {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    Command::new(go_binary())
-        .arg("run")
-        .arg(manifest.join("tests/go/crlcheck.go"))
-        .args([cas, crls, cert])
-        .env("GOCACHE", manifest.join("target/go-cache"))
-        .env("GO111MODULE", "off")
-        .output()
-        .expect("Go is needed: set MESHROOT_GO or install golang-go (.ci/run does)")
+    let [cas, crls, cert] = [cas, crls, cert].map(|p| p.display().to_string());
+    go_run("crlcheck.go", &[&cas, &crls, &cert])
 }
 
 /// Every PEM block of `kind` in `text`, each whole.

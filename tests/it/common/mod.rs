@@ -476,6 +476,14 @@ impl TestServer {
         (chain.concat(), key.serialize_pem())
     }
 
+    /// Like [`TestServer::workload`], but the whole answer: the chain, then the root bundle.
+    pub async fn workload_chain(&self, ca: &TestCa, mesh: &str, identity: &str) -> Vec<String> {
+        let id = meshroot::identity::SpiffeId::parse(identity).unwrap();
+        let csr = client::build_csr(&p256_key(), &CsrShape::istio_agent(identity)).unwrap();
+        let token = ca.token(mesh, id.namespace(), id.service_account());
+        self.call(csr, Some(token), 3600).await.unwrap().cert_chain
+    }
+
     /// ztunnel's call: its own `token` (cluster `west`), asking for `identity` through
     /// `metadata["ImpersonatedIdentity"]`, with a P-256 CSR for that identity.
     pub async fn impersonate(
@@ -548,6 +556,22 @@ pub fn python() -> PathBuf {
          once (it makes target/ci-venv from .ci/requirements.txt)"
     );
     venv
+}
+
+/// `go run tests/go/SCRIPT ARGS` with Go's standard library only (`$MESHROOT_GO`, else `go`).
+pub fn go_run(script: &str, args: &[&str]) -> std::process::Output {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let go = std::env::var_os("MESHROOT_GO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("go"));
+    std::process::Command::new(go)
+        .arg("run")
+        .arg(manifest.join("tests/go").join(script))
+        .args(args)
+        .env("GOCACHE", manifest.join("target/go-cache"))
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("Go is needed: set MESHROOT_GO or install golang-go (.ci/run does)")
 }
 
 /// One HTTP/1.1 GET; returns (status code, body).
