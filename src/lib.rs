@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod authn;
+pub mod bundle_client;
 pub mod caller;
 pub mod cli;
 pub mod client;

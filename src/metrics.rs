@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use crate::federation::partner::PartnerStatus;
 
 /// Bucket upper bounds in seconds for request-sized latencies (an issuance, a TokenReview).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -144,6 +146,8 @@ pub struct Metrics {
     /// By mesh: whether its ztunnel callers are served a chain with URI name constraints, which
     /// ztunnel's verifier refuses (1), or not (0), as of the last ztunnel request.
     ztunnel_constrained: RwLock<BTreeMap<String, bool>>,
+    /// By (mesh, partner trust domain): the partner's bundle and fetches.
+    partners: RwLock<BTreeMap<(String, String), PartnerStatus>>,
 }
 
 /// The `istiod-tls` certificate the elected replica keeps: its mesh, its namespace, and when it
@@ -305,6 +309,69 @@ impl Metrics {
     pub fn revocation(&self, update: impl FnOnce(&mut RevocationGauges)) {
         let mut gauges = self.revocation.write().unwrap_or_else(|p| p.into_inner());
         update(&mut gauges);
+    }
+
+    /// Changes what is known of `mesh`'s partner `trust_domain`.
+    pub fn partner(&self, mesh: &str, trust_domain: &str, update: impl FnOnce(&mut PartnerStatus)) {
+        let mut partners = self.partners.write().unwrap_or_else(|p| p.into_inner());
+        update(
+            partners
+                .entry((mesh.to_owned(), trust_domain.to_owned()))
+                .or_default(),
+        );
+    }
+
+    /// Every partner of every mesh: ((mesh, trust domain), status).
+    pub fn partners(&self) -> Vec<((String, String), PartnerStatus)> {
+        read(&self.partners)
+            .iter()
+            .map(|(key, status)| (key.clone(), status.clone()))
+            .collect()
+    }
+
+    /// The partner metrics, whose ages need the time.
+    pub fn render_partners(&self, out: &mut Exposition, now: SystemTime) {
+        let partners = read(&self.partners);
+        fn labels((mesh, td): &(String, String)) -> Vec<(&'static str, &str)> {
+            vec![("mesh", mesh.as_str()), ("trust_domain", td.as_str())]
+        }
+        out.labeled(
+            "meshroot_partner_bundle_age_seconds",
+            "Seconds since the partner bundle this replica holds was fetched (absent: none \
+             held). It grows while fetches fail; the held bundle stays in force.",
+            Kind::Gauge,
+            partners.iter().filter_map(|(key, status)| {
+                let held = status.held.as_ref()?;
+                let age = now.duration_since(held.fetched_at).unwrap_or_default();
+                Some((labels(key), age.as_secs_f64()))
+            }),
+        );
+        out.labeled(
+            "meshroot_partner_bundle_sequence",
+            "The spiffe_sequence of the partner bundle held.",
+            Kind::Gauge,
+            partners.iter().filter_map(|(key, status)| {
+                Some((labels(key), status.held.as_ref()?.sequence as f64))
+            }),
+        );
+        out.labeled(
+            "meshroot_partner_bundle_fetch_failures_total",
+            "Fetches of the partner's bundle endpoint that failed since the start.",
+            Kind::Counter,
+            partners
+                .iter()
+                .map(|(key, status)| (labels(key), status.failures as f64)),
+        );
+        out.labeled(
+            "meshroot_partner_roots_uncovered",
+            "Roots of the held partner bundle that no cross-certificate in force covers: the \
+             mesh's proxies refuse partner chains under them until `meshroot partner certify` \
+             runs again.",
+            Kind::Gauge,
+            partners
+                .iter()
+                .map(|(key, status)| (labels(key), status.uncovered() as f64)),
+        );
     }
 
     /// Writes every metric this struct holds.

@@ -121,6 +121,7 @@ impl Monitor {
         let mut out = Exposition::new();
         self.metrics.render(&mut out);
         let ca = self.current.get();
+        self.metrics.render_partners(&mut out, ca.clock().now());
         let mut meshes: Vec<_> = ca.mesh_signers().collect();
         meshes.sort_by(|a, b| a.0.cmp(b.0));
         let now = unix_seconds(ca.clock().now()) as f64;

@@ -55,6 +55,7 @@ pub enum Outcome {
     Issued(IssuedRecord),
     Denied(DenialRecord),
     Revoked(RevocationRecord),
+    Federated(FederationRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -138,6 +139,32 @@ pub struct RevocationRecord {
     pub unblocked: Vec<String>,
 }
 
+/// A partner's SPIFFE bundle as a mesh trusts it from now on (`[[mesh.partner]]`): recorded on
+/// the first fetch and on every change. The record's caller is empty (meshroot itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FederationRecord {
+    /// The mesh that accepts the partner.
+    pub mesh: String,
+    /// The partner's trust domain.
+    pub trust_domain: String,
+    pub bundle_url: String,
+    /// The bundle's `spiffe_sequence`.
+    pub sequence: u64,
+    /// SHA-256 of each X.509 authority, in the bundle's order.
+    #[serde(serialize_with = "hex_list")]
+    pub authorities_sha256: Vec<Vec<u8>>,
+    /// Authorities the previous bundle did not hold, and previous ones now gone.
+    #[serde(serialize_with = "hex_list")]
+    pub added_sha256: Vec<Vec<u8>>,
+    #[serde(serialize_with = "hex_list")]
+    pub removed_sha256: Vec<Vec<u8>>,
+    /// The authorities a cross-certificate in force binds to the partner's trust domain.
+    #[serde(serialize_with = "hex_list")]
+    pub cross_certified_sha256: Vec<Vec<u8>>,
+    /// The partner's roots are published raw (`unprotected = true`).
+    pub unprotected: bool,
+}
+
 /// One revoked certificate, with what its CRL entry needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RevokedCertificate {
@@ -186,14 +213,14 @@ impl Record {
         match &self.outcome {
             Outcome::Issued(issued) => &issued.spiffe_id,
             Outcome::Denied(denied) => &denied.requested_spiffe_id,
-            Outcome::Revoked(_) => "",
+            Outcome::Revoked(_) | Outcome::Federated(_) => "",
         }
     }
 
     pub fn serial(&self) -> Option<&[u8]> {
         match &self.outcome {
             Outcome::Issued(issued) => Some(&issued.serial),
-            Outcome::Denied(_) | Outcome::Revoked(_) => None,
+            Outcome::Denied(_) | Outcome::Revoked(_) | Outcome::Federated(_) => None,
         }
     }
 }
@@ -236,6 +263,10 @@ fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::
 
 fn hex_bytes<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&hex(bytes))
+}
+
+fn hex_list<S: Serializer>(list: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(list.iter().map(|bytes| hex(bytes)))
 }
 
 /// At most this many bytes of a short value a client chose (cluster ID, token subject and

@@ -67,6 +67,7 @@ pub const MESH_SEPARATOR: u8 = 0;
 pub const OUTCOME_ISSUED: &str = "issued";
 /// The `Outcome` index value of revocations.
 pub const OUTCOME_REVOKED: &str = "revoked";
+pub const OUTCOME_FEDERATED: &str = "federated";
 /// The prefix of `Outcome` index values of denials.
 pub const OUTCOME_DENIED_PREFIX: &str = "denied/";
 
@@ -91,6 +92,7 @@ impl IndexKeys {
         let mesh = match &record.outcome {
             Outcome::Issued(issued) => issued.mesh.as_str(),
             Outcome::Denied(denied) => denied.mesh.as_str(),
+            Outcome::Federated(federated) => federated.mesh.as_str(),
             Outcome::Revoked(_) => "",
         };
         let mut push = |kind: IndexKind, value: &[u8]| {
@@ -158,10 +160,16 @@ impl IndexKeys {
                 }
                 Summary { validity: None }
             }
+            Outcome::Federated(federated) => {
+                push(IndexKind::Outcome, OUTCOME_FEDERATED.as_bytes());
+                push(IndexKind::Mesh, federated.mesh.as_bytes());
+                push(IndexKind::TrustDomain, federated.trust_domain.as_bytes());
+                Summary { validity: None }
+            }
         };
         let issued_id = match &record.outcome {
             Outcome::Issued(issued) => issued.spiffe_id.as_str(),
-            Outcome::Denied(_) | Outcome::Revoked(_) => "",
+            Outcome::Denied(_) | Outcome::Revoked(_) | Outcome::Federated(_) => "",
         };
         for identity in identities {
             push(IndexKind::SpiffeId, identity.as_bytes());

@@ -67,6 +67,8 @@ pub enum OutcomeFilter {
     },
     /// Revocation records (`meshroot revoke`).
     Revoked,
+    /// Partner bundle changes (`[[mesh.partner]]`).
+    Federated,
 }
 
 /// Why a query was refused before it ran.
@@ -201,10 +203,12 @@ impl Query {
             (Some(OutcomeFilter::Denied { reason }), Outcome::Denied(denied)) => {
                 reason.as_ref().is_none_or(|r| r == &denied.reason)
             }
-            (Some(OutcomeFilter::Revoked), Outcome::Revoked(_)) => true,
-            (Some(OutcomeFilter::Issued), Outcome::Denied(_) | Outcome::Revoked(_))
-            | (Some(OutcomeFilter::Denied { .. }), Outcome::Issued(_) | Outcome::Revoked(_))
-            | (Some(OutcomeFilter::Revoked), Outcome::Issued(_) | Outcome::Denied(_)) => false,
+            (Some(OutcomeFilter::Revoked), Outcome::Revoked(_))
+            | (Some(OutcomeFilter::Federated), Outcome::Federated(_)) => true,
+            (Some(OutcomeFilter::Issued), _)
+            | (Some(OutcomeFilter::Denied { .. }), _)
+            | (Some(OutcomeFilter::Revoked), _)
+            | (Some(OutcomeFilter::Federated), _) => false,
         };
         if !outcome_ok {
             return false;

@@ -171,6 +171,28 @@ pub fn istio_mesh(config: &Config, args: &IstioConfigArgs) -> Result<IstioMesh, 
             anchor: Anchor::Pem(roots_pem(other)?),
         });
     }
+    for partner in &mesh.partners {
+        let anchor = if partner.unprotected {
+            // The partner's roots as they are: istiod fetches them itself.
+            Anchor::SpiffeBundleUrl(partner.bundle_url.clone())
+        } else if let Some(path) = &partner.cross_certificates {
+            let certificates = certificates_required(path)
+                .map_err(|e| Failure::runtime(format!("mesh {:?}: {e}", mesh.name)))?;
+            Anchor::Pem(certificates.iter().map(|c| certificate_pem(c)).collect())
+        } else {
+            eprintln!(
+                "note: partner {} has no cross_certificates yet (`meshroot partner certify`): \
+                 left out of caCertificates",
+                partner.trust_domain
+            );
+            continue;
+        };
+        accepted.push(Accepted {
+            name: partner.trust_domain.to_string(),
+            trust_domains: vec![partner.trust_domain.to_string()],
+            anchor,
+        });
+    }
     Ok(IstioMesh {
         name: mesh.name.clone(),
         trust_domain: mesh.trust_domain.to_string(),

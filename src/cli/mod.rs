@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 pub mod init;
 pub mod istio;
+mod partner;
 mod revoke;
 mod rotate;
 pub mod slow_readers;
@@ -72,6 +73,9 @@ pub enum Command {
     /// The Istio side of a mesh, generated from this configuration (`istio config --mesh b`).
     #[command(subcommand)]
     Istio(istio::IstioCommand),
+    /// Partners outside the shared root: cross-certify their roots under ours (root key).
+    #[command(subcommand)]
+    Partner(partner::PartnerCommand),
 }
 
 #[derive(Debug, Args)]
@@ -250,6 +254,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Crl(command) => revoke::run_crl(command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Istio(command) => istio::run(command),
+        Command::Partner(command) => partner::run(command).await,
     }
 }
 

@@ -57,6 +57,7 @@ pub(super) fn meshes(
         }
     }
     accepted_meshes(&meshes, p);
+    super::federation::partners_are_foreign(&meshes, p);
     meshes
 }
 
@@ -187,6 +188,7 @@ fn one_mesh(
         extra_roots,
         force_root_removal: mesh.force_root_removal.unwrap_or(false),
         accepts: mesh.accepts.unwrap_or_default(),
+        partners: super::federation::partners(index, mesh.partner, base, p),
     })
 }
 

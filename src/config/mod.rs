@@ -367,6 +367,27 @@ pub struct MeshConfig {
     /// trust domains go into this mesh's `meshConfig.caCertificates[].trustDomains` and its
     /// trust-domain AuthorizationPolicy (`meshroot istio config`). Acceptance is one way.
     pub accepts: Vec<String>,
+    /// `[[mesh.partner]]`: trust domains outside the shared root this mesh accepts, each
+    /// reached through its SPIFFE bundle endpoint.
+    pub partners: Vec<PartnerConfig>,
+}
+
+/// A partner trust domain of a mesh (README, "Federation: partners outside the shared root").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerConfig {
+    pub trust_domain: TrustDomain,
+    /// Its SPIFFE bundle endpoint (`https://`, the `https_web` profile).
+    pub bundle_url: String,
+    /// Roots that verify the endpoint's certificate (None: the system's roots).
+    pub endpoint_ca: Option<PathBuf>,
+    /// Cross-certificates of the partner's roots under our root, name-constrained to its trust
+    /// domain (`meshroot partner certify`): what the mesh's proxies get instead of the
+    /// partner's roots.
+    pub cross_certificates: Option<PathBuf>,
+    /// Publish the partner's fetched roots themselves to the mesh's proxies (for data planes
+    /// that cannot take a name-constrained cross-certificate, ztunnel's): they can then vouch
+    /// for any identity there. Logged at every start.
+    pub unprotected: bool,
 }
 
 impl MeshConfig {

@@ -167,6 +167,19 @@ pub(super) struct RawMesh {
     pub(super) extra_roots: Option<Vec<RawExtraRoot>>,
     pub(super) force_root_removal: Option<bool>,
     pub(super) accepts: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) partner: Vec<RawPartner>,
+}
+
+/// `[[mesh.partner]]`: a trust domain outside the shared root, reached by its bundle endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPartner {
+    pub(super) trust_domain: Option<String>,
+    pub(super) bundle_url: Option<String>,
+    pub(super) endpoint_ca: Option<String>,
+    pub(super) cross_certificates: Option<String>,
+    pub(super) unprotected: Option<bool>,
 }
 
 /// `extra_roots` entries: a file, or `{ path = "...", vouches_for = ["trust.domain"] }`.

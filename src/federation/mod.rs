@@ -3,4 +3,6 @@
 //! meshroot serves and fetches ([`bundle`]).
 
 pub mod bundle;
+pub mod cross;
 pub mod istio;
+pub mod partner;

@@ -1024,6 +1024,7 @@ pub fn query_from_filter(filter: api::Filter) -> Result<Query, crate::audit::Que
                 reason: text(filter.denial_reason),
             }),
             Ok(api::Outcome::Revoked) => Some(OutcomeFilter::Revoked),
+            Ok(api::Outcome::Federated) => Some(OutcomeFilter::Federated),
             Ok(api::Outcome::Any) | Err(_) => None,
         },
         // The serials are filled in where the query runs (`with_revoked_serials`).
@@ -1042,6 +1043,7 @@ pub fn filter_from_query(query: &Query) -> api::Filter {
         Some(OutcomeFilter::Issued) => (api::Outcome::Issued, String::new()),
         Some(OutcomeFilter::Denied { reason }) => (api::Outcome::Denied, text(reason)),
         Some(OutcomeFilter::Revoked) => (api::Outcome::Revoked, String::new()),
+        Some(OutcomeFilter::Federated) => (api::Outcome::Federated, String::new()),
     };
     api::Filter {
         serial: query.serial.clone().unwrap_or_default(),

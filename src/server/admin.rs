@@ -176,3 +176,10 @@ fn status_page_route(
         }),
     )
 }
+
+impl RunningServer {
+    /// What `/metrics` answers now.
+    pub fn metrics_text(&self) -> String {
+        self.monitor.scrape()
+    }
+}

@@ -37,6 +37,15 @@ pub(super) async fn build_authority(
         })?
         .with_crl_distribution_point(config.revocation.crl_url.clone())
         .with_signature_sample(config.leaf_signature_sample);
+        let partners = super::federation::partner_trust(
+            mesh,
+            authority.roots(),
+            &store,
+            &metrics,
+            &mut anchors,
+            now,
+        )?;
+        let authority = authority.with_published(&partners);
         check_roots_in_use(&store, &mesh.name, &authority, now, mesh.force_root_removal)?;
         let trust_domains: Vec<TrustDomain> = std::iter::once(mesh.trust_domain.clone())
             .chain(mesh.trust_domain_aliases.iter().cloned())

@@ -31,6 +31,7 @@ mod connections;
 pub mod crl;
 mod duties;
 mod export;
+mod federation;
 mod otlp;
 mod reload;
 mod tls;
@@ -184,6 +185,8 @@ pub struct RunningServer {
     limits: Arc<RateLimits>,
     /// The other replicas, with `[cluster]`.
     members: Option<Arc<Members>>,
+    /// Wakes the partner fetchers (`[[mesh.partner]]`).
+    fetch_partners: Arc<tokio::sync::Notify>,
     /// The background loops (checkpoints, export, pruning, membership, publication, reloads):
     /// shutdown waits for them, so none writes after the final flush or still holds the store.
     background: TaskTracker,
@@ -362,6 +365,8 @@ impl RunningServer {
     /// Listener, store and serving-certificate settings need a restart (a change is logged).
     /// On any error the running configuration stays, and the reason is logged and returned.
     pub async fn reload(&self) -> Result<(), ReloadError> {
+        // Partners' bundles are fetched again too (a reload is how an operator says "now").
+        self.fetch_partners.notify_waiters();
         reload(
             &self.config,
             &self.current,
@@ -775,9 +780,11 @@ async fn start_serving(
         limits,
         election,
         members,
+        fetch_partners: Arc::default(),
         background,
     };
-    server.watch_config_file(shutdown_rx);
+    server.watch_config_file(shutdown_rx.clone());
+    server.follow_partners(shutdown_rx);
     Ok(server)
 }
 

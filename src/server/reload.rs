@@ -15,6 +15,11 @@ pub(super) fn watched_files(config: &Config) -> Vec<std::path::PathBuf> {
             files.extend(entries);
         }
         files.extend(mesh.extra_root_paths());
+        files.extend(
+            mesh.partners
+                .iter()
+                .filter_map(|partner| partner.cross_certificates.clone()),
+        );
     }
     files
 }

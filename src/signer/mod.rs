@@ -239,6 +239,21 @@ impl MeshSigner {
         Ok(authority)
     }
 
+    /// Adds certificates to the published bundle (the tail of every `cert_chain`, the root
+    /// ConfigMap, the ClusterTrustBundle, `cacerts`' `root-cert.pem`) after the roots: partners'
+    /// cross-certificates, or, opted in, their roots. They are not this signer's roots: nothing
+    /// it issues chains to them, the SPIFFE bundle endpoint does not serve them, and the
+    /// rotation gate does not count them.
+    pub fn with_published(mut self, extra: &[CertificateDer<'static>]) -> Self {
+        for certificate in extra {
+            let pem = certificate_pem(certificate);
+            if !self.root_bundle_pem.contains(&pem) {
+                self.root_bundle_pem.push_str(&pem);
+            }
+        }
+        self
+    }
+
     /// Names `url` as the CRL distribution point of every workload leaf (where `GET /crl`
     /// answers, for verifiers that fetch CRLs).
     pub fn with_crl_distribution_point(mut self, url: Option<String>) -> Self {

@@ -50,3 +50,68 @@ impl SledStore {
         }
     }
 }
+
+/// `partner-bundle/<mesh>/<trust domain>` → when it was fetched (Unix milliseconds, 8 bytes,
+/// big-endian), then the partner's bundle document as fetched.
+const META_PARTNER_BUNDLE_PREFIX: &[u8] = b"partner-bundle/";
+
+fn partner_key(mesh: &str, trust_domain: &str) -> Vec<u8> {
+    [
+        META_PARTNER_BUNDLE_PREFIX,
+        mesh.as_bytes(),
+        b"/",
+        trust_domain.as_bytes(),
+    ]
+    .concat()
+}
+
+/// A partner's last good bundle document, and when it was fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptPartnerBundle {
+    pub document: Vec<u8>,
+    pub fetched_at: SystemTime,
+}
+
+impl SledStore {
+    /// The last good bundle fetched for `mesh`'s partner `trust_domain`, if any.
+    pub fn partner_bundle(
+        &self,
+        mesh: &str,
+        trust_domain: &str,
+    ) -> Result<Option<KeptPartnerBundle>, StoreError> {
+        let key = partner_key(mesh, trust_domain);
+        let Some(value) = self.inner.meta.get(&key).map_err(read_error)? else {
+            return Ok(None);
+        };
+        let (at, document) = value.split_at_checked(8).ok_or_else(|| corrupt(&key))?;
+        let at: [u8; 8] = at.try_into().map_err(|_| corrupt(&key))?;
+        Ok(Some(KeptPartnerBundle {
+            document: document.to_vec(),
+            fetched_at: crate::clock::from_unix_millis(i64::from_be_bytes(at)),
+        }))
+    }
+
+    /// Keeps `document` as `mesh`'s partner `trust_domain`'s last good bundle, durably.
+    pub fn keep_partner_bundle(
+        &self,
+        mesh: &str,
+        trust_domain: &str,
+        kept: &KeptPartnerBundle,
+    ) -> Result<(), StoreError> {
+        if self.inner.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        let value = [
+            crate::clock::unix_millis(kept.fetched_at)
+                .to_be_bytes()
+                .as_slice(),
+            &kept.document,
+        ]
+        .concat();
+        self.inner
+            .meta
+            .insert(partner_key(mesh, trust_domain), value)
+            .map_err(write_error)?;
+        self.flush()
+    }
+}

@@ -57,6 +57,7 @@ use index::{IndexState, Plan, Run, Snapshot, TailSegment};
 use pruned::PrunedSet;
 use tiles::TreeView;
 
+pub use self::bundles::KeptPartnerBundle;
 pub use self::error::{AuditError, StoreError};
 #[cfg(test)]
 use self::open::open_db;

@@ -68,6 +68,17 @@ pub fn to_message(record: &Record) -> pb::Record {
             blocked_until_ms: revoked.blocked_until.map(unix_millis).unwrap_or(0),
             unblocked: revoked.unblocked.clone(),
         }),
+        Outcome::Federated(federated) => pb::record::Outcome::Federated(pb::Federation {
+            mesh: federated.mesh.clone(),
+            trust_domain: federated.trust_domain.clone(),
+            bundle_url: federated.bundle_url.clone(),
+            sequence: federated.sequence,
+            authorities_sha256: federated.authorities_sha256.clone(),
+            added_sha256: federated.added_sha256.clone(),
+            removed_sha256: federated.removed_sha256.clone(),
+            cross_certified_sha256: federated.cross_certified_sha256.clone(),
+            unprotected: federated.unprotected,
+        }),
     };
     pb::Record {
         version: RECORD_VERSION,
@@ -157,6 +168,19 @@ pub fn from_message(record: pb::Record) -> Option<Record> {
                 .then(|| from_unix_millis(revoked.blocked_until_ms)),
             unblocked: revoked.unblocked,
         }),
+        pb::record::Outcome::Federated(federated) => {
+            Outcome::Federated(crate::record::FederationRecord {
+                mesh: federated.mesh,
+                trust_domain: federated.trust_domain,
+                bundle_url: federated.bundle_url,
+                sequence: federated.sequence,
+                authorities_sha256: federated.authorities_sha256,
+                added_sha256: federated.added_sha256,
+                removed_sha256: federated.removed_sha256,
+                cross_certified_sha256: federated.cross_certified_sha256,
+                unprotected: federated.unprotected,
+            })
+        }
     };
     Some(Record {
         sequence: record.sequence,

@@ -269,7 +269,7 @@ fn expected(records: &[Record], query: &Query) -> Vec<u64> {
     if matches!(index::plan(query), Plan::Expiry { .. }) {
         matching.sort_by_key(|r| match &r.outcome {
             Outcome::Issued(issued) => (crate::clock::unix_seconds(issued.not_after), r.sequence),
-            Outcome::Denied(_) | Outcome::Revoked(_) => (0, r.sequence),
+            Outcome::Denied(_) | Outcome::Revoked(_) | Outcome::Federated(_) => (0, r.sequence),
         });
     }
     matching.iter().map(|r| r.sequence).collect()
@@ -581,8 +581,9 @@ async fn pruning_removes_expired_issuances_and_old_denials_but_keeps_the_log_ver
     let gone = |r: &Record| match &r.outcome {
         Outcome::Issued(issued) => issued.not_after < now - policy.issued_after_expiry,
         Outcome::Denied(_) => r.recorded_at < now - policy.denials,
-        // Revocations are never pruned: the revocations in force are rebuilt from them.
-        Outcome::Revoked(_) => false,
+        // Revocations are never pruned: the revocations in force are rebuilt from them; nor
+        // are partner bundle changes (what a mesh trusted, and since when).
+        Outcome::Revoked(_) | Outcome::Federated(_) => false,
     };
     let expected_gone: Vec<u64> = before
         .iter()
@@ -815,4 +816,39 @@ async fn revocations_are_indexed_select_revoked_certificates_and_outlive_pruning
     drop(store);
     let store = SledStore::open_with(dir.path(), options(16)).unwrap();
     assert_eq!(store.revocations().unwrap()[0].sequence, sequence);
+}
+
+#[test]
+fn partner_bundle_changes_are_found_by_their_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let record = Record::new(
+        "r".into(),
+        SystemTime::now(),
+        CallerRecord::default(),
+        Outcome::Federated(crate::record::FederationRecord {
+            mesh: "b".into(),
+            trust_domain: "p.example".into(),
+            sequence: 3,
+            ..Default::default()
+        }),
+    );
+    runtime.block_on(store.append_durable(record)).unwrap();
+    let found = store
+        .query_all(&Query {
+            outcome: Some(OutcomeFilter::Federated),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let by_trust_domain = store
+        .query_all(&Query {
+            trust_domain: Some("p.example".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(by_trust_domain.len(), 1);
 }

@@ -38,7 +38,7 @@ const ISTIO_CIPHERS: &[&str] = &[
 const SERVER_ID: &str = "spiffe://b.example/ns/shop/sa/orders";
 
 /// `meshroot istio config --mesh b --format mesh-config` for `ca`'s configuration.
-fn mesh_config(ca: &TestCa, mesh: &str) -> serde_json::Value {
+pub(crate) fn mesh_config(ca: &TestCa, mesh: &str) -> serde_json::Value {
     let output = std::process::Command::new(BINARY)
         .args(["istio", "config", "--config"])
         .arg(ca.config_path())
@@ -50,7 +50,7 @@ fn mesh_config(ca: &TestCa, mesh: &str) -> serde_json::Value {
 }
 
 /// Istio's `TrustDomainsForValidation` for `mesh_config`.
-fn trust_domains_for_validation(mesh_config: &serde_json::Value) -> Vec<String> {
+pub(crate) fn trust_domains_for_validation(mesh_config: &serde_json::Value) -> Vec<String> {
     let mut all = vec![mesh_config["trustDomain"].as_str().unwrap().to_owned()];
     let strings = |value: &serde_json::Value| -> Vec<String> {
         value
@@ -75,7 +75,7 @@ fn trust_domains_for_validation(mesh_config: &serde_json::Value) -> Vec<String> 
 }
 
 /// The proxy's `ROOTCA`: its mesh's root bundle, then each `caCertificates[].pem`.
-fn root_ca(own_roots: &str, mesh_config: &serde_json::Value) -> String {
+pub(crate) fn root_ca(own_roots: &str, mesh_config: &serde_json::Value) -> String {
     let mut bundle = own_roots.to_owned();
     if let Some(entries) = mesh_config["caCertificates"].as_array() {
         for pem in entries.iter().filter_map(|e| e["pem"].as_str()) {
@@ -88,7 +88,7 @@ fn root_ca(own_roots: &str, mesh_config: &serde_json::Value) -> String {
 }
 
 /// Mesh b's sidecar inbound listener as istiod configures it for `mesh_config`.
-fn inbound_sidecar(
+pub(crate) fn inbound_sidecar(
     dir: &Path,
     port: u16,
     upstream: u16,
@@ -156,7 +156,13 @@ fn inbound_sidecar(
 
 /// A client sidecar: one outbound cluster per workload `name`, each presenting that workload's
 /// certificate and checking the server's SPIFFE ID (a DestinationRule with ISTIO_MUTUAL).
-fn client_sidecar(dir: &Path, port: u16, server: u16, names: &[&str]) -> String {
+pub(crate) fn client_sidecar(
+    dir: &Path,
+    port: u16,
+    server: u16,
+    names: &[&str],
+    (server_id, trusted): (&str, &str),
+) -> String {
     let clusters: String = names
         .iter()
         .map(|n| {
@@ -176,10 +182,10 @@ fn client_sidecar(dir: &Path, port: u16, server: u16, names: &[&str]) -> String 
           - certificate_chain: {{ filename: "{dir}/{n}-chain.pem" }}
             private_key: {{ filename: "{dir}/{n}-key.pem" }}
           validation_context:
-            trusted_ca: {{ filename: "{dir}/shared-root.pem" }}
+            trusted_ca: {{ filename: "{dir}/{trusted}" }}
             match_typed_subject_alt_names:
             - san_type: URI
-              matcher: {{ exact: "{SERVER_ID}" }}
+              matcher: {{ exact: "{server_id}" }}
 "#,
                 dir = dir.display()
             )
@@ -251,7 +257,13 @@ async fn run_requests(
     let _client = Envoy::start(
         dir,
         "client",
-        &client_sidecar(dir, client_port, inbound_port, &names),
+        &client_sidecar(
+            dir,
+            client_port,
+            inbound_port,
+            &names,
+            (SERVER_ID, "shared-root.pem"),
+        ),
         client_port,
     )
     .await;

@@ -41,6 +41,7 @@ const DOMAIN: &[&str] = &[
 
 /// The edge: gRPC, the server's lifecycle, the CLI and clients. May import anything.
 const EDGE_MODULES: &[&str] = &[
+    "bundle_client",
     "cli",
     "client",
     "grpc",

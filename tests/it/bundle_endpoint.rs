@@ -51,7 +51,7 @@ fn digests_of_pem(pem: &str) -> Vec<String> {
 }
 
 /// A second root (self-signed CA) not before `after` plus a second, in `dir`.
-fn newer_root(dir: &Path, after: &str) -> std::path::PathBuf {
+pub(crate) fn newer_root(dir: &Path, after: &str) -> std::path::PathBuf {
     let old = &common::certificates(after)[0];
     let (_, parsed) = x509_parser::parse_x509_certificate(old).unwrap();
     let not_before = parsed.validity().not_before.timestamp() + 1;

@@ -22,6 +22,7 @@ mod deploy;
 mod disk_full;
 mod envoy_mtls;
 mod export;
+mod federation;
 mod hardening;
 mod helm;
 mod issuance;

@@ -171,6 +171,8 @@ pub enum OutcomeArg {
     Denied,
     /// Revocation records (`meshroot revoke`): who revoked what, when, why.
     Revoked,
+    /// Partner bundle changes (`[[mesh.partner]]`): which roots a mesh trusts for a partner.
+    Federated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -92,6 +92,11 @@ impl Printer {
                         revocation_summary(revoked),
                         revoked.selector.clone(),
                     ),
+                    Outcome::Federated(federated) => (
+                        "federated",
+                        federation_summary(federated),
+                        format!("{} <- {}", federated.mesh, federated.trust_domain),
+                    ),
                 };
                 let caller = &record.caller;
                 let who = if caller.subject.is_empty() {
@@ -159,6 +164,21 @@ fn revocation_summary(revoked: &crate::record::RevocationRecord) -> String {
     }
 }
 
+fn federation_summary(federated: &crate::record::FederationRecord) -> String {
+    format!(
+        "seq {} {} root(s) +{} -{}{}",
+        federated.sequence,
+        federated.authorities_sha256.len(),
+        federated.added_sha256.len(),
+        federated.removed_sha256.len(),
+        if federated.unprotected {
+            " unprotected"
+        } else {
+            ""
+        }
+    )
+}
+
 pub(super) fn csv_row(record: &Record) -> String {
     let caller = &record.caller;
     let time = |t: SystemTime| format_time(t);
@@ -201,6 +221,19 @@ pub(super) fn csv_row(record: &Record) -> String {
             r.selector.clone(),
             String::new(),
             String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ),
+        Outcome::Federated(f) => (
+            "federated",
+            federation_summary(f),
+            String::new(),
+            String::new(),
+            f.bundle_url.clone(),
+            f.mesh.clone(),
+            f.trust_domain.clone(),
             String::new(),
             String::new(),
             String::new(),

@@ -428,6 +428,12 @@ impl FilterArgs {
             }
             (Some(OutcomeArg::Issued), None) => Some(OutcomeFilter::Issued),
             (Some(OutcomeArg::Revoked), None) => Some(OutcomeFilter::Revoked),
+            (Some(OutcomeArg::Federated), None) => Some(OutcomeFilter::Federated),
+            (Some(OutcomeArg::Federated), Some(_)) => {
+                return Err(Failure::usage(
+                    "--reason is for denials, not --outcome federated",
+                ))
+            }
             (Some(OutcomeArg::Revoked), Some(_)) => {
                 return Err(Failure::usage(
                     "--reason is for denials, not --outcome revoked",

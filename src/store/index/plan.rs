@@ -83,7 +83,7 @@ pub fn plan(query: &Query) -> Plan {
     }
     if let Some(Some(reason)) = query.outcome.as_ref().map(|o| match o {
         OutcomeFilter::Denied { reason } => reason.as_ref(),
-        OutcomeFilter::Issued | OutcomeFilter::Revoked => None,
+        OutcomeFilter::Issued | OutcomeFilter::Revoked | OutcomeFilter::Federated => None,
     }) {
         sources.push(exact(
             IndexKind::Outcome,
@@ -98,6 +98,12 @@ pub fn plan(query: &Query) -> Plan {
     }
     if query.outcome == Some(OutcomeFilter::Revoked) {
         sources.push(exact(IndexKind::Outcome, OUTCOME_REVOKED.as_bytes()));
+    }
+    if query.outcome == Some(OutcomeFilter::Federated) {
+        sources.push(exact(
+            IndexKind::Outcome,
+            crate::audit::OUTCOME_FEDERATED.as_bytes(),
+        ));
     }
     if let Some(prefix) = &query.spiffe_id_prefix {
         match boundary_prefix(prefix) {
