@@ -257,6 +257,7 @@ fn pipeline(c: &mut Criterion) {
             node_accounts: vec![],
             trust_domains: vec![TrustDomain::new("cluster.local").unwrap()],
             clusters: vec![],
+            accepts: vec![],
         }],
         AuthenticatorChain::new(authenticators),
         NodeAuthorizer::new(HashMap::new(), Duration::from_secs(5), clock.clone()),

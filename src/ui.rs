@@ -31,6 +31,28 @@ pub struct StatusPage {
     pub expiring_truncated: bool,
     /// This replica's latest signed checkpoint.
     pub checkpoint: Option<CheckpointStatus>,
+    /// Per mesh: the trust domains it accepts, and its partners' bundles (this replica's view).
+    pub trust: Vec<TrustStatus>,
+}
+
+/// What one mesh accepts besides itself, and the partner bundles held for it.
+#[derive(Debug, Clone, Default)]
+pub struct TrustStatus {
+    pub mesh: String,
+    pub accepts: Vec<String>,
+    pub partners: Vec<PartnerRow>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PartnerRow {
+    pub trust_domain: String,
+    pub bundle_url: String,
+    /// The bundle held: (sequence, roots, roots cross-certified, when fetched).
+    pub held: Option<(u64, u32, u32, SystemTime)>,
+    pub unprotected: bool,
+    pub last_attempt: Option<SystemTime>,
+    /// Why the last fetch failed (empty: it did not).
+    pub last_error: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -187,6 +209,83 @@ fn bars(title: &str, figure_prefix: &str, rows: &[(String, u64)]) -> String {
 }
 
 /// The whole page.
+/// "Trust between meshes": what each mesh accepts, and each partner bundle: sequence, age,
+/// the last fetch and its error.
+fn trust_section(html: &mut String, page: &StatusPage) {
+    html.push_str("<h2>Trust between meshes</h2><table><tr><th>mesh</th><th>accepts</th></tr>");
+    for trust in &page.trust {
+        let accepts = if trust.accepts.is_empty() {
+            "its own trust domain only".to_owned()
+        } else {
+            trust.accepts.join(", ")
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td data-figure=\"accepts-{}\">{}</td></tr>",
+            escape(&trust.mesh),
+            escape(&trust.mesh),
+            escape(&accepts)
+        );
+    }
+    html.push_str("</table>");
+    let partners: Vec<(&str, &PartnerRow)> = page
+        .trust
+        .iter()
+        .flat_map(|t| t.partners.iter().map(move |p| (t.mesh.as_str(), p)))
+        .collect();
+    if partners.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<table><tr><th>mesh</th><th>partner</th><th>bundle held</th><th>age</th>\
+         <th>last fetch</th></tr>",
+    );
+    for (mesh, partner) in partners {
+        let figure = format!("{mesh}-{}", partner.trust_domain);
+        let (held, age) = match partner.held {
+            Some((sequence, roots, crossed, fetched)) => (
+                format!(
+                    "sequence {sequence}, {roots} root(s), {crossed} cross-certified{}",
+                    if partner.unprotected {
+                        " (published unprotected)"
+                    } else {
+                        ""
+                    }
+                ),
+                page.now
+                    .and_then(|now| now.duration_since(fetched).ok())
+                    .map(|age| format!("{} s", age.as_secs()))
+                    .unwrap_or_default(),
+            ),
+            None => ("none: its chains are refused".to_owned(), String::new()),
+        };
+        let uncovered = partner
+            .held
+            .is_some_and(|(_, roots, crossed, _)| !partner.unprotected && crossed < roots);
+        let (class, fetch) = match (&partner.last_attempt, partner.last_error.as_str()) {
+            (None, _) => ("", "not yet".to_owned()),
+            (Some(at), "") => ("good", format!("{}: ok", format_time(*at))),
+            (Some(at), error) => ("bad", format!("{}: {error}", format_time(*at))),
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}<br><small>{}</small></td><td class=\"{}\" data-figure=\"partner-held-{}\">{}</td>\
+             <td class=\"n\" data-figure=\"partner-age-{}\">{}</td><td class=\"{class}\" data-figure=\"partner-fetch-{}\">{}</td></tr>",
+            escape(mesh),
+            escape(&partner.trust_domain),
+            escape(&partner.bundle_url),
+            if uncovered || partner.held.is_none() { "bad" } else { "" },
+            escape(&figure),
+            escape(&held),
+            escape(&figure),
+            escape(&age),
+            escape(&figure),
+            escape(&fetch),
+        );
+    }
+    html.push_str("</table>");
+}
+
 pub fn render(page: &StatusPage) -> String {
     let now = page.now.unwrap_or(SystemTime::UNIX_EPOCH);
     let hours = |d: Duration| d.as_secs() / 3_600;
@@ -285,6 +384,8 @@ pub fn render(page: &StatusPage) -> String {
             escape(&mesh.rotation)
         );
     }
+
+    trust_section(&mut html, page);
 
     let _ = write!(
         html,
@@ -463,6 +564,18 @@ mod tests {
                 note: HOSTILE.into(),
                 verifier_key: HOSTILE.into(),
             }),
+            trust: vec![TrustStatus {
+                mesh: HOSTILE.into(),
+                accepts: vec![HOSTILE.into()],
+                partners: vec![PartnerRow {
+                    trust_domain: HOSTILE.into(),
+                    bundle_url: HOSTILE.into(),
+                    held: Some((11, 2, 1, now - Duration::from_secs(90))),
+                    unprotected: false,
+                    last_attempt: Some(now),
+                    last_error: HOSTILE.into(),
+                }],
+            }],
         }
     }
 
@@ -489,6 +602,11 @@ mod tests {
             "data-figure=\"checkpoint-size\">9<".to_owned(),
             format!("data-figure=\"member-b\">no: {name}<"),
             format!("data-figure=\"member-{name}\">yes<"),
+            format!("data-figure=\"accepts-{name}\">{name}<"),
+            format!("data-figure=\"partner-age-{name}-{name}\">90 s<"),
+            format!(
+                "data-figure=\"partner-held-{name}-{name}\">sequence 11, 2 root(s), 1 cross-certified<"
+            ),
         ] {
             assert!(html.contains(&figure), "{figure} not in {html}");
         }

@@ -479,6 +479,19 @@ impl AuditService for AuditApi {
         Ok(Response::new(api::ListSignersResponse { signers }))
     }
 
+    async fn get_federation(
+        &self,
+        request: Request<api::GetFederationRequest>,
+    ) -> Result<Response<api::GetFederationResponse>, Status> {
+        self.authorize(&request)?;
+        let current = self
+            .revocation
+            .as_ref()
+            .map(|context| context.current.get())
+            .ok_or_else(|| Status::unavailable("no authority in force"))?;
+        Ok(Response::new(super::federation::federation(&current)))
+    }
+
     async fn get_cluster(
         &self,
         request: Request<api::GetClusterRequest>,

@@ -7,6 +7,7 @@
 
 pub mod audit;
 mod cluster;
+mod federation;
 pub mod revoke;
 pub mod status;
 pub mod ui;

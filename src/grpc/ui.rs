@@ -251,6 +251,37 @@ async fn gather(
                 .collect(),
         }
     });
+    let trust = api
+        .get_federation(with(base, api::GetFederationRequest {}))
+        .await?
+        .into_inner()
+        .meshes
+        .into_iter()
+        .map(|mesh| crate::ui::TrustStatus {
+            mesh: mesh.mesh,
+            accepts: mesh.accepts,
+            partners: mesh
+                .partners
+                .into_iter()
+                .map(|p| crate::ui::PartnerRow {
+                    held: p.held.then(|| {
+                        (
+                            p.sequence,
+                            p.authorities,
+                            p.cross_certified,
+                            crate::clock::from_unix_millis(p.fetched_at_ms),
+                        )
+                    }),
+                    trust_domain: p.trust_domain,
+                    bundle_url: p.bundle_url,
+                    unprotected: p.unprotected,
+                    last_attempt: (p.last_attempt_ms != 0)
+                        .then(|| crate::clock::from_unix_millis(p.last_attempt_ms)),
+                    last_error: p.last_error,
+                })
+                .collect(),
+        })
+        .collect();
     Ok(StatusPage {
         now: Some(now),
         this_member,
@@ -267,6 +298,7 @@ async fn gather(
         expiring: expiring.into_iter().collect(),
         expiring_truncated,
         checkpoint,
+        trust,
     })
 }
 

@@ -61,6 +61,9 @@ pub struct Mesh {
     pub trust_domains: Vec<TrustDomain>,
     /// The ids (`clusterid`) of the mesh's clusters, where callers' pods can be looked up.
     pub clusters: Vec<String>,
+    /// Trust domains the mesh's proxies accept besides its own: accepted meshes' and
+    /// partners' (shown on `/ui`; the proxies learn it from `meshroot istio config`).
+    pub accepts: Vec<TrustDomain>,
 }
 
 impl Mesh {
@@ -208,6 +211,14 @@ impl CertificateAuthority {
         self.meshes
             .iter()
             .map(|(name, mesh)| (name.as_str(), &mesh.signer))
+    }
+
+    /// The trust domains `mesh` accepts besides its own and its aliases.
+    pub fn accepted_trust_domains(&self, mesh: &str) -> &[TrustDomain] {
+        self.meshes
+            .get(mesh)
+            .map(|mesh| mesh.accepts.as_slice())
+            .unwrap_or_default()
     }
 
     /// The mesh whose trust domain, or one of whose aliases, is `trust_domain`, and its signer.

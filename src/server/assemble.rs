@@ -142,6 +142,7 @@ pub(super) async fn build_authority(
                 .iter()
                 .map(|cluster| cluster.id.clone())
                 .collect(),
+            accepts: accepted_trust_domains(config, mesh),
         });
     }
 
@@ -175,6 +176,21 @@ pub(super) async fn build_authority(
     .with_metrics(metrics)
     .with_identity_anchors(anchors)
     .with_member_anchors(Arc::new(member_anchors)))
+}
+
+/// What `mesh` accepts besides itself: each accepted mesh's trust domain and aliases, then each
+/// partner's trust domain.
+fn accepted_trust_domains(config: &Config, mesh: &MeshConfig) -> Vec<TrustDomain> {
+    let mut accepts: Vec<TrustDomain> = mesh
+        .accepts
+        .iter()
+        .filter_map(|name| config.mesh(name))
+        .flat_map(|other| {
+            std::iter::once(other.trust_domain.clone()).chain(other.trust_domain_aliases.clone())
+        })
+        .collect();
+    accepts.extend(mesh.partners.iter().map(|p| p.trust_domain.clone()));
+    accepts
 }
 
 /// Authorizes the issuers that may vouch for `mesh`'s trust domains (and aliases): every signing

@@ -369,6 +369,30 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
         )
     })
     .await;
+    // Where it stands: /ui and `meshroot audit partners` show the held bundle and the failure.
+    let (status, page) = common::http_get(b_server.server.admin_address(), "/ui").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("data-figure=\"accepts-b\">p.example<"),
+        "{page}"
+    );
+    assert!(page.contains("connecting to localhost"), "{page}");
+    let report = common::process::meshroot_output(vec![
+        "audit".into(),
+        "partners".into(),
+        "--addr".into(),
+        b_server.server.admin_address().to_string(),
+    ])
+    .await;
+    assert!(
+        report.contains("mesh b (b.example) accepts: p.example"),
+        "{report}"
+    );
+    assert!(report.contains("1 root(s), 1 cross-certified"), "{report}");
+    assert!(
+        report.contains("FAILED: connecting to localhost"),
+        "{report}"
+    );
     b_server.stop().await;
     // b restarts with p still down: the held bundle and the cross-certificate stay in force.
     let b_server = b.start().await;

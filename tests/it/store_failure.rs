@@ -97,6 +97,7 @@ fn authority_over(ca: &TestCa, sink: Arc<dyn RecordSink>) -> CertificateAuthorit
             node_accounts: vec![],
             trust_domains: vec![trust_domain],
             clusters: vec![],
+            accepts: vec![],
         }],
         AuthenticatorChain::new(authenticators),
         NodeAuthorizer::new(HashMap::new(), Duration::from_secs(5), clock.clone()),

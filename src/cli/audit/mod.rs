@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use super::Failure;
 mod list;
 mod output;
+mod partners;
 mod prove;
 mod source;
 mod stats;
@@ -63,6 +64,9 @@ pub enum AuditCommand {
     CheckProof(CheckProofArgs),
     /// Size of the log, oldest record, checkpoints.
     Stats(StatsArgs),
+    /// Which trust domains each mesh accepts, and the partner bundles a running replica holds:
+    /// sequence, age, the last fetch and its error.
+    Partners(StatsArgs),
 }
 
 /// Where the records come from.
@@ -313,6 +317,7 @@ pub async fn run(command: AuditCommand) -> Result<(), Failure> {
         AuditCommand::Prove(args) => prove(args).await,
         AuditCommand::CheckProof(args) => check_proof(args),
         AuditCommand::Stats(args) => stats(args).await,
+        AuditCommand::Partners(args) => partners::partners(args).await,
     }
 }
 
