@@ -163,3 +163,65 @@ fn accepts_must_name_another_configured_mesh() {
         assert!(err.contains(message), "{err}");
     }
 }
+
+/// `meshroot init` for the default mesh only.
+fn default_mesh(dir: &Path) -> PathBuf {
+    let status = Command::new(BINARY)
+        .args(["init", "--dir"])
+        .arg(dir)
+        .env("MESHROOT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    dir.join("meshroot.toml")
+}
+
+#[test]
+fn the_readme_shows_what_meshroot_istio_config_prints() {
+    // Each block after a `<!-- generated: istio config --mesh M --format F ... -->` marker is
+    // that command's output for the README's example (PEM shortened), so it cannot drift.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let two = two_meshes(&work.path().join("two"));
+    let one = default_mesh(&work.path().join("one"));
+    let marker = "<!-- generated: istio config ";
+    let mut checked = 0;
+    for (at, _) in readme.match_indices(marker) {
+        let rest = &readme[at + marker.len()..];
+        let command: Vec<&str> = rest[..rest.find(" (").unwrap()].split(' ').collect();
+        let ["--mesh", mesh, "--format", format] = command.as_slice() else {
+            panic!("marker {command:?}: expected --mesh M --format F");
+        };
+        let block = &rest[rest.find("```json\n").unwrap() + 8..];
+        let block = &block[..block.find("```").unwrap()];
+        let config = if *mesh == "default" { &one } else { &two };
+        let (code, generated, err) = istio_config(
+            config,
+            &[
+                "--mesh",
+                mesh,
+                "--format",
+                format,
+                "--ca-address",
+                "meshroot.istio-system.svc:443",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let shortened: String = generated
+            .lines()
+            .map(|line| match line.split_once("\"pem\": ") {
+                Some((indent, _)) => format!("{indent}\"pem\": \"<mesh a's root-cert.pem>\","),
+                None => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            block.trim(),
+            shortened.trim(),
+            "README block for --mesh {mesh} --format {format} differs from the command's output"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "the README's generated blocks");
+}
