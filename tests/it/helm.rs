@@ -311,6 +311,19 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
                 ["spiffe://cluster.local/ns/security/sa/incident-response"]
             );
             assert_eq!(config.rate_limit.per_caller.per_second, 50.0);
+            let endpoint = config.bundle_endpoint.as_ref().expect("[bundle_endpoint]");
+            assert_eq!(endpoint.listen.port(), 8443);
+            assert_eq!(endpoint.refresh_hint.as_secs(), 300);
+            assert!(
+                objects
+                    .iter()
+                    .any(|o| o["kind"] == "Service" && o["metadata"]["name"] == "meshroot-bundles"),
+                "the bundles' Service"
+            );
+        }
+        if name == "multi-mesh" {
+            assert_eq!(config.mesh("b").unwrap().accepts, ["a"]);
+            assert!(config.bundle_endpoint.is_none(), "off by default");
         }
     }
     assert_eq!(rendered, examples.len());

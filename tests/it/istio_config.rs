@@ -180,8 +180,8 @@ fn default_mesh(dir: &Path) -> PathBuf {
 fn the_readme_shows_what_meshroot_istio_config_prints() {
     // Each block after a `<!-- generated: istio config --mesh M --format F ... -->` marker is
     // that command's output for the README's example (PEM shortened), so it cannot drift.
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let work = tempfile::tempdir().unwrap();
     let two = two_meshes(&work.path().join("two"));
     let one = default_mesh(&work.path().join("one"));
