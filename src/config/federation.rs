@@ -139,19 +139,28 @@ fn valid_https_url(url: &str) -> bool {
     else {
         return false;
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
-            (host, Some(port))
-        }
-        _ => (authority, None),
-    };
-    let host_ok = if let Some(ip) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        ip.parse::<std::net::Ipv6Addr>().is_ok()
+    let (host_ok, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((ip, rest)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let port = match rest {
+            "" => None,
+            rest => match rest.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        (ip.parse::<std::net::Ipv6Addr>().is_ok(), port)
     } else {
-        !host.is_empty()
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        let host_ok = !host.is_empty()
             && host
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        (host_ok, port)
     };
     host_ok && port.is_none_or(|port| port.parse::<u16>().is_ok_and(|p| p != 0))
 }

@@ -428,3 +428,80 @@ fn revocation_defaults_outlive_every_leaf_and_bad_values_are_named() {
         "{error}"
     );
 }
+
+#[test]
+fn partners_are_foreign_trust_domains_at_https_urls_published_one_way() {
+    let config = parse(
+        r#"
+        [[mesh]]
+        name = "b"
+        ca_dir = "b"
+        trust_domain = "b.example"
+        [[mesh.partner]]
+        trust_domain = "p.example"
+        bundle_url = "https://bundles.p.example:8443/p.example"
+        endpoint_ca = "p-ca.pem"
+        cross_certificates = "b/partners/p.pem"
+        [[mesh.partner]]
+        trust_domain = "q.example"
+        bundle_url = "https://[::1]/q.example"
+        unprotected = true
+        [bundle_endpoint]
+        listen = "0.0.0.0:8443"
+        "#,
+    )
+    .unwrap();
+    let partners = &config.meshes[0].partners;
+    assert_eq!(partners.len(), 2);
+    assert_eq!(
+        partners[0].cross_certificates.as_deref(),
+        Some(Path::new("/etc/meshroot/b/partners/p.pem"))
+    );
+    assert_eq!(
+        partners[0].endpoint_ca.as_deref(),
+        Some(Path::new("/etc/meshroot/p-ca.pem"))
+    );
+    assert!(partners[1].unprotected && partners[1].cross_certificates.is_none());
+    let endpoint = config.bundle_endpoint.unwrap();
+    assert_eq!(endpoint.listen.port(), 8443);
+    assert_eq!(endpoint.refresh_hint, Duration::from_secs(300));
+
+    let error = parse(
+        r#"
+        listen = "0.0.0.0:15012"
+        [[mesh]]
+        name = "a"
+        ca_dir = "a"
+        trust_domain = "a.example"
+        [[mesh]]
+        name = "b"
+        ca_dir = "b"
+        trust_domain = "b.example"
+        [[mesh.partner]]
+        trust_domain = "a.example"
+        bundle_url = "http://bundles.a.example/a.example"
+        [[mesh.partner]]
+        trust_domain = "p.example"
+        bundle_url = "https://user@bundles.p.example/"
+        unprotected = true
+        cross_certificates = "p.pem"
+        [bundle_endpoint]
+        listen = "0.0.0.0:15012"
+        certificate = "web.crt"
+        "#,
+    )
+    .unwrap_err();
+    let keys: Vec<&str> = error.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "mesh[1].partner[0].bundle_url",
+            "mesh[1].partner[1].bundle_url",
+            "mesh[1].partner[1].unprotected",
+            "mesh[1].partner[0].trust_domain",
+            "bundle_endpoint.listen",
+            "bundle_endpoint.certificate",
+        ],
+        "{error}"
+    );
+}

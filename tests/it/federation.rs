@@ -466,3 +466,69 @@ fn cross_file(ca: &TestCa, mesh: &str, partner: &str) -> String {
         .join(format!("{partner}.pem"));
     std::fs::read_to_string(path).unwrap()
 }
+
+#[tokio::test]
+async fn an_unprotected_partner_is_published_raw_kept_through_a_restart_and_fetched_by_istiod() {
+    common::init_test_log();
+    let (b_port, p_port) = (free_port(), free_port());
+    let b = instance("b", "b.example", b_port);
+    let p = instance("p", "p.example", p_port);
+    let p_root = p.path().join("root-cert.pem");
+    b.edit_config(|text| {
+        format!(
+            "{text}\n[[mesh.partner]]\ntrust_domain = \"p.example\"\n\
+             bundle_url = \"https://localhost:{p_port}/p.example\"\nendpoint_ca = \"{}\"\n\
+             unprotected = true\n",
+            p_root.display()
+        )
+    });
+    let p_server = p.start().await;
+    let b_server = b.start().await;
+    common::eventually("b holds p's bundle", || {
+        !federation_records(&b_server).is_empty()
+    })
+    .await;
+    assert!(federation_records(&b_server)[0].unprotected);
+    // The opt-in: p's root itself is in b's published bundle, once the authority holds it.
+    common::eventually("b's authority holds p's bundle", || {
+        b_server
+            .server
+            .metrics_text()
+            .contains("meshroot_partner_bundle_sequence{mesh=\"b\",trust_domain=\"p.example\"}")
+    })
+    .await;
+    let bundle = published_bundle(&b_server, &b, "b", B_SERVER).await;
+    assert!(bundle.contains(p.root_pem().trim()), "{bundle}");
+    assert!(b_server
+        .server
+        .metrics_text()
+        .contains("meshroot_partner_roots_uncovered{mesh=\"b\",trust_domain=\"p.example\"} 0"));
+
+    // istiod fetches it itself: the generated caCertificates entry is p's spiffeBundleUrl, and
+    // it validates against Istio's schema.
+    let mesh_config = mesh_config(&b, "b");
+    assert_eq!(
+        mesh_config["caCertificates"],
+        serde_json::json!([{
+            "spiffeBundleUrl": format!("https://localhost:{p_port}/p.example"),
+            "trustDomains": ["p.example"],
+        }])
+    );
+    let file = b.path().join("mesh-config.json");
+    std::fs::write(&file, mesh_config.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio/validate.py");
+    let output = std::process::Command::new(common::python())
+        .arg(script)
+        .arg("mesh-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    // p down, b restarted: the held bundle keeps p's root published.
+    p_server.stop().await;
+    b_server.stop().await;
+    let b_server = b.start().await;
+    assert_eq!(published_bundle(&b_server, &b, "b", B_SERVER).await, bundle);
+    b_server.stop().await;
+}

@@ -190,6 +190,26 @@ fn main() {
     write(dir, "record", "issued", &meshroot::store::encode(&issued));
     write(dir, "record", "summary", &meshroot::store::encode(&summary));
     write(dir, "record", "revocation", &meshroot::store::encode(&revocation));
+
+    // A partner's SPIFFE bundle: two roots (P-256 and P-384), a sequence and a refresh hint.
+    let mut authorities = Vec::new();
+    for algorithm in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384] {
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = params
+            .self_signed(&rcgen_key(algorithm))
+            .unwrap_or_else(|e| panic!("{e}"));
+        authorities.push(root.der().clone());
+    }
+    let bundle = meshroot::federation::bundle::SpiffeBundle {
+        trust_domain: meshroot::identity::TrustDomain::new("partner.example")
+            .unwrap_or_else(|e| panic!("{e}")),
+        authorities,
+        sequence: 7,
+        refresh_hint: Some(Duration::from_secs(300)),
+    };
+    let document = bundle.to_json().unwrap_or_else(|e| panic!("{e}"));
+    write(dir, "spiffe_bundle", "two-roots", document.as_bytes());
 }
 
 fn rcgen_key(algorithm: &'static rcgen::SignatureAlgorithm) -> rcgen::KeyPair {
