@@ -135,3 +135,44 @@ pub(super) fn check_links(
 pub(super) fn to_system_time(unix_seconds: i64) -> SystemTime {
     crate::clock::from_unix_seconds(unix_seconds)
 }
+
+/// The root that issued the topmost served intermediate (its subject names the top's issuer
+/// and its key verifies the top's signature), or the signing certificate when it is a root.
+pub(super) fn issuing_root(
+    signing: &CertificateDer<'static>,
+    intermediates: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Option<CertificateDer<'static>> {
+    let Some(top) = intermediates.last() else {
+        return Some(signing.clone());
+    };
+    let (_, top) = X509Certificate::from_der(top).ok()?;
+    roots
+        .iter()
+        .find(|root| {
+            X509Certificate::from_der(root).is_ok_and(|(_, root)| {
+                root.subject() == top.issuer()
+                    && top.verify_signature(Some(root.public_key())).is_ok()
+            })
+        })
+        .cloned()
+}
+
+/// The URI name constraints of the signing certificate, the intermediates above it, and the
+/// root that issued the topmost of them.
+pub(super) fn path_constraints(
+    signing: &CertificateDer<'static>,
+    intermediates: &[CertificateDer<'static>],
+    issuing_root: Option<&CertificateDer<'static>>,
+) -> Vec<super::constraints::UriConstraints> {
+    // The served intermediates start with the signing certificate; none when it is a root.
+    let path = if intermediates.is_empty() {
+        std::slice::from_ref(signing)
+    } else {
+        intermediates
+    };
+    path.iter()
+        .chain(issuing_root.filter(|root| !path.contains(root)))
+        .filter_map(|der| super::constraints::uri_constraints_of(der))
+        .collect()
+}

@@ -27,8 +27,10 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use self::check::{check_profile, verify_path, Expected, LeafProfile, LeafSubject};
-use self::constraints::UriConstraints;
-use self::material::{check_links, intermediates_of, to_system_time, CaMaterial, MaterialError};
+use self::material::{
+    check_links, intermediates_of, issuing_root, path_constraints, to_system_time, CaMaterial,
+    MaterialError,
+};
 use crate::digest::sha256;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::keys::certificate_pem;
@@ -606,47 +608,6 @@ fn bad_signature(error: &webpki::Error) -> bool {
             | webpki::Error::UnsupportedSignatureAlgorithmContext(_)
             | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
     )
-}
-
-/// The root that issued the topmost served intermediate (its subject names the top's issuer
-/// and its key verifies the top's signature), or the signing certificate when it is a root.
-fn issuing_root(
-    signing: &CertificateDer<'static>,
-    intermediates: &[CertificateDer<'static>],
-    roots: &[CertificateDer<'static>],
-) -> Option<CertificateDer<'static>> {
-    let Some(top) = intermediates.last() else {
-        return Some(signing.clone());
-    };
-    let (_, top) = X509Certificate::from_der(top).ok()?;
-    roots
-        .iter()
-        .find(|root| {
-            X509Certificate::from_der(root).is_ok_and(|(_, root)| {
-                root.subject() == top.issuer()
-                    && top.verify_signature(Some(root.public_key())).is_ok()
-            })
-        })
-        .cloned()
-}
-
-/// The URI name constraints of the signing certificate, the intermediates above it, and the
-/// root that issued the topmost of them.
-fn path_constraints(
-    signing: &CertificateDer<'static>,
-    intermediates: &[CertificateDer<'static>],
-    issuing_root: Option<&CertificateDer<'static>>,
-) -> Vec<UriConstraints> {
-    // The served intermediates start with the signing certificate; none when it is a root.
-    let path = if intermediates.is_empty() {
-        std::slice::from_ref(signing)
-    } else {
-        intermediates
-    };
-    path.iter()
-        .chain(issuing_root.filter(|root| !path.contains(root)))
-        .filter_map(|der| constraints::uri_constraints_of(der))
-        .collect()
 }
 
 #[cfg(test)]
