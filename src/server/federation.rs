@@ -92,7 +92,25 @@ pub(super) fn partner_trust(
             );
             published.extend(authorities.iter().cloned());
         } else {
-            published.extend(crossed.iter().map(|c| c.certificate.clone()));
+            // Only for roots the partner still publishes: a root it withdrew (rotated out, or
+            // compromised) stops being trusted here at the next fetch, whatever the file holds.
+            let held_keys: Vec<[u8; 32]> = authorities
+                .iter()
+                .filter_map(|root| key_sha256(root))
+                .collect();
+            let (current, withdrawn): (Vec<&CrossCertified>, Vec<&CrossCertified>) = crossed
+                .iter()
+                .partition(|c| held_keys.contains(&c.partner_key_sha256));
+            if !withdrawn.is_empty() {
+                tracing::warn!(
+                    mesh = %mesh.name,
+                    partner = %partner.trust_domain,
+                    left_out = withdrawn.len(),
+                    "cross-certificates of roots the partner's held bundle does not hold (withdrawn, \
+                     or none fetched yet) are not published"
+                );
+            }
+            published.extend(current.iter().map(|c| c.certificate.clone()));
             let uncovered = authorities.len() - cross_certified;
             if uncovered > 0 {
                 tracing::warn!(
@@ -173,7 +191,7 @@ impl RunningServer {
             limits: self.limits.clone(),
             reloads: self.reloads.clone(),
             members: self.members.clone(),
-            fetch_now: self.fetch_partners.clone(),
+            fetch_now: self.fetch_partners.subscribe(),
         });
         for mesh in &self.config.meshes {
             for partner in &mesh.partners {
@@ -198,8 +216,9 @@ pub(super) struct Reloader {
     pub(super) limits: Arc<RateLimits>,
     pub(super) reloads: Arc<tokio::sync::Mutex<()>>,
     pub(super) members: Option<Arc<Members>>,
-    /// Woken by every reload (SIGHUP, `RunningServer::reload`): fetch every partner now.
-    pub(super) fetch_now: Arc<tokio::sync::Notify>,
+    /// Bumped by every reload (SIGHUP, `RunningServer::reload`): fetch every partner now. A
+    /// counter, so a reload during a fetch is not lost: the fetcher sees it changed afterwards.
+    pub(super) fetch_now: watch::Receiver<u64>,
 }
 
 impl Reloader {
@@ -226,6 +245,7 @@ pub(super) async fn follow_partner(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut retry = FIRST_RETRY;
+    let mut fetch_now = reloader.fetch_now.clone();
     loop {
         let now = reloader.clock.now();
         let fetched = crate::bundle_client::fetch(
@@ -274,7 +294,11 @@ pub(super) async fn follow_partner(
         tokio::select! {
             _ = shutdown.wait_for(|stopped| *stopped) => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = reloader.fetch_now.notified() => {}
+            changed = fetch_now.changed() => {
+                if changed.is_err() {
+                    return; // the server that reloads is gone
+                }
+            }
         }
     }
 }

@@ -186,7 +186,7 @@ pub struct RunningServer {
     /// The other replicas, with `[cluster]`.
     members: Option<Arc<Members>>,
     /// Wakes the partner fetchers (`[[mesh.partner]]`).
-    fetch_partners: Arc<tokio::sync::Notify>,
+    fetch_partners: watch::Sender<u64>,
     /// The background loops (checkpoints, export, pruning, membership, publication, reloads):
     /// shutdown waits for them, so none writes after the final flush or still holds the store.
     background: TaskTracker,
@@ -366,7 +366,8 @@ impl RunningServer {
     /// On any error the running configuration stays, and the reason is logged and returned.
     pub async fn reload(&self) -> Result<(), ReloadError> {
         // Partners' bundles are fetched again too (a reload is how an operator says "now").
-        self.fetch_partners.notify_waiters();
+        self.fetch_partners
+            .send_modify(|generation| *generation += 1);
         reload(
             &self.config,
             &self.current,
@@ -780,7 +781,7 @@ async fn start_serving(
         limits,
         election,
         members,
-        fetch_partners: Arc::default(),
+        fetch_partners: watch::channel(0).0,
         background,
     };
     server.watch_config_file(shutdown_rx.clone());

@@ -250,6 +250,11 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
     .await;
 
     // b's proxies get b's root and the cross-certificate, never p's root itself.
+    // (The metric is set while the new authority is built; it serves a moment later.)
+    common::eventually_async("b publishes the cross-certificate", || async {
+        common::certificates(&published_bundle(&b_server, &b, "b", B_SERVER).await).len() == 2
+    })
+    .await;
     let b_bundle = published_bundle(&b_server, &b, "b", B_SERVER).await;
     let b_published = common::certificates(&b_bundle);
     assert_eq!(b_published.len(), 2, "{b_bundle}");
@@ -453,6 +458,35 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
             .contains("meshroot_partner_roots_uncovered{mesh=\"b\",trust_domain=\"p.example\"} 0")
     })
     .await;
+    let both = published_bundle(&b_server, &b, "b", B_SERVER).await;
+    assert_eq!(
+        common::certificates(&both).len(),
+        3,
+        "b's root and two cross-certificates"
+    );
+
+    // p withdraws the new root again: b records it, and stops publishing its cross-certificate
+    // although the file still holds it.
+    p.edit_config(|text| {
+        edited(
+            &text,
+            &format!("extra_roots = [\"{}\"]\n", next.display()),
+            "",
+        )
+    });
+    p_server.server.reload().await.unwrap();
+    b_server.server.reload().await.unwrap();
+    common::eventually("b records the withdrawal", || {
+        federation_records(&b_server)
+            .last()
+            .is_some_and(|f| f.removed_sha256.len() == 1 && f.authorities_sha256.len() == 1)
+    })
+    .await;
+    // The reload after it publishes the old root's cross-certificate alone.
+    common::eventually_async("the withdrawn root's cross-certificate is gone", || async {
+        common::certificates(&published_bundle(&b_server, &b, "b", B_SERVER).await).len() == 2
+    })
+    .await;
     p_server.stop().await;
     b_server.stop().await;
 }
@@ -497,8 +531,14 @@ async fn an_unprotected_partner_is_published_raw_kept_through_a_restart_and_fetc
             .contains("meshroot_partner_bundle_sequence{mesh=\"b\",trust_domain=\"p.example\"}")
     })
     .await;
+    let p_root_pem = p.root_pem();
+    common::eventually_async("b publishes p's root", || async {
+        published_bundle(&b_server, &b, "b", B_SERVER)
+            .await
+            .contains(p_root_pem.trim())
+    })
+    .await;
     let bundle = published_bundle(&b_server, &b, "b", B_SERVER).await;
-    assert!(bundle.contains(p.root_pem().trim()), "{bundle}");
     assert!(b_server
         .server
         .metrics_text()
