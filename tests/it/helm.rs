@@ -314,6 +314,10 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
             let endpoint = config.bundle_endpoint.as_ref().expect("[bundle_endpoint]");
             assert_eq!(endpoint.listen.port(), 8443);
             assert_eq!(endpoint.refresh_hint.as_secs(), 300);
+            // The serving certificate, which the endpoint serves with, names its Service.
+            assert!(config
+                .dns_names
+                .contains(&"meshroot-bundles.istio-system.svc".to_owned()));
             assert!(
                 objects
                     .iter()
