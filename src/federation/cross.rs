@@ -25,7 +25,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::digest::sha256;
 use crate::identity::TrustDomain;
-use crate::signer::constraints::{uri_constraints_of, uri_name_constraints};
+use crate::signer::constraints::partner_name_constraints;
 
 /// Why a cross-certificate could not be made or is not what it must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,10 +118,10 @@ pub fn cross_certify(
     params.not_before = time::OffsetDateTime::from(not_before);
     params.not_after = time::OffsetDateTime::from(not_after);
     // The partner root's own name constraints (if any) are replaced by ours: URIs of its
-    // trust domain only.
+    // trust domain, DNS names under it.
     params.name_constraints = None;
-    params.custom_extensions = vec![uri_name_constraints(std::slice::from_ref(partner))
-        .map_err(|e| CrossError::Build(e.to_string()))?];
+    params.custom_extensions =
+        vec![partner_name_constraints(partner).map_err(|e| CrossError::Build(e.to_string()))?];
     params.use_authority_key_identifier_extension = true;
     if let Ok(Some(ski)) =
         root.get_extension_unique(&x509_parser::oid_registry::OID_X509_EXT_SUBJECT_KEY_IDENTIFIER)
@@ -185,8 +185,32 @@ fn subject_of(root: &X509Certificate<'_>) -> Result<DistinguishedName, CrossErro
     Ok(name)
 }
 
+/// The permitted URI hosts, and every other permitted or excluded name (DNS names as they are,
+/// any other kind as a marker that never equals a trust domain), of a certificate's name
+/// constraints.
+fn permitted_names(certificate: &X509Certificate<'_>) -> (Vec<String>, Vec<String>) {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let (mut uris, mut others) = (Vec::new(), Vec::new());
+    for extension in certificate.extensions() {
+        let ParsedExtension::NameConstraints(constraints) = extension.parsed_extension() else {
+            continue;
+        };
+        for subtree in constraints.permitted_subtrees.iter().flatten() {
+            match subtree.base {
+                GeneralName::URI(host) => uris.push(host.to_ascii_lowercase()),
+                GeneralName::DNSName(name) => others.push(name.to_ascii_lowercase()),
+                _ => others.push(String::from("(another kind of name)")),
+            }
+        }
+        if constraints.excluded_subtrees.is_some() {
+            others.push(String::from("(excluded subtrees)"));
+        }
+    }
+    (uris, others)
+}
+
 /// Checks a cross-certificate read from a file: one of `our_roots` signed it, it is a CA, and
-/// its URI name constraints permit exactly `partner`.
+/// its name constraints permit URIs of exactly `partner` (and DNS names under it, if any).
 pub fn check_cross_certificate(
     der: &CertificateDer<'static>,
     partner: &TrustDomain,
@@ -208,11 +232,9 @@ pub fn check_cross_certificate(
     if !signed_by_ours {
         return Err(CrossError::NotOurs);
     }
-    let permitted = uri_constraints_of(der)
-        .map(|c| c.permitted().to_vec())
-        .unwrap_or_default();
-    if permitted != [partner.to_string()] {
-        return Err(CrossError::Constraints(partner.to_string(), permitted));
+    let (uris, others) = permitted_names(&certificate);
+    if uris != [partner.to_string()] || others.iter().any(|name| name != partner.as_str()) {
+        return Err(CrossError::Constraints(partner.to_string(), uris));
     }
     Ok(CrossCertified {
         certificate: der.clone(),
@@ -222,4 +244,78 @@ pub fn check_cross_certificate(
         )
         .map_err(|_| CrossError::Unparsable)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{DnType, KeyPair};
+
+    fn root(name: &str) -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.distinguished_name.push(
+            DnType::OrganizationName,
+            DnValue::PrintableString(name.try_into().unwrap()),
+        );
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        (der, Issuer::new(params, key))
+    }
+
+    #[test]
+    fn a_cross_certificate_has_the_partner_roots_name_and_key_and_binds_its_trust_domain() {
+        let (ours, issuer) = root("ours");
+        let (partner_root, _) = root("partner");
+        let partner = TrustDomain::new("p.example").unwrap();
+        let now = SystemTime::now();
+        let cross = cross_certify(
+            &partner_root,
+            &partner,
+            (&issuer, &ours),
+            Duration::from_secs(86_400),
+            now,
+        )
+        .unwrap();
+        let checked =
+            check_cross_certificate(&cross, &partner, std::slice::from_ref(&ours)).unwrap();
+        assert_eq!(Some(checked.partner_key_sha256), key_sha256(&partner_root));
+        let (_, made) = X509Certificate::from_der(&cross).unwrap();
+        let (_, original) = X509Certificate::from_der(&partner_root).unwrap();
+        assert_eq!(made.subject().as_raw(), original.subject().as_raw());
+        assert_eq!(
+            permitted_names(&made),
+            (vec!["p.example".to_owned()], vec!["p.example".to_owned()])
+        );
+
+        // Not ours: another root's signature.
+        let (stranger, _) = root("stranger");
+        assert_eq!(
+            check_cross_certificate(&cross, &partner, &[stranger]),
+            Err(CrossError::NotOurs)
+        );
+        // Ours, but for another trust domain than the partner's.
+        let other = TrustDomain::new("q.example").unwrap();
+        assert!(matches!(
+            check_cross_certificate(&cross, &other, std::slice::from_ref(&ours)),
+            Err(CrossError::Constraints(..))
+        ));
+        // A leaf is no partner root.
+        let mut leaf = CertificateParams::new(vec!["leaf.example".into()]).unwrap();
+        leaf.is_ca = IsCa::ExplicitNoCa;
+        let leaf = leaf.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        assert_eq!(
+            cross_certify(
+                leaf.der(),
+                &partner,
+                (&issuer, &ours),
+                Duration::from_secs(60),
+                now
+            ),
+            Err(CrossError::NotCa)
+        );
+    }
 }

@@ -85,6 +85,23 @@ pub enum ConstraintError {
 pub fn uri_name_constraints(
     trust_domains: &[TrustDomain],
 ) -> Result<CustomExtension, ConstraintError> {
+    name_constraints(trust_domains, false)
+}
+
+/// A partner's cross-certificate's constraints: URIs of its trust domain, and DNS names only
+/// under that name. Envoy's `match_subject_alt_names` (what istiod configures) matches DNS SANs
+/// too, so without the DNS subtree a partner leaf whose DNS SAN reads `spiffe://<ours>/...`
+/// would pass a sidecar's trust-domain check.
+pub fn partner_name_constraints(
+    trust_domain: &TrustDomain,
+) -> Result<CustomExtension, ConstraintError> {
+    name_constraints(std::slice::from_ref(trust_domain), true)
+}
+
+fn name_constraints(
+    trust_domains: &[TrustDomain],
+    with_dns: bool,
+) -> Result<CustomExtension, ConstraintError> {
     use der::Encode as _;
     use x509_cert::ext::pkix::constraints::name::{GeneralSubtree, NameConstraints};
     use x509_cert::ext::pkix::name::GeneralName as Name;
@@ -92,18 +109,22 @@ pub fn uri_name_constraints(
     if trust_domains.is_empty() {
         return Err(ConstraintError::NoTrustDomain);
     }
-    let mut subtrees = Vec::with_capacity(trust_domains.len());
-    for trust_domain in trust_domains {
-        let host = der::asn1::Ia5String::new(trust_domain.as_str())
-            .map_err(|_| ConstraintError::Unencodable(trust_domain.to_string()))?;
-        if !subtrees.iter().any(|s: &GeneralSubtree| {
-            matches!(&s.base, Name::UniformResourceIdentifier(existing) if existing == &host)
-        }) {
+    let mut subtrees: Vec<GeneralSubtree> = Vec::with_capacity(trust_domains.len() * 2);
+    let mut add = |base: Name| {
+        if !subtrees.iter().any(|s| s.base == base) {
             subtrees.push(GeneralSubtree {
-                base: Name::UniformResourceIdentifier(host),
+                base,
                 minimum: 0,
                 maximum: None,
             });
+        }
+    };
+    for trust_domain in trust_domains {
+        let host = der::asn1::Ia5String::new(trust_domain.as_str())
+            .map_err(|_| ConstraintError::Unencodable(trust_domain.to_string()))?;
+        add(Name::UniformResourceIdentifier(host.clone()));
+        if with_dns {
+            add(Name::DnsName(host));
         }
     }
     let constraints = NameConstraints {

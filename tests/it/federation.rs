@@ -316,11 +316,18 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
     write(&b_dir, "partner", &p_cart);
     write(&b_dir, "forged", &forged);
     write(&b_dir, "own", &b_cart);
+    // p's leaf whose only SAN is a DNS name reading like a b identity: istiod's
+    // match_subject_alt_names matches DNS SANs too; the cross-certificate's DNS subtree stops it.
+    write(
+        &b_dir,
+        "dns",
+        &p.mint_dns("p", "spiffe://b.example/ns/shop/sa/forged"),
+    );
     let statuses = through_envoy(
         &b_dir,
         &b_mesh_config,
         B_SERVER,
-        &["partner", "forged", "own"],
+        &["partner", "forged", "own", "dns"],
     )
     .await;
     assert_eq!(
@@ -328,7 +335,8 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
         [
             ("partner".into(), 200),
             ("forged".into(), 503),
-            ("own".into(), 200)
+            ("own".into(), 200),
+            ("dns".into(), 503),
         ],
         "{}",
         std::fs::read_to_string(b_dir.join("inbound.log")).unwrap_or_default()

@@ -212,6 +212,18 @@ impl TestCa {
         self.mint_raw(mesh, &[identity.to_owned()], not_before, not_after)
     }
 
+    /// Like [`TestCa::mint`], but the leaf's only SAN is the DNS name `dns` (which may look like
+    /// a SPIFFE ID: nothing checks a DNS SAN's syntax).
+    pub fn mint_dns(&self, mesh: &str, dns: &str) -> (String, String) {
+        let now = SystemTime::now();
+        self.mint_sans(
+            mesh,
+            vec![rcgen::SanType::DnsName(dns.try_into().unwrap())],
+            now - Duration::from_secs(300),
+            now + Duration::from_secs(3600),
+        )
+    }
+
     /// A client-auth certificate carrying every URI in `uris`, signed by `mesh`'s intermediate
     /// with rcgen directly (meshroot itself never issues such a thing). (chain PEM, key PEM).
     pub fn mint_with_uris(&self, mesh: &str, uris: &[String]) -> (String, String) {
@@ -231,6 +243,20 @@ impl TestCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> (String, String) {
+        let sans = uris
+            .iter()
+            .map(|uri| rcgen::SanType::URI(uri.clone().try_into().unwrap()))
+            .collect();
+        self.mint_sans(mesh, sans, not_before, not_after)
+    }
+
+    fn mint_sans(
+        &self,
+        mesh: &str,
+        sans: Vec<rcgen::SanType>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> (String, String) {
         let ca_key = keys::load_private_key_pem(
             &std::fs::read(self.path().join(mesh).join("ca-key.pem")).unwrap(),
         )
@@ -240,10 +266,7 @@ impl TestCa {
         let key = p256_key();
         let mut params = rcgen::CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.subject_alt_names = uris
-            .iter()
-            .map(|uri| rcgen::SanType::URI(uri.clone().try_into().unwrap()))
-            .collect();
+        params.subject_alt_names = sans;
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
