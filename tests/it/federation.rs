@@ -580,3 +580,51 @@ async fn an_unprotected_partner_is_published_raw_kept_through_a_restart_and_fetc
     assert_eq!(published_bundle(&b_server, &b, "b", B_SERVER).await, bundle);
     b_server.stop().await;
 }
+
+#[tokio::test]
+async fn inside_meshroot_a_partner_root_vouches_for_the_partners_names_only() {
+    common::init_test_log();
+    let (b_port, p_port) = (free_port(), free_port());
+    let b = instance("b", "b.example", b_port);
+    let p = instance("p", "p.example", p_port);
+    let p_root = p.path().join("root-cert.pem");
+    let partner_reader = "spiffe://p.example/ns/audit/sa/reader";
+    let own_reader = "spiffe://b.example/ns/audit/sa/reader";
+    b.admin_on_tls(&[partner_reader, own_reader]);
+    b.edit_config(|text| {
+        format!(
+            "{text}\n[[mesh.partner]]\ntrust_domain = \"p.example\"\n\
+             bundle_url = \"https://localhost:{p_port}/p.example\"\nendpoint_ca = \"{}\"\n",
+            p_root.display()
+        )
+    });
+    let p_server = p.start().await;
+    let b_server = b.start().await;
+    common::eventually("b holds p's bundle", || {
+        b_server
+            .server
+            .metrics_text()
+            .contains("meshroot_partner_bundle_sequence{mesh=\"b\",trust_domain=\"p.example\"}")
+    })
+    .await;
+    let admin = b_server.server.admin_address();
+    // p's own reader, certified by p's root: admitted on b's admin API (b's /ui).
+    let reader = workload(&p_server, &p, "p", partner_reader).await;
+    let (status, _) = common::https_get(admin, &b.root_pem(), "/ui", Some(reader)).await;
+    assert_eq!(status, 200);
+    // p's key minting b's reader: p's root vouches for p.example only.
+    let forged = p.mint(
+        "p",
+        own_reader,
+        SystemTime::now() - Duration::from_secs(60),
+        SystemTime::now() + Duration::from_secs(3600),
+    );
+    let (status, _) = common::https_get(admin, &b.root_pem(), "/ui", Some(forged)).await;
+    assert_eq!(status, 403);
+    // b's own reader, from b: admitted.
+    let own = workload(&b_server, &b, "b", own_reader).await;
+    let (status, _) = common::https_get(admin, &b.root_pem(), "/ui", Some(own)).await;
+    assert_eq!(status, 200);
+    p_server.stop().await;
+    b_server.stop().await;
+}
