@@ -115,3 +115,102 @@ impl SledStore {
         self.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{OutcomeFilter, Query};
+    use crate::record::{CallerRecord, FederationRecord, Outcome, Record};
+
+    #[test]
+    fn the_served_sequence_is_kept_and_only_rises() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (old, new) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(
+            store.served_bundle_sequence("b.example", old, 100).unwrap(),
+            100
+        );
+        assert_eq!(
+            store.served_bundle_sequence("b.example", old, 100).unwrap(),
+            100
+        );
+        assert_eq!(
+            store.served_bundle_sequence("b.example", new, 200).unwrap(),
+            200
+        );
+        // Back to content whose number is lower: one more than the last served.
+        assert_eq!(
+            store.served_bundle_sequence("b.example", old, 100).unwrap(),
+            201
+        );
+        // Another trust domain has its own.
+        assert_eq!(
+            store.served_bundle_sequence("a.example", old, 100).unwrap(),
+            100
+        );
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.served_bundle_sequence("b.example", old, 100).unwrap(),
+            201
+        );
+    }
+
+    #[test]
+    fn a_partners_bundle_is_kept_per_mesh_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.partner_bundle("b", "p.example").unwrap(), None);
+        let kept = KeptPartnerBundle {
+            document: b"{\"keys\": []}".to_vec(),
+            fetched_at: crate::clock::from_unix_millis(1_800_000_000_123),
+        };
+        store.keep_partner_bundle("b", "p.example", &kept).unwrap();
+        assert_eq!(store.partner_bundle("b", "p.example").unwrap(), Some(kept));
+        assert_eq!(store.partner_bundle("a", "p.example").unwrap(), None);
+    }
+
+    #[test]
+    fn partner_bundle_changes_are_found_by_their_outcome_and_trust_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let record = Record::new(
+            "r".into(),
+            SystemTime::now(),
+            CallerRecord::default(),
+            Outcome::Federated(FederationRecord {
+                mesh: "b".into(),
+                trust_domain: "p.example".into(),
+                sequence: 3,
+                ..Default::default()
+            }),
+        );
+        runtime.block_on(store.append_durable(record)).unwrap();
+        for query in [
+            Query {
+                outcome: Some(OutcomeFilter::Federated),
+                ..Query::default()
+            },
+            Query {
+                trust_domain: Some("p.example".into()),
+                ..Query::default()
+            },
+            Query {
+                mesh: Some("b".into()),
+                outcome: Some(OutcomeFilter::Federated),
+                ..Query::default()
+            },
+        ] {
+            assert_eq!(store.query_all(&query).unwrap().len(), 1, "{query:?}");
+        }
+        let issued = Query {
+            outcome: Some(OutcomeFilter::Issued),
+            ..Query::default()
+        };
+        assert!(store.query_all(&issued).unwrap().is_empty());
+    }
+}

@@ -817,38 +817,3 @@ async fn revocations_are_indexed_select_revoked_certificates_and_outlive_pruning
     let store = SledStore::open_with(dir.path(), options(16)).unwrap();
     assert_eq!(store.revocations().unwrap()[0].sequence, sequence);
 }
-
-#[test]
-fn partner_bundle_changes_are_found_by_their_outcome() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let record = Record::new(
-        "r".into(),
-        SystemTime::now(),
-        CallerRecord::default(),
-        Outcome::Federated(crate::record::FederationRecord {
-            mesh: "b".into(),
-            trust_domain: "p.example".into(),
-            sequence: 3,
-            ..Default::default()
-        }),
-    );
-    runtime.block_on(store.append_durable(record)).unwrap();
-    let found = store
-        .query_all(&Query {
-            outcome: Some(OutcomeFilter::Federated),
-            ..Query::default()
-        })
-        .unwrap();
-    assert_eq!(found.len(), 1);
-    let by_trust_domain = store
-        .query_all(&Query {
-            trust_domain: Some("p.example".into()),
-            ..Query::default()
-        })
-        .unwrap();
-    assert_eq!(by_trust_domain.len(), 1);
-}

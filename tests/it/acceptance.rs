@@ -22,7 +22,7 @@
 use std::path::Path;
 
 use crate::common::{self, process::BINARY, TestCa};
-use crate::envoy_mtls::{free_port, outbound_bootstrap, start_upstream, Envoy};
+use crate::envoy_mtls::{client_sidecar, free_port, start_upstream, Envoy};
 use meshroot::keys::KeyType;
 
 /// istiod's `SupportedCiphers` (pilot/pkg/security/authn/utils/utils.go).
@@ -152,46 +152,6 @@ pub(crate) fn inbound_sidecar(
 "#,
         dir = dir.display()
     )
-}
-
-/// A client sidecar: one outbound cluster per workload `name`, each presenting that workload's
-/// certificate and checking the server's SPIFFE ID (a DestinationRule with ISTIO_MUTUAL).
-pub(crate) fn client_sidecar(
-    dir: &Path,
-    port: u16,
-    server: u16,
-    names: &[&str],
-    (server_id, trusted): (&str, &str),
-) -> String {
-    let clusters: String = names
-        .iter()
-        .map(|n| {
-            format!(
-                r#"  - name: {n}
-    type: STATIC
-    connect_timeout: 2s
-    load_assignment:
-      cluster_name: {n}
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {server} }} }} }} }}] }}]
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          tls_certificates:
-          - certificate_chain: {{ filename: "{dir}/{n}-chain.pem" }}
-            private_key: {{ filename: "{dir}/{n}-key.pem" }}
-          validation_context:
-            trusted_ca: {{ filename: "{dir}/{trusted}" }}
-            match_typed_subject_alt_names:
-            - san_type: URI
-              matcher: {{ exact: "{server_id}" }}
-"#,
-                dir = dir.display()
-            )
-        })
-        .collect();
-    outbound_bootstrap(port, names, &clusters)
 }
 
 /// The workloads of the scenario: (name, mesh, SPIFFE ID).

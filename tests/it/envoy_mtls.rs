@@ -212,8 +212,23 @@ pub(crate) fn gateway_config(dir: &Path, port: u16, upstream: u16, trusted: &[&s
     )
 }
 
-/// A sidecar with one route and one mTLS upstream cluster per client identity `name`.
+/// A sidecar with one route and one mTLS upstream cluster per client identity `name`, checking
+/// the gateway's SPIFFE ID against the shared root (`root.pem`).
 pub(crate) fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]) -> String {
+    client_sidecar(dir, port, gateway, names, (GATEWAY_ID, "root.pem"))
+}
+
+/// A client sidecar: one outbound cluster per workload `name` (its `NAME-chain.pem`,
+/// `NAME-key.pem` in `dir`), each presenting that workload's certificate to `server` and
+/// checking its SPIFFE ID `server_id` against the roots in `dir/trusted` (a DestinationRule
+/// with ISTIO_MUTUAL).
+pub(crate) fn client_sidecar(
+    dir: &Path,
+    port: u16,
+    server: u16,
+    names: &[&str],
+    (server_id, trusted): (&str, &str),
+) -> String {
     let clusters: String = names
         .iter()
         .map(|n| {
@@ -223,7 +238,7 @@ pub(crate) fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]
     connect_timeout: 2s
     load_assignment:
       cluster_name: {n}
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {gateway} }} }} }} }}] }}]
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {server} }} }} }} }}] }}]
     transport_socket:
       name: envoy.transport_sockets.tls
       typed_config:
@@ -233,10 +248,10 @@ pub(crate) fn sidecar_config(dir: &Path, port: u16, gateway: u16, names: &[&str]
           - certificate_chain: {{ filename: "{dir}/{n}-chain.pem" }}
             private_key: {{ filename: "{dir}/{n}-key.pem" }}
           validation_context:
-            trusted_ca: {{ filename: "{dir}/root.pem" }}
+            trusted_ca: {{ filename: "{dir}/{trusted}" }}
             match_typed_subject_alt_names:
             - san_type: URI
-              matcher: {{ exact: "{GATEWAY_ID}" }}
+              matcher: {{ exact: "{server_id}" }}
 "#,
                 dir = dir.display()
             )

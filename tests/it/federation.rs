@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::acceptance::{client_sidecar, inbound_sidecar, mesh_config, root_ca};
+use crate::acceptance::{inbound_sidecar, mesh_config, root_ca};
 use crate::common::{self, TestCa, TestServer};
-use crate::envoy_mtls::{free_port, start_upstream, Envoy};
+use crate::envoy_mtls::{client_sidecar, free_port, start_upstream, Envoy};
 use crate::istio_config::edited;
 use meshroot::audit::{OutcomeFilter, Query};
 use meshroot::keys::KeyType;
