@@ -198,11 +198,15 @@ async fn scenario(dir: &Path, b_accepts: &str) -> (TestCa, serde_json::Value) {
     (ca, mesh_config)
 }
 
-/// Starts b's inbound sidecar for `mesh_config` and a client sidecar; returns the status of a
-/// request from each workload, and the identities the app saw.
-async fn run_requests(
+/// Starts an inbound sidecar for `mesh_config` in `dir` (its certificate `orders-*.pem`, its
+/// `rootca.pem`) and a client sidecar presenting each of `clients` (`NAME-*.pem`), which checks
+/// the server's SPIFFE ID `server_id` against `dir/trusted`; the HTTP status of a request from
+/// each client, and the `x-forwarded-client-cert` values the app saw.
+pub(crate) async fn through_envoy(
     dir: &Path,
     mesh_config: &serde_json::Value,
+    (server_id, trusted): (&str, &str),
+    clients: &[&str],
 ) -> (Vec<(String, u16)>, Vec<String>) {
     let (upstream, seen) = start_upstream().await;
     let (inbound_port, client_port) = (free_port(), free_port());
@@ -213,7 +217,6 @@ async fn run_requests(
         inbound_port,
     )
     .await;
-    let names: Vec<&str> = WORKLOADS.iter().map(|(name, _, _)| *name).collect();
     let _client = Envoy::start(
         dir,
         "client",
@@ -221,21 +224,28 @@ async fn run_requests(
             dir,
             client_port,
             inbound_port,
-            &names,
-            (SERVER_ID, "shared-root.pem"),
+            clients,
+            (server_id, trusted),
         ),
         client_port,
     )
     .await;
     let mut statuses = Vec::new();
-    for name in names {
-        statuses.push((
-            name.to_owned(),
-            crate::envoy_mtls::get(client_port, &format!("/{name}")).await,
-        ));
+    for name in clients {
+        let status = crate::envoy_mtls::get(client_port, &format!("/{name}")).await;
+        statuses.push((name.to_string(), status));
     }
     let seen = seen.lock().unwrap().clone();
     (statuses, seen)
+}
+
+/// b's sidecar against every workload of the scenario.
+async fn run_requests(
+    dir: &Path,
+    mesh_config: &serde_json::Value,
+) -> (Vec<(String, u16)>, Vec<String>) {
+    let names: Vec<&str> = WORKLOADS.iter().map(|(name, _, _)| *name).collect();
+    through_envoy(dir, mesh_config, (SERVER_ID, "shared-root.pem"), &names).await
 }
 
 #[tokio::test]

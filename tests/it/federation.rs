@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::acceptance::{inbound_sidecar, mesh_config, root_ca};
+use crate::acceptance::{mesh_config, root_ca, through_envoy};
 use crate::common::{self, TestCa, TestServer};
-use crate::envoy_mtls::{client_sidecar, free_port, start_upstream, Envoy};
+use crate::envoy_mtls::free_port;
 use crate::istio_config::edited;
 use meshroot::audit::{OutcomeFilter, Query};
 use meshroot::keys::KeyType;
@@ -103,45 +103,6 @@ async fn published_bundle(server: &TestServer, ca: &TestCa, mesh: &str, id: &str
         .last()
         .unwrap()
         .clone()
-}
-
-/// Starts `mesh`'s inbound sidecar in `dir` (its certificate as orders-*.pem, `rootca.pem`
-/// from its published bundle and generated meshConfig) and a client sidecar presenting each
-/// of `clients` (name → files in `dir`); the HTTP status per client.
-async fn through_envoy(
-    dir: &Path,
-    mesh_config: &serde_json::Value,
-    server_id: &str,
-    clients: &[&str],
-) -> Vec<(String, u16)> {
-    let (upstream, _) = start_upstream().await;
-    let (inbound_port, client_port) = (free_port(), free_port());
-    let _inbound = Envoy::start(
-        dir,
-        "inbound",
-        &inbound_sidecar(dir, inbound_port, upstream, mesh_config),
-        inbound_port,
-    )
-    .await;
-    let _client = Envoy::start(
-        dir,
-        "client",
-        &client_sidecar(
-            dir,
-            client_port,
-            inbound_port,
-            clients,
-            (server_id, "server-root.pem"),
-        ),
-        client_port,
-    )
-    .await;
-    let mut statuses = Vec::new();
-    for name in clients {
-        let status = crate::envoy_mtls::get(client_port, &format!("/{name}")).await;
-        statuses.push((name.to_string(), status));
-    }
-    statuses
 }
 
 fn write(dir: &Path, name: &str, (chain, key): &(String, String)) {
@@ -323,10 +284,10 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
         "dns",
         &p.mint_dns("p", "spiffe://b.example/ns/shop/sa/forged"),
     );
-    let statuses = through_envoy(
+    let (statuses, _) = through_envoy(
         &b_dir,
         &b_mesh_config,
-        B_SERVER,
+        (B_SERVER, "server-root.pem"),
         &["partner", "forged", "own", "dns"],
     )
     .await;
@@ -356,7 +317,13 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
     std::fs::write(p_dir.join("server-root.pem"), p.root_pem()).unwrap();
     write(&p_dir, "partner", &b_cart);
     write(&p_dir, "forged", &forged_back);
-    let statuses = through_envoy(&p_dir, &p_mesh_config, P_SERVER, &["partner", "forged"]).await;
+    let (statuses, _) = through_envoy(
+        &p_dir,
+        &p_mesh_config,
+        (P_SERVER, "server-root.pem"),
+        &["partner", "forged"],
+    )
+    .await;
     assert_eq!(statuses, [("partner".into(), 200), ("forged".into(), 503)]);
 
     // Go's crypto/x509 and OpenSSL, trusting b's root and given the cross-certificate.
