@@ -1,7 +1,7 @@
 //! meshroot: a certificate authority for Istio meshes.
 //!
 //! The request path: `grpc` (edge) → `issuance` (the pipeline: `authn` → `csr` → `policy` →
-//! `signer` → `record`) → `store`. The README's Layout section is the map.
+//! `signer` → `record`) → `store`. docs/architecture.md is the map.
 
 #![forbid(unsafe_code)]
 

@@ -159,7 +159,7 @@ pub struct IstiodTls {
     pub not_after: i64,
 }
 
-/// What the CRL keeper reports (README, "Revoking a certificate").
+/// What the CRL keeper reports (docs/operations/revoke-a-certificate.md).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RevocationGauges {
     /// Revoked certificates not yet expired.

@@ -115,7 +115,7 @@ pub struct DenialRecord {
     #[serde(serialize_with = "hex_bytes")]
     pub csr_sha256: Vec<u8>,
     /// Set when this record stands for several unauthenticated refusals that were over the
-    /// rate recorded one by one (README, "Limits and hardening").
+    /// rate recorded one by one (docs/hardening.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<RefusalSummary>,
 }

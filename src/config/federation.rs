@@ -1,4 +1,4 @@
-//! `[bundle_endpoint]`: the SPIFFE bundle endpoint (README, "Several meshes, one root").
+//! `[bundle_endpoint]`: the SPIFFE bundle endpoint (docs/meshes.md).
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -51,7 +51,7 @@ pub const DEFAULT_NAMESPACE_RATE: (f64, f64) = (200.0, 2000.0);
 /// bursts of 10); the rest are counted into summary records.
 pub const DEFAULT_REFUSALS_RECORDED_PER_PEER: (f64, f64) = (1.0 / 60.0, 10.0);
 /// The same, over all peers together (one every 10 s, bursts of 60): with the summaries, a
-/// flood costs the store at most about 1 KB/s (README, "Limits and hardening").
+/// flood costs the store at most about 1 KB/s (docs/hardening.md).
 pub const DEFAULT_REFUSALS_RECORDED: (f64, f64) = (0.1, 60.0);
 /// Istio's default names of the ConfigMaps istio-agent reads the mesh root from, and the CRLs
 /// (Istio >= 1.27 and >= 1.29 can rename them: `[kubernetes] root_configmap_name`,
@@ -68,7 +68,7 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
 pub const DEFAULT_STORE_CACHE_MIB: u64 = 64;
 /// An ECDSA signer verifies the signature of 1 leaf in this many (and the first after each key
-/// load); an RSA signer verifies every leaf (README, design notes).
+/// load); an RSA signer verifies every leaf (docs/request-path.md, the design note).
 pub const DEFAULT_LEAF_SIGNATURE_SAMPLE: u64 = 64;
 pub const DEFAULT_AUDIT_KEY_NAME: &str = "meshroot-audit";
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
@@ -82,7 +82,7 @@ pub const ENV_ADMIN_LISTEN: &str = "MESHROOT_ADMIN_LISTEN";
 /// This replica's `[cluster]` member entry (overrides `cluster.self`).
 pub const ENV_MEMBER: &str = "MESHROOT_MEMBER";
 /// This replica's log name (overrides `audit.key_name`): a new name starts a new log, the way
-/// out after its volume was lost or rolled back (README, "Several replicas").
+/// out after its volume was lost or rolled back (docs/operations/run-several-replicas.md).
 pub const ENV_LOG_NAME: &str = "MESHROOT_LOG_NAME";
 
 pub use membership::{statefulset_members, DEFAULT_MEMBER_TIMEOUT};
@@ -142,7 +142,7 @@ pub struct BundleEndpointConfig {
     pub certificate: Option<(PathBuf, PathBuf)>,
 }
 
-/// `[revocation]` (README, "Revoking a certificate").
+/// `[revocation]` (docs/operations/revoke-a-certificate.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationConfig {
     /// Where `ca-crl.pem` is written (for VMs and tests), if anywhere.
@@ -161,7 +161,7 @@ pub struct RevocationConfig {
     pub configmap: bool,
 }
 
-/// `[cluster]`: every member's admin address, ready or not (README, "Several replicas").
+/// `[cluster]`: every member's admin address, ready or not (docs/operations/run-several-replicas.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipConfig {
     /// The members' admin addresses (HOST:PORT), this replica's among them.
@@ -254,7 +254,7 @@ pub struct AdminConfig {
 
 /// Limits on connections and what each may hold (`[connections]`), for the CSR listener and,
 /// separately counted, the admin listener. They answer connection floods, silent and slow
-/// sockets, and oversized or unfinished request bodies (README, "Limits and hardening").
+/// sockets, and oversized or unfinished request bodies (docs/hardening.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionConfig {
     /// Open connections at once on a listener; more are closed at accept.
@@ -372,7 +372,7 @@ pub struct MeshConfig {
     pub partners: Vec<PartnerConfig>,
 }
 
-/// A partner trust domain of a mesh (README, "Federation: partners outside the shared root").
+/// A partner trust domain of a mesh (docs/meshes.md, "Partners outside the shared root").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartnerConfig {
     pub trust_domain: TrustDomain,

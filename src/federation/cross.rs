@@ -9,7 +9,7 @@
 //! partner intermediates) then reaches our root only through it, and the verifiers that
 //! enforce URI name constraints (Envoy's BoringSSL, Go's crypto/x509, OpenSSL) refuse any other
 //! name. rustls-webpki (ztunnel) refuses every chain that carries a URI constraint: a mesh with
-//! ztunnel gets no partner traffic through it (README, "Partners outside the shared root").
+//! ztunnel gets no partner traffic through it (docs/meshes.md, "Partners outside the shared root").
 //!
 //! The subject and the subject key identifier are byte for byte the partner root's, so path
 //! builders that match names (OpenSSL, Go) and key identifiers (OpenSSL's AKID check) find it.

@@ -1,4 +1,4 @@
-//! Trust between meshes (README, "Several meshes, one root"): which trust domains a mesh
+//! Trust between meshes (docs/meshes.md): which trust domains a mesh
 //! accepts, the Istio configuration that says so ([`istio`]), and the SPIFFE bundle documents
 //! meshroot serves and fetches ([`bundle`]).
 

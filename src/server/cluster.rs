@@ -286,7 +286,7 @@ async fn exchange_checkpoints(
         holds.set(
             Hold::LogRollback,
             format!(
-                "{}; restore the volume, or start a new log under a new name (README, Several replicas)",
+                "{}; restore the volume, or start a new log under a new name (docs/operations/run-several-replicas.md)",
                 problems.join("; ")
             ),
         );

@@ -266,7 +266,7 @@ impl MeshSigner {
 
     /// Verifies the signature of the first leaf after the key was loaded and then of 1 leaf in
     /// `every` (an ECDSA signer); an RSA signer verifies every leaf whatever `every` says, as a
-    /// faulty RSA-CRT signature would leak its key (README, design notes).
+    /// faulty RSA-CRT signature would leak its key (docs/request-path.md, the design note).
     pub fn with_signature_sample(mut self, every: u64) -> Self {
         self.verify_every = if self.slow_signer { 1 } else { every.max(1) };
         // The first leaf after the key was loaded is verified (the probe was, too).

@@ -492,8 +492,7 @@ impl SledStore {
 
     /// Waits until a write to the store fails (a flush, or inserting a record): a full disk
     /// or an I/O error. sled does not recover from such a failure in the same process, so the
-    /// server stops and exits for its supervisor to restart it (README, "Limits and
-    /// hardening").
+    /// server stops and exits for its supervisor to restart it (docs/hardening.md).
     pub async fn write_failure(&self) -> StoreError {
         let mut durable = self.inner.commit.durable.subscribe();
         let failed = match durable.wait_for(|state| state.failed.is_some()).await {

@@ -1,4 +1,4 @@
-//! The direction of dependencies, as the README's Layout section draws it: the domain imports
+//! The direction of dependencies, as docs/architecture.md draws it: the domain imports
 //! only the domain; the pipeline (`issuance`) the domain and `authn`; the adapters the domain
 //! (and `kubernetes` also `authn`, whose cluster API it implements); only the edge imports the
 //! edge. Only `store` touches sled, only `kubernetes` the Kubernetes API, only the edge tonic,

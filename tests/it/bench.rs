@@ -1,5 +1,5 @@
 //! `meshroot bench` end to end, in a small run: it starts its own `meshroot serve` process,
-//! loads it over real TLS, and reports what the README's Performance table is made of.
+//! loads it over real TLS, and reports what docs/performance.md's tables is made of.
 
 use crate::common::process::meshroot_output;
 

@@ -177,18 +177,20 @@ fn default_mesh(dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn the_readme_shows_what_meshroot_istio_config_prints() {
+fn the_docs_show_what_meshroot_istio_config_prints() {
     // Each block after a `<!-- generated: istio config --mesh M --format F ... -->` marker is
-    // that command's output for the README's example (PEM shortened), so it cannot drift.
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    // that command's output for the documents' example (PEM shortened), so it cannot drift.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let docs = ["meshes.md", "operations/use-with-istio.md"]
+        .map(|doc| std::fs::read_to_string(root.join(doc)).unwrap())
+        .join("\n");
     let work = tempfile::tempdir().unwrap();
     let two = two_meshes(&work.path().join("two"));
     let one = default_mesh(&work.path().join("one"));
     let marker = "<!-- generated: istio config ";
     let mut checked = 0;
-    for (at, _) in readme.match_indices(marker) {
-        let rest = &readme[at + marker.len()..];
+    for (at, _) in docs.match_indices(marker) {
+        let rest = &docs[at + marker.len()..];
         let command: Vec<&str> = rest[..rest.find(" (").unwrap()].split(' ').collect();
         let ["--mesh", mesh, "--format", format] = command.as_slice() else {
             panic!("marker {command:?}: expected --mesh M --format F");
@@ -219,9 +221,9 @@ fn the_readme_shows_what_meshroot_istio_config_prints() {
         assert_eq!(
             block.trim(),
             shortened.trim(),
-            "README block for --mesh {mesh} --format {format} differs from the command's output"
+            "the block for --mesh {mesh} --format {format} differs from the command's output"
         );
         checked += 1;
     }
-    assert_eq!(checked, 3, "the README's generated blocks");
+    assert_eq!(checked, 3, "the documents' generated blocks");
 }

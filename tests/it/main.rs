@@ -20,6 +20,7 @@ mod cluster_duties;
 mod crash;
 mod deploy;
 mod disk_full;
+mod docs;
 mod envoy_mtls;
 mod export;
 mod federation;

@@ -353,7 +353,7 @@ async fn readyz_fails_with_the_reason_once_the_signing_certificate_has_expired()
 }
 
 /// The Grafana dashboard (deploy/grafana/meshroot-dashboard.json) charts only series a running
-/// meshroot exposes, and charts each thing the README promises: issuance rate per mesh, denials
+/// meshroot exposes, and charts each thing docs/monitoring.md promises: issuance rate per mesh, denials
 /// by reason, latency, the three expiry countdowns, export lag and cluster membership.
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_series_meshroot_exposes() {

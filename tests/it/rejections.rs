@@ -672,7 +672,7 @@ async fn an_unauthenticated_flood_is_recorded_within_its_rate_and_then_summarize
     assert_eq!(summary.caller.peer_address, "127.0.0.1");
     let counted = denial.summary.as_ref().expect("a summary record");
     assert_eq!(counted.count, 30);
-    // The README's bound on store growth counts a summary as at most 0.5 KB.
+    // docs/hardening.md's bound on store growth counts a summary as at most 0.5 KB.
     let stored = stored_bytes(summary);
     assert!(stored <= 512, "{stored} bytes of store for a summary");
     assert!(counted.first_at <= counted.last_at);

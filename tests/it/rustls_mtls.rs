@@ -222,7 +222,7 @@ async fn rustls_gateway_of_mesh_b_accepts_mesh_a_and_tells_meshes_apart_by_trust
 /// Why ambient meshes opt out of name constraints: rustls-webpki (ztunnel's verifier) does not
 /// implement URI name constraints and refuses every workload certificate under an intermediate
 /// that carries one, even one the constraint permits. If this starts passing the other way,
-/// webpki has learnt URI constraints and the README's advice can change.
+/// webpki has learnt URI constraints and the advice in docs/meshes.md can change.
 #[tokio::test]
 async fn a_rustls_peer_refuses_every_workload_under_uri_constrained_intermediates() {
     let CrossMesh {
