@@ -11,11 +11,11 @@ use super::audit::{FilterArgs, Log, SourceArgs, EXIT_INCOMPLETE};
 use super::Failure;
 use crate::clock::{format_time, parse_duration};
 use crate::digest::hex;
-use crate::grpc::audit::filter_from_query;
 use crate::grpc::revoke::{
     block_until, certificate_from_message, new_revocation, revocation_query, revoked_certificate,
     MAX_REVOKED,
 };
+use crate::grpc::wire::filter_from_query;
 use crate::pb::audit as api;
 use crate::record::{CallerRecord, Outcome, Record, RevocationRecord};
 use crate::revocation::{pending, Reason, Revocations};

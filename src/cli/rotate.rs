@@ -223,7 +223,7 @@ async fn cluster_use(
         })?
         .into_inner();
     remote.note(response.cluster.as_ref());
-    Ok(crate::grpc::audit::cluster_bundle_use(
+    Ok(crate::grpc::wire::cluster_bundle_use(
         &response,
         bundle.len(),
     ))

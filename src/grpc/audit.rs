@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status};
 use crate::audit::checkpoint::{
     check_shared, AuditVerifier, Checkpoint, MAX_SHARED_LOGS_PER_MEMBER,
 };
-use crate::audit::{OutcomeFilter, Query, DEFAULT_PAGE_SIZE};
+use crate::audit::{Query, DEFAULT_PAGE_SIZE};
 use crate::authn::admin::{AdminRoles, Judges, Right};
-use crate::clock::{time_from_unix_millis, unix_millis};
+use crate::clock::unix_millis;
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
 use crate::pb::audit::audit_service_server::{AuditService, AuditServiceServer};
@@ -20,7 +20,8 @@ use crate::record::client_text;
 use crate::store::AuditError;
 use crate::store::{self, LogEntry, SledStore};
 
-use super::cluster::{self, completeness, forward, gather, local, Fetched, Route};
+use super::cluster::{completeness, forward, gather, labelled, local, sum_stats, Route};
+use super::wire::{entry_message, query_from_filter};
 use super::{admin_identity_allowed, status_for_audit};
 use crate::members::Members;
 
@@ -602,7 +603,7 @@ impl AuditService for AuditApi {
 
 impl AuditApi {
     /// One page (or the count) of this replica's own records.
-    async fn local_list(
+    pub(super) async fn local_list(
         &self,
         request: api::ListRecordsRequest,
     ) -> Result<api::ListRecordsResponse, Status> {
@@ -636,171 +637,6 @@ impl AuditApi {
             next_page_token: page.next_page_token.unwrap_or_default(),
             ..Default::default()
         })
-    }
-
-    /// A count, or a page merged in time order, over every member's log.
-    async fn cluster_list(
-        &self,
-        members: &Members,
-        request: api::ListRecordsRequest,
-    ) -> Result<api::ListRecordsResponse, Status> {
-        if request.count_only {
-            let (answers, missing) =
-                gather(members, self.local_list(request.clone()), |mut client| {
-                    let request = api::ListRecordsRequest {
-                        scope: local(),
-                        ..request.clone()
-                    };
-                    async move { client.list_records(request).await.map(Response::into_inner) }
-                })
-                .await?;
-            return Ok(api::ListRecordsResponse {
-                count: answers.iter().map(|(_, r)| r.count).sum(),
-                cluster: Some(completeness(&answers, &missing)),
-                ..Default::default()
-            });
-        }
-        let size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size => (size as usize).min(crate::audit::MAX_PAGE_SIZE),
-        };
-        let mut cursors = cluster::decode_cursors(&request.page_token, members)?;
-        // Each member's page from where it stands, past what was already returned.
-        let asks = cursors
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| !c.done)
-            .map(|(index, cursor)| {
-                let member_request = api::ListRecordsRequest {
-                    filter: request.filter.clone(),
-                    page_size: (size + cursor.skip as usize).min(crate::audit::MAX_PAGE_SIZE)
-                        as u32,
-                    page_token: cursor.token.clone(),
-                    count_only: false,
-                    scope: local(),
-                };
-                let (member, skip) = (cursor.member.clone(), cursor.skip as usize);
-                async move {
-                    let answer = if members.is_this(&member) {
-                        self.local_list(member_request)
-                            .await
-                            .map_err(|s| s.message().to_owned())
-                    } else {
-                        members
-                            .ask(&member, &|mut client: AuditServiceClient<
-                                tonic::transport::Channel,
-                            >| {
-                                let request = member_request.clone();
-                                async move {
-                                    client.list_records(request).await.map(Response::into_inner)
-                                }
-                            })
-                            .await
-                    };
-                    (index, member, skip, answer)
-                }
-            });
-        let mut fetched = Vec::new();
-        let (mut answered, mut missing) = (Vec::new(), Vec::new());
-        for (index, member, skip, answer) in futures_util::future::join_all(asks).await {
-            match answer {
-                Ok(response) => {
-                    let mut entries: std::collections::VecDeque<api::LogEntry> =
-                        response.entries.into_iter().skip(skip).collect();
-                    for entry in &mut entries {
-                        entry.member = member.clone();
-                    }
-                    fetched.push((
-                        index,
-                        Fetched {
-                            entries,
-                            next_token: response.next_page_token,
-                        },
-                    ));
-                    answered.push((member, ()));
-                }
-                Err(reason) => {
-                    tracing::warn!(%member, %reason, "a member did not answer a cluster audit listing");
-                    if let Some(cursor) = cursors.get_mut(index) {
-                        cursor.done = true;
-                        cursor.missed = Some(reason);
-                    }
-                }
-            }
-        }
-        // Members that did not answer this page or an earlier one: the listing goes on without
-        // them, and says so on every page.
-        for cursor in &cursors {
-            if let Some(reason) = &cursor.missed {
-                missing.push(crate::members::Missing {
-                    member: cursor.member.clone(),
-                    reason: reason.clone(),
-                });
-            }
-        }
-        let entries = cluster::merge_page(&mut cursors, &mut fetched, size);
-        // Members with nothing to return this time, already finished, count as answered.
-        for cursor in cursors.iter().filter(|c| c.done && c.missed.is_none()) {
-            if !answered.iter().any(|(m, _)| *m == cursor.member)
-                && !missing.iter().any(|m| m.member == cursor.member)
-            {
-                answered.push((cursor.member.clone(), ()));
-            }
-        }
-        Ok(api::ListRecordsResponse {
-            entries,
-            next_page_token: cluster::encode_cursors(&cursors),
-            count: 0,
-            cluster: Some(completeness(&answered, &missing)),
-        })
-    }
-
-    /// A record by serial, from whichever member's log holds it.
-    async fn cluster_get_record(
-        &self,
-        members: &Members,
-        request: api::GetRecordRequest,
-    ) -> Result<Response<api::LogEntry>, Status> {
-        let Some(api::get_record_request::Key::Serial(serial)) = request.key.clone() else {
-            return Err(super::status::cluster_request_invalid(
-                "a sequence number names a record in one member's log: name the member too \
-                 (scope.member, `--replica`)",
-            ));
-        };
-        let query = crate::audit::Query {
-            serial: Some(serial),
-            ..crate::audit::Query::default()
-        };
-        let filter = filter_from_query(&query);
-        let listed = self
-            .cluster_list(
-                members,
-                api::ListRecordsRequest {
-                    filter: Some(filter),
-                    page_size: 1,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        match listed.entries.into_iter().next() {
-            Some(entry) => Ok(Response::new(entry)),
-            None => {
-                let missing = listed.cluster.map(|c| c.missing).unwrap_or_default();
-                match missing.is_empty() {
-                    true => Err(status_for_audit(&AuditError::NotFound(
-                        "no certificate with this serial on any member".into(),
-                    ))),
-                    false => Err(super::status::member_unavailable(
-                        &missing
-                            .iter()
-                            .map(|m| m.member.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        "the record may be in its log",
-                    )),
-                }
-            }
-        }
     }
 
     async fn local_stats(&self) -> Result<api::GetStatsResponse, Status> {
@@ -847,51 +683,6 @@ impl AuditApi {
             stranded: Some(root_use(&usage.stranded)),
             unknown: Some(root_use(&usage.unknown)),
         })
-    }
-}
-
-/// A forwarded listing, each entry labelled with the member it came from.
-fn labelled(mut response: api::ListRecordsResponse, member: &str) -> api::ListRecordsResponse {
-    for entry in &mut response.entries {
-        entry.member = member.to_owned();
-    }
-    response
-}
-
-/// The cluster's stats: the sums, and each member's own.
-fn sum_stats(
-    answers: Vec<(String, api::GetStatsResponse)>,
-    missing: &[crate::members::Missing],
-) -> api::GetStatsResponse {
-    let cluster = completeness(&answers, missing);
-    let mut total = api::GetStatsResponse::default();
-    for (_, stats) in &answers {
-        total.appended += stats.appended;
-        total.records += stats.records;
-        total.pruned += stats.pruned;
-        total.index_runs += stats.index_runs;
-        total.index_tail_records += stats.index_tail_records;
-        total.checkpoints += stats.checkpoints;
-        total.disk_bytes += stats.disk_bytes;
-        total.oldest_recorded_at_ms =
-            min_some(total.oldest_recorded_at_ms, stats.oldest_recorded_at_ms);
-        total.newest_recorded_at_ms = total.newest_recorded_at_ms.max(stats.newest_recorded_at_ms);
-    }
-    total.members = answers
-        .into_iter()
-        .map(|(member, stats)| api::MemberStats {
-            member,
-            stats: Some(stats),
-        })
-        .collect();
-    total.cluster = Some(cluster);
-    total
-}
-
-fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 
@@ -960,182 +751,5 @@ fn sequence_for(
         None => Err(AuditError::Query(crate::audit::QueryError::Invalid(
             "give a sequence number or a serial".into(),
         ))),
-    }
-}
-
-impl From<api::prove_inclusion_request::Key> for api::get_record_request::Key {
-    fn from(key: api::prove_inclusion_request::Key) -> Self {
-        match key {
-            api::prove_inclusion_request::Key::Sequence(s) => Self::Sequence(s),
-            api::prove_inclusion_request::Key::Serial(s) => Self::Serial(s),
-        }
-    }
-}
-
-/// A log entry as the API sends it.
-pub fn entry_message(entry: &LogEntry, include_stored: bool) -> api::LogEntry {
-    match entry {
-        LogEntry::Record { sequence, stored } => api::LogEntry {
-            sequence: *sequence,
-            entry: entry
-                .record()
-                .and_then(Result::ok)
-                .map(|record| api::log_entry::Entry::Record(store::to_message(&record))),
-            stored: if include_stored {
-                stored.clone()
-            } else {
-                Vec::new()
-            },
-            member: String::new(),
-        },
-        LogEntry::Pruned { sequence, leaf } => api::LogEntry {
-            sequence: *sequence,
-            entry: Some(api::log_entry::Entry::PrunedLeaf(leaf.to_bytes().to_vec())),
-            stored: Vec::new(),
-            member: String::new(),
-        },
-    }
-}
-
-/// The query a filter message describes. Its times are range-checked here, at the boundary
-/// (1970..=9999), and a serial is at most 20 bytes (RFC 5280 §4.1.2.2): a client's value is
-/// refused, never echoed whole.
-pub fn query_from_filter(filter: api::Filter) -> Result<Query, crate::audit::QueryError> {
-    let invalid = |what: String| crate::audit::QueryError::Invalid(what);
-    if filter.serial.len() > MAX_SERIAL_BYTES {
-        return Err(invalid(format!(
-            "a serial number is at most {MAX_SERIAL_BYTES} bytes (RFC 5280), this one {}",
-            filter.serial.len()
-        )));
-    }
-    let time = |name: &str, ms: Option<i64>| {
-        ms.map(time_from_unix_millis)
-            .transpose()
-            .map_err(|e| invalid(format!("{name}: {e}")))
-    };
-    let text = |value: String| (!value.is_empty()).then_some(value);
-    Ok(Query {
-        since: time("since", filter.since_ms)?,
-        until: time("until", filter.until_ms)?,
-        valid_at: time("valid_at", filter.valid_at_ms)?,
-        expires_after: time("expires_after", filter.expires_after_ms)?,
-        expires_before: time("expires_before", filter.expires_before_ms)?,
-        serial: (!filter.serial.is_empty()).then_some(filter.serial),
-        spiffe_id: text(filter.spiffe_id),
-        spiffe_id_prefix: text(filter.spiffe_id_prefix),
-        mesh: text(filter.mesh),
-        trust_domain: text(filter.trust_domain),
-        namespace: text(filter.namespace),
-        service_account: text(filter.service_account),
-        caller: text(filter.caller),
-        cluster_id: text(filter.cluster_id),
-        pod: text(filter.pod),
-        outcome: match api::Outcome::try_from(filter.outcome) {
-            Ok(api::Outcome::Issued) => Some(OutcomeFilter::Issued),
-            Ok(api::Outcome::Denied) => Some(OutcomeFilter::Denied {
-                reason: text(filter.denial_reason),
-            }),
-            Ok(api::Outcome::Revoked) => Some(OutcomeFilter::Revoked),
-            Ok(api::Outcome::Federated) => Some(OutcomeFilter::Federated),
-            Ok(api::Outcome::Any) | Err(_) => None,
-        },
-        // The serials are filled in where the query runs (`with_revoked_serials`).
-        revoked: filter.revoked.then(crate::audit::RevokedSerials::default),
-    })
-}
-
-/// The longest certificate serial number (RFC 5280 §4.1.2.2: at most 20 octets).
-const MAX_SERIAL_BYTES: usize = 20;
-
-/// The filter message of a query (for clients).
-pub fn filter_from_query(query: &Query) -> api::Filter {
-    let text = |value: &Option<String>| value.clone().unwrap_or_default();
-    let (outcome, denial_reason) = match &query.outcome {
-        None => (api::Outcome::Any, String::new()),
-        Some(OutcomeFilter::Issued) => (api::Outcome::Issued, String::new()),
-        Some(OutcomeFilter::Denied { reason }) => (api::Outcome::Denied, text(reason)),
-        Some(OutcomeFilter::Revoked) => (api::Outcome::Revoked, String::new()),
-        Some(OutcomeFilter::Federated) => (api::Outcome::Federated, String::new()),
-    };
-    api::Filter {
-        serial: query.serial.clone().unwrap_or_default(),
-        spiffe_id: text(&query.spiffe_id),
-        spiffe_id_prefix: text(&query.spiffe_id_prefix),
-        mesh: text(&query.mesh),
-        trust_domain: text(&query.trust_domain),
-        namespace: text(&query.namespace),
-        service_account: text(&query.service_account),
-        caller: text(&query.caller),
-        cluster_id: text(&query.cluster_id),
-        pod: text(&query.pod),
-        since_ms: query.since.map(unix_millis),
-        until_ms: query.until.map(unix_millis),
-        valid_at_ms: query.valid_at.map(unix_millis),
-        expires_after_ms: query.expires_after.map(unix_millis),
-        expires_before_ms: query.expires_before.map(unix_millis),
-        outcome: outcome as i32,
-        denial_reason,
-        revoked: query.revoked.is_some(),
-    }
-}
-
-/// A CountRootUse answer as counts: the sum over the members that answered, and each member's
-/// own (`rotate plan` prints both; the status page the sum).
-pub fn cluster_bundle_use(
-    response: &api::CountRootUseResponse,
-    roots: usize,
-) -> (
-    crate::audit::rotation::BundleUse,
-    Vec<(String, crate::audit::rotation::BundleUse)>,
-) {
-    use crate::audit::rotation::{BundleUse, InUse};
-    let in_use = |r: Option<&api::RootUse>| InUse {
-        certificates: r.map_or(0, |r| r.certificates),
-        until: r
-            .and_then(|r| r.until_ms)
-            .map(crate::clock::from_unix_millis),
-    };
-    let mut total = BundleUse {
-        per_root: vec![InUse::default(); roots],
-        ..BundleUse::default()
-    };
-    let mut members = Vec::new();
-    for member in &response.members {
-        let usage = BundleUse {
-            per_root: member.per_root.iter().map(|r| in_use(Some(r))).collect(),
-            stranded: in_use(member.stranded.as_ref()),
-            unknown: in_use(member.unknown.as_ref()),
-        };
-        total.merge(&usage);
-        if !member.member.is_empty() {
-            members.push((member.member.clone(), usage));
-        }
-    }
-    (total, members)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn filters_and_queries_convert_both_ways() {
-        let query = Query {
-            serial: Some(vec![1, 2]),
-            namespace: Some("shop".into()),
-            service_account: Some("cart".into()),
-            since: Some(UNIX_EPOCH + Duration::from_millis(1_800_000_000_123)),
-            valid_at: Some(UNIX_EPOCH + Duration::from_secs(1_800_000_100)),
-            outcome: Some(OutcomeFilter::Denied {
-                reason: Some("token-expired".into()),
-            }),
-            ..Query::default()
-        };
-        assert_eq!(query_from_filter(filter_from_query(&query)), Ok(query));
-        assert_eq!(
-            query_from_filter(api::Filter::default()),
-            Ok(Query::default())
-        );
     }
 }

@@ -11,14 +11,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Response, Status};
 
 use super::audit::AuditApi;
-use super::status::{cluster_request_invalid, member_unavailable};
-use crate::audit::MAX_PAGE_SIZE;
+use super::status::{cluster_request_invalid, member_unavailable, status_for_audit};
+use super::wire::filter_from_query;
+use crate::audit::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::members::{local_scope, Members, Missing};
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
+use crate::store::AuditError;
 
 /// Who answers a request.
 pub(super) enum Route {
@@ -232,6 +234,221 @@ fn recorded_at(entry: &api::LogEntry) -> i64 {
 /// The forwarded form of a request's scope: only the member it is sent to.
 pub(super) fn local() -> Option<api::Scope> {
     local_scope()
+}
+
+impl AuditApi {
+    /// A count, or a page merged in time order, over every member's log.
+    pub(super) async fn cluster_list(
+        &self,
+        members: &Members,
+        request: api::ListRecordsRequest,
+    ) -> Result<api::ListRecordsResponse, Status> {
+        if request.count_only {
+            let (answers, missing) =
+                gather(members, self.local_list(request.clone()), |mut client| {
+                    let request = api::ListRecordsRequest {
+                        scope: local(),
+                        ..request.clone()
+                    };
+                    async move { client.list_records(request).await.map(Response::into_inner) }
+                })
+                .await?;
+            return Ok(api::ListRecordsResponse {
+                count: answers.iter().map(|(_, r)| r.count).sum(),
+                cluster: Some(completeness(&answers, &missing)),
+                ..Default::default()
+            });
+        }
+        let size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size => (size as usize).min(crate::audit::MAX_PAGE_SIZE),
+        };
+        let mut cursors = decode_cursors(&request.page_token, members)?;
+        // Each member's page from where it stands, past what was already returned.
+        let asks = cursors
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.done)
+            .map(|(index, cursor)| {
+                let member_request = api::ListRecordsRequest {
+                    filter: request.filter.clone(),
+                    page_size: (size + cursor.skip as usize).min(crate::audit::MAX_PAGE_SIZE)
+                        as u32,
+                    page_token: cursor.token.clone(),
+                    count_only: false,
+                    scope: local(),
+                };
+                let (member, skip) = (cursor.member.clone(), cursor.skip as usize);
+                async move {
+                    let answer = if members.is_this(&member) {
+                        self.local_list(member_request)
+                            .await
+                            .map_err(|s| s.message().to_owned())
+                    } else {
+                        members
+                            .ask(&member, &|mut client: AuditServiceClient<
+                                tonic::transport::Channel,
+                            >| {
+                                let request = member_request.clone();
+                                async move {
+                                    client.list_records(request).await.map(Response::into_inner)
+                                }
+                            })
+                            .await
+                    };
+                    (index, member, skip, answer)
+                }
+            });
+        let mut fetched = Vec::new();
+        let (mut answered, mut missing) = (Vec::new(), Vec::new());
+        for (index, member, skip, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(response) => {
+                    let mut entries: std::collections::VecDeque<api::LogEntry> =
+                        response.entries.into_iter().skip(skip).collect();
+                    for entry in &mut entries {
+                        entry.member = member.clone();
+                    }
+                    fetched.push((
+                        index,
+                        Fetched {
+                            entries,
+                            next_token: response.next_page_token,
+                        },
+                    ));
+                    answered.push((member, ()));
+                }
+                Err(reason) => {
+                    tracing::warn!(%member, %reason, "a member did not answer a cluster audit listing");
+                    if let Some(cursor) = cursors.get_mut(index) {
+                        cursor.done = true;
+                        cursor.missed = Some(reason);
+                    }
+                }
+            }
+        }
+        // Members that did not answer this page or an earlier one: the listing goes on without
+        // them, and says so on every page.
+        for cursor in &cursors {
+            if let Some(reason) = &cursor.missed {
+                missing.push(crate::members::Missing {
+                    member: cursor.member.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        let entries = merge_page(&mut cursors, &mut fetched, size);
+        // Members with nothing to return this time, already finished, count as answered.
+        for cursor in cursors.iter().filter(|c| c.done && c.missed.is_none()) {
+            if !answered.iter().any(|(m, _)| *m == cursor.member)
+                && !missing.iter().any(|m| m.member == cursor.member)
+            {
+                answered.push((cursor.member.clone(), ()));
+            }
+        }
+        Ok(api::ListRecordsResponse {
+            entries,
+            next_page_token: encode_cursors(&cursors),
+            count: 0,
+            cluster: Some(completeness(&answered, &missing)),
+        })
+    }
+
+    /// A record by serial, from whichever member's log holds it.
+    pub(super) async fn cluster_get_record(
+        &self,
+        members: &Members,
+        request: api::GetRecordRequest,
+    ) -> Result<Response<api::LogEntry>, Status> {
+        let Some(api::get_record_request::Key::Serial(serial)) = request.key.clone() else {
+            return Err(super::status::cluster_request_invalid(
+                "a sequence number names a record in one member's log: name the member too \
+                 (scope.member, `--replica`)",
+            ));
+        };
+        let query = crate::audit::Query {
+            serial: Some(serial),
+            ..crate::audit::Query::default()
+        };
+        let filter = filter_from_query(&query);
+        let listed = self
+            .cluster_list(
+                members,
+                api::ListRecordsRequest {
+                    filter: Some(filter),
+                    page_size: 1,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        match listed.entries.into_iter().next() {
+            Some(entry) => Ok(Response::new(entry)),
+            None => {
+                let missing = listed.cluster.map(|c| c.missing).unwrap_or_default();
+                match missing.is_empty() {
+                    true => Err(status_for_audit(&AuditError::NotFound(
+                        "no certificate with this serial on any member".into(),
+                    ))),
+                    false => Err(super::status::member_unavailable(
+                        &missing
+                            .iter()
+                            .map(|m| m.member.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        "the record may be in its log",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// A forwarded listing, each entry labelled with the member it came from.
+pub(super) fn labelled(
+    mut response: api::ListRecordsResponse,
+    member: &str,
+) -> api::ListRecordsResponse {
+    for entry in &mut response.entries {
+        entry.member = member.to_owned();
+    }
+    response
+}
+
+/// The cluster's stats: the sums, and each member's own.
+pub(super) fn sum_stats(
+    answers: Vec<(String, api::GetStatsResponse)>,
+    missing: &[crate::members::Missing],
+) -> api::GetStatsResponse {
+    let cluster = completeness(&answers, missing);
+    let mut total = api::GetStatsResponse::default();
+    for (_, stats) in &answers {
+        total.appended += stats.appended;
+        total.records += stats.records;
+        total.pruned += stats.pruned;
+        total.index_runs += stats.index_runs;
+        total.index_tail_records += stats.index_tail_records;
+        total.checkpoints += stats.checkpoints;
+        total.disk_bytes += stats.disk_bytes;
+        total.oldest_recorded_at_ms =
+            min_some(total.oldest_recorded_at_ms, stats.oldest_recorded_at_ms);
+        total.newest_recorded_at_ms = total.newest_recorded_at_ms.max(stats.newest_recorded_at_ms);
+    }
+    total.members = answers
+        .into_iter()
+        .map(|(member, stats)| api::MemberStats {
+            member,
+            stats: Some(stats),
+        })
+        .collect();
+    total.cluster = Some(cluster);
+    total
+}
+
+fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 #[cfg(test)]

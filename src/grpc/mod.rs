@@ -11,6 +11,7 @@ mod federation;
 pub mod revoke;
 pub mod status;
 pub mod ui;
+pub mod wire;
 
 use std::sync::Arc;
 

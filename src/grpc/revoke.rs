@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use tonic::Status;
 
-use super::audit::{query_from_filter, AuditApi};
+use super::audit::AuditApi;
 use super::cluster::{completeness, forward, gather, local, Route};
 use super::status::status_for_revoke;
+use super::wire::query_from_filter;
 use crate::audit::{OutcomeFilter, Query};
 use crate::digest::hex;
 use crate::issuance::CurrentAuthority;
@@ -526,7 +527,7 @@ fn cluster_answer(
 
 /// The filter, for people (kept in the record).
 fn describe(query: &Query) -> String {
-    let filter = super::audit::filter_from_query(query);
+    let filter = super::wire::filter_from_query(query);
     let mut parts = Vec::new();
     let mut text = |name: &str, value: &str| {
         if !value.is_empty() {

@@ -108,7 +108,7 @@ async fn gather(
         if usage.cluster.is_some() {
             completeness = usage.cluster.clone();
         }
-        let usage = super::audit::cluster_bundle_use(&usage, bundle.len()).0;
+        let usage = super::wire::cluster_bundle_use(&usage, bundle.len()).0;
         // Every chain some certificate of the mesh was signed through, and the one in force.
         let chain = signer.signer_chain();
         let mut chains: Vec<Vec<Vec<u8>>> = api

@@ -38,7 +38,7 @@ use crate::clock::format_time;
 use crate::config::Config;
 use crate::digest::hex;
 use crate::digest::parse_hex;
-use crate::grpc::audit::filter_from_query;
+use crate::grpc::wire::filter_from_query;
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
 use crate::record::{Outcome, Record};

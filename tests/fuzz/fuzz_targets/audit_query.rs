@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshroot::audit::PageToken;
-use meshroot::grpc::audit::{filter_from_query, query_from_filter};
+use meshroot::grpc::wire::{filter_from_query, query_from_filter};
 use meshroot::pb::audit::Filter;
 use prost::Message as _;
 

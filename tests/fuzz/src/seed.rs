@@ -81,7 +81,7 @@ fn main() {
         spiffe_id_prefix: Some("spiffe://cluster.local/ns/shop/".into()),
         ..Query::default()
     };
-    let filter = meshroot::grpc::audit::filter_from_query(&query).encode_to_vec();
+    let filter = meshroot::grpc::wire::filter_from_query(&query).encode_to_vec();
     let token = PageToken {
         fingerprint: query.fingerprint(),
         position: Position::Sequence(42),
