@@ -1,7 +1,8 @@
 //! meshroot: a certificate authority for Istio meshes.
 //!
 //! The request path: `grpc` (edge) → `issuance` (the pipeline: `authn` → `csr` → `policy` →
-//! `signer` → `record`) → `store`. docs/architecture.md is the map.
+//! `signer` → `record`) → `store`. docs/architecture.md is the map; the layer of every module is
+//! the table at the top of `tests/it/architecture.rs`.
 
 #![forbid(unsafe_code)]
 

@@ -1,3 +1,6 @@
+//! The `meshroot` binary: logging (to a terminal or as JSON lines), the tokio runtime, and
+//! `cli::run`; every command is in the library, so the tests run the same code.
+
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 

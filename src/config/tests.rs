@@ -1,3 +1,6 @@
+//! Configuration files against what `Config::parse` must accept and refuse, each problem named
+//! with its key.
+
 use super::*;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {

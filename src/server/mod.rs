@@ -381,58 +381,7 @@ impl RunningServer {
         .await
         .map(|_| ())
     }
-
-    /// Reloads when the config file or any mesh's CA material (the files in `ca_dir`, the
-    /// `extra_roots`) changes, checked every 2 s by modification time and size. A Kubernetes
-    /// Secret volume swaps all its files at once, so an updated `cacerts` Secret is picked up
-    /// whole; files copied by hand one at a time may be caught half-way, which is refused
-    /// (the key does not match the certificate) and retried at the next change.
-    fn watch_config_file(&self, mut shutdown: watch::Receiver<bool>) {
-        let (mut config, current, store, clock, metrics, limits, reloads) = (
-            self.config.clone(),
-            self.current.clone(),
-            self.store.clone(),
-            self.clock.clone(),
-            self.monitor.metrics.clone(),
-            self.limits.clone(),
-            self.reloads.clone(),
-        );
-        let members = self.members.clone();
-        let running = self.config.clone();
-        let mut last = fingerprint(&watched_files(&config));
-        self.background.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.wait_for(|stopped| *stopped) => return,
-                    _ = tokio::time::sleep(CONFIG_POLL) => {}
-                }
-                let now = fingerprint(&watched_files(&config));
-                if now == last {
-                    continue;
-                }
-                last = now;
-                tracing::info!(file = %config.source.display(), "the config file or CA material changed: reloading");
-                if let Ok(loaded) = reload(
-                    &running,
-                    &current,
-                    &store,
-                    &clock,
-                    (&metrics, &limits),
-                    &reloads,
-                    members.as_deref(),
-                )
-                .await
-                {
-                    config = loaded;
-                    last = fingerprint(&watched_files(&config));
-                }
-            }
-        });
-    }
 }
-
-/// A file's modification time and size, as far as it can be read.
-type Seen = Option<(SystemTime, u64)>;
 
 /// Builds everything from the config, binds the listener and starts serving.
 pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
