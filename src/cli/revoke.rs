@@ -11,14 +11,13 @@ use super::audit::{FilterArgs, Log, SourceArgs, EXIT_INCOMPLETE};
 use super::Failure;
 use crate::clock::{format_time, parse_duration};
 use crate::digest::hex;
-use crate::grpc::revoke::{
-    block_until, certificate_from_message, new_revocation, revocation_query, revoked_certificate,
-    MAX_REVOKED,
+use crate::grpc::wire::{certificate_from_message, filter_from_query};
+use crate::issuance::revoke::{
+    block_until, new_revocation, record_revocation, revocation_query, select, unblock, SelectError,
 };
-use crate::grpc::wire::filter_from_query;
 use crate::pb::audit as api;
-use crate::record::{CallerRecord, Outcome, Record, RevocationRecord};
-use crate::revocation::{pending, Reason, Revocations};
+use crate::record::CallerRecord;
+use crate::revocation::{Reason, Revocations};
 use crate::store::{SledStore, StoreError, StoreOptions};
 
 #[derive(Debug, Args)]
@@ -243,29 +242,26 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                     .map_err(|e| Failure::runtime(e.to_string()))?,
             );
             let revocation = if unblocking {
-                RevocationRecord {
-                    reason: reason.name().to_owned(),
-                    unblocked: args.unblock.clone(),
-                    ..RevocationRecord::default()
-                }
+                unblock(&args.unblock, reason, &args.comment)
+                    .map_err(|e| Failure::usage(e.to_string()))?
             } else {
-                let query = revocation_query(Some(filter_from_query(&query)), now)
-                    .map_err(|e| Failure::usage(e.to_string()))?;
-                let found = {
+                let query =
+                    revocation_query(query, now).map_err(|e| Failure::usage(e.to_string()))?;
+                let certificates = {
                     let store = store.clone();
                     let query = query.clone();
-                    tokio::task::spawn_blocking(move || store.query_all(&query))
-                        .await
-                        .map_err(|e| Failure::runtime(e.to_string()))?
-                        .map_err(|e| Failure::runtime(e.to_string()))?
+                    tokio::task::spawn_blocking(move || {
+                        select(&query, |query, size, token| store.query(query, size, token))
+                    })
+                    .await
+                    .map_err(|e| Failure::runtime(e.to_string()))?
+                    .map_err(|error| match error {
+                        SelectError::Log(error) => Failure::runtime(error.to_string()),
+                        SelectError::TooMany(count) => Failure::usage(
+                            crate::issuance::revoke::RevokeError::TooMany(count).to_string(),
+                        ),
+                    })?
                 };
-                if found.len() > MAX_REVOKED {
-                    return Err(Failure::usage(
-                        crate::grpc::revoke::RevokeError::TooMany(found.len()).to_string(),
-                    ));
-                }
-                let certificates: Vec<_> =
-                    found.into_iter().filter_map(revoked_certificate).collect();
                 if certificates.is_empty() {
                     if let Some(serial) = &query.serial {
                         return Err(Failure::runtime(format!(
@@ -284,31 +280,30 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                 report(&args, &selected, &blocked, 0, &[]);
                 return Ok(());
             }
-            let asked = selected.len();
-            let (already, recorded) = match pending(&revocations, revocation) {
-                None => (asked as u64, Vec::new()),
-                Some(revocation) => {
-                    let already = (asked - revocation.certificates.len()) as u64;
-                    let record = Record::new(
-                        format!("cli-{}", crate::clock::unix_millis(now)),
-                        now,
-                        CallerRecord {
-                            authenticator: "admin".into(),
-                            subject: format!(
-                                "local:{}",
-                                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
-                            ),
-                            ..CallerRecord::default()
-                        },
-                        Outcome::Revoked(revocation),
-                    );
-                    store
-                        .append_durable(record)
-                        .await
-                        .map_err(|e| Failure::runtime(e.to_string()))?;
-                    store.flush().map_err(|e| Failure::runtime(e.to_string()))?;
-                    (already, vec![String::new()])
-                }
+            let caller = CallerRecord {
+                authenticator: "admin".into(),
+                subject: format!(
+                    "local:{}",
+                    std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+                ),
+                ..CallerRecord::default()
+            };
+            // The server is stopped: nothing to publish to; it publishes the CRLs at start.
+            let done = record_revocation(
+                store.as_ref(),
+                &revocations,
+                None,
+                (format!("cli-{}", crate::clock::unix_millis(now)), now),
+                revocation,
+                caller,
+            )
+            .await
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+            store.flush().map_err(|e| Failure::runtime(e.to_string()))?;
+            let already = done.already_revoked;
+            let recorded = match done.sequence {
+                Some(_) => vec![String::new()],
+                None => Vec::new(),
             };
             report(&args, &selected, &blocked, already, &recorded);
             if !recorded.is_empty() {

@@ -53,7 +53,7 @@ pub struct AuditApi {
     members: Option<Arc<Members>>,
     /// What revocations need: the authority in force (its revocations and clock), the CRL
     /// publisher, and the configured block duration.
-    pub(super) revocation: Option<super::revoke::RevokeContext>,
+    pub(super) revocation: Option<crate::issuance::revoke::RevokeContext>,
 }
 
 impl AuditApi {
@@ -63,7 +63,7 @@ impl AuditApi {
         access: Option<AdminAccess>,
         shutdown: watch::Receiver<bool>,
         members: Option<Arc<Members>>,
-        revocation: Option<super::revoke::RevokeContext>,
+        revocation: Option<crate::issuance::revoke::RevokeContext>,
     ) -> Arc<Self> {
         let verifier = verifier_key
             .as_deref()

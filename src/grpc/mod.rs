@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Response, Status};
 
-pub use self::status::{overloaded, status_for, status_for_audit};
+pub use self::status::{overloaded, status_for, status_for_audit, REQUEST_ID_HEADER};
 
 use crate::authn::{AuthRequest, Authorization};
 use crate::issuance::{CurrentAuthority, SigningRequest};
@@ -27,8 +27,6 @@ use crate::pb::istio::istio_certificate_service_server::{
 };
 use crate::pb::istio::{IstioCertificateRequest, IstioCertificateResponse};
 
-/// Metadata key carrying the request id on error responses.
-pub const REQUEST_ID_HEADER: &str = "x-meshroot-request-id";
 /// The `metadata` Struct field ztunnel uses to ask for a workload's identity.
 pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 

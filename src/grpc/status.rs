@@ -5,8 +5,10 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use super::REQUEST_ID_HEADER;
 use crate::issuance::{Answer, IssueError, RequestId};
+
+/// Metadata key carrying the request id on error responses.
+pub const REQUEST_ID_HEADER: &str = "x-meshroot-request-id";
 
 /// The gRPC status for every way a request can fail. Istio clients retry Internal, Unavailable
 /// and ResourceExhausted but never Unauthenticated or InvalidArgument, so final answers use
@@ -73,8 +75,8 @@ pub fn status_for_audit(error: &crate::store::AuditError) -> Status {
 
 /// A revocation refused or failed: the operator's mistakes are INVALID_ARGUMENT (NOT_FOUND for
 /// a serial no log holds); meshroot's own failures INTERNAL with the request id only.
-pub fn status_for_revoke(error: &super::revoke::RevokeError) -> Status {
-    use super::revoke::RevokeError as E;
+pub fn status_for_revoke(error: &crate::issuance::revoke::RevokeError) -> Status {
+    use crate::issuance::revoke::RevokeError as E;
     let code = match error {
         E::NotServed => Code::Unimplemented,
         E::UnknownReason(_)

@@ -4,7 +4,10 @@
 
 use crate::audit::{OutcomeFilter, Query};
 use crate::clock::{time_from_unix_millis, unix_millis};
+use crate::issuance::revoke::RevokeError;
 use crate::pb::audit as api;
+use crate::pb::store as pb;
+use crate::record::{CallerRecord, Outcome, Record, RevocationRecord, RevokedCertificate};
 use crate::store::{self, LogEntry};
 
 impl From<api::prove_inclusion_request::Key> for api::get_record_request::Key {
@@ -156,6 +159,74 @@ pub fn cluster_bundle_use(
         }
     }
     (total, members)
+}
+
+/// A revoked certificate as the audit API (and the store) carry it.
+pub fn to_message(c: &RevokedCertificate) -> pb::RevokedCertificate {
+    pb::RevokedCertificate {
+        serial: c.serial.clone(),
+        intermediate_sha256: c.intermediate_sha256.clone(),
+        not_after: crate::clock::unix_seconds(c.not_after),
+        spiffe_id: c.spiffe_id.clone(),
+        mesh: c.mesh.clone(),
+        member: c.member.clone(),
+    }
+}
+
+/// A revoked certificate from its message.
+pub fn certificate_from_message(c: pb::RevokedCertificate) -> RevokedCertificate {
+    RevokedCertificate {
+        serial: c.serial,
+        intermediate_sha256: c.intermediate_sha256,
+        not_after: crate::clock::from_unix_seconds(c.not_after),
+        spiffe_id: c.spiffe_id,
+        mesh: c.mesh,
+        member: c.member,
+    }
+}
+
+/// A revocation as members hand it to each other (`RevokeRequest.apply`).
+pub fn revocation_to_message(revocation: &RevocationRecord) -> pb::Revocation {
+    let record = Record::new(
+        String::new(),
+        std::time::UNIX_EPOCH,
+        CallerRecord::default(),
+        Outcome::Revoked(revocation.clone()),
+    );
+    match crate::store::to_message(&record).outcome {
+        Some(pb::record::Outcome::Revoked(message)) => message,
+        _ => pb::Revocation::default(),
+    }
+}
+
+/// A revocation handed over by a member: its block's end and its certificates' expiry are
+/// times from outside, checked here (1970..=9999; a block of 0 lasts until lifted).
+pub fn check_times(message: &pb::Revocation) -> Result<(), RevokeError> {
+    let out_of_range = |what: &str, e: crate::clock::TimeRangeError| {
+        RevokeError::TimeOutOfRange(format!("{what}: {e}"))
+    };
+    if message.blocked_until_ms != 0 {
+        crate::clock::time_from_unix_millis(message.blocked_until_ms)
+            .map_err(|e| out_of_range("blocked_until_ms", e))?;
+    }
+    for certificate in &message.certificates {
+        crate::clock::time_from_unix_seconds(certificate.not_after)
+            .map_err(|e| out_of_range("not_after", e))?;
+    }
+    Ok(())
+}
+
+/// A revocation from a member's message (its times checked first with [`check_times`]).
+pub fn revocation_from_message(message: pb::Revocation) -> RevocationRecord {
+    let record = pb::Record {
+        version: crate::record::RECORD_VERSION,
+        outcome: Some(pb::record::Outcome::Revoked(message)),
+        ..Default::default()
+    };
+    match crate::store::from_message(record).map(|r| r.outcome) {
+        Some(Outcome::Revoked(revocation)) => revocation,
+        _ => RevocationRecord::default(),
+    }
 }
 
 #[cfg(test)]

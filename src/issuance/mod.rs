@@ -22,6 +22,7 @@ mod holds;
 mod intermediate;
 mod records;
 mod request;
+pub mod revoke;
 mod serving;
 
 use std::collections::HashMap;

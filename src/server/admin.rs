@@ -52,7 +52,7 @@ pub(super) async fn start_admin(
         }),
         shutdown.clone(),
         members,
-        Some(crate::grpc::revoke::RevokeContext {
+        Some(crate::issuance::revoke::RevokeContext {
             current: current_for_revocation,
             publisher: crls.clone(),
             block_for: config.revocation.block_for,

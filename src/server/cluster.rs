@@ -393,7 +393,7 @@ pub(super) async fn follow_statefulset(
 pub(super) async fn sync_revocations_loop(
     members: Arc<Members>,
     store: Arc<SledStore>,
-    context: crate::grpc::revoke::RevokeContext,
+    context: crate::issuance::revoke::RevokeContext,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -413,7 +413,7 @@ pub(super) async fn sync_revocations_loop(
 async fn sync_revocations(
     members: &Members,
     store: &Arc<SledStore>,
-    context: &crate::grpc::revoke::RevokeContext,
+    context: &crate::issuance::revoke::RevokeContext,
 ) {
     use crate::pb::audit as api;
     let fetch =
@@ -476,7 +476,7 @@ async fn sync_revocations(
                 peer_address: member.clone(),
                 ..crate::record::CallerRecord::default()
             };
-            match crate::grpc::revoke::record_revocation(store, context, copy, caller).await {
+            match context.record(store.as_ref(), copy, caller).await {
                 Ok(recorded) => {
                     if recorded.sequence.is_some() {
                         tracing::warn!(%member, their_record = record.sequence, "a revocation this replica had missed is now recorded here");

@@ -323,8 +323,8 @@ fn uncovered(
     None
 }
 
-impl crate::grpc::revoke::CrlPublisher for CrlKeeper {
-    fn publish(&self) -> crate::grpc::revoke::PublishFuture<'_> {
+impl crate::issuance::revoke::CrlPublisher for CrlKeeper {
+    fn publish(&self) -> crate::issuance::revoke::PublishFuture<'_> {
         Box::pin(async move {
             self.refresh(false).await?;
             Ok(self.current().incomplete.clone())

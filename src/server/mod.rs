@@ -587,7 +587,7 @@ async fn start_serving(
         background.spawn(cluster::sync_revocations_loop(
             members.clone(),
             store.clone(),
-            crate::grpc::revoke::RevokeContext {
+            crate::issuance::revoke::RevokeContext {
                 current: current.clone(),
                 publisher: crls.clone(),
                 block_for: config.revocation.block_for,

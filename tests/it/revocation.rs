@@ -476,7 +476,30 @@ async fn bad_revocations_are_refused_plainly_and_a_lifted_block_lets_the_identit
     .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("revoked 1 certificate(s)"), "{out}");
+    // The same revocation again: what is in force already is left out, nothing is recorded.
+    let (code, out) = meshroot(&[
+        "revoke",
+        "--config",
+        config.to_str().unwrap(),
+        "--spiffe-id",
+        &cart,
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("nothing new: the 3 selected certificate(s) were revoked already"),
+        "{out}"
+    );
     let server = ca.start().await;
+    let revocations = server
+        .records()
+        .into_iter()
+        .filter(|r| matches!(r.outcome, meshroot::record::Outcome::Revoked(_)))
+        .count();
+    assert_eq!(
+        revocations, 3,
+        "a revocation, an unblock, the offline revocation"
+    );
     let refused = server
         .call(agent_csr(&cart), Some(ca.token(MESH, "shop", "cart")), 3600)
         .await
