@@ -19,6 +19,7 @@
 //! SDS, under the same name. Then it connects as workloads of each trust domain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::common::Edited as _;
 use std::path::Path;
 
 use crate::common::{self, process::BINARY, TestCa};
@@ -170,13 +171,9 @@ async fn scenario(dir: &Path, b_accepts: &str) -> (TestCa, serde_json::Value) {
         false,
     );
     ca.edit_config(|text| {
-        crate::istio_config::edited(
-            &text,
-            "trust_domain = \"b.example\"\n",
-            &format!(
+        text.edited("trust_domain = \"b.example\"\n", &format!(
                 "trust_domain = \"b.example\"\ntrust_domain_aliases = [\"old-b.example\"]\naccepts = {b_accepts}\n"
-            ),
-        )
+            ))
     });
     let server = ca.start().await;
     let (chain, key) = server.workload(&ca, "b", SERVER_ID).await;

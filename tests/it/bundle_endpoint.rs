@@ -6,11 +6,11 @@
 //! volume.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::common::Edited as _;
 use std::path::Path;
 use std::process::Command;
 
 use crate::common::{self, TestCa, TestServer};
-use crate::istio_config::edited;
 use meshroot::federation::bundle::content_sequence;
 use meshroot::keys::KeyType;
 
@@ -22,8 +22,7 @@ fn two_meshes() -> TestCa {
         false,
     );
     ca.edit_config(|text| {
-        let text = edited(
-            &text,
+        let text = text.edited(
             "trust_domain = \"a.example\"\n",
             "trust_domain = \"a.example\"\ntrust_domain_aliases = [\"old-a.example\"]\n",
         );
@@ -159,8 +158,7 @@ async fn the_sequence_rises_with_each_change_survives_restarts_and_agrees_across
     // A root rotation begins: a newer root joins mesh a's bundle.
     let next = newer_root(ca.path(), &server.root_pem);
     ca.edit_config(|text| {
-        edited(
-            &text,
+        text.edited(
             "ca_dir = \"a\"\n",
             &format!("ca_dir = \"a\"\nextra_roots = [\"{}\"]\n", next.display()),
         )
@@ -182,7 +180,7 @@ async fn the_sequence_rises_with_each_change_survives_restarts_and_agrees_across
     };
     common::copy_dir(ca.path(), replica.path());
     replica.edit_config(|text| {
-        text.replace(
+        text.edited(
             &ca.path().display().to_string(),
             &replica.path().display().to_string(),
         )
@@ -196,13 +194,7 @@ async fn the_sequence_rises_with_each_change_survives_restarts_and_agrees_across
     other.stop().await;
 
     // The new root withdrawn: the content's number would fall; the served one rises by one...
-    ca.edit_config(|text| {
-        edited(
-            &text,
-            &format!("extra_roots = [\"{}\"]\n", next.display()),
-            "",
-        )
-    });
+    ca.edit_config(|text| text.edited(&format!("extra_roots = [\"{}\"]\n", next.display()), ""));
     server.server.reload().await.unwrap();
     let withdrawn = document(&fetch(&server, "a.example").await.1)["spiffe_sequence"]
         .as_u64()

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -243,7 +244,7 @@ async fn serves_from_the_kubernetes_tls_layout() {
     std::fs::copy(istio.join("cert-chain.pem"), tls.join("tls.crt")).unwrap();
     std::fs::copy(istio.join("ca-key.pem"), tls.join("tls.key")).unwrap();
     std::fs::copy(istio.join("root-cert.pem"), tls.join("ca.crt")).unwrap();
-    ca.edit_config(|text| text.replace("ca_dir = \"default\"", "ca_dir = \"tls\""));
+    ca.edit_config(|text| text.edited("ca_dir = \"default\"", "ca_dir = \"tls\""));
     let chain = ca
         .issue_once(ztunnel_csr(&spiffe_id("a", "b")), "a", "b")
         .await;

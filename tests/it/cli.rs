@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -281,7 +282,7 @@ fn sighup_reloads_a_changed_trust_domain() {
         ],
     ));
     let config = dir.join("ca/meshroot.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
+    let text = std::fs::read_to_string(&config).unwrap().edited(
         "trust_domain = \"cluster.local\"",
         "trust_domain = \"example.com\"\ntrust_domain_aliases = [\"cluster.local\"]",
     );

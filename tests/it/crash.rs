@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,11 +25,11 @@ async fn sigkill_during_sustained_issuance_loses_no_record() {
     // Small index segments and frequent checkpoints, so the kill lands among segment writes,
     // merges and checkpoints, not only appends.
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "checkpoint_interval = \"1m\"",
             "checkpoint_interval = \"100ms\"",
         )
-        .replace("[audit]\n", "[audit]\nindex_segment_records = 64\n")
+        .edited("[audit]\n", "[audit]\nindex_segment_records = 64\n")
     });
     let config = ca.config_path().to_string_lossy().into_owned();
     let mut server = Serving::start(ca.path(), &["--config", &config]);

@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -126,7 +127,7 @@ async fn a_full_disk_stops_the_server_cleanly_and_it_serves_again_once_space_ret
     // The store and the checkpoint file on the small disk.
     let checkpoint_file = disk.path.join("checkpoint.txt");
     ca.edit_config(|text| {
-        format!("shutdown_grace = \"3s\"\n{text}").replace(
+        format!("shutdown_grace = \"3s\"\n{text}").edited(
             "checkpoint_file = \"checkpoint.txt\"",
             &format!("checkpoint_file = \"{}\"", checkpoint_file.display()),
         )

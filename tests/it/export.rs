@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -154,11 +155,11 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
     let endpoint = receiver.start().await;
     let ca = TestCa::new();
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "checkpoint_interval = \"1m\"",
             "checkpoint_interval = \"100ms\"",
         )
-        .replace(
+        .edited(
             "[admin]\n",
             &format!(
                 "[audit.export]\njsonl_dir = \"export\"\njsonl_max_file_mib = 1\n\
@@ -386,7 +387,7 @@ async fn a_fail_closed_export_holds_issuance_while_the_sink_lags() {
         .unwrap()
         .port();
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "[admin]",
             &format!(
                 "[audit.export]\notlp_endpoint = \"http://127.0.0.1:{port}\"\nfail_closed_lag_records = 0\n\n[admin]"
@@ -462,7 +463,7 @@ async fn shutdown_ends_an_export_stuck_on_a_silent_collector_and_releases_the_st
         }
     });
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "[admin]",
             &format!("[audit.export]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n\n[admin]"),
         )

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::acceptance::{mesh_config, root_ca, through_envoy};
+use crate::common::Edited as _;
 use crate::common::{self, TestCa, TestServer};
 use crate::envoy_mtls::free_port;
-use crate::istio_config::edited;
 use meshroot::audit::{OutcomeFilter, Query};
 use meshroot::keys::KeyType;
 use meshroot::record::Outcome;
@@ -395,8 +395,7 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
     // and reports the new root uncovered until it is certified again.
     let next = crate::bundle_endpoint::newer_root(p.path(), &p.root_pem());
     p.edit_config(|text| {
-        edited(
-            &text,
+        text.edited(
             "ca_dir = \"p\"\n",
             &format!("ca_dir = \"p\"\nextra_roots = [\"{}\"]\n", next.display()),
         )
@@ -442,13 +441,7 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
 
     // p withdraws the new root again: b records it, and stops publishing its cross-certificate
     // although the file still holds it.
-    p.edit_config(|text| {
-        edited(
-            &text,
-            &format!("extra_roots = [\"{}\"]\n", next.display()),
-            "",
-        )
-    });
+    p.edit_config(|text| text.edited(&format!("extra_roots = [\"{}\"]\n", next.display()), ""));
     p_server.server.reload().await.unwrap();
     b_server.server.reload().await.unwrap();
     common::eventually("b records the withdrawal", || {

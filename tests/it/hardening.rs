@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use common::{agent_csr, TestCa, MESH};
 use meshroot::pb::audit as api;
@@ -35,7 +36,7 @@ fn cluster_of_one() -> (TestCa, String) {
     ca.edit_config(|text| {
         format!(
             "{}\n[cluster]\nmembers = [\"{member}\"]\nself = \"{member}\"\n",
-            text.replace(
+            text.edited(
                 "[admin]\nlisten = \"127.0.0.1:0\"",
                 &format!("[admin]\nlisten = \"{member}\""),
             )
@@ -452,7 +453,7 @@ async fn a_crl_reader_that_reads_nothing_is_closed_after_the_write_timeout() {
     ca.edit_config(|text| {
         format!(
             "{}\n[connections]\nwrite_timeout = \"300ms\"\n",
-            text.replace(
+            text.edited(
                 "extra_crls = [\"root-crl.pem\"]",
                 "extra_crls = [\"root-crl.pem\", \"filler-crl.pem\"]"
             )

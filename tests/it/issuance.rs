@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use std::time::{Duration, SystemTime};
 
@@ -129,7 +130,7 @@ async fn issues_ztunnel_p256_csr_with_empty_subject_and_non_critical_san() {
 #[tokio::test]
 async fn clamps_ttl_to_the_mesh_maximum_and_defaults_non_positive_ttl() {
     let ca = TestCa::new();
-    ca.edit_config(|text| text.replace("max_ttl = \"7d\"", "max_ttl = \"2d\""));
+    ca.edit_config(|text| text.edited("max_ttl = \"7d\"", "max_ttl = \"2d\""));
     let server = ca.start().await;
     let id = spiffe_id("shop", "cart");
     let token = || Some(ca.token(MESH, "shop", "cart"));
@@ -284,7 +285,7 @@ async fn renews_its_serving_certificate_halfway_to_expiry_and_records_it() {
     let clock = meshroot::clock::ManualClock::at(start);
     let ca = TestCa::new();
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "store = \"store\"",
             "store = \"store\"\nserving_certificate_ttl = \"1h\"",
         )

@@ -3,6 +3,7 @@
 //! commits in SOURCES.md) by tests/istio/validate.py.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::common::Edited as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,12 +17,6 @@ const FORMATS: &[&str] = &[
     "policies",
 ];
 
-/// `text` with `from` replaced by `to`, which must occur.
-pub fn edited(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "{from:?} is not in:\n{text}");
-    text.replacen(from, to, 1)
-}
-
 /// `meshroot init` for meshes a and b; b accepts a and migrates from old-b.example.
 pub fn two_meshes(dir: &Path) -> PathBuf {
     let status = Command::new(BINARY)
@@ -34,8 +29,7 @@ pub fn two_meshes(dir: &Path) -> PathBuf {
     assert!(status.status.success());
     let config = dir.join("meshroot.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = edited(
-        &text,
+    let text = text.edited(
         "name = \"b\"\n",
         "name = \"b\"\naccepts = [\"a\"]\ntrust_domain_aliases = [\"old-b.example\"]\n",
     );
@@ -112,7 +106,7 @@ fn the_validator_refuses_what_istio_would_refuse() {
     ];
     for (format, from, to) in broken {
         let (_, out, _) = istio_config(&config, &["--mesh", "b", "--format", format]);
-        let (valid, report) = validate(dir.path(), format, &edited(&out, from, to));
+        let (valid, report) = validate(dir.path(), format, &out.edited(from, to));
         assert!(!valid, "{format} with {to} passed: {report}");
         assert!(report.contains("INVALID"), "{report}");
     }
@@ -155,7 +149,7 @@ fn accepts_must_name_another_configured_mesh() {
         ("[\"b\"]", "is this mesh"),
         ("[\"a\", \"a\"]", "listed twice"),
     ] {
-        let text = edited(&text, "accepts = [\"a\"]", &format!("accepts = {accepts}"));
+        let text = text.edited("accepts = [\"a\"]", &format!("accepts = {accepts}"));
         std::fs::write(&config, &text).unwrap();
         let (code, _, err) = istio_config(&config, &["--mesh", "b"]);
         assert_eq!(code, 64, "{err}");

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -44,7 +45,7 @@ fn ca_with_review_timeout(
         let end = text[end..].find('\n').unwrap() + end;
         let text = format!("{}{}", &text[..start], &text[end..]);
         // Mesh-level keys go right after the mesh's ca_dir line; clusters at the end.
-        let text = text.replace(
+        let text = text.edited(
             "ca_dir = \"default\"\n",
             &format!("ca_dir = \"default\"\n{extra}"),
         );

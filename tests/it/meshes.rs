@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use common::*;
 use meshroot::keys::KeyType;
@@ -64,7 +65,7 @@ fn migrating_ca(alias_issuance: &str) -> TestCa {
     let ca = TestCa::new();
     ca.rotate_intermediate_permitting(MESH, &["example.com", "cluster.local"]);
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "trust_domain = \"cluster.local\"\n",
             &format!(
                 "trust_domain = \"example.com\"\ntrust_domain_aliases = [\"cluster.local\"]\nalias_issuance = \"{alias_issuance}\"\n"
@@ -172,7 +173,7 @@ async fn a_mesh_bundle_carries_its_extra_roots_once_in_stable_order() {
     )
     .unwrap();
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "ca_dir = \"default\"\n",
             "ca_dir = \"default\"\nextra_roots = [\"federated-root.pem\", \"same-root.pem\"]\n",
         )
@@ -194,7 +195,7 @@ async fn a_trust_domain_change_is_picked_up_by_reload_without_an_outage() {
     server.call(agent_csr(old_id), token(), 0).await.unwrap();
 
     let migrate = |text: String| {
-        text.replace(
+        text.edited(
             "trust_domain = \"cluster.local\"\n",
             "trust_domain = \"example.com\"\ntrust_domain_aliases = [\"cluster.local\"]\n",
         )
@@ -227,7 +228,7 @@ async fn a_trust_domain_change_is_picked_up_by_reload_without_an_outage() {
 
     // An invalid config is refused and the running one keeps serving.
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "trust_domain = \"example.com\"",
             "trust_domain = \"Not Valid\"",
         )
@@ -254,7 +255,7 @@ async fn editing_the_config_file_reloads_it() {
     assert_eq!(status.code(), Code::Unauthenticated);
     ca.rotate_intermediate_permitting(MESH, &["example.com"]);
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "trust_domain = \"cluster.local\"",
             "trust_domain = \"example.com\"",
         )

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crate::common;
+use crate::common::Edited as _;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -151,7 +152,7 @@ fn join(ca: &TestCa, ports: &[u16]) {
     ca.edit_config(|text| {
         format!(
             "{}\n[cluster]\nmembers = [{}]\nmember_timeout = \"2s\"\n",
-            text.replace(
+            text.edited(
                 "[admin]\nlisten = \"127.0.0.1:0\"",
                 &format!("[admin]\nlisten = \"127.0.0.1:0\"\nrevokers = [\"{AUDITOR}\"]"),
             ),

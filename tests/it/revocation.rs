@@ -3,6 +3,7 @@
 //! SDS secret naming `ca-crl.pem` by file), OpenSSL and Go's crypto/x509.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::common::Edited as _;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -168,7 +169,7 @@ async fn envoy_refuses_a_revoked_identity_on_a_new_connection_and_still_accepts_
     // The CRL where the sidecar mounts it, written by meshroot (`[revocation] crl_file`).
     let crl = dir.join("crl").join("ca-crl.pem");
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "crl_file = \"ca-crl.pem\"",
             &format!("crl_file = \"{}\"", crl.display()),
         )
@@ -514,7 +515,7 @@ async fn crls_are_public_on_the_admin_port_and_leaves_name_where() {
     ca.admin_on_tls(&["spiffe://cluster.local/ns/ops/sa/auditor"]);
     let url = "http://meshroot.istio-system.svc:15014/crl";
     ca.edit_config(|text| {
-        text.replace(
+        text.edited(
             "[revocation]\n",
             &format!("[revocation]\ncrl_url = \"{url}\"\n"),
         )

@@ -70,8 +70,8 @@ impl TestCa {
         let ca = Self { dir };
         // Listen on ephemeral ports (the CSR API and the admin address).
         ca.edit_config(|text| {
-            text.replace("127.0.0.1:15012", "127.0.0.1:0")
-                .replace("127.0.0.1:15014", "127.0.0.1:0")
+            text.edited("127.0.0.1:15012", "127.0.0.1:0")
+                .edited("127.0.0.1:15014", "127.0.0.1:0")
         });
         ca
     }
@@ -99,7 +99,7 @@ impl TestCa {
                 "[admin]\nlisten = \"0.0.0.0:0\"\nallowed_identities = [{}]",
                 allowed.join(", ")
             );
-            let edited = text.replace("[admin]\nlisten = \"127.0.0.1:0\"", &tls);
+            let edited = text.edited("[admin]\nlisten = \"127.0.0.1:0\"", &tls);
             assert_ne!(edited, text, "the config has the loopback admin listener");
             edited
         });
@@ -379,6 +379,20 @@ pub struct TokenSpec {
 }
 
 /// `MESHROOT_TEST_LOG=<filter>` shows the servers' logs in test output (with `--nocapture`).
+/// Edits of a configuration's text that fail when their pattern matches nothing, so a test
+/// cannot run against the default because `meshroot init` started writing a key differently.
+pub trait Edited {
+    /// Every occurrence of `from` replaced by `to`; panics if there is none.
+    fn edited(&self, from: &str, to: &str) -> String;
+}
+
+impl Edited for str {
+    fn edited(&self, from: &str, to: &str) -> String {
+        assert!(self.contains(from), "{from:?} is not in:\n{self}");
+        self.replace(from, to)
+    }
+}
+
 pub fn init_test_log() {
     if let Ok(filter) = std::env::var("MESHROOT_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
