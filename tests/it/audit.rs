@@ -74,15 +74,6 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-fn serial_of(der: &[u8]) -> Vec<u8> {
-    use x509_parser::prelude::{FromDer as _, X509Certificate};
-    X509Certificate::from_der(der)
-        .unwrap()
-        .1
-        .raw_serial()
-        .to_vec()
-}
-
 #[tokio::test]
 async fn the_audit_api_answers_who_got_what_when_and_from_whom() {
     let ca = TestCa::new();
@@ -118,7 +109,10 @@ async fn the_audit_api_answers_who_got_what_when_and_from_whom() {
     let serials: Vec<Vec<u8>> = by_id.iter().map(|r| issued(r).serial.clone()).collect();
     assert_eq!(
         serials,
-        carts.iter().map(|der| serial_of(der)).collect::<Vec<_>>()
+        carts
+            .iter()
+            .map(|der| meshroot::signer::check::serial_of(der).unwrap())
+            .collect::<Vec<_>>()
     );
     for (record, der) in by_id.iter().zip(&carts) {
         assert_eq!(issued(record).certificate_sha256, sha256(der));
@@ -224,7 +218,9 @@ async fn the_audit_api_answers_who_got_what_when_and_from_whom() {
     // One record by serial; an unknown serial is NotFound.
     let one = client
         .get_record(api::GetRecordRequest {
-            key: Some(api::get_record_request::Key::Serial(serial_of(&carts[1]))),
+            key: Some(api::get_record_request::Key::Serial(
+                meshroot::signer::check::serial_of(&carts[1]).unwrap(),
+            )),
             ..Default::default()
         })
         .await
@@ -289,7 +285,9 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
     for der in &carts {
         let proof = client
             .prove_inclusion(api::ProveInclusionRequest {
-                key: Some(api::prove_inclusion_request::Key::Serial(serial_of(der))),
+                key: Some(api::prove_inclusion_request::Key::Serial(
+                    meshroot::signer::check::serial_of(der).unwrap(),
+                )),
                 tree_size: 0,
                 ..Default::default()
             })
@@ -300,7 +298,10 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
         let leaf = meshroot::audit::LeafData::parse(&proof.leaf_data).unwrap();
         assert_eq!(sha256(&proof.record), leaf.record_sha256.to_vec());
         let record = meshroot::store::decode(&proof.record).unwrap();
-        assert_eq!(record.serial(), Some(serial_of(der).as_slice()));
+        assert_eq!(
+            record.serial(),
+            Some(meshroot::signer::check::serial_of(der).unwrap().as_slice())
+        );
         let path: Vec<merkle::Hash> = proof
             .audit_path
             .iter()
@@ -314,9 +315,9 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
     let late = issue(&ca, &server, "shop", "cart", 1).await;
     let status = client
         .prove_inclusion(api::ProveInclusionRequest {
-            key: Some(api::prove_inclusion_request::Key::Serial(serial_of(
-                &late[0],
-            ))),
+            key: Some(api::prove_inclusion_request::Key::Serial(
+                meshroot::signer::check::serial_of(&late[0]).unwrap(),
+            )),
             tree_size: 0,
             ..Default::default()
         })

@@ -48,15 +48,6 @@ async fn renew(
         .map(|r| r.cert_chain)
 }
 
-fn assert_refused(server: &TestServer, status: &tonic::Status, reason: &str) {
-    assert_eq!(status.code(), Code::Unauthenticated);
-    let record = server.record_of(status);
-    let Outcome::Denied(denial) = &record.outcome else {
-        panic!("expected a denial record")
-    };
-    assert_eq!(denial.reason, reason, "{}", denial.detail);
-}
-
 #[tokio::test]
 async fn renews_with_a_certificate_it_issued_without_a_token() {
     let ca = two_mesh_ca();
@@ -91,7 +82,7 @@ async fn renews_with_a_certificate_it_issued_without_a_token() {
     )
     .await
     .unwrap_err();
-    assert_refused(&server, &status, "identity-mismatch");
+    common::assert_refused(&server, &status, Code::Unauthenticated, "identity-mismatch");
     server.stop().await;
 }
 
@@ -109,7 +100,12 @@ async fn refuses_an_expired_client_certificate() {
     );
     let server = ca.start().await;
     let status = renew(&server, &id, expired).await.unwrap_err();
-    assert_refused(&server, &status, "client-cert-untrusted");
+    common::assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "client-cert-untrusted",
+    );
     server.stop().await;
 }
 
@@ -122,7 +118,12 @@ async fn refuses_a_client_certificate_from_a_foreign_root() {
     let foreign = stranger.mint(MESH, &id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, &id, foreign).await.unwrap_err();
-    assert_refused(&server, &status, "client-cert-untrusted");
+    common::assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "client-cert-untrusted",
+    );
     server.stop().await;
 }
 
@@ -135,7 +136,12 @@ async fn refuses_a_client_certificate_of_a_trust_domain_without_client_cert_auth
     let other = ca.mint("other", id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, id, other).await.unwrap_err();
-    assert_refused(&server, &status, "client-cert-trust-domain");
+    common::assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "client-cert-trust-domain",
+    );
     server.stop().await;
 }
 
@@ -158,7 +164,7 @@ async fn a_token_still_authenticates_beside_a_certificate_of_another_trust_domai
         )
         .await
         .unwrap_err();
-    assert_refused(&server, &status, "token-expired");
+    common::assert_refused(&server, &status, Code::Unauthenticated, "token-expired");
     let chain = server
         .call_with(
             ztunnel_csr(&id),
@@ -183,7 +189,12 @@ async fn refuses_a_client_certificate_with_two_uri_sans() {
     let status = renew(&server, &spiffe_id("vm", "a"), credential)
         .await
         .unwrap_err();
-    assert_refused(&server, &status, "client-cert-identity");
+    common::assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "client-cert-identity",
+    );
     server.stop().await;
 }
 
@@ -207,7 +218,12 @@ async fn refuses_our_identity_minted_by_a_partner_root_in_extra_roots() {
     let minted = partner.mint(MESH, id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, id, minted).await.unwrap_err();
-    assert_refused(&server, &status, "client-cert-untrusted");
+    common::assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "client-cert-untrusted",
+    );
     // The bundle handed to workloads still carries the partner's root.
     let chain = server.issue(&ca, "ok").await;
     assert!(chain.last().unwrap().contains(partner.root_pem().trim()));
@@ -245,7 +261,12 @@ async fn an_extra_root_authenticates_only_the_trust_domains_it_vouches_for() {
     let other_id = "spiffe://other.example/ns/vm/sa/legacy";
     let other = partner.mint(MESH, other_id, now, now + Duration::from_secs(3600));
     let status = renew(&server, other_id, other).await.unwrap_err();
-    assert_refused(&server, &status, "client-cert-untrusted");
+    common::assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "client-cert-untrusted",
+    );
     server.stop().await;
 }
 
@@ -259,7 +280,12 @@ async fn refuses_our_identity_minted_by_another_meshs_intermediate_under_the_sha
     let minted = ca.mint("other", &id, now, now + Duration::from_secs(3600));
     let server = ca.start().await;
     let status = renew(&server, &id, minted).await.unwrap_err();
-    assert_refused(&server, &status, "client-cert-untrusted");
+    common::assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "client-cert-untrusted",
+    );
     server.stop().await;
 }
 
@@ -321,7 +347,12 @@ async fn a_revoked_client_certificate_never_renews_itself() {
     .await;
     assert!(output.contains("revoked 1 certificate(s)"), "{output}");
     let status = renew(&server, &id, revoked).await.unwrap_err();
-    assert_refused(&server, &status, "certificate-revoked");
+    common::assert_refused(
+        &server,
+        &status,
+        Code::Unauthenticated,
+        "certificate-revoked",
+    );
     let record = server.record_of(&status);
     let Outcome::Denied(denial) = &record.outcome else {
         panic!("{record:?}")

@@ -14,8 +14,6 @@ use common::{TestCa, TestServer, MESH};
 use meshroot::audit::Query;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(20);
-
 /// Adds `[kubernetes]` duties pointed at `api` to `ca`'s config, as replica `identity`.
 fn with_duties(ca: &TestCa, api: &FakeApiServer, identity: &str, extra: &str) {
     let kubeconfig = api.write_kubeconfig(ca.path(), "local");
@@ -34,18 +32,6 @@ fn cluster_with_namespaces(api: &FakeApiServer) {
     }
 }
 
-/// Polls `check` until it holds, failing after [`WAIT`] with `what`.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {WAIT:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn root_configmap(api: &FakeApiServer, namespace: &str) -> Option<String> {
     api.object("configmaps", namespace, "istio-ca-root-cert")
         .and_then(|c| c["data"]["root-cert.pem"].as_str().map(str::to_owned))
@@ -54,17 +40,6 @@ fn root_configmap(api: &FakeApiServer, namespace: &str) -> Option<String> {
 fn lease_holder(api: &FakeApiServer) -> Option<String> {
     api.object("leases", "istio-system", "meshroot")
         .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
-}
-
-fn secret_text(secret: &Value, key: &str) -> String {
-    use base64::Engine as _;
-    let encoded = secret["data"][key].as_str().unwrap();
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 fn all_have(api: &FakeApiServer, namespaces: &[&str], bundle: &str) -> bool {
@@ -83,7 +58,7 @@ async fn the_leader_keeps_the_root_configmap_in_every_namespace() {
     let bundle = server.server.root_bundle_pem().to_owned();
     let everywhere = ["istio-system", "default", "shop", "kube-system"];
 
-    eventually("the bundle in every namespace", || {
+    common::eventually("the bundle in every namespace", || {
         all_have(&api, &everywhere, &bundle)
     })
     .await;
@@ -98,7 +73,7 @@ async fn the_leader_keeps_the_root_configmap_in_every_namespace() {
 
     // A namespace created later gets it.
     api.add_namespace("late", &[]);
-    eventually("the bundle in a new namespace", || {
+    common::eventually("the bundle in a new namespace", || {
         root_configmap(&api, "late").as_deref() == Some(bundle.as_str())
     })
     .await;
@@ -107,14 +82,14 @@ async fn the_leader_keeps_the_root_configmap_in_every_namespace() {
     let mut edited = configmap.clone();
     edited["data"]["root-cert.pem"] = Value::from("not a root");
     api.put_object("configmaps", "default", edited.clone());
-    eventually("an edited ConfigMap restored", || {
+    common::eventually("an edited ConfigMap restored", || {
         root_configmap(&api, "default").as_deref() == Some(bundle.as_str())
     })
     .await;
 
     // Someone deletes it: it is created again.
     api.delete_object("configmaps", "shop", "istio-ca-root-cert");
-    eventually("a deleted ConfigMap re-created", || {
+    common::eventually("a deleted ConfigMap re-created", || {
         root_configmap(&api, "shop").as_deref() == Some(bundle.as_str())
     })
     .await;
@@ -124,7 +99,7 @@ async fn the_leader_keeps_the_root_configmap_in_every_namespace() {
         .conflicts
         .store(2, std::sync::atomic::Ordering::SeqCst);
     api.put_object("configmaps", "default", edited);
-    eventually("restored through two 409s", || {
+    common::eventually("restored through two 409s", || {
         root_configmap(&api, "default").as_deref() == Some(bundle.as_str())
     })
     .await;
@@ -153,12 +128,12 @@ async fn a_namespace_selector_limits_where_the_root_goes() {
     );
     let server = ca.start().await;
     let bundle = server.server.root_bundle_pem().to_owned();
-    eventually("the bundle in the selected namespace", || {
+    common::eventually("the bundle in the selected namespace", || {
         all_have(&api, &["meshed"], &bundle)
     })
     .await;
     api.add_namespace("meshed-later", &[("istio-injection", "enabled")]);
-    eventually("the bundle in a selected namespace made later", || {
+    common::eventually("the bundle in a selected namespace made later", || {
         all_have(&api, &["meshed-later"], &bundle)
     })
     .await;
@@ -175,15 +150,15 @@ async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
     with_duties(&ca, &api, "meshroot-0", "root_configmap = false\n");
     let server = ca.start().await;
     let bundle = server.server.root_bundle_pem().to_owned();
-    eventually("istiod-tls written", || {
+    common::eventually("istiod-tls written", || {
         api.object("secrets", "istio-system", "istiod-tls")
             .is_some()
     })
     .await;
     let secret = api.object("secrets", "istio-system", "istiod-tls").unwrap();
     assert_eq!(secret["type"], "kubernetes.io/tls");
-    assert_eq!(secret_text(&secret, "ca.crt"), bundle);
-    let chain_pem = secret_text(&secret, "tls.crt");
+    assert_eq!(common::secret_text(&secret, "ca.crt"), bundle);
+    let chain_pem = common::secret_text(&secret, "tls.crt");
     let chain: Vec<String> = common::certificates(&chain_pem)
         .iter()
         .map(|der| meshroot::keys::certificate_pem(der))
@@ -216,7 +191,7 @@ async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
         ]
     );
     // The key in the Secret is the certificate's.
-    let key = rcgen::KeyPair::from_pem(&secret_text(&secret, "tls.key")).unwrap();
+    let key = rcgen::KeyPair::from_pem(&common::secret_text(&secret, "tls.key")).unwrap();
     use rcgen::PublicKeyData as _;
     assert_eq!(
         key.subject_public_key_info(),
@@ -258,9 +233,9 @@ async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
 
     // Deleted by someone: a new certificate is issued and written.
     api.delete_object("secrets", "istio-system", "istiod-tls");
-    eventually("istiod-tls re-issued after deletion", || {
+    common::eventually("istiod-tls re-issued after deletion", || {
         api.object("secrets", "istio-system", "istiod-tls")
-            .is_some_and(|s| secret_text(&s, "tls.crt") != chain_pem)
+            .is_some_and(|s| common::secret_text(&s, "tls.crt") != chain_pem)
     })
     .await;
     server.stop().await;
@@ -277,7 +252,7 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     with_duties(&second_ca, &api, "meshroot-1", "istiod_tls = false\n");
     let first = first_ca.start().await;
     let first_bundle = first.server.root_bundle_pem().to_owned();
-    eventually("the first replica publishes", || {
+    common::eventually("the first replica publishes", || {
         all_have(&api, &["default", "shop"], &first_bundle)
     })
     .await;
@@ -311,7 +286,7 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     first.stop().await;
     // Released as it stopped: not its name any more, well before its 2 s lease would expire.
     assert_ne!(lease_holder(&api).as_deref(), Some("meshroot-0"));
-    eventually("the second replica leads and publishes", || {
+    common::eventually("the second replica leads and publishes", || {
         lease_holder(&api).as_deref() == Some("meshroot-1")
             && all_have(&api, &["default", "shop"], &second_bundle)
     })
@@ -334,7 +309,7 @@ async fn duties_resume_after_an_api_server_restart_and_follow_a_root_rotation() 
     with_duties(&ca, &api, "meshroot-0", "");
     let server = ca.start().await;
     let bundle = server.server.root_bundle_pem().to_owned();
-    eventually("published", || {
+    common::eventually("published", || {
         all_have(&api, &["default", "shop"], &bundle)
             && api
                 .object("secrets", "istio-system", "istiod-tls")
@@ -345,7 +320,7 @@ async fn duties_resume_after_an_api_server_restart_and_follow_a_root_rotation() 
     // Down for longer than the renew deadline: the leader steps down, then leads again.
     api.restart(Duration::from_secs(3)).await;
     api.add_namespace("after-restart", &[]);
-    eventually("a namespace made after the restart gets the root", || {
+    common::eventually("a namespace made after the restart gets the root", || {
         root_configmap(&api, "after-restart").as_deref() == Some(bundle.as_str())
     })
     .await;
@@ -355,13 +330,13 @@ async fn duties_resume_after_an_api_server_restart_and_follow_a_root_rotation() 
     // every ConfigMap and istiod's ca.crt follow.
     let other = ca.add_next_root();
     server.server.reload().await.unwrap();
-    eventually(
+    common::eventually(
         "every ConfigMap and istiod's ca.crt carry both roots",
         || {
             let configmap = root_configmap(&api, "default").unwrap_or_default();
             let secret = api
                 .object("secrets", "istio-system", "istiod-tls")
-                .map(|s| secret_text(&s, "ca.crt"))
+                .map(|s| common::secret_text(&s, "ca.crt"))
                 .unwrap_or_default();
             configmap.contains(bundle.trim())
                 && configmap.contains(other.root_pem().trim())
@@ -401,7 +376,7 @@ async fn the_leader_keeps_istios_cluster_trust_bundle() {
                 && ctb["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshroot"
         })
     };
-    eventually("the ClusterTrustBundle created", || holds(&api, &bundle)).await;
+    common::eventually("the ClusterTrustBundle created", || holds(&api, &bundle)).await;
     assert_eq!(
         root_configmap(&api, "default"),
         None,
@@ -412,7 +387,7 @@ async fn the_leader_keeps_istios_cluster_trust_bundle() {
     let mut edited = cluster_trust_bundle(&api).unwrap();
     edited["spec"]["trustBundle"] = Value::from("stale");
     api.put_object("clustertrustbundles", "", edited);
-    eventually("an edited ClusterTrustBundle restored", || {
+    common::eventually("an edited ClusterTrustBundle restored", || {
         holds(&api, &bundle)
     })
     .await;
@@ -421,14 +396,14 @@ async fn the_leader_keeps_istios_cluster_trust_bundle() {
     let mut other = cluster_trust_bundle(&api).unwrap();
     other["spec"]["signerName"] = Value::from("example.com/other");
     api.put_object("clustertrustbundles", "", other);
-    eventually("a ClusterTrustBundle of another signer replaced", || {
+    common::eventually("a ClusterTrustBundle of another signer replaced", || {
         holds(&api, &bundle)
     })
     .await;
 
     // Deleted: created again.
     api.delete_object("clustertrustbundles", "", "istio.io:istiod-ca:root-cert");
-    eventually("a deleted ClusterTrustBundle re-created", || {
+    common::eventually("a deleted ClusterTrustBundle re-created", || {
         holds(&api, &bundle)
     })
     .await;
@@ -436,7 +411,7 @@ async fn the_leader_keeps_istios_cluster_trust_bundle() {
     // A new root joins the bundle (a rotation's first step): the ClusterTrustBundle follows.
     let next = ca.add_next_root();
     server.server.reload().await.unwrap();
-    eventually("the ClusterTrustBundle carries both roots", || {
+    common::eventually("the ClusterTrustBundle carries both roots", || {
         cluster_trust_bundle(&api).is_some_and(|ctb| {
             let held = ctb["spec"]["trustBundle"].as_str().unwrap_or_default();
             held.contains(bundle.trim()) && held.contains(next.root_pem().trim())
@@ -463,7 +438,7 @@ async fn the_leader_keeps_the_crl_configmap_and_publishes_a_revocation_at_once()
     let (status, first) = common::http_get(admin, "/crl").await;
     assert_eq!(status, 200);
     assert!(first.contains("-----BEGIN X509 CRL-----"), "{first}");
-    eventually(
+    common::eventually(
         "istio-ca-crl in every namespace, as GET /crl answers",
         || {
             everywhere
@@ -486,7 +461,7 @@ async fn the_leader_keeps_the_crl_configmap_and_publishes_a_revocation_at_once()
     assert!(output.contains("revoked 1 certificate(s)"), "{output}");
     let (_, revoked) = common::http_get(admin, "/crl").await;
     assert_ne!(revoked, first, "the CRL is signed again at once");
-    eventually("the new CRLs in every namespace", || {
+    common::eventually("the new CRLs in every namespace", || {
         everywhere
             .iter()
             .all(|ns| crl_configmap(&api, ns).as_deref() == Some(revoked.as_str()))
@@ -494,7 +469,7 @@ async fn the_leader_keeps_the_crl_configmap_and_publishes_a_revocation_at_once()
     .await;
     // Deleted by someone: created again.
     api.delete_object("configmaps", "shop", "istio-ca-crl");
-    eventually("a deleted istio-ca-crl re-created", || {
+    common::eventually("a deleted istio-ca-crl re-created", || {
         crl_configmap(&api, "shop").as_deref() == Some(revoked.as_str())
     })
     .await;
@@ -527,7 +502,7 @@ async fn the_root_and_crl_configmaps_are_published_under_the_configured_names() 
     let server = ca.start().await;
     let bundle = server.server.root_bundle_pem().to_owned();
     let (_, crl) = common::http_get(server.server.admin_address(), "/crl").await;
-    eventually(
+    common::eventually(
         "both ConfigMaps under their names in every namespace",
         || {
             ["istio-system", "default", "shop", "kube-system"]
@@ -582,7 +557,7 @@ async fn every_published_bundle_has_one_order_after_a_rotation() {
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     };
-    eventually("every bundle published after the rotation", || {
+    common::eventually("every bundle published after the rotation", || {
         let Some(bundle) = root_configmap(&api, "default").filter(|b| two_roots(b)) else {
             return false;
         };

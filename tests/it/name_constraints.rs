@@ -37,14 +37,6 @@ fn openssl_verify(roots: &Path, intermediates: &Path, leaf: &Path) -> Output {
         .expect("openssl must be installed (.ci/run installs it)")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[tokio::test]
 async fn go_and_openssl_refuse_another_meshs_identity_from_a_constrained_intermediate() {
     let scenario = CrossMesh::issue(true).await;
@@ -70,24 +62,29 @@ async fn go_and_openssl_refuse_another_meshs_identity_from_a_constrained_interme
         std::fs::write(&intermediates, rest).unwrap();
 
         let go = go_verify(&roots, &chain_path);
-        assert_eq!(go.status.success(), accepted, "Go, {name}: {}", text(&go));
+        assert_eq!(
+            go.status.success(),
+            accepted,
+            "Go, {name}: {}",
+            common::output_text(&go)
+        );
         let openssl = openssl_verify(&roots, &intermediates, &leaf);
         assert_eq!(
             openssl.status.success(),
             accepted,
             "openssl, {name}: {}",
-            text(&openssl)
+            common::output_text(&openssl)
         );
         if !accepted {
             assert!(
-                text(&go).contains("constraint"),
+                common::output_text(&go).contains("constraint"),
                 "Go names the constraint: {}",
-                text(&go)
+                common::output_text(&go)
             );
             assert!(
-                text(&openssl).contains("permitted subtree violation"),
+                common::output_text(&openssl).contains("permitted subtree violation"),
                 "openssl names the constraint: {}",
-                text(&openssl)
+                common::output_text(&openssl)
             );
         }
     }

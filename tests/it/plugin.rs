@@ -12,17 +12,6 @@ use common::*;
 use meshroot::clock::ManualClock;
 use serde_json::Value;
 
-fn secret_text(secret: &Value, key: &str) -> String {
-    use base64::Engine as _;
-    let encoded = secret["data"][key].as_str().unwrap_or_default();
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap_or_default(),
-    )
-    .unwrap_or_default()
-}
-
 fn cacerts(api: &FakeApiServer) -> Option<Value> {
     api.object("secrets", "istio-system", "cacerts")
 }
@@ -31,11 +20,11 @@ fn cacerts(api: &FakeApiServer) -> Option<Value> {
 fn serial(api: &FakeApiServer) -> Option<String> {
     let secret = cacerts(api)?;
     for file in ["ca-key.pem", "cert-chain.pem", "root-cert.pem"] {
-        if secret_text(&secret, file).is_empty() {
+        if common::secret_text(&secret, file).is_empty() {
             return None;
         }
     }
-    let der = certificates(&secret_text(&secret, "ca-cert.pem"))
+    let der = certificates(&common::secret_text(&secret, "ca-cert.pem"))
         .into_iter()
         .next()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
@@ -89,9 +78,10 @@ impl FakeIstiod {
 
     /// Serves a certificate for istiod.istio-system.svc signed with `cacerts`' intermediate.
     fn load(&self, cacerts: &Value) {
-        let ca_key = rcgen::KeyPair::from_pem(&secret_text(cacerts, "ca-key.pem")).unwrap();
+        let ca_key = rcgen::KeyPair::from_pem(&common::secret_text(cacerts, "ca-key.pem")).unwrap();
         let issuer =
-            rcgen::Issuer::from_ca_cert_pem(&secret_text(cacerts, "ca-cert.pem"), ca_key).unwrap();
+            rcgen::Issuer::from_ca_cert_pem(&common::secret_text(cacerts, "ca-cert.pem"), ca_key)
+                .unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let params =
             rcgen::CertificateParams::new(vec!["istiod.istio-system.svc".to_owned()]).unwrap();
@@ -156,7 +146,7 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
         .start_with_clock(std::sync::Arc::new(clock.clone()))
         .await;
 
-    eventually("cacerts written", || serial(&api).is_some()).await;
+    common::eventually("cacerts written", || serial(&api).is_some()).await;
     let secret = cacerts(&api).unwrap();
     let first = serial(&api).unwrap();
     assert_eq!(
@@ -164,13 +154,13 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
         "meshroot"
     );
     // Istio's layout: the chain up to the root, the whole bundle, and a key for the certificate.
-    let chain = secret_text(&secret, "cert-chain.pem");
-    let bundle = secret_text(&secret, "root-cert.pem");
+    let chain = common::secret_text(&secret, "cert-chain.pem");
+    let bundle = common::secret_text(&secret, "root-cert.pem");
     assert_eq!(bundle, server.root_pem);
-    assert!(chain.starts_with(&secret_text(&secret, "ca-cert.pem")));
+    assert!(chain.starts_with(&common::secret_text(&secret, "ca-cert.pem")));
     assert_eq!(certificates(&chain).len(), 3, "cluster, mesh, root");
     assert!(chain.ends_with(bundle.as_str()));
-    let ca_cert = certificates(&secret_text(&secret, "ca-cert.pem"))[0].clone();
+    let ca_cert = certificates(&common::secret_text(&secret, "ca-cert.pem"))[0].clone();
     let (_, parsed) = x509_parser::parse_x509_certificate(&ca_cert).unwrap();
     assert!(parsed.is_ca());
     assert_eq!(
@@ -186,7 +176,7 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     let chain_file = work.path().join("chain.pem");
     std::fs::write(&chain_file, &chain).unwrap();
     let leaf_file = work.path().join("ca-cert.pem");
-    std::fs::write(&leaf_file, secret_text(&secret, "ca-cert.pem")).unwrap();
+    std::fs::write(&leaf_file, common::secret_text(&secret, "ca-cert.pem")).unwrap();
     openssl(&[
         "verify",
         "-CAfile",
@@ -221,7 +211,7 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     let mut edited = cacerts(&api).unwrap();
     edited["data"]["ca-key.pem"] = Value::from("c3RhbGU=");
     api.put_object("secrets", "istio-system", edited);
-    eventually("an edited cacerts replaced", || {
+    common::eventually("an edited cacerts replaced", || {
         serial(&api).is_some_and(|s| s != first)
     })
     .await;
@@ -233,7 +223,7 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
 
     // Deleted: written again.
     api.delete_object("secrets", "istio-system", "cacerts");
-    eventually("a deleted cacerts re-created", || {
+    common::eventually("a deleted cacerts re-created", || {
         serial(&api).is_some_and(|s| s != second)
     })
     .await;
@@ -246,7 +236,7 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     assert_eq!(serial(&api).unwrap(), third, "renewed too early");
     // ...but once half of it has passed.
     clock.advance(Duration::from_secs(3600 + 60));
-    eventually("renewed at half its lifetime", || {
+    common::eventually("renewed at half its lifetime", || {
         serial(&api).is_some_and(|s| s != third)
     })
     .await;
@@ -255,10 +245,11 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     // A new root joins the bundle: a new intermediate carries it in root-cert.pem.
     let next = ca.add_next_root();
     server.server.reload().await.unwrap();
-    eventually("renewed on the bundle change", || {
+    common::eventually("renewed on the bundle change", || {
         serial(&api).is_some_and(|s| s != fourth)
-            && cacerts(&api)
-                .is_some_and(|s| secret_text(&s, "root-cert.pem").contains(next.root_pem().trim()))
+            && cacerts(&api).is_some_and(|s| {
+                common::secret_text(&s, "root-cert.pem").contains(next.root_pem().trim())
+            })
     })
     .await;
     let last = serial(&api).unwrap();
@@ -338,16 +329,17 @@ async fn a_workload_signed_by_a_clusters_intermediate_reaches_another_meshs_envo
     });
     let server = ca.start().await;
     let gateway = server.workload(&ca, "b", GATEWAY_ID).await;
-    eventually("cluster a's cacerts written", || serial(&api).is_some()).await;
+    common::eventually("cluster a's cacerts written", || serial(&api).is_some()).await;
     let secret = cacerts(&api).unwrap();
     server.stop().await;
 
     // istiod's signing, with the cacerts material.
-    let istiod_key = rcgen::KeyPair::from_pem(&secret_text(&secret, "ca-key.pem")).unwrap();
+    let istiod_key = rcgen::KeyPair::from_pem(&common::secret_text(&secret, "ca-key.pem")).unwrap();
     let istiod =
-        rcgen::Issuer::from_ca_cert_pem(&secret_text(&secret, "ca-cert.pem"), istiod_key).unwrap();
+        rcgen::Issuer::from_ca_cert_pem(&common::secret_text(&secret, "ca-cert.pem"), istiod_key)
+            .unwrap();
     let chain_without_root: String = {
-        let chain = secret_text(&secret, "cert-chain.pem");
+        let chain = common::secret_text(&secret, "cert-chain.pem");
         let certificates = certificates(&chain);
         certificates[..certificates.len() - 1]
             .iter()
@@ -378,7 +370,11 @@ async fn a_workload_signed_by_a_clusters_intermediate_reaches_another_meshs_envo
 
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    std::fs::write(dir.join("root.pem"), secret_text(&secret, "root-cert.pem")).unwrap();
+    std::fs::write(
+        dir.join("root.pem"),
+        common::secret_text(&secret, "root-cert.pem"),
+    )
+    .unwrap();
     for (name, (chain, key)) in [("gateway", &gateway), ("cart", &cart), ("forged", &forged)] {
         std::fs::write(dir.join(format!("{name}-chain.pem")), chain).unwrap();
         std::fs::write(dir.join(format!("{name}-key.pem")), key).unwrap();
@@ -417,7 +413,7 @@ async fn a_workload_signed_by_a_clusters_intermediate_reaches_another_meshs_envo
 async fn a_root_an_unexpired_cluster_intermediate_chains_to_is_not_dropped() {
     let (api, ca) = keeping_cacerts("intermediate_ttl = \"2000h\"\n").await;
     let server = ca.start().await;
-    eventually("cacerts written", || serial(&api).is_some()).await;
+    common::eventually("cacerts written", || serial(&api).is_some()).await;
     let expires = SystemTime::now() + Duration::from_secs(2000 * 3600);
     let expected_day = meshroot::clock::format_time(expires)[..10].to_owned();
 
@@ -473,10 +469,10 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
     let admin = server.server.admin_address();
     let crl_of = |api: &FakeApiServer| {
         cacerts(api)
-            .map(|secret| secret_text(&secret, "ca-crl.pem"))
+            .map(|secret| common::secret_text(&secret, "ca-crl.pem"))
             .unwrap_or_default()
     };
-    eventually("cacerts with ca-crl.pem", || !crl_of(&api).is_empty()).await;
+    common::eventually("cacerts with ca-crl.pem", || !crl_of(&api).is_empty()).await;
     let secret = cacerts(&api).unwrap();
     let first = serial(&api).unwrap();
     // The cluster intermediate's own CRL (istiod signs with it), then exactly the mesh's CRLs.
@@ -493,7 +489,7 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
         path
     };
     let own = path("own-crl.pem", &blocks[0]);
-    let ca_cert = path("ca-cert.pem", &secret_text(&secret, "ca-cert.pem"));
+    let ca_cert = path("ca-cert.pem", &common::secret_text(&secret, "ca-cert.pem"));
     let verified = std::process::Command::new("openssl")
         .args(["crl", "-noout", "-verify", "-in"])
         .arg(&own)
@@ -507,9 +503,10 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
     );
     // A workload leaf istiod would sign with it passes a whole-chain CRL check (as Envoy does).
     let leaf_of = |secret: &Value| {
-        let key = rcgen::KeyPair::from_pem(&secret_text(secret, "ca-key.pem")).unwrap();
+        let key = rcgen::KeyPair::from_pem(&common::secret_text(secret, "ca-key.pem")).unwrap();
         let issuer =
-            rcgen::Issuer::from_ca_cert_pem(&secret_text(secret, "ca-cert.pem"), key).unwrap();
+            rcgen::Issuer::from_ca_cert_pem(&common::secret_text(secret, "ca-cert.pem"), key)
+                .unwrap();
         let mut params = rcgen::CertificateParams::default();
         params.subject_alt_names = vec![rcgen::SanType::URI(
             spiffe_id("shop", "cart").try_into().unwrap(),
@@ -533,7 +530,7 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
             .unwrap()
     };
     let old_leaf = leaf_of(&secret);
-    let old_chain = secret_text(&secret, "cert-chain.pem");
+    let old_chain = common::secret_text(&secret, "cert-chain.pem");
     let passed = check(&old_leaf, &old_chain, &text);
     assert!(passed.status.success(), "{passed:?}");
 
@@ -551,7 +548,7 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
     .await;
     assert!(output.contains("revoked 1 certificate(s)"), "{output}");
     assert!(output.contains(&first), "{output}");
-    eventually("a new intermediate in cacerts", || {
+    common::eventually("a new intermediate in cacerts", || {
         serial(&api).is_some_and(|serial| serial != first)
     })
     .await;
@@ -580,7 +577,7 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
     let secret = cacerts(&api).unwrap();
     let passed = check(
         &leaf_of(&secret),
-        &secret_text(&secret, "cert-chain.pem"),
+        &common::secret_text(&secret, "cert-chain.pem"),
         &crl_of(&api),
     );
     assert!(passed.status.success(), "{passed:?}");
@@ -596,7 +593,7 @@ async fn cacerts_is_written_all_or_nothing() {
     use std::sync::atomic::Ordering;
     let (api, ca) = keeping_cacerts("istiod_address = \"127.0.0.1:1\"\n").await;
     let server = ca.start().await;
-    eventually("cacerts written", || serial(&api).is_some()).await;
+    common::eventually("cacerts written", || serial(&api).is_some()).await;
     let first = cacerts(&api).unwrap();
     // Someone leaves it half-written: the key gone, a stray file added.
     let mut half = first.clone();
@@ -606,10 +603,10 @@ async fn cacerts_is_written_all_or_nothing() {
     api.put_object("secrets", "istio-system", half.clone());
     // While the API refuses every call, what is stored is what that client left.
     let arrivals = api.arrivals();
-    eventually("meshroot tries again", || api.arrivals() > arrivals + 1).await;
+    common::eventually("meshroot tries again", || api.arrivals() > arrivals + 1).await;
     assert_eq!(cacerts(&api).unwrap()["data"], half["data"]);
     api.state.down.store(false, Ordering::SeqCst);
-    eventually("cacerts rewritten whole", || {
+    common::eventually("cacerts rewritten whole", || {
         cacerts(&api).is_some_and(|s| s["data"].get("stray.pem").is_none())
             && serial(&api).is_some()
     })
@@ -625,8 +622,8 @@ async fn cacerts_is_written_all_or_nothing() {
         assert!(keys.iter().any(|k| *k == file), "{file} in {keys:?}");
     }
     // The key is the certificate's: one consistent set.
-    let key = secret_text(&rewritten, "ca-key.pem");
-    let cert = secret_text(&rewritten, "ca-cert.pem");
+    let key = common::secret_text(&rewritten, "ca-key.pem");
+    let cert = common::secret_text(&rewritten, "ca-cert.pem");
     let key_pair = rcgen::KeyPair::from_pem(&key).unwrap();
     let der = certificates(&cert).remove(0);
     let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();

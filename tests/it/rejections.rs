@@ -13,25 +13,6 @@ use meshroot::record::{Outcome, Record};
 use rustls_pki_types::pem::PemObject as _;
 use tonic::Code;
 
-/// Checks a refusal: its code, its recorded reason, and that the message carries the request id
-/// but not the recorded detail. Returns the record.
-fn assert_refused(server: &TestServer, status: &tonic::Status, code: Code, reason: &str) -> Record {
-    assert_eq!(status.code(), code, "{}", status.message());
-    let record = server.record_of(status);
-    let Outcome::Denied(denial) = &record.outcome else {
-        panic!("expected a denial record, got {record:?}")
-    };
-    assert_eq!(denial.reason, reason);
-    assert!(!denial.detail.is_empty());
-    assert!(
-        !status.message().contains(&denial.detail),
-        "the client must not see the detail: {}",
-        status.message()
-    );
-    assert!(status.message().contains(&record.request_id));
-    record
-}
-
 /// Starts a CA, sends the CSR and token that `request` makes (istio-agent metadata), checks the
 /// refusal, and stops.
 async fn check_refusal(
@@ -46,7 +27,7 @@ async fn check_refusal(
         .call(csr, token, 0)
         .await
         .expect_err("must be refused");
-    let record = assert_refused(&server, &status, code, reason);
+    let record = common::assert_refused(&server, &status, code, reason);
     assert_eq!(record.caller.cluster_id, "Kubernetes");
     if reason.starts_with("token-") {
         assert_eq!(
@@ -298,7 +279,7 @@ async fn refuses_malformed_authorization_header() {
         ("clusterid", "Kubernetes".to_owned()),
     ];
     let status = server.call_raw(body, &headers).await.expect_err("refused");
-    assert_refused(
+    common::assert_refused(
         &server,
         &status,
         Code::Unauthenticated,
@@ -325,7 +306,7 @@ async fn refuses_impersonation_by_a_caller_whose_token_names_no_pod() {
     };
     let headers = [bearer(ca.token(MESH, "istio-system", "ztunnel"))];
     let status = server.call_raw(body, &headers).await.expect_err("refused");
-    let record = assert_refused(
+    let record = common::assert_refused(
         &server,
         &status,
         Code::Unauthenticated,
@@ -553,7 +534,7 @@ async fn a_csr_carrying_newlines_is_recorded_escaped_on_one_line() {
         .call(csr, cart_token(&ca), 0)
         .await
         .expect_err("a common name is refused");
-    let record = assert_refused(
+    let record = common::assert_refused(
         &server,
         &status,
         Code::InvalidArgument,
@@ -575,7 +556,7 @@ async fn a_csr_carrying_newlines_is_recorded_escaped_on_one_line() {
         .call(csr, cart_token(&ca), 0)
         .await
         .expect_err("a URI SAN with a newline is not a SPIFFE ID");
-    let record = assert_refused(
+    let record = common::assert_refused(
         &server,
         &status,
         Code::InvalidArgument,
@@ -600,7 +581,7 @@ async fn an_oversized_cluster_id_is_recorded_truncated_with_its_length_and_hash(
         .call_with(agent_csr(&cart()), None, 0, &cluster_id, None)
         .await
         .expect_err("no token");
-    let record = assert_refused(
+    let record = common::assert_refused(
         &server,
         &status,
         Code::Unauthenticated,

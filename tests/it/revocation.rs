@@ -3,6 +3,7 @@
 //! SDS secret naming `ca-crl.pem` by file), OpenSSL and Go's crypto/x509.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::common;
 use crate::common::Edited as _;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -14,14 +15,6 @@ use meshroot::keys::KeyType;
 
 const CART: &str = "spiffe://a.example/ns/shop/sa/cart";
 const ORDERS: &str = "spiffe://a.example/ns/shop/sa/orders";
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// The `ROOTCA` secret as istio-agent's SDS sends it with `ca-crl.pem` present
 /// (`security/pkg/nodeagent/sds/sdsservice.go`): the roots, and the CRL by file name.
@@ -252,7 +245,11 @@ async fn envoy_refuses_a_revoked_identity_on_a_new_connection_and_still_accepts_
             .arg(&all_cas)
             .output()
             .unwrap();
-        assert!(text(&verified).contains("verify OK"), "{}", text(&verified));
+        assert!(
+            common::output_text(&verified).contains("verify OK"),
+            "{}",
+            common::output_text(&verified)
+        );
     }
     let leaf = |name: &str, (chain, _): &(String, String)| {
         let path = dir.join(format!("{name}-leaf.pem"));
@@ -273,29 +270,41 @@ async fn envoy_refuses_a_revoked_identity_on_a_new_connection_and_still_accepts_
             .unwrap()
     };
     let refused = crl_check(&cart_leaf);
-    assert!(!refused.status.success(), "{}", text(&refused));
     assert!(
-        text(&refused).contains("certificate revoked"),
+        !refused.status.success(),
         "{}",
-        text(&refused)
+        common::output_text(&refused)
+    );
+    assert!(
+        common::output_text(&refused).contains("certificate revoked"),
+        "{}",
+        common::output_text(&refused)
     );
     let accepted = crl_check(&orders_leaf);
-    assert!(accepted.status.success(), "{}", text(&accepted));
+    assert!(
+        accepted.status.success(),
+        "{}",
+        common::output_text(&accepted)
+    );
 
     // Go's crypto/x509: signatures verify, cart's serial is listed, orders' is not.
     let go = go_crlcheck(&all_cas, &crl, &cart_leaf);
-    assert!(go.status.success(), "{}", text(&go));
-    assert!(text(&go).trim_end().ends_with("\nrevoked"), "{}", text(&go));
+    assert!(go.status.success(), "{}", common::output_text(&go));
     assert!(
-        text(&go).contains("CN=meshroot root CA,O=meshroot: signature ok"),
+        common::output_text(&go).trim_end().ends_with("\nrevoked"),
         "{}",
-        text(&go)
+        common::output_text(&go)
+    );
+    assert!(
+        common::output_text(&go).contains("CN=meshroot root CA,O=meshroot: signature ok"),
+        "{}",
+        common::output_text(&go)
     );
     let go = go_crlcheck(&all_cas, &crl, &orders_leaf);
     assert!(
-        text(&go).trim_end().ends_with("not revoked"),
+        common::output_text(&go).trim_end().ends_with("not revoked"),
         "{}",
-        text(&go)
+        common::output_text(&go)
     );
 
     // Envoy: cart's certificate is refused on a new connection; orders' still passes.

@@ -918,7 +918,6 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Waits (bounded, 20 s) until `check` holds.
 /// Waits (bounded, 20 s) until the asynchronous `check` holds.
 pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
 where
@@ -935,13 +934,52 @@ where
     }
 }
 
+/// Waits (bounded, 20 s) until `check` holds.
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not in time: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async(what, || std::future::ready(check())).await
+}
+
+/// A finished command's stdout and stderr, for messages and matching.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A Kubernetes Secret's `data[key]`, decoded (empty when absent or not text).
+pub fn secret_text(secret: &serde_json::Value, key: &str) -> String {
+    use base64::Engine as _;
+    let encoded = secret["data"][key].as_str().unwrap_or_default();
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default()
+}
+
+/// A refusal as the client sees it and as it is recorded: `code`, a denial record with
+/// `reason` and a detail the client does not see, and the request id in the message.
+pub fn assert_refused(
+    server: &TestServer,
+    status: &tonic::Status,
+    code: tonic::Code,
+    reason: &str,
+) -> Record {
+    assert_eq!(status.code(), code, "{}", status.message());
+    let record = server.record_of(status);
+    let meshroot::record::Outcome::Denied(denial) = &record.outcome else {
+        panic!("expected a denial record, got {record:?}")
+    };
+    assert_eq!(denial.reason, reason, "{}", denial.detail);
+    assert!(!denial.detail.is_empty());
+    assert!(
+        !status.message().contains(&denial.detail),
+        "the client must not see the detail: {}",
+        status.message()
+    );
+    assert!(status.message().contains(&record.request_id));
+    record
 }
