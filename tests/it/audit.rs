@@ -534,9 +534,15 @@ async fn audit_cli(args: Vec<String>) -> String {
 #[tokio::test]
 async fn audit_list_fans_out_to_every_replica_and_merges_in_time_order() {
     // Two replicas, each with its own log (as each StatefulSet pod has its own volume).
+    // One clock for both, moved between issuances: each record has its own instant.
+    let clock = meshroot::clock::ManualClock::at(std::time::SystemTime::now());
     let (first_ca, second_ca) = (TestCa::new(), TestCa::new());
-    let first = first_ca.start().await;
-    let second = second_ca.start().await;
+    let first = first_ca
+        .start_with_clock(std::sync::Arc::new(clock.clone()))
+        .await;
+    let second = second_ca
+        .start_with_clock(std::sync::Arc::new(clock.clone()))
+        .await;
     let mut expected = Vec::new();
     for (index, sa) in ["a", "b", "c", "d"].iter().enumerate() {
         let (server, ca) = if index % 2 == 0 {
@@ -547,7 +553,7 @@ async fn audit_list_fans_out_to_every_replica_and_merges_in_time_order() {
         server.issue(ca, sa).await;
         expected.push(spiffe_id("default", sa));
         // Recorded times are milliseconds: keep the order unambiguous.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        clock.advance(Duration::from_millis(5));
     }
     let addresses = format!(
         "{},{}",

@@ -259,8 +259,21 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
     let second = second_ca.start().await;
     let second_bundle = second.server.root_bundle_pem().to_owned();
     assert_ne!(first_bundle, second_bundle);
-    // Two lease durations: the follower never writes while the leader renews.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // While the leader renews (six renewals seen, every third of the 2 s lease: two lease
+    // durations with the follower running), the follower never takes the lease nor writes.
+    let renew_time = || {
+        api.object("leases", "istio-system", "meshroot")
+            .map(|lease| lease["spec"]["renewTime"].clone())
+    };
+    let mut seen = vec![renew_time()];
+    common::eventually("the leader renews its lease six times", || {
+        let now = renew_time();
+        if seen.last() != Some(&now) {
+            seen.push(now);
+        }
+        seen.len() > 6
+    })
+    .await;
     assert_eq!(lease_holder(&api).as_deref(), Some("meshroot-0"));
     assert!(all_have(
         &api,

@@ -229,10 +229,37 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     .await;
     let third = serial(&api).unwrap();
 
-    // Not before half its lifetime (10 h): the keeper compares every second, so 1.5 s after
-    // the clock moved it would have renewed...
+    // Not before half its lifetime (10 h). The clock moves 4 h; then a revocation changes the
+    // mesh's CRL, which the keeper writes into cacerts on its next pass: that pass read the clock
+    // at 4 h, and kept the intermediate...
+    let bystander = spiffe_id("shop", "bystander");
+    // (a day's certificate: still valid, and so revocable, 4 h on)
+    server
+        .call(
+            agent_csr(&bystander),
+            Some(ca.token(MESH, "shop", "bystander")),
+            86_400,
+        )
+        .await
+        .unwrap();
     clock.advance(Duration::from_secs(4 * 3600));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let crl = || cacerts(&api).map(|secret| common::secret_text(&secret, "ca-crl.pem"));
+    let crl_before = crl();
+    let admin = server.server.admin_address().to_string();
+    let (code, out) = common::process::meshroot_status(&[
+        "revoke",
+        "--addr",
+        &admin,
+        "--spiffe-id",
+        &bystander,
+        "--no-block",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    common::eventually("the keeper writes the new CRL into cacerts", || {
+        crl() != crl_before
+    })
+    .await;
     assert_eq!(serial(&api).unwrap(), third, "renewed too early");
     // ...but once half of it has passed.
     clock.advance(Duration::from_secs(3600 + 60));

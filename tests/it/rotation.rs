@@ -9,7 +9,6 @@ use crate::common;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::{agent_csr, certificates, spiffe_id, verify_chain, TestCa, TestServer, MESH};
 
@@ -71,22 +70,21 @@ async fn a_new_intermediate_is_picked_up_live_under_load_with_no_failed_request(
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::eventually("the load runs under the old intermediate", || {
+        signers.lock().unwrap().len() >= 20
+    })
+    .await;
 
     // `meshroot rotate intermediate`, then the files copied over the mesh's CA directory one by
     // one (a reload may catch them half-way; it is refused and the next change retried).
     ca.rotate_intermediate(MESH);
     let new_signer = pem_file_der(&ca.path().join(MESH).join("ca-cert.pem"));
     assert_ne!(new_signer, old_signer);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !signers.lock().unwrap().contains(&new_signer) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new intermediate was not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::eventually("the load runs on under the new intermediate", || {
+        let signers = signers.lock().unwrap();
+        signers.iter().filter(|s| **s == new_signer).count() >= 20
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     for task in load {
         task.await.unwrap();
