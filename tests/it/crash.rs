@@ -6,7 +6,7 @@
 use crate::common;
 use crate::common::Edited as _;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use common::load::Load;
 use common::process::{Serving, BINARY};
@@ -142,14 +142,19 @@ async fn load_until(
     count: usize,
 ) -> Load {
     let load = Load::start(&target_of(ca, server), requests);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while load.issued() < count {
-        assert!(
-            Instant::now() < deadline,
-            "the clients got too few certificates"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until(
+        "the clients get their certificates",
+        Duration::from_secs(60),
+        || {
+            let issued = load.issued();
+            async move {
+                (issued >= count)
+                    .then_some(())
+                    .ok_or_else(|| format!("{issued} of {count}"))
+            }
+        },
+    )
+    .await;
     load
 }
 

@@ -20,7 +20,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -72,25 +72,22 @@ impl Envoy {
             .spawn()
             .expect("start envoy");
         let mut envoy = Self(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return envoy;
-            }
+        let what = format!("envoy {name} listens on {port}");
+        common::wait_until(&what, Duration::from_secs(30), || {
             if let Ok(Some(status)) = envoy.0.try_wait() {
                 let log =
                     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
                 panic!("envoy {name} exited with {status}:\n{log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "envoy {name} did not listen on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        envoy
     }
 }
 

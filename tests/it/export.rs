@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::load::Load;
 use common::process::{Serving, BINARY};
@@ -185,69 +185,72 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         .collect();
     let load = Load::start(&target, requests);
     // SIGKILL while exporting under load: once some records are already in the export.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while load.issued() < 300 || exported_serials(&export).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no export under load within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until("an export under load", Duration::from_secs(60), || {
+        let ready = load.issued() >= 300 && !exported_serials(&export).is_empty();
+        async move { ready.then_some(()).ok_or_else(String::new) }
+    })
+    .await;
     server.kill();
     let received: HashSet<Vec<u8>> = load.stop().await.into_keys().collect();
 
     // The restarted replica resumes from its cursor: every acknowledged record arrives.
     let mut restarted = Serving::start(ca.path(), &["--config", &config]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let exported = exported_serials(&export);
-        let missing = received.difference(&exported).count();
-        let (collected, _) = receiver.serials();
-        let missing_otlp = received.difference(&collected).count();
-        if missing == 0 && missing_otlp == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "acknowledged records never exported: {missing} to the files, {missing_otlp} over OTLP"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until(
+        "every acknowledged record exported",
+        Duration::from_secs(60),
+        || {
+            let exported = exported_serials(&export);
+            let missing = received.difference(&exported).count();
+            let (collected, _) = receiver.serials();
+            let missing_otlp = received.difference(&collected).count();
+            async move {
+                (missing == 0 && missing_otlp == 0)
+                    .then_some(())
+                    .ok_or_else(|| {
+                        format!("{missing} missing from the files, {missing_otlp} over OTLP")
+                    })
+            }
+        },
+    )
+    .await;
     // And a checkpoint covering them (written every 100 ms, exported after what it covers).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let contents = meshroot::export::read_dir(&export).unwrap();
-        let last = contents.checkpoints.last().and_then(|note| {
-            meshroot::audit::checkpoint::Checkpoint::parse_unverified(note).map(|c| c.size)
-        });
-        if last.is_some_and(|size| size as usize >= contents.entries.len()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no covering checkpoint exported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until(
+        "a covering checkpoint exported",
+        Duration::from_secs(60),
+        || {
+            let contents = meshroot::export::read_dir(&export).unwrap();
+            let last = contents.checkpoints.last().and_then(|note| {
+                meshroot::audit::checkpoint::Checkpoint::parse_unverified(note).map(|c| c.size)
+            });
+            let covers = last.is_some_and(|size| size as usize >= contents.entries.len());
+            async move { covers.then_some(()).ok_or_else(String::new) }
+        },
+    )
+    .await;
     // Caught up, as /metrics reports it.
     let admin = restarted.admin_address.parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = common::http_get(admin, "/metrics").await;
-        assert_eq!(status, 200);
-        let lag = |name: &str| {
-            body.lines()
-                .find_map(|line| line.strip_prefix(&format!("{name} ")))
-                .map(|value| value.trim().parse::<f64>().unwrap())
-                .unwrap_or_else(|| panic!("no {name} in /metrics"))
-        };
-        let caught_up = |sink: &str| {
-            lag(&format!("meshroot_export_lag_records{{sink=\"{sink}\"}}")) == 0.0
-                && lag(&format!("meshroot_export_lag_seconds{{sink=\"{sink}\"}}")) == 0.0
-        };
-        if caught_up("jsonl") && caught_up("otlp") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the export never caught up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until(
+        "the export caught up",
+        Duration::from_secs(30),
+        || async move {
+            let (status, body) = common::http_get(admin, "/metrics").await;
+            assert_eq!(status, 200);
+            let lag = |name: &str| {
+                body.lines()
+                    .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                    .map(|value| value.trim().parse::<f64>().unwrap())
+                    .unwrap_or_else(|| panic!("no {name} in /metrics"))
+            };
+            let caught_up = |sink: &str| {
+                lag(&format!("meshroot_export_lag_records{{sink=\"{sink}\"}}")) == 0.0
+                    && lag(&format!("meshroot_export_lag_seconds{{sink=\"{sink}\"}}")) == 0.0
+            };
+            (caught_up("jsonl") && caught_up("otlp"))
+                .then_some(())
+                .ok_or_else(String::new)
+        },
+    )
+    .await;
     restarted.stop();
     let (_, repeats) = receiver.serials();
     eprintln!("entries delivered more than once over OTLP (at least once): {repeats}");
@@ -405,16 +408,13 @@ async fn a_fail_closed_export_holds_issuance_while_the_sink_lags() {
             .await
     };
     // The serving certificate's record is already unshipped: the guard holds issuance.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let refused = loop {
+    let refused = common::wait_until("issuance held", Duration::from_secs(20), || async {
         match call().await {
-            Err(status) if status.code() == tonic::Code::Unavailable => break status,
-            other => {
-                assert!(Instant::now() < deadline, "never held: {other:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(status) if status.code() == tonic::Code::Unavailable => Ok(status),
+            other => Err(format!("{other:?}")),
         }
-    };
+    })
+    .await;
     assert!(
         refused.message().contains("export-lag"),
         "{}",
@@ -432,17 +432,16 @@ async fn a_fail_closed_export_holds_issuance_while_the_sink_lags() {
     // The Collector comes up: the sink catches up and issuance resumes.
     let receiver = Receiver::default();
     receiver.start_on(&format!("127.0.0.1:{port}")).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    common::wait_until("issuance released", Duration::from_secs(30), || async {
         match call().await {
-            Ok(_) => break,
+            Ok(_) => Ok(()),
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-                assert!(Instant::now() < deadline, "never released: {status:?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(format!("{status:?}"))
             }
         }
-    }
+    })
+    .await;
     assert!(!receiver.bodies.lock().unwrap().is_empty());
     server.stop().await;
 }

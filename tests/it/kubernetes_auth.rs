@@ -458,14 +458,10 @@ async fn beyond_max_concurrent_requests_the_answer_is_a_retryable_resource_exhau
         let (server, id) = (server.clone(), id.clone());
         tokio::spawn(async move { request(&server, &id, "t", "west").await })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while west.arrivals() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first request reached the API server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually("the first request reaches the API server", || {
+        west.arrivals() > 0
+    })
+    .await;
     let records_before = server.records().len();
     let refused = request(&server, &id, "t", "west").await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);

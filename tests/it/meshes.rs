@@ -260,21 +260,18 @@ async fn editing_the_config_file_reloads_it() {
             "trust_domain = \"example.com\"",
         )
     });
-    // The file is polled every 2 s; allow a bounded wait for the switch.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let result = server
-            .call(agent_csr(new_id), Some(ca.token(MESH, "shop", "cart")), 0)
-            .await;
-        if let Ok(response) = result {
-            assert_eq!(leaf_uri(&response.cert_chain), new_id);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload after editing the file"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    // The file is polled every 2 s: the switch comes with the next poll.
+    let response = common::wait_until(
+        "a reload after editing the file",
+        std::time::Duration::from_secs(15),
+        || async {
+            server
+                .call(agent_csr(new_id), Some(ca.token(MESH, "shop", "cart")), 0)
+                .await
+                .map_err(|status| status.message().to_owned())
+        },
+    )
+    .await;
+    assert_eq!(leaf_uri(&response.cert_chain), new_id);
     server.stop().await;
 }

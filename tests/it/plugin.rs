@@ -104,15 +104,13 @@ impl FakeIstiod {
 /// Waits (bounded, 10 s) until `meshroot_istiod_intermediate_current{cluster="west"}` is
 /// `expected`; fails with `what` otherwise.
 async fn wait_for_istiod(server: &TestServer, expected: f64, what: &str) {
-    let mut current = None;
-    for _ in 0..200 {
-        current = istiod_current(server).await;
-        if current == Some(expected) {
-            return;
+    common::wait_until(what, Duration::from_secs(10), || async {
+        match istiod_current(server).await {
+            Some(current) if current == expected => Ok(()),
+            current => Err(format!("the metric is {current:?}, not {expected}")),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: the metric is {current:?}, not {expected}");
+    })
+    .await
 }
 
 /// `meshroot_istiod_intermediate_current{cluster="west"}`, if present.
@@ -579,21 +577,19 @@ async fn a_clusters_cacerts_carries_the_crls_of_its_chain_and_a_revoked_intermed
         serial(&api).is_some_and(|serial| serial != first)
     })
     .await;
-    let mut updated = false;
-    for _ in 0..200 {
-        let (_, mesh_crls) = common::http_get(admin, "/crl").await;
-        let text = crl_of(&api);
-        // Own, the replaced intermediate's last, then the mesh intermediate's and the root's.
-        if crl_blocks(&text).len() == 4 && text.ends_with(&mesh_crls) && mesh_crls != first_crls {
-            updated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        updated,
-        "ca-crl.pem follows the new intermediate and the new mesh CRLs"
-    );
+    common::wait_until(
+        "ca-crl.pem follows the new intermediate and the new mesh CRLs",
+        Duration::from_secs(10),
+        || async {
+            let (_, mesh_crls) = common::http_get(admin, "/crl").await;
+            let text = crl_of(&api);
+            // Own, the replaced intermediate's last, then the mesh intermediate's and the root's.
+            (crl_blocks(&text).len() == 4 && text.ends_with(&mesh_crls) && mesh_crls != first_crls)
+                .then_some(())
+                .ok_or_else(|| format!("{} CRLs in cacerts", crl_blocks(&text).len()))
+        },
+    )
+    .await;
     let refused = check(&old_leaf, &old_chain, &crl_of(&api));
     assert!(!refused.status.success());
     assert!(

@@ -669,27 +669,29 @@ async fn members_of(
     server: &common::TestServer,
     count: usize,
 ) -> meshroot::pb::audit::GetClusterResponse {
-    let mut admin = meshroot::pb::audit::audit_service_client::AuditServiceClient::connect(
-        format!("http://{}", server.server.admin_address()),
-    )
+    let admin = meshroot::pb::audit::audit_service_client::AuditServiceClient::connect(format!(
+        "http://{}",
+        server.server.admin_address()
+    ))
     .await
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let cluster = admin
-            .get_cluster(meshroot::pb::audit::GetClusterRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if cluster.members.len() == count {
-            return cluster;
+    let what = format!("{count} members");
+    common::wait_until(&what, Duration::from_secs(20), || {
+        let mut admin = admin.clone();
+        async move {
+            let cluster = admin
+                .get_cluster(meshroot::pb::audit::GetClusterRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if cluster.members.len() == count {
+                Ok(cluster)
+            } else {
+                Err(format!("{cluster:?}"))
+            }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not {count} members: {cluster:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -750,14 +752,10 @@ async fn a_revocation_reaches_every_member_or_names_the_one_missing() {
     // Member 2 back: it reads the others' revocations and records the one it missed.
     members[2] = cluster.start(2);
     wait_ready(&members[2]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while revocations_on(2) != "2" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "member 2 did not catch up with the revocation it missed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::eventually("member 2 catches up with the revocation it missed", || {
+        revocations_on(2) == "2"
+    })
+    .await;
     members[2].wait_for_log("a revocation this replica had missed is now recorded here");
     // The same command again: complete, and nobody records anything new.
     let (code, out, err) = cluster.command(0, &["revoke", "--spiffe-id", &orders]);

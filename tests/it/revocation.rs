@@ -387,16 +387,14 @@ fn reason_of(record: &meshroot::record::Record) -> String {
 /// Waits (bounded) until a GET through the sidecar answers `status`: Envoy applies a new
 /// validation context (SDS, the CRL file moved in) asynchronously.
 async fn answers(port: u16, path: &str, status: u16) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let mut last = 0;
-    while std::time::Instant::now() < deadline {
-        last = get(port, path).await;
-        if last == status {
-            return;
+    let what = format!("GET {path} answers {status}");
+    common::wait_until(&what, std::time::Duration::from_secs(20), || async {
+        match get(port, path).await {
+            answer if answer == status => Ok(()),
+            answer => Err(format!("it answered {answer}")),
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("GET {path} answered {last}, not {status}, for 20 s");
+    })
+    .await
 }
 
 #[tokio::test]

@@ -918,20 +918,43 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Waits, bounded by `within`, until `check` answers `Ok`, and returns its value; polls every
+/// 50 ms. On timeout it fails with `what` and the last reason `check` gave for not yet.
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let why = match check().await {
+            Ok(value) => return value,
+            Err(why) => why,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}{}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded, 20 s) until the asynchronous `check` holds.
 pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not in time: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(what, Duration::from_secs(20), || {
+        let done = check();
+        async move { done.await.then_some(()).ok_or_else(String::new) }
+    })
+    .await
 }
 
 /// Waits (bounded, 20 s) until `check` holds.
