@@ -17,6 +17,7 @@ mod ca_material;
 mod cli;
 mod client_cert_auth;
 mod cluster_duties;
+mod connection_limits;
 mod crash;
 mod deploy;
 mod disk_full;
