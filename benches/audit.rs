@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use meshroot::audit::{OutcomeFilter, Query};
-use meshroot::record::{CallerRecord, DenialRecord, IssuedRecord, Outcome, Record};
-use meshroot::store::SledStore;
+use meshroot::adapters::store::SledStore;
+use meshroot::domain::audit::{OutcomeFilter, Query};
+use meshroot::domain::record::{CallerRecord, DenialRecord, IssuedRecord, Outcome, Record};
 
 const MESHES: u64 = 20;
 const NAMESPACES: u64 = 200;
@@ -332,7 +332,7 @@ fn main() {
         report.entries,
         elapsed.as_secs_f64(),
         report.entries as f64 / elapsed.as_secs_f64(),
-        meshroot::digest::hex(&report.root)
+        meshroot::domain::digest::hex(&report.root)
     );
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }

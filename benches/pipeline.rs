@@ -13,20 +13,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use meshroot::authn::impersonation::NodeAuthorizer;
-use meshroot::authn::jwt::{self, DevTokenClaims, DevTokenSigner, TrustedIssuer};
-use meshroot::authn::{
+use meshroot::adapters::authn::impersonation::NodeAuthorizer;
+use meshroot::adapters::authn::jwt::{self, DevTokenClaims, DevTokenSigner, TrustedIssuer};
+use meshroot::adapters::authn::{
     AuthRequest, Authenticator, AuthenticatorChain, Authorization, Caller, JwtAuthenticator,
 };
-use meshroot::cli::init::{self, InitOptions};
-use meshroot::client::{self, CsrShape};
-use meshroot::clock::{Clock, SystemClock};
-use meshroot::identity::{SpiffeId, TrustDomain};
+use meshroot::adapters::store::SledStore;
+use meshroot::domain::clock::{Clock, SystemClock};
+use meshroot::domain::identity::{SpiffeId, TrustDomain};
+use meshroot::domain::keys::KeyType;
+use meshroot::domain::policy::{self, AliasIssuance, MeshPolicy};
+use meshroot::domain::record::{CallerRecord, IssuedRecord, Outcome, Record};
+use meshroot::edge::cli::init::{self, InitOptions};
+use meshroot::edge::client::{self, CsrShape};
 use meshroot::issuance::{CertificateAuthority, Mesh, SigningRequest};
-use meshroot::keys::KeyType;
-use meshroot::policy::{self, AliasIssuance, MeshPolicy};
-use meshroot::record::{CallerRecord, IssuedRecord, Outcome, Record};
-use meshroot::store::SledStore;
 use rustls_pki_types::pem::PemObject as _;
 
 const IDENTITY: &str = "spiffe://cluster.local/ns/shop/sa/cart";
@@ -50,9 +50,9 @@ fn ca_dir(key_type: KeyType) -> tempfile::TempDir {
     dir
 }
 
-fn authority(dir: &Path) -> Arc<meshroot::signer::MeshSigner> {
+fn authority(dir: &Path) -> Arc<meshroot::domain::signer::MeshSigner> {
     Arc::new(
-        meshroot::signer::files::load_signer(
+        meshroot::domain::signer::files::load_signer(
             "default",
             TrustDomain::new("cluster.local").unwrap(),
             &dir.join("default"),
@@ -63,7 +63,7 @@ fn authority(dir: &Path) -> Arc<meshroot::signer::MeshSigner> {
     )
 }
 
-fn mesh_policy(authority: &meshroot::signer::MeshSigner) -> MeshPolicy {
+fn mesh_policy(authority: &meshroot::domain::signer::MeshSigner) -> MeshPolicy {
     MeshPolicy {
         mesh: "default".into(),
         trust_domain: TrustDomain::new("cluster.local").unwrap(),
@@ -78,7 +78,7 @@ fn mesh_policy(authority: &meshroot::signer::MeshSigner) -> MeshPolicy {
 
 fn caller() -> Caller {
     Caller {
-        authenticator: meshroot::authn::AuthenticatorKind::Jwt,
+        authenticator: meshroot::adapters::authn::AuthenticatorKind::Jwt,
         mesh: "default".into(),
         identity: SpiffeId::parse(IDENTITY).unwrap(),
         issuer: "https://issuer".into(),
@@ -101,16 +101,16 @@ fn ztunnel_csr() -> String {
 fn steps(c: &mut Criterion) {
     let (rsa_csr, p256_csr) = (agent_csr(), ztunnel_csr());
     c.bench_function("csr parse + verify / RSA-2048 (istio-agent)", |b| {
-        b.iter(|| meshroot::csr::parse_pem(&rsa_csr).unwrap())
+        b.iter(|| meshroot::domain::csr::parse_pem(&rsa_csr).unwrap())
     });
     c.bench_function("csr parse + verify / P-256 (ztunnel)", |b| {
-        b.iter(|| meshroot::csr::parse_pem(&p256_csr).unwrap())
+        b.iter(|| meshroot::domain::csr::parse_pem(&p256_csr).unwrap())
     });
 
     let p256_dir = ca_dir(KeyType::EcdsaP256);
     let rsa_dir = ca_dir(KeyType::Rsa2048);
     let p256 = authority(p256_dir.path());
-    let parsed = meshroot::csr::parse_pem(&rsa_csr).unwrap();
+    let parsed = meshroot::domain::csr::parse_pem(&rsa_csr).unwrap();
     let policy = mesh_policy(&p256);
     let who = caller();
     let request = |now| policy::Request {
@@ -270,7 +270,7 @@ fn pipeline(c: &mut Criterion) {
             audiences: &["istio-ca".to_owned()],
             namespace: "shop",
             service_account: "cart",
-            issued_at: meshroot::clock::unix_seconds(SystemTime::now()),
+            issued_at: meshroot::domain::clock::unix_seconds(SystemTime::now()),
             lifetime: Duration::from_secs(3600),
             bound_pod: None,
         })

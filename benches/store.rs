@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use meshroot::record::{CallerRecord, IssuedRecord, Outcome, Record};
-use meshroot::store::SledStore;
+use meshroot::adapters::store::SledStore;
+use meshroot::domain::record::{CallerRecord, IssuedRecord, Outcome, Record};
 
 fn record(i: u64) -> Record {
     Record {

@@ -1,40 +1,19 @@
 //! meshroot: a certificate authority for Istio meshes.
 //!
-//! The request path: `grpc` (edge) → `issuance` (the pipeline: `authn` → `csr` → `policy` →
-//! `signer` → `record`) → `store`. docs/architecture.md is the map; the layer of every module is
-//! the table at the top of `tests/it/architecture.rs`.
+//! Four layers, one directory each, imports pointing down: [`domain`] (what a certificate,
+//! a request, a policy and a record are; synchronous, no I/O), [`issuance`] (the request
+//! pipeline and the revocation use case, over ports the domain defines), [`adapters`] (the
+//! authenticators, the record store, the Kubernetes API, the configuration) and [`edge`] (gRPC,
+//! HTTP, the server's lifecycle, the CLI). The request path: `edge::grpc` → `issuance` →
+//! `adapters::store`. docs/architecture.md is the map; `tests/it/architecture.rs` holds the
+//! rules.
 
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod authn;
-pub mod bundle_client;
-pub mod caller;
-pub mod cli;
-pub mod client;
-pub mod clock;
-pub mod config;
-pub mod csr;
-pub mod digest;
-pub mod export;
-pub mod federation;
-pub mod grpc;
-pub mod identity;
+pub mod adapters;
+pub mod domain;
+pub mod edge;
 pub mod issuance;
-pub mod keys;
-pub mod kubernetes;
-pub mod loadgen;
-pub mod members;
-pub mod metrics;
-pub mod monitoring;
-pub mod policy;
-pub mod ratelimit;
-pub mod record;
-pub mod revocation;
-pub mod server;
-pub mod signer;
-pub mod store;
-pub mod ui;
 
 /// Generated protobuf code.
 pub mod pb {

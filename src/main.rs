@@ -1,5 +1,5 @@
 //! The `meshroot` binary: logging (to a terminal or as JSON lines), the tokio runtime, and
-//! `cli::run`; every command is in the library, so the tests run the same code.
+//! `edge::cli::run`; every command is in the library, so the tests run the same code.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = meshroot::cli::Cli::parse();
+    let cli = meshroot::edge::cli::Cli::parse();
     let filter =
         || EnvFilter::try_from_env("MESHROOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // MESHROOT_LOG_FORMAT=json: one JSON object per line (for log pipelines in clusters).
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     // rustls cannot choose a process-wide provider itself with two built in (ring, and AWS-LC
     // for the post-quantum key exchange): ring, for any client built without an explicit one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let status = meshroot::cli::exit_status(runtime.block_on(meshroot::cli::run(cli)));
+    let status = meshroot::edge::cli::exit_status(runtime.block_on(meshroot::edge::cli::run(cli)));
     let _ = std::io::Write::flush(&mut std::io::stdout());
     // Exit without dropping the runtime: its drop would wait for blocking tasks without limit,
     // and a shutdown that gave up on a failed disk (a flush that never returns) must still

@@ -2,14 +2,14 @@
 //! is recorded, what is counted, how it is logged and what the client is told all come from
 //! [`IssueError::classify`]. The gRPC edge turns [`Answer`] into a status (`grpc::status`).
 
-use crate::authn::impersonation::ImpersonationError;
-use crate::authn::AuthnError;
-use crate::csr::CsrError;
-use crate::metrics::{Failure, CA_NOT_READY, CERT_GEN_ERROR};
-use crate::policy::{Denial, DenialReason};
-use crate::ratelimit::Scope;
-use crate::record::{client_text, RecordError, CLIENT_TEXT_BYTES};
-use crate::signer::SigningError;
+use crate::adapters::authn::impersonation::ImpersonationError;
+use crate::adapters::authn::AuthnError;
+use crate::domain::csr::CsrError;
+use crate::domain::metrics::{Failure, CA_NOT_READY, CERT_GEN_ERROR};
+use crate::domain::policy::{Denial, DenialReason};
+use crate::domain::ratelimit::Scope;
+use crate::domain::record::{client_text, RecordError, CLIENT_TEXT_BYTES};
+use crate::domain::signer::SigningError;
 
 use super::holds::Hold;
 

@@ -9,14 +9,14 @@ use rcgen::{KeyPair, PublicKeyData as _};
 use super::error::IssueError;
 use super::records::{issued_record, IssuedFacts};
 use super::CertificateAuthority;
-use crate::clock::format_time;
-use crate::csr::{KeyAlgorithm, SubjectPublicKey};
-use crate::digest::{hex, sha256};
-use crate::keys::certificate_pem;
-use crate::policy;
-use crate::record::{CallerRecord, IssuedCa, Outcome, Record};
-use crate::signer::intermediate::IntermediateSpec;
-use crate::signer::{IssuedCertificate, SigningError};
+use crate::domain::clock::format_time;
+use crate::domain::csr::{KeyAlgorithm, SubjectPublicKey};
+use crate::domain::digest::{hex, sha256};
+use crate::domain::keys::certificate_pem;
+use crate::domain::policy;
+use crate::domain::record::{CallerRecord, IssuedCa, Outcome, Record};
+use crate::domain::signer::intermediate::IntermediateSpec;
+use crate::domain::signer::{IssuedCertificate, SigningError};
 
 /// The caller subject of a cluster intermediate's record (meshroot issued it for itself).
 pub const CLUSTER_INTERMEDIATE_SUBJECT: &str = "cluster-intermediate";

@@ -3,7 +3,7 @@
 //!
 //! 1. **authenticate** the caller (`authn`): a token or a client certificate → a [`Caller`];
 //! 2. **throttle** the caller (`ratelimit`);
-//! 3. **parse** the CSR (`csr`) → a [`CertificateRequest`](crate::csr::CertificateRequest), not yet judged;
+//! 3. **parse** the CSR (`csr`) → a [`CertificateRequest`](crate::domain::csr::CertificateRequest), not yet judged;
 //! 4. **select** the caller's mesh;
 //! 5. **impersonate**, if a node proxy asks for a workload's identity (`authn::impersonation`);
 //! 6. **throttle** the namespace;
@@ -37,20 +37,20 @@ pub use self::intermediate::{ClusterCa, CLUSTER_INTERMEDIATE_SUBJECT};
 pub use self::records::{issued_record, IssuedFacts};
 use self::records::{refusal_record, requested_identity, summary_record, Facts};
 pub use self::request::{Issued, RequestId, SigningRequest};
-use crate::authn::client_cert::IdentityAnchors;
-use crate::authn::impersonation::{NodeAccount, NodeAuthorizer};
-use crate::authn::{AuthRequest, AuthenticatorChain};
-use crate::caller::Caller;
-use crate::clock::{format_time, Clock};
-use crate::csr;
-use crate::digest::{hex, sha256};
-use crate::identity::TrustDomain;
-use crate::metrics::Metrics;
-use crate::policy::{self, Grant, Lifetime, MeshPolicy, Naming};
-use crate::ratelimit::RateLimits;
-use crate::record::{client_text, Outcome, Record, RecordSink, CLIENT_VALUE_BYTES};
-use crate::revocation::Revocations;
-use crate::signer::{IssuedCertificate, MeshSigner, SigningError};
+use crate::adapters::authn::client_cert::IdentityAnchors;
+use crate::adapters::authn::impersonation::{NodeAccount, NodeAuthorizer};
+use crate::adapters::authn::{AuthRequest, AuthenticatorChain};
+use crate::domain::caller::Caller;
+use crate::domain::clock::{format_time, Clock};
+use crate::domain::csr;
+use crate::domain::digest::{hex, sha256};
+use crate::domain::identity::TrustDomain;
+use crate::domain::metrics::Metrics;
+use crate::domain::policy::{self, Grant, Lifetime, MeshPolicy, Naming};
+use crate::domain::ratelimit::RateLimits;
+use crate::domain::record::{client_text, Outcome, Record, RecordSink, CLIENT_VALUE_BYTES};
+use crate::domain::revocation::Revocations;
+use crate::domain::signer::{IssuedCertificate, MeshSigner, SigningError};
 
 /// A mesh as the pipeline needs it.
 pub struct Mesh {
@@ -329,7 +329,7 @@ impl CertificateAuthority {
         };
         facts.caller = Some(caller.clone());
         // A revoked certificate never renews itself.
-        if caller.authenticator == crate::caller::AuthenticatorKind::ClientCert {
+        if caller.authenticator == crate::domain::caller::AuthenticatorKind::ClientCert {
             self.check_client_certificate(auth)?;
         }
         // 2. Throttle the caller.
@@ -413,7 +413,7 @@ impl CertificateAuthority {
                 .signer
                 .intermediates()
                 .first()
-                .map(|der| crate::audit::rotation::subject_of(der))
+                .map(|der| crate::domain::audit::rotation::subject_of(der))
                 .unwrap_or_default();
             let whose = if peer.policy.mesh == mesh.policy.mesh {
                 "ztunnel asks for certificates of this mesh".to_owned()
@@ -442,7 +442,7 @@ impl CertificateAuthority {
         let Some(leaf) = auth.peer_certificates.first() else {
             return Ok(());
         };
-        let Some(serial) = crate::signer::check::serial_of(leaf) else {
+        let Some(serial) = crate::domain::signer::check::serial_of(leaf) else {
             return Ok(()); // the authenticator parsed it; this cannot fail after it
         };
         match self.revocations.revoked(&serial) {

@@ -5,17 +5,17 @@ use std::time::SystemTime;
 
 use super::error::IssueError;
 use super::request::RequestId;
-use crate::caller::{AuthenticatorKind, Caller};
-use crate::clock::format_time;
-use crate::csr::SubjectPublicKey;
-use crate::digest::sha256;
-use crate::identity::{SpiffeId, TrustDomain};
-use crate::ratelimit::SuppressedRefusals;
-use crate::record::{
+use crate::domain::caller::{AuthenticatorKind, Caller};
+use crate::domain::clock::format_time;
+use crate::domain::csr::SubjectPublicKey;
+use crate::domain::digest::sha256;
+use crate::domain::identity::{SpiffeId, TrustDomain};
+use crate::domain::ratelimit::SuppressedRefusals;
+use crate::domain::record::{
     client_text, CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RefusalSummary,
     CLIENT_TEXT_BYTES, CLIENT_VALUE_BYTES,
 };
-use crate::signer::{IssuedCertificate, MeshSigner};
+use crate::domain::signer::{IssuedCertificate, MeshSigner};
 
 /// What the pipeline learned about a request before it ended, stage by stage.
 #[derive(Debug, Default)]

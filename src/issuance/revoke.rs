@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::CurrentAuthority;
-use crate::audit::{OutcomeFilter, Page, Query};
-use crate::clock::{format_time, from_unix_millis, unix_millis};
-use crate::digest::hex;
-use crate::record::{
+use crate::domain::audit::{OutcomeFilter, Page, Query};
+use crate::domain::clock::{format_time, from_unix_millis, unix_millis};
+use crate::domain::digest::hex;
+use crate::domain::record::{
     client_text, CallerRecord, Outcome, Record, RecordSink, RevocationRecord, RevokedCertificate,
     CLIENT_TEXT_BYTES,
 };
-use crate::revocation::{pending, Reason, Revocations};
+use crate::domain::revocation::{pending, Reason, Revocations};
 
 /// More certificates than this in one revocation is refused: narrow the filter. (A revocation
 /// travels to every member in one message, which must stay under gRPC's 4 MiB default.)
@@ -129,8 +129,8 @@ pub fn select<E>(
     let mut found = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let next =
-            page(query, crate::audit::MAX_PAGE_SIZE, token.as_deref()).map_err(SelectError::Log)?;
+        let next = page(query, crate::domain::audit::MAX_PAGE_SIZE, token.as_deref())
+            .map_err(SelectError::Log)?;
         found.extend(next.records.into_iter().filter_map(revoked_certificate));
         if found.len() > MAX_REVOKED {
             return Err(SelectError::TooMany(found.len()));
@@ -166,13 +166,14 @@ pub fn block_until(
     now: SystemTime,
 ) -> Result<Option<Option<SystemTime>>, RevokeError> {
     let until = |duration: Duration| {
-        crate::clock::later(now, duration).map_err(|e| RevokeError::TimeOutOfRange(e.to_string()))
+        crate::domain::clock::later(now, duration)
+            .map_err(|e| RevokeError::TimeOutOfRange(e.to_string()))
     };
     Ok(match (no_block, block_for_seconds) {
         (true, _) => None,
         (false, 0) => Some(configured.map(until).transpose()?),
         (false, seconds) => {
-            let duration = crate::clock::duration_from_seconds(seconds)
+            let duration = crate::domain::clock::duration_from_seconds(seconds)
                 .map_err(|e| RevokeError::TimeOutOfRange(format!("block_for_seconds: {e}")))?;
             Some(Some(until(duration)?))
         }
@@ -215,7 +216,7 @@ pub fn unblock(
     comment: &str,
 ) -> Result<RevocationRecord, RevokeError> {
     for identity in identities {
-        if crate::identity::SpiffeId::parse(identity).is_err() {
+        if crate::domain::identity::SpiffeId::parse(identity).is_err() {
             return Err(RevokeError::NotSpiffeId(client_text(identity, 256)));
         }
     }
@@ -329,7 +330,7 @@ mod tests {
     use std::sync::Mutex;
     use std::time::UNIX_EPOCH;
 
-    use crate::record::{AppendFuture, IssuedRecord};
+    use crate::domain::record::{AppendFuture, IssuedRecord};
 
     /// A log in memory.
     #[derive(Default)]

@@ -8,13 +8,13 @@ use rcgen::{KeyPair, PublicKeyData as _};
 use super::error::IssueError;
 use super::records::{issued_record, IssuedFacts};
 use super::CertificateAuthority;
-use crate::clock::format_time;
-use crate::csr::{KeyAlgorithm, SubjectPublicKey};
-use crate::digest::hex;
-use crate::identity::SpiffeId;
-use crate::policy;
-use crate::record::{CallerRecord, Outcome, Record};
-use crate::signer::{IssuedCertificate, SigningError};
+use crate::domain::clock::format_time;
+use crate::domain::csr::{KeyAlgorithm, SubjectPublicKey};
+use crate::domain::digest::hex;
+use crate::domain::identity::SpiffeId;
+use crate::domain::policy;
+use crate::domain::record::{CallerRecord, Outcome, Record};
+use crate::domain::signer::{IssuedCertificate, SigningError};
 
 impl CertificateAuthority {
     /// Issues (and records) meshroot's own TLS serving certificate for `dns_names` from the

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use crate::common::{self, process::BINARY, TestCa};
 use crate::envoy_mtls::{client_sidecar, free_port, start_upstream, Envoy};
-use meshroot::keys::KeyType;
+use meshroot::domain::keys::KeyType;
 
 /// istiod's `SupportedCiphers` (pilot/pkg/security/authn/utils/utils.go).
 const ISTIO_CIPHERS: &[&str] = &[

@@ -10,7 +10,7 @@ use crate::common;
 use common::kube_api::FakeApiServer;
 use common::process::Serving;
 use common::{ztunnel_csr, TestCa, MESH};
-use meshroot::client::{self, AgentMetadata, Target};
+use meshroot::edge::client::{self, AgentMetadata, Target};
 
 async fn ztunnel_asks(ca: &TestCa, serving: &Serving) {
     let channel = client::connect(&Target {
@@ -40,7 +40,7 @@ async fn a_ztunnel_request_to_a_constrained_mesh_raises_a_warning_a_metric_and_a
     for constrained in [true, false] {
         let ca = TestCa::with_meshes_constrained(
             &[(MESH, "cluster.local")],
-            meshroot::keys::KeyType::EcdsaP256,
+            meshroot::domain::keys::KeyType::EcdsaP256,
             constrained,
         );
         let kubeconfig = west.write_kubeconfig(ca.path(), "west");
@@ -87,7 +87,7 @@ async fn the_published_crls_load_and_revoke_as_ztunnel_checks_them() {
     use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
     let ca = TestCa::with_meshes_constrained(
         &[(MESH, "cluster.local")],
-        meshroot::keys::KeyType::EcdsaP256,
+        meshroot::domain::keys::KeyType::EcdsaP256,
         false,
     );
     let server = ca.start().await;
@@ -97,8 +97,9 @@ async fn the_published_crls_load_and_revoke_as_ztunnel_checks_them() {
     let (kept, _) = server
         .workload(&ca, MESH, "spiffe://cluster.local/ns/shop/sa/orders")
         .await;
-    let serial =
-        |chain: &str| meshroot::signer::check::serial_of(&common::certificates(chain)[0]).unwrap();
+    let serial = |chain: &str| {
+        meshroot::domain::signer::check::serial_of(&common::certificates(chain)[0]).unwrap()
+    };
     server
         .audit_client()
         .await
@@ -165,7 +166,7 @@ async fn a_peer_mesh_under_the_same_root_is_flagged_when_another_runs_ztunnel() 
     let west = FakeApiServer::start().await;
     let ca = TestCa::with_meshes_constrained(
         &[("b", "b.example"), ("a", "a.example")],
-        meshroot::keys::KeyType::EcdsaP256,
+        meshroot::domain::keys::KeyType::EcdsaP256,
         true,
     );
     // The cluster (and so the node-proxy accounts) goes to the last mesh, `a`.

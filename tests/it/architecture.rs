@@ -7,112 +7,74 @@
 
 use std::path::Path;
 
-/// A layer of `src/`, lowest first.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Layer {
-    /// Synchronous, no I/O but reading CA files, no tokio, tonic, sled or kube.
-    Domain,
-    /// The issuance pipeline: runs a request through the domain and the ports it defines.
-    Pipeline,
-    /// Behind the domain's ports: authenticators, the store, the Kubernetes API, configuration.
-    Adapter,
-    /// gRPC, the server's lifecycle, the CLI and clients. May import anything.
-    Edge,
-}
-use Layer::{Adapter, Domain, Edge, Pipeline};
+/// The layers of `src/`, lowest first: each is the directory of that name, and every file of
+/// the crate but its roots lies in one. This list and [`ALSO_ALLOWED`] are the one statement of
+/// the layering (docs/architecture.md draws it).
+const LAYERS: &[&str] = &["domain", "issuance", "adapters", "edge"];
 
-/// Every top-level module of `src/`, its layer, and what it may import beyond the domain: the
-/// one statement of the layering (docs/architecture.md draws it). Below the edge a module
-/// imports the domain and the modules named here; the edge imports anything. A top-level module
-/// missing from this table fails the test, so a new module gets a place on purpose.
-const LAYERS: &[(&str, Layer, &[&str])] = &[
-    ("audit", Domain, &[]),
-    ("caller", Domain, &[]),
-    ("clock", Domain, &[]),
-    ("csr", Domain, &[]),
-    ("digest", Domain, &[]),
-    ("federation", Domain, &[]),
-    ("identity", Domain, &[]),
-    ("keys", Domain, &[]),
-    ("metrics", Domain, &[]),
-    ("policy", Domain, &[]),
-    ("ratelimit", Domain, &[]),
-    ("record", Domain, &[]),
-    ("revocation", Domain, &[]),
-    ("signer", Domain, &[]),
-    ("ui", Domain, &[]),
+/// What a unit below the edge may import besides the domain. Units are each layer's
+/// second-level modules (`domain/audit`, `adapters/store`, `edge/grpc`), and `issuance`.
+const ALSO_ALLOWED: &[(&str, &[&str])] = &[
     // The pipeline runs the authenticators (their chain and the impersonation check).
-    ("issuance", Pipeline, &["authn"]),
-    ("authn", Adapter, &[]),
+    ("issuance", &["adapters/authn"]),
     // The Kubernetes API implements authn's cluster API (TokenReview).
-    ("kubernetes", Adapter, &["authn"]),
-    ("store", Adapter, &[]),
-    ("config", Adapter, &[]),
-    ("export", Adapter, &[]),
-    ("bundle_client", Edge, &[]),
-    ("cli", Edge, &[]),
-    ("client", Edge, &[]),
-    ("grpc", Edge, &[]),
-    ("loadgen", Edge, &[]),
-    ("members", Edge, &[]),
-    ("monitoring", Edge, &[]),
-    ("server", Edge, &[]),
+    ("adapters/kubernetes", &["adapters/authn"]),
 ];
 
-/// The files of `src/` outside any top-level module.
+/// The files of `src/` outside the layers.
 const CRATE_ROOTS: &[&str] = &["lib.rs", "main.rs"];
 
 /// No file in `src/` is longer (generated code is in `OUT_DIR`, not here).
 const MAX_FILE_LINES: usize = 800;
 
-fn layer_of(module: &str) -> Option<Layer> {
-    LAYERS
-        .iter()
-        .find(|(name, _, _)| *name == module)
-        .map(|(_, layer, _)| *layer)
+/// The unit a file belongs to (`domain/audit/query.rs` → `domain/audit`, `issuance/mod.rs` →
+/// `issuance`, `domain/mod.rs` → `domain`), or None for a crate root.
+fn unit_of(file: &str) -> Option<String> {
+    let parts: Vec<&str> = file.trim_end_matches(".rs").split('/').collect();
+    match parts.as_slice() {
+        [root] if CRATE_ROOTS.contains(&format!("{root}.rs").as_str()) => None,
+        ["issuance", ..] => Some("issuance".to_owned()),
+        [layer] | [layer, "mod"] => Some((*layer).to_owned()),
+        [layer, unit, ..] => Some(format!("{layer}/{unit}")),
+        [] => None,
+    }
 }
 
-/// The top-level modules of a layer.
-fn modules_in(layer: Layer) -> impl Iterator<Item = &'static str> {
-    LAYERS
-        .iter()
-        .filter(move |(_, l, _)| *l == layer)
-        .map(|(name, _, _)| *name)
+/// The layer a unit is in (its first segment).
+fn layer(unit: &str) -> &str {
+    unit.split('/').next().unwrap_or(unit)
 }
 
 /// The files and directories (ending in `/`) of a layer, for the checks by path.
-fn paths_in(layer: Layer) -> Vec<String> {
-    let mut paths: Vec<String> = modules_in(layer)
-        .flat_map(|m| [format!("{m}.rs"), format!("{m}/")])
-        .collect();
-    if layer == Edge {
+fn paths_in(layer: &str) -> Vec<String> {
+    let mut paths = vec![format!("{layer}/")];
+    if layer == "edge" {
         paths.extend(CRATE_ROOTS.iter().map(|r| (*r).to_owned()));
     }
     paths
 }
 
-/// The modules `from` may import, or None for the edge (anything).
-fn allowed_imports(from: &str) -> Option<Vec<&'static str>> {
-    let Some((_, layer, beyond)) = LAYERS.iter().find(|(name, _, _)| *name == from) else {
-        panic!("top-level module {from} has no place in the architecture table");
-    };
-    if *layer == Edge {
-        return None;
-    }
-    Some(modules_in(Domain).chain(beyond.iter().copied()).collect())
+/// Whether `from` may import `to`.
+fn allowed(from: &str, to: &str) -> bool {
+    assert!(
+        LAYERS.contains(&layer(from)) && LAYERS.contains(&layer(to)),
+        "{from} -> {to}: a unit outside the layers {LAYERS:?}"
+    );
+    layer(from) == "edge"
+        || layer(to) == "domain"
+        || ALSO_ALLOWED
+            .iter()
+            .any(|(unit, also)| *unit == from && also.contains(&to))
 }
 
-/// The imports that break the table, as `from -> to`.
+/// The imports that break the layering, as `from -> to`.
 fn violations(
     graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 ) -> Vec<String> {
     let mut found = Vec::new();
     for (from, targets) in graph {
-        let Some(allowed) = allowed_imports(from) else {
-            continue;
-        };
         for to in targets {
-            if !allowed.contains(&to.as_str()) {
+            if !allowed(from, to) {
                 found.push(format!("{from} -> {to}"));
             }
         }
@@ -124,7 +86,7 @@ fn violations(
 fn imports_point_one_way() {
     let graph = module_imports();
     assert!(
-        graph["signer"].contains("policy"),
+        graph["domain/signer"].contains("domain/policy"),
         "the import graph is read"
     );
     let found = violations(&graph);
@@ -138,20 +100,39 @@ fn imports_point_one_way() {
 #[test]
 fn the_direction_check_names_a_wrong_way_import() {
     let graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = [
-        ("policy", vec!["identity", "authn"]),
-        ("store", vec!["audit", "grpc"]),
-        ("issuance", vec!["authn", "signer"]),
-        ("grpc", vec!["issuance", "store"]),
+        ("domain/policy", vec!["domain/identity", "adapters/authn"]),
+        (
+            "adapters/store",
+            vec!["domain/audit", "edge/grpc", "issuance"],
+        ),
+        (
+            "issuance",
+            vec!["adapters/authn", "domain/signer", "adapters/store"],
+        ),
+        (
+            "adapters/kubernetes",
+            vec!["adapters/authn", "adapters/store"],
+        ),
+        ("edge/grpc", vec!["issuance", "adapters/store"]),
     ]
     .into_iter()
     .map(|(from, to)| (from.to_owned(), to.into_iter().map(str::to_owned).collect()))
     .collect();
-    assert_eq!(violations(&graph), ["policy -> authn", "store -> grpc"]);
+    assert_eq!(
+        violations(&graph),
+        [
+            "adapters/kubernetes -> adapters/store",
+            "adapters/store -> edge/grpc",
+            "adapters/store -> issuance",
+            "domain/policy -> adapters/authn",
+            "issuance -> adapters/store"
+        ]
+    );
 }
 
 #[test]
 fn the_domain_never_uses_tokio() {
-    let domain = paths_in(Domain);
+    let domain = paths_in("domain");
     for (name, text) in sources() {
         let in_domain = domain
             .iter()
@@ -283,25 +264,33 @@ fn the_size_and_doc_checks_name_the_offending_file() {
 }
 
 #[test]
-fn every_top_level_module_has_a_layer() {
+fn every_file_is_in_a_layer() {
     let files = sources();
     for (name, _) in &files {
-        let top = name.split('/').next().unwrap_or(name);
-        if CRATE_ROOTS.contains(&top) {
-            continue;
+        if let Some(unit) = unit_of(name) {
+            assert!(
+                LAYERS.contains(&layer(&unit)),
+                "{name} is outside the layers {LAYERS:?}"
+            );
         }
-        let module = top.trim_end_matches(".rs");
+    }
+    for layer in LAYERS {
         assert!(
-            layer_of(module).is_some(),
-            "{module} has no place in the architecture table"
+            files
+                .iter()
+                .any(|(name, _)| name.starts_with(&format!("{layer}/"))),
+            "no {layer}/ in src/"
         );
     }
-    for (module, _, _) in LAYERS {
-        assert!(
-            files.iter().any(|(name, _)| name == &format!("{module}.rs")
-                || name.starts_with(&format!("{module}/"))),
-            "{module} is in the table but not in src/"
-        );
+    for (unit, also) in ALSO_ALLOWED {
+        for unit in std::iter::once(unit).chain(also.iter()) {
+            assert!(
+                files
+                    .iter()
+                    .any(|(name, _)| unit_of(name).as_deref() == Some(unit)),
+                "{unit} is in ALSO_ALLOWED but not in src/"
+            );
+        }
     }
 }
 
@@ -426,29 +415,29 @@ fn file_imports(
 /// shrink and must be struck from this list once it is gone; any other cycle fails the test.
 /// They are the directories whose files share their parent's namespace (`use super::*`).
 const KNOWN_FILE_CYCLES: &[&[&str]] = &[
-    &["audit/mod.rs", "audit/query.rs"],
+    &["domain/audit/mod.rs", "domain/audit/query.rs"],
     &[
         "issuance/current.rs",
         "issuance/intermediate.rs",
         "issuance/mod.rs",
     ],
     &[
-        "signer/check.rs",
-        "signer/crl.rs",
-        "signer/material.rs",
-        "signer/mod.rs",
+        "domain/signer/check.rs",
+        "domain/signer/crl.rs",
+        "domain/signer/material.rs",
+        "domain/signer/mod.rs",
     ],
     &[
-        "authn/jwt/dev_token.rs",
-        "authn/jwt/jwks.rs",
-        "authn/jwt/mod.rs",
-        "authn/mod.rs",
+        "adapters/authn/jwt/dev_token.rs",
+        "adapters/authn/jwt/jwks.rs",
+        "adapters/authn/jwt/mod.rs",
+        "adapters/authn/mod.rs",
     ],
-    &["grpc/audit.rs", "grpc/cluster.rs"],
-    &["config/"],
-    &["store/"],
-    &["server/"],
-    &["cli/"],
+    &["edge/grpc/audit.rs", "edge/grpc/cluster.rs"],
+    &["adapters/config/"],
+    &["adapters/store/"],
+    &["edge/server/"],
+    &["edge/cli/"],
 ];
 
 /// The cycles of `graph` not covered by a known cycle, and the known cycles no longer found.
@@ -489,7 +478,7 @@ fn new_and_gone_cycles(
 fn no_new_import_cycle_between_files() {
     let graph = file_imports(&sources());
     assert!(
-        graph["issuance/mod.rs"].contains("policy.rs"),
+        graph["issuance/mod.rs"].contains("domain/policy.rs"),
         "the file graph is read"
     );
     let (new, gone) = new_and_gone_cycles(&graph, KNOWN_FILE_CYCLES);
@@ -578,19 +567,19 @@ fn only_in(allowed: &[&str], uses: impl Fn(&str) -> bool, what: &str) {
 
 #[test]
 fn only_the_store_uses_sled() {
-    only_in(&["store/"], |l| l.contains("sled::"), "sled");
+    only_in(&["adapters/store/"], |l| l.contains("sled::"), "sled");
 }
 
 #[test]
 fn only_the_kubernetes_module_talks_to_kubernetes() {
     let kube = |l: &str| l.contains("kube::") || l.contains("k8s_openapi");
-    only_in(&["kubernetes/"], kube, "kube");
+    only_in(&["adapters/kubernetes/"], kube, "kube");
 }
 
 #[test]
 fn the_core_knows_nothing_of_grpc() {
     let tonic = |l: &str| l.contains("tonic::") || l.contains("tonic_");
-    let edge = paths_in(Edge);
+    let edge = paths_in("edge");
     only_in(
         &edge.iter().map(String::as_str).collect::<Vec<_>>(),
         tonic,
@@ -603,74 +592,52 @@ fn only_grpc_maps_errors_to_status_codes() {
     // The client builds one status of its own: its interceptor refusing a header value it
     // cannot send, before any request leaves.
     only_in(
-        &["grpc/status.rs", "client.rs"],
+        &["edge/grpc/status.rs", "edge/client.rs"],
         mentions_grpc_code,
         "tonic::Code or tonic::Status",
     );
 }
 
-/// The top-level modules each top-level module names (`crate::x…` paths and `use crate::{x, …}`
-/// groups), outside its `#[cfg(test)]` module and comments.
+/// The units each unit names (`crate::…` paths and `use crate::{…}` groups), outside test
+/// modules and comments; a unit is `issuance` or a layer's second-level module.
 fn module_imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-    let files = sources();
-    let top = |name: &str| {
-        name.split('/')
-            .next()
-            .unwrap_or(name)
-            .trim_end_matches(".rs")
-            .to_owned()
-    };
-    let modules: std::collections::BTreeSet<String> = files
-        .iter()
-        .map(|(name, _)| top(name))
-        .filter(|m| m != "lib" && m != "main")
-        .collect();
-    let mut graph = std::collections::BTreeMap::new();
-    for (name, text) in &files {
-        let from = top(name);
-        if !modules.contains(&from) {
-            continue;
+    let unit_of_path = |path: &str| {
+        let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+        match segments.as_slice() {
+            ["issuance", ..] => Some("issuance".to_owned()),
+            [layer, unit, ..] if LAYERS.contains(layer) => Some(format!("{layer}/{unit}")),
+            _ => None,
         }
+    };
+    let path_at = |text: &str| -> String {
+        text.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect()
+    };
+    let mut graph = std::collections::BTreeMap::new();
+    for (name, text) in &sources() {
+        let Some(from) = unit_of(name).filter(|unit| unit.contains('/') || unit == "issuance")
+        else {
+            continue;
+        };
         let code: String = code_lines(without_tests(name, text))
             .collect::<Vec<_>>()
             .join("\n");
         let mut named = Vec::new();
         for (at, _) in code.match_indices("crate::") {
             let rest = &code[at + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                // `use crate::{a, b::{c, d}}`: the first segment of each top-level item.
-                let (mut depth, mut item) = (0, String::new());
-                for c in group.chars() {
-                    match c {
-                        '{' => depth += 1,
-                        '}' if depth == 0 => break,
-                        '}' => depth -= 1,
-                        ',' if depth == 0 => {
-                            named.push(item.trim().split("::").next().unwrap_or("").to_owned());
-                            item.clear();
-                            continue;
-                        }
-                        _ => {}
-                    }
-                    if depth == 0 {
-                        item.push(c);
-                    }
-                }
-                named.push(item.trim().split("::").next().unwrap_or("").to_owned());
-            } else {
-                let segment: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                named.push(segment);
+            match rest.strip_prefix('{') {
+                // `use crate::{a::b, c::{d, e}}`: each item's path.
+                Some(group) => named.extend(group.split(',').map(|item| path_at(item.trim()))),
+                None => named.push(path_at(rest)),
             }
         }
         let entry = graph
             .entry(from.clone())
             .or_insert_with(std::collections::BTreeSet::new);
-        for module in named {
-            if module != from && modules.contains(&module) {
-                entry.insert(module);
+        for unit in named.iter().filter_map(|path| unit_of_path(path)) {
+            if unit != from {
+                entry.insert(unit);
             }
         }
     }
@@ -737,7 +704,7 @@ fn cycles(
 fn no_cycle_between_top_level_modules() {
     let graph = module_imports();
     assert!(
-        graph["issuance"].contains("policy"),
+        graph["issuance"].contains("domain/policy"),
         "the import graph is read"
     );
     let found = cycles(&graph);

@@ -9,10 +9,10 @@ use crate::common;
 use std::time::{Duration, SystemTime};
 
 use common::{agent_csr, spiffe_id, TestCa, TestServer, MESH};
-use meshroot::audit::checkpoint::AuditVerifier;
-use meshroot::audit::merkle;
-use meshroot::clock::unix_millis;
-use meshroot::keys::KeyType;
+use meshroot::domain::audit::checkpoint::AuditVerifier;
+use meshroot::domain::audit::merkle;
+use meshroot::domain::clock::unix_millis;
+use meshroot::domain::keys::KeyType;
 use meshroot::pb::audit as api;
 use meshroot::pb::audit::audit_service_client::AuditServiceClient;
 use tonic::transport::Channel;
@@ -111,7 +111,7 @@ async fn the_audit_api_answers_who_got_what_when_and_from_whom() {
         serials,
         carts
             .iter()
-            .map(|der| meshroot::signer::check::serial_of(der).unwrap())
+            .map(|der| meshroot::domain::signer::check::serial_of(der).unwrap())
             .collect::<Vec<_>>()
     );
     for (record, der) in by_id.iter().zip(&carts) {
@@ -219,7 +219,7 @@ async fn the_audit_api_answers_who_got_what_when_and_from_whom() {
     let one = client
         .get_record(api::GetRecordRequest {
             key: Some(api::get_record_request::Key::Serial(
-                meshroot::signer::check::serial_of(&carts[1]).unwrap(),
+                meshroot::domain::signer::check::serial_of(&carts[1]).unwrap(),
             )),
             ..Default::default()
         })
@@ -286,7 +286,7 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
         let proof = client
             .prove_inclusion(api::ProveInclusionRequest {
                 key: Some(api::prove_inclusion_request::Key::Serial(
-                    meshroot::signer::check::serial_of(der).unwrap(),
+                    meshroot::domain::signer::check::serial_of(der).unwrap(),
                 )),
                 tree_size: 0,
                 ..Default::default()
@@ -295,12 +295,16 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
             .unwrap()
             .into_inner();
         // Independently: the record hashes into the leaf, the leaf into the signed root.
-        let leaf = meshroot::audit::LeafData::parse(&proof.leaf_data).unwrap();
+        let leaf = meshroot::domain::audit::LeafData::parse(&proof.leaf_data).unwrap();
         assert_eq!(sha256(&proof.record), leaf.record_sha256.to_vec());
-        let record = meshroot::store::decode(&proof.record).unwrap();
+        let record = meshroot::adapters::store::decode(&proof.record).unwrap();
         assert_eq!(
             record.serial(),
-            Some(meshroot::signer::check::serial_of(der).unwrap().as_slice())
+            Some(
+                meshroot::domain::signer::check::serial_of(der)
+                    .unwrap()
+                    .as_slice()
+            )
         );
         let path: Vec<merkle::Hash> = proof
             .audit_path
@@ -316,7 +320,7 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
     let status = client
         .prove_inclusion(api::ProveInclusionRequest {
             key: Some(api::prove_inclusion_request::Key::Serial(
-                meshroot::signer::check::serial_of(&late[0]).unwrap(),
+                meshroot::domain::signer::check::serial_of(&late[0]).unwrap(),
             )),
             tree_size: 0,
             ..Default::default()
@@ -400,7 +404,7 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
     let connect = |identity: Option<(String, String)>| {
         let root_pem = ca.root_pem();
         async move {
-            meshroot::client::connect(&meshroot::client::Target {
+            meshroot::edge::client::connect(&meshroot::edge::client::Target {
                 address: format!("127.0.0.1:{port}"),
                 root_pem,
                 server_name: "localhost".into(),
@@ -492,7 +496,7 @@ async fn admin_identities_must_chain_to_an_issuer_authorized_for_their_trust_dom
     let stats = |identity: (String, String)| {
         let root_pem = ca.root_pem();
         async move {
-            let channel = meshroot::client::connect(&meshroot::client::Target {
+            let channel = meshroot::edge::client::connect(&meshroot::edge::client::Target {
                 address: format!("127.0.0.1:{port}"),
                 root_pem,
                 server_name: "localhost".into(),
@@ -535,7 +539,7 @@ async fn audit_cli(args: Vec<String>) -> String {
 async fn audit_list_fans_out_to_every_replica_and_merges_in_time_order() {
     // Two replicas, each with its own log (as each StatefulSet pod has its own volume).
     // One clock for both, moved between issuances: each record has its own instant.
-    let clock = meshroot::clock::ManualClock::at(std::time::SystemTime::now());
+    let clock = meshroot::domain::clock::ManualClock::at(std::time::SystemTime::now());
     let (first_ca, second_ca) = (TestCa::new(), TestCa::new());
     let first = first_ca
         .start_with_clock(std::sync::Arc::new(clock.clone()))

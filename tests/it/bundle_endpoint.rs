@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{self, TestCa, TestServer};
-use meshroot::federation::bundle::content_sequence;
-use meshroot::keys::KeyType;
+use meshroot::domain::federation::bundle::content_sequence;
+use meshroot::domain::keys::KeyType;
 
 /// Meshes a (with the alias old-a.example) and b, and a bundle endpoint on an ephemeral port.
 fn two_meshes() -> TestCa {
@@ -45,7 +45,7 @@ fn document(body: &str) -> serde_json::Value {
 fn digests_of_pem(pem: &str) -> Vec<String> {
     common::certificates(pem)
         .iter()
-        .map(|der| meshroot::digest::hex(&meshroot::digest::sha256(der)))
+        .map(|der| meshroot::domain::digest::hex(&meshroot::domain::digest::sha256(der)))
         .collect()
 }
 

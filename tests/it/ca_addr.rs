@@ -10,7 +10,7 @@
 use crate::common;
 
 use common::{agent_csr, TestCa, MESH};
-use meshroot::client::{self, AgentMetadata, Target};
+use meshroot::edge::client::{self, AgentMetadata, Target};
 
 /// The TLS server name istio-agent verifies for `ca_addr` (HOST:PORT), CA_ADDR being set.
 fn istio_agent_server_name(ca_addr: &str) -> String {
@@ -81,7 +81,7 @@ async fn ca_addr_as_a_name_as_localhost_and_as_an_ip_address_each_verify() {
 fn ip_addresses_in_dns_names_become_ip_sans_and_numeric_names_are_refused() {
     let ca = TestCa::new();
     ca.edit_config(|text| text.replacen("dns_names = [", "dns_names = [\"10.0.0.256\", ", 1));
-    let error = meshroot::config::Config::parse(
+    let error = meshroot::adapters::config::Config::parse(
         &std::fs::read_to_string(ca.config_path()).unwrap(),
         &ca.config_path(),
         None,

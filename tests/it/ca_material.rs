@@ -10,12 +10,12 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use meshroot::cli::init::{self, CaFilesError};
-use meshroot::identity::TrustDomain;
-use meshroot::keys::KeyType;
+use meshroot::domain::identity::TrustDomain;
+use meshroot::domain::keys::KeyType;
+use meshroot::edge::cli::init::{self, CaFilesError};
 
-fn load(dir: &Path, now: SystemTime) -> Result<meshroot::signer::MeshSigner, CaFilesError> {
-    meshroot::signer::files::load_signer(
+fn load(dir: &Path, now: SystemTime) -> Result<meshroot::domain::signer::MeshSigner, CaFilesError> {
+    meshroot::domain::signer::files::load_signer(
         "default",
         TrustDomain::new(TRUST_DOMAIN).unwrap(),
         dir,

@@ -9,8 +9,8 @@ use crate::common;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use meshroot::keys::KeyType;
-use meshroot::record::Outcome;
+use meshroot::domain::keys::KeyType;
+use meshroot::domain::record::Outcome;
 use tonic::Code;
 
 /// A CA with meshes `default` (cluster.local, client certificates accepted) and `other`
@@ -56,8 +56,11 @@ async fn renews_with_a_certificate_it_issued_without_a_token() {
     let key = p256_key();
     let first = server
         .call(
-            meshroot::client::build_csr(&key, &meshroot::client::CsrShape::istio_agent(&id))
-                .unwrap(),
+            meshroot::edge::client::build_csr(
+                &key,
+                &meshroot::edge::client::CsrShape::istio_agent(&id),
+            )
+            .unwrap(),
             Some(ca.token(MESH, "vm", "legacy")),
             0,
         )
@@ -316,8 +319,11 @@ async fn a_revoked_client_certificate_never_renews_itself() {
         let key = p256_key();
         let response = server
             .call(
-                meshroot::client::build_csr(&key, &meshroot::client::CsrShape::istio_agent(&id))
-                    .unwrap(),
+                meshroot::edge::client::build_csr(
+                    &key,
+                    &meshroot::edge::client::CsrShape::istio_agent(&id),
+                )
+                .unwrap(),
                 Some(ca.token(MESH, "vm", "legacy")),
                 0,
             )
@@ -327,7 +333,7 @@ async fn a_revoked_client_certificate_never_renews_itself() {
         let leaf = certificates(&response.cert_chain[0]).remove(0);
         let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
         (
-            meshroot::digest::hex(parsed.raw_serial()),
+            meshroot::domain::digest::hex(parsed.raw_serial()),
             (chain.concat(), key.serialize_pem()),
         )
     };

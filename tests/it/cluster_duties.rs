@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::kube_api::FakeApiServer;
 use common::{TestCa, TestServer, MESH};
-use meshroot::audit::Query;
+use meshroot::domain::audit::Query;
 use serde_json::Value;
 
 /// Adds `[kubernetes]` duties pointed at `api` to `ca`'s config, as replica `identity`.
@@ -161,7 +161,7 @@ async fn istiod_tls_is_issued_recorded_and_replaced_when_deleted() {
     let chain_pem = common::secret_text(&secret, "tls.crt");
     let chain: Vec<String> = common::certificates(&chain_pem)
         .iter()
-        .map(|der| meshroot::keys::certificate_pem(der))
+        .map(|der| meshroot::domain::keys::certificate_pem(der))
         .collect();
     assert_eq!(chain.len(), 2, "leaf and intermediate");
     // rustls-webpki and openssl both accept it (verify_chain checks the leaf as a client

@@ -62,7 +62,7 @@ async fn a_fresh_client_and_the_admin_probes_are_served_beside_hundreds_of_silen
     verify_chain(&chain, &ca.root_pem());
 
     let probe = async {
-        let channel = meshroot::client::connect(&meshroot::client::Target {
+        let channel = meshroot::edge::client::connect(&meshroot::edge::client::Target {
             address: admin.to_string(),
             root_pem: ca.root_pem(),
             server_name: "localhost".into(),

@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime};
 use common::load::Load;
 use common::process::{Serving, BINARY};
 use common::{agent_csr, ztunnel_csr, TestCa, MESH};
-use meshroot::audit::checkpoint::AuditVerifier;
-use meshroot::audit::Query;
-use meshroot::client::{self, AgentMetadata, Target};
-use meshroot::record::Outcome;
-use meshroot::store::SledStore;
+use meshroot::adapters::store::SledStore;
+use meshroot::domain::audit::checkpoint::AuditVerifier;
+use meshroot::domain::audit::Query;
+use meshroot::domain::record::Outcome;
+use meshroot::edge::client::{self, AgentMetadata, Target};
 
 const CLIENTS: usize = 16;
 
@@ -68,7 +68,12 @@ async fn sigkill_during_sustained_issuance_loses_no_record() {
                     ..Query::default()
                 })
                 .unwrap();
-            assert_eq!(records.len(), 1, "serial {}", meshroot::digest::hex(serial));
+            assert_eq!(
+                records.len(),
+                1,
+                "serial {}",
+                meshroot::domain::digest::hex(serial)
+            );
             match &records[0].outcome {
                 Outcome::Issued(issued) => {
                     assert_eq!(&issued.certificate_sha256, certificate_hash);

@@ -21,10 +21,10 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use common::kube_api::FakeApiServer;
 use common::{copy_dir, eventually, spiffe_id, TestCa};
-use meshroot::cli::init::{self, InitOptions};
-use meshroot::config::Config;
-use meshroot::identity::TrustDomain;
-use meshroot::keys::KeyType;
+use meshroot::adapters::config::Config;
+use meshroot::domain::identity::TrustDomain;
+use meshroot::domain::keys::KeyType;
+use meshroot::edge::cli::init::{self, InitOptions};
 use serde_json::Value;
 
 fn kubectl() -> PathBuf {
@@ -397,7 +397,7 @@ pub(crate) fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)
     );
     // The members' own identity is the service account's; the admin API admits it by the
     // member rule alone, never as a reader.
-    let identity = meshroot::identity::SpiffeId::parse(&cluster.identity).unwrap();
+    let identity = meshroot::domain::identity::SpiffeId::parse(&cluster.identity).unwrap();
     assert_eq!(
         (identity.namespace(), identity.service_account()),
         ("istio-system", pod["serviceAccountName"].as_str().unwrap())
@@ -421,7 +421,7 @@ pub(crate) fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)
     let kubernetes = config.kubernetes.as_ref().unwrap();
     assert_eq!(
         kubernetes.access,
-        meshroot::config::ClusterAccess::InCluster
+        meshroot::adapters::config::ClusterAccess::InCluster
     );
     for (variable, field) in [
         ("POD_NAME", "metadata.name"),
@@ -453,7 +453,7 @@ fn the_multi_mesh_overlay_renders_validates_and_fits_the_code() {
     assert!(secret["data"]["b.kubeconfig"].is_string());
     assert_eq!(
         config.mesh("b").unwrap().clusters[0].access,
-        meshroot::config::ClusterAccess::Kubeconfig {
+        meshroot::adapters::config::ClusterAccess::Kubeconfig {
             path: PathBuf::from("/etc/meshroot/clusters/b/b.kubeconfig"),
             context: None,
         }

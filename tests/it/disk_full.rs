@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::process::Serving;
 use common::{agent_csr, spiffe_id, TestCa, MESH};
-use meshroot::client::{self, AgentMetadata, Target};
+use meshroot::edge::client::{self, AgentMetadata, Target};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 /// A tmpfs of `size`, unmounted when dropped.
@@ -196,11 +196,11 @@ async fn a_full_disk_stops_the_server_cleanly_and_it_serves_again_once_space_ret
     received.push(issue(&server, &ca, "recovered").await.expect("issued"));
     server.stop();
 
-    let store = meshroot::store::SledStore::open_read_only(&store).unwrap();
+    let store = meshroot::adapters::store::SledStore::open_read_only(&store).unwrap();
     for serial in &received {
-        let query = meshroot::audit::Query {
+        let query = meshroot::domain::audit::Query {
             serial: Some(serial.clone()),
-            ..meshroot::audit::Query::default()
+            ..meshroot::domain::audit::Query::default()
         };
         assert_eq!(
             store.count(&query).unwrap(),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::load::Load;
 use common::process::{Serving, BINARY};
 use common::{agent_csr, TestCa, MESH};
-use meshroot::client::Target;
+use meshroot::edge::client::Target;
 
 const CLIENTS: usize = 8;
 
@@ -83,7 +83,7 @@ impl Receiver {
         let mut repeats = 0;
         let mut serials = HashSet::new();
         for body in self.bodies.lock().unwrap().iter() {
-            let line: meshroot::export::ExportLine = serde_json::from_str(body).unwrap();
+            let line: meshroot::edge::export::ExportLine = serde_json::from_str(body).unwrap();
             let (Some(sequence), Some(stored)) = (line.sequence, line.stored) else {
                 continue;
             };
@@ -92,9 +92,11 @@ impl Receiver {
             }
             let stored =
                 base64::Engine::decode(&base64::engine::general_purpose::STANDARD, stored).unwrap();
-            let record =
-                meshroot::store::decode(&stored[meshroot::audit::LEAF_HEADER_LEN..]).unwrap();
-            if let meshroot::record::Outcome::Issued(issued) = record.outcome {
+            let record = meshroot::adapters::store::decode(
+                &stored[meshroot::domain::audit::LEAF_HEADER_LEN..],
+            )
+            .unwrap();
+            if let meshroot::domain::record::Outcome::Issued(issued) = record.outcome {
                 serials.insert(issued.serial);
             }
         }
@@ -104,18 +106,20 @@ impl Receiver {
 
 /// The serials of the issued records in an export directory.
 fn exported_serials(dir: &Path) -> HashSet<Vec<u8>> {
-    let contents = meshroot::export::read_dir(dir).unwrap_or_default();
+    let contents = meshroot::edge::export::read_dir(dir).unwrap_or_default();
     contents
         .entries
         .values()
         .filter_map(|entry| match entry {
-            meshroot::export::StoredEntry::Record(stored) => {
-                meshroot::store::decode(&stored[meshroot::audit::LEAF_HEADER_LEN..])
+            meshroot::edge::export::StoredEntry::Record(stored) => {
+                meshroot::adapters::store::decode(
+                    &stored[meshroot::domain::audit::LEAF_HEADER_LEN..],
+                )
             }
-            meshroot::export::StoredEntry::Pruned(_) => None,
+            meshroot::edge::export::StoredEntry::Pruned(_) => None,
         })
         .filter_map(|record| match record.outcome {
-            meshroot::record::Outcome::Issued(issued) => Some(issued.serial),
+            meshroot::domain::record::Outcome::Issued(issued) => Some(issued.serial),
             _ => None,
         })
         .collect()
@@ -218,9 +222,10 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         "a covering checkpoint exported",
         Duration::from_secs(60),
         || {
-            let contents = meshroot::export::read_dir(&export).unwrap();
+            let contents = meshroot::edge::export::read_dir(&export).unwrap();
             let last = contents.checkpoints.last().and_then(|note| {
-                meshroot::audit::checkpoint::Checkpoint::parse_unverified(note).map(|c| c.size)
+                meshroot::domain::audit::checkpoint::Checkpoint::parse_unverified(note)
+                    .map(|c| c.size)
             });
             let covers = last.is_some_and(|size| size as usize >= contents.entries.len());
             async move { covers.then_some(()).ok_or_else(String::new) }
@@ -477,9 +482,9 @@ async fn shutdown_ends_an_export_stuck_on_a_silent_collector_and_releases_the_st
     .await;
     let cursor = server.server.store().export_cursor("otlp").unwrap();
     server.stop().await;
-    let reopened = meshroot::store::SledStore::open_with(
+    let reopened = meshroot::adapters::store::SledStore::open_with(
         &store_path,
-        meshroot::store::StoreOptions {
+        meshroot::adapters::store::StoreOptions {
             lock_wait: Duration::ZERO,
             ..Default::default()
         },

@@ -15,9 +15,9 @@ use crate::acceptance::{mesh_config, root_ca, through_envoy};
 use crate::common::Edited as _;
 use crate::common::{self, TestCa, TestServer};
 use crate::envoy_mtls::free_port;
-use meshroot::audit::{OutcomeFilter, Query};
-use meshroot::keys::KeyType;
-use meshroot::record::Outcome;
+use meshroot::domain::audit::{OutcomeFilter, Query};
+use meshroot::domain::keys::KeyType;
+use meshroot::domain::record::Outcome;
 
 const B_SERVER: &str = "spiffe://b.example/ns/shop/sa/orders";
 const P_SERVER: &str = "spiffe://p.example/ns/shop/sa/orders";
@@ -78,7 +78,7 @@ async fn workload(server: &TestServer, ca: &TestCa, mesh: &str, id: &str) -> (St
 }
 
 /// The partner records of `server`'s log.
-fn federation_records(server: &TestServer) -> Vec<meshroot::record::FederationRecord> {
+fn federation_records(server: &TestServer) -> Vec<meshroot::domain::record::FederationRecord> {
     server
         .server
         .store()
@@ -185,7 +185,8 @@ async fn two_meshroots_with_different_roots_federate_and_neither_can_mint_the_ot
     p_server.server.reload().await.unwrap();
 
     // Each fetched the other's bundle, kept it and recorded it: the root, cross-certified.
-    let p_root_sha = meshroot::digest::sha256(&common::certificates(&p.root_pem())[0]).to_vec();
+    let p_root_sha =
+        meshroot::domain::digest::sha256(&common::certificates(&p.root_pem())[0]).to_vec();
     common::eventually("b records p's bundle", || {
         federation_records(&b_server)
             .iter()

@@ -15,10 +15,13 @@ const READER: &str = "spiffe://cluster.local/ns/ops/sa/auditor";
 const REVOKER: &str = "spiffe://cluster.local/ns/ops/sa/security";
 
 /// The recorded refusal behind an UNAUTHENTICATED answer.
-fn denial(server: &common::TestServer, status: &tonic::Status) -> meshroot::record::DenialRecord {
+fn denial(
+    server: &common::TestServer,
+    status: &tonic::Status,
+) -> meshroot::domain::record::DenialRecord {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     match server.record_of(status).outcome {
-        meshroot::record::Outcome::Denied(denied) => denied,
+        meshroot::domain::record::Outcome::Denied(denied) => denied,
         other => panic!("{other:?}"),
     }
 }
@@ -64,7 +67,7 @@ async fn audit_client(
     server: &common::TestServer,
     identity: (String, String),
 ) -> AuditServiceClient<Channel> {
-    let channel = meshroot::client::connect(&meshroot::client::Target {
+    let channel = meshroot::edge::client::connect(&meshroot::edge::client::Target {
         address: format!("127.0.0.1:{}", server.server.admin_address().port()),
         root_pem: server.root_pem.clone(),
         server_name: "localhost".into(),
@@ -77,7 +80,7 @@ async fn audit_client(
 
 fn serial_of(chain_pem: &str) -> Vec<u8> {
     let leaf = common::certificates(chain_pem).remove(0);
-    meshroot::signer::check::serial_of(&leaf).unwrap()
+    meshroot::domain::signer::check::serial_of(&leaf).unwrap()
 }
 
 /// N8: a reader reads and cannot revoke, block or lift a block; a revoker can.
@@ -223,7 +226,7 @@ async fn shared_checkpoints_are_verified_and_bounded() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     // Signed by another key: refused as well.
-    let (stranger, _) = meshroot::audit::checkpoint::AuditSigner::generate(log).unwrap();
+    let (stranger, _) = meshroot::domain::audit::checkpoint::AuditSigner::generate(log).unwrap();
     let status = client
         .share_checkpoint(share(log, stranger.sign_checkpoint(1 << 40, [0; 32])))
         .await
@@ -245,7 +248,8 @@ async fn shared_checkpoints_are_verified_and_bounded() {
     let pem = std::fs::read(ca.path().join("audit-key.pem")).unwrap();
     let key = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem).unwrap();
     let signer =
-        meshroot::audit::checkpoint::AuditSigner::from_pkcs8(log, key.secret_pkcs8_der()).unwrap();
+        meshroot::domain::audit::checkpoint::AuditSigner::from_pkcs8(log, key.secret_pkcs8_der())
+            .unwrap();
     let note = signer.sign_checkpoint(3, [1; 32]);
     let kept = client
         .share_checkpoint(share(log, note.clone()))
@@ -339,7 +343,7 @@ async fn out_of_range_times_are_refused_at_the_boundary() {
     assert!(server
         .records()
         .iter()
-        .all(|r| !matches!(r.outcome, meshroot::record::Outcome::Revoked(_))));
+        .all(|r| !matches!(r.outcome, meshroot::domain::record::Outcome::Revoked(_))));
     server.stop().await;
 }
 
@@ -351,16 +355,18 @@ async fn a_block_recorded_past_year_9999_is_refused_plainly() {
     let ca = TestCa::new();
     let cart = "spiffe://cluster.local/ns/default/sa/cart";
     {
-        let store = meshroot::store::SledStore::open(&ca.path().join("store")).unwrap();
-        let record = meshroot::record::Record::new(
+        let store = meshroot::adapters::store::SledStore::open(&ca.path().join("store")).unwrap();
+        let record = meshroot::domain::record::Record::new(
             "forged-block".into(),
             std::time::SystemTime::now(),
-            meshroot::record::CallerRecord::default(),
-            meshroot::record::Outcome::Revoked(meshroot::record::RevocationRecord {
-                blocked: vec![cart.into()],
-                blocked_until: Some(meshroot::clock::from_unix_millis(i64::MAX)),
-                ..Default::default()
-            }),
+            meshroot::domain::record::CallerRecord::default(),
+            meshroot::domain::record::Outcome::Revoked(
+                meshroot::domain::record::RevocationRecord {
+                    blocked: vec![cart.into()],
+                    blocked_until: Some(meshroot::domain::clock::from_unix_millis(i64::MAX)),
+                    ..Default::default()
+                },
+            ),
         );
         store.append_durable(record).await.unwrap();
     }
@@ -399,11 +405,11 @@ async fn a_hung_token_review_does_not_hold_up_other_requests_on_the_same_connect
         )
     });
     let server = ca.start().await;
-    let channel = meshroot::client::connect(&server.target("localhost"))
+    let channel = meshroot::edge::client::connect(&server.target("localhost"))
         .await
         .unwrap();
     *west.state.delay.lock().unwrap() = Some(std::time::Duration::from_secs(15));
-    let metadata = |token: String| meshroot::client::AgentMetadata {
+    let metadata = |token: String| meshroot::edge::client::AgentMetadata {
         token: Some(token),
         cluster_id: "west".into(),
     };
@@ -412,7 +418,8 @@ async fn a_hung_token_review_does_not_hold_up_other_requests_on_the_same_connect
         .map(|n| {
             let (channel, metadata) = (channel.clone(), metadata(format!("opaque-{n}")));
             tokio::spawn(async move {
-                meshroot::client::create_certificate(channel, agent_csr(app), 0, &metadata).await
+                meshroot::edge::client::create_certificate(channel, agent_csr(app), 0, &metadata)
+                    .await
             })
         })
         .collect();
@@ -421,7 +428,7 @@ async fn a_hung_token_review_does_not_hold_up_other_requests_on_the_same_connect
     })
     .await;
     let cart = "spiffe://cluster.local/ns/default/sa/cart";
-    meshroot::client::create_certificate(
+    meshroot::edge::client::create_certificate(
         channel.clone(),
         agent_csr(cart),
         0,
@@ -448,7 +455,8 @@ async fn a_hung_token_review_does_not_hold_up_other_requests_on_the_same_connect
 async fn a_crl_reader_that_reads_nothing_is_closed_after_the_write_timeout() {
     use tokio::io::AsyncWriteExt as _;
     let ca = TestCa::new();
-    let crl = meshroot::cli::slow_readers::filler_crl(6000, std::time::SystemTime::now()).unwrap();
+    let crl =
+        meshroot::edge::cli::slow_readers::filler_crl(6000, std::time::SystemTime::now()).unwrap();
     std::fs::write(ca.path().join("filler-crl.pem"), &crl).unwrap();
     ca.edit_config(|text| {
         format!(

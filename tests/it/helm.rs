@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::TestCa;
-use meshroot::config::Config;
-use meshroot::keys::KeyType;
+use meshroot::adapters::config::Config;
+use meshroot::domain::keys::KeyType;
 use serde_json::Value;
 
 fn chart() -> PathBuf {

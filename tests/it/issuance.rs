@@ -8,7 +8,7 @@ use crate::common::Edited as _;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use meshroot::record::Outcome;
+use meshroot::domain::record::Outcome;
 use x509_parser::prelude::*;
 
 const DAY: u64 = 86400;
@@ -18,7 +18,7 @@ fn parse_leaf(pem: &str) -> Vec<u8> {
 }
 
 fn seconds_between(a: SystemTime, b: SystemTime) -> i64 {
-    meshroot::clock::unix_seconds(a) - meshroot::clock::unix_seconds(b)
+    meshroot::domain::clock::unix_seconds(a) - meshroot::domain::clock::unix_seconds(b)
 }
 
 #[tokio::test]
@@ -157,13 +157,13 @@ async fn serving_certificate_verifies_for_every_configured_dns_name() {
     let ca = TestCa::new();
     let server = ca.start().await;
     for name in ["localhost", "meshroot.istio-system.svc"] {
-        let channel = meshroot::client::connect(&server.target(name)).await;
+        let channel = meshroot::edge::client::connect(&server.target(name)).await;
         assert!(channel.is_ok(), "{name}: {:?}", channel.err());
-        let response = meshroot::client::create_certificate(
+        let response = meshroot::edge::client::create_certificate(
             channel.unwrap(),
             ztunnel_csr(&spiffe_id("a", "b")),
             0,
-            &meshroot::client::AgentMetadata {
+            &meshroot::edge::client::AgentMetadata {
                 token: Some(ca.token(MESH, "a", "b")),
                 cluster_id: String::new(),
             },
@@ -172,7 +172,7 @@ async fn serving_certificate_verifies_for_every_configured_dns_name() {
         assert!(response.is_ok(), "{name}: {:?}", response.err());
     }
     // A name the certificate does not carry fails the TLS handshake, as in istio-agent.
-    let wrong = meshroot::client::connect(&server.target("istiod.istio-system.svc")).await;
+    let wrong = meshroot::edge::client::connect(&server.target("istiod.istio-system.svc")).await;
     assert!(wrong.is_err(), "a wrong server name must not verify");
     server.stop().await;
 }
@@ -188,12 +188,12 @@ async fn records_survive_a_restart_and_every_returned_certificate_has_one() {
         let token = ca.token(MESH, &namespace, "app");
         let target = server.target("localhost");
         tasks.push(tokio::spawn(async move {
-            let channel = meshroot::client::connect(&target).await.unwrap();
-            let metadata = meshroot::client::AgentMetadata {
+            let channel = meshroot::edge::client::connect(&target).await.unwrap();
+            let metadata = meshroot::edge::client::AgentMetadata {
                 token: Some(token),
                 cluster_id: "Kubernetes".into(),
             };
-            meshroot::client::create_certificate(channel, csr, 0, &metadata).await
+            meshroot::edge::client::create_certificate(channel, csr, 0, &metadata).await
         }));
     }
     let mut serials = Vec::new();
@@ -209,7 +209,12 @@ async fn records_survive_a_restart_and_every_returned_certificate_has_one() {
     let server = ca.start().await;
     for serial in &serials {
         let records = server.records_for_serial(serial);
-        assert_eq!(records.len(), 1, "serial {}", meshroot::digest::hex(serial));
+        assert_eq!(
+            records.len(),
+            1,
+            "serial {}",
+            meshroot::domain::digest::hex(serial)
+        );
         assert!(matches!(records[0].outcome, Outcome::Issued(_)));
     }
     // The restarted server recorded its new serving certificate after the old records.
@@ -282,7 +287,7 @@ async fn renews_its_serving_certificate_halfway_to_expiry_and_records_it() {
         .unwrap()
         .as_secs();
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(whole_seconds) - 40 * minute;
-    let clock = meshroot::clock::ManualClock::at(start);
+    let clock = meshroot::domain::clock::ManualClock::at(start);
     let ca = TestCa::new();
     ca.edit_config(|text| {
         text.edited(

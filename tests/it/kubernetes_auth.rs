@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::kube_api::{FakeApiServer, TokenIdentity};
 use common::*;
-use meshroot::clock::{Clock as _, ManualClock};
-use meshroot::record::{Outcome, Record};
+use meshroot::domain::clock::{Clock as _, ManualClock};
+use meshroot::domain::record::{Outcome, Record};
 use tonic::Code;
 
 /// A CA whose `default` mesh authenticates by TokenReview only, with the fakes: cluster `west`
@@ -245,7 +245,7 @@ async fn caches_positive_reviews_until_the_cache_limit_or_the_tokens_exp() {
     assert_eq!(west.reviews(), 2, "reviewed again after the 60 s limit");
 
     // A JWT-shaped token that expires in 30 s.
-    let now = meshroot::clock::unix_seconds(clock.now());
+    let now = meshroot::domain::clock::unix_seconds(clock.now());
     use base64::Engine as _;
     let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(format!("{{\"exp\":{}}}", now + 30));
@@ -294,15 +294,15 @@ async fn a_renewal_storm_of_1000_requests_from_100_tokens_costs_at_most_100_revi
             })
             .collect();
         tasks.push(tokio::spawn(async move {
-            let channel = meshroot::client::connect(&target).await.unwrap();
+            let channel = meshroot::edge::client::connect(&target).await.unwrap();
             let mut latencies = Vec::new();
             for (token, csr) in work {
                 let begun = Instant::now();
-                let metadata = meshroot::client::AgentMetadata {
+                let metadata = meshroot::edge::client::AgentMetadata {
                     token: Some(token),
                     cluster_id: "west".into(),
                 };
-                meshroot::client::create_certificate(channel.clone(), csr, 0, &metadata)
+                meshroot::edge::client::create_certificate(channel.clone(), csr, 0, &metadata)
                     .await
                     .unwrap();
                 latencies.push(begun.elapsed());
@@ -526,7 +526,7 @@ async fn ztunnel_impersonates_under_every_authenticator_order() {
         });
         let bound = |uid: &str, node: &str| {
             ca.token_with(MESH, "istio-system", "ztunnel", |spec| {
-                spec.pod = Some(meshroot::authn::PodRef {
+                spec.pod = Some(meshroot::adapters::authn::PodRef {
                     name: "ztunnel-abc".into(),
                     uid: uid.into(),
                     node: node.into(),

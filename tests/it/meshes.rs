@@ -7,8 +7,8 @@ use crate::common;
 use crate::common::Edited as _;
 
 use common::*;
-use meshroot::keys::KeyType;
-use meshroot::record::Outcome;
+use meshroot::domain::keys::KeyType;
+use meshroot::domain::record::Outcome;
 use tonic::Code;
 use x509_parser::prelude::GeneralName;
 
@@ -151,7 +151,7 @@ async fn canonical_issuance_moves_workloads_to_the_new_trust_domain_and_records_
     let by_old_name = server
         .server
         .store()
-        .query_all(&meshroot::audit::Query {
+        .query_all(&meshroot::domain::audit::Query {
             spiffe_id: Some("spiffe://cluster.local/ns/shop/sa/cart".into()),
             ..Default::default()
         })

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{agent_csr, spiffe_id, TestCa, MESH};
-use meshroot::client::{self, CsrShape, San};
-use meshroot::clock::ManualClock;
+use meshroot::domain::clock::ManualClock;
+use meshroot::edge::client::{self, CsrShape, San};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -264,7 +264,7 @@ async fn healthz_readyz_and_grpc_health_report_serving() {
     assert_eq!(common::http_get(admin, "/nothing-here").await.0, 404);
 
     // gRPC health over TLS on the CSR listener, the way grpc-health-probe asks.
-    let channel = meshroot::client::connect(&server.target("localhost"))
+    let channel = meshroot::edge::client::connect(&server.target("localhost"))
         .await
         .unwrap();
     let mut tls_health = HealthClient::new(channel);
@@ -378,7 +378,7 @@ async fn the_grafana_dashboard_queries_only_series_meshroot_exposes() {
     // Exposed only with [kubernetes] (a cluster's Lease), which this server has not: named in
     // the scrape code instead.
     let monitoring = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/monitoring.rs"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/edge/server/monitoring.rs"),
     )
     .unwrap();
     let only_with_kubernetes = "meshroot_leader";

@@ -53,11 +53,15 @@ async fn go_and_openssl_refuse_another_meshs_identity_from_a_constrained_interme
         std::fs::write(&chain_path, chain).unwrap();
         let certificates = certificates(chain);
         let leaf = dir.join(format!("{name}-leaf.pem"));
-        std::fs::write(&leaf, meshroot::keys::certificate_pem(&certificates[0])).unwrap();
+        std::fs::write(
+            &leaf,
+            meshroot::domain::keys::certificate_pem(&certificates[0]),
+        )
+        .unwrap();
         let intermediates = dir.join(format!("{name}-intermediates.pem"));
         let rest: String = certificates[1..]
             .iter()
-            .map(|c| meshroot::keys::certificate_pem(c))
+            .map(|c| meshroot::domain::keys::certificate_pem(c))
             .collect();
         std::fs::write(&intermediates, rest).unwrap();
 

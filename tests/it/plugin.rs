@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use common::kube_api::FakeApiServer;
 use common::*;
-use meshroot::clock::ManualClock;
+use meshroot::domain::clock::ManualClock;
 use serde_json::Value;
 
 fn cacerts(api: &FakeApiServer) -> Option<Value> {
@@ -28,7 +28,7 @@ fn serial(api: &FakeApiServer) -> Option<String> {
         .into_iter()
         .next()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
-    Some(meshroot::digest::hex(parsed.raw_serial()))
+    Some(meshroot::domain::digest::hex(parsed.raw_serial()))
 }
 
 /// A CA that keeps cluster `west`'s `cacerts` through a fake API server (namespace
@@ -162,7 +162,7 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     let (_, parsed) = x509_parser::parse_x509_certificate(&ca_cert).unwrap();
     assert!(parsed.is_ca());
     assert_eq!(
-        meshroot::signer::constraints::uri_constraints_of(&ca_cert)
+        meshroot::domain::signer::constraints::uri_constraints_of(&ca_cert)
             .unwrap()
             .permitted(),
         [TRUST_DOMAIN]
@@ -189,11 +189,11 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     let record = records
         .iter()
         .find(|r| {
-            matches!(&r.outcome, meshroot::record::Outcome::Issued(i)
-                if meshroot::digest::hex(&i.serial) == first)
+            matches!(&r.outcome, meshroot::domain::record::Outcome::Issued(i)
+                if meshroot::domain::digest::hex(&i.serial) == first)
         })
         .expect("the intermediate's record");
-    let meshroot::record::Outcome::Issued(issued) = &record.outcome else {
+    let meshroot::domain::record::Outcome::Issued(issued) = &record.outcome else {
         panic!("{record:?}")
     };
     let issued_ca = issued.ca.as_ref().unwrap();
@@ -338,7 +338,7 @@ async fn a_workload_signed_by_a_clusters_intermediate_reaches_another_meshs_envo
     api.add_namespace("istio-system", &[]);
     let ca = TestCa::with_meshes(
         &[("a", "a.example"), ("b", "b.example")],
-        meshroot::keys::KeyType::EcdsaP256,
+        meshroot::domain::keys::KeyType::EcdsaP256,
     );
     ca.allow_cluster_intermediates("a", &["a.example"]);
     let kubeconfig = api.write_kubeconfig(ca.path(), "cluster-a");
@@ -368,7 +368,7 @@ async fn a_workload_signed_by_a_clusters_intermediate_reaches_another_meshs_envo
         let certificates = certificates(&chain);
         certificates[..certificates.len() - 1]
             .iter()
-            .map(|c| meshroot::keys::certificate_pem(c))
+            .map(|c| meshroot::domain::keys::certificate_pem(c))
             .collect()
     };
     let sign = |uri: &str| {
@@ -440,7 +440,7 @@ async fn a_root_an_unexpired_cluster_intermediate_chains_to_is_not_dropped() {
     let server = ca.start().await;
     common::eventually("cacerts written", || serial(&api).is_some()).await;
     let expires = SystemTime::now() + Duration::from_secs(2000 * 3600);
-    let expected_day = meshroot::clock::format_time(expires)[..10].to_owned();
+    let expected_day = meshroot::domain::clock::format_time(expires)[..10].to_owned();
 
     // The mesh moves to an intermediate under a new root, and the bundle holds the new root only.
     let next = TestCa::new();
@@ -467,7 +467,7 @@ async fn cacerts_under_a_pathlen_0_intermediate_is_refused_at_start() {
             kubeconfig.display()
         )
     });
-    let error = match meshroot::server::start(&ca.config()).await {
+    let error = match meshroot::edge::server::start(&ca.config()).await {
         Ok(_) => panic!("started"),
         Err(error) => error.to_string(),
     };

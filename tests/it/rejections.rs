@@ -6,9 +6,9 @@
 use crate::common;
 
 use common::*;
-use meshroot::client::{build_csr, CsrShape, CsrSubject, San};
+use meshroot::domain::record::{Outcome, Record};
+use meshroot::edge::client::{build_csr, CsrShape, CsrSubject, San};
 use meshroot::pb::istio::IstioCertificateRequest;
-use meshroot::record::{Outcome, Record};
 use rustls_pki_types::pem::PemObject as _;
 use tonic::Code;
 
@@ -200,7 +200,7 @@ async fn rejects_csr_with_a_bad_signature() {
         // The signature is the last field: flip a bit near the end.
         let at = bytes.len() - 3;
         bytes[at] ^= 0x01;
-        let csr = meshroot::keys::pem_encode("CERTIFICATE REQUEST", &bytes);
+        let csr = meshroot::domain::keys::pem_encode("CERTIFICATE REQUEST", &bytes);
         (csr, cart_token(ca))
     };
     check_refusal(tampered, Code::InvalidArgument, "csr-signature-invalid").await;
@@ -451,8 +451,8 @@ async fn an_oversized_cluster_id_is_recorded_truncated_with_its_length_and_hash(
         "missing-credentials",
     );
     let recorded = &record.caller.cluster_id;
-    assert!(recorded.len() <= meshroot::record::CLIENT_VALUE_BYTES);
-    let hash = meshroot::digest::hex(
+    assert!(recorded.len() <= meshroot::domain::record::CLIENT_VALUE_BYTES);
+    let hash = meshroot::domain::digest::hex(
         ring::digest::digest(&ring::digest::SHA256, cluster_id.as_bytes()).as_ref(),
     );
     assert!(recorded.starts_with("kkkk"));
@@ -466,13 +466,13 @@ async fn an_oversized_cluster_id_is_recorded_truncated_with_its_length_and_hash(
 /// What a record costs the store: its key, leaf header and encoding, its leaf hash, and an
 /// index entry (key and sequence number) per index it is in.
 fn stored_bytes(record: &Record) -> usize {
-    let encoded = meshroot::store::encode(record).len();
-    let index: usize = meshroot::audit::IndexKeys::of(record)
+    let encoded = meshroot::adapters::store::encode(record).len();
+    let index: usize = meshroot::domain::audit::IndexKeys::of(record)
         .entries
         .iter()
         .map(|(_, key)| key.len() + 8)
         .sum();
-    8 + meshroot::audit::LEAF_HEADER_LEN + encoded + 32 + index
+    8 + meshroot::domain::audit::LEAF_HEADER_LEN + encoded + 32 + index
 }
 
 /// D5: unauthenticated refusals beyond the per-peer rate are not stored one by one; the audit

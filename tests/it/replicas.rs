@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use common::process::{Serving, BINARY};
 use common::{agent_csr, copy_dir, eventually, TestCa, MESH, TRUST_DOMAIN};
-use meshroot::client::{self, AgentMetadata, Target};
+use meshroot::edge::client::{self, AgentMetadata, Target};
 
 const AUDITOR: &str = "spiffe://cluster.local/ns/istio-system/sa/meshroot-auditor";
 
@@ -262,7 +262,9 @@ async fn one_member_answers_for_all_and_says_when_it_cannot() {
     let now = SystemTime::now();
     let times: Vec<SystemTime> = listed
         .iter()
-        .map(|r| meshroot::audit::parse_time(r["recorded_at"].as_str().unwrap(), now).unwrap())
+        .map(|r| {
+            meshroot::domain::audit::parse_time(r["recorded_at"].as_str().unwrap(), now).unwrap()
+        })
         .collect();
     let mut sorted = times.clone();
     sorted.sort();
@@ -410,7 +412,10 @@ fn install_bundle(ca: &TestCa, from: &Path, roots: &[&Path], extra: Option<&Path
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_member_with_a_partner_root_certificate_is_refused_both_ways() {
     let cluster = Cluster::new();
-    let partner = TestCa::with_meshes(&[(MESH, TRUST_DOMAIN)], meshroot::keys::KeyType::EcdsaP256);
+    let partner = TestCa::with_meshes(
+        &[(MESH, TRUST_DOMAIN)],
+        meshroot::domain::keys::KeyType::EcdsaP256,
+    );
     cluster.ca.add_root_of(&partner, "partner-root.pem");
     cluster.ca.edit_config(|text| {
         text.replacen(
@@ -616,7 +621,9 @@ async fn in_kubernetes_members_follow_the_statefulset_and_the_api_keeps_each_che
     eventually("the checkpoint in the API", || {
         api.object("configmaps", "istio-system", "meshroot-checkpoints")
             .and_then(|cm| cm["data"][&key].as_str().map(str::to_owned))
-            .and_then(|note| meshroot::audit::checkpoint::Checkpoint::parse_unverified(&note))
+            .and_then(|note| {
+                meshroot::domain::audit::checkpoint::Checkpoint::parse_unverified(&note)
+            })
             .is_some_and(|checkpoint| checkpoint.size >= 4)
     })
     .await;

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use crate::common::process::meshroot_status as meshroot;
 use crate::common::*;
 use crate::envoy_mtls::{free_port, get, outbound_bootstrap, start_upstream, Envoy};
-use meshroot::keys::KeyType;
+use meshroot::domain::keys::KeyType;
 
 const CART: &str = "spiffe://a.example/ns/shop/sa/cart";
 const ORDERS: &str = "spiffe://a.example/ns/shop/sa/orders";
@@ -377,9 +377,9 @@ fn serial_of(path: &Path) -> String {
     text.trim().trim_start_matches("serial=").to_lowercase()
 }
 
-fn reason_of(record: &meshroot::record::Record) -> String {
+fn reason_of(record: &meshroot::domain::record::Record) -> String {
     match &record.outcome {
-        meshroot::record::Outcome::Denied(denied) => denied.reason.clone(),
+        meshroot::domain::record::Outcome::Denied(denied) => denied.reason.clone(),
         other => panic!("expected a denial, got {other:?}"),
     }
 }
@@ -441,7 +441,7 @@ async fn bad_revocations_are_refused_plainly_and_a_lifted_block_lets_the_identit
     assert!(server
         .records()
         .iter()
-        .all(|r| !matches!(r.outcome, meshroot::record::Outcome::Revoked(_))));
+        .all(|r| !matches!(r.outcome, meshroot::domain::record::Outcome::Revoked(_))));
 
     // A dry run changes nothing; then revoke, and the identity is refused a new certificate.
     let (code, out) = meshroot(&[
@@ -502,7 +502,7 @@ async fn bad_revocations_are_refused_plainly_and_a_lifted_block_lets_the_identit
     let revocations = server
         .records()
         .into_iter()
-        .filter(|r| matches!(r.outcome, meshroot::record::Outcome::Revoked(_)))
+        .filter(|r| matches!(r.outcome, meshroot::domain::record::Outcome::Revoked(_)))
         .count();
     assert_eq!(
         revocations, 3,

@@ -8,7 +8,7 @@ use crate::common;
 use std::sync::Arc;
 
 use common::*;
-use meshroot::signer::constraints::DataPlane;
+use meshroot::domain::signer::constraints::DataPlane;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -25,7 +25,7 @@ fn key_der(pem: &str) -> PrivateKeyDer<'static> {
 
 fn uri_of(certificate: &CertificateDer<'_>) -> String {
     let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(certificate).unwrap();
-    meshroot::identity::AltNames::of_certificate(&parsed)
+    meshroot::domain::identity::AltNames::of_certificate(&parsed)
         .uris
         .join(",")
 }

@@ -11,15 +11,15 @@ use std::time::{Duration, SystemTime};
 use tracing::instrument::WithSubscriber as _;
 
 use crate::common::{self, agent_csr, spiffe_id, TestCa, MESH};
-use meshroot::authn::impersonation::NodeAuthorizer;
-use meshroot::authn::jwt::{self, JwtAuthenticator, TrustedIssuer};
-use meshroot::authn::{AuthRequest, Authenticator, AuthenticatorChain, Authorization};
-use meshroot::clock::{Clock, SystemClock};
-use meshroot::identity::TrustDomain;
+use meshroot::adapters::authn::impersonation::NodeAuthorizer;
+use meshroot::adapters::authn::jwt::{self, JwtAuthenticator, TrustedIssuer};
+use meshroot::adapters::authn::{AuthRequest, Authenticator, AuthenticatorChain, Authorization};
+use meshroot::adapters::store::StoreError;
+use meshroot::domain::clock::{Clock, SystemClock};
+use meshroot::domain::identity::TrustDomain;
+use meshroot::domain::policy::{AliasIssuance, MeshPolicy};
+use meshroot::domain::record::{AppendFuture, Record, RecordSink};
 use meshroot::issuance::{CertificateAuthority, IssueError, Mesh, SigningRequest};
-use meshroot::policy::{AliasIssuance, MeshPolicy};
-use meshroot::record::{AppendFuture, Record, RecordSink};
-use meshroot::store::StoreError;
 
 /// Log output, captured for one request.
 #[derive(Clone, Default)]
@@ -59,7 +59,7 @@ impl RecordSink for FailingSink {
 fn authority_over(ca: &TestCa, sink: Arc<dyn RecordSink>) -> CertificateAuthority {
     let trust_domain = TrustDomain::new("cluster.local").unwrap();
     let authority = Arc::new(
-        meshroot::signer::files::load_signer(
+        meshroot::domain::signer::files::load_signer(
             MESH,
             trust_domain.clone(),
             &ca.path().join(MESH),
@@ -72,7 +72,7 @@ fn authority_over(ca: &TestCa, sink: Arc<dyn RecordSink>) -> CertificateAuthorit
     let keys = jwt::load_jwks(&ca.path().join(MESH).join("dev-issuer-jwks.json")).unwrap();
     let authenticators: Vec<Box<dyn Authenticator>> = vec![Box::new(JwtAuthenticator::new(
         vec![TrustedIssuer {
-            issuer: meshroot::cli::init::dev_issuer_name(MESH),
+            issuer: meshroot::edge::cli::init::dev_issuer_name(MESH),
             mesh: MESH.into(),
             trust_domain: trust_domain.clone(),
             audiences: vec!["istio-ca".into()],
@@ -157,7 +157,7 @@ async fn a_store_that_cannot_write_gets_internal_and_no_certificate_leaves() {
             Err(error) => error,
         };
         assert!(matches!(error, IssueError::Store(_)), "{what}: {error:?}");
-        let status = meshroot::grpc::status_for(&error, &request_id);
+        let status = meshroot::edge::grpc::status_for(&error, &request_id);
         assert_eq!(status.code(), tonic::Code::Internal, "{what}");
         assert!(status.message().contains(&request_id.to_string()), "{what}");
         assert!(

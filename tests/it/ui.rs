@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::{self, agent_csr, spiffe_id, TestCa, MESH};
-use meshroot::record::Outcome;
+use meshroot::domain::record::Outcome;
 
 fn chromium() -> PathBuf {
     std::env::var_os("MESHROOT_CHROMIUM")

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshroot::audit::PageToken;
-use meshroot::grpc::wire::{filter_from_query, query_from_filter};
+use meshroot::domain::audit::PageToken;
+use meshroot::edge::grpc::wire::{filter_from_query, query_from_filter};
 use meshroot::pb::audit::Filter;
 use prost::Message as _;
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshroot::audit::checkpoint::{
+use meshroot::domain::audit::checkpoint::{
     check_shared, MAX_SHARED_LOG_NAME_BYTES, MAX_SHARED_NOTE_BYTES,
 };
 

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshroot::csr;
-use meshroot::policy;
+use meshroot::domain::csr;
+use meshroot::domain::policy;
 
 fuzz_target!(|data: &[u8]| {
     let parsed = match data.split_first() {

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(request) = IstioCertificateRequest::decode(data) else {
         return;
     };
-    let impersonated = meshroot::grpc::impersonated_identity(&request);
+    let impersonated = meshroot::edge::grpc::impersonated_identity(&request);
     let present = request
         .metadata
         .as_ref()

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshroot::store::{decode, encode};
+use meshroot::adapters::store::{decode, encode};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(record) = decode(data) {

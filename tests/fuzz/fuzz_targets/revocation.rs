@@ -5,11 +5,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshroot::clock::{format_time, unix_seconds, LATEST_UNIX_SECONDS};
-use meshroot::grpc::revoke::{block_until, check_times, revocation_from_message};
+use meshroot::domain::clock::{format_time, unix_seconds, LATEST_UNIX_SECONDS};
+use meshroot::edge::grpc::wire::{check_times, revocation_from_message};
+use meshroot::issuance::revoke::block_until;
 use meshroot::pb::store::Revocation;
-use meshroot::record::{CallerRecord, Outcome, Record};
-use meshroot::revocation::Revocations;
+use meshroot::domain::record::{CallerRecord, Outcome, Record};
+use meshroot::domain::revocation::Revocations;
 use prost::Message as _;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshroot::federation::bundle::SpiffeBundle;
-use meshroot::identity::TrustDomain;
+use meshroot::domain::federation::bundle::SpiffeBundle;
+use meshroot::domain::identity::TrustDomain;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(trust_domain) = TrustDomain::new("partner.example") else {

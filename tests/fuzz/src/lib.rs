@@ -3,11 +3,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use meshroot::authn::jwt::{self, DevTokenSigner, JwtAuthenticator, TrustedIssuer};
-use meshroot::authn::{AuthenticatorKind, Caller};
-use meshroot::clock::ManualClock;
-use meshroot::identity::{SpiffeId, TrustDomain};
-use meshroot::policy::{AliasIssuance, MeshPolicy};
+use meshroot::adapters::authn::jwt::{self, DevTokenSigner, JwtAuthenticator, TrustedIssuer};
+use meshroot::adapters::authn::{AuthenticatorKind, Caller};
+use meshroot::domain::clock::ManualClock;
+use meshroot::domain::identity::{SpiffeId, TrustDomain};
+use meshroot::domain::policy::{AliasIssuance, MeshPolicy};
 
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// The fuzzers' "now" (2027-01-15).
@@ -92,9 +92,9 @@ pub fn authenticator() -> &'static JwtAuthenticator {
 
 /// The audit key the checkpoint-sharing target verifies with (a fixed Ed25519 key, so the
 /// seeds it signs stay valid), under the log name `name`.
-pub fn audit_signer(name: &str) -> meshroot::audit::checkpoint::AuditSigner {
+pub fn audit_signer(name: &str) -> meshroot::domain::audit::checkpoint::AuditSigner {
     let pkcs8 = include_bytes!("../corpus/audit-key.pk8");
-    match meshroot::audit::checkpoint::AuditSigner::from_pkcs8(name, pkcs8) {
+    match meshroot::domain::audit::checkpoint::AuditSigner::from_pkcs8(name, pkcs8) {
         Ok(signer) => signer,
         Err(error) => panic!("the fixed audit key: {error}"),
     }

@@ -6,12 +6,12 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use meshroot::audit::{PageToken, Position, Query};
-use meshroot::authn::jwt::DevTokenClaims;
-use meshroot::authn::PodRef;
-use meshroot::client::{build_csr, CsrShape};
+use meshroot::domain::audit::{PageToken, Position, Query};
+use meshroot::adapters::authn::jwt::DevTokenClaims;
+use meshroot::adapters::authn::PodRef;
+use meshroot::edge::client::{build_csr, CsrShape};
 use meshroot::pb::istio::IstioCertificateRequest;
-use meshroot::record::{CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RefusalSummary};
+use meshroot::domain::record::{CallerRecord, DenialRecord, IssuedRecord, Outcome, Record, RefusalSummary};
 use prost::Message as _;
 
 fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
@@ -81,7 +81,7 @@ fn main() {
         spiffe_id_prefix: Some("spiffe://cluster.local/ns/shop/".into()),
         ..Query::default()
     };
-    let filter = meshroot::grpc::wire::filter_from_query(&query).encode_to_vec();
+    let filter = meshroot::edge::grpc::wire::filter_from_query(&query).encode_to_vec();
     let token = PageToken {
         fingerprint: query.fingerprint(),
         position: Position::Sequence(42),
@@ -155,11 +155,11 @@ fn main() {
             subject: "spiffe://cluster.local/ns/ops/sa/admin".into(),
             ..CallerRecord::default()
         },
-        Outcome::Revoked(meshroot::record::RevocationRecord {
+        Outcome::Revoked(meshroot::domain::record::RevocationRecord {
             reason: "key-compromise".into(),
             comment: "leaked".into(),
             selector: format!("spiffe_id={id}"),
-            certificates: vec![meshroot::record::RevokedCertificate {
+            certificates: vec![meshroot::domain::record::RevokedCertificate {
                 serial: vec![0x51; 16],
                 intermediate_sha256: vec![3; 32],
                 not_after: at + Duration::from_secs(86400),
@@ -174,7 +174,7 @@ fn main() {
     );
     // What members hand each other: a revocation to record as gathered (with a block_for
     // prefix), and a checkpoint of a log signed by the audit key under that log's name.
-    let message = meshroot::store::to_message(&revocation);
+    let message = meshroot::adapters::store::to_message(&revocation);
     if let Some(meshroot::pb::store::record::Outcome::Revoked(apply)) = message.outcome {
         let mut input = 3600i64.to_le_bytes().to_vec();
         input.extend_from_slice(&apply.encode_to_vec());
@@ -187,9 +187,9 @@ fn main() {
     input.extend_from_slice(note.as_bytes());
     write(dir, "checkpoint_share", "signed", &input);
 
-    write(dir, "record", "issued", &meshroot::store::encode(&issued));
-    write(dir, "record", "summary", &meshroot::store::encode(&summary));
-    write(dir, "record", "revocation", &meshroot::store::encode(&revocation));
+    write(dir, "record", "issued", &meshroot::adapters::store::encode(&issued));
+    write(dir, "record", "summary", &meshroot::adapters::store::encode(&summary));
+    write(dir, "record", "revocation", &meshroot::adapters::store::encode(&revocation));
 
     // A partner's SPIFFE bundle: two roots (P-256 and P-384), a sequence and a refresh hint.
     let mut authorities = Vec::new();
@@ -201,8 +201,8 @@ fn main() {
             .unwrap_or_else(|e| panic!("{e}"));
         authorities.push(root.der().clone());
     }
-    let bundle = meshroot::federation::bundle::SpiffeBundle {
-        trust_domain: meshroot::identity::TrustDomain::new("partner.example")
+    let bundle = meshroot::domain::federation::bundle::SpiffeBundle {
+        trust_domain: meshroot::domain::identity::TrustDomain::new("partner.example")
             .unwrap_or_else(|e| panic!("{e}")),
         authorities,
         sequence: 7,

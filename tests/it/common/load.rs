@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use meshroot::client::{self, AgentMetadata, Target};
+use meshroot::edge::client::{self, AgentMetadata, Target};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 pub struct Load {

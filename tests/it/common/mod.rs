@@ -12,18 +12,18 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use meshroot::audit::Query;
-use meshroot::authn::jwt::{DevTokenClaims, DevTokenSigner};
-use meshroot::cli::init::{self, InitOptions};
-use meshroot::client::{self, AgentMetadata, CsrShape, Target};
-use meshroot::config::Config;
-use meshroot::grpc::REQUEST_ID_HEADER;
-use meshroot::identity::TrustDomain;
-use meshroot::keys::{self, KeyType};
+use meshroot::adapters::authn::jwt::{DevTokenClaims, DevTokenSigner};
+use meshroot::adapters::config::Config;
+use meshroot::domain::audit::Query;
+use meshroot::domain::identity::TrustDomain;
+use meshroot::domain::keys::{self, KeyType};
+use meshroot::domain::record::Record;
+use meshroot::edge::cli::init::{self, InitOptions};
+use meshroot::edge::client::{self, AgentMetadata, CsrShape, Target};
+use meshroot::edge::grpc::REQUEST_ID_HEADER;
+use meshroot::edge::server::{self, RunningServer};
 use meshroot::pb::istio::istio_certificate_service_client::IstioCertificateServiceClient;
 use meshroot::pb::istio::IstioCertificateResponse;
-use meshroot::record::Record;
-use meshroot::server::{self, RunningServer};
 use rcgen::KeyPair;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -141,7 +141,7 @@ impl TestCa {
         let mut spec = TokenSpec {
             issuer: init::dev_issuer_name(mesh),
             audiences: vec!["istio-ca".to_owned()],
-            issued_at: meshroot::clock::unix_seconds(SystemTime::now()),
+            issued_at: meshroot::domain::clock::unix_seconds(SystemTime::now()),
             lifetime: Duration::from_secs(3600),
             pod: None,
         };
@@ -178,14 +178,14 @@ impl TestCa {
 
     pub async fn start(&self) -> TestServer {
         init_test_log();
-        self.start_with_clock(std::sync::Arc::new(meshroot::clock::SystemClock))
+        self.start_with_clock(std::sync::Arc::new(meshroot::domain::clock::SystemClock))
             .await
     }
 
     /// Starts the server reading time from `clock` (token expiry, caches, certificates).
     pub async fn start_with_clock(
         &self,
-        clock: std::sync::Arc<dyn meshroot::clock::Clock>,
+        clock: std::sync::Arc<dyn meshroot::domain::clock::Clock>,
     ) -> TestServer {
         let server = server::start_with_clock(&self.config(), clock)
             .await
@@ -283,7 +283,7 @@ impl TestCa {
     pub fn rotate_intermediate(&self, mesh: &str) {
         let current = std::fs::read(self.path().join(mesh).join("ca-cert.pem")).unwrap();
         let current = CertificateDer::from_pem_slice(&current).unwrap();
-        let permitted = meshroot::signer::constraints::uri_constraints_of(&current)
+        let permitted = meshroot::domain::signer::constraints::uri_constraints_of(&current)
             .expect("init constrains the intermediates")
             .permitted()
             .to_vec();
@@ -375,7 +375,7 @@ pub struct TokenSpec {
     pub issued_at: i64,
     pub lifetime: Duration,
     /// The pod a projected token is bound to (`kubernetes.io.pod`, `.node`).
-    pub pod: Option<meshroot::authn::PodRef>,
+    pub pod: Option<meshroot::adapters::authn::PodRef>,
 }
 
 /// `MESHROOT_TEST_LOG=<filter>` shows the servers' logs in test output (with `--nocapture`).
@@ -504,7 +504,7 @@ impl TestServer {
     /// Asks for a certificate for `identity` of `mesh` as istio-agent does (P-256 key, valid
     /// token of `ca`'s development issuer); returns (chain PEM without the roots, key PEM).
     pub async fn workload(&self, ca: &TestCa, mesh: &str, identity: &str) -> (String, String) {
-        let id = meshroot::identity::SpiffeId::parse(identity).unwrap();
+        let id = meshroot::domain::identity::SpiffeId::parse(identity).unwrap();
         let key = p256_key();
         let csr = client::build_csr(&key, &CsrShape::istio_agent(identity)).unwrap();
         let token = ca.token(mesh, id.namespace(), id.service_account());
@@ -515,7 +515,7 @@ impl TestServer {
 
     /// Like [`TestServer::workload`], but the whole answer: the chain, then the root bundle.
     pub async fn workload_chain(&self, ca: &TestCa, mesh: &str, identity: &str) -> Vec<String> {
-        let id = meshroot::identity::SpiffeId::parse(identity).unwrap();
+        let id = meshroot::domain::identity::SpiffeId::parse(identity).unwrap();
         let csr = client::build_csr(&p256_key(), &CsrShape::istio_agent(identity)).unwrap();
         let token = ca.token(mesh, id.namespace(), id.service_account());
         self.call(csr, Some(token), 3600).await.unwrap().cert_chain
@@ -746,13 +746,14 @@ pub fn verify_chain(chain: &[String], roots_pem: &str) {
     // path, constraints included, by `openssl verify` below.
     let constrained = intermediates
         .first()
-        .and_then(|signing| meshroot::signer::constraints::uri_constraints_of(signing));
+        .and_then(|signing| meshroot::domain::signer::constraints::uri_constraints_of(signing));
     let (anchors, path): (Vec<_>, &[CertificateDer<'static>]) = match &constrained {
         Some(constraints) => {
             let (anchor, _) =
-                meshroot::signer::constraints::constraint_free_anchor(&intermediates[0]).unwrap();
+                meshroot::domain::signer::constraints::constraint_free_anchor(&intermediates[0])
+                    .unwrap();
             let (_, parsed) = x509_parser::parse_x509_certificate(&leaf[0]).unwrap();
-            for uri in meshroot::identity::AltNames::of_certificate(&parsed).uris {
+            for uri in meshroot::domain::identity::AltNames::of_certificate(&parsed).uris {
                 assert!(constraints.permits(uri), "{uri} is outside {constraints:?}");
             }
             (vec![anchor], &[])
@@ -993,7 +994,7 @@ pub fn assert_refused(
 ) -> Record {
     assert_eq!(status.code(), code, "{}", status.message());
     let record = server.record_of(status);
-    let meshroot::record::Outcome::Denied(denial) = &record.outcome else {
+    let meshroot::domain::record::Outcome::Denied(denial) = &record.outcome else {
         panic!("expected a denial record, got {record:?}")
     };
     assert_eq!(denial.reason, reason, "{}", denial.detail);

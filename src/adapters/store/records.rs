@@ -1,0 +1,201 @@
+//! The record's on-disk encoding: `meshroot.store.v1.Record` (protobuf), to and from the
+//! domain [`Record`].
+
+use super::*;
+
+/// The protobuf encoding of a record (format `meshroot.store.v1.Record`).
+pub fn encode(record: &Record) -> Vec<u8> {
+    to_message(record).encode_to_vec()
+}
+
+/// A record as its protobuf message.
+pub fn to_message(record: &Record) -> pb::Record {
+    let caller = &record.caller;
+    let outcome = match &record.outcome {
+        Outcome::Issued(issued) => pb::record::Outcome::Issued(pb::Issuance {
+            serial: issued.serial.clone(),
+            spiffe_id: issued.spiffe_id.clone(),
+            requested_spiffe_id: issued.requested_spiffe_id.clone(),
+            mesh: issued.mesh.clone(),
+            trust_domain: issued.trust_domain.clone(),
+            namespace: issued.namespace.clone(),
+            service_account: issued.service_account.clone(),
+            not_before: crate::domain::clock::unix_seconds(issued.not_before),
+            not_after: crate::domain::clock::unix_seconds(issued.not_after),
+            key_algorithm: issued.key_algorithm.clone(),
+            key_bits: issued.key_bits,
+            public_key_sha256: issued.public_key_sha256.clone(),
+            csr_sha256: issued.csr_sha256.clone(),
+            intermediate_sha256: issued.intermediate_sha256.clone(),
+            requested_ttl_seconds: issued.requested_ttl_seconds,
+            certificate_sha256: issued.certificate_sha256.clone(),
+            dns_names: issued.dns_names.clone(),
+            ca: issued.ca.as_ref().map(|ca| pb::IssuedCa {
+                cluster: ca.cluster.clone(),
+                root_sha256: ca.root_sha256.clone(),
+                permitted_trust_domains: ca.permitted_trust_domains.clone(),
+            }),
+        }),
+        Outcome::Denied(denied) => pb::record::Outcome::Denied(pb::Denial {
+            reason: denied.reason.clone(),
+            detail: denied.detail.clone(),
+            mesh: denied.mesh.clone(),
+            requested_spiffe_id: denied.requested_spiffe_id.clone(),
+            csr_sha256: denied.csr_sha256.clone(),
+            summary: denied.summary.as_ref().map(|summary| pb::RefusalSummary {
+                count: summary.count,
+                first_at_ms: unix_millis(summary.first_at),
+                last_at_ms: unix_millis(summary.last_at),
+            }),
+        }),
+        Outcome::Revoked(revoked) => pb::record::Outcome::Revoked(pb::Revocation {
+            reason: revoked.reason.clone(),
+            comment: revoked.comment.clone(),
+            selector: revoked.selector.clone(),
+            certificates: revoked
+                .certificates
+                .iter()
+                .map(|c| pb::RevokedCertificate {
+                    serial: c.serial.clone(),
+                    intermediate_sha256: c.intermediate_sha256.clone(),
+                    not_after: crate::domain::clock::unix_seconds(c.not_after),
+                    spiffe_id: c.spiffe_id.clone(),
+                    mesh: c.mesh.clone(),
+                    member: c.member.clone(),
+                })
+                .collect(),
+            blocked: revoked.blocked.clone(),
+            blocked_until_ms: revoked.blocked_until.map(unix_millis).unwrap_or(0),
+            unblocked: revoked.unblocked.clone(),
+        }),
+        Outcome::Federated(federated) => pb::record::Outcome::Federated(pb::Federation {
+            mesh: federated.mesh.clone(),
+            trust_domain: federated.trust_domain.clone(),
+            bundle_url: federated.bundle_url.clone(),
+            sequence: federated.sequence,
+            authorities_sha256: federated.authorities_sha256.clone(),
+            added_sha256: federated.added_sha256.clone(),
+            removed_sha256: federated.removed_sha256.clone(),
+            cross_certified_sha256: federated.cross_certified_sha256.clone(),
+            unprotected: federated.unprotected,
+        }),
+    };
+    pb::Record {
+        version: RECORD_VERSION,
+        sequence: record.sequence,
+        recorded_at_ms: unix_millis(record.recorded_at),
+        request_id: record.request_id.clone(),
+        caller: Some(pb::Caller {
+            authenticator: caller.authenticator.clone(),
+            issuer: caller.issuer.clone(),
+            subject: caller.subject.clone(),
+            cluster_id: caller.cluster_id.clone(),
+            peer_address: caller.peer_address.clone(),
+            spiffe_id: caller.spiffe_id.clone(),
+            pod_name: caller.pod_name.clone(),
+            pod_uid: caller.pod_uid.clone(),
+        }),
+        outcome: Some(outcome),
+    }
+}
+
+/// Decodes a protobuf record; None if it is malformed or of a newer format.
+pub fn decode(bytes: &[u8]) -> Option<Record> {
+    from_message(pb::Record::decode(bytes).ok()?)
+}
+
+/// A record from its protobuf message; None if it is incomplete or of a newer format.
+pub fn from_message(record: pb::Record) -> Option<Record> {
+    if record.version == 0 || record.version > RECORD_VERSION {
+        return None;
+    }
+    let caller = record.caller.unwrap_or_default();
+    let outcome = match record.outcome? {
+        pb::record::Outcome::Issued(issued) => Outcome::Issued(IssuedRecord {
+            serial: issued.serial,
+            spiffe_id: issued.spiffe_id,
+            requested_spiffe_id: issued.requested_spiffe_id,
+            dns_names: issued.dns_names,
+            mesh: issued.mesh,
+            trust_domain: issued.trust_domain,
+            namespace: issued.namespace,
+            service_account: issued.service_account,
+            not_before: from_unix_seconds(issued.not_before),
+            not_after: from_unix_seconds(issued.not_after),
+            key_algorithm: issued.key_algorithm,
+            key_bits: issued.key_bits,
+            public_key_sha256: issued.public_key_sha256,
+            csr_sha256: issued.csr_sha256,
+            intermediate_sha256: issued.intermediate_sha256,
+            certificate_sha256: issued.certificate_sha256,
+            requested_ttl_seconds: issued.requested_ttl_seconds,
+            ca: issued.ca.map(|ca| IssuedCa {
+                cluster: ca.cluster,
+                root_sha256: ca.root_sha256,
+                permitted_trust_domains: ca.permitted_trust_domains,
+            }),
+        }),
+        pb::record::Outcome::Denied(denied) => Outcome::Denied(DenialRecord {
+            reason: denied.reason,
+            detail: denied.detail,
+            mesh: denied.mesh,
+            requested_spiffe_id: denied.requested_spiffe_id,
+            csr_sha256: denied.csr_sha256,
+            summary: denied.summary.map(|summary| RefusalSummary {
+                count: summary.count,
+                first_at: from_unix_millis(summary.first_at_ms),
+                last_at: from_unix_millis(summary.last_at_ms),
+            }),
+        }),
+        pb::record::Outcome::Revoked(revoked) => Outcome::Revoked(RevocationRecord {
+            reason: revoked.reason,
+            comment: revoked.comment,
+            selector: revoked.selector,
+            certificates: revoked
+                .certificates
+                .into_iter()
+                .map(|c| RevokedCertificate {
+                    serial: c.serial,
+                    intermediate_sha256: c.intermediate_sha256,
+                    not_after: from_unix_seconds(c.not_after),
+                    spiffe_id: c.spiffe_id,
+                    mesh: c.mesh,
+                    member: c.member,
+                })
+                .collect(),
+            blocked: revoked.blocked,
+            blocked_until: (revoked.blocked_until_ms != 0)
+                .then(|| from_unix_millis(revoked.blocked_until_ms)),
+            unblocked: revoked.unblocked,
+        }),
+        pb::record::Outcome::Federated(federated) => {
+            Outcome::Federated(crate::domain::record::FederationRecord {
+                mesh: federated.mesh,
+                trust_domain: federated.trust_domain,
+                bundle_url: federated.bundle_url,
+                sequence: federated.sequence,
+                authorities_sha256: federated.authorities_sha256,
+                added_sha256: federated.added_sha256,
+                removed_sha256: federated.removed_sha256,
+                cross_certified_sha256: federated.cross_certified_sha256,
+                unprotected: federated.unprotected,
+            })
+        }
+    };
+    Some(Record {
+        sequence: record.sequence,
+        recorded_at: from_unix_millis(record.recorded_at_ms),
+        request_id: record.request_id,
+        caller: CallerRecord {
+            authenticator: caller.authenticator,
+            issuer: caller.issuer,
+            subject: caller.subject,
+            cluster_id: caller.cluster_id,
+            peer_address: caller.peer_address,
+            spiffe_id: caller.spiffe_id,
+            pod_name: caller.pod_name,
+            pod_uid: caller.pod_uid,
+        },
+        outcome,
+    })
+}

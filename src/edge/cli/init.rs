@@ -1,0 +1,564 @@
+//! `meshroot init` and `meshroot rotate intermediate`: creating CA material on disk, a shared
+//! root with one intermediate per mesh in Istio's `cacerts` layout, plus a config serving them.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
+    SerialNumber,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::adapters::authn::jwt::DevTokenSigner;
+use crate::adapters::config::{self, DEFAULT_LISTEN};
+use crate::domain::audit::checkpoint::AuditSigner;
+use crate::domain::identity::TrustDomain;
+use crate::domain::keys::{self, certificate_pem, KeyType};
+pub use crate::domain::signer::files::CaFilesError;
+
+pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+pub const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);
+/// NotBefore of generated CAs is backdated by this much for clock skew.
+const CA_BACKDATE: Duration = Duration::from_secs(3600);
+
+/// The audit key's file (Ed25519, PKCS#8 PEM) in an `init` directory.
+pub const AUDIT_KEY_FILE: &str = "audit-key.pem";
+/// Its verifier key (`name+id+key`), to give auditors.
+pub const AUDIT_VERIFIER_FILE: &str = "audit-key.pub";
+
+/// What `meshroot init` creates.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub dir: PathBuf,
+    pub meshes: Vec<(String, TrustDomain)>,
+    pub key_type: KeyType,
+    pub dev_issuer: bool,
+    /// Confine each mesh's intermediate to URIs of its trust domain (a critical
+    /// name-constraints extension); off only for verifiers that cannot process it.
+    pub name_constraints: bool,
+    /// Each mesh intermediate's pathLenConstraint: 0 (it signs leaves only), or 1 so that
+    /// meshroot can issue clusters' istiod intermediates below it.
+    pub intermediate_path_len: u8,
+    pub force: bool,
+}
+
+/// Files written by `init`, for the user.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub config: PathBuf,
+    pub root_certificate: PathBuf,
+    pub mesh_dirs: Vec<PathBuf>,
+    /// The CA material as values for the Helm chart (deploy/helm/meshroot).
+    pub helm_values: PathBuf,
+}
+
+/// The Helm values file `init` writes beside the CA material.
+pub const HELM_VALUES_FILE: &str = "helm-values.yaml";
+
+/// The issuer name of a mesh's local development token issuer.
+pub fn dev_issuer_name(mesh: &str) -> String {
+    format!("https://meshroot.dev.invalid/{mesh}")
+}
+
+/// Creates a shared root, one intermediate (pathlen 0) per mesh, and a config serving them.
+/// Private keys are written 0600. Existing keys are kept unless `force`.
+pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFilesError> {
+    let dir = &options.dir;
+    let mut key_paths = vec![dir.join("root-key.pem"), dir.join(AUDIT_KEY_FILE)];
+    for (mesh, _) in &options.meshes {
+        key_paths.push(dir.join(mesh).join("ca-key.pem"));
+        if options.dev_issuer {
+            key_paths.push(dir.join(mesh).join("dev-issuer-key.pem"));
+        }
+    }
+    if !options.force {
+        if let Some(existing) = key_paths.iter().find(|p| p.exists()) {
+            return Err(CaFilesError::WouldOverwrite {
+                path: existing.clone(),
+            });
+        }
+    }
+    let generate_failed = |what: &str, reason: String| CaFilesError::Generate {
+        what: what.to_owned(),
+        reason,
+    };
+    let rng = SystemRandom::new();
+    let not_before = now.checked_sub(CA_BACKDATE).unwrap_or(now);
+
+    let root_key = options
+        .key_type
+        .generate()
+        .map_err(|e| generate_failed("the root key", e.to_string()))?;
+    let mut root_params = ca_params("meshroot root CA", not_before, now + ROOT_VALIDITY, &rng)
+        .map_err(|e| generate_failed("the root certificate", e))?;
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = root_params
+        .self_signed(&root_key)
+        .map_err(|e| generate_failed("the root certificate", e.to_string()))?;
+    let root_pem = certificate_pem(root.der());
+    let root_issuer = Issuer::new(root_params, &root_key);
+
+    fs::create_dir_all(dir).map_err(|source| CaFilesError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    write_file(&dir.join("root-cert.pem"), root_pem.as_bytes(), false)?;
+    write_file(
+        &dir.join("root-key.pem"),
+        root_key.serialize_pem().as_bytes(),
+        true,
+    )?;
+
+    let mut config = String::from(
+        "# meshroot configuration, written by `meshroot init`. Paths are relative to this file.\n",
+    );
+    config.push_str(&format!(
+        "listen = {}\ndns_names = [{}]\nstore = \"store\"\n",
+        toml_string(DEFAULT_LISTEN),
+        config::DEFAULT_DNS_NAMES
+            .iter()
+            .map(|n| toml_string(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let mut mesh_dirs = Vec::new();
+    for (mesh, trust_domain) in &options.meshes {
+        let mesh_dir = dir.join(mesh);
+        fs::create_dir_all(&mesh_dir).map_err(|source| CaFilesError::Write {
+            path: mesh_dir.clone(),
+            source,
+        })?;
+        let permitted = std::slice::from_ref(trust_domain);
+        write_intermediate(
+            &mesh_dir,
+            mesh,
+            options.key_type,
+            options.name_constraints.then_some(permitted),
+            options.intermediate_path_len,
+            &root_issuer,
+            &root_pem,
+            now,
+            &rng,
+        )?;
+
+        config.push_str(&format!(
+            "\n[[mesh]]\nname = {name}\ntrust_domain = {}\nca_dir = {name}\n\
+             default_ttl = {}\nmax_ttl = {}\n",
+            toml_string(trust_domain.as_str()),
+            toml_string(&crate::domain::clock::format_duration(config::DEFAULT_TTL)),
+            toml_string(&crate::domain::clock::format_duration(
+                config::DEFAULT_MAX_TTL
+            )),
+            name = toml_string(mesh),
+        ));
+        if options.dev_issuer {
+            let (signer, pkcs8) = DevTokenSigner::generate()
+                .map_err(|e| generate_failed("a development issuer key", e.to_string()))?;
+            write_file(
+                &mesh_dir.join("dev-issuer-key.pem"),
+                keys::pem_encode("PRIVATE KEY", &pkcs8).as_bytes(),
+                true,
+            )?;
+            write_file(
+                &mesh_dir.join("dev-issuer-jwks.json"),
+                signer.jwks_json().as_bytes(),
+                false,
+            )?;
+            config.push_str(&format!(
+                "\n# Local development token issuer: `meshroot token` mints its tokens. Never use in production.\n\
+                 [[mesh.token_issuer]]\nissuer = {}\njwks = {}\n\
+                 audiences = [{}]\ndev_signing_key = {}\n",
+                toml_string(&dev_issuer_name(mesh)),
+                toml_string(&format!("{mesh}/dev-issuer-jwks.json")),
+                toml_string(config::DEFAULT_AUDIENCE),
+                toml_string(&format!("{mesh}/dev-issuer-key.pem")),
+            ));
+        } else {
+            config.push_str(
+                "\n# Add the cluster's service-account token issuer, e.g.:\n\
+                 # [[mesh.token_issuer]]\n# issuer = \"https://kubernetes.default.svc.cluster.local\"\n\
+                 # jwks = \"/path/to/cluster-jwks.json\"   # kubectl get --raw /openid/v1/jwks\n",
+            );
+        }
+        mesh_dirs.push(mesh_dir);
+    }
+    // The audit key signs checkpoints of the issuance log; its name (also the checkpoint
+    // origin) is unique per `init`, so checkpoints of different logs cannot be confused.
+    let mut id = [0u8; 4];
+    rng.fill(&mut id)
+        .map_err(|_| generate_failed("the audit key", "no randomness".into()))?;
+    let key_name = format!(
+        "{}/{}",
+        config::DEFAULT_AUDIT_KEY_NAME,
+        crate::domain::digest::hex(&id)
+    );
+    let (audit_signer, audit_pkcs8) = AuditSigner::generate(&key_name)
+        .map_err(|e| generate_failed("the audit key", e.to_string()))?;
+    write_file(
+        &dir.join(AUDIT_KEY_FILE),
+        keys::pem_encode("PRIVATE KEY", &audit_pkcs8).as_bytes(),
+        true,
+    )?;
+    write_file(
+        &dir.join(AUDIT_VERIFIER_FILE),
+        format!("{}\n", audit_signer.verifier_key()).as_bytes(),
+        false,
+    )?;
+    config.push_str(&format!(
+        "\n# The issuance log: checkpoints signed with the audit key (verifier key in {AUDIT_VERIFIER_FILE}),\n\
+         # published to checkpoint_file; records kept issued_retention after their certificate\n\
+         # expired, denials for denial_retention.\n\
+         [audit]\nkey = {}\nkey_name = {}\ncheckpoint_file = \"checkpoint.txt\"\n\
+         checkpoint_interval = {}\nissued_retention = \"400d\"\ndenial_retention = \"30d\"\nprune_interval = \"1h\"\n\
+         \n# The audit API (gRPC meshroot.audit.v1.AuditService). On a non-loopback address it\n\
+         # requires mutual TLS from one of allowed_identities (certificates meshroot issued).\n\
+         [admin]\nlisten = {}\n# allowed_identities = [\"spiffe://cluster.local/ns/istio-system/sa/auditor\"]\n",
+        toml_string(AUDIT_KEY_FILE),
+        toml_string(&key_name),
+        toml_string(&crate::domain::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL)),
+        toml_string(config::DEFAULT_ADMIN_LISTEN),
+    ));
+    sign_root_crl(dir, ROOT_CRL_VALIDITY, now, &dir.join(ROOT_CRL_FILE))?;
+    config.push_str(
+        "\n# Revocation (`meshroot revoke`): a CRL per intermediate, signed by meshroot, plus the\n\
+         # root's (root-crl.pem: renew it with `meshroot crl sign-root` before it lapses). Envoy\n\
+         # needs a CRL from every CA in a chain once it is given any.\n\
+         [revocation]\ncrl_file = \"ca-crl.pem\"\nextra_crls = [\"root-crl.pem\"]\n",
+    );
+    let config_path = dir.join("meshroot.toml");
+    write_file(&config_path, config.as_bytes(), false)?;
+    let helm_values = dir.join(HELM_VALUES_FILE);
+    let meshes: Vec<&str> = options.meshes.iter().map(|(m, _)| m.as_str()).collect();
+    write_file(
+        &helm_values,
+        helm_values_yaml(dir, &meshes)?.as_bytes(),
+        true,
+    )?;
+    Ok(InitReport {
+        config: config_path,
+        root_certificate: dir.join("root-cert.pem"),
+        mesh_dirs,
+        helm_values,
+    })
+}
+
+/// The Helm chart's `caMaterial` values: each mesh's files in Istio's cacerts layout, the root's
+/// CRL and the audit key, as `init` wrote them (never the root key). PEM is ASCII lines, so each
+/// file is a YAML literal block holding exactly its text.
+fn helm_values_yaml(dir: &Path, meshes: &[&str]) -> Result<String, CaFilesError> {
+    let read = |path: PathBuf| {
+        fs::read_to_string(&path).map_err(|source| CaFilesError::Read { path, source })
+    };
+    let block = |text: &str, indent: &str| {
+        let mut out = String::from("|\n");
+        for line in text.lines() {
+            out.push_str(indent);
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    };
+    let mut yaml = String::from(
+        "# The CA material for the Helm chart deploy/helm/meshroot, written by `meshroot init`:\n\
+         #   helm install meshroot deploy/helm/meshroot -n istio-system --create-namespace -f <this file>\n\
+         # beside the values that name these meshes (the chart's default is one mesh, \"default\";\n\
+         # deploy/helm/meshroot/examples has more).\n\
+         # It holds the meshes' intermediate keys and the audit key (never the root key): keep it as\n\
+         # secret as they are. Helm keeps a release's values in a Secret of the release's namespace.\n\
+         caMaterial:\n  meshes:\n",
+    );
+    for mesh in meshes {
+        // A JSON string is a YAML double-quoted scalar.
+        yaml.push_str(&format!("    {}:\n", serde_json::Value::from(*mesh)));
+        for file in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ] {
+            let text = read(dir.join(mesh).join(file))?;
+            yaml.push_str(&format!("      {file}: {}", block(&text, "        ")));
+        }
+    }
+    for file in [ROOT_CRL_FILE, AUDIT_KEY_FILE] {
+        let text = read(dir.join(file))?;
+        yaml.push_str(&format!("  {file}: {}", block(&text, "    ")));
+    }
+    Ok(yaml)
+}
+
+/// The root's CRL in the directory `init` writes.
+pub const ROOT_CRL_FILE: &str = "root-crl.pem";
+/// How long the root CRL `init` signs is valid.
+pub const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
+/// Signs the root's (empty) CRL with the root key in `root_dir` (root-cert.pem, root-key.pem),
+/// valid for `valid_for`, and writes it to `out`. Envoy checks a CRL from every CA in a chain
+/// once any CRL is configured, so the root's must be published with the intermediates'.
+pub fn sign_root_crl(
+    root_dir: &Path,
+    valid_for: Duration,
+    now: SystemTime,
+    out: &Path,
+) -> Result<(), CaFilesError> {
+    let read = |name: &str| {
+        let path = root_dir.join(name);
+        fs::read(&path).map_err(|source| CaFilesError::Read { path, source })
+    };
+    let invalid = |file: &str, reason: String| CaFilesError::Generate {
+        what: format!("{} ({file})", root_dir.display()),
+        reason,
+    };
+    let root_key = keys::load_private_key_pem(&read("root-key.pem")?)
+        .map_err(|e| invalid("root-key.pem", e.to_string()))?;
+    let roots = keys::parse_certificates_pem(&read("root-cert.pem")?)
+        .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    let [root] = roots.as_slice() else {
+        return Err(invalid(
+            "root-cert.pem",
+            "holds more than one certificate".into(),
+        ));
+    };
+    let ski = {
+        use x509_parser::prelude::FromDer;
+        x509_parser::certificate::X509Certificate::from_der(root)
+            .ok()
+            .and_then(|(_, cert)| {
+                cert.extensions()
+                    .iter()
+                    .find_map(|e| match e.parsed_extension() {
+                        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => {
+                            Some(ski.0.to_vec())
+                        }
+                        _ => None,
+                    })
+            })
+    };
+    let issuer = Issuer::from_ca_cert_der(root, root_key)
+        .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    let number = crate::domain::clock::unix_millis(now).max(1) as u64;
+    let next_update = crate::domain::clock::later(now, valid_for)
+        .map_err(|e| invalid("--valid-for", e.to_string()))?;
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: time::OffsetDateTime::from(now),
+        next_update: time::OffsetDateTime::from(next_update),
+        crl_number: rcgen::SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: match ski {
+            Some(ski) => rcgen::KeyIdMethod::PreSpecified(ski),
+            None => rcgen::KeyIdMethod::Sha256,
+        },
+    };
+    let crl = params
+        .signed_by(&issuer)
+        .map_err(|e| invalid("root-key.pem", e.to_string()))?;
+    write_file(out, keys::crl_pem(crl.der()).as_bytes(), false)
+}
+
+/// Makes a new intermediate (pathlen `path_len`) for `mesh` under `root_issuer` and writes the
+/// mesh's `cacerts` files into `mesh_dir`: ca-cert.pem, ca-key.pem (0600), cert-chain.pem,
+/// root-cert.pem. With `permitted` trust domains, the intermediate may certify only URIs whose
+/// host is one of them (a critical name-constraints extension).
+#[allow(clippy::too_many_arguments)]
+fn write_intermediate(
+    mesh_dir: &Path,
+    mesh: &str,
+    key_type: KeyType,
+    permitted: Option<&[TrustDomain]>,
+    path_len: u8,
+    root_issuer: &Issuer<'_, impl rcgen::SigningKey>,
+    root_pem: &str,
+    now: SystemTime,
+    rng: &SystemRandom,
+) -> Result<(), CaFilesError> {
+    let generate_failed = |what: &str, reason: String| CaFilesError::Generate {
+        what: what.to_owned(),
+        reason,
+    };
+    let not_before = now.checked_sub(CA_BACKDATE).unwrap_or(now);
+    let key = key_type
+        .generate()
+        .map_err(|e| generate_failed(&format!("the {mesh} intermediate key"), e.to_string()))?;
+    let intermediate_not_after = (now + INTERMEDIATE_VALIDITY).min(now + ROOT_VALIDITY);
+    let mut params = ca_params(
+        &format!("meshroot intermediate CA {mesh}"),
+        not_before,
+        intermediate_not_after,
+        rng,
+    )
+    .map_err(|e| generate_failed("an intermediate certificate", e))?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.use_authority_key_identifier_extension = true;
+    if let Some(permitted) = permitted {
+        let constraints = crate::domain::signer::constraints::uri_name_constraints(permitted)
+            .map_err(|e| generate_failed("the intermediate's name constraints", e.to_string()))?;
+        params.custom_extensions.push(constraints);
+    }
+    let intermediate = params
+        .signed_by(&key, root_issuer)
+        .map_err(|e| generate_failed("an intermediate certificate", e.to_string()))?;
+    let intermediate_pem = certificate_pem(intermediate.der());
+    fs::create_dir_all(mesh_dir).map_err(|source| CaFilesError::Write {
+        path: mesh_dir.to_owned(),
+        source,
+    })?;
+    write_file(
+        &mesh_dir.join("ca-cert.pem"),
+        intermediate_pem.as_bytes(),
+        false,
+    )?;
+    write_file(
+        &mesh_dir.join("ca-key.pem"),
+        key.serialize_pem().as_bytes(),
+        true,
+    )?;
+    write_file(
+        &mesh_dir.join("cert-chain.pem"),
+        format!("{intermediate_pem}{root_pem}").as_bytes(),
+        false,
+    )?;
+    write_file(&mesh_dir.join("root-cert.pem"), root_pem.as_bytes(), false)
+}
+
+/// How `meshroot rotate intermediate` makes an intermediate.
+#[derive(Debug, Clone)]
+pub struct IntermediateOptions {
+    pub key_type: KeyType,
+    /// The trust domains its URIs are confined to; `None`: no name constraints.
+    pub permitted: Option<Vec<TrustDomain>>,
+    /// Its pathLenConstraint (1: meshroot may issue clusters' intermediates below it).
+    pub path_len: u8,
+    /// Replace an existing key.
+    pub force: bool,
+}
+
+/// A new intermediate for `mesh` under the root in `root_dir` (its `root-cert.pem` and
+/// `root-key.pem`, as `init` wrote them), written in the `cacerts` layout into `out`: the
+/// intermediate rotation, with no change of trust bundle. Refuses to replace an existing key
+/// unless `force`.
+pub fn issue_intermediate(
+    root_dir: &Path,
+    mesh: &str,
+    out: &Path,
+    options: &IntermediateOptions,
+    now: SystemTime,
+) -> Result<(), CaFilesError> {
+    let IntermediateOptions {
+        key_type,
+        permitted,
+        path_len,
+        force,
+    } = options;
+    let (key_type, path_len, force) = (*key_type, *path_len, *force);
+    let permitted = permitted.as_deref();
+    let key_path = out.join("ca-key.pem");
+    if !force && key_path.exists() {
+        return Err(CaFilesError::WouldOverwrite { path: key_path });
+    }
+    let read = |name: &str| {
+        let path = root_dir.join(name);
+        fs::read(&path).map_err(|source| CaFilesError::Read { path, source })
+    };
+    let root_pem_bytes = read("root-cert.pem")?;
+    let root_key_pem = read("root-key.pem")?;
+    let invalid = |file: &str, reason: String| CaFilesError::Generate {
+        what: format!("{} ({file})", root_dir.display()),
+        reason,
+    };
+    let root_key = keys::load_private_key_pem(&root_key_pem)
+        .map_err(|e| invalid("root-key.pem", e.to_string()))?;
+    let root_pem = String::from_utf8(root_pem_bytes)
+        .map_err(|_| invalid("root-cert.pem", "not UTF-8 PEM".into()))?;
+    let roots = keys::parse_certificates_pem(root_pem.as_bytes())
+        .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    let [root] = roots.as_slice() else {
+        return Err(invalid(
+            "root-cert.pem",
+            format!(
+                "holds {} certificates; the root directory holds one root",
+                roots.len()
+            ),
+        ));
+    };
+    let root_issuer = Issuer::from_ca_cert_der(root, root_key)
+        .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    write_intermediate(
+        out,
+        mesh,
+        key_type,
+        permitted,
+        path_len,
+        &root_issuer,
+        &certificate_pem(root),
+        now,
+        &SystemRandom::new(),
+    )
+}
+
+fn ca_params(
+    common_name: &str,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    rng: &SystemRandom,
+) -> Result<CertificateParams, String> {
+    let mut serial = [0u8; 16];
+    rng.fill(&mut serial)
+        .map_err(|_| "no randomness".to_owned())?;
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "meshroot");
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.not_before = time::OffsetDateTime::from(not_before);
+    params.not_after = time::OffsetDateTime::from(not_after);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
+/// Writes a file atomically (temporary file, then rename); secrets get mode 0600 from creation.
+fn write_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), CaFilesError> {
+    let error = |source| CaFilesError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.tmp"));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(&temporary).map_err(error)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = if secret { 0o600 } else { 0o644 };
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(error)?;
+    }
+    file.write_all(contents).map_err(error)?;
+    file.sync_all().map_err(error)?;
+    drop(file);
+    fs::rename(&temporary, path).map_err(error)
+}
+
+/// A TOML string (quoted and escaped by the toml crate), for the config `init` writes around its
+/// comments.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_owned()).to_string()
+}

@@ -1,0 +1,757 @@
+//! `meshroot.audit.v1.AuditService`: the audit API over the record store, on the admin
+//! address. Store work runs on blocking threads, so a long query never stalls issuance.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::adapters::authn::admin::{AdminRoles, Judges, Right};
+use crate::adapters::store::AuditError;
+use crate::adapters::store::{self, LogEntry, SledStore};
+use crate::domain::audit::checkpoint::{
+    check_shared, AuditVerifier, Checkpoint, MAX_SHARED_LOGS_PER_MEMBER,
+};
+use crate::domain::audit::{Query, DEFAULT_PAGE_SIZE};
+use crate::domain::clock::unix_millis;
+use crate::domain::record::client_text;
+use crate::pb::audit as api;
+use crate::pb::audit::audit_service_client::AuditServiceClient;
+use crate::pb::audit::audit_service_server::{AuditService, AuditServiceServer};
+
+use super::cluster::{completeness, forward, gather, labelled, local, sum_stats, Route};
+use super::wire::{entry_message, query_from_filter};
+use super::{admin_identity_allowed, status_for_audit};
+use crate::edge::members::Members;
+
+/// Entries read from the store per step of a watch.
+const WATCH_CHUNK: usize = 512;
+
+/// Who may use the audit API on a non-loopback admin address (`authn::admin`).
+pub struct AdminAccess {
+    /// Readers, revokers and the member identity.
+    pub roles: AdminRoles,
+    /// The authority in force, whose identity anchors and revocations judge client
+    /// certificates.
+    pub current: Arc<crate::issuance::CurrentAuthority>,
+}
+
+/// The audit API over a store.
+pub struct AuditApi {
+    store: Arc<SledStore>,
+    /// The audit key's verifier key, returned with checkpoints.
+    verifier_key: Option<String>,
+    /// The same, parsed: checks the checkpoints members share.
+    verifier: Option<AuditVerifier>,
+    /// When set, only clients whose certificate proves one of the allowed identities are served
+    /// (the listener only checked that the client holds its certificate's key).
+    access: Option<AdminAccess>,
+    /// Ends live tails when the server shuts down.
+    shutdown: watch::Receiver<bool>,
+    /// The other replicas, with `[cluster]`.
+    members: Option<Arc<Members>>,
+    /// What revocations need: the authority in force (its revocations and clock), the CRL
+    /// publisher, and the configured block duration.
+    pub(super) revocation: Option<crate::issuance::revoke::RevokeContext>,
+}
+
+impl AuditApi {
+    pub fn new(
+        store: Arc<SledStore>,
+        verifier_key: Option<String>,
+        access: Option<AdminAccess>,
+        shutdown: watch::Receiver<bool>,
+        members: Option<Arc<Members>>,
+        revocation: Option<crate::issuance::revoke::RevokeContext>,
+    ) -> Arc<Self> {
+        let verifier = verifier_key
+            .as_deref()
+            .and_then(|key| AuditVerifier::parse(key).ok());
+        Arc::new(Self {
+            store,
+            verifier,
+            verifier_key,
+            access,
+            shutdown,
+            members,
+            revocation,
+        })
+    }
+
+    /// The gRPC service over a shared API (the status page asks the same one).
+    pub fn service(api: Arc<Self>) -> AuditServiceServer<Self> {
+        AuditServiceServer::from_arc(api)
+    }
+
+    pub(super) fn store(&self) -> &Arc<SledStore> {
+        &self.store
+    }
+
+    pub(super) fn members(&self) -> Option<&Arc<Members>> {
+        self.members.as_ref()
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.authorized_identity(request, Right::Read).map(|_| ())
+    }
+
+    /// The identity a request proved, if it holds `right` (None on a loopback admin address,
+    /// where no client certificate is asked for).
+    pub(crate) fn authorized_identity<T>(
+        &self,
+        request: &Request<T>,
+        right: Right,
+    ) -> Result<Option<String>, Status> {
+        match &self.access {
+            None => Ok(None),
+            Some(access) => {
+                let ca = access.current.get();
+                let judges = Judges {
+                    anchors: ca.identity_anchors(),
+                    member_anchors: ca.member_anchors(),
+                    revocations: ca.revocations(),
+                    now: ca.clock().now(),
+                };
+                admin_identity_allowed(request, &access.roles, &judges, right).map(Some)
+            }
+        }
+    }
+
+    /// Members only, for what only members may say.
+    fn authorize_member<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.authorized_identity(request, Right::Member).map(|_| ())
+    }
+
+    /// Runs store work on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&SledStore) -> Result<T, AuditError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || work(&store)).await {
+            Ok(result) => result.map_err(|error| status_for_audit(&error)),
+            Err(join) => {
+                tracing::error!(error = %join, "audit request task failed");
+                Err(status_for_audit(&AuditError::Store(
+                    crate::adapters::store::StoreError::Closed,
+                )))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn revoke(
+        &self,
+        request: Request<api::RevokeRequest>,
+    ) -> Result<Response<api::RevokeResponse>, Status> {
+        let actor = self.authorized_identity(&request, Right::Revoke)?;
+        // What to record, as gathered by another member: only members may hand it over (an
+        // operator's request goes through the selection, which this skips).
+        if request.get_ref().apply.is_some() {
+            self.authorize_member(&request)?;
+        }
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        self.revoke_request(request.into_inner(), actor, peer)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_records(
+        &self,
+        request: Request<api::ListRecordsRequest>,
+    ) -> Result<Response<api::ListRecordsResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        // A bad filter is the caller's mistake, refused here rather than by every member.
+        if let Some(filter) = &request.filter {
+            query_from_filter(filter.clone())
+                .map_err(|e| status_for_audit(&AuditError::Query(e)))?;
+        }
+        let response = match self.route(request.scope.as_ref())? {
+            Route::Local => self.local_list(request).await?,
+            Route::Forward(members, member) => {
+                let response = forward(&members, &member, |mut client| {
+                    let request = api::ListRecordsRequest {
+                        scope: local(),
+                        ..request.clone()
+                    };
+                    async move { client.list_records(request).await }
+                })
+                .await?
+                .into_inner();
+                labelled(response, &member)
+            }
+            Route::Cluster(members) => self.cluster_list(&members, request).await?,
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn get_record(
+        &self,
+        request: Request<api::GetRecordRequest>,
+    ) -> Result<Response<api::LogEntry>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        match self.route(request.scope.as_ref())? {
+            Route::Local => {}
+            Route::Forward(members, member) => {
+                let entry = forward(&members, &member, |mut client| {
+                    let request = api::GetRecordRequest {
+                        scope: local(),
+                        ..request.clone()
+                    };
+                    async move { client.get_record(request).await }
+                })
+                .await?
+                .into_inner();
+                return Ok(Response::new(api::LogEntry { member, ..entry }));
+            }
+            Route::Cluster(members) => return self.cluster_get_record(&members, request).await,
+        }
+        let key = request.key;
+        let entry = self
+            .blocking(move |store| {
+                let sequence = sequence_for(store, key)?;
+                store
+                    .entries(sequence, sequence, 1)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| AuditError::NotFound(format!("no record {sequence}")))
+            })
+            .await?;
+        Ok(Response::new(entry_message(&entry, true)))
+    }
+
+    type WatchRecordsStream = ReceiverStream<Result<api::LogEntry, Status>>;
+
+    async fn watch_records(
+        &self,
+        request: Request<api::WatchRecordsRequest>,
+    ) -> Result<Response<Self::WatchRecordsStream>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        // A live tail follows one log: the replica asked, or the member named.
+        if let Route::Forward(members, member) = self.route(request.scope.as_ref())? {
+            let stream = forward(&members, &member, |mut client| {
+                let request = api::WatchRecordsRequest {
+                    scope: local(),
+                    ..request.clone()
+                };
+                async move { client.watch_records(request).await }
+            })
+            .await?
+            .into_inner();
+            return Ok(Response::new(relay(stream, member, self.shutdown.clone())));
+        }
+        let filter = request
+            .filter
+            .map(query_from_filter)
+            .transpose()
+            .map_err(|e| status_for_audit(&AuditError::Query(e)))?;
+        if let Some(query) = &filter {
+            query
+                .validate()
+                .map_err(|e| status_for_audit(&AuditError::Query(e)))?;
+            if query.revoked.is_some() {
+                // A certificate is revoked after its record was written: a tail cannot say.
+                return Err(status_for_audit(&AuditError::Query(
+                    crate::domain::audit::QueryError::Invalid(
+                        "the revoked-only filter is for listing, not for a live tail".into(),
+                    ),
+                )));
+            }
+        }
+        let (sender, receiver) = mpsc::channel(64);
+        let store = self.store.clone();
+        let mut shutdown = self.shutdown.clone();
+        let to = match request.to_sequence {
+            0 => u64::MAX,
+            to => to,
+        };
+        tokio::spawn(async move {
+            let mut durable = store.subscribe();
+            let mut next = request.from_sequence.max(1);
+            loop {
+                let through = durable.current().min(to);
+                while next <= through {
+                    let chunk_store = store.clone();
+                    let from = next;
+                    let entries = tokio::task::spawn_blocking(move || {
+                        chunk_store.entries(from, through, WATCH_CHUNK)
+                    })
+                    .await;
+                    let entries = match entries {
+                        Ok(Ok(entries)) => entries,
+                        Ok(Err(error)) => {
+                            let _ = sender
+                                .send(Err(status_for_audit(&AuditError::Store(error))))
+                                .await;
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let Some(last) = entries.last().map(LogEntry::sequence) else {
+                        break;
+                    };
+                    for entry in &entries {
+                        if !wanted(entry, filter.as_ref(), request.include_pruned) {
+                            continue;
+                        }
+                        let message = entry_message(entry, request.include_stored);
+                        if sender.send(Ok(message)).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    next = last + 1;
+                }
+                if next > to {
+                    return;
+                }
+                tokio::select! {
+                    changed = durable.changed() => if changed.is_none() { return },
+                    _ = shutdown.wait_for(|stopped| *stopped) => return,
+                    _ = sender.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<api::GetCheckpointRequest>,
+    ) -> Result<Response<api::GetCheckpointResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        if let Route::Forward(members, member) = self.route(request.scope.as_ref())? {
+            return forward(&members, &member, |mut client| {
+                let request = api::GetCheckpointRequest {
+                    scope: local(),
+                    ..request.clone()
+                };
+                async move { client.get_checkpoint(request).await }
+            })
+            .await;
+        }
+        let from_size = request.from_size;
+        let verifier_key = self.verifier_key.clone().unwrap_or_default();
+        self.blocking(move |store| {
+            let (size, note) = store
+                .latest_checkpoint()?
+                .ok_or_else(|| AuditError::NotFound("no checkpoint has been written yet".into()))?;
+            let root = Checkpoint::parse_unverified(&note)
+                .map(|checkpoint| checkpoint.root)
+                .unwrap_or_default();
+            let consistency_proof = if from_size > 0 && from_size <= size {
+                store.prove_consistency(from_size, size)?
+            } else {
+                Vec::new()
+            };
+            Ok(api::GetCheckpointResponse {
+                note,
+                size,
+                root_hash: root.to_vec(),
+                consistency_proof: consistency_proof.iter().map(|h| h.to_vec()).collect(),
+                verifier_key,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn prove_inclusion(
+        &self,
+        request: Request<api::ProveInclusionRequest>,
+    ) -> Result<Response<api::ProveInclusionResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        if let Route::Forward(members, member) = self.route(request.scope.as_ref())? {
+            return forward(&members, &member, |mut client| {
+                let request = api::ProveInclusionRequest {
+                    scope: local(),
+                    ..request.clone()
+                };
+                async move { client.prove_inclusion(request).await }
+            })
+            .await;
+        }
+        self.blocking(move |store| {
+            let sequence = sequence_for(store, request.key.map(Into::into))?;
+            let (tree_size, checkpoint_note) = match request.tree_size {
+                0 => {
+                    let (size, note) = store.latest_checkpoint()?.ok_or_else(|| {
+                        AuditError::NotFound("no checkpoint has been written yet".into())
+                    })?;
+                    (size, note)
+                }
+                size => {
+                    let note = store
+                        .checkpoints()?
+                        .into_iter()
+                        .find(|(s, _)| *s == size)
+                        .map(|(_, note)| note)
+                        .unwrap_or_default();
+                    (size, note)
+                }
+            };
+            if sequence > tree_size {
+                return Err(AuditError::NotFound(format!(
+                    "record {sequence} is newer than the checkpoint of {tree_size} records; \
+                     ask again after the next checkpoint"
+                )));
+            }
+            let proof = store.prove_inclusion(sequence, tree_size)?;
+            Ok(api::ProveInclusionResponse {
+                leaf_index: proof.leaf_index,
+                tree_size: proof.tree_size,
+                leaf_data: proof.leaf.to_bytes().to_vec(),
+                record: proof.record.unwrap_or_default(),
+                audit_path: proof.path.iter().map(|h| h.to_vec()).collect(),
+                checkpoint_note,
+            })
+        })
+        .await
+        .map(Response::new)
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<api::GetStatsRequest>,
+    ) -> Result<Response<api::GetStatsResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let response = match self.route(request.scope.as_ref())? {
+            Route::Local => self.local_stats().await?,
+            Route::Forward(members, member) => {
+                forward(&members, &member, |mut client| async move {
+                    client
+                        .get_stats(api::GetStatsRequest { scope: local() })
+                        .await
+                })
+                .await?
+                .into_inner()
+            }
+            Route::Cluster(members) => {
+                let (answers, missing) =
+                    gather(&members, self.local_stats(), |mut client| async move {
+                        client
+                            .get_stats(api::GetStatsRequest { scope: local() })
+                            .await
+                            .map(Response::into_inner)
+                    })
+                    .await?;
+                sum_stats(answers, &missing)
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn list_signers(
+        &self,
+        request: Request<api::ListSignersRequest>,
+    ) -> Result<Response<api::ListSignersResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        if let Route::Forward(members, member) = self.route(request.scope.as_ref())? {
+            return forward(&members, &member, |mut client| {
+                let request = api::ListSignersRequest {
+                    scope: local(),
+                    ..request.clone()
+                };
+                async move { client.list_signers(request).await }
+            })
+            .await;
+        }
+        let mesh = request.mesh;
+        let signers = self
+            .blocking(move |store| store.signers(&mesh).map_err(AuditError::from))
+            .await?;
+        let mut signers: Vec<api::Signer> = signers
+            .into_iter()
+            .map(|(sha256, chain)| api::Signer { sha256, chain })
+            .collect();
+        signers.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        Ok(Response::new(api::ListSignersResponse { signers }))
+    }
+
+    async fn get_federation(
+        &self,
+        request: Request<api::GetFederationRequest>,
+    ) -> Result<Response<api::GetFederationResponse>, Status> {
+        self.authorize(&request)?;
+        // An API without the authority (a store opened by the CLI) has no meshes to report.
+        Ok(Response::new(match &self.revocation {
+            Some(context) => super::federation::federation(&context.current.get()),
+            None => api::GetFederationResponse::default(),
+        }))
+    }
+
+    async fn get_cluster(
+        &self,
+        request: Request<api::GetClusterRequest>,
+    ) -> Result<Response<api::GetClusterResponse>, Status> {
+        self.authorize(&request)?;
+        Ok(Response::new(match self.members() {
+            None => api::GetClusterResponse::default(),
+            Some(members) => api::GetClusterResponse {
+                members: members.all(),
+                this_member: members.this().unwrap_or_default().to_owned(),
+            },
+        }))
+    }
+
+    async fn share_checkpoint(
+        &self,
+        request: Request<api::ShareCheckpointRequest>,
+    ) -> Result<Response<api::ShareCheckpointResponse>, Status> {
+        self.authorize_member(&request)?;
+        let request = request.into_inner();
+        let invalid = |what: &str| {
+            status_for_audit(&AuditError::Query(
+                crate::domain::audit::QueryError::Invalid(what.to_owned()),
+            ))
+        };
+        let Some(members) = self.members() else {
+            return Err(invalid("this replica has no [cluster]"));
+        };
+        if !members.contains(&request.member) {
+            return Err(invalid("not a member of this cluster"));
+        }
+        // Signed by the audit key, of the named log, within bounds (issue 30, N4).
+        let note = check_shared(&request.log, &request.note, self.verifier.as_ref()).map_err(
+            |error| {
+                tracing::warn!(%error, member = %client_text(&request.member, 256), "a shared checkpoint was refused");
+                invalid(&error.to_string())
+            },
+        )?;
+        let (member, log) = (request.member, request.log);
+        let kept = self
+            .blocking(move |store| {
+                let (logs, known) = store.member_logs(&member, &log)?;
+                if !known && note.is_some() && logs >= MAX_SHARED_LOGS_PER_MEMBER {
+                    return Err(AuditError::Query(
+                        crate::domain::audit::QueryError::Invalid(format!(
+                            "this member already keeps {logs} logs' checkpoints for {member}"
+                        )),
+                    ));
+                }
+                store
+                    .keep_member_checkpoint(&member, &log, note)
+                    .map_err(AuditError::from)
+            })
+            .await?;
+        Ok(Response::new(api::ShareCheckpointResponse {
+            note: kept.map(|(_, note)| note).unwrap_or_default(),
+        }))
+    }
+
+    async fn count_root_use(
+        &self,
+        request: Request<api::CountRootUseRequest>,
+    ) -> Result<Response<api::CountRootUseResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let ask = |mut client: AuditServiceClient<tonic::transport::Channel>| {
+            let request = api::CountRootUseRequest {
+                scope: local(),
+                ..request.clone()
+            };
+            async move {
+                client
+                    .count_root_use(request)
+                    .await
+                    .map(Response::into_inner)
+            }
+        };
+        let this = self
+            .members()
+            .and_then(|m| m.this().map(str::to_owned))
+            .unwrap_or_default();
+        let response = match self.route(request.scope.as_ref())? {
+            Route::Local => api::CountRootUseResponse {
+                members: vec![self.local_root_use(&request, this).await?],
+                cluster: None,
+            },
+            Route::Forward(members, member) => forward(&members, &member, ask).await?,
+            Route::Cluster(members) => {
+                let (answers, missing) = gather(
+                    &members,
+                    self.local_root_use(&request, this),
+                    |client| async {
+                        let mut response = ask(client).await?;
+                        Ok(response.members.pop().unwrap_or_default())
+                    },
+                )
+                .await?;
+                let cluster = completeness(&answers, &missing);
+                api::CountRootUseResponse {
+                    members: answers
+                        .into_iter()
+                        .map(|(member, usage)| api::MemberRootUse { member, ..usage })
+                        .collect(),
+                    cluster: Some(cluster),
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+}
+
+impl AuditApi {
+    /// One page (or the count) of this replica's own records.
+    pub(super) async fn local_list(
+        &self,
+        request: api::ListRecordsRequest,
+    ) -> Result<api::ListRecordsResponse, Status> {
+        let query = query_from_filter(request.filter.unwrap_or_default())
+            .map_err(|e| status_for_audit(&AuditError::Query(e)))?;
+        if request.count_only {
+            let count = self.blocking(move |store| store.count(&query)).await?;
+            return Ok(api::ListRecordsResponse {
+                count,
+                ..Default::default()
+            });
+        }
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size => size as usize,
+        };
+        let token = (!request.page_token.is_empty()).then_some(request.page_token);
+        let page = self
+            .blocking(move |store| store.query(&query, page_size, token.as_deref()))
+            .await?;
+        Ok(api::ListRecordsResponse {
+            entries: page
+                .records
+                .iter()
+                .map(|record| api::LogEntry {
+                    sequence: record.sequence,
+                    entry: Some(api::log_entry::Entry::Record(store::to_message(record))),
+                    ..Default::default()
+                })
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            ..Default::default()
+        })
+    }
+
+    async fn local_stats(&self) -> Result<api::GetStatsResponse, Status> {
+        let stats = self
+            .blocking(|store| store.stats().map_err(AuditError::from))
+            .await?;
+        Ok(api::GetStatsResponse {
+            appended: stats.appended,
+            records: stats.records,
+            pruned: stats.pruned,
+            oldest_sequence: stats.oldest_sequence,
+            oldest_recorded_at_ms: stats.oldest_recorded_at.map(unix_millis),
+            newest_recorded_at_ms: stats.newest_recorded_at.map(unix_millis),
+            index_runs: stats.index_runs as u32,
+            index_tail_records: stats.index_tail_records,
+            checkpoints: stats.checkpoints as u64,
+            latest_checkpoint_size: stats.latest_checkpoint_size,
+            disk_bytes: stats.disk_bytes,
+            ..Default::default()
+        })
+    }
+
+    /// This replica's count of certificates per root of the request's bundle.
+    async fn local_root_use(
+        &self,
+        request: &api::CountRootUseRequest,
+        member: String,
+    ) -> Result<api::MemberRootUse, Status> {
+        let (mesh, bundle) = (request.mesh.clone(), request.bundle.clone());
+        let now = match &self.access {
+            Some(access) => access.current.get().clock().now(),
+            None => std::time::SystemTime::now(),
+        };
+        let usage = self
+            .blocking(move |store| store.bundle_use(&mesh, &bundle, now))
+            .await?;
+        let root_use = |in_use: &crate::domain::audit::rotation::InUse| api::RootUse {
+            certificates: in_use.certificates,
+            until_ms: in_use.until.map(unix_millis),
+        };
+        Ok(api::MemberRootUse {
+            member,
+            per_root: usage.per_root.iter().map(root_use).collect(),
+            stranded: Some(root_use(&usage.stranded)),
+            unknown: Some(root_use(&usage.unknown)),
+        })
+    }
+}
+
+/// Relays a member's live tail, each entry labelled with the member.
+fn relay(
+    mut stream: tonic::Streaming<api::LogEntry>,
+    member: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> ReceiverStream<Result<api::LogEntry, Status>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = stream.message() => next,
+                _ = shutdown.wait_for(|stopped| *stopped) => return,
+                _ = sender.closed() => return,
+            };
+            let item = match next {
+                Ok(Some(entry)) => Ok(api::LogEntry {
+                    member: member.clone(),
+                    ..entry
+                }),
+                Ok(None) => return,
+                Err(status) => Err(status),
+            };
+            let end = item.is_err();
+            if sender.send(item).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// Whether a watch sends this entry.
+fn wanted(entry: &LogEntry, filter: Option<&Query>, include_pruned: bool) -> bool {
+    match (entry, filter) {
+        (LogEntry::Pruned { .. }, None) => include_pruned,
+        (LogEntry::Pruned { .. }, Some(_)) => false,
+        (LogEntry::Record { .. }, None) => true,
+        (LogEntry::Record { .. }, Some(query)) => entry
+            .record()
+            .and_then(Result::ok)
+            .is_some_and(|record| query.matches(&record)),
+    }
+}
+
+fn sequence_for(
+    store: &SledStore,
+    key: Option<api::get_record_request::Key>,
+) -> Result<u64, AuditError> {
+    match key {
+        Some(api::get_record_request::Key::Sequence(sequence)) => Ok(sequence),
+        Some(api::get_record_request::Key::Serial(serial)) => {
+            let query = Query {
+                serial: Some(serial),
+                ..Query::default()
+            };
+            store
+                .query(&query, 1, None)?
+                .records
+                .first()
+                .map(|record| record.sequence)
+                .ok_or_else(|| AuditError::NotFound("no certificate with this serial".into()))
+        }
+        None => Err(AuditError::Query(
+            crate::domain::audit::QueryError::Invalid("give a sequence number or a serial".into()),
+        )),
+    }
+}

@@ -1,0 +1,149 @@
+//! Background loops: signed checkpoints (and their publication), summaries of refusals over
+//! the recorded rate, and pruning of expired records.
+
+use super::*;
+
+/// Publishes signed checkpoints: into the store, and to the configured file.
+#[derive(Clone)]
+pub(super) struct AuditPublisher {
+    pub(super) signer: Option<Arc<AuditSigner>>,
+    pub(super) file: std::path::PathBuf,
+    /// The periodic checkpoint, an admin's and the final one at shutdown may coincide; they
+    /// share the file's temporary sibling, so one publishes at a time.
+    pub(super) one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl AuditPublisher {
+    pub(super) async fn publish(&self, store: &SledStore) -> Result<Option<String>, ServeError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let _publishing = self.one_at_a_time.lock().await;
+        let note = store.checkpoint(signer).await?;
+        let current = tokio::fs::read_to_string(&self.file).await.ok();
+        if current.as_deref() != Some(note.as_str()) {
+            write_atomically(&self.file, note.as_bytes())
+                .await
+                .map_err(|error| ServeError::Store(StoreError::Write(Arc::new(error))))?;
+            if let Some(checkpoint) =
+                crate::domain::audit::checkpoint::Checkpoint::parse_unverified(&note)
+            {
+                tracing::info!(
+                    size = checkpoint.size,
+                    root = %crate::domain::digest::hex(&checkpoint.root),
+                    file = %self.file.display(),
+                    "checkpoint published"
+                );
+            }
+        }
+        Ok(Some(note))
+    }
+}
+
+/// Writes a file by renaming a temporary one into place, so readers never see half of it.
+pub(super) async fn write_atomically(
+    path: &std::path::Path,
+    contents: &[u8],
+) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    tokio::fs::write(&temporary, contents).await?;
+    tokio::fs::rename(&temporary, path).await
+}
+
+pub(super) fn load_audit_signer(
+    audit: &crate::adapters::config::AuditConfig,
+) -> Result<Option<Arc<AuditSigner>>, ServeError> {
+    let Some(path) = &audit.key else {
+        tracing::warn!("no audit key configured ([audit] key): checkpoints are not written");
+        return Ok(None);
+    };
+    let failed = |reason: String| ServeError::AuditKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+        .map_err(|_| failed("not a PKCS#8 PEM private key".into()))?;
+    let signer = AuditSigner::from_pkcs8(&audit.key_name, der.secret_pkcs8_der())
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(Some(Arc::new(signer)))
+}
+
+pub(super) async fn checkpoint_loop(
+    audit: AuditPublisher,
+    store: Arc<SledStore>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if audit.signer.is_none() {
+        return;
+    }
+    loop {
+        if let Err(error) = audit.publish(&store).await {
+            tracing::error!(%error, "checkpoint failed; retrying at the next interval");
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// How often unauthenticated refusals over the recorded rate are written as summary records.
+pub const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+pub(super) async fn refusal_summary_loop(
+    current: Arc<CurrentAuthority>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        // Failures are logged where they happen; the next period tries again.
+        let _ = current.get().record_refusal_summaries().await;
+    }
+}
+
+pub(super) async fn prune_loop(
+    store: Arc<SledStore>,
+    policy: crate::domain::audit::RetentionPolicy,
+    interval: Duration,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (pass_store, now) = (store.clone(), clock.now());
+        match tokio::task::spawn_blocking(move || pass_store.prune(&policy, now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "pruning failed; retrying later"),
+            Err(error) => tracing::error!(%error, "pruning task failed"),
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Waits until `clock` reads `deadline`: a timer on the system clock; on a manual clock (tests),
+/// until the test moves it there, with no wall-clock wait at all.
+pub(super) async fn sleep_until(clock: &dyn Clock, deadline: SystemTime) {
+    loop {
+        let changed = clock.changed();
+        if clock.now() >= deadline {
+            return;
+        }
+        match clock.wall_time_until(deadline) {
+            Some(wait) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
+}
