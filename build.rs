@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/istio/v1/auth/ca.proto",
         "proto/meshroot/store/v1/record.proto",
+        "proto/meshroot/audit/v1/record.proto",
         "proto/meshroot/audit/v1/audit.proto",
     ];
     for proto in protos {

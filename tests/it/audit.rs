@@ -25,7 +25,7 @@ async fn audit_client(server: &TestServer) -> AuditServiceClient<Channel> {
 async fn list(
     client: &mut AuditServiceClient<Channel>,
     filter: api::Filter,
-) -> Vec<meshroot::pb::store::Record> {
+) -> Vec<meshroot::pb::audit::Record> {
     client
         .list_records(api::ListRecordsRequest {
             filter: Some(filter),
@@ -44,9 +44,9 @@ async fn list(
         .collect()
 }
 
-fn issued(record: &meshroot::pb::store::Record) -> &meshroot::pb::store::Issuance {
+fn issued(record: &meshroot::pb::audit::Record) -> &meshroot::pb::audit::Issuance {
     match &record.outcome {
-        Some(meshroot::pb::store::record::Outcome::Issued(issued)) => issued,
+        Some(meshroot::pb::audit::record::Outcome::Issued(issued)) => issued,
         other => panic!("not an issuance: {other:?}"),
     }
 }
@@ -152,7 +152,7 @@ async fn the_audit_api_answers_who_got_what_when_and_from_whom() {
     let reasons: Vec<String> = denials
         .iter()
         .map(|r| match &r.outcome {
-            Some(meshroot::pb::store::record::Outcome::Denied(d)) => d.reason.clone(),
+            Some(meshroot::pb::audit::record::Outcome::Denied(d)) => d.reason.clone(),
             other => panic!("{other:?}"),
         })
         .collect();
@@ -426,7 +426,7 @@ async fn a_non_loopback_admin_address_serves_only_allowed_client_identities() {
     // nor hand over a revocation to record as it is (members only).
     let status = allowed
         .revoke(api::RevokeRequest {
-            apply: Some(meshroot::pb::store::Revocation {
+            apply: Some(meshroot::pb::audit::Revocation {
                 blocked: vec!["spiffe://cluster.local/ns/shop/sa/cart".into()],
                 ..Default::default()
             }),

@@ -328,7 +328,7 @@ async fn out_of_range_times_are_refused_at_the_boundary() {
     // A member's revocation to record as gathered, blocking until i64::MAX.
     let status = client
         .revoke(api::RevokeRequest {
-            apply: Some(meshroot::pb::store::Revocation {
+            apply: Some(meshroot::pb::audit::Revocation {
                 blocked: vec![cart.into()],
                 blocked_until_ms: i64::MAX,
                 ..Default::default()

@@ -14,7 +14,8 @@ use crate::domain::clock::{format_time, parse_duration};
 use crate::domain::digest::hex;
 use crate::domain::record::CallerRecord;
 use crate::domain::revocation::{Reason, Revocations};
-use crate::edge::grpc::wire::{certificate_from_message, filter_from_query};
+use crate::edge::grpc::record_messages::revoked_certificate_from_message;
+use crate::edge::grpc::wire::filter_from_query;
 use crate::issuance::revoke::{
     block_until, new_revocation, record_revocation, revocation_query, select, unblock, SelectError,
 };
@@ -193,7 +194,7 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
             let certificates: Vec<_> = response
                 .certificates
                 .into_iter()
-                .map(certificate_from_message)
+                .map(revoked_certificate_from_message)
                 .collect();
             report(
                 &args,

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::adapters::authn::admin::{AdminRoles, Judges, Right};
 use crate::adapters::store::AuditError;
-use crate::adapters::store::{self, LogEntry, SledStore};
+use crate::adapters::store::{LogEntry, SledStore};
 use crate::domain::audit::checkpoint::{
     check_shared, AuditVerifier, Checkpoint, MAX_SHARED_LOGS_PER_MEMBER,
 };
@@ -632,7 +632,9 @@ impl AuditApi {
                 .iter()
                 .map(|record| api::LogEntry {
                     sequence: record.sequence,
-                    entry: Some(api::log_entry::Entry::Record(store::to_message(record))),
+                    entry: Some(api::log_entry::Entry::Record(
+                        super::record_messages::record_message(record),
+                    )),
                     ..Default::default()
                 })
                 .collect(),

@@ -455,12 +455,11 @@ fn min_some(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::store as pb;
 
     fn entry(sequence: u64, at: i64) -> api::LogEntry {
         api::LogEntry {
             sequence,
-            entry: Some(api::log_entry::Entry::Record(pb::Record {
+            entry: Some(api::log_entry::Entry::Record(api::Record {
                 sequence,
                 recorded_at_ms: at,
                 ..Default::default()

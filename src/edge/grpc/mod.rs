@@ -8,6 +8,7 @@
 pub mod audit;
 mod cluster;
 mod federation;
+pub mod record_messages;
 pub mod revoke;
 pub mod status;
 pub mod wire;

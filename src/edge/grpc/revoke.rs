@@ -7,11 +7,9 @@ use tonic::Status;
 
 use super::audit::AuditApi;
 use super::cluster::{completeness, forward, gather, local, Route};
+use super::record_messages::{revoked_certificate_from_message, revoked_certificate_message};
 use super::status::status_for_revoke;
-use super::wire::{
-    certificate_from_message, check_times, query_from_filter, revocation_from_message,
-    revocation_to_message, to_message,
-};
+use super::wire::{check_times, query_from_filter, revocation_from_message, revocation_to_message};
 use crate::domain::audit::Query;
 use crate::domain::digest::hex;
 use crate::domain::record::{client_text, CallerRecord, RevocationRecord, RevokedCertificate};
@@ -21,7 +19,6 @@ use crate::issuance::revoke::{
     SelectError, MAX_REVOKED,
 };
 use crate::pb::audit as api;
-use crate::pb::store as pb;
 
 /// Who revoked, for the record.
 pub(super) struct Actor {
@@ -88,7 +85,11 @@ impl AuditApi {
                 new_revocation(certificates, reason, &request.comment, &query, block_until);
             if request.dry_run || revocation.certificates.is_empty() {
                 return Ok(api::RevokeResponse {
-                    certificates: revocation.certificates.iter().map(to_message).collect(),
+                    certificates: revocation
+                        .certificates
+                        .iter()
+                        .map(revoked_certificate_message)
+                        .collect(),
                     blocked: revocation.blocked,
                     cluster: cluster_answer(answered, missing),
                     ..Default::default()
@@ -138,12 +139,12 @@ impl AuditApi {
                     .map(|r| r.into_inner().certificates)
             }
         };
-        let from_messages = |member: &str, certificates: Vec<pb::RevokedCertificate>| {
+        let from_messages = |member: &str, certificates: Vec<api::RevokedCertificate>| {
             certificates
                 .into_iter()
                 .map(|c| RevokedCertificate {
                     member: member.to_owned(),
-                    ..certificate_from_message(c)
+                    ..revoked_certificate_from_message(c)
                 })
                 .collect::<Vec<_>>()
         };
@@ -157,7 +158,7 @@ impl AuditApi {
                 let mine = async {
                     self.select_locally(query)
                         .await
-                        .map(|found| found.iter().map(to_message).collect())
+                        .map(|found| found.iter().map(revoked_certificate_message).collect())
                 };
                 let (answers, missing) = gather(&members, mine, ask).await?;
                 let answered = answers.iter().map(|(m, _)| m.clone()).collect();
@@ -250,7 +251,11 @@ impl AuditApi {
         let cluster = (!answers.iter().all(|(m, _)| m.is_empty()) || !missing.is_empty())
             .then(|| completeness(&answers, &missing));
         Ok(api::RevokeResponse {
-            certificates: revocation.certificates.iter().map(to_message).collect(),
+            certificates: revocation
+                .certificates
+                .iter()
+                .map(revoked_certificate_message)
+                .collect(),
             blocked: revocation.blocked.clone(),
             recorded: answers.into_iter().map(|(member, _)| member).collect(),
             already_revoked,

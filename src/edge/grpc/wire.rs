@@ -2,13 +2,13 @@
 //! `Filter` message, a log entry to its message, a root-use answer to counts. The CLI, the
 //! server and the fuzz targets all convert here, so a field added to the filter is added once.
 
-use crate::adapters::store::{self, LogEntry};
+use super::record_messages::{record_from_message, record_message};
+use crate::adapters::store::LogEntry;
 use crate::domain::audit::{OutcomeFilter, Query};
 use crate::domain::clock::{time_from_unix_millis, unix_millis};
-use crate::domain::record::{CallerRecord, Outcome, Record, RevocationRecord, RevokedCertificate};
+use crate::domain::record::{CallerRecord, Outcome, Record, RevocationRecord};
 use crate::issuance::revoke::RevokeError;
 use crate::pb::audit as api;
-use crate::pb::store as pb;
 
 impl From<api::prove_inclusion_request::Key> for api::get_record_request::Key {
     fn from(key: api::prove_inclusion_request::Key) -> Self {
@@ -27,7 +27,7 @@ pub fn entry_message(entry: &LogEntry, include_stored: bool) -> api::LogEntry {
             entry: entry
                 .record()
                 .and_then(Result::ok)
-                .map(|record| api::log_entry::Entry::Record(store::to_message(&record))),
+                .map(|record| api::log_entry::Entry::Record(record_message(&record))),
             stored: if include_stored {
                 stored.clone()
             } else {
@@ -163,47 +163,9 @@ pub fn cluster_bundle_use(
     (total, members)
 }
 
-/// A revoked certificate as the audit API (and the store) carry it.
-pub fn to_message(c: &RevokedCertificate) -> pb::RevokedCertificate {
-    pb::RevokedCertificate {
-        serial: c.serial.clone(),
-        intermediate_sha256: c.intermediate_sha256.clone(),
-        not_after: crate::domain::clock::unix_seconds(c.not_after),
-        spiffe_id: c.spiffe_id.clone(),
-        mesh: c.mesh.clone(),
-        member: c.member.clone(),
-    }
-}
-
-/// A revoked certificate from its message.
-pub fn certificate_from_message(c: pb::RevokedCertificate) -> RevokedCertificate {
-    RevokedCertificate {
-        serial: c.serial,
-        intermediate_sha256: c.intermediate_sha256,
-        not_after: crate::domain::clock::from_unix_seconds(c.not_after),
-        spiffe_id: c.spiffe_id,
-        mesh: c.mesh,
-        member: c.member,
-    }
-}
-
-/// A revocation as members hand it to each other (`RevokeRequest.apply`).
-pub fn revocation_to_message(revocation: &RevocationRecord) -> pb::Revocation {
-    let record = Record::new(
-        String::new(),
-        std::time::UNIX_EPOCH,
-        CallerRecord::default(),
-        Outcome::Revoked(revocation.clone()),
-    );
-    match crate::adapters::store::to_message(&record).outcome {
-        Some(pb::record::Outcome::Revoked(message)) => message,
-        _ => pb::Revocation::default(),
-    }
-}
-
 /// A revocation handed over by a member: its block's end and its certificates' expiry are
 /// times from outside, checked here (1970..=9999; a block of 0 lasts until lifted).
-pub fn check_times(message: &pb::Revocation) -> Result<(), RevokeError> {
+pub fn check_times(message: &api::Revocation) -> Result<(), RevokeError> {
     let out_of_range = |what: &str, e: crate::domain::clock::TimeRangeError| {
         RevokeError::TimeOutOfRange(format!("{what}: {e}"))
     };
@@ -219,15 +181,29 @@ pub fn check_times(message: &pb::Revocation) -> Result<(), RevokeError> {
 }
 
 /// A revocation from a member's message (its times checked first with [`check_times`]).
-pub fn revocation_from_message(message: pb::Revocation) -> RevocationRecord {
-    let record = pb::Record {
+pub fn revocation_from_message(message: api::Revocation) -> RevocationRecord {
+    let record = api::Record {
         version: crate::domain::record::RECORD_VERSION,
-        outcome: Some(pb::record::Outcome::Revoked(message)),
+        outcome: Some(api::record::Outcome::Revoked(message)),
         ..Default::default()
     };
-    match crate::adapters::store::from_message(record).map(|r| r.outcome) {
+    match record_from_message(record).map(|r| r.outcome) {
         Some(Outcome::Revoked(revocation)) => revocation,
         _ => RevocationRecord::default(),
+    }
+}
+
+/// A revocation as members hand it to each other (`RevokeRequest.apply`).
+pub fn revocation_to_message(revocation: &RevocationRecord) -> api::Revocation {
+    let record = Record::new(
+        String::new(),
+        std::time::UNIX_EPOCH,
+        CallerRecord::default(),
+        Outcome::Revoked(revocation.clone()),
+    );
+    match record_message(&record).outcome {
+        Some(api::record::Outcome::Revoked(message)) => message,
+        _ => api::Revocation::default(),
     }
 }
 

@@ -454,7 +454,7 @@ async fn sync_revocations(
                 records.extend(response.entries.into_iter().filter_map(
                     |entry| match entry.entry {
                         Some(api::log_entry::Entry::Record(record)) => {
-                            crate::adapters::store::from_message(record)
+                            crate::edge::grpc::record_messages::record_from_message(record)
                         }
                         _ => None,
                     },

@@ -17,7 +17,7 @@ use crate::edge::status_page::render::{
 use crate::issuance::CurrentAuthority;
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_server::AuditService as _;
-use crate::pb::store::record as api_record;
+use crate::pb::audit::record as api_record;
 
 /// The activity the page sums up.
 pub const ACTIVITY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
@@ -313,7 +313,7 @@ async fn read_records(
     api: &AuditApi,
     base: &(dyn Fn() -> Request<()> + Sync),
     filter: api::Filter,
-    mut each: impl FnMut(&crate::pb::store::Record),
+    mut each: impl FnMut(&crate::pb::audit::Record),
 ) -> Result<bool, Status> {
     let mut token = String::new();
     let mut read = 0;

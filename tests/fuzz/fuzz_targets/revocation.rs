@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use meshroot::domain::clock::{format_time, unix_seconds, LATEST_UNIX_SECONDS};
 use meshroot::edge::grpc::wire::{check_times, revocation_from_message};
 use meshroot::issuance::revoke::block_until;
-use meshroot::pb::store::Revocation;
+use meshroot::pb::audit::Revocation;
 use meshroot::domain::record::{CallerRecord, Outcome, Record};
 use meshroot::domain::revocation::Revocations;
 use prost::Message as _;

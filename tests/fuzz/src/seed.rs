@@ -174,8 +174,8 @@ fn main() {
     );
     // What members hand each other: a revocation to record as gathered (with a block_for
     // prefix), and a checkpoint of a log signed by the audit key under that log's name.
-    let message = meshroot::adapters::store::to_message(&revocation);
-    if let Some(meshroot::pb::store::record::Outcome::Revoked(apply)) = message.outcome {
+    let message = meshroot::edge::grpc::record_messages::record_message(&revocation);
+    if let Some(meshroot::pb::audit::record::Outcome::Revoked(apply)) = message.outcome {
         let mut input = 3600i64.to_le_bytes().to_vec();
         input.extend_from_slice(&apply.encode_to_vec());
         write(dir, "revocation", "apply", &input);

@@ -237,7 +237,7 @@ pub(super) async fn show(args: ShowArgs) -> Result<(), Failure> {
             member = entry.member;
             let shown = match entry.entry {
                 Some(api::log_entry::Entry::Record(record)) => Some(
-                    store::from_message(record)
+                    crate::edge::grpc::record_messages::record_from_message(record)
                         .map(|record| Shown::Record(Box::new(record)))
                         .unwrap_or(Shown::Malformed),
                 ),
@@ -377,7 +377,7 @@ pub(super) async fn watch(args: WatchArgs) -> Result<(), Failure> {
     printer.json_lines = true;
     while let Some(entry) = stream.message().await.map_err(remote_failure)? {
         if let Some(api::log_entry::Entry::Record(record)) = entry.entry {
-            if let Some(record) = store::from_message(record) {
+            if let Some(record) = crate::edge::grpc::record_messages::record_from_message(record) {
                 printer.record(&record, None)?;
                 printer.flush()?;
             }

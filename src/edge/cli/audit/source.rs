@@ -327,7 +327,8 @@ impl Log {
                     .into_iter()
                     .filter_map(|entry| match entry.entry {
                         Some(api::log_entry::Entry::Record(record)) => {
-                            store::from_message(record).map(|record| (record, entry.member))
+                            crate::edge::grpc::record_messages::record_from_message(record)
+                                .map(|record| (record, entry.member))
                         }
                         _ => None,
                     })
