@@ -1,6 +1,6 @@
 //! The edge: where requests and commands come in and the process is run. gRPC (`grpc`), the
 //! server's lifecycle, listeners and background loops (`server`), the status page
-//! (`status_page`), shipping the log (`export`), the other replicas (`members`), the CLI
+//! (`status_page`), shipping the log (`export`), the other replicas (`replicas`), the CLI
 //! (`cli`), the istio-agent-like client (`client`) and the SPIFFE bundle client
 //! (`bundle_client`). The only layer that may import any other.
 
@@ -9,7 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod export;
 pub mod grpc;
-pub mod members;
+pub mod replicas;
 pub mod server;
 pub mod shutdown;
 pub mod status_page;

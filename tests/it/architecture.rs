@@ -433,7 +433,7 @@ const KNOWN_FILE_CYCLES: &[&[&str]] = &[
         "adapters/authn/jwt/mod.rs",
         "adapters/authn/mod.rs",
     ],
-    &["edge/grpc/audit.rs", "edge/grpc/cluster.rs"],
+    &["edge/grpc/audit.rs", "edge/grpc/replicas.rs"],
     &["adapters/config/"],
     &["adapters/store/"],
     &["edge/server/"],

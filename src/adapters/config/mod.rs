@@ -15,10 +15,10 @@ use crate::domain::policy::AliasIssuance;
 
 mod federation;
 mod kubernetes;
-mod membership;
 mod mesh;
 mod parse;
 mod raw;
+mod replicas;
 mod revocation;
 mod values;
 
@@ -85,7 +85,7 @@ pub const ENV_MEMBER: &str = "MESHROOT_MEMBER";
 /// out after its volume was lost or rolled back (docs/operations/run-several-replicas.md).
 pub const ENV_LOG_NAME: &str = "MESHROOT_LOG_NAME";
 
-pub use membership::{statefulset_members, DEFAULT_MEMBER_TIMEOUT};
+pub use replicas::{statefulset_members, DEFAULT_MEMBER_TIMEOUT};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

@@ -72,7 +72,7 @@ impl Config {
             p,
         );
         let cluster = raw.cluster.map(|raw| {
-            super::membership::membership(
+            super::replicas::replicas_section(
                 raw,
                 admin.listen.port(),
                 meshes.first().map(|mesh| &mesh.trust_domain),

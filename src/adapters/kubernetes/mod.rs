@@ -13,8 +13,8 @@
 
 pub mod cacerts;
 pub mod lease;
-pub mod members;
 pub mod publish;
+pub mod replica_set;
 
 use std::time::Duration;
 

@@ -19,6 +19,7 @@
 mod bundles;
 pub mod codec;
 mod commit;
+mod encoding;
 mod error;
 pub mod index;
 mod indexer;
@@ -27,7 +28,6 @@ mod meta;
 mod open;
 pub mod pruned;
 mod query;
-mod records;
 pub mod retention;
 mod rotation;
 pub mod tiles;
@@ -59,13 +59,13 @@ use pruned::PrunedSet;
 use tiles::TreeView;
 
 pub use self::bundles::KeptPartnerBundle;
+pub use self::encoding::{decode, encode, from_message, to_message};
 pub use self::error::{AuditError, StoreError};
 pub use self::meta::{ExportCursor, SavedCrl};
 #[cfg(test)]
 use self::open::open_db;
 pub use self::open::prepare_next_start;
 use self::query::entries_between;
-pub use self::records::{decode, encode, from_message, to_message};
 pub use self::rotation::drops_a_root;
 pub use crate::domain::audit::SEGMENT_RECORDS;
 /// Flushes start at most this often (group commit).

@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
+mod attributes;
 pub mod checkpoint;
-mod keys;
 mod leaf;
 pub mod merkle;
 pub mod proof;
@@ -21,7 +21,7 @@ mod query;
 pub mod rotation;
 pub mod verify;
 
-pub use self::keys::{
+pub use self::attributes::{
     boundary_prefix, from_order_key, order_key, IndexKeys, IndexKind, Summary, MESH_SEPARATOR,
     OUTCOME_DENIED_PREFIX, OUTCOME_FEDERATED, OUTCOME_ISSUED, OUTCOME_REVOKED,
 };

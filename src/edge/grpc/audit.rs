@@ -20,10 +20,10 @@ use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
 use crate::pb::audit::audit_service_server::{AuditService, AuditServiceServer};
 
-use super::cluster::{completeness, forward, gather, labelled, local, sum_stats, Route};
+use super::replicas::{completeness, forward, gather, labelled, local, sum_stats, Route};
 use super::wire::{entry_message, query_from_filter};
 use super::{admin_identity_allowed, status_for_audit};
-use crate::edge::members::Members;
+use crate::edge::replicas::Members;
 
 /// Entries read from the store per step of a watch.
 const WATCH_CHUNK: usize = 512;

@@ -6,9 +6,9 @@
 //! adds arbitrary `CA_HEADER_*` ones).
 
 pub mod audit;
-mod cluster;
 mod federation;
 pub mod record_messages;
+mod replicas;
 pub mod revoke;
 pub mod status;
 pub mod wire;

@@ -1,5 +1,5 @@
 //! Records as the audit API carries them (`meshroot.audit.v1.Record`), to and from the domain
-//! [`Record`]. The store's on-disk format (`adapters/store/records.rs`) maps the same domain
+//! [`Record`]. The store's on-disk format (`adapters/store/encoding.rs`) maps the same domain
 //! record to its own messages: the two formats share field numbers today and may part.
 
 use crate::domain::clock::{from_unix_millis, from_unix_seconds, unix_millis};

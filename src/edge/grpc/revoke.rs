@@ -6,8 +6,8 @@
 use tonic::Status;
 
 use super::audit::AuditApi;
-use super::cluster::{completeness, forward, gather, local, Route};
 use super::record_messages::{revoked_certificate_from_message, revoked_certificate_message};
+use super::replicas::{completeness, forward, gather, local, Route};
 use super::status::status_for_revoke;
 use super::wire::{check_times, query_from_filter, revocation_from_message, revocation_to_message};
 use crate::domain::audit::Query;

@@ -29,13 +29,13 @@ mod admin;
 mod assemble;
 mod background;
 mod bundle_endpoint;
-mod cluster;
 mod connections;
 pub mod crl;
 mod duties;
 mod federation;
 pub mod monitoring;
 mod reload;
+mod replicas;
 mod tls;
 
 use self::admin::*;
@@ -65,7 +65,7 @@ use crate::domain::ratelimit::RateLimits;
 use crate::domain::signer::{self, files::CaFilesError};
 use crate::edge::grpc::audit::AdminAccess;
 use crate::edge::grpc::CsrService;
-use crate::edge::members::{MemberIdentity, Members, MEMBER_SERVER_NAME};
+use crate::edge::replicas::{MemberIdentity, Members, MEMBER_SERVER_NAME};
 use crate::edge::server::monitoring::Monitor;
 use crate::issuance::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
 use connections::ConnectionLimits;
@@ -134,7 +134,7 @@ pub enum ServeError {
     #[error("shut down, but {0} by the end of shutdown_grace")]
     ShutdownIncomplete(String),
     #[error("{0}")]
-    Gate(#[from] cluster::GateRefusal),
+    Gate(#[from] replicas::GateRefusal),
     #[error(
         "mesh {mesh}: the trust bundle drops the root that {certificates} unexpired certificates \
          chain to (the last expires {until}); keep that root in root-cert.pem or extra_roots until \
@@ -565,7 +565,7 @@ async fn start_serving(
     if let (Some(members), Some(membership)) = (&members, &config.cluster) {
         // In Kubernetes: the StatefulSet's size, and a checkpoint kept in the API.
         let kube = match &config.kubernetes {
-            Some(kubernetes) => Some(cluster::CheckpointObject {
+            Some(kubernetes) => Some(replicas::CheckpointObject {
                 cluster: KubeCluster::connect(
                     duties::access(&kubernetes.access),
                     KUBERNETES_TIMEOUT,
@@ -581,14 +581,14 @@ async fn start_serving(
             None => None,
         };
         if let (Some(object), Some(set)) = (&kube, &membership.statefulset) {
-            background.spawn(cluster::follow_statefulset(
+            background.spawn(replicas::follow_statefulset(
                 members.clone(),
                 object.cluster.clone(),
                 set.clone(),
                 shutdown_rx.clone(),
             ));
         }
-        background.spawn(cluster::sync_revocations_loop(
+        background.spawn(replicas::sync_revocations_loop(
             members.clone(),
             store.clone(),
             crate::issuance::revoke::RevokeContext {
@@ -599,7 +599,7 @@ async fn start_serving(
             config.audit.checkpoint_interval,
             shutdown_rx.clone(),
         ));
-        background.spawn(cluster::exchange_checkpoints_loop(
+        background.spawn(replicas::exchange_checkpoints_loop(
             members.clone(),
             store.clone(),
             (
@@ -613,7 +613,7 @@ async fn start_serving(
     }
     match &members {
         // The members confirm the bundle (if it drops a root) before this replica issues.
-        Some(members) => cluster::confirm_at_start(
+        Some(members) => replicas::confirm_at_start(
             config.clone(),
             current.clone(),
             store.clone(),

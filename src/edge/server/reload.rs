@@ -85,7 +85,7 @@ pub(super) async fn reload(
         // it (fail closed). The previous configuration keeps serving otherwise.
         match members {
             Some(members) => {
-                cluster::cluster_gate(&config, &authority, store, members)
+                replicas::cluster_gate(&config, &authority, store, members)
                     .await
                     .map_err(ServeError::from)?;
                 holds.clear(crate::issuance::Hold::ClusterGate);

@@ -18,7 +18,7 @@ use super::status::{cluster_request_invalid, member_unavailable, status_for_audi
 use super::wire::filter_from_query;
 use crate::adapters::store::AuditError;
 use crate::domain::audit::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
-use crate::edge::members::{local_scope, Members, Missing};
+use crate::edge::replicas::{local_scope, Members, Missing};
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
 
@@ -332,7 +332,7 @@ impl AuditApi {
         // them, and says so on every page.
         for cursor in &cursors {
             if let Some(reason) = &cursor.missed {
-                missing.push(crate::edge::members::Missing {
+                missing.push(crate::edge::replicas::Missing {
                     member: cursor.member.clone(),
                     reason: reason.clone(),
                 });
@@ -418,7 +418,7 @@ pub(super) fn labelled(
 /// The cluster's stats: the sums, and each member's own.
 pub(super) fn sum_stats(
     answers: Vec<(String, api::GetStatsResponse)>,
-    missing: &[crate::edge::members::Missing],
+    missing: &[crate::edge::replicas::Missing],
 ) -> api::GetStatsResponse {
     let cluster = completeness(&answers, missing);
     let mut total = api::GetStatsResponse::default();

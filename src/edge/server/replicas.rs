@@ -5,7 +5,7 @@
 //! and the refusal names it. `force_root_removal` overrides, as it does for one replica.
 
 use super::*;
-use crate::edge::members::{describe_missing, local_scope, Members, Missing};
+use crate::edge::replicas::{describe_missing, local_scope, Members, Missing};
 use crate::edge::shutdown::unless_stopped;
 use crate::issuance::Hold;
 use crate::pb::audit as api;
@@ -256,7 +256,7 @@ async fn exchange_checkpoints(
             Ok(held) => held_by.push((
                 format!(
                     "the ConfigMap {}",
-                    crate::adapters::kubernetes::members::CHECKPOINTS_CONFIGMAP
+                    crate::adapters::kubernetes::replica_set::CHECKPOINTS_CONFIGMAP
                 ),
                 held,
             )),
@@ -322,7 +322,7 @@ impl CheckpointObject {
     /// Returns the checkpoint kept for `member` (empty: none), then keeps `note` there unless
     /// what is kept is a larger checkpoint of the same log.
     async fn exchange(&self, member: &str, note: &str) -> Result<String, String> {
-        use crate::adapters::kubernetes::members::{
+        use crate::adapters::kubernetes::replica_set::{
             checkpoint_key, record_checkpoint, recorded_checkpoint,
         };
         use crate::domain::audit::checkpoint::Checkpoint;
@@ -360,7 +360,7 @@ pub(super) async fn follow_statefulset(
     set: crate::adapters::config::StatefulSetMembers,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use crate::adapters::kubernetes::members::{
+    use crate::adapters::kubernetes::replica_set::{
         checkpoint_key, recorded_keys, statefulset_replicas,
     };
     loop {
@@ -447,7 +447,7 @@ async fn sync_revocations(
                         page_size: crate::domain::audit::MAX_PAGE_SIZE as u32,
                         page_token,
                         count_only: false,
-                        scope: crate::edge::members::local_scope(),
+                        scope: crate::edge::replicas::local_scope(),
                     })
                     .await?
                     .into_inner();

@@ -20,7 +20,7 @@ pub const MAX_REPLICAS: u32 = 256;
 
 /// Parses `[cluster]`. `admin_port` is the default port of StatefulSet members;
 /// `trust_domain` (the primary mesh's) names meshroot's own identity by default.
-pub(super) fn membership(
+pub(super) fn replicas_section(
     raw: RawMembership,
     admin_port: u16,
     trust_domain: Option<&TrustDomain>,
