@@ -66,19 +66,19 @@ impl Default for Histogram {
 
 /// How a certificate request ended, as a label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Outcome {
+pub enum OutcomeLabel {
     Issued,
     Denied,
     Failed,
     Throttled,
 }
 
-impl Outcome {
-    const ALL: [Outcome; 4] = [
-        Outcome::Issued,
-        Outcome::Denied,
-        Outcome::Failed,
-        Outcome::Throttled,
+impl OutcomeLabel {
+    const ALL: [OutcomeLabel; 4] = [
+        OutcomeLabel::Issued,
+        OutcomeLabel::Denied,
+        OutcomeLabel::Failed,
+        OutcomeLabel::Throttled,
     ];
 
     fn label(self) -> &'static str {
@@ -93,7 +93,7 @@ impl Outcome {
 
 /// What went wrong with a request, for Istio's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub enum FailureLabel {
     /// The caller could not be authenticated (or may not impersonate).
     Authentication,
     /// The CSR could not be parsed or its signature did not verify.
@@ -132,7 +132,7 @@ pub struct Metrics {
     /// By rate-limit scope.
     throttled: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
     /// By mesh (from the configuration), then outcome.
-    issuance: RwLock<BTreeMap<String, Arc<[Histogram; Outcome::ALL.len()]>>>,
+    issuance: RwLock<BTreeMap<String, Arc<[Histogram; OutcomeLabel::ALL.len()]>>>,
     token_review: Histogram,
     token_review_cache_hits: AtomicU64,
     token_review_cache_misses: AtomicU64,
@@ -189,40 +189,40 @@ impl Metrics {
     pub fn request_finished(
         &self,
         mesh: &str,
-        result: Result<(), (Failure, Option<&'static str>)>,
+        result: Result<(), (FailureLabel, Option<&'static str>)>,
         elapsed: Duration,
     ) {
         let outcome = match result {
             Ok(()) => {
                 self.issued.fetch_add(1, Ordering::Relaxed);
-                Outcome::Issued
+                OutcomeLabel::Issued
             }
             Err((failure, reason)) => {
                 match failure {
-                    Failure::Authentication => {
+                    FailureLabel::Authentication => {
                         self.authentication_failures.fetch_add(1, Ordering::Relaxed);
                     }
-                    Failure::CsrParsing => {
+                    FailureLabel::CsrParsing => {
                         self.csr_parsing_errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    Failure::Throttled(scope) => {
+                    FailureLabel::Throttled(scope) => {
                         counter_in(&self.throttled, scope).fetch_add(1, Ordering::Relaxed);
                     }
-                    Failure::IdExtraction => {
+                    FailureLabel::IdExtraction => {
                         self.id_extraction_errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    Failure::Internal(error) => {
+                    FailureLabel::Internal(error) => {
                         counter_in(&self.sign_errors, error).fetch_add(1, Ordering::Relaxed);
                     }
-                    Failure::Policy => {}
+                    FailureLabel::Policy => {}
                 }
                 if let Some(reason) = reason {
                     counter_in(&self.denials, reason).fetch_add(1, Ordering::Relaxed);
                 }
                 match failure {
-                    Failure::Internal(_) => Outcome::Failed,
-                    Failure::Throttled(_) => Outcome::Throttled,
-                    _ => Outcome::Denied,
+                    FailureLabel::Internal(_) => OutcomeLabel::Failed,
+                    FailureLabel::Throttled(_) => OutcomeLabel::Throttled,
+                    _ => OutcomeLabel::Denied,
                 }
             }
         };
@@ -512,7 +512,7 @@ impl Metrics {
             "meshroot_issuance_duration_seconds",
             "Time from receiving a certificate request to answering it, by mesh and outcome.",
             issuance.iter().flat_map(|(mesh, histograms)| {
-                Outcome::ALL
+                OutcomeLabel::ALL
                     .iter()
                     .zip(histograms.iter())
                     // Outcomes a mesh never had are left out rather than shown as zeros.
@@ -732,22 +732,22 @@ mod tests {
         metrics.request_finished("a", Ok(()), Duration::from_millis(1));
         metrics.request_finished(
             "",
-            Err((Failure::Authentication, Some("token-invalid"))),
+            Err((FailureLabel::Authentication, Some("token-invalid"))),
             Duration::from_millis(1),
         );
         metrics.request_finished(
             "a",
-            Err((Failure::CsrParsing, Some("csr-signature"))),
+            Err((FailureLabel::CsrParsing, Some("csr-signature"))),
             Duration::from_millis(1),
         );
         metrics.request_finished(
             "a",
-            Err((Failure::IdExtraction, Some("csr-uri-san-count"))),
+            Err((FailureLabel::IdExtraction, Some("csr-uri-san-count"))),
             Duration::from_millis(1),
         );
         metrics.request_finished(
             "a",
-            Err((Failure::Internal(CA_NOT_READY), Some("signer-expired"))),
+            Err((FailureLabel::Internal(CA_NOT_READY), Some("signer-expired"))),
             Duration::from_millis(1),
         );
         let mut out = Exposition::new();

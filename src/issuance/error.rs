@@ -5,7 +5,7 @@
 use crate::adapters::authn::impersonation::ImpersonationError;
 use crate::adapters::authn::AuthnError;
 use crate::domain::csr::CsrError;
-use crate::domain::metrics::{Failure, CA_NOT_READY, CERT_GEN_ERROR};
+use crate::domain::metrics::{FailureLabel, CA_NOT_READY, CERT_GEN_ERROR};
 use crate::domain::policy::{Denial, DenialReason};
 use crate::domain::ratelimit::Scope;
 use crate::domain::record::{client_text, RecordError, CLIENT_TEXT_BYTES};
@@ -35,12 +35,12 @@ pub enum IssueError {
     #[error("not issuing now ({})", .0.code())]
     Held(Hold),
     #[error("{0}")]
-    Revoked(Revoked),
+    Revoked(RevokedRefusal),
 }
 
 /// A refusal because of a revocation (`meshroot revoke`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Revoked {
+pub enum RevokedRefusal {
     /// The identity asked for is blocked.
     #[error("{identity} was revoked at {since} ({reason}); new certificates are refused {until}")]
     Identity {
@@ -58,7 +58,7 @@ pub enum Revoked {
     },
 }
 
-impl Revoked {
+impl RevokedRefusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Identity { .. } => "identity-revoked",
@@ -75,7 +75,7 @@ pub struct Classification {
     /// would be the very load the limit exists to shed.
     pub reason: Option<&'static str>,
     /// How the metrics count it.
-    pub failure: Failure,
+    pub failure: FailureLabel,
     /// What the client is told.
     pub answer: Answer,
 }
@@ -108,7 +108,7 @@ impl IssueError {
         let (reason, failure, answer) = match self {
             Self::Authn(error) => (
                 Some(error.reason()),
-                Failure::Authentication,
+                FailureLabel::Authentication,
                 if error.is_transient() {
                     Answer::BackendUnavailable
                 } else {
@@ -117,22 +117,22 @@ impl IssueError {
             ),
             Self::Impersonation(error) => (
                 Some(error.reason()),
-                Failure::Authentication,
+                FailureLabel::Authentication,
                 Answer::Unauthenticated,
             ),
             Self::Csr(error) => (
                 Some(error.reason()),
-                Failure::CsrParsing,
+                FailureLabel::CsrParsing,
                 Answer::InvalidCsr(error.reason()),
             ),
             Self::Denied(denial) => {
                 let code = denial.reason.code();
                 let failure = match denial.reason {
                     DenialReason::UriSanCount | DenialReason::UriSanInvalid => {
-                        Failure::IdExtraction
+                        FailureLabel::IdExtraction
                     }
-                    DenialReason::SignerExpired => Failure::Internal(CA_NOT_READY),
-                    _ => Failure::Policy,
+                    DenialReason::SignerExpired => FailureLabel::Internal(CA_NOT_READY),
+                    _ => FailureLabel::Policy,
                 };
                 let answer = match denial.reason {
                     DenialReason::CallerMeshMismatch
@@ -155,27 +155,31 @@ impl IssueError {
             // Another replica may still sign: UNAVAILABLE sends the client there.
             Self::Signing(SigningError::Unhealthy) => (
                 None,
-                Failure::Internal(CA_NOT_READY),
+                FailureLabel::Internal(CA_NOT_READY),
                 Answer::Held("signer-unhealthy"),
             ),
-            Self::MeshNotServed(_) => (None, Failure::Internal(CA_NOT_READY), Answer::Internal),
-            Self::Signing(_) | Self::Store(_) => {
-                (None, Failure::Internal(CERT_GEN_ERROR), Answer::Internal)
+            Self::MeshNotServed(_) => {
+                (None, FailureLabel::Internal(CA_NOT_READY), Answer::Internal)
             }
+            Self::Signing(_) | Self::Store(_) => (
+                None,
+                FailureLabel::Internal(CERT_GEN_ERROR),
+                Answer::Internal,
+            ),
             Self::Held(hold) => (
                 None,
-                Failure::Internal(CA_NOT_READY),
+                FailureLabel::Internal(CA_NOT_READY),
                 Answer::Held(hold.code()),
             ),
             // Final: asking again does not help until an operator lifts the block.
             Self::Revoked(revoked) => (
                 Some(revoked.reason()),
-                Failure::Policy,
+                FailureLabel::Policy,
                 Answer::Unauthenticated,
             ),
             Self::RateLimited(scope) => (
                 None,
-                Failure::Throttled(scope.name()),
+                FailureLabel::Throttled(scope.name()),
                 Answer::Throttled(scope.name()),
             ),
         };
@@ -230,32 +234,32 @@ mod tests {
         };
         assert_eq!(
             denied(DenialReason::UriSanCount).failure,
-            Failure::IdExtraction
+            FailureLabel::IdExtraction
         );
         assert_eq!(
             denied(DenialReason::UriSanInvalid).failure,
-            Failure::IdExtraction
+            FailureLabel::IdExtraction
         );
-        assert_eq!(denied(DenialReason::DnsSan).failure, Failure::Policy);
+        assert_eq!(denied(DenialReason::DnsSan).failure, FailureLabel::Policy);
         let expired = denied(DenialReason::SignerExpired);
-        assert_eq!(expired.failure, Failure::Internal(CA_NOT_READY));
+        assert_eq!(expired.failure, FailureLabel::Internal(CA_NOT_READY));
         assert_eq!(expired.reason, Some("signer-expired"), "still recorded");
         for (error, expected) in [
             (
                 IssueError::Signing(SigningError::Unhealthy),
-                Failure::Internal(CA_NOT_READY),
+                FailureLabel::Internal(CA_NOT_READY),
             ),
             (
                 IssueError::MeshNotServed("a".into()),
-                Failure::Internal(CA_NOT_READY),
+                FailureLabel::Internal(CA_NOT_READY),
             ),
             (
                 IssueError::Held(Hold::ExportLag),
-                Failure::Internal(CA_NOT_READY),
+                FailureLabel::Internal(CA_NOT_READY),
             ),
             (
                 IssueError::Signing(SigningError::IdentityCheck),
-                Failure::Internal(CERT_GEN_ERROR),
+                FailureLabel::Internal(CERT_GEN_ERROR),
             ),
         ] {
             assert_eq!(error.classify().failure, expected, "{error}");

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub use self::current::CurrentAuthority;
-pub use self::error::{Answer, Classification, IssueError, Revoked};
+pub use self::error::{Answer, Classification, IssueError, RevokedRefusal};
 pub use self::holds::{Hold, Holds};
 pub use self::intermediate::{ClusterCa, CLUSTER_INTERMEDIATE_SUBJECT};
 pub use self::record_builder::{issued_record, IssuedFacts};
@@ -447,7 +447,7 @@ impl CertificateAuthority {
         };
         match self.revocations.revoked(&serial) {
             None => Ok(()),
-            Some(revoked) => Err(IssueError::Revoked(Revoked::Certificate {
+            Some(revoked) => Err(IssueError::Revoked(RevokedRefusal::Certificate {
                 serial: hex(&serial),
                 at: format_time(revoked.revoked_at),
                 reason: revoked.reason.name(),
@@ -464,7 +464,7 @@ impl CertificateAuthority {
         let now = self.clock.now();
         for identity in [grant.identity.to_string(), grant.requested.to_string()] {
             if let Some(block) = self.revocations.blocked(&identity, now) {
-                return Err(IssueError::Revoked(Revoked::Identity {
+                return Err(IssueError::Revoked(RevokedRefusal::Identity {
                     identity,
                     since: format_time(block.since),
                     reason: block.reason.name(),

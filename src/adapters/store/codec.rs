@@ -87,7 +87,7 @@ pub fn value_prefix_key(run: RunId, kind: IndexKind, prefix: &[u8]) -> Vec<u8> {
 /// One entry of a decoded page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageEntry {
-    /// Index into [`Page::values`].
+    /// Index into [`IndexPage::values`].
     pub value: u32,
     pub sequence: u64,
     pub summary: Summary,
@@ -95,12 +95,12 @@ pub struct PageEntry {
 
 /// A decoded page: distinct values in order, and the entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Page {
+pub struct IndexPage {
     pub values: Vec<Vec<u8>>,
     pub entries: Vec<PageEntry>,
 }
 
-impl Page {
+impl IndexPage {
     pub fn value(&self, entry: &PageEntry) -> &[u8] {
         &self.values[entry.value as usize]
     }
@@ -176,10 +176,10 @@ impl PageWriter {
 }
 
 /// Decodes a page; None if it is malformed.
-pub fn decode_page(bytes: &[u8]) -> Option<Page> {
+pub fn decode_page(bytes: &[u8]) -> Option<IndexPage> {
     let mut input = bytes;
     let count = get_varint(&mut input)?;
-    let mut page = Page {
+    let mut page = IndexPage {
         values: Vec::new(),
         entries: Vec::with_capacity(count.min(4096) as usize),
     };

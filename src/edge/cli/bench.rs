@@ -18,7 +18,7 @@ use crate::domain::identity::TrustDomain;
 use crate::domain::keys::KeyType;
 use crate::edge::cli::init::{self as scaffold, InitOptions};
 use crate::edge::cli::loadgen::{
-    self, ConnectionMode, CryptoRates, LoadOptions, LoadReport, Request,
+    self, ConnectionMode, CryptoRates, LoadOptions, LoadReport, PreparedRequest,
 };
 use crate::edge::client::{self, CsrShape, Target};
 
@@ -310,7 +310,7 @@ fn make_requests(
     config: &Config,
     csr: CsrKind,
     identities: usize,
-) -> Result<Vec<Request>, Failure> {
+) -> Result<Vec<PreparedRequest>, Failure> {
     let mesh = config
         .meshes
         .first()
@@ -364,7 +364,7 @@ fn make_requests(
                     bound_pod: None,
                 })
                 .map_err(|e| Failure::runtime(e.to_string()))?;
-            Ok(Request { csr_pem, token })
+            Ok(PreparedRequest { csr_pem, token })
         })
         .collect()
 }

@@ -23,7 +23,7 @@ pub enum ConnectionMode {
 
 /// One request, made before the clock starts.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub struct PreparedRequest {
     pub csr_pem: String,
     pub token: String,
 }
@@ -112,8 +112,12 @@ impl Percentiles {
 }
 
 /// Drives `requests` (round-robin over the streams) against `target`.
-pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -> LoadReport {
-    let requests: Arc<Vec<Request>> = Arc::new(requests.to_vec());
+pub async fn run(
+    target: &Target,
+    requests: &[PreparedRequest],
+    options: &LoadOptions,
+) -> LoadReport {
+    let requests: Arc<Vec<PreparedRequest>> = Arc::new(requests.to_vec());
     let started = Instant::now();
     let measure_from = started + options.warmup;
     let end = measure_from + options.duration;
@@ -185,7 +189,7 @@ pub async fn run(target: &Target, requests: &[Request], options: &LoadOptions) -
 /// Each of `options.streams` streams sends its next request when the last is answered.
 async fn closed_loop(
     target: &Target,
-    requests: Arc<Vec<Request>>,
+    requests: Arc<Vec<PreparedRequest>>,
     options: &LoadOptions,
     measure_from: Instant,
     end: Instant,
@@ -244,7 +248,7 @@ async fn closed_loop(
 async fn send(
     target: &Target,
     channel: Option<tonic::transport::Channel>,
-    request: &Request,
+    request: &PreparedRequest,
 ) -> (Option<tonic::transport::Channel>, Result<(), String>) {
     let channel = match channel {
         Some(channel) => channel,
@@ -272,7 +276,7 @@ async fn send(
 /// connections (round-robin) or a new connection each, and times it from when it was due.
 async fn open_loop(
     target: &Target,
-    requests: Arc<Vec<Request>>,
+    requests: Arc<Vec<PreparedRequest>>,
     options: &LoadOptions,
     rate: f64,
     measure_from: Instant,

@@ -28,7 +28,7 @@ pub const RECORDS_READ: usize = 20_000;
 const PAGE_SIZE: u32 = 1_000;
 
 /// The page's HTTP status and body.
-pub struct Answer {
+pub struct PageResponse {
     pub status: u16,
     pub body: String,
 }
@@ -39,7 +39,7 @@ pub async fn page(
     api: &AuditApi,
     current: &Arc<CurrentAuthority>,
     extensions: tonic::Extensions,
-) -> Answer {
+) -> PageResponse {
     let base = || Request::from_parts(MetadataMap::new(), extensions.clone(), ());
     if let Err(status) =
         api.authorized_identity(&base(), crate::adapters::authn::admin::Right::Read)
@@ -47,7 +47,7 @@ pub async fn page(
         return refused(&status);
     }
     match gather(api, current, &base).await {
-        Ok(page) => Answer {
+        Ok(page) => PageResponse {
             status: 200,
             body: crate::edge::status_page::render::render(&page),
         },
@@ -58,9 +58,9 @@ pub async fn page(
     }
 }
 
-fn refused(status: &Status) -> Answer {
+fn refused(status: &Status) -> PageResponse {
     let (code, text) = crate::edge::grpc::status::http_status_of(status);
-    Answer {
+    PageResponse {
         status: code,
         body: format!(
             "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>meshroot status</title></head>\

@@ -293,7 +293,7 @@ impl ValueCursor {
         }
     }
 
-    fn load(&mut self, page: &Page, complete_from: u64) {
+    fn load(&mut self, page: &IndexPage, complete_from: u64) {
         self.buffer.clear();
         for entry in &page.entries {
             if page.value(entry) == self.value.as_slice() {

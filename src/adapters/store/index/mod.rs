@@ -31,7 +31,7 @@ use crate::domain::audit::{
 };
 
 use super::codec::{
-    self, decode_page, entry_key, kind_prefix, value_prefix_key, Page, PageWriter, RunId,
+    self, decode_page, entry_key, kind_prefix, value_prefix_key, IndexPage, PageWriter, RunId,
 };
 
 /// Runs of the same tier are merged when this many have gathered.
