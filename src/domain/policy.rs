@@ -9,7 +9,7 @@
 //! 5. no DNS, IP, email or other SANs;
 //! 6. exactly one URI SAN, an Istio SPIFFE ID (`spiffe://<td>/ns/<ns>/sa/<sa>`);
 //! 7. its trust domain is the mesh's, and it equals the caller's identity exactly;
-//! 8. it is not an identity meshroot keeps for itself (the `[cluster]` member identity).
+//! 8. it is not an identity meshroot keeps for itself (the `[replicas]` member identity).
 //!
 //! TTL: `requested <= 0` → the mesh default; above the mesh maximum → clamped to it (never an
 //! error); NotAfter never past the signing certificate's NotAfter; NotBefore = now − 2 minutes.
@@ -36,7 +36,7 @@ pub struct MeshPolicy {
     pub max_ttl: Duration,
     /// NotAfter of the mesh's signing certificate.
     pub signer_not_after: SystemTime,
-    /// Identities meshroot keeps for itself (the `[cluster]` member identity): never issued
+    /// Identities meshroot keeps for itself (the `[replicas]` member identity): never issued
     /// to a client, so that only meshroot holds a certificate for them.
     pub reserved: Vec<SpiffeId>,
 }

@@ -1,16 +1,16 @@
-//! The other replicas of a `[cluster]`: who they are, and asking them over their admin port.
+//! The other replicas of a `[replicas]`: who they are, and asking them over their admin port.
 //!
 //! Members talk to each other through the audit API on the admin listener. Off loopback that
 //! is mutual TLS, both ways by one rule (`authn::client_cert::verify_member`): a member asks
 //! for the server name [`MEMBER_SERVER_NAME`], the other answers with its member certificate,
 //! and each accepts the other's certificate only if it names the member identity
-//! (`cluster.identity`), was signed directly by one of meshroot's own signing intermediates of
+//! (`replicas.identity`), was signed directly by one of meshroot's own signing intermediates of
 //! the primary mesh, and is not revoked. Never by DNS name against the published trust bundle:
 //! that bundle holds partner roots, and the cluster intermediates meshroot keeps for istiod
 //! may mint any DNS name. On loopback (one machine, tests) it is plain HTTP/2, like every
 //! loopback admin client.
 //!
-//! A member that does not answer within `cluster.member_timeout` is *missing*: every cluster
+//! A member that does not answer within `replicas.member_timeout` is *missing*: every cluster
 //! question says which members are missing, and the caller decides (the rotation gate refuses,
 //! an audit answer is marked incomplete). Nothing here is on the issuance path.
 
@@ -32,7 +32,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::adapters::authn::client_cert::{verify_member, Usage};
 use crate::domain::identity::SpiffeId;
 
-use crate::adapters::config::MembershipConfig;
+use crate::adapters::config::ReplicasConfig;
 use crate::issuance::CurrentAuthority;
 use crate::pb::audit as api;
 use crate::pb::audit::audit_service_client::AuditServiceClient;
@@ -121,7 +121,7 @@ pub struct Members {
     /// loopback (None).
     tls: Option<Arc<rustls::crypto::CryptoProvider>>,
     identity: Arc<MemberIdentity>,
-    /// The member identity (`cluster.identity`) the other members must prove.
+    /// The member identity (`replicas.identity`) the other members must prove.
     member: Option<SpiffeId>,
     current: Arc<CurrentAuthority>,
 }
@@ -138,7 +138,7 @@ impl std::fmt::Debug for Members {
 
 impl Members {
     pub fn new(
-        config: &MembershipConfig,
+        config: &ReplicasConfig,
         this: Option<String>,
         tls: Option<Arc<rustls::crypto::CryptoProvider>>,
         identity: Arc<MemberIdentity>,
@@ -213,7 +213,7 @@ impl Members {
             let member_identity = self
                 .member
                 .clone()
-                .ok_or("cluster.identity is not a SPIFFE identity")?;
+                .ok_or("replicas.identity is not a SPIFFE identity")?;
             let verifier = Arc::new(MemberServerVerifier {
                 current: self.current.clone(),
                 member: member_identity,

@@ -370,10 +370,10 @@ pub(crate) fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)
     assert_eq!(statefulset["spec"]["serviceName"], "meshroot-headless");
     // Several replicas, one CA: every ordinal of the StatefulSet is a member, by its name under
     // the headless Service on the admin port, ready or not; volumes outlive a scale-down.
-    let cluster = config
-        .cluster
+    let replicas_section = config
+        .replicas
         .as_ref()
-        .expect("[cluster] in the deployed config");
+        .expect("[replicas] in the deployed config");
     let replicas = statefulset["spec"]["replicas"].as_u64().unwrap() as usize;
     let members: Vec<String> = (0..replicas)
         .map(|i| {
@@ -383,7 +383,7 @@ pub(crate) fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)
             )
         })
         .collect();
-    assert_eq!(cluster.members, members);
+    assert_eq!(replicas_section.members, members);
     assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
     assert!(headless["spec"]["ports"]
         .as_array()
@@ -397,12 +397,15 @@ pub(crate) fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)
     );
     // The members' own identity is the service account's; the admin API admits it by the
     // member rule alone, never as a reader.
-    let identity = meshroot::domain::identity::SpiffeId::parse(&cluster.identity).unwrap();
+    let identity = meshroot::domain::identity::SpiffeId::parse(&replicas_section.identity).unwrap();
     assert_eq!(
         (identity.namespace(), identity.service_account()),
         ("istio-system", pod["serviceAccountName"].as_str().unwrap())
     );
-    assert!(!config.admin.allowed_identities.contains(&cluster.identity));
+    assert!(!config
+        .admin
+        .allowed_identities
+        .contains(&replicas_section.identity));
     // Locked down.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
@@ -624,7 +627,7 @@ async fn the_rendered_rbac_grants_exactly_the_calls_meshroot_makes() {
         api.add_namespace(namespace, &[]);
     }
     api.add_ambient_workloads();
-    // [cluster] from the StatefulSet (one replica here, so it issues at once).
+    // [replicas] from the StatefulSet (one replica here, so it issues at once).
     api.put_object(
         "statefulsets",
         "istio-system",
@@ -644,7 +647,7 @@ async fn the_rendered_rbac_grants_exactly_the_calls_meshroot_makes() {
             "{config}\n[[mesh.cluster]]\nid = \"west\"\nkubeconfig = \"{path}\"\n\n\
              [kubernetes]\nkubeconfig = \"{path}\"\nnamespace = \"istio-system\"\n\
              identity = \"meshroot-0\"\nlease_duration = \"1s\"\ncluster_trust_bundle = true\n\n\
-             [cluster]\nstatefulset = \"meshroot\"\nservice = \"meshroot-headless\"\n\
+             [replicas]\nstatefulset = \"meshroot\"\nservice = \"meshroot-headless\"\n\
              namespace = \"istio-system\"\nreplicas = 1\nport = 15014\n\
              self = \"meshroot-0.meshroot-headless.istio-system.svc:15014\"\n",
             path = kubeconfig.display()

@@ -26,7 +26,7 @@ fn denial(
     }
 }
 
-/// A CA configured as a `[cluster]` whose only member is itself, on a loopback admin address
+/// A CA configured as a `[replicas]` whose only member is itself, on a loopback admin address
 /// (plain text: any local client may speak as a member); the member's name.
 fn cluster_of_one() -> (TestCa, String) {
     let ca = TestCa::new();
@@ -38,7 +38,7 @@ fn cluster_of_one() -> (TestCa, String) {
     let member = format!("127.0.0.1:{port}");
     ca.edit_config(|text| {
         format!(
-            "{}\n[cluster]\nmembers = [\"{member}\"]\nself = \"{member}\"\n",
+            "{}\n[replicas]\nmembers = [\"{member}\"]\nself = \"{member}\"\n",
             text.edited(
                 "[admin]\nlisten = \"127.0.0.1:0\"",
                 &format!("[admin]\nlisten = \"{member}\""),
@@ -172,7 +172,7 @@ async fn a_revoked_admin_certificate_loses_every_right_and_a_reader_cannot_revok
 /// is for meshroot's own service account; the refusal is recorded with its reason.
 #[tokio::test]
 async fn the_csr_api_never_issues_the_member_identity() {
-    // A cluster of one (the member identity is reserved as soon as there is a [cluster]).
+    // A cluster of one (the member identity is reserved as soon as there is a [replicas]).
     let (ca, _) = cluster_of_one();
     let server = ca.start().await;
     let member = "spiffe://cluster.local/ns/istio-system/sa/meshroot";

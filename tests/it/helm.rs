@@ -278,7 +278,7 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
         .unwrap_or_else(|e| panic!("{name}: the rendered config does not load: {e}"));
         let statefulset = objects.iter().find(|o| o["kind"] == "StatefulSet").unwrap();
         assert_eq!(
-            config.cluster.as_ref().unwrap().members.len() as u64,
+            config.replicas.as_ref().unwrap().members.len() as u64,
             statefulset["spec"]["replicas"].as_u64().unwrap(),
             "{name}"
         );

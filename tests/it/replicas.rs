@@ -1,4 +1,4 @@
-//! Several replicas, one CA (`[cluster]`): three `meshroot serve` processes on one machine,
+//! Several replicas, one CA (`[replicas]`): three `meshroot serve` processes on one machine,
 //! each with its own store and admin port, one configuration. They talk over their admin ports
 //! with mutual TLS (the admin listeners are off loopback), as in a cluster.
 //!
@@ -145,13 +145,13 @@ impl Cluster {
     }
 }
 
-/// Makes `ca`'s configuration a `[cluster]` of members `localhost:PORT`, the auditor allowed
+/// Makes `ca`'s configuration a `[replicas]` of members `localhost:PORT`, the auditor allowed
 /// to read and revoke.
 fn join(ca: &TestCa, ports: &[u16]) {
     let members: Vec<String> = ports.iter().map(|p| format!("\"localhost:{p}\"")).collect();
     ca.edit_config(|text| {
         format!(
-            "{}\n[cluster]\nmembers = [{}]\nmember_timeout = \"2s\"\n",
+            "{}\n[replicas]\nmembers = [{}]\nmember_timeout = \"2s\"\n",
             text.edited(
                 "[admin]\nlisten = \"127.0.0.1:0\"",
                 &format!("[admin]\nlisten = \"127.0.0.1:0\"\nrevokers = [\"{AUDITOR}\"]"),
@@ -596,7 +596,7 @@ async fn in_kubernetes_members_follow_the_statefulset_and_the_api_keeps_each_che
         format!(
             "{}\n[kubernetes]\nkubeconfig = \"{path}\"\nnamespace = \"istio-system\"\n\
              identity = \"meshroot-0\"\nroot_configmap = false\nistiod_tls = false\n\n\
-             [cluster]\nstatefulset = \"meshroot\"\nservice = \"meshroot-headless\"\n\
+             [replicas]\nstatefulset = \"meshroot\"\nservice = \"meshroot-headless\"\n\
              namespace = \"istio-system\"\nreplicas = 1\nport = 15014\nself = \"{this}\"\n",
             kept.join("\n")
                 .replacen("[audit]\n", "[audit]\ncheckpoint_interval = \"1s\"\n", 1),
@@ -671,11 +671,11 @@ AAAA
     server.stop().await;
 }
 
-/// The cluster a running server knows, once it has `count` members (bounded wait).
+/// The replica group a running server knows, once it has `count` members (bounded wait).
 async fn members_of(
     server: &common::TestServer,
     count: usize,
-) -> meshroot::pb::audit::GetClusterResponse {
+) -> meshroot::pb::audit::GetReplicasResponse {
     let admin = meshroot::pb::audit::audit_service_client::AuditServiceClient::connect(format!(
         "http://{}",
         server.server.admin_address()
@@ -683,22 +683,32 @@ async fn members_of(
     .await
     .unwrap();
     let what = format!("{count} members");
-    common::wait_until(&what, Duration::from_secs(20), || {
+    let replicas = common::wait_until(&what, Duration::from_secs(20), || {
         let mut admin = admin.clone();
         async move {
-            let cluster = admin
-                .get_cluster(meshroot::pb::audit::GetClusterRequest {})
+            let replicas = admin
+                .get_replicas(meshroot::pb::audit::GetReplicasRequest {})
                 .await
                 .unwrap()
                 .into_inner();
-            if cluster.members.len() == count {
-                Ok(cluster)
+            if replicas.members.len() == count {
+                Ok(replicas)
             } else {
-                Err(format!("{cluster:?}"))
+                Err(format!("{replicas:?}"))
             }
         }
     })
-    .await
+    .await;
+    // The RPC's old name, for clients of the previous release, answers the same.
+    #[allow(deprecated)]
+    let old = admin
+        .clone()
+        .get_cluster(meshroot::pb::audit::GetReplicasRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old, replicas);
+    replicas
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | reader | an identity in `admin.allowed_identities`, through the identity anchors | list, show, watch, stats, proofs, checkpoints, root use, `/ui` |
 //! | revoker | an identity in `admin.revokers`, through the identity anchors | what a reader may, and revoke, block and lift blocks |
-//! | member | the member identity (`cluster.identity`) by [`verify_member`]'s rule | everything, and what only members say to each other (a revocation to record as gathered, a checkpoint to keep) |
+//! | member | the member identity (`replicas.identity`) by [`verify_member`]'s rule | everything, and what only members say to each other (a revocation to record as gathered, a checkpoint to keep) |
 //!
 //! Every role's certificate is checked against the revocations in force at every request, so
 //! a revoked certificate loses every right at once, on every replica its revocation reached
@@ -49,14 +49,14 @@ impl Role {
     }
 }
 
-/// Who holds which role (`[admin]`, `[cluster]`).
+/// Who holds which role (`[admin]`, `[replicas]`).
 #[derive(Debug, Clone, Default)]
 pub struct AdminRoles {
     /// `admin.allowed_identities`.
     pub readers: Vec<String>,
     /// `admin.revokers`.
     pub revokers: Vec<String>,
-    /// `cluster.identity`, with `[cluster]`.
+    /// `replicas.identity`, with `[replicas]`.
     pub member: Option<SpiffeId>,
 }
 

@@ -262,7 +262,7 @@ impl Usage {
     }
 }
 
-/// The one rule by which members of a `[cluster]` accept each other, as clients on the admin
+/// The one rule by which members of a `[replicas]` accept each other, as clients on the admin
 /// API and as servers answering a member: the leaf names exactly the member identity, is
 /// valid now for `usage`, was signed directly by one of meshroot's own signing intermediates
 /// (`member_anchors`: no extra root, no cluster intermediate below ours, no other mesh's), and

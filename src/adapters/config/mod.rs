@@ -79,7 +79,7 @@ pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const ENV_LISTEN: &str = "MESHROOT_LISTEN";
 pub const ENV_STORE: &str = "MESHROOT_STORE";
 pub const ENV_ADMIN_LISTEN: &str = "MESHROOT_ADMIN_LISTEN";
-/// This replica's `[cluster]` member entry (overrides `cluster.self`).
+/// This replica's `[replicas]` member entry (overrides `replicas.self`).
 pub const ENV_MEMBER: &str = "MESHROOT_MEMBER";
 /// This replica's log name (overrides `audit.key_name`): a new name starts a new log, the way
 /// out after its volume was lost or rolled back (docs/operations/run-several-replicas.md).
@@ -122,8 +122,11 @@ pub struct Config {
     pub audit: AuditConfig,
     pub admin: AdminConfig,
     pub kubernetes: Option<KubernetesConfig>,
-    /// `[cluster]`: the other replicas that together are one CA.
-    pub cluster: Option<MembershipConfig>,
+    /// `[replicas]` (formerly `[cluster]`): the other replicas that together are one CA.
+    pub replicas: Option<ReplicasConfig>,
+    /// Settings spelt the old way, each with what to write instead (logged when the file is
+    /// loaded; each old spelling is read for one more release).
+    pub deprecations: Vec<String>,
     /// `[revocation]`: CRLs and how long a revoked identity is refused.
     pub revocation: RevocationConfig,
     /// `[bundle_endpoint]`: a SPIFFE bundle per trust domain, if served.
@@ -161,9 +164,9 @@ pub struct RevocationConfig {
     pub configmap: bool,
 }
 
-/// `[cluster]`: every member's admin address, ready or not (docs/operations/run-several-replicas.md).
+/// `[replicas]`: every member's admin address, ready or not (docs/operations/run-several-replicas.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MembershipConfig {
+pub struct ReplicasConfig {
     /// The members' admin addresses (HOST:PORT), this replica's among them.
     pub members: Vec<String>,
     /// This replica's entry in `members`, when given (`self`, `$MESHROOT_MEMBER`).
@@ -511,17 +514,17 @@ impl Config {
             }
             config.audit.key_name = name;
         }
-        if let (Some(cluster), Some(member)) = (&mut config.cluster, env(ENV_MEMBER)) {
-            if !cluster.members.contains(&member) {
+        if let (Some(replicas), Some(member)) = (&mut config.replicas, env(ENV_MEMBER)) {
+            if !replicas.members.contains(&member) {
                 return Err(ConfigError {
                     file: path.to_owned(),
                     problems: vec![Problem {
                         key: ENV_MEMBER.into(),
-                        message: format!("{member:?} is not one of cluster.members"),
+                        message: format!("{member:?} is not one of replicas.members"),
                     }],
                 });
             }
-            cluster.this_member = Some(member);
+            replicas.this_member = Some(member);
         }
         if let Some(admin) = env(ENV_ADMIN_LISTEN) {
             config.admin.listen = admin.parse().map_err(|_| ConfigError {
@@ -531,6 +534,9 @@ impl Config {
                     message: format!("{admin:?} is not an address:port"),
                 }],
             })?;
+        }
+        for deprecation in &config.deprecations {
+            tracing::warn!(file = %path.display(), "deprecated setting: {deprecation}");
         }
         Ok(config)
     }

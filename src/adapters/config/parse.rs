@@ -63,7 +63,26 @@ impl Config {
         let rate_limit = rate_limit(raw.rate_limit.unwrap_or_default(), p);
         let meshes = meshes(raw.mesh, &server.authenticators, &base, p);
         let audit = audit(raw.audit.unwrap_or_default(), &base, p);
-        let admin = admin(raw.admin.unwrap_or_default(), raw.cluster.is_some(), p);
+        let mut deprecations = Vec::new();
+        let (section, raw_replicas) = match (raw.replicas.take(), raw.cluster.take()) {
+            (Some(replicas), Some(_)) => {
+                p.add(
+                    "cluster".into(),
+                    "is the old name of [replicas]: give one of them".into(),
+                );
+                ("replicas", Some(replicas))
+            }
+            (None, Some(cluster)) => {
+                deprecations.push(
+                    "[cluster] is now [replicas] (the same keys): rename the section; [cluster] \
+                     is read for one more release"
+                        .to_owned(),
+                );
+                ("cluster", Some(cluster))
+            }
+            (replicas, None) => ("replicas", replicas),
+        };
+        let admin = admin(raw.admin.unwrap_or_default(), raw_replicas.is_some(), p);
         let kubernetes = raw.kubernetes.map(|raw| kubernetes(raw, &meshes, &base, p));
         let revocation = super::revocation::revocation(
             raw.revocation.take().unwrap_or_default(),
@@ -71,8 +90,9 @@ impl Config {
             &base,
             p,
         );
-        let cluster = raw.cluster.map(|raw| {
+        let replicas = raw_replicas.map(|raw| {
             super::replicas::replicas_section(
+                section,
                 raw,
                 admin.listen.port(),
                 meshes.first().map(|mesh| &mesh.trust_domain),
@@ -122,7 +142,8 @@ impl Config {
             audit,
             admin,
             kubernetes,
-            cluster,
+            replicas,
+            deprecations,
             revocation,
             bundle_endpoint,
         })
@@ -489,7 +510,7 @@ fn audit(raw_audit: RawAudit, base: &Path, p: &mut Problems) -> AuditConfig {
 }
 
 /// `[admin]`: the admin listener and who may use the audit API.
-fn admin(raw_admin: RawAdmin, cluster: bool, p: &mut Problems) -> AdminConfig {
+fn admin(raw_admin: RawAdmin, replicas: bool, p: &mut Problems) -> AdminConfig {
     let admin_text = raw_admin
         .listen
         .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_owned());
@@ -517,13 +538,13 @@ fn admin(raw_admin: RawAdmin, cluster: bool, p: &mut Problems) -> AdminConfig {
     if !admin_listen.ip().is_loopback()
         && allowed_identities.is_empty()
         && revokers.is_empty()
-        && !cluster
+        && !replicas
     {
         p.add(
             "admin.allowed_identities".into(),
             "required when admin.listen is not a loopback address (the audit API then \
              requires mutual TLS from one of these identities, or of admin.revokers), unless \
-             [cluster] admits the members by their own identity"
+             [replicas] admits the members by their own identity"
                 .into(),
         );
     }

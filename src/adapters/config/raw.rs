@@ -25,7 +25,9 @@ pub(super) struct RawConfig {
     pub(super) audit: Option<RawAudit>,
     pub(super) admin: Option<RawAdmin>,
     pub(super) kubernetes: Option<RawKubernetes>,
-    pub(super) cluster: Option<RawMembership>,
+    pub(super) replicas: Option<RawReplicas>,
+    /// The old name of `[replicas]`, read for one more release with a deprecation warning.
+    pub(super) cluster: Option<RawReplicas>,
     pub(super) revocation: Option<RawRevocation>,
     pub(super) bundle_endpoint: Option<RawBundleEndpoint>,
 }
@@ -52,7 +54,7 @@ pub(super) struct RawRevocation {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawMembership {
+pub(super) struct RawReplicas {
     pub(super) members: Option<Vec<String>>,
     pub(super) statefulset: Option<String>,
     pub(super) service: Option<String>,

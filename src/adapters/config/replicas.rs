@@ -1,12 +1,12 @@
-//! `[cluster]`: the replicas that together are one CA. Every replica knows every member, ready
+//! `[replicas]` (formerly `[cluster]`): the replicas that together are one CA. Every replica knows every member, ready
 //! or not, by its admin address; the members are listed, or derived from a StatefulSet.
 
 use std::time::Duration;
 
 use super::parse::Problems;
-use super::raw::RawMembership;
+use super::raw::RawReplicas;
 use super::values::duration_setting;
-use super::{MembershipConfig, StatefulSetMembers};
+use super::{ReplicasConfig, StatefulSetMembers};
 use crate::domain::identity::{SpiffeId, TrustDomain};
 
 /// How long a member has to answer a cluster question before it counts as missing.
@@ -18,15 +18,16 @@ const DEFAULT_NAMESPACE: &str = "istio-system";
 /// checkpoints ConfigMap is read up to this ordinal).
 pub const MAX_REPLICAS: u32 = 256;
 
-/// Parses `[cluster]`. `admin_port` is the default port of StatefulSet members;
+/// Parses `[replicas]` (or its old name `section` = `cluster`). `admin_port` is the default port of StatefulSet members;
 /// `trust_domain` (the primary mesh's) names meshroot's own identity by default.
 pub(super) fn replicas_section(
-    raw: RawMembership,
+    section: &str,
+    raw: RawReplicas,
     admin_port: u16,
     trust_domain: Option<&TrustDomain>,
     pod_namespace: Option<String>,
     p: &mut Problems,
-) -> MembershipConfig {
+) -> ReplicasConfig {
     let namespace = raw
         .namespace
         .clone()
@@ -36,7 +37,7 @@ pub(super) fn replicas_section(
     let members = match (&raw.members, &raw.statefulset) {
         (Some(_), Some(_)) => {
             p.add(
-                "cluster.members".into(),
+                format!("{section}.members"),
                 "give either members or statefulset, not both".into(),
             );
             Vec::new()
@@ -44,13 +45,13 @@ pub(super) fn replicas_section(
         (Some(members), None) => {
             if members.is_empty() {
                 p.add(
-                    "cluster.members".into(),
+                    format!("{section}.members"),
                     "is empty: list every member's admin address, this one's included".into(),
                 );
             }
             if members.len() > MAX_REPLICAS as usize {
                 p.add(
-                    "cluster.members".into(),
+                    format!("{section}.members"),
                     format!("{} members: at most {MAX_REPLICAS}", members.len()),
                 );
                 return empty(raw);
@@ -60,7 +61,7 @@ pub(super) fn replicas_section(
         (None, Some(statefulset)) => {
             let Some(service) = &raw.service else {
                 p.add(
-                    "cluster.service".into(),
+                    format!("{section}.service"),
                     "the headless Service of the StatefulSet is required with statefulset".into(),
                 );
                 return empty(raw);
@@ -68,13 +69,13 @@ pub(super) fn replicas_section(
             let replicas = raw.replicas.unwrap_or(0);
             if replicas == 0 {
                 p.add(
-                    "cluster.replicas".into(),
+                    format!("{section}.replicas"),
                     "the StatefulSet's replica count (at least 1) is required with statefulset"
                         .into(),
                 );
             } else if replicas > MAX_REPLICAS {
                 p.add(
-                    "cluster.replicas".into(),
+                    format!("{section}.replicas"),
                     format!(
                         "{replicas} is more than {MAX_REPLICAS}: every decision asks every member"
                     ),
@@ -96,7 +97,7 @@ pub(super) fn replicas_section(
         }
         (None, None) => {
             p.add(
-                "cluster.members".into(),
+                format!("{section}.members"),
                 "list the members' admin addresses, or name the statefulset".into(),
             );
             Vec::new()
@@ -104,20 +105,20 @@ pub(super) fn replicas_section(
     };
     if raw.members.is_some() && (raw.service.is_some() || raw.replicas.is_some()) {
         p.add(
-            "cluster.members".into(),
+            format!("{section}.members"),
             "service and replicas are for statefulset; members lists every address".into(),
         );
     }
     for (index, member) in members.iter().enumerate() {
         if !is_host_port(member) {
             p.add(
-                format!("cluster.members[{index}]"),
+                format!("{section}.members[{index}]"),
                 format!("{member:?} is not HOST:PORT"),
             );
         }
         if members[..index].contains(member) {
             p.add(
-                format!("cluster.members[{index}]"),
+                format!("{section}.members[{index}]"),
                 format!("{member:?} is listed twice"),
             );
         }
@@ -125,7 +126,7 @@ pub(super) fn replicas_section(
     if let Some(this) = &raw.this_member {
         if !members.contains(this) {
             p.add(
-                "cluster.self".into(),
+                format!("{section}.self"),
                 format!("{this:?} is not one of the members"),
             );
         }
@@ -135,7 +136,7 @@ pub(super) fn replicas_section(
             Ok(_) => text.clone(),
             Err(_) => {
                 p.add(
-                    "cluster.identity".into(),
+                    format!("{section}.identity"),
                     format!("{text:?} is not a spiffe://<td>/ns/<ns>/sa/<sa> identity"),
                 );
                 String::new()
@@ -145,22 +146,22 @@ pub(super) fn replicas_section(
             .map(|td| format!("spiffe://{td}/ns/{namespace}/sa/meshroot"))
             .unwrap_or_default(),
     };
-    MembershipConfig {
+    ReplicasConfig {
         members,
         this_member: raw.this_member,
         identity,
         member_timeout: duration_setting(
             raw.member_timeout.as_deref(),
             DEFAULT_MEMBER_TIMEOUT,
-            "cluster.member_timeout",
+            &format!("{section}.member_timeout"),
             p,
         ),
         statefulset: derived,
     }
 }
 
-fn empty(raw: RawMembership) -> MembershipConfig {
-    MembershipConfig {
+fn empty(raw: RawReplicas) -> ReplicasConfig {
+    ReplicasConfig {
         members: Vec::new(),
         this_member: raw.this_member,
         identity: String::new(),
@@ -202,8 +203,8 @@ fn is_host_port(text: &str) -> bool {
     host_ok && port.parse::<u16>().is_ok_and(|port| port != 0)
 }
 
-impl MembershipConfig {
-    /// This replica's member entry: `cluster.self` (or `$MESHROOT_MEMBER`), else the member
+impl ReplicasConfig {
+    /// This replica's member entry: `replicas.self` (or `$MESHROOT_MEMBER`), else the member
     /// whose first DNS label is this pod's name (`$POD_NAME`, a StatefulSet pod), else the
     /// member whose address is the admin listener's, else a member on a loopback or
     /// `localhost` host with the admin listener's port.
@@ -278,7 +279,7 @@ mod tests {
 
     #[test]
     fn self_is_found_by_pod_name_address_or_local_port() {
-        let config = MembershipConfig {
+        let config = ReplicasConfig {
             members: statefulset_members("meshroot", "h", "ns", 15014, 2),
             this_member: None,
             identity: String::new(),
@@ -291,7 +292,7 @@ mod tests {
             Some("meshroot-1.h.ns.svc:15014")
         );
         assert_eq!(config.resolve_self(Some("other-0"), admin), None);
-        let local = MembershipConfig {
+        let local = ReplicasConfig {
             members: vec!["localhost:7001".into(), "localhost:7002".into()],
             ..config
         };

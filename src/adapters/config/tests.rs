@@ -508,3 +508,51 @@ fn partners_are_foreign_trust_domains_at_https_urls_published_one_way() {
         "{error}"
     );
 }
+
+#[test]
+fn the_replica_group_is_replicas_and_its_old_name_cluster_still_reads_with_a_warning() {
+    let section = |name: &str, members: &str| {
+        format!(
+            "{MINIMAL}\n[{name}]\nmembers = [{members}]\nself = \"127.0.0.1:15014\"\n\
+             member_timeout = \"3s\"\n"
+        )
+    };
+    let members = "\"127.0.0.1:15014\", \"127.0.0.2:15014\"";
+    let current = parse(&section("replicas", members)).unwrap();
+    let replicas = current.replicas.as_ref().unwrap();
+    assert_eq!(replicas.members.len(), 2);
+    assert_eq!(replicas.member_timeout, Duration::from_secs(3));
+    assert!(current.deprecations.is_empty());
+
+    // The old spelling: the same settings, and a warning that says what to write instead.
+    let old = parse(&section("cluster", members)).unwrap();
+    assert_eq!(
+        old.replicas.as_ref().unwrap().members,
+        current.replicas.as_ref().unwrap().members
+    );
+    assert_eq!(old.deprecations.len(), 1);
+    assert!(old.deprecations[0].contains("[cluster] is now [replicas]"));
+    // A problem names the key as the file spells it.
+    let keys = |text: &str| -> Vec<String> {
+        parse(text)
+            .unwrap_err()
+            .problems
+            .into_iter()
+            .map(|p| p.key)
+            .collect()
+    };
+    assert_eq!(
+        keys(&section("cluster", "")),
+        ["cluster.members", "cluster.self"]
+    );
+    assert_eq!(
+        keys(&section("replicas", "")),
+        ["replicas.members", "replicas.self"]
+    );
+    // Both at once: refused.
+    let both = format!(
+        "{}\n[cluster]\nmembers = [{members}]\n",
+        section("replicas", members)
+    );
+    assert_eq!(keys(&both), ["cluster"]);
+}

@@ -7,7 +7,7 @@
 //! replica's duties ([`lease`], [`publish`]): `leases` `get`, `create`, `update`
 //! (coordination.k8s.io) and `secrets` `get`, `list`, `watch`, `create`, `update` in its
 //! namespace; `namespaces` `list`, `watch` and `configmaps` `get`, `list`, `watch`, `create`,
-//! `update` in every namespace. With `[cluster]` ([`members`]): `statefulsets` `get` (apps) in its
+//! `update` in every namespace. With `[replicas]` ([`members`]): `statefulsets` `get` (apps) in its
 //! namespace. `deploy/base/rbac.yaml` grants exactly these, and
 //! `tests/it/deploy.rs` checks the grants against the calls the code makes.
 

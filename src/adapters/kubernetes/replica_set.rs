@@ -1,4 +1,4 @@
-//! What the replicas of a `[cluster]` keep in their own Kubernetes API: how many the
+//! What the replicas of a `[replicas]` keep in their own Kubernetes API: how many the
 //! StatefulSet runs (its `spec.replicas`), and each replica's latest signed checkpoint in one
 //! ConfigMap, one key per replica, so what a log had committed to outlives its volume even if
 //! every other member's does not.

@@ -190,7 +190,7 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
                 .await
                 .map_err(super::audit::remote_failure)?
                 .into_inner();
-            remote.note(response.cluster.as_ref());
+            remote.note(response.replicas.as_ref());
             let certificates: Vec<_> = response
                 .certificates
                 .into_iter()
@@ -313,7 +313,7 @@ pub async fn run(args: RevokeArgs) -> Result<(), Failure> {
             if !recorded.is_empty() {
                 println!(
                     "the server publishes the new CRLs when it starts; the other members of a \
-                     [cluster] copy this revocation once it runs again (or revoke through a \
+                     [replicas] copy this revocation once it runs again (or revoke through a \
                      running member with --addr to reach them now)"
                 );
             }

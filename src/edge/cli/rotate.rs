@@ -182,7 +182,7 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
     print!("{out}");
     // A stopped replica's store holds its own log only: in a cluster the count lacks the
     // other members.
-    if let (Log::Store(_), Some(cluster)) = (&log, &config.cluster) {
+    if let (Log::Store(_), Some(cluster)) = (&log, &config.replicas) {
         let this = cluster.resolve_self(
             std::env::var("POD_NAME").ok().as_deref(),
             config.admin.listen,
@@ -225,7 +225,7 @@ async fn cluster_use(
             ))
         })?
         .into_inner();
-    remote.note(response.cluster.as_ref());
+    remote.note(response.replicas.as_ref());
     Ok(crate::edge::grpc::wire::cluster_bundle_use(
         &response,
         bundle.len(),

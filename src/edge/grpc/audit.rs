@@ -49,7 +49,7 @@ pub struct AuditApi {
     access: Option<AdminAccess>,
     /// Ends live tails when the server shuts down.
     shutdown: watch::Receiver<bool>,
-    /// The other replicas, with `[cluster]`.
+    /// The other replicas, with `[replicas]`.
     members: Option<Arc<Members>>,
     /// What revocations need: the authority in force (its revocations and clock), the CRL
     /// publisher, and the configured block duration.
@@ -492,18 +492,26 @@ impl AuditService for AuditApi {
         }))
     }
 
-    async fn get_cluster(
+    async fn get_replicas(
         &self,
-        request: Request<api::GetClusterRequest>,
-    ) -> Result<Response<api::GetClusterResponse>, Status> {
+        request: Request<api::GetReplicasRequest>,
+    ) -> Result<Response<api::GetReplicasResponse>, Status> {
         self.authorize(&request)?;
         Ok(Response::new(match self.members() {
-            None => api::GetClusterResponse::default(),
-            Some(members) => api::GetClusterResponse {
+            None => api::GetReplicasResponse::default(),
+            Some(members) => api::GetReplicasResponse {
                 members: members.all(),
                 this_member: members.this().unwrap_or_default().to_owned(),
             },
         }))
+    }
+
+    /// The old name of GetReplicas (a client of the previous release), answered the same.
+    async fn get_cluster(
+        &self,
+        request: Request<api::GetReplicasRequest>,
+    ) -> Result<Response<api::GetReplicasResponse>, Status> {
+        self.get_replicas(request).await
     }
 
     async fn share_checkpoint(
@@ -518,7 +526,7 @@ impl AuditService for AuditApi {
             ))
         };
         let Some(members) = self.members() else {
-            return Err(invalid("this replica has no [cluster]"));
+            return Err(invalid("this replica has no [replicas]"));
         };
         if !members.contains(&request.member) {
             return Err(invalid("not a member of this cluster"));
@@ -576,7 +584,7 @@ impl AuditService for AuditApi {
         let response = match self.route(request.scope.as_ref())? {
             Route::Local => api::CountRootUseResponse {
                 members: vec![self.local_root_use(&request, this).await?],
-                cluster: None,
+                replicas: None,
             },
             Route::Forward(members, member) => forward(&members, &member, ask).await?,
             Route::Cluster(members) => {
@@ -595,7 +603,7 @@ impl AuditService for AuditApi {
                         .into_iter()
                         .map(|(member, usage)| api::MemberRootUse { member, ..usage })
                         .collect(),
-                    cluster: Some(cluster),
+                    replicas: Some(cluster),
                 }
             }
         };

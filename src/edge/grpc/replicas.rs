@@ -1,5 +1,5 @@
-//! The audit API across a `[cluster]`. A request is answered by the replica asked (`local`), by
-//! one member (`scope.member`: forwarded), or by every member (the default with `[cluster]`):
+//! The audit API across a `[replicas]`. A request is answered by the replica asked (`local`), by
+//! one member (`scope.member`: forwarded), or by every member (the default with `[replicas]`):
 //! the replica asked answers for itself and asks the others over the admin port, merges what
 //! they say, and names every member that did not answer, so an incomplete answer never
 //! passes for a complete one.
@@ -24,7 +24,7 @@ use crate::pb::audit::audit_service_client::AuditServiceClient;
 
 /// Who answers a request.
 pub(super) enum Route {
-    /// The replica asked, alone (no `[cluster]`, or `scope.local`, or `scope.member` is it).
+    /// The replica asked, alone (no `[replicas]`, or `scope.local`, or `scope.member` is it).
     Local,
     /// One other member.
     Forward(Arc<Members>, String),
@@ -39,7 +39,7 @@ impl AuditApi {
         let Some(members) = self.members() else {
             if !scope.member.is_empty() {
                 return Err(cluster_request_invalid(
-                    "this replica has no [cluster]: it answers only for itself",
+                    "this replica has no [replicas]: it answers only for itself",
                 ));
             }
             return Ok(Route::Local);
@@ -255,7 +255,7 @@ impl AuditApi {
                 .await?;
             return Ok(api::ListRecordsResponse {
                 count: answers.iter().map(|(_, r)| r.count).sum(),
-                cluster: Some(completeness(&answers, &missing)),
+                replicas: Some(completeness(&answers, &missing)),
                 ..Default::default()
             });
         }
@@ -351,7 +351,7 @@ impl AuditApi {
             entries,
             next_page_token: encode_cursors(&cursors),
             count: 0,
-            cluster: Some(completeness(&answered, &missing)),
+            replicas: Some(completeness(&answered, &missing)),
         })
     }
 
@@ -385,7 +385,7 @@ impl AuditApi {
         match listed.entries.into_iter().next() {
             Some(entry) => Ok(Response::new(entry)),
             None => {
-                let missing = listed.cluster.map(|c| c.missing).unwrap_or_default();
+                let missing = listed.replicas.map(|c| c.missing).unwrap_or_default();
                 match missing.is_empty() {
                     true => Err(status_for_audit(&AuditError::NotFound(
                         "no certificate with this serial on any member".into(),
@@ -441,7 +441,7 @@ pub(super) fn sum_stats(
             stats: Some(stats),
         })
         .collect();
-    total.cluster = Some(cluster);
+    total.replicas = Some(cluster);
     total
 }
 

@@ -91,7 +91,7 @@ impl AuditApi {
                         .map(revoked_certificate_message)
                         .collect(),
                     blocked: revocation.blocked,
-                    cluster: cluster_answer(answered, missing),
+                    replicas: cluster_answer(answered, missing),
                     ..Default::default()
                 });
             }
@@ -260,7 +260,7 @@ impl AuditApi {
             recorded: answers.into_iter().map(|(member, _)| member).collect(),
             already_revoked,
             warnings,
-            cluster,
+            replicas: cluster,
         })
     }
 

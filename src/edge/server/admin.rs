@@ -44,9 +44,9 @@ pub(super) async fn start_admin(
                 readers: config.admin.allowed_identities.clone(),
                 revokers: config.admin.revokers.clone(),
                 member: config
-                    .cluster
+                    .replicas
                     .as_ref()
-                    .and_then(|cluster| SpiffeId::parse(&cluster.identity).ok()),
+                    .and_then(|replicas| SpiffeId::parse(&replicas.identity).ok()),
             },
             current,
         }),

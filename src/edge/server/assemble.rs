@@ -19,9 +19,9 @@ pub(super) async fn build_authority(
     let mut client_cert_meshes = Vec::new();
     let mut anchors = IdentityAnchors::new();
     let member = config
-        .cluster
+        .replicas
         .as_ref()
-        .and_then(|cluster| SpiffeId::parse(&cluster.identity).ok());
+        .and_then(|replicas| SpiffeId::parse(&replicas.identity).ok());
     let mut member_anchors = IdentityAnchors::new();
     for (index, mesh) in config.meshes.iter().enumerate() {
         let authority = signer::files::load_signer(

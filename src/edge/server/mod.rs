@@ -188,7 +188,7 @@ pub struct RunningServer {
     reloads: Arc<tokio::sync::Mutex<()>>,
     monitor: Monitor,
     limits: Arc<RateLimits>,
-    /// The other replicas, with `[cluster]`.
+    /// The other replicas, with `[replicas]`.
     members: Option<Arc<Members>>,
     /// Wakes the partner fetchers (`[[mesh.partner]]`).
     fetch_partners: watch::Sender<u64>,
@@ -454,18 +454,18 @@ async fn start_serving(
     }
     monitor.serve().await;
     let serving = Arc::new(ServingCertificate::default());
-    let members = config.cluster.as_ref().map(|cluster| {
+    let members = config.replicas.as_ref().map(|replicas| {
         let pod = std::env::var("POD_NAME").ok();
-        let this = cluster.resolve_self(pod.as_deref(), config.admin.listen);
+        let this = replicas.resolve_self(pod.as_deref(), config.admin.listen);
         if this.is_none() {
             tracing::warn!(
-                members = ?cluster.members,
-                "cannot tell which [cluster] member this replica is (set cluster.self or \
+                members = ?replicas.members,
+                "cannot tell which [replicas] member this replica is (set replicas.self or \
                  MESHROOT_MEMBER): it asks every member over the network, itself included"
             );
         }
         Arc::new(Members::new(
-            cluster,
+            replicas,
             this,
             (!config.admin.listen.ip().is_loopback()).then(tls_provider),
             serving.1.clone(),
@@ -562,7 +562,7 @@ async fn start_serving(
         }
         None => None,
     };
-    if let (Some(members), Some(membership)) = (&members, &config.cluster) {
+    if let (Some(members), Some(replicas)) = (&members, &config.replicas) {
         // In Kubernetes: the StatefulSet's size, and a checkpoint kept in the API.
         let kube = match &config.kubernetes {
             Some(kubernetes) => Some(replicas::CheckpointObject {
@@ -580,7 +580,7 @@ async fn start_serving(
             }),
             None => None,
         };
-        if let (Some(object), Some(set)) = (&kube, &membership.statefulset) {
+        if let (Some(object), Some(set)) = (&kube, &replicas.statefulset) {
             background.spawn(replicas::follow_statefulset(
                 members.clone(),
                 object.cluster.clone(),

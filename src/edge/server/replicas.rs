@@ -353,7 +353,7 @@ const STATEFULSET_POLL: Duration = Duration::from_secs(5);
 /// Follows the StatefulSet's `spec.replicas`: a scale-up adds its new ordinals as members at
 /// once; a scale-down removes none (their volumes, and records, are kept). A replica that ever
 /// kept a checkpoint in the ConfigMap stays a member, across restarts too, until an operator
-/// deletes its key there and lowers `[cluster] replicas`.
+/// deletes its key there and lowers `[replicas] replicas`.
 pub(super) async fn follow_statefulset(
     members: Arc<Members>,
     cluster: crate::adapters::kubernetes::KubeCluster,
@@ -402,7 +402,7 @@ pub(super) async fn follow_statefulset(
     }
 }
 
-/// With `[cluster]`: at start and every `interval`, reads every other member's revocation
+/// With `[replicas]`: at start and every `interval`, reads every other member's revocation
 /// records and records here what this replica lacks (a revocation made while it was down or
 /// unreachable), so a revocation reaches every member even when the command could not.
 pub(super) async fn sync_revocations_loop(

@@ -87,7 +87,7 @@ pub(super) async fn renewal_loop(
     }
 }
 
-/// meshroot's current serving certificate, swapped in place on renewal, and with `[cluster]`
+/// meshroot's current serving certificate, swapped in place on renewal, and with `[replicas]`
 /// this replica's client certificate towards the other members (renewed with it).
 #[derive(Debug, Default)]
 pub(super) struct ServingCertificate(
@@ -95,7 +95,7 @@ pub(super) struct ServingCertificate(
     pub(super) Arc<MemberIdentity>,
 );
 
-/// What the serving certificate names (DNS names) and, with `[cluster]`, meshroot's own SPIFFE
+/// What the serving certificate names (DNS names) and, with `[replicas]`, meshroot's own SPIFFE
 /// identity, which the member client certificate names.
 #[derive(Debug, Clone, Default)]
 pub(super) struct ServingNames {
@@ -117,9 +117,9 @@ impl ServingNames {
             }
         }
         let identity = config
-            .cluster
+            .replicas
             .as_ref()
-            .and_then(|cluster| SpiffeId::parse(&cluster.identity).ok());
+            .and_then(|replicas| SpiffeId::parse(&replicas.identity).ok());
         Self {
             dns_names,
             identity,
@@ -160,7 +160,7 @@ impl ServingCertificate {
 }
 
 impl ServingCertificate {
-    /// With `[cluster]`, issues and installs a new member certificate.
+    /// With `[replicas]`, issues and installs a new member certificate.
     async fn renew_member(
         &self,
         ca: &CertificateAuthority,

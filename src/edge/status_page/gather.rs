@@ -84,7 +84,7 @@ async fn gather(
     let ca = current.get();
     let now = ca.clock().now();
     let cluster = api
-        .get_cluster(with(base, api::GetClusterRequest {}))
+        .get_replicas(with(base, api::GetReplicasRequest {}))
         .await?
         .into_inner();
     let mut meshes = Vec::new();
@@ -109,8 +109,8 @@ async fn gather(
             ))
             .await?
             .into_inner();
-        if usage.cluster.is_some() {
-            completeness = usage.cluster.clone();
+        if usage.replicas.is_some() {
+            completeness = usage.replicas.clone();
         }
         let usage = crate::edge::grpc::wire::cluster_bundle_use(&usage, bundle.len()).0;
         // Every chain some certificate of the mesh was signed through, and the one in force.

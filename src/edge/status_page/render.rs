@@ -11,10 +11,10 @@ use crate::domain::clock::format_time;
 #[derive(Debug, Clone, Default)]
 pub struct StatusPage {
     pub now: Option<SystemTime>,
-    /// The replica that rendered the page (its `[cluster]` entry, or empty).
+    /// The replica that rendered the page (its `[replicas]` entry, or empty).
     pub this_member: String,
     pub meshes: Vec<MeshStatus>,
-    /// With `[cluster]`: who answered the page's cluster-wide questions, and who did not.
+    /// With `[replicas]`: who answered the page's cluster-wide questions, and who did not.
     pub cluster: Option<ClusterStatus>,
     /// The window the activity figures cover.
     pub activity_window: Duration,
@@ -445,7 +445,7 @@ pub fn render(page: &StatusPage) -> String {
 
     html.push_str("<h2>Cluster</h2>");
     match &page.cluster {
-        None => html.push_str("<p>one replica (no [cluster])</p>"),
+        None => html.push_str("<p>one replica (no [replicas])</p>"),
         Some(cluster) => {
             html.push_str("<table><tr><th>member</th><th>answered</th></tr>");
             for member in &cluster.members {

@@ -110,7 +110,7 @@ pub(super) async fn list_replicas(
     let mut replicas = Vec::new();
     for address in addresses {
         let mut log = Log::connect(&address, &args.source).await?;
-        // Each address answers for its own log (with [cluster] one address answers for all).
+        // Each address answers for its own log (with [replicas] one address answers for all).
         if let Log::Remote(remote) = &mut log {
             remote.set_local();
         }

@@ -95,7 +95,7 @@ pub struct SourceArgs {
     /// ...and the DNS name in the server's certificate.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
-    /// With `[cluster]`: only this member's log (its admin address as in cluster.members).
+    /// With `[replicas]`: only this member's log (its admin address as in replicas.members).
     /// Without it, the server asked answers for every member.
     #[arg(long)]
     pub replica: Option<String>,

@@ -321,7 +321,7 @@ impl Log {
                     .await
                     .map_err(remote_failure)?
                     .into_inner();
-                client.note(response.cluster.as_ref());
+                client.note(response.replicas.as_ref());
                 let records = response
                     .entries
                     .into_iter()
@@ -358,7 +358,7 @@ impl Log {
                     .await
                     .map_err(remote_failure)?
                     .into_inner();
-                client.note(response.cluster.as_ref());
+                client.note(response.replicas.as_ref());
                 Ok(response.count)
             }
         }

@@ -17,7 +17,7 @@ pub(super) async fn stats(args: StatsArgs) -> Result<(), Failure> {
                 .await
                 .map_err(remote_failure)?
                 .into_inner();
-            client.note(s.cluster.as_ref());
+            client.note(s.replicas.as_ref());
             members = s
                 .members
                 .iter()

@@ -96,7 +96,7 @@ async fn cluster_members(remote: &mut Remote) -> Result<Vec<String>, Failure> {
         return Ok(Vec::new());
     }
     Ok(remote
-        .get_cluster(api::GetClusterRequest {})
+        .get_replicas(api::GetReplicasRequest {})
         .await
         .map_err(remote_failure)?
         .into_inner()
