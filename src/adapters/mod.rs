@@ -6,5 +6,5 @@
 
 pub mod authn;
 pub mod config;
-pub mod kubernetes;
+pub(crate) mod kubernetes;
 pub mod store;

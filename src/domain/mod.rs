@@ -3,16 +3,16 @@
 //! tokio, tonic, sled and kube; it reads CA files and nothing else.
 
 pub mod audit;
-pub mod caller;
+pub(crate) mod caller;
 pub mod clock;
 pub mod csr;
 pub mod digest;
 pub mod federation;
 pub mod identity;
 pub mod keys;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod policy;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod record;
 pub mod revocation;
 pub mod signer;

@@ -4,12 +4,12 @@
 //! (`cli`), the istio-agent-like client (`client`) and the SPIFFE bundle client
 //! (`bundle_client`). The only layer that may import any other.
 
-pub mod bundle_client;
+pub(crate) mod bundle_client;
 pub mod cli;
 pub mod client;
 pub mod export;
 pub mod grpc;
-pub mod replicas;
+pub(crate) mod replicas;
 pub mod server;
-pub mod shutdown;
-pub mod status_page;
+pub(crate) mod shutdown;
+pub(crate) mod status_page;

@@ -99,7 +99,6 @@ pub struct PublishSettings {
     pub istiod_namespace: String,
     /// istiod revisions: `default` is `istiod.<ns>.svc`, any other `istiod-<rev>.<ns>.svc`.
     pub istiod_revisions: Vec<String>,
-    pub istiod_ttl: Duration,
     /// Everything is checked again this often even without an event.
     pub resync: Duration,
 }

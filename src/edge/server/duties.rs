@@ -50,7 +50,6 @@ pub(super) async fn start_cluster_duties(
         istiod_tls: settings.istiod_tls,
         istiod_namespace: settings.namespace.clone(),
         istiod_revisions: settings.istiod_revisions.clone(),
-        istiod_ttl: settings.istiod_tls_ttl,
         resync: settings.resync,
     };
     let mesh: Arc<dyn MeshMaterial> = Arc::new(PublishedMesh {
