@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::CertificateAuthority;
+use super::pipeline::CertificateAuthority;
 
 /// The authority in force; a reload replaces it for every new request while requests in
 /// flight finish with the one they started with.

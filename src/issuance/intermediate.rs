@@ -7,8 +7,8 @@ use std::time::Duration;
 use rcgen::{KeyPair, PublicKeyData as _};
 
 use super::error::IssueError;
+use super::pipeline::CertificateAuthority;
 use super::record_builder::{issued_record, IssuedFacts};
-use super::CertificateAuthority;
 use crate::domain::clock::format_time;
 use crate::domain::csr::{KeyAlgorithm, SubjectPublicKey};
 use crate::domain::digest::{hex, sha256};

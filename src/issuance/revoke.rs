@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::CurrentAuthority;
+use super::current::CurrentAuthority;
 use crate::domain::audit::{OutcomeFilter, Page, Query};
 use crate::domain::clock::{format_time, from_unix_millis, unix_millis};
 use crate::domain::digest::hex;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use base64::Engine as _;
 
-use super::{IndexKeys, IndexKind, Summary, MESH_SEPARATOR};
+use super::attributes::{IndexKeys, IndexKind, Summary, MESH_SEPARATOR};
 use crate::domain::clock::{unix_millis, unix_seconds};
 use crate::domain::record::{Outcome, Record};
 
