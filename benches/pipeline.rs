@@ -14,9 +14,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use meshroot::adapters::authn::impersonation::NodeAuthorizer;
-use meshroot::adapters::authn::jwt::{self, DevTokenClaims, DevTokenSigner, TrustedIssuer};
+use meshroot::adapters::authn::jwt::{
+    self, DevTokenClaims, DevTokenSigner, JwtAuthenticator, TrustedIssuer,
+};
 use meshroot::adapters::authn::{
-    AuthRequest, Authenticator, AuthenticatorChain, Authorization, Caller, JwtAuthenticator,
+    AuthRequest, Authenticator, AuthenticatorChain, Authorization, Caller,
 };
 use meshroot::adapters::store::SledStore;
 use meshroot::domain::clock::{Clock, SystemClock};

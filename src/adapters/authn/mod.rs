@@ -21,7 +21,6 @@ use std::pin::Pin;
 use rustls_pki_types::CertificateDer;
 
 pub use crate::domain::caller::{AuthenticatorKind, Caller, PodRef};
-pub use jwt::JwtAuthenticator;
 
 /// A bearer token. Its `Debug` never shows the token.
 #[derive(Clone)]

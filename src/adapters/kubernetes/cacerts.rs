@@ -461,7 +461,7 @@ fn cacerts_crl(
         .ok_or_else(|| format!("{CACERTS_SECRET} lacks a readable ca-cert.pem or ca-key.pem"))?;
     let next_update = now + settings.crl_validity;
     let sign = |certificate: &[u8], key: &str| {
-        crate::domain::signer::sign_crl_as(certificate, key, &[], now, next_update)
+        crate::domain::signer::crl::sign_crl_as(certificate, key, &[], now, next_update)
             .map_err(|e| format!("signing the CRL of a cluster intermediate: {e}"))
     };
     let mut out = crate::domain::keys::crl_pem(&sign(&certificate, &key)?);

@@ -11,7 +11,7 @@ use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 
 use super::constraints::UriConstraints;
-use super::SigningError;
+use super::error::SigningError;
 use crate::domain::identity::{AltNames, SpiffeId};
 
 /// A certificate's serial number, as encoded (the bytes records keep); None if it cannot be

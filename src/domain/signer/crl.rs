@@ -9,7 +9,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 
-use super::{MeshSigner, SigningError};
+use super::error::SigningError;
+use super::MeshSigner;
 use crate::domain::clock::unix_millis;
 use crate::domain::revocation::CrlEntry;
 

@@ -8,7 +8,7 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use super::SigningError;
+use super::error::SigningError;
 
 /// Loaded CA files, not yet checked.
 pub struct CaMaterial {

@@ -1,6 +1,7 @@
 //! Wiring: config → CA material, authenticators, record store → the gRPC service on a TLS
 //! listener; meshroot's own serving certificate, renewed before it expires; graceful shutdown.
 
+use crate::adapters::authn::jwt::JwtAuthenticator;
 use crate::edge::export::ship as export;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,9 +23,7 @@ use crate::adapters::authn::client_cert::{ClientCertAuthenticator, IdentityAncho
 use crate::adapters::authn::impersonation::NodeAuthorizer;
 use crate::adapters::authn::jwt::{self, JwksError, TrustedIssuer};
 use crate::adapters::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthenticator};
-use crate::adapters::authn::{
-    Authenticator, AuthenticatorChain, AuthenticatorKind, JwtAuthenticator,
-};
+use crate::adapters::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind};
 mod admin;
 mod assemble;
 mod background;

@@ -1,7 +1,17 @@
 //! The local development token issuer (`meshroot token`): signs projected-token-shaped JWTs
 //! with a key `init` made, for trying meshroot without a cluster.
 
-use super::*;
+use std::fmt;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
+
+use super::claims::{Claims, KubernetesClaim, NamedObject, SERVICE_ACCOUNT_PREFIX};
+use super::jwks::JwkDocument;
+use crate::domain::caller::PodRef;
 
 /// A local development token issuer: signs Kubernetes-shaped service-account tokens with an
 /// ES256 key. Only used when a mesh's config names its signing key.

@@ -1,6 +1,14 @@
 //! Issuer keys: JWKS documents (RFC 7517) read into the RS256/ES256 keys that verify tokens.
 
-use super::*;
+use std::fmt;
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::signature::{self, RsaPublicKeyComponents};
+use serde::{Deserialize, Serialize};
+
+use super::claims::Algorithm;
 
 /// A public key from a JWKS.
 #[derive(Clone)]

@@ -12,16 +12,11 @@
 //! then confirmed in the cluster, by name and uid, as after a TokenReview.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, KeyPair as _, RsaPublicKeyComponents};
-use serde::{Deserialize, Serialize};
 
 use super::{
     AuthFuture, AuthOutcome, AuthRequest, Authenticator, AuthenticatorKind, AuthnError,
@@ -29,8 +24,11 @@ use super::{
 };
 use crate::domain::clock::{unix_seconds, Clock};
 use crate::domain::identity::{SpiffeId, TrustDomain};
+mod claims;
 mod dev_token;
 mod jwks;
+
+use self::claims::{decode_json, Algorithm, Claims, Header, SERVICE_ACCOUNT_PREFIX};
 
 pub use self::dev_token::*;
 pub use self::jwks::*;
@@ -39,7 +37,6 @@ pub use self::jwks::*;
 pub const LEEWAY: Duration = Duration::from_secs(60);
 /// Tokens longer than this are refused unread.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
-const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
 /// A token issuer trusted for one mesh.
 #[derive(Debug, Clone)]
@@ -255,95 +252,13 @@ impl Authenticator for JwtAuthenticator {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Algorithm {
-    Rs256,
-    Es256,
-}
-
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-}
-
-#[derive(Deserialize, Serialize)]
-struct Claims {
-    iss: String,
-    sub: String,
-    #[serde(default, deserialize_with = "one_or_many")]
-    aud: Vec<String>,
-    #[serde(default)]
-    exp: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nbf: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<i64>,
-    #[serde(
-        default,
-        rename = "kubernetes.io",
-        skip_serializing_if = "Option::is_none"
-    )]
-    kubernetes: Option<KubernetesClaim>,
-}
-
-#[derive(Deserialize, Serialize)]
-struct KubernetesClaim {
-    namespace: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    serviceaccount: Option<NamedObject>,
-    /// The pod a projected token is bound to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pod: Option<NamedObject>,
-    /// Its node (Kubernetes 1.30 and later).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    node: Option<NamedObject>,
-}
-
-#[derive(Deserialize, Serialize)]
-struct NamedObject {
-    name: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    uid: String,
-}
-
-/// RFC 7519 §4.1.3: `aud` is a string or an array of strings.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(one) => vec![one],
-        OneOrMany::Many(many) => many,
-    })
-}
-
-fn decode_json<T: serde::de::DeserializeOwned>(
-    part: &str,
-    what: &'static str,
-) -> Result<T, AuthnError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| {
-        AuthnError::TokenMalformed(match what {
-            "header" => "header is not base64url",
-            _ => "claims are not base64url",
-        })
-    })?;
-    serde_json::from_slice(&bytes).map_err(|_| {
-        AuthnError::TokenMalformed(match what {
-            "header" => "header is not the expected JSON",
-            _ => "claims are not the expected JSON",
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::claims::{KubernetesClaim, NamedObject};
     use super::*;
     use crate::domain::clock::ManualClock;
+    use ring::rand::SystemRandom;
+    use ring::signature;
     use std::time::UNIX_EPOCH;
 
     const ISSUER: &str = "https://kubernetes.default.svc";
