@@ -6,6 +6,7 @@
 //! adds arbitrary `CA_HEADER_*` ones).
 
 pub mod audit;
+pub mod audit_api;
 mod federation;
 pub mod record_messages;
 mod replicas;

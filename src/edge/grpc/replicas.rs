@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 
-use super::audit::AuditApi;
+use super::audit_api::AuditApi;
 use super::status::{cluster_request_invalid, member_unavailable, status_for_audit};
 use super::wire::filter_from_query;
 use crate::adapters::store::AuditError;

@@ -5,7 +5,7 @@
 
 use tonic::Status;
 
-use super::audit::AuditApi;
+use super::audit_api::AuditApi;
 use super::record_messages::{revoked_certificate_from_message, revoked_certificate_message};
 use super::replicas::{completeness, forward, gather, local, Route};
 use super::status::status_for_revoke;

@@ -36,7 +36,7 @@ pub(super) async fn start_admin(
     let verifier_key = audit.signer.as_ref().map(|s| s.verifier_key());
     let current_for_revocation = current.clone();
     let current_for_page = current.clone();
-    let api = crate::edge::grpc::audit::AuditApi::new(
+    let api = crate::edge::grpc::audit_api::AuditApi::new(
         store,
         verifier_key,
         (!loopback).then(|| AdminAccess {
@@ -63,7 +63,7 @@ pub(super) async fn start_admin(
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
     let routes =
-        tonic::service::Routes::new(crate::edge::grpc::audit::AuditApi::service(api.clone()))
+        tonic::service::Routes::new(crate::edge::grpc::audit_api::AuditApi::service(api.clone()))
             .add_service(health)
             .into_axum_router()
             .merge(monitor.routes())
@@ -149,7 +149,7 @@ fn crl_route(crls: Arc<super::crl::CrlKeeper>) -> axum::Router {
 /// `GET /ui`: the status page, under the audit API's access rule (open on loopback; elsewhere a
 /// client certificate with an allowed identity), gathered through that API.
 fn status_page_route(
-    api: Arc<crate::edge::grpc::audit::AuditApi>,
+    api: Arc<crate::edge::grpc::audit_api::AuditApi>,
     current: Arc<CurrentAuthority>,
 ) -> axum::Router {
     axum::Router::new().route(

@@ -62,7 +62,7 @@ use crate::domain::metrics::Metrics;
 use crate::domain::policy::MeshPolicy;
 use crate::domain::ratelimit::RateLimits;
 use crate::domain::signer::{self, files::CaFilesError};
-use crate::edge::grpc::audit::AdminAccess;
+use crate::edge::grpc::audit_api::AdminAccess;
 use crate::edge::grpc::CsrService;
 use crate::edge::replicas::{MemberIdentity, Members, MEMBER_SERVER_NAME};
 use crate::edge::server::monitoring::Monitor;

@@ -10,7 +10,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 
 use crate::domain::audit::rotation;
-use crate::edge::grpc::audit::AuditApi;
+use crate::edge::grpc::audit_api::AuditApi;
 use crate::edge::status_page::render::{
     Certificate, CheckpointStatus, ClusterStatus, MeshStatus, RootStatus, StatusPage,
 };
