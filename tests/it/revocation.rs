@@ -474,25 +474,18 @@ async fn bad_revocations_are_refused_plainly_and_a_lifted_block_lets_the_identit
 
     // On a stopped server's store: recorded there, and in force when it starts again.
     let config = ca.config_path();
-    let (code, out) = meshroot(&[
+    let offline = [
         "revoke",
         "--config",
         config.to_str().unwrap(),
         "--spiffe-id",
         &cart,
-    ])
-    .await;
+    ];
+    let (code, out) = meshroot(&offline).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("revoked 1 certificate(s)"), "{out}");
     // The same revocation again: what is in force already is left out, nothing is recorded.
-    let (code, out) = meshroot(&[
-        "revoke",
-        "--config",
-        config.to_str().unwrap(),
-        "--spiffe-id",
-        &cart,
-    ])
-    .await;
+    let (code, out) = meshroot(&offline).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("nothing new: the 3 selected certificate(s) were revoked already"),
