@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::parse::Problems;
+use super::model::BundleEndpointConfig;
 use super::raw::RawBundleEndpoint;
 use super::values::duration_setting;
-use super::BundleEndpointConfig;
+use super::values::Problems;
 use crate::domain::identity::TrustDomain;
 
 /// `spiffe_refresh_hint` by default: SPIRE's bundle endpoint default, five minutes.
@@ -80,8 +80,8 @@ pub(super) fn partners(
     raw: Vec<super::raw::RawPartner>,
     base: &Path,
     p: &mut Problems,
-) -> Vec<super::PartnerConfig> {
-    let mut partners: Vec<super::PartnerConfig> = Vec::new();
+) -> Vec<super::model::PartnerConfig> {
+    let mut partners: Vec<super::model::PartnerConfig> = Vec::new();
     for (partner_index, raw) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("mesh[{index}].partner[{partner_index}].{field}");
         let trust_domain = match raw.trust_domain.as_deref().map(TrustDomain::new) {
@@ -120,7 +120,7 @@ pub(super) fn partners(
                     .into(),
             );
         }
-        partners.push(super::PartnerConfig {
+        partners.push(super::model::PartnerConfig {
             trust_domain,
             bundle_url,
             endpoint_ca: raw.endpoint_ca.map(|path| base.join(path)),
@@ -167,7 +167,7 @@ fn valid_https_url(url: &str) -> bool {
 
 /// A partner's trust domain is foreign: not one of meshroot's own meshes' names or aliases
 /// (those are vouched for by meshroot's own intermediates only).
-pub(super) fn partners_are_foreign(meshes: &[super::MeshConfig], p: &mut Problems) {
+pub(super) fn partners_are_foreign(meshes: &[super::model::MeshConfig], p: &mut Problems) {
     for (index, mesh) in meshes.iter().enumerate() {
         for (partner_index, partner) in mesh.partners.iter().enumerate() {
             let owner = meshes.iter().find(|m| {

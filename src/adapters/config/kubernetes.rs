@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use super::parse::Problems;
+use super::model::*;
 use super::raw::*;
+use super::values::Problems;
 use super::values::*;
-use super::*;
 
 /// `[kubernetes]`: the cluster meshroot runs in, for its duties there.
 pub(super) fn kubernetes(
@@ -57,16 +57,16 @@ pub(super) fn kubernetes(
     }
     let root_configmap_name = raw
         .root_configmap_name
-        .unwrap_or_else(|| super::DEFAULT_ROOT_CONFIGMAP.to_owned());
+        .unwrap_or_else(|| super::model::DEFAULT_ROOT_CONFIGMAP.to_owned());
     let crl_configmap_name = raw
         .crl_configmap_name
-        .unwrap_or_else(|| super::DEFAULT_CRL_CONFIGMAP.to_owned());
+        .unwrap_or_else(|| super::model::DEFAULT_CRL_CONFIGMAP.to_owned());
     for (field, value) in [
         ("root_configmap_name", &root_configmap_name),
         ("crl_configmap_name", &crl_configmap_name),
     ] {
         // A ConfigMap's name: a DNS subdomain (RFC 1123), lowercase.
-        if !super::is_dns_name(value) || value.chars().any(|c| c.is_ascii_uppercase()) {
+        if !super::values::is_dns_name(value) || value.chars().any(|c| c.is_ascii_uppercase()) {
             p.add(
                 format!("kubernetes.{field}"),
                 format!("{value:?} is not a ConfigMap name"),

@@ -3,11 +3,15 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::parse::Problems;
+use super::model::*;
 use super::raw::*;
+use super::values::Problems;
 use super::values::*;
-use super::*;
+use crate::domain::caller::{AuthenticatorKind, NodeAccount};
+use crate::domain::identity::TrustDomain;
+use crate::domain::policy::AliasIssuance;
 
 /// Names that must be unique across meshes.
 #[derive(Default)]

@@ -1,25 +1,16 @@
 //! Validating the raw file into a [`Config`]: every setting checked, every problem collected
 //! with its key before anything fails. One function per section of the file.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use super::kubernetes::kubernetes;
 use super::mesh::meshes;
 use super::raw::*;
 use super::values::*;
-use super::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// The problems found so far, each with its key.
-#[derive(Debug, Default)]
-pub(super) struct Problems(Vec<Problem>);
-
-impl Problems {
-    pub(super) fn add(&mut self, key: String, message: String) {
-        self.0.push(Problem { key, message });
-    }
-}
+use super::model::*;
+use crate::domain::caller::AuthenticatorKind;
 
 /// The top-level settings: the CSR listener, the store, limits, authenticators, timeouts.
 struct Server {

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use super::parse::Problems;
+use super::model::{ReplicasConfig, StatefulSetMembers};
 use super::raw::RawReplicas;
 use super::values::duration_setting;
-use super::{ReplicasConfig, StatefulSetMembers};
+use super::values::Problems;
 use crate::domain::identity::{SpiffeId, TrustDomain};
 
 /// How long a member has to answer a cluster question before it counts as missing.
@@ -167,6 +167,20 @@ fn empty(raw: RawReplicas) -> ReplicasConfig {
         identity: String::new(),
         member_timeout: DEFAULT_MEMBER_TIMEOUT,
         statefulset: None,
+    }
+}
+
+impl StatefulSetMembers {
+    /// The members when the StatefulSet runs `replicas` (never fewer than configured: a
+    /// replica scaled away stays a member until an operator lowers `replicas`).
+    pub fn members(&self, replicas: u32) -> Vec<String> {
+        statefulset_members(
+            &self.name,
+            &self.service,
+            &self.namespace,
+            self.port,
+            replicas.max(self.replicas),
+        )
     }
 }
 

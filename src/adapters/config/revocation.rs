@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::parse::Problems;
+use super::model::{MeshConfig, RevocationConfig};
 use super::raw::RawRevocation;
 use super::values::duration_setting;
-use super::{MeshConfig, RevocationConfig};
+use super::values::Problems;
 
 /// A CRL is valid at least a day, even when every leaf lives shorter.
 const MIN_CRL_VALIDITY: Duration = Duration::from_secs(24 * 3600);
@@ -22,7 +22,7 @@ pub(super) fn revocation(
         .iter()
         .map(|mesh| mesh.max_ttl)
         .max()
-        .unwrap_or(super::DEFAULT_MAX_TTL);
+        .unwrap_or(super::model::DEFAULT_MAX_TTL);
     let default_validity = longest_leaf.max(MIN_CRL_VALIDITY);
     let crl_validity = duration_setting(
         raw.crl_validity.as_deref(),

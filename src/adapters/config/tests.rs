@@ -1,7 +1,13 @@
 //! Configuration files against what `Config::parse` must accept and refuse, each problem named
 //! with its key.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use super::*;
+use crate::domain::caller::{AuthenticatorKind, NodeAccount};
+use crate::domain::identity::TrustDomain;
+use crate::domain::policy::AliasIssuance;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("/etc/meshroot/meshroot.toml"), None, None)

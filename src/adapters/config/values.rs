@@ -4,9 +4,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::parse::Problems;
-use super::ClusterAccess;
+use super::model::{ClusterAccess, Problem};
 use crate::domain::clock::parse_duration;
+
+/// The problems found so far, each with its key.
+#[derive(Debug, Default)]
+pub(super) struct Problems(pub(super) Vec<Problem>);
+
+impl Problems {
+    pub(super) fn add(&mut self, key: String, message: String) {
+        self.0.push(Problem { key, message });
+    }
+}
 
 /// `kubeconfig` (+ `context`) or `in_cluster = true`: exactly one of them.
 pub(super) fn cluster_access(
