@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, ValueEnum};
 use rustls_pki_types::pem::PemObject as _;
 
-use super::Failure;
+use super::failure::Failure;
 use crate::adapters::authn::jwt::{DevTokenClaims, DevTokenSigner};
 use crate::adapters::config::Config;
 use crate::domain::identity::TrustDomain;

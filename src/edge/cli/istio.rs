@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::Failure;
+use super::failure::Failure;
 use crate::adapters::config::{Config, MeshConfig};
 use crate::domain::federation::istio::{Accepted, Anchor, Format, IstioMesh};
 use crate::domain::keys::certificate_pem;

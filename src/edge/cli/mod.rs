@@ -1,7 +1,9 @@
 //! The `meshroot` command line: `serve`, `init`, `token`, `request`, `audit …`.
 
+mod args;
 mod audit;
 mod bench;
+mod failure;
 pub mod init;
 pub mod istio;
 pub mod loadgen;
@@ -10,6 +12,9 @@ mod revoke;
 mod rotate;
 pub mod slow_readers;
 
+use self::args::parse_duration_arg;
+pub use self::args::DataPlaneArg;
+pub use self::failure::{Failure, EXIT_USAGE};
 use crate::domain::signer::constraints::DataPlane;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +24,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use rustls_pki_types::pem::PemObject as _;
 
 use crate::adapters::authn::jwt::{DevTokenClaims, DevTokenSigner};
-use crate::adapters::config::{self, Config};
+use crate::adapters::config::Config;
 use crate::domain::identity::{SpiffeId, TrustDomain};
 use crate::domain::keys::{self, KeyType};
 use crate::edge::cli::init::{self as scaffold, InitOptions};
@@ -28,8 +33,6 @@ use crate::edge::server;
 
 /// Where `serve` keeps everything when run without `--config`.
 pub const DEFAULT_DATA_DIR: &str = "meshroot-data";
-/// Exit code for configuration and usage errors (sysexits EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -187,59 +190,6 @@ fn parse_mesh(text: &str) -> Result<(String, TrustDomain), String> {
     let trust_domain =
         TrustDomain::new(trust_domain).map_err(|e| format!("{trust_domain:?}: {e}"))?;
     Ok((name.to_owned(), trust_domain))
-}
-
-/// `--data-plane`, as clap reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DataPlaneArg {
-    Sidecar,
-    Ambient,
-    Mixed,
-}
-
-impl From<DataPlaneArg> for DataPlane {
-    fn from(arg: DataPlaneArg) -> Self {
-        match arg {
-            DataPlaneArg::Sidecar => Self::Sidecar,
-            DataPlaneArg::Ambient => Self::Ambient,
-            DataPlaneArg::Mixed => Self::Mixed,
-        }
-    }
-}
-
-fn parse_duration_arg(text: &str) -> Result<Duration, String> {
-    crate::domain::clock::parse_duration(text)
-        .filter(|d| !d.is_zero() && *d <= crate::domain::clock::MAX_DURATION)
-        .ok_or_else(|| format!("{text:?} is not a duration of at most 100 years, like 1h or 90m"))
-}
-
-/// A failed command: what to print, and the exit code.
-#[derive(Debug)]
-pub struct Failure {
-    pub message: String,
-    pub code: u8,
-}
-
-impl Failure {
-    fn usage(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: EXIT_USAGE,
-        }
-    }
-
-    fn runtime(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: 1,
-        }
-    }
-}
-
-impl From<config::ConfigError> for Failure {
-    fn from(error: config::ConfigError) -> Self {
-        Self::usage(error.to_string())
-    }
 }
 
 /// Runs a parsed command line.

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 use rcgen::Issuer;
 
-use super::{parse_duration_arg, Failure};
+use super::args::parse_duration_arg;
+use super::failure::Failure;
 use crate::domain::digest::{hex, sha256};
 use crate::domain::federation::bundle::SpiffeBundle;
 use crate::domain::federation::cross::cross_certify;

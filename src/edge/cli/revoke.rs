@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 
 use super::audit::{FilterArgs, Log, SourceArgs, EXIT_INCOMPLETE};
-use super::Failure;
+use super::failure::Failure;
 use crate::adapters::store::{SledStore, StoreError, StoreOptions};
 use crate::domain::clock::{format_time, parse_duration};
 use crate::domain::digest::hex;

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use clap::{Args, Subcommand};
 
 use super::audit::{Log, SourceArgs};
-use super::Failure;
+use super::failure::Failure;
 use crate::adapters::config::Config;
 use crate::domain::audit::rotation::{self, BundleUse};
 use crate::domain::audit::{OutcomeFilter, Query};
@@ -61,7 +61,7 @@ pub struct IntermediateArgs {
     /// `ambient` or `mixed` (none: ztunnel refuses chains that carry them). Default: `sidecar`
     /// when --trust-domain is given, else `mixed`.
     #[arg(long, value_enum)]
-    pub data_plane: Option<crate::edge::cli::DataPlaneArg>,
+    pub data_plane: Option<super::args::DataPlaneArg>,
     /// The same as `--data-plane mixed` (kept for scripts written before --data-plane).
     #[arg(long, conflicts_with_all = ["trust_domains", "data_plane"])]
     pub no_name_constraints: bool,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncWriteExt as _;
 
-use super::Failure;
+use super::failure::Failure;
 
 /// What a run measured.
 #[derive(Debug, serde::Serialize)]

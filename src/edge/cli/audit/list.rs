@@ -1,6 +1,19 @@
 //! `audit list`, `show`, `watch` and `export`: records by filter, across replicas when asked.
 
-use super::*;
+use std::time::SystemTime;
+
+use crate::adapters::store::LogEntry;
+use crate::domain::audit::{LeafData, OutcomeFilter, Query};
+use crate::domain::clock::format_time;
+use crate::domain::digest::hex;
+use crate::domain::record::{Outcome, Record};
+use crate::edge::cli::failure::Failure;
+use crate::edge::grpc::wire::filter_from_query;
+use crate::pb::audit as api;
+
+use super::args::*;
+use super::output::*;
+use super::source::*;
 
 pub(super) async fn list(args: ListArgs) -> Result<(), Failure> {
     let query = args.filter.query(SystemTime::now())?;

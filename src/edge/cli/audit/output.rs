@@ -1,6 +1,16 @@
 //! Printing records: a table, JSON lines or CSV.
 
-use super::*;
+use std::io::Write as _;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::domain::clock::format_time;
+use crate::domain::digest::hex;
+use crate::domain::record::{Outcome, Record};
+use crate::edge::cli::failure::Failure;
+
+use super::args::*;
 
 pub(super) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
     let json = serde_json::to_string_pretty(value).map_err(|e| Failure::runtime(e.to_string()))?;

@@ -3,8 +3,16 @@
 //! fetch state lives in the replica, not in the log (the log holds each change, as
 //! `--outcome federated` records).
 
-use super::*;
-use crate::domain::clock::{format_time, from_unix_millis};
+use std::time::SystemTime;
+
+use crate::domain::clock::format_time;
+use crate::edge::cli::failure::Failure;
+use crate::pb::audit as api;
+
+use super::args::*;
+use super::output::*;
+use super::source::*;
+use crate::domain::clock::from_unix_millis;
 
 pub(super) async fn partners(args: StatsArgs) -> Result<(), Failure> {
     let mut log = Log::open(&args.source).await?;

@@ -1,7 +1,22 @@
 //! `audit prove` and `audit check-proof`: one record's inclusion proof, written and checked
 //! (the checking itself is `audit::proof`).
 
-use super::*;
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use crate::adapters::store::{self};
+use crate::domain::audit::checkpoint::AuditVerifier;
+use crate::domain::audit::proof::{check_inclusion, ProofDocument, ProvenInclusion, PROOF_FORMAT};
+use crate::domain::clock::format_time;
+use crate::domain::digest::hex;
+use crate::domain::record::Outcome;
+use crate::edge::cli::failure::Failure;
+use crate::pb::audit as api;
+
+use super::args::*;
+use super::source::*;
 
 pub(super) async fn prove(args: ProveArgs) -> Result<(), Failure> {
     let mut log = Log::open(&args.source).await?;

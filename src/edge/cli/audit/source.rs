@@ -1,7 +1,25 @@
 //! Where `meshroot audit` reads: a store directory opened read-only, or a running server's
 //! audit API; and the filters every command shares.
 
-use super::*;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tonic::transport::Channel;
+
+use crate::adapters::config::Config;
+use crate::adapters::store::SledStore;
+use crate::adapters::store::StoreError;
+use crate::domain::audit::verify::VerifyEntry;
+use crate::domain::audit::{parse_time, LeafData, OutcomeFilter, Query};
+use crate::domain::digest::parse_hex;
+use crate::domain::record::Record;
+use crate::edge::cli::failure::Failure;
+use crate::edge::grpc::wire::filter_from_query;
+use crate::pb::audit as api;
+use crate::pb::audit::audit_service_client::AuditServiceClient;
+
+use super::args::*;
 
 /// A store opened read-only, or a running server's audit API.
 #[allow(

@@ -1,6 +1,14 @@
 //! `audit stats`: what the log holds and how it is stored.
 
-use super::*;
+use std::time::SystemTime;
+
+use crate::adapters::store::Stats;
+use crate::edge::cli::failure::Failure;
+use crate::pb::audit as api;
+
+use super::args::*;
+use super::output::*;
+use super::source::*;
 
 pub(super) async fn stats(args: StatsArgs) -> Result<(), Failure> {
     let mut log = Log::open(&args.source).await?;

@@ -1,6 +1,18 @@
 //! `audit verify`: recompute the log's tree and check it against signed checkpoints.
 
-use super::*;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::adapters::config::Config;
+use crate::domain::audit::checkpoint::{AuditSigner, AuditVerifier, Checkpoint};
+use crate::domain::audit::verify::{LogVerifier, VerifyReport};
+use crate::domain::digest::hex;
+use crate::edge::cli::failure::Failure;
+use crate::pb::audit as api;
+
+use super::args::*;
+use super::output::*;
+use super::source::*;
 
 /// The verifier key: from a file, else derived from the config's audit key.
 pub(super) fn load_verifier(
