@@ -2,7 +2,10 @@
 //! the last good bundle fetched from each partner (so a restart with the partner down still
 //! trusts it).
 
-use super::*;
+use std::time::SystemTime;
+
+use super::error::{corrupt, read_error, write_error, StoreError};
+use super::state::SledStore;
 use crate::domain::federation::bundle::next_sequence;
 
 /// `bundle-sequence/<trust domain>` → SHA-256 of the authorities last served (32 bytes), then

@@ -2,7 +2,17 @@
 //! flush that covers it; one flusher thread batches the flushes (every record durable before
 //! its answer).
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::domain::audit::{IndexKeys, LeafData, LEAF_HEADER_LEN};
+use crate::domain::clock::{from_unix_millis, unix_millis};
+use crate::domain::record::Record;
+
+use super::encoding::encode;
+use super::error::StoreError;
+use super::keys::record_key;
+use super::state::{GroupCommit, Inner, COMMIT_INTERVAL};
 
 impl GroupCommit {
     /// Called by an appender after its record is in `written`.

@@ -1,7 +1,14 @@
 //! The record's on-disk encoding: `meshroot.store.v1.Record` (protobuf), to and from the
 //! domain [`Record`].
 
-use super::*;
+use prost::Message as _;
+
+use crate::domain::clock::{from_unix_millis, from_unix_seconds, unix_millis};
+use crate::domain::record::{
+    CallerRecord, DenialRecord, IssuedCa, IssuedRecord, Outcome, Record, RefusalSummary,
+    RevocationRecord, RevokedCertificate, RECORD_VERSION,
+};
+use crate::pb::store as pb;
 
 /// The protobuf encoding of a record (format `meshroot.store.v1.Record`).
 pub fn encode(record: &Record) -> Vec<u8> {

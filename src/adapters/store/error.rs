@@ -50,3 +50,17 @@ pub enum AuditError {
     #[error("{0}")]
     NotFound(String),
 }
+
+pub(super) fn read_error(error: sled::Error) -> StoreError {
+    StoreError::Read(Arc::new(error))
+}
+
+pub(super) fn write_error(error: sled::Error) -> StoreError {
+    StoreError::Write(Arc::new(error))
+}
+
+pub(super) fn corrupt(key: &[u8]) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+    }
+}

@@ -1,7 +1,16 @@
 //! The background indexer: persisting full tail segments as runs and merging runs (tiered
 //! compaction).
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::codec::RunId;
+use super::error::{write_error, StoreError};
+use super::index::{self, Run, TailSegment};
+use super::keys::run_key;
+use super::state::{Inner, META_WATERMARK};
+use super::tiles;
 
 impl Inner {
     pub(super) fn wake_indexer(&self) {

@@ -6,11 +6,13 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use crate::adapters::store::StoreError;
+use super::error::StoreError;
 use crate::domain::audit::checkpoint::AuditVerifier;
 use crate::domain::audit::verify::{LogVerifier, VerifyEntry, VerifyReport};
 
-use super::{tiles, LogEntry, SledStore};
+use super::answers::LogEntry;
+use super::state::SledStore;
+use super::tiles;
 
 /// Entries read per step.
 const CHUNK: usize = 8_192;

@@ -5,7 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{corrupt, read_error, write_error, SledStore, StoreError};
+use super::error::{corrupt, read_error, write_error, StoreError};
+use super::state::SledStore;
 
 /// `signer/<mesh>/<SHA-256 of a signing certificate>` → that certificate and the intermediates above it
 /// (DER, each with a u32 length): which roots the certificates it signed chain to, long after

@@ -16,6 +16,7 @@
 //! are derived data: a background thread persists them per segment of records, and on start the
 //! records after the last persisted segment are read again.
 
+mod answers;
 mod bundles;
 pub mod codec;
 mod commit;
@@ -24,230 +25,42 @@ mod error;
 pub mod index;
 mod indexer;
 pub mod integrity;
+mod keys;
 mod meta;
 mod open;
 pub mod pruned;
 mod query;
 pub mod retention;
 mod rotation;
+mod state;
 pub mod tiles;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::domain::audit::checkpoint::AuditSigner;
-use crate::domain::audit::merkle::{self, Frontier, Hash};
-use crate::domain::audit::{
-    IndexKeys, LeafData, Page, PageToken, Position, Query, QueryError, LEAF_HEADER_LEN,
-    MAX_PAGE_SIZE,
-};
-use crate::domain::clock::{from_unix_millis, from_unix_seconds, unix_millis};
-use crate::domain::record::{
-    AppendFuture, CallerRecord, DenialRecord, IssuedCa, IssuedRecord, Outcome, Record, RecordSink,
-    RefusalSummary, RevocationRecord, RevokedCertificate, RECORD_VERSION,
-};
-use crate::pb::store as pb;
+use crate::domain::audit::merkle::{self, Hash};
+use crate::domain::audit::{Page, Query, QueryError, MAX_PAGE_SIZE};
+use crate::domain::record::{AppendFuture, Outcome, Record, RecordSink};
 
-use codec::RunId;
-use index::{IndexState, Plan, Run, Snapshot, TailSegment};
-use pruned::PrunedSet;
-use tiles::TreeView;
-
+pub use self::answers::{InclusionProof, LogEntry, Stats};
 pub use self::bundles::KeptPartnerBundle;
 pub use self::encoding::{decode, encode, from_message, to_message};
+use self::error::{read_error, write_error};
 pub use self::error::{AuditError, StoreError};
+use self::keys::checkpoint_entry;
 pub use self::meta::{ExportCursor, SavedCrl};
 #[cfg(test)]
 use self::open::open_db;
-pub use self::open::prepare_next_start;
-use self::query::entries_between;
+pub use self::open::{prepare_next_start, StoreOptions};
 pub use self::rotation::drops_a_root;
+pub use self::state::SledStore;
+use self::state::{Durability, Inner};
 pub use crate::domain::audit::SEGMENT_RECORDS;
-/// Flushes start at most this often (group commit).
-const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
-/// Pages with at least this many records are read on two threads.
-const PARALLEL_FETCH: usize = 32;
-/// The store layout this code reads and writes.
-const LAYOUT: u32 = 2;
-
-const RECORD_PREFIX: u8 = b'r';
-const META_LAYOUT: &[u8] = b"layout";
-const META_WATERMARK: &[u8] = b"index-watermark";
-const META_RUN_PREFIX: &[u8] = b"run/";
-const META_PRUNED_PREFIX: &[u8] = b"pruned-bits/";
-/// How a store is opened.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// Records per index segment (tests use small ones to exercise runs and compaction).
-    pub segment_records: u64,
-    /// Open without writing (the CLI on a stopped server's store).
-    pub read_only: bool,
-    /// How long to wait for the store's lock (sled releases it from a background thread after
-    /// the last handle in this process is dropped); another process holding it is reported
-    /// as [`StoreError::Locked`] after this.
-    pub lock_wait: Duration,
-    /// sled's page cache, in bytes.
-    pub cache_bytes: u64,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        Self {
-            segment_records: SEGMENT_RECORDS,
-            read_only: false,
-            lock_wait: Duration::from_secs(2),
-            cache_bytes: 1 << 30,
-        }
-    }
-}
-
-/// One entry of the log, as streamed to auditors: a record, or the leaf of a pruned one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogEntry {
-    /// The stored bytes: leaf header ‖ protobuf record.
-    Record {
-        sequence: u64,
-        stored: Vec<u8>,
-    },
-    Pruned {
-        sequence: u64,
-        leaf: LeafData,
-    },
-}
-
-impl LogEntry {
-    pub fn sequence(&self) -> u64 {
-        match self {
-            Self::Record { sequence, .. } | Self::Pruned { sequence, .. } => *sequence,
-        }
-    }
-
-    /// The leaf data this entry commits to (None if a stored record is malformed).
-    pub fn leaf(&self) -> Option<LeafData> {
-        match self {
-            Self::Record { stored, .. } => leaf_of_stored(stored),
-            Self::Pruned { leaf, .. } => Some(*leaf),
-        }
-    }
-
-    /// The decoded record (None for a pruned one).
-    pub fn record(&self) -> Option<Result<Record, StoreError>> {
-        match self {
-            Self::Record { sequence, stored } => Some(decode_stored(*sequence, stored)),
-            Self::Pruned { .. } => None,
-        }
-    }
-}
-
-/// An inclusion proof of one record in a tree size.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InclusionProof {
-    pub leaf_index: u64,
-    pub tree_size: u64,
-    pub leaf: LeafData,
-    /// The record's protobuf encoding (absent once pruned): its SHA-256 is in the leaf.
-    pub record: Option<Vec<u8>>,
-    pub path: Vec<Hash>,
-}
-
-/// Sizes and ages, for `meshroot audit stats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Stats {
-    /// Sequence numbers assigned (records ever appended).
-    pub appended: u64,
-    /// Records present (appended minus pruned).
-    pub records: u64,
-    pub pruned: u64,
-    pub oldest_sequence: Option<u64>,
-    #[serde(serialize_with = "crate::domain::record::serialize_optional_time")]
-    pub oldest_recorded_at: Option<SystemTime>,
-    #[serde(serialize_with = "crate::domain::record::serialize_optional_time")]
-    pub newest_recorded_at: Option<SystemTime>,
-    pub index_runs: usize,
-    pub index_tail_records: u64,
-    pub checkpoints: usize,
-    pub latest_checkpoint_size: Option<u64>,
-    pub disk_bytes: u64,
-}
-
-/// The group-commit rendezvous between appenders and the flusher thread.
-#[derive(Debug)]
-struct GroupCommit {
-    /// Held while the flusher decides to sleep and by whoever wakes it, so no wake-up is lost.
-    sleep: Mutex<()>,
-    wake: Condvar,
-    /// True while the flusher sleeps for want of work. Only then must an appender wake it: a
-    /// condvar notification costs a system call, and a busy flusher looks for new records
-    /// itself before it sleeps.
-    idle: AtomicBool,
-    closed: AtomicBool,
-    /// Flushes started so far.
-    flushes: AtomicU64,
-    /// How long each flush (sled's write-out and fsync) took.
-    latency: crate::domain::metrics::Histogram,
-    durable: watch::Sender<Durability>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Durability {
-    /// Every record up to this sequence number is durable.
-    through: u64,
-    /// The latest failed flush: (its number, the highest sequence it covered, the error).
-    failed: Option<(u64, u64, Arc<sled::Error>)>,
-}
-
-/// The state only the writer touches.
-#[derive(Debug)]
-struct Writer {
-    next_sequence: u64,
-    last_recorded_ms: i64,
-    frontier: Frontier,
-}
-
-/// The shared state of a store (the background threads hold it too).
-struct Inner {
-    path: PathBuf,
-    db: sled::Db,
-    records: sled::Tree,
-    index: sled::Tree,
-    tiles: sled::Tree,
-    pruned: sled::Tree,
-    checkpoints: sled::Tree,
-    meta: sled::Tree,
-    read_only: bool,
-    writer: Mutex<Writer>,
-    /// The highest sequence number inserted (all below it are inserted too).
-    written: AtomicU64,
-    commit: GroupCommit,
-    state: RwLock<IndexState>,
-    pruned_set: RwLock<PrunedSet>,
-    /// Wakes the indexer thread.
-    indexer_wake: (Mutex<bool>, Condvar),
-    /// One index maintenance (segment write or merge) at a time.
-    maintenance: Mutex<()>,
-    /// One pruning pass at a time.
-    pruning: Mutex<()>,
-}
-
-/// The sled-backed record store.
-pub struct SledStore {
-    inner: Arc<Inner>,
-    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
-}
-
-impl std::fmt::Debug for SledStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore")
-            .field("path", &self.inner.path)
-            .field("written", &self.inner.written.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
-}
 
 impl SledStore {
     /// Opens (or creates) the store for writing and starts its flusher and indexer threads.
@@ -581,118 +394,6 @@ impl Drop for SledStore {
                 tracing::error!(%error, "final flush of the record store failed");
             }
         }
-    }
-}
-
-impl Inner {
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, IndexState> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn pruned_set(&self) -> std::sync::RwLockReadGuard<'_, PrunedSet> {
-        self.pruned_set.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn wait_durable(&self, sequence: u64, flushes_before: u64) -> Result<(), StoreError> {
-        let mut durable = self.commit.durable.subscribe();
-        self.commit.request_flush();
-        loop {
-            {
-                let state = durable.borrow_and_update();
-                if state.through >= sequence {
-                    return Ok(());
-                }
-                if let Some((flush, covered, error)) = &state.failed {
-                    if *flush >= flushes_before && *covered >= sequence {
-                        return Err(StoreError::Flush(error.clone()));
-                    }
-                }
-            }
-            if durable.changed().await.is_err() {
-                return Err(StoreError::Closed);
-            }
-        }
-    }
-}
-
-/// Bytes in the files under `path`.
-fn directory_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => directory_size(&entry.path()),
-            Ok(meta) => meta.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-fn checkpoint_entry(key: &[u8], value: &[u8]) -> Result<(u64, String), StoreError> {
-    let size = key
-        .try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| corrupt(key))?;
-    let note = String::from_utf8(value.to_vec()).map_err(|_| corrupt(key))?;
-    Ok((size, note))
-}
-
-fn run_key(id: RunId) -> Vec<u8> {
-    let mut key = META_RUN_PREFIX.to_vec();
-    key.extend_from_slice(&id.prefix());
-    key
-}
-
-fn record_key(sequence: u64) -> [u8; 9] {
-    let mut key = [RECORD_PREFIX; 9];
-    key[1..].copy_from_slice(&sequence.to_be_bytes());
-    key
-}
-
-fn sequence_of_record_key(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
-}
-
-/// The leaf of a stored record: its header and the SHA-256 of its protobuf part.
-fn leaf_of_stored(stored: &[u8]) -> Option<LeafData> {
-    let header = LeafData::parse_header(stored)?;
-    Some(LeafData {
-        record_sha256: crate::domain::digest::sha256(&stored[LEAF_HEADER_LEN..]),
-        ..header
-    })
-}
-
-fn decode_stored(sequence: u64, stored: &[u8]) -> Result<Record, StoreError> {
-    let corrupt = || StoreError::Corrupt {
-        key: format!("record {sequence}"),
-    };
-    if stored.len() < LEAF_HEADER_LEN {
-        return Err(corrupt());
-    }
-    decode(&stored[LEAF_HEADER_LEN..]).ok_or_else(corrupt)
-}
-
-fn read_error(error: sled::Error) -> StoreError {
-    StoreError::Read(Arc::new(error))
-}
-
-fn write_error(error: sled::Error) -> StoreError {
-    StoreError::Write(Arc::new(error))
-}
-
-fn corrupt(key: &[u8]) -> StoreError {
-    StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
     }
 }
 

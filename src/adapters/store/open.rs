@@ -1,7 +1,53 @@
 //! Opening a store: the sled database (waiting out a previous handle's lock), the layout
 //! check, and rebuilding the in-memory state (tail index, tree, pruned set) from disk.
 
-use super::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domain::audit::merkle::Frontier;
+use crate::domain::audit::IndexKeys;
+
+use super::codec::RunId;
+use super::error::{corrupt, read_error, StoreError};
+use super::index::{self, IndexState, Run};
+use super::pruned::PrunedSet;
+use super::query::entries_between;
+use super::state::{
+    Durability, GroupCommit, Inner, Writer, LAYOUT, META_LAYOUT, META_PRUNED_PREFIX,
+    META_RUN_PREFIX, META_WATERMARK,
+};
+use super::tiles::TreeView;
+use crate::domain::audit::SEGMENT_RECORDS;
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Records per index segment (tests use small ones to exercise runs and compaction).
+    pub segment_records: u64,
+    /// Open without writing (the CLI on a stopped server's store).
+    pub read_only: bool,
+    /// How long to wait for the store's lock (sled releases it from a background thread after
+    /// the last handle in this process is dropped); another process holding it is reported
+    /// as [`StoreError::Locked`] after this.
+    pub lock_wait: Duration,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            segment_records: SEGMENT_RECORDS,
+            read_only: false,
+            lock_wait: Duration::from_secs(2),
+            cache_bytes: 1 << 30,
+        }
+    }
+}
 
 impl Inner {
     pub(super) fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {

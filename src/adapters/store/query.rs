@@ -1,7 +1,22 @@
 //! Reading: audit queries served from the indexes, records and log entries by sequence, tree
 //! views and inclusion proofs, statistics.
 
-use super::*;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use crate::domain::audit::merkle::{self};
+use crate::domain::audit::{
+    LeafData, Page, PageToken, Position, Query, QueryError, LEAF_HEADER_LEN, MAX_PAGE_SIZE,
+};
+use crate::domain::clock::{from_unix_millis, unix_millis};
+use crate::domain::record::Record;
+
+use super::answers::{InclusionProof, LogEntry, Stats};
+use super::error::{corrupt, read_error, AuditError, StoreError};
+use super::index::{self, Plan, Snapshot};
+use super::keys::{decode_stored, leaf_of_stored, record_key, sequence_of_record_key};
+use super::state::{Inner, PARALLEL_FETCH};
+use super::tiles::TreeView;
 
 impl Inner {
     pub(super) fn query(
@@ -365,4 +380,19 @@ where
             _ => Ok(None),
         },
     }
+}
+
+/// Bytes in the files under `path`.
+fn directory_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => directory_size(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -14,12 +14,15 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::adapters::store::StoreError;
+use super::error::StoreError;
 pub use crate::domain::audit::RetentionPolicy;
 use crate::domain::audit::{OutcomeFilter, Position, Query};
 use crate::domain::clock::unix_seconds;
 
-use super::{codec, leaf_of_stored, read_error, record_key, write_error, Inner, SledStore};
+use super::codec;
+use super::error::{read_error, write_error};
+use super::keys::{leaf_of_stored, record_key};
+use super::state::{Inner, SledStore, META_PRUNED_PREFIX};
 
 /// Records removed per batch (each batch is one meta write before and after).
 const BATCH: usize = 2_000;
@@ -121,7 +124,7 @@ impl Inner {
                 true
             })
             .map_err(|error| match error {
-                crate::adapters::store::AuditError::Store(error) => error,
+                super::error::AuditError::Store(error) => error,
                 other => StoreError::Corrupt {
                     key: other.to_string(),
                 },
@@ -189,7 +192,7 @@ impl Inner {
         };
         let set = self.pruned_set();
         for chunk in chunks {
-            let mut key = super::META_PRUNED_PREFIX.to_vec();
+            let mut key = META_PRUNED_PREFIX.to_vec();
             key.extend_from_slice(&chunk.to_be_bytes());
             self.meta
                 .insert(key, set.chunk_bytes(chunk))

@@ -3,7 +3,8 @@
 
 use std::time::SystemTime;
 
-use super::*;
+use super::error::{read_error, write_error, AuditError, StoreError};
+use super::state::SledStore;
 use crate::domain::audit::rotation::{self, BundleUse};
 use crate::domain::audit::{OutcomeFilter, Query};
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::adapters::store::StoreError;
+use super::error::StoreError;
 use crate::domain::audit::merkle::{node_hash, Hash, SubtreeHashes};
 
 /// Tree levels per tile level.

@@ -1,7 +1,19 @@
 //! Reading a plan: a snapshot of the runs and the tail, sequence-ordered streams per source
 //! joined by leapfrog, value cursors over run pages, and the NotAfter walk.
 
-use super::*;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crate::domain::audit::{order_key, IndexKind, Position, Summary, MESH_SEPARATOR};
+
+use super::plan::{Plan, Source, SourceSpec, ValueSelector};
+use super::state::{corrupt, next_prefix, read_error, Entry, IndexState, Run, MAX_PREFIX_VALUES};
+use crate::adapters::store::codec::{
+    decode_page, entry_key, kind_prefix, value_prefix_key, IndexPage, RunId,
+};
+use crate::adapters::store::error::StoreError;
 
 /// What a query reads: the runs and the tail as they were when it started.
 pub struct Snapshot<'a> {

@@ -1,6 +1,9 @@
 //! Query planning: which indexes answer a query, as a lookup, a range or a join of sources.
 
-use super::*;
+use crate::domain::audit::{
+    boundary_prefix, order_key, IndexKind, OutcomeFilter, Query, MESH_SEPARATOR,
+    OUTCOME_DENIED_PREFIX, OUTCOME_ISSUED, OUTCOME_REVOKED,
+};
 
 /// Which values of an index kind a filter selects.
 #[derive(Debug, Clone, PartialEq, Eq)]

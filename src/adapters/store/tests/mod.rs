@@ -4,10 +4,17 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::index::Plan;
+use super::keys::record_key;
 use super::*;
 use crate::domain::audit::checkpoint::{AuditSigner, AuditVerifier};
 use crate::domain::audit::merkle;
 use crate::domain::audit::{OutcomeFilter, Query};
+use crate::domain::record::{
+    CallerRecord, DenialRecord, IssuedRecord, RevocationRecord, RevokedCertificate, RECORD_VERSION,
+};
+use crate::pb::store as pb;
+use prost::Message as _;
 
 mod log;
 
