@@ -411,58 +411,15 @@ fn file_imports(
     graph
 }
 
-/// The file-level import cycles that remain from before the rule (issue 33): each may only
-/// shrink and must be struck from this list once it is gone; any other cycle fails the test.
-/// They are the directories whose files share their parent's namespace (`use super::*`).
-const KNOWN_FILE_CYCLES: &[&[&str]] = &[&["edge/server/"]];
-
-/// The cycles of `graph` not covered by a known cycle, and the known cycles no longer found.
-fn new_and_gone_cycles(
-    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
-    known: &[&[&str]],
-) -> (Vec<Vec<String>>, Vec<String>) {
-    let found = cycles(graph);
-    let covers = |known: &[&str], file: &str| {
-        known
-            .iter()
-            .any(|k| file == *k || (k.ends_with('/') && file.starts_with(k)))
-    };
-    let new = found
-        .iter()
-        .filter(|cycle| !known.iter().any(|k| cycle.iter().all(|f| covers(k, f))))
-        .cloned()
-        .collect();
-    // A list of files must be found exactly (so it shrinks as its cycle does); a directory
-    // holds while any cycle stays inside it.
-    let gone = known
-        .iter()
-        .filter(|k| {
-            !found.iter().any(|cycle| {
-                if k.iter().any(|f| f.ends_with('/')) {
-                    cycle.iter().all(|f| covers(k, f))
-                } else {
-                    cycle.len() == k.len() && cycle.iter().all(|f| covers(k, f))
-                }
-            })
-        })
-        .map(|k| k.join(", "))
-        .collect();
-    (new, gone)
-}
-
 #[test]
-fn no_new_import_cycle_between_files() {
+fn no_import_cycle_between_files() {
     let graph = file_imports(&sources());
     assert!(
         graph["issuance/pipeline.rs"].contains("domain/policy.rs"),
         "the file graph is read"
     );
-    let (new, gone) = new_and_gone_cycles(&graph, KNOWN_FILE_CYCLES);
-    assert!(new.is_empty(), "file-level import cycles: {new:?}");
-    assert!(
-        gone.is_empty(),
-        "known cycles that are gone: strike them from KNOWN_FILE_CYCLES: {gone:?}"
-    );
+    let found = cycles(&graph);
+    assert!(found.is_empty(), "file-level import cycles: {found:?}");
 }
 
 #[test]
@@ -485,20 +442,13 @@ fn the_file_cycle_check_sees_super_globs_children_and_groups() {
         ["a/b.rs", "d.rs"]
     );
     assert_eq!(graph["d.rs"].iter().collect::<Vec<_>>(), ["a/c.rs"]);
-    let (new, gone) = new_and_gone_cycles(&graph, &[&["x/"]]);
     assert_eq!(
-        new,
+        cycles(&graph),
         [
             vec!["a/b.rs".to_owned(), "a/mod.rs".to_owned()],
             vec!["a/c.rs".to_owned(), "d.rs".to_owned()]
         ]
     );
-    assert_eq!(gone, ["x/"]);
-    let (new, gone) = new_and_gone_cycles(&graph, &[&["a/"], &["a/c.rs", "d.rs"]]);
-    assert!(new.is_empty() && gone.is_empty(), "{new:?} {gone:?}");
-    // A listed cycle that shrank must be listed as it is now.
-    let (_, gone) = new_and_gone_cycles(&graph, &[&["a/"], &["a/c.rs", "d.rs", "e.rs"]]);
-    assert_eq!(gone, ["a/c.rs, d.rs, e.rs"]);
 }
 
 /// Lines that are code (not comments).

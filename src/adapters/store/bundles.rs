@@ -4,9 +4,10 @@
 
 use std::time::SystemTime;
 
+use crate::domain::federation::bundle::next_sequence;
+
 use super::error::{corrupt, read_error, write_error, StoreError};
 use super::state::SledStore;
-use crate::domain::federation::bundle::next_sequence;
 
 /// `bundle-sequence/<trust domain>` → SHA-256 of the authorities last served (32 bytes), then
 /// the sequence served for them (8 bytes, big-endian).

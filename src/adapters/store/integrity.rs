@@ -6,11 +6,11 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use super::error::StoreError;
 use crate::domain::audit::checkpoint::AuditVerifier;
 use crate::domain::audit::verify::{LogVerifier, VerifyEntry, VerifyReport};
 
 use super::answers::LogEntry;
+use super::error::StoreError;
 use super::state::SledStore;
 use super::tiles;
 

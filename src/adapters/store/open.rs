@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::domain::audit::merkle::Frontier;
 use crate::domain::audit::IndexKeys;
+use crate::domain::audit::SEGMENT_RECORDS;
 
 use super::codec::RunId;
 use super::error::{corrupt, read_error, StoreError};
@@ -21,7 +22,6 @@ use super::state::{
     META_RUN_PREFIX, META_WATERMARK,
 };
 use super::tiles::TreeView;
-use crate::domain::audit::SEGMENT_RECORDS;
 
 /// How a store is opened.
 #[derive(Debug, Clone)]

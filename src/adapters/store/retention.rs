@@ -14,12 +14,12 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::error::StoreError;
 pub use crate::domain::audit::RetentionPolicy;
 use crate::domain::audit::{OutcomeFilter, Position, Query};
 use crate::domain::clock::unix_seconds;
 
 use super::codec;
+use super::error::StoreError;
 use super::error::{read_error, write_error};
 use super::keys::{leaf_of_stored, record_key};
 use super::state::{Inner, SledStore, META_PRUNED_PREFIX};

@@ -3,10 +3,11 @@
 
 use std::time::SystemTime;
 
-use super::error::{read_error, write_error, AuditError, StoreError};
-use super::state::SledStore;
 use crate::domain::audit::rotation::{self, BundleUse};
 use crate::domain::audit::{OutcomeFilter, Query};
+
+use super::error::{read_error, write_error, AuditError, StoreError};
+use super::state::SledStore;
 
 /// `accepted-root/<mesh>/<SHA-256>` → a root (DER) of the last trust bundle this replica
 /// accepted for the mesh: a later bundle without it drops a root.

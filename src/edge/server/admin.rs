@@ -1,6 +1,28 @@
 //! The admin listener: health, readiness, metrics and the audit API over (mutual) TLS.
 
-use super::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic_health::pb::health_server::{Health, HealthServer};
+
+use crate::adapters::config::Config;
+use crate::adapters::store::SledStore;
+use crate::domain::identity::SpiffeId;
+use crate::edge::grpc::audit_api::AdminAccess;
+use crate::edge::replicas::Members;
+use crate::edge::server::monitoring::Monitor;
+use crate::issuance::CurrentAuthority;
+
+use super::background::AuditPublisher;
+use super::connections::{self, ConnectionLimits};
+use super::error::ServeError;
+use super::running::RunningServer;
+use super::tls::{http2_limits, AdminCertificates, DeferredClientVerifier, ServingCertificate};
 
 /// How often, at most, the admin listener pings an HTTP/2 client (and at least twice per idle
 /// timeout): a live tail (`WatchRecords`) may see no new record for hours, and the client's

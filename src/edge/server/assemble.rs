@@ -1,7 +1,30 @@
 //! Assembling the certificate authority from a configuration: each mesh's signer, policy and
 //! authenticators, the identity anchors, and the check that no root still in use is dropped.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls_pki_types::CertificateDer;
+
+use crate::adapters::authn::client_cert::{ClientCertAuthenticator, IdentityAnchors};
+use crate::adapters::authn::impersonation::NodeAuthorizer;
+use crate::adapters::authn::jwt::JwtAuthenticator;
+use crate::adapters::authn::jwt::{self, TrustedIssuer};
+use crate::adapters::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthenticator};
+use crate::adapters::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind};
+use crate::adapters::config::{Config, MeshConfig};
+use crate::adapters::store::SledStore;
+use crate::domain::clock::Clock;
+use crate::domain::identity::SpiffeId;
+use crate::domain::identity::TrustDomain;
+use crate::domain::metrics::Metrics;
+use crate::domain::policy::MeshPolicy;
+use crate::domain::signer::{self};
+use crate::issuance::{CertificateAuthority, Mesh};
+
+use super::duties::connect_cluster;
+use super::error::ServeError;
 
 /// Everything a config describes that can change without a restart: meshes (CA material,
 /// trust domains, aliases, TTLs, bundles) and authentication.
@@ -37,7 +60,7 @@ pub(super) async fn build_authority(
         })?
         .with_crl_distribution_point(config.revocation.crl_url.clone())
         .with_signature_sample(config.leaf_signature_sample);
-        let partners = super::federation::partner_trust(
+        let partners = super::partner_trust::partner_trust(
             mesh,
             authority.roots(),
             &store,

@@ -1,7 +1,20 @@
 //! Background loops: signed checkpoints (and their publication), summaries of refusals over
 //! the recorded rate, and pruning of expired records.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use tokio::sync::watch;
+
+use crate::adapters::store::SledStore;
+use crate::adapters::store::StoreError;
+use crate::domain::audit::checkpoint::AuditSigner;
+use crate::domain::clock::Clock;
+use crate::issuance::CurrentAuthority;
+
+use super::error::ServeError;
 
 /// Publishes signed checkpoints: into the store, and to the configured file.
 #[derive(Clone)]

@@ -8,16 +8,34 @@
 //! ClusterTrustBundle and `cacerts`' `root-cert.pem` (`MeshSigner::roots`). Its sequence is kept
 //! in the store (`SledStore::served_bundle_sequence`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse as _;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
 
-use super::*;
 use crate::adapters::config::BundleEndpointConfig;
+use crate::adapters::config::Config;
+use crate::adapters::store::SledStore;
 use crate::domain::federation::bundle::{authorities_sha256, content_sequence, SpiffeBundle};
+use crate::domain::identity::TrustDomain;
+use crate::issuance::CurrentAuthority;
+
+use super::connections::{self, ConnectionLimits};
+use super::error::ServeError;
+use super::tls::{http2_limits, tls_provider, ServingCertificate};
 
 /// Binds `[bundle_endpoint] listen` and serves the bundles there.
 pub(super) async fn start_bundle_endpoint(

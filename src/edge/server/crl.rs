@@ -341,10 +341,13 @@ pub(super) async fn start_crls(
     current: &Arc<crate::issuance::CurrentAuthority>,
     store: &Arc<crate::adapters::store::SledStore>,
     (background, shutdown): (&tokio_util::task::TaskTracker, watch::Receiver<bool>),
-) -> Result<Arc<CrlKeeper>, super::ServeError> {
+) -> Result<Arc<CrlKeeper>, super::error::ServeError> {
     let settings = &config.revocation;
     let keeper = CrlKeeper::new(store.clone(), current.clone(), settings.clone());
-    keeper.refresh(true).await.map_err(super::ServeError::Crl)?;
+    keeper
+        .refresh(true)
+        .await
+        .map_err(super::error::ServeError::Crl)?;
     background.spawn(keep_crls(keeper.clone(), shutdown));
     Ok(keeper)
 }

@@ -2,12 +2,27 @@
 //! (`istio-ca-root-cert`, the ClusterTrustBundle) and istiod's serving certificate, under a
 //! Lease.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
 use crate::adapters::config::ClusterAccess;
+use crate::adapters::config::{ClusterConfig, Config, KubernetesConfig};
 use crate::adapters::kubernetes;
 use crate::adapters::kubernetes::cacerts::{
     CacertsFiles, CacertsFuture, CacertsSettings, CacertsSource, IstiodProbe,
 };
+use crate::adapters::kubernetes::lease::LeaseSettings;
+use crate::adapters::kubernetes::publish::{
+    self, IssueFuture, MeshMaterial, PublishSettings, ServerCertificate,
+};
+use crate::adapters::kubernetes::{ClusterSetupError, KubeCluster};
+use crate::issuance::CurrentAuthority;
+
+use super::error::ServeError;
 
 /// Starts the elected replica's duties in its own cluster: the Lease election, and, while
 /// leading, root distribution and istiod's certificate. Returns the election's task.

@@ -1,29 +1,14 @@
 //! Wiring: config → CA material, authenticators, record store → the gRPC service on a TLS
 //! listener; meshroot's own serving certificate, renewed before it expires; graceful shutdown.
 
-use crate::adapters::authn::jwt::JwtAuthenticator;
 use crate::edge::export::ship as export;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
-use tonic_health::pb::health_server::{Health, HealthServer};
 
-use crate::adapters::authn::client_cert::{ClientCertAuthenticator, IdentityAnchors};
-use crate::adapters::authn::impersonation::NodeAuthorizer;
-use crate::adapters::authn::jwt::{self, JwksError, TrustedIssuer};
-use crate::adapters::authn::token_review::{ClusterApi, ReviewCluster, TokenReviewAuthenticator};
-use crate::adapters::authn::{Authenticator, AuthenticatorChain, AuthenticatorKind};
 mod admin;
 mod assemble;
 mod background;
@@ -31,223 +16,38 @@ mod bundle_endpoint;
 mod connections;
 pub mod crl;
 mod duties;
+mod error;
 mod federation;
 pub mod monitoring;
+mod partner_trust;
 mod reload;
 mod replicas;
+mod running;
 mod tls;
 
 use self::admin::*;
 use self::assemble::*;
 pub use self::background::*;
 use self::duties::*;
+pub use self::error::{ReloadError, ServeError, EXIT_SHUTDOWN_INCOMPLETE, EXIT_STORE_FAILED};
 pub use self::reload::*;
+pub use self::running::RunningServer;
 pub use self::tls::*;
 
-use crate::adapters::config::{
-    ClusterConfig, Config, ConnectionConfig, KubernetesConfig, MeshConfig,
-};
-use crate::adapters::kubernetes::lease::LeaseSettings;
-use crate::adapters::kubernetes::publish::{
-    self, IssueFuture, MeshMaterial, PublishSettings, ServerCertificate,
-};
-use crate::adapters::kubernetes::{ClusterSetupError, KubeCluster};
+use crate::adapters::config::Config;
+use crate::adapters::kubernetes::KubeCluster;
 use crate::adapters::store::SledStore;
-use crate::adapters::store::StoreError;
 use crate::domain::audit::checkpoint::AuditSigner;
 use crate::domain::clock::{Clock, SystemClock};
-use crate::domain::identity::SpiffeId;
-use crate::domain::identity::TrustDomain;
 use crate::domain::metrics::Metrics;
-use crate::domain::policy::MeshPolicy;
 use crate::domain::ratelimit::RateLimits;
-use crate::domain::signer::{self, files::CaFilesError};
-use crate::edge::grpc::audit_api::AdminAccess;
 use crate::edge::grpc::CsrService;
-use crate::edge::replicas::{MemberIdentity, Members, MEMBER_SERVER_NAME};
+use crate::edge::replicas::Members;
 use crate::edge::server::monitoring::Monitor;
-use crate::issuance::{CertificateAuthority, CurrentAuthority, IssueError, Mesh};
+use crate::issuance::CurrentAuthority;
 use connections::ConnectionLimits;
 
-/// After a failed serving-certificate renewal, try again this soon.
-const RENEWAL_RETRY: Duration = Duration::from_secs(60);
-/// Renewals never follow each other faster than this (e.g. when the intermediate is about to
-/// expire and every new serving certificate is clamped to it).
-const MIN_RENEWAL_WAIT: Duration = Duration::from_secs(1);
-/// How often the config file's modification time is checked.
-const CONFIG_POLL: Duration = Duration::from_secs(2);
-
-/// Why the server could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("reading the revocation records: {0}")]
-    Revocations(String),
-    #[error("revocation: {0}")]
-    Crl(String),
-    #[error("mesh {mesh}: {source}")]
-    CaMaterial {
-        mesh: String,
-        #[source]
-        source: CaFilesError,
-    },
-    #[error("mesh {mesh}: token issuer {issuer}: {source}")]
-    Jwks {
-        mesh: String,
-        issuer: String,
-        #[source]
-        source: JwksError,
-    },
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("cannot issue meshroot's serving certificate: {0}")]
-    ServingCertificate(#[source] IssueError),
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("mesh {mesh}: cluster {cluster:?}: {source}")]
-    Cluster {
-        mesh: String,
-        cluster: String,
-        #[source]
-        source: ClusterSetupError,
-    },
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
-    #[error("audit key {path}: {reason}")]
-    AuditKey { path: String, reason: String },
-    #[error("the gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("the server task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
-    #[error("reading the issuance log: {0}")]
-    Log(#[from] crate::adapters::store::AuditError),
-    #[error(
-        "the record store failed while serving ({0}); meshroot stopped issuing and exits so its \
-         supervisor restarts it: it serves again once the store can write (a full disk: free \
-         space or grow the volume)"
-    )]
-    StoreFailed(StoreError),
-    #[error("shut down, but {0} by the end of shutdown_grace")]
-    ShutdownIncomplete(String),
-    #[error("{0}")]
-    Gate(#[from] replicas::GateRefusal),
-    #[error(
-        "mesh {mesh}: the trust bundle drops the root that {certificates} unexpired certificates \
-         chain to (the last expires {until}); keep that root in root-cert.pem or extra_roots until \
-         then, or set force_root_removal = true for this mesh"
-    )]
-    RootsInUse {
-        mesh: String,
-        certificates: u64,
-        until: String,
-    },
-}
-
-impl ServeError {
-    /// The process exit code `meshroot serve` ends with for this error (the exit
-    /// codes in the README, below the command list).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            // EX_TEMPFAIL: restart later; it will work once the disk has space.
-            Self::StoreFailed(_) => EXIT_STORE_FAILED,
-            Self::ShutdownIncomplete(_) => EXIT_SHUTDOWN_INCOMPLETE,
-            _ => 1,
-        }
-    }
-}
-
-/// `meshroot serve` stopped because its record store could not write.
-pub const EXIT_STORE_FAILED: u8 = 75;
-/// `meshroot serve` stopped on a signal, but its last checkpoint or final flush was not written
-/// within `shutdown_grace`.
-pub const EXIT_SHUTDOWN_INCOMPLETE: u8 = 3;
-
-/// A started server.
-pub struct RunningServer {
-    local_address: SocketAddr,
-    admin_address: SocketAddr,
-    bundle_address: Option<SocketAddr>,
-    store: Arc<SledStore>,
-    root_bundle_pem: String,
-    shutdown: watch::Sender<bool>,
-    task: JoinHandle<Result<(), ServeError>>,
-    admin_task: JoinHandle<Result<(), ServeError>>,
-    /// The Lease election, which releases the Lease when it stops.
-    election: Option<JoinHandle<()>>,
-    audit: AuditPublisher,
-    current: Arc<CurrentAuthority>,
-    /// The config the server started with (its listener, store and serving certificate settings
-    /// need a restart to change).
-    config: Config,
-    clock: Arc<dyn Clock>,
-    /// One reload at a time.
-    reloads: Arc<tokio::sync::Mutex<()>>,
-    monitor: Monitor,
-    limits: Arc<RateLimits>,
-    /// The other replicas, with `[replicas]`.
-    members: Option<Arc<Members>>,
-    /// Wakes the partner fetchers (`[[mesh.partner]]`).
-    fetch_partners: watch::Sender<u64>,
-    /// The background loops (checkpoints, export, pruning, membership, publication, reloads):
-    /// shutdown waits for them, so none writes after the final flush or still holds the store.
-    background: TaskTracker,
-}
-
-/// Why a reload was refused (the previous configuration keeps serving).
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("{0}")]
-    Config(#[from] crate::adapters::config::ConfigError),
-    #[error("{0}")]
-    Build(#[from] ServeError),
-}
-
 impl RunningServer {
-    /// The bound address (useful with port 0).
-    pub fn local_address(&self) -> SocketAddr {
-        self.local_address
-    }
-
-    /// The bound admin address (the audit API).
-    /// Where the SPIFFE bundles are served (`[bundle_endpoint]`), if they are.
-    pub fn bundle_address(&self) -> Option<SocketAddr> {
-        self.bundle_address
-    }
-
-    pub fn admin_address(&self) -> SocketAddr {
-        self.admin_address
-    }
-
-    /// The record store the server writes to.
-    pub fn store(&self) -> &Arc<SledStore> {
-        &self.store
-    }
-
-    /// Why the server cannot issue now, as `/readyz` says; empty when it is ready.
-    pub fn not_ready_reasons(&self) -> Vec<String> {
-        self.monitor.not_ready_reasons()
-    }
-
-    /// The primary mesh's trust bundle (what clients verify the serving certificate with).
-    pub fn root_bundle_pem(&self) -> &str {
-        &self.root_bundle_pem
-    }
-
-    /// Records the unauthenticated refusals counted since the last summary now (also done
-    /// every [`REFUSAL_SUMMARY_INTERVAL`] and at shutdown); returns how many summary records.
-    pub async fn record_refusal_summaries(&self) -> Result<usize, crate::issuance::IssueError> {
-        self.current.get().record_refusal_summaries().await
-    }
-
-    /// Writes a checkpoint of every record now (also done periodically and at shutdown);
-    /// returns the note, or None without an audit key.
-    pub async fn checkpoint(&self) -> Result<Option<String>, ServeError> {
-        self.audit.publish(&self.store).await
-    }
-
     /// Reports NOT_SERVING (gRPC health, `/readyz`), stops accepting, lets requests in flight
     /// finish and then cuts the rest (a record already appended stays and is flushed; the
     /// client retries), writes the refusal summaries and a last checkpoint, and flushes the
@@ -619,7 +419,7 @@ async fn start_serving(
             members.clone(),
             (&background, shutdown_rx.clone()),
         ),
-        None => record_accepted_bundles(&ca, &store),
+        None => replicas::record_accepted_bundles(&ca, &store),
     }
     // The cacerts keepers follow the election; without one, this replica keeps them.
     let cacerts_leads = if config.kubernetes.is_some() {
@@ -740,14 +540,4 @@ async fn start_serving(
     server.watch_config_file(shutdown_rx.clone());
     server.follow_partners(shutdown_rx);
     Ok(server)
-}
-
-/// Records each mesh's bundle as accepted (one replica: the local check is the whole gate).
-fn record_accepted_bundles(ca: &CertificateAuthority, store: &SledStore) {
-    for (mesh, signer) in ca.mesh_signers() {
-        let bundle: Vec<Vec<u8>> = signer.roots().iter().map(|r| r.to_vec()).collect();
-        if let Err(error) = store.set_accepted_roots(mesh, &bundle) {
-            tracing::warn!(%mesh, %error, "the accepted trust bundle could not be recorded");
-        }
-    }
 }

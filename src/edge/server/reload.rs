@@ -1,7 +1,25 @@
 //! Reload and signals: which files are watched, reloading the configuration into a new
 //! authority (in-flight requests finish with the old one), and SIGHUP/SIGTERM handling.
 
-use super::*;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::adapters::config::Config;
+use crate::adapters::store::SledStore;
+use crate::domain::clock::Clock;
+use crate::domain::metrics::Metrics;
+use crate::domain::ratelimit::RateLimits;
+use crate::edge::replicas::Members;
+use crate::issuance::CurrentAuthority;
+
+use super::assemble::build_authority;
+use super::error::{ReloadError, ServeError};
+use super::running::RunningServer;
+
+/// How often the config file's modification time is checked.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// The files whose change triggers a reload: the config file, and each mesh's CA directory
 /// (itself, for entries added or swapped, and every entry in it) and extra roots.
@@ -85,12 +103,12 @@ pub(super) async fn reload(
         // it (fail closed). The previous configuration keeps serving otherwise.
         match members {
             Some(members) => {
-                replicas::cluster_gate(&config, &authority, store, members)
+                super::replicas::cluster_gate(&config, &authority, store, members)
                     .await
                     .map_err(ServeError::from)?;
                 holds.clear(crate::issuance::Hold::ClusterGate);
             }
-            None => record_accepted_bundles(&authority, store),
+            None => super::replicas::record_accepted_bundles(&authority, store),
         }
         limits.set_rates(config.rate_limit.per_caller, config.rate_limit.per_namespace);
         limits.set_refusal_rates(

@@ -4,10 +4,19 @@
 //! to no root of the bundle. A member that does not answer refuses the bundle (fail closed),
 //! and the refusal names it. `force_root_removal` overrides, as it does for one replica.
 
-use super::*;
-use crate::edge::replicas::{describe_missing, local_scope, Members, Missing};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::adapters::config::Config;
+use crate::adapters::store::SledStore;
+use crate::edge::replicas::Members;
+use crate::edge::replicas::{describe_missing, local_scope, Missing};
 use crate::edge::shutdown::unless_stopped;
 use crate::issuance::Hold;
+use crate::issuance::{CertificateAuthority, CurrentAuthority};
 use crate::pb::audit as api;
 
 /// How often a replica started with an unconfirmed bundle asks the members again.
@@ -503,6 +512,16 @@ async fn sync_revocations(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Records each mesh's bundle as accepted (one replica: the local check is the whole gate).
+pub(super) fn record_accepted_bundles(ca: &CertificateAuthority, store: &SledStore) {
+    for (mesh, signer) in ca.mesh_signers() {
+        let bundle: Vec<Vec<u8>> = signer.roots().iter().map(|r| r.to_vec()).collect();
+        if let Err(error) = store.set_accepted_roots(mesh, &bundle) {
+            tracing::warn!(%mesh, %error, "the accepted trust bundle could not be recorded");
         }
     }
 }

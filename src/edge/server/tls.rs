@@ -1,7 +1,26 @@
 //! TLS for the listeners: the crypto provider, meshroot's serving certificate and its renewal,
 //! HTTP/2 limits, and the client-certificate verifier that defers judgement to the pipeline.
 
-use super::*;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::watch;
+
+use crate::adapters::config::{Config, ConnectionConfig};
+use crate::domain::identity::SpiffeId;
+use crate::edge::replicas::{MemberIdentity, MEMBER_SERVER_NAME};
+use crate::issuance::{CertificateAuthority, CurrentAuthority, IssueError};
+
+use super::background::sleep_until;
+
+/// After a failed serving-certificate renewal, try again this soon.
+const RENEWAL_RETRY: Duration = Duration::from_secs(60);
+/// Renewals never follow each other faster than this (e.g. when the intermediate is about to
+/// expire and every new serving certificate is clamped to it).
+const MIN_RENEWAL_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) fn provider_for_admin() -> Arc<rustls::crypto::CryptoProvider> {
     tls_provider()

@@ -6,14 +6,14 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::domain::audit::{order_key, IndexKind, Position, Summary, MESH_SEPARATOR};
-
-use super::plan::{Plan, Source, SourceSpec, ValueSelector};
-use super::state::{corrupt, next_prefix, read_error, Entry, IndexState, Run, MAX_PREFIX_VALUES};
 use crate::adapters::store::codec::{
     decode_page, entry_key, kind_prefix, value_prefix_key, IndexPage, RunId,
 };
 use crate::adapters::store::error::StoreError;
+use crate::domain::audit::{order_key, IndexKind, Position, Summary, MESH_SEPARATOR};
+
+use super::plan::{Plan, Source, SourceSpec, ValueSelector};
+use super::state::{corrupt, next_prefix, read_error, Entry, IndexState, Run, MAX_PREFIX_VALUES};
 
 /// What a query reads: the runs and the tail as they were when it started.
 pub struct Snapshot<'a> {

@@ -5,11 +5,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
+use crate::adapters::store::codec::{decode_page, entry_key, kind_prefix, PageWriter, RunId};
+use crate::adapters::store::error::StoreError;
 use crate::domain::audit::{IndexKind, Summary};
 
 use super::state::{corrupt, next_prefix, read_error, Run, TailSegment};
-use crate::adapters::store::codec::{decode_page, entry_key, kind_prefix, PageWriter, RunId};
-use crate::adapters::store::error::StoreError;
 
 /// Writes the entries of a tail segment as a run; returns its directory entry.
 pub fn write_run(index: &sled::Tree, id: RunId, segment: &TailSegment) -> Result<Run, StoreError> {
