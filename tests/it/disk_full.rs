@@ -95,21 +95,14 @@ async fn issue(server: &Serving, ca: &TestCa, account: &str) -> Option<Vec<u8>> 
 }
 
 /// Waits (bounded) for the process to exit; its exit code and how long it took.
-fn wait_exit(server: &mut Serving, bound: Duration) -> (Option<i32>, Duration) {
+async fn wait_exit(server: &mut Serving, bound: Duration) -> (Option<i32>, Duration) {
     let started = Instant::now();
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            return (status.code(), started.elapsed());
-        }
-        assert!(
-            started.elapsed() < bound,
+    match common::exit_within(&mut server.child, bound).await {
+        Some(status) => (status.code(), started.elapsed()),
+        None => panic!(
             "meshroot did not exit within {bound:?}; log:\n{}",
-            {
-                server.kill();
-                server.log()
-            }
-        );
-        std::thread::sleep(Duration::from_millis(50));
+            server.log()
+        ),
     }
 }
 
@@ -150,7 +143,7 @@ async fn a_full_disk_stops_the_server_cleanly_and_it_serves_again_once_space_ret
     received.push(issue(&server, &ca, "before").await.expect("issued"));
     disk.fill();
     server.signal("-TERM");
-    let (code, took) = wait_exit(&mut server, Duration::from_secs(20));
+    let (code, took) = wait_exit(&mut server, Duration::from_secs(20)).await;
     let log = server.log();
     assert_eq!(code, Some(3), "{log}");
     assert!(took < Duration::from_secs(3 + 2), "{took:?}");
@@ -178,7 +171,7 @@ async fn a_full_disk_stops_the_server_cleanly_and_it_serves_again_once_space_ret
             }
         }
     }
-    let (code, _) = wait_exit(&mut server, Duration::from_secs(10));
+    let (code, _) = wait_exit(&mut server, Duration::from_secs(10)).await;
     let first_failure = first_failure.expect("requests failed once the disk was full");
     assert!(
         first_failure.elapsed() < Duration::from_secs(3 + 2),

@@ -318,17 +318,11 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("audit verify --export still runs on a forged u64::MAX sequence");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = common::exit_within(&mut child, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| {
+            panic!("audit verify --export still runs on a forged u64::MAX sequence")
+        });
     assert_eq!(status.code(), Some(1));
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();

@@ -945,6 +945,26 @@ where
     }
 }
 
+/// Waits (bounded) for `child` to exit: its status, or None after `within` (the child is then
+/// killed and reaped, so a failing test leaves no process behind).
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded, 20 s) until the asynchronous `check` holds.
 pub async fn eventually_async<F, Fut>(what: &str, mut check: F)
 where
