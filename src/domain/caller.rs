@@ -15,7 +15,7 @@ pub enum AuthenticatorKind {
 }
 
 impl AuthenticatorKind {
-    pub const ALL: [Self; 3] = [Self::ClientCert, Self::Jwt, Self::TokenReview];
+    pub(crate) const ALL: [Self; 3] = [Self::ClientCert, Self::Jwt, Self::TokenReview];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -25,7 +25,7 @@ impl AuthenticatorKind {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
 }

@@ -154,7 +154,7 @@ pub fn unix_millis(time: SystemTime) -> i64 {
 /// The time `seconds` after the Unix epoch (before it when negative), in whole seconds, so
 /// that `unix_seconds` gives `seconds` back; the epoch itself where the platform cannot
 /// represent it (a corrupt or hostile record, never a real certificate).
-pub fn from_unix_seconds(seconds: i64) -> SystemTime {
+pub(crate) fn from_unix_seconds(seconds: i64) -> SystemTime {
     let offset = Duration::from_secs(seconds.unsigned_abs());
     match seconds >= 0 {
         true => UNIX_EPOCH.checked_add(offset),
@@ -205,7 +205,7 @@ pub const LATEST_UNIX_SECONDS: i64 = 253_402_300_799;
 
 /// The longest duration meshroot accepts from outside (a lifetime, a block, a CRL validity):
 /// 100 years.
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// A time or duration from outside that is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,7 +217,7 @@ pub enum TimeRangeError {
 }
 
 /// `millis` after the Unix epoch, if within 1970..=9999.
-pub fn time_from_unix_millis(millis: i64) -> Result<SystemTime, TimeRangeError> {
+pub(crate) fn time_from_unix_millis(millis: i64) -> Result<SystemTime, TimeRangeError> {
     if (0..=LATEST_UNIX_SECONDS.saturating_mul(1000).saturating_add(999)).contains(&millis) {
         Ok(from_unix_millis(millis))
     } else {
@@ -226,7 +226,7 @@ pub fn time_from_unix_millis(millis: i64) -> Result<SystemTime, TimeRangeError> 
 }
 
 /// `seconds` after the Unix epoch, if within 1970..=9999.
-pub fn time_from_unix_seconds(seconds: i64) -> Result<SystemTime, TimeRangeError> {
+pub(crate) fn time_from_unix_seconds(seconds: i64) -> Result<SystemTime, TimeRangeError> {
     if (0..=LATEST_UNIX_SECONDS).contains(&seconds) {
         Ok(from_unix_seconds(seconds))
     } else {
@@ -235,7 +235,7 @@ pub fn time_from_unix_seconds(seconds: i64) -> Result<SystemTime, TimeRangeError
 }
 
 /// A duration of `seconds`, if between 1 second and [`MAX_DURATION`].
-pub fn duration_from_seconds(seconds: i64) -> Result<Duration, TimeRangeError> {
+pub(crate) fn duration_from_seconds(seconds: i64) -> Result<Duration, TimeRangeError> {
     match u64::try_from(seconds) {
         Ok(seconds) if seconds > 0 && seconds <= MAX_DURATION.as_secs() => {
             Ok(Duration::from_secs(seconds))
@@ -252,7 +252,7 @@ pub fn later(time: SystemTime, by: Duration) -> Result<SystemTime, TimeRangeErro
 }
 
 /// Parses durations such as `500ms`, `90s`, `15m`, `24h`, `7d`, `1h30m`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let mut total_ms: u64 = 0;
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -282,7 +282,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// Formats a duration the way `parse_duration` reads it.
-pub fn format_duration(duration: Duration) -> String {
+pub(crate) fn format_duration(duration: Duration) -> String {
     let seconds = duration.as_secs();
     match seconds {
         s if s % 86400 == 0 => format!("{}d", s / 86400),

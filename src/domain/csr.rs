@@ -17,7 +17,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey as ParsedPublicKey;
 
 /// CSRs larger than this (PEM text, bytes) are refused before any parsing.
-pub const MAX_CSR_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_CSR_BYTES: usize = 32 * 1024;
 
 const RSA_MIN_BITS: u32 = 2048;
 const RSA_MAX_BITS: u32 = 8192;

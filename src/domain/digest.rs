@@ -23,7 +23,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Parses lowercase or uppercase hex, with optional ':' separators.
-pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let digits: String = text.chars().filter(|c| *c != ':').collect();
     if !digits.len().is_multiple_of(2) || digits.is_empty() {
         return None;

@@ -203,11 +203,6 @@ impl<'a> AltNames<'a> {
         }
         names
     }
-
-    /// Names of kinds other than URI and DNS.
-    pub fn non_uri_dns(&self) -> usize {
-        self.ip_addresses + self.emails + self.others
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use x509_parser::der_parser::der::parse_der;
 use x509_parser::oid_registry as oids;
 
 /// The library that signs certificates (rcgen's backend).
-pub const SIGNING_BACKEND: &str = if cfg!(feature = "aws-lc") {
+pub(crate) const SIGNING_BACKEND: &str = if cfg!(feature = "aws-lc") {
     "aws-lc"
 } else {
     "ring"
@@ -126,12 +126,12 @@ pub fn certificate_pem(der: &[u8]) -> String {
 }
 
 /// A CRL (DER) as PEM (`X509 CRL`).
-pub fn crl_pem(der: &[u8]) -> String {
+pub(crate) fn crl_pem(der: &[u8]) -> String {
     pem_encode("X509 CRL", der)
 }
 
 /// All CRLs in a PEM text, in order (DER).
-pub fn parse_crls_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, KeyError> {
+pub(crate) fn parse_crls_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, KeyError> {
     rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem)
         .map(|crl| crl.map(|der| der.to_vec()))
         .collect::<Result<Vec<_>, _>>()

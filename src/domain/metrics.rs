@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use crate::domain::federation::partner::PartnerStatus;
 
 /// Bucket upper bounds in seconds for request-sized latencies (an issuance, a TokenReview).
-pub const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -38,7 +38,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&self, elapsed: Duration) {
+    pub(crate) fn observe(&self, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let bucket = self
             .bounds
@@ -66,7 +66,7 @@ impl Default for Histogram {
 
 /// How a certificate request ended, as a label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum OutcomeLabel {
+pub(crate) enum OutcomeLabel {
     Issued,
     Denied,
     Failed,
@@ -180,13 +180,13 @@ impl Metrics {
     }
 
     /// A certificate request arrived (Istio's `citadel_server_csr_count`).
-    pub fn request_received(&self) {
+    pub(crate) fn request_received(&self) {
         self.csr_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A certificate request ended. `mesh` must be a configured mesh name (or empty when the
     /// caller's mesh was never established); `reason` a refusal reason code.
-    pub fn request_finished(
+    pub(crate) fn request_finished(
         &self,
         mesh: &str,
         result: Result<(), (FailureLabel, Option<&'static str>)>,
@@ -241,12 +241,12 @@ impl Metrics {
     }
 
     /// A TokenReview call to an API server took `elapsed` (answered or not).
-    pub fn token_review(&self, elapsed: Duration) {
+    pub(crate) fn token_review(&self, elapsed: Duration) {
         self.token_review.observe(elapsed);
     }
 
     /// A token was judged from the TokenReview cache (`hit`) or needed a review.
-    pub fn token_review_cache(&self, hit: bool) {
+    pub(crate) fn token_review_cache(&self, hit: bool) {
         let counter = if hit {
             &self.token_review_cache_hits
         } else {
@@ -258,7 +258,7 @@ impl Metrics {
     /// What the last probe of `cluster`'s istiod found: `Some(true)` when it serves a
     /// certificate signed by the intermediate in its `cacerts`, `Some(false)` when by an older
     /// one (istiod has not reloaded: restart it), `None` when unknown (not reachable).
-    pub fn istiod_intermediate(&self, cluster: &str, current: Option<bool>) {
+    pub(crate) fn istiod_intermediate(&self, cluster: &str, current: Option<bool>) {
         let mut map = self
             .istiod_intermediate_current
             .write()
@@ -275,7 +275,7 @@ impl Metrics {
 
     /// A ztunnel request for `mesh` met a chain with (`true`) or without URI name constraints;
     /// true when this is news (it was not so before), for a caller that warns once.
-    pub fn ztunnel_chain(&self, mesh: &str, constrained: bool) -> bool {
+    pub(crate) fn ztunnel_chain(&self, mesh: &str, constrained: bool) -> bool {
         let mut map = self
             .ztunnel_constrained
             .write()
@@ -284,7 +284,7 @@ impl Metrics {
     }
 
     /// The meshes whose ztunnel callers were last served a URI-constrained chain.
-    pub fn ztunnel_constrained_meshes(&self) -> Vec<String> {
+    pub(crate) fn ztunnel_constrained_meshes(&self) -> Vec<String> {
         read(&self.ztunnel_constrained)
             .iter()
             .filter(|(_, constrained)| **constrained)
@@ -298,7 +298,7 @@ impl Metrics {
     }
 
     /// What [`Metrics::istiod_tls`] last said.
-    pub fn istiod_tls_kept(&self) -> Option<IstiodTls> {
+    pub(crate) fn istiod_tls_kept(&self) -> Option<IstiodTls> {
         self.istiod_tls
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -330,7 +330,7 @@ impl Metrics {
     }
 
     /// The partner metrics, whose ages need the time.
-    pub fn render_partners(&self, out: &mut Exposition, now: SystemTime) {
+    pub(crate) fn render_partners(&self, out: &mut Exposition, now: SystemTime) {
         let partners = read(&self.partners);
         fn labels((mesh, td): &(String, String)) -> Vec<(&'static str, &str)> {
             vec![("mesh", mesh.as_str()), ("trust_domain", td.as_str())]
@@ -573,7 +573,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 pub struct Exposition(String);
 
 /// One sample's labels: (name, value) pairs.
-pub type Labels<'a> = &'a [(&'a str, &'a str)];
+pub(crate) type Labels<'a> = &'a [(&'a str, &'a str)];
 
 /// The type of a counter or gauge family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -598,7 +598,7 @@ impl Exposition {
     }
 
     /// A counter or gauge family with a sample per label set.
-    pub fn labeled<'l>(
+    pub(crate) fn labeled<'l>(
         &mut self,
         name: &str,
         help: &str,

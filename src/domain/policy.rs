@@ -21,7 +21,7 @@ use crate::domain::csr::{CertificateRequest, Subject, SubjectPublicKey};
 use crate::domain::identity::{SpiffeId, TrustDomain};
 
 /// NotBefore is backdated by this much to absorb clock skew between the CA and its peers.
-pub const BACKDATE: Duration = Duration::from_secs(120);
+pub(crate) const BACKDATE: Duration = Duration::from_secs(120);
 
 /// A mesh's issuance rules.
 #[derive(Debug, Clone)]
@@ -150,8 +150,9 @@ pub enum DenialReason {
 }
 
 impl DenialReason {
+    #[cfg(test)]
     /// Every reason, in declaration order.
-    pub const ALL: [DenialReason; 14] = [
+    pub(crate) const ALL: [DenialReason; 14] = [
         Self::CallerMeshMismatch,
         Self::SubjectNotAllowed,
         Self::CaRequested,

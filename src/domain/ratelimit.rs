@@ -25,7 +25,7 @@ pub struct Rate {
 }
 
 impl Rate {
-    pub const UNLIMITED: Rate = Rate {
+    pub(crate) const UNLIMITED: Rate = Rate {
         per_second: 0.0,
         burst: 0.0,
     };
@@ -90,14 +90,14 @@ impl Buckets {
 
 /// At most this many (peer, reason) pairs are summarized one by one per summary period; the
 /// refusals of any further peer are counted under [`OTHER_PEERS`], per reason.
-pub const MAX_SUMMARIES: usize = 32;
+pub(crate) const MAX_SUMMARIES: usize = 32;
 /// The peer named by a summary of the refusals beyond [`MAX_SUMMARIES`].
-pub const OTHER_PEERS: &str = "other-peers";
+pub(crate) const OTHER_PEERS: &str = "other-peers";
 
 /// Refusals of unauthenticated requests that were not recorded one by one: from one peer, for
 /// one reason, in one summary period.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SuppressedRefusals {
+pub(crate) struct SuppressedRefusals {
     pub peer: String,
     pub reason: &'static str,
     pub count: u64,
@@ -107,7 +107,7 @@ pub struct SuppressedRefusals {
 
 /// The limits in force and their buckets; shared across reloads (a reload changes the rates,
 /// not what callers have used).
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     rates: Mutex<(Rate, Rate)>,
     callers: Buckets,
     namespaces: Buckets,
@@ -143,13 +143,13 @@ impl RateLimits {
 
     /// How many unauthenticated refusals are recorded one by one, per peer address and overall
     /// (set at start and on reload).
-    pub fn set_refusal_rates(&self, per_peer: Rate, overall: Rate) {
+    pub(crate) fn set_refusal_rates(&self, per_peer: Rate, overall: Rate) {
         *self.refusal_rates.lock().unwrap_or_else(|p| p.into_inner()) = (per_peer, overall);
     }
 
     /// Whether an unauthenticated refusal from `peer` gets a record of its own. When it does
     /// not, it is counted for the next summary ([`Self::take_suppressed`]).
-    pub fn record_refusal(&self, peer: Option<IpAddr>, reason: &'static str) -> bool {
+    pub(crate) fn record_refusal(&self, peer: Option<IpAddr>, reason: &'static str) -> bool {
         let (per_peer, overall) = *self.refusal_rates.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.clock.now();
         let peer = peer.map(peer_key).unwrap_or_default();
@@ -179,19 +179,19 @@ impl RateLimits {
 
     /// The refusals counted since the last call, to be recorded as summaries; the counts
     /// start again from zero.
-    pub fn take_suppressed(&self) -> Vec<SuppressedRefusals> {
+    pub(crate) fn take_suppressed(&self) -> Vec<SuppressedRefusals> {
         let mut suppressed = self.suppressed.lock().unwrap_or_else(|p| p.into_inner());
         let mut taken: Vec<_> = suppressed.drain().map(|(_, v)| v).collect();
         taken.sort_by(|a, b| (a.first, &a.peer, a.reason).cmp(&(b.first, &b.peer, b.reason)));
         taken
     }
 
-    pub fn unlimited(clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn unlimited(clock: Arc<dyn Clock>) -> Self {
         Self::new(Rate::UNLIMITED, Rate::UNLIMITED, clock)
     }
 
     /// New rates (on reload).
-    pub fn set_rates(&self, per_caller: Rate, per_namespace: Rate) {
+    pub(crate) fn set_rates(&self, per_caller: Rate, per_namespace: Rate) {
         *self.rates.lock().unwrap_or_else(|p| p.into_inner()) = (per_caller, per_namespace);
     }
 
@@ -200,12 +200,12 @@ impl RateLimits {
     }
 
     /// One request from `caller` (its mesh and authenticated subject).
-    pub fn allow_caller(&self, mesh: &str, subject: &str) -> Result<(), Scope> {
+    pub(crate) fn allow_caller(&self, mesh: &str, subject: &str) -> Result<(), Scope> {
         self.allow(Scope::Caller, mesh, subject)
     }
 
     /// One request for an identity in `namespace` of `mesh`.
-    pub fn allow_namespace(&self, mesh: &str, namespace: &str) -> Result<(), Scope> {
+    pub(crate) fn allow_namespace(&self, mesh: &str, namespace: &str) -> Result<(), Scope> {
         self.allow(Scope::Namespace, mesh, namespace)
     }
 

@@ -17,7 +17,7 @@ use crate::domain::digest::hex;
 use crate::domain::digest::sha256;
 
 /// The current record format version (see `proto/meshroot/store/v1/record.proto`).
-pub const RECORD_VERSION: u32 = 1;
+pub(crate) const RECORD_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Record {
@@ -247,7 +247,7 @@ pub trait RecordSink: Send + Sync {
 }
 
 /// Serializes an optional time as RFC 3339 text or null.
-pub fn serialize_optional_time<S: Serializer>(
+pub(crate) fn serialize_optional_time<S: Serializer>(
     time: &Option<SystemTime>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
@@ -273,7 +273,7 @@ fn hex_list<S: Serializer>(list: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::
 /// issuer, pod name) are logged or recorded.
 pub const CLIENT_VALUE_BYTES: usize = 256;
 /// At most this many bytes of a longer one (a requested SPIFFE ID, a refusal's detail).
-pub const CLIENT_TEXT_BYTES: usize = 512;
+pub(crate) const CLIENT_TEXT_BYTES: usize = 512;
 
 /// A value that came from a client, made safe to log and to record: control characters, line
 /// and paragraph separators and bidirectional-format characters are escaped (`\n`,
@@ -281,7 +281,7 @@ pub const CLIENT_TEXT_BYTES: usize = 512;
 /// is at most `limit` bytes. A longer value keeps a prefix and then says how long the original
 /// was and its SHA-256 (`…[12000 bytes, sha256:…]`), so two records of the same value still
 /// match.
-pub fn client_text(value: &str, limit: usize) -> String {
+pub(crate) fn client_text(value: &str, limit: usize) -> String {
     let escaped = escape_client_text(value);
     if escaped.len() <= limit {
         return escaped;

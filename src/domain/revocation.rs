@@ -27,7 +27,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::Unspecified,
         Self::KeyCompromise,
         Self::CaCompromise,
@@ -57,7 +57,7 @@ impl Reason {
         Self::ALL.into_iter().find(|reason| reason.name() == name)
     }
 
-    pub fn to_rcgen(self) -> rcgen::RevocationReason {
+    pub(crate) fn to_rcgen(self) -> rcgen::RevocationReason {
         use rcgen::RevocationReason as R;
         match self {
             Self::Unspecified => R::Unspecified,
@@ -95,14 +95,14 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn in_force(&self, now: SystemTime) -> bool {
+    pub(crate) fn in_force(&self, now: SystemTime) -> bool {
         self.until.is_none_or(|until| now < until)
     }
 }
 
 /// One entry of a CRL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrlEntry {
+pub(crate) struct CrlEntry {
     pub serial: Vec<u8>,
     pub revoked_at: SystemTime,
     pub reason: Reason,
@@ -127,7 +127,7 @@ pub struct Revocations {
 
 impl Revocations {
     /// Built from a log's revocation records, oldest first.
-    pub fn from_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Self {
+    pub(crate) fn from_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Self {
         let revocations = Self::default();
         for record in records {
             revocations.apply(record);
@@ -195,7 +195,7 @@ impl Revocations {
     }
 
     /// Whether any identity is blocked (so the hot path skips the lookup when none is).
-    pub fn any_blocks(&self) -> bool {
+    pub(crate) fn any_blocks(&self) -> bool {
         !self.read().blocks.is_empty()
     }
 
@@ -224,7 +224,7 @@ impl Revocations {
 
     /// The entries of the CRL of the signing certificate with this SHA-256: its revoked
     /// certificates not yet expired at `now`, in serial order.
-    pub fn crl_entries(&self, intermediate_sha256: &[u8], now: SystemTime) -> Vec<CrlEntry> {
+    pub(crate) fn crl_entries(&self, intermediate_sha256: &[u8], now: SystemTime) -> Vec<CrlEntry> {
         let state = self.read();
         let mut entries: Vec<CrlEntry> = state
             .serials
@@ -247,20 +247,6 @@ impl Revocations {
             .values()
             .filter(|r| r.not_after > now)
             .count()
-    }
-
-    /// Signing certificates (SHA-256) that have an unexpired revoked certificate.
-    pub fn signers_with_entries(&self, now: SystemTime) -> Vec<Vec<u8>> {
-        let mut signers: Vec<Vec<u8>> = self
-            .read()
-            .serials
-            .values()
-            .filter(|r| r.not_after > now)
-            .map(|r| r.intermediate_sha256.clone())
-            .collect();
-        signers.sort();
-        signers.dedup();
-        signers
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -298,7 +284,7 @@ pub fn pending(
 /// What of another member's revocation `record` this replica lacks, as a revocation to record
 /// here (None: nothing). Blocks and lifts apply in time order: an older block does not undo a
 /// newer lift here, nor an older lift a newer block.
-pub fn pending_copy(revocations: &Revocations, record: &Record) -> Option<RevocationRecord> {
+pub(crate) fn pending_copy(revocations: &Revocations, record: &Record) -> Option<RevocationRecord> {
     let Outcome::Revoked(revoked) = &record.outcome else {
         return None;
     };

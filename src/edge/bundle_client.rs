@@ -16,7 +16,7 @@ use crate::domain::federation::bundle::MAX_BUNDLE_BYTES;
 /// Why a fetch failed, in words fit for a log line, `/ui` and a metric's reason: never the
 /// body the endpoint sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error("{0:?} is not an https:// URL with a host")]
     Url(String),
     #[error("the endpoint's roots: {0}")]

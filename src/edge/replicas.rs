@@ -40,13 +40,13 @@ use crate::pb::audit::audit_service_client::AuditServiceClient;
 /// The server name (SNI) a member asks for when it connects to another member; that member
 /// then answers with its member certificate instead of its serving certificate. Under the
 /// reserved `.invalid` top-level domain (RFC 2606), so it is never a real host's name.
-pub const MEMBER_SERVER_NAME: &str = "member.meshroot.invalid";
+pub(crate) const MEMBER_SERVER_NAME: &str = "member.meshroot.invalid";
 
 /// This replica's member certificate (its chain and key), replaced on every renewal: presented
 /// as a client to the other members, and as a server to a member that asks for
 /// [`MEMBER_SERVER_NAME`].
 #[derive(Default)]
-pub struct MemberIdentity(RwLock<Option<Arc<CertifiedKey>>>);
+pub(crate) struct MemberIdentity(RwLock<Option<Arc<CertifiedKey>>>);
 
 impl std::fmt::Debug for MemberIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,7 +103,7 @@ impl Missing {
 }
 
 /// Names missing members for a message: `a (timed out), b (connection refused)`.
-pub fn describe_missing(missing: &[Missing]) -> String {
+pub(crate) fn describe_missing(missing: &[Missing]) -> String {
     missing
         .iter()
         .map(|m| format!("{} ({})", m.member, m.reason))
@@ -182,7 +182,7 @@ impl Members {
     }
 
     /// Whether `member` is this replica.
-    pub fn is_this(&self, member: &str) -> bool {
+    pub(crate) fn is_this(&self, member: &str) -> bool {
         self.this.as_deref() == Some(member)
     }
 
@@ -239,7 +239,7 @@ impl Members {
     }
 
     /// Asks every other member at once; each answer or why it is missing, in member order.
-    pub async fn ask_others<T, F, Fut>(&self, ask: F) -> Vec<(String, Result<T, String>)>
+    pub(crate) async fn ask_others<T, F, Fut>(&self, ask: F) -> Vec<(String, Result<T, String>)>
     where
         F: Fn(AuditServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -392,7 +392,7 @@ impl Service<Uri> for MemberConnector {
 }
 
 /// A request scope asking only the replica it is sent to (what members ask each other).
-pub fn local_scope() -> Option<api::Scope> {
+pub(crate) fn local_scope() -> Option<api::Scope> {
     Some(api::Scope {
         member: String::new(),
         local: true,

@@ -6,7 +6,7 @@ use tokio::sync::watch;
 /// network (a silent Collector, a member or API server that does not answer) must not hold the
 /// store past shutdown. Only for work that may stop at any await point and be redone after a
 /// restart.
-pub async fn unless_stopped<T>(
+pub(crate) async fn unless_stopped<T>(
     shutdown: &mut watch::Receiver<bool>,
     work: impl std::future::Future<Output = T>,
 ) -> Option<T> {

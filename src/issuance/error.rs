@@ -104,7 +104,7 @@ pub enum Answer {
 
 impl IssueError {
     /// The one classification of this failure.
-    pub fn classify(&self) -> Classification {
+    pub(crate) fn classify(&self) -> Classification {
         let (reason, failure, answer) = match self {
             Self::Authn(error) => (
                 Some(error.reason()),

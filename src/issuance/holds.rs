@@ -22,7 +22,7 @@ pub enum Hold {
 }
 
 impl Hold {
-    pub const ALL: [Hold; 3] = [Self::ClusterGate, Self::ExportLag, Self::LogRollback];
+    pub(crate) const ALL: [Hold; 3] = [Self::ClusterGate, Self::ExportLag, Self::LogRollback];
 
     pub fn code(self) -> &'static str {
         match self {
@@ -53,7 +53,7 @@ impl Holds {
     }
 
     /// Clears `hold`.
-    pub fn clear(&self, hold: Hold) {
+    pub(crate) fn clear(&self, hold: Hold) {
         let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
         if held.remove(&hold).is_some() {
             tracing::info!("{}: resolved", hold.code());
@@ -62,7 +62,7 @@ impl Holds {
     }
 
     /// Whether `hold` is set.
-    pub fn is_set(&self, hold: Hold) -> bool {
+    pub(crate) fn is_set(&self, hold: Hold) -> bool {
         self.any.load(Ordering::SeqCst)
             && self
                 .held

@@ -48,7 +48,7 @@ impl CertificateAuthority {
     /// Issues (and records) `cluster`'s istiod intermediate under `mesh`'s signer, valid for
     /// `lifetime` (clipped to the signer's), with a fresh P-256 key. Under a name-constrained
     /// mesh signer it is confined to the mesh's trust domain and aliases.
-    pub async fn issue_cluster_intermediate(
+    pub(crate) async fn issue_cluster_intermediate(
         &self,
         mesh: &str,
         cluster: &str,

@@ -125,14 +125,14 @@ impl CertificateAuthority {
     }
 
     /// Holds that stop issuance while set (shared across reloads).
-    pub fn with_holds(mut self, holds: Arc<Holds>) -> Self {
+    pub(crate) fn with_holds(mut self, holds: Arc<Holds>) -> Self {
         self.holds = holds;
         self
     }
 
     /// The revocations in force (shared across reloads): revoked identities and client
     /// certificates are refused.
-    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+    pub(crate) fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
         self.revocations = revocations;
         self
     }
@@ -147,20 +147,20 @@ impl CertificateAuthority {
     }
 
     /// Limits requests per caller and per namespace (shared across reloads).
-    pub fn with_rate_limits(mut self, rate_limits: Arc<RateLimits>) -> Self {
+    pub(crate) fn with_rate_limits(mut self, rate_limits: Arc<RateLimits>) -> Self {
         self.rate_limits = rate_limits;
         self
     }
 
     /// The issuers that authenticate client certificates (see [`IdentityAnchors`]).
-    pub fn with_identity_anchors(mut self, anchors: Arc<IdentityAnchors>) -> Self {
+    pub(crate) fn with_identity_anchors(mut self, anchors: Arc<IdentityAnchors>) -> Self {
         self.identity_anchors = anchors;
         self
     }
 
     /// meshroot's own signing intermediates of the primary mesh, the only issuers a member
     /// certificate is accepted from (`authn::client_cert::verify_member`).
-    pub fn with_member_anchors(mut self, anchors: Arc<IdentityAnchors>) -> Self {
+    pub(crate) fn with_member_anchors(mut self, anchors: Arc<IdentityAnchors>) -> Self {
         self.member_anchors = anchors;
         self
     }
@@ -171,25 +171,25 @@ impl CertificateAuthority {
     }
 
     /// Counts requests and their outcomes in `metrics` (shared across reloads).
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
     }
 
     /// One mesh's signer.
-    pub fn mesh_signer(&self, mesh: &str) -> Option<&Arc<MeshSigner>> {
+    pub(crate) fn mesh_signer(&self, mesh: &str) -> Option<&Arc<MeshSigner>> {
         self.meshes.get(mesh).map(|mesh| &mesh.signer)
     }
 
     /// The configured meshes' names and signers.
-    pub fn mesh_signers(&self) -> impl Iterator<Item = (&str, &Arc<MeshSigner>)> {
+    pub(crate) fn mesh_signers(&self) -> impl Iterator<Item = (&str, &Arc<MeshSigner>)> {
         self.meshes
             .iter()
             .map(|(name, mesh)| (name.as_str(), &mesh.signer))
     }
 
     /// The trust domains `mesh` accepts besides its own and its aliases.
-    pub fn accepted_trust_domains(&self, mesh: &str) -> &[TrustDomain] {
+    pub(crate) fn accepted_trust_domains(&self, mesh: &str) -> &[TrustDomain] {
         self.meshes
             .get(mesh)
             .map(|mesh| mesh.accepts.as_slice())
@@ -197,7 +197,7 @@ impl CertificateAuthority {
     }
 
     /// The mesh whose trust domain, or one of whose aliases, is `trust_domain`, and its signer.
-    pub fn mesh_of_trust_domain(
+    pub(crate) fn mesh_of_trust_domain(
         &self,
         trust_domain: &TrustDomain,
     ) -> Option<(&str, &Arc<MeshSigner>)> {
@@ -208,7 +208,7 @@ impl CertificateAuthority {
     }
 
     /// The mesh whose intermediate signs meshroot's serving certificate.
-    pub fn primary_signer(&self) -> Option<&Arc<MeshSigner>> {
+    pub(crate) fn primary_signer(&self) -> Option<&Arc<MeshSigner>> {
         self.mesh_signer(&self.primary_mesh)
     }
 
@@ -222,12 +222,12 @@ impl CertificateAuthority {
 
     /// The issuers authorized to vouch for identities, per trust domain (client certificates on
     /// the CSR port, admin mutual TLS).
-    pub fn identity_anchors(&self) -> &Arc<IdentityAnchors> {
+    pub(crate) fn identity_anchors(&self) -> &Arc<IdentityAnchors> {
         &self.identity_anchors
     }
 
     /// The issuers a member certificate is accepted from.
-    pub fn member_anchors(&self) -> &Arc<IdentityAnchors> {
+    pub(crate) fn member_anchors(&self) -> &Arc<IdentityAnchors> {
         &self.member_anchors
     }
 

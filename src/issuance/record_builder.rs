@@ -42,7 +42,7 @@ impl Facts {
     }
 
     /// Who asked, as recorded.
-    pub fn caller_record(&self) -> CallerRecord {
+    pub(crate) fn caller_record(&self) -> CallerRecord {
         let mut record = CallerRecord {
             cluster_id: self.cluster_id.clone(),
             peer_address: self.peer_address.clone(),

@@ -22,7 +22,7 @@ use crate::domain::revocation::{pending, Reason, Revocations};
 
 /// More certificates than this in one revocation is refused: narrow the filter. (A revocation
 /// travels to every member in one message, which must stay under gRPC's 4 MiB default.)
-pub const MAX_REVOKED: usize = 20_000;
+pub(crate) const MAX_REVOKED: usize = 20_000;
 
 /// Why a revocation was refused or failed (mapped to a gRPC status in `grpc/status.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,16 +58,16 @@ pub enum RevokeError {
 
 /// Resolves once the CRLs are published again: with why they do not reach Istio, if they do
 /// not (a CA of a chain has no CRL).
-pub type PublishFuture<'a> =
+pub(crate) type PublishFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<String>, String>> + Send + 'a>>;
 
 /// Publishes the CRLs again after a revocation (the server's CRL keeper).
-pub trait CrlPublisher: Send + Sync {
+pub(crate) trait CrlPublisher: Send + Sync {
     fn publish(&self) -> PublishFuture<'_>;
 }
 
 /// What a running replica revokes with.
-pub struct RevokeContext {
+pub(crate) struct RevokeContext {
     pub current: Arc<CurrentAuthority>,
     pub publisher: Arc<dyn CrlPublisher>,
     /// `[revocation] block_for` (None: until lifted).
@@ -97,7 +97,7 @@ impl RevokeContext {
 }
 
 /// The issued, unexpired certificates a revocation's filter selects. A filter is required.
-pub fn revocation_query(mut query: Query, now: SystemTime) -> Result<Query, RevokeError> {
+pub(crate) fn revocation_query(mut query: Query, now: SystemTime) -> Result<Query, RevokeError> {
     if query.is_unfiltered() {
         return Err(RevokeError::NoFilter);
     }
@@ -143,7 +143,7 @@ pub fn select<E>(
 }
 
 /// A revoked certificate's entry, from its issuance record.
-pub fn revoked_certificate(record: Record) -> Option<RevokedCertificate> {
+pub(crate) fn revoked_certificate(record: Record) -> Option<RevokedCertificate> {
     match record.outcome {
         Outcome::Issued(issued) => Some(RevokedCertificate {
             serial: issued.serial,
@@ -181,7 +181,7 @@ pub fn block_until(
 }
 
 /// The revocation of `certificates`, blocking their identities as `block` says.
-pub fn new_revocation(
+pub(crate) fn new_revocation(
     certificates: Vec<RevokedCertificate>,
     reason: Reason,
     comment: &str,
@@ -267,7 +267,7 @@ pub struct Recorded {
 /// Records `revocation` in `log` (leaving out what `revocations` has in force already) as asked
 /// by `caller`, under `(request id, now)`; takes it into `revocations`, and publishes the CRLs
 /// again when there is a `publisher` (a stopped store has none: the server publishes at start).
-pub async fn record_revocation(
+pub(crate) async fn record_revocation(
     log: &dyn RecordSink,
     revocations: &Revocations,
     publisher: Option<&dyn CrlPublisher>,

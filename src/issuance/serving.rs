@@ -21,7 +21,7 @@ impl CertificateAuthority {
     /// primary mesh's intermediate, with a fresh P-256 key. It names no URI: a verifier that
     /// cannot process URI name constraints (rustls-webpki refuses every URI under one) still
     /// accepts it through a constrained intermediate.
-    pub async fn issue_serving_certificate(
+    pub(crate) async fn issue_serving_certificate(
         &self,
         dns_names: &[String],
         lifetime: Duration,
@@ -39,7 +39,7 @@ impl CertificateAuthority {
     /// Issues (and records) this replica's client certificate towards the other members:
     /// meshroot's own SPIFFE identity only, from the primary mesh's intermediate. The members
     /// verify it as they verify any client certificate, name constraints included.
-    pub async fn issue_member_certificate(
+    pub(crate) async fn issue_member_certificate(
         &self,
         identity: &SpiffeId,
         lifetime: Duration,
@@ -57,7 +57,7 @@ impl CertificateAuthority {
     /// Issues (and records) a server certificate from `mesh`'s intermediate with a fresh P-256
     /// key: DNS names and, for istiod, its SPIFFE identity. `purpose` is recorded as the
     /// caller's subject (meshroot itself asked).
-    pub async fn issue_server_certificate(
+    pub(crate) async fn issue_server_certificate(
         &self,
         mesh: &str,
         dns_names: &[String],

@@ -51,7 +51,7 @@ impl Role {
 
 /// Who holds which role (`[admin]`, `[replicas]`).
 #[derive(Debug, Clone, Default)]
-pub struct AdminRoles {
+pub(crate) struct AdminRoles {
     /// `admin.allowed_identities`.
     pub readers: Vec<String>,
     /// `admin.revokers`.
@@ -61,7 +61,7 @@ pub struct AdminRoles {
 }
 
 /// What judges a certificate: the authority in force's anchors and revocations, at `now`.
-pub struct Judges<'a> {
+pub(crate) struct Judges<'a> {
     /// The issuers authorized per trust domain (readers and revokers).
     pub anchors: &'a IdentityAnchors,
     /// meshroot's own signing intermediates of its primary mesh (members).
@@ -72,7 +72,7 @@ pub struct Judges<'a> {
 
 /// Why a client certificate gets no admin role.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdminRefusal {
+pub(crate) enum AdminRefusal {
     #[error("no client certificate")]
     NoCertificate,
     #[error(transparent)]
@@ -96,7 +96,7 @@ impl AdminRefusal {
 }
 
 /// The identity and role a presented chain (leaf first) proves, if it may use `right`.
-pub fn authorize(
+pub(crate) fn authorize(
     chain: &[CertificateDer<'_>],
     roles: &AdminRoles,
     judges: &Judges<'_>,

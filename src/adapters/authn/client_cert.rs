@@ -30,7 +30,7 @@ use crate::domain::signer::constraints::{
 /// The issuers authorized to vouch for identities, per trust domain. Authentication uses these
 /// narrow anchors; the trust bundle handed to workloads is a different, wider set.
 #[derive(Default)]
-pub struct IdentityAnchors {
+pub(crate) struct IdentityAnchors {
     by_trust_domain: HashMap<TrustDomain, Anchors>,
 }
 
@@ -50,7 +50,7 @@ impl IdentityAnchors {
 
     /// Authorizes `issuer` (a signing intermediate or a root, DER) to vouch for identities of
     /// `trust_domain`. A certificate webpki cannot use as an anchor is refused.
-    pub fn authorize(
+    pub(crate) fn authorize(
         &mut self,
         trust_domain: &TrustDomain,
         issuer: &CertificateDer<'_>,
@@ -67,13 +67,6 @@ impl IdentityAnchors {
             anchors.certificates.push(issuer.clone().into_owned());
         }
         Ok(())
-    }
-
-    /// How many issuers are authorized for `trust_domain`.
-    pub fn issuers_for(&self, trust_domain: &TrustDomain) -> usize {
-        self.by_trust_domain
-            .get(trust_domain)
-            .map_or(0, |anchors| anchors.anchors.len())
     }
 
     /// The identity a presented chain (leaf first) proves at `now`: exactly one SPIFFE URI SAN
@@ -95,7 +88,7 @@ impl IdentityAnchors {
     /// Whether `leaf` proves exactly `identity` at `now` for `usage`, issued directly by one of
     /// the authorized issuers (no intermediate between them is accepted). What the members
     /// accept of each other (see [`verify_member`]).
-    pub fn verify_direct(
+    pub(crate) fn verify_direct(
         &self,
         identity: &SpiffeId,
         leaf: &CertificateDer<'_>,
@@ -268,7 +261,7 @@ impl Usage {
 /// (`member_anchors`: no extra root, no cluster intermediate below ours, no other mesh's), and
 /// is not revoked. The CSR API never issues the member identity (the policy reserves it), so
 /// only meshroot itself holds such a certificate.
-pub fn verify_member(
+pub(crate) fn verify_member(
     leaf: &CertificateDer<'_>,
     member: &SpiffeId,
     member_anchors: &IdentityAnchors,
@@ -281,7 +274,7 @@ pub fn verify_member(
 }
 
 /// Refuses a leaf whose serial was revoked (`meshroot revoke`).
-pub fn refuse_revoked(
+pub(crate) fn refuse_revoked(
     leaf: &CertificateDer<'_>,
     revocations: &crate::domain::revocation::Revocations,
 ) -> Result<(), AuthnError> {
@@ -299,7 +292,7 @@ pub fn refuse_revoked(
 }
 
 /// Authenticates CSR callers by client certificate, for the meshes that accept them.
-pub struct ClientCertAuthenticator {
+pub(crate) struct ClientCertAuthenticator {
     /// Trust domain (and alias) → the mesh that accepts client certificates in it.
     meshes: HashMap<TrustDomain, String>,
     anchors: Arc<IdentityAnchors>,

@@ -91,7 +91,7 @@ impl NodeAuthorizer {
 
     /// The identity the caller may have a certificate for, or why not. `trust_domains`: the
     /// mesh's trust domain and its aliases.
-    pub async fn authorize(
+    pub(crate) async fn authorize(
         &self,
         caller: &Caller,
         requested: &str,

@@ -179,7 +179,7 @@ impl AuthnError {
 
     /// Whether the failure is the authenticator's (its backend is down), not the caller's:
     /// clients should retry.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, Self::ReviewUnavailable { .. })
     }
 }
@@ -197,7 +197,7 @@ pub enum AuthOutcome {
     Failed(AuthnError),
 }
 
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = AuthOutcome> + Send + 'a>>;
+pub(crate) type AuthFuture<'a> = Pin<Box<dyn Future<Output = AuthOutcome> + Send + 'a>>;
 
 /// One way of proving who a caller is. Asynchronous so that authenticators that must ask a
 /// remote system (the Kubernetes TokenReview API) fit the same seam as offline ones.
@@ -218,7 +218,7 @@ impl AuthenticatorChain {
 
     /// The first success wins; otherwise the first failure, else the first refusal, else
     /// `MissingCredentials`.
-    pub async fn authenticate(&self, request: &AuthRequest) -> Result<Caller, AuthnError> {
+    pub(crate) async fn authenticate(&self, request: &AuthRequest) -> Result<Caller, AuthnError> {
         let mut first_failure = None;
         let mut first_declined = None;
         for authenticator in &self.authenticators {
@@ -240,7 +240,7 @@ impl AuthenticatorChain {
 }
 
 /// Reads `authorization: Bearer <token>`. The scheme is case-insensitive (RFC 7235 §2.1).
-pub fn bearer_token_from_header(value: &str) -> Result<BearerToken, AuthnError> {
+pub(crate) fn bearer_token_from_header(value: &str) -> Result<BearerToken, AuthnError> {
     let (scheme, token) = value
         .split_once(' ')
         .ok_or(AuthnError::MalformedAuthorizationHeader)?;

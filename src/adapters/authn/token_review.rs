@@ -27,11 +27,11 @@ use crate::domain::clock::Clock;
 use crate::domain::identity::{SpiffeId, TrustDomain};
 use crate::domain::metrics::Metrics;
 
-pub const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
-pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
-pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+pub(crate) const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
+pub(crate) const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+pub(crate) const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 /// Set by Kubernetes 1.30 and later for tokens bound to a pod scheduled on a node.
-pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+pub(crate) const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// Above this many cached reviews, expired ones are swept on insert.
 const CACHE_SWEEP_THRESHOLD: usize = 10_000;
@@ -48,7 +48,7 @@ pub trait ClusterApi: Send + Sync {
     fn pods_on_node<'a>(&'a self, node: &'a str) -> ApiFuture<'a, Vec<PodInfo>>;
 }
 
-pub type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
+pub(crate) type ApiFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
 
 /// The API server could not answer (unreachable, 5xx, refused our credentials, bad response).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +82,7 @@ pub struct PodInfo {
 
 /// One cluster whose API server reviews tokens for a mesh.
 #[derive(Clone)]
-pub struct ReviewCluster {
+pub(crate) struct ReviewCluster {
     /// The `clusterid` header value that selects it.
     pub id: String,
     pub mesh: String,
@@ -115,7 +115,7 @@ struct Reviewed {
 }
 
 /// The TokenReview authenticator over all configured clusters.
-pub struct TokenReviewAuthenticator {
+pub(crate) struct TokenReviewAuthenticator {
     clusters: HashMap<String, Cluster>,
     cache: Mutex<HashMap<[u8; 32], Arc<CacheEntry>>>,
     clock: Arc<dyn Clock>,
@@ -141,7 +141,7 @@ impl TokenReviewAuthenticator {
     }
 
     /// Reports review latencies and cache hits to `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
     }

@@ -11,7 +11,7 @@ use super::values::Problems;
 use crate::domain::identity::TrustDomain;
 
 /// `spiffe_refresh_hint` by default: SPIRE's bundle endpoint default, five minutes.
-pub const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(300);
 
 /// `[bundle_endpoint]`, on a listener of its own: not the CSR port, not the admin address.
 pub(super) fn bundle_endpoint(

@@ -72,7 +72,7 @@ impl Config {
     }
 
     /// [`Config::load`], then [`Config::missing_files`]: what `serve` and a reload read.
-    pub fn load_to_serve(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load_to_serve(path: &Path) -> Result<Self, ConfigError> {
         let config = Self::load(path)?;
         let problems = config.missing_files();
         if !problems.is_empty() {
@@ -87,7 +87,7 @@ impl Config {
     /// The files and directories the configuration names that are not there (or not what
     /// they must be), checked when a configuration is loaded to serve, before anything is
     /// issued or recorded: a start refused for them writes nothing.
-    pub fn missing_files(&self) -> Vec<Problem> {
+    pub(crate) fn missing_files(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut problem = |key: String, message: String| problems.push(Problem { key, message });
         let readable = |path: &Path| {

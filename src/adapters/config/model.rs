@@ -11,66 +11,66 @@ use crate::domain::caller::{AuthenticatorKind, NodeAccount};
 use crate::domain::identity::TrustDomain;
 use crate::domain::policy::AliasIssuance;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
-pub const DEFAULT_DNS_NAMES: [&str; 2] = ["localhost", "meshroot.istio-system.svc"];
-pub const DEFAULT_AUDIENCE: &str = "istio-ca";
-pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-pub const DEFAULT_SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
-pub const DEFAULT_NODE_ACCOUNT: &str = "istio-system/ztunnel";
-pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
-pub const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 32;
-pub const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:15012";
+pub(crate) const DEFAULT_DNS_NAMES: [&str; 2] = ["localhost", "meshroot.istio-system.svc"];
+pub(crate) const DEFAULT_AUDIENCE: &str = "istio-ca";
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const DEFAULT_SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+pub(crate) const DEFAULT_NODE_ACCOUNT: &str = "istio-system/ztunnel";
+pub(crate) const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_REVIEW_CACHE_TTL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 32;
+pub(crate) const DEFAULT_POD_CACHE_TTL: Duration = Duration::from_secs(5);
 /// How long a stopping server waits for requests in flight (below Kubernetes' default 30 s
 /// termination grace period, so the final flush and checkpoint still run before SIGKILL).
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15014";
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15014";
 /// A CSR request still unanswered after this is cancelled (CANCELLED, which clients retry).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per authenticated caller: requests per second, and the burst (ztunnel asks for every pod
 /// of its node at once when the node restarts).
-pub const DEFAULT_CALLER_RATE: (f64, f64) = (20.0, 200.0);
+pub(crate) const DEFAULT_CALLER_RATE: (f64, f64) = (20.0, 200.0);
 /// Per namespace of the identities asked for.
-pub const DEFAULT_NAMESPACE_RATE: (f64, f64) = (200.0, 2000.0);
+pub(crate) const DEFAULT_NAMESPACE_RATE: (f64, f64) = (200.0, 2000.0);
 /// Refusals of unauthenticated requests recorded one by one, per peer address (one a minute,
 /// bursts of 10); the rest are counted into summary records.
-pub const DEFAULT_REFUSALS_RECORDED_PER_PEER: (f64, f64) = (1.0 / 60.0, 10.0);
+pub(crate) const DEFAULT_REFUSALS_RECORDED_PER_PEER: (f64, f64) = (1.0 / 60.0, 10.0);
 /// The same, over all peers together (one every 10 s, bursts of 60): with the summaries, a
 /// flood costs the store at most about 1 KB/s (docs/hardening.md).
-pub const DEFAULT_REFUSALS_RECORDED: (f64, f64) = (0.1, 60.0);
+pub(crate) const DEFAULT_REFUSALS_RECORDED: (f64, f64) = (0.1, 60.0);
 /// Istio's default names of the ConfigMaps istio-agent reads the mesh root from, and the CRLs
 /// (Istio >= 1.27 and >= 1.29 can rename them: `[kubernetes] root_configmap_name`,
 /// `crl_configmap_name`).
-pub const DEFAULT_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
-pub const DEFAULT_CRL_CONFIGMAP: &str = "istio-ca-crl";
+pub(crate) const DEFAULT_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
+pub(crate) const DEFAULT_CRL_CONFIGMAP: &str = "istio-ca-crl";
 /// Where the Lease and `istiod-tls` live when neither the config nor `POD_NAMESPACE` says.
-pub const DEFAULT_KUBERNETES_NAMESPACE: &str = "istio-system";
+pub(crate) const DEFAULT_KUBERNETES_NAMESPACE: &str = "istio-system";
 /// client-go's default `leaseDurationSeconds`.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Every namespace's ConfigMap and istiod's Secret are checked at least this often.
-pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
-pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
-pub const DEFAULT_STORE_CACHE_MIB: u64 = 64;
+pub(crate) const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
+pub(crate) const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 256;
+pub(crate) const DEFAULT_STORE_CACHE_MIB: u64 = 64;
 /// An ECDSA signer verifies the signature of 1 leaf in this many (and the first after each key
 /// load); an RSA signer verifies every leaf (docs/request-path.md, the design note).
-pub const DEFAULT_LEAF_SIGNATURE_SAMPLE: u64 = 64;
-pub const DEFAULT_AUDIT_KEY_NAME: &str = "meshroot-audit";
-pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_LEAF_SIGNATURE_SAMPLE: u64 = 64;
+pub(crate) const DEFAULT_AUDIT_KEY_NAME: &str = "meshroot-audit";
+pub(crate) const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 /// `[audit.export] jsonl_max_file_mib`.
-pub const DEFAULT_EXPORT_FILE_MIB: u64 = 64;
-pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_EXPORT_FILE_MIB: u64 = 64;
+pub(crate) const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Environment variables that override the file.
-pub const ENV_LISTEN: &str = "MESHROOT_LISTEN";
-pub const ENV_STORE: &str = "MESHROOT_STORE";
-pub const ENV_ADMIN_LISTEN: &str = "MESHROOT_ADMIN_LISTEN";
+pub(crate) const ENV_LISTEN: &str = "MESHROOT_LISTEN";
+pub(crate) const ENV_STORE: &str = "MESHROOT_STORE";
+pub(crate) const ENV_ADMIN_LISTEN: &str = "MESHROOT_ADMIN_LISTEN";
 /// This replica's `[replicas]` member entry (overrides `replicas.self`).
-pub const ENV_MEMBER: &str = "MESHROOT_MEMBER";
+pub(crate) const ENV_MEMBER: &str = "MESHROOT_MEMBER";
 /// This replica's log name (overrides `audit.key_name`): a new name starts a new log, the way
 /// out after its volume was lost or rolled back (docs/operations/run-several-replicas.md).
-pub const ENV_LOG_NAME: &str = "MESHROOT_LOG_NAME";
+pub(crate) const ENV_LOG_NAME: &str = "MESHROOT_LOG_NAME";
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -366,7 +366,7 @@ pub struct PartnerConfig {
 
 impl MeshConfig {
     /// The files of `extra_roots`, in order.
-    pub fn extra_root_paths(&self) -> Vec<PathBuf> {
+    pub(crate) fn extra_root_paths(&self) -> Vec<PathBuf> {
         self.extra_roots
             .iter()
             .map(|root| root.path.clone())

@@ -16,7 +16,7 @@ const DEFAULT_NAMESPACE: &str = "istio-system";
 
 /// The most replicas a cluster may have (each cluster decision asks every member; the
 /// checkpoints ConfigMap is read up to this ordinal).
-pub const MAX_REPLICAS: u32 = 256;
+pub(crate) const MAX_REPLICAS: u32 = 256;
 
 /// Parses `[replicas]` (or its old name `section` = `cluster`). `admin_port` is the default port of StatefulSet members;
 /// `trust_domain` (the primary mesh's) names meshroot's own identity by default.
@@ -222,7 +222,7 @@ impl ReplicasConfig {
     /// whose first DNS label is this pod's name (`$POD_NAME`, a StatefulSet pod), else the
     /// member whose address is the admin listener's, else a member on a loopback or
     /// `localhost` host with the admin listener's port.
-    pub fn resolve_self(
+    pub(crate) fn resolve_self(
         &self,
         pod_name: Option<&str>,
         admin: std::net::SocketAddr,

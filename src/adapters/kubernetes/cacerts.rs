@@ -24,7 +24,7 @@ use tokio_stream::StreamExt as _;
 use super::{describe, is_conflict};
 
 /// The Secret istiod reads plugged-in CA material from.
-pub const CACERTS_SECRET: &str = "cacerts";
+pub(crate) const CACERTS_SECRET: &str = "cacerts";
 const FILES: [&str; 4] = [
     "ca-cert.pem",
     "ca-key.pem",
@@ -37,7 +37,7 @@ const RETRY: Duration = Duration::from_secs(5);
 const CONFLICT_RETRIES: usize = 3;
 
 /// A new intermediate in Istio's layout. The key never appears in `Debug` output.
-pub struct CacertsFiles {
+pub(crate) struct CacertsFiles {
     pub ca_cert_pem: String,
     pub ca_key_pem: String,
     pub cert_chain_pem: String,
@@ -50,11 +50,11 @@ impl std::fmt::Debug for CacertsFiles {
     }
 }
 
-pub type CacertsFuture<'a> =
+pub(crate) type CacertsFuture<'a> =
     Pin<Box<dyn Future<Output = Result<CacertsFiles, String>> + Send + 'a>>;
 
 /// The mesh a cluster's intermediate is issued from, read fresh each time.
-pub trait CacertsSource: Send + Sync {
+pub(crate) trait CacertsSource: Send + Sync {
     /// The mesh's trust bundle (`root-cert.pem`), PEM; None while the mesh is not loaded or
     /// the bundle awaits the cluster's confirmation.
     fn bundle_pem(&self) -> Option<String>;
@@ -79,7 +79,7 @@ pub trait CacertsSource: Send + Sync {
 
 /// Where and how one cluster's `cacerts` is kept.
 #[derive(Debug, Clone)]
-pub struct CacertsSettings {
+pub(crate) struct CacertsSettings {
     pub cluster: String,
     pub namespace: String,
     /// Renew once this fraction of the lifetime has passed.
@@ -94,11 +94,11 @@ pub struct CacertsSettings {
 /// The file of `cacerts` istiod reads CRLs from (with `PILOT_ENABLE_CA_CRL`) and distributes as
 /// the `istio-ca-crl` ConfigMap: the CRL of the cluster's intermediate (signed with its key,
 /// which meshroot generated), then the mesh's CRLs.
-pub const CACERTS_CRL: &str = "ca-crl.pem";
+pub(crate) const CACERTS_CRL: &str = "ca-crl.pem";
 
 /// The cluster's istiod, asked which intermediate it signs with.
 #[derive(Debug, Clone)]
-pub struct IstiodProbe {
+pub(crate) struct IstiodProbe {
     /// `host:port` of istiod's TLS port (15012).
     pub address: String,
     pub interval: Duration,
@@ -114,7 +114,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Nothing is trusted from the handshake except this: the chain is read without judging it, and
 /// "current" needs the leaf's signature to verify with `intermediate`'s key, which no one else
 /// can make. (The handshake itself still proves istiod holds the leaf's key.)
-pub async fn probe_istiod(address: &str, intermediate: &[u8]) -> Result<bool, String> {
+pub(crate) async fn probe_istiod(address: &str, intermediate: &[u8]) -> Result<bool, String> {
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let host = address
         .rsplit_once(':')
@@ -207,7 +207,7 @@ impl rustls::client::danger::ServerCertVerifier for ChainReader {
 }
 
 /// Keeps the cluster's `cacerts` while `leader` says this replica leads, until `shutdown`.
-pub async fn run_cacerts(
+pub(crate) async fn run_cacerts(
     client: kube::Client,
     settings: CacertsSettings,
     source: std::sync::Arc<dyn CacertsSource>,

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 /// Where the Lease lives and who this replica is.
 #[derive(Debug, Clone)]
-pub struct LeaseSettings {
+pub(crate) struct LeaseSettings {
     pub namespace: String,
     pub name: String,
     /// This replica's name in `holderIdentity` (the pod name).
@@ -27,18 +27,18 @@ pub struct LeaseSettings {
 
 impl LeaseSettings {
     /// The holder renews this often.
-    pub fn renew_interval(&self) -> Duration {
+    pub(crate) fn renew_interval(&self) -> Duration {
         self.duration / 3
     }
 
     /// A holder that has not renewed for this long stops acting as leader: two thirds of the
     /// duration, so it has stopped before another replica can take over.
-    pub fn renew_deadline(&self) -> Duration {
+    pub(crate) fn renew_deadline(&self) -> Duration {
         self.duration * 2 / 3
     }
 
     /// A follower (or a failed attempt) tries again this often.
-    pub fn retry_interval(&self) -> Duration {
+    pub(crate) fn retry_interval(&self) -> Duration {
         (self.duration / 5).max(Duration::from_millis(100))
     }
 }

@@ -45,7 +45,7 @@ pub enum ClusterSetupError {
 
 /// How to reach a cluster's API server.
 #[derive(Debug, Clone, Copy)]
-pub enum Access<'a> {
+pub(crate) enum Access<'a> {
     /// A kubeconfig file (remote clusters), optionally a context in it.
     Kubeconfig {
         path: &'a std::path::Path,
@@ -57,7 +57,7 @@ pub enum Access<'a> {
 
 /// One cluster's API server.
 #[derive(Clone)]
-pub struct KubeCluster {
+pub(crate) struct KubeCluster {
     client: kube::Client,
 }
 
@@ -70,7 +70,7 @@ impl KubeCluster {
 
     /// A client for watches: connects and writes within `timeout`, but reads may wait as long
     /// as a watch stays open (the API server ends each watch within about five minutes).
-    pub async fn connect_for_watches(
+    pub(crate) async fn connect_for_watches(
         access: Access<'_>,
         timeout: Duration,
     ) -> Result<Self, ClusterSetupError> {

@@ -32,11 +32,11 @@ use super::{describe, is_conflict};
 
 /// The key of the ConfigMap istio-agent reads the mesh root from (its name is configured:
 /// `PublishSettings::root_configmap_name`).
-pub const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
+pub(crate) const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
 /// The Secret istiod serves with.
-pub const ISTIOD_SECRET: &str = "istiod-tls";
+pub(crate) const ISTIOD_SECRET: &str = "istiod-tls";
 /// Marks objects meshroot writes.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshroot");
+pub(crate) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "meshroot");
 
 /// How often the current bundle and intermediate are compared with what was published.
 const CHANGE_POLL: Duration = Duration::from_secs(1);
@@ -46,7 +46,7 @@ const RETRY: Duration = Duration::from_secs(5);
 const CONFLICT_RETRIES: usize = 3;
 
 /// A server certificate and its key, PEM.
-pub struct ServerCertificate {
+pub(crate) struct ServerCertificate {
     /// Leaf, then intermediates.
     pub chain_pem: String,
     /// PKCS#8. Never logged.
@@ -64,11 +64,11 @@ impl std::fmt::Debug for ServerCertificate {
     }
 }
 
-pub type IssueFuture<'a> =
+pub(crate) type IssueFuture<'a> =
     Pin<Box<dyn Future<Output = Result<ServerCertificate, String>> + Send + 'a>>;
 
 /// The mesh whose material is published: read fresh each time, so reloads and rotations show.
-pub trait MeshMaterial: Send + Sync {
+pub(crate) trait MeshMaterial: Send + Sync {
     /// The trust bundle (every root), PEM.
     fn bundle_pem(&self) -> Option<String>;
     /// The served intermediates, PEM, signing certificate first.
@@ -84,7 +84,7 @@ pub trait MeshMaterial: Send + Sync {
 
 /// What the publisher keeps, and where.
 #[derive(Debug, Clone)]
-pub struct PublishSettings {
+pub(crate) struct PublishSettings {
     /// Only namespaces matching this label selector get the ConfigMap (empty: all).
     pub namespace_selector: String,
     /// Keep `istio-ca-root-cert` in namespaces.
@@ -105,7 +105,7 @@ pub struct PublishSettings {
 
 impl PublishSettings {
     /// DNS names in istiod's certificate.
-    pub fn istiod_dns_names(&self) -> Vec<String> {
+    pub(crate) fn istiod_dns_names(&self) -> Vec<String> {
         self.istiod_revisions
             .iter()
             .map(|revision| match revision.as_str() {
@@ -117,7 +117,7 @@ impl PublishSettings {
 }
 
 /// Runs the root distribution while `leader` says this replica leads, until `shutdown`.
-pub async fn run_root_distribution(
+pub(crate) async fn run_root_distribution(
     client: kube::Client,
     settings: PublishSettings,
     mesh: std::sync::Arc<dyn MeshMaterial>,
@@ -141,12 +141,12 @@ pub async fn run_root_distribution(
 /// The key of the CRLs' ConfigMap, which Istio's sidecar injector mounts at
 /// `/var/run/secrets/istio/crl` (and ztunnel's chart, with `peerCaCrl.enabled`); its name is
 /// configured (`PublishSettings::crl_configmap_name`).
-pub const CRL_CONFIGMAP_KEY: &str = "ca-crl.pem";
+pub(crate) const CRL_CONFIGMAP_KEY: &str = "ca-crl.pem";
 
 /// Keeps `istio-ca-crl` (`ca-crl.pem`: every CRL, as `crl` gives it) in every namespace that
 /// gets `istio-ca-root-cert`, while `leader` says this replica leads. `published` hears of each
 /// write (the metric of the last publication).
-pub async fn run_crl_distribution(
+pub(crate) async fn run_crl_distribution(
     client: kube::Client,
     settings: PublishSettings,
     crl: Box<dyn Fn() -> Option<String> + Send + Sync>,
@@ -391,7 +391,7 @@ fn labels(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// Keeps `istiod-tls` current while `leader` says this replica leads, until `shutdown`.
-pub async fn run_istiod_certificate(
+pub(crate) async fn run_istiod_certificate(
     client: kube::Client,
     settings: PublishSettings,
     mesh: std::sync::Arc<dyn MeshMaterial>,
@@ -616,12 +616,12 @@ fn split_first_pem(text: &str) -> Option<(&str, &str)> {
 
 /// The ClusterTrustBundle Istio's injector mounts (with `ENABLE_CLUSTER_TRUST_BUNDLE_API=true`)
 /// instead of `istio-ca-root-cert`, and its signer (pilot's `clustertrustbundle` controller).
-pub const CLUSTER_TRUST_BUNDLE: &str = "istio.io:istiod-ca:root-cert";
-pub const CLUSTER_TRUST_BUNDLE_SIGNER: &str = "istio.io/istiod-ca";
+pub(crate) const CLUSTER_TRUST_BUNDLE: &str = "istio.io:istiod-ca:root-cert";
+pub(crate) const CLUSTER_TRUST_BUNDLE_SIGNER: &str = "istio.io/istiod-ca";
 
 /// Keeps the ClusterTrustBundle holding the trust bundle while `leader` says this replica
 /// leads, until `shutdown`: created, put back when edited or deleted, updated on rotation.
-pub async fn run_cluster_trust_bundle(
+pub(crate) async fn run_cluster_trust_bundle(
     client: kube::Client,
     settings: PublishSettings,
     mesh: std::sync::Arc<dyn MeshMaterial>,

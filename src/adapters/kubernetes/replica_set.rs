@@ -13,13 +13,13 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 /// The ConfigMap that holds every replica's latest checkpoint.
-pub const CHECKPOINTS_CONFIGMAP: &str = "meshroot-checkpoints";
+pub(crate) const CHECKPOINTS_CONFIGMAP: &str = "meshroot-checkpoints";
 
 /// How often a conflicting update (another replica wrote its key meanwhile) is tried again.
 const CONFLICT_RETRIES: usize = 5;
 
 /// The StatefulSet's `spec.replicas` (None when it does not exist or names none).
-pub async fn statefulset_replicas(
+pub(crate) async fn statefulset_replicas(
     client: kube::Client,
     namespace: &str,
     name: &str,
@@ -34,7 +34,7 @@ pub async fn statefulset_replicas(
 }
 
 /// A ConfigMap key for `member` (`[-._a-zA-Z0-9]`; anything else becomes `_`).
-pub fn checkpoint_key(member: &str) -> String {
+pub(crate) fn checkpoint_key(member: &str) -> String {
     member
         .chars()
         .map(|c| match c {
@@ -45,7 +45,7 @@ pub fn checkpoint_key(member: &str) -> String {
 }
 
 /// The checkpoint kept for `key`, if any.
-pub async fn recorded_checkpoint(
+pub(crate) async fn recorded_checkpoint(
     client: kube::Client,
     namespace: &str,
     key: &str,
@@ -59,7 +59,7 @@ pub async fn recorded_checkpoint(
 }
 
 /// The keys of the checkpoints ConfigMap: every replica that ever kept a checkpoint there.
-pub async fn recorded_keys(
+pub(crate) async fn recorded_keys(
     client: kube::Client,
     namespace: &str,
 ) -> Result<Vec<String>, kube::Error> {
@@ -74,7 +74,7 @@ pub async fn recorded_keys(
 
 /// Keeps `note` under `key` unless `keep_existing` says the note already there must stay (a
 /// larger checkpoint of the same log: the evidence of what it had committed to).
-pub async fn record_checkpoint(
+pub(crate) async fn record_checkpoint(
     client: kube::Client,
     namespace: &str,
     key: &str,

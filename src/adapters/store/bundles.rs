@@ -17,7 +17,7 @@ impl SledStore {
     /// The `spiffe_sequence` to serve for `trust_domain`'s bundle, whose authorities hash to
     /// `digest` and imply `content` (`federation::bundle::content_sequence`): kept durably, so
     /// it survives restarts and never falls.
-    pub fn served_bundle_sequence(
+    pub(crate) fn served_bundle_sequence(
         &self,
         trust_domain: &str,
         digest: [u8; 32],
@@ -78,7 +78,7 @@ pub struct KeptPartnerBundle {
 
 impl SledStore {
     /// The last good bundle fetched for `mesh`'s partner `trust_domain`, if any.
-    pub fn partner_bundle(
+    pub(crate) fn partner_bundle(
         &self,
         mesh: &str,
         trust_domain: &str,
@@ -96,7 +96,7 @@ impl SledStore {
     }
 
     /// Keeps `document` as `mesh`'s partner `trust_domain`'s last good bundle, durably.
-    pub fn keep_partner_bundle(
+    pub(crate) fn keep_partner_bundle(
         &self,
         mesh: &str,
         trust_domain: &str,

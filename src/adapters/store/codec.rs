@@ -18,10 +18,10 @@ use crate::domain::audit::{IndexKind, Summary};
 
 /// Pages are cut once their encoding reaches this size.
 #[cfg(not(test))]
-pub const PAGE_TARGET_BYTES: usize = 4096;
+pub(crate) const PAGE_TARGET_BYTES: usize = 4096;
 /// Unit tests cut tiny pages, so values span many pages and every page-boundary case runs.
 #[cfg(test)]
-pub const PAGE_TARGET_BYTES: usize = 96;
+pub(crate) const PAGE_TARGET_BYTES: usize = 96;
 
 /// Identifies a run: its first sequence number and its compaction tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,7 +31,7 @@ pub struct RunId {
 }
 
 impl RunId {
-    pub const LEN: usize = 9;
+    pub(crate) const LEN: usize = 9;
 
     pub fn prefix(&self) -> [u8; Self::LEN] {
         let mut out = [0u8; Self::LEN];
@@ -40,7 +40,7 @@ impl RunId {
         out
     }
 
-    pub fn from_prefix(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_prefix(bytes: &[u8]) -> Option<Self> {
         Some(Self {
             first: u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?),
             tier: *bytes.get(8)?,
@@ -49,7 +49,7 @@ impl RunId {
 }
 
 /// `run ‖ kind`: the prefix of every page of one index kind in one run.
-pub fn kind_prefix(run: RunId, kind: IndexKind) -> Vec<u8> {
+pub(crate) fn kind_prefix(run: RunId, kind: IndexKind) -> Vec<u8> {
     let mut key = Vec::with_capacity(RunId::LEN + 1);
     key.extend_from_slice(&run.prefix());
     key.push(kind.code());
@@ -58,7 +58,7 @@ pub fn kind_prefix(run: RunId, kind: IndexKind) -> Vec<u8> {
 
 /// Appends `value` escaped so that escaped values sort like the values and no escaped value is
 /// a prefix of another's terminator.
-pub fn escape_into(key: &mut Vec<u8>, value: &[u8]) {
+pub(crate) fn escape_into(key: &mut Vec<u8>, value: &[u8]) {
     for &byte in value {
         key.push(byte);
         if byte == 0 {
@@ -68,7 +68,7 @@ pub fn escape_into(key: &mut Vec<u8>, value: &[u8]) {
 }
 
 /// The page key of entry `(value, sequence)` in `run`/`kind`.
-pub fn entry_key(run: RunId, kind: IndexKind, value: &[u8], sequence: u64) -> Vec<u8> {
+pub(crate) fn entry_key(run: RunId, kind: IndexKind, value: &[u8], sequence: u64) -> Vec<u8> {
     let mut key = kind_prefix(run, kind);
     escape_into(&mut key, value);
     key.extend_from_slice(&[0, 0]);
@@ -78,7 +78,7 @@ pub fn entry_key(run: RunId, kind: IndexKind, value: &[u8], sequence: u64) -> Ve
 
 /// `run ‖ kind ‖ escape(prefix)`: every page key of a value starting with `prefix` starts so
 /// (only pages that *begin* inside the range; the page before may hold its first entries).
-pub fn value_prefix_key(run: RunId, kind: IndexKind, prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn value_prefix_key(run: RunId, kind: IndexKind, prefix: &[u8]) -> Vec<u8> {
     let mut key = kind_prefix(run, kind);
     escape_into(&mut key, prefix);
     key
@@ -86,7 +86,7 @@ pub fn value_prefix_key(run: RunId, kind: IndexKind, prefix: &[u8]) -> Vec<u8> {
 
 /// One entry of a decoded page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageEntry {
+pub(crate) struct PageEntry {
     /// Index into [`IndexPage::values`].
     pub value: u32,
     pub sequence: u64,
@@ -95,7 +95,7 @@ pub struct PageEntry {
 
 /// A decoded page: distinct values in order, and the entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IndexPage {
+pub(crate) struct IndexPage {
     pub values: Vec<Vec<u8>>,
     pub entries: Vec<PageEntry>,
 }
@@ -108,7 +108,7 @@ impl IndexPage {
 
 /// Builds pages from entries given in `(value, sequence)` order.
 #[derive(Debug, Default)]
-pub struct PageWriter {
+pub(crate) struct PageWriter {
     buffer: Vec<u8>,
     count: u64,
     previous_value: Vec<u8>,
@@ -176,7 +176,7 @@ impl PageWriter {
 }
 
 /// Decodes a page; None if it is malformed.
-pub fn decode_page(bytes: &[u8]) -> Option<IndexPage> {
+pub(crate) fn decode_page(bytes: &[u8]) -> Option<IndexPage> {
     let mut input = bytes;
     let count = get_varint(&mut input)?;
     let mut page = IndexPage {
@@ -222,7 +222,7 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -230,7 +230,7 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-pub fn get_varint(input: &mut &[u8]) -> Option<u64> {
+pub(crate) fn get_varint(input: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = input.split_first()?;

@@ -57,7 +57,11 @@ impl SledStore {
 
     /// How far export sink `sink` is behind the durable log: the records not shipped yet, and
     /// how long ago the oldest of them was recorded (zero when caught up).
-    pub fn export_lag(&self, sink: &str, now: SystemTime) -> Result<(u64, Duration), StoreError> {
+    pub(crate) fn export_lag(
+        &self,
+        sink: &str,
+        now: SystemTime,
+    ) -> Result<(u64, Duration), StoreError> {
         let cursor = self.export_cursor(sink)?;
         let behind = (self.durable_sequence() + 1).saturating_sub(cursor.next_sequence);
         if behind == 0 {
@@ -71,7 +75,11 @@ impl SledStore {
     }
 
     /// Persists the cursor of export sink `sink` durably (after what it covers was shipped).
-    pub fn set_export_cursor(&self, sink: &str, cursor: ExportCursor) -> Result<(), StoreError> {
+    pub(crate) fn set_export_cursor(
+        &self,
+        sink: &str,
+        cursor: ExportCursor,
+    ) -> Result<(), StoreError> {
         if self.inner.read_only {
             return Err(StoreError::ReadOnly);
         }
@@ -88,7 +96,7 @@ impl SledStore {
     /// Remembers `mesh`'s signing certificate and the intermediates above it (`chain[0]`
     /// signs), so that a later root rotation can tell which root the certificates it signed
     /// chain to, even after it was rotated out.
-    pub fn remember_signer(&self, mesh: &str, chain: &[Vec<u8>]) -> Result<(), StoreError> {
+    pub(crate) fn remember_signer(&self, mesh: &str, chain: &[Vec<u8>]) -> Result<(), StoreError> {
         let Some(signing) = chain.first() else {
             return Ok(());
         };
@@ -111,7 +119,7 @@ impl SledStore {
     /// Keeps the latest CRL meshroot signed for a signing certificate (by its SHA-256), so the
     /// last CRL of an intermediate that was rotated out is still published after a restart,
     /// until its nextUpdate.
-    pub fn save_crl(&self, signer_sha256: &[u8], der: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn save_crl(&self, signer_sha256: &[u8], der: &[u8]) -> Result<(), StoreError> {
         if self.inner.read_only {
             return Ok(());
         }
@@ -121,7 +129,7 @@ impl SledStore {
     }
 
     /// Every kept CRL: (signer SHA-256, DER).
-    pub fn saved_crls(&self) -> Result<Vec<SavedCrl>, StoreError> {
+    pub(crate) fn saved_crls(&self) -> Result<Vec<SavedCrl>, StoreError> {
         self.inner
             .meta
             .scan_prefix(META_CRL_PREFIX)
@@ -133,7 +141,7 @@ impl SledStore {
     }
 
     /// Forgets the kept CRL of a signer (its nextUpdate passed).
-    pub fn forget_crl(&self, signer_sha256: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn forget_crl(&self, signer_sha256: &[u8]) -> Result<(), StoreError> {
         if self.inner.read_only {
             return Ok(());
         }
@@ -143,7 +151,7 @@ impl SledStore {
     }
 
     /// Forgets a signer none of whose certificates is still valid.
-    pub fn forget_signer(&self, mesh: &str, sha256: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn forget_signer(&self, mesh: &str, sha256: &[u8]) -> Result<(), StoreError> {
         if self.inner.read_only {
             return Ok(());
         }

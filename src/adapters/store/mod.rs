@@ -132,14 +132,14 @@ impl SledStore {
     }
 
     /// True while the latest flush failed (until one succeeds): appends are not durable now.
-    pub fn flush_failing(&self) -> bool {
+    pub(crate) fn flush_failing(&self) -> bool {
         self.inner.commit.durable.borrow().failed.is_some()
     }
 
     /// Waits until a write to the store fails (a flush, or inserting a record): a full disk
     /// or an I/O error. sled does not recover from such a failure in the same process, so the
     /// server stops and exits for its supervisor to restart it (docs/hardening.md).
-    pub async fn write_failure(&self) -> StoreError {
+    pub(crate) async fn write_failure(&self) -> StoreError {
         let mut durable = self.inner.commit.durable.subscribe();
         let failed = match durable.wait_for(|state| state.failed.is_some()).await {
             Ok(state) => state.failed.as_ref().map(|(_, _, error)| error.clone()),
@@ -153,7 +153,7 @@ impl SledStore {
     }
 
     /// How long group-commit flushes took (for `/metrics`).
-    pub fn commit_latency(&self) -> &crate::domain::metrics::Histogram {
+    pub(crate) fn commit_latency(&self) -> &crate::domain::metrics::Histogram {
         &self.inner.commit.latency
     }
 
@@ -168,7 +168,7 @@ impl SledStore {
     }
 
     /// The highest sequence number known durable.
-    pub fn durable_sequence(&self) -> u64 {
+    pub(crate) fn durable_sequence(&self) -> u64 {
         if self.inner.read_only {
             return self.last_sequence();
         }
@@ -289,7 +289,7 @@ impl SledStore {
     }
 
     /// The latest stored checkpoint: `(tree size, note)`.
-    pub fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+    pub(crate) fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
         self.inner
             .checkpoints
             .last()
@@ -311,7 +311,7 @@ impl SledStore {
     }
 
     /// The current tree size and root hash (including records not yet checkpointed).
-    pub fn tree_head(&self) -> (u64, Hash) {
+    pub(crate) fn tree_head(&self) -> (u64, Hash) {
         let writer = self.inner.lock_writer();
         (writer.frontier.size(), writer.frontier.root())
     }
@@ -326,7 +326,11 @@ impl SledStore {
     }
 
     /// A consistency proof between two tree sizes (RFC 6962 §2.1.2).
-    pub fn prove_consistency(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, AuditError> {
+    pub(crate) fn prove_consistency(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Hash>, AuditError> {
         let view = self.inner.tree_view(new_size)?;
         merkle::consistency_proof(&view, old_size, new_size)?.ok_or_else(|| {
             AuditError::Query(QueryError::Invalid(format!(

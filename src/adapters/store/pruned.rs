@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 const WORDS: usize = 1024;
 /// Sequence numbers per chunk.
-pub const CHUNK: u64 = (WORDS * 64) as u64;
+pub(crate) const CHUNK: u64 = (WORDS * 64) as u64;
 
 #[derive(Debug, Default)]
-pub struct PrunedSet {
+pub(crate) struct PrunedSet {
     chunks: HashMap<u64, Box<[u64; WORDS]>>,
     count: u64,
 }
@@ -41,12 +41,8 @@ impl PrunedSet {
         self.count
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     /// Pruned sequence numbers in `lo..=hi`.
-    pub fn count_in(&self, lo: u64, hi: u64) -> u64 {
+    pub(crate) fn count_in(&self, lo: u64, hi: u64) -> u64 {
         if lo > hi {
             return 0;
         }
@@ -69,7 +65,7 @@ impl PrunedSet {
     }
 
     /// The persisted form of a chunk.
-    pub fn chunk_bytes(&self, chunk: u64) -> Vec<u8> {
+    pub(crate) fn chunk_bytes(&self, chunk: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(WORDS * 8);
         if let Some(words) = self.chunks.get(&chunk) {
             for word in words.iter() {
@@ -80,7 +76,7 @@ impl PrunedSet {
     }
 
     /// Loads a persisted chunk.
-    pub fn load_chunk(&mut self, chunk: u64, bytes: &[u8]) -> bool {
+    pub(crate) fn load_chunk(&mut self, chunk: u64, bytes: &[u8]) -> bool {
         if bytes.len() != WORDS * 8 {
             return false;
         }

@@ -32,7 +32,7 @@ const META_DENIED_THROUGH: &[u8] = b"prune-denied-through";
 
 /// What a pruning pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PruneReport {
+pub(crate) struct PruneReport {
     pub issued: u64,
     pub denied: u64,
 }
@@ -40,7 +40,7 @@ pub struct PruneReport {
 impl SledStore {
     /// Removes the records `policy` no longer keeps, as of `now`. Runs beside issuance: it
     /// takes no lock an append needs, and works in small batches.
-    pub fn prune(
+    pub(crate) fn prune(
         &self,
         policy: &RetentionPolicy,
         now: SystemTime,

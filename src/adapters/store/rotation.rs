@@ -19,7 +19,7 @@ fn accepted_prefix(mesh: &str) -> Vec<u8> {
 
 impl SledStore {
     /// How the unexpired certificates of `mesh` in this log chain to the roots of `bundle`.
-    pub fn bundle_use(
+    pub(crate) fn bundle_use(
         &self,
         mesh: &str,
         bundle: &[Vec<u8>],
@@ -48,7 +48,7 @@ impl SledStore {
     }
 
     /// The roots of the last trust bundle accepted for `mesh` (empty: none recorded).
-    pub fn accepted_roots(&self, mesh: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub(crate) fn accepted_roots(&self, mesh: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         self.inner
             .meta
             .scan_prefix(accepted_prefix(mesh))
@@ -57,7 +57,11 @@ impl SledStore {
     }
 
     /// Records `bundle` as the last accepted for `mesh` (no-op when read-only or unchanged).
-    pub fn set_accepted_roots(&self, mesh: &str, bundle: &[Vec<u8>]) -> Result<(), StoreError> {
+    pub(crate) fn set_accepted_roots(
+        &self,
+        mesh: &str,
+        bundle: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
         if self.inner.read_only {
             return Ok(());
         }
@@ -93,7 +97,7 @@ const META_MEMBER_CHECKPOINT_PREFIX: &[u8] = b"member-checkpoint/";
 impl SledStore {
     /// How many logs of member `member` have a kept checkpoint here, and whether `log` is
     /// one of them.
-    pub fn member_logs(&self, member: &str, log: &str) -> Result<(usize, bool), StoreError> {
+    pub(crate) fn member_logs(&self, member: &str, log: &str) -> Result<(usize, bool), StoreError> {
         let prefix = [META_MEMBER_CHECKPOINT_PREFIX, member.as_bytes(), b"\0"].concat();
         let (mut count, mut known) = (0, false);
         for entry in self.inner.meta.scan_prefix(&prefix) {
@@ -106,7 +110,7 @@ impl SledStore {
 
     /// Keeps `note` as member `member`'s checkpoint of log `log` if it is newer (a larger tree)
     /// than the one kept; returns the newest kept (this one or the older-but-larger one).
-    pub fn keep_member_checkpoint(
+    pub(crate) fn keep_member_checkpoint(
         &self,
         member: &str,
         log: &str,

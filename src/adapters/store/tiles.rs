@@ -25,7 +25,7 @@ fn tile_key(level: u8, index: u64) -> [u8; 9] {
 }
 
 /// The tree as a query sees it: tiles up to `watermark`, then the leaves after it.
-pub struct TreeView<'a> {
+pub(crate) struct TreeView<'a> {
     pub tiles: &'a sled::Tree,
     /// Leaves `0 .. watermark` are in the tiles.
     pub watermark: u64,
@@ -34,7 +34,8 @@ pub struct TreeView<'a> {
 }
 
 impl TreeView<'_> {
-    pub fn size(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn size(&self) -> u64 {
         self.watermark + self.tail.len() as u64
     }
 
@@ -114,7 +115,7 @@ fn shifted(count: u64, level: u8) -> u64 {
 }
 
 /// Extends the tiles from `old_watermark` to `new_watermark` leaves, given the new leaves.
-pub fn write_tiles(
+pub(crate) fn write_tiles(
     tiles: &sled::Tree,
     old_watermark: u64,
     new_watermark: u64,
@@ -167,7 +168,11 @@ pub fn write_tiles(
 }
 
 /// The stored leaf hashes `from .. to` (all below the watermark), for verification.
-pub fn stored_leaves(tiles: &sled::Tree, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+pub(crate) fn stored_leaves(
+    tiles: &sled::Tree,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Hash>, StoreError> {
     TreeView {
         tiles,
         watermark: to,

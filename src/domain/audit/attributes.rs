@@ -36,7 +36,7 @@ pub enum IndexKind {
 }
 
 impl IndexKind {
-    pub const ALL: [IndexKind; 12] = [
+    pub(crate) const ALL: [IndexKind; 12] = [
         Self::Serial,
         Self::SpiffeId,
         Self::Mesh,
@@ -55,7 +55,7 @@ impl IndexKind {
         self as u8
     }
 
-    pub fn from_code(code: u8) -> Option<Self> {
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.code() == code)
     }
 }

@@ -165,7 +165,7 @@ impl AuditSigner {
     }
 
     /// Signs `text` (which must end in a newline) as a signed note.
-    pub fn sign_note(&self, text: &str) -> String {
+    pub(crate) fn sign_note(&self, text: &str) -> String {
         let signature = self.key.sign(text.as_bytes());
         let mut blob = self.key_id.to_vec();
         blob.extend_from_slice(signature.as_ref());
@@ -231,7 +231,7 @@ impl AuditVerifier {
     }
 
     /// Opens a signed note: returns its text if this key signed it.
-    pub fn open_note<'a>(&self, note: &'a str) -> Result<&'a str, CheckpointError> {
+    pub(crate) fn open_note<'a>(&self, note: &'a str) -> Result<&'a str, CheckpointError> {
         let split = note.rfind("\n\n").ok_or(CheckpointError::Malformed)?;
         let text = &note[..split + 1];
         let signatures = &note[split + 2..];
@@ -287,7 +287,7 @@ pub const MAX_SHARED_LOG_NAME_BYTES: usize = 256;
 pub const MAX_SHARED_NOTE_BYTES: usize = 8 * 1024;
 /// How many logs of one member are kept: each lost volume starts a new log; past this, a
 /// member's new log names are refused (the store cannot be grown by fresh names).
-pub const MAX_SHARED_LOGS_PER_MEMBER: usize = 64;
+pub(crate) const MAX_SHARED_LOGS_PER_MEMBER: usize = 64;
 
 /// Why a checkpoint another member shares is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

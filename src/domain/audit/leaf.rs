@@ -76,7 +76,7 @@ impl LeafData {
     }
 
     /// Parses a header; the record hash is left zero.
-    pub fn parse_header(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn parse_header(bytes: &[u8]) -> Option<Self> {
         if bytes.len() < LEAF_HEADER_LEN || bytes[0] != LEAF_VERSION {
             return None;
         }

@@ -15,7 +15,7 @@ use ring::digest::{Context, SHA256};
 pub type Hash = [u8; 32];
 
 /// `MTH({})`: the hash of the empty tree, SHA-256 of the empty string.
-pub fn empty_root() -> Hash {
+pub(crate) fn empty_root() -> Hash {
     digest(&[&[]])
 }
 
@@ -25,7 +25,7 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
 }
 
 /// `SHA-256(0x01 ‖ left ‖ right)`.
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+pub(crate) fn node_hash(left: &Hash, right: &Hash) -> Hash {
     digest(&[&[0x01], left, right])
 }
 
@@ -56,7 +56,11 @@ pub trait SubtreeHashes {
 /// `MTH(D[start:end])` for a range that RFC 6962's recursion produces: `start` is a multiple of
 /// the largest power of two not above `end - start`, so the range splits into complete aligned
 /// subtrees.
-pub fn range_hash<S: SubtreeHashes>(source: &S, start: u64, end: u64) -> Result<Hash, S::Error> {
+pub(crate) fn range_hash<S: SubtreeHashes>(
+    source: &S,
+    start: u64,
+    end: u64,
+) -> Result<Hash, S::Error> {
     let size = end - start;
     if size == 0 {
         return Ok(empty_root());
@@ -78,7 +82,7 @@ pub fn root<S: SubtreeHashes>(source: &S, size: u64) -> Result<Hash, S::Error> {
 
 /// `PATH(m, D[n])` (RFC 6962 §2.1.1): the audit path of leaf `index` in the tree of `size`
 /// leaves, leaf-side first. None when `index >= size`.
-pub fn inclusion_proof<S: SubtreeHashes>(
+pub(crate) fn inclusion_proof<S: SubtreeHashes>(
     source: &S,
     index: u64,
     size: u64,
@@ -273,9 +277,10 @@ pub struct Frontier {
 }
 
 impl Frontier {
+    #[cfg(test)]
     /// A frontier for a tree whose first `size` leaves are summarised by `peaks` (as returned
     /// by [`Frontier::peaks`]).
-    pub fn from_peaks(size: u64, peaks: Vec<(u8, Hash)>) -> Option<Self> {
+    pub(crate) fn from_peaks(size: u64, peaks: Vec<(u8, Hash)>) -> Option<Self> {
         let covered: u64 = peaks.iter().map(|(level, _)| 1u64 << level).sum();
         (covered == size).then_some(Self { size, peaks })
     }
@@ -297,7 +302,8 @@ impl Frontier {
         self.size
     }
 
-    pub fn peaks(&self) -> &[(u8, Hash)] {
+    #[cfg(test)]
+    pub(crate) fn peaks(&self) -> &[(u8, Hash)] {
         &self.peaks
     }
 

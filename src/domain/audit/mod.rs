@@ -34,9 +34,9 @@ pub use self::query::{
 /// Records per index segment (and per tier-0 run): the default of
 /// `[audit] index_segment_records`.
 pub const SEGMENT_RECORDS: u64 = 16_384;
-pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page a query may ask for.
-pub const MAX_PAGE_SIZE: usize = 1000;
+pub(crate) const MAX_PAGE_SIZE: usize = 1000;
 
 /// How long records are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ impl Default for RetentionPolicy {
 
 /// An issued record for `id` at `at` (seconds since the epoch), for tests.
 #[cfg(test)]
-pub fn example_record(id: &str, at: u64) -> crate::domain::record::Record {
+pub(crate) fn example_record(id: &str, at: u64) -> crate::domain::record::Record {
     use crate::domain::identity::SpiffeId;
     use crate::domain::record::{CallerRecord, IssuedRecord, Outcome, Record};
     use std::time::UNIX_EPOCH;

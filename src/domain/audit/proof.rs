@@ -14,11 +14,11 @@ use super::LeafData;
 use crate::domain::digest::{parse_hex, sha256};
 
 /// The `format` of a proof document.
-pub const PROOF_FORMAT: &str = "meshroot-inclusion-proof/v1";
+pub(crate) const PROOF_FORMAT: &str = "meshroot-inclusion-proof/v1";
 
 /// An inclusion proof as `meshroot audit prove` writes it.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ProofDocument {
+pub(crate) struct ProofDocument {
     pub format: String,
     pub sequence: u64,
     pub leaf_index: u64,
@@ -60,7 +60,7 @@ pub enum ProofError {
 
 /// What a proof that holds proves: this record is in this signed tree.
 #[derive(Debug, Clone)]
-pub struct ProvenInclusion {
+pub(crate) struct ProvenInclusion {
     pub sequence: u64,
     pub issued: bool,
     pub recorded_at: SystemTime,
@@ -75,7 +75,7 @@ pub struct ProvenInclusion {
 /// Checks a proof document: the record hashes to its leaf, and the leaf is in the tree of a
 /// signed checkpoint: the one in the document, or `published` (a copy the auditor trusts, of
 /// the same tree size).
-pub fn check_inclusion(
+pub(crate) fn check_inclusion(
     document: &ProofDocument,
     verifier: &AuditVerifier,
     published: Option<&str>,

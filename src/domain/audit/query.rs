@@ -82,12 +82,12 @@ pub enum QueryError {
 
 impl Query {
     /// True when no filter is set.
-    pub fn is_unfiltered(&self) -> bool {
+    pub(crate) fn is_unfiltered(&self) -> bool {
         self == &Self::default()
     }
 
     /// Whether the query only selects issued certificates (a validity filter implies it).
-    pub fn issued_only(&self) -> bool {
+    pub(crate) fn issued_only(&self) -> bool {
         self.serial.is_some()
             || self.revoked.is_some()
             || self.valid_at.is_some()
@@ -97,7 +97,7 @@ impl Query {
     }
 
     /// The `namespace/name` of a service-account filter.
-    pub fn service_account_key(&self) -> Option<String> {
+    pub(crate) fn service_account_key(&self) -> Option<String> {
         let account = self.service_account.as_deref()?;
         match (account.split_once('/'), &self.namespace) {
             (Some(_), _) => Some(account.to_owned()),
@@ -218,7 +218,7 @@ impl Query {
 
     /// The part of the query that an index entry's [`Summary`] decides: outcome kind and
     /// validity.
-    pub fn summary_matches(&self, summary: &Summary) -> bool {
+    pub(crate) fn summary_matches(&self, summary: &Summary) -> bool {
         if self.issued_only() && summary.validity.is_none() {
             return false;
         }

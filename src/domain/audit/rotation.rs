@@ -14,11 +14,11 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 use crate::domain::record::{Outcome, Record};
 
 /// A signing certificate and the intermediates above it (DER), as the store remembers them.
-pub type SignerChain = Vec<Vec<u8>>;
+pub(crate) type SignerChain = Vec<Vec<u8>>;
 
 /// Unexpired certificates of one group (those chaining to a root, or to none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InUse {
+pub(crate) struct InUse {
     pub certificates: u64,
     /// The latest NotAfter among them.
     pub until: Option<SystemTime>,
@@ -26,7 +26,7 @@ pub struct InUse {
 
 impl InUse {
     /// Adds another group's count.
-    pub fn merge(&mut self, other: &InUse) {
+    pub(crate) fn merge(&mut self, other: &InUse) {
         self.certificates += other.certificates;
         self.until = match (self.until, other.until) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -42,7 +42,7 @@ impl InUse {
 
 /// What the unexpired certificates of a mesh chain to, against one bundle.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BundleUse {
+pub(crate) struct BundleUse {
     /// Per root of the bundle, in bundle order.
     pub per_root: Vec<InUse>,
     /// Certificates whose signer chains to no root of the bundle: they would stop working.
@@ -54,7 +54,7 @@ pub struct BundleUse {
 
 impl BundleUse {
     /// Adds the counts of `other` (another page, or another member) against the same bundle.
-    pub fn merge(&mut self, other: &BundleUse) {
+    pub(crate) fn merge(&mut self, other: &BundleUse) {
         if self.per_root.len() < other.per_root.len() {
             self.per_root.resize(other.per_root.len(), InUse::default());
         }
@@ -67,7 +67,7 @@ impl BundleUse {
 }
 
 /// Sorts the unexpired issued `records` by the root of `bundle` their signer chains to.
-pub fn bundle_use(
+pub(crate) fn bundle_use(
     records: &[Record],
     signers: &HashMap<Vec<u8>, SignerChain>,
     bundle: &[Vec<u8>],
@@ -103,7 +103,7 @@ pub fn bundle_use(
 
 /// The signers (SHA-256) whose chain leads to no root of `bundle`: the certificates they
 /// signed would stop verifying.
-pub fn stranded_signers(
+pub(crate) fn stranded_signers(
     signers: &HashMap<Vec<u8>, SignerChain>,
     bundle: &[Vec<u8>],
 ) -> Vec<Vec<u8>> {
@@ -117,7 +117,7 @@ pub fn stranded_signers(
 }
 
 /// The index of the root in `bundle` that the top of `chain` is, or is signed by.
-pub fn root_of(chain: &[Vec<u8>], bundle: &[Vec<u8>]) -> Option<usize> {
+pub(crate) fn root_of(chain: &[Vec<u8>], bundle: &[Vec<u8>]) -> Option<usize> {
     let top = chain.last()?;
     if let Some(index) = bundle.iter().position(|root| root == top) {
         return Some(index);
@@ -134,14 +134,14 @@ pub fn root_of(chain: &[Vec<u8>], bundle: &[Vec<u8>]) -> Option<usize> {
 }
 
 /// A root's subject, for people.
-pub fn subject_of(der: &[u8]) -> String {
+pub(crate) fn subject_of(der: &[u8]) -> String {
     X509Certificate::from_der(der)
         .map(|(_, certificate)| certificate.subject().to_string())
         .unwrap_or_else(|_| "(unparsable certificate)".to_owned())
 }
 
 /// A certificate's NotAfter.
-pub fn not_after_of(der: &[u8]) -> Option<SystemTime> {
+pub(crate) fn not_after_of(der: &[u8]) -> Option<SystemTime> {
     let (_, certificate) = X509Certificate::from_der(der).ok()?;
     let seconds = u64::try_from(certificate.validity().not_after.timestamp()).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
@@ -150,7 +150,7 @@ pub fn not_after_of(der: &[u8]) -> Option<SystemTime> {
 /// Which step of the root rotation (`meshroot rotate plan`'s steps) a mesh is at: its bundle,
 /// the certificates in use per root, the root its intermediate chains to, and the roots some
 /// intermediate of the mesh ever chained to. `rotate plan` and the status page say this.
-pub fn where_we_are(
+pub(crate) fn where_we_are(
     bundle: &[Vec<u8>],
     usage: &BundleUse,
     signing_root: Option<usize>,

@@ -25,7 +25,7 @@ const MAX_LISTED_PROBLEMS: usize = 20;
 
 /// One entry of the log as the verifier sees it.
 #[derive(Debug, Clone, Copy)]
-pub enum VerifyEntry<'a> {
+pub(crate) enum VerifyEntry<'a> {
     /// Stored bytes of a record: leaf header ‖ protobuf.
     Record(&'a [u8]),
     /// The leaf kept for a pruned record.
@@ -70,7 +70,7 @@ const MAX_GAP: u64 = 1 << 20;
 
 /// Feeds entries in sequence order, then [`LogVerifier::finish`].
 #[derive(Debug)]
-pub struct LogVerifier {
+pub(crate) struct LogVerifier {
     now: i64,
     frontier: Frontier,
     /// Tree size → (root, where the checkpoint came from).
@@ -100,7 +100,7 @@ impl LogVerifier {
         self.report.warnings.push(warning.into());
     }
 
-    pub fn problem(&mut self, problem: impl Into<String>) {
+    pub(crate) fn problem(&mut self, problem: impl Into<String>) {
         self.report.problem_count += 1;
         if self.report.problems.len() < MAX_LISTED_PROBLEMS {
             self.report.problems.push(problem.into());

@@ -23,9 +23,9 @@ use crate::domain::digest::sha256;
 use crate::domain::identity::TrustDomain;
 
 /// The most a bundle document may hold (bytes): more is refused, not parsed.
-pub const MAX_BUNDLE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_BUNDLE_BYTES: usize = 1 << 20;
 /// The most X.509 authorities a bundle may hold.
-pub const MAX_AUTHORITIES: usize = 64;
+pub(crate) const MAX_AUTHORITIES: usize = 64;
 
 /// Why a bundle document was refused. Never the partner's text: a reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -264,7 +264,11 @@ pub fn content_sequence(authorities: &[CertificateDer<'_>]) -> u64 {
 /// The sequence to serve for a bundle whose authorities hash to `digest`, given the last one
 /// served (`previous`: its digest and sequence): unchanged for the same authorities, else the
 /// larger of the content's number and the previous plus one, so it only ever rises.
-pub fn next_sequence(previous: Option<([u8; 32], u64)>, digest: [u8; 32], content: u64) -> u64 {
+pub(crate) fn next_sequence(
+    previous: Option<([u8; 32], u64)>,
+    digest: [u8; 32],
+    content: u64,
+) -> u64 {
     match previous {
         Some((last, sequence)) if last == digest => sequence,
         Some((_, sequence)) => content.max(sequence.saturating_add(1)),

@@ -29,7 +29,7 @@ use crate::domain::signer::constraints::partner_name_constraints;
 
 /// Why a cross-certificate could not be made or is not what it must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CrossError {
+pub(crate) enum CrossError {
     #[error("the partner root cannot be parsed")]
     PartnerRoot,
     #[error(
@@ -59,7 +59,7 @@ pub enum CrossError {
 
 /// A cross-certificate in force, and what it binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrossCertified {
+pub(crate) struct CrossCertified {
     pub certificate: CertificateDer<'static>,
     /// SHA-256 of the partner root's SubjectPublicKeyInfo (which partner root it stands for).
     pub partner_key_sha256: [u8; 32],
@@ -67,7 +67,7 @@ pub struct CrossCertified {
 }
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo, None if it does not parse.
-pub fn key_sha256(der: &[u8]) -> Option<[u8; 32]> {
+pub(crate) fn key_sha256(der: &[u8]) -> Option<[u8; 32]> {
     X509Certificate::from_der(der)
         .ok()
         .map(|(_, c)| sha256(c.public_key().raw))
@@ -76,7 +76,7 @@ pub fn key_sha256(der: &[u8]) -> Option<[u8; 32]> {
 /// Certifies `partner_root`'s key under `issuer` (our root, `issuer_der` its certificate) for
 /// URIs of `partner` only, valid from `now` (less a minute of clock skew) until the partner
 /// root, our root or `lifetime` ends, whichever is first.
-pub fn cross_certify(
+pub(crate) fn cross_certify(
     partner_root: &[u8],
     partner: &TrustDomain,
     (issuer, issuer_der): (&Issuer<'_, impl SigningKey>, &[u8]),
@@ -211,7 +211,7 @@ fn permitted_names(certificate: &X509Certificate<'_>) -> (Vec<String>, Vec<Strin
 
 /// Checks a cross-certificate read from a file: one of `our_roots` signed it, it is a CA, and
 /// its name constraints permit URIs of exactly `partner` (and DNS names under it, if any).
-pub fn check_cross_certificate(
+pub(crate) fn check_cross_certificate(
     der: &CertificateDer<'static>,
     partner: &TrustDomain,
     our_roots: &[CertificateDer<'static>],

@@ -70,7 +70,7 @@ pub enum Format {
 impl IstioMesh {
     /// Every trust domain this mesh's proxies accept a peer from: its own, its aliases, then
     /// the accepted ones (Istio's `TrustDomainsForValidation` order, each once).
-    pub fn accepted_trust_domains(&self) -> Vec<String> {
+    pub(crate) fn accepted_trust_domains(&self) -> Vec<String> {
         let mut all = vec![self.trust_domain.clone()];
         all.extend(self.aliases.iter().cloned());
         for accepted in &self.accepted {
@@ -139,7 +139,7 @@ impl IstioMesh {
     }
 
     /// An `IstioOperator` (`istioctl install -f`).
-    pub fn istio_operator(&self) -> Value {
+    pub(crate) fn istio_operator(&self) -> Value {
         json!({
             "apiVersion": "install.istio.io/v1alpha1",
             "kind": "IstioOperator",
@@ -165,7 +165,7 @@ impl IstioMesh {
     }
 
     /// What Kyma's CR cannot say for this mesh, for people (empty: nothing is lost).
-    pub fn kyma_limits(&self) -> Vec<String> {
+    pub(crate) fn kyma_limits(&self) -> Vec<String> {
         let mut limits = Vec::new();
         if !self.aliases.is_empty() {
             limits.push(format!(

@@ -55,7 +55,7 @@ impl DataPlane {
     }
 
     /// The choice and its consequence, in one line.
-    pub fn consequence(self) -> &'static str {
+    pub(crate) fn consequence(self) -> &'static str {
         match self {
             Self::Sidecar => {
                 "data plane sidecar: each intermediate may certify only URIs of its mesh's trust \
@@ -92,7 +92,7 @@ pub fn uri_name_constraints(
 /// under that name. Envoy's `match_subject_alt_names` (what istiod configures) matches DNS SANs
 /// too, so without the DNS subtree a partner leaf whose DNS SAN reads `spiffe://<ours>/...`
 /// would pass a sidecar's trust-domain check.
-pub fn partner_name_constraints(
+pub(crate) fn partner_name_constraints(
     trust_domain: &TrustDomain,
 ) -> Result<CustomExtension, ConstraintError> {
     name_constraints(std::slice::from_ref(trust_domain), true)
@@ -149,7 +149,7 @@ pub struct UriConstraints {
 
 /// What a certificate's name-constraints extension holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Constraints {
+pub(crate) enum Constraints {
     /// No name-constraints extension.
     None,
     /// Only URI subtrees (meshroot's own shape).
@@ -225,7 +225,7 @@ fn host_matches(host: &str, base: &str) -> bool {
 }
 
 /// The host of `scheme://[userinfo@]host[:port]/…`, lower-cased; `None` without an authority.
-pub fn uri_host(uri: &str) -> Option<String> {
+pub(crate) fn uri_host(uri: &str) -> Option<String> {
     let (_, rest) = uri.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);

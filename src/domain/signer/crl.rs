@@ -18,7 +18,7 @@ impl MeshSigner {
     /// A CRL of this signer listing `entries`, valid from `this_update` to `next_update`. Its
     /// CRL number is thisUpdate in Unix milliseconds: it grows with every CRL any replica signs,
     /// without the replicas agreeing on a counter.
-    pub fn sign_crl(
+    pub(crate) fn sign_crl(
         &self,
         entries: &[CrlEntry],
         this_update: SystemTime,
@@ -37,7 +37,7 @@ impl MeshSigner {
 /// A CRL signed by another CA whose key meshroot holds: a cluster's istiod intermediate (the
 /// plug-in path), whose `cacerts` must carry a CRL from it too. `certificate` is its DER, `key`
 /// its PEM key.
-pub fn sign_crl_as(
+pub(crate) fn sign_crl_as(
     certificate: &[u8],
     key_pem: &str,
     entries: &[CrlEntry],

@@ -76,7 +76,7 @@ pub fn load_signer(
 }
 
 /// Reads the files of either layout, without judging them.
-pub fn load_material(dir: &Path) -> Result<CaMaterial, CaFilesError> {
+pub(crate) fn load_material(dir: &Path) -> Result<CaMaterial, CaFilesError> {
     if dir.join("ca-cert.pem").exists() {
         let signing_certificate = first_certificate(&dir.join("ca-cert.pem"))?;
         let chain_path = dir.join("cert-chain.pem");
@@ -125,7 +125,7 @@ fn certificates(
 }
 
 /// The certificates in a PEM file, at least one.
-pub fn certificates_required(
+pub(crate) fn certificates_required(
     path: &Path,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, CaFilesError> {
     let found = certificates(path)?;

@@ -211,7 +211,7 @@ impl MeshSigner {
     /// cross-certificates, or, opted in, their roots. They are not this signer's roots: nothing
     /// it issues chains to them, the SPIFFE bundle endpoint does not serve them, and the
     /// rotation gate does not count them.
-    pub fn with_published(mut self, extra: &[CertificateDer<'static>]) -> Self {
+    pub(crate) fn with_published(mut self, extra: &[CertificateDer<'static>]) -> Self {
         for certificate in extra {
             let pem = certificate_pem(certificate);
             if !self.root_bundle_pem.contains(&pem) {
@@ -223,7 +223,7 @@ impl MeshSigner {
 
     /// Names `url` as the CRL distribution point of every workload leaf (where `GET /crl`
     /// answers, for verifiers that fetch CRLs).
-    pub fn with_crl_distribution_point(mut self, url: Option<String>) -> Self {
+    pub(crate) fn with_crl_distribution_point(mut self, url: Option<String>) -> Self {
         self.profile = self.profile.with_crl_distribution_point(url.clone());
         self.crl_distribution_point = url;
         self
@@ -232,7 +232,7 @@ impl MeshSigner {
     /// Verifies the signature of the first leaf after the key was loaded and then of 1 leaf in
     /// `every` (an ECDSA signer); an RSA signer verifies every leaf whatever `every` says, as a
     /// faulty RSA-CRT signature would leak its key (docs/request-path.md, the design note).
-    pub fn with_signature_sample(mut self, every: u64) -> Self {
+    pub(crate) fn with_signature_sample(mut self, every: u64) -> Self {
         self.verify_every = if self.slow_signer { 1 } else { every.max(1) };
         // The first leaf after the key was loaded is verified (the probe was, too).
         self.leaves_signed = AtomicU64::new(0);
@@ -242,7 +242,7 @@ impl MeshSigner {
 
     /// Whether a leaf's signature failed to verify: the signer then refuses to sign, and the
     /// server is not ready, until the key is loaded again.
-    pub fn is_unhealthy(&self) -> bool {
+    pub(crate) fn is_unhealthy(&self) -> bool {
         self.unhealthy.load(Ordering::Relaxed)
     }
 
@@ -256,7 +256,7 @@ impl MeshSigner {
 
     /// Refuses a trust domain (the mesh's own, or an alias) that the URI name constraints on
     /// this signer's path do not permit: every leaf for it would fail the check before it leaves.
-    pub fn check_permits(&self, trust_domain: &TrustDomain) -> Result<(), MaterialError> {
+    pub(crate) fn check_permits(&self, trust_domain: &TrustDomain) -> Result<(), MaterialError> {
         let uri = format!("spiffe://{trust_domain}/");
         match self.profile.constraints().iter().find(|c| !c.permits(&uri)) {
             None => Ok(()),
@@ -269,7 +269,7 @@ impl MeshSigner {
 
     /// Refuses when the signing certificate may not have CA certificates below it (pathlen 0):
     /// the clusters' istiod intermediates could not be issued.
-    pub fn check_may_issue_ca(&self) -> Result<(), MaterialError> {
+    pub(crate) fn check_may_issue_ca(&self) -> Result<(), MaterialError> {
         match self.signing_path_len {
             Some(0) => Err(MaterialError::NoCaBelow),
             _ => Ok(()),
@@ -283,7 +283,7 @@ impl MeshSigner {
     }
 
     /// SHA-256 of the signing certificate (DER): which intermediate signed a record's leaf.
-    pub fn signing_certificate_sha256(&self) -> [u8; 32] {
+    pub(crate) fn signing_certificate_sha256(&self) -> [u8; 32] {
         self.signing_certificate_sha256
     }
 
@@ -293,12 +293,12 @@ impl MeshSigner {
     }
 
     /// The root the served chain ends at.
-    pub fn issuing_root(&self) -> Option<&CertificateDer<'static>> {
+    pub(crate) fn issuing_root(&self) -> Option<&CertificateDer<'static>> {
         self.issuing_root.as_ref()
     }
 
     /// Whether URI name constraints confine what this signer certifies.
-    pub fn name_constrained(&self) -> bool {
+    pub(crate) fn name_constrained(&self) -> bool {
         !self.profile.constraints().is_empty()
     }
 
@@ -308,7 +308,7 @@ impl MeshSigner {
 
     /// The signing certificate and the intermediates above it (DER), as records' signers are
     /// remembered; just the signing certificate when it is itself a root.
-    pub fn signer_chain(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn signer_chain(&self) -> Vec<Vec<u8>> {
         if self.intermediates.is_empty() {
             return self
                 .roots
@@ -323,7 +323,7 @@ impl MeshSigner {
     }
 
     /// The served intermediates, PEM, signing certificate first (concatenated).
-    pub fn intermediates_pem(&self) -> String {
+    pub(crate) fn intermediates_pem(&self) -> String {
         self.intermediates_pem.concat()
     }
 
@@ -334,7 +334,7 @@ impl MeshSigner {
 
     /// Whether signing takes long (an RSA key: 0.5 ms for 2048 bits, 4 ms for 4096 with ring),
     /// so callers should sign on a blocking thread rather than an async worker.
-    pub fn signs_slowly(&self) -> bool {
+    pub(crate) fn signs_slowly(&self) -> bool {
         self.slow_signer
     }
 
@@ -357,7 +357,7 @@ impl MeshSigner {
 
     /// Issues a TLS server certificate for `dns_names` (meshroot's own; with `identity`,
     /// istiod's).
-    pub fn issue_server(
+    pub(crate) fn issue_server(
         &self,
         dns_names: &[String],
         identity: Option<&SpiffeId>,
@@ -536,8 +536,9 @@ impl MeshSigner {
         verified
     }
 
+    #[cfg(test)]
     /// How many issued leaves' signatures were verified since the key was loaded.
-    pub fn leaves_verified(&self) -> u64 {
+    pub(crate) fn leaves_verified(&self) -> u64 {
         self.leaves_verified.load(Ordering::Relaxed)
     }
 

@@ -19,15 +19,15 @@ use crate::domain::identity::TrustDomain;
 use crate::domain::keys::{self, certificate_pem, KeyType};
 pub use crate::domain::signer::files::CaFilesError;
 
-pub const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
-pub const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);
+pub(crate) const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+pub(crate) const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);
 /// NotBefore of generated CAs is backdated by this much for clock skew.
 const CA_BACKDATE: Duration = Duration::from_secs(3600);
 
 /// The audit key's file (Ed25519, PKCS#8 PEM) in an `init` directory.
-pub const AUDIT_KEY_FILE: &str = "audit-key.pem";
+pub(crate) const AUDIT_KEY_FILE: &str = "audit-key.pem";
 /// Its verifier key (`name+id+key`), to give auditors.
-pub const AUDIT_VERIFIER_FILE: &str = "audit-key.pub";
+pub(crate) const AUDIT_VERIFIER_FILE: &str = "audit-key.pub";
 
 /// What `meshroot init` creates.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct InitReport {
 }
 
 /// The Helm values file `init` writes beside the CA material.
-pub const HELM_VALUES_FILE: &str = "helm-values.yaml";
+pub(crate) const HELM_VALUES_FILE: &str = "helm-values.yaml";
 
 /// The issuer name of a mesh's local development token issuer.
 pub fn dev_issuer_name(mesh: &str) -> String {
@@ -291,14 +291,14 @@ fn helm_values_yaml(dir: &Path, meshes: &[&str]) -> Result<String, CaFilesError>
 }
 
 /// The root's CRL in the directory `init` writes.
-pub const ROOT_CRL_FILE: &str = "root-crl.pem";
+pub(crate) const ROOT_CRL_FILE: &str = "root-crl.pem";
 /// How long the root CRL `init` signs is valid.
-pub const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+pub(crate) const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
 /// Signs the root's (empty) CRL with the root key in `root_dir` (root-cert.pem, root-key.pem),
 /// valid for `valid_for`, and writes it to `out`. Envoy checks a CRL from every CA in a chain
 /// once any CRL is configured, so the root's must be published with the intermediates'.
-pub fn sign_root_crl(
+pub(crate) fn sign_root_crl(
     root_dir: &Path,
     valid_for: Duration,
     now: SystemTime,

@@ -128,7 +128,7 @@ pub fn render(mesh: &IstioMesh, arg: FormatArg) -> String {
 }
 
 /// Mesh `args.mesh` as Istio should see it.
-pub fn istio_mesh(config: &Config, args: &IstioConfigArgs) -> Result<IstioMesh, Failure> {
+pub(crate) fn istio_mesh(config: &Config, args: &IstioConfigArgs) -> Result<IstioMesh, Failure> {
     let mesh = config.mesh(&args.mesh).ok_or_else(|| {
         let names: Vec<&str> = config.meshes.iter().map(|m| m.name.as_str()).collect();
         Failure::usage(format!(

@@ -347,7 +347,7 @@ async fn open_loop(
 }
 
 /// A process's resident set size and its high-water mark (VmRSS, VmHWM), in MiB.
-pub fn memory_mib(pid: u32) -> Option<(f64, f64)> {
+pub(crate) fn memory_mib(pid: u32) -> Option<(f64, f64)> {
     read_usage(&format!("/proc/{pid}")).map(|sample| (sample.rss_mib, sample.peak_rss_mib))
 }
 
@@ -384,7 +384,7 @@ fn read_usage(process: &str) -> Option<Sample> {
 /// Single-core rates of the signature operations an issuance needs, measured with ring on this
 /// machine.
 #[derive(Debug, Clone, Serialize)]
-pub struct CryptoRates {
+pub(crate) struct CryptoRates {
     pub cores: usize,
     /// Microseconds per operation.
     pub rsa2048_verify_us: f64,
@@ -484,7 +484,7 @@ impl CryptoRates {
 
     /// Issuances per second the machine's cores allow for the unavoidable crypto of one
     /// issuance: checking the CSR's signature and signing the leaf.
-    pub fn ceiling(&self, csr_rsa: bool, intermediate: crate::domain::keys::KeyType) -> f64 {
+    pub(crate) fn ceiling(&self, csr_rsa: bool, intermediate: crate::domain::keys::KeyType) -> f64 {
         let verify = if csr_rsa {
             self.rsa2048_verify_us
         } else {

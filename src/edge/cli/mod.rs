@@ -17,7 +17,6 @@ pub use self::args::DataPlaneArg;
 pub use self::failure::{Failure, EXIT_USAGE};
 use crate::domain::signer::constraints::DataPlane;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -32,7 +31,7 @@ use crate::edge::client::{self, AgentMetadata, CsrShape, Target};
 use crate::edge::server;
 
 /// Where `serve` keeps everything when run without `--config`.
-pub const DEFAULT_DATA_DIR: &str = "meshroot-data";
+pub(crate) const DEFAULT_DATA_DIR: &str = "meshroot-data";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -207,11 +206,6 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Istio(command) => istio::run(command),
         Command::Partner(command) => partner::run(command).await,
     }
-}
-
-/// Exit code for a result.
-pub fn exit_code(result: Result<(), Failure>) -> ExitCode {
-    ExitCode::from(exit_status(result))
 }
 
 /// The process exit status of a command's result, after printing its failure.

@@ -101,7 +101,7 @@ pub struct SignRootArgs {
     pub out: Option<PathBuf>,
 }
 
-pub async fn run_crl(command: CrlCommand) -> Result<(), Failure> {
+pub(crate) async fn run_crl(command: CrlCommand) -> Result<(), Failure> {
     match command {
         CrlCommand::SignRoot(args) => {
             let valid_for = parse_duration(&args.valid_for)

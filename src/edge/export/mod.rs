@@ -133,7 +133,7 @@ impl ExportLine {
 /// Rotated JSON-lines files in one directory. Each write is appended and fsynced before it
 /// returns, so a cursor persisted after it never runs ahead of the files.
 #[derive(Debug)]
-pub struct JsonlSink {
+pub(crate) struct JsonlSink {
     dir: PathBuf,
     max_file_bytes: u64,
     current: Option<(fs::File, u64)>,
@@ -212,7 +212,7 @@ pub enum StoredEntry {
 }
 
 impl StoredEntry {
-    pub fn as_verify_entry(&self) -> VerifyEntry<'_> {
+    pub(crate) fn as_verify_entry(&self) -> VerifyEntry<'_> {
         match self {
             Self::Record(stored) => VerifyEntry::Record(stored),
             Self::Pruned(leaf) => VerifyEntry::Pruned(*leaf),
@@ -229,7 +229,7 @@ pub fn read_dir(dir: &Path) -> std::io::Result<ExportContents> {
 /// `readable(stored, record_json)`: a line whose readable copy is not the decoding of what the
 /// log committed to is named (log search engines index `record`, so a rewrite there would
 /// mislead every search while the log itself verifies).
-pub fn read_dir_checked(
+pub(crate) fn read_dir_checked(
     dir: &Path,
     readable: &dyn Fn(&[u8], &str) -> bool,
 ) -> std::io::Result<ExportContents> {

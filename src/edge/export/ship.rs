@@ -14,9 +14,9 @@ use crate::edge::export::{Entry, ExportLine, JsonlSink};
 use crate::edge::shutdown::unless_stopped;
 
 /// The name of the JSON-lines sink's cursor in the store.
-pub const JSONL_SINK: &str = "jsonl";
+pub(crate) const JSONL_SINK: &str = "jsonl";
 /// The name of the OTLP sink's cursor in the store.
-pub const OTLP_SINK: &str = "otlp";
+pub(crate) const OTLP_SINK: &str = "otlp";
 /// Entries shipped per batch.
 const BATCH: usize = 4096;
 /// How long new entries gather before the next batch is shipped (bounds the lag it adds).

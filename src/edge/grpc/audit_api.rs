@@ -21,7 +21,7 @@ use super::wire::query_from_filter;
 use super::{admin_identity_allowed, status_for_audit};
 
 /// Who may use the audit API on a non-loopback admin address (`authn::admin`).
-pub struct AdminAccess {
+pub(crate) struct AdminAccess {
     /// Readers, revokers and the member identity.
     pub roles: AdminRoles,
     /// The authority in force, whose identity anchors and revocations judge client
@@ -30,7 +30,7 @@ pub struct AdminAccess {
 }
 
 /// The audit API over a store.
-pub struct AuditApi {
+pub(crate) struct AuditApi {
     pub(super) store: Arc<SledStore>,
     /// The audit key's verifier key, returned with checkpoints.
     pub(super) verifier_key: Option<String>,

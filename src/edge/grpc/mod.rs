@@ -29,10 +29,10 @@ use crate::pb::istio::istio_certificate_service_server::{
 use crate::pb::istio::{IstioCertificateRequest, IstioCertificateResponse};
 
 /// The `metadata` Struct field ztunnel uses to ask for a workload's identity.
-pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+pub(crate) const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
 
 /// Istio's CSR service backed by the certificate authority in force.
-pub struct CsrService {
+pub(crate) struct CsrService {
     current: Arc<CurrentAuthority>,
 }
 
@@ -58,7 +58,7 @@ impl CsrService {
 /// backoff) and the body is never buffered, instead of a queue that grows until every request
 /// times out or memory runs out.
 #[derive(Clone)]
-pub struct Admitted<S> {
+pub(crate) struct Admitted<S> {
     inner: S,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -159,7 +159,7 @@ pub fn impersonated_identity(request: &IstioCertificateRequest) -> Option<String
 /// Allows an admin request only from a client certificate that proves a role with `right`
 /// (`authn::admin`: readers and revokers through `anchors`, members by the member rule, each
 /// certificate checked against the revocations in force); the identity it proved.
-pub fn admin_identity_allowed<T>(
+pub(crate) fn admin_identity_allowed<T>(
     request: &Request<T>,
     roles: &crate::adapters::authn::admin::AdminRoles,
     judges: &crate::adapters::authn::admin::Judges<'_>,

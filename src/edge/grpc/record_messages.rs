@@ -94,7 +94,7 @@ pub fn record_message(record: &Record) -> api::Record {
 }
 
 /// A record the audit API received; None if it is incomplete or of a newer format.
-pub fn record_from_message(record: api::Record) -> Option<Record> {
+pub(crate) fn record_from_message(record: api::Record) -> Option<Record> {
     if record.version == 0 || record.version > RECORD_VERSION {
         return None;
     }
@@ -183,7 +183,7 @@ pub fn record_from_message(record: api::Record) -> Option<Record> {
 }
 
 /// A revoked certificate as the audit API carries it.
-pub fn revoked_certificate_message(c: &RevokedCertificate) -> api::RevokedCertificate {
+pub(crate) fn revoked_certificate_message(c: &RevokedCertificate) -> api::RevokedCertificate {
     api::RevokedCertificate {
         serial: c.serial.clone(),
         intermediate_sha256: c.intermediate_sha256.clone(),
@@ -195,7 +195,7 @@ pub fn revoked_certificate_message(c: &RevokedCertificate) -> api::RevokedCertif
 }
 
 /// A revoked certificate from its message.
-pub fn revoked_certificate_from_message(c: api::RevokedCertificate) -> RevokedCertificate {
+pub(crate) fn revoked_certificate_from_message(c: api::RevokedCertificate) -> RevokedCertificate {
     RevokedCertificate {
         serial: c.serial,
         intermediate_sha256: c.intermediate_sha256,

@@ -75,7 +75,7 @@ pub fn status_for_audit(error: &crate::adapters::store::AuditError) -> Status {
 
 /// A revocation refused or failed: the operator's mistakes are INVALID_ARGUMENT (NOT_FOUND for
 /// a serial no log holds); meshroot's own failures INTERNAL with the request id only.
-pub fn status_for_revoke(error: &crate::issuance::revoke::RevokeError) -> Status {
+pub(crate) fn status_for_revoke(error: &crate::issuance::revoke::RevokeError) -> Status {
     use crate::issuance::revoke::RevokeError as E;
     let code = match error {
         E::NotServed => Code::Unimplemented,
@@ -94,7 +94,7 @@ pub fn status_for_revoke(error: &crate::issuance::revoke::RevokeError) -> Status
 }
 
 /// A client certificate that may not use the admin APIs.
-pub fn admin_identity_refused() -> Status {
+pub(crate) fn admin_identity_refused() -> Status {
     Status::new(
         Code::PermissionDenied,
         "this client identity may not use the audit API",
@@ -103,7 +103,7 @@ pub fn admin_identity_refused() -> Status {
 
 /// The status page's HTTP answer for an audit API refusal or failure: the status code and a
 /// sentence for people, never the internal error text.
-pub fn http_status_of(status: &Status) -> (u16, &'static str) {
+pub(crate) fn http_status_of(status: &Status) -> (u16, &'static str) {
     match status.code() {
         Code::PermissionDenied | Code::Unauthenticated => (
             403,
@@ -124,12 +124,12 @@ pub fn http_status_of(status: &Status) -> (u16, &'static str) {
 /// A cluster-wide audit request that cannot be answered as asked: an unknown member, a
 /// sequence number without the member whose log it numbers, a page token from another
 /// membership.
-pub fn cluster_request_invalid(message: impl Into<String>) -> Status {
+pub(crate) fn cluster_request_invalid(message: impl Into<String>) -> Status {
     Status::new(Code::InvalidArgument, message.into())
 }
 
 /// A member an audit request was forwarded to did not answer (retryable).
-pub fn member_unavailable(member: &str, reason: &str) -> Status {
+pub(crate) fn member_unavailable(member: &str, reason: &str) -> Status {
     Status::new(
         Code::Unavailable,
         format!("member {member} did not answer: {reason}"),

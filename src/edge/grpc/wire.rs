@@ -20,7 +20,7 @@ impl From<api::prove_inclusion_request::Key> for api::get_record_request::Key {
 }
 
 /// A log entry as the API sends it.
-pub fn entry_message(entry: &LogEntry, include_stored: bool) -> api::LogEntry {
+pub(crate) fn entry_message(entry: &LogEntry, include_stored: bool) -> api::LogEntry {
     match entry {
         LogEntry::Record { sequence, stored } => api::LogEntry {
             sequence: *sequence,
@@ -130,7 +130,7 @@ pub fn filter_from_query(query: &Query) -> api::Filter {
 
 /// A CountRootUse answer as counts: the sum over the members that answered, and each member's
 /// own (`rotate plan` prints both; the status page the sum).
-pub fn cluster_bundle_use(
+pub(crate) fn cluster_bundle_use(
     response: &api::CountRootUseResponse,
     roots: usize,
 ) -> (
@@ -194,7 +194,7 @@ pub fn revocation_from_message(message: api::Revocation) -> RevocationRecord {
 }
 
 /// A revocation as members hand it to each other (`RevokeRequest.apply`).
-pub fn revocation_to_message(revocation: &RevocationRecord) -> api::Revocation {
+pub(crate) fn revocation_to_message(revocation: &RevocationRecord) -> api::Revocation {
     let record = Record::new(
         String::new(),
         std::time::UNIX_EPOCH,

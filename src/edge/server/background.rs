@@ -103,7 +103,7 @@ pub(super) async fn checkpoint_loop(
 }
 
 /// How often unauthenticated refusals over the recorded rate are written as summary records.
-pub const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const REFUSAL_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 pub(super) async fn refusal_summary_loop(
     current: Arc<CurrentAuthority>,

@@ -49,7 +49,7 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Connection counts of one listener.
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     settings: ConnectionConfig,
     handshakes: Arc<Semaphore>,
     counts: Mutex<Counts>,
@@ -149,7 +149,7 @@ impl Refusal {
 }
 
 /// One open connection's place in the counts, given back when dropped.
-pub struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     limits: Arc<ConnectionLimits>,
     peer: IpAddr,
     handshaking: bool,
@@ -187,7 +187,7 @@ impl Drop for ConnectionSlot {
 
 /// How a listener turns an accepted TCP connection into the stream it serves: TLS
 /// ([`TlsAcceptor`]) or plain text on loopback ([`Plain`]).
-pub trait Handshake: Clone + Send + Sync + 'static {
+pub(crate) trait Handshake: Clone + Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static;
 
     fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send;
@@ -212,7 +212,7 @@ impl Handshake for TlsAcceptor {
 
 /// No handshake: the plain-text admin listener on loopback.
 #[derive(Debug, Clone, Copy)]
-pub struct Plain;
+pub(crate) struct Plain;
 
 impl Handshake for Plain {
     type Stream = TcpStream;
@@ -224,7 +224,7 @@ impl Handshake for Plain {
 
 /// Accepts TCP connections and completes handshakes concurrently, handing finished
 /// connections to the HTTP server. Never waits for anything but `accept` itself.
-pub async fn accept_loop<H: Handshake>(
+pub(crate) async fn accept_loop<H: Handshake>(
     listener: TcpListener,
     acceptor: H,
     connections: mpsc::Sender<Result<GuardedStream<H::Stream>, io::Error>>,
@@ -315,7 +315,7 @@ async fn handshake<H: Handshake>(
 /// A connection that holds its slot in the counts and closes itself when the client sends
 /// no HTTP/2 preface in time, when nothing moves on it for the idle timeout, or when a write
 /// makes no progress for the write timeout.
-pub struct GuardedStream<S = TlsStream<TcpStream>> {
+pub(crate) struct GuardedStream<S = TlsStream<TcpStream>> {
     inner: S,
     _slot: ConnectionSlot,
     /// The preface deadline until the first byte is read, then the idle deadline (moved forward

@@ -27,7 +27,7 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// The published CRLs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CrlSet {
+pub(crate) struct CrlSet {
     /// Every CRL, PEM, concatenated: `ca-crl.pem`.
     pub pem: String,
     /// The same bytes, shared by every `GET /crl` answer in flight (never copied per request:
@@ -40,7 +40,7 @@ pub struct CrlSet {
 
 impl CrlSet {
     /// `ca-crl.pem` for Istio (the ConfigMap, `cacerts`): only a complete set.
-    pub fn for_istio(&self) -> Option<&str> {
+    pub(crate) fn for_istio(&self) -> Option<&str> {
         (self.incomplete.is_none() && !self.pem.is_empty()).then_some(self.pem.as_str())
     }
 }
@@ -62,7 +62,7 @@ fn facts(der: &[u8]) -> Option<CrlFacts> {
 }
 
 /// Signs, keeps and publishes the CRLs.
-pub struct CrlKeeper {
+pub(crate) struct CrlKeeper {
     store: Arc<SledStore>,
     current: Arc<CurrentAuthority>,
     settings: RevocationConfig,
@@ -95,11 +95,6 @@ impl CrlKeeper {
             published: watch::channel(Arc::default()).0,
             state: tokio::sync::Mutex::default(),
         })
-    }
-
-    /// The published `ca-crl.pem`.
-    pub fn pem(&self) -> String {
-        self.published.borrow().pem.clone()
     }
 
     /// The published `ca-crl.pem`, shared (for `GET /crl`).
@@ -274,7 +269,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Keeps the CRLs fresh until shutdown.
-pub async fn keep_crls(keeper: Arc<CrlKeeper>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn keep_crls(keeper: Arc<CrlKeeper>, mut shutdown: watch::Receiver<bool>) {
     let mut failing = false;
     loop {
         match keeper.refresh(false).await {

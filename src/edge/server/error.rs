@@ -81,7 +81,7 @@ pub enum ServeError {
 impl ServeError {
     /// The process exit code `meshroot serve` ends with for this error (the exit
     /// codes in the README, below the command list).
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             // EX_TEMPFAIL: restart later; it will work once the disk has space.
             Self::StoreFailed(_) => EXIT_STORE_FAILED,

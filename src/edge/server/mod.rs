@@ -27,12 +27,12 @@ mod tls;
 
 use self::admin::*;
 use self::assemble::*;
-pub use self::background::*;
+use self::background::*;
 use self::duties::*;
 pub use self::error::{ReloadError, ServeError, EXIT_SHUTDOWN_INCOMPLETE, EXIT_STORE_FAILED};
-pub use self::reload::*;
+pub(crate) use self::reload::*;
 pub use self::running::RunningServer;
-pub use self::tls::*;
+use self::tls::*;
 
 use crate::adapters::config::Config;
 use crate::adapters::kubernetes::KubeCluster;
@@ -132,7 +132,7 @@ impl RunningServer {
     /// cannot issue without its records, and sled does not recover in the same process. It
     /// then shuts down the same way and returns [`ServeError::StoreFailed`], so the process
     /// exits with [`EXIT_STORE_FAILED`] and its supervisor restarts it.
-    pub async fn run_until_stopped(self, mut signals: Signals) -> Result<(), ServeError> {
+    pub(crate) async fn run_until_stopped(self, mut signals: Signals) -> Result<(), ServeError> {
         let store = self.store.clone();
         let store_failed = store.write_failure();
         tokio::pin!(store_failed);

@@ -18,12 +18,12 @@ use crate::issuance::CurrentAuthority;
 use crate::pb::istio::istio_certificate_service_server::IstioCertificateServiceServer;
 
 /// The gRPC service name health checks ask about (besides "", the whole server).
-pub const CSR_SERVICE: &str =
+pub(crate) const CSR_SERVICE: &str =
     <IstioCertificateServiceServer<crate::edge::grpc::CsrService> as tonic::server::NamedService>::NAME;
 
 /// What `/readyz`, `/metrics` and the gRPC health service look at.
 #[derive(Clone)]
-pub struct Monitor {
+pub(crate) struct Monitor {
     pub metrics: Arc<Metrics>,
     current: Arc<CurrentAuthority>,
     store: Arc<SledStore>,
@@ -54,19 +54,19 @@ impl Monitor {
     }
 
     /// Reports how far `sink` is behind the durable log (`meshroot_export_lag_*`).
-    pub fn with_export_sink(mut self, sink: &'static str) -> Self {
+    pub(crate) fn with_export_sink(mut self, sink: &'static str) -> Self {
         self.export_sinks.push(sink);
         self
     }
 
     /// Reports whether this replica is the elected one (`meshroot_leader`).
-    pub fn with_leader(mut self, leader: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub(crate) fn with_leader(mut self, leader: tokio::sync::watch::Receiver<bool>) -> Self {
         self.leader = Some(leader);
         self
     }
 
     /// Marks the server as going away: not ready, gRPC health NOT_SERVING.
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         for service in ["", CSR_SERVICE] {
             self.health

@@ -133,7 +133,7 @@ pub(super) async fn reload(
 
 /// What a process signal asks of a running server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     /// SIGTERM or SIGINT: shut down gracefully.
     Stop,
     /// SIGHUP: reload the configuration.
@@ -143,7 +143,7 @@ pub enum Signal {
 /// The process signal handlers `serve` reacts to. Install them before starting the server:
 /// until a handler is installed, the signal's default action (ending the process) applies.
 #[derive(Debug)]
-pub struct Signals {
+pub(crate) struct Signals {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]

@@ -33,7 +33,7 @@ pub(super) fn provider_for_admin() -> Arc<rustls::crypto::CryptoProvider> {
 /// first it supports): Go 1.24+ clients, which send the hybrid first, get it; clients that
 /// offer only classical groups get X25519 or P-256 as before. The hybrid is listed right after
 /// X25519 for clients that send no share for it and must be asked (HelloRetryRequest).
-pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     let hybrid = rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768;
     let position = provider

@@ -20,15 +20,15 @@ use crate::pb::audit::audit_service_server::AuditService as _;
 use crate::pb::audit::record as api_record;
 
 /// The activity the page sums up.
-pub const ACTIVITY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
+pub(crate) const ACTIVITY_WINDOW: Duration = Duration::from_secs(24 * 3_600);
 /// How far ahead it lists expiring certificates.
-pub const EXPIRING_WINDOW: Duration = Duration::from_secs(4 * 3_600);
+pub(crate) const EXPIRING_WINDOW: Duration = Duration::from_secs(4 * 3_600);
 /// At most this many records are read for each figure that needs records, not counts.
-pub const RECORDS_READ: usize = 20_000;
+pub(crate) const RECORDS_READ: usize = 20_000;
 const PAGE_SIZE: u32 = 1_000;
 
 /// The page's HTTP status and body.
-pub struct PageResponse {
+pub(crate) struct PageResponse {
     pub status: u16,
     pub body: String,
 }

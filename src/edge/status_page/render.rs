@@ -9,7 +9,7 @@ use crate::domain::clock::format_time;
 
 /// Everything the page shows.
 #[derive(Debug, Clone, Default)]
-pub struct StatusPage {
+pub(crate) struct StatusPage {
     pub now: Option<SystemTime>,
     /// The replica that rendered the page (its `[replicas]` entry, or empty).
     pub this_member: String,
@@ -37,14 +37,14 @@ pub struct StatusPage {
 
 /// What one mesh accepts besides itself, and the partner bundles held for it.
 #[derive(Debug, Clone, Default)]
-pub struct TrustStatus {
+pub(crate) struct TrustStatus {
     pub mesh: String,
     pub accepts: Vec<String>,
     pub partners: Vec<PartnerRow>,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct PartnerRow {
+pub(crate) struct PartnerRow {
     pub trust_domain: String,
     pub bundle_url: String,
     /// The bundle held: (sequence, roots, roots cross-certified, when fetched).
@@ -56,7 +56,7 @@ pub struct PartnerRow {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct MeshStatus {
+pub(crate) struct MeshStatus {
     pub name: String,
     pub trust_domain: String,
     /// The signing intermediate.
@@ -71,13 +71,13 @@ pub struct MeshStatus {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Certificate {
+pub(crate) struct Certificate {
     pub subject: String,
     pub not_after: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct RootStatus {
+pub(crate) struct RootStatus {
     pub certificate: Certificate,
     /// The first hex digits of its SHA-256.
     pub fingerprint: String,
@@ -89,7 +89,7 @@ pub struct RootStatus {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ClusterStatus {
+pub(crate) struct ClusterStatus {
     pub members: Vec<String>,
     pub answered: Vec<String>,
     /// Member and why it did not answer.
@@ -97,7 +97,7 @@ pub struct ClusterStatus {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct CheckpointStatus {
+pub(crate) struct CheckpointStatus {
     pub size: u64,
     /// The signed note, as published.
     pub note: String,
@@ -106,7 +106,7 @@ pub struct CheckpointStatus {
 
 /// HTML text for `value`: `&`, `<`, `>`, `"` and `'` as character references, so a value can
 /// stand in element content and in quoted attributes alike.
-pub fn escape(value: &str) -> String {
+pub(crate) fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {
@@ -122,7 +122,7 @@ pub fn escape(value: &str) -> String {
 }
 
 /// "3d 4h", "5h 12m", "42s"; "expired 2h ago" when `at` is past.
-pub fn countdown(at: SystemTime, now: SystemTime) -> String {
+pub(crate) fn countdown(at: SystemTime, now: SystemTime) -> String {
     let (span, past) = match at.duration_since(now) {
         Ok(left) => (left, false),
         Err(e) => (e.duration(), true),

@@ -34,7 +34,7 @@ pub use self::dev_token::*;
 pub use self::jwks::*;
 
 /// Clock skew tolerated on `exp` and `nbf`.
-pub const LEEWAY: Duration = Duration::from_secs(60);
+pub(crate) const LEEWAY: Duration = Duration::from_secs(60);
 /// Tokens longer than this are refused unread.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 

@@ -16,5 +16,5 @@ mod state;
 
 pub use self::cursor::*;
 pub use self::plan::*;
-pub use self::runs::*;
+pub(crate) use self::runs::*;
 pub use self::state::*;

@@ -12,7 +12,11 @@ use crate::domain::audit::{IndexKind, Summary};
 use super::state::{corrupt, next_prefix, read_error, Run, TailSegment};
 
 /// Writes the entries of a tail segment as a run; returns its directory entry.
-pub fn write_run(index: &sled::Tree, id: RunId, segment: &TailSegment) -> Result<Run, StoreError> {
+pub(crate) fn write_run(
+    index: &sled::Tree,
+    id: RunId,
+    segment: &TailSegment,
+) -> Result<Run, StoreError> {
     let mut entries = 0u64;
     let (mut outcomes, mut meshes) = (Vec::new(), Vec::new());
     let mut current: Option<(IndexKind, PageWriter)> = None;
@@ -81,7 +85,7 @@ fn put_page(
 
 /// Merges `runs` (consecutive, oldest first) into one run of the next tier, dropping entries
 /// `drop` says are gone (pruned records).
-pub fn merge_runs(
+pub(crate) fn merge_runs(
     index: &sled::Tree,
     runs: &[Run],
     drop: &dyn Fn(u64) -> bool,
@@ -172,7 +176,7 @@ impl PageStream {
 }
 
 /// Deletes every page of a run.
-pub fn delete_run(index: &sled::Tree, run: RunId) -> Result<(), StoreError> {
+pub(crate) fn delete_run(index: &sled::Tree, run: RunId) -> Result<(), StoreError> {
     for key in index.scan_prefix(run.prefix()).keys() {
         let key = key.map_err(read_error)?;
         index
@@ -183,7 +187,7 @@ pub fn delete_run(index: &sled::Tree, run: RunId) -> Result<(), StoreError> {
 }
 
 /// Run prefixes present in the index tree (one seek per run).
-pub fn stored_runs(index: &sled::Tree) -> Result<Vec<RunId>, StoreError> {
+pub(crate) fn stored_runs(index: &sled::Tree) -> Result<Vec<RunId>, StoreError> {
     let mut out = Vec::new();
     let mut from: Vec<u8> = Vec::new();
     while let Some((key, _)) = index

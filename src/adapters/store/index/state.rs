@@ -13,9 +13,9 @@ use crate::domain::audit::{IndexKeys, IndexKind, Summary};
 use super::plan::ValueSelector;
 
 /// Runs of the same tier are merged when this many have gathered.
-pub const COMPACTION_FANIN: usize = 8;
+pub(crate) const COMPACTION_FANIN: usize = 8;
 /// A prefix filter that expands to more distinct values than this in one run is refused.
-pub const MAX_PREFIX_VALUES: usize = 4096;
+pub(crate) const MAX_PREFIX_VALUES: usize = 4096;
 
 /// An index entry: a record's sequence number and summary.
 pub type Entry = (u64, Summary);
@@ -159,12 +159,12 @@ impl IndexState {
     }
 
     /// The number of records in the tail.
-    pub fn tail_len(&self) -> u64 {
+    pub(crate) fn tail_len(&self) -> u64 {
         self.frozen.iter().map(|s| s.len).sum::<u64>() + self.active.len
     }
 
     /// Leaf hashes of sequence numbers `from..=to`, all in the tail.
-    pub fn tail_leaves(&self, from: u64, to: u64) -> Option<Vec<Hash>> {
+    pub(crate) fn tail_leaves(&self, from: u64, to: u64) -> Option<Vec<Hash>> {
         let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
         for segment in self.frozen.iter().map(Arc::as_ref).chain([&self.active]) {
             if segment.len == 0 {

@@ -158,7 +158,7 @@ impl Log {
 }
 
 /// Exit code of an answer that is incomplete: a member of the cluster did not answer.
-pub const EXIT_INCOMPLETE: u8 = 3;
+pub(crate) const EXIT_INCOMPLETE: u8 = 3;
 
 /// Says that an answer is incomplete (stderr) and fails unless allowed.
 pub(crate) fn incomplete(missing: &[(String, String)], allow: bool) -> Result<(), Failure> {
