@@ -15,12 +15,12 @@ use crate::adapters::store::SledStore;
 use crate::domain::identity::SpiffeId;
 use crate::edge::grpc::audit_api::AdminAccess;
 use crate::edge::replicas::Members;
-use crate::edge::server::monitoring::Monitor;
 use crate::issuance::CurrentAuthority;
 
 use super::background::AuditPublisher;
 use super::connections::{self, ConnectionLimits};
 use super::error::ServeError;
+use super::monitoring::Monitor;
 use super::running::RunningServer;
 use super::tls::{http2_limits, AdminCertificates, DeferredClientVerifier, ServingCertificate};
 

@@ -1,14 +1,6 @@
 //! Wiring: config → CA material, authenticators, record store → the gRPC service on a TLS
 //! listener; meshroot's own serving certificate, renewed before it expires; graceful shutdown.
 
-use crate::edge::export::ship as export;
-use std::sync::Arc;
-
-use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::task::TaskTracker;
-
 mod admin;
 mod assemble;
 mod background;
@@ -25,14 +17,12 @@ mod replicas;
 mod running;
 mod tls;
 
-use self::admin::*;
-use self::assemble::*;
-use self::background::*;
-use self::duties::*;
-pub use self::error::{ReloadError, ServeError, EXIT_SHUTDOWN_INCOMPLETE, EXIT_STORE_FAILED};
-pub(crate) use self::reload::*;
-pub use self::running::RunningServer;
-use self::tls::*;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 
 use crate::adapters::config::Config;
 use crate::adapters::kubernetes::KubeCluster;
@@ -41,11 +31,21 @@ use crate::domain::audit::checkpoint::AuditSigner;
 use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::metrics::Metrics;
 use crate::domain::ratelimit::RateLimits;
+use crate::edge::export::ship as export;
 use crate::edge::grpc::CsrService;
 use crate::edge::replicas::Members;
-use crate::edge::server::monitoring::Monitor;
 use crate::issuance::CurrentAuthority;
-use connections::ConnectionLimits;
+
+use self::admin::*;
+use self::assemble::*;
+use self::background::*;
+use self::connections::ConnectionLimits;
+use self::duties::*;
+pub use self::error::{ReloadError, ServeError, EXIT_SHUTDOWN_INCOMPLETE, EXIT_STORE_FAILED};
+use self::monitoring::Monitor;
+pub(crate) use self::reload::*;
+pub use self::running::RunningServer;
+use self::tls::*;
 
 impl RunningServer {
     /// Reports NOT_SERVING (gRPC health, `/readyz`), stops accepting, lets requests in flight

@@ -12,11 +12,11 @@ use crate::adapters::store::SledStore;
 use crate::domain::clock::Clock;
 use crate::domain::ratelimit::RateLimits;
 use crate::edge::replicas::Members;
-use crate::edge::server::monitoring::Monitor;
 use crate::issuance::CurrentAuthority;
 
 use super::background::AuditPublisher;
 use super::error::ServeError;
+use super::monitoring::Monitor;
 
 /// A started server.
 pub struct RunningServer {
