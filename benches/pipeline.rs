@@ -45,6 +45,7 @@ fn ca_dir(key_type: KeyType) -> tempfile::TempDir {
             name_constraints: true,
             intermediate_path_len: 0,
             force: false,
+            token: None,
         },
         SystemTime::now(),
     )
@@ -59,6 +60,7 @@ fn authority(dir: &Path) -> Arc<meshroot::domain::signer::MeshSigner> {
             TrustDomain::new("cluster.local").unwrap(),
             &dir.join("default"),
             &[],
+            None,
             SystemTime::now(),
         )
         .unwrap(),

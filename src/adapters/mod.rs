@@ -7,4 +7,5 @@
 pub mod authn;
 pub mod config;
 pub(crate) mod kubernetes;
+pub mod pkcs11;
 pub mod store;

@@ -16,3 +16,4 @@ pub(crate) mod ratelimit;
 pub mod record;
 pub mod revocation;
 pub mod signer;
+pub mod signing_key;

@@ -158,6 +158,13 @@ impl IssueError {
                 FailureLabel::Internal(CA_NOT_READY),
                 Answer::Held("signer-unhealthy"),
             ),
+            // The key's token is gone for now: asking again (here, once it is back, or at
+            // another replica) helps.
+            Self::Signing(SigningError::KeyUnavailable) => (
+                None,
+                FailureLabel::Internal(CA_NOT_READY),
+                Answer::Held("signing-key-unavailable"),
+            ),
             Self::MeshNotServed(_) => {
                 (None, FailureLabel::Internal(CA_NOT_READY), Answer::Internal)
             }

@@ -19,6 +19,8 @@ const ALSO_ALLOWED: &[(&str, &[&str])] = &[
     ("issuance", &["adapters/authn"]),
     // The Kubernetes API implements authn's cluster API (TokenReview).
     ("adapters/kubernetes", &["adapters/authn"]),
+    // `[pkcs11]` is read into the PKCS#11 adapter's settings.
+    ("adapters/config", &["adapters/pkcs11"]),
 ];
 
 /// The files of `src/` outside the layers.
@@ -494,6 +496,15 @@ fn only_in(allowed: &[&str], uses: impl Fn(&str) -> bool, what: &str) {
 #[test]
 fn only_the_store_uses_sled() {
     only_in(&["adapters/store/"], |l| l.contains("sled::"), "sled");
+}
+
+#[test]
+fn only_the_pkcs11_adapter_uses_cryptoki() {
+    only_in(
+        &["adapters/pkcs11/"],
+        |l| l.contains("cryptoki::"),
+        "cryptoki",
+    );
 }
 
 #[test]

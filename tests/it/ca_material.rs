@@ -20,6 +20,7 @@ fn load(dir: &Path, now: SystemTime) -> Result<meshroot::domain::signer::MeshSig
         TrustDomain::new(TRUST_DOMAIN).unwrap(),
         dir,
         &[],
+        None,
         now,
     )
 }
@@ -108,6 +109,7 @@ fn init_writes_private_keys_0600_and_refuses_to_overwrite_them() {
         name_constraints: true,
         intermediate_path_len: 0,
         force: false,
+        token: None,
     };
     let before = std::fs::read(ca.path().join("root-key.pem")).unwrap();
     let refused = init::init(&options, SystemTime::now()).unwrap_err();

@@ -77,6 +77,7 @@ pub(crate) fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
             name_constraints: true,
             intermediate_path_len: 0,
             force: false,
+            token: None,
         },
         SystemTime::now(),
     )

@@ -33,6 +33,7 @@ mod kubernetes_auth;
 mod meshes;
 mod monitoring;
 mod name_constraints;
+mod pkcs11;
 mod plugin;
 mod rejections;
 mod replicas;

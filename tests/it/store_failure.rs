@@ -64,6 +64,7 @@ fn authority_over(ca: &TestCa, sink: Arc<dyn RecordSink>) -> CertificateAuthorit
             trust_domain.clone(),
             &ca.path().join(MESH),
             &[],
+            None,
             SystemTime::now(),
         )
         .unwrap(),

@@ -138,6 +138,39 @@ fn one_mesh(
             PathBuf::new()
         }
     };
+    // The key in a token: as configured, or as the cacerts directory names it (`ca-key.uri`,
+    // written by `init --pkcs11-token` and `rotate intermediate`).
+    let key_uri_file = ca_dir.join("ca-key.uri");
+    let signing_key = match mesh.signing_key {
+        Some(uri) => Some(uri),
+        None if key_uri_file.exists() => match std::fs::read_to_string(&key_uri_file) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(error) => {
+                p.add(
+                    key("ca_dir"),
+                    format!("{}: {error}", key_uri_file.display()),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let signing_key = signing_key.filter(|uri| {
+        let parsed = crate::adapters::pkcs11::uri::KeyUri::parse(uri);
+        if let Err(error) = &parsed {
+            p.add(key("signing_key"), error.to_string());
+        } else if ca_dir.join("ca-key.pem").exists() || ca_dir.join("tls.key").exists() {
+            p.add(
+                key("signing_key"),
+                format!(
+                    "names a key in a token, but {} also holds a key file: remove it, so no copy \
+                     of the key lies on disk",
+                    ca_dir.display()
+                ),
+            );
+        }
+        parsed.is_ok()
+    });
     let default_ttl = duration_setting(
         mesh.default_ttl.as_deref(),
         DEFAULT_TTL,
@@ -181,6 +214,7 @@ fn one_mesh(
         name,
         trust_domain,
         ca_dir,
+        signing_key,
         default_ttl,
         max_ttl,
         token_issuers,

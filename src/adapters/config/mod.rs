@@ -11,6 +11,7 @@ mod kubernetes;
 mod mesh;
 mod model;
 mod parse;
+mod pkcs11;
 mod raw;
 mod replicas;
 mod revocation;

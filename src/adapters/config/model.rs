@@ -116,6 +116,8 @@ pub struct Config {
     pub revocation: RevocationConfig,
     /// `[bundle_endpoint]`: a SPIFFE bundle per trust domain, if served.
     pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// `[pkcs11]`: the module and PIN for keys in a token.
+    pub pkcs11: Option<crate::adapters::pkcs11::Pkcs11Settings>,
 }
 
 /// `[bundle_endpoint]`: `GET /<trust domain>` answers that trust domain's SPIFFE bundle, read
@@ -321,6 +323,9 @@ pub struct MeshConfig {
     pub trust_domain: TrustDomain,
     /// Istio `cacerts` layout or `kubernetes.io/tls` layout.
     pub ca_dir: PathBuf,
+    /// A PKCS#11 URI naming the intermediate's key in a token (`[pkcs11]`), which then stands
+    /// instead of the key file in `ca_dir`: as configured, or as `ca_dir/ca-key.uri` says.
+    pub signing_key: Option<String>,
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub token_issuers: Vec<TokenIssuerConfig>,

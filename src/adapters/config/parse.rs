@@ -96,6 +96,7 @@ impl Config {
         let bundle_endpoint = raw.bundle_endpoint.take().and_then(|raw| {
             super::federation::bundle_endpoint(raw, (server.listen, admin.listen), &base, p)
         });
+        let pkcs11 = super::pkcs11::pkcs11(raw.pkcs11.take(), &meshes, &base, p);
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
         }
@@ -137,6 +138,7 @@ impl Config {
             deprecations,
             revocation,
             bundle_endpoint,
+            pkcs11,
         })
     }
 }

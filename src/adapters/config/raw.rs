@@ -30,6 +30,16 @@ pub(super) struct RawConfig {
     pub(super) cluster: Option<RawReplicas>,
     pub(super) revocation: Option<RawRevocation>,
     pub(super) bundle_endpoint: Option<RawBundleEndpoint>,
+    pub(super) pkcs11: Option<RawPkcs11>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPkcs11 {
+    pub(super) module: Option<String>,
+    pub(super) pin_file: Option<String>,
+    pub(super) pin_env: Option<String>,
+    pub(super) sessions: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -156,6 +166,7 @@ pub(super) struct RawMesh {
     pub(super) name: Option<String>,
     pub(super) trust_domain: Option<String>,
     pub(super) ca_dir: Option<String>,
+    pub(super) signing_key: Option<String>,
     pub(super) default_ttl: Option<String>,
     pub(super) max_ttl: Option<String>,
     #[serde(default)]

@@ -9,7 +9,7 @@ use crate::domain::caller::{AuthenticatorKind, NodeAccount};
 use crate::domain::identity::TrustDomain;
 use crate::domain::policy::AliasIssuance;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("/etc/meshroot/meshroot.toml"), None, None)
 }
 

@@ -51,7 +51,7 @@ pub(crate) fn sign_crl_as(
 }
 
 fn sign(
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
     signing_certificate: &[u8],
     entries: &[CrlEntry],
     this_update: SystemTime,
@@ -78,7 +78,7 @@ fn sign(
                 None => KeyIdMethod::Sha256,
             },
         };
-        let crl = params.signed_by(issuer).map_err(SigningError::Build)?;
+        let crl = params.signed_by(issuer).map_err(SigningError::signing)?;
         Ok(crl.der().to_vec())
     }
 }

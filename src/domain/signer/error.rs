@@ -34,4 +34,17 @@ pub enum SigningError {
     ServingKey,
     #[error("the signing thread ended before signing")]
     Interrupted,
+    #[error("the signing key's token is unavailable")]
+    KeyUnavailable,
+}
+
+impl SigningError {
+    /// A failure of rcgen's signing: the token behind a [`CaKey`](crate::domain::signing_key::CaKey)
+    /// (rcgen's remote-key error, which only a token key returns), or anything else.
+    pub(crate) fn signing(error: rcgen::Error) -> Self {
+        match error {
+            rcgen::Error::RemoteKeyError => Self::KeyUnavailable,
+            other => Self::Build(other),
+        }
+    }
 }

@@ -10,12 +10,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rcgen::KeyPair;
-
 use super::material::{CaMaterial, MaterialError};
 use super::MeshSigner;
 use crate::domain::identity::TrustDomain;
 use crate::domain::keys::{self, KeyError};
+use crate::domain::signing_key::CaKey;
+use rustls_pki_types::CertificateDer;
 
 /// Why CA files could not be loaded or written. Each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -57,15 +57,17 @@ pub enum CaFilesError {
 }
 
 /// Loads and checks a mesh's CA directory; `extra_roots` are PEM files whose certificates join
-/// the mesh's trust bundle.
+/// the mesh's trust bundle. `key` is the signing key when it is held elsewhere (a token); without
+/// it, the layout's key file is read.
 pub fn load_signer(
     mesh: &str,
     trust_domain: TrustDomain,
     dir: &Path,
     extra_roots: &[PathBuf],
+    key: Option<CaKey>,
     now: SystemTime,
 ) -> Result<MeshSigner, CaFilesError> {
-    let mut material = load_material(dir)?;
+    let mut material = load_material(dir, key)?;
     for path in extra_roots {
         material.roots.extend(certificates_required(path)?);
     }
@@ -75,8 +77,24 @@ pub fn load_signer(
     })
 }
 
-/// Reads the files of either layout, without judging them.
-pub(crate) fn load_material(dir: &Path) -> Result<CaMaterial, CaFilesError> {
+/// The trust bundle of either layout (`root-cert.pem` or `ca.crt`).
+pub(crate) fn load_roots(dir: &Path) -> Result<Vec<CertificateDer<'static>>, CaFilesError> {
+    match dir.join("ca-cert.pem").exists() {
+        true => certificates_required(&dir.join("root-cert.pem")),
+        false if dir.join("tls.crt").exists() => certificates_required(&dir.join("ca.crt")),
+        false => Err(CaFilesError::NoLayout {
+            dir: dir.to_owned(),
+        }),
+    }
+}
+
+/// Reads the files of either layout, without judging them; the key file only when no `key` is
+/// given.
+pub(crate) fn load_material(dir: &Path, key: Option<CaKey>) -> Result<CaMaterial, CaFilesError> {
+    let signing_key = |file: &str| match key.clone() {
+        Some(key) => Ok(key),
+        None => read_key(&dir.join(file)),
+    };
     if dir.join("ca-cert.pem").exists() {
         let signing_certificate = first_certificate(&dir.join("ca-cert.pem"))?;
         let chain_path = dir.join("cert-chain.pem");
@@ -87,7 +105,7 @@ pub(crate) fn load_material(dir: &Path) -> Result<CaMaterial, CaFilesError> {
         };
         Ok(CaMaterial {
             signing_certificate,
-            signing_key: key(&dir.join("ca-key.pem"))?,
+            signing_key: signing_key("ca-key.pem")?,
             chain,
             roots: certificates_required(&dir.join("root-cert.pem"))?,
         })
@@ -97,7 +115,7 @@ pub(crate) fn load_material(dir: &Path) -> Result<CaMaterial, CaFilesError> {
         let signing_certificate = chain.remove(0);
         Ok(CaMaterial {
             signing_certificate,
-            signing_key: key(&dir.join("tls.key"))?,
+            signing_key: signing_key("tls.key")?,
             chain,
             roots: certificates_required(&dir.join("ca.crt"))?,
         })
@@ -144,9 +162,11 @@ fn first_certificate(
     Ok(found.remove(0))
 }
 
-fn key(path: &Path) -> Result<KeyPair, CaFilesError> {
-    keys::load_private_key_pem(&read(path)?).map_err(|source| CaFilesError::Pem {
-        path: path.to_owned(),
-        source,
-    })
+fn read_key(path: &Path) -> Result<CaKey, CaFilesError> {
+    keys::load_private_key_pem(&read(path)?)
+        .map(CaKey::memory)
+        .map_err(|source| CaFilesError::Pem {
+            path: path.to_owned(),
+            source,
+        })
 }

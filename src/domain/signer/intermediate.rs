@@ -74,7 +74,7 @@ impl MeshSigner {
         }
         let certificate = params
             .signed_by(public_key, &self.issuer)
-            .map_err(SigningError::Build)?;
+            .map_err(SigningError::signing)?;
         let der = certificate.der().clone();
         self.check_intermediate(&der, spec, public_key, now)?;
         let cert_chain = self.chain_of(&der);
@@ -179,6 +179,7 @@ mod tests {
                 name_constraints: true,
                 intermediate_path_len: path_len,
                 force: false,
+                token: None,
             },
             now,
         )
@@ -188,6 +189,7 @@ mod tests {
             td("a.example"),
             &dir.path().join("a"),
             &[],
+            None,
             now,
         )
         .unwrap();

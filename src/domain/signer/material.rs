@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use rcgen::KeyPair;
+use crate::domain::signing_key::CaKey;
 use rustls_pki_types::CertificateDer;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
@@ -13,7 +13,7 @@ use super::error::SigningError;
 /// Loaded CA files, not yet checked.
 pub struct CaMaterial {
     pub signing_certificate: CertificateDer<'static>,
-    pub signing_key: KeyPair,
+    pub signing_key: CaKey,
     /// `cert-chain.pem`: from the signing certificate up to the root (may be empty).
     pub chain: Vec<CertificateDer<'static>>,
     /// `root-cert.pem` (one or several roots), then any extra roots for the bundle.

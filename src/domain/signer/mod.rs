@@ -36,6 +36,7 @@ use crate::domain::digest::sha256;
 use crate::domain::identity::{SpiffeId, TrustDomain};
 use crate::domain::keys::certificate_pem;
 use crate::domain::policy::Grant;
+use crate::domain::signing_key::CaKey;
 
 /// A signed leaf and the chain to return with it.
 #[derive(Debug, Clone)]
@@ -53,7 +54,7 @@ pub struct IssuedCertificate {
 pub struct MeshSigner {
     mesh: String,
     trust_domain: TrustDomain,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, CaKey>,
     /// The signing certificate as a trust anchor, for verifying issued leaves' signatures
     /// (without its URI name constraints, which webpki cannot apply: see [`constraints`]).
     signing_anchor: TrustAnchor<'static>,
@@ -85,6 +86,8 @@ pub struct MeshSigner {
     rng: SystemRandom,
     /// An RSA signing key: a signature takes milliseconds, too long for an async worker.
     slow_signer: bool,
+    /// The signing key (also inside `issuer`), for its health and its token's name.
+    key: CaKey,
     /// Named in every workload leaf as its CRL distribution point (`[revocation] crl_url`).
     crl_distribution_point: Option<String>,
 }
@@ -153,12 +156,16 @@ impl MeshSigner {
         check_links(&intermediates, &roots)?;
 
         let algorithm = signing_key.algorithm();
-        let slow_signer = [
-            &rcgen::PKCS_RSA_SHA256,
-            &rcgen::PKCS_RSA_SHA384,
-            &rcgen::PKCS_RSA_SHA512,
-        ]
-        .contains(&algorithm);
+        // A token's signature is a blocking call into its module (a network HSM's takes
+        // milliseconds), so it goes where RSA signatures go: off the async workers.
+        let slow_signer = signing_key.token().is_some()
+            || [
+                &rcgen::PKCS_RSA_SHA256,
+                &rcgen::PKCS_RSA_SHA384,
+                &rcgen::PKCS_RSA_SHA512,
+            ]
+            .contains(&algorithm);
+        let key = signing_key.clone();
         let issuer = Issuer::from_ca_cert_der(&signing_certificate, signing_key)
             .map_err(|_| MaterialError::SigningCertificateUnparsable)?;
         let (signing_anchor, _) = constraints::constraint_free_anchor(&signing_certificate)
@@ -199,6 +206,7 @@ impl MeshSigner {
             root_bundle_pem,
             rng: SystemRandom::new(),
             slow_signer,
+            key,
             crl_distribution_point: None,
         };
         authority.check_permits(&authority.trust_domain)?;
@@ -332,7 +340,19 @@ impl MeshSigner {
         &self.root_bundle_pem
     }
 
-    /// Whether signing takes long (an RSA key: 0.5 ms for 2048 bits, 4 ms for 4096 with ring),
+    /// Whether the signing key can sign now: always for a key in memory; for a key in a token,
+    /// whether the token answers and holds it.
+    pub fn key_health(&self) -> Result<(), crate::domain::signing_key::TokenError> {
+        self.key.health()
+    }
+
+    /// The token and object of the signing key, when it is in a token.
+    pub fn token_key(&self) -> Option<crate::domain::signing_key::TokenKeyInfo> {
+        self.key.token().map(|key| key.describe())
+    }
+
+    /// Whether signing takes long (an RSA key: 0.5 ms for 2048 bits, 4 ms for 4096 with ring; a key in a
+    /// token: a call into its module),
     /// so callers should sign on a blocking thread rather than an async worker.
     pub(crate) fn signs_slowly(&self) -> bool {
         self.slow_signer
@@ -450,7 +470,7 @@ impl MeshSigner {
         }
         let certificate = params
             .signed_by(public_key, &self.issuer)
-            .map_err(SigningError::Build)?;
+            .map_err(SigningError::signing)?;
         let der = certificate.der().clone();
         let public_key = public_key.subject_public_key_info();
         let expected = Expected {
@@ -599,12 +619,13 @@ mod tests {
                 name_constraints: true,
                 intermediate_path_len: 0,
                 force: false,
+                token: None,
             },
             now,
         )
         .unwrap();
         let signer =
-            files::load_signer("a", trust_domain, &dir.path().join("a"), &[], now).unwrap();
+            files::load_signer("a", trust_domain, &dir.path().join("a"), &[], None, now).unwrap();
         (dir, signer.with_signature_sample(sample))
     }
 
@@ -664,7 +685,7 @@ mod tests {
         )
         .unwrap();
         let trust_domain = TrustDomain::new("a.example").unwrap();
-        let signer = files::load_signer("a", trust_domain, dir.path(), &[], now).unwrap();
+        let signer = files::load_signer("a", trust_domain, dir.path(), &[], None, now).unwrap();
         let root_not_after = crate::domain::clock::from_unix_seconds(at(1800).unix_timestamp());
         assert_eq!(signer.signing_not_after(), root_not_after);
         let mut grant = grant(now);

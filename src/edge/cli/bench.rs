@@ -483,6 +483,7 @@ impl OwnServer {
                 dev_issuer: true,
                 name_constraints: true,
                 intermediate_path_len: 0,
+                token: None,
                 force: false,
             },
             SystemTime::now(),

@@ -6,6 +6,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use percent_encoding::utf8_percent_encode;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
     SerialNumber,
@@ -14,10 +15,12 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::adapters::authn::jwt::DevTokenSigner;
 use crate::adapters::config::{self, DEFAULT_LISTEN};
+use crate::adapters::pkcs11::{PinSource, Pkcs11Settings};
 use crate::domain::audit::checkpoint::AuditSigner;
 use crate::domain::identity::TrustDomain;
 use crate::domain::keys::{self, certificate_pem, KeyType};
 pub use crate::domain::signer::files::CaFilesError;
+use crate::domain::signing_key::CaKey;
 
 pub(crate) const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
 pub(crate) const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);
@@ -43,6 +46,148 @@ pub struct InitOptions {
     /// meshroot can issue clusters' istiod intermediates below it.
     pub intermediate_path_len: u8,
     pub force: bool,
+    /// Generate the root and intermediate keys in this PKCS#11 token (label) instead of PEM
+    /// files; only certificates are written to disk.
+    pub token: Option<TokenKeys>,
+}
+
+/// Where `init` and `rotate` make CA keys in a token.
+#[derive(Debug, Clone)]
+pub struct TokenKeys {
+    pub settings: Pkcs11Settings,
+    /// The token's label.
+    pub token: String,
+}
+
+/// The file naming the root key in a token (a PKCS#11 URI, no secret), beside `root-cert.pem`.
+pub(crate) const ROOT_KEY_URI_FILE: &str = "root-key.uri";
+
+/// A new CA key: in memory (written as PEM) or generated in a token.
+fn new_ca_key(
+    key_type: KeyType,
+    token: Option<&TokenKeys>,
+    label: &str,
+    replace: bool,
+) -> Result<(CaKey, Option<String>), CaFilesError> {
+    let failed = |reason: String| CaFilesError::Generate {
+        what: format!("the key {label}"),
+        reason,
+    };
+    match token {
+        None => key_type
+            .generate()
+            .map(|key| (CaKey::memory(key), None))
+            .map_err(|e| failed(e.to_string())),
+        Some(_) if key_type != KeyType::EcdsaP256 => Err(failed(
+            "a key in a token is ECDSA P-256: leave out --key-type or give ecdsa-p256".into(),
+        )),
+        Some(token) => {
+            let uri = format!(
+                "pkcs11:token={};object={}",
+                utf8_percent_encode(&token.token, URI_VALUE),
+                utf8_percent_encode(label, URI_VALUE)
+            );
+            let key = token
+                .settings
+                .generate(&uri, replace)
+                .map_err(|e| failed(e.to_string()))?;
+            // Named by its id too: a replaced label then still names exactly this key.
+            let id = key
+                .token()
+                .map(|key| key.describe().key_id)
+                .unwrap_or_default();
+            let id: String = id
+                .as_bytes()
+                .chunks(2)
+                .map(|pair| format!("%{}", String::from_utf8_lossy(pair)))
+                .collect();
+            Ok((key, Some(format!("{uri};id={id}"))))
+        }
+    }
+}
+
+/// What a PKCS#11 URI attribute value may hold unescaped (RFC 7512's `pk11-pchar`, less `/`).
+const URI_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Writes a CA key where its directory keeps it: a memory key as `pem_name` (0600), a token
+/// key as the URI that names it, in `<name>.uri` (no secret: the key stays in the token).
+fn write_key(
+    dir: &Path,
+    pem_name: &str,
+    key: &CaKey,
+    uri: Option<&str>,
+) -> Result<(), CaFilesError> {
+    match (key, uri) {
+        (CaKey::Memory(key), _) => {
+            write_file(&dir.join(pem_name), key.serialize_pem().as_bytes(), true)
+        }
+        (CaKey::Token(_), Some(uri)) => {
+            let name = format!("{}.uri", pem_name.trim_end_matches(".pem"));
+            write_file(&dir.join(name), format!("{uri}\n").as_bytes(), false)
+        }
+        (CaKey::Token(_), None) => Err(CaFilesError::Generate {
+            what: pem_name.to_owned(),
+            reason: "a token key without its URI".into(),
+        }),
+    }
+}
+
+/// The `[pkcs11]` section of a configuration whose keys `init` made in a token.
+fn pkcs11_section(settings: &Pkcs11Settings) -> String {
+    let mut section = String::from(
+        "\n# The CA keys are in a PKCS#11 token (each mesh's ca-key.uri names its key); the PIN is\n\
+         # read from pin_file or pin_env, never written here.\n[pkcs11]\n",
+    );
+    if let Some(module) = &settings.module {
+        section.push_str(&format!(
+            "module = {}\n",
+            toml_string(&module.display().to_string())
+        ));
+    }
+    match &settings.pin {
+        PinSource::File(path) => section.push_str(&format!(
+            "pin_file = {}\n",
+            toml_string(&path.display().to_string())
+        )),
+        PinSource::Env(name) => section.push_str(&format!("pin_env = {}\n", toml_string(name))),
+    }
+    section
+}
+
+/// The root key of an `init` directory: `root-key.pem`, or the token key `root-key.uri` names.
+pub(crate) fn root_key(
+    root_dir: &Path,
+    pkcs11: Option<&Pkcs11Settings>,
+) -> Result<CaKey, CaFilesError> {
+    let invalid = |file: &str, reason: String| CaFilesError::Generate {
+        what: format!("{} ({file})", root_dir.display()),
+        reason,
+    };
+    let uri_path = root_dir.join(ROOT_KEY_URI_FILE);
+    if !uri_path.exists() {
+        let path = root_dir.join("root-key.pem");
+        let pem = fs::read(&path).map_err(|source| CaFilesError::Read { path, source })?;
+        return keys::load_private_key_pem(&pem)
+            .map(CaKey::memory)
+            .map_err(|e| invalid("root-key.pem", e.to_string()));
+    }
+    let uri = fs::read_to_string(&uri_path).map_err(|source| CaFilesError::Read {
+        path: uri_path.clone(),
+        source,
+    })?;
+    let settings = pkcs11.ok_or_else(|| {
+        invalid(
+            ROOT_KEY_URI_FILE,
+            "the root key is in a PKCS#11 token: give --pkcs11-module and its PIN".into(),
+        )
+    })?;
+    settings
+        .open(uri.trim())
+        .map_err(|e| invalid(ROOT_KEY_URI_FILE, e.to_string()))
 }
 
 /// Files written by `init`, for the user.
@@ -67,9 +212,16 @@ pub fn dev_issuer_name(mesh: &str) -> String {
 /// Private keys are written 0600. Existing keys are kept unless `force`.
 pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFilesError> {
     let dir = &options.dir;
-    let mut key_paths = vec![dir.join("root-key.pem"), dir.join(AUDIT_KEY_FILE)];
+    let root_key_file = match options.token {
+        Some(_) => ROOT_KEY_URI_FILE,
+        None => "root-key.pem",
+    };
+    let mut key_paths = vec![dir.join(root_key_file), dir.join(AUDIT_KEY_FILE)];
     for (mesh, _) in &options.meshes {
-        key_paths.push(dir.join(mesh).join("ca-key.pem"));
+        key_paths.push(dir.join(mesh).join(match options.token {
+            Some(_) => "ca-key.uri",
+            None => "ca-key.pem",
+        }));
         if options.dev_issuer {
             key_paths.push(dir.join(mesh).join("dev-issuer-key.pem"));
         }
@@ -88,10 +240,12 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
     let rng = SystemRandom::new();
     let not_before = now.checked_sub(CA_BACKDATE).unwrap_or(now);
 
-    let root_key = options
-        .key_type
-        .generate()
-        .map_err(|e| generate_failed("the root key", e.to_string()))?;
+    let (root_key, root_uri) = new_ca_key(
+        options.key_type,
+        options.token.as_ref(),
+        "meshroot-root",
+        options.force,
+    )?;
     let mut root_params = ca_params("meshroot root CA", not_before, now + ROOT_VALIDITY, &rng)
         .map_err(|e| generate_failed("the root certificate", e))?;
     root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -106,11 +260,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         source,
     })?;
     write_file(&dir.join("root-cert.pem"), root_pem.as_bytes(), false)?;
-    write_file(
-        &dir.join("root-key.pem"),
-        root_key.serialize_pem().as_bytes(),
-        true,
-    )?;
+    write_key(dir, "root-key.pem", &root_key, root_uri.as_deref())?;
 
     let mut config = String::from(
         "# meshroot configuration, written by `meshroot init`. Paths are relative to this file.\n",
@@ -132,10 +282,16 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
             source,
         })?;
         let permitted = std::slice::from_ref(trust_domain);
+        let key = new_ca_key(
+            options.key_type,
+            options.token.as_ref(),
+            &format!("meshroot-{mesh}-intermediate"),
+            options.force,
+        )?;
         write_intermediate(
             &mesh_dir,
             mesh,
-            options.key_type,
+            key,
             options.name_constraints.then_some(permitted),
             options.intermediate_path_len,
             &root_issuer,
@@ -221,13 +377,22 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         toml_string(&crate::domain::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL)),
         toml_string(config::DEFAULT_ADMIN_LISTEN),
     ));
-    sign_root_crl(dir, ROOT_CRL_VALIDITY, now, &dir.join(ROOT_CRL_FILE))?;
+    sign_root_crl(
+        dir,
+        options.token.as_ref().map(|token| &token.settings),
+        ROOT_CRL_VALIDITY,
+        now,
+        &dir.join(ROOT_CRL_FILE),
+    )?;
     config.push_str(
         "\n# Revocation (`meshroot revoke`): a CRL per intermediate, signed by meshroot, plus the\n\
          # root's (root-crl.pem: renew it with `meshroot crl sign-root` before it lapses). Envoy\n\
          # needs a CRL from every CA in a chain once it is given any.\n\
          [revocation]\ncrl_file = \"ca-crl.pem\"\nextra_crls = [\"root-crl.pem\"]\n",
     );
+    if let Some(token) = &options.token {
+        config.push_str(&pkcs11_section(&token.settings));
+    }
     let config_path = dir.join("meshroot.toml");
     write_file(&config_path, config.as_bytes(), false)?;
     let helm_values = dir.join(HELM_VALUES_FILE);
@@ -279,6 +444,10 @@ fn helm_values_yaml(dir: &Path, meshes: &[&str]) -> Result<String, CaFilesError>
             "cert-chain.pem",
             "root-cert.pem",
         ] {
+            // A key in a token has no file: the chart gets certificates only.
+            if file == "ca-key.pem" && dir.join(mesh).join("ca-key.uri").exists() {
+                continue;
+            }
             let text = read(dir.join(mesh).join(file))?;
             yaml.push_str(&format!("      {file}: {}", block(&text, "        ")));
         }
@@ -300,6 +469,7 @@ pub(crate) const ROOT_CRL_VALIDITY: Duration = Duration::from_secs(365 * 86_400)
 /// once any CRL is configured, so the root's must be published with the intermediates'.
 pub(crate) fn sign_root_crl(
     root_dir: &Path,
+    pkcs11: Option<&Pkcs11Settings>,
     valid_for: Duration,
     now: SystemTime,
     out: &Path,
@@ -312,8 +482,7 @@ pub(crate) fn sign_root_crl(
         what: format!("{} ({file})", root_dir.display()),
         reason,
     };
-    let root_key = keys::load_private_key_pem(&read("root-key.pem")?)
-        .map_err(|e| invalid("root-key.pem", e.to_string()))?;
+    let root_key = root_key(root_dir, pkcs11)?;
     let roots = keys::parse_certificates_pem(&read("root-cert.pem")?)
         .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
     let [root] = roots.as_slice() else {
@@ -367,7 +536,7 @@ pub(crate) fn sign_root_crl(
 fn write_intermediate(
     mesh_dir: &Path,
     mesh: &str,
-    key_type: KeyType,
+    (key, uri): (CaKey, Option<String>),
     permitted: Option<&[TrustDomain]>,
     path_len: u8,
     root_issuer: &Issuer<'_, impl rcgen::SigningKey>,
@@ -380,9 +549,6 @@ fn write_intermediate(
         reason,
     };
     let not_before = now.checked_sub(CA_BACKDATE).unwrap_or(now);
-    let key = key_type
-        .generate()
-        .map_err(|e| generate_failed(&format!("the {mesh} intermediate key"), e.to_string()))?;
     let intermediate_not_after = (now + INTERMEDIATE_VALIDITY).min(now + ROOT_VALIDITY);
     let mut params = ca_params(
         &format!("meshroot intermediate CA {mesh}"),
@@ -411,11 +577,7 @@ fn write_intermediate(
         intermediate_pem.as_bytes(),
         false,
     )?;
-    write_file(
-        &mesh_dir.join("ca-key.pem"),
-        key.serialize_pem().as_bytes(),
-        true,
-    )?;
+    write_key(mesh_dir, "ca-key.pem", &key, uri.as_deref())?;
     write_file(
         &mesh_dir.join("cert-chain.pem"),
         format!("{intermediate_pem}{root_pem}").as_bytes(),
@@ -434,6 +596,11 @@ pub struct IntermediateOptions {
     pub path_len: u8,
     /// Replace an existing key.
     pub force: bool,
+    /// The PKCS#11 module and PIN: for a root key in a token (`root-key.uri`), and for a new
+    /// key made in the token `token_label`.
+    pub pkcs11: Option<Pkcs11Settings>,
+    /// Generate the new intermediate's key in this token (its label).
+    pub token_label: Option<String>,
 }
 
 /// A new intermediate for `mesh` under the root in `root_dir` (its `root-cert.pem` and
@@ -452,25 +619,39 @@ pub fn issue_intermediate(
         permitted,
         path_len,
         force,
+        pkcs11,
+        token_label,
     } = options;
     let (key_type, path_len, force) = (*key_type, *path_len, *force);
     let permitted = permitted.as_deref();
-    let key_path = out.join("ca-key.pem");
-    if !force && key_path.exists() {
-        return Err(CaFilesError::WouldOverwrite { path: key_path });
+    for existing in ["ca-key.pem", "ca-key.uri"].map(|name| out.join(name)) {
+        if !force && existing.exists() {
+            return Err(CaFilesError::WouldOverwrite { path: existing });
+        }
     }
+    let token = match (token_label, pkcs11) {
+        (Some(token), Some(settings)) => Some(TokenKeys {
+            settings: settings.clone(),
+            token: token.clone(),
+        }),
+        (Some(_), None) => {
+            return Err(CaFilesError::Generate {
+                what: format!("the {mesh} intermediate key"),
+                reason: "--pkcs11-token needs --pkcs11-module and the PIN".into(),
+            })
+        }
+        (None, _) => None,
+    };
     let read = |name: &str| {
         let path = root_dir.join(name);
         fs::read(&path).map_err(|source| CaFilesError::Read { path, source })
     };
     let root_pem_bytes = read("root-cert.pem")?;
-    let root_key_pem = read("root-key.pem")?;
     let invalid = |file: &str, reason: String| CaFilesError::Generate {
         what: format!("{} ({file})", root_dir.display()),
         reason,
     };
-    let root_key = keys::load_private_key_pem(&root_key_pem)
-        .map_err(|e| invalid("root-key.pem", e.to_string()))?;
+    let root_key = root_key(root_dir, pkcs11.as_ref())?;
     let root_pem = String::from_utf8(root_pem_bytes)
         .map_err(|_| invalid("root-cert.pem", "not UTF-8 PEM".into()))?;
     let roots = keys::parse_certificates_pem(root_pem.as_bytes())
@@ -486,10 +667,17 @@ pub fn issue_intermediate(
     };
     let root_issuer = Issuer::from_ca_cert_der(root, root_key)
         .map_err(|e| invalid("root-cert.pem", e.to_string()))?;
+    // In a token the label stays and the id is new: the URI written names this key exactly.
+    let key = new_ca_key(
+        key_type,
+        token.as_ref(),
+        &format!("meshroot-{mesh}-intermediate"),
+        true,
+    )?;
     write_intermediate(
         out,
         mesh,
-        key_type,
+        key,
         permitted,
         path_len,
         &root_issuer,

@@ -9,7 +9,7 @@ use super::failure::Failure;
 use crate::adapters::config::{Config, MeshConfig};
 use crate::domain::federation::istio::{Accepted, Anchor, Format, IstioMesh};
 use crate::domain::keys::certificate_pem;
-use crate::domain::signer::files::{certificates_required, load_material};
+use crate::domain::signer::files::{certificates_required, load_roots};
 
 #[derive(Debug, Subcommand)]
 pub enum IstioCommand {
@@ -221,7 +221,7 @@ fn roots_pem(mesh: &MeshConfig) -> Result<String, Failure> {
     let fail = |e: crate::domain::signer::files::CaFilesError| {
         Failure::runtime(format!("mesh {:?}: {e}", mesh.name))
     };
-    let mut roots = load_material(&mesh.ca_dir).map_err(fail)?.roots;
+    let mut roots = load_roots(&mesh.ca_dir).map_err(fail)?;
     for path in mesh.extra_root_paths() {
         roots.extend(certificates_required(&path).map_err(fail)?);
     }

@@ -13,7 +13,7 @@ mod rotate;
 pub mod slow_readers;
 
 use self::args::parse_duration_arg;
-pub use self::args::DataPlaneArg;
+pub use self::args::{DataPlaneArg, Pkcs11Args};
 pub use self::failure::{Failure, EXIT_USAGE};
 use crate::domain::signer::constraints::DataPlane;
 use std::path::{Path, PathBuf};
@@ -116,6 +116,10 @@ pub struct InitArgs {
     /// Replace existing keys.
     #[arg(long)]
     pub force: bool,
+    /// Generate the root and intermediate keys in a PKCS#11 token (non-extractable); only
+    /// certificates and the URIs naming the keys are written.
+    #[command(flatten)]
+    pub pkcs11: args::Pkcs11Args,
 }
 
 #[derive(Debug, Args)]
@@ -228,9 +232,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     // Before anything starts: a SIGTERM from here on is a graceful shutdown.
     let signals = server::Signals::install()
         .map_err(|e| Failure::runtime(format!("cannot install signal handlers: {e}")))?;
-    let running = server::start(&config)
-        .await
-        .map_err(|e| Failure::runtime(e.to_string()))?;
+    let running = server::start(&config).await.map_err(|e| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })?;
     eprintln!(
         "meshroot: serving the Istio CSR API on {} and the audit API on {} (config {}); Ctrl-C to stop",
         running.local_address(),
@@ -281,6 +286,7 @@ fn embedded_default() -> Result<PathBuf, Failure> {
             name_constraints: DataPlane::default().uri_name_constraints(),
             intermediate_path_len: 0,
             force: false,
+            token: None,
         },
         SystemTime::now(),
     )
@@ -320,6 +326,15 @@ fn init(args: InitArgs) -> Result<(), Failure> {
         .map(DataPlane::from)
         .unwrap_or(DataPlane::Mixed);
     println!("{}", data_plane.consequence());
+    let token = match (args.pkcs11.settings()?, args.pkcs11.pkcs11_token.clone()) {
+        (Some(settings), Some(token)) => Some(scaffold::TokenKeys { settings, token }),
+        (None, None) => None,
+        _ => {
+            return Err(Failure::usage(
+                "--pkcs11-token and --pkcs11-module go together (with the PIN)",
+            ))
+        }
+    };
     let report = scaffold::init(
         &InitOptions {
             dir: args.dir,
@@ -329,6 +344,7 @@ fn init(args: InitArgs) -> Result<(), Failure> {
             name_constraints: data_plane.uri_name_constraints(),
             intermediate_path_len: args.path_len,
             force: args.force,
+            token,
         },
         SystemTime::now(),
     )

@@ -99,6 +99,9 @@ pub struct SignRootArgs {
     /// Where to write it. Default: CA_DIR/root-crl.pem.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The token holding the root key (when CA_DIR has root-key.uri).
+    #[command(flatten)]
+    pub pkcs11: super::args::Pkcs11Args,
 }
 
 pub(crate) async fn run_crl(command: CrlCommand) -> Result<(), Failure> {
@@ -115,8 +118,15 @@ pub(crate) async fn run_crl(command: CrlCommand) -> Result<(), Failure> {
             let out = args
                 .out
                 .unwrap_or_else(|| args.ca_dir.join(super::init::ROOT_CRL_FILE));
-            super::init::sign_root_crl(&args.ca_dir, valid_for, SystemTime::now(), &out)
-                .map_err(|e| Failure::runtime(e.to_string()))?;
+            let pkcs11 = args.pkcs11.settings()?;
+            super::init::sign_root_crl(
+                &args.ca_dir,
+                pkcs11.as_ref(),
+                valid_for,
+                SystemTime::now(),
+                &out,
+            )
+            .map_err(|e| Failure::runtime(e.to_string()))?;
             println!(
                 "root CRL written to {} (valid for {})",
                 out.display(),

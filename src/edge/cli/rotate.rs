@@ -69,9 +69,13 @@ pub struct IntermediateArgs {
     /// intermediates below it (the plug-in path).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub path_len: u8,
-    /// Replace an existing ca-key.pem in --out.
+    /// Replace an existing ca-key.pem (or ca-key.uri) in --out.
     #[arg(long)]
     pub force: bool,
+    /// The token: holding the root key (when --root-dir has root-key.uri), and, with
+    /// --pkcs11-token, where the new intermediate's key is generated.
+    #[command(flatten)]
+    pub pkcs11: super::args::Pkcs11Args,
 }
 
 pub async fn run(command: RotateCommand) -> Result<(), Failure> {
@@ -113,6 +117,8 @@ pub async fn run(command: RotateCommand) -> Result<(), Failure> {
                     permitted: data_plane.uri_name_constraints().then_some(trust_domains),
                     path_len: args.path_len,
                     force: args.force,
+                    pkcs11: args.pkcs11.settings()?,
+                    token_label: args.pkcs11.pkcs11_token.clone(),
                 },
                 SystemTime::now(),
             )
@@ -138,11 +144,15 @@ async fn plan(args: PlanArgs) -> Result<(), Failure> {
         if args.mesh.as_ref().is_some_and(|only| *only != mesh.name) {
             continue;
         }
+        let key = config
+            .token_key(mesh)
+            .map_err(|e| Failure::runtime(format!("mesh {}: {e}", mesh.name)))?;
         let authority = crate::domain::signer::files::load_signer(
             &mesh.name,
             mesh.trust_domain.clone(),
             &mesh.ca_dir,
             &mesh.extra_root_paths(),
+            key,
             now,
         )
         .map_err(|e| Failure::runtime(format!("mesh {}: {e}", mesh.name)))?;

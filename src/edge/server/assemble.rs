@@ -47,11 +47,16 @@ pub(super) async fn build_authority(
         .and_then(|replicas| SpiffeId::parse(&replicas.identity).ok());
     let mut member_anchors = IdentityAnchors::new();
     for (index, mesh) in config.meshes.iter().enumerate() {
+        let key = config.token_key(mesh).map_err(|source| ServeError::Token {
+            mesh: mesh.name.clone(),
+            source,
+        })?;
         let authority = signer::files::load_signer(
             &mesh.name,
             mesh.trust_domain.clone(),
             &mesh.ca_dir,
             &mesh.extra_root_paths(),
+            key,
             now,
         )
         .map_err(|source| ServeError::CaMaterial {

@@ -22,6 +22,12 @@ pub enum ServeError {
         #[source]
         source: CaFilesError,
     },
+    #[error("mesh {mesh}: its signing key in a PKCS#11 token: {source}")]
+    Token {
+        mesh: String,
+        #[source]
+        source: crate::adapters::pkcs11::Pkcs11Error,
+    },
     #[error("mesh {mesh}: token issuer {issuer}: {source}")]
     Jwks {
         mesh: String,
@@ -86,11 +92,15 @@ impl ServeError {
             // EX_TEMPFAIL: restart later; it will work once the disk has space.
             Self::StoreFailed(_) => EXIT_STORE_FAILED,
             Self::ShutdownIncomplete(_) => EXIT_SHUTDOWN_INCOMPLETE,
+            // EX_UNAVAILABLE: the token (or its module) is missing; start again once it is back.
+            Self::Token { source, .. } if source.is_unavailable() => EXIT_TOKEN_UNAVAILABLE,
             _ => 1,
         }
     }
 }
 
+/// `meshroot serve` could not start: a CA key's token (or its PKCS#11 module) is missing.
+pub const EXIT_TOKEN_UNAVAILABLE: u8 = 69;
 /// `meshroot serve` stopped because its record store could not write.
 pub const EXIT_STORE_FAILED: u8 = 75;
 /// `meshroot serve` stopped on a signal, but its last checkpoint or final flush was not written

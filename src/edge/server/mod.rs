@@ -41,7 +41,9 @@ use self::assemble::*;
 use self::background::*;
 use self::connections::ConnectionLimits;
 use self::duties::*;
-pub use self::error::{ReloadError, ServeError, EXIT_SHUTDOWN_INCOMPLETE, EXIT_STORE_FAILED};
+pub use self::error::{
+    ReloadError, ServeError, EXIT_SHUTDOWN_INCOMPLETE, EXIT_STORE_FAILED, EXIT_TOKEN_UNAVAILABLE,
+};
 use self::monitoring::Monitor;
 pub(crate) use self::reload::*;
 pub use self::running::RunningServer;

@@ -98,6 +98,9 @@ impl Monitor {
             if authority.signing_not_after() <= now {
                 reasons.push(format!("mesh {mesh}: the signing certificate has expired"));
             }
+            if let Err(error) = authority.key_health() {
+                reasons.push(format!("mesh {mesh}: the signing key: {error}"));
+            }
             if authority.is_unhealthy() {
                 reasons.push(format!(
                     "mesh {mesh}: a leaf's signature did not verify; the signer refuses to sign \

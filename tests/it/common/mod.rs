@@ -63,6 +63,7 @@ impl TestCa {
                 name_constraints,
                 intermediate_path_len: 0,
                 force: false,
+                token: None,
             },
             SystemTime::now(),
         )
@@ -336,6 +337,8 @@ impl TestCa {
                 permitted: Some(permitted),
                 path_len,
                 force: false,
+                pkcs11: None,
+                token_label: None,
             },
             SystemTime::now(),
         )

@@ -1,0 +1,408 @@
+//! CA keys in a PKCS#11 token (issue 34), against a real SoftHSM token each test initialises
+//! itself (Debian's `softhsm2`, which `.ci/run` installs; `$MESHROOT_SOFTHSM_MODULE` names
+//! another module path). `meshroot init` and `meshroot serve` run as processes with the test's
+//! own `SOFTHSM2_CONF`, so each test has its own token directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use meshroot::domain::record::Outcome;
+use meshroot::edge::client::{self, AgentMetadata, Target};
+
+use crate::common::process::{Serving, BINARY};
+use crate::common::{self, agent_csr, spiffe_id, Edited as _, TestCa, MESH};
+
+const TOKEN: &str = "meshroot";
+const USER_PIN: &str = "1234";
+
+/// SoftHSM's PKCS#11 module.
+fn module() -> PathBuf {
+    let path = std::env::var_os("MESHROOT_SOFTHSM_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    assert!(
+        path.exists(),
+        "SoftHSM is needed ({}; .ci/run installs Debian's softhsm2)",
+        path.display()
+    );
+    path
+}
+
+/// A SoftHSM of the test's own: its configuration, token directory and PIN file, with one
+/// initialised token.
+struct Hsm {
+    dir: tempfile::TempDir,
+}
+
+impl Hsm {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(dir.path().join("tokens")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.path().join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("pin"), format!("{USER_PIN}\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let hsm = Self { dir };
+        let output = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", TOKEN])
+            .args(["--so-pin", "5678", "--pin", USER_PIN])
+            .env("SOFTHSM2_CONF", hsm.conf())
+            .output()
+            .unwrap_or_else(|e| panic!("softhsm2-util (Debian's softhsm2): {e}"));
+        assert!(output.status.success(), "{}", common::output_text(&output));
+        hsm
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("softhsm2.conf")
+    }
+
+    fn env(&self) -> [(&'static str, String); 1] {
+        [("SOFTHSM2_CONF", self.conf().display().to_string())]
+    }
+
+    fn pkcs11_args(&self) -> Vec<String> {
+        vec![
+            "--pkcs11-token".into(),
+            TOKEN.into(),
+            "--pkcs11-module".into(),
+            module().display().to_string(),
+            "--pkcs11-pin-file".into(),
+            self.dir.path().join("pin").display().to_string(),
+        ]
+    }
+
+    fn meshroot(&self, args: &[String]) -> std::process::Output {
+        Command::new(BINARY)
+            .args(args)
+            .envs(self.env())
+            .env("MESHROOT_LOG", "warn")
+            .env("MESHROOT_LISTEN", "127.0.0.1:0")
+            .env("MESHROOT_ADMIN_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Takes the token away (SoftHSM's token directory moved aside), as pulling it out would.
+    fn remove_token(&self) {
+        std::fs::rename(self.dir.path().join("tokens"), self.dir.path().join("away"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(self.dir.path().join("tokens")).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn return_token(&self) {
+        std::fs::remove_dir(self.dir.path().join("tokens")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(self.dir.path().join("away"), self.dir.path().join("tokens"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// `meshroot init` with the keys in the token.
+fn init_in_token(hsm: &Hsm) -> TestCa {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut args: Vec<String> = ["init", "--dev-issuer", "--dir"].map(String::from).to_vec();
+    args.push(dir.path().display().to_string());
+    args.extend(hsm.pkcs11_args());
+    let output = hsm.meshroot(&args);
+    assert!(output.status.success(), "{}", common::output_text(&output));
+    TestCa { dir }
+}
+
+fn target(ca: &TestCa, server: &Serving) -> Target {
+    Target {
+        address: server.address.clone(),
+        root_pem: ca.root_pem(),
+        server_name: "localhost".into(),
+        client_identity: None,
+    }
+}
+
+async fn request(
+    ca: &TestCa,
+    server: &Serving,
+    account: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let channel = client::connect(&target(ca, server))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    client::create_certificate(
+        channel,
+        agent_csr(&spiffe_id("default", account)),
+        0,
+        &AgentMetadata {
+            token: Some(ca.token(MESH, "default", account)),
+            cluster_id: "Kubernetes".into(),
+        },
+    )
+    .await
+    .map(|response| response.cert_chain)
+}
+
+/// Every file under `dir` that holds a private key.
+fn private_key_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(private_key_files(&path));
+        } else if std::fs::read(&path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"))
+            .unwrap_or(false)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key_on_disk() {
+    let hsm = Hsm::new();
+    let ca = init_in_token(&hsm);
+    // Only certificates and the URIs naming the keys: no root or intermediate key on disk
+    // (the audit key and the development token issuer's key are files still).
+    assert!(ca.path().join("root-key.uri").exists());
+    assert!(ca.path().join(MESH).join("ca-key.uri").exists());
+    let mut keys: Vec<String> = private_key_files(ca.path())
+        .iter()
+        .map(|path| path.strip_prefix(ca.path()).unwrap().display().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "audit-key.pem",
+            "default/dev-issuer-key.pem",
+            "helm-values.yaml"
+        ]
+    );
+    let helm = std::fs::read_to_string(ca.path().join("helm-values.yaml")).unwrap();
+    assert!(!helm.contains("ca-key.pem"), "{helm}");
+    let uri = std::fs::read_to_string(ca.path().join(MESH).join("ca-key.uri")).unwrap();
+    assert!(
+        uri.starts_with("pkcs11:token=meshroot;object=meshroot-default-intermediate;id=%"),
+        "{uri}"
+    );
+    assert!(
+        !uri.contains(USER_PIN)
+            && !std::fs::read_to_string(ca.config_path())
+                .unwrap()
+                .contains(USER_PIN)
+    );
+
+    // An independent PKCS#11 client (PyKCS11) finds both keys sensitive and never extractable,
+    // and the token withholds their value.
+    let output = Command::new(common::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/pkcs11/key_attributes.py"
+        ))
+        .arg(module())
+        .arg(TOKEN)
+        .arg(hsm.dir.path().join("pin"))
+        .envs(hsm.env())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", common::output_text(&output));
+    let keys: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let locked = serde_json::json!({
+        "extractable": false,
+        "sensitive": true,
+        "never_extractable": true,
+        "always_sensitive": true,
+        "value": "withheld",
+    });
+    assert_eq!(
+        keys,
+        serde_json::json!({"meshroot-root": locked, "meshroot-default-intermediate": locked})
+    );
+
+    let config = ca.config_path().display().to_string();
+    let env = hsm.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Serving::start_with_env(ca.path(), &["--config", &config], &env);
+    // Two workloads, each chain checked by rustls-webpki and `openssl verify`.
+    for account in ["one", "two"] {
+        let chain = request(&ca, &server, account).await.unwrap();
+        common::verify_chain(&chain, &ca.root_pem());
+    }
+    // The root's CRL `init` wrote was signed in the token too.
+    // (`openssl crl -verify` fails unless the signature verifies.)
+    common::openssl(&[
+        "crl",
+        "-in",
+        &ca.path().join("root-crl.pem").display().to_string(),
+        "-noout",
+        "-verify",
+        "-CAfile",
+        &ca.path().join("root-cert.pem").display().to_string(),
+    ]);
+    server.stop();
+
+    // The next intermediate, made in the token under the root in the token; and the root's
+    // CRL signed again there.
+    let next = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = ["rotate", "intermediate", "--mesh", MESH, "--root-dir"]
+        .map(String::from)
+        .to_vec();
+    args.push(ca.path().display().to_string());
+    args.extend(["--out".into(), next.path().display().to_string()]);
+    args.extend(hsm.pkcs11_args());
+    let output = hsm.meshroot(&args);
+    assert!(output.status.success(), "{}", common::output_text(&output));
+    assert!(!next.path().join("ca-key.pem").exists());
+    let next_uri = std::fs::read_to_string(next.path().join("ca-key.uri")).unwrap();
+    assert_ne!(next_uri, uri, "a new key, named by its own id");
+    common::openssl(&[
+        "verify",
+        "-CAfile",
+        &ca.path().join("root-cert.pem").display().to_string(),
+        &next.path().join("ca-cert.pem").display().to_string(),
+    ]);
+    let crl = next.path().join("root-crl.pem").display().to_string();
+    let mut args: Vec<String> = ["crl", "sign-root", "--out", &crl, "--ca-dir"]
+        .map(String::from)
+        .to_vec();
+    args.push(ca.path().display().to_string());
+    args.extend(hsm.pkcs11_args().into_iter().skip(2));
+    let output = hsm.meshroot(&args);
+    assert!(output.status.success(), "{}", common::output_text(&output));
+    common::openssl(&[
+        "crl",
+        "-in",
+        &crl,
+        "-noout",
+        "-verify",
+        "-CAfile",
+        &ca.path().join("root-cert.pem").display().to_string(),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_goes_away_makes_issuance_unavailable_and_not_ready_until_it_returns() {
+    let hsm = Hsm::new();
+    let ca = init_in_token(&hsm);
+    let config = ca.config_path().display().to_string();
+    let env = hsm.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Serving::start_with_env(ca.path(), &["--config", &config], &env);
+    let admin: std::net::SocketAddr = server.admin_address.parse().unwrap();
+    request(&ca, &server, "before").await.unwrap();
+    assert_eq!(common::http_get(admin, "/readyz").await.0, 200);
+
+    hsm.remove_token();
+    let refused = request(&ca, &server, "while-away").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("signing-key-unavailable"),
+        "{refused:?}"
+    );
+    let (status, body) = common::http_get(admin, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("mesh default: the signing key: the token is unavailable"),
+        "{body}"
+    );
+
+    // Back: issuance and readiness recover without a restart.
+    hsm.return_token();
+    common::wait_until(
+        "ready again once the token is back",
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = common::http_get(admin, "/readyz").await;
+            (status == 200).then_some(()).ok_or(body)
+        },
+    )
+    .await;
+    let chain = request(&ca, &server, "after").await.unwrap();
+    common::verify_chain(&chain, &ca.root_pem());
+
+    // Every certificate that left has its record.
+    server.stop();
+    let store = meshroot::adapters::store::SledStore::open_read_only(&ca.config().store).unwrap();
+    let outcomes = |account: &str| -> Vec<String> {
+        store
+            .query_all(&meshroot::domain::audit::Query {
+                spiffe_id: Some(spiffe_id("default", account)),
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|record| match &record.outcome {
+                Outcome::Issued(_) => "issued".to_owned(),
+                Outcome::Denied(denial) => denial.reason.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(outcomes("before"), ["issued"]);
+    assert_eq!(outcomes("after"), ["issued"]);
+    // Refused for want of the key, as a hold refuses: logged, nothing issued, so nothing to
+    // record.
+    assert_eq!(outcomes("while-away"), Vec::<String>::new());
+    assert!(server
+        .log()
+        .contains("the signing key's token is unavailable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_at_start_on_a_missing_token_and_on_a_wrong_pin_which_it_never_retries() {
+    let hsm = Hsm::new();
+    let ca = init_in_token(&hsm);
+    let serve = |config: &Path| {
+        hsm.meshroot(&[
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ])
+    };
+
+    hsm.remove_token();
+    let output = serve(&ca.config_path());
+    assert_eq!(
+        output.status.code(),
+        Some(69),
+        "{}",
+        common::output_text(&output)
+    );
+    assert!(
+        common::output_text(&output).contains("the token is unavailable"),
+        "{}",
+        common::output_text(&output)
+    );
+    hsm.return_token();
+
+    let wrong_pin = hsm.dir.path().join("wrong-pin");
+    std::fs::write(&wrong_pin, "987654\n").unwrap();
+    let config = ca.config_path().with_file_name("wrong-pin.toml");
+    let text = std::fs::read_to_string(ca.config_path()).unwrap();
+    let pin_file = hsm.dir.path().join("pin").display().to_string();
+    std::fs::write(
+        &config,
+        text.edited(&pin_file, &wrong_pin.display().to_string()),
+    )
+    .unwrap();
+    let output = serve(&config);
+    let text = common::output_text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("PinIncorrect (not retried"), "{text}");
+    assert!(!text.contains("987654"), "{text}");
+    // One failed login, not a retry loop: the right PIN still opens the token, which serves.
+    let config = ca.config_path().display().to_string();
+    let env = hsm.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Serving::start_with_env(ca.path(), &["--config", &config], &env);
+    request(&ca, &server, "after-a-wrong-pin").await.unwrap();
+    server.stop();
+}
