@@ -30,7 +30,7 @@ impl From<DataPlaneArg> for DataPlane {
 }
 
 /// `--pkcs11-*`: CA keys made in (and used from) a PKCS#11 token instead of PEM files.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Pkcs11Args {
     /// The token (its label) to generate the CA keys in; turns the token on.
     #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
@@ -44,6 +44,9 @@ pub struct Pkcs11Args {
     /// An environment variable holding the token's user PIN.
     #[arg(long, value_name = "NAME")]
     pub pkcs11_pin_env: Option<String>,
+    /// Logged-in sessions each key keeps for signing (written into the configuration).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub pkcs11_sessions: usize,
 }
 
 impl Pkcs11Args {
@@ -67,7 +70,7 @@ impl Pkcs11Args {
         Ok(Some(Pkcs11Settings {
             module: Some(std::path::absolute(module).unwrap_or(module.clone())),
             pin,
-            sessions: 1,
+            sessions: self.pkcs11_sessions,
         }))
     }
 }

@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The server bench starts keeps its CA keys in this PKCS#11 token (made there by `init`),
+    /// to measure signing in the token against file keys.
+    #[command(flatten)]
+    pub pkcs11: super::args::Pkcs11Args,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -127,7 +131,20 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             (None, config, addr.clone(), args.server_pid)
         }
         None => {
-            let started = OwnServer::start(args.intermediate, &Setup::default())?;
+            let token = match (args.pkcs11.settings()?, &args.pkcs11.pkcs11_token) {
+                (Some(settings), Some(token)) => Some(scaffold::TokenKeys {
+                    settings,
+                    token: token.clone(),
+                }),
+                _ => None,
+            };
+            let started = OwnServer::start(
+                args.intermediate,
+                &Setup {
+                    token,
+                    ..Setup::default()
+                },
+            )?;
             let config = started.dir.join("meshroot.toml");
             let (address, pid) = (started.address.clone(), started.child.id());
             (Some(started), config, address, Some(pid))
@@ -378,6 +395,7 @@ async fn slow_crl_readers(args: &BenchArgs, readers: usize) -> Result<(), Failur
         &Setup {
             admin_tls: true,
             extra_crl: Some(crl),
+            token: None,
         },
     )?;
     let root_pem = std::fs::read_to_string(server.dir.join("root-cert.pem"))
@@ -454,6 +472,8 @@ struct Setup {
     admin_tls: bool,
     /// A CRL to publish among `extra_crls`.
     extra_crl: Option<String>,
+    /// CA keys in a token.
+    token: Option<scaffold::TokenKeys>,
 }
 
 /// A `meshroot serve` started by bench in a fresh directory (removed afterwards).
@@ -483,8 +503,9 @@ impl OwnServer {
                 dev_issuer: true,
                 name_constraints: true,
                 intermediate_path_len: 0,
-                token: None,
-                force: false,
+                token: setup.token.clone(),
+                // A bench's keys in a token are labelled as any init's: replace them.
+                force: setup.token.is_some(),
             },
             SystemTime::now(),
         )

@@ -148,6 +148,7 @@ fn pkcs11_section(settings: &Pkcs11Settings) -> String {
             toml_string(&module.display().to_string())
         ));
     }
+    section.push_str(&format!("sessions = {}\n", settings.sessions));
     match &settings.pin {
         PinSource::File(path) => section.push_str(&format!(
             "pin_file = {}\n",
