@@ -249,6 +249,20 @@ async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key
     ]);
     server.stop();
 
+    // A second `init` into the same token would shadow these keys' labels: refused without
+    // --force.
+    let again = tempfile::tempdir().unwrap();
+    let mut args: Vec<String> = ["init", "--dir"].map(String::from).to_vec();
+    args.push(again.path().display().to_string());
+    args.extend(hsm.pkcs11_args());
+    let output = hsm.meshroot(&args);
+    assert!(!output.status.success());
+    assert!(
+        common::output_text(&output).contains("already exists in the token"),
+        "{}",
+        common::output_text(&output)
+    );
+
     // The next intermediate, made in the token under the root in the token; and the root's
     // CRL signed again there.
     let next = tempfile::tempdir().unwrap();

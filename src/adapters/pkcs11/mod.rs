@@ -18,7 +18,7 @@ use cryptoki::types::AuthPin;
 
 use crate::domain::signing_key::{CaKey, TokenError, TokenKey as _};
 
-use self::key::{classify, find_object, logged_in_session, Pkcs11Key, P256_PARAMS};
+use self::key::{classify, logged_in_session, Pkcs11Key, P256_PARAMS};
 use self::module::context;
 use self::uri::KeyUri;
 
@@ -151,7 +151,14 @@ impl Pkcs11Settings {
         let pin = self.read_pin()?;
         let (session, _, _) =
             logged_in_session(&context, &parsed, &pin, true).map_err(token_error)?;
-        if !replace && find_object(&session, &parsed, ObjectClass::PRIVATE_KEY).is_ok() {
+        // Any private key of this label (one, or several after rotations) is in use.
+        let existing = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(|e| token_error(classify("finding existing keys", e)))?;
+        if !replace && !existing.is_empty() {
             return Err(Pkcs11Error::Exists { uri: shown });
         }
         let id = match &parsed.id {
