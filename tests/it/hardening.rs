@@ -228,7 +228,10 @@ async fn shared_checkpoints_are_verified_and_bounded() {
     // Signed by another key: refused as well.
     let (stranger, _) = meshroot::domain::audit::checkpoint::AuditSigner::generate(log).unwrap();
     let status = client
-        .share_checkpoint(share(log, stranger.sign_checkpoint(1 << 40, [0; 32])))
+        .share_checkpoint(share(
+            log,
+            stranger.sign_checkpoint(1 << 40, [0; 32]).unwrap(),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -250,7 +253,7 @@ async fn shared_checkpoints_are_verified_and_bounded() {
     let signer =
         meshroot::domain::audit::checkpoint::AuditSigner::from_pkcs8(log, key.secret_pkcs8_der())
             .unwrap();
-    let note = signer.sign_checkpoint(3, [1; 32]);
+    let note = signer.sign_checkpoint(3, [1; 32]).unwrap();
     let kept = client
         .share_checkpoint(share(log, note.clone()))
         .await

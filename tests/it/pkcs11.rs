@@ -169,8 +169,8 @@ fn private_key_files(dir: &Path) -> Vec<PathBuf> {
 async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key_on_disk() {
     let hsm = Hsm::new();
     let ca = init_in_token(&hsm);
-    // Only certificates and the URIs naming the keys: no root or intermediate key on disk
-    // (the audit key and the development token issuer's key are files still).
+    // Only certificates and the URIs naming the keys: no root, intermediate or audit key on
+    // disk (the development token issuer's key, which signs test tokens, is a file still).
     assert!(ca.path().join("root-key.uri").exists());
     assert!(ca.path().join(MESH).join("ca-key.uri").exists());
     let mut keys: Vec<String> = private_key_files(ca.path())
@@ -178,16 +178,17 @@ async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key
         .map(|path| path.strip_prefix(ca.path()).unwrap().display().to_string())
         .collect();
     keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "audit-key.pem",
-            "default/dev-issuer-key.pem",
-            "helm-values.yaml"
-        ]
-    );
+    assert_eq!(keys, ["default/dev-issuer-key.pem"]);
     let helm = std::fs::read_to_string(ca.path().join("helm-values.yaml")).unwrap();
-    assert!(!helm.contains("ca-key.pem"), "{helm}");
+    assert!(
+        !helm.contains("ca-key.pem") && !helm.contains("audit-key.pem"),
+        "{helm}"
+    );
+    let config_text = std::fs::read_to_string(ca.config_path()).unwrap();
+    assert!(
+        config_text.contains("signing_key = \"pkcs11:token=meshroot;object=meshroot-audit;id=%"),
+        "{config_text}"
+    );
     let uri = std::fs::read_to_string(ca.path().join(MESH).join("ca-key.uri")).unwrap();
     assert!(
         uri.starts_with("pkcs11:token=meshroot;object=meshroot-default-intermediate;id=%"),
@@ -200,7 +201,8 @@ async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key
                 .contains(USER_PIN)
     );
 
-    // An independent PKCS#11 client (PyKCS11) finds both keys sensitive and never extractable,
+    // An independent PKCS#11 client (PyKCS11) finds the three keys sensitive and never
+    // extractable,
     // and the token withholds their value.
     let output = Command::new(common::python())
         .arg(concat!(
@@ -224,17 +226,32 @@ async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key
     });
     assert_eq!(
         keys,
-        serde_json::json!({"meshroot-root": locked, "meshroot-default-intermediate": locked})
+        serde_json::json!({
+            "meshroot-root": locked,
+            "meshroot-default-intermediate": locked,
+            "meshroot-audit": locked,
+        })
     );
 
     let config = ca.config_path().display().to_string();
     let env = hsm.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut server = Serving::start_with_env(ca.path(), &["--config", &config], &env);
-    // Two workloads, each chain checked by rustls-webpki and `openssl verify`.
+    // Two workloads, each chain checked by rustls-webpki, `openssl verify` and Go's
+    // crypto/x509 (istio-agent's verifier).
     for account in ["one", "two"] {
         let chain = request(&ca, &server, account).await.unwrap();
         common::verify_chain(&chain, &ca.root_pem());
+        let chain_file = ca.path().join(format!("chain-{account}.pem"));
+        std::fs::write(&chain_file, chain.concat()).unwrap();
+        let go = common::go_run(
+            "x509verify.go",
+            &[
+                &ca.path().join("root-cert.pem").display().to_string(),
+                &chain_file.display().to_string(),
+            ],
+        );
+        assert!(go.status.success(), "{}", common::output_text(&go));
     }
     // The root's CRL `init` wrote was signed in the token too.
     // (`openssl crl -verify` fails unless the signature verifies.)
@@ -248,6 +265,46 @@ async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key
         &ca.path().join("root-cert.pem").display().to_string(),
     ]);
     server.stop();
+
+    // The checkpoint written at the stop was signed by the audit key in the token: `audit
+    // verify` accepts it with the published verifier key, and with the key the configuration
+    // names (read from the token), and refuses it once edited.
+    let checkpoint = ca.path().join("checkpoint.txt").display().to_string();
+    let note = std::fs::read_to_string(&checkpoint).unwrap();
+    // The serving certificate and the two workloads'.
+    let size = note.lines().nth(1).unwrap();
+    assert_eq!(size, "3", "{note}");
+    let verifier = ca.path().join("audit-key.pub").display().to_string();
+    for key_args in [vec!["--verifier-key", verifier.as_str()], vec![]] {
+        let mut args: Vec<String> = ["audit", "verify", "--config", &config, "--checkpoint"]
+            .map(String::from)
+            .to_vec();
+        args.push(checkpoint.clone());
+        args.extend(key_args.iter().map(|a| a.to_string()));
+        let output = hsm.meshroot(&args);
+        let text = common::output_text(&output);
+        assert!(output.status.success(), "{text}");
+        assert!(
+            text.contains(&format!("{checkpoint} (size 3): matches")),
+            "{text}"
+        );
+    }
+    let forged = ca.path().join("forged-checkpoint.txt");
+    std::fs::write(&forged, note.replacen("\n3\n", "\n2\n", 1)).unwrap();
+    let output = hsm.meshroot(&[
+        "audit".into(),
+        "verify".into(),
+        "--config".into(),
+        config.clone(),
+        "--checkpoint".into(),
+        forged.display().to_string(),
+    ]);
+    let text = common::output_text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("PROBLEM") && text.contains("invalid"),
+        "{text}"
+    );
 
     // A second `init` into the same token would shadow these keys' labels: refused without
     // --force.

@@ -182,8 +182,11 @@ pub struct StatefulSetMembers {
 /// The audit log: checkpoint signing and retention.
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
-    /// The Ed25519 key (PKCS#8 PEM) that signs checkpoints; without it none are written.
+    /// The Ed25519 key (PKCS#8 PEM) that signs checkpoints; without it (or `signing_key`)
+    /// none are written.
     pub key: Option<PathBuf>,
+    /// The audit key in a PKCS#11 token instead (an Ed25519 key, named by a PKCS#11 URI).
+    pub signing_key: Option<String>,
     /// The key's name, which is also the checkpoint origin (names the log).
     pub key_name: String,
     /// Where the latest signed checkpoint is published (written atomically).
@@ -465,3 +468,19 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Why the audit key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditKeyError {
+    #[error("audit key {key}: {reason}")]
+    Key { key: String, reason: String },
+    #[error("the audit key in a PKCS#11 token: {0}")]
+    Token(#[source] crate::adapters::pkcs11::Pkcs11Error),
+}
+
+impl AuditKeyError {
+    /// True when the audit key's token is missing (start again once it is back).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Token(error) if error.is_unavailable())
+    }
+}

@@ -96,7 +96,7 @@ impl Config {
         let bundle_endpoint = raw.bundle_endpoint.take().and_then(|raw| {
             super::federation::bundle_endpoint(raw, (server.listen, admin.listen), &base, p)
         });
-        let pkcs11 = super::pkcs11::pkcs11(raw.pkcs11.take(), &meshes, &base, p);
+        let pkcs11 = super::pkcs11::pkcs11(raw.pkcs11.take(), &meshes, &audit, &base, p);
         if !problems.0.is_empty() {
             return Err(fail(problems.0));
         }
@@ -429,6 +429,7 @@ fn audit(raw_audit: RawAudit, base: &Path, p: &mut Problems) -> AuditConfig {
     let defaults = crate::domain::audit::RetentionPolicy::default();
     let audit = AuditConfig {
         key: raw_audit.key.map(|key| base.join(key)),
+        signing_key: raw_audit.signing_key,
         key_name: raw_audit
             .key_name
             .unwrap_or_else(|| DEFAULT_AUDIT_KEY_NAME.to_owned()),
@@ -487,6 +488,20 @@ fn audit(raw_audit: RawAudit, base: &Path, p: &mut Problems) -> AuditConfig {
                 audit.index_segment_records
             ),
         );
+    }
+    if audit.key.is_some() && audit.signing_key.is_some() {
+        p.add(
+            "audit.signing_key".into(),
+            "give the audit key once: key (a PEM file) or signing_key (a key in a PKCS#11 token)"
+                .into(),
+        );
+    }
+    if let Some(Err(error)) = audit
+        .signing_key
+        .as_deref()
+        .map(crate::adapters::pkcs11::uri::KeyUri::parse)
+    {
+        p.add("audit.signing_key".into(), error.to_string());
     }
     if audit.key_name.is_empty()
         || audit

@@ -3,9 +3,13 @@
 use std::path::Path;
 
 use crate::adapters::pkcs11::uri::KeyUri;
-use crate::adapters::pkcs11::{PinSource, Pkcs11Settings};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::PrivatePkcs8KeyDer;
 
-use super::model::MeshConfig;
+use crate::adapters::pkcs11::{PinSource, Pkcs11Settings};
+use crate::domain::audit::checkpoint::AuditSigner;
+
+use super::model::{AuditConfig, AuditKeyError, MeshConfig};
 use super::raw::RawPkcs11;
 use super::values::Problems;
 
@@ -15,18 +19,32 @@ const DEFAULT_SESSIONS: usize = 4;
 pub(super) fn pkcs11(
     raw: Option<RawPkcs11>,
     meshes: &[MeshConfig],
+    audit: &AuditConfig,
     base: &Path,
     p: &mut Problems,
 ) -> Option<Pkcs11Settings> {
-    let uses: Vec<(usize, KeyUri)> = meshes
+    // Every key named by URI, by the setting that names it.
+    let uses: Vec<(String, KeyUri)> = meshes
         .iter()
         .enumerate()
-        .filter_map(|(index, mesh)| Some((index, KeyUri::parse(mesh.signing_key.as_ref()?).ok()?)))
+        .filter_map(|(index, mesh)| {
+            Some((
+                format!("mesh[{index}].signing_key"),
+                KeyUri::parse(mesh.signing_key.as_ref()?).ok()?,
+            ))
+        })
+        .chain(
+            audit
+                .signing_key
+                .as_deref()
+                .and_then(|uri| KeyUri::parse(uri).ok())
+                .map(|uri| ("audit.signing_key".to_owned(), uri)),
+        )
         .collect();
     let Some(raw) = raw else {
-        for (index, _) in &uses {
+        for (setting, _) in &uses {
             p.add(
-                format!("mesh[{index}].signing_key"),
+                setting.clone(),
                 "names a key in a PKCS#11 token: add a [pkcs11] section (module, and pin_file or \
                  pin_env)"
                     .into(),
@@ -59,10 +77,10 @@ pub(super) fn pkcs11(
         }
     };
     let module = raw.module.map(|module| base.join(module));
-    for (index, uri) in &uses {
+    for (setting, uri) in &uses {
         if module.is_none() && uri.module_path.is_none() {
             p.add(
-                format!("mesh[{index}].signing_key"),
+                setting.clone(),
                 "no PKCS#11 module: set [pkcs11] module, or module-path in the URI".into(),
             );
         }
@@ -96,6 +114,40 @@ impl super::Config {
             return Ok(None);
         };
         settings.open(uri).map(Some)
+    }
+
+    /// The audit key that signs checkpoints: the PEM file `[audit] key`, or the Ed25519 key in
+    /// a token `[audit] signing_key` names; None when neither is configured.
+    pub fn audit_signer(&self) -> Result<Option<AuditSigner>, AuditKeyError> {
+        let audit = &self.audit;
+        if let Some(uri) = &audit.signing_key {
+            let Some(settings) = &self.pkcs11 else {
+                return Ok(None); // refused at load: a key URI needs [pkcs11]
+            };
+            let key = settings.open(uri).map_err(AuditKeyError::Token)?;
+            let Some(key) = key.token() else {
+                return Ok(None);
+            };
+            return AuditSigner::from_token(&audit.key_name, key.clone())
+                .map(Some)
+                .map_err(|e| AuditKeyError::Key {
+                    key: uri.clone(),
+                    reason: e.to_string(),
+                });
+        }
+        let Some(path) = &audit.key else {
+            return Ok(None);
+        };
+        let failed = |reason: String| AuditKeyError::Key {
+            key: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+            .map_err(|_| failed("not a PKCS#8 PEM private key".into()))?;
+        AuditSigner::from_pkcs8(&audit.key_name, der.secret_pkcs8_der())
+            .map(Some)
+            .map_err(|e| failed(e.to_string()))
     }
 }
 
@@ -174,6 +226,48 @@ mod tests {
             assert!(
                 found.iter().any(|(k, m)| k == key && m.contains(message)),
                 "{section:?}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_audit_key_in_a_token_is_named_once_and_needs_the_pkcs11_section() {
+        let audit = |keys: &str| {
+            format!("[[mesh]]\nname = \"default\"\nca_dir = \"cacerts\"\n[audit]\n{keys}")
+        };
+        let uri = "signing_key = \"pkcs11:token=meshroot;object=meshroot-audit\"\n";
+        let module = tempfile::NamedTempFile::new().unwrap();
+        let section = format!(
+            "[pkcs11]\nmodule = {:?}\npin_env = \"PIN\"\n",
+            module.path().display().to_string()
+        );
+        let config = parse(&format!("{}{section}", audit(uri))).unwrap();
+        assert_eq!(
+            config.audit.signing_key.as_deref(),
+            Some("pkcs11:token=meshroot;object=meshroot-audit")
+        );
+        assert_eq!(config.audit.key, None);
+        let cases = [
+            (audit(uri), "add a [pkcs11] section"),
+            (
+                format!("{}key = \"audit-key.pem\"\n{section}", audit(uri)),
+                "key (a PEM file) or signing_key",
+            ),
+            (
+                format!(
+                    "{}{section}",
+                    audit("signing_key = \"pkcs11:object=a?pin-value=1\"\n")
+                ),
+                "pin",
+            ),
+        ];
+        for (text, message) in cases {
+            let found = problems(&text);
+            assert!(
+                found
+                    .iter()
+                    .any(|(k, m)| k == "audit.signing_key" && m.contains(message)),
+                "{text}: {found:?}"
             );
         }
     }

@@ -131,6 +131,7 @@ pub(super) struct RawKubernetes {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAudit {
     pub(super) key: Option<String>,
+    pub(super) signing_key: Option<String>,
     pub(super) key_name: Option<String>,
     pub(super) checkpoint_file: Option<String>,
     pub(super) checkpoint_interval: Option<String>,

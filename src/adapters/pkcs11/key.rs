@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
@@ -23,6 +24,17 @@ use super::uri::KeyUri;
 pub(super) const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// DER of the P-384 curve's OID (1.3.132.0.34).
 const P384_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+/// DER of Ed25519's OID (1.3.101.112, RFC 8410), as `CKA_EC_PARAMS` of an Edwards key holds it.
+pub(super) const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+/// The same curve by name (`PrintableString "edwards25519"`), as PKCS#11 3.0 also allows.
+const ED25519_NAME_PARAMS: &[u8] = b"\x13\x0cedwards25519";
+
+/// How a key signs: ECDSA over a digest computed here, or pure Ed25519 over the message.
+#[derive(Debug, Clone, Copy)]
+enum Scheme {
+    Ecdsa(&'static ring::digest::Algorithm),
+    Ed25519,
+}
 
 /// A key in a token, ready to sign.
 pub struct Pkcs11Key {
@@ -33,7 +45,7 @@ pub struct Pkcs11Key {
     info: TokenKeyInfo,
     public_key: Vec<u8>,
     algorithm: &'static rcgen::SignatureAlgorithm,
-    digest: &'static ring::digest::Algorithm,
+    scheme: Scheme,
     /// Logged-in sessions not in use, and the key's handle in them.
     idle: Mutex<Vec<(Session, ObjectHandle)>>,
     /// How many idle sessions are kept.
@@ -200,11 +212,16 @@ impl Pkcs11Key {
                 _ => {}
             }
         }
-        if key_type != Some(KeyType::EC) {
-            return Err(TokenError::Refused(format!(
-                "{uri}: the key is not an ECDSA key (meshroot signs with ECDSA P-256 or P-384 in a token)"
-            )));
-        }
+        let edwards = match key_type {
+            Some(KeyType::EC) => false,
+            Some(KeyType::EC_EDWARDS) => true,
+            _ => {
+                return Err(TokenError::Refused(format!(
+                    "{uri}: the key is neither an ECDSA nor an Ed25519 key (meshroot signs with \
+                     ECDSA P-256 or P-384, and checkpoints with Ed25519, in a token)"
+                )))
+            }
+        };
         // The public half: the public-key object of the same label or id.
         let public = find_object(&session, &uri, ObjectClass::PUBLIC_KEY)?;
         let attributes = session
@@ -218,14 +235,25 @@ impl Pkcs11Key {
                 _ => {}
             }
         }
-        let (algorithm, digest) = match params.as_slice() {
-            P256_PARAMS => (&rcgen::PKCS_ECDSA_P256_SHA256, &ring::digest::SHA256),
-            P384_PARAMS => (&rcgen::PKCS_ECDSA_P384_SHA384, &ring::digest::SHA384),
+        let (algorithm, scheme) = match (edwards, params.as_slice()) {
+            (false, P256_PARAMS) => (
+                &rcgen::PKCS_ECDSA_P256_SHA256,
+                Scheme::Ecdsa(&ring::digest::SHA256),
+            ),
+            (false, P384_PARAMS) => (
+                &rcgen::PKCS_ECDSA_P384_SHA384,
+                Scheme::Ecdsa(&ring::digest::SHA384),
+            ),
+            (true, ED25519_PARAMS | ED25519_NAME_PARAMS) => (&rcgen::PKCS_ED25519, Scheme::Ed25519),
             _ => {
                 return Err(TokenError::Refused(format!(
-                    "{uri}: the key's curve is neither P-256 nor P-384"
+                    "{uri}: the key's curve is none of P-256, P-384 and Ed25519"
                 )))
             }
+        };
+        let public_key = match scheme {
+            Scheme::Ecdsa(_) => ec_point(&point)?,
+            Scheme::Ed25519 => edwards_point(&point)?,
         };
         let key = Self {
             module,
@@ -238,9 +266,9 @@ impl Pkcs11Key {
             },
             uri,
             pin,
-            public_key: ec_point(&point)?,
+            public_key,
             algorithm,
-            digest,
+            scheme,
             idle: Mutex::new(Vec::new()),
             pool: pool.max(1),
         };
@@ -277,12 +305,23 @@ impl Pkcs11Key {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn sign_once(&self, digest: &[u8]) -> Result<Vec<u8>, TokenError> {
+    /// Signs `input` (the digest for ECDSA, the message for Ed25519) in one session.
+    fn sign_once(&self, input: &[u8]) -> Result<Vec<u8>, TokenError> {
         let (session, key) = self.session()?;
-        match session.sign(&Mechanism::Ecdsa, key, digest) {
+        let mechanism = match self.scheme {
+            Scheme::Ecdsa(_) => Mechanism::Ecdsa,
+            Scheme::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+        };
+        match session.sign(&mechanism, key, input) {
             Ok(raw) => {
                 self.release(session, key);
-                ecdsa_der(&raw)
+                match self.scheme {
+                    Scheme::Ecdsa(_) => ecdsa_der(&raw),
+                    Scheme::Ed25519 if raw.len() == 64 => Ok(raw),
+                    Scheme::Ed25519 => Err(TokenError::Refused(
+                        "the token returned a malformed Ed25519 signature".into(),
+                    )),
+                }
             }
             Err(error) => Err(classify("signing", error)),
         }
@@ -299,14 +338,21 @@ impl TokenKey for Pkcs11Key {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TokenError> {
-        let digest = ring::digest::digest(self.digest, message);
-        match self.sign_once(digest.as_ref()) {
+        let digest;
+        let input = match self.scheme {
+            Scheme::Ecdsa(algorithm) => {
+                digest = ring::digest::digest(algorithm, message);
+                digest.as_ref()
+            }
+            Scheme::Ed25519 => message,
+        };
+        match self.sign_once(input) {
             Ok(signature) => Ok(signature),
             // A pooled session may have died with a token that has since come back: one more
             // try, in a new session.
             Err(TokenError::Unavailable(_)) => {
                 self.forget_sessions();
-                self.sign_once(digest.as_ref()).inspect_err(|error| {
+                self.sign_once(input).inspect_err(|error| {
                     if matches!(error, TokenError::Unavailable(_)) {
                         reinitialize(&self.module, &self.context);
                     }
@@ -360,6 +406,19 @@ pub(super) fn ec_point(value: &[u8]) -> Result<Vec<u8>, TokenError> {
         .map_err(|_| TokenError::Refused("the token's EC point is malformed".into()))
 }
 
+/// The 32-byte Ed25519 public key from an Edwards key's `CKA_EC_POINT`: a DER OCTET STRING by
+/// PKCS#11 3.0, the bare key from some modules.
+pub(super) fn edwards_point(value: &[u8]) -> Result<Vec<u8>, TokenError> {
+    if value.len() == 32 {
+        return Ok(value.to_vec());
+    }
+    OctetStringRef::from_der(value)
+        .ok()
+        .map(|octets| octets.as_bytes().to_vec())
+        .filter(|key| key.len() == 32)
+        .ok_or_else(|| TokenError::Refused("the token's Ed25519 public key is malformed".into()))
+}
+
 /// X.509's ECDSA signature (`Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }`, RFC 5480)
 /// from PKCS#11's `r ‖ s`.
 pub(super) fn ecdsa_der(raw: &[u8]) -> Result<Vec<u8>, TokenError> {
@@ -396,6 +455,17 @@ mod tests {
         assert_eq!(&der[der.len() - 3..], &[0x02, 1, 2]);
         assert!(ecdsa_der(&raw[..63]).is_err());
         assert!(ecdsa_der(&[]).is_err());
+    }
+
+    #[test]
+    fn an_edwards_point_is_read_wrapped_or_bare_and_only_at_32_bytes() {
+        let key = [7u8; 32];
+        let mut wrapped = vec![0x04, 32];
+        wrapped.extend_from_slice(&key);
+        assert_eq!(edwards_point(&wrapped).unwrap(), key);
+        assert_eq!(edwards_point(&key).unwrap(), key);
+        assert!(edwards_point(&wrapped[..33]).is_err());
+        assert!(edwards_point(&[0x04, 31, 0]).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use cryptoki::types::AuthPin;
 
 use crate::domain::signing_key::{CaKey, TokenError, TokenKey as _};
 
-use self::key::{classify, logged_in_session, Pkcs11Key, P256_PARAMS};
+use self::key::{classify, logged_in_session, Pkcs11Key, ED25519_PARAMS, P256_PARAMS};
 use self::module::context;
 use self::uri::KeyUri;
 
@@ -30,6 +30,15 @@ pub struct Pkcs11Settings {
     pub pin: PinSource,
     /// Logged-in sessions each key keeps open for signing.
     pub sessions: usize,
+}
+
+/// The kind of key [`Pkcs11Settings::generate`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewKey {
+    /// A CA key: ECDSA P-256.
+    EcdsaP256,
+    /// The audit key, which signs checkpoints (C2SP signed notes are Ed25519).
+    Ed25519,
 }
 
 /// Where the user PIN is read from. The PIN itself is never configured inline.
@@ -133,10 +142,10 @@ impl Pkcs11Settings {
         Ok(CaKey::Token(Arc::new(key)))
     }
 
-    /// Generates an ECDSA P-256 key pair in the token the URI names, labelled with its
-    /// `object`: the private key sensitive and not extractable, so it never leaves the token.
-    /// Refuses a label already in use unless `replace`.
-    pub fn generate(&self, uri: &str, replace: bool) -> Result<CaKey, Pkcs11Error> {
+    /// Generates a key pair of `kind` in the token the URI names, labelled with its `object`:
+    /// the private key sensitive and not extractable, so it never leaves the token. Refuses a
+    /// label already in use unless `replace`.
+    pub fn generate(&self, uri: &str, replace: bool, kind: NewKey) -> Result<CaKey, Pkcs11Error> {
         let parsed = KeyUri::parse(uri)?;
         let shown = parsed.to_string();
         let token_error = |source| Pkcs11Error::Token {
@@ -170,12 +179,20 @@ impl Pkcs11Settings {
                 id.to_vec()
             }
         };
+        let (key_type, params, mechanism) = match kind {
+            NewKey::EcdsaP256 => (KeyType::EC, P256_PARAMS, Mechanism::EccKeyPairGen),
+            NewKey::Ed25519 => (
+                KeyType::EC_EDWARDS,
+                ED25519_PARAMS,
+                Mechanism::EccEdwardsKeyPairGen,
+            ),
+        };
         let public = [
             Attribute::Token(true),
             Attribute::Private(false),
-            Attribute::KeyType(KeyType::EC),
+            Attribute::KeyType(key_type),
             Attribute::Verify(true),
-            Attribute::EcParams(P256_PARAMS.to_vec()),
+            Attribute::EcParams(params.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Id(id.clone()),
         ];
@@ -189,14 +206,14 @@ impl Pkcs11Settings {
             Attribute::Id(id.clone()),
         ];
         session
-            .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+            .generate_key_pair(&mechanism, &public, &private)
             .map_err(|e| token_error(classify("generating a key pair", e)))?;
         drop(session);
         // Open it by its id too, so a replaced label still names exactly the new key.
         let exact = parsed.with_id(id);
         let key =
             Pkcs11Key::open((module, context), exact, pin, self.sessions).map_err(token_error)?;
-        tracing::info!(key = %key.describe(), "generated a CA key in a PKCS#11 token");
+        tracing::info!(key = %key.describe(), ?kind, "generated a key in a PKCS#11 token");
         Ok(CaKey::Token(Arc::new(key)))
     }
 }

@@ -30,6 +30,9 @@ pub enum StoreError {
     TooBroad { values: usize },
     #[error("the record store at {path} is in use by another process")]
     Locked { path: String },
+    /// The audit key did not sign (it is in a token that is gone): no checkpoint was stored.
+    #[error("signing the checkpoint failed: {0}")]
+    Checkpoint(crate::domain::audit::checkpoint::CheckpointError),
     #[error("the record store at {path} has an unknown layout (version {version})")]
     UnknownLayout { path: String, version: String },
 }

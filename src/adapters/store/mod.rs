@@ -277,7 +277,9 @@ impl SledStore {
             let flushes_before = inner.commit.flushes.load(Ordering::SeqCst);
             inner.wait_durable(size, flushes_before).await?;
         }
-        let note = signer.sign_checkpoint(size, root);
+        let note = signer
+            .sign_checkpoint(size, root)
+            .map_err(StoreError::Checkpoint)?;
         if !inner.read_only {
             inner
                 .checkpoints

@@ -15,6 +15,7 @@
 //! text `<key name>+<hex key id>+<base64(0x01 ‖ public key)>`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -22,6 +23,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 
 use crate::domain::audit::merkle::Hash;
+use crate::domain::signing_key::{TokenKey, TokenKeyInfo};
 
 /// The signature type byte of Ed25519 in signed notes.
 const ED25519_TYPE: u8 = 0x01;
@@ -94,21 +96,52 @@ pub enum CheckpointError {
     BadVerifierKey(&'static str),
     #[error("invalid audit key: {0}")]
     BadSigningKey(&'static str),
+    /// The audit key is in a token that did not sign (gone, or refusing): no checkpoint now.
+    #[error("the audit key did not sign: {0}")]
+    KeyUnavailable(String),
 }
 
 /// The audit key: signs checkpoints. Its `Debug` never shows the key.
 pub struct AuditSigner {
     name: String,
-    key: Ed25519KeyPair,
+    key: AuditKey,
     key_id: [u8; 4],
+}
+
+/// Where the audit key is: in memory (read from its PEM file), or in a PKCS#11 token.
+enum AuditKey {
+    Memory(Ed25519KeyPair),
+    Token(Arc<dyn TokenKey>),
+}
+
+impl AuditKey {
+    fn public_key(&self) -> &[u8] {
+        match self {
+            Self::Memory(key) => key.public_key().as_ref(),
+            Self::Token(key) => key.public_key(),
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CheckpointError> {
+        match self {
+            Self::Memory(key) => Ok(key.sign(message).as_ref().to_vec()),
+            Self::Token(key) => key
+                .sign(message)
+                .map_err(|error| CheckpointError::KeyUnavailable(error.to_string())),
+        }
+    }
 }
 
 impl fmt::Debug for AuditSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditSigner")
+        let mut debug = f.debug_struct("AuditSigner");
+        debug
             .field("name", &self.name)
-            .field("key_id", &crate::domain::digest::hex(&self.key_id))
-            .finish_non_exhaustive()
+            .field("key_id", &crate::domain::digest::hex(&self.key_id));
+        if let AuditKey::Token(key) = &self.key {
+            debug.field("token", &key.describe());
+        }
+        debug.finish_non_exhaustive()
     }
 }
 
@@ -127,11 +160,27 @@ impl AuditSigner {
         check_name(name).map_err(CheckpointError::BadSigningKey)?;
         let key = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
             .map_err(|_| CheckpointError::BadSigningKey("not an Ed25519 PKCS#8 key"))?;
-        Ok(Self::new(name, key))
+        Ok(Self::with_key(name, AuditKey::Memory(key)))
     }
 
+    /// The key in a token: it must be an Ed25519 key, which signs there.
+    pub fn from_token(name: &str, key: Arc<dyn TokenKey>) -> Result<Self, CheckpointError> {
+        check_name(name).map_err(CheckpointError::BadSigningKey)?;
+        if key.algorithm() != &rcgen::PKCS_ED25519 || key.public_key().len() != 32 {
+            return Err(CheckpointError::BadSigningKey(
+                "the token key is not an Ed25519 key",
+            ));
+        }
+        Ok(Self::with_key(name, AuditKey::Token(key)))
+    }
+
+    #[cfg(test)]
     fn new(name: &str, key: Ed25519KeyPair) -> Self {
-        let key_id = key_id(name, key.public_key().as_ref());
+        Self::with_key(name, AuditKey::Memory(key))
+    }
+
+    fn with_key(name: &str, key: AuditKey) -> Self {
+        let key_id = key_id(name, key.public_key());
         Self {
             name: name.to_owned(),
             key,
@@ -143,10 +192,18 @@ impl AuditSigner {
         &self.name
     }
 
+    /// The token that holds the key, when it is in one.
+    pub fn token_key(&self) -> Option<TokenKeyInfo> {
+        match &self.key {
+            AuditKey::Memory(_) => None,
+            AuditKey::Token(key) => Some(key.describe()),
+        }
+    }
+
     /// The verifier key text to publish beside checkpoints.
     pub fn verifier_key(&self) -> String {
         let mut typed = vec![ED25519_TYPE];
-        typed.extend_from_slice(self.key.public_key().as_ref());
+        typed.extend_from_slice(self.key.public_key());
         format!(
             "{}+{}+{}",
             self.name,
@@ -160,24 +217,25 @@ impl AuditSigner {
         AuditVerifier {
             name: self.name.clone(),
             key_id: self.key_id,
-            public_key: self.key.public_key().as_ref().to_vec(),
+            public_key: self.key.public_key().to_vec(),
         }
     }
 
-    /// Signs `text` (which must end in a newline) as a signed note.
-    pub(crate) fn sign_note(&self, text: &str) -> String {
-        let signature = self.key.sign(text.as_bytes());
+    /// Signs `text` (which must end in a newline) as a signed note. Fails only when the key is
+    /// in a token that does not sign now.
+    pub(crate) fn sign_note(&self, text: &str) -> Result<String, CheckpointError> {
+        let signature = self.key.sign(text.as_bytes())?;
         let mut blob = self.key_id.to_vec();
-        blob.extend_from_slice(signature.as_ref());
-        format!(
+        blob.extend_from_slice(&signature);
+        Ok(format!(
             "{text}\n{SIGNATURE_PREFIX}{} {}\n",
             self.name,
             BASE64.encode(blob)
-        )
+        ))
     }
 
     /// A signed checkpoint note whose origin is the key's name.
-    pub fn sign_checkpoint(&self, size: u64, root: Hash) -> String {
+    pub fn sign_checkpoint(&self, size: u64, root: Hash) -> Result<String, CheckpointError> {
         self.sign_note(
             &Checkpoint {
                 origin: self.name.clone(),
@@ -383,7 +441,7 @@ mod tests {
     fn signs_and_opens_notes_exactly_like_go_sumdb_note() {
         let signer = peter();
         assert_eq!(signer.verifier_key(), PETER_VKEY);
-        let note = signer.sign_note(PETER_TEXT);
+        let note = signer.sign_note(PETER_TEXT).unwrap();
         assert_eq!(note, format!("{PETER_TEXT}\n{PETER_NOTE_SIGNATURE}"));
         let verifier = AuditVerifier::parse(PETER_VKEY).unwrap();
         assert_eq!(verifier.open_note(&note).unwrap(), PETER_TEXT);
@@ -392,6 +450,72 @@ mod tests {
             verifier.open_note(&edited),
             Err(CheckpointError::BadSignature("PeterNeumann".into()))
         );
+    }
+
+    /// A token key that signs with an Ed25519 key in memory, or fails as a removed token does.
+    struct FakeToken {
+        key: Ed25519KeyPair,
+        algorithm: &'static rcgen::SignatureAlgorithm,
+        present: std::sync::atomic::AtomicBool,
+    }
+
+    impl TokenKey for FakeToken {
+        fn public_key(&self) -> &[u8] {
+            self.key.public_key().as_ref()
+        }
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            self.algorithm
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, crate::domain::signing_key::TokenError> {
+            if self.present.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(self.key.sign(message).as_ref().to_vec())
+            } else {
+                Err(crate::domain::signing_key::TokenError::Unavailable(
+                    "removed".into(),
+                ))
+            }
+        }
+        fn describe(&self) -> TokenKeyInfo {
+            TokenKeyInfo {
+                token_label: "t".into(),
+                ..TokenKeyInfo::default()
+            }
+        }
+        fn health(&self) -> Result<(), crate::domain::signing_key::TokenError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_audit_key_in_a_token_signs_the_same_notes_and_fails_cleanly_when_it_is_gone() {
+        let seed = BASE64.decode(PETER_SEED).unwrap();
+        let token = Arc::new(FakeToken {
+            key: Ed25519KeyPair::from_seed_unchecked(&seed[1..]).unwrap(),
+            algorithm: &rcgen::PKCS_ED25519,
+            present: true.into(),
+        });
+        let signer = AuditSigner::from_token("PeterNeumann", token.clone()).unwrap();
+        assert_eq!(signer.verifier_key(), PETER_VKEY);
+        assert_eq!(
+            signer.sign_note(PETER_TEXT).unwrap(),
+            format!("{PETER_TEXT}\n{PETER_NOTE_SIGNATURE}")
+        );
+        assert_eq!(signer.token_key().unwrap().token_label, "t");
+        assert!(format!("{signer:?}").contains("token"));
+        token
+            .present
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            signer.sign_checkpoint(1, [0; 32]),
+            Err(CheckpointError::KeyUnavailable(_))
+        ));
+        // Only an Ed25519 key signs checkpoints.
+        let ecdsa = Arc::new(FakeToken {
+            key: Ed25519KeyPair::from_seed_unchecked(&seed[1..]).unwrap(),
+            algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
+            present: true.into(),
+        });
+        assert!(AuditSigner::from_token("PeterNeumann", ecdsa).is_err());
     }
 
     #[test]
@@ -413,7 +537,7 @@ mod tests {
     fn checkpoints_round_trip_and_other_keys_are_refused() {
         let (signer, pkcs8) = AuditSigner::generate("meshroot-audit/test").unwrap();
         let root = crate::domain::audit::merkle::leaf_hash(b"x");
-        let note = signer.sign_checkpoint(42, root);
+        let note = signer.sign_checkpoint(42, root).unwrap();
         assert!(note.starts_with("meshroot-audit/test\n42\n"));
         let verifier = AuditVerifier::parse(&signer.verifier_key()).unwrap();
         assert_eq!(
@@ -430,7 +554,7 @@ mod tests {
         // A note from another key with the same name is not accepted.
         let (other, _) = AuditSigner::generate("meshroot-audit/test").unwrap();
         assert!(verifier
-            .open_checkpoint(&other.sign_checkpoint(42, root))
+            .open_checkpoint(&other.sign_checkpoint(42, root).unwrap())
             .is_err());
         // A changed size breaks the signature.
         let forged = note.replacen("\n42\n", "\n41\n", 1);
@@ -446,7 +570,7 @@ mod tests {
         let verifier = signer.verifier();
         // Member 1 signs with the same key under its own log name.
         let member_1 = AuditSigner::from_pkcs8("meshroot-audit/member-1", &pkcs8).unwrap();
-        let note = member_1.sign_checkpoint(7, [3; 32]);
+        let note = member_1.sign_checkpoint(7, [3; 32]).unwrap();
         assert_eq!(
             check_shared("meshroot-audit/member-1", &note, Some(&verifier)).unwrap(),
             Some((7, note.clone()))
@@ -470,7 +594,7 @@ mod tests {
             "{error:?}"
         );
         let (stranger, _) = AuditSigner::generate("meshroot-audit/member-1").unwrap();
-        let other_key = stranger.sign_checkpoint(1 << 40, [0; 32]);
+        let other_key = stranger.sign_checkpoint(1 << 40, [0; 32]).unwrap();
         assert!(check_shared("meshroot-audit/member-1", &other_key, Some(&verifier)).is_err());
         assert_eq!(
             check_shared("meshroot-audit/member-1", &note, None),

@@ -15,7 +15,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::adapters::authn::jwt::DevTokenSigner;
 use crate::adapters::config::{self, DEFAULT_LISTEN};
-use crate::adapters::pkcs11::{PinSource, Pkcs11Settings};
+use crate::adapters::pkcs11::{NewKey, PinSource, Pkcs11Settings};
 use crate::domain::audit::checkpoint::AuditSigner;
 use crate::domain::identity::TrustDomain;
 use crate::domain::keys::{self, certificate_pem, KeyType};
@@ -29,6 +29,8 @@ const CA_BACKDATE: Duration = Duration::from_secs(3600);
 
 /// The audit key's file (Ed25519, PKCS#8 PEM) in an `init` directory.
 pub(crate) const AUDIT_KEY_FILE: &str = "audit-key.pem";
+/// The label of the audit key `init` makes in a token.
+pub(crate) const AUDIT_KEY_LABEL: &str = "meshroot-audit";
 /// Its verifier key (`name+id+key`), to give auditors.
 pub(crate) const AUDIT_VERIFIER_FILE: &str = "audit-key.pub";
 
@@ -82,27 +84,44 @@ fn new_ca_key(
             "a key in a token is ECDSA P-256: leave out --key-type or give ecdsa-p256".into(),
         )),
         Some(token) => {
-            let uri = format!(
-                "pkcs11:token={};object={}",
-                utf8_percent_encode(&token.token, URI_VALUE),
-                utf8_percent_encode(label, URI_VALUE)
-            );
-            let key = token
-                .settings
-                .generate(&uri, replace)
-                .map_err(|e| failed(e.to_string()))?;
-            // Named by its id too: a replaced label then still names exactly this key.
-            let id = key
-                .token()
-                .map(|key| key.describe().key_id)
-                .unwrap_or_default();
-            let id: String = id
-                .as_bytes()
-                .chunks(2)
-                .map(|pair| format!("%{}", String::from_utf8_lossy(pair)))
-                .collect();
-            Ok((key, Some(format!("{uri};id={id}"))))
+            let (key, uri) = token.generate(label, replace, NewKey::EcdsaP256)?;
+            Ok((key, Some(uri)))
         }
+    }
+}
+
+impl TokenKeys {
+    /// Generates a key of `kind` labelled `label` in the token; returns it and the URI that
+    /// names exactly it (by label and id, so a label used again after a rotation still names
+    /// this key).
+    fn generate(
+        &self,
+        label: &str,
+        replace: bool,
+        kind: NewKey,
+    ) -> Result<(CaKey, String), CaFilesError> {
+        let uri = format!(
+            "pkcs11:token={};object={}",
+            utf8_percent_encode(&self.token, URI_VALUE),
+            utf8_percent_encode(label, URI_VALUE)
+        );
+        let key =
+            self.settings
+                .generate(&uri, replace, kind)
+                .map_err(|e| CaFilesError::Generate {
+                    what: format!("the key {label}"),
+                    reason: e.to_string(),
+                })?;
+        let id = key
+            .token()
+            .map(|key| key.describe().key_id)
+            .unwrap_or_default();
+        let id: String = id
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| format!("%{}", String::from_utf8_lossy(pair)))
+            .collect();
+        Ok((key, format!("{uri};id={id}")))
     }
 }
 
@@ -217,7 +236,10 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         Some(_) => ROOT_KEY_URI_FILE,
         None => "root-key.pem",
     };
-    let mut key_paths = vec![dir.join(root_key_file), dir.join(AUDIT_KEY_FILE)];
+    let mut key_paths = vec![dir.join(root_key_file)];
+    if options.token.is_none() {
+        key_paths.push(dir.join(AUDIT_KEY_FILE));
+    }
     for (mesh, _) in &options.meshes {
         key_paths.push(dir.join(mesh).join(match options.token {
             Some(_) => "ca-key.uri",
@@ -352,13 +374,31 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         config::DEFAULT_AUDIT_KEY_NAME,
         crate::domain::digest::hex(&id)
     );
-    let (audit_signer, audit_pkcs8) = AuditSigner::generate(&key_name)
-        .map_err(|e| generate_failed("the audit key", e.to_string()))?;
-    write_file(
-        &dir.join(AUDIT_KEY_FILE),
-        keys::pem_encode("PRIVATE KEY", &audit_pkcs8).as_bytes(),
-        true,
-    )?;
+    // In a token, the audit key is an Ed25519 key there too (checkpoints are signed notes);
+    // the configuration names it by URI.
+    let (audit_signer, audit_key_setting) = match &options.token {
+        None => {
+            let (signer, pkcs8) = AuditSigner::generate(&key_name)
+                .map_err(|e| generate_failed("the audit key", e.to_string()))?;
+            write_file(
+                &dir.join(AUDIT_KEY_FILE),
+                keys::pem_encode("PRIVATE KEY", &pkcs8).as_bytes(),
+                true,
+            )?;
+            (signer, format!("key = {}", toml_string(AUDIT_KEY_FILE)))
+        }
+        Some(token) => {
+            let (key, uri) = token.generate(AUDIT_KEY_LABEL, options.force, NewKey::Ed25519)?;
+            let signer = key
+                .token()
+                .ok_or_else(|| generate_failed("the audit key", "not in the token".into()))
+                .and_then(|key| {
+                    AuditSigner::from_token(&key_name, key.clone())
+                        .map_err(|e| generate_failed("the audit key", e.to_string()))
+                })?;
+            (signer, format!("signing_key = {}", toml_string(&uri)))
+        }
+    };
     write_file(
         &dir.join(AUDIT_VERIFIER_FILE),
         format!("{}\n", audit_signer.verifier_key()).as_bytes(),
@@ -368,12 +408,12 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         "\n# The issuance log: checkpoints signed with the audit key (verifier key in {AUDIT_VERIFIER_FILE}),\n\
          # published to checkpoint_file; records kept issued_retention after their certificate\n\
          # expired, denials for denial_retention.\n\
-         [audit]\nkey = {}\nkey_name = {}\ncheckpoint_file = \"checkpoint.txt\"\n\
+         [audit]\n{}\nkey_name = {}\ncheckpoint_file = \"checkpoint.txt\"\n\
          checkpoint_interval = {}\nissued_retention = \"400d\"\ndenial_retention = \"30d\"\nprune_interval = \"1h\"\n\
          \n# The audit API (gRPC meshroot.audit.v1.AuditService). On a non-loopback address it\n\
          # requires mutual TLS from one of allowed_identities (certificates meshroot issued).\n\
          [admin]\nlisten = {}\n# allowed_identities = [\"spiffe://cluster.local/ns/istio-system/sa/auditor\"]\n",
-        toml_string(AUDIT_KEY_FILE),
+        audit_key_setting,
         toml_string(&key_name),
         toml_string(&crate::domain::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL)),
         toml_string(config::DEFAULT_ADMIN_LISTEN),
@@ -454,6 +494,10 @@ fn helm_values_yaml(dir: &Path, meshes: &[&str]) -> Result<String, CaFilesError>
         }
     }
     for file in [ROOT_CRL_FILE, AUDIT_KEY_FILE] {
+        // An audit key in a token has no file either.
+        if file == AUDIT_KEY_FILE && !dir.join(file).exists() {
+            continue;
+        }
         let text = read(dir.join(file))?;
         yaml.push_str(&format!("  {file}: {}", block(&text, "    ")));
     }

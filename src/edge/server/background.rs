@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::PrivatePkcs8KeyDer;
 use tokio::sync::watch;
 
 use crate::adapters::store::SledStore;
@@ -64,22 +62,20 @@ pub(super) async fn write_atomically(
 }
 
 pub(super) fn load_audit_signer(
-    audit: &crate::adapters::config::AuditConfig,
+    config: &crate::adapters::config::Config,
 ) -> Result<Option<Arc<AuditSigner>>, ServeError> {
-    let Some(path) = &audit.key else {
-        tracing::warn!("no audit key configured ([audit] key): checkpoints are not written");
-        return Ok(None);
-    };
-    let failed = |reason: String| ServeError::AuditKey {
-        path: path.display().to_string(),
-        reason,
-    };
-    let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
-    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
-        .map_err(|_| failed("not a PKCS#8 PEM private key".into()))?;
-    let signer = AuditSigner::from_pkcs8(&audit.key_name, der.secret_pkcs8_der())
-        .map_err(|e| failed(e.to_string()))?;
-    Ok(Some(Arc::new(signer)))
+    let signer = config.audit_signer()?;
+    match &signer {
+        None => tracing::warn!(
+            "no audit key configured ([audit] key or signing_key): checkpoints are not written"
+        ),
+        Some(signer) => {
+            if let Some(token) = signer.token_key() {
+                tracing::info!(%token, "the audit key is in a PKCS#11 token");
+            }
+        }
+    }
+    Ok(signer.map(Arc::new))
 }
 
 pub(super) async fn checkpoint_loop(

@@ -54,8 +54,8 @@ pub enum ServeError {
     },
     #[error("TLS setup failed: {0}")]
     Tls(String),
-    #[error("audit key {path}: {reason}")]
-    AuditKey { path: String, reason: String },
+    #[error(transparent)]
+    AuditKey(#[from] crate::adapters::config::AuditKeyError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("the server task failed: {0}")]
@@ -94,6 +94,7 @@ impl ServeError {
             Self::ShutdownIncomplete(_) => EXIT_SHUTDOWN_INCOMPLETE,
             // EX_UNAVAILABLE: the token (or its module) is missing; start again once it is back.
             Self::Token { source, .. } if source.is_unavailable() => EXIT_TOKEN_UNAVAILABLE,
+            Self::AuditKey(error) if error.is_unavailable() => EXIT_TOKEN_UNAVAILABLE,
             _ => 1,
         }
     }

@@ -206,7 +206,7 @@ pub async fn start_with_clock(
             ..crate::adapters::store::StoreOptions::default()
         },
     )?;
-    let signer = load_audit_signer(&config.audit)?;
+    let signer = load_audit_signer(config)?;
     let metrics = Metrics::new();
     let limits = Arc::new(RateLimits::new(
         config.rate_limit.per_caller,

@@ -181,7 +181,9 @@ fn main() {
         write(dir, "revocation", "apply", &input);
     }
     let log = "meshroot-audit/member-1";
-    let note = meshroot_fuzz::audit_signer(log).sign_checkpoint(42, [7; 32]);
+    let note = meshroot_fuzz::audit_signer(log)
+        .sign_checkpoint(42, [7; 32])
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut input = vec![log.len() as u8];
     input.extend_from_slice(log.as_bytes());
     input.extend_from_slice(note.as_bytes());

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use crate::adapters::config::Config;
-use crate::domain::audit::checkpoint::{AuditSigner, AuditVerifier, Checkpoint};
+use crate::domain::audit::checkpoint::{AuditVerifier, Checkpoint};
 use crate::domain::audit::verify::{LogVerifier, VerifyReport};
 use crate::domain::digest::hex;
 use crate::edge::cli::failure::Failure;
@@ -29,16 +29,10 @@ pub(super) fn load_verifier(
     let Ok(config) = Config::load(config) else {
         return Ok(None);
     };
-    let Some(key) = &config.audit.key else {
-        return Ok(None);
-    };
-    use rustls_pki_types::pem::PemObject as _;
-    let pem = std::fs::read(key).map_err(|e| Failure::usage(format!("{}: {e}", key.display())))?;
-    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem)
-        .map_err(|_| Failure::usage(format!("{}: not a PKCS#8 key", key.display())))?;
-    let signer = AuditSigner::from_pkcs8(&config.audit.key_name, der.secret_pkcs8_der())
-        .map_err(|e| Failure::usage(format!("{}: {e}", key.display())))?;
-    Ok(Some(signer.verifier()))
+    let signer = config
+        .audit_signer()
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(signer.map(|signer| signer.verifier()))
 }
 
 pub(super) async fn verify(args: VerifyArgs) -> Result<(), Failure> {
