@@ -56,6 +56,7 @@ pub enum Outcome {
     Denied(DenialRecord),
     Revoked(RevocationRecord),
     Federated(FederationRecord),
+    CaKey(CaKeyRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -165,6 +166,75 @@ pub struct FederationRecord {
     pub unprotected: bool,
 }
 
+/// `CaKeyRecord::event` of a CA certificate `meshroot init` made.
+pub const CA_KEY_CREATED: &str = "created";
+/// `CaKeyRecord::event` of an intermediate a server takes into service that its log did not
+/// name yet (after `rotate intermediate`, or a cacerts Secret made elsewhere).
+pub const CA_KEY_IN_SERVICE: &str = "in_service";
+
+/// A CA certificate made, or taken into service, and where its key is: which token, which
+/// object (label and id), or a file. The record's caller is empty (meshroot itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CaKeyRecord {
+    /// [`CA_KEY_CREATED`] or [`CA_KEY_IN_SERVICE`].
+    pub event: String,
+    /// `root` or `intermediate`.
+    pub role: String,
+    /// The mesh an intermediate serves (empty for the root).
+    pub mesh: String,
+    #[serde(serialize_with = "hex_bytes")]
+    pub certificate_sha256: Vec<u8>,
+    /// The issuer's certificate (the root's own for the root).
+    #[serde(serialize_with = "hex_bytes")]
+    pub issuer_sha256: Vec<u8>,
+    pub subject: String,
+    #[serde(serialize_with = "hex_bytes")]
+    pub serial: Vec<u8>,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// Where the certificate's private key is.
+    pub key: KeyLocation,
+    /// Where the key that signed it is; None when not known here (a root kept offline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<KeyLocation>,
+}
+
+/// Where a CA's private key is: a PEM file (`custody` "file"), or an object in a PKCS#11 token
+/// ("token", with the token's label and serial and the object's label and id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyLocation {
+    pub custody: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub token_label: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub token_serial: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key_label: String,
+    /// `CKA_ID`, hex.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
+    /// e.g. `ecdsa_p256_sha256`.
+    pub algorithm: String,
+    /// SHA-256 of the SubjectPublicKeyInfo.
+    #[serde(serialize_with = "hex_bytes")]
+    pub public_key_sha256: Vec<u8>,
+}
+
+impl std::fmt::Display for KeyLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.custody == "token" {
+            write!(
+                f,
+                "token {:?} (serial {}), key {:?} (id {})",
+                self.token_label, self.token_serial, self.key_label, self.key_id
+            )
+        } else {
+            write!(f, "{}", self.custody)
+        }
+    }
+}
+
 /// One revoked certificate, with what its CRL entry needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RevokedCertificate {
@@ -213,14 +283,17 @@ impl Record {
         match &self.outcome {
             Outcome::Issued(issued) => &issued.spiffe_id,
             Outcome::Denied(denied) => &denied.requested_spiffe_id,
-            Outcome::Revoked(_) | Outcome::Federated(_) => "",
+            Outcome::Revoked(_) | Outcome::Federated(_) | Outcome::CaKey(_) => "",
         }
     }
 
     pub fn serial(&self) -> Option<&[u8]> {
         match &self.outcome {
             Outcome::Issued(issued) => Some(&issued.serial),
-            Outcome::Denied(_) | Outcome::Revoked(_) | Outcome::Federated(_) => None,
+            Outcome::Denied(_)
+            | Outcome::Revoked(_)
+            | Outcome::Federated(_)
+            | Outcome::CaKey(_) => None,
         }
     }
 }

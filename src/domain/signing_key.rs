@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey};
 
+use crate::domain::digest::sha256;
+use crate::domain::record::KeyLocation;
+
 /// A private key inside a token: it signs there and only its public half is ever read.
 /// Implemented by the PKCS#11 adapter.
 pub trait TokenKey: Send + Sync {
@@ -76,6 +79,34 @@ impl CaKey {
         match self {
             Self::Memory(_) => None,
             Self::Token(key) => Some(key),
+        }
+    }
+
+    /// Where the key is, as a record of a CA key operation names it.
+    pub fn location(&self) -> KeyLocation {
+        let algorithm = format!("{:?}", PublicKeyData::algorithm(self))
+            .trim_start_matches("PKCS_")
+            .to_ascii_lowercase();
+        let public_key_sha256 = sha256(&self.subject_public_key_info()).to_vec();
+        match self {
+            Self::Memory(_) => KeyLocation {
+                custody: "file".into(),
+                algorithm,
+                public_key_sha256,
+                ..KeyLocation::default()
+            },
+            Self::Token(key) => {
+                let info = key.describe();
+                KeyLocation {
+                    custody: "token".into(),
+                    token_label: info.token_label,
+                    token_serial: info.token_serial,
+                    key_label: info.key_label,
+                    key_id: info.key_id,
+                    algorithm,
+                    public_key_sha256,
+                }
+            }
         }
     }
 

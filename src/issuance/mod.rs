@@ -16,6 +16,7 @@
 //! the record, never to the client: every failure is classified once ([`IssueError::classify`])
 //! and the edge maps that class to a gRPC status.
 
+pub mod ca_key;
 mod current;
 mod error;
 mod holds;

@@ -254,8 +254,8 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
             .unwrap();
     let checkpoint = verifier.open_checkpoint(&published).unwrap();
     assert_eq!(
-        checkpoint.size, 6,
-        "the serving certificate and five workloads"
+        checkpoint.size, 7,
+        "the intermediate taken into service, the serving certificate and five workloads"
     );
 
     let mut client = audit_client(&server).await;
@@ -312,7 +312,7 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
             .map(|h| h.as_slice().try_into().unwrap())
             .collect();
         let leaf_hash = merkle::leaf_hash(&proof.leaf_data);
-        merkle::verify_inclusion(&leaf_hash, proof.leaf_index, 6, &path, &checkpoint.root).unwrap();
+        merkle::verify_inclusion(&leaf_hash, proof.leaf_index, 7, &path, &checkpoint.root).unwrap();
         assert_eq!(proof.checkpoint_note, published);
     }
     // Issued after the checkpoint: not provable until the next one.
@@ -331,7 +331,7 @@ async fn checkpoints_and_inclusion_proofs_verify_with_the_published_key() {
     server.stop().await;
     // The shutdown checkpoint covers it.
     let last = std::fs::read_to_string(ca.path().join("checkpoint.txt")).unwrap();
-    assert_eq!(verifier.open_checkpoint(&last).unwrap().size, 7);
+    assert_eq!(verifier.open_checkpoint(&last).unwrap().size, 8);
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use crate::common;
 use crate::common::Edited as _;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::openssl;
@@ -369,7 +369,7 @@ fn audit_commands_work_through_the_server_and_on_the_stopped_store() {
         "ca/audit-key.pub",
     ]));
     assert!(
-        verified.contains("checkpoint ca/checkpoint.txt (size 4): matches"),
+        verified.contains("checkpoint ca/checkpoint.txt (size 6): matches"),
         "{verified}"
     );
     let page = stdout(&audit(&["list", "--spiffe-id", cart, "--format", "json"]));
@@ -392,7 +392,7 @@ fn audit_commands_work_through_the_server_and_on_the_stopped_store() {
             "ca/audit-key.pub",
         ],
     ));
-    assert!(checked.starts_with("OK: record 3"), "{checked}");
+    assert!(checked.starts_with("OK: record 5"), "{checked}");
     assert!(checked.contains(&serial), "{checked}");
     // A proof whose record was altered does not hold.
     let mut proof: serde_json::Value =
@@ -419,8 +419,8 @@ fn audit_commands_work_through_the_server_and_on_the_stopped_store() {
     assert!(String::from_utf8_lossy(&forged.stderr).contains("does NOT hold"));
     let stats = stdout(&audit(&["stats", "--json"]));
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!(stats["records"], 4);
-    assert_eq!(stats["latest_checkpoint_size"], 4);
+    assert_eq!(stats["records"], 6);
+    assert_eq!(stats["latest_checkpoint_size"], 6);
     // Bad input is a usage error, not a crash.
     let bad = audit(&["list", "--since", "last tuesday"]);
     assert_eq!(bad.status.code(), Some(64));
@@ -475,6 +475,21 @@ fn serve_refuses_silent_bad_values_and_missing_files_before_writing_anything() {
     stdout(&meshroot(dir, &["init", "--dir", "ca", "--dev-issuer"]));
     let config = dir.join("ca/meshroot.toml");
     let original = std::fs::read_to_string(&config).unwrap();
+    // init's records of the CA keys are the store's whole content, before and after.
+    let store_files = || -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join("ca/store"))
+            .unwrap()
+            .flatten()
+            .filter_map(|entry| {
+                let meta = entry.metadata().ok()?;
+                Some((entry.path(), meta.len(), meta.modified().ok()?))
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = store_files();
+    assert!(!before.is_empty());
     let cases: [(&str, String); 8] = [
         ("cluster.members", format!("{original}\n[cluster]\nmembers = []\n")),
         (
@@ -543,7 +558,7 @@ fn serve_refuses_silent_bad_values_and_missing_files_before_writing_anything() {
         let message = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(64), "{key}: {message}");
         assert!(message.contains(key), "{key}: {message}");
-        assert!(!dir.join("ca/store").exists(), "{key}: nothing was written");
+        assert_eq!(store_files(), before, "{key}: nothing was written");
     }
 }
 

@@ -13,11 +13,11 @@ use meshroot::edge::client::{self, AgentMetadata, Target};
 use crate::common::process::{Serving, BINARY};
 use crate::common::{self, agent_csr, spiffe_id, Edited as _, TestCa, MESH};
 
-const TOKEN: &str = "meshroot";
+pub(crate) const TOKEN: &str = "meshroot";
 const USER_PIN: &str = "1234";
 
 /// SoftHSM's PKCS#11 module.
-fn module() -> PathBuf {
+pub(crate) fn module() -> PathBuf {
     let path = std::env::var_os("MESHROOT_SOFTHSM_MODULE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
@@ -31,12 +31,12 @@ fn module() -> PathBuf {
 
 /// A SoftHSM of the test's own: its configuration, token directory and PIN file, with one
 /// initialised token.
-struct Hsm {
+pub(crate) struct Hsm {
     dir: tempfile::TempDir,
 }
 
 impl Hsm {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         std::fs::create_dir(dir.path().join("tokens")).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(
@@ -105,7 +105,7 @@ impl Hsm {
 }
 
 /// `meshroot init` with the keys in the token.
-fn init_in_token(hsm: &Hsm) -> TestCa {
+pub(crate) fn init_in_token(hsm: &Hsm) -> TestCa {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut args: Vec<String> = ["init", "--dev-issuer", "--dir"].map(String::from).to_vec();
     args.push(dir.path().display().to_string());
@@ -271,9 +271,9 @@ async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key
     // names (read from the token), and refuses it once edited.
     let checkpoint = ca.path().join("checkpoint.txt").display().to_string();
     let note = std::fs::read_to_string(&checkpoint).unwrap();
-    // The serving certificate and the two workloads'.
+    // init's two records of CA keys, the serving certificate and the two workloads'.
     let size = note.lines().nth(1).unwrap();
-    assert_eq!(size, "3", "{note}");
+    assert_eq!(size, "5", "{note}");
     let verifier = ca.path().join("audit-key.pub").display().to_string();
     for key_args in [vec!["--verifier-key", verifier.as_str()], vec![]] {
         let mut args: Vec<String> = ["audit", "verify", "--config", &config, "--checkpoint"]
@@ -285,12 +285,12 @@ async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key
         let text = common::output_text(&output);
         assert!(output.status.success(), "{text}");
         assert!(
-            text.contains(&format!("{checkpoint} (size 3): matches")),
+            text.contains(&format!("{checkpoint} (size 5): matches")),
             "{text}"
         );
     }
     let forged = ca.path().join("forged-checkpoint.txt");
-    std::fs::write(&forged, note.replacen("\n3\n", "\n2\n", 1)).unwrap();
+    std::fs::write(&forged, note.replacen("\n5\n", "\n4\n", 1)).unwrap();
     let output = hsm.meshroot(&[
         "audit".into(),
         "verify".into(),
@@ -357,6 +357,125 @@ async fn a_ca_in_a_token_issues_chains_that_openssl_verifies_and_keeps_no_ca_key
         "-CAfile",
         &ca.path().join("root-cert.pem").display().to_string(),
     ]);
+
+    // The new intermediate in service: its chains verify, and the log names where its key is.
+    for file in ["ca-cert.pem", "cert-chain.pem", "ca-key.uri"] {
+        std::fs::copy(next.path().join(file), ca.path().join(MESH).join(file)).unwrap();
+    }
+    let mut server = Serving::start_with_env(ca.path(), &["--config", &config], &env);
+    let chain = request(&ca, &server, "rotated").await.unwrap();
+    common::verify_chain(&chain, &ca.root_pem());
+    assert_eq!(
+        common::certificates(&chain[1])[0].to_vec(),
+        common::certificates(&std::fs::read_to_string(next.path().join("ca-cert.pem")).unwrap())[0]
+            .to_vec()
+    );
+    server.stop();
+
+    // Every CA certificate made or put into service is in the log with its key's token
+    // serial, label and id: init's root and intermediate (each naming the key that signed it),
+    // then the rotated intermediate, recorded by the server that took it into service.
+    let id_of = |uri: &str| uri.trim().rsplit_once(";id=").unwrap().1.replace('%', "");
+    let root_uri = std::fs::read_to_string(ca.path().join("root-key.uri")).unwrap();
+    let store = meshroot::adapters::store::SledStore::open_read_only(&ca.config().store).unwrap();
+    let ca_keys: Vec<_> = store
+        .query_all(&meshroot::domain::audit::Query {
+            outcome: Some(meshroot::domain::audit::OutcomeFilter::CaKey),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|record| match record.outcome {
+            Outcome::CaKey(ca_key) => ca_key,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let serial = ca_keys[0].key.token_serial.clone();
+    assert!(!serial.is_empty(), "{ca_keys:?}");
+    let summary: Vec<_> = ca_keys
+        .iter()
+        .map(|c| {
+            (
+                c.event.as_str(),
+                c.role.as_str(),
+                c.mesh.as_str(),
+                c.key.custody.as_str(),
+                c.key.token_label.as_str(),
+                c.key.token_serial == serial,
+                c.key.key_label.as_str(),
+                c.key.key_id.clone(),
+                c.signed_by.as_ref().map(|k| k.key_id.clone()),
+            )
+        })
+        .collect();
+    let root_id = id_of(&root_uri);
+    assert_eq!(
+        summary,
+        [
+            (
+                "created",
+                "root",
+                "",
+                "token",
+                TOKEN,
+                true,
+                "meshroot-root",
+                root_id.clone(),
+                None
+            ),
+            (
+                "created",
+                "intermediate",
+                MESH,
+                "token",
+                TOKEN,
+                true,
+                "meshroot-default-intermediate",
+                id_of(&uri),
+                Some(root_id.clone())
+            ),
+            (
+                "in_service",
+                "intermediate",
+                MESH,
+                "token",
+                TOKEN,
+                true,
+                "meshroot-default-intermediate",
+                id_of(&next_uri),
+                None
+            ),
+        ]
+    );
+    // `audit list --outcome ca-key` shows them, each with where its key is.
+    drop(store);
+    let output = hsm.meshroot(&[
+        "audit".into(),
+        "list".into(),
+        "--config".into(),
+        config.clone(),
+        "--outcome".into(),
+        "ca-key".into(),
+    ]);
+    let listed = common::output_text(&output);
+    assert!(output.status.success(), "{listed}");
+    assert_eq!(listed.matches("ca-key").count(), 3, "{listed}");
+    assert!(
+        listed.contains(&format!(
+            "in_service intermediate {}",
+            meshroot::domain::digest::hex(&ca_keys[2].serial)
+        )) && listed.contains(&format!("key {:?} (id {})", "meshroot-root", root_id)),
+        "{listed}"
+    );
+    // Each names its certificate and issuer exactly.
+    let sha = |pem: &str| meshroot::domain::digest::sha256(&common::certificates(pem)[0]).to_vec();
+    let root_sha = sha(&ca.root_pem());
+    assert_eq!(ca_keys[0].certificate_sha256, root_sha);
+    assert_eq!(ca_keys[1].issuer_sha256, root_sha);
+    assert_eq!(
+        ca_keys[2].certificate_sha256,
+        sha(&std::fs::read_to_string(next.path().join("ca-cert.pem")).unwrap())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

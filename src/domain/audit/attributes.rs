@@ -29,7 +29,7 @@ pub enum IndexKind {
     Caller = 8,
     Cluster = 9,
     Pod = 10,
-    /// `issued`, or `denied/<reason>`.
+    /// `issued`, `revoked`, `federated`, `ca-key`, or `denied/<reason>`.
     Outcome = 11,
     /// NotAfter, as an order-preserving 8-byte key (issued certificates only).
     NotAfter = 12,
@@ -68,6 +68,8 @@ pub const OUTCOME_ISSUED: &str = "issued";
 /// The `Outcome` index value of revocations.
 pub const OUTCOME_REVOKED: &str = "revoked";
 pub const OUTCOME_FEDERATED: &str = "federated";
+/// The `Outcome` index value of CA certificates made or taken into service.
+pub const OUTCOME_CA_KEY: &str = "ca-key";
 /// The prefix of `Outcome` index values of denials.
 pub const OUTCOME_DENIED_PREFIX: &str = "denied/";
 
@@ -93,6 +95,7 @@ impl IndexKeys {
             Outcome::Issued(issued) => issued.mesh.as_str(),
             Outcome::Denied(denied) => denied.mesh.as_str(),
             Outcome::Federated(federated) => federated.mesh.as_str(),
+            Outcome::CaKey(ca_key) => ca_key.mesh.as_str(),
             Outcome::Revoked(_) => "",
         };
         let mut push = |kind: IndexKind, value: &[u8]| {
@@ -166,10 +169,19 @@ impl IndexKeys {
                 push(IndexKind::TrustDomain, federated.trust_domain.as_bytes());
                 Summary { validity: None }
             }
+            Outcome::CaKey(ca_key) => {
+                push(IndexKind::Outcome, OUTCOME_CA_KEY.as_bytes());
+                push(IndexKind::Mesh, ca_key.mesh.as_bytes());
+                push(IndexKind::Serial, &ca_key.serial);
+                Summary { validity: None }
+            }
         };
         let issued_id = match &record.outcome {
             Outcome::Issued(issued) => issued.spiffe_id.as_str(),
-            Outcome::Denied(_) | Outcome::Revoked(_) | Outcome::Federated(_) => "",
+            Outcome::Denied(_)
+            | Outcome::Revoked(_)
+            | Outcome::Federated(_)
+            | Outcome::CaKey(_) => "",
         };
         for identity in identities {
             push(IndexKind::SpiffeId, identity.as_bytes());

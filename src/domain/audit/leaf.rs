@@ -35,7 +35,10 @@ impl LeafData {
         let (issued, not_after) = match &record.outcome {
             Outcome::Issued(issued) => (true, unix_seconds(issued.not_after)),
             // A revocation is not an issuance: its leaf reads like a denial's.
-            Outcome::Denied(_) | Outcome::Revoked(_) | Outcome::Federated(_) => (false, 0),
+            Outcome::Denied(_)
+            | Outcome::Revoked(_)
+            | Outcome::Federated(_)
+            | Outcome::CaKey(_) => (false, 0),
         };
         Self {
             sequence: record.sequence,

@@ -23,7 +23,7 @@ pub mod verify;
 
 pub use self::attributes::{
     boundary_prefix, from_order_key, order_key, IndexKeys, IndexKind, Summary, MESH_SEPARATOR,
-    OUTCOME_DENIED_PREFIX, OUTCOME_FEDERATED, OUTCOME_ISSUED, OUTCOME_REVOKED,
+    OUTCOME_CA_KEY, OUTCOME_DENIED_PREFIX, OUTCOME_FEDERATED, OUTCOME_ISSUED, OUTCOME_REVOKED,
 };
 pub use self::leaf::{LeafData, LEAF_DATA_LEN, LEAF_HEADER_LEN, LEAF_VERSION};
 pub use self::query::{

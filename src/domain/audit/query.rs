@@ -69,6 +69,8 @@ pub enum OutcomeFilter {
     Revoked,
     /// Partner bundle changes (`[[mesh.partner]]`).
     Federated,
+    /// CA certificates made or taken into service, with where their keys are.
+    CaKey,
 }
 
 /// Why a query was refused before it ran.
@@ -204,11 +206,13 @@ impl Query {
                 reason.as_ref().is_none_or(|r| r == &denied.reason)
             }
             (Some(OutcomeFilter::Revoked), Outcome::Revoked(_))
-            | (Some(OutcomeFilter::Federated), Outcome::Federated(_)) => true,
+            | (Some(OutcomeFilter::Federated), Outcome::Federated(_))
+            | (Some(OutcomeFilter::CaKey), Outcome::CaKey(_)) => true,
             (Some(OutcomeFilter::Issued), _)
             | (Some(OutcomeFilter::Denied { .. }), _)
             | (Some(OutcomeFilter::Revoked), _)
-            | (Some(OutcomeFilter::Federated), _) => false,
+            | (Some(OutcomeFilter::Federated), _)
+            | (Some(OutcomeFilter::CaKey), _) => false,
         };
         if !outcome_ok {
             return false;

@@ -346,6 +346,23 @@ impl MeshSigner {
         self.key.health()
     }
 
+    /// Where the signing key is (a file, or a token's object), as a CA key record names it.
+    pub fn key_location(&self) -> crate::domain::record::KeyLocation {
+        self.key.location()
+    }
+
+    /// The signing certificate (DER) and its issuer's: the next intermediate up, or the root
+    /// the chain ends at; for a signing certificate that is itself a root, itself twice.
+    pub(crate) fn signing_certificate_and_issuer(&self) -> Option<(&[u8], &[u8])> {
+        let signing = self.intermediates.first().or(self.issuing_root.as_ref())?;
+        let issuer = self
+            .intermediates
+            .get(1)
+            .or(self.issuing_root.as_ref())
+            .unwrap_or(signing);
+        Some((signing.as_ref(), issuer.as_ref()))
+    }
+
     /// The token and object of the signing key, when it is in a token.
     pub fn token_key(&self) -> Option<crate::domain::signing_key::TokenKeyInfo> {
         self.key.token().map(|key| key.describe())

@@ -19,8 +19,11 @@ use crate::adapters::pkcs11::{NewKey, PinSource, Pkcs11Settings};
 use crate::domain::audit::checkpoint::AuditSigner;
 use crate::domain::identity::TrustDomain;
 use crate::domain::keys::{self, certificate_pem, KeyType};
+use crate::domain::record::{Record, CA_KEY_CREATED};
 pub use crate::domain::signer::files::CaFilesError;
 use crate::domain::signing_key::CaKey;
+use crate::edge::cli::helm_values::helm_values_yaml;
+use crate::issuance::ca_key::{ca_key_record, CaCertificate, ROLE_INTERMEDIATE, ROLE_ROOT};
 
 pub(crate) const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
 pub(crate) const INTERMEDIATE_VALIDITY: Duration = Duration::from_secs(5 * 365 * 86400);
@@ -218,6 +221,9 @@ pub struct InitReport {
     pub mesh_dirs: Vec<PathBuf>,
     /// The CA material as values for the Helm chart (deploy/helm/meshroot).
     pub helm_values: PathBuf,
+    /// What the log is to say of the CA certificates made and where their keys are (the
+    /// `init` command writes them into the new store).
+    pub records: Vec<Record>,
 }
 
 /// The Helm values file `init` writes beside the CA material.
@@ -276,6 +282,21 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         .self_signed(&root_key)
         .map_err(|e| generate_failed("the root certificate", e.to_string()))?;
     let root_pem = certificate_pem(root.der());
+    let root_location = root_key.location();
+    let mut records: Vec<Record> = ca_key_record(
+        CaCertificate {
+            event: CA_KEY_CREATED,
+            role: ROLE_ROOT,
+            mesh: "",
+            certificate: root.der(),
+            issuer: root.der(),
+            key: root_location.clone(),
+            signed_by: None,
+        },
+        now,
+    )
+    .into_iter()
+    .collect();
     let root_issuer = Issuer::new(root_params, &root_key);
 
     fs::create_dir_all(dir).map_err(|source| CaFilesError::Write {
@@ -311,7 +332,8 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
             &format!("meshroot-{mesh}-intermediate"),
             options.force,
         )?;
-        write_intermediate(
+        let key_location = key.0.location();
+        let intermediate = write_intermediate(
             &mesh_dir,
             mesh,
             key,
@@ -322,6 +344,18 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
             now,
             &rng,
         )?;
+        records.extend(ca_key_record(
+            CaCertificate {
+                event: CA_KEY_CREATED,
+                role: ROLE_INTERMEDIATE,
+                mesh,
+                certificate: &intermediate,
+                issuer: root.der(),
+                key: key_location,
+                signed_by: Some(root_location.clone()),
+            },
+            now,
+        ));
 
         config.push_str(&format!(
             "\n[[mesh]]\nname = {name}\ntrust_domain = {}\nca_dir = {name}\n\
@@ -376,7 +410,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
     );
     // In a token, the audit key is an Ed25519 key there too (checkpoints are signed notes);
     // the configuration names it by URI.
-    let (audit_signer, audit_key_setting) = match &options.token {
+    let (audit_signer, audit_key_uri) = match &options.token {
         None => {
             let (signer, pkcs8) = AuditSigner::generate(&key_name)
                 .map_err(|e| generate_failed("the audit key", e.to_string()))?;
@@ -385,7 +419,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
                 keys::pem_encode("PRIVATE KEY", &pkcs8).as_bytes(),
                 true,
             )?;
-            (signer, format!("key = {}", toml_string(AUDIT_KEY_FILE)))
+            (signer, None)
         }
         Some(token) => {
             let (key, uri) = token.generate(AUDIT_KEY_LABEL, options.force, NewKey::Ed25519)?;
@@ -396,7 +430,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
                     AuditSigner::from_token(&key_name, key.clone())
                         .map_err(|e| generate_failed("the audit key", e.to_string()))
                 })?;
-            (signer, format!("signing_key = {}", toml_string(&uri)))
+            (signer, Some(uri))
         }
     };
     write_file(
@@ -413,7 +447,10 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
          \n# The audit API (gRPC meshroot.audit.v1.AuditService). On a non-loopback address it\n\
          # requires mutual TLS from one of allowed_identities (certificates meshroot issued).\n\
          [admin]\nlisten = {}\n# allowed_identities = [\"spiffe://cluster.local/ns/istio-system/sa/auditor\"]\n",
-        audit_key_setting,
+        match &audit_key_uri {
+            None => format!("key = {}", toml_string(AUDIT_KEY_FILE)),
+            Some(uri) => format!("signing_key = {}", toml_string(uri)),
+        },
         toml_string(&key_name),
         toml_string(&crate::domain::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL)),
         toml_string(config::DEFAULT_ADMIN_LISTEN),
@@ -440,7 +477,13 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
     let meshes: Vec<&str> = options.meshes.iter().map(|(m, _)| m.as_str()).collect();
     write_file(
         &helm_values,
-        helm_values_yaml(dir, &meshes)?.as_bytes(),
+        helm_values_yaml(
+            dir,
+            &meshes,
+            &[ROOT_CRL_FILE, AUDIT_KEY_FILE],
+            audit_key_uri.as_deref(),
+        )?
+        .as_bytes(),
         true,
     )?;
     Ok(InitReport {
@@ -448,60 +491,8 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         root_certificate: dir.join("root-cert.pem"),
         mesh_dirs,
         helm_values,
+        records,
     })
-}
-
-/// The Helm chart's `caMaterial` values: each mesh's files in Istio's cacerts layout, the root's
-/// CRL and the audit key, as `init` wrote them (never the root key). PEM is ASCII lines, so each
-/// file is a YAML literal block holding exactly its text.
-fn helm_values_yaml(dir: &Path, meshes: &[&str]) -> Result<String, CaFilesError> {
-    let read = |path: PathBuf| {
-        fs::read_to_string(&path).map_err(|source| CaFilesError::Read { path, source })
-    };
-    let block = |text: &str, indent: &str| {
-        let mut out = String::from("|\n");
-        for line in text.lines() {
-            out.push_str(indent);
-            out.push_str(line);
-            out.push('\n');
-        }
-        out
-    };
-    let mut yaml = String::from(
-        "# The CA material for the Helm chart deploy/helm/meshroot, written by `meshroot init`:\n\
-         #   helm install meshroot deploy/helm/meshroot -n istio-system --create-namespace -f <this file>\n\
-         # beside the values that name these meshes (the chart's default is one mesh, \"default\";\n\
-         # deploy/helm/meshroot/examples has more).\n\
-         # It holds the meshes' intermediate keys and the audit key (never the root key): keep it as\n\
-         # secret as they are. Helm keeps a release's values in a Secret of the release's namespace.\n\
-         caMaterial:\n  meshes:\n",
-    );
-    for mesh in meshes {
-        // A JSON string is a YAML double-quoted scalar.
-        yaml.push_str(&format!("    {}:\n", serde_json::Value::from(*mesh)));
-        for file in [
-            "ca-cert.pem",
-            "ca-key.pem",
-            "cert-chain.pem",
-            "root-cert.pem",
-        ] {
-            // A key in a token has no file: the chart gets certificates only.
-            if file == "ca-key.pem" && dir.join(mesh).join("ca-key.uri").exists() {
-                continue;
-            }
-            let text = read(dir.join(mesh).join(file))?;
-            yaml.push_str(&format!("      {file}: {}", block(&text, "        ")));
-        }
-    }
-    for file in [ROOT_CRL_FILE, AUDIT_KEY_FILE] {
-        // An audit key in a token has no file either.
-        if file == AUDIT_KEY_FILE && !dir.join(file).exists() {
-            continue;
-        }
-        let text = read(dir.join(file))?;
-        yaml.push_str(&format!("  {file}: {}", block(&text, "    ")));
-    }
-    Ok(yaml)
 }
 
 /// The root's CRL in the directory `init` writes.
@@ -588,7 +579,7 @@ fn write_intermediate(
     root_pem: &str,
     now: SystemTime,
     rng: &SystemRandom,
-) -> Result<(), CaFilesError> {
+) -> Result<Vec<u8>, CaFilesError> {
     let generate_failed = |what: &str, reason: String| CaFilesError::Generate {
         what: what.to_owned(),
         reason,
@@ -628,7 +619,8 @@ fn write_intermediate(
         format!("{intermediate_pem}{root_pem}").as_bytes(),
         false,
     )?;
-    write_file(&mesh_dir.join("root-cert.pem"), root_pem.as_bytes(), false)
+    write_file(&mesh_dir.join("root-cert.pem"), root_pem.as_bytes(), false)?;
+    Ok(intermediate.der().to_vec())
 }
 
 /// How `meshroot rotate intermediate` makes an intermediate.
@@ -730,6 +722,7 @@ pub fn issue_intermediate(
         now,
         &SystemRandom::new(),
     )
+    .map(|_| ())
 }
 
 fn ca_params(

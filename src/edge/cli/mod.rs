@@ -4,6 +4,7 @@ mod args;
 mod audit;
 mod bench;
 mod failure;
+mod helm_values;
 pub mod init;
 pub mod istio;
 pub mod loadgen;
@@ -199,7 +200,7 @@ fn parse_mesh(text: &str) -> Result<(String, TrustDomain), String> {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Init(args) => init(args),
+        Command::Init(args) => init(args).await,
         Command::Token(args) => token(args),
         Command::Request(args) => request(args).await,
         Command::Audit(command) => audit::run(command).await,
@@ -310,7 +311,7 @@ fn default_mesh() -> (String, TrustDomain) {
     )
 }
 
-fn init(args: InitArgs) -> Result<(), Failure> {
+async fn init(args: InitArgs) -> Result<(), Failure> {
     let mut meshes = args.meshes;
     if meshes.is_empty() {
         meshes.push(default_mesh());
@@ -355,6 +356,46 @@ fn init(args: InitArgs) -> Result<(), Failure> {
     }
     println!("config:           {}", report.config.display());
     println!("Helm values:      {}", report.helm_values.display());
+    record_ca_keys(&report).await
+}
+
+/// Writes `init`'s records of the CA certificates it made, and where their keys are, into the
+/// configuration's store: the log then opens with them. A store in use by a running server is
+/// left alone (that server records the intermediates it takes into service).
+async fn record_ca_keys(report: &scaffold::InitReport) -> Result<(), Failure> {
+    use crate::adapters::store::{SledStore, StoreError, StoreOptions};
+    let path = Config::load(&report.config)?.store;
+    let opened = SledStore::open_with(
+        &path,
+        StoreOptions {
+            lock_wait: Duration::ZERO,
+            ..StoreOptions::default()
+        },
+    );
+    let store = match opened {
+        Ok(store) => store,
+        Err(StoreError::Locked { .. }) => {
+            println!(
+                "log:              not written ({} is in use by a running server, which records \
+                 the intermediates it takes into service)",
+                path.display()
+            );
+            return Ok(());
+        }
+        Err(error) => return Err(Failure::runtime(error.to_string())),
+    };
+    for record in &report.records {
+        store
+            .append_durable(record.clone())
+            .await
+            .map_err(|e| Failure::runtime(e.to_string()))?;
+    }
+    store.flush().map_err(|e| Failure::runtime(e.to_string()))?;
+    println!(
+        "log:              {} record(s) of the CA certificates and their keys, in {}",
+        report.records.len(),
+        path.display()
+    );
     Ok(())
 }
 

@@ -73,6 +73,19 @@ pub fn record_message(record: &Record) -> api::Record {
             cross_certified_sha256: federated.cross_certified_sha256.clone(),
             unprotected: federated.unprotected,
         }),
+        Outcome::CaKey(ca_key) => api::record::Outcome::CaKey(api::CaKeyEvent {
+            event: ca_key.event.clone(),
+            role: ca_key.role.clone(),
+            mesh: ca_key.mesh.clone(),
+            certificate_sha256: ca_key.certificate_sha256.clone(),
+            issuer_sha256: ca_key.issuer_sha256.clone(),
+            subject: ca_key.subject.clone(),
+            serial: ca_key.serial.clone(),
+            not_before: ca_key.not_before,
+            not_after: ca_key.not_after,
+            key: Some(key_location_message(&ca_key.key)),
+            signed_by: ca_key.signed_by.as_ref().map(key_location_message),
+        }),
     };
     api::Record {
         version: RECORD_VERSION,
@@ -163,6 +176,19 @@ pub(crate) fn record_from_message(record: api::Record) -> Option<Record> {
                 unprotected: federated.unprotected,
             })
         }
+        api::record::Outcome::CaKey(ca_key) => Outcome::CaKey(crate::domain::record::CaKeyRecord {
+            event: ca_key.event,
+            role: ca_key.role,
+            mesh: ca_key.mesh,
+            certificate_sha256: ca_key.certificate_sha256,
+            issuer_sha256: ca_key.issuer_sha256,
+            subject: ca_key.subject,
+            serial: ca_key.serial,
+            not_before: ca_key.not_before,
+            not_after: ca_key.not_after,
+            key: ca_key.key.map(key_location).unwrap_or_default(),
+            signed_by: ca_key.signed_by.map(key_location),
+        }),
     };
     Some(Record {
         sequence: record.sequence,
@@ -203,6 +229,30 @@ pub(crate) fn revoked_certificate_from_message(c: api::RevokedCertificate) -> Re
         spiffe_id: c.spiffe_id,
         mesh: c.mesh,
         member: c.member,
+    }
+}
+
+fn key_location_message(key: &crate::domain::record::KeyLocation) -> api::KeyLocation {
+    api::KeyLocation {
+        custody: key.custody.clone(),
+        token_label: key.token_label.clone(),
+        token_serial: key.token_serial.clone(),
+        key_label: key.key_label.clone(),
+        key_id: key.key_id.clone(),
+        algorithm: key.algorithm.clone(),
+        public_key_sha256: key.public_key_sha256.clone(),
+    }
+}
+
+fn key_location(key: api::KeyLocation) -> crate::domain::record::KeyLocation {
+    crate::domain::record::KeyLocation {
+        custody: key.custody,
+        token_label: key.token_label,
+        token_serial: key.token_serial,
+        key_label: key.key_label,
+        key_id: key.key_id,
+        algorithm: key.algorithm,
+        public_key_sha256: key.public_key_sha256,
     }
 }
 

@@ -84,6 +84,7 @@ pub fn query_from_filter(filter: api::Filter) -> Result<Query, crate::domain::au
             }),
             Ok(api::Outcome::Revoked) => Some(OutcomeFilter::Revoked),
             Ok(api::Outcome::Federated) => Some(OutcomeFilter::Federated),
+            Ok(api::Outcome::CaKey) => Some(OutcomeFilter::CaKey),
             Ok(api::Outcome::Any) | Err(_) => None,
         },
         // The serials are filled in where the query runs (`with_revoked_serials`).
@@ -105,6 +106,7 @@ pub fn filter_from_query(query: &Query) -> api::Filter {
         Some(OutcomeFilter::Denied { reason }) => (api::Outcome::Denied, text(reason)),
         Some(OutcomeFilter::Revoked) => (api::Outcome::Revoked, String::new()),
         Some(OutcomeFilter::Federated) => (api::Outcome::Federated, String::new()),
+        Some(OutcomeFilter::CaKey) => (api::Outcome::CaKey, String::new()),
     };
     api::Filter {
         serial: query.serial.clone().unwrap_or_default(),

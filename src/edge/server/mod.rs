@@ -5,6 +5,7 @@ mod admin;
 mod assemble;
 mod background;
 mod bundle_endpoint;
+mod ca_keys;
 mod connections;
 pub mod crl;
 mod duties;
@@ -228,6 +229,7 @@ pub async fn start_with_clock(
         .with_rate_limits(limits.clone())
         .with_holds(Arc::default())
         .with_revocations(revocations);
+    ca_keys::record_ca_keys(&ca, &store, clock.now()).await?;
     let current = Arc::new(CurrentAuthority::new(Arc::new(ca)));
     start_serving(config, clock, store, current, signer, (metrics, limits)).await
 }

@@ -110,6 +110,7 @@ pub(super) async fn reload(
             }
             None => super::replicas::record_accepted_bundles(&authority, store),
         }
+        super::ca_keys::record_ca_keys(&authority, store, clock.now()).await?;
         limits.set_rates(config.rate_limit.per_caller, config.rate_limit.per_namespace);
         limits.set_refusal_rates(
             config.rate_limit.refusals_recorded_per_peer,

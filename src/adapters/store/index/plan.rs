@@ -86,7 +86,10 @@ pub fn plan(query: &Query) -> Plan {
     }
     if let Some(Some(reason)) = query.outcome.as_ref().map(|o| match o {
         OutcomeFilter::Denied { reason } => reason.as_ref(),
-        OutcomeFilter::Issued | OutcomeFilter::Revoked | OutcomeFilter::Federated => None,
+        OutcomeFilter::Issued
+        | OutcomeFilter::Revoked
+        | OutcomeFilter::Federated
+        | OutcomeFilter::CaKey => None,
     }) {
         sources.push(exact(
             IndexKind::Outcome,
@@ -106,6 +109,12 @@ pub fn plan(query: &Query) -> Plan {
         sources.push(exact(
             IndexKind::Outcome,
             crate::domain::audit::OUTCOME_FEDERATED.as_bytes(),
+        ));
+    }
+    if query.outcome == Some(OutcomeFilter::CaKey) {
+        sources.push(exact(
+            IndexKind::Outcome,
+            crate::domain::audit::OUTCOME_CA_KEY.as_bytes(),
         ));
     }
     if let Some(prefix) = &query.spiffe_id_prefix {

@@ -209,8 +209,9 @@ async fn pruning_removes_expired_issuances_and_old_denials_but_keeps_the_log_ver
         Outcome::Issued(issued) => issued.not_after < now - policy.issued_after_expiry,
         Outcome::Denied(_) => r.recorded_at < now - policy.denials,
         // Revocations are never pruned: the revocations in force are rebuilt from them; nor
-        // are partner bundle changes (what a mesh trusted, and since when).
-        Outcome::Revoked(_) | Outcome::Federated(_) => false,
+        // are partner bundle changes (what a mesh trusted, and since when), nor records of CA
+        // keys (which key made which CA certificate).
+        Outcome::Revoked(_) | Outcome::Federated(_) | Outcome::CaKey(_) => false,
     };
     let expected_gone: Vec<u64> = before
         .iter()

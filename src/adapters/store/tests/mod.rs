@@ -281,7 +281,10 @@ fn expected(records: &[Record], query: &Query) -> Vec<u64> {
                 crate::domain::clock::unix_seconds(issued.not_after),
                 r.sequence,
             ),
-            Outcome::Denied(_) | Outcome::Revoked(_) | Outcome::Federated(_) => (0, r.sequence),
+            Outcome::Denied(_)
+            | Outcome::Revoked(_)
+            | Outcome::Federated(_)
+            | Outcome::CaKey(_) => (0, r.sequence),
         });
     }
     matching.iter().map(|r| r.sequence).collect()

@@ -138,6 +138,9 @@ pub enum OutcomeArg {
     Revoked,
     /// Partner bundle changes (`[[mesh.partner]]`): which roots a mesh trusts for a partner.
     Federated,
+    /// CA certificates made (`init`) or taken into service, and where each key is (a file, or
+    /// a token's serial, key label and key id).
+    CaKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -107,6 +107,11 @@ impl Printer {
                         federation_summary(federated),
                         format!("{} <- {}", federated.mesh, federated.trust_domain),
                     ),
+                    Outcome::CaKey(ca_key) => (
+                        "ca-key",
+                        format!("{} {} {}", ca_key.event, ca_key.role, hex(&ca_key.serial)),
+                        format!("{} key: {}", ca_key.subject, ca_key.key),
+                    ),
                 };
                 let caller = &record.caller;
                 let who = if caller.subject.is_empty() {
@@ -248,6 +253,19 @@ pub(super) fn csv_row(record: &Record) -> String {
             String::new(),
             String::new(),
             String::new(),
+        ),
+        Outcome::CaKey(c) => (
+            "ca-key",
+            format!("{} {}", c.event, c.role),
+            hex(&c.serial),
+            c.subject.clone(),
+            c.key.to_string(),
+            c.mesh.clone(),
+            String::new(),
+            String::new(),
+            String::new(),
+            time(crate::domain::clock::from_unix_seconds(c.not_before)),
+            time(crate::domain::clock::from_unix_seconds(c.not_after)),
         ),
     };
     [

@@ -458,6 +458,12 @@ impl FilterArgs {
                     "--reason is for denials, not --outcome revoked",
                 ))
             }
+            (Some(OutcomeArg::CaKey), None) => Some(OutcomeFilter::CaKey),
+            (Some(OutcomeArg::CaKey), Some(_)) => {
+                return Err(Failure::usage(
+                    "--reason is for denials, not --outcome ca-key",
+                ))
+            }
             (Some(OutcomeArg::Denied), reason) | (None, reason @ Some(_)) => {
                 Some(OutcomeFilter::Denied {
                     reason: reason.clone(),
