@@ -267,10 +267,11 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
                 material.path().join("helm-values.yaml").to_str().unwrap(),
             ],
         );
-        // Every rendered configuration loads in meshroot, with its own replicas as members.
+        // Every rendered configuration loads in meshroot, with its own replicas as members (a
+        // PKCS#11 module as this machine has it).
         let configmap = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
         let config = Config::parse(
-            configmap["data"]["meshroot.toml"].as_str().unwrap(),
+            &with_local_module(configmap["data"]["meshroot.toml"].as_str().unwrap()),
             Path::new("/etc/meshroot/config/meshroot.toml"),
             None,
             None,
@@ -387,6 +388,112 @@ fn the_values_schema_refuses_bad_values_with_a_clear_message() {
     .unwrap();
     let error = helm_render(work.path(), "material", &[file.to_str().unwrap()]).unwrap_err();
     assert!(error.contains("missing properties"), "{error}");
+}
+
+/// A rendered configuration with SoftHSM's module where this machine has it, so it loads here.
+fn with_local_module(toml: &str) -> String {
+    toml.replace(
+        "\"/opt/pkcs11/libsofthsm2.so\"",
+        &format!("{:?}", crate::pkcs11::module().display().to_string()),
+    )
+}
+
+#[test]
+fn a_ca_in_a_token_deploys_with_keys_named_by_uri_and_the_pin_from_a_secret() {
+    let hsm = crate::pkcs11::Hsm::new();
+    let ca = crate::pkcs11::init_in_token(&hsm);
+    let values_path = ca.path().join("helm-values.yaml");
+    let values = &yaml_to_json(&values_path)[0];
+    let uri = std::fs::read_to_string(ca.path().join("default/ca-key.uri")).unwrap();
+    assert_eq!(
+        values["caMaterial"]["meshes"]["default"]["ca-key.uri"],
+        uri.as_str()
+    );
+    assert!(values["caMaterial"]["meshes"]["default"]["ca-key.pem"].is_null());
+    assert!(values["caMaterial"]["audit-key.pem"].is_null());
+    let audit_uri = values["pkcs11"]["auditKey"].as_str().unwrap().to_owned();
+    assert!(audit_uri.starts_with("pkcs11:token=meshroot;object=meshroot-audit;id=%"));
+    assert_eq!(values["pkcs11"]["enabled"], true);
+
+    let work = tempfile::tempdir().unwrap();
+    let (objects, _) = helm_render_valid(
+        work.path(),
+        "softhsm",
+        &[&example("softhsm.yaml"), values_path.to_str().unwrap()],
+    );
+    // The mesh's Secret names its key in the token and holds no key; no audit key Secret.
+    let secrets: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Secret").collect();
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    let cacerts = &secrets[0]["data"];
+    assert_eq!(decode(&cacerts["ca-key.uri"]), uri);
+    assert!(cacerts["ca-key.pem"].is_null());
+    // The configuration: the module, the PIN from a file, the audit key by URI.
+    let configmap = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+    let toml = configmap["data"]["meshroot.toml"].as_str().unwrap();
+    let config = Config::parse(
+        &with_local_module(toml),
+        Path::new("/etc/meshroot/config/meshroot.toml"),
+        None,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("the rendered config does not load: {e}"));
+    assert_eq!(
+        config.audit.signing_key.as_deref(),
+        Some(audit_uri.as_str())
+    );
+    assert_eq!(config.audit.key, None);
+    let pkcs11 = config.pkcs11.as_ref().unwrap();
+    assert_eq!(
+        pkcs11.pin,
+        meshroot::adapters::pkcs11::PinSource::File("/etc/meshroot/pkcs11-pin/pin".into())
+    );
+    assert_eq!(pkcs11.sessions, 4);
+    // The pod: the PIN Secret mounted as that file, the module's volumes, its environment and
+    // the init container that fills them; no audit key volume.
+    let statefulset = objects.iter().find(|o| o["kind"] == "StatefulSet").unwrap();
+    let pod = &statefulset["spec"]["template"]["spec"];
+    let volume = |name: &str| {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+    };
+    assert_eq!(
+        volume("pkcs11-pin").unwrap()["secret"],
+        serde_json::json!({
+            "secretName": "meshroot-pkcs11-pin",
+            "defaultMode": 0o440,
+            "items": [{"key": "pin", "path": "pin"}],
+        })
+    );
+    assert!(volume("audit-key").is_none());
+    assert!(volume("pkcs11-module").is_some() && volume("softhsm-token").is_some());
+    let container = &pod["containers"][0];
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&"/etc/meshroot/pkcs11-pin"), "{mounts:?}");
+    assert!(mounts.contains(&"/opt/pkcs11"), "{mounts:?}");
+    assert!(!mounts.contains(&"/etc/meshroot/audit"), "{mounts:?}");
+    assert!(container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "SOFTHSM2_CONF"));
+    assert_eq!(pod["initContainers"][0]["name"], "softhsm");
+    // No key and no PIN in the values.
+    let text = std::fs::read_to_string(&values_path).unwrap();
+    assert!(
+        !text.contains("PRIVATE KEY")
+            && !text.contains("pin:")
+            && text.contains("no key and no PIN"),
+        "{text}"
+    );
 }
 
 #[test]
