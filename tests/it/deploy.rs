@@ -57,6 +57,29 @@ impl Rendered {
 /// Copies `deploy/`, makes the overlay's CA material with `init` for `meshes`, renders it, and
 /// validates the result.
 pub(crate) fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
+    render_with(overlay, |ca_dir| {
+        init::init(
+            &InitOptions {
+                dir: ca_dir.to_owned(),
+                meshes: meshes
+                    .iter()
+                    .map(|(name, td)| (name.to_string(), TrustDomain::new(td).unwrap()))
+                    .collect(),
+                key_type: KeyType::EcdsaP256,
+                dev_issuer: false,
+                name_constraints: true,
+                intermediate_path_len: 0,
+                force: false,
+                token: None,
+            },
+            SystemTime::now(),
+        )
+        .unwrap();
+    })
+}
+
+/// Renders a copy of `deploy/overlays/<overlay>` whose `ca` directory `init` fills.
+pub(crate) fn render_with(overlay: &str, init: impl FnOnce(&Path)) -> Rendered {
     let dir = tempfile::tempdir().unwrap();
     let deploy = dir.path().join("deploy");
     copy_dir(
@@ -65,23 +88,7 @@ pub(crate) fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
     );
     let overlay_dir = deploy.join("overlays").join(overlay);
     let ca_dir = overlay_dir.join("ca");
-    init::init(
-        &InitOptions {
-            dir: ca_dir.clone(),
-            meshes: meshes
-                .iter()
-                .map(|(name, td)| (name.to_string(), TrustDomain::new(td).unwrap()))
-                .collect(),
-            key_type: KeyType::EcdsaP256,
-            dev_issuer: false,
-            name_constraints: true,
-            intermediate_path_len: 0,
-            force: false,
-            token: None,
-        },
-        SystemTime::now(),
-    )
-    .unwrap();
+    init(&ca_dir);
     std::fs::write(
         ca_dir.join("b.kubeconfig"),
         "apiVersion: v1\nkind: Config\n",
@@ -446,6 +453,78 @@ pub(crate) fn check_overlay(rendered: &Rendered, secrets_by_mesh: &[(&str, &str)
 fn the_single_mesh_overlay_renders_validates_and_fits_the_code() {
     let rendered = render("single-mesh", &[("default", "cluster.local")]);
     check_overlay(&rendered, &[("default", "cacerts")]);
+}
+
+#[test]
+fn the_softhsm_overlay_mounts_the_module_and_pin_and_names_the_keys_in_the_token() {
+    let hsm = crate::pkcs11::Hsm::new();
+    let rendered = render_with("softhsm", |ca| hsm.init_into(ca, &[]));
+    // The mesh's Secret: the key's URI, no key; and no audit key Secret at all.
+    let secret = rendered.find("Secret", "cacerts");
+    assert_eq!(
+        decode(&secret["data"]["ca-key.uri"]),
+        std::fs::read_to_string(rendered.ca_dir.join("default/ca-key.uri")).unwrap()
+    );
+    assert!(secret["data"]["ca-key.pem"].is_null());
+    assert_eq!(rendered.all("Secret").len(), 1);
+    assert!(!rendered.yaml.contains("PRIVATE KEY"));
+    // The configuration loads (with this machine's SoftHSM module), names the audit key in
+    // the token and reads the PIN from the mounted Secret.
+    let configmap = rendered.find("ConfigMap", "meshroot-config");
+    let toml = configmap["data"]["meshroot.toml"]
+        .as_str()
+        .unwrap()
+        .replace(
+            "\"/opt/pkcs11/libsofthsm2.so\"",
+            &format!("{:?}", crate::pkcs11::module().display().to_string()),
+        );
+    let config = Config::parse(
+        &toml,
+        Path::new("/etc/meshroot/config/meshroot.toml"),
+        None,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("the overlay's config does not load: {e}"));
+    assert_eq!(
+        config.audit.signing_key.as_deref(),
+        Some("pkcs11:token=meshroot;object=meshroot-audit")
+    );
+    assert_eq!(
+        config.pkcs11.as_ref().unwrap().pin,
+        meshroot::adapters::pkcs11::PinSource::File("/etc/meshroot/pkcs11-pin/pin".into())
+    );
+    // The pod mounts the PIN where the config reads it, and the module where it loads it.
+    let pod = &rendered.find("StatefulSet", "meshroot")["spec"]["template"]["spec"];
+    let mounts: Vec<(&str, &str)> = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for mount in [
+        ("pkcs11-pin", "/etc/meshroot/pkcs11-pin"),
+        ("pkcs11-module", "/opt/pkcs11"),
+        ("cacerts", "/etc/meshroot/cacerts/default"),
+    ] {
+        assert!(mounts.contains(&mount), "{mount:?} in {mounts:?}");
+    }
+    assert!(
+        !mounts.iter().any(|(name, _)| *name == "audit-key"),
+        "{mounts:?}"
+    );
+    let volumes: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert!(!volumes.contains(&"audit-key"), "{volumes:?}");
+    assert_eq!(pod["initContainers"][0]["name"], "softhsm");
 }
 
 #[test]

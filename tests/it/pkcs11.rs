@@ -107,12 +107,20 @@ impl Hsm {
 /// `meshroot init` with the keys in the token.
 pub(crate) fn init_in_token(hsm: &Hsm) -> TestCa {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut args: Vec<String> = ["init", "--dev-issuer", "--dir"].map(String::from).to_vec();
-    args.push(dir.path().display().to_string());
-    args.extend(hsm.pkcs11_args());
-    let output = hsm.meshroot(&args);
-    assert!(output.status.success(), "{}", common::output_text(&output));
+    hsm.init_into(dir.path(), &["--dev-issuer"]);
     TestCa { dir }
+}
+
+impl Hsm {
+    /// `meshroot init --dir DIR` with the keys in the token, and `extra` arguments.
+    pub(crate) fn init_into(&self, dir: &Path, extra: &[&str]) {
+        let mut args: Vec<String> = vec!["init".into(), "--dir".into()];
+        args.push(dir.display().to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(self.pkcs11_args());
+        let output = self.meshroot(&args);
+        assert!(output.status.success(), "{}", common::output_text(&output));
+    }
 }
 
 fn target(ca: &TestCa, server: &Serving) -> Target {
