@@ -555,6 +555,149 @@ async fn a_token_that_goes_away_makes_issuance_unavailable_and_not_ready_until_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_pulled_mid_load_loses_no_record_and_serves_again_when_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let hsm = Hsm::new();
+    let ca = Arc::new(init_in_token(&hsm));
+    // The workers ask far faster than istio-agent: no rate limit gets in the way.
+    let mut text = std::fs::read_to_string(ca.config_path()).unwrap();
+    text.push_str(
+        "\n[rate_limit]\nper_caller = 1000000.0\ncaller_burst = 1000000.0\n\
+         per_namespace = 1000000.0\nnamespace_burst = 1000000.0\n",
+    );
+    std::fs::write(ca.config_path(), text).unwrap();
+    let config = ca.config_path().display().to_string();
+    let env = hsm.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = Serving::start_with_env(ca.path(), &["--config", &config], &env);
+    let target = Arc::new(target(&ca, &server));
+
+    // Four workloads ask again and again; every answer is kept.
+    #[derive(Default)]
+    struct Answers {
+        chains: Vec<Vec<String>>,
+        refusals: Vec<tonic::Status>,
+    }
+    let answers = Arc::new(Mutex::new(Answers::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (ca, target, answers, stop) =
+            (ca.clone(), target.clone(), answers.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let account = format!("load-{worker}");
+            let channel = client::connect(&target)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            while !stop.load(Ordering::SeqCst) {
+                let answer = client::create_certificate(
+                    channel.clone(),
+                    agent_csr(&spiffe_id("default", &account)),
+                    0,
+                    &AgentMetadata {
+                        token: Some(ca.token(MESH, "default", &account)),
+                        cluster_id: "Kubernetes".into(),
+                    },
+                )
+                .await;
+                let mut answers = answers.lock().unwrap_or_else(|p| p.into_inner());
+                match answer {
+                    Ok(response) => answers.chains.push(response.cert_chain),
+                    Err(status) => answers.refusals.push(status),
+                }
+            }
+        }));
+    }
+    let counts = || {
+        let answers = answers.lock().unwrap_or_else(|p| p.into_inner());
+        (answers.chains.len(), answers.refusals.len())
+    };
+    let wait_for = |what: &'static str, check: Box<dyn Fn((usize, usize)) -> bool + Send>| {
+        let counts = &counts;
+        async move {
+            common::wait_until(what, Duration::from_secs(30), || async {
+                let now = counts();
+                check(now).then_some(()).ok_or(format!("{now:?}"))
+            })
+            .await
+        }
+    };
+    wait_for("issuing under load", Box::new(|(issued, _)| issued >= 20)).await;
+
+    // Pulled mid-load: refusals come, and issuance stops.
+    hsm.remove_token();
+    let (before, _) = counts();
+    wait_for(
+        "refusals while the token is away",
+        Box::new(|(_, refused)| refused >= 20),
+    )
+    .await;
+    let (during, _) = counts();
+    assert!(
+        during <= before + 4,
+        "at most the requests already signing when it went: {before} then {during}"
+    );
+
+    // Back: issuance resumes, no restart.
+    hsm.return_token();
+    wait_for(
+        "issuing again once the token is back",
+        Box::new(move |(issued, _)| issued >= during + 20),
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for worker in load {
+        worker.await.unwrap();
+    }
+    server.stop();
+
+    let answers = Arc::try_unwrap(answers)
+        .unwrap_or_else(|_| panic!("the workers are done"))
+        .into_inner()
+        .unwrap();
+    // Every refusal is the server's UNAVAILABLE for want of its key (istio-agent retries
+    // it; a server that fell over would show as transport errors), naming no internals.
+    for refusal in &answers.refusals {
+        assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+        assert!(
+            refusal.message().contains("signing-key-unavailable")
+                && !refusal.message().contains("Pkcs11"),
+            "{refusal:?}"
+        );
+    }
+    // Every certificate that left is whole and has exactly one record; no record names a
+    // certificate that did not leave.
+    let store = meshroot::adapters::store::SledStore::open_read_only(&ca.config().store).unwrap();
+    let mut recorded = std::collections::BTreeSet::new();
+    for worker in 0..4 {
+        for record in store
+            .query_all(&meshroot::domain::audit::Query {
+                spiffe_id: Some(spiffe_id("default", &format!("load-{worker}"))),
+                ..Default::default()
+            })
+            .unwrap()
+        {
+            let Outcome::Issued(issued) = &record.outcome else {
+                panic!("only issuances are recorded for the load: {record:?}");
+            };
+            assert!(recorded.insert(issued.serial.clone()), "one record each");
+        }
+    }
+    let mut issued = std::collections::BTreeSet::new();
+    for chain in &answers.chains {
+        let leaf = &common::certificates(&chain[0])[0];
+        issued.insert(meshroot::domain::signer::check::serial_of(leaf).unwrap());
+    }
+    assert_eq!(issued.len(), answers.chains.len(), "every serial unique");
+    assert_eq!(recorded, issued);
+    // A sample of the chains, from before, during and after, verifies in full.
+    for chain in answers.chains.iter().step_by(answers.chains.len() / 5 + 1) {
+        common::verify_chain(chain, &ca.root_pem());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_stops_at_start_on_a_missing_token_and_on_a_wrong_pin_which_it_never_retries() {
     let hsm = Hsm::new();
     let ca = init_in_token(&hsm);

@@ -17,7 +17,7 @@ use der::{Decode as _, Encode as _};
 
 use crate::domain::signing_key::{TokenError, TokenKey, TokenKeyInfo};
 
-use super::module::reinitialize;
+use super::module::ModuleState;
 use super::uri::KeyUri;
 
 /// DER of the P-256 curve's OID (1.2.840.10045.3.1.7), as `CKA_EC_PARAMS` holds it.
@@ -46,8 +46,11 @@ pub struct Pkcs11Key {
     public_key: Vec<u8>,
     algorithm: &'static rcgen::SignatureAlgorithm,
     scheme: Scheme,
-    /// Logged-in sessions not in use, and the key's handle in them.
-    idle: Mutex<Vec<(Session, ObjectHandle)>>,
+    /// What this module's keys share: the gate against re-initialisation, and its generation.
+    state: std::sync::Arc<ModuleState>,
+    /// Logged-in sessions not in use, the key's handle in them, and the module generation they
+    /// were opened in.
+    idle: Mutex<Vec<Pooled>>,
     /// How many idle sessions are kept.
     pool: usize,
 }
@@ -60,6 +63,9 @@ impl std::fmt::Debug for Pkcs11Key {
             .finish_non_exhaustive()
     }
 }
+
+/// An idle session, the key's handle in it, and the module generation it was opened in.
+type Pooled = (Session, ObjectHandle, u64);
 
 /// How a PKCS#11 failure counts: the token gone (wait for it) or a refusal (a configuration to
 /// fix). A wrong or locked PIN is a refusal: it is never tried again, so no retry locks the
@@ -191,6 +197,9 @@ impl Pkcs11Key {
         pin: AuthPin,
         pool: usize,
     ) -> Result<Self, TokenError> {
+        let state = ModuleState::of(&module);
+        let using = state.using();
+        let generation = state.generation();
         let (session, token_label, token_serial) = logged_in_session(&context, &uri, &pin, false)?;
         let private = find_object(&session, &uri, ObjectClass::PRIVATE_KEY)?;
         let attributes = session
@@ -269,17 +278,26 @@ impl Pkcs11Key {
             public_key,
             algorithm,
             scheme,
+            state: state.clone(),
             idle: Mutex::new(Vec::new()),
             pool: pool.max(1),
         };
-        key.release(session, private);
+        key.release((session, private, generation));
+        drop(using);
         Ok(key)
     }
 
-    /// An idle logged-in session, or a new one.
-    fn session(&self) -> Result<(Session, ObjectHandle), TokenError> {
-        if let Some(idle) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(idle);
+    /// An idle logged-in session of the module's current initialisation, or a new one. Call
+    /// with the module's gate held.
+    fn session(&self) -> Result<Pooled, TokenError> {
+        let generation = self.state.generation();
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match idle {
+                Some(pooled) if pooled.2 == generation => return Ok(pooled),
+                Some(stale) => discard_stale(stale),
+                None => break,
+            }
         }
         let (session, _, _) = logged_in_session(&self.context, &self.uri, &self.pin, false)?;
         // The key was there when it was opened: not finding it now means the token is not the
@@ -290,31 +308,44 @@ impl Pkcs11Key {
                 unavailable => unavailable,
             },
         )?;
-        Ok((session, private))
+        Ok((session, private, generation))
     }
 
-    fn release(&self, session: Session, key: ObjectHandle) {
+    fn release(&self, pooled: Pooled) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.pool {
-            idle.push((session, key));
+            idle.push(pooled);
         }
     }
 
     /// Drops every idle session (after the token failed: they are dead).
+    fn state_forget_sessions(&self) {
+        let _using = self.state.using();
+        self.forget_sessions();
+    }
+
+    /// Drops every idle session. Call with the module's gate held.
     fn forget_sessions(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let generation = self.state.generation();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        for pooled in idle {
+            if pooled.2 != generation {
+                discard_stale(pooled);
+            }
+        }
     }
 
     /// Signs `input` (the digest for ECDSA, the message for Ed25519) in one session.
     fn sign_once(&self, input: &[u8]) -> Result<Vec<u8>, TokenError> {
-        let (session, key) = self.session()?;
+        let _using = self.state.using();
+        let (session, key, generation) = self.session()?;
         let mechanism = match self.scheme {
             Scheme::Ecdsa(_) => Mechanism::Ecdsa,
             Scheme::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
         };
         match session.sign(&mechanism, key, input) {
             Ok(raw) => {
-                self.release(session, key);
+                self.release((session, key, generation));
                 match self.scheme {
                     Scheme::Ecdsa(_) => ecdsa_der(&raw),
                     Scheme::Ed25519 if raw.len() == 64 => Ok(raw),
@@ -351,10 +382,10 @@ impl TokenKey for Pkcs11Key {
             // A pooled session may have died with a token that has since come back: one more
             // try, in a new session.
             Err(TokenError::Unavailable(_)) => {
-                self.forget_sessions();
+                self.state_forget_sessions();
                 self.sign_once(input).inspect_err(|error| {
                     if matches!(error, TokenError::Unavailable(_)) {
-                        reinitialize(&self.module, &self.context);
+                        self.state.reinitialize(&self.module, &self.context);
                     }
                 })
             }
@@ -369,30 +400,32 @@ impl TokenKey for Pkcs11Key {
     /// The key is found in a logged-in session (an idle one is used, so a healthy token costs
     /// one object search).
     fn health(&self) -> Result<(), TokenError> {
-        let (session, _) = match self.session() {
-            Ok(session) => session,
-            Err(error) => {
-                if matches!(error, TokenError::Unavailable(_)) {
-                    self.forget_sessions();
-                    reinitialize(&self.module, &self.context);
+        let checked = {
+            let _using = self.state.using();
+            self.session().and_then(|(session, _, generation)| {
+                match find_object(&session, &self.uri, ObjectClass::PRIVATE_KEY) {
+                    Ok(key) => {
+                        self.release((session, key, generation));
+                        Ok(())
+                    }
+                    Err(TokenError::Refused(why)) => Err(TokenError::Unavailable(why)),
+                    Err(unavailable) => Err(unavailable),
                 }
-                return Err(error);
-            }
+            })
         };
-        match find_object(&session, &self.uri, ObjectClass::PRIVATE_KEY) {
-            Ok(key) => {
-                self.release(session, key);
-                Ok(())
-            }
-            Err(error) => {
-                self.forget_sessions();
-                Err(match error {
-                    TokenError::Refused(why) => TokenError::Unavailable(why),
-                    unavailable => unavailable,
-                })
-            }
+        if matches!(checked, Err(TokenError::Unavailable(_))) {
+            self.state_forget_sessions();
+            self.state.reinitialize(&self.module, &self.context);
         }
+        checked
     }
+}
+
+/// A session of an earlier initialisation of its module: its handle may now name another
+/// key's session, so it is neither used nor closed (`C_Finalize` already ended it); only its
+/// memory is left.
+fn discard_stale(stale: Pooled) {
+    std::mem::forget(stale);
 }
 
 /// The uncompressed point from `CKA_EC_POINT`: a DER OCTET STRING by the standard, the bare

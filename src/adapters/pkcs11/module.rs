@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::time::Instant;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -29,30 +31,67 @@ pub(super) fn context(module: &Path) -> Result<Pkcs11, String> {
     Ok(context)
 }
 
-/// Finalises and initialises the module again, at most every [`REINITIALIZE_EVERY`] per module:
-/// a module lists its tokens when it is initialised (SoftHSM, and network HSM clients after a
-/// lost connection), so a token that comes back is seen only by a new initialisation. Every
-/// session of the module ends with it; the keys open new ones.
-pub(crate) fn reinitialize(module: &Path, context: &Pkcs11) {
-    static LAST: OnceLock<Mutex<HashMap<PathBuf, std::time::Instant>>> = OnceLock::new();
-    let mut last = LAST
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if last
-        .get(module)
-        .is_some_and(|at| at.elapsed() < REINITIALIZE_EVERY)
-    {
-        return;
+/// What the keys of one module share: a gate that keeps `C_Finalize` away from every other call
+/// (a module's state is freed by it: SoftHSM ended the process when a signing thread was
+/// inside it), and the generation of the module's initialisation, so sessions opened before
+/// the last one are never used or closed again (their handles may name another key's new
+/// session now).
+#[derive(Debug, Default)]
+pub(crate) struct ModuleState {
+    gate: RwLock<()>,
+    generation: AtomicU64,
+    last_reinitialized: Mutex<Option<Instant>>,
+}
+
+impl ModuleState {
+    /// The state of `module`'s keys (one per module path in this process).
+    pub(super) fn of(module: &Path) -> Arc<Self> {
+        static STATES: OnceLock<Mutex<HashMap<PathBuf, Arc<ModuleState>>>> = OnceLock::new();
+        STATES
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(module.to_owned())
+            .or_default()
+            .clone()
     }
-    last.insert(module.to_owned(), std::time::Instant::now());
-    let _ = context.clone().finalize();
-    match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-            tracing::info!(module = %module.display(), "PKCS#11 module initialised again, to find a returning token");
+
+    /// Held while calling into the module (shared: calls run side by side).
+    pub(super) fn using(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current initialisation's generation.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Finalises and initialises the module again, at most every [`REINITIALIZE_EVERY`], while
+    /// no other call is inside it: a module lists its tokens when it is initialised (SoftHSM,
+    /// and network HSM clients after a lost connection), so a token that comes back is seen
+    /// only by a new initialisation. Every session of the module ends with it; the keys open
+    /// new ones. Must not be called while holding [`using`](Self::using).
+    pub(super) fn reinitialize(&self, module: &Path, context: &Pkcs11) {
+        {
+            let mut last = self
+                .last_reinitialized
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < REINITIALIZE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
         }
-        Err(error) => {
-            tracing::warn!(module = %module.display(), %error, "PKCS#11 module could not be initialised again")
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let _ = context.clone().finalize();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                tracing::info!(module = %module.display(), "PKCS#11 module initialised again, to find a returning token");
+            }
+            Err(error) => {
+                tracing::warn!(module = %module.display(), %error, "PKCS#11 module could not be initialised again")
+            }
         }
     }
 }
