@@ -416,7 +416,7 @@ fn a_ca_in_a_token_deploys_with_keys_named_by_uri_and_the_pin_from_a_secret() {
     assert_eq!(values["pkcs11"]["enabled"], true);
 
     let work = tempfile::tempdir().unwrap();
-    let (objects, _) = helm_render_valid(
+    let (objects, notes) = helm_render_valid(
         work.path(),
         "softhsm",
         &[&example("softhsm.yaml"), values_path.to_str().unwrap()],
@@ -486,6 +486,13 @@ fn a_ca_in_a_token_deploys_with_keys_named_by_uri_and_the_pin_from_a_secret() {
         .iter()
         .any(|e| e["name"] == "SOFTHSM2_CONF"));
     assert_eq!(pod["initContainers"][0]["name"], "softhsm");
+    // The notes say where the PIN must be.
+    assert!(
+        notes.contains(
+            "kubectl -n istio-system create secret generic meshroot-pkcs11-pin --from-file=pin="
+        ),
+        "{notes}"
+    );
     // No key and no PIN in the values.
     let text = std::fs::read_to_string(&values_path).unwrap();
     assert!(
