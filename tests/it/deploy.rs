@@ -471,13 +471,8 @@ fn the_softhsm_overlay_mounts_the_module_and_pin_and_names_the_keys_in_the_token
     // The configuration loads (with this machine's SoftHSM module), names the audit key in
     // the token and reads the PIN from the mounted Secret.
     let configmap = rendered.find("ConfigMap", "meshroot-config");
-    let toml = configmap["data"]["meshroot.toml"]
-        .as_str()
-        .unwrap()
-        .replace(
-            "\"/opt/pkcs11/libsofthsm2.so\"",
-            &format!("{:?}", crate::pkcs11::module().display().to_string()),
-        );
+    let toml =
+        crate::pkcs11::with_local_module(configmap["data"]["meshroot.toml"].as_str().unwrap());
     let config = Config::parse(
         &toml,
         Path::new("/etc/meshroot/config/meshroot.toml"),

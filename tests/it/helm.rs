@@ -271,7 +271,7 @@ fn the_chart_lints_clean_and_every_values_example_renders_and_validates() {
         // PKCS#11 module as this machine has it).
         let configmap = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
         let config = Config::parse(
-            &with_local_module(configmap["data"]["meshroot.toml"].as_str().unwrap()),
+            &crate::pkcs11::with_local_module(configmap["data"]["meshroot.toml"].as_str().unwrap()),
             Path::new("/etc/meshroot/config/meshroot.toml"),
             None,
             None,
@@ -390,14 +390,6 @@ fn the_values_schema_refuses_bad_values_with_a_clear_message() {
     assert!(error.contains("missing properties"), "{error}");
 }
 
-/// A rendered configuration with SoftHSM's module where this machine has it, so it loads here.
-fn with_local_module(toml: &str) -> String {
-    toml.replace(
-        "\"/opt/pkcs11/libsofthsm2.so\"",
-        &format!("{:?}", crate::pkcs11::module().display().to_string()),
-    )
-}
-
 #[test]
 fn a_ca_in_a_token_deploys_with_keys_named_by_uri_and_the_pin_from_a_secret() {
     let hsm = crate::pkcs11::Hsm::new();
@@ -431,7 +423,7 @@ fn a_ca_in_a_token_deploys_with_keys_named_by_uri_and_the_pin_from_a_secret() {
     let configmap = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
     let toml = configmap["data"]["meshroot.toml"].as_str().unwrap();
     let config = Config::parse(
-        &with_local_module(toml),
+        &crate::pkcs11::with_local_module(toml),
         Path::new("/etc/meshroot/config/meshroot.toml"),
         None,
         None,

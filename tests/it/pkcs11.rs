@@ -29,6 +29,16 @@ pub(crate) fn module() -> PathBuf {
     path
 }
 
+/// A configuration rendered for a pod (SoftHSM's module at `/opt/pkcs11`, where the chart's
+/// and the overlay's init container put it) with the module where this machine has it, so it
+/// loads here.
+pub(crate) fn with_local_module(toml: &str) -> String {
+    toml.replace(
+        "\"/opt/pkcs11/libsofthsm2.so\"",
+        &format!("{:?}", module().display().to_string()),
+    )
+}
+
 /// A SoftHSM of the test's own: its configuration, token directory and PIN file, with one
 /// initialised token.
 pub(crate) struct Hsm {
