@@ -139,10 +139,12 @@ pub fn plan(query: &Query) -> Plan {
             if let Some(after) = query.expires_after {
                 lo = lo.max(crate::domain::clock::unix_seconds(after));
             }
+            // Bounds that cross select nothing: an empty range, never an inverted one.
             let hi = query
                 .expires_before
                 .map(crate::domain::clock::unix_seconds)
-                .unwrap_or(i64::MAX);
+                .unwrap_or(i64::MAX)
+                .max(lo);
             return Plan::Expiry {
                 lo: order_key(lo),
                 hi: order_key(hi),
