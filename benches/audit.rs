@@ -159,6 +159,26 @@ fn measure(name: &str, iterations: u64, mut query: impl FnMut(u64) -> usize) {
     );
 }
 
+/// This process's resident memory, in MiB (Linux).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
 fn main() {
     let total = setting("AUDIT_BENCH_RECORDS", 1_000_000);
     let writers = setting("AUDIT_BENCH_WRITERS", 64);
@@ -177,8 +197,9 @@ fn main() {
     let store = SledStore::open(&path).unwrap();
     let present = store.last_sequence();
     println!(
-        "opened a store of {present} records in {:.2} s",
-        opening.elapsed().as_secs_f64()
+        "opened a store of {present} records in {:.2} s (RSS {:.0} MiB)",
+        opening.elapsed().as_secs_f64(),
+        rss_mib()
     );
     if present < total {
         println!(
@@ -217,8 +238,9 @@ fn main() {
         let started = Instant::now();
         store.persist_index().unwrap();
         println!(
-            "index catch-up after ingest: {:.1} s",
-            started.elapsed().as_secs_f64()
+            "index catch-up after ingest: {:.1} s (RSS {:.0} MiB)",
+            started.elapsed().as_secs_f64(),
+            rss_mib()
         );
     }
     store.flush().unwrap();
@@ -335,4 +357,8 @@ fn main() {
         meshroot::domain::digest::hex(&report.root)
     );
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    println!(
+        "RSS after the queries and verification: {:.0} MiB",
+        rss_mib()
+    );
 }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub(crate) mod caller;
+pub mod capacity;
 pub mod clock;
 pub mod csr;
 pub mod digest;

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use common::Edited as _;
 use common::{agent_csr, spiffe_id, TestCa, MESH};
 use meshroot::domain::clock::ManualClock;
 use meshroot::edge::client::{self, CsrShape, San};
@@ -27,11 +28,12 @@ type Families = BTreeMap<String, (String, Vec<(String, BTreeMap<String, String>,
 /// name → (type, [(sample name, labels, value)]). Panics if the parser rejects the text.
 fn parse_exposition(text: &str) -> Families {
     const SCRIPT: &str = r#"
-import json, sys
+import json, math, sys
 from prometheus_client.parser import text_string_to_metric_families
 families = {}
 for family in text_string_to_metric_families(sys.stdin.read()):
-    families[family.name] = [family.type, [[s.name, s.labels, s.value] for s in family.samples]]
+    # JSON has no infinity: non-finite values go as text ("inf"), which Rust parses back.
+    families[family.name] = [family.type, [[s.name, s.labels, s.value if math.isfinite(s.value) else repr(s.value)] for s in family.samples]]
 print(json.dumps(families))
 "#;
     let mut child = Command::new(common::python())
@@ -53,8 +55,30 @@ print(json.dumps(families))
         "the Prometheus parser rejected /metrics: {}\n{text}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let parsed: Families = serde_json::from_slice(&output.stdout).unwrap();
+    type Raw = BTreeMap<
+        String,
+        (
+            String,
+            Vec<(String, BTreeMap<String, String>, serde_json::Value)>,
+        ),
+    >;
+    let parsed: Raw = serde_json::from_slice(&output.stdout).unwrap();
     parsed
+        .into_iter()
+        .map(|(name, (kind, samples))| {
+            let samples = samples
+                .into_iter()
+                .map(|(sample, labels, value)| {
+                    let value = match value {
+                        serde_json::Value::String(text) => text.parse().unwrap(),
+                        number => number.as_f64().unwrap(),
+                    };
+                    (sample, labels, value)
+                })
+                .collect();
+            (name, (kind, samples))
+        })
+        .collect()
 }
 
 fn sample(families: &Families, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -444,4 +468,115 @@ async fn the_grafana_dashboard_queries_only_series_meshroot_exposes() {
         .any(|e| e.contains("histogram_quantile(0.99")
             && e.contains("issuance_duration_seconds_bucket")));
     server.stop().await;
+}
+
+/// The store's capacity forecast, driven by the injectable clock: the rate is the records of
+/// the last day (extrapolated from a younger store's age), the time to full is the volume's
+/// free bytes at that rate, and a window pruning balances first, or no recent records, mean it
+/// never fills (`+Inf`).
+#[tokio::test]
+async fn the_store_forecast_follows_the_recorded_rate_on_the_clock() {
+    let ca = TestCa::new();
+    // A 100 MiB budget kept for 100 years: the volume would fill first, so the forecast is
+    // finite.
+    ca.edit_config(|text| {
+        text.edited(
+            "issued_retention = \"400d\"",
+            "issued_retention = \"36500d\"\nvolume_bytes = 104857600",
+        )
+    });
+    let start = SystemTime::now();
+    let clock = ManualClock::at(start);
+    let server = ca.start_with_clock(Arc::new(clock.clone())).await;
+    for i in 0..11 {
+        server.issue(&ca, &format!("sa{i}")).await;
+    }
+    let admin = server.server.admin_address();
+    let scrape = || async { parse_exposition(&common::http_get(admin, "/metrics").await.1) };
+    // Six hours on: the 11 issued and the start's own records (the intermediate's ca-key
+    // record, the serving certificate), all in six hours: four times that a day.
+    clock.set(start + Duration::from_secs(6 * 3_600));
+    let families = scrape().await;
+    let records = sample(&families, "meshroot_store_records", &[]).unwrap();
+    assert_eq!(records, 13.0);
+    assert_eq!(
+        sample(&families, "meshroot_store_records_per_day", &[]),
+        Some(records * 4.0)
+    );
+    let per_record = sample(&families, "meshroot_store_bytes_per_record", &[]).unwrap();
+    assert_eq!(
+        per_record,
+        meshroot::domain::capacity::BYTES_PER_RECORD as f64,
+        "a small store uses the measured figure"
+    );
+    assert!(sample(&families, "meshroot_store_bytes", &[]).unwrap() > 0.0);
+    let free = sample(&families, "meshroot_store_volume_free_bytes", &[]).unwrap();
+    let full_in = sample(&families, "meshroot_store_full_in_seconds", &[]).unwrap();
+    let expected = free / (records * 4.0 * per_record) * 86_400.0;
+    assert!(
+        (full_in - expected).abs() / expected < 0.01,
+        "{full_in} s, expected about {expected} s"
+    );
+    // Two days on, the issuances are out of the last day; only what the server recorded
+    // itself since (its serving certificate, renewed as the clock jumped) counts, and at that
+    // rate pruning keeps up.
+    clock.set(start + Duration::from_secs(2 * 86_400));
+    let families = scrape().await;
+    let rate = sample(&families, "meshroot_store_records_per_day", &[]).unwrap();
+    assert!(rate <= 2.0, "{rate}");
+    assert_eq!(
+        sample(&families, "meshroot_store_full_in_seconds", &[]),
+        Some(f64::INFINITY)
+    );
+    server.stop().await;
+
+    // The default retention (400 days after expiry) at the same rate is pruned long before
+    // the volume fills.
+    ca.edit_config(|text| {
+        text.edited(
+            "issued_retention = \"36500d\"\nvolume_bytes = 104857600",
+            "issued_retention = \"400d\"",
+        )
+    });
+    let clock = ManualClock::at(start + Duration::from_secs(6 * 3_600));
+    let server = ca.start_with_clock(Arc::new(clock.clone())).await;
+    let families = scrape_at(server.server.admin_address()).await;
+    assert_eq!(
+        sample(&families, "meshroot_store_full_in_seconds", &[]),
+        Some(f64::INFINITY)
+    );
+    server.stop().await;
+}
+
+async fn scrape_at(admin: std::net::SocketAddr) -> Families {
+    parse_exposition(&common::http_get(admin, "/metrics").await.1)
+}
+
+/// At start, a retention the volume cannot hold at the recent rate is named in the log, with
+/// the volume it needs; the default retention is not.
+#[test]
+fn a_retention_the_volume_cannot_hold_is_warned_of_at_start() {
+    let ca = TestCa::new();
+    let config = ca.config_path().to_string_lossy().into_owned();
+    let mut fits = common::process::Serving::start(ca.path(), &["--config", &config]);
+    fits.wait_for_log("record store capacity");
+    fits.stop();
+    let log = fits.log();
+    assert!(
+        !log.contains("the store's volume has room for"),
+        "the default retention fits: {log}"
+    );
+    // A hundred years at the start's rate (the records of the start, as an hour's worth: 72
+    // a day) is 1 GB at 400 bytes a record; the store may take 100 MiB.
+    ca.edit_config(|text| {
+        text.edited(
+            "issued_retention = \"400d\"",
+            "issued_retention = \"36500d\"\nvolume_bytes = 104857600",
+        )
+    });
+    let mut serving = common::process::Serving::start(ca.path(), &["--config", &config]);
+    serving.wait_for_log("retention of 3650");
+    serving.wait_for_log("days at the last day's rate (72 records/day");
+    serving.wait_for_log("grow the volume to");
+    serving.stop();
 }

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::Edited as _;
 use crate::common::{self, agent_csr, spiffe_id, TestCa, MESH};
 use meshroot::domain::record::Outcome;
 
@@ -241,4 +242,39 @@ async fn off_loopback_the_page_needs_an_allowed_client_certificate() {
     tokio::time::timeout(Duration::from_secs(10), server.stop())
         .await
         .unwrap();
+}
+
+/// The record-store panel: this replica's figures, and a warning when the volume is forecast
+/// full within two weeks (here a budget the store already fills: full now).
+#[tokio::test]
+async fn the_page_warns_when_the_store_volume_is_forecast_full() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    server.issue(&ca, "a").await;
+    let (status, html) = common::http_get(server.server.admin_address(), "/ui").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Record store (this replica)"), "{html}");
+    assert_eq!(
+        figure(&html, "store-full-in").as_deref(),
+        Some("never (pruning keeps up)")
+    );
+    assert!(figure(&html, "store-warning").is_none());
+    server.stop().await;
+
+    ca.edit_config(|text| {
+        text.edited(
+            "issued_retention = \"400d\"",
+            "issued_retention = \"400d\"\nvolume_bytes = 1000",
+        )
+    });
+    let server = ca.start().await;
+    server.issue(&ca, "a").await;
+    let (_, html) = common::http_get(server.server.admin_address(), "/ui").await;
+    let warning = figure(&html, "store-warning").unwrap();
+    assert!(
+        warning.contains("forecast full in 0.0 days at the last day's rate"),
+        "{warning}"
+    );
+    assert_eq!(figure(&html, "store-full-in").as_deref(), Some("0.0 days"));
+    server.stop().await;
 }

@@ -197,6 +197,9 @@ pub struct AuditConfig {
     /// Records whose index entries are kept in memory before being written as one run
     /// (memory against the number of runs a query reads).
     pub index_segment_records: u64,
+    /// The bytes the record store may take on its volume, when it shares the disk; without
+    /// it, the file system's size and free space (the capacity forecast).
+    pub volume_bytes: Option<u64>,
     /// `[audit.export]`: where the log is shipped.
     pub export: ExportConfig,
 }

@@ -467,6 +467,7 @@ fn audit(raw_audit: RawAudit, base: &Path, p: &mut Problems) -> AuditConfig {
         index_segment_records: raw_audit
             .index_segment_records
             .unwrap_or(crate::domain::audit::SEGMENT_RECORDS),
+        volume_bytes: raw_audit.volume_bytes,
         export: match raw_audit.export {
             Some(raw) => {
                 if raw.jsonl_dir.is_none() && raw.otlp_endpoint.is_none() {

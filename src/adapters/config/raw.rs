@@ -139,6 +139,7 @@ pub(super) struct RawAudit {
     pub(super) denial_retention: Option<String>,
     pub(super) prune_interval: Option<String>,
     pub(super) index_segment_records: Option<u64>,
+    pub(super) volume_bytes: Option<u64>,
     pub(super) export: Option<RawExport>,
 }
 

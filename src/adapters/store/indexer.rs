@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::blocks;
 use super::codec::RunId;
 use super::error::{write_error, StoreError};
 use super::index::{self, Run, TailSegment};
@@ -43,7 +44,7 @@ impl Inner {
                 while merged && !self.commit.closed.load(Ordering::SeqCst) {
                     merged = self.compact_once()?;
                 }
-                Ok(())
+                self.pack_blocks()
             });
             if let Err(error) = result {
                 tracing::error!(%error, "index maintenance failed; retrying");
@@ -106,6 +107,29 @@ impl Inner {
             "index segment persisted"
         );
         Ok(())
+    }
+
+    /// Packs the records of every whole block at or below the index watermark into their
+    /// block (`blocks.rs`), oldest first; a store from before blocks is converted this way, a
+    /// block at a time, stopping early when the store closes.
+    pub(super) fn pack_blocks(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let watermark = self.read_state().watermark;
+        loop {
+            let packed = self.packed.load(Ordering::SeqCst);
+            let end = packed + blocks::BLOCK_RECORDS;
+            if end > watermark || self.commit.closed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            {
+                // Pruning rewrites blocks too.
+                let _pruning = self.pruning.lock().unwrap_or_else(|p| p.into_inner());
+                blocks::pack(&self.records, packed + 1)?;
+            }
+            self.packed.store(end, Ordering::SeqCst);
+        }
     }
 
     /// Merges the oldest [`index::COMPACTION_FANIN`] runs of a tier that has that many;

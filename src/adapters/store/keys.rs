@@ -30,10 +30,6 @@ pub(super) fn record_key(sequence: u64) -> [u8; 9] {
     key
 }
 
-pub(super) fn sequence_of_record_key(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
-}
-
 /// The leaf of a stored record: its header and the SHA-256 of its protobuf part.
 pub(super) fn leaf_of_stored(stored: &[u8]) -> Option<LeafData> {
     let header = LeafData::parse_header(stored)?;

@@ -17,6 +17,7 @@
 //! records after the last persisted segment are read again.
 
 mod answers;
+mod blocks;
 mod bundles;
 pub mod codec;
 mod commit;
@@ -359,7 +360,7 @@ impl SledStore {
         while merged {
             merged = self.inner.compact_once()?;
         }
-        Ok(())
+        self.inner.pack_blocks()
     }
 }
 
@@ -405,3 +406,4 @@ impl Drop for SledStore {
 
 #[cfg(test)]
 mod tests;
+mod usage;

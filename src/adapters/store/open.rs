@@ -12,14 +12,15 @@ use crate::domain::audit::merkle::Frontier;
 use crate::domain::audit::IndexKeys;
 use crate::domain::audit::SEGMENT_RECORDS;
 
+use super::blocks;
 use super::codec::RunId;
 use super::error::{corrupt, read_error, StoreError};
 use super::index::{self, IndexState, Run};
 use super::pruned::PrunedSet;
 use super::query::entries_between;
 use super::state::{
-    Durability, GroupCommit, Inner, Writer, LAYOUT, META_LAYOUT, META_PRUNED_PREFIX,
-    META_RUN_PREFIX, META_WATERMARK,
+    Durability, GroupCommit, Inner, Writer, LAYOUT, LAYOUT_SINGLE_KEYS, META_LAYOUT,
+    META_PRUNED_PREFIX, META_RUN_PREFIX, META_WATERMARK,
 };
 use super::tiles::TreeView;
 
@@ -85,6 +86,19 @@ impl Inner {
         );
         match meta.get(META_LAYOUT).map_err(open_error)? {
             Some(version) if version.as_ref() == LAYOUT.to_be_bytes() => {}
+            Some(version) if version.as_ref() == LAYOUT_SINGLE_KEYS.to_be_bytes() => {
+                // A store from before blocks: read as it is; once this build writes blocks
+                // into it, an older build must not open it.
+                if !options.read_only {
+                    meta.insert(META_LAYOUT, &LAYOUT.to_be_bytes())
+                        .map_err(open_error)?;
+                    tracing::info!(
+                        path = %path.display(),
+                        "record store from an earlier version: its records are packed into \
+                         blocks in the background"
+                    );
+                }
+            }
             Some(version) => {
                 return Err(StoreError::UnknownLayout {
                     path: display,
@@ -221,6 +235,7 @@ impl Inner {
             };
             Frontier::of(&view, last_sequence)?
         };
+        let packed = blocks::packed_through(&records)?;
         let (durable, _) = watch::channel(Durability {
             through: last_sequence,
             failed: None,
@@ -241,6 +256,7 @@ impl Inner {
                 frontier,
             }),
             written: AtomicU64::new(last_sequence),
+            packed: AtomicU64::new(packed),
             commit: GroupCommit {
                 sleep: Mutex::new(()),
                 idle: AtomicBool::new(false),

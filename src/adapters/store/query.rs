@@ -12,9 +12,10 @@ use crate::domain::clock::{from_unix_millis, unix_millis};
 use crate::domain::record::Record;
 
 use super::answers::{InclusionProof, LogEntry, Stats};
+use super::blocks;
 use super::error::{corrupt, read_error, AuditError, StoreError};
 use super::index::{self, Plan, Snapshot};
-use super::keys::{decode_stored, leaf_of_stored, record_key, sequence_of_record_key};
+use super::keys::{decode_stored, leaf_of_stored};
 use super::state::{Inner, PARALLEL_FETCH};
 use super::tiles::TreeView;
 
@@ -63,10 +64,12 @@ impl Inner {
         let mut sorted: Vec<(usize, u64)> = sequences.iter().copied().enumerate().collect();
         sorted.sort_unstable_by_key(|(_, sequence)| *sequence);
         let read = |part: &[(usize, u64)]| -> Result<Vec<(usize, Record)>, StoreError> {
+            let in_order: Vec<u64> = part.iter().map(|(_, sequence)| *sequence).collect();
+            let stored = blocks::get_sorted(&self.records, &in_order)?;
             let mut out = Vec::with_capacity(part.len());
-            for (at, sequence) in part {
-                if let Some(record) = self.get(*sequence)? {
-                    out.push((*at, record));
+            for ((at, sequence), stored) in part.iter().zip(stored) {
+                if let Some(stored) = stored {
+                    out.push((*at, decode_stored(*sequence, &stored)?));
                 }
             }
             Ok(out)
@@ -116,16 +119,9 @@ impl Inner {
                 Some(Position::Sequence(next)) => next.max(lo),
                 _ => lo,
             };
-            for key in self
-                .records
-                .range(record_key(from)..=record_key(hi.max(from)))
-                .keys()
-            {
-                let key = key.map_err(read_error)?;
-                let Some(sequence) = sequence_of_record_key(&key) else {
-                    continue;
-                };
-                if sequence > hi || !visit(Position::Sequence(sequence)) {
+            for entry in blocks::range(&self.records, from, hi) {
+                let (sequence, _) = entry?;
+                if !visit(Position::Sequence(sequence)) {
                     break;
                 }
             }
@@ -171,13 +167,7 @@ impl Inner {
         let (mut lo, mut hi) = (1u64, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let at_or_after = match self
-                .records
-                .range(record_key(mid)..=record_key(last))
-                .next()
-                .transpose()
-                .map_err(read_error)?
-            {
+            let at_or_after = match blocks::range(&self.records, mid, last).next().transpose()? {
                 Some((_, stored)) => leaf_of_stored(&stored)
                     .map(|leaf| leaf.recorded_at_ms >= millis)
                     .unwrap_or(true),
@@ -194,7 +184,7 @@ impl Inner {
     }
 
     pub(super) fn get(&self, sequence: u64) -> Result<Option<Record>, StoreError> {
-        match self.records.get(record_key(sequence)).map_err(read_error)? {
+        match blocks::get(&self.records, sequence)? {
             Some(stored) => decode_stored(sequence, &stored).map(Some),
             None => Ok(None),
         }
@@ -271,18 +261,10 @@ impl Inner {
     pub(super) fn stats(&self) -> Result<Stats, StoreError> {
         let appended = self.written.load(Ordering::SeqCst);
         let pruned = self.pruned_set().len();
-        let oldest = self
-            .records
-            .first()
-            .map_err(read_error)?
-            .and_then(|(key, stored)| {
-                Some((sequence_of_record_key(&key)?, leaf_of_stored(&stored)?))
-            });
-        let newest = self
-            .records
-            .last()
-            .map_err(read_error)?
-            .and_then(|(_, stored)| leaf_of_stored(&stored));
+        let (first, last) = blocks::first_and_last(&self.records)?;
+        let oldest =
+            first.and_then(|(sequence, stored)| Some((sequence, leaf_of_stored(&stored)?)));
+        let newest = last.and_then(|(_, stored)| leaf_of_stored(&stored));
         let state = self.read_state();
         let latest = self.checkpoints.last().map_err(read_error)?;
         Ok(Stats {
@@ -322,10 +304,7 @@ pub(super) fn entries_between(
             .ok_or_else(|| corrupt(&key))?;
         Ok::<_, StoreError>((sequence, value))
     };
-    let mut present = records
-        .range(record_key(from)..=record_key(to))
-        .map(|entry| keyed(entry, 1))
-        .peekable();
+    let mut present = blocks::range(records, from, to).peekable();
     let mut removed = pruned
         .range(from.to_be_bytes()..=to.to_be_bytes())
         .map(|entry| keyed(entry, 0))
@@ -383,7 +362,7 @@ where
 }
 
 /// Bytes in the files under `path`.
-fn directory_size(path: &Path) -> u64 {
+pub(super) fn directory_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };

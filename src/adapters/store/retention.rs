@@ -18,10 +18,11 @@ pub use crate::domain::audit::RetentionPolicy;
 use crate::domain::audit::{OutcomeFilter, Position, Query};
 use crate::domain::clock::unix_seconds;
 
+use super::blocks;
 use super::codec;
 use super::error::StoreError;
 use super::error::{read_error, write_error};
-use super::keys::{leaf_of_stored, record_key};
+use super::keys::leaf_of_stored;
 use super::state::{Inner, SledStore, META_PRUNED_PREFIX};
 
 /// Records removed per batch (each batch is one meta write before and after).
@@ -159,7 +160,7 @@ impl Inner {
         // First every leaf, then the records: a record is never gone without its leaf.
         let mut gone = Vec::with_capacity(sequences.len());
         for &sequence in sequences {
-            if let Some(stored) = self.records.get(record_key(sequence)).map_err(read_error)? {
+            if let Some(stored) = blocks::get(&self.records, sequence)? {
                 let leaf = leaf_of_stored(&stored).ok_or(StoreError::Corrupt {
                     key: format!("record {sequence}"),
                 })?;
@@ -175,17 +176,9 @@ impl Inner {
                 gone.push(sequence);
             }
         }
-        let mut removed = 0;
-        for &sequence in &gone {
-            if self
-                .records
-                .remove(record_key(sequence))
-                .map_err(write_error)?
-                .is_some()
-            {
-                removed += 1;
-            }
-        }
+        let mut in_order = gone.clone();
+        in_order.sort_unstable();
+        let removed = blocks::remove(&self.records, &in_order)?;
         let chunks: BTreeSet<u64> = {
             let mut set = self.pruned_set.write().unwrap_or_else(|p| p.into_inner());
             gone.iter().map(|s| set.insert(*s)).collect()

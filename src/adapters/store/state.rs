@@ -18,10 +18,13 @@ use super::pruned::PrunedSet;
 pub(super) const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 /// Pages with at least this many records are read on two threads.
 pub(super) const PARALLEL_FETCH: usize = 32;
-/// The store layout this code reads and writes.
-pub(super) const LAYOUT: u32 = 2;
+/// The store layout this code writes: 3 keeps records packed in blocks (`blocks.rs`).
+pub(super) const LAYOUT: u32 = 3;
+/// The layout before blocks (one key per record), read as it is and packed in the background.
+pub(super) const LAYOUT_SINGLE_KEYS: u32 = 2;
 
 pub(super) const RECORD_PREFIX: u8 = b'r';
+pub(super) const BLOCK_PREFIX: u8 = b'b';
 pub(super) const META_LAYOUT: &[u8] = b"layout";
 pub(super) const META_WATERMARK: &[u8] = b"index-watermark";
 pub(super) const META_RUN_PREFIX: &[u8] = b"run/";
@@ -75,6 +78,8 @@ pub(super) struct Inner {
     pub(super) writer: Mutex<Writer>,
     /// The highest sequence number inserted (all below it are inserted too).
     pub(super) written: AtomicU64,
+    /// Every block through this sequence number has been packed (`blocks.rs`).
+    pub(super) packed: AtomicU64,
     pub(super) commit: GroupCommit,
     pub(super) state: RwLock<IndexState>,
     pub(super) pruned_set: RwLock<PrunedSet>,

@@ -90,7 +90,7 @@ pub(super) async fn start_admin(
             .into_axum_router()
             .merge(monitor.routes())
             .merge(crl_route(crls.clone()))
-            .merge(status_page_route(api, current_for_page))
+            .merge(status_page_route(api, current_for_page, monitor.clone()))
             .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
     let ping = ADMIN_KEEPALIVE_INTERVAL.min(config.connections.idle_timeout / 2);
     let router = http2_limits(tonic::transport::Server::builder(), &config.connections)
@@ -173,15 +173,17 @@ fn crl_route(crls: Arc<super::crl::CrlKeeper>) -> axum::Router {
 fn status_page_route(
     api: Arc<crate::edge::grpc::audit_api::AuditApi>,
     current: Arc<CurrentAuthority>,
+    monitor: Monitor,
 ) -> axum::Router {
     axum::Router::new().route(
         "/ui",
         axum::routing::get(move |request: axum::extract::Request| {
-            let (api, current) = (api.clone(), current.clone());
+            let (api, current, monitor) = (api.clone(), current.clone(), monitor.clone());
             async move {
                 let extensions = request.extensions().clone();
+                let store = monitor.store_status();
                 let answer =
-                    crate::edge::status_page::gather::page(&api, &current, extensions).await;
+                    crate::edge::status_page::gather::page(&api, &current, store, extensions).await;
                 (
                     axum::http::StatusCode::from_u16(answer.status)
                         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),

@@ -6,6 +6,7 @@ mod assemble;
 mod background;
 mod bundle_endpoint;
 mod ca_keys;
+mod capacity;
 mod connections;
 pub mod crl;
 mod duties;
@@ -244,7 +245,9 @@ async fn start_serving(
 ) -> Result<RunningServer, ServeError> {
     let ca = current.get();
     let (health, health_service) = tonic_health::server::health_reporter();
-    let mut monitor = Monitor::new(metrics, current.clone(), store.clone(), health);
+    let capacity_policy = capacity::policy(config);
+    let mut monitor = Monitor::new(metrics, current.clone(), store.clone(), health)
+        .with_capacity(capacity_policy);
     let (leader, leads) = watch::channel(false);
     if config.kubernetes.is_some() {
         monitor = monitor.with_leader(leads);
@@ -489,6 +492,12 @@ async fn start_serving(
     background.spawn(refusal_summary_loop(
         current.clone(),
         REFUSAL_SUMMARY_INTERVAL,
+        shutdown_rx.clone(),
+    ));
+    background.spawn(capacity::watch(
+        store.clone(),
+        capacity_policy,
+        clock.clone(),
         shutdown_rx.clone(),
     ));
     background.spawn(prune_loop(

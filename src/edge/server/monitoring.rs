@@ -12,8 +12,10 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::adapters::store::SledStore;
+use crate::domain::capacity::{CapacityPolicy, Forecast, StoreUsage};
 use crate::domain::clock::unix_seconds;
 use crate::domain::metrics::{Exposition, Kind, Metrics};
+use crate::edge::status_page::render::StoreStatus;
 use crate::issuance::CurrentAuthority;
 use crate::pb::istio::istio_certificate_service_server::IstioCertificateServiceServer;
 
@@ -33,6 +35,8 @@ pub(crate) struct Monitor {
     leader: Option<tokio::sync::watch::Receiver<bool>>,
     /// The export sinks whose lag is reported (their cursors live in the store).
     export_sinks: Vec<&'static str>,
+    /// What the capacity forecast assumes (retention window, the store's budget).
+    capacity: CapacityPolicy,
 }
 
 impl Monitor {
@@ -50,7 +54,14 @@ impl Monitor {
             health,
             leader: None,
             export_sinks: Vec::new(),
+            capacity: CapacityPolicy::default(),
         }
+    }
+
+    /// What the capacity forecast assumes.
+    pub(crate) fn with_capacity(mut self, capacity: CapacityPolicy) -> Self {
+        self.capacity = capacity;
+        self
     }
 
     /// Reports how far `sink` is behind the durable log (`meshroot_export_lag_*`).
@@ -202,6 +213,7 @@ impl Monitor {
             "Records in the issuance log.",
             self.store.len() as f64,
         );
+        self.capacity_metrics(&mut out);
         let mut lag_records = Vec::new();
         let mut lag_seconds = Vec::new();
         for sink in &self.export_sinks {
@@ -255,6 +267,71 @@ impl Monitor {
             if ready { 1.0 } else { 0.0 },
         );
         out.finish()
+    }
+
+    /// The store's usage and forecast as of the clock's now (None, logged, if unmeasurable).
+    fn forecast(&self) -> Option<(StoreUsage, Forecast)> {
+        let now = self.current.get().clock().now();
+        match self.store.usage(now) {
+            Ok(usage) => {
+                let usage = usage.within(self.capacity.volume_bytes);
+                Some((usage, Forecast::of(&usage, self.capacity.window)))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the record store's size could not be measured");
+                None
+            }
+        }
+    }
+
+    /// The status page's record-store panel.
+    pub(crate) fn store_status(&self) -> Option<StoreStatus> {
+        let (usage, forecast) = self.forecast()?;
+        Some(StoreStatus {
+            bytes: usage.store_bytes,
+            records: usage.records,
+            bytes_per_record: forecast.bytes_per_record,
+            records_per_day: forecast.records_per_day,
+            volume_free_bytes: usage.volume_free_bytes,
+            full_in: forecast.full_in,
+            alarming: forecast.alarming(),
+        })
+    }
+
+    /// The store's size and the forecast of when its volume is full.
+    fn capacity_metrics(&self, out: &mut Exposition) {
+        let Some((usage, forecast)) = self.forecast() else {
+            return;
+        };
+        out.gauge(
+            "meshroot_store_bytes",
+            "Bytes of the record store's files.",
+            usage.store_bytes as f64,
+        );
+        out.gauge(
+            "meshroot_store_bytes_per_record",
+            "Bytes on disk per record kept (the benchmark's figure below 100,000 records).",
+            forecast.bytes_per_record,
+        );
+        out.gauge(
+            "meshroot_store_records_per_day",
+            "Records appended in the last day (extrapolated from the store's age if younger).",
+            forecast.records_per_day,
+        );
+        out.gauge(
+            "meshroot_store_volume_free_bytes",
+            "Free bytes on the record store's volume.",
+            usage.volume_free_bytes as f64,
+        );
+        out.gauge(
+            "meshroot_store_full_in_seconds",
+            "Seconds until the record store's volume is full at the last day's rate, given \
+             retention (+Inf: pruning balances the growth before it fills).",
+            forecast
+                .full_in
+                .map(|left| left.as_secs_f64())
+                .unwrap_or(f64::INFINITY),
+        );
     }
 
     /// `/metrics`, `/healthz` and `/readyz` as routes for the admin listener.

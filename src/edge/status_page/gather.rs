@@ -38,6 +38,7 @@ pub(crate) struct PageResponse {
 pub async fn page(
     api: &AuditApi,
     current: &Arc<CurrentAuthority>,
+    store: Option<crate::edge::status_page::render::StoreStatus>,
     extensions: tonic::Extensions,
 ) -> PageResponse {
     let base = || Request::from_parts(MetadataMap::new(), extensions.clone(), ());
@@ -48,8 +49,8 @@ pub async fn page(
     }
     match gather(api, current, &base).await {
         Ok(page) => PageResponse {
+            body: crate::edge::status_page::render::render(&StatusPage { store, ..page }),
             status: 200,
-            body: crate::edge::status_page::render::render(&page),
         },
         Err(status) => {
             tracing::warn!(code = ?status.code(), message = status.message(), "the status page could not be gathered");
@@ -304,6 +305,7 @@ async fn gather(
         expiring_truncated,
         checkpoint,
         trust,
+        store: None,
     })
 }
 

@@ -33,6 +33,22 @@ pub(crate) struct StatusPage {
     pub checkpoint: Option<CheckpointStatus>,
     /// Per mesh: the trust domains it accepts, and its partners' bundles (this replica's view).
     pub trust: Vec<TrustStatus>,
+    /// This replica's record store and the forecast of its volume.
+    pub store: Option<StoreStatus>,
+}
+
+/// The record store's size and when its volume is forecast full (this replica).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoreStatus {
+    pub bytes: u64,
+    pub records: u64,
+    pub bytes_per_record: f64,
+    pub records_per_day: f64,
+    pub volume_free_bytes: u64,
+    /// None: pruning keeps up before it fills.
+    pub full_in: Option<Duration>,
+    /// Under `capacity::WARN_WITHIN`.
+    pub alarming: bool,
 }
 
 /// What one mesh accepts besides itself, and the partner bundles held for it.
@@ -473,6 +489,37 @@ pub fn render(page: &StatusPage) -> String {
         }
     }
 
+    if let Some(store) = &page.store {
+        html.push_str("<h2>Record store (this replica)</h2>");
+        if store.alarming {
+            let _ =
+                write!(
+                html,
+                "<p class=\"bad\" data-figure=\"store-warning\">The store's volume is forecast \
+                 full in {:.1} days at the last day's rate; issuance stops when it is. Grow the \
+                 volume or shorten <code>[audit] issued_retention</code> (docs/audit.md).</p>",
+                store.full_in.map(|d| d.as_secs_f64() / 86_400.0).unwrap_or(0.0)
+            );
+        }
+        let _ = write!(
+            html,
+            "<table><tr><th>records</th><th>on disk</th><th>per record</th><th>last day</th>\
+             <th>volume free</th><th>full in</th></tr><tr><td>{}</td><td>{}</td><td>{:.0} B</td>\
+             <td>{:.0}</td><td>{}</td><td data-figure=\"store-full-in\">{}</td></tr></table>",
+            store.records,
+            escape(&crate::domain::capacity::human_bytes(store.bytes as f64)),
+            store.bytes_per_record,
+            store.records_per_day,
+            escape(&crate::domain::capacity::human_bytes(
+                store.volume_free_bytes as f64
+            )),
+            match store.full_in {
+                Some(left) => format!("{:.1} days", left.as_secs_f64() / 86_400.0),
+                None => "never (pruning keeps up)".to_owned(),
+            }
+        );
+    }
+
     html.push_str("<h2>Latest signed checkpoint</h2>");
     match &page.checkpoint {
         None => html.push_str("<p>none yet</p>"),
@@ -576,6 +623,15 @@ mod tests {
                     last_error: HOSTILE.into(),
                 }],
             }],
+            store: Some(StoreStatus {
+                bytes: 3 << 30,
+                records: 7_000_000,
+                bytes_per_record: 450.0,
+                records_per_day: 200_000.0,
+                volume_free_bytes: 1 << 30,
+                full_in: Some(Duration::from_secs(12 * 86_400)),
+                alarming: true,
+            }),
         }
     }
 

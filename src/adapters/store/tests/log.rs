@@ -293,10 +293,10 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
     assert_eq!(untouched.uncovered, 0);
 
     let edited = tampered(|records| {
-        let mut value = records.get(record_key(10)).unwrap().unwrap().to_vec();
+        let mut value = blocks::get(records, 10).unwrap().unwrap().to_vec();
         let last = value.len() - 1;
         value[last] ^= 1;
-        records.insert(record_key(10), value).unwrap();
+        blocks::overwrite(records, 10, &value);
     })
     .await;
     assert!(!edited.ok());
@@ -309,7 +309,7 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
     );
 
     let removed = tampered(|records| {
-        records.remove(record_key(20)).unwrap();
+        assert_eq!(blocks::remove(records, &[20]).unwrap(), 1);
     })
     .await;
     assert!(
@@ -321,10 +321,10 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
     );
 
     let reordered = tampered(|records| {
-        let a = records.get(record_key(30)).unwrap().unwrap();
-        let b = records.get(record_key(31)).unwrap().unwrap();
-        records.insert(record_key(30), b).unwrap();
-        records.insert(record_key(31), a).unwrap();
+        let a = blocks::get(records, 30).unwrap().unwrap();
+        let b = blocks::get(records, 31).unwrap().unwrap();
+        blocks::overwrite(records, 30, &b);
+        blocks::overwrite(records, 31, &a);
     })
     .await;
     assert!(
@@ -340,15 +340,11 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
             value
         };
         for sequence in (50..=100).rev() {
-            let stored = records.get(record_key(sequence)).unwrap().unwrap();
-            records
-                .insert(record_key(sequence + 1), renumber(&stored, sequence + 1))
-                .unwrap();
+            let stored = blocks::get(records, sequence).unwrap().unwrap();
+            blocks::overwrite(records, sequence + 1, &renumber(&stored, sequence + 1));
         }
-        let forged = records.get(record_key(49)).unwrap().unwrap();
-        records
-            .insert(record_key(50), renumber(&forged, 50))
-            .unwrap();
+        let forged = blocks::get(records, 49).unwrap().unwrap();
+        blocks::overwrite(records, 50, &renumber(&forged, 50));
     })
     .await;
     assert!(!inserted.ok());
@@ -444,4 +440,38 @@ async fn revocations_are_indexed_select_revoked_certificates_and_outlive_pruning
     drop(store);
     let store = SledStore::open_with(dir.path(), options(16)).unwrap();
     assert_eq!(store.revocations().unwrap()[0].sequence, sequence);
+}
+
+/// Retention raised between passes (400 days, then 100 years): the second pass's cutoff is
+/// before the first's, and before 1970; it prunes nothing more, and a query whose expiry
+/// bounds cross (valid at a time after it asks expiry before) finds nothing. Both used to
+/// panic on an inverted range in the in-memory index.
+#[tokio::test]
+async fn raised_retention_and_crossed_expiry_bounds_select_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open_with(dir.path(), options(16_384)).unwrap();
+    fill(&store, 0..40, &mut Rng(5)).await;
+    let now = at(500 * 86_400);
+    let short = retention::RetentionPolicy {
+        issued_after_expiry: Duration::from_secs(400 * 86_400),
+        denials: Duration::from_secs(30 * 86_400),
+    };
+    let first = store.prune(&short, now).unwrap();
+    assert!(first.issued > 0, "{first:?}");
+    let long = retention::RetentionPolicy {
+        issued_after_expiry: Duration::from_secs(36_500 * 86_400),
+        ..short
+    };
+    assert_eq!(
+        store.prune(&long, now).unwrap(),
+        retention::PruneReport::default()
+    );
+    let crossed = Query {
+        valid_at: Some(at(1_000)),
+        expires_before: Some(at(10)),
+        ..Query::default()
+    };
+    assert_eq!(store.count(&crossed).unwrap(), 0);
+    assert!(store.query(&crossed, 10, None).unwrap().records.is_empty());
+    check_every_query(&store);
 }

@@ -5,7 +5,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::index::Plan;
-use super::keys::record_key;
 use super::*;
 use crate::domain::audit::checkpoint::{AuditSigner, AuditVerifier};
 use crate::domain::audit::merkle;
@@ -389,4 +388,80 @@ async fn page_tokens_are_refused_for_another_query_and_broad_prefixes_fail_clean
         store.query(&by_mesh, 5, Some("garbage")),
         Err(AuditError::Query(QueryError::BadPageToken))
     ));
+}
+
+/// A store written by the version before blocks: layout 2, one sled key per record. `tests/fixtures/store-layout-2` was made by that version (`e123147`):
+/// this file's `fill` of 300 records (seed below) with segments of 16, a checkpoint, then the
+/// 36 denials of the first 300 seconds pruned.
+#[tokio::test]
+async fn a_store_from_before_blocks_opens_answers_the_same_and_is_packed_in_place() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-layout-2");
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["conf", "db"] {
+        std::fs::copy(fixture.join(file), dir.path().join(file)).unwrap();
+    }
+    let verifier =
+        AuditVerifier::parse(&std::fs::read_to_string(fixture.join("verifier.key")).unwrap())
+            .unwrap();
+    // What that version was given, as it stored it (sequence numbers, times never backwards).
+    let mut rng = Rng(0x5eed_1a70_0002);
+    let mut last_ms = i64::MIN;
+    let written: Vec<Record> = (0..300)
+        .map(|i| {
+            let mut record = synthetic(i, &mut rng);
+            record.sequence = i + 1;
+            last_ms = crate::domain::clock::unix_millis(record.recorded_at).max(last_ms);
+            record.recorded_at = crate::domain::clock::from_unix_millis(last_ms);
+            record
+        })
+        .collect();
+    let kept: Vec<Record> = written
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Denied(_)) || r.recorded_at >= at(300))
+        .cloned()
+        .collect();
+    assert_eq!(kept.len(), 300 - 36);
+
+    let check = |store: &SledStore| {
+        assert_eq!(all_records(store), kept);
+        check_every_query(store);
+        let report = store.verify(Some(&verifier), &[], at(0)).unwrap();
+        assert!(report.ok(), "{report:?}");
+        assert_eq!(report.tree_size, 300);
+    };
+    // Read as it is (a reader neither upgrades nor packs).
+    {
+        let store = SledStore::open_with(
+            dir.path(),
+            StoreOptions {
+                read_only: true,
+                ..options(16)
+            },
+        )
+        .unwrap();
+        check(&store);
+        assert_eq!(blocks::packed_through(&store.inner.records).unwrap(), 0);
+    }
+    // A server opens it: the layout moves on, the indexer packs every block below the index
+    // watermark (288 = 18 segments of 16: 9 blocks of 32), and the answers stay the same.
+    {
+        let store = SledStore::open_with(dir.path(), options(16)).unwrap();
+        store.persist_index().unwrap();
+        assert_eq!(blocks::packed_through(&store.inner.records).unwrap(), 288);
+        assert_eq!(
+            store.inner.records.len(),
+            9 + 12,
+            "9 blocks and the 12 records above the watermark"
+        );
+        check(&store);
+        // New records go on after the old ones.
+        fill(&store, 300..340, &mut Rng(7)).await;
+        assert_eq!(store.last_sequence(), 340);
+    }
+    let store = SledStore::open_with(dir.path(), options(16)).unwrap();
+    let layout = store.inner.meta.get(state::META_LAYOUT).unwrap().unwrap();
+    assert_eq!(layout.as_ref(), state::LAYOUT.to_be_bytes());
+    assert_eq!(store.last_sequence(), 340);
+    check_every_query(&store);
 }
