@@ -45,6 +45,7 @@ fn ca_dir(key_type: KeyType) -> tempfile::TempDir {
             name_constraints: true,
             intermediate_path_len: 0,
             force: false,
+            workloads: meshroot::domain::capacity::DEFAULT_WORKLOADS,
             token: None,
         },
         SystemTime::now(),

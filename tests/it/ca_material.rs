@@ -109,6 +109,7 @@ fn init_writes_private_keys_0600_and_refuses_to_overwrite_them() {
         name_constraints: true,
         intermediate_path_len: 0,
         force: false,
+        workloads: meshroot::domain::capacity::DEFAULT_WORKLOADS,
         token: None,
     };
     let before = std::fs::read(ca.path().join("root-key.pem")).unwrap();

@@ -70,6 +70,7 @@ pub(crate) fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
                 name_constraints: true,
                 intermediate_path_len: 0,
                 force: false,
+                workloads: meshroot::domain::capacity::DEFAULT_WORKLOADS,
                 token: None,
             },
             SystemTime::now(),

@@ -551,3 +551,91 @@ fn inits_helm_values_hold_the_ca_material_but_never_the_root_key() {
         std::fs::read_to_string(dir.join("b/ca-key.pem")).unwrap()
     );
 }
+
+/// The PVC each replica asks for.
+fn volume_request(objects: &[Value]) -> String {
+    let statefulset = objects.iter().find(|o| o["kind"] == "StatefulSet").unwrap();
+    statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The sizing rule: with no `storage.size`, each replica's volume follows `sizing.workloads`
+/// exactly as meshroot's own rule computes it (`volume_for_mesh`, which `init` prints), for a
+/// small, a large and a very large mesh; the chart's default is the Kustomize base's; an
+/// explicit size wins; and `init --workloads` puts its mesh size into the values it writes.
+#[test]
+fn the_volume_request_follows_the_mesh_size_by_the_sizing_rule() {
+    use meshroot::domain::capacity::{
+        volume_for_mesh, DEFAULT_WORKLOADS, ISTIO_CERTIFICATE_LIFETIME,
+    };
+    let gib = |workloads: u64| {
+        let bytes = volume_for_mesh(
+            workloads,
+            ISTIO_CERTIFICATE_LIFETIME,
+            std::time::Duration::from_secs(400 * 86_400),
+        );
+        format!("{}Gi", (bytes / (1u64 << 30) as f64) as u64)
+    };
+    let work = tempfile::tempdir().unwrap();
+    let single = example("single-mesh.yaml");
+    let (objects, _) = helm_render_valid(work.path(), "default-size", &[&single]);
+    assert_eq!(volume_request(&objects), gib(DEFAULT_WORKLOADS));
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/statefulset.yaml"),
+    )
+    .unwrap();
+    assert!(
+        base.contains(&format!("storage: {}", gib(DEFAULT_WORKLOADS))),
+        "deploy/base sizes for the default mesh too"
+    );
+    let mut sizes = Vec::new();
+    for workloads in [10_000u64, 100_000] {
+        let values = work.path().join(format!("sizing-{workloads}.yaml"));
+        std::fs::write(&values, format!("sizing:\n  workloads: {workloads}\n")).unwrap();
+        let (objects, _) = helm_render_valid(
+            work.path(),
+            &format!("sizing-{workloads}"),
+            &[&single, values.to_str().unwrap()],
+        );
+        assert_eq!(volume_request(&objects), gib(workloads), "{workloads}");
+        sizes.push(volume_request(&objects));
+    }
+    assert_ne!(sizes[0], sizes[1]);
+    let explicit = work.path().join("explicit.yaml");
+    std::fs::write(
+        &explicit,
+        "storage:\n  size: 50Gi\nsizing:\n  workloads: 100000\n",
+    )
+    .unwrap();
+    let (objects, _) = helm_render_valid(
+        work.path(),
+        "explicit",
+        &[&single, explicit.to_str().unwrap()],
+    );
+    assert_eq!(volume_request(&objects), "50Gi");
+
+    // init --workloads: its values carry the mesh size, and the chart sizes from them.
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(common::process::BINARY)
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .args(["--workloads", "100000"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let values = dir.path().join("helm-values.yaml");
+    let (objects, _) = helm_render_valid(
+        work.path(),
+        "from-init",
+        &[&single, values.to_str().unwrap()],
+    );
+    assert_eq!(volume_request(&objects), gib(100_000));
+    let config = std::fs::read_to_string(dir.path().join("meshroot.toml")).unwrap();
+    assert!(config.contains("For 100000 workloads"), "{config}");
+}

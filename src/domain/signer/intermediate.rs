@@ -179,6 +179,7 @@ mod tests {
                 name_constraints: true,
                 intermediate_path_len: path_len,
                 force: false,
+                workloads: crate::domain::capacity::DEFAULT_WORKLOADS,
                 token: None,
             },
             now,

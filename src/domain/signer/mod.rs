@@ -636,6 +636,7 @@ mod tests {
                 name_constraints: true,
                 intermediate_path_len: 0,
                 force: false,
+                workloads: crate::domain::capacity::DEFAULT_WORKLOADS,
                 token: None,
             },
             now,

@@ -506,6 +506,7 @@ impl OwnServer {
                 token: setup.token.clone(),
                 // A bench's keys in a token are labelled as any init's: replace them.
                 force: setup.token.is_some(),
+                workloads: crate::domain::capacity::DEFAULT_WORKLOADS,
             },
             SystemTime::now(),
         )

@@ -14,6 +14,7 @@ pub(crate) fn helm_values_yaml(
     meshes: &[&str],
     top_level: &[&str],
     audit_key_uri: Option<&str>,
+    workloads: u64,
 ) -> Result<String, CaFilesError> {
     let read = |path: PathBuf| {
         fs::read_to_string(&path).map_err(|source| CaFilesError::Read { path, source })
@@ -78,5 +79,18 @@ pub(crate) fn helm_values_yaml(
             serde_json::Value::from(uri)
         ));
     }
+    // The chart sizes each replica's volume from these (templates/_helpers.tpl, the same rule
+    // as `domain::capacity::volume_for_mesh`).
+    let lifetime = crate::domain::capacity::ISTIO_CERTIFICATE_LIFETIME;
+    yaml.push_str(&format!(
+        "# Each replica's volume, by the sizing rule (docs/audit.md): {}.\n\
+         sizing:\n  workloads: {workloads}\n  certificateLifetimeHours: {}\n",
+        crate::domain::capacity::human_bytes(crate::domain::capacity::volume_for_mesh(
+            workloads,
+            lifetime,
+            crate::domain::audit::RetentionPolicy::default().issued_after_expiry,
+        )),
+        lifetime.as_secs() / 3_600,
+    ));
     Ok(yaml)
 }

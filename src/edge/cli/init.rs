@@ -51,6 +51,9 @@ pub struct InitOptions {
     /// meshroot can issue clusters' istiod intermediates below it.
     pub intermediate_path_len: u8,
     pub force: bool,
+    /// Proxies the meshes run: sizes the store's volume (the sizing rule, `domain::capacity`)
+    /// in the config's comment and the Helm values.
+    pub workloads: u64,
     /// Generate the root and intermediate keys in this PKCS#11 token (label) instead of PEM
     /// files; only certificates are written to disk.
     pub token: Option<TokenKeys>,
@@ -441,7 +444,8 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
     config.push_str(&format!(
         "\n# The issuance log: checkpoints signed with the audit key (verifier key in {AUDIT_VERIFIER_FILE}),\n\
          # published to checkpoint_file; records kept issued_retention after their certificate\n\
-         # expired, denials for denial_retention.\n\
+         # expired, denials for denial_retention. {sizing}\n\
+         # (docs/audit.md, the sizing rule; `meshroot init --workloads N`)\n\
          [audit]\n{}\nkey_name = {}\ncheckpoint_file = \"checkpoint.txt\"\n\
          checkpoint_interval = {}\nissued_retention = \"400d\"\ndenial_retention = \"30d\"\nprune_interval = \"1h\"\n\
          \n# The audit API (gRPC meshroot.audit.v1.AuditService). On a non-loopback address it\n\
@@ -454,6 +458,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
         toml_string(&key_name),
         toml_string(&crate::domain::clock::format_duration(config::DEFAULT_CHECKPOINT_INTERVAL)),
         toml_string(config::DEFAULT_ADMIN_LISTEN),
+        sizing = crate::domain::capacity::sizing_summary(options.workloads),
     ));
     sign_root_crl(
         dir,
@@ -482,6 +487,7 @@ pub fn init(options: &InitOptions, now: SystemTime) -> Result<InitReport, CaFile
             &meshes,
             &[ROOT_CRL_FILE, AUDIT_KEY_FILE],
             audit_key_uri.as_deref(),
+            options.workloads,
         )?
         .as_bytes(),
         true,

@@ -117,6 +117,10 @@ pub struct InitArgs {
     /// Replace existing keys.
     #[arg(long)]
     pub force: bool,
+    /// Proxies (sidecars, gateways, ztunnel's workloads) the meshes run: sizes the store's
+    /// volume in the config's comment and the Helm values (docs/audit.md, the sizing rule).
+    #[arg(long, default_value_t = crate::domain::capacity::DEFAULT_WORKLOADS)]
+    pub workloads: u64,
     /// Generate the root and intermediate keys in a PKCS#11 token (non-extractable); only
     /// certificates and the URIs naming the keys are written.
     #[command(flatten)]
@@ -287,6 +291,7 @@ fn embedded_default() -> Result<PathBuf, Failure> {
             name_constraints: DataPlane::default().uri_name_constraints(),
             intermediate_path_len: 0,
             force: false,
+            workloads: crate::domain::capacity::DEFAULT_WORKLOADS,
             token: None,
         },
         SystemTime::now(),
@@ -345,6 +350,7 @@ async fn init(args: InitArgs) -> Result<(), Failure> {
             name_constraints: data_plane.uri_name_constraints(),
             intermediate_path_len: args.path_len,
             force: args.force,
+            workloads: args.workloads,
             token,
         },
         SystemTime::now(),

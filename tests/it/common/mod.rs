@@ -63,6 +63,7 @@ impl TestCa {
                 name_constraints,
                 intermediate_path_len: 0,
                 force: false,
+                workloads: meshroot::domain::capacity::DEFAULT_WORKLOADS,
                 token: None,
             },
             SystemTime::now(),

@@ -60,3 +60,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "meshroot.auditKeySecret" -}}
 {{- .Values.audit.keySecret | default (printf "%s-audit-key" (include "meshroot.fullname" .)) -}}
 {{- end -}}
+
+{{/*
+Each replica's volume: storage.size, or the sizing rule (values.yaml, sizing) in whole GiB:
+certificates a day × days kept × bytes per record × 1.5, at least 1 GiB. meshroot's
+domain/capacity.rs computes the same (`volume_for`); a test renders both.
+*/}}
+{{- define "meshroot.storageSize" -}}
+{{- if .Values.storage.size -}}
+{{- .Values.storage.size -}}
+{{- else -}}
+{{- $hours := float64 .Values.sizing.certificateLifetimeHours -}}
+{{- $perDay := divf (mulf (float64 .Values.sizing.workloads) 86400.0) (mulf $hours 1800.0) -}}
+{{- $days := addf (float64 .Values.audit.issuedRetentionDays) (divf $hours 24.0) -}}
+{{- $bytes := mulf $perDay $days (float64 .Values.sizing.bytesPerRecord) 1.5 -}}
+{{- $gib := int64 (ceil (divf $bytes 1073741824.0)) -}}
+{{- max $gib 1 -}}Gi
+{{- end -}}
+{{- end -}}
