@@ -65,7 +65,8 @@ impl Inner {
         sorted.sort_unstable_by_key(|(_, sequence)| *sequence);
         let read = |part: &[(usize, u64)]| -> Result<Vec<(usize, Record)>, StoreError> {
             let in_order: Vec<u64> = part.iter().map(|(_, sequence)| *sequence).collect();
-            let stored = blocks::get_sorted(&self.records, &in_order)?;
+            let packed = self.packed.load(Ordering::SeqCst);
+            let stored = blocks::get_sorted(&self.records, packed, &in_order)?;
             let mut out = Vec::with_capacity(part.len());
             for ((at, sequence), stored) in part.iter().zip(stored) {
                 if let Some(stored) = stored {
