@@ -235,7 +235,8 @@ impl Inner {
             };
             Frontier::of(&view, last_sequence)?
         };
-        let packed = blocks::packed_through(&records)?;
+        // The last block again: a crash may have left its move half done (`blocks::pack`).
+        let packed = blocks::packed_through(&records)?.saturating_sub(blocks::BLOCK_RECORDS);
         let (durable, _) = watch::channel(Durability {
             through: last_sequence,
             failed: None,
