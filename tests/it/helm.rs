@@ -565,8 +565,8 @@ fn volume_request(objects: &[Value]) -> String {
 /// exactly as meshroot's own rule computes it (`volume_for_mesh`, which `init` prints), for a
 /// small, a large and a very large mesh; the chart's default is the Kustomize base's; an
 /// explicit size wins; and `init --workloads` puts its mesh size into the values it writes.
-#[test]
-fn the_volume_request_follows_the_mesh_size_by_the_sizing_rule() {
+#[tokio::test]
+async fn the_volume_request_follows_the_mesh_size_by_the_sizing_rule() {
     use meshroot::domain::capacity::{
         volume_for_mesh, DEFAULT_WORKLOADS, ISTIO_CERTIFICATE_LIFETIME,
     };
@@ -618,17 +618,18 @@ fn the_volume_request_follows_the_mesh_size_by_the_sizing_rule() {
 
     // init --workloads: its values carry the mesh size, and the chart sizes from them.
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(common::process::BINARY)
-        .args(["init", "--dir"])
-        .arg(dir.path())
-        .args(["--workloads", "100000"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    common::process::meshroot_output(
+        [
+            "init",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--workloads",
+            "100000",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
     let values = dir.path().join("helm-values.yaml");
     let (objects, _) = helm_render_valid(
         work.path(),
