@@ -91,13 +91,7 @@ impl Envoy {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub(crate) use crate::common::free_port;
 
 /// An HTTP/1.1 upstream that answers 200 and records each request's
 /// `x-forwarded-client-cert` header.

@@ -383,11 +383,7 @@ async fn every_acknowledged_record_is_exported_across_a_sigkill_and_the_export_v
 async fn a_fail_closed_export_holds_issuance_while_the_sink_lags() {
     let ca = TestCa::new();
     // A Collector address nobody listens on yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     ca.edit_config(|text| {
         text.edited(
             "[admin]",

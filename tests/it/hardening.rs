@@ -30,11 +30,7 @@ fn denial(
 /// (plain text: any local client may speak as a member); the member's name.
 fn cluster_of_one() -> (TestCa, String) {
     let ca = TestCa::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let member = format!("127.0.0.1:{port}");
     ca.edit_config(|text| {
         format!(

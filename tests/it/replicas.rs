@@ -24,13 +24,7 @@ const AUDITOR: &str = "spiffe://cluster.local/ns/istio-system/sa/meshroot-audito
 
 /// Three members' admin ports, free now.
 fn free_ports() -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..3)
-        .map(|_| std::net::TcpListener::bind("0.0.0.0:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    (0..3).map(|_| common::free_port()).collect()
 }
 
 struct Cluster {

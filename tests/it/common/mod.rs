@@ -1031,3 +1031,41 @@ pub fn assert_refused(
     assert!(status.message().contains(&record.request_id));
     record
 }
+
+/// A TCP port free now on every local address, for a listener a test configures by number (a
+/// replica's admin address, an Envoy listener, a Collector that is not up yet).
+///
+/// Taken from below the kernel's ephemeral range, so no `:0` bind and no outbound connection
+/// of a concurrent test can be handed the same port between now and the bind (that race once
+/// failed CI with `AddrInUse`). Each port is handed out once per test process.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low = ephemeral_low();
+    let span = low.saturating_sub(PORTS_FROM).max(1);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        // Start at a per-process offset, so two test binaries run side by side rarely meet.
+        let offset = (std::process::id() as u16).wrapping_mul(7919) % span;
+        let _ = NEXT.compare_exchange(0, PORTS_FROM + offset, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let taken = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORTS_FROM + taken.wrapping_sub(PORTS_FROM) % span;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {PORTS_FROM} and {low}");
+}
+
+/// The lowest port handed out by [`free_port`].
+const PORTS_FROM: u16 = 20_000;
+
+/// The first port of the kernel's ephemeral range (`ip_local_port_range`; Linux's default 32768).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .filter(|low| *low > PORTS_FROM + 1_000)
+        .unwrap_or(32_768)
+}
