@@ -13,22 +13,25 @@
 //! single keys; they are read as they are, and the indexer packs their old records in the
 //! background, block by block, oldest first.
 //!
-//! A block's value is one zstd frame (the `zstd` crate, level 3) of: a `u32` count, then per
-//! record its `u64` sequence and `u32` length (all big-endian), then the records' stored bytes
-//! one after another. A block of similar records compresses well; compressing here, in the
+//! A block's value is the recording time of its first record (`i64` milliseconds, big-endian,
+//! left uncompressed so a search by time reads it without decompressing the block), then one
+//! zstd frame (the `zstd` crate, level 3) of: a `u32` count, then per record its `u64` sequence
+//! and `u32` length (all big-endian), then the records' stored bytes one after another. A block of similar records compresses well; compressing here, in the
 //! background, rather than turning on sled's own compression keeps zstd off the issuance
 //! path (sled compresses every write it makes, which more than halved the durable append rate
 //! here: docs/performance.md).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::iter::Peekable;
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use sled::IVec;
 
+use crate::domain::audit::LeafData;
+
 use super::error::{corrupt, read_error, write_error, StoreError};
-use super::keys::record_key;
-use super::state::BLOCK_PREFIX;
+use super::keys::{record_key, BLOCK_PREFIX};
 
 /// Records per block.
 pub(super) const BLOCK_RECORDS: u64 = 32;
@@ -42,6 +45,13 @@ const MAX_BLOCK_BYTES: usize = 16 << 20;
 
 const COUNT_LEN: usize = 4;
 const ENTRY_LEN: usize = 12;
+/// The first record's recording time, ahead of the compressed frame.
+const TIME_LEN: usize = 8;
+
+/// Decompressed blocks kept for pages (two generations of half this each): a page of 100
+/// scattered records is up to 100 blocks, and an auditor pages the same recent ones again.
+/// About 17 KiB each with istio-agent's records, so ~17 MiB at most.
+const CACHED_BLOCKS: usize = 1_024;
 
 /// The first sequence number of the block that holds `sequence` (sequences start at 1).
 pub(super) fn block_start(sequence: u64) -> u64 {
@@ -84,9 +94,50 @@ fn parse(value: &[u8]) -> Option<Vec<(u64, Range<usize>)>> {
 pub(super) fn seal<'a>(
     records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone,
 ) -> Result<Vec<u8>, StoreError> {
-    zstd::bulk::compress(&encode(records), ZSTD_LEVEL).map_err(|error| StoreError::Corrupt {
-        key: format!("a block could not be compressed: {error}"),
-    })
+    // A first record without a readable header (a damaged store) sorts after every time, as
+    // the record-level search takes it.
+    let first_ms = records
+        .clone()
+        .next()
+        .and_then(|(_, stored)| LeafData::parse_header(stored))
+        .map_or(i64::MAX, |header| header.recorded_at_ms);
+    let frame = zstd::bulk::compress(&encode(records), ZSTD_LEVEL).map_err(|error| {
+        StoreError::Corrupt {
+            key: format!("a block could not be compressed: {error}"),
+        }
+    })?;
+    let mut value = Vec::with_capacity(TIME_LEN + frame.len());
+    value.extend_from_slice(&first_ms.to_be_bytes());
+    value.extend_from_slice(&frame);
+    Ok(value)
+}
+
+/// The first block whose start is in `from ..= through`: its start and its first record's
+/// recording time, read without decompressing it.
+pub(super) fn first_block_from(
+    records: &sled::Tree,
+    from: u64,
+    through: u64,
+) -> Result<Option<(u64, i64)>, StoreError> {
+    let Some((key, value)) = records
+        .range(block_key(block_start(from))..=block_key(block_start(through)))
+        .next()
+        .transpose()
+        .map_err(read_error)?
+    else {
+        return Ok(None);
+    };
+    let start = start_of_block_key(&key).ok_or_else(|| corrupt(&key))?;
+    Ok(Some((start, first_time(&key, &value)?)))
+}
+
+/// The recording time of a block's first record, from its value (not decompressed).
+fn first_time(key: &[u8], value: &[u8]) -> Result<i64, StoreError> {
+    value
+        .get(..TIME_LEN)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(|| corrupt(key))
 }
 
 /// A block's records, uncompressed.
@@ -106,8 +157,9 @@ fn encode<'a>(records: impl ExactSizeIterator<Item = (u64, &'a [u8])> + Clone) -
 
 /// The records of the block stored under `key`, as slices of its uncompressed value.
 fn entries_of(key: &[u8], value: &IVec) -> Result<Vec<(u64, IVec)>, StoreError> {
+    let frame = value.get(TIME_LEN..).ok_or_else(|| corrupt(key))?;
     let value =
-        IVec::from(zstd::bulk::decompress(value, MAX_BLOCK_BYTES).map_err(|_| corrupt(key))?);
+        IVec::from(zstd::bulk::decompress(frame, MAX_BLOCK_BYTES).map_err(|_| corrupt(key))?);
     let entries = parse(&value).ok_or_else(|| corrupt(key))?;
     Ok(entries
         .into_iter()
@@ -116,16 +168,17 @@ fn entries_of(key: &[u8], value: &IVec) -> Result<Vec<(u64, IVec)>, StoreError> 
 }
 
 /// The stored bytes of records (`sequences` in ascending order), each block decompressed once
-/// however many of its records are asked for (a time range's page is a few blocks). Records
-/// at or below `packed` (every block through it was packed before this read began) are read
-/// from their block only.
+/// however many of its records are asked for (a time range's page is a few blocks), and kept
+/// in `cache` for the next page. Records at or below `packed` (every block through it was
+/// packed before this read began) are read from their block only.
 pub(super) fn get_sorted(
     records: &sled::Tree,
+    cache: &BlockCache,
     packed: u64,
     sequences: &[u64],
 ) -> Result<Vec<Option<IVec>>, StoreError> {
     let mut out = Vec::with_capacity(sequences.len());
-    let mut block: Option<(u64, Vec<Entry>)> = None;
+    let mut block: Option<(u64, Arc<Vec<Entry>>)> = None;
     for &sequence in sequences {
         if sequence > packed {
             if let Some(stored) = records.get(record_key(sequence)).map_err(read_error)? {
@@ -135,12 +188,7 @@ pub(super) fn get_sorted(
         }
         let start = block_start(sequence);
         if block.as_ref().map(|(at, _)| *at) != Some(start) {
-            let key = block_key(start);
-            let entries = match records.get(key).map_err(read_error)? {
-                Some(value) => entries_of(&key, &value)?,
-                None => Vec::new(),
-            };
-            block = Some((start, entries));
+            block = Some((start, cache.entries(records, start)?));
         }
         out.push(block.as_ref().and_then(|(_, entries)| {
             entries
@@ -150,6 +198,77 @@ pub(super) fn get_sorted(
         }));
     }
     Ok(out)
+}
+
+/// Decompressed blocks, for pages of scattered records ([`CACHED_BLOCKS`] at most). Every
+/// write of a block goes through [`BlockCache::forget`].
+#[derive(Default)]
+pub(super) struct BlockCache {
+    state: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    /// Counts block writes: a read that began before one does not fill the cache, so a block
+    /// rewritten while it was read is never kept in its old form.
+    writes: u64,
+    recent: HashMap<u64, Arc<Vec<Entry>>>,
+    older: HashMap<u64, Arc<Vec<Entry>>>,
+}
+
+impl CacheState {
+    fn keep(&mut self, start: u64, entries: Arc<Vec<Entry>>) {
+        self.recent.insert(start, entries);
+        if self.recent.len() >= CACHED_BLOCKS / 2 {
+            // The older generation goes whole: what was used since is in the recent one.
+            self.older = std::mem::take(&mut self.recent);
+        }
+    }
+}
+
+impl BlockCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The records of the block starting at `start` (none if there is no such block).
+    pub(super) fn entries(
+        &self,
+        records: &sled::Tree,
+        start: u64,
+    ) -> Result<Arc<Vec<Entry>>, StoreError> {
+        let writes = {
+            let mut state = self.lock();
+            if let Some(hit) = state.recent.get(&start) {
+                return Ok(Arc::clone(hit));
+            }
+            if let Some(hit) = state.older.remove(&start) {
+                state.keep(start, Arc::clone(&hit));
+                return Ok(hit);
+            }
+            state.writes
+        };
+        let key = block_key(start);
+        let entries = Arc::new(match records.get(key).map_err(read_error)? {
+            Some(value) => entries_of(&key, &value)?,
+            None => return Ok(Arc::default()),
+        });
+        let mut state = self.lock();
+        if state.writes == writes {
+            state.keep(start, Arc::clone(&entries));
+        }
+        Ok(entries)
+    }
+
+    /// Called after the block starting at `start` is written or removed.
+    fn forget(&self, start: u64) {
+        let mut state = self.lock();
+        state.writes += 1;
+        state.recent.remove(&start);
+        state.older.remove(&start);
+    }
 }
 
 /// One record's stored bytes, under its own key or in its block.
@@ -246,7 +365,11 @@ pub(super) fn packed_through(records: &sled::Tree) -> Result<u64, StoreError> {
 
 /// Packs the single-key records of the block starting at `start` into it;
 /// returns how many it moved.
-pub(super) fn pack(records: &sled::Tree, start: u64) -> Result<usize, StoreError> {
+pub(super) fn pack(
+    records: &sled::Tree,
+    cache: &BlockCache,
+    start: u64,
+) -> Result<usize, StoreError> {
     let end = start + BLOCK_RECORDS - 1;
     let key = block_key(start);
     let singles: Vec<(u64, IVec)> = records
@@ -270,6 +393,7 @@ pub(super) fn pack(records: &sled::Tree, start: u64) -> Result<usize, StoreError
     records
         .insert(key, seal(all.iter().map(|(s, v)| (*s, v.as_ref())))?)
         .map_err(write_error)?;
+    cache.forget(start);
     for (sequence, _) in &singles {
         records.remove(record_key(*sequence)).map_err(write_error)?;
     }
@@ -277,7 +401,11 @@ pub(super) fn pack(records: &sled::Tree, start: u64) -> Result<usize, StoreError
 }
 
 /// Removes these records (sorted) from wherever they are kept; returns how many were there.
-pub(super) fn remove(records: &sled::Tree, sequences: &[u64]) -> Result<u64, StoreError> {
+pub(super) fn remove(
+    records: &sled::Tree,
+    cache: &BlockCache,
+    sequences: &[u64],
+) -> Result<u64, StoreError> {
     let mut removed = 0;
     let mut block: Option<Rewrite> = None;
     let write_back = |block: Option<Rewrite>| -> Result<(), StoreError> {
@@ -290,6 +418,7 @@ pub(super) fn remove(records: &sled::Tree, sequences: &[u64]) -> Result<u64, Sto
                     .insert(key, seal(entries.iter().map(|(s, v)| (*s, v.as_ref())))?)
                     .map_err(write_error)?;
             }
+            cache.forget(start);
         }
         Ok(())
     };
@@ -454,11 +583,15 @@ mod tests {
         // A move a crash interrupted: the block written, one single key left behind. Readers
         // see the record once; packing again finishes the move.
         let left = records.get(record_key(40)).unwrap().unwrap();
-        assert_eq!(pack(&records, 33).unwrap(), 32);
+        assert_eq!(pack(&records, &BlockCache::default(), 33).unwrap(), 32);
         records.insert(record_key(40), left).unwrap();
         assert_eq!(sequences(&records, 38, 42), vec![38, 39, 40, 41, 42]);
-        assert_eq!(pack(&records, 33).unwrap(), 1);
-        assert_eq!(pack(&records, 33).unwrap(), 0, "nothing left to pack");
+        assert_eq!(pack(&records, &BlockCache::default(), 33).unwrap(), 1);
+        assert_eq!(
+            pack(&records, &BlockCache::default(), 33).unwrap(),
+            0,
+            "nothing left to pack"
+        );
         assert_eq!(records.len(), 100 - 32 + 1);
         for sequence in [1, 33, 36, 64, 65, 100] {
             assert_eq!(
@@ -467,7 +600,13 @@ mod tests {
             );
         }
         assert_eq!(get(&records, 101).unwrap(), None);
-        let many = get_sorted(&records, 0, &[1, 34, 64, 65, 90, 101]).unwrap();
+        let many = get_sorted(
+            &records,
+            &BlockCache::default(),
+            0,
+            &[1, 34, 64, 65, 90, 101],
+        )
+        .unwrap();
         let found: Vec<bool> = many.iter().map(Option::is_some).collect();
         assert_eq!(found, [true, true, true, true, true, false]);
         assert_eq!(many[2].as_deref(), Some(&b"record 64"[..]));
@@ -479,9 +618,15 @@ mod tests {
         assert_eq!(packed_through(&records).unwrap(), 64);
         // Packed in order (as the indexer does), what is known packed is read from its block
         // alone: the same answers.
-        assert_eq!(pack(&records, 1).unwrap(), 32);
+        assert_eq!(pack(&records, &BlockCache::default(), 1).unwrap(), 32);
         assert_eq!(
-            get_sorted(&records, 64, &[1, 34, 64, 65, 90, 101]).unwrap(),
+            get_sorted(
+                &records,
+                &BlockCache::default(),
+                64,
+                &[1, 34, 64, 65, 90, 101]
+            )
+            .unwrap(),
             many
         );
     }
@@ -492,14 +637,21 @@ mod tests {
         for sequence in 1..=64 {
             put(&records, sequence);
         }
-        pack(&records, 1).unwrap();
-        pack(&records, 33).unwrap();
-        assert_eq!(remove(&records, &[2, 3, 40]).unwrap(), 3);
-        assert_eq!(remove(&records, &[2]).unwrap(), 0, "already gone");
+        pack(&records, &BlockCache::default(), 1).unwrap();
+        pack(&records, &BlockCache::default(), 33).unwrap();
+        assert_eq!(
+            remove(&records, &BlockCache::default(), &[2, 3, 40]).unwrap(),
+            3
+        );
+        assert_eq!(
+            remove(&records, &BlockCache::default(), &[2]).unwrap(),
+            0,
+            "already gone"
+        );
         assert_eq!(get(&records, 2).unwrap(), None);
         assert_eq!(sequences(&records, 1, 5), vec![1, 4, 5]);
         let all: Vec<u64> = (1..=32).collect();
-        assert_eq!(remove(&records, &all).unwrap(), 30);
+        assert_eq!(remove(&records, &BlockCache::default(), &all).unwrap(), 30);
         assert!(!records.contains_key(block_key(1)).unwrap());
         assert_eq!(sequences(&records, 1, 64).len(), 31);
         // The last block's last record is the newest.

@@ -10,7 +10,8 @@ use super::codec::RunId;
 use super::error::{write_error, StoreError};
 use super::index::{self, Run, TailSegment};
 use super::keys::run_key;
-use super::state::{Inner, META_WATERMARK};
+use super::keys::META_WATERMARK;
+use super::state::Inner;
 use super::tiles;
 
 impl Inner {
@@ -126,7 +127,7 @@ impl Inner {
             {
                 // Pruning rewrites blocks too.
                 let _pruning = self.pruning.lock().unwrap_or_else(|p| p.into_inner());
-                blocks::pack(&self.records, packed + 1)?;
+                blocks::pack(&self.records, &self.blocks, packed + 1)?;
             }
             self.packed.store(end, Ordering::SeqCst);
         }

@@ -7,7 +7,13 @@ use crate::domain::record::Record;
 use super::codec::RunId;
 use super::encoding::decode;
 use super::error::{corrupt, StoreError};
-use super::state::{META_RUN_PREFIX, RECORD_PREFIX};
+
+pub(super) const RECORD_PREFIX: u8 = b'r';
+pub(super) const BLOCK_PREFIX: u8 = b'b';
+pub(super) const META_LAYOUT: &[u8] = b"layout";
+pub(super) const META_WATERMARK: &[u8] = b"index-watermark";
+pub(super) const META_RUN_PREFIX: &[u8] = b"run/";
+pub(super) const META_PRUNED_PREFIX: &[u8] = b"pruned-bits/";
 
 pub(super) fn checkpoint_entry(key: &[u8], value: &[u8]) -> Result<(u64, String), StoreError> {
     let size = key

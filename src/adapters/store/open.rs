@@ -12,16 +12,14 @@ use crate::domain::audit::merkle::Frontier;
 use crate::domain::audit::IndexKeys;
 use crate::domain::audit::SEGMENT_RECORDS;
 
-use super::blocks;
+use super::blocks::{self, BlockCache};
 use super::codec::RunId;
 use super::error::{corrupt, read_error, StoreError};
 use super::index::{self, IndexState, Run};
+use super::keys::{META_LAYOUT, META_PRUNED_PREFIX, META_RUN_PREFIX, META_WATERMARK};
 use super::pruned::PrunedSet;
 use super::query::entries_between;
-use super::state::{
-    Durability, GroupCommit, Inner, Writer, LAYOUT, LAYOUT_SINGLE_KEYS, META_LAYOUT,
-    META_PRUNED_PREFIX, META_RUN_PREFIX, META_WATERMARK,
-};
+use super::state::{Durability, GroupCommit, Inner, Writer, LAYOUT, LAYOUT_SINGLE_KEYS};
 use super::tiles::TreeView;
 
 /// How a store is opened.
@@ -258,6 +256,7 @@ impl Inner {
             }),
             written: AtomicU64::new(last_sequence),
             packed: AtomicU64::new(packed),
+            blocks: BlockCache::default(),
             commit: GroupCommit {
                 sleep: Mutex::new(()),
                 idle: AtomicBool::new(false),

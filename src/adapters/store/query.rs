@@ -66,7 +66,7 @@ impl Inner {
         let read = |part: &[(usize, u64)]| -> Result<Vec<(usize, Record)>, StoreError> {
             let in_order: Vec<u64> = part.iter().map(|(_, sequence)| *sequence).collect();
             let packed = self.packed.load(Ordering::SeqCst);
-            let stored = blocks::get_sorted(&self.records, packed, &in_order)?;
+            let stored = blocks::get_sorted(&self.records, &self.blocks, packed, &in_order)?;
             let mut out = Vec::with_capacity(part.len());
             for ((at, sequence), stored) in part.iter().zip(stored) {
                 if let Some(stored) = stored {
@@ -159,18 +159,20 @@ impl Inner {
     }
 
     /// The smallest sequence number recorded at or after `millis` (`last + 1` if none): a
-    /// binary search over the records, whose times never decrease.
+    /// binary search over the records, whose times never decrease, narrowed first by
+    /// [`Inner::block_bounds`].
     pub(super) fn first_sequence_at_or_after(
         &self,
         millis: i64,
         last: u64,
     ) -> Result<u64, StoreError> {
-        let (mut lo, mut hi) = (1u64, last + 1);
+        let (mut lo, mut hi) = self.block_bounds(millis, last)?;
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let at_or_after = match blocks::range(&self.records, mid, last).next().transpose()? {
-                Some((_, stored)) => leaf_of_stored(&stored)
-                    .map(|leaf| leaf.recorded_at_ms >= millis)
+                // The header alone: the recording time (a damaged one sorts last).
+                Some((_, stored)) => LeafData::parse_header(&stored)
+                    .map(|header| header.recorded_at_ms >= millis)
                     .unwrap_or(true),
                 // Only pruned records from `mid` on: nothing there.
                 None => true,
@@ -182,6 +184,41 @@ impl Inner {
             }
         }
         Ok(lo)
+    }
+
+    /// The sequence numbers (`lo .. hi`) between which the first record at or after `millis`
+    /// lies, from the packed blocks' first records' times, which are read without
+    /// decompressing a block: one block, or the records not packed yet.
+    fn block_bounds(&self, millis: i64, last: u64) -> Result<(u64, u64), StoreError> {
+        let packed_blocks = self.packed.load(Ordering::SeqCst).min(last) / blocks::BLOCK_RECORDS;
+        if packed_blocks == 0 {
+            return Ok((1, last + 1));
+        }
+        let start_of = |block: u64| block * blocks::BLOCK_RECORDS + 1;
+        let through = start_of(packed_blocks - 1);
+        // The first kept block at or after `block`, if it starts at or after `millis`.
+        let probe = |block: u64| blocks::first_block_from(&self.records, start_of(block), through);
+        let (mut lo, mut hi) = (0, packed_blocks);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match probe(mid)? {
+                Some((_, first_ms)) if first_ms < millis => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        // Block `lo - 1` (kept, or the probe would have gone past it) starts before `millis`:
+        // the answer is in it, or is the first record of the next kept block, or after the
+        // packed blocks.
+        let from = start_of(lo.saturating_sub(1));
+        let to = match (lo < packed_blocks)
+            .then(|| probe(lo))
+            .transpose()?
+            .flatten()
+        {
+            Some((start, _)) => start + blocks::BLOCK_RECORDS,
+            None => last + 1,
+        };
+        Ok((from, to.min(last + 1)))
     }
 
     pub(super) fn get(&self, sequence: u64) -> Result<Option<Record>, StoreError> {

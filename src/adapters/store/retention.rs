@@ -23,7 +23,8 @@ use super::codec;
 use super::error::StoreError;
 use super::error::{read_error, write_error};
 use super::keys::leaf_of_stored;
-use super::state::{Inner, SledStore, META_PRUNED_PREFIX};
+use super::keys::META_PRUNED_PREFIX;
+use super::state::{Inner, SledStore};
 
 /// Records removed per batch (each batch is one meta write before and after).
 const BATCH: usize = 2_000;
@@ -178,7 +179,7 @@ impl Inner {
         }
         let mut in_order = gone.clone();
         in_order.sort_unstable();
-        let removed = blocks::remove(&self.records, &in_order)?;
+        let removed = blocks::remove(&self.records, &self.blocks, &in_order)?;
         let chunks: BTreeSet<u64> = {
             let mut set = self.pruned_set.write().unwrap_or_else(|p| p.into_inner());
             gone.iter().map(|s| set.insert(*s)).collect()

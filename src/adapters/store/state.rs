@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::domain::audit::merkle::Frontier;
 
+use super::blocks::BlockCache;
 use super::error::StoreError;
 use super::index::IndexState;
 use super::pruned::PrunedSet;
@@ -22,13 +23,6 @@ pub(super) const PARALLEL_FETCH: usize = 32;
 pub(super) const LAYOUT: u32 = 3;
 /// The layout before blocks (one key per record), read as it is and packed in the background.
 pub(super) const LAYOUT_SINGLE_KEYS: u32 = 2;
-
-pub(super) const RECORD_PREFIX: u8 = b'r';
-pub(super) const BLOCK_PREFIX: u8 = b'b';
-pub(super) const META_LAYOUT: &[u8] = b"layout";
-pub(super) const META_WATERMARK: &[u8] = b"index-watermark";
-pub(super) const META_RUN_PREFIX: &[u8] = b"run/";
-pub(super) const META_PRUNED_PREFIX: &[u8] = b"pruned-bits/";
 
 /// The group-commit rendezvous between appenders and the flusher thread.
 #[derive(Debug)]
@@ -80,6 +74,8 @@ pub(super) struct Inner {
     pub(super) written: AtomicU64,
     /// Every block through this sequence number has been packed (`blocks.rs`).
     pub(super) packed: AtomicU64,
+    /// Decompressed blocks pages read again.
+    pub(super) blocks: BlockCache,
     pub(super) commit: GroupCommit,
     pub(super) state: RwLock<IndexState>,
     pub(super) pruned_set: RwLock<PrunedSet>,

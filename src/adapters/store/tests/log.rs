@@ -309,7 +309,10 @@ async fn verification_passes_untouched_and_names_edited_removed_reordered_and_in
     );
 
     let removed = tampered(|records| {
-        assert_eq!(blocks::remove(records, &[20]).unwrap(), 1);
+        assert_eq!(
+            blocks::remove(records, &blocks::BlockCache::default(), &[20]).unwrap(),
+            1
+        );
     })
     .await;
     assert!(
