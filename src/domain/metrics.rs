@@ -151,11 +151,12 @@ pub struct Metrics {
 }
 
 /// The `istiod-tls` certificate the elected replica keeps: its mesh, its namespace, and when it
-/// expires (Unix seconds).
+/// became valid and expires (Unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IstiodTls {
     pub mesh: String,
     pub namespace: String,
+    pub not_before: i64,
     pub not_after: i64,
 }
 

@@ -14,6 +14,7 @@
 //! question says which members are missing, and the caller decides (the rotation gate refuses,
 //! an audit answer is marked incomplete). Nothing here is on the issuance path.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -124,6 +125,9 @@ pub struct Members {
     /// The member identity (`replicas.identity`) the other members must prove.
     member: Option<SpiffeId>,
     current: Arc<CurrentAuthority>,
+    /// By member: whether it answered the last request this replica made of it (any answer,
+    /// an error status included) or could not be reached in time (`meshroot_member_reachable`).
+    reached: RwLock<BTreeMap<String, bool>>,
 }
 
 impl std::fmt::Debug for Members {
@@ -152,7 +156,17 @@ impl Members {
             identity,
             member: SpiffeId::parse(&config.identity).ok(),
             current,
+            reached: RwLock::default(),
         }
+    }
+
+    /// The other members asked so far, and whether each answered the last time.
+    pub(crate) fn reachability(&self) -> Vec<(String, bool)> {
+        let reached = self.reached.read().unwrap_or_else(|p| p.into_inner());
+        self.others()
+            .into_iter()
+            .filter_map(|member| Some((member.clone(), *reached.get(&member)?)))
+            .collect()
     }
 
     /// Every member, this one included, in configuration order.
@@ -256,16 +270,24 @@ impl Members {
         F: Fn(AuditServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
+        // Reached: connected, and an answer came back (an error status is an answer).
         let work = async {
-            let client = self.connect(member).await?;
-            ask(client)
-                .await
-                .map_err(|status| format!("answered {:?}: {}", status.code(), status.message()))
+            let client = self.connect(member).await.map_err(|e| (false, e))?;
+            ask(client).await.map_err(|status| {
+                let answer = format!("answered {:?}: {}", status.code(), status.message());
+                (true, answer)
+            })
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-        }
+        let (reached, result) = match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(answer)) => (true, Ok(answer)),
+            Ok(Err((reached, reason))) => (reached, Err(reason)),
+            Err(_) => (false, Err(format!("no answer within {:?}", self.timeout))),
+        };
+        self.reached
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(member.to_owned(), reached);
+        result
     }
 }
 

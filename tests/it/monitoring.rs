@@ -580,3 +580,71 @@ fn a_retention_the_volume_cannot_hold_is_warned_of_at_start() {
     serving.wait_for_log("grow the volume to");
     serving.stop();
 }
+
+/// The certificate validity gauges the expiry alerts divide by: for the root, the intermediate
+/// and the serving certificate, the NotBefore and NotAfter an independent parser (pyca's
+/// `cryptography`) reads from the files and from the certificate the CSR port serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_certificate_validity_is_exposed_as_a_parser_reads_it() {
+    let ca = TestCa::new();
+    let server = ca.start().await;
+    let (_, text) = common::http_get(server.server.admin_address(), "/metrics").await;
+    let scraped = |family: &str, certificate: &str| -> i64 {
+        let mesh = if certificate == "serving" {
+            String::new()
+        } else {
+            format!(",mesh=\"{MESH}\"")
+        };
+        let prefix = format!("{family}{{certificate=\"{certificate}\"{mesh}}} ");
+        let line = text
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+        line.parse::<f64>().unwrap() as i64
+    };
+    let script = "import sys, ssl\n\
+        from cryptography import x509\n\
+        def dates(pem):\n\
+        \x20   c = x509.load_pem_x509_certificate(pem)\n\
+        \x20   return int(c.not_valid_before_utc.timestamp()), int(c.not_valid_after_utc.timestamp())\n\
+        print('serving', *dates(ssl.get_server_certificate(('127.0.0.1', int(sys.argv[1])), timeout=20).encode()))\n\
+        for name, path in zip(sys.argv[2::2], sys.argv[3::2]):\n\
+        \x20   print(name, *dates(open(path, 'rb').read()))\n";
+    let port = server.server.local_address().port().to_string();
+    let (root, intermediate) = (
+        ca.path().join("root-cert.pem"),
+        ca.path().join(MESH).join("ca-cert.pem"),
+    );
+    let out = Command::new(common::python())
+        .args(["-c", script, &port])
+        .arg("root")
+        .arg(&root)
+        .arg("intermediate")
+        .arg(&intermediate)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed = String::from_utf8(out.stdout).unwrap();
+    for line in parsed.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (certificate, not_before, not_after) = (
+            fields[0],
+            fields[1].parse::<i64>().unwrap(),
+            fields[2].parse::<i64>().unwrap(),
+        );
+        assert_eq!(
+            (
+                scraped("meshroot_certificate_not_before_timestamp", certificate),
+                scraped("meshroot_certificate_not_after_timestamp", certificate)
+            ),
+            (not_before, not_after),
+            "{certificate}"
+        );
+    }
+    assert_eq!(parsed.lines().count(), 3, "{parsed}");
+    server.stop().await;
+}

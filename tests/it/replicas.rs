@@ -284,7 +284,8 @@ async fn one_member_answers_for_all_and_says_when_it_cannot() {
 
     // The status page of any member shows the cluster: every member answered, and the
     // workload certificates (an hour each) of all three logs are expiring.
-    let page = |index: usize| {
+    // A page of member `index`'s admin listener, as the auditor.
+    let admin_get = |index: usize, path: &'static str| {
         let (cert, key) = cluster.auditor();
         let identity = (
             std::fs::read_to_string(cert).unwrap(),
@@ -292,10 +293,30 @@ async fn one_member_answers_for_all_and_says_when_it_cannot() {
         );
         let admin = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.ports[index]));
         let root = root.clone();
-        async move { crate::common::https_get(admin, &root, "/ui", Some(identity)).await }
+        async move { crate::common::https_get(admin, &root, path, Some(identity)).await }
+    };
+    let page = |index: usize| admin_get(index, "/ui");
+    // What each member's last request of another found (`meshroot_member_reachable`), from
+    // `index`'s /metrics.
+    let reachable = |index: usize| {
+        let scrape = admin_get(index, "/metrics");
+        async move {
+            let (status, text) = scrape.await;
+            assert_eq!(status, 200, "{text}");
+            text.lines()
+                .filter_map(|line| line.strip_prefix("meshroot_member_reachable{member=\""))
+                .filter_map(|rest| rest.split_once("\"} "))
+                .map(|(member, value)| (member.to_owned(), value.to_owned()))
+                .collect::<std::collections::BTreeMap<String, String>>()
+        }
     };
     let (status, html) = page(1).await;
     assert_eq!(status, 200, "{html}");
+    let answered = [0, 2]
+        .into_iter()
+        .map(|i| (cluster.member(i), "1".to_owned()))
+        .collect();
+    assert_eq!(reachable(1).await, answered, "every other member answered");
     for index in 0..3 {
         assert!(
             html.contains(&format!(
@@ -348,6 +369,12 @@ async fn one_member_answers_for_all_and_says_when_it_cannot() {
     );
     let (code, _, err) = cluster.audit(0, &["list", "--all"]);
     assert_eq!(code, 3, "{err}");
+    // Member 0 asked both others since member 2 went: one answered, one could not be reached.
+    let seen = [(1, "1"), (2, "0")]
+        .into_iter()
+        .map(|(i, value)| (cluster.member(i), value.to_owned()))
+        .collect();
+    assert_eq!(reachable(0).await, seen);
     let (code, out, err) = cluster.audit(
         0,
         &[

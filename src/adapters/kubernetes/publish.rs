@@ -77,9 +77,9 @@ pub(crate) trait MeshMaterial: Send + Sync {
     fn trust_domain(&self) -> Option<String>;
     /// Issues (and records) istiod's certificate.
     fn issue_istiod<'a>(&'a self, dns_names: &'a [String], spiffe_id: &'a str) -> IssueFuture<'a>;
-    /// The `istiod-tls` certificate this replica now keeps expires at `not_after`; `None` when
-    /// it stops keeping it (leadership lost, shutdown).
-    fn istiod_certificate_kept(&self, _not_after: Option<SystemTime>) {}
+    /// The `istiod-tls` certificate this replica now keeps is valid from the first time to the
+    /// second; `None` when it stops keeping it (leadership lost, shutdown).
+    fn istiod_certificate_kept(&self, _validity: Option<(SystemTime, SystemTime)>) {}
 }
 
 /// What the publisher keeps, and where.
@@ -473,10 +473,10 @@ async fn ensure_istiod_secret(
     for _ in 0..CONFLICT_RETRIES {
         let existing = api.get_opt(ISTIOD_SECRET).await.map_err(|e| describe(&e))?;
         if let Some(secret) = &existing {
-            if let Some((remaining, not_after)) =
+            if let Some((remaining, validity)) =
                 still_current(secret, &bundle, &intermediates, &dns_names, &spiffe_id)
             {
-                mesh.istiod_certificate_kept(Some(not_after));
+                mesh.istiod_certificate_kept(Some(validity));
                 return Ok(remaining);
             }
         }
@@ -507,7 +507,7 @@ async fn ensure_istiod_secret(
         .await;
         match result {
             Ok(_) => {
-                mesh.istiod_certificate_kept(Some(issued.not_after));
+                mesh.istiod_certificate_kept(Some((issued.not_before, issued.not_after)));
                 tracing::info!(secret = ISTIOD_SECRET, namespace = %settings.istiod_namespace, identity = %spiffe_id, dns_names = ?dns_names, "istiod's certificate written");
                 return Ok(lifetime / 2);
             }
@@ -570,7 +570,7 @@ fn still_current(
     intermediates: &str,
     dns_names: &[String],
     spiffe_id: &str,
-) -> Option<(Duration, SystemTime)> {
+) -> Option<(Duration, (SystemTime, SystemTime))> {
     use rustls_pki_types::pem::PemObject as _;
     use x509_parser::prelude::{FromDer as _, X509Certificate};
     let data = secret.data.as_ref()?;
@@ -598,11 +598,14 @@ fn still_current(
         .ok()?
         .as_secs();
     let now = i64::try_from(now).ok()?;
-    let not_after = crate::domain::clock::time_from_unix_seconds(not_after).ok()?;
+    let validity = (
+        crate::domain::clock::time_from_unix_seconds(not_before).ok()?,
+        crate::domain::clock::time_from_unix_seconds(not_after).ok()?,
+    );
     (now < renew_at).then(|| {
         (
             Duration::from_secs(u64::try_from(renew_at - now).unwrap_or(0)),
-            not_after,
+            validity,
         )
     })
 }

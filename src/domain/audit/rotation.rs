@@ -142,9 +142,19 @@ pub(crate) fn subject_of(der: &[u8]) -> String {
 
 /// A certificate's NotAfter.
 pub(crate) fn not_after_of(der: &[u8]) -> Option<SystemTime> {
-    let (_, certificate) = X509Certificate::from_der(der).ok()?;
-    let seconds = u64::try_from(certificate.validity().not_after.timestamp()).ok()?;
+    let (_, not_after) = validity_of(der)?;
+    let seconds = u64::try_from(not_after).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+}
+
+/// A certificate's NotBefore and NotAfter, in Unix seconds.
+pub(crate) fn validity_of(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, certificate) = X509Certificate::from_der(der).ok()?;
+    let validity = certificate.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 /// Which step of the root rotation (`meshroot rotate plan`'s steps) a mesh is at: its bundle,

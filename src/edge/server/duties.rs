@@ -130,11 +130,12 @@ pub(super) struct PublishedMesh {
 }
 
 impl MeshMaterial for PublishedMesh {
-    fn istiod_certificate_kept(&self, not_after: Option<SystemTime>) {
-        let kept = not_after.map(|at| crate::domain::metrics::IstiodTls {
+    fn istiod_certificate_kept(&self, validity: Option<(SystemTime, SystemTime)>) {
+        let kept = validity.map(|(from, to)| crate::domain::metrics::IstiodTls {
             mesh: self.mesh.clone(),
             namespace: self.namespace.clone(),
-            not_after: crate::domain::clock::unix_seconds(at),
+            not_before: crate::domain::clock::unix_seconds(from),
+            not_after: crate::domain::clock::unix_seconds(to),
         });
         self.current.get().metrics().istiod_tls(kept);
     }

@@ -283,6 +283,10 @@ async fn start_serving(
         .renew(&ca, &names, config.serving_certificate_ttl)
         .await
         .map_err(ServeError::ServingCertificate)?;
+    monitor = monitor.with_serving(serving.clone());
+    if let Some(members) = &members {
+        monitor = monitor.with_members(members.clone());
+    }
     let root_bundle_pem = ca
         .primary_signer()
         .map(|a| a.root_bundle_pem().to_owned())

@@ -37,6 +37,10 @@ pub(crate) struct Monitor {
     export_sinks: Vec<&'static str>,
     /// What the capacity forecast assumes (retention window, the store's budget).
     capacity: CapacityPolicy,
+    /// With `[replicas]`: the other members (`meshroot_member_reachable`).
+    members: Option<Arc<crate::edge::replicas::Members>>,
+    /// meshroot's own serving certificate (`certificate="serving"`).
+    serving: Option<Arc<super::tls::ServingCertificate>>,
 }
 
 impl Monitor {
@@ -55,7 +59,21 @@ impl Monitor {
             leader: None,
             export_sinks: Vec::new(),
             capacity: CapacityPolicy::default(),
+            members: None,
+            serving: None,
         }
+    }
+
+    /// Reports whether each other member answers (`meshroot_member_reachable`).
+    pub(crate) fn with_members(mut self, members: Arc<crate::edge::replicas::Members>) -> Self {
+        self.members = Some(members);
+        self
+    }
+
+    /// Reports the serving certificate's validity.
+    pub(super) fn with_serving(mut self, serving: Arc<super::tls::ServingCertificate>) -> Self {
+        self.serving = Some(serving);
+        self
     }
 
     /// What the capacity forecast assumes.
@@ -214,6 +232,26 @@ impl Monitor {
             self.store.len() as f64,
         );
         self.capacity_metrics(&mut out);
+        self.validity_metrics(&mut out, &meshes);
+        if let Some(members) = &self.members {
+            out.labeled(
+                "meshroot_member_reachable",
+                "1 if the other member answered this replica's last request (the checkpoint \
+                 exchange asks every member each interval), 0 if it could not be reached or did \
+                 not answer within member_timeout.",
+                Kind::Gauge,
+                members
+                    .reachability()
+                    .iter()
+                    .map(|(member, reached)| {
+                        (
+                            vec![("member", member.as_str())],
+                            if *reached { 1.0 } else { 0.0 },
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
         let mut lag_records = Vec::new();
         let mut lag_seconds = Vec::new();
         for sink in &self.export_sinks {
@@ -299,6 +337,76 @@ impl Monitor {
     }
 
     /// The store's size and the forecast of when its volume is full.
+    /// When each certificate meshroot signs with, serves or keeps became valid and expires, so
+    /// alerts can warn at a share of its lifetime rather than a fixed number of days: per mesh
+    /// the root that expires first and the intermediate that expires first, the `istiod-tls`
+    /// certificate the elected replica keeps, and meshroot's own serving certificate.
+    fn validity_metrics(
+        &self,
+        out: &mut Exposition,
+        meshes: &[(&str, &Arc<crate::domain::signer::MeshSigner>)],
+    ) {
+        let earliest = |certificates: &[rustls_pki_types::CertificateDer<'_>]| {
+            certificates
+                .iter()
+                .filter_map(|der| crate::domain::audit::rotation::validity_of(der))
+                .min_by_key(|(_, not_after)| *not_after)
+        };
+        /// Labels (certificate, then mesh) and validity (NotBefore, NotAfter).
+        type Labels = Vec<(&'static str, String)>;
+        let mut validity: Vec<(Labels, (i64, i64))> = Vec::new();
+        fn borrowed<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+            labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+        }
+        for (mesh, authority) in meshes {
+            let of = |certificate: &str| {
+                vec![
+                    ("certificate", certificate.to_owned()),
+                    ("mesh", (*mesh).to_owned()),
+                ]
+            };
+            if let Some(root) = earliest(authority.roots()) {
+                validity.push((of("root"), root));
+            }
+            if let Some(intermediate) = earliest(authority.intermediates()) {
+                validity.push((of("intermediate"), intermediate));
+            }
+        }
+        if let Some(kept) = self.metrics.istiod_tls_kept() {
+            let labels = vec![
+                ("certificate", "istiod-tls".to_owned()),
+                ("mesh", kept.mesh),
+            ];
+            validity.push((labels, (kept.not_before, kept.not_after)));
+        }
+        let serving = self.serving.as_ref().and_then(|serving| {
+            let slot = serving.0.read().unwrap_or_else(|p| p.into_inner());
+            crate::domain::audit::rotation::validity_of(slot.as_ref()?.cert.first()?)
+        });
+        if let Some(serving) = serving {
+            validity.push((vec![("certificate", "serving".to_owned())], serving));
+        }
+        out.labeled(
+            "meshroot_certificate_not_before_timestamp",
+            "When the certificate became valid (Unix seconds): per mesh the root and the \
+             intermediate that expire first, the istiod-tls certificate the elected replica \
+             keeps, and meshroot's serving certificate.",
+            Kind::Gauge,
+            validity
+                .iter()
+                .map(|(labels, (from, _))| (borrowed(labels), *from as f64)),
+        );
+        out.labeled(
+            "meshroot_certificate_not_after_timestamp",
+            "When the certificate expires (Unix seconds); the same certificates as \
+             meshroot_certificate_not_before_timestamp.",
+            Kind::Gauge,
+            validity
+                .iter()
+                .map(|(labels, (_, to))| (borrowed(labels), *to as f64)),
+        );
+    }
+
     fn capacity_metrics(&self, out: &mut Exposition) {
         let Some((usage, forecast)) = self.forecast() else {
             return;
