@@ -7,6 +7,7 @@
 mod common;
 
 mod acceptance;
+mod alerts;
 mod ambient;
 mod architecture;
 mod audit;
