@@ -13,6 +13,11 @@ fn alerts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alerts")
 }
 
+/// The rule groups: what the chart's PrometheusRule and deploy/alerts' carry.
+fn rules_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/meshroot/files/meshroot.rules.yaml")
+}
+
 /// `$MESHROOT_PROMTOOL`, else `promtool` on the PATH (Debian's `prometheus`, from .ci/run).
 fn promtool(args: &[&str]) -> String {
     let tool = std::env::var_os("MESHROOT_PROMTOOL").unwrap_or_else(|| "promtool".into());
@@ -32,14 +37,11 @@ fn promtool(args: &[&str]) -> String {
     text
 }
 
-/// A YAML file as JSON, read by PyYAML (the test tools' Python).
-fn yaml(path: &Path) -> serde_json::Value {
+/// Runs a Python script of the test tools (PyYAML) on `args`; what it printed, as JSON.
+fn python_json(script: &str, args: &[&Path]) -> serde_json::Value {
     let out = Command::new(common::python())
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-        ])
-        .arg(path)
+        .args(["-c", script])
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("python: {e}"));
     assert!(
@@ -47,12 +49,20 @@ fn yaml(path: &Path) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// A YAML file as JSON.
+fn yaml(path: &Path) -> serde_json::Value {
+    python_json(
+        "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        &[path],
+    )
 }
 
 /// The alerting rules: (name, expression, runbook URL).
 fn rules() -> Vec<(String, String, String)> {
-    let doc = yaml(&alerts_dir().join("meshroot.rules.yaml"));
+    let doc = yaml(&rules_file());
     let mut out = Vec::new();
     let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
     for group in doc["groups"].as_array().into_iter().flatten() {
@@ -72,7 +82,7 @@ fn rules() -> Vec<(String, String, String)> {
 
 #[test]
 fn promtool_checks_the_rules_and_every_alert_fires_and_holds_back_as_tested() {
-    let checked = promtool(&["check", "rules", "meshroot.rules.yaml"]);
+    let checked = promtool(&["check", "rules", rules_file().to_str().unwrap()]);
     assert!(checked.contains("SUCCESS"), "{checked}");
     let tested = promtool(&["test", "rules", "meshroot.rules.test.yaml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
@@ -196,6 +206,95 @@ fn every_runbook_link_lands_on_a_heading() {
         assert!(
             anchors.contains(anchor),
             "{alert}: no heading for #{anchor} in docs/runbooks.md"
+        );
+    }
+}
+
+/// Takes the PrometheusRule documents out of the manifest at `path` (they have no Kubernetes
+/// schema): each must be the chart's rule groups, which promtool checks; returns a manifest of
+/// the other documents, for the Kubernetes schemas.
+pub(crate) fn check_prometheus_rules(path: &Path) -> PathBuf {
+    let rest = path.with_extension("kubernetes.yaml");
+    let script = "import json, sys, yaml\n\
+        docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]\n\
+        rules = [d for d in docs if d.get('kind') == 'PrometheusRule']\n\
+        yaml.safe_dump_all([d for d in docs if d.get('kind') != 'PrometheusRule'], open(sys.argv[2], 'w'))\n\
+        print(json.dumps(rules))\n";
+    let found = python_json(script, &[path, &rest]);
+    let found = found.as_array().cloned().unwrap_or_default();
+    if found.is_empty() {
+        return path.to_owned();
+    }
+    let groups = yaml(&rules_file());
+    for rule in found {
+        assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1", "{rule}");
+        assert_eq!(
+            rule["spec"], groups,
+            "{path:?}: a PrometheusRule that is not the chart's rule file"
+        );
+    }
+    let checked = promtool(&["check", "rules", &rules_file().to_string_lossy()]);
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    rest
+}
+
+/// The chart renders the rule only with `alerts.enabled`, labelled for the Operator's
+/// ruleSelector; each overlay renders the same rule with its alerts component uncommented.
+#[test]
+fn the_chart_and_every_overlay_carry_the_same_rule() {
+    let work = tempfile::tempdir().unwrap();
+    let rules_of = |objects: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == "PrometheusRule")
+            .cloned()
+            .collect()
+    };
+    let (manifest, _) = crate::helm::helm_render(work.path(), "default", &[]).unwrap();
+    assert!(
+        rules_of(&crate::deploy::yaml_to_json(&manifest)).is_empty(),
+        "off by default"
+    );
+    let values = work.path().join("alerts.yaml");
+    std::fs::write(
+        &values,
+        "alerts:\n  enabled: true\n  labels:\n    release: kube-prometheus-stack\n",
+    )
+    .unwrap();
+    let (manifest, _) =
+        crate::helm::helm_render(work.path(), "alerts", &[values.to_str().unwrap()]).unwrap();
+    crate::deploy::validate(&manifest, "the chart with alerts");
+    let rules = rules_of(&crate::deploy::yaml_to_json(&manifest));
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["metadata"]["namespace"], "istio-system");
+    assert_eq!(
+        rules[0]["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    for (overlay, meshes) in [
+        ("single-mesh", &[("default", "cluster.local")][..]),
+        ("multi-mesh", &[("a", "a.example"), ("b", "b.example")][..]),
+        ("kyma", &[("a", "a.example"), ("b", "b.example")][..]),
+    ] {
+        let rendered = crate::deploy::render_edited(
+            overlay,
+            |ca| crate::deploy::init_for(ca, meshes),
+            |dir| {
+                let path = dir.join("kustomization.yaml");
+                let text = std::fs::read_to_string(&path).unwrap();
+                let on = text.replace(
+                    "# components:\n#   - ../../alerts",
+                    "components:\n  - ../../alerts",
+                );
+                assert_ne!(on, text, "{overlay} has no alerts component to turn on");
+                std::fs::write(&path, on).unwrap();
+            },
+        );
+        let rules = rules_of(&rendered.objects);
+        assert_eq!(rules.len(), 1, "{overlay}");
+        assert_eq!(
+            rules[0]["metadata"]["namespace"], "istio-system",
+            "{overlay}"
         );
     }
 }

@@ -57,30 +57,42 @@ impl Rendered {
 /// Copies `deploy/`, makes the overlay's CA material with `init` for `meshes`, renders it, and
 /// validates the result.
 pub(crate) fn render(overlay: &str, meshes: &[(&str, &str)]) -> Rendered {
-    render_with(overlay, |ca_dir| {
-        init::init(
-            &InitOptions {
-                dir: ca_dir.to_owned(),
-                meshes: meshes
-                    .iter()
-                    .map(|(name, td)| (name.to_string(), TrustDomain::new(td).unwrap()))
-                    .collect(),
-                key_type: KeyType::EcdsaP256,
-                dev_issuer: false,
-                name_constraints: true,
-                intermediate_path_len: 0,
-                force: false,
-                workloads: meshroot::domain::capacity::DEFAULT_WORKLOADS,
-                token: None,
-            },
-            SystemTime::now(),
-        )
-        .unwrap();
-    })
+    render_with(overlay, |ca_dir| init_for(ca_dir, meshes))
+}
+
+/// `init` into `ca_dir` for `meshes` (name, trust domain), as an overlay's README says.
+pub(crate) fn init_for(ca_dir: &Path, meshes: &[(&str, &str)]) {
+    init::init(
+        &InitOptions {
+            dir: ca_dir.to_owned(),
+            meshes: meshes
+                .iter()
+                .map(|(name, td)| (name.to_string(), TrustDomain::new(td).unwrap()))
+                .collect(),
+            key_type: KeyType::EcdsaP256,
+            dev_issuer: false,
+            name_constraints: true,
+            intermediate_path_len: 0,
+            force: false,
+            workloads: meshroot::domain::capacity::DEFAULT_WORKLOADS,
+            token: None,
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
 }
 
 /// Renders a copy of `deploy/overlays/<overlay>` whose `ca` directory `init` fills.
 pub(crate) fn render_with(overlay: &str, init: impl FnOnce(&Path)) -> Rendered {
+    render_edited(overlay, init, |_| {})
+}
+
+/// As [`render_with`], with `edit` given the copied overlay's directory before rendering.
+pub(crate) fn render_edited(
+    overlay: &str,
+    init: impl FnOnce(&Path),
+    edit: impl FnOnce(&Path),
+) -> Rendered {
     let dir = tempfile::tempdir().unwrap();
     let deploy = dir.path().join("deploy");
     copy_dir(
@@ -90,6 +102,7 @@ pub(crate) fn render_with(overlay: &str, init: impl FnOnce(&Path)) -> Rendered {
     let overlay_dir = deploy.join("overlays").join(overlay);
     let ca_dir = overlay_dir.join("ca");
     init(&ca_dir);
+    edit(&overlay_dir);
     std::fs::write(
         ca_dir.join("b.kubeconfig"),
         "apiVersion: v1\nkind: Config\n",
@@ -138,6 +151,9 @@ pub(crate) fn kustomize_and_validate(dir: &Path, work: &Path, name: &str) -> (St
 /// Validates the manifests in `path` against the Kubernetes 1.33 schemas
 /// (`kubernetes-validate --strict`): no error, no warning.
 pub(crate) fn validate(path: &Path, name: &str) {
+    // The Prometheus Operator's PrometheusRule has no Kubernetes schema: its rules are checked
+    // by promtool instead (crate::alerts), and the rest by the schemas.
+    let path = &crate::alerts::check_prometheus_rules(path);
     let validated = Command::new(common::python())
         .args(["-m", "kubernetes_validate", "--strict", "-k", "1.33.0"])
         .arg(path)

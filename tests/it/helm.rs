@@ -28,7 +28,11 @@ fn chart_py() -> PathBuf {
 
 /// Renders the chart as release `meshroot` in `istio-system` with `args` (values files and
 /// `--set-file KEY=PATH`): `Ok((manifest YAML file, NOTES.txt))`, or `Err(Helm's message)`.
-fn helm_render(work: &Path, name: &str, args: &[&str]) -> Result<(PathBuf, String), String> {
+pub(crate) fn helm_render(
+    work: &Path,
+    name: &str,
+    args: &[&str],
+) -> Result<(PathBuf, String), String> {
     let out = work.join(format!("{name}.yaml"));
     let output = Command::new(common::python())
         .arg(chart_py())
