@@ -148,6 +148,8 @@ pub struct Metrics {
     ztunnel_constrained: RwLock<BTreeMap<String, bool>>,
     /// By (mesh, partner trust domain): the partner's bundle and fetches.
     partners: RwLock<BTreeMap<(String, String), PartnerStatus>>,
+    /// By (mesh, cluster): NotBefore and NotAfter (Unix seconds) of the cluster's `cacerts`.
+    pub(crate) cluster_intermediates: RwLock<BTreeMap<(String, String), (i64, i64)>>,
 }
 
 /// The `istiod-tls` certificate the elected replica keeps: its mesh, its namespace, and when it

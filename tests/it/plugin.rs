@@ -161,6 +161,30 @@ async fn a_clusters_cacerts_is_issued_recorded_put_back_and_renewed() {
     let ca_cert = certificates(&common::secret_text(&secret, "ca-cert.pem"))[0].clone();
     let (_, parsed) = x509_parser::parse_x509_certificate(&ca_cert).unwrap();
     assert!(parsed.is_ca());
+    // /metrics has its validity, for the expiry alerts (reported once the write returns).
+    let admin = server.server.admin_address();
+    common::eventually_async(
+        "the cluster intermediate's validity in /metrics",
+        || async move {
+            let (_, metrics) = common::http_get(admin, "/metrics").await;
+            metrics.contains("certificate=\"cluster-intermediate\"")
+        },
+    )
+    .await;
+    let (_, metrics) = common::http_get(admin, "/metrics").await;
+    for (family, want) in [
+        ("not_before", parsed.validity().not_before.timestamp()),
+        ("not_after", parsed.validity().not_after.timestamp()),
+    ] {
+        let prefix = format!(
+            "meshroot_certificate_{family}_timestamp{{certificate=\"cluster-intermediate\",mesh=\"{MESH}\",cluster=\"west\"}} "
+        );
+        let value = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"));
+        assert_eq!(value.parse::<f64>().unwrap() as i64, want, "{family}");
+    }
     assert_eq!(
         meshroot::domain::signer::constraints::uri_constraints_of(&ca_cert)
             .unwrap()

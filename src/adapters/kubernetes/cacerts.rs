@@ -75,6 +75,8 @@ pub(crate) trait CacertsSource: Send + Sync {
     /// Whether the certificate with this serial was revoked (`meshroot revoke --intermediate`):
     /// a revoked intermediate is replaced at once.
     fn revoked(&self, serial: &[u8]) -> bool;
+    /// The intermediate (DER) now in the cluster's `cacerts`, as written or found.
+    fn report_intermediate(&self, _der: &[u8]) {}
 }
 
 /// Where and how one cluster's `cacerts` is kept.
@@ -309,6 +311,7 @@ async fn keep(client: &kube::Client, settings: &CacertsSettings, source: &dyn Ca
         retry_at = None;
         match ensure(&api, settings, source).await {
             Ok((at, der)) => {
+                source.report_intermediate(&der);
                 renew_at = Some(at);
                 written = Some(der);
                 due = false;

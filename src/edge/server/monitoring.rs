@@ -340,7 +340,8 @@ impl Monitor {
     /// When each certificate meshroot signs with, serves or keeps became valid and expires, so
     /// alerts can warn at a share of its lifetime rather than a fixed number of days: per mesh
     /// the root that expires first and the intermediate that expires first, the `istiod-tls`
-    /// certificate the elected replica keeps, and meshroot's own serving certificate.
+    /// certificate and each cluster's `cacerts` intermediate the elected replica keeps, and
+    /// meshroot's own serving certificate.
     fn validity_metrics(
         &self,
         out: &mut Exposition,
@@ -372,6 +373,20 @@ impl Monitor {
                 validity.push((of("intermediate"), intermediate));
             }
         }
+        let clusters = self
+            .metrics
+            .cluster_intermediates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for ((mesh, cluster), kept) in clusters {
+            let labels = vec![
+                ("certificate", "cluster-intermediate".to_owned()),
+                ("mesh", mesh),
+                ("cluster", cluster),
+            ];
+            validity.push((labels, kept));
+        }
         if let Some(kept) = self.metrics.istiod_tls_kept() {
             let labels = vec![
                 ("certificate", "istiod-tls".to_owned()),
@@ -390,7 +405,8 @@ impl Monitor {
             "meshroot_certificate_not_before_timestamp",
             "When the certificate became valid (Unix seconds): per mesh the root and the \
              intermediate that expire first, the istiod-tls certificate the elected replica \
-             keeps, and meshroot's serving certificate.",
+             keeps, each cluster's cacerts intermediate it keeps, and meshroot's serving \
+             certificate.",
             Kind::Gauge,
             validity
                 .iter()
