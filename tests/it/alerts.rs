@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{self, TestCa};
+use crate::common;
 
 fn alerts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/alerts")
@@ -114,26 +114,8 @@ fn promtool_checks_the_rules_and_every_alert_fires_and_holds_back_as_tested() {
 /// exposes them instead.
 #[tokio::test]
 async fn every_alert_names_only_series_meshroot_exposes() {
-    let ca = TestCa::new();
-    let exports = ca.path().join("exports");
-    ca.edit_config(|text| {
-        format!(
-            "{text}\n[audit.export]\njsonl_dir = {:?}\n",
-            exports.to_str().unwrap()
-        )
-    });
-    let server = ca.start().await;
-    let (_, text) = common::http_get(server.server.admin_address(), "/metrics").await;
-    let mut exposed: BTreeSet<String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split(' ').next())
-        .map(str::to_owned)
-        .collect();
-    server.stop().await;
     // Only with [replicas] and another member, or with a federation partner.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (file, name) in [
+    let exposed = crate::monitoring::exposed_families(&[
         ("src/edge/server/monitoring.rs", "meshroot_member_reachable"),
         (
             "src/domain/metrics.rs",
@@ -143,11 +125,8 @@ async fn every_alert_names_only_series_meshroot_exposes() {
             "src/domain/metrics.rs",
             "meshroot_partner_bundle_fetch_failures_total",
         ),
-    ] {
-        let source = std::fs::read_to_string(root.join(file)).unwrap();
-        assert!(source.contains(&format!("\"{name}\"")), "{name} in {file}");
-        exposed.insert(name.to_owned());
-    }
+    ])
+    .await;
     let mut named = BTreeSet::new();
     for (alert, expr, _) in rules() {
         for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {

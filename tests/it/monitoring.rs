@@ -381,33 +381,8 @@ async fn readyz_fails_with_the_reason_once_the_signing_certificate_has_expired()
 /// by reason, latency, the three expiry countdowns, export lag and cluster membership.
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_series_meshroot_exposes() {
-    let ca = TestCa::new();
-    // A sink, so the export lag series exist.
-    let exports = ca.path().join("exports");
-    ca.edit_config(|text| {
-        format!(
-            "{text}\n[audit.export]\njsonl_dir = {:?}\n",
-            exports.to_str().unwrap()
-        )
-    });
-    let server = ca.start().await;
-    server.issue(&ca, "a").await;
-    let (_, text) = common::http_get(server.server.admin_address(), "/metrics").await;
-    parse_exposition(&text);
-    let mut exposed: std::collections::BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split(' ').next())
-        .collect();
-    // Exposed only with [kubernetes] (a cluster's Lease), which this server has not: named in
-    // the scrape code instead.
-    let monitoring = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/edge/server/monitoring.rs"),
-    )
-    .unwrap();
-    let only_with_kubernetes = "meshroot_leader";
-    assert!(monitoring.contains(&format!("\"{only_with_kubernetes}\"")));
-    exposed.insert(only_with_kubernetes);
+    // meshroot_leader: only with [kubernetes] (a cluster's Lease).
+    let exposed = exposed_families(&[("src/edge/server/monitoring.rs", "meshroot_leader")]).await;
 
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
@@ -429,7 +404,7 @@ async fn the_grafana_dashboard_queries_only_series_meshroot_exposes() {
                         .iter()
                         .find_map(|suffix| {
                             word.strip_suffix(suffix)
-                                .filter(|base| exposed.contains(base))
+                                .filter(|base| exposed.contains(*base))
                         })
                         .unwrap_or(word);
                     queried.insert(family.to_owned());
@@ -467,7 +442,6 @@ async fn the_grafana_dashboard_queries_only_series_meshroot_exposes() {
         .iter()
         .any(|e| e.contains("histogram_quantile(0.99")
             && e.contains("issuance_duration_seconds_bucket")));
-    server.stop().await;
 }
 
 /// The store's capacity forecast, driven by the injectable clock: the rate is the records of
@@ -647,4 +621,42 @@ async fn each_certificate_validity_is_exposed_as_a_parser_reads_it() {
     }
     assert_eq!(parsed.lines().count(), 3, "{parsed}");
     server.stop().await;
+}
+
+/// The metric families a running meshroot exposes after one issuance, with an export sink so
+/// the lag series exist; plus `elsewhere`: families that need more than one process or a
+/// cluster, each checked to be named in its (file, family) source file instead.
+pub(crate) async fn exposed_families(
+    elsewhere: &[(&str, &str)],
+) -> std::collections::BTreeSet<String> {
+    let ca = TestCa::new();
+    let exports = ca.path().join("exports");
+    ca.edit_config(|text| {
+        format!(
+            "{text}\n[audit.export]\njsonl_dir = {:?}\n",
+            exports.to_string_lossy()
+        )
+    });
+    let server = ca.start().await;
+    server.issue(&ca, "a").await;
+    let (_, text) = common::http_get(server.server.admin_address(), "/metrics").await;
+    server.stop().await;
+    parse_exposition(&text);
+    let mut exposed: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    for (file, family) in elsewhere {
+        let source =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+                .unwrap_or_default();
+        assert!(
+            source.contains(&format!("\"{family}\"")),
+            "{family} in {file}"
+        );
+        exposed.insert((*family).to_owned());
+    }
+    exposed
 }
