@@ -75,8 +75,9 @@ pub(crate) trait CacertsSource: Send + Sync {
     /// Whether the certificate with this serial was revoked (`meshroot revoke --intermediate`):
     /// a revoked intermediate is replaced at once.
     fn revoked(&self, serial: &[u8]) -> bool;
-    /// The intermediate (DER) now in the cluster's `cacerts`, as written or found.
-    fn report_intermediate(&self, _der: &[u8]) {}
+    /// The intermediate (DER) now in the cluster's `cacerts`, as written or found; `None` once
+    /// this replica stops keeping it (leadership lost), so it reports no other's.
+    fn report_intermediate(&self, _der: Option<&[u8]>) {}
 }
 
 /// Where and how one cluster's `cacerts` is kept.
@@ -234,6 +235,7 @@ pub(crate) async fn run_cacerts(
             _ = loses => {}
             _ = keep(&client, &settings, source.as_ref()) => {}
         }
+        source.report_intermediate(None);
     }
 }
 
@@ -311,7 +313,7 @@ async fn keep(client: &kube::Client, settings: &CacertsSettings, source: &dyn Ca
         retry_at = None;
         match ensure(&api, settings, source).await {
             Ok((at, der)) => {
-                source.report_intermediate(&der);
+                source.report_intermediate(Some(&der));
                 renew_at = Some(at);
                 written = Some(der);
                 due = false;

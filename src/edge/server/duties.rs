@@ -333,16 +333,18 @@ impl CacertsSource for ClusterIntermediates {
         self.current.get().revocations().revoked(serial).is_some()
     }
 
-    fn report_intermediate(&self, der: &[u8]) {
-        if let Some(validity) = crate::domain::audit::rotation::validity_of(der) {
-            let ca = self.current.get();
-            let mut kept = ca
-                .metrics()
-                .cluster_intermediates
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            kept.insert((self.mesh.clone(), self.cluster.clone()), validity);
-        }
+    fn report_intermediate(&self, der: Option<&[u8]>) {
+        let ca = self.current.get();
+        let mut kept = ca
+            .metrics()
+            .cluster_intermediates
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (self.mesh.clone(), self.cluster.clone());
+        match der.and_then(crate::domain::audit::rotation::validity_of) {
+            Some(validity) => kept.insert(key, validity),
+            None => kept.remove(&key),
+        };
     }
 
     fn report_crl_published(&self) {
